@@ -1,0 +1,34 @@
+# Every target creates .venv on first use; nothing relies on a hand-installed package.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := .demo
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	mkdir -p $(DEMO)
+	$(BIN)/streamsgd generate $(DEMO)/train.parquet --rows 200000 --features 20 --task logistic --seed 1 --row-group-rows 20000
+	$(BIN)/streamsgd generate $(DEMO)/test.parquet --rows 50000 --features 20 --task logistic --seed 1 --sample-seed 2 --row-group-rows 20000
+	$(BIN)/streamsgd info $(DEMO)/train.parquet --batch 512
+	$(BIN)/streamsgd fit $(DEMO)/train.parquet --model logistic --batch 512 --epochs 3 -o $(DEMO)/model.npz --metrics $(DEMO)/metrics.jsonl
+	$(BIN)/streamsgd evaluate $(DEMO)/model.npz $(DEMO)/test.parquet
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/throughput.py --quick
+	$(BIN)/python benchmarks/memory.py --quick
+
+clean:
+	rm -rf $(DEMO) build *.egg-info

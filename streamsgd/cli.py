@@ -1,0 +1,203 @@
+"""The command line: options → config → library call → print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import click
+
+from .config import DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, SCHEDULES, FitConfig, parse_bytes
+from .errors import EXIT_INTERRUPTED, StreamSGDError, UsageError
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    return names or None
+
+
+def _check_output_dir(path: str, option: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{option}: the directory {directory} does not exist; create it first")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamsgd")
+def cli() -> None:
+    """Train linear models by mini-batch SGD on data larger than RAM, in fixed memory."""
+
+
+@cli.command()
+@click.argument("data")
+@click.option("--target", default="y", show_default=True, help="Target column.")
+@click.option("--features", multiple=True, help="Feature columns (comma-separated or repeated); default: all numeric columns but the target.")
+@click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
+@click.option("--batch", type=int, default=FitConfig.batch, show_default=True, help="Rows per update.")
+@click.option("--epochs", type=int, default=None, help="Full passes; default: enough for ~3000 updates.")
+@click.option("--steps", type=int, default=None, help="Stop after this many updates (overrides --epochs).")
+@click.option("--lr", type=float, default=None, help="Initial learning rate; default: 1/L_B measured on the data.")
+@click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=FitConfig.lr_schedule, show_default=True)
+@click.option("--power-t", type=float, default=FitConfig.power_t, show_default=True, help="Exponent of invscaling.")
+@click.option("--l2", type=float, default=FitConfig.l2, show_default=True, help="L2 penalty (l2/2)·||w||².")
+@click.option("--seed", type=int, default=FitConfig.seed, show_default=True)
+@click.option("--shuffle/--no-shuffle", default=True, show_default=True)
+@click.option("--standardize/--no-standardize", default=True, show_default=True)
+@click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True, help="Bytes for data buffers, e.g. 512MB, 2GiB.")
+@click.option("--readers", type=int, default=FitConfig.readers, show_default=True, help="Reader threads.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)
+@click.option("--log-every", type=int, default=FitConfig.log_every, show_default=True, help="Updates per metrics record.")
+@click.option("-o", "--output", default="model.npz", show_default=True, help="Model file to write.")
+@click.option("--metrics", default=None, help="Append JSON-lines metrics to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def fit(data: str, target: str, features: tuple[str, ...], output: str, metrics: str | None, as_json: bool, memory_limit: str, **options: Any) -> None:
+    """Train a model on DATA (a Parquet file, directory or glob)."""
+    from .sources import open_source
+    from .train import fit as train
+
+    config = FitConfig(target=target, features=_split(features), memory_limit=parse_bytes(memory_limit), **options)
+    _check_output_dir(output, "--output")
+    if metrics:
+        _check_output_dir(metrics, "--metrics")
+    source = open_source(data, target=target, features=config.features)
+    progress = _ProgressBar() if sys.stderr.isatty() else None
+    try:
+        result = train(source, config, metrics=metrics, on_progress=progress)
+    finally:
+        if progress:
+            progress.close()
+    result.model.save(output)
+    s = result.summary
+    if as_json:
+        click.echo(json.dumps({**s, "model": output}))
+    else:
+        click.echo(
+            f"trained {config.model} on {source.url}: {s['iterations']} iterations, {s['epochs']:.2f} epochs, "
+            f"loss {s['loss']:.6g}, {s['rows_per_second']:,.0f} rows/s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB "
+            f"-> {output}"
+        )
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("data")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def evaluate(model_path: str, data: str, as_json: bool) -> None:
+    """Loss and accuracy (classifier) or R² (regressor) of MODEL on DATA."""
+    from .apply import evaluate as run
+    from .model import load
+    from .sources import open_source
+
+    model = load(model_path)
+    result = run(model, open_source(data, target=model.target, features=model.features))
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo("  ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("data")
+@click.option("-o", "--output", required=True, help="Parquet file of predictions to write.")
+@click.option("--keep", multiple=True, help="Columns of DATA to copy alongside (e.g. ids).")
+def predict(model_path: str, data: str, output: str, keep: tuple[str, ...]) -> None:
+    """Write a column `prediction` (and `probability` for classifiers) for every row of DATA."""
+    from .apply import predict as run
+    from .model import load
+    from .sources import open_source
+
+    model = load(model_path)
+    keep_names = _split(keep) or ()
+    _check_output_dir(output, "--output")
+    source = open_source(data, target=None, features=list(model.features) + [k for k in keep_names if k not in model.features])
+    source.features = list(model.features)
+    rows = run(model, source, output, keep_names)
+    click.echo(f"wrote {rows} predictions -> {output}", err=True)
+
+
+@cli.command()
+@click.argument("data")
+@click.option("--target", default="y", show_default=True)
+@click.option("--features", multiple=True)
+@click.option("--batch", type=int, default=FitConfig.batch, show_default=True)
+@click.option("--steps", type=int, default=None, help="Also report how many full epochs this many updates make.")
+@click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def info(data: str, target: str, features: tuple[str, ...], batch: int, steps: int | None, memory_limit: str, dtype: str, as_json: bool) -> None:
+    """Rows, chunks, iterations per epoch, and the memory full-batch GD would need vs streaming."""
+    from .info import describe
+    from .sources import open_source
+
+    config = FitConfig(target=target, features=_split(features), batch=batch, steps=steps, memory_limit=parse_bytes(memory_limit), dtype=dtype)
+    result = describe(open_source(data, target=target, features=config.features), config)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:>22}  {value}")
+
+
+@cli.command()
+@click.argument("out")
+@click.option("--rows", type=int, required=True)
+@click.option("--features", type=int, required=True)
+@click.option("--task", type=click.Choice(["linear", "logistic", "softmax"]), default="logistic", show_default=True)
+@click.option("--classes", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the true weights (and the rows, unless --sample-seed).")
+@click.option("--sample-seed", type=int, default=None, help="Seeds the rows only: same model, fresh rows (held-out sets).")
+@click.option("--row-group-rows", type=int, default=65536, show_default=True)
+@click.option("--sorted", "sorted_by_label", is_flag=True, help="Order rows by label (hardest case for a shuffle).")
+@click.option("--format", "fmt", type=click.Choice(["parquet"]), default="parquet", show_default=True)
+@click.option("--compression", type=click.Choice(["none", "snappy", "zstd", "gzip"]), default="snappy", show_default=True)
+def generate(out: str, fmt: str, **options: Any) -> None:
+    """Write synthetic data with known true weights to OUT, in fixed memory."""
+    from .generate import generate as run
+
+    _check_output_dir(out, "OUT")
+    info = run(out, **options)
+    click.echo(f"wrote {info['rows']} rows ({options['task']}) -> {out}", err=True)
+
+
+class _ProgressBar:
+    """One self-rewriting stderr line; only used when stderr is a terminal."""
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if record.get("event") != "progress":
+            return
+        done, total = record["iteration"], record["total_iterations"]
+        rate = record["rows_per_second"]
+        eta = (total - done) / done * record["seconds"] if done else math.nan
+        sys.stderr.write(
+            f"\repoch {record['epoch']}  iter {done}/{total}  loss {record['loss']:.4g}  "
+            f"{rate:,.0f} rows/s  ETA {eta:,.0f}s   "
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every expected failure is one line on stderr and a documented exit code."""
+    try:
+        cli.main(args=argv, prog_name="streamsgd", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"streamsgd: error: {exc.format_message()}", err=True)
+        sys.exit(UsageError.exit_code if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("streamsgd: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except StreamSGDError as exc:
+        click.echo(f"streamsgd: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("streamsgd: interrupted; no output was written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(0)

@@ -1,0 +1,110 @@
+"""Every training option, validated once, and the one home of the defaults."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import UsageError
+
+MODELS = ("linear", "logistic")
+SCHEDULES = ("constant", "invscaling")
+DTYPES = ("float32", "float64")
+
+DEFAULT_MEMORY_LIMIT = 512 * 2**20
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_bytes(text: str | int, option: str = "--memory-limit") -> int:
+    """Read a size such as ``512MB`` (10**6), ``512MiB`` or ``512M`` (2**20), or plain bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise UsageError(
+                f"{option}: cannot read {text!r} as a size; "
+                "write a number with an optional unit, e.g. 512MB, 2GiB or 1000000"
+            )
+        value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise UsageError(f"{option}: the size must be positive, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Options of one training run.
+
+    ``epochs=None`` and ``lr=None`` mean "choose for me": the trainer picks enough epochs
+    for a few thousand updates and a step size from the data's measured curvature, which
+    is what lets ``streamsgd fit data.parquet`` train well without tuning.
+    """
+
+    model: str = "logistic"
+    target: str = "y"
+    features: tuple[str, ...] | None = None
+    batch: int = 512
+    epochs: int | None = None
+    steps: int | None = None
+    lr: float | None = None
+    lr_schedule: str = "invscaling"
+    power_t: float = 0.25
+    l2: float = 1e-4
+    seed: int = 0
+    shuffle: bool = True
+    standardize: bool = True
+    memory_limit: int = DEFAULT_MEMORY_LIMIT
+    readers: int = 2
+    dtype: str = "float32"
+    log_every: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice("--model", self.model, MODELS)
+        _choice("--lr-schedule", self.lr_schedule, SCHEDULES)
+        _choice("--dtype", self.dtype, DTYPES)
+        _at_least("--batch", self.batch, 1)
+        _at_least("--readers", self.readers, 1)
+        _at_least("--log-every", self.log_every, 1)
+        if self.epochs is not None:
+            _at_least("--epochs", self.epochs, 1)
+        if self.steps is not None:
+            _at_least("--steps", self.steps, 1)
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr: the learning rate must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.l2) and self.l2 >= 0):
+            raise UsageError(f"--l2: the penalty must be a number >= 0, got {self.l2}")
+        if not (math.isfinite(self.power_t) and self.power_t >= 0):
+            raise UsageError(f"--power-t: must be a number >= 0, got {self.power_t}")
+        if self.features is not None:
+            if len(self.features) == 0:
+                raise UsageError("--features: give at least one column name")
+            if self.target in self.features:
+                raise UsageError(f"--features: the target column {self.target!r} cannot also be a feature")
+        object.__setattr__(self, "memory_limit", parse_bytes(self.memory_limit))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, stored in the model's metadata."""
+        out = asdict(self)
+        out["features"] = list(self.features) if self.features is not None else None
+        return out
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{option}: expected one of {', '.join(allowed)}; got {value!r}")
+
+
+def _at_least(option: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"{option}: expected an integer >= {low}; got {value!r}")

@@ -1,0 +1,45 @@
+"""What a data set means for training: counts from metadata, and the memory each method needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .config import FitConfig
+from .shuffle import iterations_per_epoch
+from .sources import Source, n_rows
+from .train import MemoryPlan
+
+
+def describe(source: Source, config: FitConfig) -> dict[str, Any]:
+    """Counts and memory figures, read from metadata only (no data is decoded).
+
+    ``full_batch_bytes`` is what one full-batch gradient step holds: every row's features
+    and target at ``config.dtype`` plus one float64 margin per row. ``stream_bytes`` is
+    what the streaming fit holds for data: two shuffle windows, capped by the data size.
+    """
+    N = n_rows(source)
+    d = len(source.features)
+    itemsize = np.dtype(config.dtype).itemsize
+    full = N * (d + 1) * itemsize + N * 8
+    plan = MemoryPlan.for_source(source, config)
+    ipe = iterations_per_epoch(N, min(config.batch, max(N, 1))) if N else 0
+    out: dict[str, Any] = {
+        "url": source.url,
+        "rows": N,
+        "chunks": len(source.chunk_rows),
+        "features": d,
+        "feature_names": list(source.features),
+        "target": source.target,
+        "batch": config.batch,
+        "iterations_per_epoch": ipe,
+        "full_batch_bytes": full,
+        "stream_bytes": min(plan.buffer_bytes, N * plan.row_bytes),
+        "window_rows": plan.window_rows,
+        "memory_limit": config.memory_limit,
+    }
+    if config.steps is not None and ipe:
+        out["steps"] = config.steps
+        out["full_epochs"] = config.steps // ipe
+    return out

@@ -1,0 +1,93 @@
+"""The shuffle plan: which rows, in which order, cut into which batches.
+
+Everything here is a pure function of integers (seed, epoch, chunk sizes, window size),
+computed from metadata alone, so batch ``i`` of epoch ``e`` is known without reading any
+data, whatever the number of reader threads. Randomness comes from
+``np.random.default_rng([seed, epoch, ...])`` as in MosaicML Streaming's shuffles.
+
+The plan is the classic two-level shuffle for data larger than memory: the chunk order is
+permuted every epoch, consecutive chunks of that order are grouped into *windows* that fit
+the shuffle buffer, and the rows of each window are permuted. The batch stream is the
+concatenation of the windows' permuted rows, cut every ``batch`` rows, so every batch has
+exactly ``batch`` rows except the epoch's last one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+#: One piece of a batch: rows ``order[start:stop]`` of window ``window``.
+Segment = tuple[int, int, int]
+
+
+def iterations_per_epoch(n_rows: int, batch: int) -> int:
+    """Updates in one full pass: ``ceil(N / B)``, the short last batch counting as one."""
+    return math.ceil(n_rows / batch)
+
+
+def chunk_order(n_chunks: int, seed: int, epoch: int, shuffle: bool = True) -> NDArray[np.int64]:
+    """The order in which chunks are read in ``epoch``: a fresh permutation per epoch."""
+    if not shuffle:
+        return np.arange(n_chunks, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(n_chunks).astype(np.int64)
+
+
+def group_windows(
+    chunk_rows: Sequence[int], order: NDArray[np.int64], window_rows: int
+) -> list[NDArray[np.int64]]:
+    """Cut the chunk order into consecutive groups of at most ``window_rows`` rows.
+
+    A chunk larger than the window forms a window of its own.
+    """
+    windows: list[NDArray[np.int64]] = []
+    start, total = 0, 0
+    for pos, chunk in enumerate(order):
+        rows = int(chunk_rows[chunk])
+        if pos > start and total + rows > window_rows:
+            windows.append(order[start:pos])
+            start, total = pos, 0
+        total += rows
+    if start < len(order):
+        windows.append(order[start:])
+    return windows
+
+
+def row_order(n_rows: int, seed: int, epoch: int, window: int, shuffle: bool = True) -> NDArray[np.int64]:
+    """The permutation of a window's rows (indices into the window's buffer)."""
+    if not shuffle:
+        return np.arange(n_rows, dtype=np.int64)
+    return np.random.default_rng([seed, epoch, window]).permutation(n_rows).astype(np.int64)
+
+
+def batch_segments(window_rows: Sequence[int], batch: int) -> Iterator[list[Segment]]:
+    """Cut the concatenated windows into batches of ``batch`` rows (the last may be short).
+
+    A batch that straddles a window boundary is made of two (or more) segments; the
+    trainer accumulates their gradients before one update, so no rows are copied.
+    """
+    pending: list[Segment] = []
+    filled = 0
+    for w, rows in enumerate(window_rows):
+        pos = 0
+        while pos < rows:
+            take = min(batch - filled, rows - pos)
+            pending.append((w, pos, pos + take))
+            pos += take
+            filled += take
+            if filled == batch:
+                yield pending
+                pending, filled = [], 0
+    if pending:
+        yield pending
+
+
+def epoch_plan(
+    chunk_rows: Sequence[int], seed: int, epoch: int, window_rows: int, shuffle: bool = True
+) -> list[NDArray[np.int64]]:
+    """The windows (lists of chunk ids, in buffer order) of one epoch."""
+    order = chunk_order(len(chunk_rows), seed, epoch, shuffle)
+    return group_windows(chunk_rows, order, window_rows)

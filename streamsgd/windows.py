@@ -1,0 +1,86 @@
+"""Shuffle windows: consecutive chunks of the plan decoded into one row-major buffer."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import DataError, StreamSGDError, SourceError
+from .kernels import first_nonfinite_column
+from .sources import Source
+
+
+@dataclass
+class Window:
+    """Rows of some chunks, in plan order.
+
+    X : ndarray of shape (rows, n_features), C-contiguous
+    y : ndarray of shape (rows,) or None when the source has no target
+    """
+
+    X: NDArray
+    y: NDArray | None
+    chunks: NDArray[np.int64]
+
+    @property
+    def nbytes(self) -> int:
+        return self.X.nbytes + (0 if self.y is None else self.y.nbytes)
+
+
+def window_bytes(source: Source, chunks: NDArray[np.int64], dtype: np.dtype, with_target: bool) -> int:
+    rows = int(sum(source.chunk_rows[c] for c in chunks))
+    return rows * (len(source.features) + int(with_target)) * np.dtype(dtype).itemsize
+
+
+def read_window(
+    source: Source,
+    chunks: NDArray[np.int64],
+    dtype: np.dtype,
+    with_target: bool,
+    pool: ThreadPoolExecutor | None = None,
+) -> Window:
+    """Decode ``chunks`` into a fresh buffer, in parallel when a pool is given.
+
+    Every chunk lands at a fixed offset, so the buffer's content does not depend on the
+    number of reader threads or on which read finishes first.
+    """
+    sizes = [source.chunk_rows[c] for c in chunks]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    X = np.empty((int(offsets[-1]), len(source.features)), dtype=dtype)
+    y = np.empty(int(offsets[-1]), dtype=dtype) if with_target else None
+
+    def one(k: int) -> None:
+        s = slice(int(offsets[k]), int(offsets[k + 1]))
+        c = int(chunks[k])
+        try:
+            source.read_into(c, X[s], None if y is None else y[s])
+        except StreamSGDError:
+            raise
+        except Exception as exc:  # an unexpected reader failure still names the chunk
+            raise SourceError(f"{source.chunk_name(c)}: read failed: {exc}") from exc
+        _check_finite(source, c, X[s], None if y is None else y[s])
+
+    if pool is None or len(chunks) == 1:
+        for k in range(len(chunks)):
+            one(k)
+    else:
+        for future in [pool.submit(one, k) for k in range(len(chunks))]:
+            future.result()
+    return Window(X, y, chunks)
+
+
+def _check_finite(source: Source, chunk: int, X: NDArray, y: NDArray | None) -> None:
+    j = first_nonfinite_column(X)
+    if j >= 0:
+        raise DataError(
+            f"{source.chunk_name(chunk)}: column {source.features[j]!r} holds NaN or infinite "
+            "values; clean or impute them before training"
+        )
+    if y is not None and not np.isfinite(y).all():
+        raise DataError(
+            f"{source.chunk_name(chunk)}: target column {source.target!r} holds NaN or infinite "
+            "values; drop those rows before training"
+        )
