@@ -66,6 +66,9 @@ def predict(model: Model, source: Source, out: str, keep: Sequence[str] = ()) ->
     import pyarrow.parquet as pq
 
     _check_features(model, source)
+    missing = [k for k in keep if k not in source.columns]
+    if missing:
+        raise DataError(f"{source.url}: no column {missing[0]!r} to keep; fix --keep")
     label_type = _label_type(model)
     directory = os.path.dirname(os.path.abspath(out))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=directory)

@@ -19,6 +19,10 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
     return names or None
 
 
+def _needs(model_path: str) -> str:
+    return f"the model {model_path} needs it; apply the model to data with its feature columns"
+
+
 def _check_output_dir(path: str, option: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -92,7 +96,7 @@ def evaluate(model_path: str, data: str, as_json: bool) -> None:
     from .sources import open_source
 
     model = load(model_path)
-    result = run(model, open_source(data, target=model.target, features=model.features))
+    result = run(model, open_source(data, target=model.target, features=model.features, feature_hint=_needs(model_path)))
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -113,8 +117,7 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...]) -> N
     model = load(model_path)
     keep_names = _split(keep) or ()
     _check_output_dir(output, "--output")
-    source = open_source(data, target=None, features=list(model.features) + [k for k in keep_names if k not in model.features])
-    source.features = list(model.features)
+    source = open_source(data, target=None, features=model.features, feature_hint=_needs(model_path))
     rows = run(model, source, output, keep_names)
     click.echo(f"wrote {rows} predictions -> {output}", err=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from numpy.typing import NDArray
 from .errors import ModelFileError
 
 FORMAT_VERSION = 1
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
 
 
 @dataclass
@@ -79,12 +81,19 @@ class Model:
 
 
 def atomic_savez(path: str, arrays: dict[str, NDArray]) -> None:
-    """``np.savez`` to ``path`` so that a crash at any instant leaves the old file or the new one."""
+    """Write an ``.npz`` so that a crash at any instant leaves the old file or the new one.
+
+    Unlike ``np.savez``, entries carry a fixed timestamp, so the same arrays always give
+    the same bytes: a model file can be compared or hashed to check reproducibility.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+                for name, array in arrays.items():
+                    with zf.open(zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH), "w") as entry:
+                        np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -111,8 +120,10 @@ def load(path: str) -> Model:
             )
     except FileNotFoundError as exc:
         raise ModelFileError(f"{path}: no such model file") from exc
-    except Exception as exc:
-        raise ModelFileError(f"{path}: not a streamsgd model file ({exc})") from exc
+    except Exception as exc:  # any decoding failure means the same thing to the user
+        raise ModelFileError(
+            f"{path}: not a streamsgd model file ({type(exc).__name__}); give the .npz written by streamsgd fit"
+        ) from exc
 
 
 def _expit(z: NDArray[np.float64]) -> NDArray[np.float64]:

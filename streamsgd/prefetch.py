@@ -2,8 +2,7 @@
 
 The bound counts every produced item that is still *alive* (queued or being consumed),
 not just the queue's length: the producer reserves an item's bytes before making it and
-the consumer gives them back when it is done with the item. So the memory held by
-windows is at most ``max_bytes`` (or one item, if a single item is larger).
+the consumer gives them back when it is done with the item (see ``ByteBudget``).
 
 Errors raised by the producer travel through the queue and are re-raised in the consumer
 with their traceback; ``close()`` stops the producer and joins its thread, so no thread
@@ -28,21 +27,36 @@ class _Closed(Exception):
 
 
 class ByteBudget:
-    """A counting semaphore measured in bytes; one oversized request is let through alone."""
+    """Bytes of results alive, and how many of them wait in the queue unclaimed.
+
+    The producer may start an item when it fits the capacity, or when nothing waits
+    ahead of the consumer: a consumer blocked on an empty queue always gets its next
+    item, even if the items it still holds (say two windows a batch straddles) fill the
+    budget. So the bound is ``max(capacity, what the consumer holds + one item)``, and
+    the pipeline can never deadlock.
+    """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.used = 0
+        self.ahead = 0
         self._closed = False
         self._cond = threading.Condition()
 
     def acquire(self, n: int) -> None:
         with self._cond:
-            while not self._closed and self.used > 0 and self.used + n > self.capacity:
+            while not self._closed and self.ahead > 0 and self.used + n > self.capacity:
                 self._cond.wait()
             if self._closed:
                 raise _Closed
             self.used += n
+            self.ahead += 1
+
+    def claimed(self) -> None:
+        """The consumer took one produced item off the queue."""
+        with self._cond:
+            self.ahead -= 1
+            self._cond.notify_all()
 
     def release(self, n: int) -> None:
         with self._cond:
@@ -107,6 +121,7 @@ class Prefetcher(Generic[T, R]):
                 raise value
             if value is _DONE:
                 return
+            self.budget.claimed()
             yield value
 
     def release(self, n: int) -> None:

@@ -24,6 +24,7 @@ class Source(Protocol):
     """What the trainer needs from a data set."""
 
     url: str
+    columns: list[str]  # every column the data has
     features: list[str]
     target: str | None
     chunk_rows: list[int]
@@ -51,15 +52,22 @@ class ParquetSource:
     which silently defeats the fixed-memory bound.
     """
 
-    def __init__(self, url: str, target: str | None = "y", features: Sequence[str] | None = None):
+    def __init__(
+        self,
+        url: str,
+        target: str | None = "y",
+        features: Sequence[str] | None = None,
+        feature_hint: str = "fix --features",
+    ):
         import pyarrow.parquet as pq
 
         self.url = url
         self.paths = _expand(url)
         self._metas = [_read_footer(pq, p) for p in self.paths]
         schema = self._metas[0].schema.to_arrow_schema()
+        self.columns = list(schema.names)
         self.target = target
-        self.features = _resolve_columns(self.paths[0], schema, target, features)
+        self.features = _resolve_columns(self.paths[0], schema, target, features, feature_hint)
         self.target_type = str(schema.field(target).type) if target is not None else None
         used = self.features + ([target] if target is not None else [])
         for path, meta in zip(self.paths[1:], self._metas[1:]):
@@ -135,6 +143,7 @@ class ArraySource:
         self.url = "<arrays>"
         self.features = list(features) if features is not None else [f"x{j}" for j in range(X.shape[1])]
         self.target = None if y is None else "y"
+        self.columns = self.features + ([] if y is None else ["y"])
         self.target_type = None if y is None else str(self.y.dtype)
         n = X.shape[0]
         self._starts = list(range(0, n, chunk_rows))
@@ -163,9 +172,14 @@ class ArraySource:
         return h.hexdigest()[:16]
 
 
-def open_source(url: str, target: str | None = "y", features: Sequence[str] | None = None) -> ParquetSource:
-    """Open a Parquet data set by path, directory or glob."""
-    return ParquetSource(url, target=target, features=features)
+def open_source(
+    url: str, target: str | None = "y", features: Sequence[str] | None = None, feature_hint: str = "fix --features"
+) -> ParquetSource:
+    """Open a Parquet data set by path, directory or glob.
+
+    ``feature_hint`` ends the message when a feature column is missing or not numeric.
+    """
+    return ParquetSource(url, target=target, features=features, feature_hint=feature_hint)
 
 
 def _expand(url: str) -> list[str]:
@@ -212,27 +226,29 @@ def _is_numeric(field) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-def _check_numeric(path: str, field) -> None:
+def _check_numeric(path: str, field, fix: str = "choose numeric columns with --features") -> None:
     if not _is_numeric(field):
         raise DataError(
             f"{path}: column {field.name!r} has type {field.type}, not a number; "
-            "choose numeric columns with --features (or encode this one as numbers)"
+            f"{fix} (or encode this column as numbers)"
         )
 
 
-def _resolve_columns(path: str, schema, target: str | None, features: Sequence[str] | None) -> list[str]:
+def _resolve_columns(
+    path: str, schema, target: str | None, features: Sequence[str] | None, feature_hint: str
+) -> list[str]:
     names = schema.names
     wanted = list(features) if features is not None else []
     if target is not None:
         wanted.append(target)
     for name in wanted:
+        hint = "fix --target" if name == target else feature_hint
         if name not in names:
-            hint = "--target" if name == target else "--features"
             raise DataError(
                 f"{path}: no column {name!r} (columns: {', '.join(names[:20])}"
-                f"{', …' if len(names) > 20 else ''}); fix {hint}"
+                f"{', …' if len(names) > 20 else ''}); {hint}"
             )
-        _check_numeric(path, schema.field(name))
+        _check_numeric(path, schema.field(name), hint)
     if features is not None:
         return list(features)
     chosen = [n for n in names if n != target and _is_numeric(schema.field(n))]
@@ -246,6 +262,6 @@ def _fill(out: NDArray, column, name: str, source, i: int) -> None:
     if column.null_count:
         raise DataError(
             f"{source.chunk_name(i)}: column {name!r} has {column.null_count} null values; "
-            "drop or impute them before training"
+            "drop or impute them"
         )
     out[...] = column.to_numpy()

@@ -77,10 +77,10 @@ def _check_finite(source: Source, chunk: int, X: NDArray, y: NDArray | None) -> 
     if j >= 0:
         raise DataError(
             f"{source.chunk_name(chunk)}: column {source.features[j]!r} holds NaN or infinite "
-            "values; clean or impute them before training"
+            "values; clean or impute them"
         )
     if y is not None and not np.isfinite(y).all():
         raise DataError(
             f"{source.chunk_name(chunk)}: target column {source.target!r} holds NaN or infinite "
-            "values; drop those rows before training"
+            "values; drop those rows"
         )

@@ -1,0 +1,215 @@
+"""Peak memory of ``streamsgd fit`` does not grow with the data: a check with numbers.
+
+Trains one epoch on N rows and on 8N rows of the same shape, each in a fresh process
+(``streamsgd fit ... --epochs 1 --memory-limit 256MB --json``), and reads the peak RSS
+that process reports in its JSON summary (``peak_rss_bytes``, from getrusage). Also
+measures the idle footprint: the peak RSS of a process that only imports streamsgd,
+pyarrow(.parquet) and numba and runs the kernels on a tiny array, i.e. what any run pays
+before holding a single row. Prints, next to them, what full-batch gradient descent would
+need to hold the data in memory: N*(d+1)*4 bytes of float32 rows plus N*8 of margins.
+
+Two checks, and the exit status is 1 if either fails:
+  * big/small peak RSS <= 1.10 (memory is flat in the number of rows);
+  * each peak RSS <= memory limit + idle footprint (the limit is honoured).
+
+Usage:
+  python benchmarks/memory.py            # 500,000 and 4,000,000 rows x 50 features
+  python benchmarks/memory.py --quick    # 100,000 and 800,000 rows x 20 features (make bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from streamsgd.config import parse_bytes
+from streamsgd.generate import generate
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+ROW_GROUP_ROWS = 65536
+MAX_RATIO = 1.10
+SEED = 0
+
+#: The idle process: imports and a tiny run of every kernel the fit uses, nothing else.
+IDLE_SNIPPET = """
+import numpy as np, pyarrow, pyarrow.parquet, numba
+import streamsgd, streamsgd.cli
+from streamsgd.kernels import logistic_grad, moments, first_nonfinite_column
+from streamsgd.metrics import peak_rss_bytes
+from streamsgd.optim import sgd_step
+X = np.ones((64, 4), np.float32); y = np.zeros(64, np.float32); idx = np.arange(64)
+w, gw, w_eff = np.zeros(4), np.zeros(4), np.zeros(4)
+logistic_grad(X, y, idx, w_eff, 0.0, gw); moments(X); first_nonfinite_column(X)
+sgd_step(w, 0.0, gw, 0.0, 64, np.zeros(4), np.ones(4), 1e-4, 0.1, w_eff)
+print(peak_rss_bytes())
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=500_000, help="N, the small data set (the big one is 8N)")
+    p.add_argument("--features", type=int, default=50)
+    p.add_argument("--memory-limit", default=None, help="passed to streamsgd fit (default 256MB, 32MB with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="100,000 and 800,000 rows x 20 features with --memory-limit 32MB")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the data files and the JSON")
+    p.add_argument("--regenerate", action="store_true", help="rewrite the data files even if matching ones exist")
+    args = p.parse_args(argv)
+    if args.quick:
+        # At 256MB the quick data sets would fit whole in the shuffle window, so the check
+        # would compare "all the data" with "all the data"; a smaller limit keeps it honest.
+        args.rows, args.features = 100_000, 20
+    if args.memory_limit is None:
+        args.memory_limit = "32MB" if args.quick else "256MB"
+    if min(args.rows, args.features) < 1:
+        p.error("--rows and --features must be >= 1")
+    return args
+
+
+def streamsgd_command() -> str:
+    """The ``streamsgd`` script next to this interpreter (the venv's), else the one on PATH."""
+    here = Path(sys.executable).parent / "streamsgd"
+    found = str(here) if here.exists() else shutil.which("streamsgd")
+    if found is None:
+        sys.exit("memory.py: cannot find the streamsgd command; run with the project's .venv/bin/python")
+    return found
+
+
+def ensure_file(path: Path, rows: int, features: int, regenerate: bool) -> bool:
+    """Write an uncompressed logistic file unless one with this shape is already there."""
+    if path.exists() and not regenerate:
+        try:
+            meta = pq.read_metadata(path)
+            if (meta.num_rows == rows and meta.num_columns == features + 1
+                    and meta.row_group(0).num_rows == min(rows, ROW_GROUP_ROWS)
+                    and meta.row_group(0).column(0).compression == "UNCOMPRESSED"):
+                return False
+        except Exception:
+            pass
+    generate(str(path), rows=rows, features=features, task="logistic", seed=SEED,
+             row_group_rows=ROW_GROUP_ROWS, compression="none")
+    return True
+
+
+def idle_footprint(runs: int = 3) -> int:
+    """Peak RSS of a fresh process that imports the stack and runs the kernels once.
+
+    Median of ``runs`` processes, so one that happened to recompile the kernels (their
+    cache is invalidated whenever kernels.py changes) does not set the figure.
+    """
+    peaks = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", IDLE_SNIPPET], check=True, capture_output=True, text=True)
+        peaks.append(int(out.stdout.strip().splitlines()[-1]))
+    return int(statistics.median(peaks))
+
+
+def fit_peak(command: str, data: Path, model: Path, memory_limit: str) -> dict[str, Any]:
+    """Run ``streamsgd fit`` in its own process; returns its JSON summary and wall time."""
+    argv = [command, "fit", str(data), "--model", "logistic", "--epochs", "1",
+            "--memory-limit", memory_limit, "-o", str(model), "--json"]
+    t0 = time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"memory.py: {' '.join(argv)} failed ({out.returncode}):\n{out.stderr}")
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**summary, "wall_seconds": seconds, "argv": argv}
+
+
+def git_state() -> dict[str, Any]:
+    """Commit of the checkout and whether streamsgd/ had uncommitted edits: what was measured."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streamsgd"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "streamsgd_dirty": None}
+    return {"commit": commit, "streamsgd_dirty": bool(dirty)}
+
+
+def full_batch_bytes(rows: int, features: int) -> int:
+    """What full-batch GD holds: float32 features + target per row, and one float64 margin."""
+    return rows * (features + 1) * 4 + rows * 8
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    limit = parse_bytes(args.memory_limit)
+    command = streamsgd_command()
+    sizes = {"small": args.rows, "big": 8 * args.rows}
+    files = {k: args.out / f"mem-{n}x{args.features}.parquet" for k, n in sizes.items()}
+
+    t0 = time.perf_counter()
+    for key, path in files.items():
+        ensure_file(path, sizes[key], args.features, args.regenerate)
+    warm = args.out / f"mem-warmup-{args.features}.parquet"
+    ensure_file(warm, 1000, args.features, args.regenerate)
+    print(f"data ready in {time.perf_counter() - t0:.1f} s")
+
+    # Untimed warm-up so neither measured run pays for compiling the Numba kernels (their
+    # on-disk cache is filled here), which would inflate its peak RSS.
+    fit_peak(command, warm, args.out / "mem-model.npz", args.memory_limit)
+    idle = idle_footprint()
+    runs = {key: fit_peak(command, path, args.out / "mem-model.npz", args.memory_limit) for key, path in files.items()}
+
+    budget = limit + idle
+    ratio = runs["big"]["peak_rss_bytes"] / runs["small"]["peak_rss_bytes"]
+    flat_ok = ratio <= MAX_RATIO
+    limit_ok = all(r["peak_rss_bytes"] <= budget for r in runs.values())
+
+    print(f"\nstreamsgd fit --epochs 1 --memory-limit {args.memory_limit} ({mib(limit)}), "
+          f"{args.features} features, row groups of {ROW_GROUP_ROWS:,}, uncompressed")
+    print(f"{'data set':<26}{'rows':>12}{'file':>11}{'peak RSS':>11}{'full batch':>12}{'full/peak':>11}{'fit s':>8}")
+    print(f"{'idle (imports + kernels)':<26}{'':>12}{'':>11}{mib(idle):>11}")
+    for key, n in sizes.items():
+        r = runs[key]
+        full = full_batch_bytes(n, args.features)
+        print(f"{key + (' (N)' if key == 'small' else ' (8N)'):<26}{n:>12,}{mib(files[key].stat().st_size):>11}"
+              f"{mib(r['peak_rss_bytes']):>11}{mib(full):>12}{full / r['peak_rss_bytes']:>11.2f}{r['wall_seconds']:>8.1f}")
+    print(f"peak RSS big/small: {ratio:.3f} (limit {MAX_RATIO:.2f}) -> {'ok' if flat_ok else 'FAIL'}")
+    print(f"peak RSS <= memory limit + idle = {mib(budget)}: "
+          + ", ".join(f"{k} {mib(r['peak_rss_bytes'])} ({r['peak_rss_bytes'] / budget:.2f})" for k, r in runs.items())
+          + f" -> {'ok' if limit_ok else 'FAIL'}")
+
+    report = {
+        "benchmark": "memory",
+        "quick": args.quick,
+        "features": args.features, "row_group_rows": ROW_GROUP_ROWS,
+        "memory_limit": args.memory_limit, "memory_limit_bytes": limit,
+        "idle_peak_rss_bytes": idle,
+        "runs": {k: {"rows": sizes[k], "file_bytes": files[k].stat().st_size,
+                     "full_batch_bytes": full_batch_bytes(sizes[k], args.features), **runs[k]} for k in sizes},
+        "ratio_big_over_small": ratio, "max_ratio": MAX_RATIO, "flat_ok": flat_ok,
+        "budget_bytes": budget, "limit_ok": limit_ok,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    **git_state()},
+        "total_seconds": time.perf_counter() - started,
+    }
+    json_path = args.out / ("memory-quick.json" if args.quick else "memory.json")
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s)")
+    return 0 if flat_ok and limit_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The plan: permutations of all rows, exact batch counts, determinism, fresh orders per epoch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamsgd.shuffle import batch_segments, epoch_plan, iterations_per_epoch, row_order
+
+CHUNKS = [100, 37, 250, 1, 64, 100, 99]
+
+
+def epoch_rows(seed, epoch, window_rows, shuffle=True):
+    """The global row ids in the order one epoch visits them."""
+    starts = np.concatenate([[0], np.cumsum(CHUNKS)])
+    order = []
+    for w, chunks in enumerate(epoch_plan(CHUNKS, seed, epoch, window_rows, shuffle)):
+        rows = np.concatenate([np.arange(starts[c], starts[c + 1]) for c in chunks])
+        order.append(rows[row_order(len(rows), seed, epoch, w, shuffle)])
+    return np.concatenate(order)
+
+
+def test_iteration_arithmetic_from_the_chapter():
+    assert iterations_per_epoch(1_250_000, 512) == 2442
+    assert 100_000 // iterations_per_epoch(1_250_000, 512) == 40
+    assert iterations_per_epoch(1024, 512) == 2
+    assert iterations_per_epoch(1, 512) == 1
+
+
+@pytest.mark.parametrize("window_rows", [1, 150, 300, 10_000])
+def test_each_epoch_is_a_permutation_of_all_rows(window_rows):
+    for epoch in range(3):
+        order = epoch_rows(7, epoch, window_rows)
+        assert sorted(order) == list(range(sum(CHUNKS)))
+
+
+def test_same_seed_same_order_and_epochs_differ():
+    a = epoch_rows(7, 0, 300)
+    assert np.array_equal(a, epoch_rows(7, 0, 300))
+    assert not np.array_equal(a, epoch_rows(7, 1, 300))
+    assert not np.array_equal(a, epoch_rows(8, 0, 300))
+
+
+def test_no_shuffle_is_the_file_order():
+    assert np.array_equal(epoch_rows(7, 3, 300, shuffle=False), np.arange(sum(CHUNKS)))
+
+
+def test_windows_respect_the_row_budget():
+    for chunks in epoch_plan(CHUNKS, 1, 0, 200):
+        rows = sum(CHUNKS[c] for c in chunks)
+        assert rows <= 200 or len(chunks) == 1
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 512, 1000])
+def test_batches_are_exactly_b_rows_but_the_last(batch):
+    windows = [len(c) and sum(CHUNKS[i] for i in c) for c in epoch_plan(CHUNKS, 1, 0, 180)]
+    sizes = [sum(stop - start for _, start, stop in segs) for segs in batch_segments(windows, batch)]
+    assert len(sizes) == iterations_per_epoch(sum(CHUNKS), batch)
+    assert all(s == batch for s in sizes[:-1]) and 0 < sizes[-1] <= batch
+    assert sum(sizes) == sum(CHUNKS)
