@@ -194,13 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"streamsgd: error: {exc.format_message()}", err=True)
         sys.exit(UsageError.exit_code if isinstance(exc, click.UsageError) else exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("streamsgd: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
     except StreamSGDError as exc:
         click.echo(f"streamsgd: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort
         click.echo("streamsgd: interrupted; no output was written", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(0)

@@ -9,7 +9,9 @@ The plan is the classic two-level shuffle for data larger than memory: the chunk
 permuted every epoch, consecutive chunks of that order are grouped into *windows* that fit
 the shuffle buffer, and the rows of each window are permuted. The batch stream is the
 concatenation of the windows' permuted rows, cut every ``batch`` rows, so every batch has
-exactly ``batch`` rows except the epoch's last one.
+exactly ``batch`` rows except the epoch's last one. When the scan pass has measured each
+chunk's mean target, windows are instead *stratified* (see ``stratified_windows``), so
+that data sorted by label still gives every window the whole data's label mix.
 """
 
 from __future__ import annotations
@@ -85,9 +87,44 @@ def batch_segments(window_rows: Sequence[int], batch: int) -> Iterator[list[Segm
         yield pending
 
 
+def stratified_windows(
+    chunk_rows: Sequence[int], strata: NDArray[np.float64], seed: int, epoch: int, window_rows: int
+) -> list[NDArray[np.int64]]:
+    """Deal chunks into windows so that every window holds the data's mix of ``strata``.
+
+    ``strata`` is one number per chunk (its mean target, from the scan pass). Chunks are
+    ranked by it, the ranking is cut into bands of ``m`` chunks (one per window), and each
+    band is dealt to the windows in a fresh random order. A file sorted by label thus
+    gives windows with the same label mix as the whole file, which random windows of
+    whole chunks cannot promise. Falls back to random windows when chunk sizes differ
+    so much that dealing would overflow a window.
+    """
+    n = len(chunk_rows)
+    rng = np.random.default_rng([seed, epoch])
+    m = max(1, math.ceil(sum(chunk_rows) / window_rows))
+    if m == 1 or m >= n:
+        return group_windows(chunk_rows, chunk_order(n, seed, epoch), window_rows)
+    ranked = np.lexsort((rng.random(n), strata))  # random tie-break among equal strata
+    members: list[list[int]] = [[] for _ in range(m)]
+    for start in range(0, n, m):
+        band = ranked[start : start + m]
+        for chunk, w in zip(band, rng.permutation(m)[: len(band)]):
+            members[w].append(int(chunk))
+    if any(sum(chunk_rows[c] for c in chunks) > window_rows for chunks in members):
+        return group_windows(chunk_rows, chunk_order(n, seed, epoch), window_rows)
+    return [np.array(chunks, dtype=np.int64) for chunks in members]
+
+
 def epoch_plan(
-    chunk_rows: Sequence[int], seed: int, epoch: int, window_rows: int, shuffle: bool = True
+    chunk_rows: Sequence[int],
+    seed: int,
+    epoch: int,
+    window_rows: int,
+    shuffle: bool = True,
+    strata: NDArray[np.float64] | None = None,
 ) -> list[NDArray[np.int64]]:
     """The windows (lists of chunk ids, in buffer order) of one epoch."""
+    if shuffle and strata is not None:
+        return stratified_windows(chunk_rows, strata, seed, epoch, window_rows)
     order = chunk_order(len(chunk_rows), seed, epoch, shuffle)
     return group_windows(chunk_rows, order, window_rows)

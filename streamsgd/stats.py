@@ -21,12 +21,14 @@ SAMPLE_ROWS = 4096
 
 @dataclass(frozen=True)
 class DataStats:
-    """rows; mean and scale of shape (n_features,), float64; sample of shape (<=4096, n_features)."""
+    """rows; mean and scale of shape (n_features,), float64; sample of shape (<=4096, n_features);
+    chunk_target_mean of shape (n_chunks,), the strata of the shuffle plan."""
 
     rows: int
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
     sample: NDArray
+    chunk_target_mean: NDArray[np.float64]
 
 
 def check_labels(model: str, source: Source, window: Window) -> None:
@@ -51,6 +53,7 @@ def scan(
     mean = np.zeros(d)
     m2 = np.zeros(d)
     sample = None
+    chunk_target_mean = np.zeros(len(source.chunk_rows))
     windows = epoch_plan(source.chunk_rows, 0, 0, window_rows, shuffle=False)
     with ThreadPoolExecutor(readers) as pool, Prefetcher(
         windows,
@@ -60,6 +63,11 @@ def scan(
     ) as stream:
         for window in stream:
             check_labels(model, source, window)
+            start = 0
+            for c in window.chunks:
+                stop = start + source.chunk_rows[c]
+                chunk_target_mean[c] = window.y[start:stop].mean() if stop > start else 0.0
+                start = stop
             k = window.X.shape[0]
             wmean, wm2 = moments(window.X)
             delta = wmean - mean
@@ -76,4 +84,4 @@ def scan(
     std = np.sqrt(m2 / n)
     # constant columns keep scale 1, as scikit-learn's StandardScaler does
     scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
-    return DataStats(n, mean, scale, sample)
+    return DataStats(n, mean, scale, sample, chunk_target_mean)

@@ -94,8 +94,9 @@ def fit(
 
     if config.standardize:
         stats = scan(source, config.model, config.dtype, plan.window_rows, plan.buffer_bytes, config.readers)
-        mean, scale, sample = stats.mean, stats.scale, stats.sample
+        mean, scale, sample, strata = stats.mean, stats.scale, stats.sample, stats.chunk_target_mean
     else:
+        strata = None
         mean, scale = np.zeros(d), np.ones(d)
         first = epoch_plan(source.chunk_rows, 0, 0, plan.window_rows, shuffle=False)[0][:1]
         sample = read_window(source, first, dtype, True).X[:4096]
@@ -134,7 +135,7 @@ def fit(
 
     try:
         for epoch in range(n_epochs):
-            windows = epoch_plan(source.chunk_rows, config.seed, epoch, plan.window_rows, config.shuffle)
+            windows = epoch_plan(source.chunk_rows, config.seed, epoch, plan.window_rows, config.shuffle, strata)
             window_rows = [int(sum(source.chunk_rows[c] for c in chunks)) for chunks in windows]
             meter.reset_epoch()
             with ThreadPoolExecutor(config.readers) as pool, Prefetcher(

@@ -58,3 +58,23 @@ def test_batches_are_exactly_b_rows_but_the_last(batch):
     assert len(sizes) == iterations_per_epoch(sum(CHUNKS), batch)
     assert all(s == batch for s in sizes[:-1]) and 0 < sizes[-1] <= batch
     assert sum(sizes) == sum(CHUNKS)
+
+
+def test_stratified_windows_cover_every_chunk_and_mix_the_strata():
+    chunk_rows = [100] * 60
+    strata = np.repeat([0.0, 1.0], 30)  # a file sorted by label: 30 all-0 chunks, then 30 all-1
+    for epoch in range(3):
+        windows = epoch_plan(chunk_rows, 4, epoch, 2000, strata=strata)
+        assert sorted(np.concatenate(windows)) == list(range(60))
+        assert all(sum(chunk_rows[c] for c in w) <= 2000 for w in windows)
+        # three windows of 20 chunks, each exactly half 0-chunks: the file's own mix
+        assert [strata[w].mean() for w in windows] == [0.5, 0.5, 0.5]
+    assert not np.array_equal(np.concatenate(epoch_plan(chunk_rows, 4, 0, 2000, strata=strata)),
+                              np.concatenate(epoch_plan(chunk_rows, 4, 1, 2000, strata=strata)))
+
+
+def test_random_windows_of_sorted_chunks_would_not_mix():
+    """Why stratification exists: whole-chunk random windows leave label mixes far from 0.5."""
+    strata = np.repeat([0.0, 1.0], 30)
+    mixes = [strata[w].mean() for e in range(20) for w in epoch_plan([100] * 60, 4, e, 2000)]
+    assert max(abs(np.array(mixes) - 0.5)) > 0.15
