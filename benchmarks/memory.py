@@ -155,6 +155,7 @@ def mib(n: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]  # other work on a shared machine skews timings; record it
     args.out.mkdir(parents=True, exist_ok=True)
     limit = parse_bytes(args.memory_limit)
     command = streamsgd_command()
@@ -218,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     **git_state()},
         "total_seconds": time.perf_counter() - started,
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }
     json_path = args.out / ("memory-quick.json" if args.quick else "memory.json")
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s)")
+    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s; 1-min load average "
+          f"{load_start:.1f} at start, {report['load_average_1min']['end']:.1f} at end)")
     return 0 if flat_ok and limit_ok else 1
 
 
