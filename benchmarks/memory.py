@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from streamsgd.config import parse_bytes
-from streamsgd.generate import generate
+from streamsgd.metrics import peak_rss_bytes
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 ROW_GROUP_ROWS = 65536
@@ -88,8 +88,14 @@ def streamsgd_command() -> str:
     return found
 
 
-def ensure_file(path: Path, rows: int, features: int, regenerate: bool) -> bool:
-    """Write an uncompressed logistic file unless one with this shape is already there."""
+def ensure_file(command: str, path: Path, rows: int, features: int, regenerate: bool) -> bool:
+    """Write an uncompressed logistic file unless one with this shape is already there.
+
+    The file is written by ``streamsgd generate`` in a child process, never in this one: a
+    child started by ``subprocess`` reports getrusage's peak RSS *including this process's
+    peak* (the kernel carries it over the vfork+exec), so this process must stay small
+    for the children's ``peak_rss_bytes`` to mean anything. See ``check_parent``.
+    """
     if path.exists() and not regenerate:
         try:
             meta = pq.read_metadata(path)
@@ -99,9 +105,19 @@ def ensure_file(path: Path, rows: int, features: int, regenerate: bool) -> bool:
                 return False
         except Exception:
             pass
-    generate(str(path), rows=rows, features=features, task="logistic", seed=SEED,
-             row_group_rows=ROW_GROUP_ROWS, compression="none")
+    subprocess.run([command, "generate", str(path), "--rows", str(rows), "--features", str(features),
+                    "--task", "logistic", "--seed", str(SEED), "--row-group-rows", str(ROW_GROUP_ROWS),
+                    "--compression", "none"], check=True, capture_output=True)
     return True
+
+
+def check_parent(idle: int) -> int:
+    """This process's peak RSS; stop if it could have leaked into the children's figures."""
+    parent = peak_rss_bytes()
+    if parent >= idle:
+        sys.exit(f"memory.py: this process peaked at {mib(parent)}, not below the idle footprint "
+                 f"{mib(idle)}; children would report its peak as theirs, so the figures are void")
+    return parent
 
 
 def idle_footprint(runs: int = 3) -> int:
@@ -164,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     for key, path in files.items():
-        ensure_file(path, sizes[key], args.features, args.regenerate)
+        ensure_file(command, path, sizes[key], args.features, args.regenerate)
     warm = args.out / f"mem-warmup-{args.features}.parquet"
-    ensure_file(warm, 1000, args.features, args.regenerate)
+    ensure_file(command, warm, 1000, args.features, args.regenerate)
     print(f"data ready in {time.perf_counter() - t0:.1f} s")
 
     # Untimed warm-up so no measured run pays for compiling the Numba kernels (their
@@ -174,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.out / "mem-model.npz"
     fit_peak(command, warm, model, args.memory_limit)
     idle = idle_footprint()
+    parent = check_parent(idle)
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in sizes}
     for _ in range(args.runs):  # alternate small and big, so drift hits both alike
         for key, path in files.items():
@@ -209,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "features": args.features, "row_group_rows": ROW_GROUP_ROWS, "runs": args.runs,
         "memory_limit": args.memory_limit, "memory_limit_bytes": limit,
-        "idle_peak_rss_bytes": idle,
+        "idle_peak_rss_bytes": idle, "parent_peak_rss_bytes": parent,
         "sets": {k: {"rows": sizes[k], "file_bytes": files[k].stat().st_size,
                      "full_batch_bytes": full_batch_bytes(sizes[k], args.features),
                      "peak_rss_bytes_median": median[k], "peak_rss_bytes_max": worst[k],

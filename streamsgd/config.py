@@ -57,7 +57,7 @@ class FitConfig:
     epochs: int | None = None
     steps: int | None = None
     lr: float | None = None
-    lr_schedule: str = "invscaling"
+    lr_schedule: str = "constant"
     power_t: float = 0.25
     l2: float = 1e-4
     seed: int = 0

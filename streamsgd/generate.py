@@ -105,7 +105,8 @@ def generate(
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=directory)
     os.close(fd)
     try:
-        with pq.ParquetWriter(tmp, schema, compression=compression) as writer:
+        # random floats never repeat: dictionary encoding would only inflate the file
+        with pq.ParquetWriter(tmp, schema, compression=compression, use_dictionary=False) as writer:
             if not sorted_by_label:
                 for X, y in _chunks(task, params, rows, row_group_rows, sample_seed):
                     write(X, y)

@@ -10,7 +10,18 @@ from typing import Any, TextIO
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports KiB)."""
+    """This process's own peak resident set size so far.
+
+    Linux's ``VmHWM`` rather than ``getrusage``: a child started by a big process inherits
+    the parent's ``ru_maxrss`` across exec and would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

@@ -28,6 +28,7 @@ class Source(Protocol):
     features: list[str]
     target: str | None
     chunk_rows: list[int]
+    chunk_bytes: list[int]  # bytes a reader holds while decoding the chunk (uncompressed size)
 
     def chunk_name(self, i: int) -> str: ...
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None: ...
@@ -82,9 +83,13 @@ class ParquetSource:
         self._groups = [
             _RowGroup(f, g) for f, meta in enumerate(self._metas) for g in range(meta.num_row_groups)
         ]
-        self.chunk_rows = [
-            self._metas[g.file].row_group(g.index).num_rows for g in self._groups
-        ]
+        self.chunk_rows = [self._metas[g.file].row_group(g.index).num_rows for g in self._groups]
+        self.chunk_bytes = [self._uncompressed_bytes(g, used) for g in self._groups]
+
+    def _uncompressed_bytes(self, g: _RowGroup, names: list[str]) -> int:
+        rg = self._metas[g.file].row_group(g.index)
+        columns = (rg.column(j) for j in range(rg.num_columns))
+        return sum(c.total_uncompressed_size for c in columns if c.path_in_schema in names)
 
     def chunk_name(self, i: int) -> str:
         g = self._groups[i]
@@ -99,7 +104,10 @@ class ParquetSource:
         path = self.paths[g.file]
         try:
             pf = pq.ParquetFile(path, metadata=self._metas[g.file], pre_buffer=False)
-            return pf.read_row_group(g.index, columns=list(names), use_threads=False)
+            table = pf.read_row_group(g.index, columns=list(names), use_threads=False)
+            # hand the decode buffers back to the OS now, or the pool keeps them (RSS creep)
+            pa.default_memory_pool().release_unused()
+            return table
         except FileNotFoundError as exc:
             raise SourceError(f"{path}: file disappeared while reading; {exc}") from exc
         except (pa.ArrowException, OSError) as exc:
@@ -148,6 +156,7 @@ class ArraySource:
         n = X.shape[0]
         self._starts = list(range(0, n, chunk_rows))
         self.chunk_rows = [min(chunk_rows, n - s) for s in self._starts]
+        self.chunk_bytes = [0] * len(self.chunk_rows)  # copies from memory decode nothing
 
     def chunk_name(self, i: int) -> str:
         return f"array rows {self._starts[i]}..{self._starts[i] + self.chunk_rows[i] - 1}"

@@ -8,42 +8,54 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import closing
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from .batches import BatchStream
 from .config import FitConfig
-from .errors import DataError, DivergenceError
+from .errors import DataError, DivergenceError, UsageError
 from .kernels import GRADIENTS
 from .metrics import Meter, MetricsLog, peak_rss_bytes
 from .model import Model
 from .optim import default_lr, learning_rate, sgd_step
-from .prefetch import Prefetcher
-from .shuffle import batch_segments, epoch_plan, iterations_per_epoch, row_order
+from .shuffle import epoch_plan, iterations_per_epoch
 from .sources import Source, n_rows
-from .stats import check_labels, scan
-from .windows import read_window, window_bytes
+from .stats import scan
+from .windows import read_window
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
-MIN_AUTO_UPDATES = 3000
-MAX_AUTO_EPOCHS = 1000
+MIN_AUTO_UPDATES = 20_000
+MAX_AUTO_EPOCHS = 20_000
 
-#: Share of --memory-limit for the two live windows (one trained on, one being filled);
-#: the rest covers Arrow's decode buffers for the chunks in flight.
+#: Share of --memory-limit for the two live windows; the rest is for decoding.
 WINDOW_SHARE = 2 / 3
+
+#: While decoding a row group, pyarrow's memory pool peaks at 2.5-2.8x the row group's
+#: uncompressed size (raw pages plus decoded arrays; measured with pyarrow 26, plain and
+#: dictionary encodings). Each reader thread in flight is budgeted this much.
+DECODE_FACTOR = 3
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """How --memory-limit is spent: window size in rows and the bound on live windows."""
+    """How --memory-limit is spent: two thirds for two shuffle windows (one trained on, one
+    being filled), one third for the reader threads' decode buffers.
+
+    The window size depends only on the limit and the row width, never on the number of
+    readers, so the shuffle plan (and the model) is the same whatever ``--readers`` is;
+    fewer reader threads run when the decode share cannot pay for them. A limit too
+    small for one reader, or for a window of the largest chunk, is refused.
+    """
 
     window_rows: int
     buffer_bytes: int
     row_bytes: int
+    readers: int
 
     @classmethod
     def for_source(cls, source: Source, config: FitConfig) -> "MemoryPlan":
@@ -51,7 +63,19 @@ class MemoryPlan:
         # features + target in the buffer, plus the window's int64 row permutation
         row_bytes = (len(source.features) + 1) * itemsize + 8
         buffer_bytes = int(config.memory_limit * WINDOW_SHARE)
-        return cls(max(1, buffer_bytes // 2 // row_bytes), buffer_bytes, row_bytes)
+        window_rows = max(1, buffer_bytes // 2 // row_bytes)
+        decode = DECODE_FACTOR * max(source.chunk_bytes, default=0)
+        reserve = config.memory_limit - buffer_bytes
+        readers = min(config.readers, reserve // decode) if decode else config.readers
+        biggest = max(source.chunk_rows, default=0)
+        if readers < 1 or biggest > window_rows:
+            need = int(max(decode / (1 - WINDOW_SHARE), 2 * biggest * row_bytes / WINDOW_SHARE)) + 1
+            raise UsageError(
+                f"--memory-limit {config.memory_limit} bytes is too small for this data: its largest row "
+                f"group ({biggest} rows) needs at least {need} bytes to decode and shuffle; raise "
+                "--memory-limit or rewrite the data with smaller row groups"
+            )
+        return cls(window_rows, buffer_bytes, row_bytes, int(readers))
 
 
 @dataclass
@@ -93,7 +117,7 @@ def fit(
     dtype = np.dtype(config.dtype)
 
     if config.standardize:
-        stats = scan(source, config.model, config.dtype, plan.window_rows, plan.buffer_bytes, config.readers)
+        stats = scan(source, config.model, config.dtype, plan.window_rows, plan.buffer_bytes, plan.readers)
         mean, scale, sample, strata = stats.mean, stats.scale, stats.sample, stats.chunk_target_mean
     else:
         strata = None
@@ -128,50 +152,34 @@ def fit(
         if on_progress is not None:
             on_progress(record)
 
-    def produce(chunks):
-        window = read_window(source, chunks, dtype, True, pool)
-        check_labels(config.model, source, window)
-        return window
-
+    stream = BatchStream(source, config.model, B, config.seed, config.shuffle, plan.window_rows,
+                         plan.buffer_bytes, plan.readers, dtype, strata)
     try:
         for epoch in range(n_epochs):
-            windows = epoch_plan(source.chunk_rows, config.seed, epoch, plan.window_rows, config.shuffle, strata)
-            window_rows = [int(sum(source.chunk_rows[c] for c in chunks)) for chunks in windows]
             meter.reset_epoch()
-            with ThreadPoolExecutor(config.readers) as pool, Prefetcher(
-                windows, produce, lambda c: window_bytes(source, c, dtype, True), plan.buffer_bytes
-            ) as stream:
-                arriving = iter(stream)
-                live: dict[int, tuple[Any, np.ndarray]] = {}
-                for segments in batch_segments(window_rows, B):
+            with closing(stream.epoch(epoch)) as batches:  # closing joins the reader thread
+                for segments in batches:
                     gw[:] = 0.0
                     loss_sum = rsum = 0.0
                     rows = 0
-                    for wi, start, stop in segments:
-                        if wi not in live:
-                            live[wi] = (next(arriving), row_order(window_rows[wi], config.seed, epoch, wi, config.shuffle))
-                        window, order = live[wi]
-                        ls, rs = kernel(window.X, window.y, order[start:stop], w_eff, b_eff, gw)
+                    for X, y, idx in segments:
+                        ls, rs = kernel(X, y, idx, w_eff, b_eff, gw)
                         loss_sum += ls
                         rsum += rs
-                        rows += stop - start
-                    last, _, end = segments[-1]
-                    for wi in [k for k in live if k < last or (k == last and end == window_rows[k])]:
-                        stream.release(live.pop(wi)[0].nbytes)
+                        rows += idx.size
                     if not math.isfinite(loss_sum):
                         raise DivergenceError(
                             f"training diverged at iteration {t + 1} (epoch {epoch + 1}): the loss became "
                             f"{loss_sum}; lower --lr (it was {lr0:.4g}) or keep --standardize on"
                         )
                     t += 1
-                    b, b_eff = sgd_step(
-                        w, b, gw, rsum, rows, mean, scale, config.l2, learning_rate(config.lr_schedule, lr0, t, config.power_t), w_eff
-                    )
+                    lr = learning_rate(config.lr_schedule, lr0, t, config.power_t)
+                    b, b_eff = sgd_step(w, b, gw, rsum, rows, mean, scale, config.l2, lr, w_eff)
                     rows_seen += rows
                     meter.add(loss_sum, rows)
                     if t % config.log_every == 0:
                         emit({"event": "progress", "epoch": epoch + 1, "iteration": t, "rows_seen": rows_seen,
-                              "lr": learning_rate(config.lr_schedule, lr0, t, config.power_t),
+                              "lr": lr,
                               "total_iterations": total_steps, **meter.interval_record()})
                         meter.reset_interval()
                     if t == total_steps:

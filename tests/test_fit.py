@@ -47,12 +47,12 @@ def test_same_seed_same_model_file_whatever_the_readers(logistic_file, tmp_path)
     for readers in (1, 2, 4):
         out = tmp_path / f"m{readers}.npz"
         # a small memory limit makes several windows per epoch and batches that straddle them
-        run_cli("fit", logistic_file, "--epochs", 2, "--readers", readers, "--memory-limit", "300KB", "-o", out)
+        run_cli("fit", logistic_file, "--epochs", 2, "--readers", readers, "--memory-limit", "1MB", "-o", out)
         paths.append(out)
     blobs = [p.read_bytes() for p in paths]
     assert blobs[0] == blobs[1] == blobs[2]
     other = tmp_path / "seed2.npz"
-    run_cli("fit", logistic_file, "--epochs", 2, "--memory-limit", "300KB", "--seed", 2, "-o", other)
+    run_cli("fit", logistic_file, "--epochs", 2, "--memory-limit", "1MB", "--seed", 2, "-o", other)
     assert other.read_bytes() != blobs[0]
 
 
@@ -64,7 +64,7 @@ def test_linear_reaches_the_closed_form_ridge_objective(tmp_path):
     y = Z @ rng.standard_normal(d) + 0.5 * rng.standard_normal(n) + 3
     path = write_parquet(tmp_path / "lin.parquet", X, y, row_group_size=500)
     result = streamsgd.fit(streamsgd.open_source(path), model="linear", l2=l2, dtype="float64",
-                           epochs=100, power_t=0.5, batch=256)
+                           epochs=100, lr_schedule="invscaling", power_t=0.5, batch=256)
     # ridge with an unpenalised intercept: centre, then solve (Z'Z/n + l2 I) w = Z'(y - ybar)/n
     w = np.linalg.solve(Z.T @ Z / n + l2 * np.eye(d), Z.T @ (y - y.mean()) / n)
 
@@ -89,7 +89,7 @@ def test_logistic_reaches_sklearn_objective(tmp_path):
     y = (rng.random(n) < 1 / (1 + np.exp(-(Z @ rng.standard_normal(d))))).astype(np.int64)
     path = write_parquet(tmp_path / "log.parquet", X, y, row_group_size=500)
     result = streamsgd.fit(streamsgd.open_source(path), model="logistic", l2=l2, dtype="float64",
-                           epochs=100, power_t=0.5, batch=256)
+                           epochs=100, lr_schedule="invscaling", power_t=0.5, batch=256)
     # DESIGN.md §4: --l2 A matches LogisticRegression(C = 1 / (N·A)) on the standardised data
     sk = LogisticRegression(C=1 / (n * l2), tol=1e-10, max_iter=10_000).fit(Z, y)
 

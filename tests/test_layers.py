@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "streamsgd"
 LAYERS = {
     "errors": 0, "config": 0.5,
     "shuffle": 1, "prefetch": 1, "kernels": 1, "metrics": 1,
-    "sources": 2, "optim": 2, "model": 2, "windows": 2.5, "stats": 2.7,
+    "sources": 2, "optim": 2, "model": 2, "windows": 2.5, "stats": 2.7, "batches": 2.8,
     "train": 3, "apply": 3, "generate": 3, "info": 3.5,
     "cli": 4, "__init__": 5, "__main__": 5,
 }

@@ -86,7 +86,7 @@ def test_interrupted_fit_leaves_no_thread(logistic_file):
 
     with pytest.raises(KeyboardInterrupt):
         streamsgd.fit(
-            streamsgd.open_source(logistic_file), epochs=5, log_every=2, memory_limit="200KB",
+            streamsgd.open_source(logistic_file), epochs=5, log_every=2, memory_limit="400KB",
             on_progress=interrupt,
         )
     assert len(calls) == 3
@@ -104,6 +104,6 @@ def test_reader_failure_mid_epoch_is_our_error(logistic_file):
 
     source.read_into = failing
     with pytest.raises(SourceError, match=r"row group 7: read failed: peer reset") as info:
-        streamsgd.fit(source, epochs=1, memory_limit="200KB", standardize=False, lr=0.1)
+        streamsgd.fit(source, epochs=1, memory_limit="400KB", standardize=False, lr=0.1)
     assert isinstance(info.value.__cause__, ConnectionResetError)
     assert not prefetch_threads()
