@@ -25,7 +25,7 @@ from .optim import default_lr, learning_rate, sgd_step
 from .shuffle import epoch_plan, iterations_per_epoch
 from .sources import Source, n_rows
 from .stats import scan
-from .windows import read_window
+from .windows import read_window, return_freed_buffers_to_os
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
@@ -43,8 +43,8 @@ DECODE_FACTOR = 3
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """How --memory-limit is spent: two thirds for two shuffle windows (one trained on, one
-    being filled), one third for the reader threads' decode buffers.
+    """How --memory-limit is spent: two thirds for shuffle windows (up to three alive: one
+    or two trained on, one being filled), one third for the reader threads' decode buffers.
 
     The window size depends only on the limit and the row width, never on the number of
     readers, so the shuffle plan (and the model) is the same whatever ``--readers`` is;
@@ -63,13 +63,15 @@ class MemoryPlan:
         # features + target in the buffer, plus the window's int64 row permutation
         row_bytes = (len(source.features) + 1) * itemsize + 8
         buffer_bytes = int(config.memory_limit * WINDOW_SHARE)
-        window_rows = max(1, buffer_bytes // 2 // row_bytes)
+        # three windows fit: the two a batch may straddle, plus the one the prefetcher may
+        # start while the trainer waits (see prefetch.ByteBudget)
+        window_rows = max(1, buffer_bytes // 3 // row_bytes)
         decode = DECODE_FACTOR * max(source.chunk_bytes, default=0)
         reserve = config.memory_limit - buffer_bytes
         readers = min(config.readers, reserve // decode) if decode else config.readers
         biggest = max(source.chunk_rows, default=0)
         if readers < 1 or biggest > window_rows:
-            need = int(max(decode / (1 - WINDOW_SHARE), 2 * biggest * row_bytes / WINDOW_SHARE)) + 1
+            need = int(max(decode / (1 - WINDOW_SHARE), 3 * biggest * row_bytes / WINDOW_SHARE)) + 1
             raise UsageError(
                 f"--memory-limit {config.memory_limit} bytes is too small for this data: its largest row "
                 f"group ({biggest} rows) needs at least {need} bytes to decode and shuffle; raise "
@@ -115,6 +117,7 @@ def fit(
     d = len(source.features)
     plan = MemoryPlan.for_source(source, config)
     dtype = np.dtype(config.dtype)
+    return_freed_buffers_to_os()
 
     if config.standardize:
         stats = scan(source, config.model, config.dtype, plan.window_rows, plan.buffer_bytes, plan.readers)
