@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+import provenance  # benchmarks/ is on sys.path when a script there runs
 from streamsgd.config import parse_bytes
 from streamsgd.metrics import peak_rss_bytes
 
@@ -150,19 +150,6 @@ def fit_peak(command: str, data: Path, model: Path, memory_limit: str) -> dict[s
     return {**summary, "wall_seconds": seconds, "argv": argv}
 
 
-def git_state() -> dict[str, Any]:
-    """Commit of the checkout and whether streamsgd/ had uncommitted edits: what was measured."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streamsgd"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "streamsgd_dirty": None}
-    return {"commit": commit, "streamsgd_dirty": bool(dirty)}
-
-
 def full_batch_bytes(rows: int, features: int) -> int:
     """What full-batch GD holds: float32 features + target per row, and one float64 margin."""
     return rows * (features + 1) * 4 + rows * 8
@@ -237,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                      "wall_seconds_median": seconds[k], "runs": runs[k]} for k in sizes},
         "ratio_big_over_small": ratio, "max_ratio": MAX_RATIO, "flat_ok": flat_ok,
         "budget_bytes": budget, "limit_ok": limit_ok,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    **git_state()},
+        "machine": provenance.machine(),
         "total_seconds": time.perf_counter() - started,
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }

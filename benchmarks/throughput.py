@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import provenance  # benchmarks/ is on sys.path when a script there runs
 import streamsgd
 from streamsgd.apply import evaluate
 from streamsgd.generate import generate
@@ -222,24 +221,8 @@ def machine() -> dict[str, Any]:
     import numba
     import sklearn
 
-    return {
-        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "numpy": np.__version__, "pyarrow": pa.__version__, "numba": numba.__version__,
-        "sklearn": sklearn.__version__, "streamsgd": streamsgd.__version__, **git_state(),
-    }
-
-
-def git_state() -> dict[str, Any]:
-    """Commit of the checkout and whether streamsgd/ had uncommitted edits: what was measured."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streamsgd"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "streamsgd_dirty": None}
-    return {"commit": commit, "streamsgd_dirty": bool(dirty)}
+    return provenance.machine(numpy=np.__version__, pyarrow=pa.__version__, numba=numba.__version__,
+                              sklearn=sklearn.__version__, streamsgd=streamsgd.__version__)
 
 
 def print_table(rows: int, medians: dict[str, float], losses: dict[str, float]) -> None:

@@ -11,7 +11,8 @@ import numpy as np
 
 from .errors import DataError, ModelFileError
 from .kernels import row_loss
-from .model import Model, _expit
+from .model import Model, expit
+from .stats import merge_moments
 from .sources import Source
 from .windows import read_window
 
@@ -28,7 +29,7 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
     """Mean data loss (no penalty) and accuracy (classifier) or R² (regressor)."""
     _check_features(model, source)
     rows, loss_sum, correct = 0, 0.0, 0
-    y_sum = y_m2 = sse = 0.0  # Chan's merge of the target's variance, for R²
+    y_mean = y_m2 = sse = 0.0  # the target's variance, merged chunk by chunk, for R²
     for c in range(len(source.chunk_rows)):
         window = read_window(source, np.array([c]), np.float64, True)
         z = model.decision_function(window.X)
@@ -39,15 +40,8 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
         if model.is_classifier:
             correct += int(((z > 0) == (y == 1)).sum())
         else:
-            k = y.size
             mean_k = float(y.mean())
-            m2_k = float(((y - mean_k) ** 2).sum())
-            if rows:
-                delta = mean_k - y_sum / rows
-                y_m2 += m2_k + delta**2 * rows * k / (rows + k)
-            else:
-                y_m2 = m2_k
-            y_sum += float(y.sum())
+            _, y_mean, y_m2 = merge_moments(rows, y_mean, y_m2, y.size, mean_k, float(((y - mean_k) ** 2).sum()))
             sse += float(((y - z) ** 2).sum())
         rows += y.size
     if rows == 0:
@@ -85,7 +79,7 @@ def predict(model: Model, source: Source, out: str, keep: Sequence[str] = ()) ->
                 cols.update({name: kept.column(name) for name in keep})
             if model.is_classifier:
                 cols["prediction"] = pa.array((z > 0).astype(np.int64)).cast(label_type)
-                cols["probability"] = pa.array(_expit(z))
+                cols["probability"] = pa.array(expit(z))
             else:
                 cols["prediction"] = pa.array(z)
             table = pa.table(cols)

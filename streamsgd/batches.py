@@ -10,17 +10,14 @@ epoch, while visiting rows in exactly the order a re-read would.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .prefetch import Prefetcher
 from .shuffle import batch_segments, epoch_plan, row_order
 from .sources import Source
-from .stats import check_labels
-from .windows import Window, read_window, window_bytes
+from .windows import Window, prefetch_windows
 
 Batch = list[tuple[NDArray, NDArray, NDArray[np.int64]]]
 
@@ -47,12 +44,7 @@ class BatchStream:
         if len(windows) == 1 and self._resident is not None:
             yield from self._resident_epoch(epoch, windows[0], sizes)
             return
-        with ThreadPoolExecutor(self.readers) as pool, Prefetcher(
-            windows,
-            lambda chunks: self._read(chunks, pool),
-            lambda chunks: window_bytes(self.source, chunks, self.dtype, True),
-            self.buffer_bytes,
-        ) as stream:
+        with prefetch_windows(self.source, windows, self.dtype, self.model, self.readers, self.buffer_bytes) as stream:
             arriving = iter(stream)
             live: dict[int, tuple[Window, NDArray[np.int64]]] = {}
             for segments in batch_segments(sizes, self.batch):
@@ -66,11 +58,6 @@ class BatchStream:
                     stream.release(window.nbytes)
                     if len(windows) == 1:
                         self._resident = (window, _row_ids(self.source, window.chunks))
-
-    def _read(self, chunks: NDArray[np.int64], pool: ThreadPoolExecutor) -> Window:
-        window = read_window(self.source, chunks, self.dtype, True, pool)
-        check_labels(self.model, self.source, window)
-        return window
 
     def _resident_epoch(self, epoch: int, chunks: NDArray[np.int64], sizes: list[int]) -> Iterator[Batch]:
         window, resident_ids = self._resident

@@ -48,7 +48,7 @@ class Model:
 
     def predict_proba(self, X: NDArray) -> NDArray[np.float64]:
         """P(y = 1) for a logistic model."""
-        return _expit(self.decision_function(X))
+        return expit(self.decision_function(X))
 
     def predict(self, X: NDArray) -> NDArray:
         z = self.decision_function(X)
@@ -126,7 +126,8 @@ def load(path: str) -> Model:
         ) from exc
 
 
-def _expit(z: NDArray[np.float64]) -> NDArray[np.float64]:
+def expit(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The logistic function, without overflow at large |z|."""
     out = np.empty_like(z)
     pos = z >= 0
     out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))

@@ -3,7 +3,6 @@ and a small row sample for choosing the default step size, all in fixed memory."
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,10 +10,9 @@ from numpy.typing import NDArray
 
 from .errors import DataError
 from .kernels import moments
-from .prefetch import Prefetcher
 from .shuffle import epoch_plan
 from .sources import Source
-from .windows import Window, read_window, window_bytes
+from .windows import prefetch_windows
 
 SAMPLE_ROWS = 4096
 
@@ -31,17 +29,11 @@ class DataStats:
     chunk_target_mean: NDArray[np.float64]
 
 
-def check_labels(model: str, source: Source, window: Window) -> None:
-    """Refuse labels the loss cannot use (logistic needs 0/1)."""
-    if model != "logistic" or window.y is None:
-        return
-    bad = (window.y != 0) & (window.y != 1)
-    if bad.any():
-        value = window.y[np.argmax(bad)]
-        raise DataError(
-            f"{source.url}: target column {source.target!r} holds {value:g}, but --model logistic "
-            "needs labels 0 and 1; recode the target or choose --model linear"
-        )
+def merge_moments(n: int, mean, m2, k: int, mean_k, m2_k):
+    """Chan et al.'s parallel merge of (count, mean, sum of squared deviations); arrays or scalars."""
+    total = n + k
+    delta = mean_k - mean
+    return total, mean + delta * (k / total), m2 + m2_k + delta**2 * (n * k / total)
 
 
 def scan(
@@ -55,27 +47,16 @@ def scan(
     sample = None
     chunk_target_mean = np.zeros(len(source.chunk_rows))
     windows = epoch_plan(source.chunk_rows, 0, 0, window_rows, shuffle=False)
-    with ThreadPoolExecutor(readers) as pool, Prefetcher(
-        windows,
-        lambda chunks: read_window(source, chunks, dtype, True, pool),
-        lambda chunks: window_bytes(source, chunks, dtype, True),
-        max_bytes,
-    ) as stream:
+    with prefetch_windows(source, windows, np.dtype(dtype), model, readers, max_bytes) as stream:
         for window in stream:
-            check_labels(model, source, window)
             start = 0
             for c in window.chunks:
                 stop = start + source.chunk_rows[c]
                 chunk_target_mean[c] = window.y[start:stop].mean() if stop > start else 0.0
                 start = stop
-            k = window.X.shape[0]
-            wmean, wm2 = moments(window.X)
-            delta = wmean - mean
-            total = n + k
-            mean = mean + delta * (k / total)
-            m2 = m2 + wm2 + delta**2 * (n * k / total)
-            n = total
+            n, mean, m2 = merge_moments(n, mean, m2, window.X.shape[0], *moments(window.X))
             if sample is None:
+                k = window.X.shape[0]
                 step = max(1, k // SAMPLE_ROWS)
                 sample = window.X[::step][:SAMPLE_ROWS].copy()
             stream.release(window.nbytes)

@@ -32,7 +32,7 @@ from .windows import read_window, return_freed_buffers_to_os
 MIN_AUTO_UPDATES = 20_000
 MAX_AUTO_EPOCHS = 20_000
 
-#: Share of --memory-limit for the two live windows; the rest is for decoding.
+#: Share of --memory-limit for the shuffle windows; the rest is for decoding.
 WINDOW_SHARE = 2 / 3
 
 #: While decoding a row group, pyarrow's memory pool peaks at 2.5-2.8x the row group's

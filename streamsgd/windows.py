@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +14,7 @@ from numpy.typing import NDArray
 
 from .errors import DataError, StreamSGDError, SourceError
 from .kernels import first_nonfinite_column
+from .prefetch import Prefetcher
 from .sources import Source
 
 
@@ -72,6 +75,36 @@ def read_window(
         for future in [pool.submit(one, k) for k in range(len(chunks))]:
             future.result()
     return Window(X, y, chunks)
+
+
+@contextmanager
+def prefetch_windows(
+    source: Source, windows: list[NDArray[np.int64]], dtype: np.dtype, model: str, readers: int, max_bytes: int
+) -> Iterator[Prefetcher]:
+    """Read ``windows`` ahead in the background, each checked for the model's labels.
+
+    Yields the prefetcher: iterate it for windows, ``release(window.nbytes)`` each when done.
+    """
+    with ThreadPoolExecutor(readers) as pool, Prefetcher(
+        windows,
+        lambda chunks: check_labels(model, source, read_window(source, chunks, dtype, True, pool)),
+        lambda chunks: window_bytes(source, chunks, dtype, True),
+        max_bytes,
+    ) as stream:
+        yield stream
+
+
+def check_labels(model: str, source: Source, window: Window) -> Window:
+    """Refuse labels the loss cannot use (logistic needs 0/1); returns the window."""
+    if model == "logistic" and window.y is not None:
+        bad = (window.y != 0) & (window.y != 1)
+        if bad.any():
+            value = window.y[np.argmax(bad)]
+            raise DataError(
+                f"{source.url}: target column {source.target!r} holds {value:g}, but --model logistic "
+                "needs labels 0 and 1; recode the target or choose --model linear"
+            )
+    return window
 
 
 def _check_finite(source: Source, chunk: int, X: NDArray, y: NDArray | None) -> None:

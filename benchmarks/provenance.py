@@ -1,0 +1,28 @@
+"""What a benchmark figure was measured on: machine, versions, and the commit of the checkout."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def git_state() -> dict[str, Any]:
+    """Commit of the checkout and whether streamsgd/ had uncommitted edits: what was measured."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "streamsgd"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "streamsgd_dirty": None}
+    return {"commit": commit, "streamsgd_dirty": bool(dirty)}
+
+
+def machine(**versions: str) -> dict[str, Any]:
+    """CPU count, platform, Python, the given package versions and the git state."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            **versions, **git_state()}
