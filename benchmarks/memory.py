@@ -2,10 +2,9 @@
 
 Trains one epoch on N rows and on 8N rows of the same shape, each in a fresh process
 (``streamsgd fit ... --epochs 1 --memory-limit 256MB --json``), and reads the peak RSS
-that process reports in its JSON summary (``peak_rss_bytes``, from getrusage). Also
-measures the idle footprint: the peak RSS of a process that only imports streamsgd,
-pyarrow(.parquet) and numba and runs the kernels on a tiny array, i.e. what any run pays
-before holding a single row. Prints, next to them, what full-batch gradient descent would
+that process reports in its JSON summary (``peak_rss_bytes``, Linux's VmHWM). Also
+measures the idle footprint: the peak RSS of the same ``fit`` on a 1,000-row file, i.e.
+what any run pays (interpreter, pyarrow, numba, every code path) before holding data. Prints, next to them, what full-batch gradient descent would
 need to hold the data in memory: N*(d+1)*4 bytes of float32 rows plus N*8 of margins.
 
 Each data set is fitted ``--runs`` times (alternating small and big). Two checks, and the
@@ -17,7 +16,7 @@ Usage:
   python benchmarks/memory.py            # 1,000,000 and 8,000,000 rows x 50 features, 256MB
   python benchmarks/memory.py --quick    # 600,000 and 4,800,000 rows x 20 features, 64MB (make bench)
 
-Both sizes exceed two shuffle windows (one window is 1/3 of the limit), so both runs hold
+Both sizes exceed three shuffle windows (one window is 2/9 of the limit), so both runs hold
 a full budget of windows: the comparison is "full budget" vs "full budget", as it would be
 for data of any size beyond that.
 """
@@ -45,21 +44,6 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 ROW_GROUP_ROWS = 65536
 MAX_RATIO = 1.10
 SEED = 0
-
-#: The idle process: imports and a tiny run of every kernel the fit uses, nothing else.
-IDLE_SNIPPET = """
-import numpy as np, pyarrow, pyarrow.parquet, numba
-import streamsgd, streamsgd.cli
-from streamsgd.kernels import logistic_grad, moments, first_nonfinite_column
-from streamsgd.metrics import peak_rss_bytes
-from streamsgd.optim import sgd_step
-X = np.ones((64, 4), np.float32); y = np.zeros(64, np.float32); idx = np.arange(64)
-w, gw, w_eff = np.zeros(4), np.zeros(4), np.zeros(4)
-logistic_grad(X, y, idx, w_eff, 0.0, gw); moments(X); first_nonfinite_column(X)
-sgd_step(w, 0.0, gw, 0.0, 64, np.zeros(4), np.ones(4), 1e-4, 0.1, w_eff)
-print(peak_rss_bytes())
-"""
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -124,17 +108,13 @@ def check_parent(idle: int) -> int:
     return parent
 
 
-def idle_footprint(runs: int = 3) -> int:
-    """Peak RSS of a fresh process that imports the stack and runs the kernels once.
-
-    Median of ``runs`` processes, so one that happened to recompile the kernels (their
-    cache is invalidated whenever kernels.py changes) does not set the figure.
+def idle_footprint(command: str, tiny: Path, model: Path, memory_limit: str, runs: int = 3) -> int:
+    """Peak RSS of ``streamsgd fit`` on a 1,000-row file with the same options: the process's
+    own footprint (interpreter, pyarrow, numba, every kernel and code path of a fit) with
+    negligible data. Median of ``runs`` processes.
     """
-    peaks = []
-    for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", IDLE_SNIPPET], check=True, capture_output=True, text=True)
-        peaks.append(int(out.stdout.strip().splitlines()[-1]))
-    return int(statistics.median(peaks))
+    return int(statistics.median(fit_peak(command, tiny, model, memory_limit)["peak_rss_bytes"]
+                                 for _ in range(runs)))
 
 
 def fit_peak(command: str, data: Path, model: Path, memory_limit: str) -> dict[str, Any]:
@@ -180,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     # on-disk cache is filled here), which would inflate its peak RSS.
     model = args.out / "mem-model.npz"
     fit_peak(command, warm, model, args.memory_limit)
-    idle = idle_footprint()
+    idle = idle_footprint(command, warm, model, args.memory_limit)
     parent = check_parent(idle)
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in sizes}
     for _ in range(args.runs):  # alternate small and big, so drift hits both alike
@@ -201,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
           f"row groups of {ROW_GROUP_ROWS:,}, uncompressed; peak RSS median (max) of {args.runs} run(s)")
     print(f"{'data set':<26}{'rows':>12}{'file':>11}{'peak RSS':>11}{'(max)':>10}{'full batch':>12}"
           f"{'full/peak':>11}{'fit s':>8}")
-    print(f"{'idle (imports + kernels)':<26}{'':>12}{'':>11}{mib(idle):>11}")
+    print(f"{'idle (fit of 1,000 rows)':<26}{'':>12}{'':>11}{mib(idle):>11}")
     for key, n in sizes.items():
         full = full_batch_bytes(n, args.features)
         print(f"{key + (' (N)' if key == 'small' else ' (8N)'):<26}{n:>12,}{mib(files[key].stat().st_size):>11}"

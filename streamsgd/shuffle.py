@@ -35,7 +35,7 @@ def chunk_order(n_chunks: int, seed: int, epoch: int, shuffle: bool = True) -> N
     """The order in which chunks are read in ``epoch``: a fresh permutation per epoch."""
     if not shuffle:
         return np.arange(n_chunks, dtype=np.int64)
-    return np.random.default_rng([seed, epoch]).permutation(n_chunks).astype(np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(n_chunks)
 
 
 def group_windows(
@@ -62,7 +62,7 @@ def row_order(n_rows: int, seed: int, epoch: int, window: int, shuffle: bool = T
     """The permutation of a window's rows (indices into the window's buffer)."""
     if not shuffle:
         return np.arange(n_rows, dtype=np.int64)
-    return np.random.default_rng([seed, epoch, window]).permutation(n_rows).astype(np.int64)
+    return np.random.default_rng([seed, epoch, window]).permutation(n_rows)
 
 
 def batch_segments(window_rows: Sequence[int], batch: int) -> Iterator[list[Segment]]:

@@ -105,7 +105,7 @@ class ParquetSource:
         try:
             pf = pq.ParquetFile(path, metadata=self._metas[g.file], pre_buffer=False)
             table = pf.read_row_group(g.index, columns=list(names), use_threads=False)
-            # hand the decode buffers back to the OS now, or the pool keeps them (RSS creep)
+            # return the decode buffers to the OS now rather than let the allocator keep them
             pa.default_memory_pool().release_unused()
             return table
         except FileNotFoundError as exc:

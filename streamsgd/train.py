@@ -60,8 +60,9 @@ class MemoryPlan:
     @classmethod
     def for_source(cls, source: Source, config: FitConfig) -> "MemoryPlan":
         itemsize = np.dtype(config.dtype).itemsize
-        # features + target in the buffer, plus the window's int64 row permutation
-        row_bytes = (len(source.features) + 1) * itemsize + 8
+        # features + target in the buffer, the window's int64 row permutation, and the
+        # one-byte masks of the label and finite checks made on every window
+        row_bytes = (len(source.features) + 1) * itemsize + 8 + 4
         buffer_bytes = int(config.memory_limit * WINDOW_SHARE)
         # three windows fit: the two a batch may straddle, plus the one the prefetcher may
         # start while the trainer waits (see prefetch.ByteBudget)
