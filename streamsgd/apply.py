@@ -14,7 +14,7 @@ from .kernels import row_loss
 from .model import Model, expit
 from .stats import merge_moments
 from .sources import Source
-from .windows import read_window
+from .windows import check_labels, read_window
 
 
 def _check_features(model: Model, source: Source) -> None:
@@ -33,9 +33,7 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
     for c in range(len(source.chunk_rows)):
         window = read_window(source, np.array([c]), np.float64, True)
         z = model.decision_function(window.X)
-        y = window.y
-        if model.is_classifier and ((y != 0) & (y != 1)).any():
-            raise DataError(f"{source.chunk_name(c)}: target {source.target!r} must be 0 or 1 for a logistic model")
+        y = check_labels(model.model, source, window).y
         loss_sum += float(row_loss(model.model, z, y).sum())
         if model.is_classifier:
             correct += int(((z > 0) == (y == 1)).sum())

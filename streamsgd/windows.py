@@ -101,8 +101,8 @@ def check_labels(model: str, source: Source, window: Window) -> Window:
         if bad.any():
             value = window.y[np.argmax(bad)]
             raise DataError(
-                f"{source.url}: target column {source.target!r} holds {value:g}, but --model logistic "
-                "needs labels 0 and 1; recode the target or choose --model linear"
+                f"{source.url}: target column {source.target!r} holds {value:g}, but a logistic model "
+                "needs labels 0 and 1; recode the target (or train with --model linear)"
             )
     return window
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 
@@ -207,3 +208,27 @@ def test_sigint_stops_cleanly_with_exit_130(tmp_path):
     assert proc.returncode == 130
     assert stderr.strip().splitlines() == ["streamsgd: interrupted; no output was written"]
     assert not out.exists()
+
+
+def test_progress_bar_only_on_a_terminal(logistic_file, tmp_path):
+    """Cron has no TTY: nothing on stderr there; a person at a terminal sees rows/s and ETA."""
+    piped = run_cli("fit", logistic_file, "--epochs", 2, "--log-every", 5, "-o", tmp_path / "a.npz")
+    assert piped.stderr == ""
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([STREAMSGD, "fit", logistic_file, "--epochs", "2", "--log-every", "5",
+                             "-o", str(tmp_path / "b.npz")], stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the pty closes when the child exits
+            break
+        if not data:
+            break
+        seen += data
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    text = seen.decode()
+    assert "\r" in text and "rows/s" in text and "ETA" in text and "iter 80/80" in text
