@@ -1,8 +1,9 @@
 """The batch stream of one epoch: the plan's windows, read ahead, cut into batches.
 
-A batch is a list of segments ``(X, y, idx)``: rows ``idx`` of a window's buffers. The
-stream owns the prefetcher and hands a window's bytes back once its last batch has been
-consumed. When the whole data set is one window it stays resident across epochs and
+A batch is a list of segments ``(X, y, idx)``: rows ``idx`` of a window's buffers, valid
+until the next batch is asked for (the list is then emptied, so the consumer holds no
+window the stream has handed back). The stream owns the prefetcher and hands a window's
+bytes back once its last batch has been consumed. When the whole data set is one window it stays resident across epochs and
 later epochs only re-index it: small data then costs no I/O and no thread start per
 epoch, while visiting rows in exactly the order a re-read would.
 """
@@ -51,13 +52,16 @@ class BatchStream:
                 for w, _, _ in segments:
                     if w not in live:
                         live[w] = (next(arriving), row_order(sizes[w], self.seed, epoch, w, self.shuffle))
-                yield [(live[w][0].X, live[w][0].y, live[w][1][start:stop]) for w, start, stop in segments]
+                batch = [(live[w][0].X, live[w][0].y, live[w][1][start:stop]) for w, start, stop in segments]
+                yield batch
+                # the consumer is done with the batch: drop its references before handing the
+                # bytes back, or a released window would stay alive beside the next one read
+                batch.clear()
                 last, _, end = segments[-1]
                 for w in [k for k in live if k < last or (k == last and end == sizes[k])]:
-                    window, order = live.pop(w)
-                    stream.release(window.nbytes)
                     if len(windows) == 1:
-                        self._resident = (window, _row_ids(self.source, window.chunks))
+                        self._resident = (live[w][0], _row_ids(self.source, live[w][0].chunks))
+                    stream.release(live.pop(w)[0].nbytes)
 
     def _resident_epoch(self, epoch: int, chunks: NDArray[np.int64], sizes: list[int]) -> Iterator[Batch]:
         window, resident_ids = self._resident

@@ -123,6 +123,7 @@ class Prefetcher(Generic[T, R]):
                 return
             self.budget.claimed()
             yield value
+            value = None  # hold no reference to a released item while waiting for the next
 
     def release(self, n: int) -> None:
         self.budget.release(n)

@@ -60,6 +60,7 @@ def scan(
                 step = max(1, k // SAMPLE_ROWS)
                 sample = window.X[::step][:SAMPLE_ROWS].copy()
             stream.release(window.nbytes)
+            del window  # not kept alive while the next one is read
     if n == 0:
         raise DataError(f"{source.url}: the data set has no rows")
     std = np.sqrt(m2 / n)

@@ -87,6 +87,23 @@ class FitResult:
     summary: dict[str, Any]
 
 
+def batch_gradient(kernel, segments, w_eff, b_eff, gw) -> tuple[float, float, int]:
+    """Sum the kernel over a batch's segments into ``gw`` (zeroed first).
+
+    Returns (summed loss, summed residual, rows). A function of its own so that no
+    reference to a window's buffers outlives the batch in the caller's frame.
+    """
+    gw[:] = 0.0
+    loss_sum = rsum = 0.0
+    rows = 0
+    for X, y, idx in segments:
+        loss, r = kernel(X, y, idx, w_eff, b_eff, gw)
+        loss_sum += loss
+        rsum += r
+        rows += idx.size
+    return loss_sum, rsum, rows
+
+
 def auto_epochs(iters_per_epoch: int) -> int:
     return max(1, min(MAX_AUTO_EPOCHS, math.ceil(MIN_AUTO_UPDATES / iters_per_epoch)))
 
@@ -163,14 +180,7 @@ def fit(
             meter.reset_epoch()
             with closing(stream.epoch(epoch)) as batches:  # closing joins the reader thread
                 for segments in batches:
-                    gw[:] = 0.0
-                    loss_sum = rsum = 0.0
-                    rows = 0
-                    for X, y, idx in segments:
-                        ls, rs = kernel(X, y, idx, w_eff, b_eff, gw)
-                        loss_sum += ls
-                        rsum += rs
-                        rows += idx.size
+                    loss_sum, rsum, rows = batch_gradient(kernel, segments, w_eff, b_eff, gw)
                     if not math.isfinite(loss_sum):
                         raise DivergenceError(
                             f"training diverged at iteration {t + 1} (epoch {epoch + 1}): the loss became "
