@@ -50,6 +50,7 @@ def cli() -> None:
 @click.option("--seed", type=int, default=FitConfig.seed, show_default=True)
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True)
 @click.option("--standardize/--no-standardize", default=True, show_default=True)
+@click.option("--average/--no-average", default=True, show_default=True, help="Return the mean of the second half of the iterates (Polyak-Ruppert).")
 @click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True, help="Bytes for data buffers, e.g. 512MB, 2GiB.")
 @click.option("--readers", type=int, default=FitConfig.readers, show_default=True, help="Reader threads.")
 @click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)

@@ -46,8 +46,9 @@ class FitConfig:
     """Options of one training run.
 
     ``epochs=None`` and ``lr=None`` mean "choose for me": the trainer picks enough epochs
-    for a few thousand updates and a step size from the data's measured curvature, which
-    is what lets ``streamsgd fit data.parquet`` train well without tuning.
+    for 20,000 updates and a step size from the data's measured curvature, and returns
+    the average of the second half of the iterates (``average``), which is what lets
+    ``streamsgd fit data.parquet`` train well without tuning.
     """
 
     model: str = "logistic"
@@ -63,6 +64,7 @@ class FitConfig:
     seed: int = 0
     shuffle: bool = True
     standardize: bool = True
+    average: bool = True
     memory_limit: int = DEFAULT_MEMORY_LIMIT
     readers: int = 2
     dtype: str = "float32"

@@ -163,6 +163,10 @@ def fit(
     gw = np.zeros(d)
     t = 0
     rows_seen = 0
+    # Polyak-Ruppert tail averaging: the mean of the second half of the iterates cancels
+    # most of the constant step's noise (its error shrinks like 1/updates averaged)
+    average_from = total_steps // 2 if config.average else total_steps
+    w_avg, b_avg, averaged = np.zeros(d), 0.0, 0
     epoch_loss = float("nan")
     log = MetricsLog(metrics)
     meter = Meter()
@@ -189,6 +193,10 @@ def fit(
                     t += 1
                     lr = learning_rate(config.lr_schedule, lr0, t, config.power_t)
                     b, b_eff = sgd_step(w, b, gw, rsum, rows, mean, scale, config.l2, lr, w_eff)
+                    if t > average_from:
+                        averaged += 1
+                        w_avg += (w - w_avg) / averaged
+                        b_avg += (b - b_avg) / averaged
                     rows_seen += rows
                     meter.add(loss_sum, rows)
                     if t % config.log_every == 0:
@@ -222,6 +230,8 @@ def fit(
         "peak_rss_bytes": peak_rss_bytes(),
         "seconds": time.perf_counter() - started,
     }
+    if averaged:
+        w, b = w_avg, b_avg
     coef = w / scale
     model = Model(
         model=config.model,
