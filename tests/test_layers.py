@@ -12,17 +12,35 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "streamsgd"
 LAYERS = {
     "errors": 0, "config": 0.5,
     "shuffle": 1, "prefetch": 1, "kernels": 1, "metrics": 1,
-    "sources": 2, "optim": 2, "model": 2, "windows": 2.5, "stats": 2.7, "batches": 2.8,
+    "sources.fs": 1.7, "sources.arrays": 1.8, "sources.parquet": 1.8, "sources.zarr": 1.8, "sources": 1.9, "optim": 2, "model": 2, "windows": 2.5, "stats": 2.7, "batches": 2.8,
     "train": 3, "apply": 3, "generate": 3, "info": 3.5,
     "cli": 4, "__init__": 5, "__main__": 5,
 }
 
 
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def module_name(path):
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
 def imports(path):
+    """Names (as in LAYERS) of the package modules ``path`` imports; '!name' for others."""
+    package = module_name(path).split(".")[:-1] if path.name != "__init__.py" else module_name(path).split(".")
+    if path.parent == PACKAGE:
+        package = []
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            yield node.module.split(".")[0] if node.module else None
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                yield ".".join(base + [node.module.split(".")[0]])
+            else:  # "from . import __version__": a constant of the package's __init__
+                yield None
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 yield "!" + alias.name.split(".")[0]
@@ -30,21 +48,22 @@ def imports(path):
             yield "!" + node.module.split(".")[0]
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", MODULES, ids=module_name)
 def test_imports_point_down(path):
-    assert path.stem in LAYERS, f"give {path.stem} a layer in this test"
+    me = module_name(path)
+    assert me in LAYERS, f"give {me} a layer in this test"
     for name in imports(path):
         if name and name.startswith("!"):
-            assert name != "!click" or path.stem == "cli", f"{path.stem} imports click"
+            assert name != "!click" or me == "cli", f"{me} imports click"
             continue
-        if name is None:  # "from . import __version__"
+        if name is None:  # "from . import __version__", or a subpackage's own __init__
             continue
-        assert LAYERS[name] < LAYERS[path.stem], f"{path.stem} imports {name}, a layer above or beside it"
+        assert LAYERS[name] < LAYERS[me], f"{me} imports {name}, a layer above or beside it"
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", MODULES, ids=module_name)
 def test_nothing_below_the_cli_prints(path):
-    if path.stem in ("cli", "__main__"):
+    if module_name(path) in ("cli", "__main__"):
         return
     calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)]
     assert not [c for c in calls if isinstance(c.func, ast.Name) and c.func.id == "print"]

@@ -1,43 +1,17 @@
-"""Where rows come from: chunked, random-access sources with sizes known from metadata.
-
-A source exposes ``chunk_rows`` (rows per chunk, read from metadata before any data) and
-``read_into(i, X, y)``, which decodes chunk ``i`` straight into a caller-owned slice of a
-window buffer. The chunk is the unit of I/O: one Parquet row group.
-"""
+"""Parquet data sets on any fsspec filesystem; chunk = one row group."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
+import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError, SourceError
-
-
-class Source(Protocol):
-    """What the trainer needs from a data set."""
-
-    url: str
-    columns: list[str]  # every column the data has
-    features: list[str]
-    target: str | None
-    chunk_rows: list[int]
-    chunk_bytes: list[int]  # bytes a reader holds while decoding the chunk (uncompressed size)
-
-    def chunk_name(self, i: int) -> str: ...
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None: ...
-    def read_columns(self, i: int, names: Sequence[str]): ...
-    def fingerprint(self) -> str: ...
-
-
-def n_rows(source: Source) -> int:
-    return int(sum(source.chunk_rows))
+from ..errors import DataError, SourceError
 
 
 @dataclass(frozen=True)
@@ -50,7 +24,9 @@ class ParquetSource:
     """A Parquet file, a directory of ``.parquet`` files, or a glob; chunk = one row group.
 
     Files are opened with ``pre_buffer=False``: pyarrow's default buffers whole files,
-    which silently defeats the fixed-memory bound.
+    which silently defeats the fixed-memory bound. On a remote store only the footers are
+    read up front, then each row group's column chunks as byte ranges (the file objects
+    are opened without read-ahead caching, so nothing else is fetched).
     """
 
     def __init__(
@@ -59,12 +35,19 @@ class ParquetSource:
         target: str | None = "y",
         features: Sequence[str] | None = None,
         feature_hint: str = "fix --features",
+        storage_options: Mapping[str, Any] | None = None,
     ):
-        import pyarrow.parquet as pq
+        from fsspec.implementations.local import LocalFileSystem
+
+        from .fs import filesystem
 
         self.url = url
-        self.paths = _expand(url)
-        self._metas = [_read_footer(pq, p) for p in self.paths]
+        self._fs, root = filesystem(url, storage_options)
+        self._local = isinstance(self._fs, LocalFileSystem)
+        self._fs_paths = _expand(self._fs, root, url)
+        # paths as the user knows them, for messages
+        self.paths = [p if self._local else self._fs.unstrip_protocol(p) for p in self._fs_paths]
+        self._metas = [self._footer(k) for k in range(len(self.paths))]
         schema = self._metas[0].schema.to_arrow_schema()
         self.columns = list(schema.names)
         self.target = target
@@ -103,8 +86,9 @@ class ParquetSource:
         g = self._groups[i]
         path = self.paths[g.file]
         try:
-            pf = pq.ParquetFile(path, metadata=self._metas[g.file], pre_buffer=False)
-            table = pf.read_row_group(g.index, columns=list(names), use_threads=False)
+            with self._open(g.file) as f:
+                pf = pq.ParquetFile(f, metadata=self._metas[g.file], pre_buffer=False)
+                table = pf.read_row_group(g.index, columns=list(names), use_threads=False)
             # return the decode buffers to the OS now rather than let the allocator keep them
             pa.default_memory_pool().release_unused()
             return table
@@ -132,93 +116,50 @@ class ParquetSource:
         ]
         return hashlib.sha256(json.dumps(manifest).encode()).hexdigest()[:16]
 
-    def raw_bytes(self) -> int:
-        return sum(m.row_group(g).total_byte_size for m in self._metas for g in range(m.num_row_groups))
+    def _open(self, k: int):
+        """File ``k`` for reading: a native path locally, an uncached fsspec file remotely."""
+        if self._local:
+            import pyarrow as pa
+
+            return pa.OSFile(self._fs_paths[k])
+        return self._fs.open(self._fs_paths[k], "rb", cache_type="none")
+
+    def _footer(self, k: int):
+        import pyarrow.parquet as pq
+
+        path = self.paths[k]
+        try:
+            with self._open(k) as f:
+                return pq.read_metadata(f)
+        except FileNotFoundError as exc:
+            raise SourceError(f"{path}: no such file") from exc
+        except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for non-Parquet input
+            raise SourceError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
 
 
-class ArraySource:
-    """In-memory arrays cut into chunks; used by the Python API and the tests."""
-
-    def __init__(
-        self, X: NDArray, y: NDArray | None, chunk_rows: int = 65536, features: Sequence[str] | None = None
-    ):
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise DataError(f"X: expected a 2-D array (rows, features), got shape {X.shape}")
-        self.X, self.y = X, None if y is None else np.asarray(y)
-        if self.y is not None and self.y.shape != (X.shape[0],):
-            raise DataError(f"y: expected shape ({X.shape[0]},), got {self.y.shape}")
-        self.url = "<arrays>"
-        self.features = list(features) if features is not None else [f"x{j}" for j in range(X.shape[1])]
-        self.target = None if y is None else "y"
-        self.columns = self.features + ([] if y is None else ["y"])
-        self.target_type = None if y is None else str(self.y.dtype)
-        n = X.shape[0]
-        self._starts = list(range(0, n, chunk_rows))
-        self.chunk_rows = [min(chunk_rows, n - s) for s in self._starts]
-        self.chunk_bytes = [0] * len(self.chunk_rows)  # copies from memory decode nothing
-
-    def chunk_name(self, i: int) -> str:
-        return f"array rows {self._starts[i]}..{self._starts[i] + self.chunk_rows[i] - 1}"
-
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
-        s = slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
-        X[...] = self.X[s]
-        if y is not None:
-            y[...] = self.y[s]
-
-    def read_columns(self, i: int, names: Sequence[str]):
-        import pyarrow as pa
-
-        s = slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
-        cols = {n: self.X[s, self.features.index(n)] if n in self.features else self.y[s] for n in names}
-        return pa.table(cols)
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(np.ascontiguousarray(self.X).view(np.uint8))
-        if self.y is not None:
-            h.update(np.ascontiguousarray(self.y).view(np.uint8))
-        return h.hexdigest()[:16]
-
-
-def open_source(
-    url: str, target: str | None = "y", features: Sequence[str] | None = None, feature_hint: str = "fix --features"
-) -> ParquetSource:
-    """Open a Parquet data set by path, directory or glob.
-
-    ``feature_hint`` ends the message when a feature column is missing or not numeric.
-    """
-    return ParquetSource(url, target=target, features=features, feature_hint=feature_hint)
-
-
-def _expand(url: str) -> list[str]:
-    if any(ch in url for ch in "*?["):
-        paths = sorted(p for p in glob.glob(url, recursive=True) if os.path.isfile(p))
-        if not paths:
-            raise SourceError(f"{url}: the pattern matches no file; check the path")
-        return paths
-    if os.path.isdir(url):
-        paths = sorted(
-            os.path.join(root, name)
-            for root, dirs, names in os.walk(url)
-            for name in names
-            if name.endswith(".parquet") and not name.startswith((".", "_"))
-        )
-        if not paths:
-            raise DataError(f"{url}: the directory holds no .parquet file")
-        return paths
-    if not os.path.exists(url):
-        raise SourceError(f"{url}: no such file or directory")
-    return [url]
-
-
-def _read_footer(pq, path: str):
+def _expand(fs, root: str, url: str) -> list[str]:
+    """The Parquet files of ``url``: itself, the matches of a glob, or a directory's tree."""
     try:
-        return pq.read_metadata(path)
-    except FileNotFoundError as exc:
-        raise SourceError(f"{path}: no such file") from exc
-    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for non-Parquet input
-        raise SourceError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
+        if any(ch in root for ch in "*?["):
+            paths = sorted(p for p in fs.glob(root) if fs.isfile(p))
+            if not paths:
+                raise SourceError(f"{url}: the pattern matches no file; check the path")
+            return paths
+        if fs.isdir(root):
+            paths = sorted(
+                p for p in fs.find(root)
+                if p.endswith(".parquet") and not posixpath.basename(p).startswith((".", "_"))
+            )
+            if not paths:
+                raise DataError(f"{url}: the directory holds no .parquet file")
+            return paths
+        if not fs.exists(root):
+            raise SourceError(f"{url}: no such file or directory")
+    except (DataError, SourceError):
+        raise
+    except OSError as exc:
+        raise SourceError(f"{url}: cannot list the data ({exc})") from exc
+    return [root]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,83 @@
+"""Where rows come from: chunked, random-access sources with sizes known from metadata.
+
+A source exposes ``chunk_rows`` (rows per chunk, read from metadata before any data) and
+``read_into(i, X, y)``, which decodes chunk ``i`` straight into a caller-owned slice of a
+window buffer. The chunk is the unit of I/O: one Parquet row group, or one Zarr chunk
+along the row axis. Any fsspec URL works (local paths, ``file://``, ``memory://``,
+``s3://`` …); ``storage_options`` go to the fsspec filesystem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, Sequence
+
+from numpy.typing import NDArray
+
+from ..errors import SourceError, UsageError
+from .arrays import ArraySource
+from .fs import filesystem
+from .parquet import ParquetSource
+from .zarr import ZarrSource
+
+FORMATS = ("auto", "parquet", "zarr")
+
+
+class Source(Protocol):
+    """What the trainer needs from a data set."""
+
+    url: str
+    columns: list[str]  # every column the data has
+    features: list[str]
+    target: str | None
+    chunk_rows: list[int]
+    chunk_bytes: list[int]  # bytes a reader holds while decoding the chunk (uncompressed size)
+
+    def chunk_name(self, i: int) -> str: ...
+    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None: ...
+    def read_columns(self, i: int, names: Sequence[str]): ...
+    def fingerprint(self) -> str: ...
+
+
+def n_rows(source: Source) -> int:
+    return int(sum(source.chunk_rows))
+
+
+def open_source(
+    url: str,
+    target: str | None = "y",
+    features: Sequence[str] | None = None,
+    feature_hint: str = "fix --features",
+    storage_options: Mapping[str, Any] | None = None,
+    format: str = "auto",
+    x_array: str = "X",
+) -> ParquetSource | ZarrSource:
+    """Open a Parquet data set (file, directory, glob) or a Zarr group, by path or URL.
+
+    ``feature_hint`` ends the message when a feature column is missing or not numeric.
+    ``format="auto"`` takes a URL holding Zarr group metadata (or ending in ``.zarr``) as
+    Zarr, anything else as Parquet.
+    """
+    if format not in FORMATS:
+        raise UsageError(f"--format: expected one of {', '.join(FORMATS)}; got {format!r}")
+    options = dict(storage_options or {})
+    if format == "auto":
+        format = "zarr" if _is_zarr(url, options) else "parquet"
+    if format == "zarr":
+        return ZarrSource(url, target=target, features=features, feature_hint=feature_hint,
+                          storage_options=options, x_array=x_array)
+    return ParquetSource(url, target=target, features=features, feature_hint=feature_hint,
+                         storage_options=options)
+
+
+def _is_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
+    if url.rstrip("/").endswith(".zarr"):
+        return True
+    fs, path = filesystem(url, storage_options)
+    try:
+        return fs.exists(f"{path.rstrip('/')}/zarr.json") or fs.exists(f"{path.rstrip('/')}/.zgroup")
+    except OSError as exc:
+        raise SourceError(f"{url}: cannot reach the store ({exc})") from exc
+
+
+__all__ = ["Source", "ArraySource", "ParquetSource", "ZarrSource", "open_source", "filesystem", "n_rows"]

@@ -1,0 +1,113 @@
+"""Zarr groups (format 2 or 3) holding a feature array and a target array.
+
+Layout: a 2-D array ``X`` (rows x features) and a 1-D array ``y`` (rows), names set by
+``x_array`` and the target; feature names in ``X.attrs["feature_names"]`` (else x0, x1,
+…). Chunk = one chunk of ``X`` along the row axis; when chunks also split the feature
+axis, zarr assembles the row block from its column chunks. Codecs (Blosc, Zstd, gzip)
+decode through zarr/numcodecs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import DataError, SourceError
+
+
+class ZarrSource:
+    """A Zarr group on any store zarr can open (local path or fsspec URL)."""
+
+    def __init__(
+        self,
+        url: str,
+        target: str | None = "y",
+        features: Sequence[str] | None = None,
+        feature_hint: str = "fix --features",
+        storage_options: Mapping[str, Any] | None = None,
+        x_array: str = "X",
+    ):
+        import zarr
+
+        self.url = url
+        kwargs = {"storage_options": dict(storage_options)} if storage_options and "://" in url else {}
+        try:
+            group = zarr.open_group(store=url, mode="r", **kwargs)
+        except FileNotFoundError as exc:
+            raise SourceError(f"{url}: no Zarr group here; check the path") from exc
+        except Exception as exc:
+            raise SourceError(f"{url}: not a readable Zarr group ({exc})") from exc
+        self._X = _array(group, x_array, url, "--x-array", ndim=2)
+        self._y = _array(group, target, url, "--target/--y-array", ndim=1) if target is not None else None
+        n, d = self._X.shape
+        if self._y is not None and self._y.shape[0] != n:
+            raise DataError(f"{url}: {x_array!r} has {n} rows but {target!r} has {self._y.shape[0]}")
+        names = list(self._X.attrs.get("feature_names", [f"x{j}" for j in range(d)]))
+        if len(names) != d:
+            raise DataError(f"{url}: {x_array!r} has {d} columns but {len(names)} feature_names")
+        self.target = target
+        self.target_type = str(self._y.dtype) if self._y is not None else None
+        self.columns = names + ([target] if target is not None else [])
+        if features is None:
+            self.features, self._cols = names, None
+        else:
+            missing = [f for f in features if f not in names]
+            if missing:
+                raise DataError(f"{url}: no feature {missing[0]!r} in {x_array!r} (features: "
+                                f"{', '.join(names[:20])}); {feature_hint}")
+            self.features = list(features)
+            self._cols = np.array([names.index(f) for f in features])
+        step = self._X.chunks[0]
+        self._starts = list(range(0, n, step))
+        self.chunk_rows = [min(step, n - s) for s in self._starts]
+        row_bytes = d * self._X.dtype.itemsize + (self._y.dtype.itemsize if self._y is not None else 0)
+        self.chunk_bytes = [rows * row_bytes for rows in self.chunk_rows]
+        self._x_array = x_array
+
+    def chunk_name(self, i: int) -> str:
+        start = self._starts[i]
+        return f"{self.url} rows {start}..{start + self.chunk_rows[i] - 1} (chunk {i})"
+
+    def _rows(self, i: int) -> slice:
+        return slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
+
+    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
+        """Decode the row block ``i`` into ``X`` and ``y``."""
+        try:
+            block = self._X[self._rows(i)]
+            X[...] = block if self._cols is None else block[:, self._cols]
+            if y is not None:
+                y[...] = self._y[self._rows(i)]
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SourceError(f"{self.chunk_name(i)}: cannot read ({exc})") from exc
+
+    def read_columns(self, i: int, names: Sequence[str]):
+        import pyarrow as pa
+
+        block = self._X[self._rows(i)]
+        all_names = self.columns[: self._X.shape[1]]
+        return pa.table({n: self._y[self._rows(i)] if n == self.target else block[:, all_names.index(n)]
+                         for n in names})
+
+    def fingerprint(self) -> str:
+        manifest = [self.url, self._x_array, list(self._X.shape), list(self._X.chunks), str(self._X.dtype),
+                    None if self._y is None else [self.target, list(self._y.shape), str(self._y.dtype)]]
+        return hashlib.sha256(json.dumps(manifest).encode()).hexdigest()[:16]
+
+
+def _array(group, name: str, url: str, option: str, ndim: int):
+    try:
+        array = group[name]
+    except KeyError:
+        raise DataError(f"{url}: the Zarr group has no array {name!r} (it has: "
+                        f"{', '.join(sorted(group.array_keys()))}); fix {option}") from None
+    if array.ndim != ndim:
+        raise DataError(f"{url}: array {name!r} has {array.ndim} dimensions, expected {ndim}; fix {option}")
+    if array.dtype.kind not in "iufb":
+        raise DataError(f"{url}: array {name!r} has dtype {array.dtype}, not a number; fix {option}")
+    return array
