@@ -29,6 +29,42 @@ def _check_output_dir(path: str, option: str) -> None:
         raise UsageError(f"{option}: the directory {directory} does not exist; create it first")
 
 
+def store_options(command):
+    """Options saying where and how to read DATA: format, Zarr array names, fsspec options."""
+    for option in reversed([
+        click.option("--format", "data_format", type=click.Choice(["auto", "parquet", "zarr"]), default="auto",
+                     show_default=True, help="Format of DATA; auto detects a Zarr group."),
+        click.option("--x-array", default="X", show_default=True, help="Zarr: the 2-D feature array."),
+        click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+                     help="fsspec option for the store, repeatable (e.g. endpoint_url=http://…, anon=true)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option: expected KEY=VALUE, got {pair!r}")
+        out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+def _open(data: str, target: str | None, features, store: dict[str, Any], feature_hint: str = "fix --features"):
+    from .sources import open_source
+
+    return open_source(data, target=target, features=features, feature_hint=feature_hint,
+                       storage_options=_storage_options(store["storage_option"]), format=store["data_format"],
+                       x_array=store["x_array"])
+
+
+def _store(options: dict[str, Any]) -> dict[str, Any]:
+    """Pop the store options out of a command's keyword arguments."""
+    return {k: options.pop(k) for k in ("data_format", "x_array", "storage_option")}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="streamsgd")
 def cli() -> None:
@@ -37,8 +73,9 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("data")
-@click.option("--target", default="y", show_default=True, help="Target column.")
+@click.option("--target", "--y-array", default="y", show_default=True, help="Target column (Zarr: the 1-D target array).")
 @click.option("--features", multiple=True, help="Feature columns (comma-separated or repeated); default: all numeric columns but the target.")
+@store_options
 @click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
 @click.option("--batch", type=int, default=FitConfig.batch, show_default=True, help="Rows per update.")
 @click.option("--epochs", type=int, default=None, help="Full passes; default: enough for ~3000 updates.")
@@ -60,14 +97,14 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def fit(data: str, target: str, features: tuple[str, ...], output: str, metrics: str | None, as_json: bool, memory_limit: str, **options: Any) -> None:
     """Train a model on DATA (a Parquet file, directory or glob)."""
-    from .sources import open_source
     from .train import fit as train
 
+    store = _store(options)
     config = FitConfig(target=target, features=_split(features), memory_limit=parse_bytes(memory_limit), **options)
     _check_output_dir(output, "--output")
     if metrics:
         _check_output_dir(metrics, "--metrics")
-    source = open_source(data, target=target, features=config.features)
+    source = _open(data, target, config.features, store)
     progress = _ProgressBar() if sys.stderr.isatty() else None
     try:
         result = train(source, config, metrics=metrics, on_progress=progress)
@@ -90,14 +127,14 @@ def fit(data: str, target: str, features: tuple[str, ...], output: str, metrics:
 @click.argument("model_path", metavar="MODEL")
 @click.argument("data")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(model_path: str, data: str, as_json: bool) -> None:
+@store_options
+def evaluate(model_path: str, data: str, as_json: bool, **store: Any) -> None:
     """Loss and accuracy (classifier) or R² (regressor) of MODEL on DATA."""
     from .apply import evaluate as run
     from .model import load
-    from .sources import open_source
 
     model = load(model_path)
-    result = run(model, open_source(data, target=model.target, features=model.features, feature_hint=_needs(model_path)))
+    result = run(model, _open(data, model.target, model.features, store, _needs(model_path)))
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -109,36 +146,36 @@ def evaluate(model_path: str, data: str, as_json: bool) -> None:
 @click.argument("data")
 @click.option("-o", "--output", required=True, help="Parquet file of predictions to write.")
 @click.option("--keep", multiple=True, help="Columns of DATA to copy alongside (e.g. ids).")
-def predict(model_path: str, data: str, output: str, keep: tuple[str, ...]) -> None:
+@store_options
+def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **store: Any) -> None:
     """Write a column `prediction` (and `probability` for classifiers) for every row of DATA."""
     from .apply import predict as run
     from .model import load
-    from .sources import open_source
 
     model = load(model_path)
     keep_names = _split(keep) or ()
     _check_output_dir(output, "--output")
-    source = open_source(data, target=None, features=model.features, feature_hint=_needs(model_path))
+    source = _open(data, None, model.features, store, _needs(model_path))
     rows = run(model, source, output, keep_names)
     click.echo(f"wrote {rows} predictions -> {output}", err=True)
 
 
 @cli.command()
 @click.argument("data")
-@click.option("--target", default="y", show_default=True)
+@click.option("--target", "--y-array", default="y", show_default=True)
 @click.option("--features", multiple=True)
+@store_options
 @click.option("--batch", type=int, default=FitConfig.batch, show_default=True)
 @click.option("--steps", type=int, default=None, help="Also report how many full epochs this many updates make.")
 @click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def info(data: str, target: str, features: tuple[str, ...], batch: int, steps: int | None, memory_limit: str, dtype: str, as_json: bool) -> None:
+def info(data: str, target: str, features: tuple[str, ...], batch: int, steps: int | None, memory_limit: str, dtype: str, as_json: bool, **store: Any) -> None:
     """Rows, chunks, iterations per epoch, and the memory full-batch GD would need vs streaming."""
     from .info import describe
-    from .sources import open_source
 
     config = FitConfig(target=target, features=_split(features), batch=batch, steps=steps, memory_limit=parse_bytes(memory_limit), dtype=dtype)
-    result = describe(open_source(data, target=target, features=config.features), config)
+    result = describe(_open(data, target, config.features, store), config)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -156,14 +193,14 @@ def info(data: str, target: str, features: tuple[str, ...], batch: int, steps: i
 @click.option("--sample-seed", type=int, default=None, help="Seeds the rows only: same model, fresh rows (held-out sets).")
 @click.option("--row-group-rows", type=int, default=65536, show_default=True)
 @click.option("--sorted", "sorted_by_label", is_flag=True, help="Order rows by label (hardest case for a shuffle).")
-@click.option("--format", "fmt", type=click.Choice(["parquet"]), default="parquet", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["parquet", "zarr"]), default="parquet", show_default=True)
 @click.option("--compression", type=click.Choice(["none", "snappy", "zstd", "gzip"]), default="snappy", show_default=True)
 def generate(out: str, fmt: str, **options: Any) -> None:
     """Write synthetic data with known true weights to OUT, in fixed memory."""
     from .generate import generate as run
 
     _check_output_dir(out, "OUT")
-    info = run(out, **options)
+    info = run(out, format=fmt, **options)
     click.echo(f"wrote {info['rows']} rows ({options['task']}) -> {out}", err=True)
 
 

@@ -1,4 +1,4 @@
-"""Synthetic data with known true weights, streamed to disk in fixed memory.
+"""Synthetic data with known true weights, streamed to disk (Parquet or Zarr) in fixed memory.
 
 Rows of row group ``k`` come from ``default_rng([sample_seed, k])``, so any row group can
 be regenerated on its own; ``sorted`` output is made by regenerating the data once per
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -57,6 +58,28 @@ def _chunks(task, params, rows, row_group_rows, sample_seed) -> Iterator[tuple[N
         yield _rows(task, params, n, np.random.default_rng([sample_seed, k]))
 
 
+def _row_groups(task, params, rows, row_group_rows, sample_seed, sorted_by_label, classes):
+    """Rows in groups of exactly ``row_group_rows`` (the last may be shorter)."""
+    if not sorted_by_label:
+        yield from _chunks(task, params, rows, row_group_rows, sample_seed)
+        return
+    buf_X, buf_y = [], []
+    held = 0
+    for label in range(classes):
+        for X, y in _chunks(task, params, rows, row_group_rows, sample_seed):
+            keep = y == label
+            buf_X.append(X[keep])
+            buf_y.append(y[keep])
+            held += int(keep.sum())
+            if held >= row_group_rows:
+                X_all, y_all = np.concatenate(buf_X), np.concatenate(buf_y)
+                yield X_all[:row_group_rows], y_all[:row_group_rows]
+                buf_X, buf_y = [X_all[row_group_rows:]], [y_all[row_group_rows:]]
+                held -= row_group_rows
+    if held:
+        yield np.concatenate(buf_X), np.concatenate(buf_y)
+
+
 def generate(
     out: str,
     rows: int,
@@ -68,13 +91,18 @@ def generate(
     row_group_rows: int = 65536,
     sorted_by_label: bool = False,
     compression: str = "snappy",
+    format: str = "parquet",
 ) -> dict:
-    """Write a Parquet file of ``rows`` rows: feature columns x0..x{d-1} (float32) and ``y``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Write ``rows`` rows to ``out``, atomically.
 
+    Parquet: feature columns x0..x{d-1} (float32) and ``y``, row groups of
+    ``row_group_rows``. Zarr (format 3): arrays ``X`` (rows x d, float32, chunks of
+    ``row_group_rows`` rows, feature names in its attributes) and ``y``.
+    """
     if task not in TASKS:
         raise UsageError(f"--task: expected one of {', '.join(TASKS)}; got {task!r}")
+    if format not in ("parquet", "zarr"):
+        raise UsageError(f"--format: expected parquet or zarr; got {format!r}")
     for option, value in (("--rows", rows), ("--features", features), ("--row-group-rows", row_group_rows)):
         if value < 1:
             raise UsageError(f"{option}: expected an integer >= 1; got {value}")
@@ -85,50 +113,65 @@ def generate(
     classes = 2 if task == "logistic" else classes
     params = true_parameters(task, features, classes, seed)
     sample_seed = seed if sample_seed is None else sample_seed
-    names = [f"x{j}" for j in range(features)]
     info = {
         "task": task, "seed": seed, "sample_seed": sample_seed, "rows": rows,
         "coef": params["coef"].tolist(), "intercept": params["intercept"].tolist(),
         "loc": params["loc"].tolist(), "scale": params["scale"].tolist(),
         "note": "coef/intercept act on standardised features (x - loc) / scale",
     }
-    y_type = pa.float64() if task == "linear" else pa.int64()
-    schema = pa.schema([(n, pa.float32()) for n in names] + [("y", y_type)]).with_metadata(
-        {"streamsgd": json.dumps(info)}
-    )
-
-    def write(X, y):
-        t = pa.Table.from_arrays([pa.array(X[:, j]) for j in range(features)] + [pa.array(y)], schema=schema)
-        writer.write_table(t, row_group_size=row_group_rows)
-
+    groups = _row_groups(task, params, rows, row_group_rows, sample_seed, sorted_by_label, classes)
     directory = os.path.dirname(os.path.abspath(out))
+    if format == "zarr":
+        tmp = tempfile.mkdtemp(prefix=".tmp-", suffix=".zarr", dir=directory)
+        try:
+            _write_zarr(tmp, groups, info, rows, features, row_group_rows, compression)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return info
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=directory)
     os.close(fd)
     try:
-        # random floats never repeat: dictionary encoding would only inflate the file
-        with pq.ParquetWriter(tmp, schema, compression=compression, use_dictionary=False) as writer:
-            if not sorted_by_label:
-                for X, y in _chunks(task, params, rows, row_group_rows, sample_seed):
-                    write(X, y)
-            else:
-                buf_X, buf_y = [], []
-                held = 0
-                for label in range(classes):
-                    for X, y in _chunks(task, params, rows, row_group_rows, sample_seed):
-                        keep = y == label
-                        buf_X.append(X[keep])
-                        buf_y.append(y[keep])
-                        held += int(keep.sum())
-                        if held >= row_group_rows:
-                            X_all, y_all = np.concatenate(buf_X), np.concatenate(buf_y)
-                            write(X_all[:row_group_rows], y_all[:row_group_rows])
-                            buf_X, buf_y = [X_all[row_group_rows:]], [y_all[row_group_rows:]]
-                            held -= row_group_rows
-                if held:
-                    write(np.concatenate(buf_X), np.concatenate(buf_y))
+        _write_parquet(tmp, groups, info, features, row_group_rows, compression)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return info
+
+
+def _write_parquet(path, groups, info, features, row_group_rows, compression) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    y_type = pa.float64() if info["task"] == "linear" else pa.int64()
+    schema = pa.schema([(f"x{j}", pa.float32()) for j in range(features)] + [("y", y_type)]).with_metadata(
+        {"streamsgd": json.dumps(info)}
+    )
+    # random floats never repeat: dictionary encoding would only inflate the file
+    with pq.ParquetWriter(path, schema, compression=compression, use_dictionary=False) as writer:
+        for X, y in groups:
+            t = pa.Table.from_arrays([pa.array(X[:, j]) for j in range(features)] + [pa.array(y)], schema=schema)
+            writer.write_table(t, row_group_size=row_group_rows)
+
+
+def _write_zarr(path, groups, info, rows, features, row_group_rows, compression) -> None:
+    import zarr
+    from zarr.codecs import GzipCodec, ZstdCodec
+
+    codec = {"none": None, "zstd": ZstdCodec(), "gzip": GzipCodec()}.get(compression, ZstdCodec())
+    compressors = [codec] if codec is not None else None
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group.attrs["streamsgd"] = info
+    X_out = group.create_array("X", shape=(rows, features), chunks=(row_group_rows, features), dtype="float32",
+                               compressors=compressors)
+    X_out.attrs["feature_names"] = [f"x{j}" for j in range(features)]
+    y_out = group.create_array("y", shape=(rows,), chunks=(row_group_rows,),
+                               dtype="float64" if info["task"] == "linear" else "int64", compressors=compressors)
+    start = 0
+    for X, y in groups:
+        X_out[start : start + len(y)] = X
+        y_out[start : start + len(y)] = y
+        start += len(y)

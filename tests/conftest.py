@@ -13,3 +13,17 @@ def logistic_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "logistic.parquet"
     generate(str(path), rows=20000, features=8, task="logistic", seed=3, row_group_rows=1000)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto_server for the whole session, with a bucket ``data``; stopped at the end."""
+    from s3server import S3Server
+
+    server = S3Server()
+    server.start()
+    try:
+        server.filesystem().mkdir("data")
+        yield server
+    finally:
+        server.stop()

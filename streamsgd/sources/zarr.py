@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any, Sequence
 
@@ -35,7 +36,13 @@ class ZarrSource:
         import zarr
 
         self.url = url
-        kwargs = {"storage_options": dict(storage_options)} if storage_options and "://" in url else {}
+        kwargs = {}
+        if "://" in url and not url.startswith(("file://", "memory://")):
+            # a fresh fsspec instance: a cached one may be bound to another event loop, and
+            # zarr's reads through it were seen to hang
+            kwargs = {"storage_options": {**dict(storage_options or {}), "skip_instance_cache": True}}
+        elif storage_options:
+            kwargs = {"storage_options": dict(storage_options)}
         try:
             group = zarr.open_group(store=url, mode="r", **kwargs)
         except FileNotFoundError as exc:
@@ -68,6 +75,10 @@ class ZarrSource:
         row_bytes = d * self._X.dtype.itemsize + (self._y.dtype.itemsize if self._y is not None else 0)
         self.chunk_bytes = [rows * row_bytes for rows in self.chunk_rows]
         self._x_array = x_array
+        # zarr runs each read on its own event loop; concurrent reads from several of our
+        # reader threads were seen to hang in it, and zarr already decodes the column chunks
+        # of one row block concurrently, so reads go one at a time
+        self._lock = threading.Lock()
 
     def chunk_name(self, i: int) -> str:
         start = self._starts[i]
@@ -79,17 +90,20 @@ class ZarrSource:
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
         """Decode the row block ``i`` into ``X`` and ``y``."""
         try:
-            block = self._X[self._rows(i)]
+            with self._lock:
+                block = self._X[self._rows(i)]
+                target = self._y[self._rows(i)] if y is not None else None
             X[...] = block if self._cols is None else block[:, self._cols]
             if y is not None:
-                y[...] = self._y[self._rows(i)]
+                y[...] = target
         except (OSError, ValueError, RuntimeError) as exc:
             raise SourceError(f"{self.chunk_name(i)}: cannot read ({exc})") from exc
 
     def read_columns(self, i: int, names: Sequence[str]):
         import pyarrow as pa
 
-        block = self._X[self._rows(i)]
+        with self._lock:
+            block = self._X[self._rows(i)]
         all_names = self.columns[: self._X.shape[1]]
         return pa.table({n: self._y[self._rows(i)] if n == self.target else block[:, all_names.index(n)]
                          for n in names})
