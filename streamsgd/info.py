@@ -27,6 +27,7 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     ipe = iterations_per_epoch(N, min(config.batch, max(N, 1))) if N else 0
     out: dict[str, Any] = {
         "url": source.url,
+        "format": getattr(source, "format", "arrays"),
         "rows": N,
         "chunks": len(source.chunk_rows),
         "features": d,

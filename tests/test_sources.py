@@ -49,13 +49,18 @@ class SourceContract:
     """Subclasses provide ``url`` (data written there) and ``storage_options``."""
 
     storage_options: dict = {}
+    format = "parquet"
 
     @pytest.fixture
     def source(self, url):
         return streamsgd.open_source(url, storage_options=self.storage_options)
 
     def test_chunks_come_from_metadata(self, source):
+        from streamsgd.info import describe
+
         assert source.chunk_rows == [CHUNK] * 4 + [N - 4 * CHUNK]
+        info = describe(source, streamsgd.FitConfig())
+        assert info["format"] == self.format and info["rows"] == N and info["chunks"] == 5
         assert source.features == [f"x{j}" for j in range(D)] and source.target == "y"
 
     def test_every_chunk_reads_back_exactly(self, source, data):
@@ -102,6 +107,8 @@ class TestLocalParquet(SourceContract):
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 class TestLocalZarr(SourceContract):
+    format = "zarr"
+
     @pytest.fixture
     def url(self, tmp_path_factory, data, zarr_format):
         path = str(tmp_path_factory.mktemp("zarr") / f"d{zarr_format}.zarr")
@@ -118,6 +125,8 @@ class TestMemoryParquet(SourceContract):
 
 
 class TestMemoryZarr(SourceContract):
+    format = "zarr"
+
     @pytest.fixture
     def url(self, data):
         url = f"memory://{uuid.uuid4().hex}/d.zarr"

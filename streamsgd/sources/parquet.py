@@ -42,6 +42,7 @@ class ParquetSource:
         from .fs import filesystem
 
         self.url = url
+        self.format = "parquet"
         self._fs, root = filesystem(url, storage_options)
         self._local = isinstance(self._fs, LocalFileSystem)
         self._fs_paths = _expand(self._fs, root, url)

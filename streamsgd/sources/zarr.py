@@ -36,6 +36,7 @@ class ZarrSource:
         import zarr
 
         self.url = url
+        self.format = "zarr"
         kwargs = {}
         if "://" in url and not url.startswith(("file://", "memory://")):
             # a fresh fsspec instance: a cached one may be bound to another event loop, and
