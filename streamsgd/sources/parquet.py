@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError, SourceError
@@ -103,12 +104,15 @@ class ParquetSource:
 
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
         """Decode chunk ``i`` into ``X`` (rows x features) and ``y`` (rows,)."""
+        from numba.typed import List
+
+        from ..kernels import fill_rows
+
         names = self.features + ([self.target] if y is not None else [])
         table = self.read_columns(i, names)
-        for j, name in enumerate(self.features):
-            _fill(X[:, j], table.column(name), name, self, i)
+        fill_rows(List([_values(table.column(n), n, X.dtype, self, i) for n in self.features]), X)
         if y is not None:
-            _fill(y, table.column(self.target), self.target, self, i)
+            y[...] = _values(table.column(self.target), self.target, y.dtype, self, i)
 
     def fingerprint(self) -> str:
         """Hash of the data's manifest: files, sizes, row-group layout."""
@@ -208,11 +212,11 @@ def _resolve_columns(
     return chosen
 
 
-def _fill(out: NDArray, column, name: str, source, i: int) -> None:
-    """Copy an Arrow column into a (possibly strided) float view, refusing nulls."""
+def _values(column, name: str, dtype, source, i: int) -> NDArray:
+    """An Arrow column as one contiguous array of ``dtype``, refusing nulls."""
     if column.null_count:
         raise DataError(
             f"{source.chunk_name(i)}: column {name!r} has {column.null_count} null values; "
             "drop or impute them"
         )
-    out[...] = column.to_numpy()
+    return np.ascontiguousarray(column.to_numpy(), dtype=dtype)
