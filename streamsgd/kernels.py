@@ -37,46 +37,51 @@ def _sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
+#: Loss name -> the integer the compiled loop branches on.
+LOSSES = {"linear": 0, "logistic": 1}
+
+
 @njit(nogil=True, cache=True)
-def linear_grad(X, y, idx, w, b, gw):
-    """Squared loss. Returns (sum of losses, sum of residuals); adds sum r_i x_i to gw."""
+def loss_and_slope(loss, z, y):
+    """(l(z, y), dl/dz) of one row for the loss numbered ``loss`` (see LOSSES)."""
+    if loss == 0:
+        r = z - y
+        return 0.5 * r * r, r
+    return _softplus(z) - y * z, _sigmoid(z) - y
+
+
+@njit(nogil=True, cache=True)
+def accumulate(loss, X, y, idx, w, b, gw):
+    """Add sum r_i x_i over rows ``idx`` to gw; return (sum of losses, sum of residuals r_i)."""
     d = X.shape[1]
-    loss = 0.0
+    total = 0.0
     rsum = 0.0
     for k in range(idx.shape[0]):
         i = idx[k]
         z = b
         for j in range(d):
             z += X[i, j] * w[j]
-        r = z - y[i]
-        loss += 0.5 * r * r
+        l, r = loss_and_slope(loss, z, y[i])
+        total += l
         rsum += r
         for j in range(d):
             gw[j] += r * X[i, j]
-    return loss, rsum
+    return total, rsum
+
+
+@njit(nogil=True, cache=True)
+def linear_grad(X, y, idx, w, b, gw):
+    """Squared loss. Returns (sum of losses, sum of residuals); adds sum r_i x_i to gw."""
+    return accumulate(0, X, y, idx, w, b, gw)
 
 
 @njit(nogil=True, cache=True)
 def logistic_grad(X, y, idx, w, b, gw):
     """Log loss for labels in {0, 1}. Returns (sum of losses, sum of residuals)."""
-    d = X.shape[1]
-    loss = 0.0
-    rsum = 0.0
-    for k in range(idx.shape[0]):
-        i = idx[k]
-        z = b
-        for j in range(d):
-            z += X[i, j] * w[j]
-        yi = y[i]
-        loss += _softplus(z) - yi * z
-        r = _sigmoid(z) - yi
-        rsum += r
-        for j in range(d):
-            gw[j] += r * X[i, j]
-    return loss, rsum
+    return accumulate(1, X, y, idx, w, b, gw)
 
 
-#: Model name -> gradient kernel; strings become functions here, at the edge.
+#: Model name -> gradient kernel of one batch segment (the loop calls ``accumulate``).
 GRADIENTS = {"linear": linear_grad, "logistic": logistic_grad}
 
 #: Upper bound of d^2 l / dz^2 per model, used to pick a stable default step size.

@@ -15,28 +15,41 @@ from numpy.typing import NDArray
 from .kernels import CURVATURE
 
 
-@njit(nogil=True, cache=True)
-def sgd_step(w, b, gw, rsum, n, mean, scale, l2, lr, w_eff):
-    """One SGD update from raw-space sums; refreshes ``w_eff`` and returns (b, b_eff).
+#: Schedule name -> the integer the compiled loop branches on.
+SCHEDULES = {"constant": 0, "invscaling": 1}
 
-    gw : sum over the batch of r_i x_i (raw features); rsum : sum of r_i; n : batch rows.
-    """
-    inv_n = 1.0 / n
-    shift = 0.0
-    for j in range(w.shape[0]):
-        g = (gw[j] - mean[j] * rsum) / scale[j] * inv_n + l2 * w[j]
-        w[j] -= lr * g
-        w_eff[j] = w[j] / scale[j]
-        shift += w_eff[j] * mean[j]
-    b = b - lr * rsum * inv_n
-    return b, b - shift
+
+@njit(nogil=True, cache=True)
+def step_size(schedule, lr0, t, power_t):
+    """η at update ``t`` (counted from 1): constant, or scikit-learn's η₀ / t^power_t."""
+    if schedule == 1:
+        return lr0 / t**power_t
+    return lr0
 
 
 def learning_rate(schedule: str, lr0: float, t: int, power_t: float) -> float:
-    """η at update ``t`` (counted from 1): constant, or scikit-learn's η₀ / t^power_t."""
-    if schedule == "invscaling":
-        return lr0 / t**power_t
-    return lr0
+    """``step_size`` by schedule name."""
+    return step_size(SCHEDULES[schedule], lr0, t, power_t)
+
+
+@njit(nogil=True, cache=True)
+def sgd_update(theta, theta_eff, gw, n, mean, scale, l2, lr):
+    """One SGD step from a batch's raw-space gradient sums; refreshes ``theta_eff``.
+
+    theta, theta_eff : float64 (d + 1,), weights then intercept, standardised and raw space.
+    gw : sum over the batch of r_i x_i (first d) and of r_i (last); n : the batch's rows.
+    """
+    d = theta.shape[0] - 1
+    inv_n = 1.0 / n
+    rsum = gw[d]
+    shift = 0.0
+    for j in range(d):
+        g = (gw[j] - mean[j] * rsum) / scale[j] * inv_n + l2 * theta[j]
+        theta[j] -= lr * g
+        theta_eff[j] = theta[j] / scale[j]
+        shift += theta_eff[j] * mean[j]
+    theta[d] -= lr * rsum * inv_n
+    theta_eff[d] = theta[d] - shift
 
 
 def default_lr(

@@ -1,32 +1,28 @@
-"""The streaming pass before training: feature moments for standardisation, label checks,
-and a small row sample for choosing the default step size, all in fixed memory."""
+"""What the trainer learns about the data before its first update, without a pass over the
+features: the target of every chunk (for stratified windows and the label check), and the
+feature moments and a row sample from the first window (for standardisation and the
+default step size).
+
+Reading every feature twice (a moments pass, then training) would halve the speed of a
+one-epoch run. The first window is a random set of whole chunks, up to the shuffle buffer
+(hundreds of thousands of rows at the default memory limit), so its moments estimate the
+data's to a small fraction of a standard deviation, and they are exact whenever the data
+fits one window. Standardisation only conditions the problem; the model is reported in
+raw feature space whatever the estimate.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import DataError
 from .kernels import moments
-from .shuffle import epoch_plan
 from .sources import Source
-from .windows import prefetch_windows
 
 SAMPLE_ROWS = 4096
-
-
-@dataclass(frozen=True)
-class DataStats:
-    """rows; mean and scale of shape (n_features,), float64; sample of shape (<=4096, n_features);
-    chunk_target_mean of shape (n_chunks,), the strata of the shuffle plan."""
-
-    rows: int
-    mean: NDArray[np.float64]
-    scale: NDArray[np.float64]
-    sample: NDArray
-    chunk_target_mean: NDArray[np.float64]
 
 
 def merge_moments(n: int, mean, m2, k: int, mean_k, m2_k):
@@ -36,34 +32,43 @@ def merge_moments(n: int, mean, m2, k: int, mean_k, m2_k):
     return total, mean + delta * (k / total), m2 + m2_k + delta**2 * (n * k / total)
 
 
-def scan(
-    source: Source, model: str, dtype: str, window_rows: int, max_bytes: int, readers: int
-) -> DataStats:
-    """One ordered pass: Chan's parallel merge of per-window moments, in float64."""
-    d = len(source.features)
-    n = 0
-    mean = np.zeros(d)
-    m2 = np.zeros(d)
-    sample = None
-    chunk_target_mean = np.zeros(len(source.chunk_rows))
-    windows = epoch_plan(source.chunk_rows, 0, 0, window_rows, shuffle=False)
-    with prefetch_windows(source, windows, np.dtype(dtype), model, readers, max_bytes) as stream:
-        for window in stream:
-            start = 0
-            for c in window.chunks:
-                stop = start + source.chunk_rows[c]
-                chunk_target_mean[c] = window.y[start:stop].mean() if stop > start else 0.0
-                start = stop
-            n, mean, m2 = merge_moments(n, mean, m2, window.X.shape[0], *moments(window.X))
-            if sample is None:
-                k = window.X.shape[0]
-                step = max(1, k // SAMPLE_ROWS)
-                sample = window.X[::step][:SAMPLE_ROWS].copy()
-            stream.release(window.nbytes)
-            del window  # not kept alive while the next one is read
-    if n == 0:
-        raise DataError(f"{source.url}: the data set has no rows")
-    std = np.sqrt(m2 / n)
+def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.float64]:
+    """Mean target of every chunk (the strata of the shuffle plan), reading the target only.
+
+    Also refuses labels the model cannot use and non-finite targets before any training.
+    """
+
+    def one(c: int) -> float:
+        y = np.asarray(source.read_columns(c, [source.target]).column(0).to_numpy(), dtype=np.float64)
+        if not np.isfinite(y).all():
+            raise DataError(
+                f"{source.chunk_name(c)}: target column {source.target!r} holds NaN or infinite values; "
+                "drop those rows"
+            )
+        if model == "logistic" and ((y != 0) & (y != 1)).any():
+            value = y[np.argmax((y != 0) & (y != 1))]
+            raise DataError(
+                f"{source.url}: target column {source.target!r} holds {value:g}, but a logistic model "
+                "needs labels 0 and 1; recode the target (or train with --model linear)"
+            )
+        return float(y.mean()) if y.size else 0.0
+
+    with ThreadPoolExecutor(max(1, readers)) as pool:
+        return np.array(list(pool.map(one, range(len(source.chunk_rows)))), dtype=np.float64)
+
+
+def standardization(X: NDArray, standardize: bool) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and scale of each column of ``X`` (zeros and ones when ``standardize`` is off)."""
+    d = X.shape[1]
+    if not standardize or X.shape[0] == 0:
+        return np.zeros(d), np.ones(d)
+    mean, m2 = moments(X)
+    std = np.sqrt(m2 / X.shape[0])
     # constant columns keep scale 1, as scikit-learn's StandardScaler does
-    scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
-    return DataStats(n, mean, scale, sample, chunk_target_mean)
+    return mean, np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+
+
+def row_sample(X: NDArray, rows: int = SAMPLE_ROWS) -> NDArray:
+    """Up to ``rows`` evenly spaced rows of ``X`` (a copy, so ``X`` can be freed)."""
+    step = max(1, X.shape[0] // rows)
+    return X[::step][:rows].copy()

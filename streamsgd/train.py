@@ -15,17 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from .batches import BatchStream
 from .config import FitConfig
 from .errors import DataError, DivergenceError, UsageError
-from .kernels import GRADIENTS
-from .metrics import Meter, MetricsLog, peak_rss_bytes
+from .kernels import LOSSES
+from .loop import AVERAGED, DIVERGED, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS, ROWS, T, finish_batch, train_rows
+from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
-from .optim import default_lr, learning_rate, sgd_step
-from .shuffle import epoch_plan, iterations_per_epoch
+from .optim import SCHEDULES, default_lr, learning_rate
+from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
-from .stats import scan
-from .windows import read_window, return_freed_buffers_to_os
+from .stats import chunk_target_means, row_sample, standardization
+from .stream import EpochStream
+from .windows import return_freed_buffers_to_os
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
@@ -87,23 +88,6 @@ class FitResult:
     summary: dict[str, Any]
 
 
-def batch_gradient(kernel, segments, w_eff, b_eff, gw) -> tuple[float, float, int]:
-    """Sum the kernel over a batch's segments into ``gw`` (zeroed first).
-
-    Returns (summed loss, summed residual, rows). A function of its own so that no
-    reference to a window's buffers outlives the batch in the caller's frame.
-    """
-    gw[:] = 0.0
-    loss_sum = rsum = 0.0
-    rows = 0
-    for X, y, idx in segments:
-        loss, r = kernel(X, y, idx, w_eff, b_eff, gw)
-        loss_sum += loss
-        rsum += r
-        rows += idx.size
-    return loss_sum, rsum, rows
-
-
 def auto_epochs(iters_per_epoch: int) -> int:
     return max(1, min(MAX_AUTO_EPOCHS, math.ceil(MIN_AUTO_UPDATES / iters_per_epoch)))
 
@@ -120,7 +104,7 @@ def fit(
 
     Parameters
     ----------
-    source : a :class:`~streamsgd.sources.Source` (Parquet, arrays).
+    source : a :class:`~streamsgd.sources.Source` (Parquet, Zarr, arrays).
     config : the options; keyword ``options`` override its fields.
     metrics : path of a JSON-lines file to append progress and epoch records to.
     on_progress : called with each record as it is written (the CLI's progress bar).
@@ -134,17 +118,8 @@ def fit(
         raise DataError(f"{source.url}: training needs a target column; set --target")
     d = len(source.features)
     plan = MemoryPlan.for_source(source, config)
-    dtype = np.dtype(config.dtype)
     return_freed_buffers_to_os()
-
-    if config.standardize:
-        stats = scan(source, config.model, config.dtype, plan.window_rows, plan.buffer_bytes, plan.readers)
-        mean, scale, sample, strata = stats.mean, stats.scale, stats.sample, stats.chunk_target_mean
-    else:
-        strata = None
-        mean, scale = np.zeros(d), np.ones(d)
-        first = epoch_plan(source.chunk_rows, 0, 0, plan.window_rows, shuffle=False)[0][:1]
-        sample = read_window(source, first, dtype, True).X[:4096]
+    strata = chunk_target_means(source, config.model, plan.readers)
 
     B = min(config.batch, N)
     ipe = iterations_per_epoch(N, B)
@@ -153,85 +128,108 @@ def fit(
     else:
         total_steps = (config.epochs or auto_epochs(ipe)) * ipe
     n_epochs = math.ceil(total_steps / ipe)
-    lr0 = config.lr if config.lr is not None else default_lr(config.model, sample, mean, scale, N, B, config.l2)
-
-    kernel = GRADIENTS[config.model]
-    w = np.zeros(d)
-    b = 0.0
-    w_eff = w / scale
-    b_eff = 0.0
-    gw = np.zeros(d)
-    t = 0
-    rows_seen = 0
     # Polyak-Ruppert tail averaging: the mean of the second half of the iterates cancels
     # most of the constant step's noise (its error shrinks like 1/updates averaged)
     average_from = total_steps // 2 if config.average else total_steps
-    w_avg, b_avg, averaged = np.zeros(d), 0.0, 0
+    spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from], dtype=np.int64)
+    theta, theta_eff, avg, gw = (np.zeros(d + 1) for _ in range(4))
+    counters = np.zeros(N_COUNTERS, dtype=np.int64)
+    sums = np.zeros(N_SUMS)
+    mean = scale = hyper = None
+    rows_seen = 0
+    epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
     epoch_loss = float("nan")
     log = MetricsLog(metrics)
-    meter = Meter()
     train_start = time.perf_counter()
+    interval_start = train_start
 
     def emit(record: dict[str, Any]) -> None:
         log.write(record)
         if on_progress is not None:
             on_progress(record)
 
-    stream = BatchStream(source, config.model, B, config.seed, config.shuffle, plan.window_rows,
-                         plan.buffer_bytes, plan.readers, dtype, strata)
+    def diverged(epoch: int) -> DivergenceError:
+        return DivergenceError(
+            f"training diverged at iteration {counters[T] + 1} (epoch {epoch + 1}): the loss became "
+            f"not finite; lower --lr (it was {hyper[LR0]:.4g}) or keep --standardize on"
+        )
+
+    def fold_interval() -> None:
+        nonlocal rows_seen
+        rows_seen += int(sums[ROWS])
+        epoch_sums[:] += sums[LOSS], sums[ROWS]
+        sums[LOSS] = sums[ROWS] = 0.0
+
+    def progress(epoch: int) -> None:
+        nonlocal interval_start
+        now = time.perf_counter()
+        t = int(counters[T])
+        emit({"event": "progress", "epoch": epoch + 1, "iteration": t, "rows_seen": rows_seen + int(sums[ROWS]),
+              "lr": learning_rate(config.lr_schedule, hyper[LR0], t, config.power_t),
+              "total_iterations": total_steps, "loss": sums[LOSS] / max(sums[ROWS], 1.0),
+              "rows_per_second": sums[ROWS] / max(now - interval_start, 1e-9), "seconds": now - train_start})
+        interval_start = now
+        fold_interval()
+
+    stream = EpochStream(source, config.model, config.seed, config.shuffle, plan.window_rows,
+                         plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata)
     try:
         for epoch in range(n_epochs):
-            meter.reset_epoch()
-            with closing(stream.epoch(epoch)) as batches:  # closing joins the reader thread
-                for segments in batches:
-                    loss_sum, rsum, rows = batch_gradient(kernel, segments, w_eff, b_eff, gw)
-                    if not math.isfinite(loss_sum):
-                        raise DivergenceError(
-                            f"training diverged at iteration {t + 1} (epoch {epoch + 1}): the loss became "
-                            f"{loss_sum}; lower --lr (it was {lr0:.4g}) or keep --standardize on"
-                        )
-                    t += 1
-                    lr = learning_rate(config.lr_schedule, lr0, t, config.power_t)
-                    b, b_eff = sgd_step(w, b, gw, rsum, rows, mean, scale, config.l2, lr, w_eff)
-                    if t > average_from:
-                        averaged += 1
-                        w_avg += (w - w_avg) / averaged
-                        b_avg += (b - b_avg) / averaged
-                    rows_seen += rows
-                    meter.add(loss_sum, rows)
-                    if t % config.log_every == 0:
-                        emit({"event": "progress", "epoch": epoch + 1, "iteration": t, "rows_seen": rows_seen,
-                              "lr": lr,
-                              "total_iterations": total_steps, **meter.interval_record()})
-                        meter.reset_interval()
-                    if t == total_steps:
+            epoch_sums[:] = 0.0
+            with closing(stream.epoch(epoch)) as windows:  # closing joins the reader threads
+                for window, order in windows:
+                    if hyper is None:  # the first window: standardisation and step size from it
+                        mean, scale = standardization(window.X, config.standardize)
+                        lr0 = config.lr if config.lr is not None else default_lr(
+                            config.model, row_sample(window.X), mean, scale, N, B, config.l2)
+                        hyper = np.array([lr0, config.power_t, config.l2])
+                        theta_eff[:d] = theta[:d] / scale
+                    pos = 0
+                    while pos < order.size and counters[T] < total_steps:
+                        stop_at = min(total_steps, (counters[T] // config.log_every + 1) * config.log_every)
+                        pos = train_rows(window.X, window.y, order, pos, order.size, stop_at, spec, hyper,
+                                         theta, theta_eff, avg, gw, mean, scale, counters, sums)
+                        if counters[DIVERGED]:
+                            raise diverged(epoch)
+                        if counters[T] == stop_at:
+                            progress(epoch)
+                    if counters[T] == total_steps:
                         break
-            penalty = 0.5 * config.l2 * float(w @ w)
-            epoch_loss = meter.epoch_loss / max(meter.epoch_rows, 1) + penalty
+            if counters[FILLED]:  # the epoch's short last batch
+                finish_batch(spec, hyper, theta, theta_eff, avg, gw, mean, scale, counters, sums)
+                if counters[DIVERGED]:
+                    raise diverged(epoch)
+                if counters[T] % config.log_every == 0:
+                    progress(epoch)
+            fold_interval()
+            w, b = theta[:d], theta[d]
+            epoch_loss = epoch_sums[0] / max(epoch_sums[1], 1.0) + 0.5 * config.l2 * float(w @ w)
             if not (math.isfinite(epoch_loss) and math.isfinite(b)):
                 raise DivergenceError(
                     f"training diverged in epoch {epoch + 1}: the parameters overflowed; lower --lr "
-                    f"(it was {lr0:.4g}) or keep --standardize on"
+                    f"(it was {hyper[LR0]:.4g}) or keep --standardize on"
                 )
-            emit({"event": "epoch", "epoch": epoch + 1, "iteration": t, "rows_seen": rows_seen,
+            emit({"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]), "rows_seen": rows_seen,
                   "loss": epoch_loss, "seconds": time.perf_counter() - started})
     finally:
         log.close()
 
     train_seconds = time.perf_counter() - train_start
+    t = int(counters[T])
     summary = {
         "iterations": t,
         "epochs": t / ipe,
         "iterations_per_epoch": ipe,
         "rows_seen": rows_seen,
         "loss": epoch_loss,
-        "lr": lr0,
+        "lr": float(hyper[LR0]),
         "rows_per_second": rows_seen / max(train_seconds, 1e-9),
         "peak_rss_bytes": peak_rss_bytes(),
         "seconds": time.perf_counter() - started,
     }
-    if averaged:
-        w, b = w_avg, b_avg
+    if counters[AVERAGED]:
+        theta = avg
+    w, b = theta[:d], float(theta[d])
     coef = w / scale
     model = Model(
         model=config.model,

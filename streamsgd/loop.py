@@ -1,0 +1,88 @@
+"""The compiled inner loop: a window's rows, in plan order, cut into batches and updates.
+
+The trainer hands over a whole window at a time, so the per-update cost is a few hundred
+nanoseconds of compiled code rather than the ~100 µs of a Python-level step; control comes
+back only at the window's end, at ``stop_at`` updates (the next log line, checkpoint or
+the last step) or when a batch's loss is not finite. A batch may straddle windows: its
+rows' gradient sums stay in ``gw`` between calls, so no row is ever copied.
+
+State lives in plain arrays (the checkpoint stores them as they are):
+
+theta, theta_eff, avg, gw : float64 (d + 1,)
+    standardised parameters (weights, then intercept), the same in raw feature space (what
+    the kernels use), the running Polyak–Ruppert average, and the current batch's sums.
+counters : int64, indexed by T, FILLED, AVERAGED, DIVERGED.
+sums : float64, indexed by BATCH_LOSS, LOSS, ROWS (LOSS and ROWS are the completed
+    batches' totals since the caller last cleared them).
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from .kernels import accumulate
+from .optim import sgd_update, step_size
+
+# counters
+T = 0  # updates made
+FILLED = 1  # rows of the batch in progress whose gradient is in gw
+AVERAGED = 2  # iterates in the average
+DIVERGED = 3  # 1 once a batch's loss was not finite
+N_COUNTERS = 4
+# sums
+BATCH_LOSS = 0  # summed loss of the batch in progress
+LOSS = 1
+ROWS = 2
+N_SUMS = 3
+# spec: the integers of the run
+LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM = 0, 1, 2, 3
+# hyper: its real numbers
+LR0, POWER_T, L2 = 0, 1, 2
+
+
+@njit(nogil=True, cache=True)
+def train_rows(X, y, order, pos, end, stop_at, spec, hyper, theta, theta_eff, avg, gw, mean, scale, counters, sums):
+    """Feed rows ``order[pos:end]`` of a window to the loss, updating every ``spec[BATCH]`` rows.
+
+    Returns the position reached: ``end``, or earlier when the update count reaches
+    ``stop_at`` or a batch diverged (``counters[DIVERGED]`` is then 1).
+    """
+    d = X.shape[1]
+    w = theta_eff[:d]
+    g = gw[:d]
+    while pos < end:
+        take = min(spec[BATCH] - counters[FILLED], end - pos)
+        loss, rsum = accumulate(spec[LOSS_CODE], X, y, order[pos:pos + take], w, theta_eff[d], g)
+        gw[d] += rsum
+        sums[BATCH_LOSS] += loss
+        counters[FILLED] += take
+        pos += take
+        if counters[FILLED] == spec[BATCH]:
+            finish_batch(spec, hyper, theta, theta_eff, avg, gw, mean, scale, counters, sums)
+            if counters[DIVERGED] == 1 or counters[T] == stop_at:
+                break
+    return pos
+
+
+@njit(nogil=True, cache=True)
+def finish_batch(spec, hyper, theta, theta_eff, avg, gw, mean, scale, counters, sums):
+    """Update from the batch in progress (also the epoch's short last one) and start the next."""
+    if not math.isfinite(sums[BATCH_LOSS]):
+        counters[DIVERGED] = 1
+        return
+    t = counters[T] + 1
+    lr = step_size(spec[SCHEDULE], hyper[LR0], t, hyper[POWER_T])
+    sgd_update(theta, theta_eff, gw, counters[FILLED], mean, scale, hyper[L2], lr)
+    counters[T] = t
+    if t > spec[AVERAGE_FROM]:
+        counters[AVERAGED] += 1
+        inv = 1.0 / counters[AVERAGED]
+        for j in range(theta.shape[0]):
+            avg[j] += (theta[j] - avg[j]) * inv
+    sums[LOSS] += sums[BATCH_LOSS]
+    sums[ROWS] += counters[FILLED]
+    sums[BATCH_LOSS] = 0.0
+    counters[FILLED] = 0
+    gw[:] = 0.0
