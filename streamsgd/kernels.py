@@ -50,13 +50,39 @@ def loss_and_slope(loss, z, y):
     return _softplus(z) - y * z, _sigmoid(z) - y
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def accumulate(loss, X, y, idx, w, b, gw):
-    """Add sum r_i x_i over rows ``idx`` to gw; return (sum of losses, sum of residuals r_i)."""
+    """Add sum r_i x_i over rows ``idx`` to gw; return (sum of losses, sum of residuals r_i).
+
+    Rows are taken four at a time: shuffled rows are cache misses, and four independent
+    dot products keep four of them in flight (2-2.7x faster than one row at a time at
+    d = 100, measured on permuted float32 rows). ``reassoc`` lets the dot products
+    vectorise; NaN and infinity keep their meaning (no ``nnan``/``ninf``), so divergence
+    is still seen.
+    """
     d = X.shape[1]
+    n = idx.shape[0]
     total = 0.0
     rsum = 0.0
-    for k in range(idx.shape[0]):
+    k = 0
+    while k + 4 <= n:
+        i0, i1, i2, i3 = idx[k], idx[k + 1], idx[k + 2], idx[k + 3]
+        z0 = z1 = z2 = z3 = b
+        for j in range(d):
+            z0 += X[i0, j] * w[j]
+            z1 += X[i1, j] * w[j]
+            z2 += X[i2, j] * w[j]
+            z3 += X[i3, j] * w[j]
+        l0, r0 = loss_and_slope(loss, z0, y[i0])
+        l1, r1 = loss_and_slope(loss, z1, y[i1])
+        l2, r2 = loss_and_slope(loss, z2, y[i2])
+        l3, r3 = loss_and_slope(loss, z3, y[i3])
+        total += (l0 + l1) + (l2 + l3)
+        rsum += (r0 + r1) + (r2 + r3)
+        for j in range(d):
+            gw[j] += (r0 * X[i0, j] + r1 * X[i1, j]) + (r2 * X[i2, j] + r3 * X[i3, j])
+        k += 4
+    for k in range(k, n):
         i = idx[k]
         z = b
         for j in range(d):
