@@ -46,3 +46,22 @@ class ModelFileError(StreamSGDError, OSError):
 
 #: Exit code of a run stopped by SIGINT / Ctrl-C (shell convention 128 + 2).
 EXIT_INTERRUPTED = 130
+
+
+class LockHeldError(StreamSGDError, BlockingIOError):
+    """Another live run holds the lock on the same outputs (model file or checkpoint directory)."""
+
+    exit_code = 7
+
+
+#: Exit code of a run stopped by SIGTERM, e.g. by cron's or a scheduler's timeout (128 + 15).
+EXIT_TERMINATED = 143
+
+
+class RunStopped(StreamSGDError, InterruptedError):
+    """Training stopped on request (SIGINT/SIGTERM) at a batch boundary, after its checkpoint.
+
+    The CLI exits with EXIT_INTERRUPTED or EXIT_TERMINATED, by the signal received.
+    """
+
+    exit_code = EXIT_INTERRUPTED

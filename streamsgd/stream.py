@@ -36,17 +36,28 @@ class EpochStream:
     strata: NDArray[np.float64] | None = None
     _resident: tuple[Window, NDArray[np.int64]] | None = field(default=None, init=False)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Window, NDArray[np.int64]]]:
-        """(window, order) pairs: train on ``window.X[order]`` in that order."""
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[Window, NDArray[np.int64]]]:
+        """(window, order) pairs: train on ``window.X[order]`` in that order.
+
+        ``skip`` rows of the epoch's order are left out, and windows wholly inside them are
+        not read at all: a resumed run starts where it stopped without replaying I/O.
+        """
         windows = epoch_plan(self.source.chunk_rows, self.seed, epoch, self.window_rows, self.shuffle, self.strata)
         if len(windows) == 1 and self._resident is not None:
-            yield self._resident_order(epoch, windows[0])
+            window, order = self._resident_order(epoch, windows[0])
+            yield window, order[skip:]
             return
-        with prefetch_windows(self.source, windows, self.dtype, self.model, self.readers, self.buffer_bytes) as stream:
-            for w, window in enumerate(stream):
+        sizes = np.array([sum(self.source.chunk_rows[c] for c in chunks) for chunks in windows], dtype=np.int64)
+        ends = np.cumsum(sizes)
+        first = int(np.searchsorted(ends, skip, side="right"))
+        offset = skip - int(ends[first - 1]) if first else skip
+        todo = windows[first:]
+        with prefetch_windows(self.source, todo, self.dtype, self.model, self.readers, self.buffer_bytes) as stream:
+            for w, window in enumerate(stream, start=first):
                 if len(windows) == 1:
                     self._resident = (window, _row_ids(self.source, window.chunks))
-                yield window, row_order(window.X.shape[0], self.seed, epoch, w, self.shuffle)
+                order = row_order(window.X.shape[0], self.seed, epoch, w, self.shuffle)
+                yield window, (order[offset:] if w == first else order)
                 stream.release(window.nbytes)
                 del window  # not kept alive while the next one is read
 

@@ -7,6 +7,7 @@ short last batch counting as one (DESIGN.md §2.2).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from contextlib import closing
 from collections.abc import Callable
@@ -14,9 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .config import FitConfig
-from .errors import DataError, DivergenceError, UsageError
+from .errors import DataError, DivergenceError, RunStopped, UsageError
 from .kernels import LOSSES
 from .loop import AVERAGED, DIVERGED, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS, ROWS, T, finish_batch, train_rows
 from .metrics import MetricsLog, peak_rss_bytes
@@ -88,6 +90,52 @@ class FitResult:
     summary: dict[str, Any]
 
 
+@dataclass
+class Checkpointing:
+    """When and where the trainer hands its state over (``save`` gets the state arrays).
+
+    A checkpoint is taken every ``every`` updates, every ``seconds`` of training (checked
+    between compiled calls, at batch boundaries), at the end of each epoch, and when
+    ``stop`` is set, after which the run raises :class:`~streamsgd.errors.RunStopped`.
+    """
+
+    save: Callable[[dict[str, NDArray]], None] | None = None
+    every: int | None = None
+    seconds: float | None = None
+    stop: threading.Event | None = None
+
+
+class _State:
+    """Everything a resumed run needs to continue bit for bit: plain arrays only.
+
+    The position in the plan is not stored: epoch and batch follow from the update count
+    (``T // iterations_per_epoch``, every batch but an epoch's last has B rows), and the
+    plan itself is a function of the seed.
+    """
+
+    ARRAYS = ("theta", "theta_eff", "avg", "gw", "counters", "sums", "epoch_sums", "rows_seen",
+              "mean", "scale", "hyper")
+
+    def __init__(self, d: int):
+        self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(d + 1) for _ in range(4))
+        self.counters = np.zeros(N_COUNTERS, dtype=np.int64)
+        self.sums = np.zeros(N_SUMS)
+        self.epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
+        self.rows_seen = np.zeros(1, dtype=np.int64)
+        self.mean = self.scale = self.hyper = None
+
+    def arrays(self) -> dict[str, NDArray]:
+        return {name: getattr(self, name).copy() for name in self.ARRAYS}
+
+    def restore(self, arrays: dict[str, NDArray]) -> None:
+        for name in self.ARRAYS:
+            old, new = getattr(self, name), np.asarray(arrays[name])
+            if old is not None and (new.shape != old.shape or new.dtype != old.dtype):
+                raise DataError(f"the checkpoint's {name} has shape {new.shape}, this run needs {old.shape}; "
+                                "it was written for other data or options: start without --resume")
+            setattr(self, name, new.copy())
+
+
 def auto_epochs(iters_per_epoch: int) -> int:
     return max(1, min(MAX_AUTO_EPOCHS, math.ceil(MIN_AUTO_UPDATES / iters_per_epoch)))
 
@@ -98,6 +146,9 @@ def fit(
     *,
     metrics: str | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    init: Model | None = None,
+    resume: dict[str, NDArray] | None = None,
+    checkpointing: Checkpointing | None = None,
     **options: Any,
 ) -> FitResult:
     """Train a model on ``source`` by mini-batch SGD in fixed memory.
@@ -108,6 +159,11 @@ def fit(
     config : the options; keyword ``options`` override its fields.
     metrics : path of a JSON-lines file to append progress and epoch records to.
     on_progress : called with each record as it is written (the CLI's progress bar).
+    init : a model to start from (warm start): its parameters and its standardisation;
+        the step size is chosen afresh unless ``lr`` is set.
+    resume : the state arrays of a checkpoint of this same run; training continues from
+        its update count exactly as if it had never stopped.
+    checkpointing : when to hand the state to a checkpoint writer, and a stop flag.
     """
     config = replace(config or FitConfig(), **options)
     started = time.perf_counter()
@@ -117,6 +173,8 @@ def fit(
     if source.target is None:
         raise DataError(f"{source.url}: training needs a target column; set --target")
     d = len(source.features)
+    if init is not None:
+        _check_init(init, source, config)
     plan = MemoryPlan.for_source(source, config)
     return_freed_buffers_to_os()
     strata = chunk_target_means(source, config.model, plan.readers)
@@ -127,21 +185,20 @@ def fit(
         total_steps = config.steps
     else:
         total_steps = (config.epochs or auto_epochs(ipe)) * ipe
-    n_epochs = math.ceil(total_steps / ipe)
     # Polyak-Ruppert tail averaging: the mean of the second half of the iterates cancels
     # most of the constant step's noise (its error shrinks like 1/updates averaged)
     average_from = total_steps // 2 if config.average else total_steps
     spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from], dtype=np.int64)
-    theta, theta_eff, avg, gw = (np.zeros(d + 1) for _ in range(4))
-    counters = np.zeros(N_COUNTERS, dtype=np.int64)
-    sums = np.zeros(N_SUMS)
-    mean = scale = hyper = None
-    rows_seen = 0
-    epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
+    st = _State(d)
+    if resume is not None:
+        st.restore(resume)
+    ck = checkpointing or Checkpointing()
+    counters, sums = st.counters, st.sums
     epoch_loss = float("nan")
     log = MetricsLog(metrics)
     train_start = time.perf_counter()
-    interval_start = train_start
+    interval_start = last_checkpoint = train_start
+    first_step = int(counters[T])
 
     def emit(record: dict[str, Any]) -> None:
         log.write(record)
@@ -151,66 +208,97 @@ def fit(
     def diverged(epoch: int) -> DivergenceError:
         return DivergenceError(
             f"training diverged at iteration {counters[T] + 1} (epoch {epoch + 1}): the loss became "
-            f"not finite; lower --lr (it was {hyper[LR0]:.4g}) or keep --standardize on"
+            f"not finite; lower --lr (it was {st.hyper[LR0]:.4g}) or keep --standardize on"
         )
 
     def fold_interval() -> None:
-        nonlocal rows_seen
-        rows_seen += int(sums[ROWS])
-        epoch_sums[:] += sums[LOSS], sums[ROWS]
+        st.rows_seen[0] += int(sums[ROWS])
+        st.epoch_sums[:] += sums[LOSS], sums[ROWS]
         sums[LOSS] = sums[ROWS] = 0.0
 
     def progress(epoch: int) -> None:
         nonlocal interval_start
         now = time.perf_counter()
         t = int(counters[T])
-        emit({"event": "progress", "epoch": epoch + 1, "iteration": t, "rows_seen": rows_seen + int(sums[ROWS]),
-              "lr": learning_rate(config.lr_schedule, hyper[LR0], t, config.power_t),
+        emit({"event": "progress", "epoch": epoch + 1, "iteration": t,
+              "rows_seen": int(st.rows_seen[0] + sums[ROWS]),
+              "lr": learning_rate(config.lr_schedule, st.hyper[LR0], t, config.power_t),
               "total_iterations": total_steps, "loss": sums[LOSS] / max(sums[ROWS], 1.0),
               "rows_per_second": sums[ROWS] / max(now - interval_start, 1e-9), "seconds": now - train_start})
         interval_start = now
         fold_interval()
 
+    def save_checkpoint() -> None:
+        nonlocal last_checkpoint
+        if ck.save is not None:
+            ck.save(st.arrays())
+            emit({"event": "checkpoint", "iteration": int(counters[T]),
+                  "rows_seen": int(st.rows_seen[0] + sums[ROWS])})
+        last_checkpoint = time.perf_counter()
+
+    def next_stop() -> int:
+        t = int(counters[T])
+        stops = [total_steps, (t // config.log_every + 1) * config.log_every]
+        if ck.every:
+            stops.append((t // ck.every + 1) * ck.every)
+        if ck.stop is not None and ck.stop.is_set():
+            stops.append(t + 1)  # finish the batch in progress, then stop
+        return min(stops)
+
+    def at_boundary(epoch: int) -> None:
+        """After an update that ended a compiled call: log, checkpoint, or stop."""
+        t = int(counters[T])
+        if t % config.log_every == 0:
+            progress(epoch)
+        stopping = ck.stop is not None and ck.stop.is_set()
+        timed = ck.seconds is not None and time.perf_counter() - last_checkpoint >= ck.seconds
+        if stopping or timed or (ck.every and t % ck.every == 0):
+            save_checkpoint()
+        if stopping:
+            raise RunStopped(f"stopped at iteration {t} of {total_steps}"
+                             + ("; a checkpoint was written" if ck.save else ""))
+
     stream = EpochStream(source, config.model, config.seed, config.shuffle, plan.window_rows,
                          plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata)
     try:
-        for epoch in range(n_epochs):
-            epoch_sums[:] = 0.0
-            with closing(stream.epoch(epoch)) as windows:  # closing joins the reader threads
+        for epoch in range(int(counters[T]) // ipe, math.ceil(total_steps / ipe)):
+            if counters[T] == epoch * ipe:
+                st.epoch_sums[:] = 0.0
+            skip = (int(counters[T]) - epoch * ipe) * B
+            with closing(stream.epoch(epoch, skip)) as windows:  # closing joins the reader threads
                 for window, order in windows:
-                    if hyper is None:  # the first window: standardisation and step size from it
-                        mean, scale = standardization(window.X, config.standardize)
-                        lr0 = config.lr if config.lr is not None else default_lr(
-                            config.model, row_sample(window.X), mean, scale, N, B, config.l2)
-                        hyper = np.array([lr0, config.power_t, config.l2])
-                        theta_eff[:d] = theta[:d] / scale
+                    if st.hyper is None:  # the first window: standardisation and step size from it
+                        _start(st, window.X, config, init, N, B)
                     pos = 0
                     while pos < order.size and counters[T] < total_steps:
-                        stop_at = min(total_steps, (counters[T] // config.log_every + 1) * config.log_every)
-                        pos = train_rows(window.X, window.y, order, pos, order.size, stop_at, spec, hyper,
-                                         theta, theta_eff, avg, gw, mean, scale, counters, sums)
+                        stop_at = next_stop()
+                        pos = train_rows(window.X, window.y, order, pos, order.size, stop_at, spec, st.hyper,
+                                         st.theta, st.theta_eff, st.avg, st.gw, st.mean, st.scale, counters, sums)
                         if counters[DIVERGED]:
                             raise diverged(epoch)
-                        if counters[T] == stop_at:
-                            progress(epoch)
+                        if counters[FILLED] == 0:
+                            at_boundary(epoch)
                     if counters[T] == total_steps:
                         break
             if counters[FILLED]:  # the epoch's short last batch
-                finish_batch(spec, hyper, theta, theta_eff, avg, gw, mean, scale, counters, sums)
+                finish_batch(spec, st.hyper, st.theta, st.theta_eff, st.avg, st.gw, st.mean, st.scale,
+                             counters, sums)
                 if counters[DIVERGED]:
                     raise diverged(epoch)
                 if counters[T] % config.log_every == 0:
                     progress(epoch)
             fold_interval()
-            w, b = theta[:d], theta[d]
-            epoch_loss = epoch_sums[0] / max(epoch_sums[1], 1.0) + 0.5 * config.l2 * float(w @ w)
+            w, b = st.theta[:d], st.theta[d]
+            epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2 * float(w @ w)
             if not (math.isfinite(epoch_loss) and math.isfinite(b)):
                 raise DivergenceError(
                     f"training diverged in epoch {epoch + 1}: the parameters overflowed; lower --lr "
-                    f"(it was {hyper[LR0]:.4g}) or keep --standardize on"
+                    f"(it was {st.hyper[LR0]:.4g}) or keep --standardize on"
                 )
-            emit({"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]), "rows_seen": rows_seen,
-                  "loss": epoch_loss, "seconds": time.perf_counter() - started})
+            emit({"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
+                  "rows_seen": int(st.rows_seen[0]), "loss": epoch_loss, "seconds": time.perf_counter() - started})
+            if counters[T] < total_steps:
+                save_checkpoint()
     finally:
         log.close()
 
@@ -220,34 +308,54 @@ def fit(
         "iterations": t,
         "epochs": t / ipe,
         "iterations_per_epoch": ipe,
-        "rows_seen": rows_seen,
+        "rows_seen": int(st.rows_seen[0]),
         "loss": epoch_loss,
-        "lr": float(hyper[LR0]),
-        "rows_per_second": rows_seen / max(train_seconds, 1e-9),
+        "lr": float(st.hyper[LR0]),
+        "rows_per_second": (t - first_step) * B / max(train_seconds, 1e-9),
         "peak_rss_bytes": peak_rss_bytes(),
         "seconds": time.perf_counter() - started,
     }
-    if counters[AVERAGED]:
-        theta = avg
+    theta = st.avg if counters[AVERAGED] else st.theta
     w, b = theta[:d], float(theta[d])
-    coef = w / scale
-    model = Model(
-        model=config.model,
-        features=list(source.features),
-        target=source.target,
-        coef=coef,
-        intercept=float(b - coef @ mean),
-        mean=mean,
-        scale=scale,
-        metadata={
-            # execution-only options do not change the model, so the file does not record them
-            "config": {k: v for k, v in config.to_dict().items() if k not in ("readers", "log_every")},
-            "data": {"url": source.url, "rows": N, "fingerprint": source.fingerprint()},
-            "target_type": getattr(source, "target_type", None),
-            "coef_standardized": w.tolist(),
-            "intercept_standardized": b,
-            # deterministic figures only: timings live in the summary and the metrics log
-            "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
-        },
-    )
+    coef = w / st.scale
+    metadata = {
+        # execution-only options do not change the model, so the file does not record them
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("readers", "log_every")},
+        "data": {"url": source.url, "rows": N, "fingerprint": source.fingerprint()},
+        "target_type": getattr(source, "target_type", None),
+        "coef_standardized": w.tolist(),
+        "intercept_standardized": b,
+        # deterministic figures only: timings live in the summary and the metrics log
+        "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
+    }
+    if init is not None:
+        metadata["init"] = {"data": init.metadata.get("data"), "lineage": init.metadata.get("lineage", []),
+                            "metrics": init.metadata.get("metrics")}
+    model = Model(model=config.model, features=list(source.features), target=source.target, coef=coef,
+                  intercept=float(b - coef @ st.mean), mean=st.mean, scale=st.scale, metadata=metadata)
     return FitResult(model, summary)
+
+
+def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int, B: int) -> None:
+    """Standardisation, step size and starting point, from the first window (or ``init``)."""
+    d = X.shape[1]
+    if init is not None:
+        st.mean, st.scale = np.asarray(init.mean, dtype=np.float64), np.asarray(init.scale, dtype=np.float64)
+        st.theta[:d] = init.coef * st.scale
+        st.theta[d] = init.intercept + float(init.coef @ st.mean)
+    else:
+        st.mean, st.scale = standardization(X, config.standardize)
+    lr0 = config.lr if config.lr is not None else default_lr(
+        config.model, row_sample(X), st.mean, st.scale, N, B, config.l2)
+    st.hyper = np.array([lr0, config.power_t, config.l2])
+    st.theta_eff[:d] = st.theta[:d] / st.scale
+    st.theta_eff[d] = st.theta[d] - float(st.theta_eff[:d] @ st.mean)
+
+
+def _check_init(init: Model, source: Source, config: FitConfig) -> None:
+    if init.model != config.model:
+        raise UsageError(f"--init: the model is {init.model!r}, this run trains {config.model!r}; "
+                         f"use --model {init.model} or start without --init")
+    if list(init.features) != list(source.features) or init.target != source.target:
+        raise UsageError(f"--init: the model was trained on features {init.features[:5]}… and target "
+                         f"{init.target!r}, which differ from this data's; choose matching --features/--target")
