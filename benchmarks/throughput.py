@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 import provenance  # benchmarks/ is on sys.path when a script there runs
 import streamsgd
+from streamsgd import train
 from streamsgd.apply import evaluate
 from streamsgd.generate import generate
 
@@ -150,7 +151,7 @@ def decode_convert(path: Path, names: list[str]) -> int:
 
 def streamsgd_fit(path: Path) -> streamsgd.FitResult:
     """(c) One epoch of streamsgd through its public API, standardisation pass included."""
-    return streamsgd.fit(streamsgd.open_source(str(path)), epochs=1, batch=BATCH, model="logistic")
+    return train.fit(streamsgd.open_source(str(path)), epochs=1, batch=BATCH, model="logistic")
 
 
 def sklearn_fit(path: Path, names: list[str], mean: np.ndarray, std: np.ndarray, batch: int | None):
@@ -214,7 +215,7 @@ def warm_up(features: int) -> None:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((4096, features)).astype(np.float32)
     y = (rng.random(4096) < 0.5).astype(np.float32)
-    streamsgd.fit(streamsgd.ArraySource(X, y, chunk_rows=1024), epochs=1, batch=BATCH, model="logistic")
+    train.fit(streamsgd.ArraySource(X, y, chunk_rows=1024), epochs=1, batch=BATCH, model="logistic")
 
 
 def machine() -> dict[str, Any]:

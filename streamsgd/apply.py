@@ -61,7 +61,6 @@ def predict(model: Model, source: Source, out: str, keep: Sequence[str] = ()) ->
     missing = [k for k in keep if k not in source.columns]
     if missing:
         raise DataError(f"{source.url}: no column {missing[0]!r} to keep; fix --keep")
-    label_type = _label_type(model)
     directory = os.path.dirname(os.path.abspath(out))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=directory)
     os.close(fd)
@@ -76,7 +75,7 @@ def predict(model: Model, source: Source, out: str, keep: Sequence[str] = ()) ->
                 kept = source.read_columns(c, keep)
                 cols.update({name: kept.column(name) for name in keep})
             if model.is_classifier:
-                cols["prediction"] = pa.array((z > 0).astype(np.int64)).cast(label_type)
+                cols["prediction"] = pa.array(model.predict_from_margins(z))
                 cols["probability"] = pa.array(expit(z))
             else:
                 cols["prediction"] = pa.array(z)
@@ -97,13 +96,3 @@ def predict(model: Model, source: Source, out: str, keep: Sequence[str] = ()) ->
             os.unlink(tmp)
         raise
     return rows
-
-
-def _label_type(model: Model):
-    import pyarrow as pa
-
-    name = model.metadata.get("target_type") or "int64"
-    try:
-        return pa.type_for_alias(name)
-    except (ValueError, KeyError):
-        return pa.int64()

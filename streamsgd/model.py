@@ -4,7 +4,10 @@ The arrays keep scikit-learn's names: ``coef`` and ``intercept`` in the original
 space, so ``X @ coef + intercept`` is the decision function on raw data. The standardised
 parameters and the scaling are stored too. The metadata (features, target, model, config,
 data fingerprint, version, final metrics) is a JSON string stored as a 0-d unicode array,
-so one file holds everything and loads with ``allow_pickle=False``.
+so one file holds everything and loads with ``allow_pickle=False``. A binary classifier
+whose labels are not 0 and 1 also stores them, in their own type, as the array ``classes``
+(``classes[0]`` is the label of margin <= 0, ``classes[1]`` that of margin > 0, as in
+scikit-learn); without it the labels are 0 and 1 in the target column's type.
 """
 
 from __future__ import annotations
@@ -14,15 +17,27 @@ import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ModelFileError
+from .errors import DataError, ModelFileError, UsageError
+
+if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
+    from sklearn.linear_model import SGDClassifier, SGDRegressor
 
 FORMAT_VERSION = 1
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
+
+#: Trainer models that predict a class label (the others predict a number).
+CLASSIFIERS = ("logistic",)
+
+#: Trainer model -> the scikit-learn estimator and loss that define the same predictions.
+SKLEARN_EQUIVALENT = {
+    "logistic": ("SGDClassifier", "log_loss"),
+    "linear": ("SGDRegressor", "squared_error"),
+}
 
 
 @dataclass
@@ -37,10 +52,25 @@ class Model:
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: the two labels of a binary classifier, (negative, positive); None means 0 and 1
+    classes: NDArray | None = None
 
     @property
     def is_classifier(self) -> bool:
-        return self.model == "logistic"
+        return self.model in CLASSIFIERS
+
+    @property
+    def classes_(self) -> NDArray:
+        """Labels of a classifier, ndarray of shape (2,), in the target's own type.
+
+        Stored labels when the model has them, else 0 and 1 typed like the target column
+        the model was trained on (int64 when that type is unknown).
+        """
+        if not self.is_classifier:
+            raise AttributeError(f"a {self.model} model predicts numbers, not classes")
+        if self.classes is not None:
+            return self.classes
+        return np.array([0, 1], dtype=_numpy_type(self.metadata.get("target_type")))
 
     def decision_function(self, X: NDArray) -> NDArray[np.float64]:
         """Margins, X of shape (n_rows, n_features) in ``self.features`` order."""
@@ -51,10 +81,67 @@ class Model:
         return expit(self.decision_function(X))
 
     def predict(self, X: NDArray) -> NDArray:
-        z = self.decision_function(X)
+        """Class labels (classifier) or values (regressor), ndarray of shape (n_rows,)."""
+        return self.predict_from_margins(self.decision_function(X))
+
+    def predict_from_margins(self, z: NDArray[np.float64]) -> NDArray:
+        """What :meth:`predict` returns for margins ``z``: for code that has computed them."""
         if self.is_classifier:
-            return (z > 0).astype(np.int64)
+            return self.classes_[(z > 0).astype(np.intp)]
         return z
+
+    def score(self, X: NDArray, y: NDArray) -> float:
+        """Accuracy (classifier) or R² (regressor) on X of shape (n_rows, n_features), y (n_rows,).
+
+        The same figures ``streamsgd evaluate`` reports and scikit-learn's ``score`` returns;
+        R² is 1 - SSE/SST, and NaN when y is constant (SST = 0: R² is undefined).
+        """
+        y = np.asarray(y)
+        predicted = self.predict(X)
+        if predicted.shape != y.shape:
+            raise DataError(f"y: expected shape {predicted.shape} to match X's rows, got {y.shape}")
+        if self.is_classifier:
+            return float(np.mean(predicted == y))
+        y = y.astype(np.float64)
+        sst = float(((y - y.mean()) ** 2).sum())
+        return 1.0 - float(((y - predicted) ** 2).sum()) / sst if sst > 0 else float("nan")
+
+    def to_sklearn(self) -> SGDClassifier | SGDRegressor:
+        """An equivalent fitted scikit-learn estimator, for pipelines and tools built on it.
+
+        ``SGDClassifier(loss="log_loss")`` for a logistic model, ``SGDRegressor`` for a
+        linear one, with ``coef_``, ``intercept_``, ``classes_`` and ``n_features_in_`` set
+        (``feature_names_in_`` too when the features have names other than x0, x1, …), so
+        ``predict``, ``predict_proba`` and ``decision_function`` give this model's results.
+        It is not refitted: calling its ``fit`` trains scikit-learn's own SGD from scratch.
+        """
+        if self.model not in SKLEARN_EQUIVALENT:
+            raise UsageError(f"a {self.model} model has no scikit-learn equivalent; use it directly")
+        try:
+            from sklearn import linear_model
+        except ImportError as exc:
+            raise UsageError("to_sklearn needs scikit-learn; install it with pip install scikit-learn") from exc
+        name, loss = SKLEARN_EQUIVALENT[self.model]
+        config = self.metadata.get("config", {})
+        estimator = getattr(linear_model, name)(
+            loss=loss, alpha=float(config.get("l2", 1e-4)), random_state=config.get("seed")
+        )
+        d = len(self.features)
+        coef = np.asarray(self.coef, dtype=np.float64)
+        if self.is_classifier:
+            estimator.coef_ = coef.reshape(1, d).copy()
+            estimator.classes_ = np.asarray(self.classes_).copy()
+        else:
+            estimator.coef_ = coef.copy()
+        estimator.intercept_ = np.array([self.intercept], dtype=np.float64)
+        estimator.n_features_in_ = d
+        if self.features != default_feature_names(d):
+            estimator.feature_names_in_ = np.asarray(self.features, dtype=object)
+        # the attributes sklearn's fit sets besides the parameters, so the estimator
+        # looks fitted to tools that inspect them
+        estimator.t_ = float(self.metadata.get("metrics", {}).get("iterations", 0)) + 1.0
+        estimator.n_iter_ = int(np.ceil(self.metadata.get("metrics", {}).get("epochs", 0)))
+        return estimator
 
     def save(self, path: str) -> None:
         """Write atomically: a temporary file in the same directory, then rename."""
@@ -65,6 +152,8 @@ class Model:
             "scale": self.scale,
             "metadata": np.asarray(json.dumps(self._full_metadata())),
         }
+        if self.classes is not None:
+            arrays["classes"] = storable_labels(self.classes)
         atomic_savez(path, arrays)
 
     def _full_metadata(self) -> dict[str, Any]:
@@ -77,7 +166,54 @@ class Model:
             "model": self.model,
             "features": self.features,
             "target": self.target,
+            **({"classes": storable_labels(self.classes).tolist()} if self.classes is not None else {}),
         }
+
+
+def default_feature_names(d: int) -> list[str]:
+    """The names features get when the data has none: x0 … x{d-1}, as ``generate`` writes."""
+    return [f"x{j}" for j in range(d)]
+
+
+def storable_labels(classes: NDArray) -> NDArray:
+    """``classes`` as an array ``np.load(allow_pickle=False)`` can read: numbers, bools or strings.
+
+    Object arrays (labels from pandas, or lists of str) become fixed-width unicode; labels
+    that are neither numbers nor strings cannot be stored without pickle, so they are refused.
+    """
+    classes = np.asarray(classes)
+    if classes.dtype == object:
+        values = classes.tolist()
+        if all(isinstance(v, str) for v in values):
+            return np.array(values, dtype=str)
+        try:
+            converted = np.array(values)
+        except ValueError:  # ragged values such as tuples of different lengths
+            converted = classes
+        if converted.dtype.kind not in "biuf":
+            raise DataError(
+                f"cannot store class labels {values!r} without pickle; use numbers or strings as labels"
+            )
+        return converted
+    if classes.dtype.kind not in "biufU":
+        raise DataError(
+            f"cannot store class labels of dtype {classes.dtype} without pickle; use numbers or strings as labels"
+        )
+    return classes
+
+
+def _numpy_type(arrow_type: str | None) -> np.dtype:
+    """NumPy dtype of a target column's Arrow type name (``"double"``, ``"int32"``, ``"bool"``…)."""
+    if arrow_type:
+        try:
+            import pyarrow as pa
+
+            dtype = np.dtype(pa.type_for_alias(arrow_type).to_pandas_dtype())
+            if dtype.kind in "biuf":
+                return dtype
+        except (ValueError, KeyError, TypeError, NotImplementedError):
+            pass
+    return np.dtype(np.int64)
 
 
 def atomic_savez(path: str, arrays: dict[str, NDArray]) -> None:
@@ -117,6 +253,7 @@ def load(path: str) -> Model:
                 mean=npz["mean"],
                 scale=npz["scale"],
                 metadata=meta,
+                classes=npz["classes"] if "classes" in npz.files else None,
             )
     except FileNotFoundError as exc:
         raise ModelFileError(f"{path}: no such model file") from exc

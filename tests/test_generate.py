@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import streamsgd
+from streamsgd import train
 from streamsgd.errors import UsageError
 from streamsgd.generate import generate
 
@@ -17,7 +18,7 @@ def test_fit_recovers_the_true_linear_weights(tmp_path):
     path = tmp_path / "lin.parquet"
     info = generate(str(path), rows=50_000, features=5, task="linear", seed=11, row_group_rows=5000)
     # a decaying step removes the constant default step's noise floor from the weights
-    result = streamsgd.fit(streamsgd.open_source(str(path)), model="linear", l2=0.0, lr_schedule="invscaling",
+    result = train.fit(streamsgd.open_source(str(path)), model="linear", l2=0.0, lr_schedule="invscaling",
                            power_t=0.5)
     learned = np.array(result.model.metadata["coef_standardized"])
     # OLS standard error with noise 0.5 and unit-variance features is 0.5/sqrt(50000) ≈ 0.002;

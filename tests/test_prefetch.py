@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import streamsgd
+from streamsgd import train
 from streamsgd.errors import SourceError
 from streamsgd.prefetch import Prefetcher
 
@@ -84,7 +85,7 @@ def test_interrupted_fit_leaves_no_thread(logistic_file):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        streamsgd.fit(
+        train.fit(
             streamsgd.open_source(logistic_file), epochs=5, log_every=2, memory_limit="400KB",
             on_progress=interrupt,
         )
@@ -103,6 +104,6 @@ def test_reader_failure_mid_epoch_is_our_error(logistic_file):
 
     source.read_into = failing
     with pytest.raises(SourceError, match=r"row group 7: read failed: peer reset") as info:
-        streamsgd.fit(source, epochs=1, memory_limit="400KB", standardize=False, lr=0.1)
+        train.fit(source, epochs=1, memory_limit="400KB", standardize=False, lr=0.1)
     assert isinstance(info.value.__cause__, ConnectionResetError)
     assert not prefetch_threads()

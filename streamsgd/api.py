@@ -1,0 +1,174 @@
+"""The Python API: ``fit`` a model on a data set (a URL or path, or in-memory arrays) and ``load`` one.
+
+``fit`` is the library form of ``streamsgd fit``: the same options under the same names (those
+of :class:`~streamsgd.config.FitConfig`), the same trainer, so the same seed gives the same
+coefficients from either. Losses may also be named as scikit-learn names them
+(``loss="log_loss"``); :data:`LOSSES` maps them to the trainer's model names, so a loss the
+trainer learns later becomes available here by adding one entry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .config import MODELS, FitConfig
+from .errors import DataError, UsageError
+from .model import CLASSIFIERS, Model
+from .model import load as _load
+from .sources import ArraySource, open_source
+from .train import FitResult
+from .train import fit as _train
+
+#: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).
+LOSSES = {"log_loss": "logistic", "squared_error": "linear"}
+
+
+def model_for_loss(loss: str) -> str:
+    """The trainer's model name for ``loss``, given in scikit-learn's words or the trainer's own."""
+    if loss in LOSSES and LOSSES[loss] in MODELS:
+        return LOSSES[loss]
+    if loss in MODELS:
+        return loss
+    names = [name for name, model in LOSSES.items() if model in MODELS] + list(MODELS)
+    raise UsageError(f"loss: expected one of {', '.join(names)}; got {loss!r}")
+
+
+def encode_labels(y: NDArray) -> tuple[NDArray[np.float64], NDArray]:
+    """Binary labels of any type as 0/1 for the trainer, and the two labels they stand for.
+
+    Returns (y01 of shape (n_rows,), classes of shape (2,)); classes are sorted as
+    ``np.unique`` sorts them, so ``classes[1]`` is the positive class, as in scikit-learn.
+    """
+    y = np.asarray(y)
+    if y.dtype.kind in "fc" and not np.isfinite(y).all():
+        raise DataError("y holds NaN or infinite values; drop those rows")
+    classes, y01 = np.unique(y, return_inverse=True)
+    if classes.size < 2:
+        raise DataError(f"y holds one class ({classes[0]!r}) but a classifier needs two; add rows of another class")
+    if classes.size > 2:
+        raise DataError(
+            f"Only binary classification is supported. The type of the target is multiclass: y holds "
+            f"{classes.size} classes; keep two, or train one model per class"
+        )
+    return y01.reshape(-1).astype(np.float64), classes
+
+
+def fit(
+    data: str | os.PathLike | tuple[NDArray, NDArray] | Any,
+    *,
+    loss: str | None = None,
+    target: str = "y",
+    features: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    format: str = "auto",
+    x_array: str = "X",
+    metrics: str | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> Model:
+    """Train a linear model by mini-batch SGD, in fixed memory, and return it.
+
+    Parameters
+    ----------
+    data : where the rows are.
+        A path or fsspec URL of Parquet data (a file, directory or glob, or a list of
+        them) or of a Zarr group, read in chunks so it never has to fit in memory; or a
+        tuple ``(X, y)`` of arrays, X of shape (n_rows, n_features) (a pandas DataFrame's
+        column names become the feature names) and y of shape (n_rows,). A binary classifier trained on arrays may
+        have labels of any type; they are stored in the model and ``predict`` returns them.
+    loss : ``"log_loss"`` or ``"squared_error"`` (scikit-learn's names), or a trainer model
+        name; the same as ``model=`` (give one or the other). Default: ``FitConfig.model``.
+    target, features : the target column and the feature columns of a URL's data
+        (``features=None``: every numeric column but the target). For arrays, ``features``
+        names X's columns.
+    storage_options, format, x_array : how to read a URL, as :func:`~streamsgd.sources.open_source`.
+    metrics, on_progress : a JSON-lines file for progress and epoch records, and a callback
+        receiving each record.
+    **options : any :class:`~streamsgd.config.FitConfig` field (``batch``, ``epochs``,
+        ``steps``, ``lr``, ``l2``, ``seed``, ``memory_limit``, …), under the CLI's names.
+
+    Returns
+    -------
+    Model
+        Call ``predict``, ``score``, ``save``, or ``to_sklearn`` on it.
+
+    Notes
+    -----
+    ``data`` may also be a :class:`~streamsgd.sources.Source` object. For the run's
+    summary (iterations, rows/s, peak memory) as well, call ``streamsgd.train.fit``,
+    which returns a :class:`~streamsgd.train.FitResult`.
+    """
+    options = _with_model(loss, options)
+    if _is_source(data):
+        return _train(data, FitConfig(**options), metrics=metrics, on_progress=on_progress).model
+    urls = as_urls(data)
+    if urls is not None:
+        config = FitConfig(target=target, features=column_names(features), **options)
+        source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
+                             storage_options=storage_options, format=format, x_array=x_array)
+        return _train(source, config, metrics=metrics, on_progress=on_progress).model
+    if isinstance(data, tuple) and len(data) == 2:
+        X, y = data
+        config = FitConfig(**options)
+        names = column_names(features) or column_names(getattr(X, "columns", None))
+        X = np.asarray(X)
+        y = np.asarray(y)
+        if X.ndim != 2 or X.dtype.kind not in "biuf":
+            raise DataError(f"X: expected a 2-D numeric array (rows, features), got shape {X.shape} of {X.dtype}")
+        classes = None
+        if config.model in CLASSIFIERS:
+            if y.shape != (X.shape[0],):
+                raise DataError(f"y: expected shape ({X.shape[0]},), got {y.shape}")
+            y, classes = encode_labels(y)
+        elif y.dtype.kind not in "biuf":
+            raise DataError(f"y: a {config.model} model needs numbers as targets, got {y.dtype}")
+        model = _train(ArraySource(X, y, features=names), config, metrics=metrics, on_progress=on_progress).model
+        model.classes = classes
+        return model
+    raise UsageError(
+        f"data: expected a path or URL of Parquet or Zarr data, or a tuple (X, y) of arrays; "
+        f"got {type(data).__name__}"
+    )
+
+
+def load(path: str | os.PathLike) -> Model:
+    """Read a model file written by ``streamsgd fit`` or :meth:`Model.save`."""
+    return _load(os.fspath(path))
+
+
+def _with_model(loss: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with ``model`` set from ``loss`` (refusing both at once)."""
+    if loss is None:
+        return options
+    if "model" in options:
+        raise UsageError(f"give loss= or model=, not both (got loss={loss!r}, model={options['model']!r})")
+    return {**options, "model": model_for_loss(loss)}
+
+
+def as_urls(data: Any) -> list[str] | None:
+    """``data`` as a list of paths or URLs, or None when it is something else (arrays)."""
+    if isinstance(data, (str, os.PathLike)):
+        return [os.fspath(data)]
+    if isinstance(data, (list, tuple)) and data and all(isinstance(u, (str, os.PathLike)) for u in data):
+        return [os.fspath(u) for u in data]
+    return None
+
+
+def column_names(names: Sequence[str] | None) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    if isinstance(names, str):
+        raise UsageError(f"features: expected a list of column names, got the string {names!r}")
+    return tuple(str(n) for n in names)
+
+
+def _is_source(data: Any) -> bool:
+    return hasattr(data, "read_into") and hasattr(data, "chunk_rows")
+
+
+__all__ = ["LOSSES", "as_urls", "column_names", "encode_labels", "fit", "load", "model_for_loss"]

@@ -1,0 +1,444 @@
+"""scikit-learn estimators around the trainer: ``StreamSGDClassifier`` and ``StreamSGDRegressor``.
+
+They follow scikit-learn's conventions (parameters stored as given and validated in ``fit``,
+fitted attributes ending in ``_``, ``get_params``/``set_params``, ``partial_fit``), so they
+work in pipelines, grid searches and cross-validation. Their parameters are the trainer's
+options under the CLI's names (:class:`~streamsgd.config.FitConfig`); ``options`` passes any
+other FitConfig field through, so an option the trainer gains later needs no change here.
+``fit`` takes arrays, or a path or URL of Parquet or Zarr data that is streamed in fixed
+memory: ``StreamSGDClassifier(target="label").fit("s3://bucket/train/")``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .api import as_urls, column_names, encode_labels, model_for_loss
+from .config import MODELS, FitConfig
+from .errors import DataError, DivergenceError, UsageError
+from .model import Model, default_feature_names, expit
+from .optim import learning_rate
+from .sources import ArraySource, open_source
+from .train import FitResult
+from .train import fit as _train
+
+#: Parameters that are FitConfig fields of the same name.
+_TRAINER_PARAMS = (
+    "batch", "epochs", "steps", "lr", "lr_schedule", "power_t", "l2", "seed", "shuffle",
+    "standardize", "average", "memory_limit", "dtype",
+)
+
+#: dl/dz of each model, for :func:`_continue`: what partial_fit needs until the trainer can
+#: start from given parameters (see _continue's docstring).
+_RESIDUALS = {
+    "linear": lambda z, y: z - y,
+    "logistic": lambda z, y: expit(z) - y,
+}
+
+
+class _StreamSGD(BaseEstimator):
+    """What the classifier and the regressor share: options -> FitConfig, fit, partial_fit."""
+
+    def __init__(
+        self,
+        loss: str,
+        *,
+        batch: int = FitConfig.batch,
+        epochs: int | None = FitConfig.epochs,
+        steps: int | None = FitConfig.steps,
+        lr: float | None = FitConfig.lr,
+        lr_schedule: str = FitConfig.lr_schedule,
+        power_t: float = FitConfig.power_t,
+        l2: float = FitConfig.l2,
+        seed: int = FitConfig.seed,
+        shuffle: bool = FitConfig.shuffle,
+        standardize: bool = FitConfig.standardize,
+        average: bool = FitConfig.average,
+        memory_limit: int | str = FitConfig.memory_limit,
+        dtype: str = FitConfig.dtype,
+        target: str = "y",
+        features: list[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        format: str = "auto",
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.loss = loss
+        self.batch = batch
+        self.epochs = epochs
+        self.steps = steps
+        self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.power_t = power_t
+        self.l2 = l2
+        self.seed = seed
+        self.shuffle = shuffle
+        self.standardize = standardize
+        self.average = average
+        self.memory_limit = memory_limit
+        self.dtype = dtype
+        self.target = target
+        self.features = features
+        self.storage_options = storage_options
+        self.format = format
+        self.options = options
+
+    # --- what the subclasses define -------------------------------------------------------
+
+    _is_classifier = False
+
+    def _targets(self, y: NDArray, first: bool, classes: NDArray | None) -> NDArray[np.float64]:
+        """y as the trainer's targets; sets ``classes_`` on the first call (classifier)."""
+        raise NotImplementedError
+
+    def _set_coef(self, model: Model) -> None:
+        raise NotImplementedError
+
+    # --- fitting ---------------------------------------------------------------------------
+
+    def _config(self, **overrides: Any) -> FitConfig:
+        """The estimator's parameters as a validated FitConfig (UsageError when invalid)."""
+        extra = dict(self.options or {})
+        named = set(_TRAINER_PARAMS) | {"model", "target", "features"}
+        clash = sorted(named & extra.keys())
+        if clash:
+            raise UsageError(f"options: {clash[0]!r} is a parameter of its own; set it directly, not in options")
+        values = {name: getattr(self, name) for name in _TRAINER_PARAMS}
+        return FitConfig(model=model_for_loss(self.loss), **{**values, **extra, **overrides})
+
+    def fit(self, X: Any, y: Any = None) -> "_StreamSGD":
+        """Train from scratch on arrays, or on the data at a path or URL.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_features), or a path or fsspec URL (str or
+            os.PathLike, or a list of them) of Parquet or Zarr data, streamed in fixed
+            memory; its target and feature columns are the ``target`` and ``features``
+            parameters.
+        y : array-like of shape (n_rows,) with arrays; None with a URL.
+
+        Returns
+        -------
+        self
+        """
+        urls = as_urls(X)
+        if urls is not None:
+            return self._fit_source(urls, y)
+        X, y = self._validate(X, y, reset=True)
+        config = self._config()
+        y = self._targets(y, first=True, classes=None)
+        self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config))
+        return self
+
+    def _fit_source(self, urls: list[str], y: Any) -> "_StreamSGD":
+        if y is not None:
+            raise UsageError(
+                f"fit({urls[0]!r}, y): with a data URL the target is the column named by target= "
+                f"({self.target!r}); call fit(url) without y"
+            )
+        config = self._config(target=self.target, features=column_names(self.features))
+        source = open_source(urls[0] if len(urls) == 1 else urls, target=self.target, features=config.features,
+                             storage_options=self.storage_options, format=self.format)
+        result = _train(source, config)
+        for attr in ("n_features_in_", "feature_names_in_", "classes_"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        features = list(source.features)
+        self.n_features_in_ = len(features)
+        if features != default_feature_names(len(features)):
+            self.feature_names_in_ = np.asarray(features, dtype=object)
+        if self._is_classifier:
+            self.classes_ = result.model.classes_
+        self._fitted(result)
+        return self
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "_StreamSGD":
+        """One pass of SGD over (X, y), continuing from the current parameters.
+
+        The first call (on an unfitted estimator) trains one epoch from zero and fixes the
+        standardisation and the step size from that batch; later calls keep both, so the
+        parameters stay in the same space, and continue the learning-rate schedule's count.
+        Each call returns the last iterate (no averaging across calls).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_features)
+        y : array-like of shape (n_rows,)
+        classes : array-like of shape (2,), the labels; required on the first call of a
+            classifier (a batch may not hold every label), ignored by regressors.
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "model_")
+        if first and self._is_classifier and classes is None:
+            raise DataError("classes must be passed on the first call to partial_fit: give both labels, classes=[a, b]")
+        X, y = self._validate(X, y, reset=first)
+        y = self._targets(y, first=first, classes=classes)
+        if first:
+            config = self._config(epochs=1, steps=None, average=False)
+            self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config))
+        else:
+            config = self._config()
+            self.model_, self.t_ = _continue(self.model_, X, y, self.lr_, self.t_, config)
+            self.n_iter_ += 1
+            self._set_coef(self.model_)
+        return self
+
+    def _fitted(self, result: FitResult) -> None:
+        """Keep the trainer's model and expose it under scikit-learn's attribute names."""
+        model = result.model
+        if self._is_classifier:
+            model.classes = self.classes_
+        self.model_ = model
+        self.lr_ = float(result.summary["lr"])
+        self.t_ = int(result.summary["iterations"])
+        self.n_iter_ = math.ceil(result.summary["epochs"])
+        self._set_coef(model)
+
+    def _validate(self, X: Any, y: Any, reset: bool) -> tuple[NDArray, NDArray]:
+        try:
+            return validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32],
+                                 y_numeric=not self._is_classifier)
+        except ValueError as exc:
+            raise DataError(_one_line(exc)) from exc
+
+    def _feature_names(self, d: int) -> list[str]:
+        names = getattr(self, "feature_names_in_", None)
+        return [str(n) for n in names] if names is not None else default_feature_names(d)
+
+    # --- using the model -------------------------------------------------------------------
+
+    def _check_X(self, X: Any) -> NDArray:
+        check_is_fitted(self, "model_")
+        try:
+            return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        except ValueError as exc:
+            raise DataError(_one_line(exc)) from exc
+
+    def predict(self, X: Any) -> NDArray:
+        """Predicted labels (classifier) or values (regressor), ndarray of shape (n_rows,)."""
+        X = self._check_X(X)
+        return self.model_.predict(X)
+
+
+class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
+    """Binary linear classifier trained by mini-batch SGD in fixed memory (logistic loss).
+
+    Parameters
+    ----------
+    loss : ``"log_loss"`` (logistic regression), the only classifier loss so far.
+    batch, epochs, steps, lr, lr_schedule, power_t, l2, seed, shuffle, standardize, average,
+    memory_limit, dtype : the trainer's options, as ``streamsgd fit`` has them
+        (:class:`~streamsgd.config.FitConfig`). ``epochs=None`` and ``steps=None`` train
+        for at least 20,000 updates; ``lr=None`` measures a step size on the data.
+        ``l2`` is scikit-learn's ``alpha`` in the standardised feature space.
+    target, features, storage_options, format : the target and feature columns, and how
+        to read the store, when ``fit`` is given a path or URL.
+    options : other FitConfig fields, passed through (e.g. ``{"readers": 4}``).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,), the labels; ``classes_[1]`` is the positive class.
+    coef_ : ndarray of shape (1, n_features), on the raw (unstandardised) features.
+    intercept_ : ndarray of shape (1,)
+    n_features_in_, feature_names_in_ : as in scikit-learn.
+    model_ : the :class:`~streamsgd.model.Model`; ``model_.save(path)`` writes its file.
+    n_iter_ : passes over the data (the last one may be partial); t_ : updates made.
+    """
+
+    _is_classifier = True
+
+    def __init__(
+        self,
+        loss: str = "log_loss",
+        *,
+        batch: int = FitConfig.batch,
+        epochs: int | None = FitConfig.epochs,
+        steps: int | None = FitConfig.steps,
+        lr: float | None = FitConfig.lr,
+        lr_schedule: str = FitConfig.lr_schedule,
+        power_t: float = FitConfig.power_t,
+        l2: float = FitConfig.l2,
+        seed: int = FitConfig.seed,
+        shuffle: bool = FitConfig.shuffle,
+        standardize: bool = FitConfig.standardize,
+        average: bool = FitConfig.average,
+        memory_limit: int | str = FitConfig.memory_limit,
+        dtype: str = FitConfig.dtype,
+        target: str = "y",
+        features: list[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        format: str = "auto",
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            loss, batch=batch, epochs=epochs, steps=steps, lr=lr, lr_schedule=lr_schedule, power_t=power_t,
+            l2=l2, seed=seed, shuffle=shuffle, standardize=standardize, average=average,
+            memory_limit=memory_limit, dtype=dtype, target=target, features=features,
+            storage_options=storage_options, format=format, options=options,
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # three or more classes need the softmax model; the tag follows the trainer
+        tags.classifier_tags.multi_class = "softmax" in MODELS
+        return tags
+
+    def _targets(self, y: NDArray, first: bool, classes: NDArray | None) -> NDArray[np.float64]:
+        try:
+            check_classification_targets(y)
+        except ValueError as exc:
+            raise DataError(_one_line(exc)) from exc
+        if classes is not None:
+            classes = np.unique(np.asarray(classes))
+            if not first and not np.array_equal(classes, self.classes_):
+                raise DataError(
+                    f"classes={classes.tolist()} differs from the first call's {self.classes_.tolist()}; "
+                    "give the same classes to every partial_fit"
+                )
+            if first:
+                _, self.classes_ = encode_labels(classes)
+        elif first:
+            kind = type_of_target(y, input_name="y")
+            if kind != "binary":
+                raise DataError(f"Only binary classification is supported. The type of the target is {kind}.")
+            _, self.classes_ = encode_labels(y)
+        index = np.searchsorted(self.classes_, y)
+        index = np.minimum(index, self.classes_.size - 1)
+        unknown = self.classes_[index] != y
+        if unknown.any():
+            raise DataError(
+                f"y holds the label {y[np.argmax(unknown)]!r}, not one of the classes "
+                f"{self.classes_.tolist()}; give every label in classes= on the first partial_fit"
+            )
+        return index.astype(np.float64)
+
+    def _set_coef(self, model: Model) -> None:
+        self.coef_ = model.coef.reshape(1, -1).copy()
+        self.intercept_ = np.array([model.intercept])
+
+    def decision_function(self, X: Any) -> NDArray[np.float64]:
+        """Margins x·coef + intercept, ndarray of shape (n_rows,); > 0 predicts ``classes_[1]``."""
+        X = self._check_X(X)
+        return self.model_.decision_function(X)
+
+    def predict_proba(self, X: Any) -> NDArray[np.float64]:
+        """Class probabilities, ndarray of shape (n_rows, 2), columns in ``classes_`` order."""
+        X = self._check_X(X)
+        p = self.model_.predict_proba(X)
+        return np.column_stack([1.0 - p, p])
+
+    def predict_log_proba(self, X: Any) -> NDArray[np.float64]:
+        """Log of :meth:`predict_proba`, ndarray of shape (n_rows, 2)."""
+        z = self.decision_function(X)
+        # log sigmoid(±z) = -log(1 + e^∓z), exact at any margin where log(p) would underflow
+        return np.column_stack([-np.logaddexp(0.0, z), -np.logaddexp(0.0, -z)])
+
+
+class StreamSGDRegressor(RegressorMixin, _StreamSGD):
+    """Linear regression trained by mini-batch SGD in fixed memory (squared loss).
+
+    Parameters are those of :class:`StreamSGDClassifier`, with ``loss="squared_error"``.
+    Like scikit-learn's regressors it has no ``decision_function``: ``predict`` is it.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,), on the raw (unstandardised) features.
+    intercept_ : ndarray of shape (1,)
+    n_features_in_, feature_names_in_, model_, n_iter_, t_ : as in StreamSGDClassifier.
+    """
+
+    def __init__(
+        self,
+        loss: str = "squared_error",
+        *,
+        batch: int = FitConfig.batch,
+        epochs: int | None = FitConfig.epochs,
+        steps: int | None = FitConfig.steps,
+        lr: float | None = FitConfig.lr,
+        lr_schedule: str = FitConfig.lr_schedule,
+        power_t: float = FitConfig.power_t,
+        l2: float = FitConfig.l2,
+        seed: int = FitConfig.seed,
+        shuffle: bool = FitConfig.shuffle,
+        standardize: bool = FitConfig.standardize,
+        average: bool = FitConfig.average,
+        memory_limit: int | str = FitConfig.memory_limit,
+        dtype: str = FitConfig.dtype,
+        target: str = "y",
+        features: list[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        format: str = "auto",
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            loss, batch=batch, epochs=epochs, steps=steps, lr=lr, lr_schedule=lr_schedule, power_t=power_t,
+            l2=l2, seed=seed, shuffle=shuffle, standardize=standardize, average=average,
+            memory_limit=memory_limit, dtype=dtype, target=target, features=features,
+            storage_options=storage_options, format=format, options=options,
+        )
+
+    def _targets(self, y: NDArray, first: bool, classes: NDArray | None) -> NDArray[np.float64]:
+        return np.asarray(y, dtype=np.float64)
+
+    def _set_coef(self, model: Model) -> None:
+        self.coef_ = model.coef.copy()
+        self.intercept_ = np.array([model.intercept])
+
+
+def _one_line(exc: Exception) -> str:
+    """scikit-learn's validation message, its lines joined: our errors fit on one line."""
+    return " ".join(str(exc).split())
+
+
+def _continue(model: Model, X: NDArray, y: NDArray[np.float64], lr0: float, t0: int,
+              config: FitConfig) -> tuple[Model, int]:
+    """One epoch of the trainer's update rule over (X, y) from ``model``'s parameters.
+
+    The same rule as ``optim.sgd_step`` (standardised space, L2 on w only, the schedule's
+    step at update t0 + 1, t0 + 2, …) with ``model``'s own mean and scale, in NumPy on
+    arrays already in memory. It exists because ``train.fit`` always starts from zero; once
+    the trainer takes a starting point (``train.fit(source, config, init=model, t0=t0)``),
+    partial_fit should call that instead and this function goes.
+    Returns the new model and the update count.
+    """
+    if model.model not in _RESIDUALS:
+        raise UsageError(f"partial_fit cannot continue a {model.model} model yet; use fit")
+    residual = _RESIDUALS[model.model]
+    mean, scale = model.mean, model.scale
+    w = model.coef * scale
+    b = model.intercept + float(model.coef @ mean)
+    n = X.shape[0]
+    rows = np.arange(n)
+    if config.shuffle:
+        # integers only, as the trainer's plans: the same call on the same state repeats exactly
+        rows = np.random.default_rng([config.seed, t0]).permutation(n)
+    B = min(config.batch, n)
+    t = t0
+    for start in range(0, n, B):
+        idx = rows[start:start + B]
+        Z = (X[idx] - mean) / scale
+        r = residual(Z @ w + b, y[idx])
+        t += 1
+        lr = learning_rate(config.lr_schedule, lr0, t, config.power_t)
+        w = w - lr * (Z.T @ r / idx.size + config.l2 * w)
+        b = b - lr * float(r.mean())
+        if not (np.isfinite(w).all() and math.isfinite(b)):
+            raise DivergenceError(
+                f"partial_fit diverged at update {t}: the parameters overflowed; lower lr (it was {lr0:.4g})"
+            )
+    coef = w / scale
+    metadata = {**model.metadata, "coef_standardized": w.tolist(), "intercept_standardized": b}
+    return replace(model, coef=coef, intercept=float(b - coef @ mean), metadata=metadata), t
+
+
+__all__ = ["StreamSGDClassifier", "StreamSGDRegressor"]

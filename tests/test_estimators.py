@@ -1,0 +1,170 @@
+"""The scikit-learn estimators: sklearn's own conformance checks, then what is ours (URLs, labels,
+partial_fit continuing the trainer's update rule)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from helpers import write_parquet
+from sklearn.base import clone
+from sklearn.model_selection import cross_val_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import streamsgd
+from streamsgd import StreamSGDClassifier, StreamSGDRegressor
+from streamsgd.errors import DataError, UsageError
+from streamsgd.estimators import _continue
+from streamsgd.model import Model
+from streamsgd.sources import ArraySource
+from streamsgd.train import fit as train
+
+WEIGHTS = np.array([1.0, -0.2, 3.0, 0.5])
+
+#: sklearn's checks fit a few hundred times on up to a few hundred rows. Without epochs or
+#: steps the trainer makes at least 20,000 updates per fit (seconds each); 20 epochs of
+#: batch 32 are ~100-200 updates, enough for the accuracy and R² thresholds the checks set.
+FAST = {"epochs": 20, "batch": 32}
+
+#: Checks that fail on purpose, with the reason (none today). check_array_api_input is
+#: skipped by sklearn itself unless SCIPY_ARRAY_API=1 (we accept NumPy arrays only).
+EXPECTED_FAILED_CHECKS: dict[str, str] = {}
+
+
+@parametrize_with_checks(
+    [StreamSGDClassifier(**FAST), StreamSGDRegressor(**FAST)],
+    expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_conformance(estimator, check):
+    check(estimator)
+
+
+def make_data(n=2000, seed=0):
+    """Features on different scales and offsets; the true model is ~84% accurate."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)) * [1.0, 10.0, 0.1, 3.0] + [0.0, 5.0, 0.0, -2.0]
+    z = X @ WEIGHTS + 0.3
+    return X, (z + rng.logistic(size=n) > 0).astype(np.int64), z + rng.normal(size=n)
+
+
+def test_classifier_labels_probabilities_and_score():
+    X, y_bin, _ = make_data()
+    labels = np.array(["ham", "spam"])
+    y = labels[y_bin]
+    est = StreamSGDClassifier(epochs=3, seed=2).fit(X, y)
+
+    np.testing.assert_array_equal(est.classes_, labels)
+    assert set(est.predict(X)) == {"ham", "spam"}
+    proba = est.predict_proba(X)
+    assert proba.shape == (2000, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-15)
+    # column 1 is classes_[1] ("spam"): high probability where predict says spam
+    np.testing.assert_array_equal(est.predict(X) == "spam", proba[:, 1] > 0.5)
+    np.testing.assert_allclose(np.exp(est.predict_log_proba(X)), proba, rtol=1e-12)
+    assert est.coef_.shape == (1, 4) and est.intercept_.shape == (1,)
+    assert est.score(X, y) == np.mean(est.predict(X) == y)
+    assert est.score(X, y) > np.mean((X @ WEIGHTS + 0.3 > 0) == y_bin) - 0.02  # the true model: 0.84
+
+
+def test_estimators_train_what_streamsgd_fit_trains():
+    X, y_bin, y_reg = make_data(1000)
+    options = dict(epochs=2, batch=64, seed=5, l2=1e-3)
+    clf = StreamSGDClassifier(**options).fit(X, y_bin)
+    np.testing.assert_array_equal(clf.coef_[0], streamsgd.fit((X, y_bin), **options).coef)
+    reg = StreamSGDRegressor(**options).fit(X, y_reg)
+    np.testing.assert_array_equal(reg.coef_, streamsgd.fit((X, y_reg), model="linear", **options).coef)
+    assert reg.model_.model == "linear" and reg.coef_.shape == (4,)
+    assert not hasattr(reg, "decision_function")  # as scikit-learn's regressors
+
+
+def test_fit_on_a_url_streams_the_file(tmp_path):
+    X, y_bin, _ = make_data(1000)
+    names = ["age", "income", "score", "tenure"]
+    path = write_parquet(tmp_path / "d.parquet", X, y_bin.astype(np.float64), row_group_size=250, names=names)
+    est = StreamSGDClassifier(epochs=2, features=["age", "score"]).fit(path)
+
+    expected = streamsgd.fit(path, epochs=2, features=["age", "score"])
+    np.testing.assert_array_equal(est.coef_[0], expected.coef)
+    assert est.n_features_in_ == 2
+    np.testing.assert_array_equal(est.feature_names_in_, ["age", "score"])
+    np.testing.assert_array_equal(est.classes_, [0.0, 1.0])  # the column is float64
+    import pandas as pd
+
+    frame = pd.DataFrame(X[:, [0, 2]], columns=["age", "score"])
+    np.testing.assert_array_equal(est.predict(frame), expected.predict(X[:, [0, 2]]))
+    with pytest.raises(UsageError, match="with a data URL the target is the column named by target="):
+        est.fit(path, y_bin)
+
+
+def test_partial_fit_starts_like_one_epoch_of_fit_then_continues():
+    X, y_bin, _ = make_data(4000)
+    est = StreamSGDClassifier(batch=100, seed=3)
+    est.partial_fit(X[:1000], y_bin[:1000], classes=[0, 1])
+    one_epoch = StreamSGDClassifier(batch=100, seed=3, epochs=1, average=False).fit(X[:1000], y_bin[:1000])
+    np.testing.assert_array_equal(est.coef_, one_epoch.coef_)
+    assert est.t_ == 10
+
+    before = est.coef_.copy()
+    for start in range(1000, 4000, 1000):
+        est.partial_fit(X[start:start + 1000], y_bin[start:start + 1000])
+    assert est.t_ == 40 and est.n_iter_ == 4
+    assert not np.array_equal(est.coef_, before)
+    # 40 updates from a fixed step on fresh rows: near the true model's accuracy (0.84 here)
+    truth = np.mean((X @ WEIGHTS + 0.3 > 0) == y_bin)
+    assert est.score(X, y_bin) > truth - 0.03
+
+    with pytest.raises(DataError, match="not one of the classes"):
+        est.partial_fit(X[:10], np.full(10, 2))
+    with pytest.raises(ValueError, match="X has 3 features, but StreamSGDClassifier is expecting 4"):
+        est.partial_fit(X[:10, :3], y_bin[:10])
+    with pytest.raises(DataError, match="classes must be passed on the first call to partial_fit"):
+        StreamSGDClassifier().partial_fit(X, y_bin)
+
+
+@pytest.mark.parametrize("model", ["linear", "logistic"])
+@pytest.mark.parametrize("schedule", ["constant", "invscaling"])
+def test_continuing_applies_the_trainers_update_rule(model, schedule):
+    """_continue (partial_fit's later calls) takes the same steps as the trainer.
+
+    From zero, with the trainer's own scaling and step size and no shuffling, one epoch of
+    _continue and one epoch of train.fit see the same batches in the same order.
+    """
+    X, y_bin, y_reg = make_data(600)
+    y = (y_bin if model == "logistic" else y_reg).astype(np.float64)
+    config = streamsgd.FitConfig(model=model, batch=64, epochs=1, shuffle=False, average=False,
+                                 dtype="float64", lr_schedule=schedule, l2=1e-2)
+    result = train(ArraySource(X, y), config)
+    trained = result.model
+    zero = Model(model, trained.features, "y", np.zeros(4), 0.0, trained.mean, trained.scale)
+    continued, t = _continue(zero, X, y, result.summary["lr"], 0, config)
+    assert t == result.summary["iterations"] == 10
+    # the same arithmetic summed in another order (BLAS over the batch vs the kernel's row loop)
+    np.testing.assert_allclose(continued.coef, trained.coef, rtol=1e-9, atol=1e-12)
+    assert continued.intercept == pytest.approx(trained.intercept, rel=1e-9, abs=1e-12)
+
+
+def test_options_pass_through_and_clashes_are_refused():
+    X, y_bin, _ = make_data(300)
+    est = StreamSGDClassifier(epochs=1, options={"readers": 1, "log_every": 5})
+    assert est.fit(X, y_bin).model_.metadata["config"]["model"] == "logistic"
+    with pytest.raises(UsageError, match="options: 'epochs' is a parameter of its own"):
+        StreamSGDClassifier(options={"epochs": 3}).fit(X, y_bin)
+    with pytest.raises(UsageError, match="--lr-schedule: expected one of"):
+        StreamSGDClassifier(lr_schedule="cosine").fit(X, y_bin)
+    with pytest.raises(UsageError, match="loss: expected one of"):
+        StreamSGDClassifier(loss="hinge").fit(X, y_bin)
+    with pytest.raises(DataError, match="Only binary classification is supported"):
+        StreamSGDClassifier(epochs=1).fit(X, np.arange(300) % 3)
+
+
+def test_composes_with_sklearn_tools_pickles_and_saves(tmp_path):
+    X, y_bin, _ = make_data(900)
+    scores = cross_val_score(StreamSGDClassifier(epochs=2, seed=1), X, y_bin, cv=3)
+    assert scores.min() > 0.75  # the true model's accuracy is ~0.84 on these rows
+    est = StreamSGDClassifier(epochs=2, l2=1e-3).fit(X, y_bin)
+    assert clone(est).get_params() == est.get_params()
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).predict(X), est.predict(X))
+    # the model file route: the fitted model saves and reloads without pickle
+    est.model_.save(str(tmp_path / "m.npz"))
+    np.testing.assert_array_equal(streamsgd.load(tmp_path / "m.npz").predict(X), est.predict(X))
