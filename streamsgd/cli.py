@@ -223,6 +223,87 @@ class _ProgressBar:
         sys.stderr.write("\n")
 
 
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{option}: expected comma-separated integers, e.g. 16,64,256; got {text!r}") from None
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinity become null: strict JSON for other tools."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+@cli.command("tune-batch")
+@click.argument("data")
+@click.option("--target", "--y-array", default="y", show_default=True)
+@click.option("--features", multiple=True)
+@store_options
+@click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
+@click.option("--validation", default=None, help="Held-out data set; default: --holdout of the chunks.")
+@click.option("--holdout", type=float, default=0.2, show_default=True, help="Share of chunks held out.")
+@click.option("--batches", default="16,32,64,128,256,512,1024", show_default=True, help="Trial batch sizes.")
+@click.option("--timing-batches", default="16,64,256,1024,4096", show_default=True)
+@click.option("--trial-rows", type=int, default=None, help="Rows per trial; default: one pass.")
+@click.option("--timing-rows", type=int, default=200_000, show_default=True)
+@click.option("--min-gain", type=float, default=0.01, show_default=True,
+              help="Knee: gain per doubling of B below this fraction of the loss.")
+@click.option("--lr", type=float, default=None)
+@click.option("--l2", type=float, default=FitConfig.l2, show_default=True)
+@click.option("--seed", type=int, default=FitConfig.seed, show_default=True)
+@click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)
+@click.option("--plot", "plot_path", default=None, help="Also write the tuning figure (PNG); needs streamsgd[plot].")
+@click.option("--json", "as_json", is_flag=True)
+def tune_batch(data, target, features, validation, holdout, batches, timing_batches, trial_rows, timing_rows,
+               min_gain, plot_path, as_json, memory_limit, **options):
+    """Time τ_f, τ_d and measure the gradient noise on DATA; suggest a batch size."""
+    from .tune import plot_tuning, tune
+
+    store = _store(options)
+    config = FitConfig(target=target, features=_split(features), memory_limit=parse_bytes(memory_limit), **options)
+    if plot_path:
+        _check_output_dir(plot_path, "--plot")
+    source = _open(data, target, config.features, store)
+    val = _open(validation, target, list(source.features), store) if validation else None
+    result = tune(source, config, validation=val, holdout=holdout, batches=_ints(batches, "--batches"),
+                  timing_batches=_ints(timing_batches, "--timing-batches"), trial_rows=trial_rows,
+                  timing_rows=timing_rows, min_gain=min_gain,
+                  on_trial=lambda t: click.echo(f"  B={t['batch']:>6}  val loss {t['val_loss']:.6g}  "
+                                                f"{t['seconds']:.2f}s", err=True))
+    if plot_path:
+        plot_tuning(result, plot_path)
+    if as_json:
+        click.echo(json.dumps(_json_safe(result)))
+    else:
+        r = result
+        click.echo(f"tau_f {r['tau_f'] * 1e6:.3g} us/iteration   tau_d {r['tau_d'] * 1e9:.3g} ns/row")
+        click.echo(f"B_simple {r['b_simple']:.4g}   N_iter {r['n_iter']:.4g}   C_var {r['c_var']:.4g}")
+        click.echo(f"b_opt {r['b_opt']:.4g}  -> --batch {r['batch']}   knee of a + c/B: {r['knee_batch']}")
+
+
+@cli.command()
+@click.argument("metrics", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help="PNG to write.")
+@click.option("--x", "x_axis", type=click.Choice(["iteration", "rows_seen", "seconds", "batch"]), default="iteration",
+              show_default=True)
+@click.option("--log-y", is_flag=True, help="Logarithmic loss axis.")
+def plot(metrics, output, x_axis, log_y):
+    """Draw the loss curves of METRICS files (written by fit --metrics) into a PNG."""
+    from .plot import plot_metrics
+
+    _check_output_dir(output, "--output")
+    plot_metrics(list(metrics), output, x=x_axis, log_y=log_y)
+    click.echo(f"wrote {output}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every expected failure is one line on stderr and a documented exit code."""
     # Arrow's C++ Parquet reader allocates from the default pool, chosen once from this

@@ -122,3 +122,25 @@ def test_plot_tuning_figure(tmp_path):
     assert png_size(out) == (800, 300)
     with pytest.raises(UsageError, match="returned by tune"):
         plot_tuning({"trials": []}, str(out))
+
+
+def test_cli_plot_draws_several_runs(tmp_path):
+    """`streamsgd plot A B -o out.png` writes a PNG; a missing metrics file is exit 2 or 3, one line."""
+    from helpers import run_cli
+
+    from streamsgd.generate import generate
+
+    data = tmp_path / "d.parquet"
+    generate(str(data), rows=5_000, features=3, task="logistic", seed=1, row_group_rows=1_000)
+    runs = []
+    for batch in (16, 128):
+        m = tmp_path / f"m{batch}.jsonl"
+        run_cli("fit", str(data), "--batch", str(batch), "--epochs", "2", "--log-every", "5",
+                "-o", str(tmp_path / f"{batch}.npz"), "--metrics", str(m))
+        runs.append(str(m))
+    png = tmp_path / "curves.png"
+    done = run_cli("plot", *runs, "-o", str(png), "--x", "rows_seen")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", done.stderr
+    bad = run_cli("plot", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "x.png"), check=False)
+    assert bad.returncode in (2, 3) and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()

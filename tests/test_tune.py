@@ -145,3 +145,25 @@ def test_bad_options():
         tune(ArraySource(X, y, chunk_rows=500), model="linear", min_gain=2.0)
     with pytest.raises(UsageError, match="two or more trial batch sizes"):
         tune(ArraySource(X, y, chunk_rows=500), model="linear", batches=(16, 10**6))
+
+
+def test_cli_tune_batch_json_and_plot(tmp_path):
+    """The command prints one strict-JSON object with the documented keys, and the figure."""
+    import json
+
+    from helpers import run_cli
+
+    from streamsgd.generate import generate
+
+    data = tmp_path / "d.parquet"
+    generate(str(data), rows=20_000, features=5, task="logistic", seed=3, row_group_rows=2_000)
+    png = tmp_path / "tune.png"
+    done = run_cli("tune-batch", str(data), "--json", "--batches", "16,64,256", "--timing-batches", "16,256",
+                   "--timing-rows", "20000", "--plot", str(png))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for key in ("tau_f", "tau_d", "c_var", "n_iter", "b_opt", "b_simple", "knee_batch"):
+        assert key in result
+    assert [t["batch"] for t in result["trials"]] == [16, 64, 256]
+    assert all(set(t) >= {"batch", "val_loss", "seconds"} for t in result["trials"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
