@@ -8,10 +8,12 @@ rows' gradient sums stay in ``gw`` between calls, so no row is ever copied.
 
 State lives in plain arrays (the checkpoint stores them as they are):
 
-theta, theta_eff, avg, gw : float64 (d + 1,)
+params = (theta, theta_eff, avg, gw), each float64 (d + 1,)
     standardised parameters (weights, then intercept), the same in raw feature space (what
     the kernels use), the running Polyak–Ruppert average, and the current batch's sums.
 counters : int64, indexed by T, FILLED, AVERAGED, DIVERGED.
+noise : (total, sums, g), the gradient-noise meter's accumulators (``noise.NoiseMeter``)
+    and scratch room for the step's standardised gradient; O(d) per update.
 sums : float64, indexed by BATCH_LOSS, LOSS, ROWS (LOSS and ROWS are the completed
     batches' totals since the caller last cleared them).
 """
@@ -23,7 +25,8 @@ import math
 from numba import njit
 
 from .kernels import accumulate
-from .optim import sgd_update, step_size
+from .noise import noise_add
+from .optim import sgd_update, standardized_gradient, step_size
 
 # counters
 T = 0  # updates made
@@ -37,18 +40,19 @@ LOSS = 1
 ROWS = 2
 N_SUMS = 3
 # spec: the integers of the run
-LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM = 0, 1, 2, 3
+LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS = 0, 1, 2, 3, 4
 # hyper: its real numbers
 LR0, POWER_T, L2 = 0, 1, 2
 
 
 @njit(nogil=True, cache=True)
-def train_rows(X, y, order, pos, end, stop_at, spec, hyper, theta, theta_eff, avg, gw, mean, scale, counters, sums):
+def train_rows(X, y, order, pos, end, stop_at, spec, hyper, params, mean, scale, counters, sums, noise):
     """Feed rows ``order[pos:end]`` of a window to the loss, updating every ``spec[BATCH]`` rows.
 
     Returns the position reached: ``end``, or earlier when the update count reaches
     ``stop_at`` or a batch diverged (``counters[DIVERGED]`` is then 1).
     """
+    theta_eff, gw = params[1], params[3]
     d = X.shape[1]
     w = theta_eff[:d]
     g = gw[:d]
@@ -60,21 +64,25 @@ def train_rows(X, y, order, pos, end, stop_at, spec, hyper, theta, theta_eff, av
         counters[FILLED] += take
         pos += take
         if counters[FILLED] == spec[BATCH]:
-            finish_batch(spec, hyper, theta, theta_eff, avg, gw, mean, scale, counters, sums)
+            finish_batch(spec, hyper, params, mean, scale, counters, sums, noise)
             if counters[DIVERGED] == 1 or counters[T] == stop_at:
                 break
     return pos
 
 
 @njit(nogil=True, cache=True)
-def finish_batch(spec, hyper, theta, theta_eff, avg, gw, mean, scale, counters, sums):
+def finish_batch(spec, hyper, params, mean, scale, counters, sums, noise):
     """Update from the batch in progress (also the epoch's short last one) and start the next."""
+    theta, theta_eff, avg, gw = params
     if not math.isfinite(sums[BATCH_LOSS]):
         counters[DIVERGED] = 1
         return
     t = counters[T] + 1
     lr = step_size(spec[SCHEDULE], hyper[LR0], t, hyper[POWER_T])
-    sgd_update(theta, theta_eff, gw, counters[FILLED], mean, scale, hyper[L2], lr)
+    g = noise[2]
+    standardized_gradient(gw, counters[FILLED], mean, scale, hyper[L2], theta, g)
+    noise_add(noise[0], noise[1], g, counters[FILLED], spec[N_ROWS], lr)
+    sgd_update(theta, theta_eff, g, mean, scale, lr)
     counters[T] = t
     if t > spec[AVERAGE_FROM]:
         counters[AVERAGED] += 1

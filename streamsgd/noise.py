@@ -76,21 +76,6 @@ def noise_add(total, sums, g, rows, n_rows, lr):
         sums[LR_BATCHES] += 1.0
 
 
-@njit(nogil=True, cache=True)
-def standardized_gradient(gw, n, mean, scale, l2, theta, out):
-    """The batch-mean gradient in the optimizer's standardised space, from raw-space sums.
-
-    gw : float64 (d + 1,), sum of r_i x_i (raw features) then sum of r_i, as the kernels
-    leave them; theta : standardised parameters (weights, then intercept); out : (d + 1,).
-    The same arithmetic as the SGD update's, so the meter sees the step's own gradient.
-    """
-    d = out.shape[0] - 1
-    rsum = gw[d]
-    for j in range(d):
-        out[j] = (gw[j] - mean[j] * rsum) / scale[j] / n + l2 * theta[j]
-    out[d] = rsum / n
-
-
 def sampling_factor(b: float, n_rows: int | None) -> float:
     """c(b): the batch mean's covariance is c(b)·Σ.
 

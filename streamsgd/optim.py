@@ -33,22 +33,33 @@ def learning_rate(schedule: str, lr0: float, t: int, power_t: float) -> float:
 
 
 @njit(nogil=True, cache=True)
-def sgd_update(theta, theta_eff, gw, n, mean, scale, l2, lr):
-    """One SGD step from a batch's raw-space gradient sums; refreshes ``theta_eff``.
+def standardized_gradient(gw, n, mean, scale, l2, theta, out):
+    """The batch-mean gradient in the optimizer's standardised space, from raw-space sums.
 
-    theta, theta_eff : float64 (d + 1,), weights then intercept, standardised and raw space.
-    gw : sum over the batch of r_i x_i (first d) and of r_i (last); n : the batch's rows.
+    gw : float64 (d + 1,), sum of r_i x_i (raw features) then sum of r_i, as the kernels
+    leave them; theta : standardised parameters (weights, then intercept); out : (d + 1,).
+    The L2 penalty is included; the intercept is not penalised.
+    """
+    d = out.shape[0] - 1
+    rsum = gw[d]
+    for j in range(d):
+        out[j] = (gw[j] - mean[j] * rsum) / scale[j] / n + l2 * theta[j]
+    out[d] = rsum / n
+
+
+@njit(nogil=True, cache=True)
+def sgd_update(theta, theta_eff, g, mean, scale, lr):
+    """θ ← θ − η·g in standardised space; refreshes the raw-space ``theta_eff`` the kernels use.
+
+    theta, theta_eff, g : float64 (d + 1,), weights then intercept.
     """
     d = theta.shape[0] - 1
-    inv_n = 1.0 / n
-    rsum = gw[d]
     shift = 0.0
     for j in range(d):
-        g = (gw[j] - mean[j] * rsum) / scale[j] * inv_n + l2 * theta[j]
-        theta[j] -= lr * g
+        theta[j] -= lr * g[j]
         theta_eff[j] = theta[j] / scale[j]
         shift += theta_eff[j] * mean[j]
-    theta[d] -= lr * rsum * inv_n
+    theta[d] -= lr * g[d]
     theta_eff[d] = theta[d] - shift
 
 

@@ -21,6 +21,7 @@ from .config import FitConfig
 from .errors import DataError, DivergenceError, RunStopped, UsageError
 from .kernels import LOSSES
 from .loop import AVERAGED, DIVERGED, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS, ROWS, T, finish_batch, train_rows
+from .noise import NoiseMeter
 from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
 from .optim import SCHEDULES, default_lr, learning_rate
@@ -188,12 +189,16 @@ def fit(
     # Polyak-Ruppert tail averaging: the mean of the second half of the iterates cancels
     # most of the constant step's noise (its error shrinks like 1/updates averaged)
     average_from = total_steps // 2 if config.average else total_steps
-    spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from], dtype=np.int64)
+    spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N], dtype=np.int64)
     st = _State(d)
     if resume is not None:
         st.restore(resume)
     ck = checkpointing or Checkpointing()
     counters, sums = st.counters, st.sums
+    params = (st.theta, st.theta_eff, st.avg, st.gw)
+    # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
+    meter = NoiseMeter(n_rows=N, n_params=d + 1)
+    noise = (meter.total, meter.sums, np.zeros(d + 1))
     epoch_loss = float("nan")
     log = MetricsLog(metrics)
     train_start = time.perf_counter()
@@ -224,7 +229,8 @@ def fit(
               "rows_seen": int(st.rows_seen[0] + sums[ROWS]),
               "lr": learning_rate(config.lr_schedule, st.hyper[LR0], t, config.power_t),
               "total_iterations": total_steps, "loss": sums[LOSS] / max(sums[ROWS], 1.0),
-              "rows_per_second": sums[ROWS] / max(now - interval_start, 1e-9), "seconds": now - train_start})
+              "rows_per_second": sums[ROWS] / max(now - interval_start, 1e-9), "seconds": now - train_start,
+              **_noise_fields(meter.close_interval())})
         interval_start = now
         fold_interval()
 
@@ -273,7 +279,7 @@ def fit(
                     while pos < order.size and counters[T] < total_steps:
                         stop_at = next_stop()
                         pos = train_rows(window.X, window.y, order, pos, order.size, stop_at, spec, st.hyper,
-                                         st.theta, st.theta_eff, st.avg, st.gw, st.mean, st.scale, counters, sums)
+                                         params, st.mean, st.scale, counters, sums, noise)
                         if counters[DIVERGED]:
                             raise diverged(epoch)
                         if counters[FILLED] == 0:
@@ -281,8 +287,7 @@ def fit(
                     if counters[T] == total_steps:
                         break
             if counters[FILLED]:  # the epoch's short last batch
-                finish_batch(spec, st.hyper, st.theta, st.theta_eff, st.avg, st.gw, st.mean, st.scale,
-                             counters, sums)
+                finish_batch(spec, st.hyper, params, st.mean, st.scale, counters, sums, noise)
                 if counters[DIVERGED]:
                     raise diverged(epoch)
                 if counters[T] % config.log_every == 0:
@@ -334,6 +339,12 @@ def fit(
     model = Model(model=config.model, features=list(source.features), target=source.target, coef=coef,
                   intercept=float(b - coef @ st.mean), mean=st.mean, scale=st.scale, metadata=metadata)
     return FitResult(model, summary)
+
+
+def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
+    """The interval's noise figures for the metrics record (null where not estimable)."""
+    keys = ("trace_sigma", "batch_grad_var", "grad_norm2", "b_simple", "temperature")
+    return {k: (float(estimate[k]) if math.isfinite(estimate[k]) else None) for k in keys}
 
 
 def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int, B: int) -> None:

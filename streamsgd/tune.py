@@ -33,7 +33,8 @@ from .config import FitConfig
 from .errors import UsageError
 from .kernels import GRADIENTS
 from .model import Model
-from .noise import NoiseMeter, standardized_gradient
+from .noise import NoiseMeter
+from .optim import standardized_gradient
 from .plot import plot_tuning
 from .sources import Source, n_rows
 from .train import MemoryPlan, fit

@@ -238,15 +238,15 @@ def test_progress_bar_only_on_a_terminal(logistic_file, tmp_path):
 def test_tail_averaging_removes_most_of_the_constant_steps_noise(tmp_path):
     """One epoch at the default constant step: the averaged model is much closer to the true
     model's held-out loss than the last iterate (the noise shrinks like 1/updates averaged)."""
-    train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
-    info = generate(str(train), rows=150_000, features=60, seed=21, row_group_rows=10_000)
+    train_path, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    info = generate(str(train_path), rows=150_000, features=60, seed=21, row_group_rows=10_000)
     generate(str(test), rows=30_000, features=60, seed=21, sample_seed=22)
     X, y = read_xy(test)
     z = ((X - info["loc"]) / info["scale"]) @ np.array(info["coef"][0]) + info["intercept"][0]
     floor = np.mean(np.logaddexp(0, z) - y * z)  # held-out loss of the true weights
     excess = {}
     for average in (True, False):
-        model = train.fit(streamsgd.open_source(str(train)), epochs=1, average=average).model
+        model = train.fit(streamsgd.open_source(str(train_path)), epochs=1, average=average).model
         excess[average] = evaluate(model, streamsgd.open_source(str(test)))["loss"] - floor
     # measured: 0.0002 averaged vs 0.018 for the last iterate (80x); a factor 4 leaves ample room
     assert excess[True] < excess[False] / 4

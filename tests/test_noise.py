@@ -9,8 +9,8 @@ import pytest
 
 from streamsgd.errors import UsageError
 from streamsgd.kernels import linear_grad
-from streamsgd.noise import (NoiseMeter, noise_add, noise_reference, norm_test_batch, sampling_factor,
-                             standardized_gradient)
+from streamsgd.noise import NoiseMeter, noise_add, noise_reference, norm_test_batch, sampling_factor
+from streamsgd.optim import standardized_gradient
 
 
 def population(n: int = 1024, d: int = 6, seed: int = 0):
