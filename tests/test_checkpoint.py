@@ -1,0 +1,361 @@
+"""Checkpoints: exact round trip, keep-K pruning, corrupt files skipped, temporaries ignored,
+on local disk and on an fsspec memory:// store (and S3 on the loopback server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+
+from streamsgd.checkpoint import (
+    CheckpointStore,
+    CorruptCheckpoint,
+    compare_manifests,
+    decode,
+    encode,
+    manifest_of,
+)
+from streamsgd.errors import ModelFileError, SourceError, UsageError
+from streamsgd.sources import ArraySource
+
+
+def state(step: int) -> tuple[dict, dict]:
+    """A trainer-like state whose every value depends on ``step``."""
+    rng = np.random.default_rng([7, step])
+    arrays = {
+        "theta": rng.normal(size=6),
+        "m": rng.normal(size=6).astype(np.float32),
+        "average": rng.normal(size=6),
+        "counters": np.array([step, step // 10, step % 10, 512 * step], dtype=np.int64),
+    }
+    meta = {"epoch": step // 10, "batch": step % 10, "rows_seen": 512 * step, "seed": 3,
+            "config": {"lr": 0.1, "features": ["x0", "x1"]}, "loss": 0.25 + step}
+    return arrays, meta
+
+
+def assert_state(got, step: int) -> None:
+    arrays, meta = got
+    want_arrays, want_meta = state(step)
+    assert sorted(arrays) == sorted(want_arrays)
+    for name, want in want_arrays.items():
+        assert arrays[name].dtype == want.dtype, name
+        np.testing.assert_array_equal(arrays[name], want)  # bit-exact, not approximate
+    assert meta == {**want_meta, "step": step, "format": 1}
+
+
+@pytest.fixture(params=["local", "memory"])
+def url(request, tmp_path):
+    if request.param == "local":
+        yield str(tmp_path / "ckpt")
+    else:
+        root = f"memory://ckpt-{uuid.uuid4().hex}"
+        yield root
+        fs = fsspec.filesystem("memory")
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+
+
+def raw_path(store: CheckpointStore, step: int) -> str:
+    return f"{store._root}/{store.name(step)}"
+
+
+def corrupt(store: CheckpointStore, step: int, how: str) -> None:
+    fs = store._fs
+    data = bytearray(fs.cat_file(raw_path(store, step)))
+    if how == "flip":
+        data[len(data) // 3] ^= 0x10  # inside the array entries
+    else:
+        data = data[: len(data) - 40]
+    fs.pipe_file(raw_path(store, step), bytes(data))
+
+
+def test_round_trip_is_exact(url):
+    store = CheckpointStore(url)
+    path = store.save(12, *state(12))
+    assert path.endswith("ckpt-000000000012.npz")
+    assert store.steps() == [12]
+    assert_state(store.latest(), 12)
+    assert_state(store.load(12), 12)
+
+
+def test_file_is_a_plain_npz_without_pickle(tmp_path):
+    store = CheckpointStore(str(tmp_path))
+    path = store.save(5, *state(5))
+    with np.load(path, allow_pickle=False) as npz:
+        assert set(npz.files) == {"theta", "m", "average", "counters", "__meta__", "__checksum__"}
+        np.testing.assert_array_equal(npz["theta"], state(5)[0]["theta"])
+        assert json.loads(str(npz["__meta__"]))["rows_seen"] == 512 * 5
+        assert len(str(npz["__checksum__"])) == 64
+
+
+def test_same_state_gives_same_bytes():
+    assert encode(*state(3)) == encode(*state(3))
+    assert encode(*state(3)) != encode(*state(4))
+
+
+def test_keeps_the_newest_k(url):
+    store = CheckpointStore(url, keep=3)
+    for step in (10, 20, 30, 40, 50):
+        store.save(step, *state(step))
+    assert store.steps() == [30, 40, 50]
+    assert_state(store.latest(), 50)
+
+
+def test_keep_one_leaves_only_the_last(url):
+    store = CheckpointStore(url, keep=1)
+    for step in (1, 2, 3):
+        store.save(step, *state(step))
+    assert store.steps() == [3]
+
+
+def test_saving_an_earlier_step_drops_the_abandoned_later_ones(url):
+    """Resumed from 20 after 30 went bad: the new 25 must win the next resume, not the old 30."""
+    store = CheckpointStore(url, keep=3)
+    for step in (10, 20, 30):
+        store.save(step, *state(step))
+    store.save(25, *state(25))
+    assert store.steps() == [10, 20, 25]
+    assert_state(store.latest(), 25)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_corrupt_newest_falls_back_to_the_previous(url, how):
+    store = CheckpointStore(url, keep=3)
+    for step in (10, 20, 30):
+        store.save(step, *state(step))
+    corrupt(store, 30, how)
+    skipped = []
+    assert_state(store.latest(on_skip=skipped.append), 20)
+    assert len(skipped) == 1 and "ckpt-000000000030.npz" in skipped[0] and "\n" not in skipped[0]
+    with pytest.raises(ModelFileError, match=r"ckpt-000000000030\.npz: corrupt"):
+        store.load(30)
+
+
+def test_all_corrupt_or_empty_gives_none(url):
+    store = CheckpointStore(url)
+    assert store.latest() is None
+    store.save(1, *state(1))
+    corrupt(store, 1, "truncate")
+    assert store.latest() is None
+
+
+def test_every_single_byte_flip_is_detected_or_harmless():
+    """A flip fails the load, or lands in zip bookkeeping that carries no content (a header
+    timestamp, a version field) and the state reads back exact; a flip anywhere in a stored
+    entry (array bytes, .npy header, metadata, checksum) is always detected."""
+    import zipfile
+    import io
+
+    arrays, meta = state(9)
+    data = encode(arrays, {**meta, "step": 9, "format": 1})
+    assert_state(decode(data), 9)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        payloads = [zf.read(info) for info in zf.infolist()]
+    spans = [(data.index(p), data.index(p) + len(p)) for p in payloads]
+    undetected = []
+    for offset in range(len(data)):
+        bad = bytearray(data)
+        bad[offset] ^= 0xFF
+        try:
+            got = decode(bytes(bad))
+        except CorruptCheckpoint:
+            continue
+        assert_state(got, 9)
+        undetected.append(offset)
+    assert [o for o in undetected if any(a <= o < b for a, b in spans)] == []
+    assert len(undetected) < 0.2 * len(data)
+
+
+def test_every_truncation_is_detected():
+    data = encode(*state(9))
+    for length in range(len(data)):
+        with pytest.raises(CorruptCheckpoint):
+            decode(data[:length])
+
+
+def test_a_leftover_temporary_is_never_read(tmp_path):
+    """A save killed between write and rename leaves a .tmp- file: ignored, then cleaned up."""
+    store = CheckpointStore(str(tmp_path))
+    store.save(10, *state(10))
+    # a complete, valid file of a later step, but under a temporary name
+    (tmp_path / ".tmp-abc123.npz").write_bytes(encode(*state(99)))
+    (tmp_path / ".tmp-partial.npz").write_bytes(encode(*state(98))[:100])
+    assert store.steps() == [10]
+    assert_state(store.latest(), 10)
+    store.save(11, *state(11))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000000000010.npz", "ckpt-000000000011.npz"]
+
+
+def test_a_failed_rename_leaves_the_old_set_and_no_temporary(tmp_path, monkeypatch):
+    store = CheckpointStore(str(tmp_path))
+    store.save(10, *state(10))
+
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(SourceError, match=r"--checkpoint-dir .*ckpt-000000000020\.npz.*No space left"):
+        store.save(20, *state(20))
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["ckpt-000000000010.npz"]
+    assert_state(store.latest(), 10)
+
+
+def test_other_files_in_the_directory_are_left_alone(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "ckpt-latest.npz").write_text("not ours")
+    store = CheckpointStore(str(tmp_path), keep=1)
+    for step in (1, 2):
+        store.save(step, *state(step))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000000000002.npz", "ckpt-latest.npz", "notes.txt"]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(UsageError, match="--keep-checkpoints"):
+        CheckpointStore(str(tmp_path), keep=0)
+    store = CheckpointStore(str(tmp_path))
+    with pytest.raises(ValueError, match="reserved"):
+        store.save(1, {"__meta__": np.zeros(1)}, {})
+    with pytest.raises(ValueError, match="JSON"):
+        store.save(1, {"theta": np.zeros(1)}, {"when": object()})
+    with pytest.raises(ValueError, match="pickle"):
+        store.save(1, {"theta": np.array([object()])}, {})
+    assert store.steps() == []
+
+
+def test_unwritable_directory_is_a_source_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SourceError, match=r"--checkpoint-dir .*file/sub"):
+        CheckpointStore(str(blocker / "sub"))
+
+
+@pytest.mark.s3
+def test_s3_round_trip_and_fallback(s3_server):
+    url = f"s3://data/{uuid.uuid4().hex}/ckpt"
+    store = CheckpointStore(url, storage_options=s3_server.storage_options, keep=2)
+    for step in (1, 2, 3):
+        assert store.save(step, *state(step)) == f"{url}/ckpt-{step:012d}.npz"
+    assert store.steps() == [2, 3]
+    corrupt(store, 3, "flip")
+    assert_state(store.latest(), 2)
+
+
+# -- manifests -------------------------------------------------------------------------------
+
+class FilesSource:
+    """A source with ``manifest()``, as the Parquet source gains one."""
+
+    url = "data/"
+
+    def __init__(self, files):
+        self.files = files
+        self.chunk_rows = [f["rows"] // f["chunks"] for f in files for _ in range(f["chunks"])]
+
+    def manifest(self):
+        return self.files
+
+    def fingerprint(self):  # must not be needed when manifest() exists
+        raise AssertionError("fingerprint() called although manifest() exists")
+
+
+FILES = [
+    {"path": "/d/a.parquet", "size": 1000, "rows": 100, "chunks": 2, "mtime": 1700000000.5},
+    {"path": "/d/b.parquet", "size": 2000, "rows": 200, "chunks": 4, "mtime": 1700000001.5},
+]
+
+
+def edited(index, **changes):
+    return [dict(f, **changes) if k == index else dict(f) for k, f in enumerate(FILES)]
+
+
+def test_manifest_from_files_is_json_and_equal_to_itself():
+    m = manifest_of(FilesSource(FILES))
+    assert m == {"url": "data/", "rows": 300, "chunks": 6, "files": FILES}
+    assert json.loads(json.dumps(m)) == m
+    assert compare_manifests(m, manifest_of(FilesSource(FILES))) is None
+
+
+@pytest.mark.parametrize("files, message", [
+    (FILES[:1], r"^file /d/b\.parquet is gone$"),
+    (FILES + [{"path": "/d/c.parquet", "size": 1, "rows": 1, "chunks": 1}], r"^file /d/c\.parquet was added$"),
+    (edited(1, size=2001), r"^file /d/b\.parquet: size was 2000, now 2001$"),
+    (edited(0, rows=99), r"^file /d/a\.parquet: rows was 100, now 99$"),
+    (edited(0, mtime=1800000000.0), r"^file /d/a\.parquet: mtime was 1700000000\.5, now 1800000000\.0$"),
+])
+def test_first_file_difference_is_named(files, message):
+    import re
+
+    change = compare_manifests(manifest_of(FilesSource(FILES)), manifest_of(FilesSource(files)))
+    assert change is not None and re.search(message, change), change
+
+
+def test_a_key_only_one_side_has_is_not_a_change():
+    old = manifest_of(FilesSource(FILES))
+    new = manifest_of(FilesSource([{k: v for k, v in f.items() if k != "mtime"} for f in FILES]))
+    assert compare_manifests(old, new) is None
+
+
+class PlainSource:
+    """A source without ``manifest()``: arrays cut into chunks, hashed for the fingerprint."""
+
+    url = "<arrays>"
+
+    def __init__(self, X, chunk_rows):
+        self.X = X
+        self.chunk_rows = [min(chunk_rows, len(X) - s) for s in range(0, len(X), chunk_rows)]
+
+    def fingerprint(self):
+        import hashlib
+
+        return hashlib.sha256(np.ascontiguousarray(self.X).tobytes()).hexdigest()[:16]
+
+
+def test_fallback_manifest_uses_rows_chunks_and_fingerprint():
+    X = np.arange(40.0).reshape(20, 2)
+    m = manifest_of(PlainSource(X, 8))
+    assert m == {"url": "<arrays>", "rows": 20, "chunks": 3, "chunk_rows": [8, 8, 4],
+                 "fingerprint": PlainSource(X, 8).fingerprint()}
+    assert compare_manifests(m, manifest_of(PlainSource(X.copy(), 8))) is None
+    assert compare_manifests(m, manifest_of(PlainSource(X[:16], 8))) == "the data had 20 rows, now 16"
+    assert compare_manifests(m, manifest_of(PlainSource(X, 5))) == "the data had 3 chunks, now 4"
+    assert compare_manifests(m, manifest_of(PlainSource(X, 10))) == "the data had 3 chunks, now 2"
+    X2 = X.copy()
+    X2[3, 1] = -1.0
+    change = compare_manifests(m, manifest_of(PlainSource(X2, 8)))
+    assert change is not None and change.startswith("the data's fingerprint changed from ")
+
+
+def test_manifest_of_the_in_memory_source_detects_a_change():
+    """Whichever form the real ArraySource gives (file list or fingerprint), it is JSON and
+    tells equal data from changed data."""
+    X = np.arange(40.0).reshape(20, 2)
+    y = np.arange(20.0)
+    m = manifest_of(ArraySource(X, y, chunk_rows=8))
+    assert json.loads(json.dumps(m)) == m and m["rows"] == 20
+    assert compare_manifests(m, manifest_of(ArraySource(X.copy(), y.copy(), chunk_rows=8))) is None
+    assert compare_manifests(m, manifest_of(ArraySource(X[:16], y[:16], chunk_rows=8))) is not None
+
+
+def test_chunk_layout_change_names_the_chunk():
+    old = {"url": "u", "rows": 10, "chunks": 2, "chunk_rows": [5, 5], "fingerprint": "f"}
+    new = {"url": "u", "rows": 10, "chunks": 2, "chunk_rows": [6, 4], "fingerprint": "f"}
+    assert compare_manifests(old, new) == "chunk 0 had 5 rows, now 6"
+
+
+def test_url_spelling_alone_is_not_a_change():
+    old = manifest_of(FilesSource(FILES))
+    assert compare_manifests(old, {**old, "url": "./data"}) is None
+
+
+def test_manifest_survives_a_checkpoint(url):
+    store = CheckpointStore(url)
+    arrays, meta = state(4)
+    m = manifest_of(FilesSource(FILES))
+    store.save(4, arrays, {**meta, "data": m})
+    _, back = store.latest()
+    assert compare_manifests(back["data"], manifest_of(FilesSource(FILES))) is None
