@@ -242,7 +242,8 @@ def atomic_savez(path: str, arrays: dict[str, NDArray]) -> None:
 def load(path: str) -> Model:
     """Read a model file written by :meth:`Model.save`."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # np.load(path) leaks its file handle when the zip is corrupt: open it ourselves
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             meta = json.loads(str(npz["metadata"]))
             return Model(
                 model=meta["model"],
