@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .config import FitConfig
-from .errors import DataError, DivergenceError, RunStopped, UsageError
+from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
 from .kernels import LOSSES
 from .loop import AVERAGED, DIVERGED, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS, ROWS, T, finish_batch, train_rows
 from .noise import NoiseMeter
@@ -109,9 +109,9 @@ class Checkpointing:
 class _State:
     """Everything a resumed run needs to continue bit for bit: plain arrays only.
 
-    The position in the plan is not stored: epoch and batch follow from the update count
-    (``T // iterations_per_epoch``, every batch but an epoch's last has B rows), and the
-    plan itself is a function of the seed.
+    The position in the plan is not stored: it follows from the update count and the rows
+    of the batch in progress (``T // iterations_per_epoch`` is the epoch; every batch but
+    an epoch's last has B rows), and the plan itself is a function of the seed.
     """
 
     ARRAYS = ("theta", "theta_eff", "avg", "gw", "counters", "sums", "epoch_sums", "rows_seen",
@@ -270,7 +270,9 @@ def fit(
         for epoch in range(int(counters[T]) // ipe, math.ceil(total_steps / ipe)):
             if counters[T] == epoch * ipe:
                 st.epoch_sums[:] = 0.0
-            skip = (int(counters[T]) - epoch * ipe) * B
+            # a checkpoint may fall inside a batch that straddles two windows: its rows so far
+            # are in gw and FILLED, and the stream resumes right after them
+            skip = (int(counters[T]) - epoch * ipe) * B + int(counters[FILLED])
             with closing(stream.epoch(epoch, skip)) as windows:  # closing joins the reader threads
                 for window, order in windows:
                     if st.hyper is None:  # the first window: standardisation and step size from it
@@ -304,6 +306,12 @@ def fit(
                   "rows_seen": int(st.rows_seen[0]), "loss": epoch_loss, "seconds": time.perf_counter() - started})
             if counters[T] < total_steps:
                 save_checkpoint()
+    except SourceError:
+        # the store failed between windows: keep what was trained so far, so that --resume
+        # continues from here once the store is back
+        if st.hyper is not None and not counters[DIVERGED]:
+            save_checkpoint()
+        raise
     finally:
         log.close()
 
