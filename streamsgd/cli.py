@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .config import DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, SCHEDULES, FitConfig, parse_bytes
-from .errors import EXIT_INTERRUPTED, StreamSGDError, UsageError
+from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -72,13 +72,15 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("data")
+@click.argument("data", required=False)
+@click.option("--config", "config_path", default=None, metavar="JOB.toml",
+              help="Options from a TOML file; flags given here override it.")
 @click.option("--target", "--y-array", default="y", show_default=True, help="Target column (Zarr: the 1-D target array).")
 @click.option("--features", multiple=True, help="Feature columns (comma-separated or repeated); default: all numeric columns but the target.")
 @store_options
 @click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
 @click.option("--batch", type=int, default=FitConfig.batch, show_default=True, help="Rows per update.")
-@click.option("--epochs", type=int, default=None, help="Full passes; default: enough for ~3000 updates.")
+@click.option("--epochs", type=int, default=None, help="Full passes; default: enough for 20,000 updates.")
 @click.option("--steps", type=int, default=None, help="Stop after this many updates (overrides --epochs).")
 @click.option("--lr", type=float, default=None, help="Initial learning rate; default: 1/L_B measured on the data.")
 @click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=FitConfig.lr_schedule, show_default=True)
@@ -94,24 +96,48 @@ def cli() -> None:
 @click.option("--log-every", type=int, default=FitConfig.log_every, show_default=True, help="Updates per metrics record.")
 @click.option("-o", "--output", default="model.npz", show_default=True, help="Model file to write.")
 @click.option("--metrics", default=None, help="Append JSON-lines metrics to this file.")
+@click.option("--checkpoint-dir", default=None, help="Directory or URL for checkpoints (enables --resume).")
+@click.option("--checkpoint-every", type=int, default=None, help="Checkpoint every N updates (and at each epoch's end).")
+@click.option("--checkpoint-seconds", type=float, default=None, help="Checkpoint every S seconds of training.")
+@click.option("--keep-checkpoints", type=int, default=3, show_default=True, help="Checkpoints kept.")
+@click.option("--resume", is_flag=True, help="Continue from the newest valid checkpoint in --checkpoint-dir.")
+@click.option("--allow-data-change", is_flag=True, help="With --resume: continue even if the data changed.")
+@click.option("--init", default=None, metavar="MODEL", help="Start from this model (warm start on new data).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Events on stderr: readable lines, or one JSON object per line.")
+@click.option("--quiet", is_flag=True, help="Log only warnings and errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def fit(data: str, target: str, features: tuple[str, ...], output: str, metrics: str | None, as_json: bool, memory_limit: str, **options: Any) -> None:
-    """Train a model on DATA (a Parquet file, directory or glob)."""
-    from .train import fit as train
+@click.pass_context
+def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
+    """Train a model on DATA (Parquet file, directory, glob or URL; Zarr group)."""
+    from .job import Job, run
+    from .logs import RunLog
 
-    store = _store(options)
-    config = FitConfig(target=target, features=_split(features), memory_limit=parse_bytes(memory_limit), **options)
+    opts = _with_config_file(ctx, config_path, given)
+    global _LOG
+    # text: stderr carries only warnings and errors (the summary line is on stdout, progress
+    # is the bar on a terminal); json: every event, for log shippers and cron mail parsers
+    log_format, quiet = opts.pop("log_format"), opts.pop("quiet")
+    _LOG = RunLog(log_format, quiet=quiet or log_format == "text")
+    data, target, output, as_json = opts.pop("data"), opts.pop("target"), opts.pop("output"), opts.pop("as_json")
+    if not data:
+        raise UsageError("DATA: give the data set on the command line, or as data = … in --config")
+    store = _store(opts)
+    job = Job(output=output, storage_options=_storage_options(store["storage_option"]),
+              **{k: opts.pop(k) for k in ("metrics", "checkpoint_dir", "checkpoint_every", "checkpoint_seconds",
+                                          "keep_checkpoints", "resume", "allow_data_change", "init")})
+    config = FitConfig(target=target, features=_split(opts.pop("features")),
+                       memory_limit=parse_bytes(opts.pop("memory_limit")), **opts)
     _check_output_dir(output, "--output")
-    if metrics:
-        _check_output_dir(metrics, "--metrics")
+    if job.metrics:
+        _check_output_dir(job.metrics, "--metrics")
     source = _open(data, target, config.features, store)
-    progress = _ProgressBar() if sys.stderr.isatty() else None
+    progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
-        result = train(source, config, metrics=metrics, on_progress=progress)
+        result = run(source, config, job, _LOG, on_progress=progress)
     finally:
         if progress:
             progress.close()
-    result.model.save(output)
     s = result.summary
     if as_json:
         click.echo(json.dumps({**s, "model": output}))
@@ -121,6 +147,34 @@ def fit(data: str, target: str, features: tuple[str, ...], output: str, metrics:
             f"loss {s['loss']:.6g}, {s['rows_per_second']:,.0f} rows/s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB "
             f"-> {output}"
         )
+
+
+#: The running fit's log, so that main() reports its error in the same format.
+_LOG = None
+
+#: click parameter name -> the job file's key (streamsgd.jobconfig.OPTIONS)
+_FILE_KEYS = {"data_format": "format", "as_json": "json", "storage_option": "storage_options"}
+
+
+def _with_config_file(ctx: click.Context, path: str | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The fit options: the job file's values where the command line did not give the flag."""
+    if path is None:
+        return dict(given)
+    from click.core import ParameterSource
+
+    from .jobconfig import load_config, merge
+
+    explicit = {_FILE_KEYS.get(name, name) for name in given
+                if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+    cli_values = {_FILE_KEYS.get(name, name): value for name, value in given.items()}
+    merged = merge(load_config(path), cli_values, explicit)
+    back = {v: k for k, v in _FILE_KEYS.items()}
+    out = {back.get(name, name): value for name, value in merged.items()}
+    if isinstance(out.get("storage_option"), dict):  # the file's table -> KEY=VALUE pairs
+        out["storage_option"] = tuple(f"{k}={v}" for k, v in out["storage_option"].items())
+    if isinstance(out.get("features"), (list, tuple)):
+        out["features"] = tuple(out["features"])
+    return out
 
 
 @cli.command()
@@ -304,6 +358,15 @@ def plot(metrics, output, x_axis, log_y):
     click.echo(f"wrote {output}", err=True)
 
 
+def _report(kind: str, message: str, code: int) -> None:
+    """The run's last word: one line on stderr (a JSON object in --log-format json), then exit."""
+    if _LOG is not None and _LOG.format == "json":
+        _LOG.error(message, kind=kind, exit_code=code)
+    else:
+        click.echo(f"streamsgd: {kind}: {message}", err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every expected failure is one line on stderr and a documented exit code."""
     # Arrow's C++ Parquet reader allocates from the default pool, chosen once from this
@@ -311,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     # them back: 268 -> 251 MiB peak on 4.8M rows x 20 at a 64MB limit. The user's own
     # setting wins. Must run before pyarrow is imported (the CLI imports it lazily).
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    global _LOG
+    _LOG = None
     try:
         cli.main(args=argv, prog_name="streamsgd", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -318,10 +383,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"streamsgd: error: {exc.format_message()}", err=True)
         sys.exit(UsageError.exit_code if isinstance(exc, click.UsageError) else exc.exit_code)
+    except RunStopped as exc:
+        _report("interrupted", str(exc), exc.exit_code)
     except StreamSGDError as exc:
-        click.echo(f"streamsgd: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort
-        click.echo("streamsgd: interrupted; no output was written", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _report("error", str(exc), exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort) as exc:  # click turns Ctrl-C into Abort
+        _report("interrupted", "stopped at once; no output was written", getattr(exc, "exit_code", EXIT_INTERRUPTED))
     sys.exit(0)

@@ -1,0 +1,174 @@
+"""A cron-grade training run: lock the outputs, resume from the newest valid checkpoint,
+checkpoint on a schedule and on SIGTERM/SIGINT, log events, and write the model atomically.
+
+This is what ``streamsgd fit`` runs; it holds no click and prints nothing (events go to
+the :class:`~streamsgd.logs.RunLog`). A nightly job that is killed (OOM killer,
+pre-emption, a reboot) and started again with ``--resume`` ends with exactly the model an
+uninterrupted run would have written: the trainer's state is plain arrays and its place
+in the shuffle plan follows from the update count.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .checkpoint import CheckpointStore, compare_manifests, manifest_of
+from .config import FitConfig
+from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, RunStopped, UsageError
+from .lock import RunLock
+from .logs import RunLog
+from .model import load
+from .sources import Source
+from .train import Checkpointing, FitResult
+from .train import fit as train
+
+#: Options that only decide how a run executes: a checkpoint written under other values
+#: of these still resumes bit for bit.
+EXECUTION_ONLY = ("readers", "log_every")
+
+
+class Terminated(KeyboardInterrupt):
+    """A second SIGTERM: stop at once, without waiting for a batch boundary."""
+
+    exit_code = EXIT_TERMINATED
+
+
+@dataclass
+class Job:
+    """Where a run writes, and how it survives being stopped."""
+
+    output: str
+    metrics: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float | None = None
+    keep_checkpoints: int = 3
+    resume: bool = False
+    allow_data_change: bool = False
+    init: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.resume and not self.checkpoint_dir:
+            raise UsageError("--resume: give --checkpoint-dir, the directory the earlier run checkpointed to")
+        for option, value in (("--checkpoint-every", self.checkpoint_every),
+                              ("--checkpoint-seconds", self.checkpoint_seconds)):
+            if value is not None and not value > 0:
+                raise UsageError(f"{option}: expected a number > 0; got {value!r}")
+            if value is not None and not self.checkpoint_dir:
+                raise UsageError(f"{option}: give --checkpoint-dir too, where the checkpoints go")
+
+
+def run(
+    source: Source,
+    config: FitConfig,
+    job: Job,
+    log: RunLog,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``source`` under ``job``'s rules and write the model; returns the trainer's result."""
+    with ExitStack() as stack:
+        outputs = [job.output] + ([job.checkpoint_dir] if job.checkpoint_dir and _is_local(job.checkpoint_dir) else [])
+        for path in outputs:
+            lock = stack.enter_context(RunLock(path))
+            if lock.took_over:
+                log.warning(f"took over the lock of a dead run (pid {lock.took_over.get('pid')})", lock=lock.lock_path)
+        init = load(job.init) if job.init else None
+        manifest = manifest_of(source)
+        store = (CheckpointStore(job.checkpoint_dir, job.storage_options, job.keep_checkpoints)
+                 if job.checkpoint_dir else None)
+        resume = _resume_state(store, config, manifest, job, log) if job.resume else None
+        log.event("start", data=source.url, rows=int(sum(source.chunk_rows)), model=config.model,
+                  output=job.output, resumed_at=None if resume is None else int(resume["counters"][0]))
+
+        meta = {"config": _model_options(config), "data": manifest}
+
+        def save(arrays: dict[str, Any]) -> None:
+            store.save(int(arrays["counters"][0]), arrays, meta)
+
+        def events(record: dict[str, Any]) -> None:
+            if record["event"] in ("epoch", "checkpoint"):
+                log.event(record["event"], **{k: v for k, v in record.items() if k != "event"})
+            if on_progress is not None:
+                on_progress(record)
+
+        stop = threading.Event()
+        checkpointing = Checkpointing(save=save if store else None, every=job.checkpoint_every,
+                                      seconds=job.checkpoint_seconds, stop=stop)
+        with _stop_on_signals(stop) as received:
+            try:
+                result = train(source, config, metrics=job.metrics, on_progress=events, init=init,
+                               resume=resume, checkpointing=checkpointing)
+            except RunStopped as exc:
+                name = signal.Signals(received[0]).name if received else "a stop request"
+                where = (f"a checkpoint is in {job.checkpoint_dir}; continue with --resume" if store
+                         else "no output was written")
+                stopped = RunStopped(f"{name} received: {exc}; {where}")
+                stopped.exit_code = EXIT_TERMINATED if received == [signal.SIGTERM] else EXIT_INTERRUPTED
+                raise stopped from None
+        result.model.save(job.output)
+        log.event("summary", **{k: v for k, v in result.summary.items()}, model=job.output)
+        return result
+
+
+def _resume_state(store: CheckpointStore, config: FitConfig, manifest: dict[str, Any], job: Job,
+                  log: RunLog) -> dict[str, Any] | None:
+    """The newest valid checkpoint's arrays, after checking it belongs to this run."""
+    found = store.latest(on_skip=lambda message: log.warning(message))
+    if found is None:
+        log.warning(f"--resume: no checkpoint in {job.checkpoint_dir} yet; starting from the beginning")
+        return None
+    arrays, meta = found
+    ours = _model_options(config)
+    for key, value in meta.get("config", {}).items():
+        if ours.get(key) != value:
+            raise UsageError(
+                f"--resume: the checkpoint in {job.checkpoint_dir} was written with {key}={value!r}, this run "
+                f"has {ours.get(key)!r}; rerun with the same options, or use another --checkpoint-dir"
+            )
+    change = compare_manifests(meta.get("data", {}), manifest)
+    if change is not None:
+        if not job.allow_data_change:
+            raise DataError(f"--resume: the data changed since the checkpoint ({change}); "
+                            "rerun with --allow-data-change to continue on the new data, or without --resume")
+        log.warning(f"--allow-data-change: continuing on changed data ({change})")
+    return arrays
+
+
+def _model_options(config: FitConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY}
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
+    """First SIGTERM/SIGINT: ask the trainer to stop after a checkpoint; second: stop at once.
+
+    Yields the list of signals received. Outside the main thread (where Python cannot
+    install handlers) it does nothing.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
