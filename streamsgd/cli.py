@@ -361,7 +361,7 @@ def plot(metrics, output, x_axis, log_y):
 def _report(kind: str, message: str, code: int) -> None:
     """The run's last word: one line on stderr (a JSON object in --log-format json), then exit."""
     if _LOG is not None and _LOG.format == "json":
-        _LOG.error(message, kind=kind, exit_code=code)
+        _LOG.error(message, outcome=kind, exit_code=code)
     else:
         click.echo(f"streamsgd: {kind}: {message}", err=True)
     sys.exit(code)

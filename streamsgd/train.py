@@ -261,8 +261,7 @@ def fit(
         if stopping or timed or (ck.every and t % ck.every == 0):
             save_checkpoint()
         if stopping:
-            raise RunStopped(f"stopped at iteration {t} of {total_steps}"
-                             + ("; a checkpoint was written" if ck.save else ""))
+            raise RunStopped(f"stopped at iteration {t} of {total_steps}")
 
     stream = EpochStream(source, config.model, config.seed, config.shuffle, plan.window_rows,
                          plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata)
