@@ -18,6 +18,9 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     ``full_batch_bytes`` is what one full-batch gradient step holds: every row's features
     and target at ``config.dtype`` plus one float64 margin per row. ``stream_bytes`` is
     what the streaming fit holds for data: two shuffle windows, capped by the data size.
+    ``store`` is the URL's protocol (file, s3, memory …); the chunking is reported as the
+    chunk count, the smallest and largest chunk in rows, and the format's own layout:
+    files and row groups per file for Parquet, the chunk shape for Zarr.
     """
     N = n_rows(source)
     d = len(source.features)
@@ -28,8 +31,11 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     out: dict[str, Any] = {
         "url": source.url,
         "format": getattr(source, "format", "arrays"),
+        "store": "memory (arrays)",
         "rows": N,
         "chunks": len(source.chunk_rows),
+        "chunk_rows_min": int(min(source.chunk_rows, default=0)),
+        "chunk_rows_max": int(max(source.chunk_rows, default=0)),
         "features": d,
         "feature_names": list(source.features),
         "target": source.target,
@@ -40,6 +46,9 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
         "window_rows": plan.window_rows,
         "memory_limit": config.memory_limit,
     }
+    layout = getattr(source, "layout", None)
+    if layout is not None:
+        out.update(layout())  # store, and the format's own chunking (row groups, chunk shape)
     if config.steps is not None and ipe:
         out["steps"] = config.steps
         out["full_epochs"] = config.steps // ipe

@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence
 from numpy.typing import NDArray
 
 from ..errors import SourceError, UsageError
+from . import retry
 from .arrays import ArraySource
 from .fs import filesystem
 from .parquet import ParquetSource
@@ -37,6 +38,8 @@ class Source(Protocol):
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None: ...
     def read_columns(self, i: int, names: Sequence[str]): ...
     def fingerprint(self) -> str: ...
+    def layout(self) -> dict[str, Any]: ...
+    def manifest(self) -> list[dict[str, Any]]: ...
 
 
 def n_rows(source: Source) -> int:
@@ -44,38 +47,51 @@ def n_rows(source: Source) -> int:
 
 
 def open_source(
-    url: str,
+    url: str | Sequence[str],
     target: str | None = "y",
     features: Sequence[str] | None = None,
     feature_hint: str = "fix --features",
     storage_options: Mapping[str, Any] | None = None,
     format: str = "auto",
     x_array: str = "X",
+    max_chunk_bytes: int | None = None,
+    max_chunk_rows: int | None = None,
 ) -> ParquetSource | ZarrSource:
-    """Open a Parquet data set (file, directory, glob) or a Zarr group, by path or URL.
+    """Open a Parquet data set (file, directory, glob, or a list of them) or a Zarr group.
 
     ``feature_hint`` ends the message when a feature column is missing or not numeric.
     ``format="auto"`` takes a URL holding Zarr group metadata (or ending in ``.zarr``) as
-    Zarr, anything else as Parquet.
+    Zarr, anything else as Parquet. ``max_chunk_bytes`` / ``max_chunk_rows`` cap a chunk:
+    Parquet row groups beyond them are read in slices (see :class:`ParquetSource`).
     """
     if format not in FORMATS:
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}; got {format!r}")
     options = dict(storage_options or {})
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise UsageError("no data given: name at least one path or URL")
     if format == "auto":
-        format = "zarr" if _is_zarr(url, options) else "parquet"
+        format = "zarr" if _is_zarr(urls[0], options) else "parquet"
     if format == "zarr":
-        return ZarrSource(url, target=target, features=features, feature_hint=feature_hint,
+        if len(urls) > 1:
+            raise UsageError(f"{urls[0]}: a Zarr data set is one group; give one URL, not {len(urls)}")
+        return ZarrSource(urls[0], target=target, features=features, feature_hint=feature_hint,
                           storage_options=options, x_array=x_array)
-    return ParquetSource(url, target=target, features=features, feature_hint=feature_hint,
-                         storage_options=options)
+    return ParquetSource(urls if len(urls) > 1 else urls[0], target=target, features=features,
+                         feature_hint=feature_hint, storage_options=options, max_chunk_bytes=max_chunk_bytes,
+                         max_chunk_rows=max_chunk_rows)
 
 
 def _is_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
     if url.rstrip("/").endswith(".zarr"):
         return True
     fs, path = filesystem(url, storage_options)
+    root = path.rstrip("/")
     try:
-        return fs.exists(f"{path.rstrip('/')}/zarr.json") or fs.exists(f"{path.rstrip('/')}/.zgroup")
+        return retry.call(lambda: fs.exists(f"{root}/zarr.json") or fs.exists(f"{root}/.zgroup"),
+                          f"{url}: format detection")
+    except SourceError:
+        raise
     except OSError as exc:
         raise SourceError(f"{url}: cannot reach the store ({exc})") from exc
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,6 +48,15 @@ class ArraySource:
         s = slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
         cols = {n: self.X[s, self.features.index(n)] if n in self.features else self.y[s] for n in names}
         return pa.table(cols)
+
+    def layout(self) -> dict[str, Any]:
+        """In-memory arrays: no store, chunks of a fixed number of rows."""
+        return {"store": "memory (arrays)", "chunk_shape": [max(self.chunk_rows, default=0), self.X.shape[1]]}
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """One record for the arrays: their bytes, rows and chunks (no path, no version mark)."""
+        size = self.X.nbytes + (0 if self.y is None else self.y.nbytes)
+        return [{"path": self.url, "size": int(size), "rows": int(self.X.shape[0]), "chunks": len(self.chunk_rows)}]
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(np.ascontiguousarray(self.X).view(np.uint8))

@@ -1,106 +1,244 @@
-"""Parquet data sets on any fsspec filesystem; chunk = one row group."""
+"""Parquet data sets on any fsspec filesystem; chunk = one row group, or one slice of a big one."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import posixpath
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ..config import DEFAULT_MEMORY_LIMIT
 from ..errors import DataError, SourceError
+from . import retry
+
+#: Row groups whose used columns decode to more than this are read in slices. The default
+#: suits the default --memory-limit (a ninth of it: the planner gives decoding a third of
+#: the limit and budgets three times a chunk's size per reader); callers with another
+#: limit pass ``max_chunk_bytes``.
+DEFAULT_MAX_CHUNK_BYTES = DEFAULT_MEMORY_LIMIT // 9
+
+#: Read buffer per column while a row group is streamed in slices. Without one (pyarrow's
+#: ``buffer_size=0``) every column chunk is loaded whole before the first slice decodes:
+#: 1M rows x 21 float64 columns peaked at +268 MiB that way, +48 MiB with 64 KiB buffers.
+SLICE_BUFFER_BYTES = 256 << 10
+
+#: What a streamed column holds besides its slice of rows: its current page, compressed
+#: and decompressed, and its dictionary page, raw and decoded (sized from the footer).
+#: Page sizes are not in the footer; writers close a page at 1 MiB (pyarrow, DuckDB,
+#: Polars) or 20,000 rows (parquet-cpp's row limit), whichever comes first, so a page is
+#: estimated as the smaller of the two.
+PAGE_BYTES = 1 << 20
+PAGE_ROWS = 20_000
 
 
 @dataclass(frozen=True)
-class _RowGroup:
+class _Chunk:
+    """Rows ``start .. start + rows - 1`` of row group ``group`` of file ``file``."""
+
     file: int
-    index: int
+    group: int
+    start: int
+    rows: int
+    slices: int  # 1: the whole row group, read in one call
+
+
+@dataclass
+class _File:
+    fs: Any
+    fs_path: str
+    path: str  # as the user knows it, for messages
+    local: bool
+    partitions: dict[str, str] = field(default_factory=dict)
 
 
 class ParquetSource:
-    """A Parquet file, a directory of ``.parquet`` files, or a glob; chunk = one row group.
+    """Parquet files, directories (recursive, hive ``key=value/`` folders), globs, or a list of them.
+
+    Chunk = one row group. A row group whose used columns decode to more than
+    ``max_chunk_bytes`` is split into slices of consecutive rows, each its own chunk, so
+    the memory plan accepts it and a reader never holds the whole row group.
 
     Files are opened with ``pre_buffer=False``: pyarrow's default buffers whole files,
     which silently defeats the fixed-memory bound. On a remote store only the footers are
-    read up front, then each row group's column chunks as byte ranges (the file objects
-    are opened without read-ahead caching, so nothing else is fetched).
+    read up front, then each row group's used column chunks as byte ranges (the file
+    objects are opened without read-ahead caching, so nothing else is fetched).
+
+    Partition folders (``key=value``) give columns that are ignored unless named in
+    ``features``; their values, parsed from the path, must then be numbers.
+
+    Slices are read through one streaming iterator per row group, kept open between
+    calls: asking for the slice after the last one read continues it. Parquet cannot seek
+    inside a row group, so asking for an earlier slice restarts the iterator and asking
+    for a later one decodes and drops the rows in between; both cost at most one row
+    group's decode. A plan that keeps a row group's slices consecutive and ascending
+    reads every row once.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         target: str | None = "y",
         features: Sequence[str] | None = None,
         feature_hint: str = "fix --features",
         storage_options: Mapping[str, Any] | None = None,
+        max_chunk_bytes: int | None = None,
+        max_chunk_rows: int | None = None,
     ):
-        from fsspec.implementations.local import LocalFileSystem
-
-        from .fs import filesystem
-
-        self.url = url
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise SourceError("no data: give at least one path or URL")
+        self.urls = urls
+        self.url = urls[0] if len(urls) == 1 else f"{urls[0]} (and {len(urls) - 1} more)"
         self.format = "parquet"
-        self._fs, root = filesystem(url, storage_options)
-        self._local = isinstance(self._fs, LocalFileSystem)
-        self._fs_paths = _expand(self._fs, root, url)
-        # paths as the user knows them, for messages
-        self.paths = [p if self._local else self._fs.unstrip_protocol(p) for p in self._fs_paths]
-        self._metas = [self._footer(k) for k in range(len(self.paths))]
+        self._files = [f for u in urls for f in _expand(u, storage_options)]
+        self.paths = [f.path for f in self._files]
+        self._metas = [self._footer(k) for k in range(len(self._files))]
         schema = self._metas[0].schema.to_arrow_schema()
-        self.columns = list(schema.names)
+        keys = _partition_keys(self._files)
+        self.partition_columns = [k for k in keys if k not in schema.names]
+        self.columns = list(schema.names) + self.partition_columns
         self.target = target
-        self.features = _resolve_columns(self.paths[0], schema, target, features, feature_hint)
+        self.features = _resolve_columns(self.paths[0], schema, self.partition_columns, target, features,
+                                         feature_hint)
         self.target_type = str(schema.field(target).type) if target is not None else None
         used = self.features + ([target] if target is not None else [])
-        for path, meta in zip(self.paths[1:], self._metas[1:]):
-            other = meta.schema.to_arrow_schema()
-            for name in used:
-                if name not in other.names:
-                    raise DataError(
-                        f"{path}: column {name!r} is missing, but {self.paths[0]} has it; "
-                        "give every file the same columns or choose --features present in all"
-                    )
-                _check_numeric(path, other.field(name))
-        self._groups = [
-            _RowGroup(f, g) for f, meta in enumerate(self._metas) for g in range(meta.num_row_groups)
-        ]
-        self.chunk_rows = [self._metas[g.file].row_group(g.index).num_rows for g in self._groups]
-        self.chunk_bytes = [self._uncompressed_bytes(g, used) for g in self._groups]
+        self._check_schemas(schema, used)
+        self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
+        self._max_chunk_bytes = int(max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES)
+        self._max_chunk_rows = int(max_chunk_rows) if max_chunk_rows else None
+        self._chunks: list[_Chunk] = []
+        self.chunk_bytes: list[int] = []
+        for f, meta in enumerate(self._metas):
+            for g in range(meta.num_row_groups):
+                self._add_row_group(f, g, used)
+        self.chunk_rows = [c.rows for c in self._chunks]
+        self._cursors: dict[tuple, _Cursor] = {}
+        self._cursors_lock = threading.Lock()
+        self._breaker = retry.Breaker()
 
-    def _uncompressed_bytes(self, g: _RowGroup, names: list[str]) -> int:
-        rg = self._metas[g.file].row_group(g.index)
-        columns = (rg.column(j) for j in range(rg.num_columns))
-        return sum(c.total_uncompressed_size for c in columns if c.path_in_schema in names)
+    # --- layout -------------------------------------------------------------------------
+
+    def _add_row_group(self, f: int, g: int, used: list[str]) -> None:
+        rg = self._metas[f].row_group(g)
+        rows = rg.num_rows
+        columns = [rg.column(j) for j in range(rg.num_columns)]
+        columns = [c for c in columns if c.path_in_schema in used]
+        data = sum(c.total_uncompressed_size for c in columns)
+        slices = max(1, math.ceil(data / self._max_chunk_bytes)) if rows > 1 else 1
+        if self._max_chunk_rows:
+            slices = max(slices, math.ceil(rows / self._max_chunk_rows))
+        if slices == 1:
+            self._chunks.append(_Chunk(f, g, 0, rows, 1))
+            self.chunk_bytes.append(data)
+            return
+        # a streamed column also holds a page and its dictionary: fixed costs that slicing
+        # does not shrink, so the slices share what is left of the budget
+        fixed = sum(2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * min(1.0, PAGE_ROWS / rows)))
+                    + 2 * _dictionary_bytes(c) for c in columns)
+        room = max(self._max_chunk_bytes - fixed, self._max_chunk_bytes // 4)
+        slices = max(slices, min(rows, math.ceil(data / room)))
+        step = math.ceil(rows / slices)
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
+            self._chunks.append(_Chunk(f, g, start, n, slices))
+            self.chunk_bytes.append(math.ceil(data * n / rows) + fixed)
 
     def chunk_name(self, i: int) -> str:
-        g = self._groups[i]
-        return f"{self.paths[g.file]} row group {g.index}"
+        c = self._chunks[i]
+        name = f"{self.paths[c.file]} row group {c.group}"
+        return name if c.slices == 1 else f"{name} rows {c.start}..{c.start + c.rows - 1}"
+
+    def layout(self) -> dict[str, Any]:
+        """How the data is stored and cut: store, files, row groups, slices."""
+        per_file = [m.num_row_groups for m in self._metas]
+        return {
+            "store": sorted({_store(f) for f in self._files})[0] if self._files else "file",
+            "files": len(self._files),
+            "row_groups": sum(per_file),
+            "row_groups_per_file": [min(per_file), max(per_file)],
+            "sliced_row_groups": len({(c.file, c.group) for c in self._chunks if c.slices > 1}),
+            "partition_columns": list(self.partition_columns),
+        }
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """One JSON-able record per file: path, size, rows, chunks, and ETag or mtime when known.
+
+        Asks the store for each file's details (one request per file on object stores):
+        what a resumed run compares to know the data did not change underneath it.
+        """
+        from .fs import file_info
+
+        out = []
+        for k, f in enumerate(self._files):
+            info = retry.call(lambda: file_info(f.fs, f.fs_path), f"{f.path}: file details")
+            chunks = sum(1 for c in self._chunks if c.file == k)
+            out.append({"path": f.path, **info, "rows": int(self._metas[k].num_rows), "chunks": chunks,
+                        "row_groups": int(self._metas[k].num_row_groups)})
+        return out
+
+    # --- reading ------------------------------------------------------------------------
 
     def read_columns(self, i: int, names: Sequence[str]):
-        """Chunk ``i`` as a pyarrow Table of the named columns."""
+        """Chunk ``i`` as a pyarrow Table of the named columns (partition columns included)."""
+        import pyarrow as pa
+
+        c = self._chunks[i]
+        in_file = [n for n in names if n not in self.partition_columns]
+        table = retry.call(lambda: self._read(i, c, in_file), self.chunk_name(i), breaker=self._breaker)
+        for name in names:
+            if name in self.partition_columns:
+                value = self._partition_value(c.file, name)
+                table = table.append_column(name, pa.array(np.full(c.rows, value)))
+        return table.select(list(names))
+
+    def _read(self, i: int, c: _Chunk, names: list[str]):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        g = self._groups[i]
-        path = self.paths[g.file]
+        path = self.paths[c.file]
         try:
-            with self._open(g.file) as f:
-                pf = pq.ParquetFile(f, metadata=self._metas[g.file], pre_buffer=False)
-                table = pf.read_row_group(g.index, columns=list(names), use_threads=False)
+            if c.slices > 1:
+                return self._read_slice(c, names)
+            with self._open(c.file) as f:
+                pf = pq.ParquetFile(f, metadata=self._metas[c.file], pre_buffer=False)
+                table = pf.read_row_group(c.group, columns=names, use_threads=False)
             # return the decode buffers to the OS now rather than let the allocator keep them
             pa.default_memory_pool().release_unused()
             return table
         except FileNotFoundError as exc:
             raise SourceError(f"{path}: file disappeared while reading; {exc}") from exc
         except (pa.ArrowException, OSError) as exc:
+            if retry.is_transient(exc):
+                raise  # retry.call decides
             raise SourceError(
-                f"{path}: cannot read row group {g.index} ({exc}); the file may be corrupt or "
+                f"{self.chunk_name(i)}: cannot read ({retry.first_line(exc)}); the file may be corrupt or "
                 "truncated, rewrite it"
             ) from exc
+
+    def _read_slice(self, c: _Chunk, names: list[str]):
+        import pyarrow as pa
+
+        key = (c.file, c.group, tuple(names))
+        with self._cursors_lock:
+            cursor = self._cursors.get(key)
+            if cursor is None:
+                step = math.ceil(self._metas[c.file].row_group(c.group).num_rows / c.slices)
+                cursor = self._cursors[key] = _Cursor(self, c.file, c.group, names, step)
+        table = cursor.read(c.start, c.rows)
+        if cursor.exhausted:
+            with self._cursors_lock:
+                if self._cursors.get(key) is cursor:
+                    del self._cursors[key]
+            cursor.close()
+        pa.default_memory_pool().release_unused()
+        return table
 
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
         """Decode chunk ``i`` into ``X`` (rows x features) and ``y`` (rows,)."""
@@ -123,48 +261,232 @@ class ParquetSource:
 
     def _open(self, k: int):
         """File ``k`` for reading: a native path locally, an uncached fsspec file remotely."""
-        if self._local:
+        f = self._files[k]
+        if f.local:
             import pyarrow as pa
 
-            return pa.OSFile(self._fs_paths[k])
-        return self._fs.open(self._fs_paths[k], "rb", cache_type="none")
+            return pa.OSFile(f.fs_path)
+        return f.fs.open(f.fs_path, "rb", cache_type="none")
 
     def _footer(self, k: int):
         import pyarrow.parquet as pq
 
         path = self.paths[k]
-        try:
+
+        def read():
             with self._open(k) as f:
                 return pq.read_metadata(f)
+
+        try:
+            return retry.call(read, f"{path}: footer")
+        except SourceError:
+            raise
         except FileNotFoundError as exc:
             raise SourceError(f"{path}: no such file") from exc
         except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for non-Parquet input
             raise SourceError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
 
+    # --- schemas and partitions ---------------------------------------------------------
 
-def _expand(fs, root: str, url: str) -> list[str]:
+    def _check_schemas(self, schema, used: list[str]) -> None:
+        """Every file has the used columns, as numbers; name both files when one differs."""
+        first = self.paths[0]
+        for path, meta in zip(self.paths[1:], self._metas[1:]):
+            other = meta.schema.to_arrow_schema()
+            for name in used:
+                if name in self.partition_columns:
+                    continue
+                if name not in other.names:
+                    raise DataError(
+                        f"{path}: column {name!r} is missing, but {first} has it; "
+                        "give every file the same columns or choose --features present in all"
+                    )
+                if not _is_numeric(other.field(name)):
+                    raise DataError(
+                        f"{path}: column {name!r} has type {other.field(name).type}, but {first} has "
+                        f"{schema.field(name).type}; rewrite {path} with a numeric {name!r} or leave the "
+                        "column out of --features"
+                    )
+
+    def _parse_partitions(self, names: list[str]) -> dict[tuple[int, str], float]:
+        values: dict[tuple[int, str], float] = {}
+        for k, f in enumerate(self._files):
+            for name in names:
+                if name not in f.partitions:
+                    raise DataError(f"{f.path}: no {name}=… folder above this file, but other files have "
+                                    f"one; give every file the partition or leave {name!r} out of --features")
+                text = f.partitions[name]
+                try:
+                    values[k, name] = float(text)
+                except ValueError:
+                    raise DataError(f"{f.path}: partition {name}={text} is not a number; leave {name!r} out "
+                                    "of --features (partition columns are used as numeric features)") from None
+        return values
+
+    def _partition_value(self, k: int, name: str) -> float:
+        if (k, name) in self._partition_values:
+            return self._partition_values[k, name]
+        return float(self._files[k].partitions.get(name, "nan"))
+
+
+class _Cursor:
+    """An open streaming read of one row group, positioned after the last slice read.
+
+    Readers of the same row group take turns; a reader whose slice comes after one that
+    another reader is about to read waits for it, so two reader threads reading slices
+    ``k`` and ``k + 1`` do not make the iterator restart.
+    """
+
+    def __init__(self, source: ParquetSource, file: int, group: int, names: list[str], step: int):
+        self._source, self._file, self._group, self._names = source, file, group, names
+        self._step = step
+        self._cond = threading.Condition()
+        self._waiting: list[int] = []
+        self._busy = False
+        self._handle = None
+        self._batches = None
+        self._carry = None  # rows read past the last slice
+        self.position = 0
+        self.total = source._metas[file].row_group(group).num_rows
+        self.exhausted = False
+
+    def read(self, start: int, rows: int):
+        with self._cond:
+            self._waiting.append(start)
+            self._cond.wait_for(lambda: not self._busy and not any(
+                self.position <= s < start for s in self._waiting if s != start))
+            self._waiting.remove(start)
+            self._busy = True
+        try:
+            if start < self.position or self._batches is None:
+                self._restart()
+            if start > self.position:
+                self._skip(start - self.position)
+            table = self._take(rows)
+            self.exhausted = self.position >= self.total
+            return table
+        except BaseException:
+            self._reset()  # a failed stream is not resumable; the next read restarts it
+            raise
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _restart(self) -> None:
+        import pyarrow.parquet as pq
+
+        self._reset()
+        self._handle = self._source._open(self._file)
+        pf = pq.ParquetFile(self._handle, metadata=self._source._metas[self._file], pre_buffer=False,
+                            buffer_size=SLICE_BUFFER_BYTES)
+        self._batches = pf.iter_batches(batch_size=self._step, row_groups=[self._group], columns=self._names,
+                                        use_threads=False)
+
+    def _skip(self, rows: int) -> None:
+        """Decode and drop ``rows`` rows, one batch at a time (never all of them at once)."""
+        while rows > 0:
+            n = min(rows, self._step)
+            self._take(n)
+            rows -= n
+
+    def _take(self, rows: int):
+        import pyarrow as pa
+
+        parts, have = [], 0
+        while have < rows:
+            batch = self._carry if self._carry is not None else next(self._batches, None)
+            self._carry = None
+            if batch is None:
+                raise SourceError(f"{self._source.paths[self._file]} row group {self._group}: ended at row "
+                                  f"{self.position + have}, but the footer says {self.total} rows; rewrite the file")
+            if batch.num_rows > rows - have:
+                self._carry = batch.slice(rows - have)
+                batch = batch.slice(0, rows - have)
+            parts.append(batch)
+            have += batch.num_rows
+        self.position += rows
+        return pa.Table.from_batches(parts, schema=parts[0].schema) if parts else None
+
+    def _reset(self) -> None:
+        self._batches, self._carry, self.position = None, None, 0
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._reset()
+
+
+def _dictionary_bytes(column) -> int:
+    """Size of a column chunk's dictionary page, from the footer's offsets (0 without one)."""
+    if not column.has_dictionary_page or column.dictionary_page_offset is None:
+        return 0
+    return max(0, column.data_page_offset - column.dictionary_page_offset)
+
+
+def _store(f: _File) -> str:
+    from .fs import store_name
+
+    return store_name(f.fs)
+
+
+def _expand(url: str, storage_options: Mapping[str, Any] | None) -> list[_File]:
     """The Parquet files of ``url``: itself, the matches of a glob, or a directory's tree."""
-    try:
+    from fsspec.implementations.local import LocalFileSystem
+
+    from .fs import filesystem
+
+    fs, root = filesystem(url, storage_options)
+    local = isinstance(fs, LocalFileSystem)
+
+    def named(p: str, base: str | None, shown: str | None = None) -> _File:
+        parts = {}
+        if base is not None:
+            rel = posixpath.relpath(posixpath.dirname(p), base) if p.startswith(base) else ""
+            for segment in rel.split("/"):
+                key, eq, value = segment.partition("=")
+                if eq and key:
+                    parts[key] = value
+        return _File(fs, p, shown or (p if local else fs.unstrip_protocol(p)), local, parts)
+
+    def listing() -> list[_File]:
         if any(ch in root for ch in "*?["):
             paths = sorted(p for p in fs.glob(root) if fs.isfile(p))
             if not paths:
                 raise SourceError(f"{url}: the pattern matches no file; check the path")
-            return paths
+            base = root[: min(root.find(ch) for ch in "*?[" if ch in root)].rsplit("/", 1)[0]
+            return [named(p, base) for p in paths]
         if fs.isdir(root):
+            base = root.rstrip("/")
             paths = sorted(
-                p for p in fs.find(root)
-                if p.endswith(".parquet") and not posixpath.basename(p).startswith((".", "_"))
+                p for p in fs.find(base)
+                if p.endswith(".parquet") and not any(s.startswith((".", "_")) for s in
+                                                      posixpath.relpath(p, base).split("/"))
             )
             if not paths:
                 raise DataError(f"{url}: the directory holds no .parquet file")
-            return paths
+            return [named(p, base) for p in paths]
         if not fs.exists(root):
             raise SourceError(f"{url}: no such file or directory")
+        return [named(root, None, url)]  # one file: shown as the user wrote it
+
+    try:
+        return retry.call(listing, f"{url}: listing")
     except (DataError, SourceError):
         raise
     except OSError as exc:
         raise SourceError(f"{url}: cannot list the data ({exc})") from exc
-    return [root]
+
+
+def _partition_keys(files: list[_File]) -> list[str]:
+    keys: list[str] = []
+    for f in files:
+        for k in f.partitions:
+            if k not in keys:
+                keys.append(k)
+    return keys
 
 
 def _first_line(exc: BaseException) -> str:
@@ -190,7 +512,8 @@ def _check_numeric(path: str, field, fix: str = "choose numeric columns with --f
 
 
 def _resolve_columns(
-    path: str, schema, target: str | None, features: Sequence[str] | None, feature_hint: str
+    path: str, schema, partitions: list[str], target: str | None, features: Sequence[str] | None,
+    feature_hint: str,
 ) -> list[str]:
     names = schema.names
     wanted = list(features) if features is not None else []
@@ -198,14 +521,18 @@ def _resolve_columns(
         wanted.append(target)
     for name in wanted:
         hint = "fix --target" if name == target else feature_hint
+        if name in partitions and name != target:
+            continue  # a partition column named as a feature: values come from the paths
         if name not in names:
+            every = list(names) + partitions
             raise DataError(
-                f"{path}: no column {name!r} (columns: {', '.join(names[:20])}"
-                f"{', …' if len(names) > 20 else ''}); {hint}"
+                f"{path}: no column {name!r} (columns: {', '.join(every[:20])}"
+                f"{', …' if len(every) > 20 else ''}); {hint}"
             )
         _check_numeric(path, schema.field(name), hint)
     if features is not None:
         return list(features)
+    # partition columns are only used when named
     chosen = [n for n in names if n != target and _is_numeric(schema.field(n))]
     if not chosen:
         raise DataError(f"{path}: no numeric feature column besides the target {target!r}")
@@ -219,4 +546,6 @@ def _values(column, name: str, dtype, source, i: int) -> NDArray:
             f"{source.chunk_name(i)}: column {name!r} has {column.null_count} null values; "
             "drop or impute them"
         )
-    return np.ascontiguousarray(column.to_numpy(), dtype=dtype)
+    # writeable too: Arrow's zero-copy views are read-only, and the fill kernel's typed list
+    # takes one array type (a read-only float64 column at --dtype float64 is copied)
+    return np.require(column.to_numpy(), dtype=dtype, requirements=["C", "W"])
