@@ -52,12 +52,17 @@ def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _open(data: str, target: str | None, features, store: dict[str, Any], feature_hint: str = "fix --features"):
+def _open(data: str | tuple[str, ...], target: str | None, features, store: dict[str, Any],
+          feature_hint: str = "fix --features", memory_limit: int | None = None):
+    """DATA (one or several paths/URLs) as a source; with ``memory_limit``, chunks are cut to fit it."""
     from .sources import open_source
+    from .train import MemoryPlan
 
-    return open_source(data, target=target, features=features, feature_hint=feature_hint,
-                       storage_options=_storage_options(store["storage_option"]), format=store["data_format"],
-                       x_array=store["x_array"])
+    urls = [data] if isinstance(data, str) else list(data)
+    return open_source(urls[0] if len(urls) == 1 else urls, target=target, features=features,
+                       feature_hint=feature_hint, storage_options=_storage_options(store["storage_option"]),
+                       format=store["data_format"], x_array=store["x_array"],
+                       max_chunk_bytes=MemoryPlan.max_chunk_bytes(memory_limit) if memory_limit else None)
 
 
 def _store(options: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +77,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("data", required=False)
+@click.argument("data", nargs=-1)
 @click.option("--config", "config_path", default=None, metavar="JOB.toml",
               help="Options from a TOML file; flags given here override it.")
 @click.option("--target", "--y-array", default="y", show_default=True, help="Target column (Zarr: the 1-D target array).")
@@ -131,7 +136,7 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     _check_output_dir(output, "--output")
     if job.metrics:
         _check_output_dir(job.metrics, "--metrics")
-    source = _open(data, target, config.features, store)
+    source = _open(data, target, config.features, store, memory_limit=config.memory_limit)
     progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
         result = run(source, config, job, _LOG, on_progress=progress)
@@ -179,7 +184,7 @@ def _with_config_file(ctx: click.Context, path: str | None, given: dict[str, Any
 
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
-@click.argument("data")
+@click.argument("data", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @store_options
 def evaluate(model_path: str, data: str, as_json: bool, **store: Any) -> None:
@@ -197,7 +202,7 @@ def evaluate(model_path: str, data: str, as_json: bool, **store: Any) -> None:
 
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
-@click.argument("data")
+@click.argument("data", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Parquet file of predictions to write.")
 @click.option("--keep", multiple=True, help="Columns of DATA to copy alongside (e.g. ids).")
 @store_options
@@ -215,7 +220,7 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **st
 
 
 @cli.command()
-@click.argument("data")
+@click.argument("data", nargs=-1, required=True)
 @click.option("--target", "--y-array", default="y", show_default=True)
 @click.option("--features", multiple=True)
 @store_options
@@ -229,7 +234,7 @@ def info(data: str, target: str, features: tuple[str, ...], batch: int, steps: i
     from .info import describe
 
     config = FitConfig(target=target, features=_split(features), batch=batch, steps=steps, memory_limit=parse_bytes(memory_limit), dtype=dtype)
-    result = describe(_open(data, target, config.features, store), config)
+    result = describe(_open(data, target, config.features, store, memory_limit=config.memory_limit), config)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -296,7 +301,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 @cli.command("tune-batch")
-@click.argument("data")
+@click.argument("data", nargs=-1, required=True)
 @click.option("--target", "--y-array", default="y", show_default=True)
 @click.option("--features", multiple=True)
 @store_options
@@ -325,7 +330,7 @@ def tune_batch(data, target, features, validation, holdout, batches, timing_batc
     config = FitConfig(target=target, features=_split(features), memory_limit=parse_bytes(memory_limit), **options)
     if plot_path:
         _check_output_dir(plot_path, "--plot")
-    source = _open(data, target, config.features, store)
+    source = _open(data, target, config.features, store, memory_limit=config.memory_limit)
     val = _open(validation, target, list(source.features), store) if validation else None
     result = tune(source, config, validation=val, holdout=holdout, batches=_ints(batches, "--batches"),
                   timing_batches=_ints(timing_batches, "--timing-batches"), trial_rows=trial_rows,

@@ -115,6 +115,20 @@ def stratified_windows(
     return [np.array(chunks, dtype=np.int64) for chunks in members]
 
 
+def grouped_order(groups: Sequence[int], seed: int, epoch: int, shuffle: bool = True) -> NDArray[np.int64]:
+    """A chunk order that permutes *groups* and keeps each group's chunks together, ascending.
+
+    ``groups`` gives each chunk's group (e.g. the slices of one large Parquet row group,
+    which stream efficiently only front to back).
+    """
+    groups = np.asarray(groups)
+    _, first = np.unique(groups, return_index=True)
+    ids = groups[np.sort(first)]  # groups in order of first appearance
+    members = {g: np.flatnonzero(groups == g) for g in ids}
+    picked = ids[chunk_order(len(ids), seed, epoch, shuffle)]
+    return np.concatenate([members[g] for g in picked]).astype(np.int64)
+
+
 def epoch_plan(
     chunk_rows: Sequence[int],
     seed: int,
@@ -122,8 +136,16 @@ def epoch_plan(
     window_rows: int,
     shuffle: bool = True,
     strata: NDArray[np.float64] | None = None,
+    groups: Sequence[int] | None = None,
 ) -> list[NDArray[np.int64]]:
-    """The windows (lists of chunk ids, in buffer order) of one epoch."""
+    """The windows (lists of chunk ids, in buffer order) of one epoch.
+
+    When ``groups`` ties chunks together (slices of a row group larger than the memory
+    budget), whole groups are permuted and their chunks read front to back; such data is
+    not stratified, since a group's slices cannot be dealt to different windows cheaply.
+    """
+    if groups is not None and len(set(groups)) < len(groups):
+        return group_windows(chunk_rows, grouped_order(groups, seed, epoch, shuffle), window_rows)
     if shuffle and strata is not None:
         return stratified_windows(chunk_rows, strata, seed, epoch, window_rows)
     order = chunk_order(len(chunk_rows), seed, epoch, shuffle)

@@ -42,7 +42,8 @@ class EpochStream:
         ``skip`` rows of the epoch's order are left out, and windows wholly inside them are
         not read at all: a resumed run starts where it stopped without replaying I/O.
         """
-        windows = epoch_plan(self.source.chunk_rows, self.seed, epoch, self.window_rows, self.shuffle, self.strata)
+        windows = epoch_plan(self.source.chunk_rows, self.seed, epoch, self.window_rows, self.shuffle, self.strata,
+                             getattr(self.source, "chunk_groups", None))
         if len(windows) == 1 and self._resident is not None:
             window, order = self._resident_order(epoch, windows[0])
             yield window, order[skip:]

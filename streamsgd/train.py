@@ -61,6 +61,12 @@ class MemoryPlan:
     row_bytes: int
     readers: int
 
+    @staticmethod
+    def max_chunk_bytes(memory_limit: int) -> int:
+        """The largest chunk one reader can decode within the limit: larger Parquet row
+        groups are read in slices of at most this many bytes."""
+        return int(memory_limit * (1 - WINDOW_SHARE) / DECODE_FACTOR)
+
     @classmethod
     def for_source(cls, source: Source, config: FitConfig) -> "MemoryPlan":
         itemsize = np.dtype(config.dtype).itemsize

@@ -78,3 +78,22 @@ def test_random_windows_of_sorted_chunks_would_not_mix():
     strata = np.repeat([0.0, 1.0], 30)
     mixes = [strata[w].mean() for e in range(20) for w in epoch_plan([100] * 60, 4, e, 2000)]
     assert max(abs(np.array(mixes) - 0.5)) > 0.15
+
+
+def test_sliced_groups_stay_together_and_in_order():
+    """Slices of one row group are read front to back, and whole groups are shuffled."""
+    from streamsgd.shuffle import epoch_plan
+
+    groups = [0, 1, 1, 1, 2, 3, 3]
+    rows = [10, 5, 5, 5, 10, 7, 7]
+    seen = set()
+    for epoch in range(6):
+        windows = epoch_plan(rows, seed=1, epoch=epoch, window_rows=12, groups=groups)
+        order = [int(c) for w in windows for c in w]
+        assert sorted(order) == list(range(7))
+        for g in set(groups):
+            pos = [order.index(c) for c, cg in enumerate(groups) if cg == g]
+            assert pos == list(range(pos[0], pos[0] + len(pos)))  # consecutive, ascending
+        assert all(sum(rows[c] for c in w) <= 12 or len(w) == 1 for w in windows)
+        seen.add(tuple(order))
+    assert len(seen) > 1  # the group order changes between epochs

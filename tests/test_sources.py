@@ -442,3 +442,22 @@ def test_a_row_group_bigger_than_the_limit_trains_in_fixed_memory(tmp_path):
     assert run["chunks"] > 20
     assert run["peak"] <= limit + idle["peak"], (run["peak"] / 2**20, idle["peak"] / 2**20)
     np.testing.assert_allclose(run["coef"], w, atol=0.01)
+
+
+def test_cli_takes_several_data_arguments(tmp_path):
+    """`fit a.parquet b.parquet` trains on exactly the rows of the directory holding both."""
+    import numpy as np
+    from helpers import run_cli
+
+    from streamsgd.generate import generate
+    from streamsgd.model import load
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for k in (1, 2):
+        generate(str(parts / f"p{k}.parquet"), rows=3_000, features=3, seed=1, sample_seed=k, row_group_rows=500)
+    both = run_cli("info", parts / "p1.parquet", parts / "p2.parquet", "--json")
+    assert '"rows": 6000' in both.stdout
+    run_cli("fit", parts / "p1.parquet", parts / "p2.parquet", "--epochs", "1", "-o", tmp_path / "a.npz")
+    run_cli("fit", parts, "--epochs", "1", "-o", tmp_path / "b.npz")
+    np.testing.assert_array_equal(load(str(tmp_path / "a.npz")).coef, load(str(tmp_path / "b.npz")).coef)

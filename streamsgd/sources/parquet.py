@@ -119,6 +119,8 @@ class ParquetSource:
             for g in range(meta.num_row_groups):
                 self._add_row_group(f, g, used)
         self.chunk_rows = [c.rows for c in self._chunks]
+        # the row group of each chunk: the planner keeps a sliced row group's slices together
+        self.chunk_groups = [c.file * (1 << 32) + c.group for c in self._chunks]
         self._cursors: dict[tuple, _Cursor] = {}
         self._cursors_lock = threading.Lock()
         self._breaker = retry.Breaker()
