@@ -183,6 +183,8 @@ def _start_fit(args: list, metrics_fifo) -> tuple[subprocess.Popen, threading.Ev
 
 
 def test_a_dead_server_mid_epoch_fails_in_one_line_and_a_restarted_one_completes(tmp_path):
+    """The run checkpoints what it trained before the store died, exits 4 in one line, and
+    ``--resume`` against the revived server ends with the uninterrupted run's model."""
     rng = np.random.default_rng(3)
     rows, d = 100_000, 5
     X = rng.standard_normal((rows, d))
@@ -199,7 +201,9 @@ def test_a_dead_server_mid_epoch_fails_in_one_line_and_a_restarted_one_completes
         fs.put(local, key)
         fifo = tmp_path / "metrics.fifo"
         os.mkfifo(fifo)
-        args = ["fit", f"s3://{key}", *_storage_args(server), *common, "-o", tmp_path / "s3.npz"]
+        ckpt = tmp_path / "ckpt"
+        args = ["fit", f"s3://{key}", *_storage_args(server), *common, "-o", tmp_path / "s3.npz",
+                "--checkpoint-dir", ckpt]
         proc, started, records, reader = _start_fit(args, fifo)
         assert started.wait(timeout=120)
         assert any(r["event"] == "progress" for r in records), records
@@ -220,6 +224,7 @@ def test_a_dead_server_mid_epoch_fails_in_one_line_and_a_restarted_one_completes
     assert re.search(r"the store failed after \d+ tr(y|ies) \(EndpointConnectionError", lines[0]), lines[0]
     assert retry.RetryPolicy().total_wait < elapsed < 30  # it retried, within a bounded time
     assert not (tmp_path / "s3.npz").exists()
+    assert [p.name for p in ckpt.iterdir() if p.name.startswith("ckpt-")], "nothing was checkpointed"
 
     # the same server address, the data back (moto keeps it in memory), the same command
     revived = S3Server(port=server.port)
@@ -228,12 +233,14 @@ def test_a_dead_server_mid_epoch_fails_in_one_line_and_a_restarted_one_completes
         fs = revived.filesystem()
         fs.mkdir("data")
         fs.put(local, key)
-        proc, started, records, reader = _start_fit(args, fifo)
+        proc, started, records, reader = _start_fit([*args, "--resume", "--log-format", "json"], fifo)
         _, stderr = proc.communicate(timeout=300)
         reader.join(timeout=30)
     finally:
         revived.stop()
     assert proc.returncode == 0, stderr
+    start = next(json.loads(line) for line in stderr.splitlines() if '"start"' in line)
+    assert start["resumed_at"] > 0  # continued, not started over
     assert records[-1]["event"] == "epoch" and records[-1]["epoch"] == 2
     run_cli("fit", local, *common, "-o", tmp_path / "local.npz")  # uninterrupted, from local disk
     with np.load(tmp_path / "local.npz") as a, np.load(tmp_path / "s3.npz") as b:
