@@ -415,13 +415,6 @@ def test_corrupt_model_file_is_closed(models, tmp_path):
     assert outcome.leaks == [], outcome.report()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a finite value beyond float32's range (1e300) is cast to float32 with numpy's "
-    "'RuntimeWarning: overflow encountered in cast' printed on stderr (two extra lines), and the "
-    "error then says the column 'holds NaN or infinite values' though the file holds a finite "
-    "1e300; under -W error the same input exits 4 'read failed: overflow encountered in cast'. "
-    "Fix in the chunk decode: cast under np.errstate(over='ignore') and name the value and "
-    "--dtype float64 in the DataError"))
 def test_huge_finite_value_float32(tmp_path):
     x = np.random.default_rng(0).normal(size=20)
     x[3] = 1e300

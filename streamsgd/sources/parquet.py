@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..config import DEFAULT_MEMORY_LIMIT
+from .cast import to_dtype
 from ..errors import DataError, SourceError
 from . import retry
 
@@ -550,4 +551,4 @@ def _values(column, name: str, dtype, source, i: int) -> NDArray:
         )
     # writeable too: Arrow's zero-copy views are read-only, and the fill kernel's typed list
     # takes one array type (a read-only float64 column at --dtype float64 is copied)
-    return np.require(column.to_numpy(), dtype=dtype, requirements=["C", "W"])
+    return to_dtype(column.to_numpy(), dtype, source.chunk_name(i), name)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from .cast import to_dtype
 from ..errors import DataError, SourceError
 from . import retry
 from .fs import with_defaults
@@ -107,9 +108,11 @@ class ZarrSource:
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
         """Decode the row block ``i`` into ``X`` and ``y``."""
         block = self._get(i, self._X)
-        X[...] = block if self._cols is None else block[:, self._cols]
+        block = block if self._cols is None else block[:, self._cols]
+        where = self.chunk_name(i)
+        X[...] = to_dtype(block, X.dtype, where, self._x_array)
         if y is not None:
-            y[...] = self._get(i, self._y)
+            y[...] = to_dtype(self._get(i, self._y), y.dtype, where, self.target)
 
     def read_columns(self, i: int, names: Sequence[str]):
         import pyarrow as pa
