@@ -84,7 +84,13 @@ def cli() -> None:
 @click.option("--features", multiple=True, help="Feature columns (comma-separated or repeated); default: all numeric columns but the target.")
 @store_options
 @click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
-@click.option("--batch", type=int, default=FitConfig.batch, show_default=True, help="Rows per update.")
+@click.option("--batch", default=str(FitConfig.batch), show_default=True,
+              help="Rows per update: a number, 'full' (one exact-gradient step per pass) or 'auto' "
+                   "(grown by the norm test from --batch-min).")
+@click.option("--batch-min", type=int, default=FitConfig.batch_min, show_default=True, help="--batch auto: first size.")
+@click.option("--batch-theta", type=float, default=FitConfig.batch_theta, show_default=True,
+              help="--batch auto: grow B until tr(Σ)/B <= θ²‖G‖².")
+@click.option("--in-memory", is_flag=True, help="Load all data once and keep it (refused if it does not fit).")
 @click.option("--epochs", type=int, default=None, help="Full passes; default: enough for 20,000 updates.")
 @click.option("--steps", type=int, default=None, help="Stop after this many updates (overrides --epochs).")
 @click.option("--lr", type=float, default=None, help="Initial learning rate; default: 1/L_B measured on the data.")

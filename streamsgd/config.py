@@ -54,7 +54,10 @@ class FitConfig:
     model: str = "logistic"
     target: str = "y"
     features: tuple[str, ...] | None = None
-    batch: int = 512
+    #: rows per update; "full" = N (streamed full-batch GD), "auto" = grown by the norm test
+    batch: int | str = 512
+    batch_min: int = 32
+    batch_theta: float = 0.5
     epochs: int | None = None
     steps: int | None = None
     lr: float | None = None
@@ -68,6 +71,7 @@ class FitConfig:
     memory_limit: int = DEFAULT_MEMORY_LIMIT
     readers: int = 2
     dtype: str = "float32"
+    in_memory: bool = False
     log_every: int = 100
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -75,7 +79,12 @@ class FitConfig:
         _choice("--model", self.model, MODELS)
         _choice("--lr-schedule", self.lr_schedule, SCHEDULES)
         _choice("--dtype", self.dtype, DTYPES)
-        _at_least("--batch", self.batch, 1)
+        if self.batch not in ("full", "auto"):
+            batch = _batch_number(self.batch)
+            object.__setattr__(self, "batch", batch)
+        _at_least("--batch-min", self.batch_min, 1)
+        if not (math.isfinite(self.batch_theta) and self.batch_theta > 0):
+            raise UsageError(f"--batch-theta: expected a number > 0; got {self.batch_theta!r}")
         _at_least("--readers", self.readers, 1)
         _at_least("--log-every", self.log_every, 1)
         if self.epochs is not None:
@@ -100,6 +109,17 @@ class FitConfig:
         out = asdict(self)
         out["features"] = list(self.features) if self.features is not None else None
         return out
+
+
+def _batch_number(value: int | str) -> int:
+    """--batch as an integer >= 1 (it may arrive as text from the command line or a job file)."""
+    try:
+        batch = int(value) if not isinstance(value, bool) and str(value).strip().lstrip("-").isdigit() else None
+    except ValueError:
+        batch = None
+    if batch is None or batch < 1:
+        raise UsageError(f"--batch: expected an integer >= 1, 'full' or 'auto'; got {value!r}")
+    return batch
 
 
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -38,9 +38,9 @@ from .config import DTYPES, MODELS, SCHEDULES, FitConfig, parse_bytes
 from .errors import UsageError
 
 # kinds of value a key takes; checked in _check
-_STR, _INT, _FLOAT, _BOOL, _NAMES, _SIZE, _TABLE, _BOOL_OR_STR = (
+_STR, _INT, _FLOAT, _BOOL, _NAMES, _SIZE, _TABLE, _BOOL_OR_STR, _BATCH = (
     "a string", "an integer", "a number", "true or false", "a list of column names", "a size",
-    "a table of KEY = VALUE", "true, false or a string")
+    "a table of KEY = VALUE", "true, false or a string", "an integer, \"full\" or \"auto\"")
 
 #: Options only the command line has (not FitConfig fields), with the kind of value each takes.
 CLI_OPTIONS: dict[str, str] = {
@@ -80,6 +80,8 @@ def _kind_of(field: dataclasses.Field) -> str:
     """The kind of value of a FitConfig field, read from its annotation (a string here)."""
     if field.name == "memory_limit":
         return _SIZE
+    if field.name == "batch":
+        return _BATCH
     annotation = str(field.type)
     if "tuple" in annotation or "list" in annotation:
         return _NAMES
@@ -217,6 +219,9 @@ def _check(path: str, key: str, name: str, value: Any) -> Any:
             raise bad()
         if name in _CHOICES and value not in _CHOICES[name]:
             raise bad(f"one of {', '.join(_CHOICES[name])}")
+    elif kind == _BATCH:
+        if isinstance(value, bool) or not (isinstance(value, int) and value >= 1 or value in ("full", "auto")):
+            raise bad()
     elif kind == _BOOL_OR_STR:
         if not isinstance(value, (bool, str)):
             raise bad()

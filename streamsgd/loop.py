@@ -11,7 +11,8 @@ State lives in plain arrays (the checkpoint stores them as they are):
 params = (theta, theta_eff, avg, gw), each float64 (d + 1,)
     standardised parameters (weights, then intercept), the same in raw feature space (what
     the kernels use), the running Polyak–Ruppert average, and the current batch's sums.
-counters : int64, indexed by T, FILLED, AVERAGED, DIVERGED.
+counters : int64, indexed by T, FILLED, AVERAGED, DIVERGED, EPOCH, EPOCH_ROWS (the
+    place in the plan: a resumed run skips EPOCH_ROWS rows of epoch EPOCH).
 noise : (total, sums, g), the gradient-noise meter's accumulators (``noise.NoiseMeter``)
     and scratch room for the step's standardised gradient; O(d) per update.
 sums : float64, indexed by BATCH_LOSS, LOSS, ROWS (LOSS and ROWS are the completed
@@ -33,7 +34,9 @@ T = 0  # updates made
 FILLED = 1  # rows of the batch in progress whose gradient is in gw
 AVERAGED = 2  # iterates in the average
 DIVERGED = 3  # 1 once a batch's loss was not finite
-N_COUNTERS = 4
+EPOCH = 4  # epochs completed
+EPOCH_ROWS = 5  # rows of the current epoch fed to the loss so far
+N_COUNTERS = 6
 # sums
 BATCH_LOSS = 0  # summed loss of the batch in progress
 LOSS = 1
@@ -62,6 +65,7 @@ def train_rows(X, y, order, pos, end, stop_at, spec, hyper, params, mean, scale,
         gw[d] += rsum
         sums[BATCH_LOSS] += loss
         counters[FILLED] += take
+        counters[EPOCH_ROWS] += take
         pos += take
         if counters[FILLED] == spec[BATCH]:
             finish_batch(spec, hyper, params, mean, scale, counters, sums, noise)

@@ -20,7 +20,8 @@ from numpy.typing import NDArray
 from .config import FitConfig
 from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
 from .kernels import LOSSES
-from .loop import AVERAGED, DIVERGED, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS, ROWS, T, finish_batch, train_rows
+from .loop import (AVERAGE_FROM, AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
+                   ROWS, T, finish_batch, train_rows)
 from .noise import NoiseMeter
 from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
@@ -74,9 +75,11 @@ class MemoryPlan:
         # one-byte masks of the label and finite checks made on every window
         row_bytes = (len(source.features) + 1) * itemsize + 8 + 4
         buffer_bytes = int(config.memory_limit * WINDOW_SHARE)
-        # three windows fit: the two a batch may straddle, plus the one the prefetcher may
-        # start while the trainer waits (see prefetch.ByteBudget)
+        # three windows fit: the one trained on, one read ahead, and the one the prefetcher
+        # may start while the trainer waits (see prefetch.ByteBudget)
         window_rows = max(1, buffer_bytes // 3 // row_bytes)
+        if config.in_memory:
+            window_rows = _in_memory_rows(source, row_bytes, buffer_bytes)
         decode = DECODE_FACTOR * max(source.chunk_bytes, default=0)
         reserve = config.memory_limit - buffer_bytes
         readers = min(config.readers, reserve // decode) if decode else config.readers
@@ -89,6 +92,22 @@ class MemoryPlan:
                 "--memory-limit or rewrite the data with smaller row groups"
             )
         return cls(window_rows, buffer_bytes, row_bytes, int(readers))
+
+
+def _in_memory_rows(source: Source, row_bytes: int, buffer_bytes: int) -> int:
+    """All rows in one window, read once and kept: refused when they would not fit."""
+    import psutil
+
+    rows = n_rows(source)
+    need = rows * row_bytes
+    available = psutil.virtual_memory().available
+    if need > min(buffer_bytes, available):
+        raise UsageError(
+            f"--in-memory: the data needs {need / 2**20:,.0f} MiB in memory, more than the "
+            f"{buffer_bytes / 2**20:,.0f} MiB --memory-limit gives the data ({available / 2**20:,.0f} MiB of RAM are "
+            "free); drop --in-memory to stream it, or raise --memory-limit"
+        )
+    return rows
 
 
 @dataclass
@@ -115,13 +134,12 @@ class Checkpointing:
 class _State:
     """Everything a resumed run needs to continue bit for bit: plain arrays only.
 
-    The position in the plan is not stored: it follows from the update count and the rows
-    of the batch in progress (``T // iterations_per_epoch`` is the epoch; every batch but
-    an epoch's last has B rows), and the plan itself is a function of the seed.
+    The place in the plan is two integers (epoch, rows of it consumed); the plan itself is
+    a function of the seed, so nothing about the data's order needs storing.
     """
 
     ARRAYS = ("theta", "theta_eff", "avg", "gw", "counters", "sums", "epoch_sums", "rows_seen",
-              "mean", "scale", "hyper")
+              "mean", "scale", "hyper", "spec")
 
     def __init__(self, d: int):
         self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(d + 1) for _ in range(4))
@@ -129,7 +147,8 @@ class _State:
         self.sums = np.zeros(N_SUMS)
         self.epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
         self.rows_seen = np.zeros(1, dtype=np.int64)
-        self.mean = self.scale = self.hyper = None
+        self.mean = self.scale = self.hyper = self.spec = None
+        self.sample = None  # rows for the step size: kept when the batch size may change
 
     def arrays(self) -> dict[str, NDArray]:
         return {name: getattr(self, name).copy() for name in self.ARRAYS}
@@ -186,19 +205,25 @@ def fit(
     return_freed_buffers_to_os()
     strata = chunk_target_means(source, config.model, plan.readers)
 
-    B = min(config.batch, N)
+    B = _batch_rows(config, N)
     ipe = iterations_per_epoch(N, B)
+    n_epochs = config.epochs or auto_epochs(ipe)
     if config.steps is not None:
         total_steps = config.steps
-    else:
-        total_steps = (config.epochs or auto_epochs(ipe)) * ipe
+    elif config.batch != "auto":
+        total_steps = n_epochs * ipe
+    else:  # the batch grows: the run is measured in epochs, the number of updates is open
+        total_steps = None
     # Polyak-Ruppert tail averaging: the mean of the second half of the iterates cancels
-    # most of the constant step's noise (its error shrinks like 1/updates averaged)
-    average_from = total_steps // 2 if config.average else total_steps
-    spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N], dtype=np.int64)
+    # most of the constant step's noise (its error shrinks like 1/updates averaged).
+    # With a growing batch the second half is counted in rows (see at_boundary).
+    never = np.iinfo(np.int64).max
+    average_from = never if not config.average or total_steps is None else total_steps // 2
     st = _State(d)
+    st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N], dtype=np.int64)
     if resume is not None:
         st.restore(resume)
+    spec = st.spec
     ck = checkpointing or Checkpointing()
     counters, sums = st.counters, st.sums
     params = (st.theta, st.theta_eff, st.avg, st.gw)
@@ -209,7 +234,7 @@ def fit(
     log = MetricsLog(metrics)
     train_start = time.perf_counter()
     interval_start = last_checkpoint = train_start
-    first_step = int(counters[T])
+    first_rows = int(st.rows_seen[0])
 
     def emit(record: dict[str, Any]) -> None:
         log.write(record)
@@ -227,18 +252,20 @@ def fit(
         st.epoch_sums[:] += sums[LOSS], sums[ROWS]
         sums[LOSS] = sums[ROWS] = 0.0
 
-    def progress(epoch: int) -> None:
+    def progress(epoch: int) -> dict[str, Any]:
         nonlocal interval_start
         now = time.perf_counter()
         t = int(counters[T])
+        estimate = meter.close_interval()
         emit({"event": "progress", "epoch": epoch + 1, "iteration": t,
-              "rows_seen": int(st.rows_seen[0] + sums[ROWS]),
+              "rows_seen": int(st.rows_seen[0] + sums[ROWS]), "batch": int(spec[BATCH]),
               "lr": learning_rate(config.lr_schedule, st.hyper[LR0], t, config.power_t),
               "total_iterations": total_steps, "loss": sums[LOSS] / max(sums[ROWS], 1.0),
               "rows_per_second": sums[ROWS] / max(now - interval_start, 1e-9), "seconds": now - train_start,
-              **_noise_fields(meter.close_interval())})
+              **_noise_fields(estimate)})
         interval_start = now
         fold_interval()
+        return estimate
 
     def save_checkpoint() -> None:
         nonlocal last_checkpoint
@@ -250,7 +277,9 @@ def fit(
 
     def next_stop() -> int:
         t = int(counters[T])
-        stops = [total_steps, (t // config.log_every + 1) * config.log_every]
+        stops = [(t // config.log_every + 1) * config.log_every]
+        if total_steps is not None:
+            stops.append(total_steps)
         if ck.every:
             stops.append((t // ck.every + 1) * ck.every)
         if ck.stop is not None and ck.stop.is_set():
@@ -261,7 +290,12 @@ def fit(
         """After an update that ended a compiled call: log, checkpoint, or stop."""
         t = int(counters[T])
         if t % config.log_every == 0:
-            progress(epoch)
+            estimate = progress(epoch)
+            if config.batch == "auto":
+                _grow_batch(st, estimate, config, N)
+        if config.average and total_steps is None and spec[AVERAGE_FROM] == never:
+            if st.rows_seen[0] + sums[ROWS] >= n_epochs * N / 2:  # the second half, in rows
+                spec[AVERAGE_FROM] = t
         stopping = ck.stop is not None and ck.stop.is_set()
         timed = ck.seconds is not None and time.perf_counter() - last_checkpoint >= ck.seconds
         if stopping or timed or (ck.every and t % ck.every == 0):
@@ -269,29 +303,31 @@ def fit(
         if stopping:
             raise RunStopped(f"stopped at iteration {t} of {total_steps}")
 
+    def done() -> bool:
+        if total_steps is not None and counters[T] >= total_steps:
+            return True
+        return config.steps is None and counters[EPOCH] >= n_epochs
+
     stream = EpochStream(source, config.model, config.seed, config.shuffle, plan.window_rows,
                          plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata)
     try:
-        for epoch in range(int(counters[T]) // ipe, math.ceil(total_steps / ipe)):
-            if counters[T] == epoch * ipe:
-                st.epoch_sums[:] = 0.0
+        while not done():
+            epoch = int(counters[EPOCH])
             # a checkpoint may fall inside a batch that straddles two windows: its rows so far
             # are in gw and FILLED, and the stream resumes right after them
-            skip = (int(counters[T]) - epoch * ipe) * B + int(counters[FILLED])
-            with closing(stream.epoch(epoch, skip)) as windows:  # closing joins the reader threads
+            with closing(stream.epoch(epoch, int(counters[EPOCH_ROWS]))) as windows:  # joins the readers
                 for window, order in windows:
                     if st.hyper is None:  # the first window: standardisation and step size from it
                         _start(st, window.X, config, init, N, B)
                     pos = 0
-                    while pos < order.size and counters[T] < total_steps:
-                        stop_at = next_stop()
-                        pos = train_rows(window.X, window.y, order, pos, order.size, stop_at, spec, st.hyper,
+                    while pos < order.size and not done():
+                        pos = train_rows(window.X, window.y, order, pos, order.size, next_stop(), spec, st.hyper,
                                          params, st.mean, st.scale, counters, sums, noise)
                         if counters[DIVERGED]:
                             raise diverged(epoch)
                         if counters[FILLED] == 0:
                             at_boundary(epoch)
-                    if counters[T] == total_steps:
+                    if done():
                         break
             if counters[FILLED]:  # the epoch's short last batch
                 finish_batch(spec, st.hyper, params, st.mean, st.scale, counters, sums, noise)
@@ -308,8 +344,14 @@ def fit(
                     f"(it was {st.hyper[LR0]:.4g}) or keep --standardize on"
                 )
             emit({"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
-                  "rows_seen": int(st.rows_seen[0]), "loss": epoch_loss, "seconds": time.perf_counter() - started})
-            if counters[T] < total_steps:
+                  "rows_seen": int(st.rows_seen[0]), "loss": epoch_loss, "batch": int(spec[BATCH]),
+                  "seconds": time.perf_counter() - started})
+            if counters[EPOCH_ROWS] < N:  # stopped by --steps inside the epoch
+                break
+            counters[EPOCH] += 1
+            counters[EPOCH_ROWS] = 0
+            st.epoch_sums[:] = 0.0
+            if not done():
                 save_checkpoint()
     except SourceError:
         # the store failed between windows: keep what was trained so far, so that --resume
@@ -324,12 +366,12 @@ def fit(
     t = int(counters[T])
     summary = {
         "iterations": t,
-        "epochs": t / ipe,
-        "iterations_per_epoch": ipe,
+        "epochs": t / ipe if config.batch != "auto" else int(st.rows_seen[0]) / N,
+        "iterations_per_epoch": ipe if config.batch != "auto" else None,
         "rows_seen": int(st.rows_seen[0]),
         "loss": epoch_loss,
         "lr": float(st.hyper[LR0]),
-        "rows_per_second": (t - first_step) * B / max(train_seconds, 1e-9),
+        "rows_per_second": (int(st.rows_seen[0]) - first_rows) / max(train_seconds, 1e-9),
         "peak_rss_bytes": peak_rss_bytes(),
         "seconds": time.perf_counter() - started,
     }
@@ -354,6 +396,38 @@ def fit(
     return FitResult(model, summary)
 
 
+def _batch_rows(config: FitConfig, N: int) -> int:
+    """Rows per update: the number given, N for ``full``, the starting size for ``auto``."""
+    if config.batch == "full":
+        return N
+    if config.batch == "auto":
+        return min(config.batch_min, N)
+    return min(config.batch, N)
+
+
+def _grow_batch(st: _State, estimate: dict[str, Any], config: FitConfig, N: int) -> None:
+    """The norm test (Byrd et al. 2012): grow B until the batch gradient's variance
+    tr(Σ)/B is at most θ²‖G‖², i.e. B ≥ B_simple/θ². Never shrinks; at most N. With the
+    default step size, η = 1/L_B follows the new batch size.
+
+    When the interval's ‖G‖² cannot be told from zero (its estimate is not positive: the
+    iterates wander in SGD's noise ball around the optimum), the noise dominates by
+    definition and B doubles.
+    """
+    if not math.isfinite(estimate["trace_sigma"]):
+        return
+    b_simple = estimate["b_simple"]
+    if math.isfinite(b_simple) and estimate["grad_norm2"] > 0:
+        wanted = math.ceil(b_simple / config.batch_theta**2)
+    else:
+        wanted = 2 * int(st.spec[BATCH])
+    wanted = min(N, wanted)
+    if wanted > st.spec[BATCH]:
+        st.spec[BATCH] = wanted
+        if config.lr is None:
+            st.hyper[LR0] = default_lr(config.model, st.sample, st.mean, st.scale, N, wanted, config.l2)
+
+
 def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
     """The interval's noise figures for the metrics record (null where not estimable)."""
     keys = ("trace_sigma", "batch_grad_var", "grad_norm2", "b_simple", "temperature")
@@ -369,8 +443,8 @@ def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int
         st.theta[d] = init.intercept + float(init.coef @ st.mean)
     else:
         st.mean, st.scale = standardization(X, config.standardize)
-    lr0 = config.lr if config.lr is not None else default_lr(
-        config.model, row_sample(X), st.mean, st.scale, N, B, config.l2)
+    st.sample = row_sample(X)
+    lr0 = config.lr if config.lr is not None else default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2)
     st.hyper = np.array([lr0, config.power_t, config.l2])
     st.theta_eff[:d] = st.theta[:d] / st.scale
     st.theta_eff[d] = st.theta[d] - float(st.theta_eff[:d] @ st.mean)

@@ -137,14 +137,14 @@ class ParquetSource:
         slices = max(1, math.ceil(data / self._max_chunk_bytes)) if rows > 1 else 1
         if self._max_chunk_rows:
             slices = max(slices, math.ceil(rows / self._max_chunk_rows))
-        if slices == 1:
-            self._chunks.append(_Chunk(f, g, 0, rows, 1))
-            self.chunk_bytes.append(data)
-            return
         # a streamed column also holds a page and its dictionary: fixed costs that slicing
         # does not shrink, so the slices share what is left of the budget
         fixed = sum(2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * min(1.0, PAGE_ROWS / rows)))
                     + 2 * _dictionary_bytes(c) for c in columns)
+        if slices == 1 or fixed >= data:  # a small row group: slices would cost more than it
+            self._chunks.append(_Chunk(f, g, 0, rows, 1))
+            self.chunk_bytes.append(data)
+            return
         room = max(self._max_chunk_bytes - fixed, self._max_chunk_bytes // 4)
         slices = max(slices, min(rows, math.ceil(data / room)))
         step = math.ceil(rows / slices)
