@@ -4,9 +4,18 @@ Parameters live in the *standardised* feature space (w, b) where the objective a
 L2 penalty are defined; kernels see the equivalent raw-space weights
 w_eff = w / scale, b_eff = b − w_eff·mean, so standardisation costs O(d) per update
 instead of a pass over the batch.
+
+One update, in the loop's order: ``standardized_gradient`` (batch-mean gradient with the
+L2 term; l2 = 0 for adamw) → ``optimizer_step`` (the rule, by OPTIMIZERS code, state in a
+(2, d + 1) array) → ``l1_step`` (cumulative L1 penalty, exact zeros) → ``refresh_effective``
+(the raw-space parameters the kernels read). ``sgd_update`` is the first and last of these
+fused, for plain SGD without L1. Every kernel's state is a plain float64 array, so a
+checkpoint stores it as it is.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
@@ -16,20 +25,76 @@ from .kernels import CURVATURE
 
 
 #: Schedule name -> the integer the compiled loop branches on.
-SCHEDULES = {"constant": 0, "invscaling": 1}
+SCHEDULES = {"constant": 0, "invscaling": 1, "step": 2, "cosine": 3}
+
+
+@njit(nogil=True, cache=True)
+def schedule_lr(schedule, lr0, t, power_t, warmup, total, step_size_, gamma):
+    """η at update ``t`` (counted from 1), with an optional linear warmup.
+
+    During the first ``warmup`` updates η = lr0 · t / warmup (lr0 / warmup, ..., lr0), so
+    the large early gradients of a cold start are taken with small steps (Goyal et al.
+    2017). After it, with k = t − warmup − 1 the index (from 0) of the update after warmup:
+
+    - constant (0):   lr0
+    - invscaling (1): lr0 / (k + 1)^power_t (scikit-learn's η₀ / t^power_t when warmup = 0)
+    - step (2):       lr0 · gamma^floor(k / step_size_): the first ``step_size_`` updates
+      after warmup use lr0, the next ``step_size_`` lr0·gamma, ... (PyTorch StepLR, whose
+      counter starts at 0)
+    - cosine (3):     lr0 · (1 + cos(π · min(k, T) / T)) / 2 with T = total − warmup: from
+      lr0 at the first update after warmup towards 0 at update ``total`` (the run's whole
+      length, warmup included, as in Hugging Face's cosine-with-warmup; the last update,
+      k = T − 1, still moves); 0 beyond ``total``; lr0 when T <= 0.
+
+    Parameters
+    ----------
+    schedule : int, a code of SCHEDULES.
+    lr0 : float, the base step; t : int, the update being made (1 for the first).
+    power_t : float, invscaling's exponent; warmup : int >= 0, updates of warmup.
+    total : int, the run's number of updates (cosine); step_size_ : int >= 1, updates per
+    step of the step decay; gamma : float, its factor.
+    """
+    if warmup > 0 and t <= warmup:
+        return lr0 * t / warmup
+    k = max(t - warmup - 1, 0)
+    if schedule == 1:
+        return lr0 / (k + 1.0) ** power_t
+    if schedule == 2:
+        return lr0 * gamma ** (k // step_size_)
+    if schedule == 3:
+        T = total - warmup
+        if T <= 0:
+            return lr0
+        return lr0 * 0.5 * (1.0 + math.cos(math.pi * min(k, T) / T))
+    return lr0
 
 
 @njit(nogil=True, cache=True)
 def step_size(schedule, lr0, t, power_t):
-    """η at update ``t`` (counted from 1): constant, or scikit-learn's η₀ / t^power_t."""
-    if schedule == 1:
-        return lr0 / t**power_t
-    return lr0
+    """η at update ``t`` (counted from 1): ``schedule_lr`` without warmup, step or cosine.
+
+    Kept for the loop's constant and invscaling schedules (step decays by 1 per update and
+    cosine has no length here, so both give lr0).
+    """
+    return schedule_lr(schedule, lr0, t, power_t, 0, 0, 1, 1.0)
 
 
-def learning_rate(schedule: str, lr0: float, t: int, power_t: float) -> float:
-    """``step_size`` by schedule name."""
-    return step_size(SCHEDULES[schedule], lr0, t, power_t)
+def learning_rate(
+    schedule: str, lr0: float, t: int, power_t: float, warmup: int = 0, total: int = 0,
+    step_size_: int = 1, gamma: float = 1.0,
+) -> float:
+    """``schedule_lr`` by schedule name (the defaults make step and cosine constant)."""
+    return schedule_lr(SCHEDULES[schedule], lr0, t, power_t, warmup, total, step_size_, gamma)
+
+
+def scaled_lr(lr: float, batch: int, reference_batch: int) -> float:
+    """The linear scaling rule: lr · batch / reference_batch (Goyal et al. 2017).
+
+    k times the batch averages k times as many gradients, so its noise is k times smaller
+    and, as long as the gradient changes little over k small steps, one step of k·lr goes
+    where k steps of lr would have gone.
+    """
+    return lr * batch / reference_batch
 
 
 @njit(nogil=True, cache=True)
@@ -63,8 +128,135 @@ def sgd_update(theta, theta_eff, g, mean, scale, lr):
     theta_eff[d] = theta[d] - shift
 
 
+#: Optimizer name -> the integer the compiled loop branches on.
+OPTIMIZERS = {"sgd": 0, "momentum": 1, "nesterov": 2, "adagrad": 3, "adam": 4, "adamw": 5}
+
+#: Rows of the optimizer state (float64, shape (2, d + 1), zeros at the start): the first
+#: moment (momentum buffer / Adam's m), the second (Adagrad's sum of squares / Adam's v).
+#: SGD uses neither, momentum and nesterov only the first, adagrad only the second.
+FIRST, SECOND = 0, 1
+
+
+def optimizer_state(d: int) -> NDArray[np.float64]:
+    """Zeroed state for ``optimizer_step`` over d weights and the intercept: shape (2, d + 1)."""
+    return np.zeros((2, d + 1))
+
+
+@njit(nogil=True, cache=True)
+def optimizer_step(kind, theta, g, state, lr, t, beta1, beta2, eps, weight_decay):
+    """One update of ``theta`` in place from the batch gradient ``g``, by optimizer code.
+
+    Parameters
+    ----------
+    kind : int, a code of OPTIMIZERS.
+    theta : float64 (d + 1,), standardised weights then intercept; updated in place.
+    g : float64 (d + 1,), the batch-mean gradient (``standardized_gradient``). It includes
+        the L2 term for every kind except adamw, whose decay is decoupled (call
+        ``standardized_gradient`` with l2 = 0 and pass the decay as ``weight_decay``).
+    state : float64 (2, d + 1), zeros before the first update; updated in place.
+    lr : float, this update's step (the schedule's value).
+    t : int, this update's number, counted from 1 (Adam's bias correction).
+    beta1 : float, momentum coefficient (momentum, nesterov) or Adam's first-moment decay.
+    beta2 : float, Adam's second-moment decay. eps : float, Adagrad's and Adam's
+        denominator guard. weight_decay : float, adamw's decoupled decay (others ignore it).
+
+    Rules (m = state[0], v = state[1], element-wise; PyTorch's conventions, dampening 0):
+
+    - sgd (0):       θ ← θ − lr·g
+    - momentum (1):  m ← β1·m + g;  θ ← θ − lr·m  (heavy ball: lr·m = lr·g + β1·(previous step))
+    - nesterov (2):  m ← β1·m + g;  θ ← θ − lr·(g + β1·m)
+    - adagrad (3):   v ← v + g²;    θ ← θ − lr·g / (√v + ε)
+    - adam (4):      m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
+                     m̂ = m / (1 − β1^t);  v̂ = v / (1 − β2^t);  θ ← θ − lr·m̂ / (√v̂ + ε)
+    - adamw (5):     adam's m, v, then θ_j ← θ_j − lr·(m̂_j / (√v̂_j + ε) + wd·θ_j) for the
+                     weights and θ_d ← θ_d − lr·m̂_d / (√v̂_d + ε) for the intercept, which is
+                     not penalised (Loshchilov & Hutter 2019, decay scaled by lr as PyTorch's).
+    """
+    n = theta.shape[0]
+    d = n - 1
+    m = state[0]
+    v = state[1]
+    if kind == 0:
+        for j in range(n):
+            theta[j] -= lr * g[j]
+    elif kind == 1:
+        for j in range(n):
+            m[j] = beta1 * m[j] + g[j]
+            theta[j] -= lr * m[j]
+    elif kind == 2:
+        for j in range(n):
+            m[j] = beta1 * m[j] + g[j]
+            theta[j] -= lr * (g[j] + beta1 * m[j])
+    elif kind == 3:
+        for j in range(n):
+            v[j] += g[j] * g[j]
+            theta[j] -= lr * g[j] / (math.sqrt(v[j]) + eps)
+    else:
+        bc1 = 1.0 - beta1**t
+        bc2 = 1.0 - beta2**t
+        wd = weight_decay if kind == 5 else 0.0
+        for j in range(n):
+            m[j] = beta1 * m[j] + (1.0 - beta1) * g[j]
+            v[j] = beta2 * v[j] + (1.0 - beta2) * g[j] * g[j]
+            step = (m[j] / bc1) / (math.sqrt(v[j] / bc2) + eps)
+            if j < d:
+                step += wd * theta[j]
+            theta[j] -= lr * step
+
+
+@njit(nogil=True, cache=True)
+def refresh_effective(theta, theta_eff, mean, scale):
+    """Recompute the raw-space parameters the kernels use from the standardised ``theta``.
+
+    w_eff = w / scale, b_eff = b − w_eff·mean (what ``sgd_update`` does after its step);
+    theta, theta_eff : float64 (d + 1,), theta_eff written in place; mean, scale : (d,).
+    """
+    d = theta.shape[0] - 1
+    shift = 0.0
+    for j in range(d):
+        theta_eff[j] = theta[j] / scale[j]
+        shift += theta_eff[j] * mean[j]
+    theta_eff[d] = theta[d] - shift
+
+
+@njit(nogil=True, cache=True)
+def l1_step(theta, q, u, lr_l1):
+    """Apply the L1 penalty by the cumulative-penalty method, in place; zeros are exact.
+
+    Tsuruoka, Tsujii & Ananiadou (2009), "Stochastic gradient descent training for
+    L1-regularized log-linear models with cumulative penalty": u is the total penalty
+    every weight would have received so far, q_j what weight j actually received; each
+    weight is pulled towards zero by what it is still owed, and clipped at zero rather than
+    crossing it. A weight whose gradient stays below the penalty therefore sits at exactly
+    0, and unlike the per-step truncation (Langford et al. 2009) the noise of single
+    mini-batches does not let weights escape zero.
+
+    Parameters
+    ----------
+    theta : float64 (d + 1,), standardised weights then intercept; the intercept theta[d]
+        is never penalised. Updated in place.
+    q : float64 (d,), zeros at the start: signed penalty applied so far (negative for a
+        positive weight). Updated in place; checkpointed with the parameters.
+    u : float64 (1,), zero at the start: u[0] += lr_l1 here, before the weights are pulled.
+    lr_l1 : float, this update's step times the L1 strength (lr · l1 of the objective).
+
+    Call after ``optimizer_step`` (elastic net: the L2 part stays in the gradient) and
+    before ``refresh_effective``.
+    """
+    u[0] += lr_l1
+    total = u[0]
+    for j in range(q.shape[0]):
+        z = theta[j]
+        if z > 0.0:
+            theta[j] = max(0.0, z - (total + q[j]))
+        elif z < 0.0:
+            theta[j] = min(0.0, z + (total - q[j]))
+        q[j] += theta[j] - z
+
+
 def default_lr(
-    model: str, sample: NDArray, mean: NDArray, scale: NDArray, n_rows: int, batch: int, l2: float
+    model: str, sample: NDArray, mean: NDArray, scale: NDArray, n_rows: int, batch: int, l2: float,
+    curvature: float | None = None,
 ) -> float:
     """A step size the problem can take without tuning: 1 / L_B.
 
@@ -72,11 +264,14 @@ def default_lr(
     Analysis and Improved Rates", 2019): it interpolates between the full-data smoothness
     L (B = N, gradient descent's 1/L) and the worst single-row smoothness L_max (B = 1).
     Both are measured on a row sample of the standardised data, with the loss's curvature
-    bound (1 for squared loss, 1/4 for log loss).
+    bound (``kernels.CURVATURE``: 1 for squared loss, 1/4 for log loss, ...), or
+    ``curvature`` when given: the caller knows better for Poisson (max(1, mean count), the
+    curvature e^b at the intercept-only optimum) or with class weights (CURVATURE times
+    the largest weight).
     """
     Z = (sample.astype(np.float64) - mean) / scale
     A = np.hstack([Z, np.ones((Z.shape[0], 1))])
-    c = CURVATURE[model]
+    c = CURVATURE[model] if curvature is None else float(curvature)
     L = c * _top_eigenvalue(A) + l2
     L_max = c * float(np.max(np.einsum("ij,ij->i", A, A))) + l2
     N, B = max(n_rows, 2), min(batch, max(n_rows, 1))

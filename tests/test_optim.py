@@ -1,0 +1,257 @@
+"""Update rules, the L1 step and the schedules, each against a plain NumPy (or hand) reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Lasso
+
+from streamsgd.kernels import LOSSES, accumulate
+from streamsgd.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    l1_step,
+    learning_rate,
+    optimizer_state,
+    optimizer_step,
+    refresh_effective,
+    scaled_lr,
+    schedule_lr,
+    sgd_update,
+    standardized_gradient,
+    step_size,
+)
+
+
+def reference_step(kind, theta, g, m, v, lr, t, beta1, beta2, eps, wd):
+    """One step of each rule, written as PyTorch's single-tensor implementations arrange it.
+
+    (``torch.optim.SGD`` with dampening 0, ``Adagrad``, ``Adam``, ``AdamW``), so the
+    comparison also covers a different but equivalent order of operations.
+    """
+    if kind == "sgd":
+        theta -= lr * g
+    elif kind in ("momentum", "nesterov"):
+        m *= beta1
+        m += g
+        theta -= lr * (g + beta1 * m if kind == "nesterov" else m)
+    elif kind == "adagrad":
+        v += g * g
+        theta -= lr * g / (np.sqrt(v) + eps)
+    else:
+        if kind == "adamw":
+            theta[:-1] *= 1.0 - lr * wd  # decoupled, before the Adam step; not the intercept
+        m += (g - m) * (1.0 - beta1)  # torch's lerp
+        v *= beta2
+        v += (1.0 - beta2) * g * g
+        step = lr / (1.0 - beta1**t)
+        denom = np.sqrt(v) / math.sqrt(1.0 - beta2**t) + eps
+        theta -= step * m / denom
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_optimizer_matches_reference_for_100_steps(kind):
+    rng = np.random.default_rng(OPTIMIZERS[kind])
+    n = 9
+    # start away from 0 so that no coordinate crosses it (a relative tolerance at a value near
+    # 0 would test the rounding of a cancellation, not the rule)
+    theta = 2.0 + rng.random(n)
+    ref = theta.copy()
+    state = optimizer_state(n - 1)
+    m, v = np.zeros(n), np.zeros(n)
+    beta1, beta2, eps, wd = 0.9, 0.999, 1e-8, 0.1
+    for t in range(1, 101):
+        g = rng.standard_normal(n)
+        lr = 0.01 * (1.0 + 0.5 * math.sin(t))  # the step may change every update
+        optimizer_step(OPTIMIZERS[kind], theta, g, state, lr, t, beta1, beta2, eps, wd)
+        reference_step(kind, ref, g, m, v, lr, t, beta1, beta2, eps, wd)
+        np.testing.assert_allclose(theta, ref, rtol=1e-12, atol=0)
+    if kind in ("momentum", "nesterov", "adam", "adamw"):
+        np.testing.assert_allclose(state[0], m, rtol=1e-12)
+    if kind in ("adagrad", "adam", "adamw"):
+        np.testing.assert_allclose(state[1], v, rtol=1e-12)
+
+
+def test_adamw_decay_is_decoupled_and_spares_the_intercept():
+    theta = np.array([1.0, -2.0, 3.0])
+    state = optimizer_state(2)
+    for t in range(1, 11):
+        optimizer_step(OPTIMIZERS["adamw"], theta, np.zeros(3), state, 0.1, t, 0.9, 0.999, 1e-8, 0.5)
+    # a zero gradient leaves m = v = 0, so only the decay acts: w (1 - lr wd)^t, b untouched
+    np.testing.assert_allclose(theta, [0.95**10, -2 * 0.95**10, 3.0], rtol=1e-14)
+    optimizer_step(OPTIMIZERS["adam"], theta, np.zeros(3), state, 0.1, 11, 0.9, 0.999, 1e-8, 0.5)
+    np.testing.assert_allclose(theta, [0.95**10, -2 * 0.95**10, 3.0], rtol=1e-14)  # adam ignores wd
+
+
+def test_sgd_step_and_refresh_equal_sgd_update():
+    rng = np.random.default_rng(3)
+    d = 6
+    theta = rng.standard_normal(d + 1)
+    g = rng.standard_normal(d + 1)
+    mean, scale = rng.standard_normal(d), 0.5 + rng.random(d)
+    a, a_eff = theta.copy(), np.zeros(d + 1)
+    b, b_eff = theta.copy(), np.zeros(d + 1)
+    sgd_update(a, a_eff, g, mean, scale, 0.1)
+    optimizer_step(OPTIMIZERS["sgd"], b, g, optimizer_state(d), 0.1, 1, 0.0, 0.0, 0.0, 0.0)
+    refresh_effective(b, b_eff, mean, scale)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a_eff, b_eff)
+    # theta_eff is the same linear function in raw space: w_eff.x + b_eff = w.(x - mean)/scale + b
+    x = rng.standard_normal(d)
+    assert b_eff[:d] @ x + b_eff[d] == pytest.approx(b[:d] @ ((x - mean) / scale) + b[d], rel=1e-12)
+
+
+def quadratic(seed=0, n=5, mu=1.0, L=10.0):
+    """f(θ) = ½ (θ − θ*)ᵀ A (θ − θ*), eigenvalues of A from mu to L, and a start with ∇f(θ₀) = 1."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = Q @ np.diag(np.linspace(mu, L, n)) @ Q.T
+    opt = rng.standard_normal(n)
+    return A, opt, opt + np.linalg.solve(A, np.ones(n))
+
+
+# Step sizes, for mu = 1, L = 10 (kappa = 10):
+# - sgd: 1/L, gradient descent's classic step; the error contracts by 1 - mu/L = 0.9 per step.
+# - momentum: Polyak's optimal heavy ball, lr = 4 / (sqrt L + sqrt mu)^2 and
+#   beta = ((sqrt kappa - 1) / (sqrt kappa + 1))^2 (PyTorch's lr * buffer is the heavy ball's
+#   step with the same lr and beta); rate (sqrt kappa - 1) / (sqrt kappa + 1) = 0.52.
+# - nesterov: lr = 1/L, beta = (sqrt kappa - 1) / (sqrt kappa + 1), rate 1 - 1/sqrt kappa.
+# - adagrad: the start has |g_j| = 1, and the sums of squares only grow, so every
+#   coordinate's step lr / (sqrt v_j + eps) stays <= lr = 1/L: a diagonally preconditioned
+#   gradient step D <= I/L, which decreases f at every update (descent lemma); the sums stay
+#   finite as the gradients shrink geometrically, so the step stays bounded below too.
+# - adam, adamw (wd = 0: with decay the fixed point is not f's minimum): each coordinate
+#   moves by about lr at most (|m^/sqrt v^| <= 1 for beta1^2 <= beta2, Kingma & Ba §2.1).
+#   At a constant lr, once v^ has forgotten the early gradients Adam can settle into an
+#   O(lr) cycle around the optimum, so the step is annealed: cosine from 0.03 to 0 over 2000
+#   updates (0.03 covers the unit distance to the optimum within the first few hundred).
+QUADRATIC_RUNS = {
+    "sgd": (0.1, 0.0, 300, "constant"),
+    "momentum": (4 / (math.sqrt(10) + 1) ** 2, ((math.sqrt(10) - 1) / (math.sqrt(10) + 1)) ** 2, 100, "constant"),
+    "nesterov": (0.1, (math.sqrt(10) - 1) / (math.sqrt(10) + 1), 150, "constant"),
+    "adagrad": (0.1, 0.0, 1000, "constant"),
+    "adam": (0.03, 0.9, 2000, "cosine"),
+    "adamw": (0.03, 0.9, 2000, "cosine"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_optimizer_minimises_a_strongly_convex_quadratic(kind):
+    A, opt, theta = quadratic()
+    lr0, beta1, steps, schedule = QUADRATIC_RUNS[kind]
+    state = optimizer_state(theta.size - 1)
+    for t in range(1, steps + 1):
+        lr = schedule_lr(SCHEDULES[schedule], lr0, t, 0.5, 0, steps, 1, 1.0)
+        optimizer_step(OPTIMIZERS[kind], theta, A @ (theta - opt), state, lr, t, beta1, 0.999, 1e-8, 0.0)
+    err = theta - opt
+    assert np.abs(err).max() < 1e-6
+    assert 0.5 * err @ A @ err < 1e-6
+
+
+def lasso_problem(seed=0, n=400, d=20):
+    """A sparse ground truth: 4 of 20 weights non-zero, and scikit-learn's Lasso solution."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    w = np.zeros(d)
+    w[[1, 5, 11, 17]] = [1.5, -2.0, 1.0, -0.8]
+    y = X @ w + 0.7 + 0.3 * rng.standard_normal(n)
+    alpha = 0.1
+    # Lasso: (1/2n)||y - Xw - b||^2 + alpha ||w||_1 = our objective for linear loss, l1 = alpha
+    lasso = Lasso(alpha=alpha, tol=1e-12, max_iter=100_000).fit(X, y)
+    return X, y, alpha, lasso
+
+
+def run_l1(X, y, alpha, batch, lr, epochs, seed=0):
+    """Plain SGD + cumulative L1 penalty through the kernels, as the loop composes them."""
+    n, d = X.shape
+    theta, theta_eff = np.zeros(d + 1), np.zeros(d + 1)
+    gw, g = np.zeros(d + 1), np.zeros(d + 1)
+    q, u = np.zeros(d), np.zeros(1)
+    mean, scale = np.zeros(d), np.ones(d)
+    state = optimizer_state(d)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(n) if batch < n else np.arange(n)
+        for k in range(0, n, batch):
+            idx = order[k:k + batch]
+            gw[:] = 0.0
+            _, gw[d] = accumulate(LOSSES["linear"], X, y, idx, theta_eff[:d], theta_eff[d], gw[:d])
+            standardized_gradient(gw, idx.size, mean, scale, 0.0, theta, g)
+            optimizer_step(OPTIMIZERS["sgd"], theta, g, state, lr, 1, 0.0, 0.0, 0.0, 0.0)
+            l1_step(theta, q, u, lr * alpha)
+            refresh_effective(theta, theta_eff, mean, scale)
+    return theta
+
+
+def test_l1_full_batch_reaches_the_lasso_solution_with_exact_zeros():
+    X, y, alpha, lasso = lasso_problem()
+    A = np.hstack([X, np.ones((X.shape[0], 1))])
+    lr = 1.0 / np.linalg.eigvalsh(A.T @ A / X.shape[0]).max()  # 1/L of the smooth part
+    theta = run_l1(X, y, alpha, X.shape[0], lr, 2000)
+    support = np.flatnonzero(lasso.coef_)
+    assert set(support) == {1, 5, 11, 17}  # the problem is one where Lasso finds the truth
+    np.testing.assert_array_equal(np.flatnonzero(theta[:-1]), support)
+    assert (theta[:-1][lasso.coef_ == 0] == 0.0).all()  # exactly, not merely small
+    np.testing.assert_allclose(theta[:-1], lasso.coef_, atol=1e-8)
+    assert theta[-1] == pytest.approx(lasso.intercept_, abs=1e-8)  # intercept not penalised
+
+
+def test_l1_minibatch_keeps_exact_zeros_despite_gradient_noise():
+    X, y, alpha, lasso = lasso_problem(seed=1)
+    # a subgradient step would leave every zero weight jittering at about lr * |noise|; the
+    # cumulative penalty leaves them at exactly zero after every update
+    theta = run_l1(X, y, alpha, 16, 0.01, 30)
+    np.testing.assert_array_equal(np.flatnonzero(theta[:-1]), np.flatnonzero(lasso.coef_))
+    np.testing.assert_allclose(theta[:-1], lasso.coef_, atol=0.05)
+
+
+def test_l1_step_by_hand():
+    theta = np.array([0.5, -0.05, 0.02, 0.0, 9.0])  # last: the intercept
+    q, u = np.zeros(4), np.zeros(1)
+    l1_step(theta, q, u, 0.1)
+    np.testing.assert_array_equal(theta, [0.4, 0.0, 0.0, 0.0, 9.0])
+    np.testing.assert_allclose(q, [-0.1, 0.05, -0.02, 0.0])
+    assert u[0] == 0.1
+    # weight 1 received only 0.05 of its 0.1: it still owes 0.05 + 0.1 if it turns negative
+    theta[1] = -0.3
+    l1_step(theta, q, u, 0.1)
+    assert theta[1] == pytest.approx(-0.15) and q[1] == pytest.approx(0.2)
+    assert theta[0] == pytest.approx(0.3)  # owed exactly this step's 0.1
+
+
+def test_schedule_values_by_hand():
+    c, inv, step, cos = (SCHEDULES[k] for k in ("constant", "invscaling", "step", "cosine"))
+    # warmup of 4: lr0 * t / 4, then the schedule starts over at lr0
+    assert [schedule_lr(c, 2.0, t, 0.5, 4, 100, 1, 1.0) for t in (1, 2, 4, 5, 50)] == [0.5, 1.0, 2.0, 2.0, 2.0]
+    # invscaling: lr0 / t^p without warmup (scikit-learn), lr0 / (t - warmup)^p after it
+    assert schedule_lr(inv, 1.0, 16, 0.25, 0, 0, 1, 1.0) == pytest.approx(0.5)
+    assert schedule_lr(inv, 1.0, 19, 0.5, 3, 0, 1, 1.0) == pytest.approx(0.25)
+    assert schedule_lr(inv, 1.0, 2, 0.5, 3, 0, 1, 1.0) == pytest.approx(2 / 3)  # in the warmup
+    # step: 10 updates at lr0, 10 at lr0 * gamma, ...
+    vals = [schedule_lr(step, 1.0, t, 0.0, 0, 0, 10, 0.5) for t in (1, 10, 11, 20, 21, 35)]
+    assert vals == [1.0, 1.0, 0.5, 0.5, 0.25, 0.125]
+    assert schedule_lr(step, 1.0, 15, 0.0, 5, 0, 10, 0.5) == 1.0  # the 10th update after warmup
+    assert schedule_lr(step, 1.0, 16, 0.0, 5, 0, 10, 0.5) == 0.5
+    # cosine over total = 110 with warmup 10: T = 100 updates, lr0 (1 + cos(pi k / T)) / 2
+    assert schedule_lr(cos, 1.0, 11, 0.0, 10, 110, 1, 1.0) == 1.0
+    assert schedule_lr(cos, 1.0, 61, 0.0, 10, 110, 1, 1.0) == pytest.approx(0.5)
+    assert schedule_lr(cos, 1.0, 36, 0.0, 10, 110, 1, 1.0) == pytest.approx((1 + math.sqrt(0.5)) / 2)
+    assert schedule_lr(cos, 1.0, 110, 0.0, 10, 110, 1, 1.0) == pytest.approx((1 + math.cos(math.pi * 0.99)) / 2)
+    assert schedule_lr(cos, 1.0, 111, 0.0, 10, 110, 1, 1.0) == pytest.approx(0.0, abs=1e-16)
+    assert schedule_lr(cos, 1.0, 500, 0.0, 10, 110, 1, 1.0) == pytest.approx(0.0, abs=1e-16)
+
+
+def test_old_schedule_entry_points_still_work():
+    assert step_size(SCHEDULES["constant"], 0.3, 7, 0.5) == 0.3
+    assert step_size(SCHEDULES["invscaling"], 1.0, 4, 0.5) == pytest.approx(0.5)
+    assert learning_rate("invscaling", 1.0, 81, 0.25) == pytest.approx(1 / 3)
+    assert learning_rate("cosine", 1.0, 51, 0.0, total=100) == pytest.approx(0.5)
+    assert learning_rate("step", 1.0, 3, 0.0, warmup=2, step_size_=1, gamma=0.1) == 1.0
+    assert learning_rate("step", 1.0, 4, 0.0, warmup=2, step_size_=1, gamma=0.1) == pytest.approx(0.1)
+
+
+def test_scaled_lr_is_the_linear_scaling_rule():
+    assert scaled_lr(0.1, 8192, 256) == pytest.approx(3.2)
+    assert scaled_lr(0.1, 64, 256) == pytest.approx(0.025)
