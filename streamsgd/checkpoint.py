@@ -174,6 +174,14 @@ class CheckpointStore:
 
     # -- reading -------------------------------------------------------------------------
 
+    def clear(self) -> None:
+        """Delete every checkpoint: the run they belong to has written its model."""
+        for step in self.steps():
+            try:
+                self._fs.rm(f"{self._root}/{self.name(step)}")
+            except FileNotFoundError:
+                pass
+
     def load(self, step: int) -> tuple[dict[str, NDArray], dict[str, Any]]:
         """The checkpoint of ``step``; :class:`ModelFileError` if missing or corrupt."""
         path = self.path(step)

@@ -112,6 +112,10 @@ def run(
                 stopped.exit_code = EXIT_TERMINATED if received == [signal.SIGTERM] else EXIT_INTERRUPTED
                 raise stopped from None
         result.model.save(job.output)
+        if store is not None:
+            # the model is written: the checkpoints have served, and a later --resume (the
+            # next night's run of the same job) starts afresh instead of redoing this run's tail
+            store.clear()
         log.event("summary", **{k: v for k, v in result.summary.items()}, model=job.output)
         return result
 

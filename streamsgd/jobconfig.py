@@ -38,9 +38,9 @@ from .config import DTYPES, MODELS, SCHEDULES, FitConfig, parse_bytes
 from .errors import UsageError
 
 # kinds of value a key takes; checked in _check
-_STR, _INT, _FLOAT, _BOOL, _NAMES, _SIZE, _TABLE, _BOOL_OR_STR, _BATCH = (
+_STR, _INT, _FLOAT, _BOOL, _NAMES, _SIZE, _TABLE, _BATCH = (
     "a string", "an integer", "a number", "true or false", "a list of column names", "a size",
-    "a table of KEY = VALUE", "true, false or a string", "an integer, \"full\" or \"auto\"")
+    "a table of KEY = VALUE", "an integer, \"full\" or \"auto\"")
 
 #: Options only the command line has (not FitConfig fields), with the kind of value each takes.
 CLI_OPTIONS: dict[str, str] = {
@@ -55,7 +55,7 @@ CLI_OPTIONS: dict[str, str] = {
     "checkpoint_every": _INT,
     "checkpoint_seconds": _FLOAT,
     "keep_checkpoints": _INT,
-    "resume": _BOOL_OR_STR,
+    "resume": _BOOL,
     "allow_data_change": _BOOL,
     "init": _STR,
     "log_format": _STR,
@@ -221,9 +221,6 @@ def _check(path: str, key: str, name: str, value: Any) -> Any:
             raise bad(f"one of {', '.join(_CHOICES[name])}")
     elif kind == _BATCH:
         if isinstance(value, bool) or not (isinstance(value, int) and value >= 1 or value in ("full", "auto")):
-            raise bad()
-    elif kind == _BOOL_OR_STR:
-        if not isinstance(value, (bool, str)):
             raise bad()
     elif kind == _SIZE:
         if isinstance(value, bool) or not isinstance(value, (int, str)):

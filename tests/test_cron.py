@@ -109,6 +109,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes(data, reference, tmp_path):
     assert not out.exists()
     run_cli("fit", data, *TRAIN, "--checkpoint-dir", ckpt, "--resume", "-o", out)
     same_model(load(str(out)), reference)
+    assert not [p for p in ckpt.iterdir() if p.name.startswith("ckpt-")]  # cleared once the model is written
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(data, reference, tmp_path):
@@ -149,16 +150,22 @@ def test_resume_refuses_changed_data_unless_allowed(tmp_path):
     path = tmp_path / "d.parquet"
     generate(str(path), rows=20_000, features=5, seed=1, row_group_rows=2_000)
     ckpt, out = tmp_path / "ckpt", tmp_path / "m.npz"
-    args = ["--batch", "64", "--epochs", "2", "--checkpoint-dir", ckpt, "--checkpoint-every", "50", "-o", out]
-    run_cli("fit", path, *args)
+    args = ["--batch", "64", "--epochs", "20", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "50",
+            "-o", str(out)]
+    first = start(str(path), *args)
+    assert wait_for(first, "checkpoint") is not None
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
     generate(str(path), rows=24_000, features=5, seed=1, row_group_rows=2_000)  # a new day's data
     refused = run_cli("fit", path, *args, "--resume", check=False)
     assert refused.returncode == 3
     assert "the data changed" in refused.stderr and "--allow-data-change" in refused.stderr
-    allowed = run_cli("fit", path, *args, "--resume", "--allow-data-change", "--log-format", "json")
-    assert any('"warning"' in line and "changed data" in line for line in allowed.stderr.splitlines())
-    other_options = run_cli("fit", path, *args[:-2], "--resume", "--batch", "128", "-o", out, check=False)
+    other_options = run_cli("fit", path, *args, "--resume", "--batch", "128", check=False)
     assert other_options.returncode == 2 and "batch=64" in other_options.stderr
+    allowed = run_cli("fit", path, *args, "--resume", "--allow-data-change", "--epochs", "20", "--log-format", "json")
+    assert any('"warning"' in line and "changed data" in line for line in allowed.stderr.splitlines())
+    # the model is written: its checkpoints are gone, so the next --resume starts afresh
+    assert not [p for p in ckpt.iterdir() if p.name.startswith("ckpt-")]
 
 
 def test_job_file_with_flags_overriding_and_the_effective_config_in_the_model(tmp_path):
