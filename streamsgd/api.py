@@ -25,7 +25,8 @@ from .train import FitResult
 from .train import fit as _train
 
 #: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).
-LOSSES = {"log_loss": "logistic", "squared_error": "linear"}
+LOSSES = {"log_loss": "logistic", "squared_error": "linear", "hinge": "hinge", "modified_huber": "modified_huber",
+          "huber": "huber", "poisson": "poisson", "quantile": "quantile"}
 
 
 def model_for_loss(loss: str) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import DataError, ModelFileError
 from .kernels import row_loss
-from .model import Model, expit
+from .model import Model
 from .stats import merge_moments
 from .sources import Source
 from .windows import check_labels, read_window
@@ -25,6 +25,12 @@ def _check_features(model: Model, source: Source) -> None:
         )
 
 
+def _loss_param(model: Model) -> float | None:
+    """Huber's epsilon or the quantile the model was trained with (None: the loss's default)."""
+    config = model.metadata.get("config", {})
+    return config.get("epsilon") if model.model == "huber" else config.get("quantile")
+
+
 def evaluate(model: Model, source: Source) -> dict[str, Any]:
     """Mean data loss (no penalty) and accuracy (classifier) or R² (regressor)."""
     _check_features(model, source)
@@ -34,13 +40,13 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
         window = read_window(source, np.array([c]), np.float64, True)
         z = model.decision_function(window.X)
         y = check_labels(model.model, source, window).y
-        loss_sum += float(row_loss(model.model, z, y).sum())
+        loss_sum += float(row_loss(model.model, z, y, _loss_param(model)).sum())
         if model.is_classifier:
             correct += int(((z > 0) == (y == 1)).sum())
         else:
             mean_k = float(y.mean())
             _, y_mean, y_m2 = merge_moments(rows, y_mean, y_m2, y.size, mean_k, float(((y - mean_k) ** 2).sum()))
-            sse += float(((y - z) ** 2).sum())
+            sse += float(((y - model.predict_from_margins(z)) ** 2).sum())
         rows += y.size
     if rows == 0:
         raise DataError(f"{source.url}: the data set has no rows")
@@ -74,11 +80,9 @@ def predict(model: Model, source: Source, out: str, keep: Sequence[str] = ()) ->
             if keep:
                 kept = source.read_columns(c, keep)
                 cols.update({name: kept.column(name) for name in keep})
-            if model.is_classifier:
-                cols["prediction"] = pa.array(model.predict_from_margins(z))
-                cols["probability"] = pa.array(expit(z))
-            else:
-                cols["prediction"] = pa.array(z)
+            cols["prediction"] = pa.array(model.predict_from_margins(z))
+            if model.model in ("logistic", "modified_huber"):
+                cols["probability"] = pa.array(model.predict_proba(window.X))
             table = pa.table(cols)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)

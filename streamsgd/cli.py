@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .config import DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, SCHEDULES, FitConfig, parse_bytes
+from .config import DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes
 from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
 
 
@@ -96,7 +96,20 @@ def cli() -> None:
 @click.option("--lr", type=float, default=None, help="Initial learning rate; default: 1/L_B measured on the data.")
 @click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=FitConfig.lr_schedule, show_default=True)
 @click.option("--power-t", type=float, default=FitConfig.power_t, show_default=True, help="Exponent of invscaling.")
+@click.option("--warmup", type=int, default=FitConfig.warmup, show_default=True, help="Updates of linear warm-up.")
+@click.option("--step-every", type=int, default=FitConfig.step_every, show_default=True, help="step schedule: updates per decay.")
+@click.option("--gamma", type=float, default=FitConfig.gamma, show_default=True, help="step schedule: decay factor.")
+@click.option("--lr-scale-with-batch", "lr_reference_batch", type=int, default=None, metavar="REF",
+              help="Linear scaling rule: use --lr x batch / REF (Goyal et al. 2017).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=FitConfig.optimizer, show_default=True)
+@click.option("--beta1", type=float, default=FitConfig.beta1, show_default=True, help="Momentum / Adam's first moment.")
+@click.option("--beta2", type=float, default=FitConfig.beta2, show_default=True, help="Adam's second moment.")
+@click.option("--eps", type=float, default=FitConfig.eps, show_default=True, help="Adagrad/Adam denominator guard.")
 @click.option("--l2", type=float, default=FitConfig.l2, show_default=True, help="L2 penalty (l2/2)·||w||².")
+@click.option("--l1", type=float, default=FitConfig.l1, show_default=True, help="L1 penalty l1·||w||₁ (exact zeros).")
+@click.option("--epsilon", type=float, default=FitConfig.epsilon, show_default=True, help="huber: width of the quadratic zone.")
+@click.option("--quantile", type=float, default=FitConfig.quantile, show_default=True, help="quantile: the quantile τ.")
+@click.option("--class-weight", default=None, help="Binary classifiers: balanced, or JSON such as '{\"0\": 1, \"1\": 5}'.")
 @click.option("--seed", type=int, default=FitConfig.seed, show_default=True)
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True)
 @click.option("--standardize/--no-standardize", default=True, show_default=True)

@@ -9,8 +9,9 @@ from typing import Any
 
 from .errors import UsageError
 
-MODELS = ("linear", "logistic")
-SCHEDULES = ("constant", "invscaling")
+MODELS = ("linear", "logistic", "huber", "hinge", "modified_huber", "poisson", "quantile")
+SCHEDULES = ("constant", "invscaling", "step", "cosine")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adam", "adamw")
 DTYPES = ("float32", "float64")
 
 DEFAULT_MEMORY_LIMIT = 512 * 2**20
@@ -63,7 +64,21 @@ class FitConfig:
     lr: float | None = None
     lr_schedule: str = "constant"
     power_t: float = 0.25
+    warmup: int = 0
+    step_every: int = 1000
+    gamma: float = 0.1
+    #: the linear scaling rule: lr x batch / lr_reference_batch (Goyal et al. 2017)
+    lr_reference_batch: int | None = None
+    optimizer: str = "sgd"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
     l2: float = 1e-4
+    l1: float = 0.0
+    epsilon: float = 0.1
+    quantile: float = 0.5
+    #: None, "balanced", or a JSON object {"0": w0, "1": w1} (binary classifiers)
+    class_weight: str | None = None
     seed: int = 0
     shuffle: bool = True
     standardize: bool = True
@@ -78,6 +93,20 @@ class FitConfig:
     def __post_init__(self) -> None:
         _choice("--model", self.model, MODELS)
         _choice("--lr-schedule", self.lr_schedule, SCHEDULES)
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _at_least("--warmup", self.warmup, 0)
+        _at_least("--step-every", self.step_every, 1)
+        if self.lr_reference_batch is not None:
+            _at_least("--lr-scale-with-batch", self.lr_reference_batch, 1)
+        for option, value, low, high in (("--beta1", self.beta1, 0, 1), ("--beta2", self.beta2, 0, 1),
+                                         ("--quantile", self.quantile, 0, 1), ("--gamma", self.gamma, 0, 1)):
+            if not (math.isfinite(value) and low <= value <= high) or (option == "--quantile" and value in (0, 1)):
+                raise UsageError(f"{option}: expected a number between {low} and {high}; got {value!r}")
+        for option, value in (("--eps", self.eps), ("--epsilon", self.epsilon)):
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{option}: expected a number > 0; got {value!r}")
+        if not (math.isfinite(self.l1) and self.l1 >= 0):
+            raise UsageError(f"--l1: the penalty must be a number >= 0, got {self.l1}")
         _choice("--dtype", self.dtype, DTYPES)
         if self.batch not in ("full", "auto"):
             batch = _batch_number(self.batch)

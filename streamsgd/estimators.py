@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .api import as_urls, column_names, encode_labels, model_for_loss
 from .config import MODELS, FitConfig
 from .errors import DataError, DivergenceError, UsageError
-from .model import Model, default_feature_names, expit
+from .model import CLASSIFIERS, Model, default_feature_names, expit
 from .optim import learning_rate
 from .sources import ArraySource, open_source
 from .train import FitResult
@@ -111,7 +111,12 @@ class _StreamSGD(BaseEstimator):
         if clash:
             raise UsageError(f"options: {clash[0]!r} is a parameter of its own; set it directly, not in options")
         values = {name: getattr(self, name) for name in _TRAINER_PARAMS}
-        return FitConfig(model=model_for_loss(self.loss), **{**values, **extra, **overrides})
+        model = model_for_loss(self.loss)
+        if (model in CLASSIFIERS) != self._is_classifier:
+            kind = "classifier" if self._is_classifier else "regressor"
+            raise UsageError(f"loss: {self.loss!r} is not a {kind} loss; use "
+                             f"{'StreamSGDRegressor' if self._is_classifier else 'StreamSGDClassifier'} for it")
+        return FitConfig(model=model, **{**values, **extra, **overrides})
 
     def fit(self, X: Any, y: Any = None) -> "_StreamSGD":
         """Train from scratch on arrays, or on the data at a path or URL.

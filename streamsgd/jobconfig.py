@@ -34,7 +34,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .config import DTYPES, MODELS, SCHEDULES, FitConfig, parse_bytes
+from .config import DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes
 from .errors import UsageError
 
 # kinds of value a key takes; checked in _check
@@ -68,6 +68,7 @@ ALIASES: dict[str, str] = {"y_array": "target", "storage_option": "storage_optio
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model": MODELS,
     "lr_schedule": SCHEDULES,
+    "optimizer": OPTIMIZERS,
     "dtype": DTYPES,
     "format": ("auto", "parquet", "zarr"),
     "log_format": ("text", "json"),

@@ -8,9 +8,12 @@ rows' gradient sums stay in ``gw`` between calls, so no row is ever copied.
 
 State lives in plain arrays (the checkpoint stores them as they are):
 
-params = (theta, theta_eff, avg, gw), each float64 (d + 1,)
+params = (theta, theta_eff, avg, gw, l1_q, l1_u, cw): float64 vectors; the first four (d + 1,)
     standardised parameters (weights, then intercept), the same in raw feature space (what
-    the kernels use), the running Polyak–Ruppert average, and the current batch's sums.
+    the kernels use), the running Polyak–Ruppert average, and the current batch's sums;
+    then the L1 penalty applied to each weight (d,) and in all (1,) (Tsuruoka et al. 2009),
+    and the per-class row weights (2,).
+opt_state : float64 (2, d + 1), the optimizer's moments (``optim.optimizer_step``).
 counters : int64, indexed by T, FILLED, AVERAGED, DIVERGED, EPOCH, EPOCH_ROWS (the
     place in the plan: a resumed run skips EPOCH_ROWS rows of epoch EPOCH).
 noise : (total, sums, g), the gradient-noise meter's accumulators (``noise.NoiseMeter``)
@@ -25,9 +28,9 @@ import math
 
 from numba import njit
 
-from .kernels import accumulate
+from .kernels import accumulate_weighted
 from .noise import noise_add
-from .optim import sgd_update, standardized_gradient, step_size
+from .optim import l1_step, optimizer_step, refresh_effective, schedule_lr, standardized_gradient
 
 # counters
 T = 0  # updates made
@@ -43,50 +46,60 @@ LOSS = 1
 ROWS = 2
 N_SUMS = 3
 # spec: the integers of the run
-LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS = 0, 1, 2, 3, 4
-# hyper: its real numbers
-LR0, POWER_T, L2 = 0, 1, 2
+LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS, OPTIMIZER, WARMUP, TOTAL, STEP_EVERY = range(9)
+N_SPEC = 9
+# hyper: its real numbers (PARAM: huber's epsilon or the quantile)
+LR0, POWER_T, L2, L1, PARAM, BETA1, BETA2, EPS, GAMMA = range(9)
+N_HYPER = 9
+ADAMW = 5  # optim.OPTIMIZERS["adamw"]: its weight decay is not part of the gradient
 
 
 @njit(nogil=True, cache=True)
-def train_rows(X, y, order, pos, end, stop_at, spec, hyper, params, mean, scale, counters, sums, noise):
+def train_rows(X, y, order, pos, end, stop_at, spec, hyper, params, opt_state, mean, scale, counters, sums, noise):
     """Feed rows ``order[pos:end]`` of a window to the loss, updating every ``spec[BATCH]`` rows.
 
     Returns the position reached: ``end``, or earlier when the update count reaches
     ``stop_at`` or a batch diverged (``counters[DIVERGED]`` is then 1).
     """
-    theta_eff, gw = params[1], params[3]
+    theta_eff, gw, cw = params[1], params[3], params[6]
     d = X.shape[1]
     w = theta_eff[:d]
     g = gw[:d]
     while pos < end:
         take = min(spec[BATCH] - counters[FILLED], end - pos)
-        loss, rsum = accumulate(spec[LOSS_CODE], X, y, order[pos:pos + take], w, theta_eff[d], g)
+        loss, rsum = accumulate_weighted(spec[LOSS_CODE], hyper[PARAM], cw, X, y, order[pos:pos + take], w,
+                                         theta_eff[d], g)
         gw[d] += rsum
         sums[BATCH_LOSS] += loss
         counters[FILLED] += take
         counters[EPOCH_ROWS] += take
         pos += take
         if counters[FILLED] == spec[BATCH]:
-            finish_batch(spec, hyper, params, mean, scale, counters, sums, noise)
+            finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, noise)
             if counters[DIVERGED] == 1 or counters[T] == stop_at:
                 break
     return pos
 
 
 @njit(nogil=True, cache=True)
-def finish_batch(spec, hyper, params, mean, scale, counters, sums, noise):
+def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, noise):
     """Update from the batch in progress (also the epoch's short last one) and start the next."""
-    theta, theta_eff, avg, gw = params
+    theta, theta_eff, avg, gw, l1_q, l1_u = params[0], params[1], params[2], params[3], params[4], params[5]
     if not math.isfinite(sums[BATCH_LOSS]):
         counters[DIVERGED] = 1
         return
     t = counters[T] + 1
-    lr = step_size(spec[SCHEDULE], hyper[LR0], t, hyper[POWER_T])
+    lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t, hyper[POWER_T], spec[WARMUP], spec[TOTAL], spec[STEP_EVERY],
+                     hyper[GAMMA])
+    adamw = spec[OPTIMIZER] == ADAMW
     g = noise[2]
-    standardized_gradient(gw, counters[FILLED], mean, scale, hyper[L2], theta, g)
+    standardized_gradient(gw, counters[FILLED], mean, scale, 0.0 if adamw else hyper[L2], theta, g)
     noise_add(noise[0], noise[1], g, counters[FILLED], spec[N_ROWS], lr)
-    sgd_update(theta, theta_eff, g, mean, scale, lr)
+    optimizer_step(spec[OPTIMIZER], theta, g, opt_state, lr, t, hyper[BETA1], hyper[BETA2], hyper[EPS],
+                   hyper[L2] if adamw else 0.0)
+    if hyper[L1] > 0.0:
+        l1_step(theta, l1_q, l1_u, lr * hyper[L1])
+    refresh_effective(theta, theta_eff, mean, scale)
     counters[T] = t
     if t > spec[AVERAGE_FROM]:
         counters[AVERAGED] += 1

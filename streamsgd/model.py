@@ -31,12 +31,15 @@ FORMAT_VERSION = 1
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
 
 #: Trainer models that predict a class label (the others predict a number).
-CLASSIFIERS = ("logistic",)
+CLASSIFIERS = ("logistic", "hinge", "modified_huber")
 
 #: Trainer model -> the scikit-learn estimator and loss that define the same predictions.
 SKLEARN_EQUIVALENT = {
     "logistic": ("SGDClassifier", "log_loss"),
+    "hinge": ("SGDClassifier", "hinge"),
+    "modified_huber": ("SGDClassifier", "modified_huber"),
     "linear": ("SGDRegressor", "squared_error"),
+    "huber": ("SGDRegressor", "huber"),
 }
 
 
@@ -77,8 +80,14 @@ class Model:
         return np.asarray(X, dtype=np.float64) @ self.coef + self.intercept
 
     def predict_proba(self, X: NDArray) -> NDArray[np.float64]:
-        """P(y = 1) for a logistic model."""
-        return expit(self.decision_function(X))
+        """P(y = 1): the logistic function of the margin, or modified Huber's (clip(z, ±1) + 1) / 2
+        (scikit-learn's); hinge gives no probabilities."""
+        z = self.decision_function(X)
+        if self.model == "logistic":
+            return expit(z)
+        if self.model == "modified_huber":
+            return (np.clip(z, -1.0, 1.0) + 1.0) / 2.0
+        raise UsageError(f"a {self.model} model gives no probabilities; use predict or decision_function")
 
     def predict(self, X: NDArray) -> NDArray:
         """Class labels (classifier) or values (regressor), ndarray of shape (n_rows,)."""
@@ -88,6 +97,8 @@ class Model:
         """What :meth:`predict` returns for margins ``z``: for code that has computed them."""
         if self.is_classifier:
             return self.classes_[(z > 0).astype(np.intp)]
+        if self.model == "poisson":  # the log link: the predicted mean count
+            return np.exp(np.minimum(z, 700.0))
         return z
 
     def score(self, X: NDArray, y: NDArray) -> float:

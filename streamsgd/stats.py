@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import DataError
-from .kernels import moments
+from .kernels import LOSS_TASK, moments
 from .sources import Source
 
 SAMPLE_ROWS = 4096
@@ -45,11 +45,17 @@ def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.f
                 f"{source.chunk_name(c)}: target column {source.target!r} holds NaN or infinite values; "
                 "drop those rows"
             )
-        if model == "logistic" and ((y != 0) & (y != 1)).any():
+        task = LOSS_TASK[model]
+        if task == "classification" and ((y != 0) & (y != 1)).any():
             value = y[np.argmax((y != 0) & (y != 1))]
             raise DataError(
-                f"{source.url}: target column {source.target!r} holds {value:g}, but a logistic model "
+                f"{source.url}: target column {source.target!r} holds {value:g}, but a {model} model "
                 "needs labels 0 and 1; recode the target (or train with --model linear)"
+            )
+        if task == "counts" and (y < 0).any():
+            raise DataError(
+                f"{source.url}: target column {source.target!r} holds {y[np.argmax(y < 0)]:g}, but a poisson "
+                "model needs counts >= 0; choose another --model or fix the target"
             )
         return float(y.mean()) if y.size else 0.0
 

@@ -6,6 +6,7 @@ short last batch counting as one (DESIGN.md §2.2).
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -19,13 +20,14 @@ from numpy.typing import NDArray
 
 from .config import FitConfig
 from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
-from .kernels import LOSSES
+from .kernels import CURVATURE, LOSS_TASK, LOSSES
 from .loop import (AVERAGE_FROM, AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
                    ROWS, T, finish_batch, train_rows)
+from .loop import N_SPEC, N_HYPER  # noqa: F401  (the layouts _start and the checkpoint follow)
 from .noise import NoiseMeter
 from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
-from .optim import SCHEDULES, default_lr, learning_rate
+from .optim import OPTIMIZERS, SCHEDULES, default_lr, optimizer_state, schedule_lr
 from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
 from .stats import chunk_target_means, row_sample, standardization
@@ -138,17 +140,20 @@ class _State:
     a function of the seed, so nothing about the data's order needs storing.
     """
 
-    ARRAYS = ("theta", "theta_eff", "avg", "gw", "counters", "sums", "epoch_sums", "rows_seen",
-              "mean", "scale", "hyper", "spec")
+    ARRAYS = ("theta", "theta_eff", "avg", "gw", "l1_q", "l1_u", "cw", "opt_state", "counters", "sums",
+              "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec")
 
     def __init__(self, d: int):
         self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(d + 1) for _ in range(4))
+        self.l1_q, self.l1_u, self.cw = np.zeros(d), np.zeros(1), np.ones(2)
+        self.opt_state = optimizer_state(d)
         self.counters = np.zeros(N_COUNTERS, dtype=np.int64)
         self.sums = np.zeros(N_SUMS)
         self.epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
         self.rows_seen = np.zeros(1, dtype=np.int64)
         self.mean = self.scale = self.hyper = self.spec = None
         self.sample = None  # rows for the step size: kept when the batch size may change
+        self.curvature = None  # the loss's curvature bound, when the data sets it (poisson, class weights)
 
     def arrays(self) -> dict[str, NDArray]:
         return {name: getattr(self, name).copy() for name in self.ARRAYS}
@@ -220,13 +225,16 @@ def fit(
     never = np.iinfo(np.int64).max
     average_from = never if not config.average or total_steps is None else total_steps // 2
     st = _State(d)
-    st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N], dtype=np.int64)
+    st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N,
+                        OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every], dtype=np.int64)
+    st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model)
+    st.curvature = _curvature(config.model, strata, source.chunk_rows, st.cw)
     if resume is not None:
         st.restore(resume)
     spec = st.spec
     ck = checkpointing or Checkpointing()
     counters, sums = st.counters, st.sums
-    params = (st.theta, st.theta_eff, st.avg, st.gw)
+    params = (st.theta, st.theta_eff, st.avg, st.gw, st.l1_q, st.l1_u, st.cw)
     # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
     meter = NoiseMeter(n_rows=N, n_params=d + 1)
     noise = (meter.total, meter.sums, np.zeros(d + 1))
@@ -259,7 +267,8 @@ def fit(
         estimate = meter.close_interval()
         emit({"event": "progress", "epoch": epoch + 1, "iteration": t,
               "rows_seen": int(st.rows_seen[0] + sums[ROWS]), "batch": int(spec[BATCH]),
-              "lr": learning_rate(config.lr_schedule, st.hyper[LR0], t, config.power_t),
+              "lr": schedule_lr(int(spec[2]), st.hyper[LR0], t, config.power_t, config.warmup, total_steps or 0,
+                                config.step_every, config.gamma),
               "total_iterations": total_steps, "loss": sums[LOSS] / max(sums[ROWS], 1.0),
               "rows_per_second": sums[ROWS] / max(now - interval_start, 1e-9), "seconds": now - train_start,
               **_noise_fields(estimate)})
@@ -322,7 +331,7 @@ def fit(
                     pos = 0
                     while pos < order.size and not done():
                         pos = train_rows(window.X, window.y, order, pos, order.size, next_stop(), spec, st.hyper,
-                                         params, st.mean, st.scale, counters, sums, noise)
+                                         params, st.opt_state, st.mean, st.scale, counters, sums, noise)
                         if counters[DIVERGED]:
                             raise diverged(epoch)
                         if counters[FILLED] == 0:
@@ -330,7 +339,7 @@ def fit(
                     if done():
                         break
             if counters[FILLED]:  # the epoch's short last batch
-                finish_batch(spec, st.hyper, params, st.mean, st.scale, counters, sums, noise)
+                finish_batch(spec, st.hyper, params, st.opt_state, st.mean, st.scale, counters, sums, noise)
                 if counters[DIVERGED]:
                     raise diverged(epoch)
                 if counters[T] % config.log_every == 0:
@@ -396,6 +405,39 @@ def fit(
     return FitResult(model, summary)
 
 
+def class_weights(spec: str | None, strata: NDArray[np.float64], chunk_rows: list[int], model: str) -> NDArray:
+    """Row weight by binary label, (w0, w1): ones; "balanced" = N / (2 · n_class) as in
+    scikit-learn, from the label counts of the target pass; or a JSON object {"0": w0, "1": w1}."""
+    if spec is None:
+        return np.ones(2)
+    if LOSS_TASK[model] != "classification":
+        raise UsageError(f"--class-weight: the {model} model has no classes; drop --class-weight")
+    if spec == "balanced":
+        ones = float(np.dot(strata, chunk_rows))
+        n = float(sum(chunk_rows))
+        if ones == 0 or ones == n:
+            raise DataError("--class-weight balanced: the target holds only one class; drop --class-weight")
+        return np.array([n / (2 * (n - ones)), n / (2 * ones)])
+    try:
+        given = json.loads(spec)
+        weights = np.array([float(given.get("0", 1.0)), float(given.get("1", 1.0))])
+        if set(given) - {"0", "1"} or not (np.isfinite(weights).all() and (weights > 0).all()):
+            raise ValueError
+    except (ValueError, TypeError, AttributeError):
+        raise UsageError(f"--class-weight: expected balanced or a JSON object such as "
+                         f"'{{\"0\": 1, \"1\": 5}}' with positive weights; got {spec!r}") from None
+    return weights
+
+
+def _curvature(model: str, strata: NDArray[np.float64], chunk_rows: list[int], cw: NDArray) -> float:
+    """The loss's curvature bound for the default step: poisson's e^z grows to the mean
+    count near the optimum; class weights scale the loss."""
+    c = CURVATURE[model]
+    if model == "poisson":
+        c = max(1.0, float(np.dot(strata, chunk_rows)) / max(sum(chunk_rows), 1))
+    return c * float(cw.max())
+
+
 def _batch_rows(config: FitConfig, N: int) -> int:
     """Rows per update: the number given, N for ``full``, the starting size for ``auto``."""
     if config.batch == "full":
@@ -425,7 +467,8 @@ def _grow_batch(st: _State, estimate: dict[str, Any], config: FitConfig, N: int)
     if wanted > st.spec[BATCH]:
         st.spec[BATCH] = wanted
         if config.lr is None:
-            st.hyper[LR0] = default_lr(config.model, st.sample, st.mean, st.scale, N, wanted, config.l2)
+            st.hyper[LR0] = default_lr(config.model, st.sample, st.mean, st.scale, N, wanted, config.l2,
+                                       st.curvature)
 
 
 def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
@@ -444,8 +487,13 @@ def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int
     else:
         st.mean, st.scale = standardization(X, config.standardize)
     st.sample = row_sample(X)
-    lr0 = config.lr if config.lr is not None else default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2)
-    st.hyper = np.array([lr0, config.power_t, config.l2])
+    if config.lr is None:
+        lr0 = default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature)
+    else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
+        lr0 = config.lr * (B / config.lr_reference_batch if config.lr_reference_batch else 1.0)
+    param = config.epsilon if config.model == "huber" else config.quantile
+    st.hyper = np.array([lr0, config.power_t, config.l2, config.l1, param, config.beta1, config.beta2,
+                         config.eps, config.gamma])
     st.theta_eff[:d] = st.theta[:d] / st.scale
     st.theta_eff[d] = st.theta[d] - float(st.theta_eff[:d] @ st.mean)
 

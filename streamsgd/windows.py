@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import DataError, StreamSGDError, SourceError
-from .kernels import first_nonfinite_column
+from .kernels import LOSS_TASK, first_nonfinite_column
 from .prefetch import Prefetcher
 from .sources import Source
 
@@ -96,12 +96,12 @@ def prefetch_windows(
 
 def check_labels(model: str, source: Source, window: Window) -> Window:
     """Refuse labels the loss cannot use (logistic needs 0/1); returns the window."""
-    if model == "logistic" and window.y is not None:
+    if LOSS_TASK.get(model) == "classification" and window.y is not None:
         bad = (window.y != 0) & (window.y != 1)
         if bad.any():
             value = window.y[np.argmax(bad)]
             raise DataError(
-                f"{source.url}: target column {source.target!r} holds {value:g}, but a logistic model "
+                f"{source.url}: target column {source.target!r} holds {value:g}, but a {model} model "
                 "needs labels 0 and 1; recode the target (or train with --model linear)"
             )
     return window

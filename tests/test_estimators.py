@@ -151,9 +151,9 @@ def test_options_pass_through_and_clashes_are_refused():
     with pytest.raises(UsageError, match="options: 'epochs' is a parameter of its own"):
         StreamSGDClassifier(options={"epochs": 3}).fit(X, y_bin)
     with pytest.raises(UsageError, match="--lr-schedule: expected one of"):
-        StreamSGDClassifier(lr_schedule="cosine").fit(X, y_bin)
+        StreamSGDClassifier(lr_schedule="sawtooth").fit(X, y_bin)
     with pytest.raises(UsageError, match="loss: expected one of"):
-        StreamSGDClassifier(loss="hinge").fit(X, y_bin)
+        StreamSGDClassifier(loss="epsilon_insensitive").fit(X, y_bin)
     with pytest.raises(DataError, match="Only binary classification is supported"):
         StreamSGDClassifier(epochs=1).fit(X, np.arange(300) % 3)
 

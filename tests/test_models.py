@@ -1,0 +1,128 @@
+"""Each convex model reaches the optimum of a trusted solver, judged by our own objective
+(DESIGN.md §4: L = (1/N) Σ ℓ(w·z_i + b, y_i) + (l2/2)‖w‖² + l1‖w‖₁ on standardised z, the
+intercept unpenalised): the objective at our model is within 1e-3 (relative) of its value
+at the reference solution. The parameter mapping to each reference is in its test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import PoissonRegressor, QuantileRegressor
+from sklearn.svm import LinearSVC
+
+from streamsgd.kernels import row_loss
+from streamsgd.sources.arrays import ArraySource
+from streamsgd.train import fit
+
+pytestmark = pytest.mark.slow
+
+N, D = 3_000, 4
+
+
+def data(task: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, D)) * np.array([1.0, 2.0, 0.5, 3.0]) + 1.0
+    w = np.array([0.6, -0.4, 0.9, 0.2])
+    z = (X - 1.0) / np.array([1.0, 2.0, 0.5, 3.0]) @ w
+    if task == "classification":
+        y = (z + rng.logistic(size=N) > 0).astype(float)
+    elif task == "counts":
+        y = rng.poisson(np.exp(0.5 * z)).astype(float)
+    else:
+        y = z + rng.standard_t(3, size=N)  # heavy tails: where huber and quantile matter
+    return X, y
+
+
+def objective(model: str, Z, y, w, b, l2, l1=0.0, param=None) -> float:
+    return float(row_loss(model, Z @ w + b, y, param).mean() + 0.5 * l2 * w @ w + l1 * np.abs(w).sum())
+
+
+def ours(model: str, X, y, **options):
+    m = fit(ArraySource(X, y, chunk_rows=500), model=model, dtype="float64", **options).model
+    Z = (X - m.mean) / m.scale
+    return m, Z, np.array(m.metadata["coef_standardized"]), m.metadata["intercept_standardized"]
+
+
+def test_poisson_reaches_poisson_regressor():
+    X, y = data("counts")
+    l2 = 1e-3
+    m, Z, w, b = ours("poisson", X, y, l2=l2, epochs=60, batch=64, lr_schedule="invscaling", power_t=0.5)
+    # PoissonRegressor: (1/2n) Σ deviance + (alpha/2)‖w‖², the deviance being 2(y log(y/μ) − y + μ):
+    # the same minimiser as (1/n) Σ (e^z − y z) + (l2/2)‖w‖² with alpha = l2
+    ref = PoissonRegressor(alpha=l2, tol=1e-12, max_iter=10_000).fit(Z, y)
+    mine, best = objective("poisson", Z, y, w, b, l2), objective("poisson", Z, y, ref.coef_, ref.intercept_, l2)
+    assert (mine - best) / abs(best) < 1e-3, (mine, best)
+
+
+def test_quantile_reaches_quantile_regressor():
+    X, y = data("regression")
+    tau = 0.8
+    m, Z, w, b = ours("quantile", X, y, quantile=tau, l2=0.0, epochs=100, batch=32, lr_schedule="invscaling",
+                      power_t=0.5, lr=0.5)
+    # QuantileRegressor(alpha=0) minimises (1/n) Σ pinball_τ exactly (a linear program, HiGHS)
+    ref = QuantileRegressor(quantile=tau, alpha=0.0, solver="highs").fit(Z, y)
+    mine = objective("quantile", Z, y, w, b, 0.0, param=tau)
+    best = objective("quantile", Z, y, ref.coef_, ref.intercept_, 0.0, param=tau)
+    assert (mine - best) / abs(best) < 1e-3, (mine, best)
+
+
+# liblinear's dual coordinate descent stops at its iteration cap before its tiny tolerance:
+# the reference is then at least as good as that point, which is all the comparison needs
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_hinge_reaches_the_linear_svm():
+    X, y = data("classification")
+    l2 = 1e-2
+    m, Z, w, b = ours("hinge", X, y, l2=l2, epochs=100, batch=32, lr_schedule="invscaling", power_t=0.5)
+    # LinearSVC(loss="hinge"): (1/2)‖w‖² + C Σ max(0, 1 − s(w·z + b)) = N·C·[our objective] with
+    # C = 1/(N·l2); its intercept is penalised through intercept_scaling, made large to free it
+    ref = LinearSVC(loss="hinge", C=1 / (N * l2), intercept_scaling=10.0, tol=1e-8, max_iter=1_000_000,
+                    dual=True).fit(Z, y)
+    mine = objective("hinge", Z, y, w, b, l2)
+    best = objective("hinge", Z, y, ref.coef_[0], ref.intercept_[0], l2)
+    assert (mine - best) / abs(best) < 1e-3, (mine, best)
+
+
+def test_huber_reaches_the_exact_minimum():
+    from scipy.optimize import minimize
+
+    X, y = data("regression")
+    l2, eps = 1e-3, 1.0
+    m, Z, w, b = ours("huber", X, y, l2=l2, epsilon=eps, epochs=60, batch=64, lr_schedule="invscaling", power_t=0.5)
+
+    # scikit-learn's HuberRegressor estimates a scale jointly (another objective), so the
+    # reference is L-BFGS on our own (smooth, convex) objective, to gradient norm 1e-12
+    def f(p):
+        r = Z @ p[:D] + p[D] - y
+        slope = np.clip(r, -eps, eps)
+        return objective("huber", Z, y, p[:D], p[D], l2, param=eps), np.append(Z.T @ slope / N + l2 * p[:D], slope.mean())
+
+    ref = minimize(f, np.zeros(D + 1), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "maxiter": 10_000}).x
+    mine, best = objective("huber", Z, y, w, b, l2, param=eps), objective("huber", Z, y, ref[:D], ref[D], l2, param=eps)
+    assert (mine - best) / abs(best) < 1e-3, (mine, best)
+
+
+def test_l1_gives_exact_zeros_on_a_sparse_truth():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((N, 10))
+    y = X[:, 0] * 2.0 - X[:, 3] * 1.5 + 0.1 * rng.standard_normal(N)
+    m = fit(ArraySource(X, y, chunk_rows=500), model="linear", l1=0.05, l2=0.0, epochs=30, batch=64,
+            dtype="float64", average=False).model
+    support = np.flatnonzero(np.array(m.metadata["coef_standardized"]) != 0.0)
+    assert list(support) == [0, 3]  # exactly zero elsewhere, as Lasso selects
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adagrad", "adam", "adamw"])
+def test_each_optimizer_trains_the_logistic_benchmark(optimizer):
+    X, y = data("classification", seed=2)
+    base = fit(ArraySource(X, y, chunk_rows=500), model="logistic", epochs=30, dtype="float64").model
+    lr = {"momentum": 0.2, "nesterov": 0.2, "adagrad": 1.0, "adam": 0.1, "adamw": 0.1}[optimizer]
+    other = fit(ArraySource(X, y, chunk_rows=500), model="logistic", epochs=30, batch=32, dtype="float64",
+                optimizer=optimizer, lr=lr, lr_schedule="invscaling", power_t=0.5).model
+    Z = (X - base.mean) / base.scale
+
+    def loss(m):
+        return objective("logistic", Z, y, np.array(m.metadata["coef_standardized"]),
+                         m.metadata["intercept_standardized"], 1e-4)
+
+    # the reference is plain SGD with the defaults (itself within 1e-4 of the optimum, test_fit)
+    assert loss(other) <= loss(base) * (1 + 2e-3), (loss(other), loss(base))
