@@ -139,7 +139,7 @@ class ParquetSource:
             slices = max(slices, math.ceil(rows / self._max_chunk_rows))
         # a streamed column also holds a page and its dictionary: fixed costs that slicing
         # does not shrink, so the slices share what is left of the budget
-        fixed = sum(2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * min(1.0, PAGE_ROWS / rows)))
+        fixed = sum(2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * min(1.0, PAGE_ROWS / max(rows, 1))))
                     + 2 * _dictionary_bytes(c) for c in columns)
         if slices == 1 or fixed >= data:  # a small row group: slices would cost more than it
             self._chunks.append(_Chunk(f, g, 0, rows, 1))
