@@ -12,21 +12,20 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .api import fit, load  # noqa: E402
-from .config import FitConfig  # noqa: E402
-from .model import Model  # noqa: E402
-from .sources import ArraySource, ParquetSource, open_source  # noqa: E402
-from .train import FitResult  # noqa: E402
-
-_ESTIMATORS = ("StreamSGDClassifier", "StreamSGDRegressor")
+#: Public name -> the module that defines it. Imported on first use, so that the command
+#: line starts without loading Numba, pyarrow or scikit-learn until a command needs them.
+_EXPORTS = {
+    "fit": "api", "load": "api", "FitConfig": "config", "Model": "model", "FitResult": "train",
+    "open_source": "sources", "ArraySource": "sources", "ParquetSource": "sources",
+    "StreamSGDClassifier": "estimators", "StreamSGDRegressor": "estimators",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # scikit-learn is needed only by the estimators: import them (and it) when first asked for
-    if name in _ESTIMATORS:
-        from . import estimators
+    if name in _EXPORTS:
+        import importlib
 
-        return getattr(estimators, name)
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'streamsgd' has no attribute {name!r}")
 
 

@@ -324,20 +324,18 @@ def moments(X):
 
 
 @njit(nogil=True, cache=True)
-def fill_rows(columns, X):
-    """Write 1-D ``columns`` (a typed List, one array per feature) into row-major ``X``.
+def fill_rows(C, X):
+    """Write the column-major block ``C`` (features x rows) into row-major ``X`` (rows x features).
 
     A blocked transpose: each block of rows x all columns stays in cache while it is
-    written, which is about 2.5x faster than filling X column by column with strided
-    stores (measured on 65,536 x 100 float32: 4.3M against 1.7M rows/s).
+    written, about 2.5x faster than filling X column by column with strided stores.
     """
     n = X.shape[0]
     for i0 in range(0, n, 512):
         i1 = min(n, i0 + 512)
-        for j in range(len(columns)):
-            c = columns[j]
+        for j in range(C.shape[0]):
             for i in range(i0, i1):
-                X[i, j] = c[i]
+                X[i, j] = C[j, i]
 
 
 @njit(nogil=True, cache=True)
