@@ -27,8 +27,12 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/throughput.py --quick
 	$(BIN)/python benchmarks/memory.py --quick
+	$(BIN)/python benchmarks/startup.py --quick
+	$(BIN)/python benchmarks/capped.py --quick
+	$(BIN)/python benchmarks/full_batch.py --quick
 
 clean:
 	rm -rf $(DEMO) build *.egg-info

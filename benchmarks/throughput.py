@@ -1,27 +1,41 @@
-"""Training throughput of streamsgd against the speed limit of the disk format and scikit-learn.
+"""Training throughput of streamsgd against the speed limit of the disk format, scikit-learn and VW.
 
-One command, one run, one Parquet file for every row of the table:
+One command, one run; for each feature count d one data set, the same rows for every row of
+that d's table (an uncompressed Parquet file, and the same rows as an uncompressed Zarr group
+with row-major chunks of 65,536 rows):
 
-  (a) pyarrow decode only: read every row group and touch its columns. Nothing that reads
-      this file can be faster, so this is "the limit".
-  (b) pyarrow decode + convert each row group to a row-major float32 matrix, which is what
-      any row-wise learner needs before it can start.
-  (c) ``streamsgd.fit`` for one epoch at batch 512 (logistic), timed end to end wall-clock,
-      standardisation pass included; (c') is the same run's training loop alone (the
-      summary's ``rows_per_second``).
-  (d) scikit-learn ``SGDClassifier(loss="log_loss").partial_fit`` on batches of 512 rows, fed
-      from row-major matrices read per row group and standardised with a mean/std computed
-      beforehand (outside the timing), so it does the same work as (c') and no more.
-  (e) the same ``partial_fit`` fed one whole row group per call (fewer, larger calls).
+  (a)  pyarrow decode only: read every row group and touch its columns. Nothing that reads
+       the Parquet file can be faster: "the limit".
+  (b)  pyarrow decode + each row group to a row-major float32 matrix (``to_tensor``), what a
+       row-wise learner needs before it can start.
+  (c)  ``streamsgd.fit`` on the Parquet file, one epoch at batch 512 (logistic), wall clock end
+       to end (opening, planning, standardisation from the first window, the epoch).
+  (c') the same run's training loop alone (the summary's ``rows_per_second``).
+  (z)  zarr chunk read: ``X[i:j]`` and ``y[i:j]`` for every chunk of the Zarr group: Zarr's limit.
+  (cz) ``streamsgd.fit`` on the Zarr group, end to end; (cz') its loop alone.
+  (d)  scikit-learn ``SGDClassifier(loss="log_loss").partial_fit`` on batches of 512 rows, fed
+       from row-major matrices read per row group and standardised with a mean/std computed
+       beforehand (outside the timing).
+  (e)  the same ``partial_fit`` fed one whole row group per call.
+  (v)  Vowpal Wabbit (``vowpalwabbit`` package, when installed), logistic loss, one pass, reading
+       its own cache file (written once beforehand from the same rows): the wall time of the
+       training command ``--loss_function logistic --cache_file … -d …``.
 
-Methods are timed round-robin (a, b, c, d, e, a, b, ...) so that drift of a shared machine
-hits them all alike; each figure is the median of ``--runs`` runs, and ratios are taken
-between medians of the same run of this script. After the last round the held-out log
-loss of streamsgd and scikit-learn is computed on a second file drawn from the same model.
+Methods run round-robin (a, b, c, z, cz, d, e, v, a, ...) so drift of a shared machine hits
+them all alike; each figure is the median of ``--runs`` runs; ratios are between medians of
+the same invocation. After the last round, each learner's last model is scored on a held-out
+file of fresh rows from the same true weights (log loss; "floor" = the true weights' loss).
+
+Rows: ``--rows`` for every d, except that a data set is capped at ``--max-cells`` values
+(default 2e8, ~0.8 GB of float32), so d = 1000 uses 200,000 rows by default. Row groups (and
+Zarr chunks) hold 65,536 rows up to d = 100 and 25 MiB of features above (6,553 rows at
+d = 1000). A method that fails (e.g. streamsgd refusing a memory plan) is reported as failed
+and the rest of the table is still measured.
 
 Usage:
-  python benchmarks/throughput.py            # 2,000,000 rows x 100 features, 3 runs
-  python benchmarks/throughput.py --quick    # 200,000 rows x 20 features, 1 run (make bench)
+  python benchmarks/throughput.py                        # d = 10, 100, 1000; 2M rows (200k at d=1000); 3 runs
+  python benchmarks/throughput.py --features 100         # one table
+  python benchmarks/throughput.py --quick                # 200,000 rows x 20 features, 1 run (make bench)
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -48,6 +63,13 @@ from streamsgd.generate import generate
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 ROW_GROUP_ROWS = 65536
+#: Above d = 100 a row group keeps the bytes of 65,536 rows x 100 float32 (25 MiB), as
+#: writers that target a row-group size in bytes do: 6,553 rows at d = 1000.
+ROW_GROUP_CELLS = ROW_GROUP_ROWS * 100
+
+
+def group_rows(features: int) -> int:
+    return ROW_GROUP_ROWS if features <= 100 else max(1024, ROW_GROUP_CELLS // features)
 BATCH = 512
 SEED = 0  # seeds the true weights of both files
 TRAIN_SAMPLE_SEED = 0  # rows of the training file
@@ -57,26 +79,46 @@ L2 = 1e-4  # streamsgd's default --l2; the same penalty as scikit-learn's alpha
 LABELS = {
     "decode": "(a) pyarrow decode only (limit)",
     "convert": "(b) pyarrow decode + row-major f32",
-    "streamsgd": "(c) streamsgd fit, end to end",
-    "streamsgd_loop": "(c') streamsgd training loop",
+    "streamsgd": "(c) streamsgd fit Parquet, end to end",
+    "streamsgd_loop": "(c') streamsgd Parquet, loop only",
+    "zarr_read": "(z) zarr chunk read (Zarr's limit)",
+    "streamsgd_zarr": "(cz) streamsgd fit Zarr, end to end",
+    "streamsgd_zarr_loop": "(cz') streamsgd Zarr, loop only",
     "sklearn_batch": f"(d) sklearn partial_fit, batch {BATCH}",
     "sklearn_group": "(e) sklearn partial_fit, row group",
+    "vw": "(v) Vowpal Wabbit, own cache, 1 pass",
+}
+
+#: Done-when ratios of issue 4 (checked and printed, not turned into the exit status: this
+#: script measures; the figures are judged in benchmarks/README.md)
+TARGETS = {
+    "fit vs decode (d=100)": (100, "streamsgd", "decode", 0.65),
+    "fit vs sklearn batch 512 (d=100)": (100, "streamsgd", "sklearn_batch", 8.0),
+    "fit vs decode (d=10)": (10, "streamsgd", "decode", 0.5),
+    "Zarr fit vs zarr read": (None, "streamsgd_zarr", "zarr_read", 0.75),
 }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=2_000_000, help="training rows (default 2,000,000)")
-    p.add_argument("--features", type=int, default=100, help="feature columns (default 100)")
+    p.add_argument("--features", default="10,100,1000", help="comma-separated feature counts, one table each")
+    p.add_argument("--max-cells", type=int, default=200_000_000,
+                   help="cap rows x features per data set (default 2e8: 200,000 rows at d=1000)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per method; medians are reported (default 3)")
     p.add_argument("--quick", action="store_true", help="small and fast: 200,000 rows x 20 features, 1 run")
+    p.add_argument("--no-vw", action="store_true", help="leave Vowpal Wabbit out even if installed")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the data files and the JSON")
     p.add_argument("--regenerate", action="store_true", help="rewrite the data files even if matching ones exist")
     args = p.parse_args(argv)
     if args.quick:
-        args.rows, args.features, args.runs = 200_000, 20, 1
-    if min(args.rows, args.features, args.runs) < 1:
-        p.error("--rows, --features and --runs must be >= 1")
+        args.rows, args.features, args.runs = 200_000, "20", 1
+    try:
+        args.features = [int(f) for f in str(args.features).split(",")]
+    except ValueError:
+        p.error(f"--features: expected comma-separated integers, e.g. 10,100,1000; got {args.features!r}")
+    if min([args.rows, args.runs, args.max_cells] + args.features) < 1:
+        p.error("--rows, --features, --max-cells and --runs must be >= 1")
     return args
 
 
@@ -84,11 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def ensure_file(path: Path, rows: int, features: int, sample_seed: int, regenerate: bool) -> tuple[dict, bool]:
-    """Write the file with ``generate`` unless a file of exactly this recipe is already there.
-
-    Returns the generator's info (true weights etc.) and whether the file was written now.
-    Reuse only saves time on repeated runs; the recipe check keeps it from reusing a stale file.
-    """
+    """Write the Parquet file with ``generate`` unless a file of exactly this recipe is there."""
+    rg = group_rows(features)
     if path.exists() and not regenerate:
         try:
             meta = pq.read_metadata(path)
@@ -97,7 +136,7 @@ def ensure_file(path: Path, rows: int, features: int, sample_seed: int, regenera
                 info.get("task") == "logistic" and info.get("seed") == SEED
                 and info.get("sample_seed") == sample_seed and meta.num_rows == rows
                 and meta.num_columns == features + 1
-                and meta.row_group(0).num_rows == min(rows, ROW_GROUP_ROWS)
+                and meta.row_group(0).num_rows == min(rows, rg)
                 and meta.row_group(0).column(0).compression == "UNCOMPRESSED"
             )
             if same:
@@ -106,9 +145,66 @@ def ensure_file(path: Path, rows: int, features: int, sample_seed: int, regenera
             pass
     info = generate(
         str(path), rows=rows, features=features, task="logistic", seed=SEED, sample_seed=sample_seed,
-        row_group_rows=ROW_GROUP_ROWS, compression="none",
+        row_group_rows=rg, compression="none",
     )
     return info, True
+
+
+def ensure_zarr(path: Path, rows: int, features: int, regenerate: bool) -> bool:
+    """The same rows as the training Parquet file (same seeds, same row groups) as a Zarr group."""
+    import zarr
+
+    if path.exists() and not regenerate:
+        try:
+            g = zarr.open_group(str(path), mode="r")
+            info = g.attrs["streamsgd"]
+            X = g["X"]
+            if (X.shape == (rows, features) and X.chunks == (min(rows, group_rows(features)), features)
+                    and not X.compressors and info.get("sample_seed") == TRAIN_SAMPLE_SEED):
+                return False
+        except Exception:
+            pass
+    shutil.rmtree(path, ignore_errors=True)  # generate renames onto the path: it must not exist
+    generate(str(path), rows=rows, features=features, task="logistic", seed=SEED, sample_seed=TRAIN_SAMPLE_SEED,
+             row_group_rows=group_rows(features), compression="none", format="zarr")
+    return True
+
+
+def ensure_vw_cache(parquet: Path, cache: Path, regenerate: bool) -> float:
+    """VW's own cache file of the training rows: text written once (pyarrow's CSV writer), then
+    one VW pass that builds the cache; the text is deleted. Returns the seconds it took."""
+    if cache.exists() and not regenerate:
+        return 0.0
+    from vowpalwabbit import pyvw
+
+    t0 = time.perf_counter()
+    text = cache.with_suffix(".vw")
+    write_vw_text(parquet, text)
+    cache.unlink(missing_ok=True)
+    tmp_model = cache.with_suffix(".tmp-model")
+    ws = pyvw.Workspace(f"--loss_function logistic --quiet -d {text} --cache_file {cache} -f {tmp_model}")
+    ws.finish()
+    text.unlink()
+    tmp_model.unlink(missing_ok=True)
+    return time.perf_counter() - t0
+
+
+def write_vw_text(parquet: Path, text: Path) -> None:
+    """VW text format, ``±1 |f 0:x0 1:x1 …``, one row group at a time (vectorised in Arrow)."""
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    pf = pq.ParquetFile(parquet, pre_buffer=False)
+    names = [n for n in pf.schema_arrow.names if n != "y"]
+    opts = pcsv.WriteOptions(include_header=False, delimiter=" ", quoting_style="none")
+    with pa.OSFile(str(text), "wb") as f:
+        for i in range(pf.num_row_groups):
+            t = pf.read_row_group(i)
+            y = t.column("y").to_numpy()
+            cols = [pa.array(np.where(y == 1, "1", "-1")), pa.array(np.full(len(y), "|f"))]
+            cols += [pc.binary_join_element_wise(f"{j}:", pc.cast(t.column(n), pa.string()), "")
+                     for j, n in enumerate(names)]
+            pcsv.write_csv(pa.table(cols, names=[f"c{k}" for k in range(len(cols))]), f, opts)
 
 
 def feature_names(path: Path) -> list[str]:
@@ -149,8 +245,22 @@ def decode_convert(path: Path, names: list[str]) -> int:
     return rows
 
 
+def zarr_read(path: Path) -> int:
+    """(z) Read every chunk of X and y into NumPy (what any Zarr reader must do)."""
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")
+    X, y = g["X"], g["y"]
+    step = X.chunks[0]
+    rows = 0
+    for start in range(0, X.shape[0], step):
+        block = X[start:start + step]
+        rows += block.shape[0] + 0 * y[start:start + step].shape[0]
+    return rows
+
+
 def streamsgd_fit(path: Path) -> streamsgd.FitResult:
-    """(c) One epoch of streamsgd through its public API, standardisation pass included."""
+    """(c)/(cz) One epoch of streamsgd through its public API."""
     return train.fit(streamsgd.open_source(str(path)), epochs=1, batch=BATCH, model="logistic")
 
 
@@ -169,6 +279,32 @@ def sklearn_fit(path: Path, names: list[str], mean: np.ndarray, std: np.ndarray,
         for start in range(0, X.shape[0], step):
             clf.partial_fit(X[start:start + step], y[start:start + step], classes=classes)
     return clf
+
+
+def vw_fit(cache: Path, model: Path) -> None:
+    """(v) One VW pass over its cache file: the training command, logistic loss."""
+    from vowpalwabbit import pyvw
+
+    ws = pyvw.Workspace(f"--loss_function logistic --quiet -d {cache.with_suffix('.vw')} "
+                        f"--cache_file {cache} -f {model}")
+    ws.finish()
+
+
+def vw_heldout_loss(model: Path, X: np.ndarray, y: np.ndarray, work: Path) -> float:
+    """Held-out log loss of a VW model: predictions with ``--link logistic`` on the held-out rows."""
+    from vowpalwabbit import pyvw
+
+    text, preds = work.with_suffix(".heldout.vw"), work.with_suffix(".heldout.pred")
+    lines = "\n".join(("1" if yi == 1 else "-1") + " |f " + " ".join(f"{j}:{v:.9g}" for j, v in enumerate(row))
+                      for row, yi in zip(X, y))
+    text.write_text(lines + "\n")
+    ws = pyvw.Workspace(f"-t -i {model} -d {text} -p {preds} --link logistic --quiet")
+    ws.finish()
+    p = np.clip(np.loadtxt(preds).reshape(-1), 1e-15, 1 - 1e-15)
+    text.unlink()
+    preds.unlink()
+    yf = y.astype(np.float64)
+    return float(-np.mean(yf * np.log(p) + (1 - yf) * np.log1p(-p)))
 
 
 def column_stats(path: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -218,21 +354,142 @@ def warm_up(features: int) -> None:
     train.fit(streamsgd.ArraySource(X, y, chunk_rows=1024), epochs=1, batch=BATCH, model="logistic")
 
 
-def machine() -> dict[str, Any]:
+def vw_available() -> tuple[bool, str]:
+    try:
+        import vowpalwabbit
+
+        return True, getattr(vowpalwabbit, "__version__", "installed")
+    except ImportError as e:
+        return False, f"vowpalwabbit is not installed ({e}); pip install vowpalwabbit to add row (v)"
+
+
+def machine(vw_version: str | None) -> dict[str, Any]:
     import numba
     import sklearn
+    import zarr
 
-    return provenance.machine(numpy=np.__version__, pyarrow=pa.__version__, numba=numba.__version__,
-                              sklearn=sklearn.__version__, streamsgd=streamsgd.__version__)
+    versions = dict(numpy=np.__version__, pyarrow=pa.__version__, numba=numba.__version__, zarr=zarr.__version__,
+                    sklearn=sklearn.__version__, streamsgd=streamsgd.__version__)
+    if vw_version:
+        versions["vowpalwabbit"] = vw_version
+    return provenance.machine(**versions)
 
 
 def print_table(rows: int, medians: dict[str, float], losses: dict[str, float]) -> None:
     limit, sk = rows / medians["decode"], rows / medians["sklearn_batch"]
-    print(f"{'method':<38}{'seconds':>9}{'rows/s':>13}{'vs (a)':>9}{'vs (d)':>9}{'held-out loss':>15}")
+    print(f"{'method':<40}{'seconds':>9}{'rows/s':>13}{'vs (a)':>8}{'vs (z)':>8}{'vs (d)':>8}{'held-out':>10}")
     for key, label in LABELS.items():
+        if key not in medians:
+            continue
         rate = rows / medians[key]
+        vz = f"{rate / (rows / medians['zarr_read']):.2f}" if key.startswith(("zarr", "streamsgd_zarr")) else ""
         loss = f"{losses[key]:.4f}" if key in losses else ""
-        print(f"{label:<38}{medians[key]:>9.2f}{rate:>13,.0f}{rate / limit:>9.2f}{rate / sk:>9.2f}{loss:>15}")
+        print(f"{label:<40}{medians[key]:>9.2f}{rate:>13,.0f}{rate / limit:>8.2f}{vz:>8}{rate / sk:>8.2f}{loss:>10}")
+
+
+def run_one(args: argparse.Namespace, features: int, use_vw: bool) -> dict[str, Any]:
+    """All methods on one data set of ``features`` columns; returns that table's report."""
+    rows = min(args.rows, max(1, args.max_cells // features))
+    shape = f"{rows}x{features}"
+    train_path = args.out / f"train-{shape}.parquet"
+    zarr_path = args.out / f"train-{shape}.zarr"
+    heldout_rows = max(10_000, rows // 20)
+    heldout = args.out / f"heldout-{heldout_rows}x{features}.parquet"
+    vw_cache = args.out / f"train-{shape}.vwcache"
+
+    t0 = time.perf_counter()
+    info, made = ensure_file(train_path, rows, features, TRAIN_SAMPLE_SEED, args.regenerate)
+    ensure_file(heldout, heldout_rows, features, HELDOUT_SAMPLE_SEED, args.regenerate)
+    made_zarr = ensure_zarr(zarr_path, rows, features, args.regenerate or made)
+    vw_prep = ensure_vw_cache(train_path, vw_cache, args.regenerate or made) if use_vw else None
+    print(f"\n== d = {features}: {train_path.name} ({train_path.stat().st_size / 2**20:,.0f} MiB), "
+          f"{zarr_path.name}{', VW cache' if use_vw else ''}; {'written' if made or made_zarr else 'reused'}, "
+          f"ready in {time.perf_counter() - t0:.1f} s" + (f" (VW cache {vw_prep:.0f} s)" if vw_prep else ""),
+          flush=True)
+
+    names = feature_names(train_path)
+    decode_only(train_path)  # untimed: bring the files into the page cache first
+    zarr_read(zarr_path)
+    warm_up(features)
+    t0 = time.perf_counter()
+    mean, std = column_stats(train_path, names)
+    stats_seconds = time.perf_counter() - t0
+
+    loop_rates: dict[str, list[float]] = {"streamsgd": [], "streamsgd_zarr": []}
+    last: dict[str, Any] = {}  # the latest trained model of each learner, for the held-out loss
+    vw_model = args.out / f"train-{shape}.vwmodel"
+
+    def run_streamsgd(key: str, path: Path) -> None:
+        result = streamsgd_fit(path)
+        loop_rates[key].append(result.summary["rows_per_second"])
+        last[key] = result.model
+
+    def run_sklearn(key: str, batch: int | None) -> None:
+        last[key] = sklearn_fit(train_path, names, mean, std, batch)
+
+    methods: dict[str, Callable[[], Any]] = {
+        "decode": lambda: decode_only(train_path),
+        "convert": lambda: decode_convert(train_path, names),
+        "streamsgd": lambda: run_streamsgd("streamsgd", train_path),
+        "zarr_read": lambda: zarr_read(zarr_path),
+        "streamsgd_zarr": lambda: run_streamsgd("streamsgd_zarr", zarr_path),
+        "sklearn_batch": lambda: run_sklearn("sklearn_batch", BATCH),
+        "sklearn_group": lambda: run_sklearn("sklearn_group", None),
+    }
+    if use_vw:
+        methods["vw"] = lambda: vw_fit(vw_cache, vw_model)
+    times: dict[str, list[float]] = {key: [] for key in methods}
+    failed: dict[str, str] = {}
+    for run in range(args.runs):
+        for key, method in methods.items():
+            if key in failed:
+                continue
+            t0 = time.perf_counter()
+            try:
+                method()
+            except Exception as e:  # one refused method must not lose the rest of the table
+                failed[key] = f"{type(e).__name__}: {e}"
+                print(f"{key} failed: {failed[key]}", flush=True)
+                continue
+            times[key].append(time.perf_counter() - t0)
+        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+
+    medians = {key: statistics.median(v) for key, v in times.items() if v}
+    for key in ("streamsgd", "streamsgd_zarr"):
+        if loop_rates[key]:
+            medians[key + "_loop"] = rows / statistics.median(loop_rates[key])
+
+    X_test, y_test = heldout_matrix(heldout, names)
+    losses = {k: evaluate(last[k], streamsgd.open_source(str(heldout)))["loss"]
+              for k in ("streamsgd", "streamsgd_zarr") if k in last}
+    for key in ("sklearn_batch", "sklearn_group"):
+        losses[key] = log_loss(last[key].decision_function((X_test - mean) / std), y_test)
+    if use_vw:
+        losses["vw"] = vw_heldout_loss(vw_model, X_test, y_test, vw_model)
+        vw_model.unlink(missing_ok=True)
+    floor = true_model_loss(info, X_test, y_test)
+
+    print(f"\n{rows:,} rows x {features} features, batch {BATCH}, logistic, 1 epoch, median of {args.runs} run(s); "
+          f"uncompressed Parquet (row groups of {group_rows(features):,}) / Zarr (row-major chunks of "
+          f"{group_rows(features):,} rows), warm page cache")
+    print_table(rows, medians, losses)
+    for key, why in failed.items():
+        print(f"{LABELS[key]}: FAILED: {why}")
+    print(f"held-out log loss ({heldout_rows:,} rows) of the true weights (floor): {floor:.4f}; "
+          f"sklearn's mean/std pass (untimed above) took {stats_seconds:.2f} s", flush=True)
+    return {
+        "rows": rows, "features": features, "heldout_rows": heldout_rows, "row_group_rows": group_rows(features),
+        "train_file": str(train_path), "train_file_bytes": train_path.stat().st_size,
+        "zarr_bytes": sum(f.stat().st_size for f in zarr_path.rglob("*") if f.is_file()),
+        "seconds": times, "median_seconds": medians,
+        "rows_per_second": {k: rows / v for k, v in medians.items()},
+        "ratio_vs_decode": {k: medians["decode"] / v for k, v in medians.items()},
+        "ratio_vs_zarr_read": {k: medians["zarr_read"] / v for k, v in medians.items()},
+        "ratio_vs_sklearn_batch": {k: medians["sklearn_batch"] / v for k, v in medians.items()},
+        "streamsgd_loop_rows_per_second": loop_rates,
+        "heldout_log_loss": {**losses, "true_weights": floor},
+        "sklearn_stats_seconds": stats_seconds, "vw_cache_seconds": vw_prep, "failed": failed,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,82 +497,33 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_start = os.getloadavg()[0]  # other work on a shared machine skews timings; record it
     args.out.mkdir(parents=True, exist_ok=True)
-    shape = f"{args.rows}x{args.features}"
-    train = args.out / f"train-{shape}.parquet"
-    heldout_rows = max(10_000, args.rows // 20)
-    heldout = args.out / f"heldout-{heldout_rows}x{args.features}.parquet"
+    use_vw, vw_note = vw_available()
+    if args.no_vw:
+        use_vw, vw_note = False, "left out (--no-vw)"
+    if not use_vw:
+        print(f"Vowpal Wabbit skipped: {vw_note}")
 
-    t0 = time.perf_counter()
-    info, made = ensure_file(train, args.rows, args.features, TRAIN_SAMPLE_SEED, args.regenerate)
-    ensure_file(heldout, heldout_rows, args.features, HELDOUT_SAMPLE_SEED, args.regenerate)
-    print(f"data: {train} ({train.stat().st_size / 2**20:,.0f} MiB on disk, "
-          f"{'written' if made else 'reused'} in {time.perf_counter() - t0:.1f} s); held-out {heldout_rows:,} rows")
+    tables = {str(d): run_one(args, d, use_vw) for d in args.features}
 
-    names = feature_names(train)
-    if not made:
-        decode_only(train)  # untimed: a reused file is brought into the page cache first
-    warm_up(args.features)
-    t0 = time.perf_counter()
-    mean, std = column_stats(train, names)
-    stats_seconds = time.perf_counter() - t0
-
-    loop_rates: list[float] = []
-    last: dict[str, Any] = {}  # the latest trained model of each learner, for the held-out loss
-
-    def run_streamsgd() -> None:
-        result = streamsgd_fit(train)
-        loop_rates.append(result.summary["rows_per_second"])
-        last["streamsgd"] = result.model
-
-    def run_sklearn(key: str, batch: int | None) -> None:
-        last[key] = sklearn_fit(train, names, mean, std, batch)
-
-    methods: dict[str, Callable[[], Any]] = {
-        "decode": lambda: decode_only(train),
-        "convert": lambda: decode_convert(train, names),
-        "streamsgd": run_streamsgd,
-        "sklearn_batch": lambda: run_sklearn("sklearn_batch", BATCH),
-        "sklearn_group": lambda: run_sklearn("sklearn_group", None),
-    }
-    times: dict[str, list[float]] = {key: [] for key in methods}
-    for run in range(args.runs):
-        for key, method in methods.items():
-            t0 = time.perf_counter()
-            method()
-            times[key].append(time.perf_counter() - t0)
-        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
-
-    medians = {key: statistics.median(v) for key, v in times.items()}
-    medians["streamsgd_loop"] = args.rows / statistics.median(loop_rates)
-
-    X_test, y_test = heldout_matrix(heldout, names)
-    losses = {"streamsgd": evaluate(last["streamsgd"], streamsgd.open_source(str(heldout)))["loss"]}
-    for key in ("sklearn_batch", "sklearn_group"):
-        losses[key] = log_loss(last[key].decision_function((X_test - mean) / std), y_test)
-    floor = true_model_loss(info, X_test, y_test)
-
-    print(f"\n{args.rows:,} rows x {args.features} features, batch {BATCH}, logistic, 1 epoch, "
-          f"median of {args.runs} run(s); uncompressed Parquet, row groups of {ROW_GROUP_ROWS:,} rows, warm page cache")
-    print_table(args.rows, medians, losses)
-    print(f"held-out log loss of the true weights (floor): {floor:.4f}; "
-          f"sklearn's mean/std pass (untimed above) took {stats_seconds:.2f} s")
+    print("\ndone-when ratios (issue 4):")
+    checks = {}
+    for name, (d, key, ref, target) in TARGETS.items():
+        for ds, t in tables.items():
+            if d is not None and int(ds) != d:
+                continue
+            if key not in t["median_seconds"] or ref not in t["median_seconds"]:
+                continue
+            ratio = t["median_seconds"][ref] / t["median_seconds"][key]
+            label = name if d is not None else f"{name} (d={ds})"
+            checks[label] = {"ratio": ratio, "target": target, "met": ratio >= target}
+            print(f"  {label:<40} {ratio:6.2f} (target >= {target}) {'met' if ratio >= target else 'NOT met'}")
 
     report = {
         "benchmark": "throughput",
-        "quick": args.quick,
-        "rows": args.rows, "features": args.features, "batch": BATCH, "runs": args.runs,
-        "row_group_rows": ROW_GROUP_ROWS, "heldout_rows": heldout_rows,
-        "train_file": str(train), "train_file_bytes": train.stat().st_size,
-        "seconds": times,
-        "median_seconds": medians,
-        "rows_per_second": {k: args.rows / v for k, v in medians.items()},
-        "ratio_vs_decode": {k: medians["decode"] / v for k, v in medians.items()},
-        "ratio_vs_sklearn_batch": {k: medians["sklearn_batch"] / v for k, v in medians.items()},
-        "streamsgd_loop_rows_per_second": loop_rates,
-        "heldout_log_loss": {**losses, "true_weights": floor},
-        "sklearn_stats_seconds": stats_seconds,
-        "labels": LABELS,
-        "machine": machine(),
+        "quick": args.quick, "batch": BATCH, "runs": args.runs, "row_group_rows": ROW_GROUP_ROWS,
+        "tables": tables, "checks": checks, "labels": LABELS,
+        "vw": vw_note if not use_vw else f"vowpalwabbit {vw_note}",
+        "machine": machine(vw_note if use_vw else None),
         "total_seconds": time.perf_counter() - started,
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }

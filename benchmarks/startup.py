@@ -1,0 +1,247 @@
+"""Start-up cost of ``streamsgd fit``: cold (Numba cache empty) and warm (cache filled) wall time.
+
+Each run is a fresh process: ``streamsgd fit TINY --epochs 1 -o model.npz --json`` on a
+1,000-row Parquet file (20 float32 features), so the wall time is almost all start-up:
+interpreter, imports, loading (or compiling) the Numba kernels, opening the file, writing
+the model. ``--epochs 1`` keeps the training itself negligible (without it ``fit`` makes
+20,000 updates, which is training, not start-up).
+
+  cold: ``NUMBA_CACHE_DIR`` points at a new empty directory: the first run ever, every
+        kernel is compiled;
+  warm: a second run with the same directory: every kernel comes from the on-disk cache;
+  import: ``python -c "import streamsgd.cli"`` (the import share of a warm run);
+  help: ``streamsgd --help``.
+
+Methods run round-robin (cold, warm, import, help, cold, ...) and each figure is the median
+of ``--runs``. Then, once: ``python -X importtime`` of ``streamsgd.cli`` (the top offenders,
+cumulative and self), and a cProfile of one warm ``fit`` call after the imports (where the
+rest of the time goes: cache loading, compilation, I/O).
+
+Done when: warm start under 1.5 s.
+
+Usage:
+  python benchmarks/startup.py            # 3 runs of each, then the import and fit profiles
+  python benchmarks/startup.py --quick    # warm, import, help once; no cold run, no profile (make bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import provenance  # benchmarks/ is on sys.path when a script there runs
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+TARGET_WARM_SECONDS = 1.5
+ROWS, FEATURES = 1000, 20
+
+PROFILE = r"""
+import cProfile, io, json, pstats, sys, threading, time
+from streamsgd.cli import main
+import numba.core.dispatcher as nd
+# every Numba dispatch that loads (or compiles) a kernel, with its thread: cProfile sees only
+# the main thread, and the readers load their kernels in the background
+loads = []
+_compile = nd.Dispatcher.compile
+def timed_compile(self, sig):
+    t0 = time.perf_counter()
+    try:
+        return _compile(self, sig)
+    finally:
+        loads.append({"function": self.py_func.__module__ + "." + self.py_func.__qualname__,
+                      "thread": threading.current_thread().name, "seconds": time.perf_counter() - t0,
+                      "cached_overloads": len(self.overloads)})
+nd.Dispatcher.compile = timed_compile
+argv = json.loads(sys.argv[1])
+prof = cProfile.Profile()
+prof.enable()
+try:
+    main(argv)
+except SystemExit:
+    pass
+prof.disable()
+out = io.StringIO()
+stats = pstats.Stats(prof, stream=out)
+rows = []
+for (path, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
+    rows.append({"function": f"{path}:{line}({name})", "calls": nc, "self_s": tt, "cumulative_s": ct})
+rows.sort(key=lambda r: -r["cumulative_s"])
+total = max((r["cumulative_s"] for r in rows), default=0.0)
+print(json.dumps({"total_s": total, "rows": rows[:400], "numba_loads": loads}))
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="runs of each method; medians reported (default 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="1 run of each but cold (warm uses your usual Numba cache), no profile")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the data file and the JSON")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.runs = 1
+    if args.runs < 1:
+        p.error("--runs must be >= 1")
+    return args
+
+
+def bin_path(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if found is None:
+        sys.exit(f"startup.py: cannot find {name}; run with the project's .venv/bin/python")
+    return found
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"startup.py: {' '.join(argv)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return seconds, out.stdout
+
+
+def import_offenders(env: dict[str, str], top: int = 15) -> dict[str, Any]:
+    """``python -X importtime -c 'import streamsgd.cli'``: total and the costliest modules."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import streamsgd.cli"],
+                         capture_output=True, text=True, env=env)
+    mods = []
+    for line in out.stderr.splitlines():
+        parts = line.split("|")
+        if not line.startswith("import time:") or len(parts) != 3 or "self [us]" in line:
+            continue
+        self_us = int(parts[0].split(":", 1)[1])
+        mods.append({"module": parts[2].strip(), "self_s": self_us / 1e6, "cumulative_s": int(parts[1]) / 1e6})
+    total = sum(m["self_s"] for m in mods)
+    # "top-level" third-party packages: the cumulative cost of each package's first import
+    packages: dict[str, float] = {}
+    for m in mods:
+        root = m["module"].split(".")[0]
+        if "." not in m["module"]:
+            packages[root] = max(packages.get(root, 0.0), m["cumulative_s"])
+    by_self = sorted(mods, key=lambda m: -m["self_s"])[:top]
+    return {"total_s": total, "packages_cumulative_s": dict(sorted(packages.items(), key=lambda kv: -kv[1])[:top]),
+            "top_self": by_self}
+
+
+def profile_fit(argv: list[str], env: dict[str, str], top: int = 25) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", PROFILE, json.dumps(argv)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return {"error": out.stderr[-2000:]}
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    keep = []
+    for r in data["rows"]:
+        f = r["function"]
+        # streamsgd's own functions, numba's dispatch/caching, and I/O libraries: where time goes
+        if any(s in f for s in ("streamsgd/", "numba/core/dispatcher", "numba/core/caching", "pyarrow",
+                                "zarr", "numpy/lib/_npyio", "builtins.exec", "_bootstrap>:1")):
+            keep.append(r)
+    return {"total_s": data["total_s"], "top_cumulative": keep[:top], "numba_loads": data.get("numba_loads", [])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    streamsgd = bin_path("streamsgd")
+    tiny = args.out / f"startup-{ROWS}x{FEATURES}.parquet"
+    if not tiny.exists():
+        subprocess.run([streamsgd, "generate", str(tiny), "--rows", str(ROWS), "--features", str(FEATURES),
+                        "--compression", "none"], check=True, capture_output=True)
+    model = args.out / "startup-model.npz"
+    fit_argv = [streamsgd, "fit", str(tiny), "--epochs", "1", "-o", str(model), "--json"]
+    base_env = dict(os.environ)
+
+    times: dict[str, list[float]] = {"cold": [], "warm": [], "import": [], "help": []}
+    if args.quick:
+        del times["cold"]
+    fit_seconds: dict[str, list[float]] = {"cold": [], "warm": []}
+    caches = []
+    try:
+        for run in range(args.runs):
+            cache = tempfile.mkdtemp(prefix="streamsgd-numba-cache-")
+            caches.append(cache)
+            env = {**base_env, "NUMBA_CACHE_DIR": cache}
+            # the same fresh cache: the first run fills it, the second reads it; --quick skips the
+            # cold run (its ~25 s of compiling would blow make bench's budget) and uses the user's cache
+            if args.quick:
+                env = base_env
+            for key in (("warm",) if args.quick else ("cold", "warm")):
+                seconds, out = timed(fit_argv, env)
+                times[key].append(seconds)
+                fit_seconds[key].append(json.loads(out.strip().splitlines()[-1])["seconds"])
+            times["import"].append(timed([sys.executable, "-c", "import streamsgd.cli"], env)[0])
+            times["help"].append(timed([streamsgd, "--help"], env)[0])
+            print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
+                  flush=True)
+        warm_env = {**base_env, "NUMBA_CACHE_DIR": caches[-1]}
+        offenders = import_offenders(warm_env)
+        profile = None if args.quick else profile_fit(fit_argv[1:], warm_env)
+    finally:
+        for cache in caches:
+            shutil.rmtree(cache, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    fit_med = {k: statistics.median(v) for k, v in fit_seconds.items() if v}
+    if args.quick:  # no cold run: keep the table's shape
+        med["cold"] = fit_med["cold"] = float("nan")
+    ok = med["warm"] < TARGET_WARM_SECONDS
+    print(f"\nstreamsgd fit of {ROWS:,} rows x {FEATURES} features, --epochs 1, fresh process each; "
+          f"median of {args.runs} run(s)")
+    print(f"{'what':<44}{'wall s':>9}{'inside fit() s':>16}")
+    print(f"{'cold start (empty NUMBA_CACHE_DIR)':<44}{med['cold']:>9.2f}{fit_med['cold']:>16.2f}")
+    print(f"{'warm start (cache filled)':<44}{med['warm']:>9.2f}{fit_med['warm']:>16.2f}")
+    print(f"{'python -c ' + repr('import streamsgd.cli'):<44}{med['import']:>9.2f}")
+    print(f"{'streamsgd --help':<44}{med['help']:>9.2f}")
+    print(f"warm start < {TARGET_WARM_SECONDS} s: {'ok' if ok else 'NOT MET'}; compiling costs "
+          f"{med['cold'] - med['warm']:.2f} s once")
+    print(f"\nimport streamsgd.cli: {offenders['total_s']:.2f} s of module execution (-X importtime); "
+          "top packages, cumulative:")
+    for name, s in list(offenders["packages_cumulative_s"].items())[:10]:
+        print(f"  {name:<30}{s:>7.3f} s")
+    print("top modules by self time:")
+    for m in offenders["top_self"][:10]:
+        print(f"  {m['module']:<42}{m['self_s']:>7.3f} s (cumulative {m['cumulative_s']:.3f})")
+    if profile and "top_cumulative" in profile:
+        print(f"\ncProfile of one warm fit (imports of streamsgd.cli done first): {profile['total_s']:.2f} s; "
+              "top by cumulative time")
+        for r in profile["top_cumulative"][:18]:
+            f = r["function"].replace(str(Path(__file__).resolve().parent.parent) + "/", "")
+            f = f.split("site-packages/")[-1]
+            print(f"  {r['cumulative_s']:>7.3f} s cum {r['self_s']:>7.3f} s self {r['calls']:>6}x  {f[:90]}")
+        loads = profile.get("numba_loads", [])
+        print(f"Numba kernels loaded from the cache in that fit (all threads): "
+              f"{sum(l['seconds'] for l in loads):.2f} s in all")
+        for l in sorted(loads, key=lambda l: -l["seconds"]):
+            print(f"  {l['seconds']:>7.3f} s  {l['function']:<40} thread {l['thread']}")
+
+    report = {
+        "benchmark": "startup", "quick": args.quick, "runs": args.runs, "rows": ROWS, "features": FEATURES,
+        "fit_argv": fit_argv, "seconds": times, "median_seconds": med,
+        "fit_summary_seconds": fit_seconds, "fit_summary_seconds_median": fit_med,
+        "target_warm_seconds": TARGET_WARM_SECONDS, "warm_ok": ok,
+        "importtime": offenders, "profile_warm_fit": profile,
+        "machine": provenance.machine(),
+        "total_seconds": time.perf_counter() - started,
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
+    }
+    json_path = args.out / ("startup-quick.json" if args.quick else "startup.json")
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s; 1-min load average "
+          f"{load_start:.1f} at start, {report['load_average_1min']['end']:.1f} at end)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
