@@ -109,6 +109,13 @@ def cli() -> None:
 @click.option("--l1", type=float, default=FitConfig.l1, show_default=True, help="L1 penalty l1·||w||₁ (exact zeros).")
 @click.option("--epsilon", type=float, default=FitConfig.epsilon, show_default=True, help="huber: width of the quadratic zone.")
 @click.option("--quantile", type=float, default=FitConfig.quantile, show_default=True, help="quantile: the quantile τ.")
+@click.option("--validation-fraction", type=float, default=FitConfig.validation_fraction, show_default=True,
+              help="Share of chunks held out for a per-epoch validation loss.")
+@click.option("--early-stopping", is_flag=True, help="Stop when the validation loss stops improving.")
+@click.option("--patience", type=int, default=FitConfig.patience, show_default=True,
+              help="--early-stopping: epochs without improvement before stopping.")
+@click.option("--tol", type=float, default=FitConfig.tol, show_default=True,
+              help="--early-stopping: the least improvement that counts.")
 @click.option("--class-weight", default=None, help="Binary classifiers: balanced, or JSON such as '{\"0\": 1, \"1\": 5}'.")
 @click.option("--seed", type=int, default=FitConfig.seed, show_default=True)
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True)

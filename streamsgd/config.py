@@ -79,6 +79,11 @@ class FitConfig:
     quantile: float = 0.5
     #: None, "balanced", or a JSON object {"0": w0, "1": w1} (binary classifiers)
     class_weight: str | None = None
+    #: share of chunks held out (chosen by the seed) to measure a validation loss each epoch
+    validation_fraction: float = 0.0
+    early_stopping: bool = False
+    patience: int = 5
+    tol: float = 1e-4
     seed: int = 0
     shuffle: bool = True
     standardize: bool = True
@@ -105,6 +110,13 @@ class FitConfig:
         for option, value in (("--eps", self.eps), ("--epsilon", self.epsilon)):
             if not (math.isfinite(value) and value > 0):
                 raise UsageError(f"{option}: expected a number > 0; got {value!r}")
+        if not (math.isfinite(self.validation_fraction) and 0 <= self.validation_fraction < 1):
+            raise UsageError(f"--validation-fraction: expected a number in [0, 1); got {self.validation_fraction!r}")
+        if self.early_stopping and self.validation_fraction == 0:
+            raise UsageError("--early-stopping: give --validation-fraction too, the chunks it watches")
+        _at_least("--patience", self.patience, 1)
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise UsageError(f"--tol: expected a number >= 0; got {self.tol!r}")
         if not (math.isfinite(self.l1) and self.l1 >= 0):
             raise UsageError(f"--l1: the penalty must be a number >= 0, got {self.l1}")
         _choice("--dtype", self.dtype, DTYPES)

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from .config import FitConfig
 from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
-from .kernels import CURVATURE, LOSS_TASK, LOSSES
+from .kernels import CURVATURE, LOSS_TASK, LOSSES, row_loss
 from .loop import (AVERAGE_FROM, AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
                    ROWS, T, finish_batch, train_rows)
 from .loop import N_SPEC, N_HYPER  # noqa: F401  (the layouts _start and the checkpoint follow)
@@ -30,9 +30,10 @@ from .model import Model
 from .optim import OPTIMIZERS, SCHEDULES, default_lr, optimizer_state, schedule_lr
 from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
+from .sources.subset import ChunkSubset
 from .stats import chunk_target_means, row_sample, standardization
 from .stream import EpochStream
-from .windows import return_freed_buffers_to_os
+from .windows import read_window, return_freed_buffers_to_os
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
@@ -206,6 +207,9 @@ def fit(
     d = len(source.features)
     if init is not None:
         _check_init(init, source, config)
+    full_source = source
+    source, validation = split_validation(source, config.validation_fraction, config.seed)
+    N = n_rows(source)
     plan = MemoryPlan.for_source(source, config)
     return_freed_buffers_to_os()
     strata = chunk_target_means(source, config.model, plan.readers)
@@ -312,6 +316,8 @@ def fit(
         if stopping:
             raise RunStopped(f"stopped at iteration {t} of {total_steps}")
 
+    best_val, stale, stopped_early = math.inf, 0, None
+
     def done() -> bool:
         if total_steps is not None and counters[T] >= total_steps:
             return True
@@ -352,9 +358,20 @@ def fit(
                     f"training diverged in epoch {epoch + 1}: the parameters overflowed; lower --lr "
                     f"(it was {st.hyper[LR0]:.4g}) or keep --standardize on"
                 )
-            emit({"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
-                  "rows_seen": int(st.rows_seen[0]), "loss": epoch_loss, "batch": int(spec[BATCH]),
-                  "seconds": time.perf_counter() - started})
+            record = {"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
+                      "rows_seen": int(st.rows_seen[0]), "loss": epoch_loss, "batch": int(spec[BATCH]),
+                      "seconds": time.perf_counter() - started}
+            if validation is not None:
+                record["val_loss"] = val_loss = validation_loss(validation, config, st)
+                if val_loss < best_val - config.tol:
+                    best_val, stale = val_loss, 0
+                else:
+                    stale += 1
+                record["stop"] = config.early_stopping and stale >= config.patience
+            emit(record)
+            if record.get("stop"):  # no improvement by --tol for --patience epochs
+                stopped_early = epoch + 1
+                break
             if counters[EPOCH_ROWS] < N:  # stopped by --steps inside the epoch
                 break
             counters[EPOCH] += 1
@@ -390,13 +407,16 @@ def fit(
     metadata = {
         # execution-only options do not change the model, so the file does not record them
         "config": {k: v for k, v in config.to_dict().items() if k not in ("readers", "log_every")},
-        "data": {"url": source.url, "rows": N, "fingerprint": source.fingerprint()},
+        "data": {"url": full_source.url, "rows": n_rows(full_source), "fingerprint": full_source.fingerprint()},
         "target_type": getattr(source, "target_type", None),
         "coef_standardized": w.tolist(),
         "intercept_standardized": b,
         # deterministic figures only: timings live in the summary and the metrics log
         "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
     }
+    if validation is not None:
+        metadata["validation"] = {"chunks": validation.chunks, "rows": n_rows(validation),
+                                  "stopped_early_at_epoch": stopped_early}
     if init is not None:
         metadata["init"] = {"data": init.metadata.get("data"), "lineage": init.metadata.get("lineage", []),
                             "metrics": init.metadata.get("metrics")}
@@ -436,6 +456,36 @@ def _curvature(model: str, strata: NDArray[np.float64], chunk_rows: list[int], c
     if model == "poisson":
         c = max(1.0, float(np.dot(strata, chunk_rows)) / max(sum(chunk_rows), 1))
     return c * float(cw.max())
+
+
+def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source, ChunkSubset | None]:
+    """(training chunks, validation chunks): whole chunks held out, chosen by the seed, so
+    validation rows are never trained on and the split is the same on every resume."""
+    if fraction == 0:
+        return source, None
+    n = len(source.chunk_rows)
+    held = max(1, round(fraction * n))
+    if held >= n:
+        raise UsageError(f"--validation-fraction {fraction}: the data has {n} chunk(s), too few to hold out "
+                         "whole chunks and still train; lower it or write smaller row groups")
+    order = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    return ChunkSubset(source, sorted(order[held:])), ChunkSubset(source, sorted(order[:held]))
+
+
+def validation_loss(validation: ChunkSubset, config: FitConfig, st: _State) -> float:
+    """Mean loss of the current parameters (the running average once it has started) on
+    the held-out chunks, read one at a time; no penalty, as scikit-learn reports it."""
+    theta = st.avg if st.counters[AVERAGED] else st.theta
+    d = theta.size - 1
+    coef = theta[:d] / st.scale
+    intercept = theta[d] - coef @ st.mean
+    param = config.epsilon if config.model == "huber" else config.quantile
+    total, rows = 0.0, 0
+    for c in range(len(validation.chunk_rows)):
+        window = read_window(validation, np.array([c]), np.float64, True)
+        total += float(row_loss(config.model, window.X @ coef + intercept, window.y, param).sum())
+        rows += window.y.size
+    return total / max(rows, 1)
 
 
 def _batch_rows(config: FitConfig, N: int) -> int:

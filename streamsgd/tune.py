@@ -34,6 +34,7 @@ from .errors import UsageError
 from .kernels import GRADIENTS
 from .model import Model
 from .noise import NoiseMeter
+from .sources.subset import ChunkSubset  # noqa: F401  (re-exported: tune's split)
 from .optim import standardized_gradient
 from .plot import plot_tuning
 from .sources import Source, n_rows
@@ -45,33 +46,6 @@ __all__ = ["ChunkSubset", "fit_inverse_batch", "fit_iteration_time", "measure_no
 
 DEFAULT_TRIAL_BATCHES = (16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_TIMING_BATCHES = (16, 64, 256, 1024, 4096)
-
-
-class ChunkSubset:
-    """Some chunks of a source, seen as a source of their own (train / validation split)."""
-
-    def __init__(self, source: Source, chunks: Sequence[int]) -> None:
-        self._source = source
-        self._chunks = [int(c) for c in chunks]
-        self.url = source.url
-        self.features = list(source.features)
-        self.target = source.target
-        self.columns = list(source.columns)
-        self.chunk_rows = [source.chunk_rows[c] for c in self._chunks]
-        self.chunk_bytes = [source.chunk_bytes[c] for c in self._chunks]
-        self.target_type = getattr(source, "target_type", None)
-
-    def chunk_name(self, i: int) -> str:
-        return self._source.chunk_name(self._chunks[i])
-
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
-        self._source.read_into(self._chunks[i], X, y)
-
-    def read_columns(self, i: int, names: Sequence[str]):
-        return self._source.read_columns(self._chunks[i], names)
-
-    def fingerprint(self) -> str:
-        return f"{self._source.fingerprint()}:{','.join(map(str, self._chunks))}"
 
 
 def fit_iteration_time(batches: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:

@@ -126,3 +126,20 @@ def test_each_optimizer_trains_the_logistic_benchmark(optimizer):
 
     # the reference is plain SGD with the defaults (itself within 1e-4 of the optimum, test_fit)
     assert loss(other) <= loss(base) * (1 + 2e-3), (loss(other), loss(base))
+
+
+def test_validation_chunks_are_held_out_and_early_stopping_stops_at_the_plateau():
+    X, y = data("classification", seed=7)  # 3,000 rows in 6 chunks of 500
+    # a learning rate too small to move: the validation loss is flat from the first epoch,
+    # so the run stops after epoch 1 + patience, as documented
+    result = fit(ArraySource(X, y, chunk_rows=500), model="logistic", epochs=50, lr=1e-300,
+                 validation_fraction=0.34, early_stopping=True, patience=3, seed=1)
+    held = result.model.metadata["validation"]
+    assert len(held["chunks"]) == 2 and held["rows"] == 1_000
+    assert held["stopped_early_at_epoch"] == 4
+    # every epoch trained on the other 2,000 rows only
+    assert result.summary["rows_seen"] == 4 * 2_000
+    # a learning model keeps improving, and keeps training
+    moving = fit(ArraySource(X, y, chunk_rows=500), model="logistic", epochs=6, batch=32,
+                 validation_fraction=0.34, early_stopping=True, patience=3, seed=1)
+    assert moving.model.metadata["validation"]["stopped_early_at_epoch"] is None
