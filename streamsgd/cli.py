@@ -125,6 +125,8 @@ def cli() -> None:
 @click.option("--readers", type=int, default=FitConfig.readers, show_default=True, help="Reader threads.")
 @click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)
 @click.option("--log-every", type=int, default=FitConfig.log_every, show_default=True, help="Updates per metrics record.")
+@click.option("--noise-stats/--no-noise-stats", default=True, show_default=True,
+              help="Gradient-noise statistics (tr Σ, B_simple, η/B) in the metrics.")
 @click.option("-o", "--output", default="model.npz", show_default=True, help="Model file to write.")
 @click.option("--metrics", default=None, help="Append JSON-lines metrics to this file.")
 @click.option("--checkpoint-dir", default=None, help="Directory or URL for checkpoints (enables --resume).")

@@ -16,6 +16,10 @@ DTYPES = ("float32", "float64")
 
 DEFAULT_MEMORY_LIMIT = 512 * 2**20
 
+#: Options that decide only how a run executes, never the model: the model file does not
+#: record them, and a checkpoint written under other values still resumes bit for bit.
+EXECUTION_ONLY = ("readers", "log_every", "noise_stats")
+
 _UNITS = {
     "": 1, "b": 1,
     "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
@@ -92,6 +96,8 @@ class FitConfig:
     readers: int = 2
     dtype: str = "float32"
     in_memory: bool = False
+    #: gradient-noise statistics in the metrics (O(d) per update; see benchmarks/noise_overhead.py)
+    noise_stats: bool = True
     log_every: int = 100
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .checkpoint import CheckpointStore, compare_manifests, manifest_of
-from .config import FitConfig
+from .config import EXECUTION_ONLY, FitConfig
 from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, RunStopped, UsageError
 from .lock import RunLock
 from .logs import RunLog
@@ -27,9 +27,6 @@ from .sources import Source
 from .train import Checkpointing, FitResult
 from .train import fit as train
 
-#: Options that only decide how a run executes: a checkpoint written under other values
-#: of these still resumes bit for bit.
-EXECUTION_ONLY = ("readers", "log_every")
 
 
 class Terminated(KeyboardInterrupt):

@@ -46,8 +46,8 @@ LOSS = 1
 ROWS = 2
 N_SUMS = 3
 # spec: the integers of the run
-LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS, OPTIMIZER, WARMUP, TOTAL, STEP_EVERY = range(9)
-N_SPEC = 9
+LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS, OPTIMIZER, WARMUP, TOTAL, STEP_EVERY, NOISE = range(10)
+N_SPEC = 10
 # hyper: its real numbers (PARAM: huber's epsilon or the quantile)
 LR0, POWER_T, L2, L1, PARAM, BETA1, BETA2, EPS, GAMMA = range(9)
 N_HYPER = 9
@@ -94,7 +94,8 @@ def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, no
     adamw = spec[OPTIMIZER] == ADAMW
     g = noise[2]
     standardized_gradient(gw, counters[FILLED], mean, scale, 0.0 if adamw else hyper[L2], theta, g)
-    noise_add(noise[0], noise[1], g, counters[FILLED], spec[N_ROWS], lr)
+    if spec[NOISE]:
+        noise_add(noise[0], noise[1], g, counters[FILLED], spec[N_ROWS], lr)
     optimizer_step(spec[OPTIMIZER], theta, g, opt_state, lr, t, hyper[BETA1], hyper[BETA2], hyper[EPS],
                    hyper[L2] if adamw else 0.0)
     if hyper[L1] > 0.0:

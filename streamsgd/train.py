@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import FitConfig
+from .config import EXECUTION_ONLY, FitConfig
 from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
 from .kernels import CURVATURE, LOSS_TASK, LOSSES, row_loss
 from .loop import (AVERAGE_FROM, AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
@@ -230,7 +230,8 @@ def fit(
     average_from = never if not config.average or total_steps is None else total_steps // 2
     st = _State(d)
     st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N,
-                        OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every], dtype=np.int64)
+                        OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every,
+                        int(config.noise_stats)], dtype=np.int64)
     st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model)
     st.curvature = _curvature(config.model, strata, source.chunk_rows, st.cw)
     if resume is not None:
@@ -406,7 +407,7 @@ def fit(
     coef = w / st.scale
     metadata = {
         # execution-only options do not change the model, so the file does not record them
-        "config": {k: v for k, v in config.to_dict().items() if k not in ("readers", "log_every")},
+        "config": {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY},
         "data": {"url": full_source.url, "rows": n_rows(full_source), "fingerprint": full_source.fingerprint()},
         "target_type": getattr(source, "target_type", None),
         "coef_standardized": w.tolist(),

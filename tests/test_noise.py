@@ -189,3 +189,20 @@ def test_standardized_gradient_from_raw_sums(dtype):
     r = Z @ theta[:3] + theta[3] - y
     want = np.append(Z.T @ r / 50 + l2 * theta[:3], r.mean())
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_noise_statistics_do_not_change_the_model_and_can_be_turned_off():
+    """The meter only watches: the same model with it on or off; off, the records carry none."""
+    from streamsgd.sources.arrays import ArraySource
+    from streamsgd.train import fit
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((5_000, 4)).astype(np.float32)
+    y = (X[:, 0] + rng.logistic(size=5_000) > 0).astype(np.float32)
+    records = {True: [], False: []}
+    models = {on: fit(ArraySource(X, y, chunk_rows=1_000), batch=32, epochs=2, noise_stats=on, log_every=20,
+                      on_progress=records[on].append).model for on in (True, False)}
+    np.testing.assert_array_equal(models[True].coef, models[False].coef)
+    progress = {on: [r for r in records[on] if r["event"] == "progress"] for on in records}
+    assert all(r["trace_sigma"] is not None and r["trace_sigma"] > 0 for r in progress[True])
+    assert all(r["trace_sigma"] is None for r in progress[False])
