@@ -21,7 +21,6 @@ from .errors import DataError, UsageError
 from .model import CLASSIFIERS, Model
 from .model import load as _load
 from .sources import ArraySource, open_source
-from .train import FitResult
 from .train import fit as _train
 
 #: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).

@@ -23,7 +23,6 @@ from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageEr
 from .kernels import CURVATURE, LOSS_TASK, LOSSES, row_loss
 from .loop import (AVERAGE_FROM, AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
                    ROWS, T, finish_batch, train_rows)
-from .loop import N_SPEC, N_HYPER  # noqa: F401  (the layouts _start and the checkpoint follow)
 from .noise import NoiseMeter
 from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
