@@ -12,7 +12,6 @@ memory: ``StreamSGDClassifier(target="label").fit("s3://bucket/train/")``.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .api import as_urls, column_names, encode_labels, model_for_loss
 from .config import MODELS, FitConfig
-from .errors import DataError, DivergenceError, UsageError
-from .model import CLASSIFIERS, Model, default_feature_names, expit
-from .optim import learning_rate
+from .errors import DataError, UsageError
+from .model import CLASSIFIERS, Model, default_feature_names
 from .sources import ArraySource, open_source
 from .train import FitResult
 from .train import fit as _train
@@ -35,14 +33,6 @@ _TRAINER_PARAMS = (
     "batch", "epochs", "steps", "lr", "lr_schedule", "power_t", "l2", "seed", "shuffle",
     "standardize", "average", "memory_limit", "dtype",
 )
-
-#: dl/dz of each model, for :func:`_continue`: what partial_fit needs until the trainer can
-#: start from given parameters (see _continue's docstring).
-_RESIDUALS = {
-    "linear": lambda z, y: z - y,
-    "logistic": lambda z, y: expit(z) - y,
-}
-
 
 class _StreamSGD(BaseEstimator):
     """What the classifier and the regressor share: options -> FitConfig, fit, partial_fit."""
@@ -191,9 +181,14 @@ class _StreamSGD(BaseEstimator):
         if first:
             config = self._config(epochs=1, steps=None, average=False)
             self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config))
-        else:
-            config = self._config()
-            self.model_, self.t_ = _continue(self.model_, X, y, self.lr_, self.t_, config)
+        else:  # one more pass, from the current parameters, step size and update count
+            config = self._config(epochs=1, steps=None, average=False, lr=self.lr_)
+            result = _train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config,
+                            init=self.model_, step_offset=self.t_)
+            if self._is_classifier:
+                result.model.classes = self.classes_
+            self.model_ = result.model
+            self.t_ += result.summary["iterations"]
             self.n_iter_ += 1
             self._set_coef(self.model_)
         return self
@@ -403,47 +398,3 @@ class StreamSGDRegressor(RegressorMixin, _StreamSGD):
 def _one_line(exc: Exception) -> str:
     """scikit-learn's validation message, its lines joined: our errors fit on one line."""
     return " ".join(str(exc).split())
-
-
-def _continue(model: Model, X: NDArray, y: NDArray[np.float64], lr0: float, t0: int,
-              config: FitConfig) -> tuple[Model, int]:
-    """One epoch of the trainer's update rule over (X, y) from ``model``'s parameters.
-
-    The same rule as ``optim.sgd_step`` (standardised space, L2 on w only, the schedule's
-    step at update t0 + 1, t0 + 2, …) with ``model``'s own mean and scale, in NumPy on
-    arrays already in memory. It exists because ``train.fit`` always starts from zero; once
-    the trainer takes a starting point (``train.fit(source, config, init=model, t0=t0)``),
-    partial_fit should call that instead and this function goes.
-    Returns the new model and the update count.
-    """
-    if model.model not in _RESIDUALS:
-        raise UsageError(f"partial_fit cannot continue a {model.model} model yet; use fit")
-    residual = _RESIDUALS[model.model]
-    mean, scale = model.mean, model.scale
-    w = model.coef * scale
-    b = model.intercept + float(model.coef @ mean)
-    n = X.shape[0]
-    rows = np.arange(n)
-    if config.shuffle:
-        # integers only, as the trainer's plans: the same call on the same state repeats exactly
-        rows = np.random.default_rng([config.seed, t0]).permutation(n)
-    B = min(config.batch, n)
-    t = t0
-    for start in range(0, n, B):
-        idx = rows[start:start + B]
-        Z = (X[idx] - mean) / scale
-        r = residual(Z @ w + b, y[idx])
-        t += 1
-        lr = learning_rate(config.lr_schedule, lr0, t, config.power_t)
-        w = w - lr * (Z.T @ r / idx.size + config.l2 * w)
-        b = b - lr * float(r.mean())
-        if not (np.isfinite(w).all() and math.isfinite(b)):
-            raise DivergenceError(
-                f"partial_fit diverged at update {t}: the parameters overflowed; lower lr (it was {lr0:.4g})"
-            )
-    coef = w / scale
-    metadata = {**model.metadata, "coef_standardized": w.tolist(), "intercept_standardized": b}
-    return replace(model, coef=coef, intercept=float(b - coef @ mean), metadata=metadata), t
-
-
-__all__ = ["StreamSGDClassifier", "StreamSGDRegressor"]

@@ -46,8 +46,8 @@ LOSS = 1
 ROWS = 2
 N_SUMS = 3
 # spec: the integers of the run
-LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS, OPTIMIZER, WARMUP, TOTAL, STEP_EVERY, NOISE = range(10)
-N_SPEC = 10
+LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS, OPTIMIZER, WARMUP, TOTAL, STEP_EVERY, NOISE, T0 = range(11)
+N_SPEC = 11
 # hyper: its real numbers (PARAM: huber's epsilon or the quantile)
 LR0, POWER_T, L2, L1, PARAM, BETA1, BETA2, EPS, GAMMA = range(9)
 N_HYPER = 9
@@ -89,14 +89,15 @@ def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, no
         counters[DIVERGED] = 1
         return
     t = counters[T] + 1
-    lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t, hyper[POWER_T], spec[WARMUP], spec[TOTAL], spec[STEP_EVERY],
-                     hyper[GAMMA])
+    # T0: updates made before this run (a continued model): the schedule goes on from them
+    lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
+                     spec[STEP_EVERY], hyper[GAMMA])
     adamw = spec[OPTIMIZER] == ADAMW
     g = noise[2]
     standardized_gradient(gw, counters[FILLED], mean, scale, 0.0 if adamw else hyper[L2], theta, g)
     if spec[NOISE]:
         noise_add(noise[0], noise[1], g, counters[FILLED], spec[N_ROWS], lr)
-    optimizer_step(spec[OPTIMIZER], theta, g, opt_state, lr, t, hyper[BETA1], hyper[BETA2], hyper[EPS],
+    optimizer_step(spec[OPTIMIZER], theta, g, opt_state, lr, t + spec[T0], hyper[BETA1], hyper[BETA2], hyper[EPS],
                    hyper[L2] if adamw else 0.0)
     if hyper[L1] > 0.0:
         l1_step(theta, l1_q, l1_u, lr * hyper[L1])

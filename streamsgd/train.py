@@ -180,6 +180,7 @@ def fit(
     init: Model | None = None,
     resume: dict[str, NDArray] | None = None,
     checkpointing: Checkpointing | None = None,
+    step_offset: int = 0,
     **options: Any,
 ) -> FitResult:
     """Train a model on ``source`` by mini-batch SGD in fixed memory.
@@ -195,6 +196,8 @@ def fit(
     resume : the state arrays of a checkpoint of this same run; training continues from
         its update count exactly as if it had never stopped.
     checkpointing : when to hand the state to a checkpoint writer, and a stop flag.
+    step_offset : updates already made to ``init`` (``partial_fit``): the learning-rate
+        schedule continues from them instead of starting again.
     """
     config = replace(config or FitConfig(), **options)
     started = time.perf_counter()
@@ -230,7 +233,7 @@ def fit(
     st = _State(d)
     st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N,
                         OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every,
-                        int(config.noise_stats)], dtype=np.int64)
+                        int(config.noise_stats), step_offset], dtype=np.int64)
     st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model)
     st.curvature = _curvature(config.model, strata, source.chunk_rows, st.cw)
     if resume is not None:
