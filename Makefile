@@ -33,6 +33,8 @@ bench: install
 	$(BIN)/python benchmarks/startup.py --quick
 	$(BIN)/python benchmarks/capped.py --quick
 	$(BIN)/python benchmarks/full_batch.py --quick
+	$(BIN)/python benchmarks/models.py --quick
+	$(BIN)/python benchmarks/noise_overhead.py --quick
 
 clean:
 	rm -rf $(DEMO) build *.egg-info
