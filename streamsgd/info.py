@@ -17,7 +17,8 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
 
     ``full_batch_bytes`` is what one full-batch gradient step holds: every row's features
     and target at ``config.dtype`` plus one float64 margin per row. ``stream_bytes`` is
-    what the streaming fit holds for data: two shuffle windows, capped by the data size.
+    what the streaming fit holds for data: its window buffer (two thirds of --memory-limit,
+    up to three windows), capped by the data size.
     ``store`` is the URL's protocol (file, s3, memory …); the chunking is reported as the
     chunk count, the smallest and largest chunk in rows, and the format's own layout:
     files and row groups per file for Parquet, the chunk shape for Zarr.

@@ -9,7 +9,7 @@ The plan is the classic two-level shuffle for data larger than memory: the chunk
 permuted every epoch, consecutive chunks of that order are grouped into *windows* that fit
 the shuffle buffer, and the rows of each window are permuted. The batch stream is the
 concatenation of the windows' permuted rows, cut every ``batch`` rows, so every batch has
-exactly ``batch`` rows except the epoch's last one. When the scan pass has measured each
+exactly ``batch`` rows except the epoch's last one. When the target pass has measured each
 chunk's mean target, windows are instead *stratified* (see ``stratified_windows``), so
 that data sorted by label still gives every window the whole data's label mix.
 """
@@ -92,7 +92,7 @@ def stratified_windows(
 ) -> list[NDArray[np.int64]]:
     """Deal chunks into windows so that every window holds the data's mix of ``strata``.
 
-    ``strata`` is one number per chunk (its mean target, from the scan pass). Chunks are
+    ``strata`` is one number per chunk (its mean target, from the target pass before training). Chunks are
     ranked by it, the ranking is cut into bands of ``m`` chunks (one per window), and each
     band is dealt to the windows in a fresh random order. A file sorted by label thus
     gives windows with the same label mix as the whole file, which random windows of

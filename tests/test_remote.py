@@ -215,7 +215,7 @@ def test_a_dead_server_mid_epoch_fails_in_one_line_and_a_restarted_one_completes
         reader.join(timeout=30)
     finally:
         server.stop()
-    assert seen > 100  # footers, the scan pass, and the first windows had been read
+    assert seen > 100  # footers, the target pass, and the first windows had been read
     assert proc.returncode == 4, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
