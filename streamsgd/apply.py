@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import DataError, ModelFileError
 from .kernels import row_loss
@@ -25,6 +26,17 @@ def _check_features(model: Model, source: Source) -> None:
         )
 
 
+def _class_index(model: Model, y: NDArray, source: Source) -> NDArray[np.intp]:
+    """Each label's index in the model's classes; a label the model never saw is an error."""
+    classes = np.asarray(model.classes_, dtype=np.float64)
+    index = np.minimum(np.searchsorted(classes, y), classes.size - 1)
+    unknown = classes[index] != y
+    if unknown.any():
+        raise DataError(f"{source.url}: target column {source.target!r} holds {y[np.argmax(unknown)]:g}, a class "
+                        f"the model was not trained on (its classes: {', '.join(map(str, model.classes_))})")
+    return index
+
+
 def _loss_param(model: Model) -> float | None:
     """Huber's epsilon or the quantile the model was trained with (None: the loss's default)."""
     config = model.metadata.get("config", {})
@@ -40,10 +52,13 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
         window = read_window(source, np.array([c]), np.float64, True)
         z = model.decision_function(window.X)
         y = check_labels(model.model, source, window).y
-        loss_sum += float(row_loss(model.model, z, y, _loss_param(model)).sum())
-        if model.is_classifier:
+        if model.model == "softmax":  # labels -> their class index; z has one column per class
+            y = _class_index(model, y, source)
+            correct += int((np.argmax(z, axis=1) == y).sum())
+        elif model.is_classifier:
             correct += int(((z > 0) == (y == 1)).sum())
-        else:
+        loss_sum += float(row_loss(model.model, z, y, _loss_param(model)).sum())
+        if not model.is_classifier:
             mean_k = float(y.mean())
             _, y_mean, y_m2 = merge_moments(rows, y_mean, y_m2, y.size, mean_k, float(((y - mean_k) ** 2).sum()))
             sse += float(((y - model.predict_from_margins(z)) ** 2).sum())
@@ -83,6 +98,9 @@ def predict(model: Model, source: Source, out: str, keep: Sequence[str] = ()) ->
             cols["prediction"] = pa.array(model.predict_from_margins(z))
             if model.model in ("logistic", "modified_huber"):
                 cols["probability"] = pa.array(model.predict_proba(window.X))
+            elif model.model == "softmax":
+                for label, p in zip(model.classes_, model.predict_proba(window.X).T):
+                    cols[f"prob_{label}"] = pa.array(p)
             table = pa.table(cols)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import UsageError
 
-MODELS = ("linear", "logistic", "huber", "hinge", "modified_huber", "poisson", "quantile")
+MODELS = ("linear", "logistic", "huber", "hinge", "modified_huber", "poisson", "quantile", "softmax")
 SCHEDULES = ("constant", "invscaling", "step", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adam", "adamw")
 DTYPES = ("float32", "float64")

@@ -21,7 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .api import as_urls, column_names, encode_labels, model_for_loss
-from .config import MODELS, FitConfig
+from .config import FitConfig
 from .errors import DataError, UsageError
 from .model import CLASSIFIERS, Model, default_feature_names
 from .sources import ArraySource, open_source
@@ -289,8 +289,8 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        # three or more classes need the softmax model; the tag follows the trainer
-        tags.classifier_tags.multi_class = "softmax" in MODELS
+        # binary only: the trainer's softmax model is reached through streamsgd.fit / the CLI
+        tags.classifier_tags.multi_class = False
         return tags
 
     def _targets(self, y: NDArray, first: bool, classes: NDArray | None) -> NDArray[np.float64]:

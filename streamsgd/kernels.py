@@ -71,7 +71,9 @@ def _exp_capped(z: float) -> tuple[float, float]:
 
 
 #: Loss name -> the integer the compiled loop branches on.
-LOSSES = {"linear": 0, "logistic": 1, "huber": 2, "hinge": 3, "modified_huber": 4, "poisson": 5, "quantile": 6}
+LOSSES = {"linear": 0, "logistic": 1, "huber": 2, "hinge": 3, "modified_huber": 4, "poisson": 5, "quantile": 6,
+          "softmax": 7}
+SOFTMAX = 7
 
 #: Loss name -> the kind of label it expects, for checks at the edge: "classification"
 #: labels are 0/1, "regression" any real, "counts" real and >= 0.
@@ -79,6 +81,7 @@ LOSS_TASK = {
     "linear": "regression", "logistic": "classification", "huber": "regression",
     "hinge": "classification", "modified_huber": "classification", "poisson": "counts",
     "quantile": "regression",
+    "softmax": "multiclass",
 }
 
 #: The loss parameter when none is given: huber's epsilon (scikit-learn SGDRegressor's
@@ -239,6 +242,45 @@ def accumulate(loss, X, y, idx, w, b, gw):
 
 
 @njit(nogil=True, cache=True)
+def accumulate_softmax(classes, X, y, idx, W, gw):
+    """Multinomial log loss over rows ``idx``; returns its sum and adds the gradient to gw.
+
+    classes : float64 (C,), the sorted label values; a row's class is the index of its
+        label there (binary search), so labels may be any numbers.
+    W, gw : float64 (C·(d+1),), class blocks of weights then intercept (raw space for W).
+    ℓ = logsumexp(z) − z_y, dℓ/dz_c = p_c − [c = y]; the log-sum-exp is shifted by max z,
+    so no margin overflows.
+    """
+    d = X.shape[1]
+    C = classes.shape[0]
+    k = d + 1
+    z = np.empty(C)
+    total = 0.0
+    for r in range(idx.shape[0]):
+        i = idx[r]
+        label = np.searchsorted(classes, y[i])
+        top = -np.inf
+        for c in range(C):
+            zc = W[c * k + d]
+            for j in range(d):
+                zc += X[i, j] * W[c * k + j]
+            z[c] = zc
+            top = max(top, zc)
+        z_label = z[label]
+        norm = 0.0
+        for c in range(C):
+            z[c] = math.exp(z[c] - top)
+            norm += z[c]
+        total += math.log(norm) + top - z_label
+        for c in range(C):
+            slope = z[c] / norm - (1.0 if c == label else 0.0)
+            for j in range(d):
+                gw[c * k + j] += slope * X[i, j]
+            gw[c * k + d] += slope
+    return total
+
+
+@njit(nogil=True, cache=True)
 def linear_grad(X, y, idx, w, b, gw):
     """Squared loss. Returns (sum of losses, sum of residuals); adds sum r_i x_i to gw."""
     return accumulate(0, X, y, idx, w, b, gw)
@@ -302,6 +344,7 @@ GRADIENTS = {
 CURVATURE = {
     "linear": 1.0, "logistic": 0.25, "huber": 1.0, "hinge": 1.0, "modified_huber": 2.0,
     "poisson": 1.0, "quantile": 1.0,
+    "softmax": 0.5,  # the multinomial Hessian diag(p) − ppᵀ has eigenvalues below 1/2
 }
 
 
@@ -388,4 +431,8 @@ def row_loss(
     if model == "quantile":
         r = y - z
         return np.maximum(param * r, (param - 1.0) * r)
+    if model == "softmax":  # z of shape (n, C), y the class index of each row
+        top = z.max(axis=1)
+        lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+        return lse - z[np.arange(z.shape[0]), y.astype(np.intp)]
     raise KeyError(f"unknown loss {model!r}; expected one of {', '.join(LOSSES)}")

@@ -8,11 +8,12 @@ rows' gradient sums stay in ``gw`` between calls, so no row is ever copied.
 
 State lives in plain arrays (the checkpoint stores them as they are):
 
-params = (theta, theta_eff, avg, gw, l1_q, l1_u, cw): float64 vectors; the first four (d + 1,)
+params = (theta, theta_eff, avg, gw, l1_q, l1_u, cw, classes): float64 vectors; the first four
+    hold spec[BLOCKS] blocks of (d + 1,): one per class for softmax, else one
     standardised parameters (weights, then intercept), the same in raw feature space (what
     the kernels use), the running Polyak–Ruppert average, and the current batch's sums;
     then the L1 penalty applied to each weight (d,) and in all (1,) (Tsuruoka et al. 2009),
-    and the per-class row weights (2,).
+    the per-class row weights (2,), and softmax's sorted label values (C,).
 opt_state : float64 (2, d + 1), the optimizer's moments (``optim.optimizer_step``).
 counters : int64, indexed by T, FILLED, AVERAGED, DIVERGED, EPOCH, EPOCH_ROWS (the
     place in the plan: a resumed run skips EPOCH_ROWS rows of epoch EPOCH).
@@ -28,7 +29,7 @@ import math
 
 from numba import njit
 
-from .kernels import accumulate_weighted
+from .kernels import SOFTMAX, accumulate_softmax, accumulate_weighted
 from .noise import noise_add
 from .optim import l1_step, optimizer_step, refresh_effective, schedule_lr, standardized_gradient
 
@@ -46,8 +47,8 @@ LOSS = 1
 ROWS = 2
 N_SUMS = 3
 # spec: the integers of the run
-LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS, OPTIMIZER, WARMUP, TOTAL, STEP_EVERY, NOISE, T0 = range(11)
-N_SPEC = 11
+LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS, OPTIMIZER, WARMUP, TOTAL, STEP_EVERY, NOISE, T0, BLOCKS = range(12)
+N_SPEC = 12
 # hyper: its real numbers (PARAM: huber's epsilon or the quantile)
 LR0, POWER_T, L2, L1, PARAM, BETA1, BETA2, EPS, GAMMA = range(9)
 N_HYPER = 9
@@ -67,9 +68,12 @@ def train_rows(X, y, order, pos, end, stop_at, spec, hyper, params, opt_state, m
     g = gw[:d]
     while pos < end:
         take = min(spec[BATCH] - counters[FILLED], end - pos)
-        loss, rsum = accumulate_weighted(spec[LOSS_CODE], hyper[PARAM], cw, X, y, order[pos:pos + take], w,
-                                         theta_eff[d], g)
-        gw[d] += rsum
+        if spec[LOSS_CODE] == SOFTMAX:
+            loss = accumulate_softmax(params[7], X, y, order[pos:pos + take], theta_eff, gw)
+        else:
+            loss, rsum = accumulate_weighted(spec[LOSS_CODE], hyper[PARAM], cw, X, y, order[pos:pos + take], w,
+                                             theta_eff[d], g)
+            gw[d] += rsum
         sums[BATCH_LOSS] += loss
         counters[FILLED] += take
         counters[EPOCH_ROWS] += take
@@ -94,14 +98,20 @@ def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, no
                      spec[STEP_EVERY], hyper[GAMMA])
     adamw = spec[OPTIMIZER] == ADAMW
     g = noise[2]
-    standardized_gradient(gw, counters[FILLED], mean, scale, 0.0 if adamw else hyper[L2], theta, g)
+    n = counters[FILLED]
+    k = theta.shape[0] // spec[BLOCKS]  # d + 1
+    for c in range(spec[BLOCKS]):  # one block of weights and intercept per class (softmax), else one
+        block = slice(c * k, (c + 1) * k)
+        standardized_gradient(gw[block], n, mean, scale, 0.0 if adamw else hyper[L2], theta[block], g[block])
     if spec[NOISE]:
-        noise_add(noise[0], noise[1], g, counters[FILLED], spec[N_ROWS], lr)
-    optimizer_step(spec[OPTIMIZER], theta, g, opt_state, lr, t + spec[T0], hyper[BETA1], hyper[BETA2], hyper[EPS],
-                   hyper[L2] if adamw else 0.0)
-    if hyper[L1] > 0.0:
-        l1_step(theta, l1_q, l1_u, lr * hyper[L1])
-    refresh_effective(theta, theta_eff, mean, scale)
+        noise_add(noise[0], noise[1], g, n, spec[N_ROWS], lr)
+    for c in range(spec[BLOCKS]):
+        block = slice(c * k, (c + 1) * k)
+        optimizer_step(spec[OPTIMIZER], theta[block], g[block], opt_state[:, block], lr, t + spec[T0],
+                       hyper[BETA1], hyper[BETA2], hyper[EPS], hyper[L2] if adamw else 0.0)
+        if hyper[L1] > 0.0:  # one block only: the trainer refuses --l1 with softmax
+            l1_step(theta[block], l1_q, l1_u, lr * hyper[L1])
+        refresh_effective(theta[block], theta_eff[block], mean, scale)
     counters[T] = t
     if t > spec[AVERAGE_FROM]:
         counters[AVERAGED] += 1

@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
 
 #: Trainer models that predict a class label (the others predict a number).
-CLASSIFIERS = ("logistic", "hinge", "modified_huber")
+CLASSIFIERS = ("logistic", "hinge", "modified_huber", "softmax")
 
 #: Trainer model -> the scikit-learn estimator and loss that define the same predictions.
 SKLEARN_EQUIVALENT = {
@@ -45,13 +45,17 @@ SKLEARN_EQUIVALENT = {
 
 @dataclass
 class Model:
-    """A linear model z = x·coef + intercept on raw features."""
+    """A linear model z = x·coef + intercept on raw features.
+
+    coef has shape (d,) and intercept is a float, or (C, d) and (C,) for softmax, whose
+    margins z = x·coefᵀ + intercept are one per class.
+    """
 
     model: str
     features: list[str]
     target: str
     coef: NDArray[np.float64]
-    intercept: float
+    intercept: float | NDArray[np.float64]
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -77,7 +81,7 @@ class Model:
 
     def decision_function(self, X: NDArray) -> NDArray[np.float64]:
         """Margins, X of shape (n_rows, n_features) in ``self.features`` order."""
-        return np.asarray(X, dtype=np.float64) @ self.coef + self.intercept
+        return np.asarray(X, dtype=np.float64) @ np.asarray(self.coef).T + self.intercept
 
     def predict_proba(self, X: NDArray) -> NDArray[np.float64]:
         """P(y = 1): the logistic function of the margin, or modified Huber's (clip(z, ±1) + 1) / 2
@@ -85,6 +89,9 @@ class Model:
         z = self.decision_function(X)
         if self.model == "logistic":
             return expit(z)
+        if self.model == "softmax":  # one column per class, in classes_ order
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
         if self.model == "modified_huber":
             return (np.clip(z, -1.0, 1.0) + 1.0) / 2.0
         raise UsageError(f"a {self.model} model gives no probabilities; use predict or decision_function")
@@ -95,6 +102,8 @@ class Model:
 
     def predict_from_margins(self, z: NDArray[np.float64]) -> NDArray:
         """What :meth:`predict` returns for margins ``z``: for code that has computed them."""
+        if self.model == "softmax":
+            return self.classes_[np.argmax(z, axis=1)]
         if self.is_classifier:
             return self.classes_[(z > 0).astype(np.intp)]
         if self.model == "poisson":  # the log link: the predicted mean count
@@ -261,7 +270,7 @@ def load(path: str) -> Model:
                 features=list(meta["features"]),
                 target=meta["target"],
                 coef=npz["coef"].astype(np.float64),
-                intercept=float(npz["intercept"]),
+                intercept=float(npz["intercept"]) if npz["intercept"].ndim == 0 else npz["intercept"],
                 mean=npz["mean"],
                 scale=npz["scale"],
                 metadata=meta,

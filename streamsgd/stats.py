@@ -63,6 +63,26 @@ def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.f
         return np.array(list(pool.map(one, range(len(source.chunk_rows)))), dtype=np.float64)
 
 
+#: Most classes a softmax model takes: its parameters and each row's work grow with C.
+MAX_CLASSES = 1000
+
+
+def target_classes(source: Source, readers: int) -> NDArray[np.float64]:
+    """The sorted distinct values of the target: softmax's classes (a pass over the target only)."""
+
+    def one(c: int) -> NDArray[np.float64]:
+        return np.unique(np.asarray(source.read_columns(c, [source.target]).column(0).to_numpy(), dtype=np.float64))
+
+    with ThreadPoolExecutor(max(1, readers)) as pool:
+        found = np.unique(np.concatenate([np.zeros(0), *pool.map(one, range(len(source.chunk_rows)))]))
+    if found.size < 2 or found.size > MAX_CLASSES:
+        raise DataError(
+            f"{source.url}: target column {source.target!r} holds {found.size} distinct value(s); a softmax model "
+            f"needs 2 to {MAX_CLASSES} classes; choose the right --target or another --model"
+        )
+    return found
+
+
 def standardization(X: NDArray, standardize: bool) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Mean and scale of each column of ``X`` (zeros and ones when ``standardize`` is off)."""
     d = X.shape[1]

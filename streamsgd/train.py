@@ -21,16 +21,16 @@ from numpy.typing import NDArray
 from .config import EXECUTION_ONLY, FitConfig
 from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
 from .kernels import CURVATURE, LOSS_TASK, LOSSES, row_loss
-from .loop import (AVERAGE_FROM, AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
+from .loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
                    ROWS, T, finish_batch, train_rows)
 from .noise import NoiseMeter
 from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
-from .optim import OPTIMIZERS, SCHEDULES, default_lr, optimizer_state, schedule_lr
+from .optim import OPTIMIZERS, SCHEDULES, default_lr, refresh_effective, schedule_lr
 from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
 from .sources.subset import ChunkSubset
-from .stats import chunk_target_means, row_sample, standardization
+from .stats import chunk_target_means, row_sample, standardization, target_classes
 from .stream import EpochStream
 from .windows import read_window, return_freed_buffers_to_os
 
@@ -143,16 +143,17 @@ class _State:
     ARRAYS = ("theta", "theta_eff", "avg", "gw", "l1_q", "l1_u", "cw", "opt_state", "counters", "sums",
               "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec")
 
-    def __init__(self, d: int):
-        self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(d + 1) for _ in range(4))
+    def __init__(self, d: int, blocks: int = 1):
+        self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(blocks * (d + 1)) for _ in range(4))
         self.l1_q, self.l1_u, self.cw = np.zeros(d), np.zeros(1), np.ones(2)
-        self.opt_state = optimizer_state(d)
+        self.opt_state = np.zeros((2, blocks * (d + 1)))
         self.counters = np.zeros(N_COUNTERS, dtype=np.int64)
         self.sums = np.zeros(N_SUMS)
         self.epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
         self.rows_seen = np.zeros(1, dtype=np.int64)
         self.mean = self.scale = self.hyper = self.spec = None
         self.sample = None  # rows for the step size: kept when the batch size may change
+        self.classes = None  # softmax's label values
         self.curvature = None  # the loss's curvature bound, when the data sets it (poisson, class weights)
 
     def arrays(self) -> dict[str, NDArray]:
@@ -230,10 +231,16 @@ def fit(
     # With a growing batch the second half is counted in rows (see at_boundary).
     never = np.iinfo(np.int64).max
     average_from = never if not config.average or total_steps is None else total_steps // 2
-    st = _State(d)
+    # softmax: one block of parameters per class, its labels found by a pass over the target
+    classes = target_classes(source, plan.readers) if config.model == "softmax" else np.zeros(1)
+    blocks = classes.size if config.model == "softmax" else 1
+    if blocks > 1 and (config.l1 > 0 or init is not None):
+        raise UsageError(f"--model softmax does not take {'--l1' if config.l1 > 0 else '--init'} yet; drop it")
+    st = _State(d, blocks)
+    st.classes = classes
     st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N,
                         OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every,
-                        int(config.noise_stats), step_offset], dtype=np.int64)
+                        int(config.noise_stats), step_offset, blocks], dtype=np.int64)
     st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model)
     st.curvature = _curvature(config.model, strata, source.chunk_rows, st.cw)
     if resume is not None:
@@ -241,10 +248,10 @@ def fit(
     spec = st.spec
     ck = checkpointing or Checkpointing()
     counters, sums = st.counters, st.sums
-    params = (st.theta, st.theta_eff, st.avg, st.gw, st.l1_q, st.l1_u, st.cw)
+    params = (st.theta, st.theta_eff, st.avg, st.gw, st.l1_q, st.l1_u, st.cw, classes)
     # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
-    meter = NoiseMeter(n_rows=N, n_params=d + 1)
-    noise = (meter.total, meter.sums, np.zeros(d + 1))
+    meter = NoiseMeter(n_rows=N, n_params=st.theta.size)
+    noise = (meter.total, meter.sums, np.zeros(st.theta.size))
     epoch_loss = float("nan")
     log = MetricsLog(metrics)
     train_start = time.perf_counter()
@@ -354,9 +361,9 @@ def fit(
                 if counters[T] % config.log_every == 0:
                     progress(epoch)
             fold_interval()
-            w, b = st.theta[:d], st.theta[d]
-            epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2 * float(w @ w)
-            if not (math.isfinite(epoch_loss) and math.isfinite(b)):
+            w = st.theta.reshape(blocks, d + 1)[:, :d]
+            epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2 * float((w * w).sum())
+            if not (math.isfinite(epoch_loss) and np.isfinite(st.theta).all()):
                 raise DivergenceError(
                     f"training diverged in epoch {epoch + 1}: the parameters overflowed; lower --lr "
                     f"(it was {st.hyper[LR0]:.4g}) or keep --standardize on"
@@ -405,15 +412,15 @@ def fit(
         "seconds": time.perf_counter() - started,
     }
     theta = st.avg if counters[AVERAGED] else st.theta
-    w, b = theta[:d], float(theta[d])
-    coef = w / st.scale
+    standardized = theta.reshape(blocks, d + 1)
+    coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
     metadata = {
         # execution-only options do not change the model, so the file does not record them
         "config": {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY},
         "data": {"url": full_source.url, "rows": n_rows(full_source), "fingerprint": full_source.fingerprint()},
         "target_type": getattr(source, "target_type", None),
-        "coef_standardized": w.tolist(),
-        "intercept_standardized": b,
+        "coef_standardized": (standardized[:, :d] if blocks > 1 else standardized[0, :d]).tolist(),
+        "intercept_standardized": standardized[:, d].tolist() if blocks > 1 else float(standardized[0, d]),
         # deterministic figures only: timings live in the summary and the metrics log
         "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
     }
@@ -424,7 +431,8 @@ def fit(
         metadata["init"] = {"data": init.metadata.get("data"), "lineage": init.metadata.get("lineage", []),
                             "metrics": init.metadata.get("metrics")}
     model = Model(model=config.model, features=list(source.features), target=source.target, coef=coef,
-                  intercept=float(b - coef @ st.mean), mean=st.mean, scale=st.scale, metadata=metadata)
+                  intercept=intercept, mean=st.mean, scale=st.scale, metadata=metadata,
+                  classes=_label_values(classes, getattr(source, "target_type", None)) if blocks > 1 else None)
     return FitResult(model, summary)
 
 
@@ -475,18 +483,35 @@ def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source
     return ChunkSubset(source, sorted(order[held:])), ChunkSubset(source, sorted(order[:held]))
 
 
+def raw_parameters(theta: NDArray, blocks: int, mean: NDArray, scale: NDArray):
+    """coef and intercept in raw feature space: (d,) and a float, or (C, d) and (C,) for softmax."""
+    d = theta.size // blocks - 1
+    standardized = theta.reshape(blocks, d + 1)
+    coef = standardized[:, :d] / scale
+    intercept = standardized[:, d] - coef @ mean
+    if blocks == 1:
+        return coef[0], float(intercept[0])
+    return coef, intercept
+
+
+def _label_values(classes: NDArray, target_type: str | None) -> NDArray:
+    """Softmax's labels as stored in the model: integers when the target column is."""
+    integral = target_type is not None and ("int" in target_type or target_type == "bool")
+    return classes.astype(np.int64) if integral else classes
+
+
 def validation_loss(validation: ChunkSubset, config: FitConfig, st: _State) -> float:
     """Mean loss of the current parameters (the running average once it has started) on
     the held-out chunks, read one at a time; no penalty, as scikit-learn reports it."""
     theta = st.avg if st.counters[AVERAGED] else st.theta
-    d = theta.size - 1
-    coef = theta[:d] / st.scale
-    intercept = theta[d] - coef @ st.mean
+    blocks = int(st.spec[BLOCKS])
+    coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
     param = config.epsilon if config.model == "huber" else config.quantile
     total, rows = 0.0, 0
     for c in range(len(validation.chunk_rows)):
         window = read_window(validation, np.array([c]), np.float64, True)
-        total += float(row_loss(config.model, window.X @ coef + intercept, window.y, param).sum())
+        y = window.y if blocks == 1 else np.searchsorted(np.asarray(st.classes), window.y)
+        total += float(row_loss(config.model, window.X @ coef.T + intercept, y, param).sum())
         rows += window.y.size
     return total / max(rows, 1)
 
@@ -547,8 +572,9 @@ def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int
     param = config.epsilon if config.model == "huber" else config.quantile
     st.hyper = np.array([lr0, config.power_t, config.l2, config.l1, param, config.beta1, config.beta2,
                          config.eps, config.gamma])
-    st.theta_eff[:d] = st.theta[:d] / st.scale
-    st.theta_eff[d] = st.theta[d] - float(st.theta_eff[:d] @ st.mean)
+    for c in range(st.theta.size // (d + 1)):
+        refresh_effective(st.theta[c * (d + 1):(c + 1) * (d + 1)], st.theta_eff[c * (d + 1):(c + 1) * (d + 1)],
+                          st.mean, st.scale)
 
 
 def _check_init(init: Model, source: Source, config: FitConfig) -> None:

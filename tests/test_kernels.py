@@ -25,6 +25,9 @@ from streamsgd.kernels import (
 PARAMS = {"huber": 0.7, "quantile": 0.3}
 
 
+#: losses of one margin per row (softmax, with one per class, has its own test below)
+MARGIN_LOSSES = sorted(set(LOSSES) - {"softmax"})
+
 def twin_loss_slope(model, z, y, param):
     """Per-row loss and dl/dz, written plainly from the formulas (not from ``row_loss``)."""
     s = 2.0 * y - 1.0
@@ -76,9 +79,10 @@ def make_batch(model, dtype, seed=0, n=300, d=7):
 
 
 def test_every_loss_is_described_everywhere():
-    assert set(LOSS_TASK) == set(LOSSES) == set(CURVATURE) == set(GRADIENTS)
+    # softmax has C margins per row: its kernel is accumulate_softmax, not a GRADIENTS entry
+    assert set(LOSS_TASK) == set(LOSSES) == set(CURVATURE) == set(GRADIENTS) | {"softmax"}
     assert sorted(LOSSES.values()) == list(range(len(LOSSES)))
-    assert set(LOSS_TASK.values()) == {"classification", "regression", "counts"}
+    assert set(LOSS_TASK.values()) == {"classification", "regression", "counts", "multiclass"}
     assert LOSS_PARAM == {"huber": 0.1, "quantile": 0.5}
 
 
@@ -97,7 +101,7 @@ def test_kernel_matches_numpy_twin(model, dtype):
 
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("model", sorted(LOSSES))
+@pytest.mark.parametrize("model", MARGIN_LOSSES)
 def test_weighted_kernel_matches_numpy_twin(model, dtype, weighted):
     X, y, idx, w, b = make_batch(model, dtype, seed=4)
     param = PARAMS.get(model, 0.0)
@@ -111,7 +115,7 @@ def test_weighted_kernel_matches_numpy_twin(model, dtype, weighted):
     np.testing.assert_allclose(gw - 0.5, ref_gw, rtol=1e-9, atol=1e-9 * scale)
 
 
-@pytest.mark.parametrize("model", sorted(LOSSES))
+@pytest.mark.parametrize("model", MARGIN_LOSSES)
 def test_accumulate_is_the_unweighted_default(model):
     X, y, idx, w, b = make_batch(model, np.float32, seed=5)
     g1, g2 = np.zeros(X.shape[1]), np.zeros(X.shape[1])
@@ -148,7 +152,7 @@ def kink_distance(model, z, y, param):
     return np.full(z.shape, np.inf)
 
 
-@pytest.mark.parametrize("model", sorted(LOSSES))
+@pytest.mark.parametrize("model", MARGIN_LOSSES)
 def test_gradient_matches_finite_differences(model):
     X, y, idx, w, b = make_batch(model, np.float64, seed=1)
     param = PARAMS.get(model, 0.0)
@@ -171,7 +175,7 @@ def test_gradient_matches_finite_differences(model):
     np.testing.assert_allclose(gb, fd_b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("model", sorted(LOSSES))
+@pytest.mark.parametrize("model", MARGIN_LOSSES)
 def test_finite_at_extreme_margins(model):
     labels = [0.0, 1.0] if LOSS_TASK[model] == "classification" else [0.0, 3.0]
     # 1e100 too: beyond ~1e154 the squared loss's true value is itself not a float64
@@ -207,7 +211,7 @@ def test_extreme_margin_values():
     assert loss_slope(po, -1e4, 2.0, 0.0) == (2e4, -2.0)
 
 
-@pytest.mark.parametrize("model", sorted(LOSSES))
+@pytest.mark.parametrize("model", MARGIN_LOSSES)
 def test_row_loss_matches_the_kernel(model):
     rng = np.random.default_rng(7)
     z = np.concatenate([rng.standard_normal(200) * 3, [-1e4, 1e4, 0.0, 1.0, -1.0, 60.0]])
@@ -246,3 +250,41 @@ def test_moments_and_nonfinite_scan():
     assert first_nonfinite_column(X) == -1
     X[77, 2] = np.nan
     assert first_nonfinite_column(X) == 2
+
+
+def softmax_twin(classes, X, y, idx, W):
+    """Multinomial log loss and its gradient over rows idx, written plainly."""
+    C, k = classes.size, X.shape[1] + 1
+    Wm = W.reshape(C, k)
+    Xb = X[idx].astype(np.float64)
+    z = Xb @ Wm[:, :-1].T + Wm[:, -1]
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    onehot = np.eye(C)[np.searchsorted(classes, y[idx])]
+    loss = float((np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)) + z.max(axis=1)
+                  - (z * onehot).sum(axis=1)).sum())
+    r = p - onehot
+    return loss, np.hstack([r.T @ Xb, r.sum(axis=0)[:, None]]).ravel()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_kernel_matches_numpy_twin_and_finite_differences(dtype):
+    from streamsgd.kernels import accumulate_softmax
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((200, 5)).astype(dtype)
+    classes = np.array([-1.0, 2.0, 10.0])
+    y = classes[rng.integers(0, 3, 200)].astype(dtype)
+    idx = rng.permutation(200)[:90]
+    W = rng.standard_normal(3 * 6)
+    gw = np.zeros_like(W)
+    loss = accumulate_softmax(classes, X, y, idx, W, gw)
+    ref_loss, ref_gw = softmax_twin(classes, X, y, idx, W)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-10)
+    np.testing.assert_allclose(gw, ref_gw, rtol=1e-9, atol=1e-9)
+    eps = 1e-6  # central differences: O(eps²) truncation, O(1e-16·loss/eps) rounding
+    fd = [(accumulate_softmax(classes, X, y, idx, W + eps * e, np.zeros_like(W))
+           - accumulate_softmax(classes, X, y, idx, W - eps * e, np.zeros_like(W))) / (2 * eps) for e in np.eye(W.size)]
+    np.testing.assert_allclose(gw, fd, rtol=1e-5, atol=1e-5)
+    # margins of ±1e4 stay finite (the log-sum-exp is shifted by the largest margin)
+    assert np.isfinite(accumulate_softmax(classes, X, y, idx, W * 1e4, np.zeros_like(W)))

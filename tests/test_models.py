@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.linear_model import PoissonRegressor, QuantileRegressor
+from sklearn.linear_model import LogisticRegression, PoissonRegressor, QuantileRegressor
 from sklearn.svm import LinearSVC
 
 from streamsgd.kernels import row_loss
@@ -143,3 +143,48 @@ def test_validation_chunks_are_held_out_and_early_stopping_stops_at_the_plateau(
     moving = fit(ArraySource(X, y, chunk_rows=500), model="logistic", epochs=6, batch=32,
                  validation_fraction=0.34, early_stopping=True, patience=3, seed=1)
     assert moving.model.metadata["validation"]["stopped_early_at_epoch"] is None
+
+
+def test_softmax_reaches_multinomial_logistic_regression():
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((N, D)) * np.array([1.0, 2.0, 0.5, 3.0]) + 1.0
+    z = X @ rng.standard_normal((3, D)).T
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    y = (rng.random(N)[:, None] > np.cumsum(p, axis=1)).sum(axis=1) * 2.0 + 3.0  # labels 3, 5, 7
+    l2 = 1e-3
+    result = fit(ArraySource(X, y, chunk_rows=500), model="softmax", l2=l2, epochs=60, batch=64, dtype="float64")
+    m = result.model
+    assert m.coef.shape == (3, D) and list(m.classes_) == [3.0, 5.0, 7.0]
+    Z = (X - m.mean) / m.scale
+    index = np.searchsorted(m.classes_, y)
+    W, b = np.array(m.metadata["coef_standardized"]), np.array(m.metadata["intercept_standardized"])
+
+    def objective_(W, b):
+        return float(row_loss("softmax", Z @ W.T + b, index).mean() + 0.5 * l2 * (W * W).sum())
+
+    # LogisticRegression (lbfgs, multinomial): (1/2)‖W‖² + C Σ ℓ = N·C·[ours] with C = 1/(N·l2)
+    ref = LogisticRegression(C=1 / (N * l2), tol=1e-12, max_iter=10_000).fit(Z, index)
+    mine, best = objective_(W, b), objective_(ref.coef_, ref.intercept_)
+    assert (mine - best) / best < 1e-3, (mine, best)  # measured 7e-5
+    assert np.mean(m.predict(X) == y) > 0.8
+    np.testing.assert_allclose(m.predict_proba(X).sum(axis=1), 1.0)
+
+
+def test_softmax_from_the_command_line(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    from helpers import run_cli
+
+    from streamsgd.generate import generate
+
+    data = tmp_path / "d.parquet"
+    generate(str(data), rows=6_000, features=5, task="softmax", classes=4, seed=2, row_group_rows=1_000)
+    run_cli("fit", data, "--model", "softmax", "--epochs", "5", "-o", tmp_path / "m.npz")
+    scored = json.loads(run_cli("evaluate", tmp_path / "m.npz", data, "--json").stdout)
+    assert scored["rows"] == 6_000 and scored["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    run_cli("predict", tmp_path / "m.npz", data, "-o", tmp_path / "p.parquet")
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert table.column_names == ["prediction", "prob_0", "prob_1", "prob_2", "prob_3"]
+    assert set(table["prediction"].to_pylist()) <= {0, 1, 2, 3}
