@@ -121,9 +121,12 @@ def fit(
         if X.ndim != 2 or X.dtype.kind not in "biuf":
             raise DataError(f"X: expected a 2-D numeric array (rows, features), got shape {X.shape} of {X.dtype}")
         classes = None
-        if config.model in CLASSIFIERS:
-            if y.shape != (X.shape[0],):
-                raise DataError(f"y: expected shape ({X.shape[0]},), got {y.shape}")
+        if config.model in CLASSIFIERS and y.shape != (X.shape[0],):
+            raise DataError(f"y: expected shape ({X.shape[0]},), got {y.shape}")
+        if config.model == "softmax":  # labels of any type -> their index; the model keeps the labels
+            classes, codes = np.unique(y, return_inverse=True)
+            y = codes.astype(np.float64)
+        elif config.model in CLASSIFIERS:
             y, classes = encode_labels(y)
         elif y.dtype.kind not in "biuf":
             raise DataError(f"y: a {config.model} model needs numbers as targets, got {y.dtype}")

@@ -217,3 +217,17 @@ def test_load_reports_a_missing_file(tmp_path):
 
     with pytest.raises(ModelFileError, match="no such model file"):
         streamsgd.load(tmp_path / "nope.npz")
+
+
+def test_softmax_on_string_labels_round_trips_through_the_file(tmp_path):
+    """Multiclass labels of any type: the model predicts them and keeps them in its file."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 3))
+    y = np.array(["cat", "dog", "eel"])[np.argmax(X, axis=1)]  # separable by construction
+    model = streamsgd.fit((X, y), model="softmax", epochs=5)
+    assert list(model.classes_) == ["cat", "dog", "eel"]
+    assert np.mean(model.predict(X) == y) > 0.9
+    model.save(str(tmp_path / "m.npz"))
+    loaded = streamsgd.load(str(tmp_path / "m.npz"))
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    assert loaded.coef.shape == (3, 3) and loaded.intercept.shape == (3,)
