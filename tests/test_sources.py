@@ -461,3 +461,24 @@ def test_cli_takes_several_data_arguments(tmp_path):
     run_cli("fit", parts / "p1.parquet", parts / "p2.parquet", "--epochs", "1", "-o", tmp_path / "a.npz")
     run_cli("fit", parts, "--epochs", "1", "-o", tmp_path / "b.npz")
     np.testing.assert_array_equal(load(str(tmp_path / "a.npz")).coef, load(str(tmp_path / "b.npz")).coef)
+
+
+def test_a_many_file_data_set_keeps_only_a_few_parsed_footers(tmp_path):
+    """Footers are summarised at open and only the last few files' are kept parsed, so memory
+    does not grow with the number of files; every chunk still reads back right."""
+    import numpy as np
+
+    from streamsgd.sources import open_source
+    from streamsgd.windows import read_window
+
+    rng = np.random.default_rng(0)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for k in range(10):
+        X = rng.standard_normal((300, 3))
+        pq.write_table(pa.table({"x0": X[:, 0], "x1": X[:, 1], "x2": X[:, 2], "y": X[:, 0]}),
+                       str(parts / f"p{k:02d}.parquet"), row_group_size=100)
+    source = open_source(str(parts))
+    rows = [read_window(source, np.array([c]), np.float64, True).X for c in range(len(source.chunk_rows))]
+    assert len(rows) == 30 and sum(len(r) for r in rows) == 3_000
+    assert len(source._metas._cache) <= 4
