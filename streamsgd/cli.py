@@ -146,8 +146,9 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     from .job import Job, run
     from .logs import RunLog
 
-    opts = _with_config_file(ctx, config_path, given)
     global _LOG
+    _LOG = RunLog(given["log_format"], quiet=True)  # a bad job file is reported in the format asked for
+    opts = _with_config_file(ctx, config_path, given)
     # text: stderr carries only warnings and errors (the summary line is on stdout, progress
     # is the bar on a terminal); json: every event, for log shippers and cron mail parsers
     log_format, quiet = opts.pop("log_format"), opts.pop("quiet")
