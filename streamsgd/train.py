@@ -567,6 +567,8 @@ def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int
     st.sample = row_sample(X)
     if config.lr is None:
         lr0 = default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature)
+        if config.optimizer in ("momentum", "nesterov"):  # heavy ball: the step is η / (1 − β) in effect
+            lr0 *= 1.0 - config.beta1
     else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
         lr0 = config.lr * (B / config.lr_reference_batch if config.lr_reference_batch else 1.0)
     param = config.epsilon if config.model == "huber" else config.quantile
