@@ -140,13 +140,14 @@ class ParquetSource:
                                          feature_hint)
         self.target_type = str(schema.field(target).type) if target is not None else None
         used = self.features + ([target] if target is not None else [])
-        self._check_schemas(schema, used)
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
         self._max_chunk_bytes = int(max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES)
         self._max_chunk_rows = int(max_chunk_rows) if max_chunk_rows else None
         self._chunks: list[_Chunk] = []
         self.chunk_bytes: list[int] = []
-        for f in range(len(self._files)):
+        for f in range(len(self._files)):  # each footer parsed once here, then summarised
+            if f > 0:
+                self._check_schema(f, schema, used)
             meta = self._metas[f]
             self._file_rows.append(int(meta.num_rows))
             self._group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
@@ -327,25 +328,24 @@ class ParquetSource:
 
     # --- schemas and partitions ---------------------------------------------------------
 
-    def _check_schemas(self, schema, used: list[str]) -> None:
-        """Every file has the used columns, as numbers; name both files when one differs."""
-        first = self.paths[0]
-        for k in range(1, len(self.paths)):
-            path, other = self.paths[k], self._metas[k].schema.to_arrow_schema()
-            for name in used:
-                if name in self.partition_columns:
-                    continue
-                if name not in other.names:
-                    raise DataError(
-                        f"{path}: column {name!r} is missing, but {first} has it; "
-                        "give every file the same columns or choose --features present in all"
-                    )
-                if not _is_numeric(other.field(name)):
-                    raise DataError(
-                        f"{path}: column {name!r} has type {other.field(name).type}, but {first} has "
-                        f"{schema.field(name).type}; rewrite {path} with a numeric {name!r} or leave the "
-                        "column out of --features"
-                    )
+    def _check_schema(self, k: int, schema, used: list[str]) -> None:
+        """File ``k`` has the used columns, as numbers; name both files when it differs."""
+        first, path = self.paths[0], self.paths[k]
+        other = self._metas[k].schema.to_arrow_schema()
+        for name in used:
+            if name in self.partition_columns:
+                continue
+            if name not in other.names:
+                raise DataError(
+                    f"{path}: column {name!r} is missing, but {first} has it; "
+                    "give every file the same columns or choose --features present in all"
+                )
+            if not _is_numeric(other.field(name)):
+                raise DataError(
+                    f"{path}: column {name!r} has type {other.field(name).type}, but {first} has "
+                    f"{schema.field(name).type}; rewrite {path} with a numeric {name!r} or leave the "
+                    "column out of --features"
+                )
 
     def _parse_partitions(self, names: list[str]) -> dict[tuple[int, str], float]:
         values: dict[tuple[int, str], float] = {}
