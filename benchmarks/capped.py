@@ -319,13 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         "full_batch": {**full, "argv": full_argv, "refused": full_refused},
         "passed": verdict,
         "machine": provenance.machine(),
-        "total_seconds": time.perf_counter() - started,
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }
-    json_path = args.out / ("capped-quick.json" if args.quick else "capped.json")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s; 1-min load average "
-          f"{load_start:.1f} at start, {report['load_average_1min']['end']:.1f} at end)")
+    provenance.write_report(args.out / ("capped-quick.json" if args.quick else "capped.json"), report, started, load_start)
     return 0 if verdict else 1
 
 

@@ -273,13 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs, "b1_epochs": args.b1_epochs, "runs": args.runs, "curves": curves,
         "memory_table": mem_rows, "memory_sources": mem_info,
         "machine": provenance.machine(),
-        "total_seconds": time.perf_counter() - started,
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }
-    json_path = args.out / ("full_batch-quick.json" if args.quick else "full_batch.json")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s; 1-min load average "
-          f"{load_start:.1f} at start, {report['load_average_1min']['end']:.1f} at end)")
+    provenance.write_report(args.out / ("full_batch-quick.json" if args.quick else "full_batch.json"), report, started, load_start)
     return 0
 
 

@@ -306,14 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         "budget_bytes": budget, "limit_ok": limit_ok, "larger_than_ram_ok": big_ok if big else None,
         "deleted_files": deleted,
         "machine": provenance.machine(),
-        "total_seconds": time.perf_counter() - started,
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }
     name = "memory-quick.json" if args.quick else ("memory-1e8.json" if big else "memory.json")
-    json_path = args.out / name
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s; 1-min load average "
-          f"{load_start:.1f} at start, {report['load_average_1min']['end']:.1f} at end)")
+    provenance.write_report(args.out / name, report, started, load_start)
     return 0 if flat_ok and limit_ok and big_ok else 1
 
 

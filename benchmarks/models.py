@@ -257,13 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         "configurations": configs, "table": table, "failed": failed,
         "raw": {"wall_seconds": walls, "loop_rows_per_second": loops, "final_loss": losses},
         "machine": machine(),
-        "total_seconds": time.perf_counter() - started,
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }
-    json_path = args.out / ("models-quick.json" if args.quick else "models.json")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s; 1-min load average "
-          f"{load_start:.1f} at start, {report['load_average_1min']['end']:.1f} at end)")
+    provenance.write_report(args.out / ("models-quick.json" if args.quick else "models.json"), report, started, load_start)
     return 1 if failed else 0
 
 

@@ -233,13 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         "target_warm_seconds": TARGET_WARM_SECONDS, "warm_ok": ok,
         "importtime": offenders, "profile_warm_fit": profile,
         "machine": provenance.machine(),
-        "total_seconds": time.perf_counter() - started,
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }
-    json_path = args.out / ("startup-quick.json" if args.quick else "startup.json")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s; 1-min load average "
-          f"{load_start:.1f} at start, {report['load_average_1min']['end']:.1f} at end)")
+    provenance.write_report(args.out / ("startup-quick.json" if args.quick else "startup.json"), report, started, load_start)
     return 0
 
 

@@ -524,13 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         "tables": tables, "checks": checks, "labels": LABELS,
         "vw": vw_note if not use_vw else f"vowpalwabbit {vw_note}",
         "machine": machine(vw_note if use_vw else None),
-        "total_seconds": time.perf_counter() - started,
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }
-    json_path = args.out / ("throughput-quick.json" if args.quick else "throughput.json")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {json_path} (total {report['total_seconds']:.0f} s; 1-min load average "
-          f"{load_start:.1f} at start, {report['load_average_1min']['end']:.1f} at end)")
+    provenance.write_report(args.out / ("throughput-quick.json" if args.quick else "throughput.json"), report, started, load_start)
     return 0
 
 
