@@ -43,6 +43,21 @@ SKLEARN_EQUIVALENT = {
 }
 
 
+#: Trainer models with no SGD estimator in scikit-learn: the estimator whose objective they
+#: share (test_models), fitted with this model's parameters.
+OTHER_EQUIVALENT = {"softmax": "LogisticRegression", "poisson": "PoissonRegressor",
+                    "quantile": "QuantileRegressor"}
+
+
+def _other_estimator(linear_model, model: str, config: dict[str, Any], data: dict[str, Any]):
+    l2 = float(config.get("l2", 1e-4))
+    if model == "softmax":  # C = 1/(N·l2), N the training rows
+        return linear_model.LogisticRegression(C=1.0 / max(l2 * data.get("rows", 1), 1e-300))
+    if model == "poisson":
+        return linear_model.PoissonRegressor(alpha=l2)
+    return linear_model.QuantileRegressor(quantile=float(config.get("quantile", 0.5)), alpha=0.0)
+
+
 @dataclass
 class Model:
     """A linear model z = x·coef + intercept on raw features.
@@ -135,19 +150,33 @@ class Model:
         ``predict``, ``predict_proba`` and ``decision_function`` give this model's results.
         It is not refitted: calling its ``fit`` trains scikit-learn's own SGD from scratch.
         """
-        if self.model not in SKLEARN_EQUIVALENT:
-            raise UsageError(f"a {self.model} model has no scikit-learn equivalent; use it directly")
         try:
             from sklearn import linear_model
         except ImportError as exc:
             raise UsageError("to_sklearn needs scikit-learn; install it with pip install scikit-learn") from exc
-        name, loss = SKLEARN_EQUIVALENT[self.model]
         config = self.metadata.get("config", {})
+        d = len(self.features)
+        coef = np.asarray(self.coef, dtype=np.float64)
+        if self.model in OTHER_EQUIVALENT:  # the same predictions from the estimator of that objective
+            estimator = _other_estimator(linear_model, self.model, config, self.metadata.get("data", {}))
+            estimator.coef_ = coef.copy()
+            estimator.intercept_ = np.asarray(self.intercept, dtype=np.float64).copy()
+            if self.model == "softmax":
+                estimator.classes_ = np.asarray(self.classes_).copy()
+            else:
+                estimator.intercept_ = float(self.intercept)
+            if self.model == "poisson":  # what PoissonRegressor.fit sets for its predict: the log link
+                estimator._base_loss = estimator._get_loss()
+            estimator.n_features_in_ = d
+            if self.features != default_feature_names(d):
+                estimator.feature_names_in_ = np.asarray(self.features, dtype=object)
+            return estimator
+        if self.model not in SKLEARN_EQUIVALENT:
+            raise UsageError(f"a {self.model} model has no scikit-learn equivalent; use it directly")
+        name, loss = SKLEARN_EQUIVALENT[self.model]
         estimator = getattr(linear_model, name)(
             loss=loss, alpha=float(config.get("l2", 1e-4)), random_state=config.get("seed")
         )
-        d = len(self.features)
-        coef = np.asarray(self.coef, dtype=np.float64)
         if self.is_classifier:
             estimator.coef_ = coef.reshape(1, d).copy()
             estimator.classes_ = np.asarray(self.classes_).copy()

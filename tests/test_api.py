@@ -231,3 +231,17 @@ def test_softmax_on_string_labels_round_trips_through_the_file(tmp_path):
     loaded = streamsgd.load(str(tmp_path / "m.npz"))
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
     assert loaded.coef.shape == (3, 3) and loaded.intercept.shape == (3,)
+
+
+@pytest.mark.parametrize("model", ["hinge", "modified_huber", "huber", "poisson", "quantile", "softmax"])
+def test_to_sklearn_predicts_exactly_what_the_model_predicts(model):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 3))
+    y = {"hinge": X[:, 0] > 0, "modified_huber": X[:, 0] > 0, "huber": X[:, 0] * 2,
+         "poisson": rng.poisson(np.exp(0.3 * X[:, 0])), "quantile": X[:, 0] * 2,
+         "softmax": np.array(["a", "b", "c"])[np.argmax(X, axis=1)]}[model]
+    ours = streamsgd.fit((X, y), model=model, epochs=3)
+    theirs = ours.to_sklearn()
+    np.testing.assert_array_equal(theirs.predict(X), ours.predict(X))
+    if model == "softmax":
+        np.testing.assert_allclose(theirs.predict_proba(X), ours.predict_proba(X), rtol=1e-12)
