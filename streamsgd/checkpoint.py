@@ -28,7 +28,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ModelFileError, SourceError, UsageError
+from .model import atomic_write
 
 FORMAT_VERSION = 1
 META = "__meta__"
@@ -141,7 +141,7 @@ class CheckpointStore:
         final = f"{self._root}/{self.name(step)}"
         try:
             if self._local:
-                _write_local(final, data)
+                atomic_write(final, lambda f: f.write(data))
             else:
                 # one PUT of the final key: atomic on object stores (see the module docstring)
                 self._fs.pipe_file(final, data)
@@ -283,27 +283,6 @@ def _digest(entries: Mapping[str, bytes]) -> str:
         h.update(len(entries[name]).to_bytes(8, "little"))
         h.update(entries[name])
     return h.hexdigest()
-
-
-def _write_local(final: str, data: bytes) -> None:
-    directory = os.path.dirname(final)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    # the rename itself lives in the directory: sync it too, or a power cut may undo it
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # -- data manifest ---------------------------------------------------------------------------

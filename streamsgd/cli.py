@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from .config import DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes
+from .config import (DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes,
+                     storage_option)
 from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
 
 
@@ -43,13 +44,7 @@ def store_options(command):
 
 
 def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--storage-option: expected KEY=VALUE, got {pair!r}")
-        out[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return out
+    return dict(storage_option(pair) for pair in pairs)
 
 
 def _open(data: str | tuple[str, ...], target: str | None, features, store: dict[str, Any],

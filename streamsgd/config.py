@@ -28,6 +28,14 @@ _UNITS = {
 }
 
 
+def storage_option(pair: str, where: str = "--storage-option") -> tuple[str, Any]:
+    """``KEY=VALUE`` as an fsspec option; ``true``/``false`` become booleans."""
+    key, sep, value = pair.partition("=")
+    if not sep or not key:
+        raise UsageError(f"{where}: expected KEY=VALUE, got {pair!r}")
+    return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
 def parse_bytes(text: str | int, option: str = "--memory-limit") -> int:
     """Read a size such as ``512MB`` (10**6), ``512MiB`` or ``512M`` (2**20), or plain bytes."""
     if isinstance(text, int) and not isinstance(text, bool):

@@ -34,7 +34,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .config import DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes
+from .config import DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes, storage_option
 from .errors import UsageError
 
 # kinds of value a key takes; checked in _check
@@ -252,13 +252,7 @@ def _table(path: str, key: str, value: Any, bad) -> dict[str, Any]:
                 raise UsageError(f"--config {path}: {key}.{k}: expected a single value, got {_show(v)}")
         return dict(value)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        out: dict[str, Any] = {}
-        for pair in value:
-            k, sep, v = pair.partition("=")
-            if not sep or not k:
-                raise UsageError(f"--config {path}: {key}: expected KEY=VALUE, got {pair!r}")
-            out[k] = {"true": True, "false": False}.get(v.lower(), v)
-        return out
+        return dict(storage_option(pair, f"--config {path}: {key}") for pair in value)
     raise bad()
 
 

@@ -17,7 +17,8 @@ import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -265,20 +266,15 @@ def _numpy_type(arrow_type: str | None) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def atomic_savez(path: str, arrays: dict[str, NDArray]) -> None:
-    """Write an ``.npz`` so that a crash at any instant leaves the old file or the new one.
-
-    Unlike ``np.savez``, entries carry a fixed timestamp, so the same arrays always give
-    the same bytes: a model file can be compared or hashed to check reproducibility.
-    """
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file so that a crash at any instant leaves the old one or the new one, never
+    a part: ``write`` fills a temporary file beside it, which is synced and renamed over
+    ``path``, and the directory is synced so the rename itself survives a power cut."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
-                for name, array in arrays.items():
-                    with zf.open(zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH), "w") as entry:
-                        np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -286,6 +282,27 @@ def atomic_savez(path: str, arrays: dict[str, NDArray]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_savez(path: str, arrays: dict[str, NDArray]) -> None:
+    """Write an ``.npz`` atomically (see :func:`atomic_write`).
+
+    Unlike ``np.savez``, entries carry a fixed timestamp, so the same arrays always give
+    the same bytes: a model file can be compared or hashed to check reproducibility.
+    """
+
+    def write(f: BinaryIO) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, array in arrays.items():
+                with zf.open(zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH), "w") as entry:
+                    np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def load(path: str) -> Model:
