@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from .errors import DataError
 from .kernels import LOSS_TASK, moments
 from .sources import Source
+from .sources.cast import arrow_values
 
 SAMPLE_ROWS = 4096
 
@@ -39,7 +40,7 @@ def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.f
     """
 
     def one(c: int) -> float:
-        y = np.asarray(source.read_columns(c, [source.target]).column(0).to_numpy(), dtype=np.float64)
+        y = np.asarray(arrow_values(source.read_columns(c, [source.target]).column(0)), dtype=np.float64)
         if not np.isfinite(y).all():
             raise DataError(
                 f"{source.chunk_name(c)}: target column {source.target!r} holds NaN or infinite values; "
@@ -71,7 +72,7 @@ def target_classes(source: Source, readers: int) -> NDArray[np.float64]:
     """The sorted distinct values of the target: softmax's classes (a pass over the target only)."""
 
     def one(c: int) -> NDArray[np.float64]:
-        return np.unique(np.asarray(source.read_columns(c, [source.target]).column(0).to_numpy(), dtype=np.float64))
+        return np.unique(np.asarray(arrow_values(source.read_columns(c, [source.target]).column(0)), dtype=np.float64))
 
     with ThreadPoolExecutor(max(1, readers)) as pool:
         found = np.unique(np.concatenate([np.zeros(0), *pool.map(one, range(len(source.chunk_rows)))]))

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import DataError, StreamSGDError, SourceError
-from .kernels import LOSS_TASK, first_nonfinite_column
+from .kernels import LOSS_TASK
 from .prefetch import Prefetcher
 from .sources import Source
 
@@ -66,7 +66,7 @@ def read_window(
             raise
         except Exception as exc:  # an unexpected reader failure still names the chunk
             raise SourceError(f"{source.chunk_name(c)}: read failed: {exc}") from exc
-        _check_finite(source, c, X[s], None if y is None else y[s])
+        _check_target(source, c, None if y is None else y[s])
 
     if pool is None or len(chunks) == 1:
         for k in range(len(chunks)):
@@ -107,13 +107,8 @@ def check_labels(model: str, source: Source, window: Window) -> Window:
     return window
 
 
-def _check_finite(source: Source, chunk: int, X: NDArray, y: NDArray | None) -> None:
-    j = first_nonfinite_column(X)
-    if j >= 0:
-        raise DataError(
-            f"{source.chunk_name(chunk)}: column {source.features[j]!r} holds NaN or infinite "
-            "values; clean or impute them"
-        )
+def _check_target(source: Source, chunk: int, y: NDArray | None) -> None:
+    """Refuse a non-finite target (the sources check the features as they copy them)."""
     if y is not None and not np.isfinite(y).all():
         raise DataError(
             f"{source.chunk_name(chunk)}: target column {source.target!r} holds NaN or infinite "

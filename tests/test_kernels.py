@@ -14,7 +14,6 @@ from streamsgd.kernels import (
     POISSON_MAX_MARGIN,
     accumulate,
     accumulate_weighted,
-    first_nonfinite_column,
     loss_and_slope,
     loss_slope,
     moments,
@@ -241,15 +240,12 @@ def test_curvature_bounds_the_smooth_losses(model):
     assert (s[1] - s[0]) / (2 * h) == pytest.approx(CURVATURE["poisson"], rel=1e-6)
 
 
-def test_moments_and_nonfinite_scan():
+def test_moments():
     rng = np.random.default_rng(2)
     X = rng.standard_normal((500, 4)) * 3 + 1
     mean, m2 = moments(X)
     np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(m2, ((X - X.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-10)
-    assert first_nonfinite_column(X) == -1
-    X[77, 2] = np.nan
-    assert first_nonfinite_column(X) == 2
 
 
 def softmax_twin(classes, X, y, idx, W):

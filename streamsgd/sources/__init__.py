@@ -2,9 +2,9 @@
 
 A source exposes ``chunk_rows`` (rows per chunk, read from metadata before any data) and
 ``read_into(i, X, y)``, which decodes chunk ``i`` straight into a caller-owned slice of a
-window buffer. The chunk is the unit of I/O: one Parquet row group, or one Zarr chunk
-along the row axis. Any fsspec URL works (local paths, ``file://``, ``memory://``,
-``s3://`` …); ``storage_options`` go to the fsspec filesystem.
+window buffer, refusing NaN and infinity as it copies. The chunk is the unit of I/O: one
+Parquet row group, or one Zarr chunk along the row axis. Any fsspec URL works (local paths,
+``file://``, ``memory://``, ``s3://`` …); ``storage_options`` go to the fsspec filesystem.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError
+from .cast import not_finite
 
 
 class ArraySource:
@@ -37,8 +38,12 @@ class ArraySource:
         return f"array rows {self._starts[i]}..{self._starts[i] + self.chunk_rows[i] - 1}"
 
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
+        from ..fill import copy_rows
+
         s = slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
-        X[...] = self.X[s]
+        bad = copy_rows(self.X[s], X)
+        if bad >= 0:
+            raise not_finite(self.X[s, bad], X.dtype, self.chunk_name(i), self.features[bad])
         if y is not None:
             y[...] = self.y[s]
 

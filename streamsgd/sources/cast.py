@@ -27,3 +27,35 @@ def to_dtype(values: NDArray, dtype: np.dtype, where: str, name: str) -> NDArray
                 "train with --dtype float64 (or rescale the column)"
             )
     return out
+
+
+def not_finite(values: NDArray, dtype: np.dtype, where: str, name: str) -> DataError:
+    """The error for a column that gave a non-finite value at ``dtype``: out of range, or NaN/inf."""
+    try:
+        to_dtype(values, dtype, where, name)
+    except DataError as exc:
+        return exc
+    return DataError(f"{where}: column {name!r} holds NaN or infinite values; clean or impute them")
+
+
+#: Arrow's fixed-width numbers by type name (``DataType.to_pandas_dtype`` imports pandas too)
+_NUMPY = {name: np.dtype(name) for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")}
+_NUMPY.update({"halffloat": np.dtype("float16"), "float": np.dtype("float32"), "double": np.dtype("float64")})
+
+
+def arrow_values(array) -> NDArray:
+    """A pyarrow Array or ChunkedArray as one NumPy array, zero-copy when it can (nulls become NaN).
+
+    Fixed-width numbers are viewed through the buffer protocol: pyarrow's own ``to_numpy``
+    imports pandas on first use, 0.4 s of every process start.
+    """
+    import pyarrow as pa
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
+    dtype = _NUMPY.get(str(array.type))
+    if dtype is not None and not array.null_count:
+        if array.buffers()[1] is None:  # an empty array may have no data buffer
+            return np.zeros(0, dtype)
+        return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    return np.asarray(array.to_numpy(zero_copy_only=False))

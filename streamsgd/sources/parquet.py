@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..config import DEFAULT_MEMORY_LIMIT
-from .cast import to_dtype
+from .cast import arrow_values, not_finite, to_dtype
 from ..errors import DataError, SourceError
 from . import retry
 
@@ -24,9 +24,6 @@ from . import retry
 #: the limit and budgets three times a chunk's size per reader); callers with another
 #: limit pass ``max_chunk_bytes``.
 DEFAULT_MAX_CHUNK_BYTES = DEFAULT_MEMORY_LIMIT // 9
-
-#: Rows per block of the row-major fill: the block (features x rows) is a few MB at most.
-FILL_ROWS = 8192
 
 #: Read buffer per column while a row group is streamed in slices. Without one (pyarrow's
 #: ``buffer_size=0``) every column chunk is loaded whole before the first slice decodes:
@@ -279,19 +276,19 @@ class ParquetSource:
         return table
 
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
-        """Decode chunk ``i`` into ``X`` (rows x features) and ``y`` (rows,)."""
-        from ..kernels import fill_rows
+        """Decode chunk ``i`` into ``X`` (rows x features) and ``y`` (rows,); refuse nulls,
+        NaN and infinity."""
+        from ..fill import fill_columns  # numba: imported when data is first read
 
         names = self.features + ([self.target] if y is not None else [])
         table = self.read_columns(i, names)
-        columns = [_values(table.column(n), n, X.dtype, self, i) for n in self.features]
-        # through a small column-major block, so the transpose kernel takes one plain array
-        # (numba's typed lists compile anew in every process: 2.6 s of each start)
-        for start in range(0, X.shape[0], FILL_ROWS):
-            stop = min(start + FILL_ROWS, X.shape[0])
-            fill_rows(np.stack([c[start:stop] for c in columns]), X[start:stop])
+        columns = [_values(table.column(n), n, self, i) for n in self.features]
+        bad = fill_columns(columns, X)  # the decoded buffers themselves: no copy before this one
+        if bad >= 0:
+            raise not_finite(columns[bad], X.dtype, self.chunk_name(i), self.features[bad])
         if y is not None:
-            y[...] = _values(table.column(self.target), self.target, y.dtype, self, i)
+            y[...] = to_dtype(_values(table.column(self.target), self.target, self, i), y.dtype, self.chunk_name(i),
+                              self.target)
 
     def fingerprint(self) -> str:
         """Hash of the data's manifest: files, sizes, row-group layout."""
@@ -299,13 +296,20 @@ class ParquetSource:
                     for p, rows, groups, size in zip(self.paths, self._file_rows, self._group_rows, self._footer_bytes)]
         return hashlib.sha256(json.dumps(manifest).encode()).hexdigest()[:16]
 
-    def _open(self, k: int):
-        """File ``k`` for reading: a native path locally, an uncached fsspec file remotely."""
+    def _open(self, k: int, mapped: bool = True):
+        """File ``k`` for reading: memory-mapped locally, an uncached fsspec file remotely.
+
+        A mapped file decodes from the page cache without first copying the column chunks
+        into a read buffer (13 % faster decode at d = 100); only the pages of the chunks
+        read are touched, and they are unmapped when the chunk's arrays are freed. A row
+        group streamed in slices is not mapped (``mapped=False``): its pages would stay
+        mapped, and counted, until the whole group was read.
+        """
         f = self._files[k]
         if f.local:
             import pyarrow as pa
 
-            return pa.OSFile(f.fs_path)
+            return pa.memory_map(f.fs_path) if mapped else pa.OSFile(f.fs_path)
         return f.fs.open(f.fs_path, "rb", cache_type="none")
 
     def _footer(self, k: int):
@@ -416,7 +420,7 @@ class _Cursor:
         import pyarrow.parquet as pq
 
         self._reset()
-        self._handle = self._source._open(self._file)
+        self._handle = self._source._open(self._file, mapped=False)
         pf = pq.ParquetFile(self._handle, metadata=self._source._metas[self._file], pre_buffer=False,
                             buffer_size=SLICE_BUFFER_BYTES)
         self._batches = pf.iter_batches(batch_size=self._step, row_groups=[self._group], columns=self._names,
@@ -578,13 +582,11 @@ def _resolve_columns(
     return chosen
 
 
-def _values(column, name: str, dtype, source, i: int) -> NDArray:
-    """An Arrow column as one contiguous array of ``dtype``, refusing nulls."""
+def _values(column, name: str, source, i: int) -> NDArray:
+    """An Arrow column as one NumPy array (a view of the decoded buffer), refusing nulls."""
     if column.null_count:
         raise DataError(
             f"{source.chunk_name(i)}: column {name!r} has {column.null_count} null values; "
             "drop or impute them"
         )
-    # writeable too: Arrow's zero-copy views are read-only, and the fill kernel's typed list
-    # takes one array type (a read-only float64 column at --dtype float64 is copied)
-    return to_dtype(column.to_numpy(), dtype, source.chunk_name(i), name)
+    return arrow_values(column)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .cast import to_dtype
+from .cast import not_finite, to_dtype
 from ..errors import DataError, SourceError
 from . import retry
 from .fs import with_defaults
@@ -96,29 +96,45 @@ class ZarrSource:
     def _rows(self, i: int) -> slice:
         return slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
 
-    def _get(self, i: int, array):
-        """Rows of chunk ``i`` of ``array``, transient store failures retried."""
+    def _get(self, i: int, array, out=None):
+        """Rows of chunk ``i`` of ``array`` (decoded into ``out``, a Zarr NDBuffer, when given),
+        transient store failures retried."""
         try:
-            return retry.call(lambda: array[self._rows(i)], self.chunk_name(i), breaker=self._breaker)
+            return retry.call(lambda: array.get_basic_selection(self._rows(i), out=out), self.chunk_name(i),
+                              breaker=self._breaker)
         except SourceError:
             raise
         except (OSError, ValueError, RuntimeError) as exc:
             raise SourceError(f"{self.chunk_name(i)}: cannot read ({retry.first_line(exc)})") from exc
 
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
-        """Decode the row block ``i`` into ``X`` and ``y``."""
-        block = self._get(i, self._X)
-        block = block if self._cols is None else block[:, self._cols]
+        """Decode the row block ``i`` into ``X`` and ``y``; refuse NaN and infinity."""
+        from ..fill import copy_rows, first_nonfinite_column  # numba: imported when data is first read
+
         where = self.chunk_name(i)
-        X[...] = to_dtype(block, X.dtype, where, self._x_array)
+        if self._cols is None and X.dtype == self._X.dtype and X.flags.c_contiguous:
+            # all columns, same dtype: Zarr decodes straight into the window
+            from zarr.core.buffer.cpu import NDBuffer
+
+            self._get(i, self._X, NDBuffer.from_numpy_array(X))
+            bad = first_nonfinite_column(X)
+            if bad >= 0:
+                raise not_finite(X[:, bad], X.dtype, where, self.features[bad])
+        else:
+            block = self._get(i, self._X)
+            block = block if self._cols is None else block[:, self._cols]
+            bad = copy_rows(block, X)
+            if bad >= 0:
+                raise not_finite(block[:, bad], X.dtype, where, self.features[bad])
         if y is not None:
             y[...] = to_dtype(self._get(i, self._y), y.dtype, where, self.target)
 
     def read_columns(self, i: int, names: Sequence[str]):
         import pyarrow as pa
 
-        block = self._get(i, self._X)
         all_names = self.columns[: self._X.shape[1]]
+        # the target alone (the trainer's first pass) does not read the feature array
+        block = self._get(i, self._X) if any(n != self.target for n in names) else None
         return pa.table({n: self._get(i, self._y) if n == self.target else block[:, all_names.index(n)]
                          for n in names})
 

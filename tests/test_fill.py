@@ -1,0 +1,65 @@
+"""The copies into window rows: exact values, any numeric dtype, and the non-finite scan."""
+
+import numpy as np
+import pytest
+
+from streamsgd.fill import BLOCK_ROWS, copy_rows, fill_columns, first_nonfinite_column
+from streamsgd.sources.cast import not_finite
+
+DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int8, np.uint16, np.bool_]
+
+
+def columns(n, seed=0):
+    rng = np.random.default_rng(seed)
+    cols = [(rng.standard_normal(n + 3) * 50).astype(dt) for dt in DTYPES]
+    return [c[3:] for c in cols]  # views that do not start at their buffer's first byte
+
+
+@pytest.mark.parametrize("n", [0, 1, BLOCK_ROWS - 1, BLOCK_ROWS * 3 + 7])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fill_columns_is_a_transpose_with_casts(n, dtype):
+    cols = columns(n)
+    X = np.full((n, len(cols)), -7, dtype=dtype)
+    assert fill_columns(cols, X) == -1
+    np.testing.assert_array_equal(X, np.stack([c.astype(dtype) for c in cols], axis=1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_copy_rows_is_a_copy_with_casts(dtype):
+    block = np.random.default_rng(1).integers(-1000, 1000, size=(BLOCK_ROWS + 5, 9))
+    X = np.empty(block.shape, dtype=dtype)
+    assert copy_rows(block, X) == -1
+    np.testing.assert_array_equal(X, block.astype(dtype))
+    assert copy_rows(block[:, ::2], X[:, :5]) == -1  # strided source
+    np.testing.assert_array_equal(X[:, :5], block[:, ::2].astype(dtype))
+
+
+def test_first_bad_column_is_reported_whichever_row_and_dtype_group_holds_it():
+    n = BLOCK_ROWS * 2 + 3
+    cols = columns(n)
+    cols[3] = cols[3].astype(np.float64)  # column 3 joins the float64 group of column 1
+    cols[3][-1] = np.inf  # late row, low column
+    cols[4] = cols[4].astype(np.float32)
+    cols[4][0] = np.nan  # early row, higher column, another dtype group
+    assert fill_columns(cols, np.empty((n, len(cols)), np.float32)) == 3
+    block = np.stack(cols, axis=1)
+    assert copy_rows(block, np.empty_like(block)) == 3
+
+
+def test_a_value_beyond_float32_is_named_as_out_of_range_not_as_nan():
+    cols = [np.ones(10), np.array([1.0] * 9 + [1e300])]
+    X = np.empty((10, 2), np.float32)
+    assert fill_columns(cols, X) == 1
+    assert "beyond the range of float32" in str(not_finite(cols[1], X.dtype, "f.parquet row group 0", "b"))
+    assert fill_columns(cols, np.empty((10, 2), np.float64)) == -1
+    cols[0][4] = np.nan
+    message = str(not_finite(cols[0], np.float32, "f.parquet row group 0", "a"))
+    assert message == "f.parquet row group 0: column 'a' holds NaN or infinite values; clean or impute them"
+
+
+def test_scan_of_data_decoded_in_place():
+    X = np.random.default_rng(3).standard_normal((BLOCK_ROWS + 9, 7)).astype(np.float32)
+    assert first_nonfinite_column(X) == -1
+    X[-1, 2] = -np.inf
+    X[0, 5] = np.nan
+    assert first_nonfinite_column(X) == 2
