@@ -482,3 +482,42 @@ def test_a_many_file_data_set_keeps_only_a_few_parsed_footers(tmp_path):
     rows = [read_window(source, np.array([c]), np.float64, True).X for c in range(len(source.chunk_rows))]
     assert len(rows) == 30 and sum(len(r) for r in rows) == 3_000
     assert len(source._metas._cache) <= 4
+
+
+def test_parsed_footers_come_out_of_the_memory_limit(tmp_path):
+    """A file of many row groups holds a large parsed footer while it is read: the memory
+    plan charges it before sizing the windows, and refuses a limit it would half fill."""
+    import psutil
+
+    from streamsgd.config import FitConfig
+    from streamsgd.errors import UsageError
+    from streamsgd.sources.parquet import PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK
+    from streamsgd.train import METADATA_ALLOWANCE, MemoryPlan
+
+    rng = np.random.default_rng(5)
+    table = pa.table({**{f"x{j}": rng.standard_normal(3000) for j in range(30)}, "y": rng.standard_normal(3000)})
+    few, many = tmp_path / "few.parquet", tmp_path / "many.parquet"
+    pq.write_table(table, few, row_group_size=1000)
+    pq.write_table(table, many, row_group_size=2)
+    few, many = streamsgd.open_source(str(few)), streamsgd.open_source(str(many))
+    assert many.metadata_bytes == PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK * 1500 * 31
+    assert many.metadata_bytes > 100 * few.metadata_bytes
+    # the charge covers what a parsed footer really takes (here about a third of it)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    footers = [pq.read_metadata(tmp_path / "many.parquet") for _ in range(3)]
+    assert (process.memory_info().rss - before) / len(footers) < many.metadata_bytes
+
+    limit = 256 << 20
+    config = FitConfig(memory_limit=limit)
+    plan_few, plan_many = MemoryPlan.for_source(few, config), MemoryPlan.for_source(many, config)
+    # a small footer is not charged (the plan, and the model, are those of any other container);
+    # a large one is, beyond the allowance
+    assert few.metadata_bytes < METADATA_ALLOWANCE < many.metadata_bytes
+    assert plan_few.buffer_bytes == int(limit * 2 / 3)
+    charged = plan_few.buffer_bytes - plan_many.buffer_bytes
+    assert charged == pytest.approx((many.metadata_bytes - METADATA_ALLOWANCE) * 2 / 3, abs=2)
+    assert plan_many.window_rows < plan_few.window_rows
+
+    with pytest.raises(UsageError, match=r"many.parquet.*row groups"):
+        MemoryPlan.for_source(many, FitConfig(memory_limit=int(1.5 * (many.metadata_bytes - METADATA_ALLOWANCE))))

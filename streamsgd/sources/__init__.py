@@ -33,6 +33,7 @@ class Source(Protocol):
     target: str | None
     chunk_rows: list[int]
     chunk_bytes: list[int]  # bytes a reader holds while decoding the chunk (uncompressed size)
+    metadata_bytes: int  # bytes of format metadata held while reading (Parquet footers)
 
     def chunk_name(self, i: int) -> str: ...
     def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None: ...

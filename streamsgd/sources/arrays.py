@@ -33,6 +33,7 @@ class ArraySource:
         self._starts = list(range(0, n, chunk_rows))
         self.chunk_rows = [min(chunk_rows, n - s) for s in self._starts]
         self.chunk_bytes = [0] * len(self.chunk_rows)  # copies from memory decode nothing
+        self.metadata_bytes = 0
 
     def chunk_name(self, i: int) -> str:
         return f"array rows {self._starts[i]}..{self._starts[i] + self.chunk_rows[i] - 1}"

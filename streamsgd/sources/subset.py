@@ -21,6 +21,7 @@ class ChunkSubset:
         self.columns = list(source.columns)
         self.chunk_rows = [source.chunk_rows[c] for c in self._chunks]
         self.chunk_bytes = [source.chunk_bytes[c] for c in self._chunks]
+        self.metadata_bytes = source.metadata_bytes
         self.target_type = getattr(source, "target_type", None)
 
     @property

@@ -82,6 +82,7 @@ class ZarrSource:
         self.chunk_rows = [min(step, n - s) for s in self._starts]
         row_bytes = d * self._X.dtype.itemsize + (self._y.dtype.itemsize if self._y is not None else 0)
         self.chunk_bytes = [rows * row_bytes for rows in self.chunk_rows]
+        self.metadata_bytes = 0
         self._x_array = x_array
         self._zarr_format = group.metadata.zarr_format
         self._breaker = retry.Breaker()
