@@ -15,6 +15,7 @@ from .kernels import row_loss
 from .model import Model
 from .stats import merge_moments
 from .sources import Source
+from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from .windows import check_labels, read_window
 
 
@@ -24,6 +25,16 @@ def _check_features(model: Model, source: Source) -> None:
             f"{source.url}: the model was trained on features {model.features[:10]}, but the data "
             f"gives {source.features[:10]}; use data with the model's feature columns"
         )
+
+
+def _with_labels(model: Model, source: Source) -> tuple[Source, bool]:
+    """``source`` with a text target read as the model's class indices (softmax), and
+    whether it is; a model that needs numbers refuses text labels."""
+    if source.target is None or not is_text_type(getattr(source, "target_type", None)):
+        return source, False
+    if model.model != "softmax":
+        raise not_numeric_target(source, model.model)
+    return ClassIndexSource(source, np.asarray(model.classes_)), True
 
 
 def _class_index(model: Model, y: NDArray, source: Source) -> NDArray[np.intp]:
@@ -46,6 +57,7 @@ def _loss_param(model: Model) -> float | None:
 def evaluate(model: Model, source: Source) -> dict[str, Any]:
     """Mean data loss (no penalty) and accuracy (classifier) or R² (regressor)."""
     _check_features(model, source)
+    source, indexed = _with_labels(model, source)  # text labels: y holds class indices already
     rows, loss_sum, correct = 0, 0.0, 0
     y_mean = y_m2 = sse = 0.0  # the target's variance, merged chunk by chunk, for R²
     for c in range(len(source.chunk_rows)):
@@ -53,7 +65,7 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
         z = model.decision_function(window.X)
         y = check_labels(model.model, source, window).y
         if model.model == "softmax":  # labels -> their class index; z has one column per class
-            y = _class_index(model, y, source)
+            y = y.astype(np.intp) if indexed else _class_index(model, y, source)
             correct += int((np.argmax(z, axis=1) == y).sum())
         elif model.is_classifier:
             correct += int(((z > 0) == (y == 1)).sum())

@@ -7,17 +7,24 @@ options under the CLI's names (:class:`~streamsgd.config.FitConfig`); ``options`
 other FitConfig field through, so an option the trainer gains later needs no change here.
 ``fit`` takes arrays, or a path or URL of Parquet or Zarr data that is streamed in fixed
 memory: ``StreamSGDClassifier(target="label").fit("s3://bucket/train/")``.
+
+The classifier is multiclass as scikit-learn's ``LogisticRegression`` is: with two
+classes it trains the binary logistic model (``coef_`` of shape (1, d)), with more the
+multinomial softmax model (``coef_`` of shape (C, d), ``predict_proba`` one column per
+class). Only ``loss="log_loss"`` has a multinomial form; the other classifier losses are
+binary.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .api import as_urls, column_names, encode_labels, model_for_loss
@@ -25,6 +32,8 @@ from .config import FitConfig
 from .errors import DataError, UsageError
 from .model import CLASSIFIERS, Model, default_feature_names
 from .sources import ArraySource, open_source
+from .sources.labels import is_text_type
+from .stats import target_labels
 from .train import FitResult
 from .train import fit as _train
 
@@ -91,6 +100,11 @@ class _StreamSGD(BaseEstimator):
     def _set_coef(self, model: Model) -> None:
         raise NotImplementedError
 
+    def _softmax_classes(self, continuing: bool) -> NDArray[np.float64] | None:
+        """The classes ``_targets`` found as the softmax trainer takes them (the indices
+        0 … C-1 the targets hold), or None for a binary or regression model."""
+        return None
+
     # --- fitting ---------------------------------------------------------------------------
 
     def _config(self, **overrides: Any) -> FitConfig:
@@ -106,7 +120,7 @@ class _StreamSGD(BaseEstimator):
             kind = "classifier" if self._is_classifier else "regressor"
             raise UsageError(f"loss: {self.loss!r} is not a {kind} loss; use "
                              f"{'StreamSGDRegressor' if self._is_classifier else 'StreamSGDClassifier'} for it")
-        return FitConfig(model=model, **{**values, **extra, **overrides})
+        return FitConfig(**{"model": model, **values, **extra, **overrides})
 
     def fit(self, X: Any, y: Any = None) -> "_StreamSGD":
         """Train from scratch on arrays, or on the data at a path or URL.
@@ -129,7 +143,10 @@ class _StreamSGD(BaseEstimator):
         X, y = self._validate(X, y, reset=True)
         config = self._config()
         y = self._targets(y, first=True, classes=None)
-        self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config))
+        fixed = self._softmax_classes(continuing=False)
+        if fixed is not None:
+            config = replace(config, model="softmax")
+        self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config, classes=fixed))
         return self
 
     def _fit_source(self, urls: list[str], y: Any) -> "_StreamSGD":
@@ -141,6 +158,8 @@ class _StreamSGD(BaseEstimator):
         config = self._config(target=self.target, features=column_names(self.features))
         source = open_source(urls[0] if len(urls) == 1 else urls, target=self.target, features=config.features,
                              storage_options=self.storage_options, format=self.format)
+        if self._is_classifier and config.model == "logistic" and _multiclass_source(source, config.readers):
+            config = replace(config, model="softmax")
         result = _train(source, config)
         for attr in ("n_features_in_", "feature_names_in_", "classes_"):
             if hasattr(self, attr):
@@ -166,8 +185,9 @@ class _StreamSGD(BaseEstimator):
         ----------
         X : array-like of shape (n_rows, n_features)
         y : array-like of shape (n_rows,)
-        classes : array-like of shape (2,), the labels; required on the first call of a
-            classifier (a batch may not hold every label), ignored by regressors.
+        classes : array-like of shape (n_classes,), every label; required on the first call
+            of a classifier (a batch may not hold every label), ignored by regressors. More
+            than two classes train the multinomial (softmax) model.
 
         Returns
         -------
@@ -175,16 +195,21 @@ class _StreamSGD(BaseEstimator):
         """
         first = not hasattr(self, "model_")
         if first and self._is_classifier and classes is None:
-            raise DataError("classes must be passed on the first call to partial_fit: give both labels, classes=[a, b]")
+            raise DataError("classes must be passed on the first call to partial_fit: give every label, "
+                            "classes=[a, b, …]")
         X, y = self._validate(X, y, reset=first)
         y = self._targets(y, first=first, classes=classes)
+        fixed = self._softmax_classes(continuing=not first)
+        softmax = {} if fixed is None else {"model": "softmax"}
         if first:
-            config = self._config(epochs=1, steps=None, average=False)
-            self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config))
+            config = self._config(epochs=1, steps=None, average=False, **softmax)
+            self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config, classes=fixed))
         else:  # one more pass, from the current parameters, step size and update count
-            config = self._config(epochs=1, steps=None, average=False, lr=self.lr_)
+            config = self._config(epochs=1, steps=None, average=False, lr=self.lr_, **softmax)
+            # softmax: the model's classes as the trainer sees them, the indices the targets hold
+            init = self.model_ if fixed is None else replace(self.model_, classes=fixed)
             result = _train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config,
-                            init=self.model_, step_offset=self.t_)
+                            init=init, step_offset=self.t_, classes=fixed)
             if self._is_classifier:
                 result.model.classes = self.classes_
             self.model_ = result.model
@@ -231,11 +256,17 @@ class _StreamSGD(BaseEstimator):
 
 
 class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
-    """Binary linear classifier trained by mini-batch SGD in fixed memory (logistic loss).
+    """Linear classifier trained by mini-batch SGD in fixed memory (logistic loss).
+
+    Two classes train binary logistic regression; more train multinomial (softmax)
+    logistic regression, as scikit-learn's ``LogisticRegression`` does. From a path or
+    URL, a target of text labels or of more than two values trains softmax (its classes
+    are found by a pass over the target column before training).
 
     Parameters
     ----------
-    loss : ``"log_loss"`` (logistic regression), the only classifier loss so far.
+    loss : ``"log_loss"`` (logistic regression, binary or multinomial); ``"hinge"`` and
+        ``"modified_huber"`` (scikit-learn's, binary only).
     batch, epochs, steps, lr, lr_schedule, power_t, l2, seed, shuffle, standardize, average,
     memory_limit, dtype : the trainer's options, as ``streamsgd fit`` has them
         (:class:`~streamsgd.config.FitConfig`). ``epochs=None`` and ``steps=None`` train
@@ -247,9 +278,11 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
 
     Attributes
     ----------
-    classes_ : ndarray of shape (2,), the labels; ``classes_[1]`` is the positive class.
-    coef_ : ndarray of shape (1, n_features), on the raw (unstandardised) features.
-    intercept_ : ndarray of shape (1,)
+    classes_ : ndarray of shape (n_classes,), the labels, sorted; with two, ``classes_[1]``
+        is the positive class.
+    coef_ : ndarray of shape (1, n_features) for two classes, (n_classes, n_features) for
+        more; on the raw (unstandardised) features.
+    intercept_ : ndarray of shape (1,) or (n_classes,)
     n_features_in_, feature_names_in_ : as in scikit-learn.
     model_ : the :class:`~streamsgd.model.Model`; ``model_.save(path)`` writes its file.
     n_iter_ : passes over the data (the last one may be partial); t_ : updates made.
@@ -289,9 +322,18 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        # binary only: the trainer's softmax model is reached through streamsgd.fit / the CLI
-        tags.classifier_tags.multi_class = False
+        # multinomial for log_loss; the other losses refuse more than two classes in fit
+        try:
+            tags.classifier_tags.multi_class = model_for_loss(self.loss) == "logistic"
+        except UsageError:  # an unknown loss is reported by fit
+            pass
         return tags
+
+    def _softmax_classes(self, continuing: bool) -> NDArray[np.float64] | None:
+        # more than two classes, or more updates of a softmax model (a URL's text labels)
+        if self.classes_.size <= 2 and not (continuing and self.model_.model == "softmax"):
+            return None
+        return np.arange(self.classes_.size, dtype=np.float64)
 
     def _targets(self, y: NDArray, first: bool, classes: NDArray | None) -> NDArray[np.float64]:
         try:
@@ -306,40 +348,55 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
                     "give the same classes to every partial_fit"
                 )
             if first:
-                _, self.classes_ = encode_labels(classes)
-        elif first:
-            kind = type_of_target(y, input_name="y")
-            if kind != "binary":
-                raise DataError(f"Only binary classification is supported. The type of the target is {kind}.")
-            _, self.classes_ = encode_labels(y)
+                self.classes_ = self._checked_classes(classes)
+        elif first:  # check_classification_targets and validate_data leave binary or multiclass 1-D labels
+            self.classes_ = self._checked_classes(np.unique(y))
         index = np.searchsorted(self.classes_, y)
         index = np.minimum(index, self.classes_.size - 1)
         unknown = self.classes_[index] != y
         if unknown.any():
             raise DataError(
-                f"y holds the label {y[np.argmax(unknown)]!r}, not one of the classes "
+                f"y holds the label {np.asarray(y[np.argmax(unknown)]).item()!r}, not one of the classes "
                 f"{self.classes_.tolist()}; give every label in classes= on the first partial_fit"
             )
         return index.astype(np.float64)
 
+    def _checked_classes(self, classes: NDArray) -> NDArray:
+        """The sorted labels, refusing one class, and more than two for a binary-only loss."""
+        if classes.size > 2 and model_for_loss(self.loss) != "logistic":
+            raise UsageError(f"loss={self.loss!r} is binary only, but y holds {classes.size} classes; use "
+                             "loss='log_loss' (multinomial logistic regression) for more than two")
+        if classes.size > 2:
+            return classes
+        _, two = encode_labels(classes)  # refuses a single class
+        return two
+
     def _set_coef(self, model: Model) -> None:
-        self.coef_ = model.coef.reshape(1, -1).copy()
-        self.intercept_ = np.array([model.intercept])
+        if model.model == "softmax":
+            self.coef_ = np.array(model.coef, dtype=np.float64)
+            self.intercept_ = np.array(model.intercept, dtype=np.float64)
+        else:
+            self.coef_ = model.coef.reshape(1, -1).copy()
+            self.intercept_ = np.array([model.intercept])
 
     def decision_function(self, X: Any) -> NDArray[np.float64]:
-        """Margins x·coef + intercept, ndarray of shape (n_rows,); > 0 predicts ``classes_[1]``."""
+        """Margins x·coefᵀ + intercept: ndarray of shape (n_rows,) for two classes (> 0
+        predicts ``classes_[1]``), (n_rows, n_classes) for more (the largest wins)."""
         X = self._check_X(X)
         return self.model_.decision_function(X)
 
     def predict_proba(self, X: Any) -> NDArray[np.float64]:
-        """Class probabilities, ndarray of shape (n_rows, 2), columns in ``classes_`` order."""
+        """Class probabilities, ndarray of shape (n_rows, n_classes), columns in ``classes_`` order."""
         X = self._check_X(X)
         p = self.model_.predict_proba(X)
-        return np.column_stack([1.0 - p, p])
+        return p if p.ndim == 2 else np.column_stack([1.0 - p, p])
 
     def predict_log_proba(self, X: Any) -> NDArray[np.float64]:
-        """Log of :meth:`predict_proba`, ndarray of shape (n_rows, 2)."""
+        """Log of :meth:`predict_proba`, ndarray of shape (n_rows, n_classes)."""
         z = self.decision_function(X)
+        if z.ndim == 2:  # log softmax, shifted by the largest margin: exact where p underflows
+            top = z.max(axis=1, keepdims=True)
+            return z - top - np.log(np.exp(z - top).sum(axis=1, keepdims=True))
         # log sigmoid(±z) = -log(1 + e^∓z), exact at any margin where log(p) would underflow
         return np.column_stack([-np.logaddexp(0.0, z), -np.logaddexp(0.0, -z)])
 
@@ -393,6 +450,15 @@ class StreamSGDRegressor(RegressorMixin, _StreamSGD):
     def _set_coef(self, model: Model) -> None:
         self.coef_ = model.coef.copy()
         self.intercept_ = np.array([model.intercept])
+
+
+def _multiclass_source(source: Any, readers: int) -> bool:
+    """Whether a classifier's URL data needs the softmax model: text labels, or more than
+    two values in the target (a pass over the target column)."""
+    if is_text_type(getattr(source, "target_type", None)):
+        return True
+    labels, _ = target_labels(source, readers)
+    return labels.size > 2
 
 
 def _one_line(exc: Exception) -> str:

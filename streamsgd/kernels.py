@@ -242,14 +242,27 @@ def accumulate(loss, X, y, idx, w, b, gw):
 
 
 @njit(nogil=True, cache=True)
-def accumulate_softmax(classes, X, y, idx, W, gw):
-    """Multinomial log loss over rows ``idx``; returns its sum and adds the gradient to gw.
+def accumulate_softmax(classes, cw, X, y, idx, W, gw):
+    """Multinomial log loss over rows ``idx``, each row weighted by its class; returns its sum
+    and adds the gradient to gw.
 
+    Class weights (``--class-weight``) multiply a row's loss and gradient by its class's
+    weight: (1/N) Σ_i w_{y_i} ℓ_i, what scikit-learn's ``LogisticRegression(class_weight=...)``
+    minimises (an integer weight k counts a row k times). Unit weights are exact (x · 1.0).
+
+    Parameters
+    ----------
     classes : float64 (C,), the sorted label values; a row's class is the index of its
         label there (binary search), so labels may be any numbers.
-    W, gw : float64 (C·(d+1),), class blocks of weights then intercept (raw space for W).
-    ℓ = logsumexp(z) − z_y, dℓ/dz_c = p_c − [c = y]; the log-sum-exp is shifted by max z,
-    so no margin overflows.
+    cw : float64 (C,), the weight of each class's rows, in ``classes`` order.
+    X : float32 or float64 (n_rows, d), the window's rows; y : (n_rows,), their labels.
+    idx : int64 (rows,), the rows of this batch segment.
+    W, gw : float64 (C·(d+1),), class blocks of weights then intercept (raw space for W);
+        gw is added to in place.
+
+    Row i adds w ℓ_i with ℓ = logsumexp(z) − z_y and w = cw[y_i], and w (p_c − [c = y])
+    times (x_i, 1) to class c's block of gw. The log-sum-exp is shifted by max z, so no
+    margin overflows.
     """
     d = X.shape[1]
     C = classes.shape[0]
@@ -259,6 +272,7 @@ def accumulate_softmax(classes, X, y, idx, W, gw):
     for r in range(idx.shape[0]):
         i = idx[r]
         label = np.searchsorted(classes, y[i])
+        weight = cw[label]
         top = -np.inf
         for c in range(C):
             zc = W[c * k + d]
@@ -271,9 +285,9 @@ def accumulate_softmax(classes, X, y, idx, W, gw):
         for c in range(C):
             z[c] = math.exp(z[c] - top)
             norm += z[c]
-        total += math.log(norm) + top - z_label
+        total += weight * (math.log(norm) + top - z_label)
         for c in range(C):
-            slope = z[c] / norm - (1.0 if c == label else 0.0)
+            slope = weight * (z[c] / norm - (1.0 if c == label else 0.0))
             for j in range(d):
                 gw[c * k + j] += slope * X[i, j]
             gw[c * k + d] += slope

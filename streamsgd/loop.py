@@ -12,8 +12,9 @@ params = (theta, theta_eff, avg, gw, l1_q, l1_u, cw, classes): float64 vectors; 
     hold spec[BLOCKS] blocks of (d + 1,): one per class for softmax, else one
     standardised parameters (weights, then intercept), the same in raw feature space (what
     the kernels use), the running Polyak–Ruppert average, and the current batch's sums;
-    then the L1 penalty applied to each weight (d,) and in all (1,) (Tsuruoka et al. 2009),
-    the per-class row weights (2,), and softmax's sorted label values (C,).
+    then the L1 penalty applied to each weight of every block (BLOCKS·d,) and in all (1,)
+    (Tsuruoka et al. 2009), the row weight of each class ((2,) binary, (C,) softmax), and
+    softmax's sorted label values (C,) (class indices 0…C−1 for text labels).
 opt_state : float64 (2, d + 1), the optimizer's moments (``optim.optimizer_step``).
 counters : int64, indexed by T, FILLED, AVERAGED, DIVERGED, EPOCH, EPOCH_ROWS (the
     place in the plan: a resumed run skips EPOCH_ROWS rows of epoch EPOCH).
@@ -69,7 +70,7 @@ def train_rows(X, y, order, pos, end, stop_at, spec, hyper, params, opt_state, m
     while pos < end:
         take = min(spec[BATCH] - counters[FILLED], end - pos)
         if spec[LOSS_CODE] == SOFTMAX:
-            loss = accumulate_softmax(params[7], X, y, order[pos:pos + take], theta_eff, gw)
+            loss = accumulate_softmax(params[7], cw, X, y, order[pos:pos + take], theta_eff, gw)
         else:
             loss, rsum = accumulate_weighted(spec[LOSS_CODE], hyper[PARAM], cw, X, y, order[pos:pos + take], w,
                                              theta_eff[d], g)
@@ -105,12 +106,15 @@ def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, no
         standardized_gradient(gw[block], n, mean, scale, 0.0 if adamw else hyper[L2], theta[block], g[block])
     if spec[NOISE]:
         noise_add(noise[0], noise[1], g, n, spec[N_ROWS], lr)
+    d = k - 1
     for c in range(spec[BLOCKS]):
         block = slice(c * k, (c + 1) * k)
         optimizer_step(spec[OPTIMIZER], theta[block], g[block], opt_state[:, block], lr, t + spec[T0],
                        hyper[BETA1], hyper[BETA2], hyper[EPS], hyper[L2] if adamw else 0.0)
-        if hyper[L1] > 0.0:  # one block only: the trainer refuses --l1 with softmax
-            l1_step(theta[block], l1_q, l1_u, lr * hyper[L1])
+        if hyper[L1] > 0.0:
+            # every weight of every class is owed the same total penalty u: it grows once per
+            # update (with the first block), and each block settles its own weights' debts q
+            l1_step(theta[block], l1_q[c * d:(c + 1) * d], l1_u, lr * hyper[L1] if c == 0 else 0.0)
         refresh_effective(theta[block], theta_eff[block], mean, scale)
     counters[T] = t
     if t > spec[AVERAGE_FROM]:

@@ -75,7 +75,8 @@ class Model:
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: the two labels of a binary classifier, (negative, positive); None means 0 and 1
+    #: the two labels of a binary classifier, (negative, positive), or softmax's C labels,
+    #: sorted (numbers or text); None means 0 and 1
     classes: NDArray | None = None
 
     @property
@@ -84,7 +85,7 @@ class Model:
 
     @property
     def classes_(self) -> NDArray:
-        """Labels of a classifier, ndarray of shape (2,), in the target's own type.
+        """Labels of a classifier, ndarray of shape (2,) or (C,) (softmax), in the target's own type.
 
         Stored labels when the model has them, else 0 and 1 typed like the target column
         the model was trained on (int64 when that type is unknown).

@@ -68,20 +68,50 @@ def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.f
 MAX_CLASSES = 1000
 
 
-def target_classes(source: Source, readers: int) -> NDArray[np.float64]:
-    """The sorted distinct values of the target: softmax's classes (a pass over the target only)."""
+def target_labels(source: Source, readers: int) -> tuple[NDArray, NDArray[np.int64]]:
+    """The sorted distinct values of the target and how many rows hold each (a pass over
+    the target only): softmax's classes, and their counts for ``--class-weight balanced``.
 
-    def one(c: int) -> NDArray[np.float64]:
-        return np.unique(np.asarray(arrow_values(source.read_columns(c, [source.target]).column(0)), dtype=np.float64))
+    Returns (labels, counts), both of shape (C,): labels are float64 for a numeric target
+    and str for a text one (read as class indices by ``sources.labels``), counts int64.
+    Refuses nulls, NaN and infinity, and more than MAX_CLASSES distinct values (stopping
+    at the chunk that exceeds them, so a continuous target is not collected whole).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    with ThreadPoolExecutor(max(1, readers)) as pool:
-        found = np.unique(np.concatenate([np.zeros(0), *pool.map(one, range(len(source.chunk_rows)))]))
-    if found.size < 2 or found.size > MAX_CLASSES:
-        raise DataError(
-            f"{source.url}: target column {source.target!r} holds {found.size} distinct value(s); a softmax model "
-            f"needs 2 to {MAX_CLASSES} classes; choose the right --target or another --model"
-        )
-    return found
+    def one(c: int) -> tuple[NDArray, NDArray]:
+        column = source.read_columns(c, [source.target]).column(0)
+        if column.null_count:
+            raise DataError(f"{source.chunk_name(c)}: column {source.target!r} has {column.null_count} null values; "
+                            "drop or impute them")
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        counted = pc.value_counts(column)
+        values = counted.field("values")
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            values = np.array(values.to_pylist(), dtype=object)
+        else:
+            values = np.asarray(arrow_values(values), dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise DataError(f"{source.chunk_name(c)}: target column {source.target!r} holds NaN or infinite "
+                                "values; drop those rows")
+        return values, np.asarray(arrow_values(counted.field("counts")), dtype=np.int64)
+
+    labels, counts = np.zeros(0), np.zeros(0, dtype=np.int64)
+    pool = ThreadPoolExecutor(max(1, readers))
+    try:
+        for values, n in pool.map(one, range(len(source.chunk_rows))):
+            labels, inverse = np.unique(np.concatenate([labels.astype(values.dtype), values]), return_inverse=True)
+            counts = np.bincount(inverse, weights=np.concatenate([counts, n]), minlength=labels.size).astype(np.int64)
+            if labels.size > MAX_CLASSES:
+                raise DataError(
+                    f"{source.url}: target column {source.target!r} holds more than {MAX_CLASSES} distinct values; "
+                    f"a softmax model takes 2 to {MAX_CLASSES} classes; choose the right --target or another --model"
+                )
+    finally:  # on an error, the chunks not yet read are not read
+        pool.shutdown(wait=True, cancel_futures=True)
+    return (labels.astype(str) if labels.dtype == object else labels), counts
 
 
 def standardization(X: NDArray, standardize: bool) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

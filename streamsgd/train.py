@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from contextlib import closing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,8 +29,9 @@ from .model import Model
 from .optim import OPTIMIZERS, SCHEDULES, default_lr, refresh_effective, schedule_lr
 from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
+from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from .sources.subset import ChunkSubset
-from .stats import chunk_target_means, row_sample, standardization, target_classes
+from .stats import MAX_CLASSES, chunk_target_means, row_sample, standardization, target_labels
 from .stream import EpochStream
 from .windows import read_window, return_freed_buffers_to_os
 
@@ -164,7 +165,8 @@ class _State:
 
     def __init__(self, d: int, blocks: int = 1):
         self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(blocks * (d + 1)) for _ in range(4))
-        self.l1_q, self.l1_u, self.cw = np.zeros(d), np.zeros(1), np.ones(2)
+        # the L1 penalty received by each weight of every block (the intercepts get none)
+        self.l1_q, self.l1_u, self.cw = np.zeros(blocks * d), np.zeros(1), np.ones(2)
         self.opt_state = np.zeros((2, blocks * (d + 1)))
         self.counters = np.zeros(N_COUNTERS, dtype=np.int64)
         self.sums = np.zeros(N_SUMS)
@@ -172,7 +174,7 @@ class _State:
         self.rows_seen = np.zeros(1, dtype=np.int64)
         self.mean = self.scale = self.hyper = self.spec = None
         self.sample = None  # rows for the step size: kept when the batch size may change
-        self.classes = None  # softmax's label values
+        self.classes = None  # softmax's label values as the kernel sees them (class indices for text labels)
         self.curvature = None  # the loss's curvature bound, when the data sets it (poisson, class weights)
 
     def arrays(self) -> dict[str, NDArray]:
@@ -201,6 +203,7 @@ def fit(
     resume: dict[str, NDArray] | None = None,
     checkpointing: Checkpointing | None = None,
     step_offset: int = 0,
+    classes: Sequence[Any] | NDArray | None = None,
     **options: Any,
 ) -> FitResult:
     """Train a model on ``source`` by mini-batch SGD in fixed memory.
@@ -218,6 +221,9 @@ def fit(
     checkpointing : when to hand the state to a checkpoint writer, and a stop flag.
     step_offset : updates already made to ``init`` (``partial_fit``): the learning-rate
         schedule continues from them instead of starting again.
+    classes : softmax only: the class labels, fixed by the caller instead of found in the
+        data (``partial_fit``, whose batch may lack some classes). A label of the data
+        outside them is refused. A softmax ``init`` fixes them the same way.
     """
     config = replace(config or FitConfig(), **options)
     started = time.perf_counter()
@@ -226,6 +232,11 @@ def fit(
         raise DataError(f"{source.url}: the data set has no rows")
     if source.target is None:
         raise DataError(f"{source.url}: training needs a target column; set --target")
+    text = is_text_type(getattr(source, "target_type", None))
+    if text and config.model != "softmax":
+        raise not_numeric_target(source, config.model)
+    if classes is not None and config.model != "softmax":
+        raise UsageError(f"classes= fixes the classes of a softmax model; this run trains {config.model!r}: drop it")
     d = len(source.features)
     if init is not None:
         _check_init(init, source, config)
@@ -234,6 +245,12 @@ def fit(
     N = n_rows(source)
     plan = MemoryPlan.for_source(source, config)
     return_freed_buffers_to_os()
+    labels = counts = None
+    if config.model == "softmax":  # one block of parameters per class, its labels from a pass over the target
+        labels, counts = softmax_classes(source, validation, plan.readers, classes, init)
+        if text:  # the trainer sees each label's index
+            source = ClassIndexSource(source, labels)
+            validation = None if validation is None else ClassIndexSource(validation, labels)
     strata = chunk_target_means(source, config.model, plan.readers)
 
     B = _batch_rows(config, N)
@@ -250,24 +267,25 @@ def fit(
     # With a growing batch the second half is counted in rows (see at_boundary).
     never = np.iinfo(np.int64).max
     average_from = never if not config.average or total_steps is None else total_steps // 2
-    # softmax: one block of parameters per class, its labels found by a pass over the target
-    classes = target_classes(source, plan.readers) if config.model == "softmax" else np.zeros(1)
-    blocks = classes.size if config.model == "softmax" else 1
-    if blocks > 1 and (config.l1 > 0 or init is not None):
-        raise UsageError(f"--model softmax does not take {'--l1' if config.l1 > 0 else '--init'} yet; drop it")
+    # the kernel's classes: the label values, or class indices 0 … C-1 for text labels
+    blocks = 1 if labels is None else labels.size
+    if labels is None:
+        kernel_classes = np.zeros(1)
+    else:
+        kernel_classes = np.arange(blocks, dtype=np.float64) if text else labels.astype(np.float64)
     st = _State(d, blocks)
-    st.classes = classes
+    st.classes = kernel_classes
     st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N,
                         OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every,
                         int(config.noise_stats), step_offset, blocks], dtype=np.int64)
-    st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model)
+    st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model, labels, counts)
     st.curvature = _curvature(config.model, strata, source.chunk_rows, st.cw)
     if resume is not None:
         st.restore(resume)
     spec = st.spec
     ck = checkpointing or Checkpointing()
     counters, sums = st.counters, st.sums
-    params = (st.theta, st.theta_eff, st.avg, st.gw, st.l1_q, st.l1_u, st.cw, classes)
+    params = (st.theta, st.theta_eff, st.avg, st.gw, st.l1_q, st.l1_u, st.cw, kernel_classes)
     # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
     meter = NoiseMeter(n_rows=N, n_params=st.theta.size)
     noise = (meter.total, meter.sums, np.zeros(st.theta.size))
@@ -451,13 +469,25 @@ def fit(
                             "metrics": init.metadata.get("metrics")}
     model = Model(model=config.model, features=list(source.features), target=source.target, coef=coef,
                   intercept=intercept, mean=st.mean, scale=st.scale, metadata=metadata,
-                  classes=_label_values(classes, getattr(source, "target_type", None)) if blocks > 1 else None)
+                  classes=None if labels is None else _label_values(labels, getattr(source, "target_type", None)))
     return FitResult(model, summary)
 
 
-def class_weights(spec: str | None, strata: NDArray[np.float64], chunk_rows: list[int], model: str) -> NDArray:
-    """Row weight by binary label, (w0, w1): ones; "balanced" = N / (2 · n_class) as in
-    scikit-learn, from the label counts of the target pass; or a JSON object {"0": w0, "1": w1}."""
+def class_weights(
+    spec: str | None, strata: NDArray[np.float64], chunk_rows: list[int], model: str,
+    labels: NDArray | None = None, counts: NDArray[np.int64] | None = None,
+) -> NDArray[np.float64]:
+    """The weight of each class's rows, as scikit-learn's ``class_weight``.
+
+    Binary classifiers: (w0, w1), ones without ``spec``; "balanced" = N / (2 · n_class)
+    from the label counts of the target pass (``strata``, each chunk's share of ones);
+    or a JSON object {"0": w0, "1": w1}. Softmax (``labels`` and their row ``counts``
+    given): one weight per class in ``labels`` order; "balanced" = N / (C · n_class), or
+    a JSON object keyed by label ({"cat": 2}; a number label by its value, "3" or "3.0"),
+    absent labels weighing 1.
+    """
+    if labels is not None:
+        return _softmax_class_weights(spec, labels, counts)
     if spec is None:
         return np.ones(2)
     if LOSS_TASK[model] != "classification":
@@ -468,15 +498,121 @@ def class_weights(spec: str | None, strata: NDArray[np.float64], chunk_rows: lis
         if ones == 0 or ones == n:
             raise DataError("--class-weight balanced: the target holds only one class; drop --class-weight")
         return np.array([n / (2 * (n - ones)), n / (2 * ones)])
+    given = _json_weights(spec, '{"0": 1, "1": 5}')
+    if set(given) - {"0", "1"}:
+        raise UsageError(f"--class-weight: expected balanced or a JSON object such as "
+                         f"'{{\"0\": 1, \"1\": 5}}' with positive weights; got {spec!r}")
+    return np.array([given.get("0", 1.0), given.get("1", 1.0)])
+
+
+def _json_weights(spec: str, example: str) -> dict[str, float]:
+    """--class-weight's JSON object as {label: positive weight}; UsageError otherwise."""
     try:
         given = json.loads(spec)
-        weights = np.array([float(given.get("0", 1.0)), float(given.get("1", 1.0))])
-        if set(given) - {"0", "1"} or not (np.isfinite(weights).all() and (weights > 0).all()):
+        weights = {str(k): float(v) for k, v in given.items()}
+        if not all(math.isfinite(w) and w > 0 for w in weights.values()):
             raise ValueError
     except (ValueError, TypeError, AttributeError):
         raise UsageError(f"--class-weight: expected balanced or a JSON object such as "
-                         f"'{{\"0\": 1, \"1\": 5}}' with positive weights; got {spec!r}") from None
+                         f"'{example}' with positive weights; got {spec!r}") from None
     return weights
+
+
+def _softmax_class_weights(spec: str | None, labels: NDArray, counts: NDArray[np.int64] | None) -> NDArray:
+    """One weight per softmax class (see :func:`class_weights`)."""
+    C = labels.size
+    if spec is None:
+        return np.ones(C)
+    if spec == "balanced":
+        if counts is None or (counts == 0).any():
+            empty = labels[np.argmax(counts == 0)] if counts is not None else labels[0]
+            raise DataError(f"--class-weight balanced: class {_shown(empty)} has no training rows, so it has no "
+                            "balanced weight; give the weights as a JSON object instead")
+        return float(counts.sum()) / (C * counts.astype(np.float64))
+    weights = np.ones(C)
+    text = labels.dtype.kind in "US"
+    for key, w in _json_weights(spec, '{"cat": 1, "dog": 5}').items():
+        try:
+            match = np.flatnonzero(labels == key) if text else np.flatnonzero(labels == float(key))
+        except ValueError:
+            match = np.zeros(0, dtype=np.intp)
+        if match.size == 0:
+            raise UsageError(f"--class-weight: {key!r} is not one of the classes ({_shown_all(labels)}); "
+                             "key the weights by the labels of the target")
+        weights[match[0]] = w
+    return weights
+
+
+def _shown(label: Any) -> str:
+    """A label as messages show it: numbers plainly (3, 0.5), text quoted ('cat')."""
+    value = label.item() if isinstance(label, np.generic) else label
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+def _shown_all(labels: NDArray, at_most: int = 20) -> str:
+    shown = ", ".join(_shown(v) for v in labels[:at_most])
+    return shown + (", …" if labels.size > at_most else "")
+
+
+def softmax_classes(
+    source: Source, validation: Source | None, readers: int, given: Sequence[Any] | NDArray | None,
+    init: Model | None,
+) -> tuple[NDArray, NDArray[np.int64]]:
+    """Softmax's class labels, sorted, and the training rows of each.
+
+    Without ``given`` or a softmax ``init``: the labels found in the target, of the
+    training and the held-out chunks (a class seen only in validation still gets its
+    parameters). ``given`` (``fit(classes=...)``) or the ``init`` model's classes fix them
+    instead: the data may then lack some (a ``partial_fit`` batch), but a label outside
+    them is refused, and so are numbers given for text labels or the other way round.
+
+    Returns (labels, counts) of shape (C,): float64 labels for a numeric target, str for
+    text; the rows of each class in ``source``.
+    """
+    found, counts = target_labels(source, readers)
+    if validation is not None:
+        held, _ = target_labels(validation, readers)
+        if held.size:
+            every = np.union1d(found, held) if found.size else held
+            full = np.zeros(every.size, dtype=np.int64)
+            full[np.searchsorted(every, found)] = counts
+            found, counts = every, full
+    fixed, why = given, "classes="
+    if init is not None:
+        if given is not None and not np.array_equal(np.unique(np.asarray(given)), np.asarray(init.classes_)):
+            raise UsageError(f"--init: the model's classes ({_shown_all(np.asarray(init.classes_))}) differ from "
+                             f"classes= ({_shown_all(np.unique(np.asarray(given)))}); give the same classes")
+        fixed, why = init.classes_, "--init"
+    if fixed is None:
+        if found.size < 2:
+            raise DataError(
+                f"{source.url}: target column {source.target!r} holds {found.size} distinct value(s); a softmax "
+                f"model needs 2 to {MAX_CLASSES} classes; choose the right --target or another --model"
+            )
+        return found, counts
+    fixed = np.asarray(fixed)
+    if fixed.ndim != 1 or not 2 <= np.unique(fixed).size == fixed.size <= MAX_CLASSES:
+        raise UsageError(f"{why}: a softmax model needs 2 to {MAX_CLASSES} distinct classes; got "
+                         f"{_shown_all(fixed.ravel())}")
+    if why == "--init" and not np.array_equal(np.unique(fixed), fixed):  # its blocks are in the classes' order
+        raise UsageError(f"--init: the model's classes are not sorted ({_shown_all(fixed)}); give a model file "
+                         "written by streamsgd fit")
+    fixed = np.unique(fixed)
+    text = found.dtype.kind in "US"
+    if text != (fixed.dtype.kind in "USO"):
+        raise DataError(
+            f"{source.url}: target column {source.target!r} holds {'text' if text else 'numbers'}, but the classes "
+            f"of {why} are {_shown_all(fixed)}; use data whose labels are of the same kind"
+        )
+    fixed = fixed.astype(str) if text else fixed.astype(np.float64)
+    unknown = np.setdiff1d(found, fixed)
+    if unknown.size:
+        fix = "train without --init, or drop those rows" if why == "--init" else "give every label in classes="
+        raise DataError(f"{source.url}: target column {source.target!r} holds {_shown(unknown[0])}, not one of "
+                        f"the classes of {why} ({_shown_all(fixed)}); {fix}")
+    full = np.zeros(fixed.size, dtype=np.int64)
+    full[np.searchsorted(fixed, found)] = counts
+    return fixed, full
 
 
 def _curvature(model: str, strata: NDArray[np.float64], chunk_rows: list[int], cw: NDArray) -> float:
@@ -514,7 +650,9 @@ def raw_parameters(theta: NDArray, blocks: int, mean: NDArray, scale: NDArray):
 
 
 def _label_values(classes: NDArray, target_type: str | None) -> NDArray:
-    """Softmax's labels as stored in the model: integers when the target column is."""
+    """Softmax's labels as stored in the model: integers when the target column is, text as text."""
+    if classes.dtype.kind in "US":
+        return classes
     integral = target_type is not None and ("int" in target_type or target_type == "bool")
     return classes.astype(np.int64) if integral else classes
 
@@ -577,10 +715,13 @@ def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
 def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int, B: int) -> None:
     """Standardisation, step size and starting point, from the first window (or ``init``)."""
     d = X.shape[1]
-    if init is not None:
+    if init is not None:  # its parameters in its standardised space, one block per class for softmax
         st.mean, st.scale = np.asarray(init.mean, dtype=np.float64), np.asarray(init.scale, dtype=np.float64)
-        st.theta[:d] = init.coef * st.scale
-        st.theta[d] = init.intercept + float(init.coef @ st.mean)
+        coef = np.asarray(init.coef, dtype=np.float64).reshape(-1, d)
+        intercept = np.atleast_1d(np.asarray(init.intercept, dtype=np.float64))
+        for c in range(coef.shape[0]):
+            st.theta[c * (d + 1):c * (d + 1) + d] = coef[c] * st.scale
+            st.theta[c * (d + 1) + d] = intercept[c] + float(coef[c] @ st.mean)
     else:
         st.mean, st.scale = standardization(X, config.standardize)
     st.sample = row_sample(X)
@@ -605,3 +746,6 @@ def _check_init(init: Model, source: Source, config: FitConfig) -> None:
     if list(init.features) != list(source.features) or init.target != source.target:
         raise UsageError(f"--init: the model was trained on features {init.features[:5]}… and target "
                          f"{init.target!r}, which differ from this data's; choose matching --features/--target")
+    if init.model == "softmax" and np.shape(init.coef) != (len(init.classes_), len(source.features)):
+        raise UsageError(f"--init: the softmax model's coef has shape {np.shape(init.coef)}, not (classes, features) = "
+                         f"({len(init.classes_)}, {len(source.features)}); give a model file written by streamsgd fit")

@@ -23,8 +23,9 @@ WEIGHTS = np.array([1.0, -0.2, 3.0, 0.5])
 #: batch 32 are ~100-200 updates, enough for the accuracy and R² thresholds the checks set.
 FAST = {"epochs": 20, "batch": 32}
 
-#: Checks that fail on purpose, with the reason (none today). check_array_api_input is
-#: skipped by sklearn itself unless SCIPY_ARRAY_API=1 (we accept NumPy arrays only).
+#: Checks that fail on purpose, with the reason (none today; the classifier's multiclass
+#: checks run too, as log_loss is multinomial). check_array_api_input is skipped by sklearn
+#: itself unless SCIPY_ARRAY_API=1 (we accept NumPy arrays only).
 EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 
@@ -144,8 +145,8 @@ def test_options_pass_through_and_clashes_are_refused():
         StreamSGDClassifier(lr_schedule="sawtooth").fit(X, y_bin)
     with pytest.raises(UsageError, match="loss: expected one of"):
         StreamSGDClassifier(loss="epsilon_insensitive").fit(X, y_bin)
-    with pytest.raises(DataError, match="Only binary classification is supported"):
-        StreamSGDClassifier(epochs=1).fit(X, np.arange(300) % 3)
+    with pytest.raises(UsageError, match="loss='hinge' is binary only, but y holds 3 classes"):
+        StreamSGDClassifier("hinge", epochs=1).fit(X, np.arange(300) % 3)
 
 
 def test_composes_with_sklearn_tools_pickles_and_saves(tmp_path):
@@ -158,3 +159,75 @@ def test_composes_with_sklearn_tools_pickles_and_saves(tmp_path):
     # the model file route: the fitted model saves and reloads without pickle
     est.model_.save(str(tmp_path / "m.npz"))
     np.testing.assert_array_equal(streamsgd.load(tmp_path / "m.npz").predict(X), est.predict(X))
+
+
+#: The multinomial model of make_multiclass, on the standardised features: one row per class.
+CLASS_WEIGHTS = np.array([[2.0, 0, -1, 0], [0, 2.0, 1, 0], [0, 0, 0, 2.0]])
+SCALE, SHIFT = np.array([1.0, 10.0, 0.1, 3.0]), np.array([0.0, 5.0, 0.0, -2.0])
+
+
+def make_multiclass(n=1500, seed=0):
+    """Three string labels from a multinomial model on four features of different scales."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)) * SCALE + SHIFT
+    z = (X - SHIFT) / SCALE @ CLASS_WEIGHTS.T
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    index = (rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    return X, np.array(["ant", "bee", "cow"])[index]
+
+
+def test_more_than_two_classes_train_the_multinomial_model():
+    X, y = make_multiclass()
+    options = dict(epochs=3, batch=64, seed=4, l2=1e-3)
+    est = StreamSGDClassifier(**options).fit(X, y)
+    np.testing.assert_array_equal(est.classes_, ["ant", "bee", "cow"])
+    assert est.model_.model == "softmax"
+    assert est.coef_.shape == (3, 4) and est.intercept_.shape == (3,)
+    # the same trainer run as streamsgd.fit's softmax on the same labels
+    np.testing.assert_array_equal(est.coef_, streamsgd.fit((X, y), model="softmax", **options).coef)
+    proba = est.predict_proba(X)
+    assert proba.shape == (1500, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-14)
+    np.testing.assert_array_equal(est.predict(X), est.classes_[np.argmax(proba, axis=1)])
+    np.testing.assert_array_equal(est.predict(X), est.classes_[np.argmax(est.decision_function(X), axis=1)])
+    np.testing.assert_allclose(np.exp(est.predict_log_proba(X)), proba, rtol=1e-12)
+    # the true model's accuracy on these rows is ~0.75 (chance 1/3); 3 epochs come within 0.03
+    truth = np.array(["ant", "bee", "cow"])[np.argmax((X - SHIFT) / SCALE @ CLASS_WEIGHTS.T, axis=1)]
+    assert est.score(X, y) > np.mean(truth == y) - 0.03
+    assert isinstance(est.model_.to_sklearn().predict(X[:5])[0], str)
+
+
+def test_multiclass_partial_fit_takes_every_class_first_and_batches_that_lack_some():
+    """Two partial_fit calls on the halves take the steps of one unshuffled run over both, as
+    for binary labels; the first half lacks the class "cow" (classes= names it)."""
+    X, y = make_multiclass(1200, seed=1)
+    order = np.argsort(y == "cow", kind="stable")  # every "cow" row in the second half
+    X, y = X[order], y[order]
+    assert "cow" not in y[:600] and "cow" in y[600:]
+    options = dict(batch=100, shuffle=False, standardize=False, dtype="float64", lr=0.05)
+    est = StreamSGDClassifier(**options)
+    est.partial_fit(X[:600], y[:600], classes=["cow", "ant", "bee"])
+    np.testing.assert_array_equal(est.classes_, ["ant", "bee", "cow"])
+    assert est.coef_.shape == (3, 4)
+    est.partial_fit(X[600:], y[600:])
+    assert est.t_ == 12 and est.n_iter_ == 2
+    once = StreamSGDClassifier(epochs=1, average=False, **options).fit(X, y)
+    # bit for bit but for the round trip of the first half's parameters through the raw space
+    np.testing.assert_allclose(est.coef_, once.coef_, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(est.intercept_, once.intercept_, rtol=1e-12, atol=1e-14)
+    with pytest.raises(DataError, match="'dog', not one of the classes"):
+        est.partial_fit(X[:10], np.array(["dog"] * 10))
+
+
+def test_fit_on_a_url_with_text_labels_trains_softmax(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X, y = make_multiclass(900, seed=2)
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "label": y}), path, row_group_size=300)
+    est = StreamSGDClassifier(epochs=3, batch=64, target="label").fit(str(path))
+    np.testing.assert_array_equal(est.classes_, ["ant", "bee", "cow"])
+    assert est.coef_.shape == (3, 4) and est.predict_proba(X).shape == (900, 3)
+    assert est.score(X, y) > 0.6  # the true model's accuracy is ~0.75, chance 1/3

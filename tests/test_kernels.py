@@ -274,13 +274,14 @@ def test_softmax_kernel_matches_numpy_twin_and_finite_differences(dtype):
     idx = rng.permutation(200)[:90]
     W = rng.standard_normal(3 * 6)
     gw = np.zeros_like(W)
-    loss = accumulate_softmax(classes, X, y, idx, W, gw)
+    loss = accumulate_softmax(classes, np.ones(classes.size), X, y, idx, W, gw)
     ref_loss, ref_gw = softmax_twin(classes, X, y, idx, W)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-10)
     np.testing.assert_allclose(gw, ref_gw, rtol=1e-9, atol=1e-9)
     eps = 1e-6  # central differences: O(eps²) truncation, O(1e-16·loss/eps) rounding
-    fd = [(accumulate_softmax(classes, X, y, idx, W + eps * e, np.zeros_like(W))
-           - accumulate_softmax(classes, X, y, idx, W - eps * e, np.zeros_like(W))) / (2 * eps) for e in np.eye(W.size)]
+    ones = np.ones(classes.size)
+    fd = [(accumulate_softmax(classes, ones, X, y, idx, W + eps * e, np.zeros_like(W))
+           - accumulate_softmax(classes, ones, X, y, idx, W - eps * e, np.zeros_like(W))) / (2 * eps) for e in np.eye(W.size)]
     np.testing.assert_allclose(gw, fd, rtol=1e-5, atol=1e-5)
     # margins of ±1e4 stay finite (the log-sum-exp is shifted by the largest margin)
-    assert np.isfinite(accumulate_softmax(classes, X, y, idx, W * 1e4, np.zeros_like(W)))
+    assert np.isfinite(accumulate_softmax(classes, ones, X, y, idx, W * 1e4, np.zeros_like(W)))

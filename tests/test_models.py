@@ -190,6 +190,116 @@ def test_softmax_from_the_command_line(tmp_path):
     assert set(table["prediction"].to_pylist()) <= {0, 1, 2, 3}
 
 
+SCALES = np.array([1.0, 2.0, 0.5, 3.0, 1.0, 1.5])
+
+
+def softmax_data(seed: int, W: np.ndarray, shift=None):
+    """Rows on different scales and offsets; labels 0, 1, 2 drawn from the multinomial model W
+    (3 x d) on the standardised features, with class intercepts ``shift``."""
+    rng = np.random.default_rng(seed)
+    d = W.shape[1]
+    X = rng.standard_normal((N, d)) * SCALES[:d] + 1.0
+    z = (X - 1.0) / SCALES[:d] @ W.T + (0.0 if shift is None else shift)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return X, (rng.random(N)[:, None] > np.cumsum(p, axis=1)).sum(axis=1).astype(float)
+
+
+def softmax_objective(Z, index, W, b, l2=0.0, l1=0.0, weights=None):
+    """(1/N) Σ w_{y_i} ℓ_i + (l2/2)‖W‖² + l1‖W‖₁ (DESIGN.md §4, one row of W per class)."""
+    w = np.ones(Z.shape[0]) if weights is None else weights[index]
+    return float((w * row_loss("softmax", Z @ W.T + b, index)).mean() + 0.5 * l2 * (W * W).sum() + l1 * np.abs(W).sum())
+
+
+@pytest.mark.parametrize("l1, l2", [(0.01, 0.0), (0.01, 0.002)])
+def test_softmax_l1_gives_exact_zeros_and_reaches_saga(l1, l2):
+    true = np.random.default_rng(11).standard_normal((3, 6))
+    true[:, 4:] = 0.0  # features 4 and 5 carry nothing
+    X, y = softmax_data(11, true)
+    # no averaging: the mean of sparse iterates is not sparse; invscaling's decay settles them
+    m = fit(ArraySource(X, y, chunk_rows=500), model="softmax", l1=l1, l2=l2, epochs=100, batch=64,
+            lr_schedule="invscaling", power_t=0.5, average=False, dtype="float64").model
+    Z = (X - m.mean) / m.scale
+    index = y.astype(int)
+    W, b = np.array(m.metadata["coef_standardized"]), np.array(m.metadata["intercept_standardized"])
+    assert (W[:, 4:] == 0.0).all() and (m.coef[:, 4:] == 0.0).all()  # exact zeros, raw space too
+    # LogisticRegression (saga, multinomial, elastic net): C Σ ℓ + l1_ratio‖W‖₁ + (1 − l1_ratio)/2 ‖W‖²
+    # = N·C·[ours] with 1/(N·C) = l1 + l2 and l1_ratio = l1 / (l1 + l2); saga's prox step gives exact zeros
+    ref = LogisticRegression(C=1 / (N * (l1 + l2)), l1_ratio=l1 / (l1 + l2), solver="saga", tol=1e-12,
+                             max_iter=100_000).fit(Z, index)
+    mine = softmax_objective(Z, index, W, b, l2, l1)
+    best = softmax_objective(Z, index, ref.coef_, ref.intercept_, l2, l1)
+    assert (mine - best) / best < 1e-3, (mine, best)  # measured 3e-7 (l1) and 3e-7 (elastic net)
+    np.testing.assert_array_equal(W == 0.0, ref.coef_ == 0.0)  # the same support as saga's
+
+
+@pytest.mark.parametrize("spec", ["balanced", '{"0": 1, "1": 4, "2.0": 0.5}'])
+def test_softmax_class_weights_reach_weighted_logistic_regression(spec):
+    true = np.random.default_rng(9).standard_normal((3, 4))
+    X, y = softmax_data(9, true, shift=np.array([1.0, -1.0, 0.0]))  # classes of 50 %, 24 %, 26 %
+    l2 = 1e-3
+    m = fit(ArraySource(X, y, chunk_rows=500), model="softmax", l2=l2, epochs=60, batch=64, dtype="float64",
+            class_weight=spec).model
+    Z = (X - m.mean) / m.scale
+    index = y.astype(int)
+    counts = np.bincount(index)
+    weights = N / (3 * counts) if spec == "balanced" else np.array([1.0, 4.0, 0.5])
+    W, b = np.array(m.metadata["coef_standardized"]), np.array(m.metadata["intercept_standardized"])
+    # LogisticRegression(class_weight): C Σ w_{y_i} ℓ_i + ½‖W‖² = N·C·[ours] with C = 1/(N·l2)
+    ref = LogisticRegression(C=1 / (N * l2), tol=1e-12, max_iter=10_000,
+                             class_weight="balanced" if spec == "balanced" else dict(enumerate(weights))).fit(Z, index)
+    mine = softmax_objective(Z, index, W, b, l2, weights=weights)
+    best = softmax_objective(Z, index, ref.coef_, ref.intercept_, l2, weights=weights)
+    assert (mine - best) / best < 1e-3, (mine, best)  # measured 5e-5 (balanced) and 1e-5 (JSON)
+    # the weights matter: the unweighted optimum is far from the weighted one
+    plain = LogisticRegression(C=1 / (N * l2), tol=1e-12, max_iter=10_000).fit(Z, index)
+    unweighted = softmax_objective(Z, index, plain.coef_, plain.intercept_, l2, weights=weights)
+    assert (unweighted - best) / best > 1e-2  # measured 6 % (balanced) and 30 % (JSON)
+
+
+def test_softmax_warm_start_starts_from_the_model_and_continues_it(tmp_path):
+    import json
+
+    from streamsgd.errors import DataError
+
+    X, y = softmax_data(4, np.random.default_rng(4).standard_normal((3, 4)))
+    source = ArraySource(X, y, chunk_rows=500)
+    options = dict(model="softmax", shuffle=False, average=False, dtype="float64", batch=64, l2=1e-3)
+    one = fit(source, epochs=1, **options).model
+    # one update from all rows at once: its loss is the data loss of the given parameters
+    fit(source, init=one, batch="full", steps=1, log_every=1, metrics=str(tmp_path / "m.jsonl"),
+        **{k: v for k, v in options.items() if k != "batch"})
+    first = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
+    assert first["event"] == "progress" and first["iteration"] == 1
+    at_init = row_loss("softmax", one.decision_function(X), y).mean()
+    assert first["loss"] == pytest.approx(at_init, rel=1e-12)  # the same sums, in another order
+    assert at_init < np.log(3) - 0.1  # not the cold start's log C
+    # one epoch more from it is two epochs of one run (unshuffled, constant step: the same updates)
+    two = fit(source, epochs=1, init=one, **options).model
+    both = fit(source, epochs=2, **options).model
+    np.testing.assert_allclose(two.coef, both.coef, rtol=1e-10)
+    np.testing.assert_allclose(two.intercept, both.intercept, rtol=1e-10, atol=1e-12)
+    assert two.metadata["init"]["metrics"]["iterations"] == 47  # ceil(3000 / 64)
+    # the model's classes are kept: a label outside them is refused
+    with pytest.raises(DataError, match="holds 3, not one of the classes of --init"):
+        fit(ArraySource(X, np.where(y == 2, 3.0, y), chunk_rows=500), epochs=1, init=one, **options)
+
+
+def test_softmax_takes_its_classes_from_the_caller():
+    """fit(classes=...): the data may lack a class (it still gets its parameters), not add one."""
+    from streamsgd.errors import DataError, UsageError
+
+    X, y = softmax_data(5, np.random.default_rng(5).standard_normal((3, 4)))
+    m = fit(ArraySource(X, y, chunk_rows=500), model="softmax", epochs=1, classes=[3.0, 1.0, 0.0, 2.0]).model
+    np.testing.assert_array_equal(m.classes_, [0.0, 1.0, 2.0, 3.0])  # sorted, as the parameter blocks are
+    assert m.coef.shape == (4, 4)
+    assert (m.predict_proba(X)[:, 3] < 0.1).all()  # never seen: pushed down by every row
+    with pytest.raises(DataError, match="holds 2, not one of the classes of classes= \\(0, 1\\)"):
+        fit(ArraySource(X, y, chunk_rows=500), model="softmax", epochs=1, classes=[0.0, 1.0])
+    with pytest.raises(UsageError, match="classes= fixes the classes of a softmax model"):
+        fit(ArraySource(X, (y > 0).astype(float), chunk_rows=500), model="logistic", epochs=1, classes=[0.0, 1.0])
+
+
 @pytest.mark.parametrize("optimizer", ["momentum", "nesterov"])
 def test_momentum_with_the_default_step_trains_as_well_as_sgd(optimizer):
     """The default step is scaled by (1 − β): heavy ball's effective step is η / (1 − β)."""

@@ -300,6 +300,9 @@ class ParquetSource:
         if bad >= 0:
             raise not_finite(columns[bad], X.dtype, self.chunk_name(i), self.features[bad])
         if y is not None:
+            if _is_text(table.schema.field(self.target).type):  # labels are read by sources.labels
+                raise DataError(f"{self.chunk_name(i)}: target column {self.target!r} holds text, not numbers; "
+                                "train --model softmax, or encode the column as numbers")
             y[...] = to_dtype(_values(table.column(self.target), self.target, self, i), y.dtype, self.chunk_name(i),
                               self.target)
 
@@ -357,6 +360,11 @@ class ParquetSource:
                     f"{path}: column {name!r} is missing, but {first} has it; "
                     "give every file the same columns or choose --features present in all"
                 )
+            if name == self.target and (_is_text(schema.field(name).type) or _is_text(other.field(name).type)):
+                if _is_text(schema.field(name).type) != _is_text(other.field(name).type):
+                    raise DataError(f"{path}: target column {name!r} has type {other.field(name).type}, but {first} "
+                                    f"has {schema.field(name).type}; give every file a target of the same kind")
+                continue
             if not _is_numeric(other.field(name)):
                 raise DataError(
                     f"{path}: column {name!r} has type {other.field(name).type}, but {first} has "
@@ -559,6 +567,15 @@ def _is_numeric(field) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
+def _is_text(t) -> bool:
+    """Whether Arrow type ``t`` is text (plain or dictionary-encoded): labels a softmax target may hold."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
 def _check_numeric(path: str, field, fix: str = "choose numeric columns with --features") -> None:
     if not _is_numeric(field):
         raise DataError(
@@ -585,6 +602,8 @@ def _resolve_columns(
                 f"{path}: no column {name!r} (columns: {', '.join(every[:20])}"
                 f"{', …' if len(every) > 20 else ''}); {hint}"
             )
+        if name == target and _is_text(schema.field(name).type):
+            continue  # text labels: softmax reads them as class indices, other models refuse them (sources.labels)
         _check_numeric(path, schema.field(name), hint)
     if features is not None:
         return list(features)
