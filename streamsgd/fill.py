@@ -85,6 +85,16 @@ def fill_columns(columns: list[NDArray], X: NDArray) -> int:
     return bad
 
 
+@njit(nogil=True, cache=True)
+def _first_bad_column(X, i, bad):
+    """The first column of row ``i`` holding NaN or infinity if it comes before column ``bad``
+    (any column when ``bad`` < 0), else ``bad``: the running answer of a row-by-row scan."""
+    for j in range(X.shape[1] if bad < 0 else bad):
+        if not math.isfinite(X[i, j]):
+            return j
+    return bad
+
+
 @njit(nogil=True, cache=True, fastmath={"reassoc"})
 def copy_rows(block, X) -> int:
     """``X[...] = block`` (same shape, any numeric dtypes); returns the first column given a
@@ -99,10 +109,7 @@ def copy_rows(block, X) -> int:
             X[i, j] = v
             scan += v * zero
         if scan != zero:
-            for j in range(d if bad < 0 else bad):
-                if not math.isfinite(X[i, j]):
-                    bad = j
-                    break
+            bad = _first_bad_column(X, i, bad)
     return bad
 
 
@@ -117,8 +124,5 @@ def first_nonfinite_column(X) -> int:
         for j in range(d):
             scan += X[i, j] * zero
         if scan != zero:
-            for j in range(d if bad < 0 else bad):
-                if not math.isfinite(X[i, j]):
-                    bad = j
-                    break
+            bad = _first_bad_column(X, i, bad)
     return bad
