@@ -9,8 +9,10 @@ trainer learns later becomes available here by adding one entry.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -130,6 +132,8 @@ def fit(
             y, classes = encode_labels(y)
         elif y.dtype.kind not in "biuf":
             raise DataError(f"y: a {config.model} model needs numbers as targets, got {y.dtype}")
+        if classes is not None and config.class_weight not in (None, "balanced"):
+            config = replace(config, class_weight=_weights_by_code(config.class_weight, classes))
         model = _train(ArraySource(X, y, features=names), config, metrics=metrics, on_progress=on_progress).model
         model.classes = classes
         return model
@@ -172,6 +176,20 @@ def column_names(names: Sequence[str] | None) -> tuple[str, ...] | None:
 
 def _is_source(data: Any) -> bool:
     return hasattr(data, "read_into") and hasattr(data, "chunk_rows")
+
+
+def _weights_by_code(spec: str, classes: NDArray) -> str:
+    """--class-weight's JSON keyed by the labels of ``y`` re-keyed by the codes the trainer sees
+    (labels are coded 0 … C-1 in ``classes`` order); a key that is not a label stays as given, so
+    the trainer's own message names it."""
+    try:
+        given = json.loads(spec)
+    except ValueError:
+        return spec  # the trainer refuses it with its message
+    if not isinstance(given, dict):
+        return spec
+    names = [str(c.item() if isinstance(c, np.generic) else c) for c in classes]
+    return json.dumps({str(names.index(k)) if k in names else k: w for k, w in given.items()})
 
 
 __all__ = ["LOSSES", "as_urls", "column_names", "encode_labels", "fit", "load", "model_for_loss"]

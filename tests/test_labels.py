@@ -143,6 +143,22 @@ def test_class_weights_are_keyed_by_the_text_labels(tmp_path):
         fit(open_source(str(tmp_path / "w.parquet")), class_weight='{"fox": 2}', **options)
 
 
+def test_python_arrays_key_class_weights_by_label_too():
+    """streamsgd.fit((X, y)) codes the labels of y itself: {"dog": 3} still means the rows of
+    "dog", for softmax and for a binary classifier, and gives the model {"1": 3} gives on the codes."""
+    X, index = rows(900)
+    options = dict(epochs=2, batch=64, seed=1)
+    words = streamsgd.fit((X, LABELS[index]), model="softmax", class_weight='{"dog": 3}', **options)
+    codes = streamsgd.fit((X, index), model="softmax", class_weight='{"1": 3}', **options)
+    np.testing.assert_array_equal(words.coef, codes.coef)
+    binary = index[index < 2]
+    words = streamsgd.fit((X[index < 2], LABELS[binary]), model="logistic", class_weight='{"dog": 3}', **options)
+    codes = streamsgd.fit((X[index < 2], binary), model="logistic", class_weight='{"1": 3}', **options)
+    plain = streamsgd.fit((X[index < 2], binary), model="logistic", **options)
+    np.testing.assert_array_equal(words.coef, codes.coef)
+    assert not np.array_equal(codes.coef, plain.coef)
+
+
 def test_softmax_with_text_labels_and_l1_resumes_bit_for_bit(tmp_path):
     """A checkpoint holds the per-class L1 accumulators (C·d of them): resuming from one
     mid-epoch gives exactly the uninterrupted run's model."""
