@@ -177,6 +177,7 @@ class ParquetSource:
         rg = self._metas[f].row_group(g)
         rows = rg.num_rows
         columns = [rg.column(j) for j in range(rg.num_columns)]
+        used = set(used)  # a list made this O(columns^2): 0.4 s of opening a 1000-column file
         columns = [c for c in columns if c.path_in_schema in used]
         data = sum(c.total_uncompressed_size for c in columns)
         slices = max(1, math.ceil(data / self._max_chunk_bytes)) if rows > 1 else 1
