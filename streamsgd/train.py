@@ -87,7 +87,7 @@ class MemoryPlan:
         row_bytes = (len(source.features) + 1) * itemsize + 8 + 4
         # format metadata held while reading (Parquet footers) beyond an allowance comes out of
         # the limit first, so peak memory stays put however many row groups a file has
-        metadata = max(0, getattr(source, "metadata_bytes", 0) - METADATA_ALLOWANCE)
+        metadata = max(0, source.metadata_bytes - METADATA_ALLOWANCE)
         limit = config.memory_limit - metadata
         if limit < config.memory_limit / 2:
             raise UsageError(
