@@ -244,7 +244,7 @@ def fit(
     source, validation = split_validation(source, config.validation_fraction, config.seed)
     N = n_rows(source)
     plan = MemoryPlan.for_source(source, config)
-    return_freed_buffers_to_os()
+    return_freed_buffers_to_os(8 * max(source.chunk_rows, default=0))  # a decoded float64 column
     labels = counts = None
     if config.model == "softmax":  # one block of parameters per class, its labels from a pass over the target
         labels, counts = softmax_classes(source, validation, plan.readers, classes, init)
