@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/full_batch.py --quick
 	$(BIN)/python benchmarks/models.py --quick
 	$(BIN)/python benchmarks/noise_overhead.py --quick
+	$(BIN)/python benchmarks/ceiling.py --quick
 
 clean:
 	rm -rf $(DEMO) build *.egg-info
