@@ -12,6 +12,7 @@ each d, on the same uncompressed Parquet file as ``throughput.py`` (written if m
   kernel   CPU time of the logistic gradient kernel over that window in the plan's order:
            each shuffle window of the default memory plan permuted, cut into batches of 512
            (``kernels.accumulate_weighted``, what the training loop calls).
+  kernel, file order     the same kernel over the rows in file order: what the shuffle costs.
   kernel, column-major   the same kernel and order over a column-major copy of the window:
            what reading the decoded columns in place, without the row-major copy, would cost.
   together CPU time of the same three stages run at once, free of any ordering between
@@ -149,7 +150,8 @@ def run_one(path: Path, runs: int) -> dict[str, Any]:
     kernel_pass(XF, y, order[:BATCH])
     throughput.streamsgd_fit(path)
 
-    keys = ("limit", "mapped", "decode", "copy", "kernel", "kernel_columns", "together", "fit")
+    keys = ("limit", "mapped", "decode", "copy", "kernel", "kernel_sequential", "kernel_columns", "together",
+            "fit")
     times: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -161,6 +163,7 @@ def run_one(path: Path, runs: int) -> dict[str, Any]:
         times["decode"].append(cpu(lambda: decode_all(pf, False)))
         times["copy"].append(copy_all())
         times["kernel"].append(cpu(lambda: kernel_pass(X, y, order)))
+        times["kernel_sequential"].append(cpu(lambda: kernel_pass(X, y, np.arange(n))))
         times["kernel_columns"].append(cpu(lambda: kernel_pass(XF, y, order)))
         times["together"].append(together())
         t0 = time.perf_counter()
@@ -205,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  decode, CPU on one thread                   {ns['decode']:7.0f}")
         print(f"  copy into window rows, CPU                  {ns['copy']:7.0f}")
         print(f"  kernel in plan order, CPU                   {ns['kernel']:7.0f}")
+        print(f"  kernel in file order, CPU                   {ns['kernel_sequential']:7.0f}")
         print(f"  kernel on a column-major window, CPU        {ns['kernel_columns']:7.0f}"
               f"  ({t['column_major_kernel_slowdown']:.1f}x the row-major kernel)")
         print(f"  the three stages at once, CPU               {ns['together']:7.0f}")

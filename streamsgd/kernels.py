@@ -39,22 +39,6 @@ POISSON_MAX_MARGIN = 50.0
 
 
 @njit(nogil=True, cache=True)
-def _softplus(z: float) -> float:
-    # log(1 + e^z) without overflow: max(z, 0) + log1p(e^-|z|)
-    if z > 0.0:
-        return z + math.log1p(math.exp(-z))
-    return math.log1p(math.exp(z))
-
-
-@njit(nogil=True, cache=True)
-def _sigmoid(z: float) -> float:
-    if z >= 0.0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
-@njit(nogil=True, cache=True)
 def _exp_capped(z: float) -> tuple[float, float]:
     """(f(z), f'(z)) for f = e^z up to POISSON_MAX_MARGIN and its tangent line beyond.
 
@@ -103,8 +87,10 @@ def loss_slope(loss: int, z: float, y: float, param: float) -> tuple[float, floa
     if loss == 0:
         r = z - y
         return 0.5 * r * r, r
-    if loss == 1:
-        return _softplus(z) - y * z, _sigmoid(z) - y
+    if loss == 1:  # softplus and sigmoid from one exponential: e^-|z| never overflows
+        e = math.exp(-abs(z))
+        p = 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
+        return (z if z > 0.0 else 0.0) + math.log1p(e) - y * z, p - y
     if loss == 2:
         r = z - y
         if r > param:
