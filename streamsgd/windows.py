@@ -130,10 +130,12 @@ def return_freed_buffers_to_os(column_bytes: int) -> None:
     decodes is a fresh mapping whose pages the kernel zeroes on first touch. With the
     threshold just above a column instead: a fit of 2M x 100 float32 rows with the system
     pool took 1.38 s, not 1.65 (median of 8 each, alternated in one process); the CLI on
-    10M x 100 took 8.4 s, not 12.1, at the same peak RSS (532 MiB); the 4.8M x 20 run above
-    peaked at 250 MiB, not 247. A no-op where libc is not glibc. (Arrow's own
-    pool is chosen by the ``ARROW_DEFAULT_MEMORY_POOL`` environment variable, which the CLI
-    sets: see ``cli.main``.)
+    10M x 100 at 512MiB took 8.1-8.3 s, not 10.0-10.5, and peaked at 568-587 MiB, not
+    502-504 (three runs each): the readers' decoded columns stay resident between row groups,
+    inside the share of the limit the memory plan gives them. The peak stays flat in N
+    (benchmarks/memory.py: 1.08x from 10^6 to 10^8 rows). A no-op where libc is not glibc.
+    (Arrow's own pool is chosen by the ``ARROW_DEFAULT_MEMORY_POOL`` environment variable,
+    which the CLI sets: see ``cli.main``.)
     """
     if not sys.platform.startswith("linux"):
         return
