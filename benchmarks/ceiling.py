@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def decode_all(pf: pq.ParquetFile, threads: bool) -> None:
         decode(pf, g, threads)
 
 
-def cpu(fn) -> float:
+def cpu(fn: Callable[[], Any]) -> float:
     """CPU seconds of the calling thread spent in ``fn()``."""
     t0 = time.thread_time()
     fn()
