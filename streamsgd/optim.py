@@ -282,11 +282,34 @@ def default_lr(
 def _top_eigenvalue(A: NDArray[np.float64], iterations: int = 50) -> float:
     """Largest eigenvalue of AᵀA / n by power iteration (never forms AᵀA)."""
     v = np.random.default_rng(0).standard_normal(A.shape[1])
+    u = np.empty_like(v)
     lam = 0.0
     for _ in range(iterations):
-        u = A.T @ (A @ v) / A.shape[0]
+        _gram_times(A, v, u)
         lam = float(np.linalg.norm(u))
         if lam == 0.0:
             return 0.0
         v = u / lam
     return lam
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _gram_times(A, v, u):
+    """u = Aᵀ(A v) / n in one pass over A's rows, on this thread alone.
+
+    NumPy's two matrix-vector products read A twice and run on BLAS threads, which go on
+    spinning after each call and take the readers' cores. Alternated in one process, median
+    of 10 (6 at d = 1000): a 2M x 100 fit took 1.14 s instead of 1.31, 200k x 1000 2.20 s
+    instead of 2.74; the eigenvalue moves by ~4e-16 (the sums' order), and alone this is as
+    fast as the two BLAS threads were (0.21 s at d = 1000).
+    """
+    n, k = A.shape
+    u[:] = 0.0
+    for i in range(n):
+        t = 0.0
+        for j in range(k):
+            t += A[i, j] * v[j]
+        for j in range(k):
+            u[j] += t * A[i, j]
+    for j in range(k):
+        u[j] /= max(n, 1)
