@@ -155,7 +155,7 @@ def _first_bad_column(X, i, bad):
 @njit(nogil=True, cache=True, fastmath={"reassoc"})
 def copy_rows(block, X) -> int:
     """``X[...] = block`` (same shape, any numeric dtypes); returns the first column given a
-    non-finite value, or -1 (the scan of ``_fill_columns``, row by row)."""
+    non-finite value, or -1 (the scan of ``_column_into``, row by row)."""
     n, d = X.shape
     zero = X.dtype.type(0.0)
     bad = -1
