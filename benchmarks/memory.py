@@ -12,10 +12,16 @@ The 10^8-row file is about 40 GB, more than this machine's RAM: that run is the
 larger-than-RAM proof (it must finish with peak RSS under 1 GiB). It runs once, and files
 over 5 GB that the script wrote or read are deleted after their run unless ``--keep-files``.
 
+It also trains, at the default --memory-limit, a file written the way most Parquet files
+are: ``pyarrow.parquet.write_table(table, path)`` with every default (snappy, dictionary
+encoding, 1,048,576-row groups), 2M x 100 float64 (400,000 rows with ``--quick``, one row
+group), against the idle footprint of a 1,000-row file written the same way.
+
 Checks (exit status 1 if any fails):
   * flat: the median peak RSS of every size >= 10^6 is within 10% of that of 10^6;
   * bounded: every run's peak RSS <= memory limit + idle footprint;
-  * the largest run (when it is >= 10^8 rows) peaks under 1 GiB.
+  * the largest run (when it is >= 10^8 rows) peaks under 1 GiB;
+  * the writer-defaults file trains at the default limit within limit + its idle footprint.
 
 Usage:
   python benchmarks/memory.py                          # 1e5, 1e6, 1e7 rows x 100, 256MB, 3 runs (1e7: 4 GB file)
@@ -145,6 +151,42 @@ def fit_peak(command: str, data: Path, model: Path, memory_limit: str) -> dict[s
         sys.exit(f"memory.py: {' '.join(argv)} failed ({out.returncode}):\n{out.stderr}")
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     return {**summary, "wall_seconds": seconds, "argv": argv}
+
+
+WRITE_DEFAULTS = """
+import sys
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+path, rows, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+X = rng.standard_normal((rows, d))
+y = (X @ rng.standard_normal(d) / 10 + rng.logistic(size=rows) > 0).astype(np.int64)
+pq.write_table(pa.table({**{f"x{j}": X[:, j] for j in range(d)}, "y": y}), path)  # every default
+"""
+
+
+def writer_defaults(args: argparse.Namespace, command: str, model: Path) -> dict[str, Any]:
+    """Peak RSS of a fit at the default limit on a file written with pyarrow's defaults."""
+    from streamsgd.config import DEFAULT_MEMORY_LIMIT
+
+    rows = 400_000 if args.quick else 2_000_000
+    limit = f"{DEFAULT_MEMORY_LIMIT}"
+    files = {n: args.out / f"pa-defaults-{n}x100.parquet" for n in (1000, rows)}
+    for n, path in files.items():  # written in a child: this process must stay small (see ensure_file)
+        if args.regenerate or not path.exists() or pq.read_metadata(path).num_rows != n:
+            subprocess.run([sys.executable, "-c", WRITE_DEFAULTS, str(path), str(n), "100"], check=True)
+    meta = pq.read_metadata(files[rows])
+    fit_peak(command, files[1000], model, limit)  # warm-up: compiles nothing in the measured runs
+    idle = int(statistics.median(fit_peak(command, files[1000], model, limit)["peak_rss_bytes"] for _ in range(3)))
+    peaks = [fit_peak(command, files[rows], model, limit)["peak_rss_bytes"] for _ in range(args.runs)]
+    peak = int(statistics.median(peaks))
+    ok = max(peaks) <= DEFAULT_MEMORY_LIMIT + idle
+    print(f"pyarrow write_table defaults, {rows:,} x 100 float64, {meta.num_row_groups} row group(s) of "
+          f"{meta.row_group(0).num_rows:,} rows ({human(files[rows].stat().st_size)}), default --memory-limit "
+          f"{mib(DEFAULT_MEMORY_LIMIT)}: peak RSS {mib(peak)} (max {mib(max(peaks))}), idle {mib(idle)}, "
+          f"limit + idle {mib(DEFAULT_MEMORY_LIMIT + idle)}: {'ok' if ok else 'FAIL'}")
+    return {"rows": rows, "row_groups": meta.num_row_groups, "row_group_rows": meta.row_group(0).num_rows,
+            "file_bytes": files[rows].stat().st_size, "memory_limit_bytes": DEFAULT_MEMORY_LIMIT,
+            "idle_peak_rss_bytes": idle, "peak_rss_bytes": peaks, "ok": ok}
 
 
 def full_batch_bytes(rows: int, features: int) -> int:
@@ -291,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"larger-than-RAM run(s) under 1 GiB peak RSS: {'ok' if big_ok else 'FAIL'}")
     if deleted:
         print("deleted after measuring: " + ", ".join(deleted))
+    defaults = writer_defaults(args, command, model)
 
     if args.figure:
         plot(args.figure, sets, args.features, idle, limit, ram, args.memory_limit)
@@ -304,12 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         "sets": {str(n): s for n, s in sets.items()},
         "ratio_vs_1e6": {str(n): r for n, r in ratios.items()}, "max_ratio": MAX_RATIO, "flat_ok": flat_ok,
         "budget_bytes": budget, "limit_ok": limit_ok, "larger_than_ram_ok": big_ok if big else None,
-        "deleted_files": deleted,
+        "deleted_files": deleted, "writer_defaults": defaults,
         "machine": provenance.machine(),
     }
     name = "memory-quick.json" if args.quick else ("memory-1e8.json" if big else "memory.json")
     provenance.write_report(args.out / name, report, started, load_start)
-    return 0 if flat_ok and limit_ok and big_ok else 1
+    return 0 if flat_ok and limit_ok and big_ok and defaults["ok"] else 1
 
 
 if __name__ == "__main__":

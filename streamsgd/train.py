@@ -28,7 +28,8 @@ from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
 from .optim import OPTIMIZERS, SCHEDULES, default_lr, refresh_effective, schedule_lr
 from .shuffle import iterations_per_epoch
-from .sources import Source, n_rows
+from .sources import ParquetSource, Source, n_rows
+from .sources.parquet import DECODE_FACTOR
 from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from .sources.subset import ChunkSubset
 from .stats import chunk_target_means, row_sample, standardization
@@ -50,22 +51,19 @@ METADATA_ALLOWANCE = 16 << 20
 #: Share of --memory-limit for the shuffle windows; the rest is for decoding.
 WINDOW_SHARE = 2 / 3
 
-#: While decoding a row group, pyarrow's memory pool peaks at 2.5-2.8x the row group's
-#: uncompressed size (raw pages plus decoded arrays; measured with pyarrow 26, plain and
-#: dictionary encodings). Each reader thread in flight is budgeted this much.
-DECODE_FACTOR = 3
-
-
 @dataclass(frozen=True)
 class MemoryPlan:
     """How --memory-limit is spent: first the parsed footers the source holds, then of the
     rest two thirds for shuffle windows (up to three alive: one or two trained on, one
     being filled) and one third for the reader threads' decode buffers.
 
-    The window size depends only on the limit and the row width, never on the number of
-    readers, so the shuffle plan (and the model) is the same whatever ``--readers`` is;
-    fewer reader threads run when the decode share cannot pay for them. A limit too
-    small for one reader, or for a window of the largest chunk, is refused.
+    The window size depends only on the limit, the row width and the largest chunk's
+    decode cost, never on the number of readers, so the shuffle plan (and the model) is
+    the same whatever ``--readers`` is; fewer reader threads run when the decode share
+    cannot pay for them. When even one reader needs more than a third (a streamed row
+    group of many columns holds a page and a dictionary per column), the windows give up
+    what it needs. A limit too small for one reader and a window of the largest chunk is
+    refused, naming a limit that works.
     """
 
     window_rows: int
@@ -75,45 +73,96 @@ class MemoryPlan:
 
     @staticmethod
     def max_chunk_bytes(memory_limit: int) -> int:
-        """The largest chunk one reader can decode within the limit: larger Parquet row
-        groups are read in slices of at most this many bytes."""
-        return int(memory_limit * (1 - WINDOW_SHARE) / DECODE_FACTOR)
+        """What one reader may hold decoding a chunk within the limit: larger Parquet row
+        groups are read in slices."""
+        return int(memory_limit * (1 - WINDOW_SHARE))
 
     @classmethod
     def for_source(cls, source: Source, config: FitConfig) -> "MemoryPlan":
-        itemsize = np.dtype(config.dtype).itemsize
-        # features + target in the buffer, the window's int64 row permutation, and the
-        # one-byte masks of the label and finite checks made on every window
-        row_bytes = (len(source.features) + 1) * itemsize + 8 + 4
-        # format metadata held while reading (Parquet footers) beyond an allowance comes out of
-        # the limit first, so peak memory stays put however many row groups a file has
-        metadata = max(0, source.metadata_bytes - METADATA_ALLOWANCE)
-        limit = config.memory_limit - metadata
-        if limit < config.memory_limit / 2:
+        plan = cls._solve(source, config)
+        if plan is None:
+            biggest = max(source.chunk_rows, default=0)
             raise UsageError(
-                f"--memory-limit {config.memory_limit} bytes is too small for this data: the footers of "
-                f"{source.url} take about {metadata + METADATA_ALLOWANCE} bytes once parsed (one entry per row "
-                f"group and column); raise --memory-limit to at least {2 * metadata} bytes or write the data "
-                "with fewer, larger row groups"
+                f"--memory-limit {config.memory_limit} bytes is too small for {source.url}: its largest chunk "
+                f"({biggest} rows) needs {max(source.chunk_bytes, default=0)} bytes to decode and "
+                f"{3 * biggest * _row_bytes(source, config)} to shuffle; {_working_limit(source, config)}"
             )
+        return plan
+
+    @classmethod
+    def _solve(cls, source: Source, config: FitConfig) -> "MemoryPlan | None":
+        """The plan, or None when the limit cannot pay for one reader and the windows."""
+        row_bytes = _row_bytes(source, config)
+        limit = _data_limit(source, config)
         buffer_bytes = int(limit * WINDOW_SHARE)
+        decode = max(source.chunk_bytes, default=0)
+        if decode > limit - buffer_bytes:  # one reader's decode comes before the windows' share
+            buffer_bytes = max(0, limit - decode)
         # three windows fit: the one trained on, one read ahead, and the one the prefetcher
         # may start while the trainer waits (see prefetch.ByteBudget)
         window_rows = max(1, buffer_bytes // 3 // row_bytes)
         if config.in_memory:
             window_rows = _in_memory_rows(source, row_bytes, buffer_bytes)
-        decode = DECODE_FACTOR * max(source.chunk_bytes, default=0)
-        reserve = limit - buffer_bytes
-        readers = min(config.readers, reserve // decode) if decode else config.readers
-        biggest = max(source.chunk_rows, default=0)
-        if readers < 1 or biggest > window_rows:
-            need = int(max(decode / (1 - WINDOW_SHARE), 3 * biggest * row_bytes / WINDOW_SHARE)) + metadata + 1
-            raise UsageError(
-                f"--memory-limit {config.memory_limit} bytes is too small for this data: its largest row "
-                f"group ({biggest} rows) needs at least {need} bytes to decode and shuffle; raise "
-                "--memory-limit or rewrite the data with smaller row groups"
-            )
+        readers = min(config.readers, (limit - buffer_bytes) // decode) if decode else config.readers
+        if readers < 1 or max(source.chunk_rows, default=0) > window_rows:
+            return None
         return cls(window_rows, buffer_bytes, row_bytes, int(readers))
+
+
+def _row_bytes(source: Source, config: FitConfig) -> int:
+    """Window bytes per row: features + target, the window's int64 row permutation, and
+    the one-byte masks of the label and finite checks made on every window."""
+    return (len(source.features) + 1) * np.dtype(config.dtype).itemsize + 8 + 4
+
+
+def _data_limit(source: Source, config: FitConfig) -> int:
+    """The limit less the format metadata held while reading (Parquet footers) beyond an
+    allowance, so peak memory stays put however many row groups a file has."""
+    metadata = max(0, source.metadata_bytes - METADATA_ALLOWANCE)
+    limit = config.memory_limit - metadata
+    if limit < config.memory_limit / 2:
+        raise UsageError(
+            f"--memory-limit {config.memory_limit} bytes is too small for this data: the footers of "
+            f"{source.url} take about {metadata + METADATA_ALLOWANCE} bytes once parsed (one entry per row "
+            f"group and column); raise --memory-limit to at least {2 * metadata} bytes or write the data "
+            "with fewer, larger row groups"
+        )
+    return limit
+
+
+def cut_to_limit(source: Source, config: FitConfig) -> None:
+    """Cut a Parquet source's row groups into chunks this run's limit can decode and
+    shuffle (a no-op for other sources, whose chunks are fixed by their layout)."""
+    if not isinstance(source, ParquetSource):
+        return
+    limit = _data_limit(source, config)
+    source.cut(MemoryPlan.max_chunk_bytes(limit), int(limit * WINDOW_SHARE) // 3 // _row_bytes(source, config))
+
+
+def _working_limit(source: Source, config: FitConfig) -> str:
+    """The fix for a refused plan: the smallest limit (in steps of 1/8) under which the
+    data, cut again for that limit, plans; and the rewrite that avoids the need."""
+    rewrite = "or rewrite the data with smaller row groups"
+    if isinstance(source, ParquetSource):
+        per_row = max(g.data / max(g.rows, 1) for g in source._groups)
+        rows = max(1, int(MemoryPlan.max_chunk_bytes(config.memory_limit) / (DECODE_FACTOR * per_row)))
+        rewrite = (f"or rewrite the data with row groups of at most {rows} rows and no dictionary encoding "
+                   f"(pyarrow.parquet.write_table(table, path, row_group_size={rows}, use_dictionary=False))")
+    limit = config.memory_limit
+    try:
+        for _ in range(64):
+            limit += max(limit // 8, 1 << 20)
+            trial = replace(config, memory_limit=limit)
+            try:
+                cut_to_limit(source, trial)
+                if MemoryPlan._solve(source, trial) is None:
+                    continue
+            except UsageError:  # the footers alone are too much for this limit
+                continue
+            return f"raise --memory-limit to {math.ceil(limit / 2**20)}MiB {rewrite}"
+    finally:
+        cut_to_limit(source, config)
+    return f"raise --memory-limit {rewrite}"
 
 
 def _in_memory_rows(source: Source, row_bytes: int, buffer_bytes: int) -> int:
@@ -240,6 +289,7 @@ def fit(
     d = len(source.features)
     if init is not None:
         _check_init(init, source, config)
+    cut_to_limit(source, config)
     full_source = source
     source, validation = split_validation(source, config.validation_fraction, config.seed)
     N = n_rows(source)

@@ -32,7 +32,7 @@ class Source(Protocol):
     features: list[str]
     target: str | None
     chunk_rows: list[int]
-    chunk_bytes: list[int]  # bytes a reader holds while decoding the chunk (uncompressed size)
+    chunk_bytes: list[int]  # bytes a reader holds while decoding the chunk (decoded data and buffers)
     metadata_bytes: int  # bytes of format metadata held while reading (Parquet footers)
 
     def chunk_name(self, i: int) -> str: ...

@@ -19,11 +19,15 @@ from .cast import arrow_values, not_finite, to_dtype
 from ..errors import DataError, SourceError
 from . import retry
 
-#: Row groups whose used columns decode to more than this are read in slices. The default
-#: suits the default --memory-limit (a ninth of it: the planner gives decoding a third of
-#: the limit and budgets three times a chunk's size per reader); callers with another
-#: limit pass ``max_chunk_bytes``.
-DEFAULT_MAX_CHUNK_BYTES = DEFAULT_MEMORY_LIMIT // 9
+#: While decoding, pyarrow's memory pool peaks at 2.5-2.8x the decoded size of the rows
+#: read (raw pages plus decoded arrays; measured with pyarrow 26, plain and dictionary
+#: encodings, whole row groups and streamed slices alike). ``chunk_bytes`` charges this.
+DECODE_FACTOR = 3
+
+#: Row groups whose decoding would hold more than this are read in slices. The default
+#: suits the default --memory-limit (a third of it: the planner's decode share); the
+#: trainer re-cuts a source for its own limit (:meth:`ParquetSource.cut`).
+DEFAULT_MAX_CHUNK_BYTES = DEFAULT_MEMORY_LIMIT // 3
 
 #: Read buffer per column while a row group is streamed in slices. Without one (pyarrow's
 #: ``buffer_size=0``) every column chunk is loaded whole before the first slice decodes:
@@ -48,6 +52,17 @@ class _Chunk:
     start: int
     rows: int
     slices: int  # 1: the whole row group, read in one call
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One row group's size, from the footer: what cutting it into chunks needs to know."""
+
+    file: int
+    group: int
+    rows: int
+    data: int  # decoded bytes of the used columns
+    fixed: int  # what a streamed read holds whatever the slice: each column's page and dictionary
 
 
 #: Memory of a parsed footer per column chunk (row groups x columns): 0.86 KB measured
@@ -91,9 +106,10 @@ class _File:
 class ParquetSource:
     """Parquet files, directories (recursive, hive ``key=value/`` folders), globs, or a list of them.
 
-    Chunk = one row group. A row group whose used columns decode to more than
-    ``max_chunk_bytes`` is split into slices of consecutive rows, each its own chunk, so
-    the memory plan accepts it and a reader never holds the whole row group.
+    Chunk = one row group. A row group whose decoding would hold more than
+    ``max_chunk_bytes`` (or has more than ``max_chunk_rows`` rows) is split into slices of
+    consecutive rows, each its own chunk, so the memory plan accepts it and a reader never
+    holds the whole row group (see :meth:`cut`).
 
     Files are opened with ``pre_buffer=False``: pyarrow's default buffers whole files,
     which silently defeats the fixed-memory bound. On a remote store only the footers are
@@ -147,10 +163,8 @@ class ParquetSource:
         self.target_type = str(schema.field(target).type) if target is not None else None
         used = self.features + ([target] if target is not None else [])
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
-        self._max_chunk_bytes = int(max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES)
-        self._max_chunk_rows = int(max_chunk_rows) if max_chunk_rows else None
-        self._chunks: list[_Chunk] = []
-        self.chunk_bytes: list[int] = []
+        self._groups: list[_Group] = []
+        used_set = set(used)  # a list made the column lookup O(columns^2) on a 1000-column file
         for f in range(len(self._files)):  # each footer parsed once here, then summarised
             if f > 0:
                 self._check_schema(f, schema, used)
@@ -159,45 +173,57 @@ class ParquetSource:
             self._group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
             self._footer_bytes.append(int(meta.serialized_size))
             parsed.append(PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK * meta.num_row_groups * meta.num_columns)
-            for g in range(meta.num_row_groups):
-                self._add_row_group(f, g, used)
-        self.chunk_rows = [c.rows for c in self._chunks]
+            self._groups += [_group_size(meta, f, g, used_set) for g in range(meta.num_row_groups)]
         #: memory of the parsed footers held while reading (the largest few): one file of
         #: 10^8 rows x 100 columns in 65,536-row groups holds 150 MB of them
         self.metadata_bytes = sum(sorted(parsed)[-FOOTERS_KEPT:])
-        # the row group of each chunk: the planner keeps a sliced row group's slices together
-        self.chunk_groups = [c.file * (1 << 32) + c.group for c in self._chunks]
         self._cursors: dict[tuple, _Cursor] = {}
         self._cursors_lock = threading.Lock()
         self._breaker = retry.Breaker()
+        self.cut(max_chunk_bytes, max_chunk_rows)
 
     # --- layout -------------------------------------------------------------------------
 
-    def _add_row_group(self, f: int, g: int, used: list[str]) -> None:
-        rg = self._metas[f].row_group(g)
-        rows = rg.num_rows
-        columns = [rg.column(j) for j in range(rg.num_columns)]
-        used = set(used)  # a list made this O(columns^2): 0.4 s of opening a 1000-column file
-        columns = [c for c in columns if c.path_in_schema in used]
-        data = sum(c.total_uncompressed_size for c in columns)
-        slices = max(1, math.ceil(data / self._max_chunk_bytes)) if rows > 1 else 1
-        if self._max_chunk_rows:
-            slices = max(slices, math.ceil(rows / self._max_chunk_rows))
-        # a streamed column also holds a page and its dictionary: fixed costs that slicing
-        # does not shrink, so the slices share what is left of the budget
-        fixed = sum(2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * min(1.0, PAGE_ROWS / max(rows, 1))))
-                    + 2 * _dictionary_bytes(c) for c in columns)
-        if slices == 1 or fixed >= data:  # a small row group: slices would cost more than it
-            self._chunks.append(_Chunk(f, g, 0, rows, 1))
-            self.chunk_bytes.append(data)
-            return
-        room = max(self._max_chunk_bytes - fixed, self._max_chunk_bytes // 4)
-        slices = max(slices, min(rows, math.ceil(data / room)))
-        step = math.ceil(rows / slices)
-        for start in range(0, rows, step):
-            n = min(step, rows - start)
-            self._chunks.append(_Chunk(f, g, start, n, slices))
-            self.chunk_bytes.append(math.ceil(data * n / rows) + fixed)
+    def cut(self, max_chunk_bytes: int | None = None, max_chunk_rows: int | None = None) -> None:
+        """Cut the row groups into chunks: a row group whose decoding would hold more than
+        ``max_chunk_bytes``, or that has more than ``max_chunk_rows`` rows, is read in
+        slices of consecutive rows, each its own chunk. Pure in the footers' figures, so
+        the same limits give the same chunks (and the same shuffle plan) on every run.
+
+        A streamed row group holds each used column's page and dictionary whatever the
+        slice (``_Group.fixed``): with many columns that alone can exceed the budget (101
+        float columns written with pyarrow's defaults hold ~236 MB), so slices then get a
+        quarter of the budget and ``chunk_bytes`` states the true cost, for the planner
+        to pay out of the windows' share.
+        """
+        budget = int(max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES)
+        cap = int(max_chunk_rows) if max_chunk_rows else None
+        chunks: list[_Chunk] = []
+        sizes: list[int] = []
+        for grp in self._groups:
+            whole = DECODE_FACTOR * grp.data
+            too_long = cap is not None and grp.rows > cap
+            # a small row group, or one whose streaming costs more than reading it whole
+            if grp.rows <= 1 or (not too_long and (whole <= budget or grp.fixed >= whole)):
+                chunks.append(_Chunk(grp.file, grp.group, 0, grp.rows, 1))
+                sizes.append(whole)
+                continue
+            room = max(budget - grp.fixed, budget // 4)
+            slices = min(grp.rows, max(math.ceil(whole / room), math.ceil(grp.rows / cap) if cap else 1, 2))
+            step = math.ceil(grp.rows / slices)
+            slices = math.ceil(grp.rows / step)
+            for start in range(0, grp.rows, step):
+                n = min(step, grp.rows - start)
+                chunks.append(_Chunk(grp.file, grp.group, start, n, slices))
+                sizes.append(math.ceil(whole * n / grp.rows) + grp.fixed)
+        with self._cursors_lock:  # streams opened for the old cut read slices of another size
+            for cursor in self._cursors.values():
+                cursor.close()
+            self._cursors.clear()
+        self._chunks, self.chunk_bytes = chunks, sizes
+        self.chunk_rows = [c.rows for c in chunks]
+        # the row group of each chunk: the planner keeps a sliced row group's slices together
+        self.chunk_groups = [c.file * (1 << 32) + c.group for c in chunks]
 
     def chunk_name(self, i: int) -> str:
         c = self._chunks[i]
@@ -482,6 +508,19 @@ class _Cursor:
     def close(self) -> None:
         with self._cond:
             self._reset()
+
+
+def _group_size(meta, f: int, g: int, used: set[str]) -> _Group:
+    """Row group ``g`` of file ``f``: rows, decoded bytes of the used columns, and the fixed
+    cost of streaming them (per column: the read buffer, a page, compressed and
+    decompressed, and the dictionary page, raw and decoded)."""
+    rg = meta.row_group(g)
+    rows = rg.num_rows
+    columns = [c for c in (rg.column(j) for j in range(rg.num_columns)) if c.path_in_schema in used]
+    data = sum(c.total_uncompressed_size for c in columns)
+    fixed = sum(SLICE_BUFFER_BYTES + 2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * min(1.0, PAGE_ROWS / max(rows, 1))))
+                + 2 * _dictionary_bytes(c) for c in columns)
+    return _Group(f, g, rows, data, fixed)
 
 
 def _dictionary_bytes(column) -> int:

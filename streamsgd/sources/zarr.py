@@ -22,6 +22,9 @@ from ..errors import DataError, SourceError
 from . import retry
 from .fs import with_defaults
 
+#: What a reader holds while decoding a chunk, as a multiple of its decoded size.
+DECODE_FACTOR = 3
+
 
 class ZarrSource:
     """A Zarr group on any store zarr can open (local path or fsspec URL)."""
@@ -81,7 +84,8 @@ class ZarrSource:
         self._starts = list(range(0, n, step))
         self.chunk_rows = [min(step, n - s) for s in self._starts]
         row_bytes = d * self._X.dtype.itemsize + (self._y.dtype.itemsize if self._y is not None else 0)
-        self.chunk_bytes = [rows * row_bytes for rows in self.chunk_rows]
+        # held while decoding a chunk: the compressed bytes, the decompressed chunk and the cast
+        self.chunk_bytes = [DECODE_FACTOR * rows * row_bytes for rows in self.chunk_rows]
         self.metadata_bytes = 0
         self._x_array = x_array
         self._zarr_format = group.metadata.zarr_format
