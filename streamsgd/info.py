@@ -9,7 +9,7 @@ import numpy as np
 from .config import FitConfig
 from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
-from .train import MemoryPlan
+from .train import MemoryPlan, cut_to_limit
 
 
 def describe(source: Source, config: FitConfig) -> dict[str, Any]:
@@ -27,6 +27,7 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     d = len(source.features)
     itemsize = np.dtype(config.dtype).itemsize
     full = N * (d + 1) * itemsize + N * 8
+    cut_to_limit(source, config)  # as fit cuts it
     plan = MemoryPlan.for_source(source, config)
     ipe = iterations_per_epoch(N, min(config.batch, max(N, 1))) if N else 0
     out: dict[str, Any] = {
