@@ -250,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['cumulative_s']:>7.3f} s cum {r['self_s']:>7.3f} s self {r['calls']:>6}x  {f[:90]}")
         loads = profile.get("numba_loads", [])
         print(f"Numba kernels loaded from the cache in that fit (all threads): "
-              f"{sum(l['seconds'] for l in loads):.2f} s in all")
-        for l in sorted(loads, key=lambda l: -l["seconds"]):
-            print(f"  {l['seconds']:>7.3f} s  {l['function']:<40} thread {l['thread']}")
+              f"{sum(load['seconds'] for load in loads):.2f} s in all")
+        for load in sorted(loads, key=lambda load: -load["seconds"]):
+            print(f"  {load['seconds']:>7.3f} s  {load['function']:<40} thread {load['thread']}")
 
     report = {
         "benchmark": "startup", "quick": args.quick, "runs": args.runs, "rows": ROWS, "features": FEATURES,

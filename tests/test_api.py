@@ -234,7 +234,7 @@ def test_softmax_on_string_labels_round_trips_through_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("model", ["hinge", "modified_huber", "huber", "poisson", "quantile", "softmax"])
-def test_to_sklearn_predicts_exactly_what_the_model_predicts(model):
+def test_to_sklearn_of_the_other_models_predicts_what_the_model_predicts(model):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((400, 3))
     y = {"hinge": X[:, 0] > 0, "modified_huber": X[:, 0] > 0, "huber": X[:, 0] * 2,
