@@ -37,7 +37,9 @@ class EpochStream:
     _resident: tuple[Window, NDArray[np.int64]] | None = field(default=None, init=False)
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[Window, NDArray[np.int64]]]:
-        """(window, order) pairs: train on ``window.X[order]`` in that order.
+        """(window, order) pairs: train on ``window.X[order]`` in that order. A window read
+        from the source comes laid out in its training order, so its ``order`` is the
+        identity; only a resident window is re-indexed.
 
         ``skip`` rows of the epoch's order are left out, and windows wholly inside them are
         not read at all: a resumed run starts where it stopped without replaying I/O.
@@ -53,12 +55,17 @@ class EpochStream:
         first = int(np.searchsorted(ends, skip, side="right"))
         offset = skip - int(ends[first - 1]) if first else skip
         todo = windows[first:]
-        with prefetch_windows(self.source, todo, self.dtype, self.model, self.readers, self.buffer_bytes) as stream:
+
+        def order(k: int) -> NDArray[np.int64]:  # the k-th window read: window first + k of the epoch
+            return row_order(int(sizes[first + k]), self.seed, epoch, first + k, self.shuffle)
+
+        with prefetch_windows(self.source, todo, self.dtype, self.model, self.readers, self.buffer_bytes,
+                              order) as stream:
             for w, window in enumerate(stream, start=first):
-                if len(windows) == 1:
-                    self._resident = (window, _row_ids(self.source, window.chunks))
-                order = row_order(window.X.shape[0], self.seed, epoch, w, self.shuffle)
-                yield window, (order[offset:] if w == first else order)
+                if len(windows) == 1:  # the row id held in each place of the buffer
+                    self._resident = (window, _row_ids(self.source, window.chunks)[order(0)])
+                in_order = np.arange(window.X.shape[0], dtype=np.int64)
+                yield window, (in_order[offset:] if w == first else in_order)
                 stream.release(window.nbytes)
                 del window  # not kept alive while the next one is read
 

@@ -34,7 +34,7 @@ from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from .sources.subset import ChunkSubset
 from .stats import chunk_target_means, row_sample, standardization
 from .stream import EpochStream
-from .windows import read_window, return_freed_buffers_to_os
+from .windows import Window, read_window, return_freed_buffers_to_os
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
@@ -430,7 +430,7 @@ def fit(
             with closing(stream.epoch(epoch, int(counters[EPOCH_ROWS]))) as windows:  # joins the readers
                 for window, order in windows:
                     if st.hyper is None:  # the first window: standardisation and step size from it
-                        _start(st, window.X, config, init, N, B)
+                        _start(st, window, config, init, N, B)
                     pos = 0
                     while pos < order.size and not done():
                         pos = train_rows(window.X, window.y, order, pos, order.size, next_stop(), spec, st.hyper,
@@ -612,8 +612,10 @@ def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
     return {k: (float(estimate[k]) if math.isfinite(estimate[k]) else None) for k in keys}
 
 
-def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int, B: int) -> None:
-    """Standardisation, step size and starting point, from the first window (or ``init``)."""
+def _start(st: _State, window: Window, config: FitConfig, init: Model | None, N: int, B: int) -> None:
+    """Standardisation, step size and starting point, from the first window (or ``init``),
+    its rows taken chunk after chunk: the figures do not depend on the shuffle's layout."""
+    X, rows = window.X, window.slots
     d = X.shape[1]
     if init is not None:  # its parameters in its standardised space, one block per class for softmax
         st.mean, st.scale = np.asarray(init.mean, dtype=np.float64), np.asarray(init.scale, dtype=np.float64)
@@ -623,8 +625,8 @@ def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int
             st.theta[c * (d + 1):c * (d + 1) + d] = coef[c] * st.scale
             st.theta[c * (d + 1) + d] = intercept[c] + float(coef[c] @ st.mean)
     else:
-        st.mean, st.scale = standardization(X, config.standardize)
-    st.sample = row_sample(X)
+        st.mean, st.scale = standardization(X, config.standardize, rows)
+    st.sample = row_sample(X, order=rows)
     if config.lr is None:
         lr0 = default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature)
         if config.optimizer in ("momentum", "nesterov"):  # heavy ball: the step is η / (1 − β) in effect
