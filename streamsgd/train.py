@@ -420,14 +420,17 @@ def fit(
             return True
         return config.steps is None and counters[EPOCH] >= n_epochs
 
+    # the readers read ahead into the next epoch, up to the last one the run should reach
+    # (only the read-ahead depends on it: a run that goes further starts its readers afresh)
+    last_epoch = n_epochs - 1 if total_steps is None else math.ceil(total_steps / ipe) - 1
     stream = EpochStream(source, config.model, config.seed, config.shuffle, plan.window_rows,
-                         plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata)
+                         plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata, last_epoch)
     try:
         while not done():
             epoch = int(counters[EPOCH])
             # a checkpoint may fall inside a batch that straddles two windows: its rows so far
             # are in gw and FILLED, and the stream resumes right after them
-            with closing(stream.epoch(epoch, int(counters[EPOCH_ROWS]))) as windows:  # joins the readers
+            with closing(stream.epoch(epoch, int(counters[EPOCH_ROWS]))) as windows:  # left early: stops the readers
                 for window, order in windows:
                     if st.hyper is None:  # the first window: standardisation and step size from it
                         _start(st, window, config, init, N, B)
@@ -483,6 +486,7 @@ def fit(
             save_checkpoint()
         raise
     finally:
+        stream.close()  # joins the readers running ahead
         log.close()
 
     train_seconds = time.perf_counter() - train_start

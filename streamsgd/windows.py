@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,26 +98,27 @@ def read_window(
 @contextmanager
 def prefetch_windows(
     source: Source,
-    windows: list[NDArray[np.int64]],
+    windows: Iterable[tuple[int, int, NDArray[np.int64]]],
     dtype: np.dtype,
     model: str,
     readers: int,
     max_bytes: int,
-    orders: Callable[[int], NDArray[np.int64]] | None = None,
+    orders: Callable[[int, int, int], NDArray[np.int64]] | None = None,
 ) -> Iterator[Prefetcher]:
-    """Read ``windows`` ahead in the background, each checked for the model's labels and,
-    given ``orders`` (window number → its row order), laid out in that order.
+    """Read ``windows`` ((epoch, window number, chunks) items) ahead in the background, each
+    checked for the model's labels and, given ``orders`` ((epoch, window number, rows) → its
+    row order), laid out in that order.
 
     Yields the prefetcher: iterate it for windows, ``release(window.nbytes)`` each when done.
     """
 
-    def read(item: tuple[int, NDArray[np.int64]]) -> Window:
-        w, chunks = item
-        order = None if orders is None else orders(w)
+    def read(item: tuple[int, int, NDArray[np.int64]]) -> Window:
+        epoch, w, chunks = item
+        order = None if orders is None else orders(epoch, w, int(sum(source.chunk_rows[c] for c in chunks)))
         return check_labels(model, source, read_window(source, chunks, dtype, True, pool, order))
 
     with ThreadPoolExecutor(readers) as pool, Prefetcher(
-        list(enumerate(windows)), read, lambda item: window_bytes(source, item[1], dtype, True), max_bytes,
+        windows, read, lambda item: window_bytes(source, item[2], dtype, True), max_bytes,
     ) as stream:
         yield stream
 
