@@ -7,17 +7,21 @@ each d, on the same uncompressed Parquet file as ``throughput.py`` (written if m
   mapped   the same from a memory-mapped file (how ``fit`` opens local files).
   decode   CPU time of the mapped decode on one thread (``use_threads=False``), each
            table dropped before the next is decoded, as a reader does.
-  copy     CPU time of copying the decoded columns into row-major float32 window rows
-           (``fill.fill_columns``, the reader's copy; a reused buffer, so no page faults).
-  kernel   CPU time of the logistic gradient kernel over that window in the plan's order:
-           each shuffle window of the default memory plan permuted, cut into batches of 512
-           (``kernels.accumulate_weighted``, what the training loop calls).
-  kernel, file order     the same kernel over the rows in file order: what the shuffle costs.
-  kernel, column-major   the same kernel and order over a column-major copy of the window:
+  copy     CPU time of copying the decoded columns into row-major float32 window rows,
+           each row into its slot of the plan's order (``fill.fill_columns`` with the rows,
+           the reader's copy; a reused buffer, so no page faults): each shuffle window of
+           the default memory plan permuted.
+  copy, file order       the same copy into consecutive rows: what the scatter costs.
+  kernel   CPU time of the logistic gradient kernel over the window in sequence, cut into
+           batches of 512 (``kernels.accumulate_weighted``, what the training loop calls):
+           the rows arrive in the plan's order, already shuffled by the copy.
+  kernel, gathering      the same kernel gathering the rows by the plan's permutation: the
+           design before the shuffle moved into the copy (random reads on the trainer).
+  kernel, column-major   the same kernel, gathering, over a column-major copy of the window:
            what reading the decoded columns in place, without the row-major copy, would cost.
   together CPU time of the same three stages run at once, free of any ordering between
            them: two threads decode and copy half the row groups each (into a second
-           buffer) while a third runs the kernel over the first.
+           buffer, scattering) while a third runs the kernel over the first.
   fit      ``train.fit``, one epoch, end to end (as throughput.py's (c)).
 
 Every row must pass through all three stages, and this machine has ``os.cpu_count()``
@@ -107,13 +111,20 @@ def run_one(path: Path, runs: int) -> dict[str, Any]:
     X = np.empty((n, d), np.float32)
     y = np.empty(n, np.float32)
 
-    def copy_all() -> float:
+    order = plan_order(path)
+    slots = np.empty(n, dtype=np.int64)
+    slots[order] = np.arange(n)  # where the plan puts each row of the file
+
+    def copy_all(scatter: bool = True) -> float:
         """Decode each group (untimed), then time its copy into the window rows."""
         spent, pos = 0.0, 0
         for g in range(pf.num_row_groups):
             t = decode(pf, g)
             cols = [arrow_values(t.column(c).chunks[0]) for c in names]
-            spent += cpu(lambda: fill_columns(cols, X[pos:pos + t.num_rows]))
+            if scatter:
+                spent += cpu(lambda: fill_columns(cols, X, slots[pos:pos + t.num_rows]))
+            else:
+                spent += cpu(lambda: fill_columns(cols, X[pos:pos + t.num_rows]))
             y[pos:pos + t.num_rows] = arrow_values(t.column("y").chunks[0])
             pos += t.num_rows
         return spent
@@ -130,11 +141,11 @@ def run_one(path: Path, runs: int) -> dict[str, Any]:
             for g in range(part, pf.num_row_groups, 2):
                 t = decode(pf, g)
                 pos = g * pf.metadata.row_group(0).num_rows
-                fill_columns([arrow_values(t.column(c).chunks[0]) for c in names], X2[pos:pos + t.num_rows])
+                fill_columns([arrow_values(t.column(c).chunks[0]) for c in names], X2, slots[pos:pos + t.num_rows])
             spent[part] = time.thread_time() - t0
 
         def train() -> None:
-            spent[2] = cpu(lambda: kernel_pass(X, y, order))
+            spent[2] = cpu(lambda: kernel_pass(X, y, in_order))
 
         threads = [threading.Thread(target=read, args=(0,)), threading.Thread(target=read, args=(1,)),
                    threading.Thread(target=train)]
@@ -144,15 +155,16 @@ def run_one(path: Path, runs: int) -> dict[str, Any]:
             t.join()
         return sum(spent)
 
-    copy_all()  # compile, and fill the window for the kernel runs
-    order = plan_order(path)
+    in_order = np.arange(n)
+    copy_all(False)  # compile both ways; the scattered copy last, so X is laid out as fit's windows are
+    copy_all()
     XF = np.asfortranarray(X)
     kernel_pass(X, y, order[:BATCH])
     kernel_pass(XF, y, order[:BATCH])
     throughput.streamsgd_fit(path)
 
-    keys = ("limit", "mapped", "decode", "copy", "kernel", "kernel_sequential", "kernel_columns", "together",
-            "fit")
+    keys = ("limit", "mapped", "decode", "copy", "copy_sequential", "kernel", "kernel_gather", "kernel_columns",
+            "together", "fit")
     times: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -162,9 +174,10 @@ def run_one(path: Path, runs: int) -> dict[str, Any]:
         decode_all(pf, True)
         times["mapped"].append(time.perf_counter() - t0)
         times["decode"].append(cpu(lambda: decode_all(pf, False)))
+        times["copy_sequential"].append(copy_all(False))
         times["copy"].append(copy_all())
-        times["kernel"].append(cpu(lambda: kernel_pass(X, y, order)))
-        times["kernel_sequential"].append(cpu(lambda: kernel_pass(X, y, np.arange(n))))
+        times["kernel"].append(cpu(lambda: kernel_pass(X, y, in_order)))
+        times["kernel_gather"].append(cpu(lambda: kernel_pass(X, y, order)))
         times["kernel_columns"].append(cpu(lambda: kernel_pass(XF, y, order)))
         times["together"].append(together())
         t0 = time.perf_counter()
@@ -181,7 +194,7 @@ def run_one(path: Path, runs: int) -> dict[str, Any]:
         "cpu_ceiling": med["limit"] / cpu_floor, "trainer_ceiling": med["limit"] / med["kernel"],
         "contended_ceiling": med["limit"] / (med["together"] / cores),
         "ceiling": ceiling, "fit_ratio": med["limit"] / med["fit"],
-        "column_major_kernel_slowdown": med["kernel_columns"] / med["kernel"],
+        "column_major_kernel_slowdown": med["kernel_columns"] / med["kernel_gather"],
     }
 
 
@@ -207,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  limit (decode-only wall, pyarrow's threads) {ns['limit']:7.0f}")
         print(f"  the same, memory-mapped                     {ns['mapped']:7.0f}")
         print(f"  decode, CPU on one thread                   {ns['decode']:7.0f}")
-        print(f"  copy into window rows, CPU                  {ns['copy']:7.0f}")
-        print(f"  kernel in plan order, CPU                   {ns['kernel']:7.0f}")
-        print(f"  kernel in file order, CPU                   {ns['kernel_sequential']:7.0f}")
+        print(f"  copy into the plan's slots, CPU             {ns['copy']:7.0f}")
+        print(f"  copy into consecutive rows, CPU             {ns['copy_sequential']:7.0f}")
+        print(f"  kernel over the window in sequence, CPU     {ns['kernel']:7.0f}")
+        print(f"  kernel gathering by the plan's order, CPU   {ns['kernel_gather']:7.0f}")
         print(f"  kernel on a column-major window, CPU        {ns['kernel_columns']:7.0f}"
-              f"  ({t['column_major_kernel_slowdown']:.1f}x the row-major kernel)")
+              f"  ({t['column_major_kernel_slowdown']:.1f}x the row-major gathering kernel)")
         print(f"  the three stages at once, CPU               {ns['together']:7.0f}")
         print(f"  fit, wall                                   {ns['fit']:7.0f}")
         target = TARGETS.get(d)

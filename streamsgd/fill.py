@@ -1,7 +1,9 @@
 """Compiled copies of decoded data into a window's rows, checking every value on the way.
 
-The window buffer is row-major (the gradient kernels gather shuffled rows from it); Parquet
-decodes column by column, Zarr and in-memory arrays hand over row-major blocks. Each copy
+The window buffer is row-major and already shuffled: each copy writes row ``j`` of a chunk
+to the window row ``rows[j]`` the plan gives it, so the trainer reads the window in order
+(random writes are absorbed by the store buffers; random reads stall the one thread that
+trains, DESIGN.md §3). Parquet decodes column by column, Zarr and in-memory arrays hand over row-major blocks. Each copy
 here is one pass that also casts to the window's dtype and finds the first non-finite
 value, so a window costs one write of its bytes after decoding: no intermediate stacked
 copy, no separate finiteness pass (together they were 55 % of a reader's time at d = 100).
@@ -85,16 +87,16 @@ _KINDS = {np.dtype(t): k for k, t in enumerate((np.float32, np.float64, np.int32
 
 
 @njit(nogil=True, cache=True)
-def _fill_columns(addresses, kinds, X):
-    """``X[:, j] = column j`` (``X.shape[0]`` values of dtype ``_KINDS`` code ``kinds[j]`` at
-    ``addresses[j]``); returns the first column given a non-finite value, or -1.
+def _fill_columns(addresses, kinds, X, rows):
+    """``X[rows[i], j] = column j[i]`` (``rows.size`` values of dtype ``_KINDS`` code
+    ``kinds[j]`` at ``addresses[j]``); returns the first column given a non-finite value, or -1.
 
-    Each block of rows is transposed in a buffer that stays in L2, then streamed to ``X``
-    whole. A fit of 2M x 100 float32 rows with Arrow's system pool (as the CLI runs) took
+    Each block of rows is transposed in a buffer that stays in L2, then streamed to its
+    rows of ``X``. A fit of 2M x 100 float32 rows with Arrow's system pool (as the CLI runs) took
     1.08 s against 1.24 s writing ``X`` in place with ordinary stores (median of 10 each,
     alternated); with pyarrow's default pool the two were within noise.
     """
-    n, d = X.shape
+    n, d = rows.size, X.shape[1]
     out = X.reshape(-1)
     block = np.empty((BLOCK_ROWS, d), X.dtype)
     flat = block.reshape(-1)
@@ -117,15 +119,17 @@ def _fill_columns(addresses, kinds, X):
                 scan = _column_into(carray(_pointer_like(addresses[j], witnesses[4]), n), i0, i1, block, j)
             if scan != 0.0 and (bad < 0 or j < bad):
                 bad = j
-        base = i0 * d
-        for k in range((i1 - i0) * d):
-            _store_streaming(out, base + k, flat[k])
+        for r in range(i1 - i0):
+            base = rows[i0 + r] * d
+            for k in range(d):
+                _store_streaming(out, base + k, flat[r * d + k])
     _fence()
     return bad
 
 
-def fill_columns(columns: list[NDArray], X: NDArray) -> int:
-    """Copy 1-D ``columns`` (any numeric dtypes) into the columns of row-major ``X``.
+def fill_columns(columns: list[NDArray], X: NDArray, rows: NDArray[np.int64] | None = None) -> int:
+    """Copy 1-D ``columns`` (any numeric dtypes) into the columns of row-major ``X``: value
+    ``i`` of each into row ``rows[i]`` (default: row ``i``).
 
     Returns the first column of ``X`` that received a non-finite value (NaN, infinity, or a
     number beyond ``X.dtype``'s range), or -1.
@@ -139,7 +143,12 @@ def fill_columns(columns: list[NDArray], X: NDArray) -> int:
         prepared.append(np.ascontiguousarray(c))
     addresses = np.array([c.ctypes.data for c in prepared], dtype=np.int64)
     kinds = np.array([_KINDS[c.dtype] for c in prepared], dtype=np.int64)
-    return _fill_columns(addresses, kinds, X)
+    return _fill_columns(addresses, kinds, X, _rows(rows, X))
+
+
+def _rows(rows: NDArray[np.int64] | None, X: NDArray) -> NDArray[np.int64]:
+    """The destination rows of a copy: ``rows``, or all of ``X``'s in order."""
+    return np.arange(X.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
 
 
 @njit(nogil=True, cache=True)
@@ -152,21 +161,27 @@ def _first_bad_column(X, i, bad):
     return bad
 
 
+def copy_rows(block: NDArray, X: NDArray, rows: NDArray[np.int64] | None = None) -> int:
+    """``X[rows] = block`` (default ``X[...] = block``; any numeric dtypes); returns the first
+    column given a non-finite value, or -1."""
+    return _copy_rows(block, X, _rows(rows, X))
+
+
 @njit(nogil=True, cache=True, fastmath={"reassoc"})
-def copy_rows(block, X) -> int:
-    """``X[...] = block`` (same shape, any numeric dtypes); returns the first column given a
-    non-finite value, or -1 (the scan of ``_column_into``, row by row)."""
-    n, d = X.shape
+def _copy_rows(block, X, rows):
+    """``X[rows[i]] = block[i]``, with the scan of ``_column_into`` row by row."""
+    d = X.shape[1]
     zero = X.dtype.type(0.0)
     bad = -1
-    for i in range(n):
+    for i in range(rows.size):
+        r = rows[i]
         scan = zero
         for j in range(d):
             v = X.dtype.type(block[i, j])
-            X[i, j] = v
+            X[r, j] = v
             scan += v * zero
         if scan != zero:
-            bad = _first_bad_column(X, i, bad)
+            bad = _first_bad_column(X, r, bad)
     return bad
 
 

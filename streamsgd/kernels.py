@@ -349,19 +349,22 @@ CURVATURE = {
 
 
 @njit(nogil=True, cache=True)
-def moments(X):
-    """Per-column mean and sum of squared deviations (float64), for Chan's parallel merge."""
-    n, d = X.shape
+def moments(X, rows):
+    """Per-column mean and sum of squared deviations (float64) of rows ``X[rows]``, taken in
+    that order (the sums, hence the bits, depend on it), for Chan's parallel merge."""
+    n, d = rows.size, X.shape[1]
     mean = np.zeros(d)
     m2 = np.zeros(d)
     for i in range(n):
+        r = rows[i]
         for j in range(d):
-            mean[j] += X[i, j]
+            mean[j] += X[r, j]
     for j in range(d):
         mean[j] /= max(n, 1)
     for i in range(n):
+        r = rows[i]
         for j in range(d):
-            t = X[i, j] - mean[j]
+            t = X[r, j] - mean[j]
             m2[j] += t * t
     return mean, m2
 

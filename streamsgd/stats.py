@@ -114,18 +114,24 @@ def target_labels(source: Source, readers: int) -> tuple[NDArray, NDArray[np.int
     return (labels.astype(str) if labels.dtype == object else labels), counts
 
 
-def standardization(X: NDArray, standardize: bool) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Mean and scale of each column of ``X`` (zeros and ones when ``standardize`` is off)."""
+def standardization(
+    X: NDArray, standardize: bool, rows: NDArray[np.int64] | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and scale of each column of ``X`` (zeros and ones when ``standardize`` is off),
+    summed over ``X[rows]`` in that order (default: all rows in order)."""
     d = X.shape[1]
     if not standardize or X.shape[0] == 0:
         return np.zeros(d), np.ones(d)
-    mean, m2 = moments(X)
+    mean, m2 = moments(X, np.arange(X.shape[0], dtype=np.int64) if rows is None else rows)
     std = np.sqrt(m2 / X.shape[0])
     # constant columns keep scale 1, as scikit-learn's StandardScaler does
     return mean, np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
 
 
-def row_sample(X: NDArray, rows: int = SAMPLE_ROWS) -> NDArray:
-    """Up to ``rows`` evenly spaced rows of ``X`` (a copy, so ``X`` can be freed)."""
+def row_sample(X: NDArray, rows: int = SAMPLE_ROWS, order: NDArray[np.int64] | None = None) -> NDArray:
+    """Up to ``rows`` evenly spaced rows of ``X[order]`` (default: of ``X``), as a copy, so
+    ``X`` can be freed."""
     step = max(1, X.shape[0] // rows)
-    return X[::step][:rows].copy()
+    if order is None:
+        return X[::step][:rows].copy()
+    return X[order[::step][:rows]]

@@ -1,29 +1,47 @@
-"""The rows of one epoch in plan order: the plan's windows, read ahead, each with its row
-permutation. The trainer cuts them into batches (``loop.train_rows``).
+"""The rows of one epoch in plan order: the plan's windows, read ahead, each laid out in its
+training order. The trainer cuts them into batches (``loop.train_rows``).
 
 The stream owns the prefetcher and hands a window's bytes back once the trainer asks for
 the next one, so at most the window being trained on, plus what the byte budget admits
-ahead of it, is alive. When the whole data set is one window it stays resident across
-epochs and later epochs only re-index it: small data then costs no I/O and no thread
-start per epoch, while visiting rows in exactly the order a re-read would.
+ahead of it, is alive. The readers run on across epoch boundaries (the next epoch's plan
+is known), up to ``last_epoch``, so the first window of an epoch is read while the last
+one of the epoch before is trained on. When the whole data set is one window it stays
+resident across epochs and later epochs only re-index it: small data then costs no I/O
+and no thread start per epoch, while visiting rows in exactly the order a re-read would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .shuffle import epoch_plan, row_order
 from .sources import Source
+from .prefetch import Prefetcher
 from .windows import Window, prefetch_windows
 
 
 @dataclass
+class _Readers:
+    """Readers running ahead: their context (exited to stop them), the prefetcher, its
+    stream of windows, and the (epoch, window) it yields next."""
+
+    context: Any
+    prefetcher: Prefetcher
+    windows: Iterator[Window]
+    next: tuple[int, int]
+
+
+@dataclass
 class EpochStream:
-    """Windows and row orders for any epoch of the plan (seed, window size, strata)."""
+    """Windows and row orders for any epoch of the plan (seed, window size, strata).
+
+    Call :meth:`close` when done: it stops the readers that run ahead.
+    """
 
     source: Source
     model: str
@@ -34,33 +52,81 @@ class EpochStream:
     readers: int
     dtype: np.dtype
     strata: NDArray[np.float64] | None = None
+    #: the last epoch the readers may read ahead into (None: no bound)
+    last_epoch: int | None = None
     _resident: tuple[Window, NDArray[np.int64]] | None = field(default=None, init=False)
+    _ahead: _Readers | None = field(default=None, init=False)
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[Window, NDArray[np.int64]]]:
-        """(window, order) pairs: train on ``window.X[order]`` in that order.
+        """(window, order) pairs: train on ``window.X[order]`` in that order. A window read
+        from the source comes laid out in its training order, so its ``order`` is the
+        identity; only a resident window is re-indexed.
 
         ``skip`` rows of the epoch's order are left out, and windows wholly inside them are
         not read at all: a resumed run starts where it stopped without replaying I/O.
         """
-        windows = epoch_plan(self.source.chunk_rows, self.seed, epoch, self.window_rows, self.shuffle, self.strata,
-                             getattr(self.source, "chunk_groups", None))
+        windows = self._plan(epoch)
         if len(windows) == 1 and self._resident is not None:
             window, order = self._resident_order(epoch, windows[0])
             yield window, order[skip:]
             return
-        sizes = np.array([sum(self.source.chunk_rows[c] for c in chunks) for chunks in windows], dtype=np.int64)
-        ends = np.cumsum(sizes)
+        ends = np.cumsum([self._rows(chunks) for chunks in windows])
         first = int(np.searchsorted(ends, skip, side="right"))
         offset = skip - int(ends[first - 1]) if first else skip
-        todo = windows[first:]
-        with prefetch_windows(self.source, todo, self.dtype, self.model, self.readers, self.buffer_bytes) as stream:
-            for w, window in enumerate(stream, start=first):
-                if len(windows) == 1:
-                    self._resident = (window, _row_ids(self.source, window.chunks))
-                order = row_order(window.X.shape[0], self.seed, epoch, w, self.shuffle)
-                yield window, (order[offset:] if w == first else order)
-                stream.release(window.nbytes)
+        reader = self._reader(epoch, first, across=len(windows) > 1)
+        finished = False
+        try:
+            for w in range(first, len(windows)):
+                window = next(reader.windows)
+                reader.next = (epoch, w + 1) if w + 1 < len(windows) else (epoch + 1, 0)
+                if len(windows) == 1:  # the row id held in each place of the buffer
+                    self._resident = (window, _row_ids(self.source, window.chunks)[self._order(epoch, w)])
+                in_order = np.arange(window.X.shape[0], dtype=np.int64)
+                yield window, (in_order[offset:] if w == first else in_order)
+                reader.prefetcher.release(window.nbytes)
                 del window  # not kept alive while the next one is read
+            finished = True
+        finally:
+            if not finished or len(windows) == 1:  # left mid-epoch (or nothing to read ahead): stop the readers
+                self.close()
+
+    def close(self) -> None:
+        """Stop the readers and join their threads."""
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            ahead.context.__exit__(None, None, None)
+
+    def _reader(self, epoch: int, first: int, across: bool) -> _Readers:
+        """The windows from window ``first`` of ``epoch`` on: the running readers when they
+        are there already, else new ones (reading on into later epochs when ``across``)."""
+        if self._ahead is not None and self._ahead.next == (epoch, first):
+            return self._ahead
+        self.close()
+        last = self.last_epoch if across else epoch
+
+        def items() -> Iterator[tuple[int, int, NDArray[np.int64]]]:
+            e, w = epoch, first
+            while last is None or e <= last:
+                windows = self._plan(e)
+                for k in range(w, len(windows)):
+                    yield e, k, windows[k]
+                e, w = e + 1, 0
+
+        context = prefetch_windows(self.source, items(), self.dtype, self.model, self.readers, self.buffer_bytes,
+                                   lambda e, w, rows: row_order(rows, self.seed, e, w, self.shuffle))
+        prefetcher = context.__enter__()
+        self._ahead = _Readers(context, prefetcher, iter(prefetcher), (epoch, first))
+        return self._ahead
+
+    def _plan(self, epoch: int) -> list[NDArray[np.int64]]:
+        return epoch_plan(self.source.chunk_rows, self.seed, epoch, self.window_rows, self.shuffle, self.strata,
+                          getattr(self.source, "chunk_groups", None))
+
+    def _rows(self, chunks: NDArray[np.int64]) -> int:
+        return int(sum(self.source.chunk_rows[c] for c in chunks))
+
+    def _order(self, epoch: int, w: int) -> NDArray[np.int64]:
+        return row_order(self._rows(self._plan(epoch)[w]), self.seed, epoch, w, self.shuffle)
 
     def _resident_order(self, epoch: int, chunks: NDArray[np.int64]) -> tuple[Window, NDArray[np.int64]]:
         window, resident_ids = self._resident

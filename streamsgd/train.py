@@ -34,7 +34,7 @@ from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from .sources.subset import ChunkSubset
 from .stats import chunk_target_means, row_sample, standardization
 from .stream import EpochStream
-from .windows import read_window, return_freed_buffers_to_os
+from .windows import Window, read_window, return_freed_buffers_to_os
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
@@ -420,17 +420,20 @@ def fit(
             return True
         return config.steps is None and counters[EPOCH] >= n_epochs
 
+    # the readers read ahead into the next epoch, up to the last one the run should reach
+    # (only the read-ahead depends on it: a run that goes further starts its readers afresh)
+    last_epoch = n_epochs - 1 if total_steps is None else math.ceil(total_steps / ipe) - 1
     stream = EpochStream(source, config.model, config.seed, config.shuffle, plan.window_rows,
-                         plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata)
+                         plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata, last_epoch)
     try:
         while not done():
             epoch = int(counters[EPOCH])
             # a checkpoint may fall inside a batch that straddles two windows: its rows so far
             # are in gw and FILLED, and the stream resumes right after them
-            with closing(stream.epoch(epoch, int(counters[EPOCH_ROWS]))) as windows:  # joins the readers
+            with closing(stream.epoch(epoch, int(counters[EPOCH_ROWS]))) as windows:  # left early: stops the readers
                 for window, order in windows:
                     if st.hyper is None:  # the first window: standardisation and step size from it
-                        _start(st, window.X, config, init, N, B)
+                        _start(st, window, config, init, N, B)
                     pos = 0
                     while pos < order.size and not done():
                         pos = train_rows(window.X, window.y, order, pos, order.size, next_stop(), spec, st.hyper,
@@ -483,6 +486,7 @@ def fit(
             save_checkpoint()
         raise
     finally:
+        stream.close()  # joins the readers running ahead
         log.close()
 
     train_seconds = time.perf_counter() - train_start
@@ -612,8 +616,10 @@ def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
     return {k: (float(estimate[k]) if math.isfinite(estimate[k]) else None) for k in keys}
 
 
-def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int, B: int) -> None:
-    """Standardisation, step size and starting point, from the first window (or ``init``)."""
+def _start(st: _State, window: Window, config: FitConfig, init: Model | None, N: int, B: int) -> None:
+    """Standardisation, step size and starting point, from the first window (or ``init``),
+    its rows taken chunk after chunk: the figures do not depend on the shuffle's layout."""
+    X, rows = window.X, window.slots
     d = X.shape[1]
     if init is not None:  # its parameters in its standardised space, one block per class for softmax
         st.mean, st.scale = np.asarray(init.mean, dtype=np.float64), np.asarray(init.scale, dtype=np.float64)
@@ -623,8 +629,8 @@ def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int
             st.theta[c * (d + 1):c * (d + 1) + d] = coef[c] * st.scale
             st.theta[c * (d + 1) + d] = intercept[c] + float(coef[c] @ st.mean)
     else:
-        st.mean, st.scale = standardization(X, config.standardize)
-    st.sample = row_sample(X)
+        st.mean, st.scale = standardization(X, config.standardize, rows)
+    st.sample = row_sample(X, order=rows)
     if config.lr is None:
         lr0 = default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature)
         if config.optimizer in ("momentum", "nesterov"):  # heavy ball: the step is η / (1 − β) in effect

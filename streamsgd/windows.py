@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,15 +20,19 @@ from .sources import Source
 
 @dataclass
 class Window:
-    """Rows of some chunks, in plan order.
+    """Rows of some chunks: in the order the trainer visits them (a read with the plan's row
+    order), else chunk after chunk.
 
     X : ndarray of shape (rows, n_features), C-contiguous
     y : ndarray of shape (rows,) or None when the source has no target
+    slots : for a window laid out in training order, the place of each row of the chunks
+        laid end to end (``X[slots]`` is the window chunk after chunk); else None
     """
 
     X: NDArray
     y: NDArray | None
     chunks: NDArray[np.int64]
+    slots: NDArray[np.int64] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -46,27 +50,41 @@ def read_window(
     dtype: np.dtype,
     with_target: bool,
     pool: ThreadPoolExecutor | None = None,
+    order: NDArray[np.int64] | None = None,
 ) -> Window:
     """Decode ``chunks`` into a fresh buffer, in parallel when a pool is given.
 
-    Every chunk lands at a fixed offset, so the buffer's content does not depend on the
-    number of reader threads or on which read finishes first.
+    Row ``k`` of the chunks laid end to end lands in the buffer at the fixed place ``k``,
+    or, given the window's row ``order`` (train on ``rows[order]``), at the place ``p`` with
+    ``order[p] = k``: the buffer is then already in training order, so the one thread that
+    trains reads it in sequence and the readers pay the random access, in writes. Either
+    way its content does not depend on the number of reader threads or on which read
+    finishes first.
     """
     sizes = [source.chunk_rows[c] for c in chunks]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    X = np.empty((int(offsets[-1]), len(source.features)), dtype=dtype)
-    y = np.empty(int(offsets[-1]), dtype=dtype) if with_target else None
+    n = int(offsets[-1])
+    X = np.empty((n, len(source.features)), dtype=dtype)
+    y = np.empty(n, dtype=dtype) if with_target else None
+    slots = None
+    if order is not None:
+        slots = np.empty(n, dtype=np.int64)
+        slots[order] = np.arange(n, dtype=np.int64)
 
     def one(k: int) -> None:
         s = slice(int(offsets[k]), int(offsets[k + 1]))
         c = int(chunks[k])
+        rows = None if slots is None else slots[s]
         try:
-            source.read_into(c, X[s], None if y is None else y[s])
+            if rows is None:
+                source.read_into(c, X[s], None if y is None else y[s])
+            else:
+                source.read_into(c, X, y, rows)
         except StreamSGDError:
             raise
         except Exception as exc:  # an unexpected reader failure still names the chunk
             raise SourceError(f"{source.chunk_name(c)}: read failed: {exc}") from exc
-        _check_target(source, c, None if y is None else y[s])
+        _check_target(source, c, None if y is None else y[s if rows is None else rows])
 
     if pool is None or len(chunks) == 1:
         for k in range(len(chunks)):
@@ -74,22 +92,33 @@ def read_window(
     else:
         for future in [pool.submit(one, k) for k in range(len(chunks))]:
             future.result()
-    return Window(X, y, chunks)
+    return Window(X, y, chunks, slots)
 
 
 @contextmanager
 def prefetch_windows(
-    source: Source, windows: list[NDArray[np.int64]], dtype: np.dtype, model: str, readers: int, max_bytes: int
+    source: Source,
+    windows: Iterable[tuple[int, int, NDArray[np.int64]]],
+    dtype: np.dtype,
+    model: str,
+    readers: int,
+    max_bytes: int,
+    orders: Callable[[int, int, int], NDArray[np.int64]] | None = None,
 ) -> Iterator[Prefetcher]:
-    """Read ``windows`` ahead in the background, each checked for the model's labels.
+    """Read ``windows`` ((epoch, window number, chunks) items) ahead in the background, each
+    checked for the model's labels and, given ``orders`` ((epoch, window number, rows) → its
+    row order), laid out in that order.
 
     Yields the prefetcher: iterate it for windows, ``release(window.nbytes)`` each when done.
     """
+
+    def read(item: tuple[int, int, NDArray[np.int64]]) -> Window:
+        epoch, w, chunks = item
+        order = None if orders is None else orders(epoch, w, int(sum(source.chunk_rows[c] for c in chunks)))
+        return check_labels(model, source, read_window(source, chunks, dtype, True, pool, order))
+
     with ThreadPoolExecutor(readers) as pool, Prefetcher(
-        windows,
-        lambda chunks: check_labels(model, source, read_window(source, chunks, dtype, True, pool)),
-        lambda chunks: window_bytes(source, chunks, dtype, True),
-        max_bytes,
+        windows, read, lambda item: window_bytes(source, item[2], dtype, True), max_bytes,
     ) as stream:
         yield stream
 

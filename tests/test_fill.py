@@ -34,6 +34,30 @@ def test_copy_rows_is_a_copy_with_casts(dtype):
     np.testing.assert_array_equal(X[:, :5], block[:, ::2].astype(dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_copies_scatter_rows_to_the_places_given(dtype):
+    """Row i goes to row rows[i] of a bigger window (the plan's slot); other rows untouched."""
+    n = BLOCK_ROWS * 2 + 11
+    rng = np.random.default_rng(4)
+    rows = rng.permutation(3 * n)[:n]
+    cols = columns(n)
+    X = np.full((3 * n, len(cols)), -7, dtype=dtype)
+    assert fill_columns(cols, X, rows) == -1
+    expected = np.full_like(X, -7)
+    expected[rows] = np.stack([c.astype(dtype) for c in cols], axis=1)
+    np.testing.assert_array_equal(X, expected)
+    block = rng.integers(-1000, 1000, size=(n, 5))
+    X = np.full((3 * n, 5), -7, dtype=dtype)
+    assert copy_rows(block, X, rows) == -1
+    expected = np.full_like(X, -7)
+    expected[rows] = block
+    np.testing.assert_array_equal(X, expected)
+    cols[2] = cols[2].astype(np.float64)
+    cols[2][n // 2] = np.nan  # found wherever its row lands
+    assert fill_columns(cols, np.empty((3 * n, len(cols)), dtype), rows) == 2
+    assert copy_rows(np.stack(cols, axis=1), np.empty((3 * n, len(cols)), dtype), rows) == 2
+
+
 def test_first_bad_column_is_reported_whichever_row_and_dtype_group_holds_it():
     n = BLOCK_ROWS * 2 + 3
     cols = columns(n)

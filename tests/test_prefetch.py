@@ -97,10 +97,10 @@ def test_reader_failure_mid_epoch_is_our_error(logistic_file):
     source = streamsgd.open_source(logistic_file)
     real = source.read_into
 
-    def failing(i, X, y):
+    def failing(i, X, y, rows=None):
         if i == 7:
             raise ConnectionResetError("peer reset")
-        real(i, X, y)
+        real(i, X, y, rows)
 
     source.read_into = failing
     with pytest.raises(SourceError, match=r"row group 7: read failed: peer reset") as info:

@@ -1,8 +1,9 @@
 """Where rows come from: chunked, random-access sources with sizes known from metadata.
 
 A source exposes ``chunk_rows`` (rows per chunk, read from metadata before any data) and
-``read_into(i, X, y)``, which decodes chunk ``i`` straight into a caller-owned slice of a
-window buffer, refusing NaN and infinity as it copies. The chunk is the unit of I/O: one
+``read_into(i, X, y, rows)``, which decodes chunk ``i`` straight into a caller-owned window
+buffer (its row ``j`` into row ``rows[j]``, or into a slice of its own), refusing NaN and
+infinity as it copies. The chunk is the unit of I/O: one
 Parquet row group, or one Zarr chunk along the row axis. Any fsspec URL works (local paths,
 ``file://``, ``memory://``, ``s3://`` …); ``storage_options`` go to the fsspec filesystem.
 """
@@ -36,7 +37,7 @@ class Source(Protocol):
     metadata_bytes: int  # bytes of format metadata held while reading (Parquet footers)
 
     def chunk_name(self, i: int) -> str: ...
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None: ...
+    def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None: ...
     def read_columns(self, i: int, names: Sequence[str]): ...
     def fingerprint(self) -> str: ...
     def layout(self) -> dict[str, Any]: ...

@@ -38,15 +38,15 @@ class ArraySource:
     def chunk_name(self, i: int) -> str:
         return f"array rows {self._starts[i]}..{self._starts[i] + self.chunk_rows[i] - 1}"
 
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
+    def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
         from ..fill import copy_rows
 
         s = slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
-        bad = copy_rows(self.X[s], X)
+        bad = copy_rows(self.X[s], X, rows)
         if bad >= 0:
             raise not_finite(self.X[s, bad], X.dtype, self.chunk_name(i), self.features[bad])
         if y is not None:
-            y[...] = self.y[s]
+            y[slice(None) if rows is None else rows] = self.y[s]
 
     def read_columns(self, i: int, names: Sequence[str]):
         import pyarrow as pa

@@ -115,11 +115,11 @@ class ClassIndexSource:
             )
         return arrow_values(index)
 
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
+    def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
         """Decode chunk ``i``'s features into ``X`` and its class indices into ``y``."""
-        self._source.read_into(i, X, None)
+        self._source.read_into(i, X, None, rows)
         if y is not None:
-            y[...] = self.class_index(i)
+            y[slice(None) if rows is None else rows] = self.class_index(i)
 
     def read_columns(self, i: int, names: Sequence[str]):
         """Chunk ``i`` as a pyarrow Table; the target column, if named, as class indices (float64)."""

@@ -315,23 +315,23 @@ class ParquetSource:
         pa.default_memory_pool().release_unused()
         return table
 
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
-        """Decode chunk ``i`` into ``X`` (rows x features) and ``y`` (rows,); refuse nulls,
-        NaN and infinity."""
+    def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
+        """Decode chunk ``i`` into ``X`` (rows x features) and ``y`` (rows,), its row ``j``
+        into row ``rows[j]`` when given; refuse nulls, NaN and infinity."""
         from ..fill import fill_columns  # numba: imported when data is first read
 
         names = self.features + ([self.target] if y is not None else [])
         table = self.read_columns(i, names)
         columns = [_values(table.column(n), n, self, i) for n in self.features]
-        bad = fill_columns(columns, X)  # the decoded buffers themselves: no copy before this one
+        bad = fill_columns(columns, X, rows)  # the decoded buffers themselves: no copy before this one
         if bad >= 0:
             raise not_finite(columns[bad], X.dtype, self.chunk_name(i), self.features[bad])
         if y is not None:
             if _is_text(table.schema.field(self.target).type):  # labels are read by sources.labels
                 raise DataError(f"{self.chunk_name(i)}: target column {self.target!r} holds text, not numbers; "
                                 "train --model softmax, or encode the column as numbers")
-            y[...] = to_dtype(_values(table.column(self.target), self.target, self, i), y.dtype, self.chunk_name(i),
-                              self.target)
+            y[slice(None) if rows is None else rows] = to_dtype(
+                _values(table.column(self.target), self.target, self, i), y.dtype, self.chunk_name(i), self.target)
 
     def fingerprint(self) -> str:
         """Hash of the data's manifest: files, sizes, row-group layout."""

@@ -32,8 +32,8 @@ class ChunkSubset:
     def chunk_name(self, i: int) -> str:
         return self._source.chunk_name(self._chunks[i])
 
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
-        self._source.read_into(self._chunks[i], X, y)
+    def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
+        self._source.read_into(self._chunks[i], X, y, rows)
 
     def read_columns(self, i: int, names: Sequence[str]):
         return self._source.read_columns(self._chunks[i], names)

@@ -112,12 +112,13 @@ class ZarrSource:
         except (OSError, ValueError, RuntimeError) as exc:
             raise SourceError(f"{self.chunk_name(i)}: cannot read ({retry.first_line(exc)})") from exc
 
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
-        """Decode the row block ``i`` into ``X`` and ``y``; refuse NaN and infinity."""
+    def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
+        """Decode the row block ``i`` into ``X`` and ``y``, its row ``j`` into row ``rows[j]``
+        when given; refuse NaN and infinity."""
         from ..fill import copy_rows, first_nonfinite_column  # numba: imported when data is first read
 
         where = self.chunk_name(i)
-        if self._cols is None and X.dtype == self._X.dtype and X.flags.c_contiguous:
+        if rows is None and self._cols is None and X.dtype == self._X.dtype and X.flags.c_contiguous:
             # all columns, same dtype: Zarr decodes straight into the window
             from zarr.core.buffer.cpu import NDBuffer
 
@@ -128,11 +129,11 @@ class ZarrSource:
         else:
             block = self._get(i, self._X)
             block = block if self._cols is None else block[:, self._cols]
-            bad = copy_rows(block, X)
+            bad = copy_rows(block, X, rows)
             if bad >= 0:
                 raise not_finite(block[:, bad], X.dtype, where, self.features[bad])
         if y is not None:
-            y[...] = to_dtype(self._get(i, self._y), y.dtype, where, self.target)
+            y[slice(None) if rows is None else rows] = to_dtype(self._get(i, self._y), y.dtype, where, self.target)
 
     def read_columns(self, i: int, names: Sequence[str]):
         import pyarrow as pa
