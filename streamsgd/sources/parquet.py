@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from ..config import DEFAULT_MEMORY_LIMIT
 from .cast import arrow_values, not_finite, to_dtype
+from .columns import FooterFacts, numeric_kind
 from ..errors import DataError, SourceError
 from . import retry
 
@@ -120,6 +121,7 @@ class ParquetSource:
         storage_options: Mapping[str, Any] | None = None,
         max_chunk_bytes: int | None = None,
         max_chunk_rows: int | None = None,
+        exclude: Sequence[str] | None = None,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -142,10 +144,13 @@ class ParquetSource:
         self.partition_columns = [k for k in keys if k not in schema.names]
         self.columns = list(schema.names) + self.partition_columns
         self.target = target
-        self.features = _resolve_columns(self.paths[0], schema, self.partition_columns, target, features,
-                                         feature_hint)
+        self.features, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
+                                                       features, feature_hint, exclude)
+        self.column_types = {f.name: f.type for f in schema}
         self.target_type = str(schema.field(target).type) if target is not None else None
         used = self.features + ([target] if target is not None else [])
+        #: null counts, constant and id-like columns, from the footers as they are parsed
+        self.footer_facts = FooterFacts([n for n in used if n not in self.partition_columns])
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
         self._max_chunk_bytes = int(max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES)
         self._max_chunk_rows = int(max_chunk_rows) if max_chunk_rows else None
@@ -155,6 +160,7 @@ class ParquetSource:
             if f > 0:
                 self._check_schema(f, schema, used)
             meta = self._metas[f]
+            self.footer_facts.add(meta)
             self._file_rows.append(int(meta.num_rows))
             self._group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
             self._footer_bytes.append(int(meta.serialized_size))
@@ -560,12 +566,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _is_numeric(field) -> bool:
-    import pyarrow as pa
-
-    t = field.type
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    """Numbers, booleans, decimals, dates and timestamps (plain or dictionary-encoded): see ``columns``."""
+    return numeric_kind(field.type) is not None
 
 
 def _is_text(t) -> bool:
@@ -587,10 +589,14 @@ def _check_numeric(path: str, field, fix: str = "choose numeric columns with --f
 
 def _resolve_columns(
     path: str, schema, partitions: list[str], target: str | None, features: Sequence[str] | None,
-    feature_hint: str,
-) -> list[str]:
+    feature_hint: str, exclude: Sequence[str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The feature columns and the skipped ones with their reasons (``columns.select``),
+    after checking the target and every feature named outright (not by a glob)."""
+    from .columns import is_glob, select
+
     names = schema.names
-    wanted = list(features) if features is not None else []
+    wanted = [n for n in features if n in names or n in partitions or not is_glob(n)] if features is not None else []
     if target is not None:
         wanted.append(target)
     for name in wanted:
@@ -606,13 +612,8 @@ def _resolve_columns(
         if name == target and _is_text(schema.field(name).type):
             continue  # text labels: softmax reads them as class indices, other models refuse them (sources.labels)
         _check_numeric(path, schema.field(name), hint)
-    if features is not None:
-        return list(features)
     # partition columns are only used when named
-    chosen = [n for n in names if n != target and _is_numeric(schema.field(n))]
-    if not chosen:
-        raise DataError(f"{path}: no numeric feature column besides the target {target!r}")
-    return chosen
+    return select(path, {f.name: f.type for f in schema}, partitions, target, features, exclude, feature_hint)
 
 
 def _values(column, name: str, source, i: int) -> NDArray:
