@@ -63,7 +63,7 @@ def numeric_kind(t: Any) -> str | None:
 
 #: what a non-numeric kind of column is read as, for the report
 READ_AS = {"boolean": "0/1", "decimal": "float64", "date": "seconds since the epoch",
-           "timestamp": "seconds since the epoch (UTC)"}
+           "timestamp": "seconds since the epoch"}
 
 
 def skip_reason(t: Any) -> str:
@@ -300,7 +300,7 @@ def describe(source: Any) -> dict[str, Any]:
 def summary_line(report: dict[str, Any], limit: int = 12) -> str:
     """One readable line: the features (type where not plain numbers), and the skipped columns."""
     feats = [c for c in report["columns"] if c["role"] == "feature"]
-    shown = [c["name"] + (f" ({c['type']} as {c['read_as']})" if "read_as" in c else "") for c in feats[:limit]]
+    shown = [c["name"] + (f" ({c['type']} -> {c['read_as']})" if "read_as" in c else "") for c in feats[:limit]]
     more = f", … ({len(feats) - limit} more)" if len(feats) > limit else ""
     line = f"{len(feats)} features: {', '.join(shown)}{more}"
     others = [c for c in report["columns"] if c["role"] != "feature"]
