@@ -43,8 +43,9 @@ _NUMPY = {name: np.dtype(name) for name in ("int8", "int16", "int32", "int64", "
 _NUMPY.update({"halffloat": np.dtype("float16"), "float": np.dtype("float32"), "double": np.dtype("float64")})
 
 
-#: Seconds per tick of a timestamp or date type's stored integer, by unit.
-_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+#: Ticks per second of a timestamp type's stored integer, by unit (a division rounds once,
+#: so 1000000000250 ms is exactly 1000000000.25 s; a product with 1e-3 would not be).
+_TICKS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 SECONDS_PER_DAY = 86_400.0
 
 
@@ -70,7 +71,7 @@ def arrow_values(array) -> NDArray:
     if pa.types.is_timestamp(t) or pa.types.is_date64(t):
         # date64 counts milliseconds; float64 seconds keep microseconds exact until year 2255
         ticks = arrow_values(array.cast(pa.int64()))
-        return ticks * (_SECONDS[t.unit] if pa.types.is_timestamp(t) else 1e-3)
+        return ticks / (_TICKS[t.unit] if pa.types.is_timestamp(t) else 1e3)
     if pa.types.is_date32(t):
         return arrow_values(array.cast(pa.int32())) * SECONDS_PER_DAY
     dtype = _NUMPY.get(str(t))

@@ -285,8 +285,8 @@ def describe(source: Any) -> dict[str, Any]:
         roles.append((source.target, "target"))
     for name, role in roles:
         t = types.get(name)
-        entry: dict[str, Any] = {"name": name, "role": role,
-                                 "type": str(t) if t is not None else getattr(source, "feature_type", None)}
+        known = getattr(source, "target_type", None) if role == "target" else getattr(source, "feature_type", None)
+        entry: dict[str, Any] = {"name": name, "role": role, "type": str(t) if t is not None else known}
         kind = numeric_kind(t) if t is not None else None
         if kind in READ_AS:
             entry["read_as"] = READ_AS[kind]
