@@ -115,6 +115,7 @@ def test_exclude_and_globs_choose_the_columns_and_the_fit_states_them(pandas_fil
     (["--exclude", "*_km"], "--exclude: the pattern '\\*_km' matches no column of .*; fix --exclude"),
     (["--exclude", "idd"], "--exclude: no column 'idd' of .*; fix --exclude"),
     (["--exclude", "y"], "--exclude: 'y' is the target column"),
+    (["--features", "carrier_a,carrier_*", "--features", "carrier_a"], "--features: 'carrier_a' is given more than once"),
 ])
 def test_a_pattern_or_exclusion_that_matches_nothing_is_a_usage_error(pandas_file, tmp_path, args, pattern):
     proc = run_cli("fit", pandas_file, *args, "-o", tmp_path / "m.npz", check=False)

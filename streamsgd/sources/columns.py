@@ -120,6 +120,9 @@ def select(
         candidates = [n for n in names if n != target]
     else:
         candidates = []
+        repeated = sorted({n for n in explicit if list(features).count(n) > 1})
+        if repeated:
+            raise UsageError(f"--features: {repeated[0]!r} is given more than once; name each column once")
         for pattern in features:
             found = [pattern] if pattern in explicit else _matches(path, "--features", [pattern], names)
             candidates += [n for n in found if n not in candidates and (n in explicit or n != target)]
@@ -218,8 +221,8 @@ class FooterFacts:
             self._last_max[name] = high
 
     def constant(self, name: str) -> tuple[bool, Any]:
-        """(whether every row holds the same value, that value)."""
-        return bool(self._constant.get(name) and self.rows), self._value.get(name)
+        """(whether every row holds the same value, that value); never for one row, where every column is."""
+        return bool(self._constant.get(name) and self.rows > 1), self._value.get(name)
 
     def sequence(self, name: str) -> bool:
         """Whether the column's values are distinct consecutive integers in row order (a row number)."""
