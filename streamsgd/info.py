@@ -53,7 +53,7 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     layout = getattr(source, "layout", None)
     if layout is not None:
         out.update(layout())  # store, and the format's own chunking (row groups, chunk shape)
-    out.update(describe_columns(source))
+    out.update(describe_columns(source, nulls=True))
     if config.steps is not None and ipe:
         out["steps"] = config.steps
         out["full_epochs"] = config.steps // ipe

@@ -144,9 +144,9 @@ class ParquetSource:
         self.partition_columns = [k for k in keys if k not in schema.names]
         self.columns = list(schema.names) + self.partition_columns
         self.target = target
-        self.features, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
-                                                       features, feature_hint, exclude)
         self.column_types = {f.name: f.type for f in schema}
+        self.features, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
+                                                       features, feature_hint, exclude, self.column_types)
         self.target_type = str(schema.field(target).type) if target is not None else None
         used = self.features + ([target] if target is not None else [])
         #: null counts, constant and id-like columns, from the footers as they are parsed
@@ -379,6 +379,13 @@ class ParquetSource:
                     "column out of --features"
                 )
 
+    def null_counts(self) -> dict[str, int | None]:
+        """Null count of each used column from the footers (None where they do not say);
+        reads every file's footer again beyond the few kept."""
+        from .columns import count_nulls
+
+        return count_nulls((self._metas[f] for f in range(len(self._files))), self.footer_facts.names)
+
     def _parse_partitions(self, names: list[str]) -> dict[tuple[int, str], float]:
         values: dict[tuple[int, str], float] = {}
         for k, f in enumerate(self._files):
@@ -589,7 +596,7 @@ def _check_numeric(path: str, field, fix: str = "choose numeric columns with --f
 
 def _resolve_columns(
     path: str, schema, partitions: list[str], target: str | None, features: Sequence[str] | None,
-    feature_hint: str, exclude: Sequence[str] | None = None,
+    feature_hint: str, exclude: Sequence[str] | None = None, types: dict[str, Any] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The feature columns and the skipped ones with their reasons (``columns.select``),
     after checking the target and every feature named outright (not by a glob)."""
@@ -613,7 +620,8 @@ def _resolve_columns(
             continue  # text labels: softmax reads them as class indices, other models refuse them (sources.labels)
         _check_numeric(path, schema.field(name), hint)
     # partition columns are only used when named
-    return select(path, {f.name: f.type for f in schema}, partitions, target, features, exclude, feature_hint)
+    types = types if types is not None else {f.name: f.type for f in schema}
+    return select(path, types, partitions, target, features, exclude, feature_hint)
 
 
 def _values(column, name: str, source, i: int) -> NDArray:
