@@ -126,6 +126,16 @@ def test_a_pattern_or_exclusion_that_matches_nothing_is_a_usage_error(pandas_fil
     assert not os.listdir(tmp_path)
 
 
+def test_tune_batch_and_info_take_exclude_and_globs_too(pandas_file):
+    proc = run_cli("tune-batch", pandas_file, "--exclude", "nope*", check=False)
+    assert proc.returncode == 2 and "--exclude: the pattern 'nope*' matches no column" in proc.stderr
+    text = run_cli("info", pandas_file, "--features", "carrier_*,when", "--exclude", "carrier_b").stdout
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    assert "column carrier_a feature double nulls 0" in lines
+    assert any(re.fullmatch(r"column when feature timestamp\[.*\] as seconds since the epoch nulls 0", x) for x in lines)
+    assert "skipped carrier_b excluded by --exclude" in lines and "skipped city not in --features" in lines
+
+
 def test_a_text_column_named_in_features_is_a_data_error(pandas_file, tmp_path):
     proc = run_cli("fit", pandas_file, "--features", "carrier_a,city", "-o", tmp_path / "m.npz", check=False)
     assert proc.returncode == 3
