@@ -115,7 +115,8 @@ def fit(
         return _train(data, FitConfig(**options), metrics=metrics, on_progress=on_progress).model
     urls = as_urls(data)
     if urls is not None:
-        config = FitConfig(target=target, features=column_names(features), exclude=column_names(exclude, "exclude"), **options)
+        config = FitConfig(target=target, features=column_names(features),
+                           exclude=column_names(exclude, "exclude"), **options)
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
                              storage_options=storage_options, format=format, x_array=x_array,
                              exclude=config.exclude)

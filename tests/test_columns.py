@@ -145,6 +145,10 @@ def test_a_text_column_named_in_features_is_a_data_error(pandas_file, tmp_path):
 
 
 def test_the_index_can_still_be_named(pandas_file):
+    """A glob does not take pandas' index (nor the target); naming it outright does."""
+    every = info(pandas_file, "--features", "*")
+    assert "__index_level_0__" not in every["feature_names"] and "y" not in every["feature_names"]
+    assert every["skipped"]["__index_level_0__"].startswith("pandas index")
     assert info(pandas_file, "--features", "__index_level_0__,carrier_a")["feature_names"] == [
         "__index_level_0__", "carrier_a"]
 

@@ -116,16 +116,7 @@ def select(
         raise UsageError(f"--exclude: {target!r} is the target column; choose another --target or "
                          "leave it out of --exclude")
     explicit = {n for n in features or () if not is_glob(n) or n in types or n in partitions}
-    if features is None:
-        candidates = [n for n in names if n != target]
-    else:
-        candidates = []
-        repeated = sorted({n for n in explicit if list(features).count(n) > 1})
-        if repeated:
-            raise UsageError(f"--features: {repeated[0]!r} is given more than once; name each column once")
-        for pattern in features:
-            found = [pattern] if pattern in explicit else _matches(path, "--features", [pattern], names)
-            candidates += [n for n in found if n not in candidates and (n in explicit or n != target)]
+    candidates = _candidates(path, names, target, features, explicit)
     chosen: list[str] = []
     skipped: dict[str, str] = {}
     for name in candidates:
@@ -151,6 +142,26 @@ def select(
         raise DataError(f"{path}: no numeric feature column besides the target {target!r}"
                         + (f" (skipped {shown})" if shown else "") + "; add numeric columns or fix --features")
     return chosen, skipped
+
+
+def _candidates(path: str, names: list[str], target: str | None, features: Sequence[str] | None,
+                explicit: set[str]) -> list[str]:
+    """The columns ``--features`` asks for, in its order, each glob expanded in the file's
+    order (every column but the target without it); overlapping globs give a column once."""
+    if features is None:
+        return [n for n in names if n != target]
+    repeated = sorted({n for n in explicit if list(features).count(n) > 1})
+    if repeated:
+        raise UsageError(f"--features: {repeated[0]!r} is given more than once; name each column once")
+    out: list[str] = []
+    seen: set[str] = set()
+    for pattern in features:
+        found = [pattern] if pattern in explicit else _matches(path, "--features", [pattern], names)
+        for name in found:
+            if name not in seen and (name in explicit or name != target):
+                out.append(name)
+                seen.add(name)
+    return out
 
 
 def _matches(path: str, option: str, patterns: Sequence[str], names: list[str]) -> list[str]:
