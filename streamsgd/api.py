@@ -66,6 +66,7 @@ def fit(
     loss: str | None = None,
     target: str = "y",
     features: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     format: str = "auto",
     x_array: str = "X",
@@ -85,9 +86,10 @@ def fit(
         have labels of any type; they are stored in the model and ``predict`` returns them.
     loss : ``"log_loss"`` or ``"squared_error"`` (scikit-learn's names), or a trainer model
         name; the same as ``model=`` (give one or the other). Default: ``FitConfig.model``.
-    target, features : the target column and the feature columns of a URL's data
-        (``features=None``: every numeric column but the target). For arrays, ``features``
-        names X's columns.
+    target, features, exclude : the target column and the feature columns of a URL's data,
+        names or globs (``features=None``: every numeric column but the target, the
+        ``exclude`` list and pandas' index columns). For arrays, ``features`` names X's
+        columns and ``exclude`` is refused (pass only the columns to use).
     storage_options, format, x_array : how to read a URL, as :func:`~streamsgd.sources.open_source`.
     metrics, on_progress : a JSON-lines file for progress and epoch records, and a callback
         receiving each record.
@@ -106,13 +108,18 @@ def fit(
     which returns a :class:`~streamsgd.train.FitResult`.
     """
     options = _with_model(loss, options)
+    if exclude is not None and as_urls(data) is None:
+        raise UsageError("exclude: applies to the columns of a data set read from a path or URL; with arrays or a "
+                         "source, pass only the columns to use")
     if _is_source(data):
         return _train(data, FitConfig(**options), metrics=metrics, on_progress=on_progress).model
     urls = as_urls(data)
     if urls is not None:
-        config = FitConfig(target=target, features=column_names(features), **options)
+        config = FitConfig(target=target, features=column_names(features),
+                           exclude=column_names(exclude, "exclude"), **options)
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
-                             storage_options=storage_options, format=format, x_array=x_array)
+                             storage_options=storage_options, format=format, x_array=x_array,
+                             exclude=config.exclude)
         return _train(source, config, metrics=metrics, on_progress=on_progress).model
     if isinstance(data, tuple) and len(data) == 2:
         X, y = data
@@ -166,11 +173,11 @@ def as_urls(data: Any) -> list[str] | None:
     return None
 
 
-def column_names(names: Sequence[str] | None) -> tuple[str, ...] | None:
+def column_names(names: Sequence[str] | None, option: str = "features") -> tuple[str, ...] | None:
     if names is None:
         return None
     if isinstance(names, str):
-        raise UsageError(f"features: expected a list of column names, got the string {names!r}")
+        raise UsageError(f"{option}: expected a list of column names, got the string {names!r}")
     return tuple(str(n) for n in names)
 
 

@@ -30,6 +30,11 @@ def _check_output_dir(path: str, option: str) -> None:
         raise UsageError(f"{option}: the directory {directory} does not exist; create it first")
 
 
+#: --exclude, as fit, info and tune-batch take it
+_EXCLUDE = click.option("--exclude", multiple=True,
+                        help="Columns never used as features: names or globs ('id,*_id'), comma-separated or repeated.")
+
+
 def store_options(command):
     """Options saying where and how to read DATA: format, Zarr array names, fsspec options."""
     for option in reversed([
@@ -48,7 +53,7 @@ def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _open(data: str | tuple[str, ...], target: str | None, features, store: dict[str, Any],
-          feature_hint: str = "fix --features", memory_limit: int | None = None):
+          feature_hint: str = "fix --features", memory_limit: int | None = None, exclude=None):
     """DATA (one or several paths/URLs) as a source; with ``memory_limit``, chunks are cut to fit it."""
     from .sources import open_source
     from .train import MemoryPlan
@@ -57,7 +62,8 @@ def _open(data: str | tuple[str, ...], target: str | None, features, store: dict
     return open_source(urls[0] if len(urls) == 1 else urls, target=target, features=features,
                        feature_hint=feature_hint, storage_options=_storage_options(store["storage_option"]),
                        format=store["data_format"], x_array=store["x_array"],
-                       max_chunk_bytes=MemoryPlan.max_chunk_bytes(memory_limit) if memory_limit else None)
+                       max_chunk_bytes=MemoryPlan.max_chunk_bytes(memory_limit) if memory_limit else None,
+                       exclude=exclude)
 
 
 def _store(options: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +82,9 @@ def cli() -> None:
 @click.option("--config", "config_path", default=None, metavar="JOB.toml",
               help="Options from a TOML file; flags given here override it.")
 @click.option("--target", "--y-array", default="y", show_default=True, help="Target column (Zarr: the 1-D target array).")
-@click.option("--features", multiple=True, help="Feature columns (comma-separated or repeated); default: all numeric columns but the target.")
+@click.option("--features", multiple=True, help="Feature columns: names or globs ('carrier_*'), comma-separated or repeated; "
+                                                "default: every numeric column but the target, --exclude and pandas' index.")
+@_EXCLUDE
 @store_options
 @click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
 @click.option("--batch", default=str(FitConfig.batch), show_default=True,
@@ -147,7 +155,9 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     # text: stderr carries only warnings and errors (the summary line is on stdout, progress
     # is the bar on a terminal); json: every event, for log shippers and cron mail parsers
     log_format, quiet = opts.pop("log_format"), opts.pop("quiet")
-    _LOG = RunLog(log_format, quiet=quiet or log_format == "text")
+    # a person at a terminal also sees the start line: the columns used and skipped
+    shown = ("start",) if log_format == "text" and not quiet and sys.stderr.isatty() else ()
+    _LOG = RunLog(log_format, quiet=quiet or log_format == "text", also=shown)
     data, target, output, as_json = opts.pop("data"), opts.pop("target"), opts.pop("output"), opts.pop("as_json")
     if not data:
         raise UsageError("DATA: give the data set on the command line, or as data = … in --config")
@@ -155,12 +165,12 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     job = Job(output=output, storage_options=_storage_options(store["storage_option"]),
               **{k: opts.pop(k) for k in ("metrics", "checkpoint_dir", "checkpoint_every", "checkpoint_seconds",
                                           "keep_checkpoints", "resume", "allow_data_change", "init")})
-    config = FitConfig(target=target, features=_split(opts.pop("features")),
+    config = FitConfig(target=target, features=_split(opts.pop("features")), exclude=_split(opts.pop("exclude")),
                        memory_limit=parse_bytes(opts.pop("memory_limit")), **opts)
     _check_output_dir(output, "--output")
     if job.metrics:
         _check_output_dir(job.metrics, "--metrics")
-    source = _open(data, target, config.features, store, memory_limit=config.memory_limit)
+    source = _open(data, target, config.features, store, memory_limit=config.memory_limit, exclude=config.exclude)
     progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
         result = run(source, config, job, _LOG, on_progress=progress)
@@ -201,8 +211,9 @@ def _with_config_file(ctx: click.Context, path: str | None, given: dict[str, Any
     out = {back.get(name, name): value for name, value in merged.items()}
     if isinstance(out.get("storage_option"), dict):  # the file's table -> KEY=VALUE pairs
         out["storage_option"] = tuple(f"{k}={v}" for k, v in out["storage_option"].items())
-    if isinstance(out.get("features"), (list, tuple)):
-        out["features"] = tuple(out["features"])
+    for key in ("features", "exclude"):
+        if isinstance(out.get(key), (list, tuple)):
+            out[key] = tuple(out[key])
     return out
 
 
@@ -247,23 +258,34 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **st
 @click.argument("data", nargs=-1, required=True)
 @click.option("--target", "--y-array", default="y", show_default=True)
 @click.option("--features", multiple=True)
+@_EXCLUDE
 @store_options
 @click.option("--batch", type=int, default=FitConfig.batch, show_default=True)
 @click.option("--steps", type=int, default=None, help="Also report how many full epochs this many updates make.")
 @click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def info(data: str, target: str, features: tuple[str, ...], batch: int, steps: int | None, memory_limit: str, dtype: str, as_json: bool, **store: Any) -> None:
+def info(data: str, target: str, features: tuple[str, ...], exclude: tuple[str, ...], batch: int, steps: int | None, memory_limit: str, dtype: str, as_json: bool, **store: Any) -> None:
     """Rows, chunks, iterations per epoch, and the memory full-batch GD would need vs streaming."""
     from .info import describe
 
-    config = FitConfig(target=target, features=_split(features), batch=batch, steps=steps, memory_limit=parse_bytes(memory_limit), dtype=dtype)
-    result = describe(_open(data, target, config.features, store, memory_limit=config.memory_limit), config)
+    config = FitConfig(target=target, features=_split(features), exclude=_split(exclude), batch=batch, steps=steps, memory_limit=parse_bytes(memory_limit), dtype=dtype)
+    result = describe(_open(data, target, config.features, store, memory_limit=config.memory_limit,
+                            exclude=config.exclude), config)
     if as_json:
         click.echo(json.dumps(result))
     else:
+        columns, skipped, warnings = result.pop("columns"), result.pop("skipped"), result.pop("warnings")
         for key, value in result.items():
             click.echo(f"{key:>22}  {value}")
+        for c in columns:  # one line per column: a list of 100 would be unreadable on one
+            nulls = f"  nulls {c['null_count']}" if c.get("null_count") is not None else ""
+            read_as = f" as {c['read_as']}" if "read_as" in c else ""
+            click.echo(f"{'column':>22}  {c['name']}  {c['role']}  {c['type']}{read_as}{nulls}")
+        for name, reason in skipped.items():
+            click.echo(f"{'skipped':>22}  {name}  {reason}")
+        for w in warnings:
+            click.echo(f"{'warning':>22}  {w['message']}")
 
 
 @cli.command()
@@ -328,6 +350,7 @@ def _json_safe(obj: Any) -> Any:
 @click.argument("data", nargs=-1, required=True)
 @click.option("--target", "--y-array", default="y", show_default=True)
 @click.option("--features", multiple=True)
+@_EXCLUDE
 @store_options
 @click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
 @click.option("--validation", default=None, help="Held-out data set; default: --holdout of the chunks.")
@@ -345,16 +368,17 @@ def _json_safe(obj: Any) -> Any:
 @click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)
 @click.option("--plot", "plot_path", default=None, help="Also write the tuning figure (PNG); needs streamsgd[plot].")
 @click.option("--json", "as_json", is_flag=True)
-def tune_batch(data, target, features, validation, holdout, batches, timing_batches, trial_rows, timing_rows,
+def tune_batch(data, target, features, exclude, validation, holdout, batches, timing_batches, trial_rows, timing_rows,
                min_gain, plot_path, as_json, memory_limit, **options):
     """Time τ_f, τ_d and measure the gradient noise on DATA; suggest a batch size."""
     from .tune import plot_tuning, tune
 
     store = _store(options)
-    config = FitConfig(target=target, features=_split(features), memory_limit=parse_bytes(memory_limit), **options)
+    config = FitConfig(target=target, features=_split(features), exclude=_split(exclude),
+                       memory_limit=parse_bytes(memory_limit), **options)
     if plot_path:
         _check_output_dir(plot_path, "--plot")
-    source = _open(data, target, config.features, store, memory_limit=config.memory_limit)
+    source = _open(data, target, config.features, store, memory_limit=config.memory_limit, exclude=config.exclude)
     val = _open(validation, target, list(source.features), store) if validation else None
     result = tune(source, config, validation=val, holdout=holdout, batches=_ints(batches, "--batches"),
                   timing_batches=_ints(timing_batches, "--timing-batches"), trial_rows=trial_rows,

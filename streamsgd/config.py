@@ -67,6 +67,8 @@ class FitConfig:
     model: str = "logistic"
     target: str = "y"
     features: tuple[str, ...] | None = None
+    #: columns never used as features (names and globs), on top of pandas' index columns
+    exclude: tuple[str, ...] | None = None
     #: rows per update; "full" = N (streamed full-batch GD), "auto" = grown by the norm test
     batch: int | str = 512
     batch_min: int = 32
@@ -157,12 +159,16 @@ class FitConfig:
                 raise UsageError("--features: give at least one column name")
             if self.target in self.features:
                 raise UsageError(f"--features: the target column {self.target!r} cannot also be a feature")
+        if self.exclude is not None and self.target in self.exclude:
+            raise UsageError(f"--exclude: {self.target!r} is the target column; choose another --target or "
+                             "leave it out of --exclude")
         object.__setattr__(self, "memory_limit", parse_bytes(self.memory_limit))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, stored in the model's metadata."""
         out = asdict(self)
         out["features"] = list(self.features) if self.features is not None else None
+        out["exclude"] = list(self.exclude) if self.exclude is not None else None
         return out
 
 

@@ -65,6 +65,7 @@ class _StreamSGD(BaseEstimator):
         dtype: str = FitConfig.dtype,
         target: str = "y",
         features: list[str] | None = None,
+        exclude: list[str] | None = None,
         storage_options: dict[str, Any] | None = None,
         format: str = "auto",
         options: dict[str, Any] | None = None,
@@ -85,6 +86,7 @@ class _StreamSGD(BaseEstimator):
         self.dtype = dtype
         self.target = target
         self.features = features
+        self.exclude = exclude
         self.storage_options = storage_options
         self.format = format
         self.options = options
@@ -110,7 +112,7 @@ class _StreamSGD(BaseEstimator):
     def _config(self, **overrides: Any) -> FitConfig:
         """The estimator's parameters as a validated FitConfig (UsageError when invalid)."""
         extra = dict(self.options or {})
-        named = set(_TRAINER_PARAMS) | {"model", "target", "features"}
+        named = set(_TRAINER_PARAMS) | {"model", "target", "features", "exclude"}
         clash = sorted(named & extra.keys())
         if clash:
             raise UsageError(f"options: {clash[0]!r} is a parameter of its own; set it directly, not in options")
@@ -155,8 +157,10 @@ class _StreamSGD(BaseEstimator):
                 f"fit({urls[0]!r}, y): with a data URL the target is the column named by target= "
                 f"({self.target!r}); call fit(url) without y"
             )
-        config = self._config(target=self.target, features=column_names(self.features))
+        config = self._config(target=self.target, features=column_names(self.features),
+                              exclude=column_names(self.exclude, "exclude"))
         source = open_source(urls[0] if len(urls) == 1 else urls, target=self.target, features=config.features,
+                             exclude=config.exclude,
                              storage_options=self.storage_options, format=self.format)
         if self._is_classifier and config.model == "logistic" and _multiclass_source(source, config.readers):
             config = replace(config, model="softmax")
@@ -272,7 +276,8 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
         (:class:`~streamsgd.config.FitConfig`). ``epochs=None`` and ``steps=None`` train
         for at least 20,000 updates; ``lr=None`` measures a step size on the data.
         ``l2`` is scikit-learn's ``alpha`` in the standardised feature space.
-    target, features, storage_options, format : the target and feature columns, and how
+    target, features, exclude, storage_options, format : the target and feature columns
+        (names or globs; ``exclude``: columns never used), and how
         to read the store, when ``fit`` is given a path or URL.
     options : other FitConfig fields, passed through (e.g. ``{"readers": 4}``).
 
@@ -309,6 +314,7 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
         dtype: str = FitConfig.dtype,
         target: str = "y",
         features: list[str] | None = None,
+        exclude: list[str] | None = None,
         storage_options: dict[str, Any] | None = None,
         format: str = "auto",
         options: dict[str, Any] | None = None,
@@ -317,7 +323,7 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
             loss, batch=batch, epochs=epochs, steps=steps, lr=lr, lr_schedule=lr_schedule, power_t=power_t,
             l2=l2, seed=seed, shuffle=shuffle, standardize=standardize, average=average,
             memory_limit=memory_limit, dtype=dtype, target=target, features=features,
-            storage_options=storage_options, format=format, options=options,
+            exclude=exclude, storage_options=storage_options, format=format, options=options,
         )
 
     def __sklearn_tags__(self):
@@ -433,6 +439,7 @@ class StreamSGDRegressor(RegressorMixin, _StreamSGD):
         dtype: str = FitConfig.dtype,
         target: str = "y",
         features: list[str] | None = None,
+        exclude: list[str] | None = None,
         storage_options: dict[str, Any] | None = None,
         format: str = "auto",
         options: dict[str, Any] | None = None,
@@ -441,7 +448,7 @@ class StreamSGDRegressor(RegressorMixin, _StreamSGD):
             loss, batch=batch, epochs=epochs, steps=steps, lr=lr, lr_schedule=lr_schedule, power_t=power_t,
             l2=l2, seed=seed, shuffle=shuffle, standardize=standardize, average=average,
             memory_limit=memory_limit, dtype=dtype, target=target, features=features,
-            storage_options=storage_options, format=format, options=options,
+            exclude=exclude, storage_options=storage_options, format=format, options=options,
         )
 
     def _targets(self, y: NDArray, first: bool, classes: NDArray | None) -> NDArray[np.float64]:

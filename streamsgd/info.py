@@ -9,6 +9,7 @@ import numpy as np
 from .config import FitConfig
 from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
+from .sources.columns import describe as describe_columns
 from .train import MemoryPlan, cut_to_limit
 
 
@@ -21,7 +22,9 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     up to three windows), capped by the data size.
     ``store`` is the URL's protocol (file, s3, memory …); the chunking is reported as the
     chunk count, the smallest and largest chunk in rows, and the format's own layout:
-    files and row groups per file for Parquet, the chunk shape for Zarr.
+    files and row groups per file for Parquet, the chunk shape for Zarr. ``columns`` lists
+    each used column with its role, type and footer null count; ``skipped`` the columns
+    left out with the reason; ``warnings`` the constant and id-like features.
     """
     N = n_rows(source)
     d = len(source.features)
@@ -51,6 +54,7 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     layout = getattr(source, "layout", None)
     if layout is not None:
         out.update(layout())  # store, and the format's own chunking (row groups, chunk shape)
+    out.update(describe_columns(source, nulls=True))
     if config.steps is not None and ipe:
         out["steps"] = config.steps
         out["full_epochs"] = config.steps // ipe

@@ -23,6 +23,7 @@ from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, RunStopped, Us
 from .lock import RunLock
 from .logs import RunLog
 from .model import load
+from .sources.columns import describe as describe_columns, summary_line
 from .sources import Source
 from .train import Checkpointing, FitResult
 from .train import fit as train
@@ -80,8 +81,14 @@ def run(
         store = (CheckpointStore(job.checkpoint_dir, job.storage_options, job.keep_checkpoints)
                  if job.checkpoint_dir else None)
         resume = _resume_state(store, config, manifest, job, log) if job.resume else None
-        log.event("start", data=source.url, rows=int(sum(source.chunk_rows)), model=config.model,
-                  output=job.output, resumed_at=None if resume is None else int(resume["counters"][0]))
+        columns = describe_columns(source)
+        log.event("start", message=summary_line(columns), data=source.url, rows=int(sum(source.chunk_rows)),
+                  model=config.model, output=job.output,
+                  resumed_at=None if resume is None else int(resume["counters"][0]),
+                  detail={"features": columns["columns"], "skipped": columns["skipped"],
+                          "warnings": columns["warnings"]})
+        for warning in columns["warnings"]:
+            log.warning(warning["message"], column=warning["column"])
 
         meta = {"config": _model_options(config), "data": manifest}
 

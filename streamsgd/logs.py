@@ -43,6 +43,9 @@ class RunLog:
         swapped in later, e.g. by a test runner, is honoured).
     clock : callable, optional
         Returns the current time as an aware ``datetime``; for tests.
+    also : tuple of str
+        Kinds of event written even when ``quiet`` (the CLI shows a person at a terminal
+        the ``start`` line, which states the columns, and nothing else of a text log).
     """
 
     def __init__(
@@ -51,11 +54,13 @@ class RunLog:
         quiet: bool = False,
         stream: IO[str] | None = None,
         clock: Callable[[], datetime] | None = None,
+        also: tuple[str, ...] = (),
     ):
         if format not in FORMATS:
             raise UsageError(f"--log-format: expected one of {', '.join(FORMATS)}; got {format!r}")
         self.format = format
         self.quiet = quiet
+        self._also = also
         self._stream = stream
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._lock = threading.Lock()  # events may come from reader threads too
@@ -64,20 +69,23 @@ class RunLog:
     def stream(self) -> IO[str]:
         return self._stream if self._stream is not None else sys.stderr
 
-    def event(self, kind: str, **fields: Any) -> None:
+    def event(self, kind: str, detail: dict[str, Any] | None = None, **fields: Any) -> None:
         """Log one event of ``kind`` (one of :data:`KINDS`) with its fields.
 
         Field values may be numbers (NumPy scalars included), strings, lists, dicts or
         None; a non-finite float is written as ``null`` in JSON, since NaN is not JSON.
+        ``detail`` holds fields for the JSON form only (lists of records a person reads
+        better as the event's message).
         """
         if kind not in KINDS:
             raise ValueError(f"unknown log event {kind!r}; expected one of {', '.join(KINDS)}")
-        if self.quiet and kind not in _LOUD:
+        if self.quiet and kind not in _LOUD and kind not in self._also:
             return
         if self.format == "text" and kind == "progress":
             return
         now = self._clock().astimezone(timezone.utc)
         if self.format == "json":
+            fields = {**fields, **(detail or {})}
             record = {"time": _iso(now), "event": kind, **{k: _plain(v) for k, v in fields.items()}}
             line = json.dumps(record, allow_nan=False, default=str)
         else:

@@ -58,6 +58,7 @@ def open_source(
     x_array: str = "X",
     max_chunk_bytes: int | None = None,
     max_chunk_rows: int | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> ParquetSource | ZarrSource:
     """Open a Parquet data set (file, directory, glob, or a list of them) or a Zarr group.
 
@@ -65,6 +66,7 @@ def open_source(
     ``format="auto"`` takes a URL holding Zarr group metadata (or ending in ``.zarr``) as
     Zarr, anything else as Parquet. ``max_chunk_bytes`` / ``max_chunk_rows`` cap a chunk:
     Parquet row groups beyond them are read in slices (see :class:`ParquetSource`).
+    ``features`` and ``exclude`` take names and globs (see :mod:`streamsgd.sources.columns`).
     """
     if format not in FORMATS:
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}; got {format!r}")
@@ -78,10 +80,10 @@ def open_source(
         if len(urls) > 1:
             raise UsageError(f"{urls[0]}: a Zarr data set is one group; give one URL, not {len(urls)}")
         return ZarrSource(urls[0], target=target, features=features, feature_hint=feature_hint,
-                          storage_options=options, x_array=x_array)
+                          storage_options=options, x_array=x_array, exclude=exclude)
     return ParquetSource(urls if len(urls) > 1 else urls[0], target=target, features=features,
                          feature_hint=feature_hint, storage_options=options, max_chunk_bytes=max_chunk_bytes,
-                         max_chunk_rows=max_chunk_rows)
+                         max_chunk_rows=max_chunk_rows, exclude=exclude)
 
 
 def _is_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from ..config import DEFAULT_MEMORY_LIMIT
 from .cast import arrow_values, not_finite, to_dtype
+from .columns import FooterFacts, numeric_kind
 from ..errors import DataError, SourceError
 from . import retry
 
@@ -136,6 +137,7 @@ class ParquetSource:
         storage_options: Mapping[str, Any] | None = None,
         max_chunk_bytes: int | None = None,
         max_chunk_rows: int | None = None,
+        exclude: Sequence[str] | None = None,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -158,10 +160,13 @@ class ParquetSource:
         self.partition_columns = [k for k in keys if k not in schema.names]
         self.columns = list(schema.names) + self.partition_columns
         self.target = target
-        self.features = _resolve_columns(self.paths[0], schema, self.partition_columns, target, features,
-                                         feature_hint)
+        self.column_types = {f.name: f.type for f in schema}
+        self.features, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
+                                                       features, feature_hint, exclude, self.column_types)
         self.target_type = str(schema.field(target).type) if target is not None else None
         used = self.features + ([target] if target is not None else [])
+        #: null counts, constant and id-like columns, from the footers as they are parsed
+        self.footer_facts = FooterFacts([n for n in used if n not in self.partition_columns])
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
         self._groups: list[_Group] = []
         used_set = set(used)  # a list made the column lookup O(columns^2) on a 1000-column file
@@ -169,6 +174,7 @@ class ParquetSource:
             if f > 0:
                 self._check_schema(f, schema, used)
             meta = self._metas[f]
+            self.footer_facts.add(meta)
             self._file_rows.append(int(meta.num_rows))
             self._group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
             self._footer_bytes.append(int(meta.serialized_size))
@@ -399,6 +405,13 @@ class ParquetSource:
                     "column out of --features"
                 )
 
+    def null_counts(self) -> dict[str, int | None]:
+        """Null count of each used column from the footers (None where they do not say);
+        reads every file's footer again beyond the few kept."""
+        from .columns import count_nulls
+
+        return count_nulls((self._metas[f] for f in range(len(self._files))), self.footer_facts.names)
+
     def _parse_partitions(self, names: list[str]) -> dict[tuple[int, str], float]:
         values: dict[tuple[int, str], float] = {}
         for k, f in enumerate(self._files):
@@ -599,12 +612,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _is_numeric(field) -> bool:
-    import pyarrow as pa
-
-    t = field.type
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    """Numbers, booleans, decimals, dates and timestamps (plain or dictionary-encoded): see ``columns``."""
+    return numeric_kind(field.type) is not None
 
 
 def _is_text(t) -> bool:
@@ -626,10 +635,14 @@ def _check_numeric(path: str, field, fix: str = "choose numeric columns with --f
 
 def _resolve_columns(
     path: str, schema, partitions: list[str], target: str | None, features: Sequence[str] | None,
-    feature_hint: str,
-) -> list[str]:
+    feature_hint: str, exclude: Sequence[str] | None = None, types: dict[str, Any] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The feature columns and the skipped ones with their reasons (``columns.select``),
+    after checking the target and every feature named outright (not by a glob)."""
+    from .columns import is_glob, select
+
     names = schema.names
-    wanted = list(features) if features is not None else []
+    wanted = [n for n in features if n in names or n in partitions or not is_glob(n)] if features is not None else []
     if target is not None:
         wanted.append(target)
     for name in wanted:
@@ -645,13 +658,9 @@ def _resolve_columns(
         if name == target and _is_text(schema.field(name).type):
             continue  # text labels: softmax reads them as class indices, other models refuse them (sources.labels)
         _check_numeric(path, schema.field(name), hint)
-    if features is not None:
-        return list(features)
     # partition columns are only used when named
-    chosen = [n for n in names if n != target and _is_numeric(schema.field(n))]
-    if not chosen:
-        raise DataError(f"{path}: no numeric feature column besides the target {target!r}")
-    return chosen
+    types = types if types is not None else {f.name: f.type for f in schema}
+    return select(path, types, partitions, target, features, exclude, feature_hint)
 
 
 def _values(column, name: str, source, i: int) -> NDArray:

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .cast import not_finite, to_dtype
+from .columns import is_glob, select
 from ..errors import DataError, SourceError
 from . import retry
 from .fs import with_defaults
@@ -37,6 +38,7 @@ class ZarrSource:
         feature_hint: str = "fix --features",
         storage_options: Mapping[str, Any] | None = None,
         x_array: str = "X",
+        exclude: Sequence[str] | None = None,
     ):
         import zarr
 
@@ -71,15 +73,21 @@ class ZarrSource:
         self.target = target
         self.target_type = str(self._y.dtype) if self._y is not None else None
         self.columns = names + ([target] if target is not None else [])
-        if features is None:
+        self.skipped: dict[str, str] = {}
+        self.feature_type = str(self._X.dtype)
+        if features is None and not exclude:
             self.features, self._cols = names, None
         else:
-            missing = [f for f in features if f not in names]
+            missing = [f for f in features or () if f not in names and not is_glob(f)]
             if missing:
                 raise DataError(f"{url}: no feature {missing[0]!r} in {x_array!r} (features: "
                                 f"{', '.join(names[:20])}); {feature_hint}")
-            self.features = list(features)
-            self._cols = np.array([names.index(f) for f in features])
+            import pyarrow as pa
+
+            # every column of X is a number: select only applies the names, globs and --exclude
+            self.features, self.skipped = select(url, {n: pa.float64() for n in names}, (), None, features,
+                                                 exclude, feature_hint)
+            self._cols = np.array([names.index(f) for f in self.features])
         step = self._X.chunks[0]
         self._starts = list(range(0, n, step))
         self.chunk_rows = [min(step, n - s) for s in self._starts]
