@@ -100,7 +100,8 @@ TORCH_RECORD_BATCH = 65536
 TORCH_LR = 0.1  # constant step of torch.optim.SGD (features standardised; a usual first choice)
 #: intra-op threads of the PyTorch peer. One: a 512 x d matrix product gains nothing from a second
 #: thread, and on a loaded 2-core machine PyTorch's default (2) ran this loop 12x slower (7.0 vs
-#: 0.55 s on 200k x 20) while its OpenMP threads waited for each other. The peer still decodes on
+#: 0.55 s on 200k x 20; 19-28 vs 2.7-4.3 s on 1M x 100) while its OpenMP threads waited for each
+#: other. The peer still decodes on
 #: every core (pyarrow's own thread pool in ``iter_batches``), as streamsgd's readers do.
 TORCH_THREADS = 1
 #: streamsgd's limit for the default-writer file when the default --memory-limit refuses its
