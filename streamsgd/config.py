@@ -67,6 +67,8 @@ class FitConfig:
     model: str = "logistic"
     target: str = "y"
     features: tuple[str, ...] | None = None
+    #: a column of per-row sample weights (>= 0): L = (1/N) Σ w_i ℓ_i + penalties
+    weight: str | None = None
     #: rows per update; "full" = N (streamed full-batch GD), "auto" = grown by the norm test
     batch: int | str = 512
     batch_min: int = 32
@@ -157,6 +159,8 @@ class FitConfig:
                 raise UsageError("--features: give at least one column name")
             if self.target in self.features:
                 raise UsageError(f"--features: the target column {self.target!r} cannot also be a feature")
+        if self.weight is not None and self.weight == self.target:
+            raise UsageError(f"--weight: the target column {self.target!r} cannot also be the weight; name another column")
         object.__setattr__(self, "memory_limit", parse_bytes(self.memory_limit))
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,9 +31,9 @@ from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
 from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from .sources.subset import ChunkSubset
-from .stats import chunk_target_means, row_sample, standardization
+from .stats import chunk_target_means, max_sample_weight, row_sample, standardization
 from .stream import EpochStream
-from .windows import read_window, return_freed_buffers_to_os
+from .windows import WEIGHT_BYTES, read_window, return_freed_buffers_to_os, sample_weight_column
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
@@ -82,9 +82,9 @@ class MemoryPlan:
     @classmethod
     def for_source(cls, source: Source, config: FitConfig) -> "MemoryPlan":
         itemsize = np.dtype(config.dtype).itemsize
-        # features + target in the buffer, the window's int64 row permutation, and the
-        # one-byte masks of the label and finite checks made on every window
-        row_bytes = (len(source.features) + 1) * itemsize + 8 + 4
+        # features + target in the buffer (and a float64 sample weight), the window's int64 row
+        # permutation, and the one-byte masks of the label and finite checks made on every window
+        row_bytes = (len(source.features) + 1) * itemsize + 8 + 4 + (WEIGHT_BYTES if sample_weight_column(source) else 0)
         # format metadata held while reading (Parquet footers) beyond an allowance comes out of
         # the limit first, so peak memory stays put however many row groups a file has
         metadata = max(0, source.metadata_bytes - METADATA_ALLOWANCE)
@@ -237,6 +237,9 @@ def fit(
         raise not_numeric_target(source, config.model)
     if classes is not None and config.model != "softmax":
         raise UsageError(f"classes= fixes the classes of a softmax model; this run trains {config.model!r}: drop it")
+    if config.weight is not None and sample_weight_column(source) != config.weight:
+        raise UsageError(f"--weight {config.weight}: open the data with weight={config.weight!r} "
+                         "(streamsgd.sources.open_source) so the column is read with the target")
     d = len(source.features)
     if init is not None:
         _check_init(init, source, config)
@@ -279,7 +282,9 @@ def fit(
                         OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every,
                         int(config.noise_stats), step_offset, blocks], dtype=np.int64)
     st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model, labels, counts)
-    st.curvature = _curvature(config.model, strata, source.chunk_rows, st.cw)
+    # the default step must be safe for the heaviest row: its loss counts w_max times
+    top_weight = max_sample_weight(source, plan.readers) if sample_weight_column(source) else 1.0
+    st.curvature = _curvature(config.model, strata, source.chunk_rows, st.cw) * top_weight
     if resume is not None:
         st.restore(resume)
     spec = st.spec
@@ -370,6 +375,7 @@ def fit(
             return True
         return config.steps is None and counters[EPOCH] >= n_epochs
 
+    unweighted = np.zeros(0)  # train_rows' sw when the data has no --weight column
     stream = EpochStream(source, config.model, config.seed, config.shuffle, plan.window_rows,
                          plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata)
     try:
@@ -383,8 +389,9 @@ def fit(
                         _start(st, window.X, config, init, N, B)
                     pos = 0
                     while pos < order.size and not done():
-                        pos = train_rows(window.X, window.y, order, pos, order.size, next_stop(), spec, st.hyper,
-                                         params, st.opt_state, st.mean, st.scale, counters, sums, noise)
+                        sw = unweighted if window.w is None else window.w
+                        pos = train_rows(window.X, window.y, sw, order, pos, order.size, next_stop(), spec,
+                                         st.hyper, params, st.opt_state, st.mean, st.scale, counters, sums, noise)
                         if counters[DIVERGED]:
                             raise diverged(epoch)
                         if counters[FILLED] == 0:
@@ -509,7 +516,8 @@ def raw_parameters(theta: NDArray, blocks: int, mean: NDArray, scale: NDArray):
 
 def validation_loss(validation: ChunkSubset, config: FitConfig, st: _State) -> float:
     """Mean loss of the current parameters (the running average once it has started) on
-    the held-out chunks, read one at a time; no penalty, as scikit-learn reports it."""
+    the held-out chunks, read one at a time; no penalty, as scikit-learn reports it. With
+    sample weights, the weighted mean Σ w ℓ / Σ w (scikit-learn's metrics' sample_weight)."""
     theta = st.avg if st.counters[AVERAGED] else st.theta
     blocks = int(st.spec[BLOCKS])
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
@@ -518,9 +526,10 @@ def validation_loss(validation: ChunkSubset, config: FitConfig, st: _State) -> f
     for c in range(len(validation.chunk_rows)):
         window = read_window(validation, np.array([c]), np.float64, True)
         y = window.y if blocks == 1 else np.searchsorted(np.asarray(st.classes), window.y)
-        total += float(row_loss(config.model, window.X @ coef.T + intercept, y, param).sum())
-        rows += window.y.size
-    return total / max(rows, 1)
+        losses = row_loss(config.model, window.X @ coef.T + intercept, y, param)
+        total += float(losses.sum() if window.w is None else losses @ window.w)
+        rows += window.y.size if window.w is None else float(window.w.sum())
+    return total / rows if rows > 0 else 0.0
 
 
 def _batch_rows(config: FitConfig, N: int) -> int:

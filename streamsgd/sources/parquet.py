@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from ..config import DEFAULT_MEMORY_LIMIT
 from .cast import arrow_values, not_finite, to_dtype
-from ..errors import DataError, SourceError
+from ..errors import DataError, SourceError, UsageError
 from . import retry
 
 #: Row groups whose used columns decode to more than this are read in slices. The default
@@ -120,6 +120,7 @@ class ParquetSource:
         storage_options: Mapping[str, Any] | None = None,
         max_chunk_bytes: int | None = None,
         max_chunk_rows: int | None = None,
+        weight: str | None = None,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -145,7 +146,11 @@ class ParquetSource:
         self.features = _resolve_columns(self.paths[0], schema, self.partition_columns, target, features,
                                          feature_hint)
         self.target_type = str(schema.field(target).type) if target is not None else None
-        used = self.features + ([target] if target is not None else [])
+        #: the sample-weight column (``--weight``): read with the target, never a feature
+        self.weight = weight
+        if weight is not None:
+            self.features = _weight_apart(self.paths[0], schema, weight, features, self.features)
+        used = self.features + ([target] if target is not None else []) + ([weight] if weight is not None else [])
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
         self._max_chunk_bytes = int(max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES)
         self._max_chunk_rows = int(max_chunk_rows) if max_chunk_rows else None
@@ -613,6 +618,17 @@ def _resolve_columns(
     if not chosen:
         raise DataError(f"{path}: no numeric feature column besides the target {target!r}")
     return chosen
+
+
+def _weight_apart(path: str, schema, weight: str, features: Sequence[str] | None, chosen: list[str]) -> list[str]:
+    """The features without the weight column, which must exist and hold numbers."""
+    if weight not in schema.names:
+        raise DataError(f"{path}: no column {weight!r} (columns: {', '.join(schema.names[:20])}"
+                        f"{', …' if len(schema.names) > 20 else ''}); fix --weight")
+    _check_numeric(path, schema.field(weight), "fix --weight")
+    if features is not None and weight in features:
+        raise UsageError(f"--weight: the weight column {weight!r} cannot also be a feature; drop it from --features")
+    return [n for n in chosen if n != weight]
 
 
 def _values(column, name: str, source, i: int) -> NDArray:

@@ -18,6 +18,7 @@ class ChunkSubset:
         self.url = source.url
         self.features = list(source.features)
         self.target = source.target
+        self.weight = getattr(source, "weight", None)
         self.columns = list(source.columns)
         self.chunk_rows = [source.chunk_rows[c] for c in self._chunks]
         self.chunk_bytes = [source.chunk_bytes[c] for c in self._chunks]
