@@ -66,6 +66,7 @@ def fit(
     loss: str | None = None,
     target: str = "y",
     features: Sequence[str] | None = None,
+    weight: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     format: str = "auto",
     x_array: str = "X",
@@ -88,6 +89,9 @@ def fit(
     target, features : the target column and the feature columns of a URL's data
         (``features=None``: every numeric column but the target). For arrays, ``features``
         names X's columns.
+    weight : a URL's column of per-row sample weights (>= 0, not a feature): the objective
+        becomes (1/N) Σ w_i ℓ_i + penalties, so an integer weight k counts a row k times.
+        For arrays, use the estimators' ``fit(X, y, sample_weight=...)``.
     storage_options, format, x_array : how to read a URL, as :func:`~streamsgd.sources.open_source`.
     metrics, on_progress : a JSON-lines file for progress and epoch records, and a callback
         receiving each record.
@@ -107,13 +111,16 @@ def fit(
     """
     options = _with_model(loss, options)
     if _is_source(data):
-        return _train(data, FitConfig(**options), metrics=metrics, on_progress=on_progress).model
+        return _train(data, FitConfig(weight=weight, **options), metrics=metrics, on_progress=on_progress).model
     urls = as_urls(data)
     if urls is not None:
-        config = FitConfig(target=target, features=column_names(features), **options)
+        config = FitConfig(target=target, features=column_names(features), weight=weight, **options)
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
-                             storage_options=storage_options, format=format, x_array=x_array)
+                             storage_options=storage_options, format=format, x_array=x_array, weight=weight)
         return _train(source, config, metrics=metrics, on_progress=on_progress).model
+    if weight is not None:
+        raise UsageError("weight= names a column of a URL's data; for arrays use "
+                         "StreamSGDClassifier/StreamSGDRegressor().fit(X, y, sample_weight=...)")
     if isinstance(data, tuple) and len(data) == 2:
         X, y = data
         config = FitConfig(**options)
