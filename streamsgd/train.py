@@ -30,7 +30,7 @@ from .optim import OPTIMIZERS, SCHEDULES, default_lr, refresh_effective, schedul
 from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
 from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
-from .sources.subset import ChunkSubset
+from .sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
 from .stats import chunk_target_means, max_sample_weight, row_sample, standardization
 from .stream import EpochStream
 from .windows import WEIGHT_BYTES, read_window, return_freed_buffers_to_os, sample_weight_column
@@ -469,7 +469,8 @@ def fit(
         "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
     }
     if validation is not None:
-        metadata["validation"] = {"chunks": validation.chunks, "rows": n_rows(validation),
+        metadata["validation"] = {"split": "chunks" if isinstance(validation, ChunkSubset) else "rows",
+                                  "chunks": validation.chunks, "rows": n_rows(validation),
                                   "stopped_early_at_epoch": stopped_early}
     if init is not None:
         metadata["init"] = {"data": init.metadata.get("data"), "lineage": init.metadata.get("lineage", []),
@@ -489,17 +490,26 @@ def _curvature(model: str, strata: NDArray[np.float64], chunk_rows: list[int], c
     return c * float(cw.max())
 
 
-def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source, ChunkSubset | None]:
-    """(training chunks, validation chunks): whole chunks held out, chosen by the seed, so
-    validation rows are never trained on and the split is the same on every resume."""
+#: The random stream of the validation split (whole chunks; rows within chunks).
+SPLIT_TAG = 0x5EED
+ROW_SPLIT_TAG = 0x5EED + 1
+
+
+def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source, ChunkSubset | RowSubset | None]:
+    """(training part, validation part), chosen by the seed, so validation rows are never
+    trained on and the split is the same on every resume.
+
+    Whole chunks are held out when there are enough of them to come close to ``fraction``
+    (``holds_whole_chunks``); otherwise ``fraction`` of every chunk's rows (a file with one
+    row group, or a few).
+    """
     if fraction == 0:
         return source, None
     n = len(source.chunk_rows)
-    held = max(1, round(fraction * n))
-    if held >= n:
-        raise UsageError(f"--validation-fraction {fraction}: the data has {n} chunk(s), too few to hold out "
-                         "whole chunks and still train; lower it or write smaller row groups")
-    order = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    if not holds_whole_chunks(n, fraction):
+        return split_rows(source, fraction, seed, ROW_SPLIT_TAG)
+    held = round(fraction * n)
+    order = np.random.default_rng([seed, SPLIT_TAG]).permutation(n)
     return ChunkSubset(source, sorted(order[held:])), ChunkSubset(source, sorted(order[:held]))
 
 
@@ -514,7 +524,7 @@ def raw_parameters(theta: NDArray, blocks: int, mean: NDArray, scale: NDArray):
     return coef, intercept
 
 
-def validation_loss(validation: ChunkSubset, config: FitConfig, st: _State) -> float:
+def validation_loss(validation: ChunkSubset | RowSubset, config: FitConfig, st: _State) -> float:
     """Mean loss of the current parameters (the running average once it has started) on
     the held-out chunks, read one at a time; no penalty, as scikit-learn reports it. With
     sample weights, the weighted mean Σ w ℓ / Σ w (scikit-learn's metrics' sample_weight)."""

@@ -139,8 +139,6 @@ def test_holdout_is_whole_chunks_and_disjoint():
 
 def test_bad_options():
     X, y = linear_rows(2000, 6)
-    with pytest.raises(UsageError, match="one chunk cannot be split"):
-        tune(ArraySource(X, y), model="linear")
     with pytest.raises(UsageError, match="min_gain"):
         tune(ArraySource(X, y, chunk_rows=500), model="linear", min_gain=2.0)
     with pytest.raises(UsageError, match="two or more trial batch sizes"):
