@@ -23,7 +23,7 @@ from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageEr
 from .kernels import CURVATURE, LOSSES, row_loss
 from .loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
                    ROWS, T, finish_batch, train_rows)
-from .noise import NoiseMeter
+from .noise import NoiseMeter, reported
 from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
 from .optim import OPTIMIZERS, SCHEDULES, default_lr, refresh_effective, schedule_lr
@@ -578,7 +578,8 @@ def _grow_batch(st: _State, estimate: dict[str, Any], config: FitConfig, N: int)
 def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
     """The interval's noise figures for the metrics record (null where not estimable)."""
     keys = ("trace_sigma", "batch_grad_var", "grad_norm2", "b_simple", "temperature")
-    return {k: (float(estimate[k]) if math.isfinite(estimate[k]) else None) for k in keys}
+    shown = reported(estimate)  # a |G|² estimate <= 0 is null, never negative
+    return {k: (float(shown[k]) if math.isfinite(shown[k]) else None) for k in keys}
 
 
 def _start(st: _State, X: NDArray, config: FitConfig, init: Model | None, N: int, B: int) -> None:

@@ -32,7 +32,7 @@ from .config import FitConfig
 from .errors import UsageError
 from .kernels import GRADIENTS
 from .model import Model
-from .noise import NoiseMeter
+from .noise import NoiseMeter, reported
 from .sources.subset import ChunkSubset, holds_whole_chunks, split_rows  # ChunkSubset re-exported: tune's split
 from .optim import standardized_gradient
 from .plot import plot_tuning
@@ -260,7 +260,7 @@ def tune(
     best = min(range(len(trials)), key=lambda k: trials[k]["val_loss"])
     # the noise pass holds its rows in one buffer: no more than a shuffle window's worth
     noise_cap = min(noise_rows, MemoryPlan.for_source(train, config).window_rows)
-    noise = measure_noise(train, models[best], config.l2, noise_batch, noise_cap, config.seed, config.dtype)
+    noise = reported(measure_noise(train, models[best], config.l2, noise_batch, noise_cap, config.seed, config.dtype))
     b_simple = noise["b_simple"]
     _steps_to_target(trials, curves)
     n_iter, c_var = _iterations_model(trials, b_simple)
@@ -274,7 +274,8 @@ def tune(
         "trials": trials,
         "loss_fit": {"a": a, "c": c},
         "min_gain": min_gain,
-        "knee_batch": int(min(max(math.ceil(knee), 1), N)),
+        # the fit a + c/B only holds over the trials: never a knee below the smallest one
+        "knee_batch": int(min(max(math.ceil(knee), grid[0]), N)),
         "b_simple": b_simple,
         "trace_sigma": noise["trace_sigma"],
         "grad_norm2": noise["grad_norm2"],

@@ -99,3 +99,24 @@ def test_cli_tune_batch_on_one_row_group(tmp_path):
     assert result["rows"] + result["validation_rows"] == N
     assert abs(result["validation_rows"] - 0.2 * N) < 5 * np.sqrt(N * 0.2 * 0.8)
     assert result["knee_batch"] >= 16  # never below the smallest trial
+
+
+def test_plot_draws_val_loss_when_the_metrics_hold_it(tmp_path, monkeypatch):
+    import streamsgd.plot as plot
+
+    data = one_row_group(tmp_path / "d.parquet", seed=3)
+    metrics = tmp_path / "m.jsonl"
+    run_cli("fit", data, "--validation-fraction", "0.2", "--epochs", 3, "--batch", 64, "--log-every", 20,
+            "--metrics", metrics, "-o", tmp_path / "m.npz")
+    png = tmp_path / "curves.png"
+    run_cli("plot", metrics, "-o", png)  # the command itself
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn = {}
+    real_save = plot._save
+    monkeypatch.setattr(plot, "_save", lambda fig, out: (drawn.update(
+        {line.get_label(): line.get_ydata() for line in fig.axes[0].get_lines()}), real_save(fig, out)))
+    plot.plot_metrics([str(metrics)], str(tmp_path / "again.png"))
+    epochs = [json.loads(line) for line in metrics.read_text().splitlines()]
+    val = [r["val_loss"] for r in epochs if r.get("event") == "epoch"]
+    np.testing.assert_array_equal(drawn["m.jsonl validation"], val)
+    assert len(val) == 3 and "m.jsonl" in drawn
