@@ -246,3 +246,67 @@ def test_zarr_weight_array(tmp_path):
     df[["x0", "x1", "x2", "label", "w"]].rename(columns={"label": "y"}).to_parquet(parquet, row_group_size=200)
     np.testing.assert_array_equal(from_zarr.coef, streamsgd.fit(parquet, weight="w", **options).coef)
     assert os.path.exists(root)
+
+
+@pytest.mark.parametrize("model", ["linear", "logistic", "huber", "hinge", "poisson", "quantile"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_integer_weight_counts_a_row_that_many_times(model, dtype):
+    """accumulate_rows with weights k_i gives the sums of the same rows repeated k_i times
+    (the loop's kernel; rows in groups of four and the remainder both see the weights)."""
+    from streamsgd.kernels import LOSS_PARAM, LOSSES, accumulate_rows
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(11, 3)).astype(dtype)
+    y = (rng.random(11) > 0.5).astype(dtype) if model in ("logistic", "hinge") else rng.poisson(2.0, 11).astype(dtype)
+    k = rng.integers(0, 4, 11).astype(np.float64)
+    w, b, cw, param = rng.normal(size=3) * 0.3, 0.1, np.array([1.0, 2.0]), LOSS_PARAM.get(model, 0.0)
+    g1, g2 = np.zeros(3), np.zeros(3)
+    out1 = accumulate_rows(LOSSES[model], param, cw, X, y, k, np.arange(11), w, b, g1)
+    repeated = np.repeat(np.arange(11), k.astype(int))
+    out2 = accumulate_rows(LOSSES[model], param, cw, X, y, np.zeros(0), repeated, w, b, g2)
+    np.testing.assert_allclose(out1, out2, rtol=1e-12)
+    np.testing.assert_allclose(g1, g2, rtol=1e-12, atol=1e-12)
+
+
+def test_softmax_kernel_integer_weight_counts_a_row_that_many_times():
+    from streamsgd.kernels import accumulate_softmax_rows
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(9, 2))
+    classes = np.array([0.0, 1.0, 2.0])
+    y = rng.integers(0, 3, 9).astype(np.float64)
+    k = rng.integers(0, 3, 9).astype(np.float64)
+    W, cw = rng.normal(size=9), np.array([1.0, 0.5, 2.0])
+    g1, g2 = np.zeros(9), np.zeros(9)
+    loss1 = accumulate_softmax_rows(classes, cw, X, y, k, np.arange(9), W, g1)
+    loss2 = accumulate_softmax_rows(classes, cw, X, y, np.zeros(0), np.repeat(np.arange(9), k.astype(int)), W, g2)
+    assert loss1 == pytest.approx(loss2, rel=1e-12)
+    np.testing.assert_allclose(g1, g2, rtol=1e-12, atol=1e-12)
+
+
+def test_softmax_trains_with_sample_weights(tmp_path):
+    df = frame(9, 900)
+    df["cls"] = np.digitize(df["amount"], np.quantile(df["amount"], [1 / 3, 2 / 3]))
+    data = str(tmp_path / "d.parquet")
+    df.to_parquet(data)
+    options = dict(target="cls", features=["x0", "x1", "x2"], model="softmax", epochs=2, batch=64, seed=1)
+    weighted = streamsgd.fit(data, weight="w", **options)
+    assert weighted.coef.shape == (3, 3)
+    assert not np.array_equal(weighted.coef, streamsgd.fit(data, **options).coef)
+
+
+def test_weights_of_a_row_group_read_in_slices_line_up_with_its_rows(tmp_path):
+    from streamsgd.windows import read_window
+
+    df = frame(10, 50_000)
+    data = str(tmp_path / "d.parquet")
+    # one row group, read in slices of at most 15,000 rows (without dictionaries, whose pages
+    # would cost a slice more than the rows it saves)
+    df.to_parquet(data, use_dictionary=False)
+    source = open_source(data, target="label", features=["x0", "x1", "x2"], weight="w", max_chunk_rows=15_000)
+    assert len(source.chunk_rows) == 4
+    window = read_window(source, np.array([2, 0, 3, 1]), np.float64, True)
+    starts = np.cumsum([0] + source.chunk_rows)
+    order = np.concatenate([np.arange(starts[c], starts[c + 1]) for c in (2, 0, 3, 1)])
+    np.testing.assert_array_equal(window.w, df["w"].to_numpy()[order])
+    np.testing.assert_array_equal(window.X[:, 0], df["x0"].to_numpy()[order])
