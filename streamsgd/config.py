@@ -160,7 +160,8 @@ class FitConfig:
             if self.target in self.features:
                 raise UsageError(f"--features: the target column {self.target!r} cannot also be a feature")
         if self.weight is not None and self.weight == self.target:
-            raise UsageError(f"--weight: the target column {self.target!r} cannot also be the weight; name another column")
+            raise UsageError(f"--weight: the target column {self.target!r} cannot also be the weight; "
+                             "name another column")
         object.__setattr__(self, "memory_limit", parse_bytes(self.memory_limit))
 
     def to_dict(self) -> dict[str, Any]:

@@ -84,7 +84,8 @@ class MemoryPlan:
         itemsize = np.dtype(config.dtype).itemsize
         # features + target in the buffer (and a float64 sample weight), the window's int64 row
         # permutation, and the one-byte masks of the label and finite checks made on every window
-        row_bytes = (len(source.features) + 1) * itemsize + 8 + 4 + (WEIGHT_BYTES if sample_weight_column(source) else 0)
+        weight = WEIGHT_BYTES if sample_weight_column(source) else 0
+        row_bytes = (len(source.features) + 1) * itemsize + 8 + 4 + weight
         # format metadata held while reading (Parquet footers) beyond an allowance comes out of
         # the limit first, so peak memory stays put however many row groups a file has
         metadata = max(0, source.metadata_bytes - METADATA_ALLOWANCE)
@@ -245,6 +246,7 @@ def fit(
         _check_init(init, source, config)
     full_source = source
     source, validation = split_validation(source, config.validation_fraction, config.seed)
+    split = "chunks" if isinstance(validation, ChunkSubset) else "rows"  # before a text target wraps it
     N = n_rows(source)
     plan = MemoryPlan.for_source(source, config)
     return_freed_buffers_to_os(8 * max(source.chunk_rows, default=0))  # a decoded float64 column
@@ -469,8 +471,7 @@ def fit(
         "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
     }
     if validation is not None:
-        metadata["validation"] = {"split": "chunks" if isinstance(validation, ChunkSubset) else "rows",
-                                  "chunks": validation.chunks, "rows": n_rows(validation),
+        metadata["validation"] = {"split": split, "chunks": validation.chunks, "rows": n_rows(validation),
                                   "stopped_early_at_epoch": stopped_early}
     if init is not None:
         metadata["init"] = {"data": init.metadata.get("data"), "lineage": init.metadata.get("lineage", []),
