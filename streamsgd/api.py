@@ -67,6 +67,7 @@ def fit(
     target: str = "y",
     features: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    weight: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     format: str = "auto",
     x_array: str = "X",
@@ -90,6 +91,9 @@ def fit(
         names or globs (``features=None``: every numeric column but the target, the
         ``exclude`` list and pandas' index columns). For arrays, ``features`` names X's
         columns and ``exclude`` is refused (pass only the columns to use).
+    weight : a URL's column of per-row sample weights (>= 0, not a feature): the objective
+        becomes (1/N) Σ w_i ℓ_i + penalties, so an integer weight k counts a row k times.
+        For arrays, use the estimators' ``fit(X, y, sample_weight=...)``.
     storage_options, format, x_array : how to read a URL, as :func:`~streamsgd.sources.open_source`.
     metrics, on_progress : a JSON-lines file for progress and epoch records, and a callback
         receiving each record.
@@ -112,15 +116,18 @@ def fit(
         raise UsageError("exclude: applies to the columns of a data set read from a path or URL; with arrays or a "
                          "source, pass only the columns to use")
     if _is_source(data):
-        return _train(data, FitConfig(**options), metrics=metrics, on_progress=on_progress).model
+        return _train(data, FitConfig(weight=weight, **options), metrics=metrics, on_progress=on_progress).model
     urls = as_urls(data)
     if urls is not None:
         config = FitConfig(target=target, features=column_names(features),
-                           exclude=column_names(exclude, "exclude"), **options)
+                           exclude=column_names(exclude, "exclude"), weight=weight, **options)
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
                              storage_options=storage_options, format=format, x_array=x_array,
-                             exclude=config.exclude)
+                             exclude=config.exclude, weight=weight)
         return _train(source, config, metrics=metrics, on_progress=on_progress).model
+    if weight is not None:
+        raise UsageError("weight= names a column of a URL's data; for arrays use "
+                         "StreamSGDClassifier/StreamSGDRegressor().fit(X, y, sample_weight=...)")
     if isinstance(data, tuple) and len(data) == 2:
         X, y = data
         config = FitConfig(**options)

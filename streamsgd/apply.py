@@ -55,31 +55,41 @@ def _loss_param(model: Model) -> float | None:
 
 
 def evaluate(model: Model, source: Source) -> dict[str, Any]:
-    """Mean data loss (no penalty) and accuracy (classifier) or R² (regressor)."""
+    """Mean data loss (no penalty) and accuracy (classifier) or R² (regressor).
+
+    With a sample-weight column (``--weight``) every figure is weighted as scikit-learn's
+    metrics weigh them with ``sample_weight``: loss Σ w ℓ / Σ w, accuracy Σ w [right] / Σ w,
+    R² from weighted squared errors about the weighted mean. ``rows`` stays the row count.
+    """
     _check_features(model, source)
     source, indexed = _with_labels(model, source)  # text labels: y holds class indices already
-    rows, loss_sum, correct = 0, 0.0, 0
+    rows, total, loss_sum, correct = 0, 0.0, 0.0, 0.0  # total: Σ w (the row count without weights)
     y_mean = y_m2 = sse = 0.0  # the target's variance, merged chunk by chunk, for R²
     for c in range(len(source.chunk_rows)):
         window = read_window(source, np.array([c]), np.float64, True)
         z = model.decision_function(window.X)
         y = check_labels(model.model, source, window).y
+        w = np.ones(y.size) if window.w is None else window.w
         if model.model == "softmax":  # labels -> their class index; z has one column per class
             y = y.astype(np.intp) if indexed else _class_index(model, y, source)
-            correct += int((np.argmax(z, axis=1) == y).sum())
+            correct += float(w @ (np.argmax(z, axis=1) == y))
         elif model.is_classifier:
-            correct += int(((z > 0) == (y == 1)).sum())
-        loss_sum += float(row_loss(model.model, z, y, _loss_param(model)).sum())
-        if not model.is_classifier:
-            mean_k = float(y.mean())
-            _, y_mean, y_m2 = merge_moments(rows, y_mean, y_m2, y.size, mean_k, float(((y - mean_k) ** 2).sum()))
-            sse += float(((y - model.predict_from_margins(z)) ** 2).sum())
+            correct += float(w @ ((z > 0) == (y == 1)))
+        loss_sum += float(w @ row_loss(model.model, z, y, _loss_param(model)))
+        if not model.is_classifier and w.sum() > 0:
+            mean_k = float(np.average(y, weights=w))
+            _, y_mean, y_m2 = merge_moments(total, y_mean, y_m2, float(w.sum()), mean_k,
+                                            float(w @ (y - mean_k) ** 2))
+            sse += float(w @ (y - model.predict_from_margins(z)) ** 2)
         rows += y.size
+        total += float(w.sum())
     if rows == 0:
         raise DataError(f"{source.url}: the data set has no rows")
-    out: dict[str, Any] = {"rows": rows, "loss": loss_sum / rows}
+    if total == 0:
+        raise DataError(f"{source.url}: weight column {source.weight!r} is 0 in every row; choose another --weight")
+    out: dict[str, Any] = {"rows": rows, "loss": loss_sum / total}
     if model.is_classifier:
-        out["accuracy"] = correct / rows
+        out["accuracy"] = correct / total
     else:
         out["r2"] = 1.0 - sse / y_m2 if y_m2 > 0 else float("nan")
     return out

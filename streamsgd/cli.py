@@ -53,7 +53,8 @@ def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _open(data: str | tuple[str, ...], target: str | None, features, store: dict[str, Any],
-          feature_hint: str = "fix --features", memory_limit: int | None = None, exclude=None):
+          feature_hint: str = "fix --features", memory_limit: int | None = None, exclude=None,
+          weight: str | None = None):
     """DATA (one or several paths/URLs) as a source; with ``memory_limit``, chunks are cut to fit it."""
     from .sources import open_source
     from .train import MemoryPlan
@@ -63,7 +64,7 @@ def _open(data: str | tuple[str, ...], target: str | None, features, store: dict
                        feature_hint=feature_hint, storage_options=_storage_options(store["storage_option"]),
                        format=store["data_format"], x_array=store["x_array"],
                        max_chunk_bytes=MemoryPlan.max_chunk_bytes(memory_limit) if memory_limit else None,
-                       exclude=exclude)
+                       exclude=exclude, weight=weight)
 
 
 def _store(options: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +86,7 @@ def cli() -> None:
 @click.option("--features", multiple=True, help="Feature columns: names or globs ('carrier_*'), comma-separated or repeated; "
                                                 "default: every numeric column but the target, --exclude and pandas' index.")
 @_EXCLUDE
+@click.option("--weight", default=None, metavar="COL", help="Column of per-row sample weights (>= 0; not a feature).")
 @store_options
 @click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
 @click.option("--batch", default=str(FitConfig.batch), show_default=True,
@@ -170,7 +172,8 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     _check_output_dir(output, "--output")
     if job.metrics:
         _check_output_dir(job.metrics, "--metrics")
-    source = _open(data, target, config.features, store, memory_limit=config.memory_limit, exclude=config.exclude)
+    source = _open(data, target, config.features, store, memory_limit=config.memory_limit, exclude=config.exclude,
+                   weight=config.weight)
     progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
         result = run(source, config, job, _LOG, on_progress=progress)
@@ -221,14 +224,15 @@ def _with_config_file(ctx: click.Context, path: str | None, given: dict[str, Any
 @click.argument("model_path", metavar="MODEL")
 @click.argument("data", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--weight", default=None, metavar="COL", help="Weigh each row's figures by this column (>= 0).")
 @store_options
-def evaluate(model_path: str, data: str, as_json: bool, **store: Any) -> None:
+def evaluate(model_path: str, data: str, as_json: bool, weight: str | None, **store: Any) -> None:
     """Loss and accuracy (classifier) or R² (regressor) of MODEL on DATA."""
     from .apply import evaluate as run
     from .model import load
 
     model = load(model_path)
-    result = run(model, _open(data, model.target, model.features, store, _needs(model_path)))
+    result = run(model, _open(data, model.target, model.features, store, _needs(model_path), weight=weight))
     if as_json:
         click.echo(json.dumps(result))
     else:

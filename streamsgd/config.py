@@ -69,6 +69,8 @@ class FitConfig:
     features: tuple[str, ...] | None = None
     #: columns never used as features (names and globs), on top of pandas' index columns
     exclude: tuple[str, ...] | None = None
+    #: a column of per-row sample weights (>= 0): L = (1/N) Σ w_i ℓ_i + penalties
+    weight: str | None = None
     #: rows per update; "full" = N (streamed full-batch GD), "auto" = grown by the norm test
     batch: int | str = 512
     batch_min: int = 32
@@ -162,6 +164,9 @@ class FitConfig:
         if self.exclude is not None and self.target in self.exclude:
             raise UsageError(f"--exclude: {self.target!r} is the target column; choose another --target or "
                              "leave it out of --exclude")
+        if self.weight is not None and self.weight == self.target:
+            raise UsageError(f"--weight: the target column {self.target!r} cannot also be the weight; "
+                             "name another column")
         object.__setattr__(self, "memory_limit", parse_bytes(self.memory_limit))
 
     def to_dict(self) -> dict[str, Any]:

@@ -124,7 +124,7 @@ class _StreamSGD(BaseEstimator):
                              f"{'StreamSGDRegressor' if self._is_classifier else 'StreamSGDClassifier'} for it")
         return FitConfig(**{"model": model, **values, **extra, **overrides})
 
-    def fit(self, X: Any, y: Any = None) -> "_StreamSGD":
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "_StreamSGD":
         """Train from scratch on arrays, or on the data at a path or URL.
 
         Parameters
@@ -134,6 +134,8 @@ class _StreamSGD(BaseEstimator):
             memory; its target and feature columns are the ``target`` and ``features``
             parameters.
         y : array-like of shape (n_rows,) with arrays; None with a URL.
+        sample_weight : array-like of shape (n_rows,) of weights >= 0, or None: row i's loss
+            counts sample_weight[i] times (the objective (1/N) Σ w_i ℓ_i + penalties).
 
         Returns
         -------
@@ -141,14 +143,19 @@ class _StreamSGD(BaseEstimator):
         """
         urls = as_urls(X)
         if urls is not None:
+            if sample_weight is not None:
+                raise UsageError("sample_weight: with a data URL, weights are a column of the data; "
+                                 "train with streamsgd.fit(url, weight=COLUMN) or the CLI's --weight")
             return self._fit_source(urls, y)
         X, y = self._validate(X, y, reset=True)
+        sample_weight = _sample_weights(sample_weight, X)
         config = self._config()
         y = self._targets(y, first=True, classes=None)
         fixed = self._softmax_classes(continuing=False)
         if fixed is not None:
             config = replace(config, model="softmax")
-        self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config, classes=fixed))
+        self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1]), sample_weight=sample_weight),
+                            config, classes=fixed))
         return self
 
     def _fit_source(self, urls: list[str], y: Any) -> "_StreamSGD":
@@ -177,7 +184,7 @@ class _StreamSGD(BaseEstimator):
         self._fitted(result)
         return self
 
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "_StreamSGD":
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> "_StreamSGD":
         """One pass of SGD over (X, y), continuing from the current parameters.
 
         The first call (on an unfitted estimator) trains one epoch from zero and fixes the
@@ -192,6 +199,7 @@ class _StreamSGD(BaseEstimator):
         classes : array-like of shape (n_classes,), every label; required on the first call
             of a classifier (a batch may not hold every label), ignored by regressors. More
             than two classes train the multinomial (softmax) model.
+        sample_weight : array-like of shape (n_rows,) of weights >= 0, or None (see ``fit``).
 
         Returns
         -------
@@ -202,17 +210,20 @@ class _StreamSGD(BaseEstimator):
             raise DataError("classes must be passed on the first call to partial_fit: give every label, "
                             "classes=[a, b, …]")
         X, y = self._validate(X, y, reset=first)
+        sample_weight = _sample_weights(sample_weight, X)
         y = self._targets(y, first=first, classes=classes)
         fixed = self._softmax_classes(continuing=not first)
         softmax = {} if fixed is None else {"model": "softmax"}
         if first:
             config = self._config(epochs=1, steps=None, average=False, **softmax)
-            self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config, classes=fixed))
+            self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1]),
+                                            sample_weight=sample_weight), config, classes=fixed))
         else:  # one more pass, from the current parameters, step size and update count
             config = self._config(epochs=1, steps=None, average=False, lr=self.lr_, **softmax)
             # softmax: the model's classes as the trainer sees them, the indices the targets hold
             init = self.model_ if fixed is None else replace(self.model_, classes=fixed)
-            result = _train(ArraySource(X, y, features=self._feature_names(X.shape[1])), config,
+            result = _train(ArraySource(X, y, features=self._feature_names(X.shape[1]), sample_weight=sample_weight),
+                            config,
                             init=init, step_offset=self.t_, classes=fixed)
             if self._is_classifier:
                 result.model.classes = self.classes_
@@ -457,6 +468,18 @@ class StreamSGDRegressor(RegressorMixin, _StreamSGD):
     def _set_coef(self, model: Model) -> None:
         self.coef_ = model.coef.copy()
         self.intercept_ = np.array([model.intercept])
+
+
+def _sample_weights(sample_weight: Any, X: NDArray) -> NDArray[np.float64] | None:
+    """``sample_weight`` as float64 of shape (n_rows,) (scikit-learn's checks), or None."""
+    if sample_weight is None:
+        return None
+    from sklearn.utils.validation import _check_sample_weight
+
+    try:
+        return _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+    except ValueError as exc:
+        raise DataError(f"sample_weight: {_one_line(exc)}") from None
 
 
 def _multiclass_source(source: Any, readers: int) -> bool:

@@ -140,9 +140,14 @@ def loss_and_slope(loss, z, y):
     return loss_slope(loss, z, y, default_param(loss))
 
 
+#: No sample weights (``accumulate_rows``' ``sw``): every row counts once. An empty array
+#: rather than a ones vector: nothing of the window's size is allocated or read.
+NO_SAMPLE_WEIGHTS = np.zeros(0)
+
+
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _accumulate(loss, param, c0, c1, X, y, idx, w, b, gw):
-    """``accumulate_weighted`` with the two class weights as scalars (c0 for y == 0, c1 else).
+def _accumulate(loss, param, c0, c1, X, y, sw, idx, w, b, gw):
+    """``accumulate_rows`` with the two class weights as scalars (c0 for y == 0, c1 else).
 
     Rows are taken four at a time: shuffled rows are cache misses, and four independent
     dot products keep four of them in flight (2-2.7x faster than one row at a time at
@@ -153,6 +158,7 @@ def _accumulate(loss, param, c0, c1, X, y, idx, w, b, gw):
     """
     d = X.shape[1]
     n = idx.shape[0]
+    weighted = sw.shape[0] > 0  # an empty sw: unweighted (a branch the CPU predicts every time)
     total = 0.0
     rsum = 0.0
     k = 0
@@ -174,6 +180,11 @@ def _accumulate(loss, param, c0, c1, X, y, idx, w, b, gw):
         c_1 = c1 if y1 > 0.5 else c0
         c_2 = c1 if y2 > 0.5 else c0
         c_3 = c1 if y3 > 0.5 else c0
+        if weighted:  # a row's sample weight multiplies its class weight
+            c_0 *= sw[i0]
+            c_1 *= sw[i1]
+            c_2 *= sw[i2]
+            c_3 *= sw[i3]
         r0 *= c_0
         r1 *= c_1
         r2 *= c_2
@@ -190,6 +201,8 @@ def _accumulate(loss, param, c0, c1, X, y, idx, w, b, gw):
             z += X[i, j] * w[j]
         l, r = loss_slope(loss, z, y[i], param)
         c = c1 if y[i] > 0.5 else c0
+        if weighted:
+            c *= sw[i]
         r *= c
         total += c * l
         rsum += r
@@ -215,7 +228,18 @@ def accumulate_weighted(loss, param, cw, X, y, idx, w, b, gw):
     w : float64 (d,), raw-space weights; b : float, raw-space intercept.
     gw : float64 (d,), updated in place.
     """
-    return _accumulate(loss, param, cw[0], cw[1], X, y, idx, w, b, gw)
+    return _accumulate(loss, param, cw[0], cw[1], X, y, NO_SAMPLE_WEIGHTS, idx, w, b, gw)
+
+
+@njit(nogil=True, cache=True)
+def accumulate_rows(loss, param, cw, X, y, sw, idx, w, b, gw):
+    """``accumulate_weighted`` with a sample weight per row as well (``--weight``).
+
+    sw : float64 (n_rows,), row i's weight s_i >= 0, or an empty array for none. Row i's
+        loss and gradient are multiplied by s_i times its class weight, so the objective is
+        (1/N) Σ s_i c_i ℓ_i: an integer weight k counts a row k times, as in scikit-learn.
+    """
+    return _accumulate(loss, param, cw[0], cw[1], X, y, sw, idx, w, b, gw)
 
 
 @njit(nogil=True, cache=True)
@@ -224,11 +248,17 @@ def accumulate(loss, X, y, idx, w, b, gw):
 
     ``accumulate_weighted`` with unit weights and the loss's default parameter.
     """
-    return _accumulate(loss, default_param(loss), 1.0, 1.0, X, y, idx, w, b, gw)
+    return _accumulate(loss, default_param(loss), 1.0, 1.0, X, y, NO_SAMPLE_WEIGHTS, idx, w, b, gw)
 
 
 @njit(nogil=True, cache=True)
 def accumulate_softmax(classes, cw, X, y, idx, W, gw):
+    """``accumulate_softmax_rows`` without sample weights."""
+    return accumulate_softmax_rows(classes, cw, X, y, NO_SAMPLE_WEIGHTS, idx, W, gw)
+
+
+@njit(nogil=True, cache=True)
+def accumulate_softmax_rows(classes, cw, X, y, sw, idx, W, gw):
     """Multinomial log loss over rows ``idx``, each row weighted by its class; returns its sum
     and adds the gradient to gw.
 
@@ -242,6 +272,8 @@ def accumulate_softmax(classes, cw, X, y, idx, W, gw):
         label there (binary search), so labels may be any numbers.
     cw : float64 (C,), the weight of each class's rows, in ``classes`` order.
     X : float32 or float64 (n_rows, d), the window's rows; y : (n_rows,), their labels.
+    sw : float64 (n_rows,), each row's sample weight (it multiplies the class weight), or
+        an empty array for none.
     idx : int64 (rows,), the rows of this batch segment.
     W, gw : float64 (C·(d+1),), class blocks of weights then intercept (raw space for W);
         gw is added to in place.
@@ -254,11 +286,12 @@ def accumulate_softmax(classes, cw, X, y, idx, W, gw):
     C = classes.shape[0]
     k = d + 1
     z = np.empty(C)
+    weighted = sw.shape[0] > 0
     total = 0.0
     for r in range(idx.shape[0]):
         i = idx[r]
         label = np.searchsorted(classes, y[i])
-        weight = cw[label]
+        weight = cw[label] * sw[i] if weighted else cw[label]
         top = -np.inf
         for c in range(C):
             zc = W[c * k + d]

@@ -30,7 +30,7 @@ import math
 
 from numba import njit
 
-from .kernels import SOFTMAX, accumulate_softmax, accumulate_weighted
+from .kernels import SOFTMAX, accumulate_rows, accumulate_softmax_rows
 from .noise import noise_add
 from .optim import l1_step, optimizer_step, refresh_effective, schedule_lr, standardized_gradient
 
@@ -57,8 +57,11 @@ ADAMW = 5  # optim.OPTIMIZERS["adamw"]: its weight decay is not part of the grad
 
 
 @njit(nogil=True, cache=True)
-def train_rows(X, y, order, pos, end, stop_at, spec, hyper, params, opt_state, mean, scale, counters, sums, noise):
+def train_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, params, opt_state, mean, scale, counters, sums,
+               noise):
     """Feed rows ``order[pos:end]`` of a window to the loss, updating every ``spec[BATCH]`` rows.
+
+    ``sw`` holds each row's sample weight (float64, the window's rows), or is empty for none.
 
     Returns the position reached: ``end``, or earlier when the update count reaches
     ``stop_at`` or a batch diverged (``counters[DIVERGED]`` is then 1).
@@ -70,10 +73,10 @@ def train_rows(X, y, order, pos, end, stop_at, spec, hyper, params, opt_state, m
     while pos < end:
         take = min(spec[BATCH] - counters[FILLED], end - pos)
         if spec[LOSS_CODE] == SOFTMAX:
-            loss = accumulate_softmax(params[7], cw, X, y, order[pos:pos + take], theta_eff, gw)
+            loss = accumulate_softmax_rows(params[7], cw, X, y, sw, order[pos:pos + take], theta_eff, gw)
         else:
-            loss, rsum = accumulate_weighted(spec[LOSS_CODE], hyper[PARAM], cw, X, y, order[pos:pos + take], w,
-                                             theta_eff[d], g)
+            loss, rsum = accumulate_rows(spec[LOSS_CODE], hyper[PARAM], cw, X, y, sw, order[pos:pos + take], w,
+                                         theta_eff[d], g)
             gw[d] += rsum
         sums[BATCH_LOSS] += loss
         counters[FILLED] += take

@@ -110,6 +110,22 @@ def _report(trace: float, grad2: float, c_small: float, batch: float, temperatur
     }
 
 
+def reported(estimate: dict[str, Any]) -> dict[str, Any]:
+    """``estimate`` as users see it (metrics records, tune-batch): |G|² NaN (null in JSON)
+    where its estimate is not positive.
+
+    The estimate of |G|² is unbiased, so near an optimum it is often negative, and the meter
+    keeps it so (pooling intervals needs the signed values). Reported, a negative squared
+    norm is nonsense; 0 would claim the gradient vanished and make B_simple infinite. Not
+    positive only says |G|² is below what the interval's noise resolves, so it is reported
+    as not measured, as B_simple already is then.
+    """
+    out = dict(estimate)
+    if not out["grad_norm2"] > 0.0:
+        out["grad_norm2"] = math.nan
+    return out
+
+
 class NoiseMeter:
     """Accumulates batch gradients and estimates tr(Σ), |G|² and B_simple = tr(Σ)/|G|².
 

@@ -64,6 +64,11 @@ def read_runs(path: str) -> list[list[dict[str, Any]]]:
     the iteration count goes back (or the epoch records restart at 1). Progress records
     (interval means) are kept; a run with none falls back to its epoch records.
     """
+    return [run["progress"] or run["epoch"] for run in _run_records(path)]
+
+
+def _run_records(path: str) -> list[dict[str, list[dict[str, Any]]]]:
+    """Each run's ``progress`` and ``epoch`` records (see ``read_runs``); at least one run."""
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such metrics file; give a file written by streamsgd fit --metrics")
     runs: list[dict[str, list]] = []
@@ -82,13 +87,12 @@ def read_runs(path: str) -> list[list[dict[str, Any]]]:
             if not runs or _starts_run(record, runs[-1]):
                 runs.append({"progress": [], "epoch": []})
             runs[-1][record["event"]].append(record)
-    out = [run["progress"] or run["epoch"] for run in runs]
-    if not out:
+    if not runs:
         raise DataError(
             f"{path}: no loss records (event 'progress' or 'epoch' with a 'loss'); "
             "write one with streamsgd fit --metrics FILE"
         )
-    return out
+    return runs
 
 
 def _starts_run(record: dict[str, Any], run: dict[str, list]) -> bool:
@@ -132,11 +136,13 @@ def plot_metrics(
     if labels is not None and len(labels) != len(paths):
         raise UsageError(f"labels: expected {len(paths)} labels, one per file; got {len(labels)}")
     names = list(labels) if labels is not None else [os.path.basename(p) for p in paths]
-    series = []
+    series, validation = [], []
     for path, name in zip(paths, names):
-        runs = read_runs(path)
+        runs = _run_records(path)
         for k, run in enumerate(runs):
-            series.append((name if len(runs) == 1 else f"{name} (run {k + 1})", run))
+            series.append((name if len(runs) == 1 else f"{name} (run {k + 1})", run["progress"] or run["epoch"]))
+            # the held-out loss of each epoch (--validation-fraction), where the run measured it
+            validation.append([r for r in run["epoch"] if isinstance(r.get("val_loss"), (int, float))])
     fig = _figure(size)
     ax = fig.add_subplot(1, 1, 1)
     if x == "batch":
@@ -147,9 +153,13 @@ def plot_metrics(
         ax.set_xscale("log", base=2)
         ax.set_ylabel("final loss")
     else:
-        for label, run in series:
-            ax.plot([r.get(x, math.nan) for r in run], [r["loss"] for r in run], label=label, linewidth=1)
-        ax.set_ylabel("training loss (interval mean)")
+        for (label, run), held in zip(series, validation):
+            line, = ax.plot([r.get(x, math.nan) for r in run], [r["loss"] for r in run], label=label, linewidth=1)
+            if held:  # dashed, in the run's colour, one marker per epoch
+                ax.plot([r.get(x, math.nan) for r in held], [r["val_loss"] for r in held], "--o", markersize=3,
+                        color=line.get_color(), linewidth=1, label=f"{label} validation")
+        ax.set_ylabel("loss: training (interval mean), validation (dashed, per epoch)"
+                      if any(validation) else "training loss (interval mean)")
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel(_LABELS[x])

@@ -64,6 +64,23 @@ def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.f
         return np.array(list(pool.map(one, range(len(source.chunk_rows)))), dtype=np.float64)
 
 
+def max_sample_weight(source: Source, readers: int) -> float:
+    """The largest sample weight of the data (a pass over the weight column only).
+
+    Refuses null, NaN, infinite and negative weights, and weights that are all zero, before
+    any training: a run that would fail halfway writes nothing.
+    """
+    from .windows import read_weights, sample_weight_column
+
+    with ThreadPoolExecutor(max(1, readers)) as pool:
+        tops = list(pool.map(lambda c: float(read_weights(source, c).max(initial=0.0)), range(len(source.chunk_rows))))
+    top = max(tops, default=0.0)
+    if top <= 0.0:
+        raise DataError(f"{source.url}: weight column {sample_weight_column(source)!r} is 0 in every row, so no row "
+                        "counts; choose another --weight")
+    return top
+
+
 #: Most classes a softmax model takes: its parameters and each row's work grow with C.
 MAX_CLASSES = 1000
 

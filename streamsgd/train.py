@@ -23,7 +23,7 @@ from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageEr
 from .kernels import CURVATURE, LOSSES, row_loss
 from .loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
                    ROWS, T, finish_batch, train_rows)
-from .noise import NoiseMeter
+from .noise import NoiseMeter, reported
 from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
 from .optim import OPTIMIZERS, SCHEDULES, default_lr, refresh_effective, schedule_lr
@@ -31,10 +31,10 @@ from .shuffle import iterations_per_epoch
 from .sources import ParquetSource, Source, n_rows
 from .sources.parquet import DECODE_FACTOR
 from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
-from .sources.subset import ChunkSubset
-from .stats import chunk_target_means, row_sample, standardization
+from .sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
+from .stats import chunk_target_means, max_sample_weight, row_sample, standardization
 from .stream import EpochStream
-from .windows import Window, read_window, return_freed_buffers_to_os
+from .windows import WEIGHT_BYTES, Window, read_window, return_freed_buffers_to_os, sample_weight_column
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
@@ -110,9 +110,11 @@ class MemoryPlan:
 
 
 def _row_bytes(source: Source, config: FitConfig) -> int:
-    """Window bytes per row: features + target, the window's int64 row permutation, and
-    the one-byte masks of the label and finite checks made on every window."""
-    return (len(source.features) + 1) * np.dtype(config.dtype).itemsize + 8 + 4
+    """Window bytes per row: features + target (and a float64 sample weight), the window's
+    int64 row permutation, and the one-byte masks of the label and finite checks made on
+    every window."""
+    weight = WEIGHT_BYTES if sample_weight_column(source) else 0
+    return (len(source.features) + 1) * np.dtype(config.dtype).itemsize + 8 + 4 + weight
 
 
 def _data_limit(source: Source, config: FitConfig) -> int:
@@ -286,12 +288,16 @@ def fit(
         raise not_numeric_target(source, config.model)
     if classes is not None and config.model != "softmax":
         raise UsageError(f"classes= fixes the classes of a softmax model; this run trains {config.model!r}: drop it")
+    if config.weight is not None and sample_weight_column(source) != config.weight:
+        raise UsageError(f"--weight {config.weight}: open the data with weight={config.weight!r} "
+                         "(streamsgd.sources.open_source) so the column is read with the target")
     d = len(source.features)
     if init is not None:
         _check_init(init, source, config)
     cut_to_limit(source, config)
     full_source = source
     source, validation = split_validation(source, config.validation_fraction, config.seed)
+    split = "chunks" if isinstance(validation, ChunkSubset) else "rows"  # before a text target wraps it
     N = n_rows(source)
     plan = MemoryPlan.for_source(source, config)
     return_freed_buffers_to_os(8 * max(source.chunk_rows, default=0))  # a decoded float64 column
@@ -329,7 +335,9 @@ def fit(
                         OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every,
                         int(config.noise_stats), step_offset, blocks], dtype=np.int64)
     st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model, labels, counts)
-    st.curvature = _curvature(config.model, strata, source.chunk_rows, st.cw)
+    # the default step must be safe for the heaviest row: its loss counts w_max times
+    top_weight = max_sample_weight(source, plan.readers) if sample_weight_column(source) else 1.0
+    st.curvature = _curvature(config.model, strata, source.chunk_rows, st.cw) * top_weight
     if resume is not None:
         st.restore(resume)
     spec = st.spec
@@ -423,6 +431,7 @@ def fit(
     # the readers read ahead into the next epoch, up to the last one the run should reach
     # (only the read-ahead depends on it: a run that goes further starts its readers afresh)
     last_epoch = n_epochs - 1 if total_steps is None else math.ceil(total_steps / ipe) - 1
+    unweighted = np.zeros(0)  # train_rows' sw when the data has no --weight column
     stream = EpochStream(source, config.model, config.seed, config.shuffle, plan.window_rows,
                          plan.buffer_bytes, plan.readers, np.dtype(config.dtype), strata, last_epoch)
     try:
@@ -436,8 +445,9 @@ def fit(
                         _start(st, window, config, init, N, B)
                     pos = 0
                     while pos < order.size and not done():
-                        pos = train_rows(window.X, window.y, order, pos, order.size, next_stop(), spec, st.hyper,
-                                         params, st.opt_state, st.mean, st.scale, counters, sums, noise)
+                        sw = unweighted if window.w is None else window.w
+                        pos = train_rows(window.X, window.y, sw, order, pos, order.size, next_stop(), spec,
+                                         st.hyper, params, st.opt_state, st.mean, st.scale, counters, sums, noise)
                         if counters[DIVERGED]:
                             raise diverged(epoch)
                         if counters[FILLED] == 0:
@@ -516,7 +526,7 @@ def fit(
         "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
     }
     if validation is not None:
-        metadata["validation"] = {"chunks": validation.chunks, "rows": n_rows(validation),
+        metadata["validation"] = {"split": split, "chunks": validation.chunks, "rows": n_rows(validation),
                                   "stopped_early_at_epoch": stopped_early}
     if init is not None:
         metadata["init"] = {"data": init.metadata.get("data"), "lineage": init.metadata.get("lineage", []),
@@ -536,17 +546,26 @@ def _curvature(model: str, strata: NDArray[np.float64], chunk_rows: list[int], c
     return c * float(cw.max())
 
 
-def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source, ChunkSubset | None]:
-    """(training chunks, validation chunks): whole chunks held out, chosen by the seed, so
-    validation rows are never trained on and the split is the same on every resume."""
+#: The random stream of the validation split (whole chunks; rows within chunks).
+SPLIT_TAG = 0x5EED
+ROW_SPLIT_TAG = 0x5EED + 1
+
+
+def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source, ChunkSubset | RowSubset | None]:
+    """(training part, validation part), chosen by the seed, so validation rows are never
+    trained on and the split is the same on every resume.
+
+    Whole chunks are held out when there are enough of them to come close to ``fraction``
+    (``holds_whole_chunks``); otherwise ``fraction`` of every chunk's rows (a file with one
+    row group, or a few).
+    """
     if fraction == 0:
         return source, None
     n = len(source.chunk_rows)
-    held = max(1, round(fraction * n))
-    if held >= n:
-        raise UsageError(f"--validation-fraction {fraction}: the data has {n} chunk(s), too few to hold out "
-                         "whole chunks and still train; lower it or write smaller row groups")
-    order = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    if not holds_whole_chunks(n, fraction):
+        return split_rows(source, fraction, seed, ROW_SPLIT_TAG)
+    held = round(fraction * n)
+    order = np.random.default_rng([seed, SPLIT_TAG]).permutation(n)
     return ChunkSubset(source, sorted(order[held:])), ChunkSubset(source, sorted(order[:held]))
 
 
@@ -561,9 +580,10 @@ def raw_parameters(theta: NDArray, blocks: int, mean: NDArray, scale: NDArray):
     return coef, intercept
 
 
-def validation_loss(validation: ChunkSubset, config: FitConfig, st: _State) -> float:
+def validation_loss(validation: ChunkSubset | RowSubset, config: FitConfig, st: _State) -> float:
     """Mean loss of the current parameters (the running average once it has started) on
-    the held-out chunks, read one at a time; no penalty, as scikit-learn reports it."""
+    the held-out chunks, read one at a time; no penalty, as scikit-learn reports it. With
+    sample weights, the weighted mean Σ w ℓ / Σ w (scikit-learn's metrics' sample_weight)."""
     theta = st.avg if st.counters[AVERAGED] else st.theta
     blocks = int(st.spec[BLOCKS])
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
@@ -572,9 +592,10 @@ def validation_loss(validation: ChunkSubset, config: FitConfig, st: _State) -> f
     for c in range(len(validation.chunk_rows)):
         window = read_window(validation, np.array([c]), np.float64, True)
         y = window.y if blocks == 1 else np.searchsorted(np.asarray(st.classes), window.y)
-        total += float(row_loss(config.model, window.X @ coef.T + intercept, y, param).sum())
-        rows += window.y.size
-    return total / max(rows, 1)
+        losses = row_loss(config.model, window.X @ coef.T + intercept, y, param)
+        total += float(losses.sum() if window.w is None else losses @ window.w)
+        rows += window.y.size if window.w is None else float(window.w.sum())
+    return total / rows if rows > 0 else 0.0
 
 
 def _batch_rows(config: FitConfig, N: int) -> int:
@@ -613,7 +634,8 @@ def _grow_batch(st: _State, estimate: dict[str, Any], config: FitConfig, N: int)
 def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
     """The interval's noise figures for the metrics record (null where not estimable)."""
     keys = ("trace_sigma", "batch_grad_var", "grad_norm2", "b_simple", "temperature")
-    return {k: (float(estimate[k]) if math.isfinite(estimate[k]) else None) for k in keys}
+    shown = reported(estimate)  # a |G|² estimate <= 0 is null, never negative
+    return {k: (float(shown[k]) if math.isfinite(shown[k]) else None) for k in keys}
 
 
 def _start(st: _State, window: Window, config: FitConfig, init: Model | None, N: int, B: int) -> None:

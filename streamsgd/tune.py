@@ -32,8 +32,8 @@ from .config import FitConfig
 from .errors import UsageError
 from .kernels import GRADIENTS
 from .model import Model
-from .noise import NoiseMeter
-from .sources.subset import ChunkSubset  # noqa: F401  (re-exported: tune's split)
+from .noise import NoiseMeter, reported
+from .sources.subset import ChunkSubset, holds_whole_chunks, split_rows  # ChunkSubset re-exported: tune's split
 from .optim import standardized_gradient
 from .plot import plot_tuning
 from .sources import Source, n_rows
@@ -45,6 +45,9 @@ __all__ = ["ChunkSubset", "fit_inverse_batch", "fit_iteration_time", "measure_no
 
 DEFAULT_TRIAL_BATCHES = (16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_TIMING_BATCHES = (16, 64, 256, 1024, 4096)
+#: The random streams of the holdout: whole chunks, or rows within chunks.
+HOLDOUT_TAG = 13
+HOLDOUT_ROWS_TAG = 14
 
 
 def fit_iteration_time(batches: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
@@ -180,7 +183,8 @@ def tune(
     source : the training data.
     config, options : training options for every run (model, lr, l2, dtype, memory limit…);
         ``batch``, ``steps`` and ``epochs`` are set by the tuner.
-    validation : a held-out source; default: ``holdout`` of the chunks, chosen at random.
+    validation : a held-out source; default: ``holdout`` of the chunks, chosen at random,
+        or of every chunk's rows when there are too few chunks (``holds_whole_chunks``).
     batches : the trial grid of B.
     timing_batches : batch sizes timed for T_iter(b).
     trial_rows : rows each trial sees (the same for every B, so equal compute); default
@@ -213,15 +217,13 @@ def tune(
         n_chunks = len(source.chunk_rows)
         if not 0 < holdout < 1:
             raise UsageError(f"holdout: expected a fraction in (0, 1); got {holdout!r}")
-        if n_chunks < 2:
-            raise UsageError(
-                f"{source.url}: one chunk cannot be split into training and validation chunks; "
-                "give a validation data set or rewrite the data with smaller row groups"
-            )
-        order = np.random.default_rng([config.seed, 13]).permutation(n_chunks)
-        held = max(1, min(n_chunks - 1, round(holdout * n_chunks)))
-        validation = ChunkSubset(source, sorted(order[:held]))
-        train = ChunkSubset(source, sorted(order[held:]))
+        if holds_whole_chunks(n_chunks, holdout):
+            order = np.random.default_rng([config.seed, HOLDOUT_TAG]).permutation(n_chunks)
+            held = round(holdout * n_chunks)
+            validation = ChunkSubset(source, sorted(order[:held]))
+            train = ChunkSubset(source, sorted(order[held:]))
+        else:  # too few chunks to hold out whole ones (one row group): rows of every chunk
+            train, validation = split_rows(source, holdout, config.seed, HOLDOUT_ROWS_TAG)
     N = n_rows(train)
     grid = sorted({int(b) for b in batches if 1 <= b <= N})
     if len(grid) < 2:
@@ -258,7 +260,7 @@ def tune(
     best = min(range(len(trials)), key=lambda k: trials[k]["val_loss"])
     # the noise pass holds its rows in one buffer: no more than a shuffle window's worth
     noise_cap = min(noise_rows, MemoryPlan.for_source(train, config).window_rows)
-    noise = measure_noise(train, models[best], config.l2, noise_batch, noise_cap, config.seed, config.dtype)
+    noise = reported(measure_noise(train, models[best], config.l2, noise_batch, noise_cap, config.seed, config.dtype))
     b_simple = noise["b_simple"]
     _steps_to_target(trials, curves)
     n_iter, c_var = _iterations_model(trials, b_simple)
@@ -272,7 +274,8 @@ def tune(
         "trials": trials,
         "loss_fit": {"a": a, "c": c},
         "min_gain": min_gain,
-        "knee_batch": int(min(max(math.ceil(knee), 1), N)),
+        # the fit a + c/B only holds over the trials: never a knee below the smallest one
+        "knee_batch": int(min(max(math.ceil(knee), grid[0]), N)),
         "b_simple": b_simple,
         "trace_sigma": noise["trace_sigma"],
         "grad_norm2": noise["grad_norm2"],

@@ -27,21 +27,53 @@ class Window:
     y : ndarray of shape (rows,) or None when the source has no target
     slots : for a window laid out in training order, the place of each row of the chunks
         laid end to end (``X[slots]`` is the window chunk after chunk); else None
+    w : float64 ndarray of shape (rows,), each row's sample weight (``--weight``), or None
     """
 
     X: NDArray
     y: NDArray | None
     chunks: NDArray[np.int64]
     slots: NDArray[np.int64] | None = None
+    w: NDArray[np.float64] | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.X.nbytes + (0 if self.y is None else self.y.nbytes)
+        return self.X.nbytes + (0 if self.y is None else self.y.nbytes) + (0 if self.w is None else self.w.nbytes)
 
 
 def window_bytes(source: Source, chunks: NDArray[np.int64], dtype: np.dtype, with_target: bool) -> int:
     rows = int(sum(source.chunk_rows[c] for c in chunks))
-    return rows * (len(source.features) + int(with_target)) * np.dtype(dtype).itemsize
+    weights = WEIGHT_BYTES if with_target and sample_weight_column(source) else 0
+    return rows * ((len(source.features) + int(with_target)) * np.dtype(dtype).itemsize + weights)
+
+
+#: Bytes per row of the sample-weight column in a window (float64 whatever ``--dtype``: a
+#: weight multiplies the loss in float64 in the kernels).
+WEIGHT_BYTES = 8
+
+
+def sample_weight_column(source: Source) -> str | None:
+    """The source's sample-weight column (``--weight``), or None (sources without the attribute too)."""
+    return getattr(source, "weight", None)
+
+
+def read_weights(source: Source, chunk: int) -> NDArray[np.float64]:
+    """Chunk ``chunk``'s sample weights as float64; refuses nulls, NaN, infinity and negatives,
+    naming the chunk and the column (a weight must say how much a row counts: >= 0)."""
+    from .sources.cast import arrow_values
+
+    name = sample_weight_column(source)
+    column = source.read_columns(chunk, [name]).column(0)
+    where = source.chunk_name(chunk)
+    if column.null_count:
+        raise DataError(f"{where}: weight column {name!r} has {column.null_count} null values; fill them "
+                        "(0 leaves a row out) or drop those rows")
+    w = np.array(arrow_values(column), dtype=np.float64)
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        raise DataError(f"{where}: weight column {name!r} holds {w[np.argmax(bad)]:g}; sample weights must be "
+                        "finite numbers >= 0: fix those rows or choose another --weight")
+    return w
 
 
 def read_window(
@@ -66,6 +98,8 @@ def read_window(
     n = int(offsets[-1])
     X = np.empty((n, len(source.features)), dtype=dtype)
     y = np.empty(n, dtype=dtype) if with_target else None
+    # sample weights travel with the target: windows read for training or scoring
+    w = np.empty(n) if with_target and sample_weight_column(source) else None
     slots = None
     if order is not None:
         slots = np.empty(n, dtype=np.int64)
@@ -85,6 +119,8 @@ def read_window(
         except Exception as exc:  # an unexpected reader failure still names the chunk
             raise SourceError(f"{source.chunk_name(c)}: read failed: {exc}") from exc
         _check_target(source, c, None if y is None else y[s if rows is None else rows])
+        if w is not None:
+            w[s if rows is None else rows] = read_weights(source, c)
 
     if pool is None or len(chunks) == 1:
         for k in range(len(chunks)):
@@ -92,7 +128,7 @@ def read_window(
     else:
         for future in [pool.submit(one, k) for k in range(len(chunks))]:
             future.result()
-    return Window(X, y, chunks, slots)
+    return Window(X, y, chunks, slots, w)
 
 
 @contextmanager

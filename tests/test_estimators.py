@@ -23,10 +23,16 @@ WEIGHTS = np.array([1.0, -0.2, 3.0, 0.5])
 #: batch 32 are ~100-200 updates, enough for the accuracy and R² thresholds the checks set.
 FAST = {"epochs": 20, "batch": 32}
 
-#: Checks that fail on purpose, with the reason (none today; the classifier's multiclass
-#: checks run too, as log_loss is multinomial). check_array_api_input is skipped by sklearn
-#: itself unless SCIPY_ARRAY_API=1 (we accept NumPy arrays only).
-EXPECTED_FAILED_CHECKS: dict[str, str] = {}
+#: Checks that fail on purpose, with the reason (the classifier's multiclass checks run too,
+#: as log_loss is multinomial). check_array_api_input is skipped by sklearn itself unless
+#: SCIPY_ARRAY_API=1 (we accept NumPy arrays only).
+EXPECTED_FAILED_CHECKS: dict[str, str] = {
+    # it compares weights with repeated rows to 1e-7 after a fixed budget of epochs: repeating
+    # rows makes more updates per epoch and a larger N in (1/N)·Σ w ℓ, so the SGD iterates
+    # differ (scikit-learn's own SGDClassifier/SGDRegressor fail it for the same reason). The
+    # optimum is the same: test_integer_sample_weights_equal_repeated_rows.
+    "check_sample_weight_equivalence_on_dense_data": "SGD iterates, not an exact solver's optimum",
+}
 
 
 @parametrize_with_checks(

@@ -59,6 +59,7 @@ def open_source(
     max_chunk_bytes: int | None = None,
     max_chunk_rows: int | None = None,
     exclude: Sequence[str] | None = None,
+    weight: str | None = None,
 ) -> ParquetSource | ZarrSource:
     """Open a Parquet data set (file, directory, glob, or a list of them) or a Zarr group.
 
@@ -67,6 +68,8 @@ def open_source(
     Zarr, anything else as Parquet. ``max_chunk_bytes`` / ``max_chunk_rows`` cap a chunk:
     Parquet row groups beyond them are read in slices (see :class:`ParquetSource`).
     ``features`` and ``exclude`` take names and globs (see :mod:`streamsgd.sources.columns`).
+    ``weight`` names a column (Parquet) or 1-D array (Zarr) of per-row sample weights: read
+    with the target, never a feature.
     """
     if format not in FORMATS:
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}; got {format!r}")
@@ -80,10 +83,10 @@ def open_source(
         if len(urls) > 1:
             raise UsageError(f"{urls[0]}: a Zarr data set is one group; give one URL, not {len(urls)}")
         return ZarrSource(urls[0], target=target, features=features, feature_hint=feature_hint,
-                          storage_options=options, x_array=x_array, exclude=exclude)
+                          storage_options=options, x_array=x_array, exclude=exclude, weight=weight)
     return ParquetSource(urls if len(urls) > 1 else urls[0], target=target, features=features,
                          feature_hint=feature_hint, storage_options=options, max_chunk_bytes=max_chunk_bytes,
-                         max_chunk_rows=max_chunk_rows, exclude=exclude)
+                         max_chunk_rows=max_chunk_rows, exclude=exclude, weight=weight)
 
 
 def _is_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:

@@ -16,7 +16,8 @@ class ArraySource:
     """In-memory arrays cut into chunks; used by the Python API and the tests."""
 
     def __init__(
-        self, X: NDArray, y: NDArray | None, chunk_rows: int = 65536, features: Sequence[str] | None = None
+        self, X: NDArray, y: NDArray | None, chunk_rows: int = 65536, features: Sequence[str] | None = None,
+        sample_weight: NDArray | None = None,
     ):
         X = np.asarray(X)
         if X.ndim != 2:
@@ -27,6 +28,11 @@ class ArraySource:
         self.url = "<arrays>"
         self.features = list(features) if features is not None else [f"x{j}" for j in range(X.shape[1])]
         self.target = None if y is None else "y"
+        # per-row sample weights, read as the column "sample_weight" (checked as they are read)
+        self.sample_weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if self.sample_weight is not None and self.sample_weight.shape != (X.shape[0],):
+            raise DataError(f"sample_weight: expected shape ({X.shape[0]},), got {self.sample_weight.shape}")
+        self.weight = None if sample_weight is None else "sample_weight"
         self.columns = self.features + ([] if y is None else ["y"])
         self.target_type = None if y is None else str(self.y.dtype)
         n = X.shape[0]
@@ -52,7 +58,8 @@ class ArraySource:
         import pyarrow as pa
 
         s = slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
-        cols = {n: self.X[s, self.features.index(n)] if n in self.features else self.y[s] for n in names}
+        cols = {n: self.X[s, self.features.index(n)] if n in self.features
+                else self.sample_weight[s] if n == self.weight else self.y[s] for n in names}
         return pa.table(cols)
 
     def layout(self) -> dict[str, Any]:
@@ -68,4 +75,6 @@ class ArraySource:
         h = hashlib.sha256(np.ascontiguousarray(self.X).view(np.uint8))
         if self.y is not None:
             h.update(np.ascontiguousarray(self.y).view(np.uint8))
+        if self.sample_weight is not None:
+            h.update(self.sample_weight.view(np.uint8))
         return h.hexdigest()[:16]

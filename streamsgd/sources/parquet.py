@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from ..config import DEFAULT_MEMORY_LIMIT
 from .cast import arrow_values, not_finite, to_dtype
 from .columns import FooterFacts, numeric_kind
-from ..errors import DataError, SourceError
+from ..errors import DataError, SourceError, UsageError
 from . import retry
 
 #: While decoding, pyarrow's memory pool peaks at 2.5-2.8x the decoded size of the rows
@@ -138,6 +138,7 @@ class ParquetSource:
         max_chunk_bytes: int | None = None,
         max_chunk_rows: int | None = None,
         exclude: Sequence[str] | None = None,
+        weight: str | None = None,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -164,7 +165,11 @@ class ParquetSource:
         self.features, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
                                                        features, feature_hint, exclude, self.column_types)
         self.target_type = str(schema.field(target).type) if target is not None else None
-        used = self.features + ([target] if target is not None else [])
+        #: the sample-weight column (``--weight``): read with the target, never a feature
+        self.weight = weight
+        if weight is not None:
+            self.features = _weight_apart(self.paths[0], schema, weight, features, self.features)
+        used = self.features + ([target] if target is not None else []) + ([weight] if weight is not None else [])
         #: null counts, constant and id-like columns, from the footers as they are parsed
         self.footer_facts = FooterFacts([n for n in used if n not in self.partition_columns])
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
@@ -661,6 +666,17 @@ def _resolve_columns(
     # partition columns are only used when named
     types = types if types is not None else {f.name: f.type for f in schema}
     return select(path, types, partitions, target, features, exclude, feature_hint)
+
+
+def _weight_apart(path: str, schema, weight: str, features: Sequence[str] | None, chosen: list[str]) -> list[str]:
+    """The features without the weight column, which must exist and hold numbers."""
+    if weight not in schema.names:
+        raise DataError(f"{path}: no column {weight!r} (columns: {', '.join(schema.names[:20])}"
+                        f"{', …' if len(schema.names) > 20 else ''}); fix --weight")
+    _check_numeric(path, schema.field(weight), "fix --weight")
+    if features is not None and weight in features:
+        raise UsageError(f"--weight: the weight column {weight!r} cannot also be a feature; drop it from --features")
+    return [n for n in chosen if n != weight]
 
 
 def _values(column, name: str, source, i: int) -> NDArray:

@@ -39,6 +39,7 @@ class ZarrSource:
         storage_options: Mapping[str, Any] | None = None,
         x_array: str = "X",
         exclude: Sequence[str] | None = None,
+        weight: str | None = None,
     ):
         import zarr
 
@@ -67,6 +68,11 @@ class ZarrSource:
         n, d = self._X.shape
         if self._y is not None and self._y.shape[0] != n:
             raise DataError(f"{url}: {x_array!r} has {n} rows but {target!r} has {self._y.shape[0]}")
+        #: the sample-weight array (``--weight``): 1-D, one weight per row
+        self.weight = weight
+        self._w = _array(group, weight, url, "--weight", ndim=1) if weight is not None else None
+        if self._w is not None and self._w.shape[0] != n:
+            raise DataError(f"{url}: {x_array!r} has {n} rows but the weight array {weight!r} has {self._w.shape[0]}")
         names = list(self._X.attrs.get("feature_names", [f"x{j}" for j in range(d)]))
         if len(names) != d:
             raise DataError(f"{url}: {x_array!r} has {d} columns but {len(names)} feature_names")
@@ -148,9 +154,9 @@ class ZarrSource:
 
         all_names = self.columns[: self._X.shape[1]]
         # the target alone (the trainer's first pass) does not read the feature array
-        block = self._get(i, self._X) if any(n != self.target for n in names) else None
-        return pa.table({n: self._get(i, self._y) if n == self.target else block[:, all_names.index(n)]
-                         for n in names})
+        block = self._get(i, self._X) if any(n not in (self.target, self.weight) for n in names) else None
+        return pa.table({n: self._get(i, self._y) if n == self.target else self._get(i, self._w)
+                         if n == self.weight else block[:, all_names.index(n)] for n in names})
 
     def layout(self) -> dict[str, Any]:
         """Store, Zarr format and chunk shape of the feature array."""
