@@ -90,15 +90,16 @@ class RowSubset:
     def chunk_name(self, i: int) -> str:
         return self._source.chunk_name(i)
 
-    def read_into(self, i: int, X: NDArray, y: NDArray | None) -> None:
-        rows = self._source.chunk_rows[i]
-        whole_X = np.empty((rows, X.shape[1]), dtype=X.dtype)
-        whole_y = None if y is None else np.empty(rows, dtype=y.dtype)
+    def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
+        n = self._source.chunk_rows[i]
+        whole_X = np.empty((n, X.shape[1]), dtype=X.dtype)
+        whole_y = None if y is None else np.empty(n, dtype=y.dtype)
         self._source.read_into(i, whole_X, whole_y)
         mask = self._mask(i)
-        X[...] = whole_X[mask]
+        to = slice(None) if rows is None else rows
+        X[to] = whole_X[mask]
         if y is not None:
-            y[...] = whole_y[mask]
+            y[to] = whole_y[mask]
 
     def read_columns(self, i: int, names: Sequence[str]):
         import pyarrow as pa
