@@ -1,0 +1,149 @@
+"""No run ends in success with a blown-up model (issue 13, item 2).
+
+For every model, ``streamsgd fit`` with a far-too-large ``--lr``, with tiny batches, and
+with ``--no-standardize`` on columns of very different scales either reaches a sane loss
+(at most 10x the zero model's, measured here from the written model) or exits 5 within one
+logging interval, with one stderr line naming the fix and no model file. The data is a
+pandas-written Parquet file (its defaults) with an int column, a text column the trainer
+skips, and an ``income`` column ~10^4 times the others' scale.
+
+Each run goes through :func:`streamsgd.cli.main` in click's ``CliRunner`` (real argv
+parsing and exit codes, no process start), as tests/test_bad_input.py does.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from streamsgd.cli import main
+from streamsgd.kernels import row_loss
+from streamsgd.model import load
+
+DIVERGED = 5
+ROWS = 3000
+MODELS = ["linear", "logistic", "huber", "hinge", "modified_huber", "poisson", "quantile", "softmax"]
+TASK = {"linear": "reg", "huber": "reg", "quantile": "reg", "logistic": "cls", "hinge": "cls",
+        "modified_huber": "cls", "poisson": "counts", "softmax": "multi"}
+#: the trainer checks every --log-every updates: a far-too-large step blows up at update 1,
+#: so the run must stop by this update (or at the end of epoch 1, which comes at 6).
+LOG_EVERY = 5
+#: "sane": the done-when line's bound, the written model's loss against the zero model's
+SANE = 10.0
+
+
+def _table(task: str) -> pd.DataFrame:
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(ROWS)
+    age = rng.integers(18, 90, ROWS)
+    income = rng.lognormal(10.0, 0.5, ROWS)  # ~2e4: 10^4 times x's scale
+    ratio = rng.uniform(0.0, 0.01, ROWS)
+    score = 0.8 * x + 0.03 * (age - 54) + 0.5 * np.log(income / 2.2e4) + 50.0 * (ratio - 0.005)
+    frame = pd.DataFrame({"x": x, "age": age, "income": income, "ratio": ratio,
+                          "city": rng.choice(["Lyon", "Oslo", "Quito"], ROWS)})
+    if task == "reg":
+        frame["y"] = 40.0 + 5.0 * score + rng.standard_t(3, ROWS)
+    elif task == "cls":
+        frame["y"] = (score + rng.logistic(size=ROWS) > 0).astype(np.int64)
+    elif task == "counts":  # large counts, as statsmodels' star98 (up to thousands)
+        frame["y"] = rng.poisson(np.exp(4.0 + 0.8 * score))
+    else:
+        frame["y"] = np.digitize(score + rng.logistic(size=ROWS), [-0.7, 0.7])
+    return frame
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("diverge")
+    out = {}
+    for task in sorted(set(TASK.values())):
+        path = d / f"{task}.parquet"
+        _table(task).to_parquet(path)  # pandas' defaults: pyarrow, snappy, an index column
+        out[task] = path
+    return out
+
+
+def _fit(data, model: str, out_dir, *options: str):
+    path = out_dir / "model.npz"
+    args = ["fit", str(data), "--target", "y", "--features", "x,age,income,ratio", "--model", model,
+            "--epochs", "5", "--log-every", str(LOG_EVERY), "-o", str(path), *options]
+    runner = CliRunner()
+    with runner.isolation() as (stdout, stderr, _):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code, stderr.getvalue().decode(), path
+
+
+def _losses(model: str, data, path) -> tuple[float, float]:
+    """Mean loss of the written model and of the zero model on the training file."""
+    frame = pd.read_parquet(data)
+    X = frame[["x", "age", "income", "ratio"]].to_numpy(np.float64)
+    y = frame["y"].to_numpy(np.float64)
+    m = load(str(path))
+    z = m.decision_function(X)
+    if model == "softmax":
+        y = np.searchsorted(np.asarray(m.classes_, dtype=np.float64), y)
+    return float(row_loss(model, z, y).mean()), float(row_loss(model, np.zeros_like(z), y).mean())
+
+
+def _assert_sane_or_stopped(model, data, outcome, out_dir, stop_by=None) -> str:
+    code, err, path = outcome
+    if code == 0:
+        loss, zero = _losses(model, data, path)
+        assert np.isfinite(loss) and loss <= SANE * zero, (model, loss, zero, err)
+        return "sane"
+    lines = err.splitlines()
+    assert code == DIVERGED and len(lines) == 1, (code, err)
+    assert re.search(r"diverged at iteration \d+ .*(--lr \S+|--batch|--no-standardize)", lines[0]), err
+    assert list(out_dir.iterdir()) == [], "a diverged run must write no model file"
+    if stop_by is not None:
+        assert int(re.search(r"iteration (\d+)", lines[0]).group(1)) <= stop_by, err
+    return "stopped"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_far_too_large_lr_stops_within_one_interval(files, model, tmp_path):
+    data = files[TASK[model]]
+    outcome = _fit(data, model, tmp_path, "--lr", "1e4")
+    # 1e4 is ~10^4 times any default step here: every model blows up at once, so this must
+    # be a stop (not merely "sane"), by the first check, with a tenth of the step suggested
+    assert _assert_sane_or_stopped(model, data, outcome, tmp_path, stop_by=LOG_EVERY) == "stopped"
+    assert "--lr 1e+03" in outcome[1]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adagrad", "adam", "adamw"])
+@pytest.mark.parametrize("model", ["linear", "poisson", "softmax"])
+def test_every_optimizer_is_guarded(files, model, optimizer, tmp_path):
+    data = files[TASK[model]]
+    outcome = _fit(data, model, tmp_path, "--lr", "1e4", "--optimizer", optimizer)
+    _assert_sane_or_stopped(model, data, outcome, tmp_path, stop_by=LOG_EVERY)
+
+
+@pytest.mark.parametrize("batch", ["1", "2"])
+@pytest.mark.parametrize("model", MODELS)
+def test_tiny_batches_at_the_default_step(files, model, batch, tmp_path):
+    data = files[TASK[model]]
+    _assert_sane_or_stopped(model, data, _fit(data, model, tmp_path, "--batch", batch), tmp_path)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_no_standardize_at_the_default_step(files, model, tmp_path):
+    data = files[TASK[model]]
+    _assert_sane_or_stopped(model, data, _fit(data, model, tmp_path, "--no-standardize"), tmp_path)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_no_standardize_names_the_column_that_set_the_step(files, model, tmp_path):
+    # a step fine for standardised columns (0.01) is ~10^8 too large for income's squares:
+    # the fix that applies is standardising (or rescaling) that column, not a smaller --lr
+    data = files[TASK[model]]
+    code, err, _ = outcome = _fit(data, model, tmp_path, "--no-standardize", "--lr", "0.01")
+    assert _assert_sane_or_stopped(model, data, outcome, tmp_path, stop_by=LOG_EVERY) == "stopped"
+    assert "column 'income'" in err and "--no-standardize" in err, err
