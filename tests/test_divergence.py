@@ -13,6 +13,7 @@ parsing and exit codes, no process start), as tests/test_bad_input.py does.
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -147,3 +148,68 @@ def test_no_standardize_names_the_column_that_set_the_step(files, model, tmp_pat
     code, err, _ = outcome = _fit(data, model, tmp_path, "--no-standardize", "--lr", "0.01")
     assert _assert_sane_or_stopped(model, data, outcome, tmp_path, stop_by=LOG_EVERY) == "stopped"
     assert "column 'income'" in err and "--no-standardize" in err, err
+
+
+# -- a default step that is safe on real data (issue 13, item 3) ---------------------------------
+
+def _run(*args: str) -> tuple[int, str, str]:
+    runner = CliRunner()
+    with runner.isolation() as (stdout, stderr, _):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code, stdout.getvalue().decode(), stderr.getvalue().decode()
+
+
+def test_rare_one_hot_column_trains_at_the_default_step(tmp_path):
+    # 5 rows in 60,000 hold the one-hot column "rare": standardised, those rows have
+    # ‖z‖² ~ 12,000, which a 4,096-row sample of the first window misses (they sit off its
+    # stride). Stepping with the sample's L_max, the fit diverged at update 3,316 (epoch 29);
+    # the step now follows the largest row of every window, so it converges.
+    rng = np.random.default_rng(5)
+    n = 60_000
+    X = rng.standard_normal((n, 8))
+    rare = np.zeros(n)
+    rare[[1, 15_001, 30_003, 45_007, 50_009]] = 1.0
+    cat = rng.integers(0, 3, n)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(8)])
+    frame["rare"] = rare
+    for k in range(3):
+        frame[f"cat_{k}"] = (cat == k).astype(np.int8)
+    frame["y"] = X @ np.linspace(-1, 1, 8) + 3.0 * rare + 0.5 * cat + rng.standard_normal(n)
+    frame.to_parquet(tmp_path / "rare.parquet")
+    code, out, err = _run("fit", str(tmp_path / "rare.parquet"), "--target", "y", "--model", "linear",
+                          "-o", str(tmp_path / "m.npz"), "--json")
+    assert code == 0, err
+    # the noise is N(0, 1), so the optimum's mean loss (z - y)² / 2 is 0.5 up to sampling
+    # (± 0.003 at n = 60,000) and SGD's noise floor at B = 512; 0.55 fails any blow-up
+    assert json.loads(out)["loss"] < 0.55, out
+
+
+def test_poisson_default_step_on_large_counts_and_its_reported_loss(files, tmp_path):
+    # counts up to ~10^3 (mean ~70): the curvature e^z ≈ y where the iterate is going, 70x
+    # its value at z = 0. Stepping for z = 0 (or for the mean count alone) this blew up to a
+    # loss of 1e33 and exited 0; now the default step follows each row's max(1, y).
+    from sklearn.linear_model import PoissonRegressor
+    from sklearn.metrics import mean_poisson_deviance
+
+    data = files["counts"]
+    frame = pd.read_parquet(data)
+    features = ["x", "age", "income", "ratio"]
+    X, y = frame[features].to_numpy(np.float64), frame["y"].to_numpy(np.float64)
+    code, _, err = _run("fit", str(data), "--target", "y", "--features", ",".join(features), "--model", "poisson",
+                        "-o", str(tmp_path / "m.npz"))
+    assert code == 0, err
+    code, out, err = _run("evaluate", str(tmp_path / "m.npz"), str(data), "--json")
+    assert code == 0, err
+    reported = json.loads(out)["loss"]
+    mu = load(str(tmp_path / "m.npz")).predict(X)
+    # the reported loss is the mean half deviance: scikit-learn's mean_poisson_deviance / 2
+    assert reported == pytest.approx(mean_poisson_deviance(y, mu) / 2, rel=1e-9)
+    # and it is within 2 % of the exact solver's: PoissonRegressor on the standardised
+    # columns (the same span of features) at the default --l2 1e-4
+    Z = (X - X.mean(0)) / X.std(0)
+    best = PoissonRegressor(alpha=1e-4, tol=1e-10, max_iter=10_000).fit(Z, y)
+    assert reported <= 1.02 * mean_poisson_deviance(y, best.predict(Z)) / 2
