@@ -213,3 +213,29 @@ def test_poisson_default_step_on_large_counts_and_its_reported_loss(files, tmp_p
     Z = (X - X.mean(0)) / X.std(0)
     best = PoissonRegressor(alpha=1e-4, tol=1e-10, max_iter=10_000).fit(Z, y)
     assert reported <= 1.02 * mean_poisson_deviance(y, best.predict(Z)) / 2
+
+
+def test_step_lowered_by_a_later_window_resumes_bit_for_bit():
+    """A window of the first epoch with a row worse than any before lowers the default step
+    before it is trained on; a run resumed from a checkpoint taken before that window lowers
+    it at the same place, and ends with exactly the uninterrupted run's model."""
+    from streamsgd.sources import ArraySource
+    from streamsgd.train import Checkpointing, fit
+
+    rng = np.random.default_rng(3)
+    n = 30_000
+    X = rng.standard_normal((n, 5)).astype(np.float32)
+    X[20_500] = 6.0  # one far row, in one chunk of thirty: not in the first ~6-chunk window
+    y = X @ np.ones(5) + rng.standard_normal(n)
+    options = dict(model="linear", epochs=2, batch=64, seed=0, memory_limit=1 << 20, dtype="float32")
+    states = []
+    source = ArraySource(X, y, chunk_rows=1000)
+    whole = fit(source, checkpointing=Checkpointing(save=states.append, every=50), **options)
+    first = states[0]
+    assert first["counters"][0] == 50
+    # the far row (‖z‖² ≈ 180, 5x the first window's worst) lowered the step after update 50
+    assert whole.summary["lr"] < 0.5 * first["hyper"][0]
+    resumed = fit(source, resume=first, **options)
+    np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
+    assert resumed.model.intercept == whole.model.intercept
+    assert resumed.summary["lr"] == whole.summary["lr"]
