@@ -56,21 +56,24 @@ def row_weighting(model: str) -> int:
     return BY_COUNT if model == "poisson" else UNIT
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def max_row_curvature(X, y, mean, scale, weighting):
     """max_i c_i (‖(x_i − mean) / scale‖² + 1), c_i = max(1, y_i) when BY_COUNT, else 1.
 
     The largest single-row smoothness of the standardised data with intercept (L_max of
     ``optim.default_lr``), over every row of a window: one sequential pass, done once per
     window of the first epoch, so rare rows (a one-hot column set on 25 rows in 261,585)
-    are seen before the step they would break is taken.
+    are seen before the step they would break is taken. Sequential and vectorised, it costs
+    0.14-0.19x the gradient kernel's time over the same rows (1M x 100 float32, shuffled
+    order for the kernel), in the first epoch only.
     """
     n, d = X.shape
+    inv = 1.0 / scale  # a multiply per value, not a divide; reassoc lets the sum vectorise
     top = 0.0
     for i in range(n):
         s = 1.0
         for j in range(d):
-            t = (X[i, j] - mean[j]) / scale[j]
+            t = (X[i, j] - mean[j]) * inv[j]
             s += t * t
         if weighting == BY_COUNT:
             s *= max(1.0, float(y[i]))
