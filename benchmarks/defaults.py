@@ -18,9 +18,10 @@ StandardScaler and streamsgd's scan compute it), intercept unpenalised:
 The optimum is computed in memory by a trusted solver: the closed-form ridge normal equations
 (intercept = mean of y, since standardised columns are centred) for linear, scikit-learn's
 LogisticRegression(C = 1 / (N l2), lbfgs, tol 1e-12) for logistic, and scipy's L-BFGS-B on the exact
-objective and gradient (gtol 1e-12) for huber, modified_huber, poisson and softmax (smooth or C1).
-Hinge and quantile are left out: piecewise linear with an L2 penalty, they need a QP solver the
-venv does not have. Every model is scored by the same function of the raw-space model (coef,
+objective and gradient (gtol 1e-12) for huber, modified_huber, poisson and softmax (smooth or C1),
+LinearSVC(loss="hinge", C = 1/(N l2), intercept freed by intercept_scaling 10, tol 1e-8) for hinge,
+and QuantileRegressor(quantile 0.5, alpha 0, HiGHS: an exact linear program) for quantile, whose
+runs therefore use --l2 0. Every model is scored by the same function of the raw-space model (coef,
 intercept) so the comparison needs nothing from streamsgd's internals. The relative gap is (F_sgd - F_opt) / F_opt; "left" is the share of the
 possible decrease not yet made, (F_sgd - F_opt) / (F(0) - F_opt), which is kinder to problems
 whose optimum is near zero (almost separable classes).
@@ -50,7 +51,7 @@ Data sets. All are real measurements bundled with scikit-learn (nothing is downl
                                fixed seed: means up to thousands, as statsmodels' star98 (not bundled)
   rare_onehot        linear    20,000 rows: 8 normal columns, a one-hot column set on 6 rows and a
                                three-level category; the case whose worst row a row sample misses
-  name:model         another model on the same data (huber, modified_huber)
+  name:model         another model on the same data (huber, modified_huber, hinge, quantile)
   *_x512             the same data resampled with replacement to 512 x 512 = 262,144 rows
                      (seed 0), so that B = 512 is much smaller than N and SGD runs in the
                      streaming regime the package is built for. The optimum is exact: the
@@ -89,6 +90,7 @@ class Case:
     model: str
     load: Callable[[], tuple[np.ndarray, np.ndarray]]
     bootstrap: bool = False
+    fit: tuple[tuple[str, Any], ...] = ()  # options the model needs (quantile's exact solver: l2 = 0)
 
 
 def _sk():
@@ -199,10 +201,16 @@ CASES = [
     Case("diabetes:huber", "huber", _diabetes),
     Case("wine_alcohol:huber", "huber", _wine_alcohol),
     Case("linnerud_weight:huber", "huber", _linnerud_weight),
+    Case("breast_cancer:hinge", "hinge", _breast_cancer),
+    Case("wine_class0:hinge", "hinge", _wine_class0),
+    Case("iris_versicolor:hinge", "hinge", _iris(1)),
+    Case("diabetes:quantile", "quantile", _diabetes, fit=(("l2", 0.0),)),
+    Case("wine_alcohol:quantile", "quantile", _wine_alcohol, fit=(("l2", 0.0),)),
+    Case("linnerud_weight:quantile", "quantile", _linnerud_weight, fit=(("l2", 0.0),)),
 ]
 #: --quick: one data set per model (and the rare one-hot table), small enough for the test suite
 QUICK = ["diabetes", "breast_cancer", "iris", "linnerud_situps", "large_counts", "rare_onehot",
-         "breast_cancer:modified_huber", "diabetes:huber"]
+         "breast_cancer:modified_huber", "diabetes:huber", "breast_cancer:hinge", "diabetes:quantile"]
 CASES_BY_NAME = {c.name: c for c in CASES}
 
 
@@ -229,6 +237,12 @@ def loss_slope(model: str, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np
         m = s * z
         loss = np.where(m >= 1, 0.0, np.where(m >= -1, (1 - m) ** 2, -4 * m))
         return loss, np.where(m >= 1, 0.0, np.where(m >= -1, -2 * s * (1 - m), -4 * s))
+    if model == "hinge":
+        s = 2.0 * y - 1.0
+        return np.maximum(0.0, 1.0 - s * z), np.where(s * z < 1.0, -s, 0.0)
+    if model == "quantile":  # tau = 0.5, FitConfig's default
+        r = y - z
+        return np.maximum(0.5 * r, -0.5 * r), np.where(r > 0, -0.5, 0.5)
     if model == "poisson":
         mu = np.exp(np.minimum(z, 700.0))
         offset = np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0)) - y, 0.0)
@@ -298,6 +312,21 @@ def optimum(model, X, y, weight, l2) -> tuple[np.ndarray, float, np.ndarray, np.
         Zw = Z * weight[:, None]
         w = np.linalg.solve(Zw.T @ Z / n + l2 * np.eye(Z.shape[1]), Zw.T @ (y - ybar) / n)
         b = float(ybar)
+    elif model == "hinge":
+        import warnings
+
+        from sklearn.svm import LinearSVC
+
+        with warnings.catch_warnings():  # liblinear stops at its cap before tol 1e-8: still the better point
+            warnings.simplefilter("ignore")
+            svc = LinearSVC(loss="hinge", C=1.0 / (n * l2), intercept_scaling=10.0, tol=1e-8, max_iter=1_000_000,
+                            dual=True).fit(Z, y, sample_weight=weight)
+        w, b = svc.coef_[0], float(svc.intercept_[0])
+    elif model == "quantile":
+        from sklearn.linear_model import QuantileRegressor
+
+        qr = QuantileRegressor(quantile=0.5, alpha=0.0, solver="highs").fit(Z, y, sample_weight=weight)
+        w, b = qr.coef_, float(qr.intercept_)
     elif model == "logistic":
         from sklearn.linear_model import LogisticRegression
 
@@ -318,7 +347,7 @@ def optimum(model, X, y, weight, l2) -> tuple[np.ndarray, float, np.ndarray, np.
 def split(case: Case, X, y):
     from sklearn.model_selection import train_test_split
 
-    strat = y if case.model in ("logistic", "modified_huber", "softmax") else None
+    strat = y if case.model in ("logistic", "modified_huber", "hinge", "softmax") else None
     return train_test_split(X, y, test_size=0.2, random_state=SEED, stratify=strat)
 
 
@@ -327,7 +356,7 @@ def metric(model, X, y, coef, intercept) -> float:
     z = margins(X, coef, intercept)
     if model == "softmax":
         return float(np.mean(np.argmax(z, axis=1) == y))
-    if model in ("logistic", "modified_huber"):
+    if model in ("logistic", "modified_huber", "hinge"):
         return float(np.mean((z > 0) == (y == 1)))
     if model == "poisson":
         return float(1.0 - data_loss(model, z, y).sum() / data_loss(model, np.full_like(z, np.log(y.mean())), y).sum())
@@ -343,6 +372,7 @@ def evaluate(case: Case, min_updates: int | None = None, **fit_options: Any) -> 
     """Fit ``case`` with streamsgd (defaults unless options are given) and compare with the
     optimum. ``min_updates`` emulates a different auto-epochs rule: epochs = ceil(U / ipe),
     with no upper cap."""
+    fit_options = {**dict(case.fit), **fit_options}
     l2 = fit_options.get("l2", streamsgd.FitConfig().l2)
     X, y = case.load()
     if case.bootstrap:
@@ -388,7 +418,7 @@ def evaluate(case: Case, min_updates: int | None = None, **fit_options: Any) -> 
         "test_sgd": None,
         "test_opt": None,
         "test_gap": None,
-        "budget": {k: options[k] for k in ("epochs", "batch") if k in options},
+        "budget": {k: fit_options[k] for k in ("epochs", "batch") if k in fit_options},
     }
     if X_test is not None:
         row["test_sgd"] = metric(case.model, X_test, y_test, m.coef, m.intercept)
