@@ -239,3 +239,35 @@ def test_step_lowered_by_a_later_window_resumes_bit_for_bit():
     np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
     assert resumed.model.intercept == whole.model.intercept
     assert resumed.summary["lr"] == whole.summary["lr"]
+
+
+def test_the_advice_for_tiny_batches_and_an_unmeasured_start():
+    from streamsgd import guard
+
+    # at the default step with --batch below 32 the fix named is a larger batch; with a given
+    # --lr, a tenth of it; adaptive optimizers are not offered to a run that already uses one
+    assert guard.advice(0.5, False, "sgd", 2, True, None, []).startswith("use a larger --batch (it was 2)")
+    assert guard.advice(0.5, True, "adam", 2, True, None, []) == "rerun with --lr 0.05 (a tenth of 0.5)"
+    # a checkpoint written before the guard existed has no starting loss (NaN): only a
+    # non-finite loss or parameters stop such a run
+    assert guard.divergence(1e30, np.nan, np.zeros(3)) is None
+    assert guard.divergence(1.0, np.nan, np.array([np.inf])) == "the parameters overflowed"
+    assert guard.divergence(11.0, 1.0, np.zeros(3)).startswith("the mean loss rose to 11")
+    assert guard.divergence(9.0, 1.0, np.zeros(3)) is None
+
+
+def test_a_checkpoint_without_the_guard_state_still_resumes():
+    from streamsgd.sources import ArraySource
+    from streamsgd.train import Checkpointing, fit
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, 3))
+    y = X @ np.ones(3) + rng.standard_normal(2000)
+    options = dict(model="linear", epochs=2, batch=64, seed=0)
+    states = []
+    whole = fit(ArraySource(X, y), checkpointing=Checkpointing(save=states.append, every=10), **options)
+    old = {k: v for k, v in states[0].items() if k != "guard"}
+    resumed = fit(ArraySource(X, y), resume=old, **options)
+    # without the recorded worst row the step is not lowered again; here the first window is
+    # all the data, so nothing changes and the model is the same
+    np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
