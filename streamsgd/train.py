@@ -178,7 +178,8 @@ class _State:
         self.mean = self.scale = self.hyper = self.spec = None
         self.sample = None  # rows for the step size: kept when the batch size may change
         self.sample_y = None  # their labels (Poisson's curvature, the starting loss)
-        # the starting model's loss (NaN: not measured) and the largest row curvature seen
+        # guard.REFERENCE, ROW_MAX, SMOOTH: the starting model's loss (NaN: not measured), the
+        # largest row curvature seen, and the sample's smoothness L (NaN: not measured)
         self.guard = np.array([np.nan, 0.0, np.nan])
         self.classes = None  # softmax's label values as the kernel sees them (class indices for text labels)
         self.curvature = None  # the loss's curvature bound, when the data sets it (poisson, class weights)
