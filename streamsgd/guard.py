@@ -9,6 +9,12 @@ DIVERGENCE_FACTOR times above it, or parameters that are not finite, stop the ru
 applies. The check costs O(1) per interval (the loss sums are already kept) and O(d) for
 the parameters, nothing per row, and it only reads the state, so a resumed run is bit
 identical to an uninterrupted one.
+
+Parameters that grow by orders of magnitude but stay finite are caught by the loss: every
+gradient lies in the span of the rows (plus the L2 pull towards zero), so the weights can
+only grow along directions the data spans, which moves the margins, and every loss here
+grows at least linearly in a wrong margin. A separate norm test would need a scale for
+"too large" that a target of 10^6 (a linear intercept of 10^6) does not trip.
 """
 
 from __future__ import annotations
