@@ -271,3 +271,18 @@ def test_a_checkpoint_without_the_guard_state_still_resumes():
     # without the recorded worst row the step is not lowered again; here the first window is
     # all the data, so nothing changes and the model is the same
     np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_row_curvature_matches_its_numpy_twin(dtype):
+    from streamsgd import guard
+
+    rng = np.random.default_rng(1)
+    X = (rng.standard_normal((301, 7)) * [1, 10, 0.1, 1, 1, 5, 1]).astype(dtype)
+    y = rng.poisson(3.0, 301).astype(dtype)
+    mean, scale = X.mean(0).astype(np.float64), X.std(0).astype(np.float64)
+    norms = 1.0 + (((X.astype(np.float64) - mean) / scale) ** 2).sum(1)
+    # float32 rows are read as float64 by both; the kernel's sum is reassociated: rounding only
+    assert guard.max_row_curvature(X, y, mean, scale, guard.UNIT) == pytest.approx(norms.max(), rel=1e-12)
+    weighted = (np.maximum(1.0, y.astype(np.float64)) * norms).max()
+    assert guard.max_row_curvature(X, y, mean, scale, guard.BY_COUNT) == pytest.approx(weighted, rel=1e-12)
