@@ -13,11 +13,15 @@ Losses (z = w.x + b; for hinge and modified_huber s = 2y - 1, the {0,1} label as
                     r = z - y (scikit-learn SGDRegressor's ``huber``; param = eps)
   3 hinge           l = max(0, 1 - s z)                               dl/dz = -s if s z <= 1 else 0
   4 modified_huber  l = (1 - s z)^2 if -1 <= s z < 1, -4 s z if s z < -1, 0 if s z >= 1
-  5 poisson         l = e^z - y z (log link, y >= 0 counts)           dl/dz = e^z - y
+  5 poisson         l = y log(y / e^z) - y + e^z (half the Poisson    dl/dz = e^z - y
+                    deviance, log link, y >= 0 counts; 0 log 0 = 0)
   6 quantile        l = max(tau r, (tau - 1) r), r = y - z (pinball; param = tau)
                     dl/dz = -tau if r > 0, 1 - tau if r < 0, 0 at r = 0
 Hinge and modified_huber follow scikit-learn's ``SGDClassifier`` (including the
-subgradient -s taken at the hinge's kink); scikit-learn drops the halves of e^z - y z too.
+subgradient -s taken at the hinge's kink). Poisson's loss is e^z - y z plus y log y - y, a
+term in y alone: the gradient is that of e^z - y z, but the reported loss is the half
+deviance, 0 at a perfect fit, whose mean is scikit-learn's ``mean_poisson_deviance`` / 2
+(what ``PoissonRegressor`` minimises, 1/(2N) Σ deviance).
 
 Every loss is finite at any finite margin: logistic is arranged so that neither term
 overflows; poisson continues e^z by its tangent line above ``POISSON_MAX_MARGIN``
@@ -52,6 +56,15 @@ def _exp_capped(z: float) -> tuple[float, float]:
         return e, e
     e = math.exp(POISSON_MAX_MARGIN)
     return e * (1.0 + (z - POISSON_MAX_MARGIN)), e
+
+
+@njit(nogil=True, cache=True)
+def _poisson_offset(y: float) -> float:
+    """y log y - y (0 at y = 0): what turns e^z - y z into the half deviance."""
+    v = np.float64(y)  # numba's float() keeps a float32 label float32, and its log too
+    if v > 0.0:
+        return v * math.log(v) - v
+    return 0.0
 
 
 #: Loss name -> the integer the compiled loop branches on.
@@ -114,7 +127,7 @@ def loss_slope(loss: int, z: float, y: float, param: float) -> tuple[float, floa
         return -4.0 * m, -4.0 * s
     if loss == 5:
         e, de = _exp_capped(z)
-        return e - y * z, de - y
+        return e - y * z + _poisson_offset(y), de - y
     # quantile
     r = y - z
     if r > 0.0:
@@ -345,7 +358,7 @@ def modified_huber_grad(X, y, idx, w, b, gw):
 
 @njit(nogil=True, cache=True)
 def poisson_grad(X, y, idx, w, b, gw):
-    """Poisson deviance (log link, halved as in scikit-learn) for counts y >= 0."""
+    """Poisson half deviance (log link, as scikit-learn's PoissonRegressor) for counts y >= 0."""
     return accumulate(5, X, y, idx, w, b, gw)
 
 
@@ -437,7 +450,8 @@ def row_loss(
     if model == "poisson":
         zc = np.minimum(z, POISSON_MAX_MARGIN)
         mu = np.exp(zc) * (1.0 + (z - zc))  # e^z, continued by its tangent (see _exp_capped)
-        return mu - y * z
+        offset = np.where(y > 0.0, y * np.log(np.where(y > 0.0, y, 1.0)) - y, 0.0)
+        return mu - y * z + offset
     if model == "quantile":
         r = y - z
         return np.maximum(param * r, (param - 1.0) * r)

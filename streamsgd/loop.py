@@ -34,6 +34,10 @@ from .kernels import SOFTMAX, accumulate_rows, accumulate_softmax_rows
 from .noise import noise_add
 from .optim import l1_step, optimizer_step, refresh_effective, schedule_lr, standardized_gradient
 
+# Numba's cache of train_rows holds the kernels it calls compiled in, and is keyed on this file
+# alone: a change to a loss in kernels.py (poisson's half deviance) reaches the loop only once
+# this file changes too, or its __pycache__ is emptied.
+
 # counters
 T = 0  # updates made
 FILLED = 1  # rows of the batch in progress whose gradient is in gw

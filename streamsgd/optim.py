@@ -256,7 +256,7 @@ def l1_step(theta, q, u, lr_l1):
 
 def default_lr(
     model: str, sample: NDArray, mean: NDArray, scale: NDArray, n_rows: int, batch: int, l2: float,
-    curvature: float | None = None,
+    curvature: float | None = None, row_weights: NDArray | None = None, row_max: float = 0.0,
 ) -> float:
     """A step size the problem can take without tuning: 1 / L_B.
 
@@ -268,12 +268,36 @@ def default_lr(
     ``curvature`` when given: the caller knows better for Poisson (max(1, mean count), the
     curvature e^b at the intercept-only optimum) or with class weights (CURVATURE times
     the largest weight).
+
+    ``row_weights`` (one per sample row) scale each row's curvature: Poisson's e^z is about
+    max(1, y) where the iterate is going (the mean μ ≈ y near the optimum), so its step is
+    set by the curvature there, not at z = 0. ``row_max`` is the largest weighted
+    ‖((x − mean) / scale, 1)‖² of every row seen so far (``guard.max_row_curvature``): a
+    rare one-hot column the sample missed still sets L_max, which dominates L_B at small B.
     """
+    L, L_max = smoothness(model, sample, mean, scale, l2, curvature, row_weights)
+    c = CURVATURE[model] if curvature is None else float(curvature)
+    return batch_step(L, max(L_max, c * row_max + l2), n_rows, batch)
+
+
+def smoothness(
+    model: str, sample: NDArray, mean: NDArray, scale: NDArray, l2: float, curvature: float | None = None,
+    row_weights: NDArray | None = None,
+) -> tuple[float, float]:
+    """(L, L_max) of ``default_lr`` measured on the sample: the full-data smoothness and the
+    worst sample row's, curvature bound and L2 included."""
     Z = (sample.astype(np.float64) - mean) / scale
     A = np.hstack([Z, np.ones((Z.shape[0], 1))])
+    if row_weights is not None:
+        A = A * np.sqrt(row_weights)[:, None]
     c = CURVATURE[model] if curvature is None else float(curvature)
     L = c * _top_eigenvalue(A) + l2
     L_max = c * float(np.max(np.einsum("ij,ij->i", A, A))) + l2
+    return L, L_max
+
+
+def batch_step(L: float, L_max: float, n_rows: int, batch: int) -> float:
+    """1 / L_B, the expected smoothness of a batch of ``batch`` rows out of ``n_rows``."""
     N, B = max(n_rows, 2), min(batch, max(n_rows, 1))
     L_B = (N * (B - 1)) / (B * (N - 1)) * L + (N - B) / (B * (N - 1)) * L_max
     return float(1.0 / L_B)

@@ -144,11 +144,3 @@ def standardization(
     # constant columns keep scale 1, as scikit-learn's StandardScaler does
     return mean, np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
 
-
-def row_sample(X: NDArray, rows: int = SAMPLE_ROWS, order: NDArray[np.int64] | None = None) -> NDArray:
-    """Up to ``rows`` evenly spaced rows of ``X[order]`` (default: of ``X``), as a copy, so
-    ``X`` can be freed."""
-    step = max(1, X.shape[0] // rows)
-    if order is None:
-        return X[::step][:rows].copy()
-    return X[order[::step][:rows]]

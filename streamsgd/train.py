@@ -20,19 +20,20 @@ from numpy.typing import NDArray
 from .classes import class_weights, label_values, softmax_classes
 from .config import EXECUTION_ONLY, FitConfig
 from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
+from . import guard
 from .kernels import CURVATURE, LOSSES, row_loss
 from .loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
                    ROWS, T, finish_batch, train_rows)
 from .noise import NoiseMeter, reported
 from .metrics import MetricsLog, peak_rss_bytes
 from .model import Model
-from .optim import OPTIMIZERS, SCHEDULES, default_lr, refresh_effective, schedule_lr
+from .optim import OPTIMIZERS, SCHEDULES, batch_step, default_lr, refresh_effective, schedule_lr, smoothness
 from .shuffle import iterations_per_epoch
 from .sources import ParquetSource, Source, n_rows
 from .sources.parquet import DECODE_FACTOR
 from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from .sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
-from .stats import chunk_target_means, max_sample_weight, row_sample, standardization
+from .stats import chunk_target_means, max_sample_weight, standardization
 from .stream import EpochStream
 from .windows import WEIGHT_BYTES, Window, read_window, return_freed_buffers_to_os, sample_weight_column
 
@@ -212,7 +213,9 @@ class _State:
     """
 
     ARRAYS = ("theta", "theta_eff", "avg", "gw", "l1_q", "l1_u", "cw", "opt_state", "counters", "sums",
-              "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec")
+              "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec", "guard")
+    #: arrays a checkpoint written before they existed may lack (their defaults then stay)
+    OPTIONAL = ("guard",)
 
     def __init__(self, d: int, blocks: int = 1):
         self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(blocks * (d + 1)) for _ in range(4))
@@ -225,6 +228,10 @@ class _State:
         self.rows_seen = np.zeros(1, dtype=np.int64)
         self.mean = self.scale = self.hyper = self.spec = None
         self.sample = None  # rows for the step size: kept when the batch size may change
+        self.sample_y = None  # their labels (Poisson's curvature, the starting loss)
+        # guard.REFERENCE, ROW_MAX, SMOOTH: the starting model's loss (NaN: not measured), the
+        # largest row curvature seen, and the sample's smoothness L (NaN: not measured)
+        self.guard = np.array([np.nan, 0.0, np.nan])
         self.classes = None  # softmax's label values as the kernel sees them (class indices for text labels)
         self.curvature = None  # the loss's curvature bound, when the data sets it (poisson, class weights)
 
@@ -233,6 +240,8 @@ class _State:
 
     def restore(self, arrays: dict[str, NDArray]) -> None:
         for name in self.ARRAYS:
+            if name in self.OPTIONAL and name not in arrays:
+                continue
             old, new = getattr(self, name), np.asarray(arrays[name])
             if old is not None and (new.shape != old.shape or new.dtype != old.dtype):
                 raise DataError(f"the checkpoint's {name} has shape {new.shape}, this run needs {old.shape}; "
@@ -358,11 +367,18 @@ def fit(
         if on_progress is not None:
             on_progress(record)
 
-    def diverged(epoch: int) -> DivergenceError:
-        return DivergenceError(
-            f"training diverged at iteration {counters[T] + 1} (epoch {epoch + 1}): the loss became "
-            f"not finite; lower --lr (it was {st.hyper[LR0]:.4g}) or keep --standardize on"
-        )
+    def diverged(epoch: int, reason: str = "the loss became not finite", t: int | None = None) -> DivergenceError:
+        fix = guard.advice(config.lr if config.lr is not None else float(st.hyper[LR0]), config.lr is not None,
+                           config.optimizer, int(spec[BATCH]), config.standardize, st.sample, list(source.features))
+        return DivergenceError(f"training diverged at iteration {counters[T] + 1 if t is None else t} "
+                               f"(epoch {epoch + 1}): {reason}; {fix}")
+
+    def check_interval(epoch: int) -> None:
+        """Stop when the interval's mean loss or the parameters have blown up (guard.py)."""
+        loss = sums[LOSS] / sums[ROWS] if sums[ROWS] else 0.0
+        reason = guard.divergence(loss, float(st.guard[guard.REFERENCE]), st.theta)
+        if reason is not None:
+            raise diverged(epoch, reason, int(counters[T]))
 
     def fold_interval() -> None:
         st.rows_seen[0] += int(sums[ROWS])
@@ -382,6 +398,7 @@ def fit(
               "rows_per_second": sums[ROWS] / max(now - interval_start, 1e-9), "seconds": now - train_start,
               **_noise_fields(estimate)})
         interval_start = now
+        check_interval(epoch)
         fold_interval()
         return estimate
 
@@ -443,6 +460,8 @@ def fit(
                 for window, order in windows:
                     if st.hyper is None:  # the first window: standardisation and step size from it
                         _start(st, window, config, init, N, B)
+                    if epoch == 0:  # every row is seen once: lower the default step before a rare row hurts
+                        _see_rows(st, window.X, window.y, config, N)
                     pos = 0
                     while pos < order.size and not done():
                         sw = unweighted if window.w is None else window.w
@@ -460,14 +479,12 @@ def fit(
                     raise diverged(epoch)
                 if counters[T] % config.log_every == 0:
                     progress(epoch)
+            check_interval(epoch)  # the updates since the last log line
             fold_interval()
             w = st.theta.reshape(blocks, d + 1)[:, :d]
             epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2 * float((w * w).sum())
             if not (math.isfinite(epoch_loss) and np.isfinite(st.theta).all()):
-                raise DivergenceError(
-                    f"training diverged in epoch {epoch + 1}: the parameters overflowed; lower --lr "
-                    f"(it was {st.hyper[LR0]:.4g}) or keep --standardize on"
-                )
+                raise diverged(epoch, "the parameters overflowed", int(counters[T]))
             record = {"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
                       "rows_seen": int(st.rows_seen[0]), "loss": epoch_loss, "batch": int(spec[BATCH]),
                       "seconds": time.perf_counter() - started}
@@ -538,12 +555,10 @@ def fit(
 
 
 def _curvature(model: str, strata: NDArray[np.float64], chunk_rows: list[int], cw: NDArray) -> float:
-    """The loss's curvature bound for the default step: poisson's e^z grows to the mean
-    count near the optimum; class weights scale the loss."""
-    c = CURVATURE[model]
-    if model == "poisson":
-        c = max(1.0, float(np.dot(strata, chunk_rows)) / max(sum(chunk_rows), 1))
-    return c * float(cw.max())
+    """The loss's curvature bound for the default step: class weights scale the loss.
+    (Poisson's e^z, which grows to about y near the optimum, is weighted per row instead:
+    ``guard.row_weights``.)"""
+    return CURVATURE[model] * float(cw.max())
 
 
 #: The random stream of the validation split (whole chunks; rows within chunks).
@@ -628,7 +643,8 @@ def _grow_batch(st: _State, estimate: dict[str, Any], config: FitConfig, N: int)
         st.spec[BATCH] = wanted
         if config.lr is None:
             st.hyper[LR0] = default_lr(config.model, st.sample, st.mean, st.scale, N, wanted, config.l2,
-                                       st.curvature)
+                                       st.curvature, guard.row_weights(config.model, st.sample_y),
+                                       float(st.guard[guard.ROW_MAX]))
 
 
 def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
@@ -641,7 +657,7 @@ def _noise_fields(estimate: dict[str, Any]) -> dict[str, Any]:
 def _start(st: _State, window: Window, config: FitConfig, init: Model | None, N: int, B: int) -> None:
     """Standardisation, step size and starting point, from the first window (or ``init``),
     its rows taken chunk after chunk: the figures do not depend on the shuffle's layout."""
-    X, rows = window.X, window.slots
+    X, y, rows = window.X, window.y, window.slots
     d = X.shape[1]
     if init is not None:  # its parameters in its standardised space, one block per class for softmax
         st.mean, st.scale = np.asarray(init.mean, dtype=np.float64), np.asarray(init.scale, dtype=np.float64)
@@ -652,11 +668,11 @@ def _start(st: _State, window: Window, config: FitConfig, init: Model | None, N:
             st.theta[c * (d + 1) + d] = intercept[c] + float(coef[c] @ st.mean)
     else:
         st.mean, st.scale = standardization(X, config.standardize, rows)
-    st.sample = row_sample(X, order=rows)
+    st.sample, st.sample_y = guard.sample_rows(X, y, order=rows)
+    st.guard[guard.SMOOTH] = smoothness(config.model, st.sample, st.mean, st.scale, config.l2, st.curvature,
+                                        guard.row_weights(config.model, st.sample_y))[0]
     if config.lr is None:
-        lr0 = default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature)
-        if config.optimizer in ("momentum", "nesterov"):  # heavy ball: the step is η / (1 − β) in effect
-            lr0 *= 1.0 - config.beta1
+        lr0 = _default_step(st, config, N, B)
     else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
         lr0 = config.lr * (B / config.lr_reference_batch if config.lr_reference_batch else 1.0)
     param = config.epsilon if config.model == "huber" else config.quantile
@@ -665,6 +681,35 @@ def _start(st: _State, window: Window, config: FitConfig, init: Model | None, N:
     for c in range(st.theta.size // (d + 1)):
         refresh_effective(st.theta[c * (d + 1):(c + 1) * (d + 1)], st.theta_eff[c * (d + 1):(c + 1) * (d + 1)],
                           st.mean, st.scale)
+    coef, intercept = raw_parameters(st.theta, st.theta.size // (d + 1), st.mean, st.scale)
+    st.guard[guard.REFERENCE] = guard.reference_loss(config.model, st.sample, st.sample_y, coef, intercept, param,
+                                                     st.cw, st.classes)
+
+
+def _default_step(st: _State, config: FitConfig, N: int, B: int) -> float:
+    """``default_lr`` for the run's sample, worst row seen so far and optimizer."""
+    lr0 = default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature,
+                     guard.row_weights(config.model, st.sample_y), float(st.guard[guard.ROW_MAX]))
+    if config.optimizer in ("momentum", "nesterov"):  # heavy ball: the step is η / (1 − β) in effect
+        lr0 *= 1.0 - config.beta1
+    return lr0
+
+
+def _see_rows(st: _State, X: NDArray, y: NDArray, config: FitConfig, N: int) -> None:
+    """Track the largest row curvature of the first epoch's windows; when a window holds a
+    row worse than any before (a rare one-hot column the first window's sample missed),
+    lower the default step before training on it. Deterministic: a window's rows are a
+    function of the seed, and a resumed window finds the maximum it already recorded."""
+    top = guard.max_row_curvature(X, y, st.mean, st.scale, guard.row_weighting(config.model))
+    if top <= st.guard[guard.ROW_MAX]:
+        return
+    st.guard[guard.ROW_MAX] = top
+    if config.lr is None and math.isfinite(st.guard[guard.SMOOTH]):
+        c = CURVATURE[config.model] if st.curvature is None else st.curvature
+        lr0 = batch_step(float(st.guard[guard.SMOOTH]), c * top + config.l2, N, int(st.spec[BATCH]))
+        if config.optimizer in ("momentum", "nesterov"):
+            lr0 *= 1.0 - config.beta1
+        st.hyper[LR0] = min(float(st.hyper[LR0]), lr0)
 
 
 def _check_init(init: Model, source: Source, config: FitConfig) -> None:

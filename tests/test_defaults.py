@@ -57,3 +57,36 @@ def test_breast_cancer_logistic_defaults_within_five_percent():
 def test_breast_cancer_streaming_regime_defaults_within_five_percent():
     # 262,144 resampled rows, B = 512 << N; same target and reasoning as above.
     assert gap("breast_cancer_x512") < 0.05
+
+
+# -- issue 13: the public suite, a quick subset (benchmarks/defaults.py --quick runs more) ---------
+# Pass mark: the held-out mean loss within 2 % of the exact solver's with the defaults, 5 % with
+# a user-fixed budget. Each case is deterministic (seeded split, shuffle and data), so the measured
+# figures below are what the assertions see; the margins are the issue's, not ours.
+
+def held_out_gap(name: str, **budget) -> float:
+    row = bench.evaluate(bench.CASES_BY_NAME[name], **budget)
+    assert bench.passed(row) == (row["test_gap"] <= (0.05 if budget else 0.02))
+    return row["test_gap"]
+
+
+def test_rare_one_hot_column_defaults_and_budget():
+    # 6 rows in 16,000 training rows hold the one-hot column: the default step must follow
+    # their standardised ‖z‖² ~ 2,700, which a row sample misses (measured: 0.00 % both ways;
+    # stepping for the sample's worst row, the same fit diverged)
+    assert held_out_gap("rare_onehot") < 0.02
+    assert held_out_gap("rare_onehot", epochs=5, batch=32) < 0.05
+
+
+def test_large_counts_poisson_defaults():
+    # counts with means up to thousands (breast-cancer features, e^(4 + 0.6 z)): measured
+    # -0.47 % (SGD's held-out half deviance slightly below the exact optimum's); the old
+    # default step, sized for e^z at z = 0 or the mean count, blew up on such data
+    assert held_out_gap("large_counts") < 0.02
+
+
+def test_huber_and_linear_defaults_and_a_budget_on_diabetes():
+    # measured: huber -4.0 % (SGD's model generalises slightly better than the optimum's),
+    # linear 0.00 % with the defaults and 1.56 % with --epochs 20 --batch 32
+    assert held_out_gap("diabetes:huber") < 0.02
+    assert held_out_gap("diabetes", epochs=20, batch=32) < 0.05
