@@ -12,7 +12,7 @@ import click
 
 from .config import (DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes,
                      storage_option)
-from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
+from .errors import EXIT_INTERRUPTED, DataError, RunStopped, SourceError, StreamSGDError, UsageError
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -25,9 +25,16 @@ def _needs(model_path: str) -> str:
 
 
 def _check_output_dir(path: str, option: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"{option}: the directory {directory} does not exist; create it first")
+    """Create the folders a local output goes into (a job file's ``models/``, ``logs/``);
+    an object-store URL needs none."""
+    if "://" in path and not path.startswith("file://"):
+        return
+    directory = os.path.dirname(os.path.abspath(path.removeprefix("file://")))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot create the directory {directory} ({exc.strerror}); "
+                         "give a path you can write to") from None
 
 
 def store_options(command):
@@ -54,10 +61,22 @@ def _open(data: str | tuple[str, ...], target: str | None, features, store: dict
     from .train import MemoryPlan
 
     urls = [data] if isinstance(data, str) else list(data)
+    _refuse_text(urls)
     return open_source(urls[0] if len(urls) == 1 else urls, target=target, features=features,
                        feature_hint=feature_hint, storage_options=_storage_options(store["storage_option"]),
                        format=store["data_format"], x_array=store["x_array"],
                        max_chunk_bytes=MemoryPlan.max_chunk_bytes(memory_limit) if memory_limit else None)
+
+
+def _refuse_text(urls: list[str]) -> None:
+    """A CSV or JSON-lines file gets the command that makes it trainable, not a Parquet error."""
+    from .convert import text_format
+
+    for url in urls:
+        if text_format(url):
+            stem = url.rstrip("/").rsplit(".", 2 if url.lower().endswith((".gz", ".bz2", ".zst", ".xz")) else 1)[0]
+            raise DataError(f"{url}: streamsgd reads Parquet or Zarr, not {text_format(url).upper()}; convert it "
+                            f"once with: streamsgd convert {url} -o {stem}.parquet")
 
 
 def _store(options: dict[str, Any]) -> dict[str, Any]:
@@ -209,15 +228,16 @@ def _with_config_file(ctx: click.Context, path: str | None, given: dict[str, Any
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
 @click.argument("data", nargs=-1, required=True)
+@click.option("--target", "--y-array", default=None, help="Target column of DATA; default: the model's target.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @store_options
-def evaluate(model_path: str, data: str, as_json: bool, **store: Any) -> None:
+def evaluate(model_path: str, data: str, target: str | None, as_json: bool, **store: Any) -> None:
     """Loss and accuracy (classifier) or R² (regressor) of MODEL on DATA."""
     from .apply import evaluate as run
     from .model import load
 
-    model = load(model_path)
-    result = run(model, _open(data, model.target, model.features, store, _needs(model_path)))
+    model = load(model_path, _storage_options(store["storage_option"]))
+    result = run(model, _open(data, target or model.target, model.features, store, _needs(model_path)))
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -227,7 +247,7 @@ def evaluate(model_path: str, data: str, as_json: bool, **store: Any) -> None:
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
 @click.argument("data", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, help="Parquet file of predictions to write.")
+@click.option("-o", "--output", required=True, help="Parquet file of predictions to write (a path or URL).")
 @click.option("--keep", multiple=True, help="Columns of DATA to copy alongside (e.g. ids).")
 @store_options
 def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **store: Any) -> None:
@@ -235,12 +255,58 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **st
     from .apply import predict as run
     from .model import load
 
-    model = load(model_path)
+    options = _storage_options(store["storage_option"])
+    model = load(model_path, options)
     keep_names = _split(keep) or ()
     _check_output_dir(output, "--output")
     source = _open(data, None, model.features, store, _needs(model_path))
-    rows = run(model, source, output, keep_names)
+    rows = run(model, source, output, keep_names, storage_options=options)
     click.echo(f"wrote {rows} predictions -> {output}", err=True)
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the K features of largest |coef|.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for a MODEL URL, repeatable.")
+def show(model_path: str, top: int | None, as_json: bool, storage_option: tuple[str, ...]) -> None:
+    """Features (with roles), coefficients, intercept, scaling, classes and training summary of MODEL."""
+    from .model import load
+    from .show import describe_model, format_model
+
+    info = describe_model(load(model_path, _storage_options(storage_option)), top=top)
+    if as_json:
+        click.echo(json.dumps(_json_safe(info)))
+    else:
+        for line in format_model(info):
+            click.echo(line)
+
+
+@cli.command()
+@click.argument("data")
+@click.option("-o", "--output", required=True, help="Parquet file to write (a path or URL).")
+@click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True,
+              help="The limit fit will run under: row groups are sized so one decodes within it.")
+@click.option("--column-type", multiple=True, metavar="COLUMN=TYPE",
+              help="Arrow type of a column whose first rows mislead inference (e.g. zip=string, price=float64).")
+@click.option("--block-size", default="1MiB", show_default=True, help="Text parsed at a time; types are inferred from the first block.")
+@click.option("--compression", type=click.Choice(["none", "snappy", "zstd", "gzip"]), default="snappy", show_default=True)
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for DATA and the output, repeatable.")
+def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, ...], block_size: str,
+            compression: str, storage_option: tuple[str, ...]) -> None:
+    """Rewrite a CSV, TSV or JSON-lines file as Parquet, in fixed memory."""
+    from .convert import convert as run
+    from .convert import parse_column_types
+    from .train import MemoryPlan
+
+    _check_output_dir(output, "--output")
+    stats = run(data, output, row_group_bytes=MemoryPlan.max_chunk_bytes(parse_bytes(memory_limit)),
+                column_types=parse_column_types(column_type), block_size=parse_bytes(block_size),
+                compression=compression, storage_options=_storage_options(storage_option))
+    click.echo(f"wrote {stats['rows']} rows, {stats['columns']} columns in {stats['row_groups']} row groups "
+               f"-> {output}", err=True)
 
 
 @cli.command()
@@ -416,6 +482,17 @@ def main(argv: list[str] | None = None) -> None:
         _report("interrupted", str(exc), exc.exit_code)
     except StreamSGDError as exc:
         _report("error", str(exc), exc.exit_code)
+    except Exception as exc:
+        # an object store's credential failure can surface from any call into s3fs: one
+        # line saying how to pass credentials, not botocore's traceback; anything else is a bug
+        from .sources.retry import credential_problem, credentials_error
+
+        problem = credential_problem(exc)
+        if problem is None:
+            raise
+        urls = [a for a in (sys.argv[1:] if argv is None else argv) if "://" in a and "=" not in a]
+        error = credentials_error(urls[0] if urls else "the object store", problem)
+        _report("error", str(error), error.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort) as exc:  # click turns Ctrl-C into Abort
         _report("interrupted", "stopped at once; no output was written", getattr(exc, "exit_code", EXIT_INTERRUPTED))
     sys.exit(0)

@@ -157,6 +157,10 @@ class FitConfig:
                 raise UsageError("--features: give at least one column name")
             if self.target in self.features:
                 raise UsageError(f"--features: the target column {self.target!r} cannot also be a feature")
+            repeated = sorted({name for name in self.features if self.features.count(name) > 1})
+            if repeated:
+                raise UsageError(f"--features: {', '.join(map(repr, repeated))} given more than once; "
+                                 "name each column once")
         object.__setattr__(self, "memory_limit", parse_bytes(self.memory_limit))
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,7 +70,8 @@ def run(
 ) -> FitResult:
     """Train ``source`` under ``job``'s rules and write the model; returns the trainer's result."""
     with ExitStack() as stack:
-        outputs = [job.output] + ([job.checkpoint_dir] if job.checkpoint_dir and _is_local(job.checkpoint_dir) else [])
+        # an object store has no lock files: there the model's one PUT is what keeps it whole
+        outputs = [path for path in (job.output, job.checkpoint_dir) if path and _is_local(path)]
         for path in outputs:
             lock = stack.enter_context(RunLock(path))
             if lock.took_over:
@@ -108,7 +109,7 @@ def run(
                 stopped = RunStopped(f"{name} received: {exc}; {where}")
                 stopped.exit_code = EXIT_TERMINATED if received == [signal.SIGTERM] else EXIT_INTERRUPTED
                 raise stopped from None
-        result.model.save(job.output)
+        result.model.save(job.output, job.storage_options)
         if store is not None:
             # the model is written: the checkpoints have served, and a later --resume (the
             # next night's run of the same job) starts afresh instead of redoing this run's tail

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,14 +46,9 @@ def _save(fig, out: str) -> None:
     directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(directory):
         raise UsageError(f"{out}: the directory {directory} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=fig.dpi)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from .model import atomic_write
+
+    atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=fig.dpi))
 
 
 def read_runs(path: str) -> list[list[dict[str, Any]]]:

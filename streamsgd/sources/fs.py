@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import SourceError, UsageError
 
 #: botocore settings s3fs gets unless the user sets their own ``config_kwargs``: no
 #: retries of botocore's own (the loop in ``retry.py`` does the backing off, once) and
@@ -62,3 +62,15 @@ def file_info(fs, path: str) -> dict[str, Any]:
     if mtime is not None:
         out["mtime"] = mtime.isoformat() if hasattr(mtime, "isoformat") else float(mtime)
     return out
+
+
+def storage_failure(url: str, exc: BaseException) -> SourceError:
+    """``exc``, raised while reading or writing ``url``, as one :class:`SourceError` line."""
+    from .retry import credential_problem, credentials_error, first_line
+
+    problem = credential_problem(exc)
+    if problem is not None:
+        return credentials_error(url, problem)
+    if isinstance(exc, SourceError):
+        return exc
+    return SourceError(f"{url}: {first_line(exc)}; check the URL, its permissions and --storage-option")
