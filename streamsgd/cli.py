@@ -163,6 +163,8 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     global _LOG
     _LOG = RunLog(given["log_format"], quiet=True)  # a bad job file is reported in the format asked for
     opts = _with_config_file(ctx, config_path, given)
+    if opts["resume"] and opts["checkpoint_dir"] and not opts["data"]:
+        opts = _from_checkpoint(ctx, config_path, opts)
     # text: stderr carries only warnings and errors (the summary line is on stdout, progress
     # is the bar on a terminal); json: every event, for log shippers and cron mail parsers
     log_format, quiet = opts.pop("log_format"), opts.pop("quiet")
@@ -172,6 +174,7 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
         raise UsageError("DATA: give the data set on the command line, or as data = … in --config")
     store = _store(opts)
     job = Job(output=output, storage_options=_storage_options(store["storage_option"]),
+              recorded=_recorded(data, output, store, opts),
               **{k: opts.pop(k) for k in ("metrics", "checkpoint_dir", "checkpoint_every", "checkpoint_seconds",
                                           "keep_checkpoints", "resume", "allow_data_change", "init")})
     config = FitConfig(target=target, features=_split(opts.pop("features")),
@@ -195,6 +198,57 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
             f"loss {s['loss']:.6g}, {s['rows_per_second']:,.0f} rows/s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB "
             f"-> {output}"
         )
+
+
+#: fit's options a checkpoint records besides the model options (FitConfig's), so that
+#: ``--resume --checkpoint-dir D`` alone restarts the run; never --storage-option.
+_RECORDED = ("metrics", "checkpoint_every", "checkpoint_seconds", "keep_checkpoints", "init", "data_format",
+             "x_array", "readers", "log_every", "noise_stats")
+_LOCAL_PATHS = ("data", "output", "metrics", "init")
+
+
+def _recorded(data: tuple[str, ...], output: str, store: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    """The job options a checkpoint keeps: local paths made absolute (the resumed run may
+    start elsewhere), and a URL's user:password@ part dropped (secrets never persist)."""
+    values = {"data": list(data), "output": output, **{k: opts.get(k, store.get(k)) for k in _RECORDED}}
+    for key in _LOCAL_PATHS:
+        values[key] = ([_plain_path(v) for v in values[key]] if isinstance(values[key], list)
+                       else _plain_path(values[key]))
+    return values
+
+
+def _plain_path(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if "://" in path:
+        head, _, rest = path.partition("://")
+        host, slash, tail = rest.partition("/")
+        return f"{head}://{host.rpartition('@')[2]}{slash}{tail}"
+    return os.path.abspath(path)
+
+
+def _from_checkpoint(ctx: click.Context, config_path: str | None, opts: dict[str, Any]) -> dict[str, Any]:
+    """``fit --resume --checkpoint-dir D`` without DATA: every option the command line (or
+    the job file) did not give comes from the newest checkpoint in D. Credentials are not
+    in it: --storage-option must be given again."""
+    from click.core import ParameterSource
+
+    from .job import recorded_options
+
+    recorded = recorded_options(opts["checkpoint_dir"], _storage_options(opts["storage_option"]))
+    given = {name for name in opts if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+    if config_path is not None:
+        from .jobconfig import load_config
+
+        back = {v: k for k, v in _FILE_KEYS.items()}
+        given |= {back.get(name, name) for name in load_config(config_path)}
+    out = dict(opts)
+    for name, value in recorded.items():
+        if name in out and name not in given and name != "storage_option":
+            if value is None and isinstance(out[name], tuple):
+                continue  # e.g. features=None (every column): the flag's own empty default says so
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 #: The running fit's log, so that main() reports its error in the same format.

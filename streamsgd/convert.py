@@ -158,7 +158,9 @@ def _batches(raw: BinaryIO, url: str, fmt: str, column_types: Mapping[str, Any],
         else:
             reader = pcsv.open_csv(raw, read_options=pcsv.ReadOptions(block_size=block_size),
                                    parse_options=pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
-                                   convert_options=pcsv.ConvertOptions(column_types=dict(column_types)))
+                                   # an empty cell is a missing value in text columns too, as pandas reads it
+                                   convert_options=pcsv.ConvertOptions(column_types=dict(column_types),
+                                                                       strings_can_be_null=True))
         schema = reader.schema
         while True:
             try:

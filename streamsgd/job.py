@@ -49,6 +49,10 @@ class Job:
     allow_data_change: bool = False
     init: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: the command line's other options (DATA, output, metrics …; never storage options or
+    #: anything secret), stored in each checkpoint so that ``--resume --checkpoint-dir D``
+    #: alone can restart the run: see :func:`recorded_options`
+    recorded: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.resume and not self.checkpoint_dir:
@@ -84,7 +88,7 @@ def run(
         log.event("start", data=source.url, rows=int(sum(source.chunk_rows)), model=config.model,
                   output=job.output, resumed_at=None if resume is None else int(resume["counters"][0]))
 
-        meta = {"config": _model_options(config), "data": manifest}
+        meta = {"config": _model_options(config), "data": manifest, "job": job.recorded}
 
         def save(arrays: dict[str, Any]) -> None:
             store.save(int(arrays["counters"][0]), arrays, meta)
@@ -140,6 +144,22 @@ def _resume_state(store: CheckpointStore, config: FitConfig, manifest: dict[str,
                             "rerun with --allow-data-change to continue on the new data, or without --resume")
         log.warning(f"--allow-data-change: continuing on changed data ({change})")
     return arrays
+
+
+def recorded_options(checkpoint_dir: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The options of the run that wrote the newest valid checkpoint in ``checkpoint_dir``:
+    its model options and its recorded job options (DATA, output, metrics …), by their
+    ``fit`` parameter names. Storage options are never among them (DESIGN.md §4, "Secrets
+    never persist"): the resumed run takes them afresh from its own command line."""
+    found = CheckpointStore(checkpoint_dir, storage_options).latest()
+    if found is None:
+        raise UsageError(f"--resume: no checkpoint in {checkpoint_dir} to take the run's options from; give DATA "
+                         "and the run's options on the command line (or --config JOB.toml)")
+    meta = found[1]
+    if "job" not in meta:
+        raise UsageError(f"--resume: the checkpoint in {checkpoint_dir} was written by an older streamsgd that did "
+                         "not record the run's options; give DATA and the options on the command line")
+    return {**meta.get("config", {}), **meta["job"]}
 
 
 def _model_options(config: FitConfig) -> dict[str, Any]:

@@ -4,7 +4,7 @@ The loss curve is where the mini-batch noise is visible (DESIGN.md §2.6): small
 give jagged curves. Runs of different batch sizes compare fairly against ``rows_seen``
 (the same compute, §2.8) rather than against iterations.
 
-matplotlib is an optional extra (``pip install streamsgd[plot]``), imported only here,
+matplotlib is an optional extra (``pip install 'streamsgd[plot]'``), imported only here,
 inside the functions, with the non-interactive Agg canvas (no display, no pyplot state).
 Images are written to a temporary file beside the target and renamed over it, so a
 reader never sees half a PNG.
@@ -31,7 +31,7 @@ def _figure(size: tuple[int, int], dpi: int = 100):
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise UsageError(
-            "plotting needs matplotlib, an optional extra; install it with: pip install streamsgd[plot]"
+            "plotting needs matplotlib, an optional extra; install it with: pip install 'streamsgd[plot]'"
         ) from exc
     width, height = size
     if width < 50 or height < 50:
