@@ -329,6 +329,7 @@ def test_a_repeated_feature_is_a_usage_error(tmp_path, logistic_file):
 
 
 def test_outputs_honour_the_umask(tmp_path, logistic_file):
+    (tmp_path / "c.csv").write_text("a,y\n1,0\n2,1\n")
     def with_umask(*args):
         return subprocess.run([STREAMSGD, *map(str, args)], capture_output=True, text=True, check=True,
                               preexec_fn=lambda: os.umask(0o002))  # runs in the child only
@@ -336,8 +337,12 @@ def test_outputs_honour_the_umask(tmp_path, logistic_file):
     with_umask("fit", logistic_file, "--epochs", "1", "-o", tmp_path / "m.npz", "--metrics", tmp_path / "m.jsonl",
                "--checkpoint-dir", tmp_path / "ckpt", "--checkpoint-every", "5")
     with_umask("predict", tmp_path / "m.npz", logistic_file, "-o", tmp_path / "p.parquet")
-    for name in ("m.npz", "m.jsonl", "p.parquet"):
+    with_umask("generate", tmp_path / "g.parquet", "--rows", "100", "--features", "2")
+    with_umask("generate", tmp_path / "g.zarr", "--rows", "100", "--features", "2", "--format", "zarr")
+    with_umask("convert", tmp_path / "c.csv", "-o", tmp_path / "c.parquet")
+    for name in ("m.npz", "m.jsonl", "p.parquet", "g.parquet", "c.parquet"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o664, name
+    assert (tmp_path / "g.zarr").stat().st_mode & 0o777 == 0o775
 
 
 def test_missing_optional_packages_give_an_install_hint():
