@@ -344,8 +344,10 @@ def show(model_path: str, top: int | None, as_json: bool, storage_option: tuple[
               help="The limit fit will run under: row groups are sized so one decodes within it.")
 @click.option("--column-type", multiple=True, metavar="COLUMN=TYPE",
               help="Arrow type of a column whose first rows mislead inference (e.g. zip=string, price=float64).")
-@click.option("--block-size", default="1MiB", show_default=True, help="Text parsed at a time; types are inferred from the first block.")
-@click.option("--compression", type=click.Choice(["none", "snappy", "zstd", "gzip"]), default="snappy", show_default=True)
+@click.option("--block-size", default="1MiB", show_default=True,
+              help="Text parsed at a time; types are inferred from the first block.")
+@click.option("--compression", type=click.Choice(["none", "snappy", "zstd", "gzip"]), default="snappy",
+              show_default=True)
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
               help="fsspec option for DATA and the output, repeatable.")
 def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, ...], block_size: str,

@@ -156,7 +156,9 @@ class Model:
         try:
             from sklearn import linear_model
         except ImportError as exc:
-            raise UsageError("to_sklearn needs scikit-learn; install it with: pip install 'streamsgd[sklearn]'") from exc
+            raise UsageError(
+                "to_sklearn needs scikit-learn; install it with: pip install 'streamsgd[sklearn]'"
+            ) from exc
         config = self.metadata.get("config", {})
         d = len(self.features)
         coef = np.asarray(self.coef, dtype=np.float64)

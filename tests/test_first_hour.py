@@ -196,6 +196,15 @@ def test_s3_without_credentials_is_one_line_naming_them(s3_server, s3_data, tmp_
 
 
 @pytest.mark.s3
+def test_an_unreachable_endpoint_is_one_line(tmp_path):
+    proc = run_cli("fit", "s3://data/d.parquet", "--storage-option", "endpoint_url=http://127.0.0.1:1",
+                   "--storage-option", "key=k", "--storage-option", "secret=s", "-o", tmp_path / "m.npz",
+                   check=False, env=_without_aws(STREAMSGD_RETRIES="2", STREAMSGD_RETRY_DELAY="0"))
+    assert "check that it is reachable" in one_error_line(proc, 4)
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.s3
 def test_partial_credentials_never_echo_the_secret(s3_server, s3_data, tmp_path):
     secret = "Sup3rS3cretValue/xyz"
     proc = run_cli("fit", s3_data[0], "--storage-option", f"endpoint_url={s3_server.url}",
