@@ -75,7 +75,8 @@ def run(
     """Train ``source`` under ``job``'s rules and write the model; returns the trainer's result."""
     with ExitStack() as stack:
         # an object store has no lock files: there the model's one PUT is what keeps it whole
-        outputs = [path for path in (job.output, job.checkpoint_dir) if path and _is_local(path)]
+        outputs = [path.removeprefix("file://") for path in (job.output, job.checkpoint_dir)
+                   if path and _is_local(path)]
         for path in outputs:
             lock = stack.enter_context(RunLock(path))
             if lock.took_over:

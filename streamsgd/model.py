@@ -288,7 +288,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None],
     local temporary file first, then uploaded in one ``put``: S3 and its kin make an
     upload visible all at once or not at all, so readers never see a part either.
     """
-    path = os.fspath(path)
+    path = os.fspath(path).removeprefix("file://")  # a local path either way
     if is_remote(path):
         _upload(path, write, storage_options)
         return
@@ -357,7 +357,7 @@ def atomic_savez(path: str, arrays: dict[str, NDArray], storage_options: Mapping
 def load(path: str, storage_options: Mapping[str, Any] | None = None) -> Model:
     """Read a model file written by :meth:`Model.save`: a local path, or a URL read with
     ``storage_options``."""
-    path = os.fspath(path)
+    path = os.fspath(path).removeprefix("file://")  # a local path either way
     if is_remote(path):
         return _load_remote(path, storage_options)
     try:

@@ -427,3 +427,10 @@ def test_convert_runs_in_fixed_memory(tmp_path):
     # for all of it) would need 47+ MB more; 24 MiB covers allocator and reader-pool noise
     # (measured: 332 MB of CSV peaked at 243 MiB under 64MB, flat from 64k to 2M rows)
     assert big - small < 24 * 2**20, (small, big)
+
+
+def test_file_urls_work_as_outputs_and_models(tmp_path, logistic_file):
+    url = f"file://{tmp_path}/models/m.npz"
+    run_cli("fit", logistic_file, "--epochs", "1", "-o", url)
+    assert json.loads(run_cli("show", url, "--json").stdout)["model"] == "logistic"
+    assert sorted(os.listdir(tmp_path / "models")) == ["m.npz"]  # no lock or temporary file left
