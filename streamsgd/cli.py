@@ -24,10 +24,11 @@ def _needs(model_path: str) -> str:
     return f"the model {model_path} needs it; apply the model to data with its feature columns"
 
 
-def _check_output_dir(path: str, option: str) -> None:
-    """Create the folders a local output goes into (a job file's ``models/``, ``logs/``);
-    an object-store URL needs none."""
+def _check_output_dir(path: str, option: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Create the folders a local output goes into (a job file's ``models/``, ``logs/``); for
+    an object-store URL, check that its bucket answers, before hours of training are spent."""
     if "://" in path and not path.startswith("file://"):
+        _check_bucket(path, option, storage_options)
         return
     directory = os.path.dirname(os.path.abspath(path.removeprefix("file://")))
     try:
@@ -35,6 +36,22 @@ def _check_output_dir(path: str, option: str) -> None:
     except OSError as exc:
         raise UsageError(f"{option}: cannot create the directory {directory} ({exc.strerror}); "
                          "give a path you can write to") from None
+
+
+def _check_bucket(url: str, option: str, storage_options: dict[str, Any] | None) -> None:
+    from .sources.fs import filesystem, protocol_of, storage_failure
+
+    if protocol_of(url) not in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"):
+        return  # stores without buckets (memory://, sftp:// …) fail, if they do, at the write
+    fs, path = filesystem(url, storage_options)
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.info(bucket)  # not exists(): it answers False for missing credentials too
+    except FileNotFoundError:
+        raise SourceError(f"{option} {url}: the bucket {bucket!r} does not exist or is not visible with these "
+                          "credentials; create it or fix the URL") from None
+    except Exception as exc:  # no credentials, endpoint down: the same one line as a read
+        raise storage_failure(url, exc) from exc
 
 
 def store_options(command):
@@ -179,7 +196,7 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
                                           "keep_checkpoints", "resume", "allow_data_change", "init")})
     config = FitConfig(target=target, features=_split(opts.pop("features")),
                        memory_limit=parse_bytes(opts.pop("memory_limit")), **opts)
-    _check_output_dir(output, "--output")
+    _check_output_dir(output, "--output", job.storage_options)
     if job.metrics:
         _check_output_dir(job.metrics, "--metrics")
     source = _open(data, target, config.features, store, memory_limit=config.memory_limit)
@@ -312,7 +329,7 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **st
     options = _storage_options(store["storage_option"])
     model = load(model_path, options)
     keep_names = _split(keep) or ()
-    _check_output_dir(output, "--output")
+    _check_output_dir(output, "--output", options)
     source = _open(data, None, model.features, store, _needs(model_path))
     rows = run(model, source, output, keep_names, storage_options=options)
     click.echo(f"wrote {rows} predictions -> {output}", err=True)
@@ -357,7 +374,7 @@ def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, .
     from .convert import parse_column_types
     from .train import MemoryPlan
 
-    _check_output_dir(output, "--output")
+    _check_output_dir(output, "--output", _storage_options(storage_option))
     stats = run(data, output, row_group_bytes=MemoryPlan.max_chunk_bytes(parse_bytes(memory_limit)),
                 column_types=parse_column_types(column_type), block_size=parse_bytes(block_size),
                 compression=compression, storage_options=_storage_options(storage_option))

@@ -205,6 +205,15 @@ def test_an_unreachable_endpoint_is_one_line(tmp_path):
 
 
 @pytest.mark.s3
+def test_an_output_bucket_that_does_not_exist_fails_before_training(s3_server, s3_data, tmp_path):
+    options = [a for k, v in s3_server.storage_options.items() for a in ("--storage-option", f"{k}={v}")]
+    proc = run_cli("fit", s3_data[1], *options, "--log-format", "json", "-o", "s3://no-such-bucket/m.npz",
+                   check=False)
+    assert proc.returncode == 4 and "the bucket 'no-such-bucket' does not exist" in proc.stderr
+    assert [json.loads(line)["event"] for line in proc.stderr.splitlines()] == ["error"]  # no "start"
+
+
+@pytest.mark.s3
 def test_partial_credentials_never_echo_the_secret(s3_server, s3_data, tmp_path):
     secret = "Sup3rS3cretValue/xyz"
     proc = run_cli("fit", s3_data[0], "--storage-option", f"endpoint_url={s3_server.url}",
