@@ -90,10 +90,17 @@ def _refuse_text(urls: list[str]) -> None:
     from .convert import text_format
 
     for url in urls:
-        if text_format(url):
-            stem = url.rstrip("/").rsplit(".", 2 if url.lower().endswith((".gz", ".bz2", ".zst", ".xz")) else 1)[0]
-            raise DataError(f"{url}: streamsgd reads Parquet or Zarr, not {text_format(url).upper()}; convert it "
-                            f"once with: streamsgd convert {url} -o {stem}.parquet")
+        fmt = text_format(url)
+        if fmt is None:
+            continue
+        if any(c in url for c in "*?["):  # a glob: convert takes one file at a time
+            source, out = f"FILE.{fmt}", "FILE.parquet"
+        else:
+            source = url
+            out = url.rstrip("/").rsplit(".", 2 if url.lower().endswith((".gz", ".bz2", ".zst", ".xz")) else 1)[0]
+            out += ".parquet"
+        raise DataError(f"{url}: streamsgd reads Parquet or Zarr, not {fmt.upper()}; convert it once with: "
+                        f"streamsgd convert {source} -o {out}")
 
 
 def _store(options: dict[str, Any]) -> dict[str, Any]:
