@@ -383,7 +383,7 @@ def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, .
 
     _check_output_dir(output, "--output", _storage_options(storage_option))
     stats = run(data, output, row_group_bytes=MemoryPlan.max_chunk_bytes(parse_bytes(memory_limit)),
-                column_types=parse_column_types(column_type), block_size=parse_bytes(block_size),
+                column_types=parse_column_types(column_type), block_size=parse_bytes(block_size, "--block-size"),
                 compression=compression, storage_options=_storage_options(storage_option))
     click.echo(f"wrote {stats['rows']} rows, {stats['columns']} columns in {stats['row_groups']} row groups "
                f"-> {output}", err=True)

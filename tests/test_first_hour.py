@@ -123,6 +123,20 @@ def test_a_type_that_changes_mid_file_is_one_line_and_leaves_nothing(tmp_path, f
     assert pq.read_table(out)["id"].to_pylist()[-1] == 2.5
 
 
+def test_convert_refuses_bad_input_in_one_line(tmp_path):
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3,4,5\n")
+    line = one_error_line(run_cli("convert", tmp_path / "ragged.csv", "-o", tmp_path / "r.parquet", check=False), 3)
+    assert "cannot parse it as CSV" in line and "Expected 2 columns, got 3" in line
+    line = one_error_line(run_cli("convert", tmp_path / "ragged.csv", "-o", tmp_path / "r.parquet",
+                                  "--column-type", "a=flt", check=False), 2)
+    assert line.startswith("streamsgd: error: --column-type a=flt: unknown type 'flt'")
+    assert "--block-size" in one_error_line(run_cli("convert", tmp_path / "ragged.csv", "-o", tmp_path / "r.parquet",
+                                                    "--block-size", "lots", check=False), 2)
+    assert "no such file" in one_error_line(run_cli("convert", tmp_path / "none.csv", "-o", tmp_path / "r.parquet",
+                                                    check=False), 4)
+    assert sorted(os.listdir(tmp_path)) == ["ragged.csv"]
+
+
 @pytest.mark.parametrize("command", ["fit", "info", "evaluate", "predict"])
 def test_commands_given_a_csv_say_to_convert_it(tmp_path, logistic_file, command):
     run_cli("fit", logistic_file, "--epochs", "1", "-o", tmp_path / "m.npz")
