@@ -133,9 +133,14 @@ def convert(
 def _open_text(url: str, storage_options: Mapping[str, Any] | None):
     """The file as a binary stream, decompressed by its ending (``.gz`` …)."""
     import fsspec
+    import pyarrow as pa
 
     filesystem(url, storage_options)  # a missing backend or bad URL: its one-line error first
     try:
+        if "://" not in url or url.startswith("file://"):
+            # Arrow's own file: its reader threads never call back into Python, which a
+            # Python file object makes them do (and an error at exit then aborted the process)
+            return pa.input_stream(url.removeprefix("file://"), compression="detect")
         return fsspec.open(url, "rb", compression="infer", **dict(storage_options or {})).open()
     except FileNotFoundError as exc:
         raise SourceError(f"{url}: no such file") from exc
@@ -149,7 +154,7 @@ def _batches(raw: BinaryIO, url: str, fmt: str, column_types: Mapping[str, Any],
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
 
-    schema = None
+    schema = reader = None
     try:
         if fmt == "jsonl":
             schema = pa.schema(list(column_types.items())) if column_types else None
@@ -170,6 +175,9 @@ def _batches(raw: BinaryIO, url: str, fmt: str, column_types: Mapping[str, Any],
             yield batch
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise _parse_error(url, fmt, str(exc), schema, block_size) from None
+    finally:
+        if reader is not None:  # stop its read-ahead now, not at interpreter exit
+            reader.close()
 
 
 def _row_groups(batches: Iterator, row_group_bytes: int) -> Iterator:
