@@ -12,7 +12,7 @@ import click
 
 from .config import (DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes,
                      storage_option)
-from .errors import EXIT_INTERRUPTED, DataError, RunStopped, SourceError, StreamSGDError, UsageError
+from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -28,7 +28,9 @@ def _check_output_dir(path: str, option: str, storage_options: dict[str, Any] | 
     """Create the folders a local output goes into (a job file's ``models/``, ``logs/``); for
     an object-store URL, check that its bucket answers, before hours of training are spent."""
     if "://" in path and not path.startswith("file://"):
-        _check_bucket(path, option, storage_options)
+        from .sources.fs import check_bucket
+
+        check_bucket(path, option, storage_options)
         return
     directory = os.path.dirname(os.path.abspath(path.removeprefix("file://")))
     try:
@@ -36,22 +38,6 @@ def _check_output_dir(path: str, option: str, storage_options: dict[str, Any] | 
     except OSError as exc:
         raise UsageError(f"{option}: cannot create the directory {directory} ({exc.strerror}); "
                          "give a path you can write to") from None
-
-
-def _check_bucket(url: str, option: str, storage_options: dict[str, Any] | None) -> None:
-    from .sources.fs import filesystem, protocol_of, storage_failure
-
-    if protocol_of(url) not in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"):
-        return  # stores without buckets (memory://, sftp:// …) fail, if they do, at the write
-    fs, path = filesystem(url, storage_options)
-    bucket = path.split("/", 1)[0]
-    try:
-        fs.info(bucket)  # not exists(): it answers False for missing credentials too
-    except FileNotFoundError:
-        raise SourceError(f"{option} {url}: the bucket {bucket!r} does not exist or is not visible with these "
-                          "credentials; create it or fix the URL") from None
-    except Exception as exc:  # no credentials, endpoint down: the same one line as a read
-        raise storage_failure(url, exc) from exc
 
 
 def store_options(command):
@@ -74,33 +60,16 @@ def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 def _open(data: str | tuple[str, ...], target: str | None, features, store: dict[str, Any],
           feature_hint: str = "fix --features", memory_limit: int | None = None):
     """DATA (one or several paths/URLs) as a source; with ``memory_limit``, chunks are cut to fit it."""
+    from .convert import refuse_text
     from .sources import open_source
     from .train import MemoryPlan
 
     urls = [data] if isinstance(data, str) else list(data)
-    _refuse_text(urls)
+    refuse_text(urls)
     return open_source(urls[0] if len(urls) == 1 else urls, target=target, features=features,
                        feature_hint=feature_hint, storage_options=_storage_options(store["storage_option"]),
                        format=store["data_format"], x_array=store["x_array"],
                        max_chunk_bytes=MemoryPlan.max_chunk_bytes(memory_limit) if memory_limit else None)
-
-
-def _refuse_text(urls: list[str]) -> None:
-    """A CSV or JSON-lines file gets the command that makes it trainable, not a Parquet error."""
-    from .convert import text_format
-
-    for url in urls:
-        fmt = text_format(url)
-        if fmt is None:
-            continue
-        if any(c in url for c in "*?["):  # a glob: convert takes one file at a time
-            source, out = f"FILE.{fmt}", "FILE.parquet"
-        else:
-            source = url
-            out = url.rstrip("/").rsplit(".", 2 if url.lower().endswith((".gz", ".bz2", ".zst", ".xz")) else 1)[0]
-            out += ".parquet"
-        raise DataError(f"{url}: streamsgd reads Parquet or Zarr, not {fmt.upper()}; convert it once with: "
-                        f"streamsgd convert {source} -o {out}")
 
 
 def _store(options: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +150,7 @@ def cli() -> None:
 @click.pass_context
 def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     """Train a model on DATA (Parquet file, directory, glob or URL; Zarr group)."""
-    from .job import Job, run
+    from .job import Job, recordable, run
     from .logs import RunLog
 
     global _LOG
@@ -198,7 +167,7 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
         raise UsageError("DATA: give the data set on the command line, or as data = … in --config")
     store = _store(opts)
     job = Job(output=output, storage_options=_storage_options(store["storage_option"]),
-              recorded=_recorded(data, output, store, opts),
+              recorded=recordable(data, output, {**store, **opts}),
               **{k: opts.pop(k) for k in ("metrics", "checkpoint_dir", "checkpoint_every", "checkpoint_seconds",
                                           "keep_checkpoints", "resume", "allow_data_change", "init")})
     config = FitConfig(target=target, features=_split(opts.pop("features")),
@@ -222,33 +191,6 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
             f"loss {s['loss']:.6g}, {s['rows_per_second']:,.0f} rows/s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB "
             f"-> {output}"
         )
-
-
-#: fit's options a checkpoint records besides the model options (FitConfig's), so that
-#: ``--resume --checkpoint-dir D`` alone restarts the run; never --storage-option.
-_RECORDED = ("metrics", "checkpoint_every", "checkpoint_seconds", "keep_checkpoints", "init", "data_format",
-             "x_array", "readers", "log_every", "noise_stats")
-_LOCAL_PATHS = ("data", "output", "metrics", "init")
-
-
-def _recorded(data: tuple[str, ...], output: str, store: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
-    """The job options a checkpoint keeps: local paths made absolute (the resumed run may
-    start elsewhere), and a URL's user:password@ part dropped (secrets never persist)."""
-    values = {"data": list(data), "output": output, **{k: opts.get(k, store.get(k)) for k in _RECORDED}}
-    for key in _LOCAL_PATHS:
-        values[key] = ([_plain_path(v) for v in values[key]] if isinstance(values[key], list)
-                       else _plain_path(values[key]))
-    return values
-
-
-def _plain_path(path: str | None) -> str | None:
-    if path is None:
-        return None
-    if "://" in path:
-        head, _, rest = path.partition("://")
-        host, slash, tail = rest.partition("/")
-        return f"{head}://{host.rpartition('@')[2]}{slash}{tail}"
-    return os.path.abspath(path)
 
 
 def _from_checkpoint(ctx: click.Context, config_path: str | None, opts: dict[str, Any]) -> dict[str, Any]:

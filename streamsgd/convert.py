@@ -52,6 +52,22 @@ def text_format(path: str) -> str | None:
     return None
 
 
+def refuse_text(urls: Sequence[str]) -> None:
+    """Raise, for a CSV or JSON-lines file given where Parquet is read, the one line with
+    the ``convert`` command that makes it trainable (not a "magic bytes" error)."""
+    for url in urls:
+        fmt = text_format(url)
+        if fmt is None:
+            continue
+        if any(c in url for c in "*?["):  # a glob: convert takes one file at a time
+            source, out = f"FILE.{fmt}", "FILE.parquet"
+        else:
+            source = url
+            out = url.rstrip("/").rsplit(".", 2 if url.lower().endswith(_COMPRESSION) else 1)[0] + ".parquet"
+        raise DataError(f"{url}: streamsgd reads Parquet or Zarr, not {fmt.upper()}; convert it once with: "
+                        f"streamsgd convert {source} -o {out}")
+
+
 def parse_column_types(pairs: Sequence[str]) -> dict[str, Any]:
     """``["age=float64", "zip=string"]`` -> {name: Arrow type}; a bad pair is a usage error."""
     import pyarrow as pa

@@ -10,9 +10,10 @@ in the shuffle plan follows from the update count.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,6 @@ from .model import load
 from .sources import Source
 from .train import Checkpointing, FitResult
 from .train import fit as train
-
 
 
 class Terminated(KeyboardInterrupt):
@@ -145,6 +145,34 @@ def _resume_state(store: CheckpointStore, config: FitConfig, manifest: dict[str,
                             "rerun with --allow-data-change to continue on the new data, or without --resume")
         log.warning(f"--allow-data-change: continuing on changed data ({change})")
     return arrays
+
+
+#: fit's options a checkpoint records besides the model options (FitConfig's), so that
+#: ``--resume --checkpoint-dir D`` alone restarts the run; never the storage options.
+RECORDED = ("metrics", "checkpoint_every", "checkpoint_seconds", "keep_checkpoints", "init", "data_format",
+            "x_array", "readers", "log_every", "noise_stats")
+_LOCAL_PATHS = ("data", "output", "metrics", "init")
+
+
+def recordable(data: Sequence[str], output: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The job options a checkpoint keeps (:data:`RECORDED`, DATA and the output): local
+    paths made absolute (the resumed run may start elsewhere), and a URL's ``user:password@``
+    part dropped (secrets never persist)."""
+    values = {"data": list(data), "output": output, **{k: options.get(k) for k in RECORDED}}
+    for key in _LOCAL_PATHS:
+        value = values[key]
+        values[key] = [_plain_path(v) for v in value] if isinstance(value, list) else _plain_path(value)
+    return values
+
+
+def _plain_path(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if "://" in path:
+        head, _, rest = path.partition("://")
+        host, slash, tail = rest.partition("/")
+        return f"{head}://{host.rpartition('@')[2]}{slash}{tail}"
+    return os.path.abspath(path)
 
 
 def recorded_options(checkpoint_dir: str, storage_options: dict[str, Any]) -> dict[str, Any]:
