@@ -457,3 +457,14 @@ def test_file_urls_work_as_outputs_and_models(tmp_path, logistic_file):
     run_cli("fit", logistic_file, "--epochs", "1", "-o", url)
     assert json.loads(run_cli("show", url, "--json").stdout)["model"] == "logistic"
     assert sorted(os.listdir(tmp_path / "models")) == ["m.npz"]  # no lock or temporary file left
+
+
+def test_the_recorded_job_options_hold_no_secret_and_absolute_paths(tmp_path, monkeypatch):
+    from streamsgd.job import recordable
+
+    monkeypatch.chdir(tmp_path)
+    recorded = recordable(["s3://AKIAXYZ:s3cr3t@bucket/events/", "day=1.parquet"], "models/m.npz",
+                          {"storage_option": ("secret=s3cr3t",), "metrics": "logs/m.jsonl", "readers": 2})
+    assert recorded["data"] == ["s3://bucket/events/", str(tmp_path / "day=1.parquet")]
+    assert recorded["output"] == str(tmp_path / "models/m.npz") and recorded["readers"] == 2
+    assert "s3cr3t" not in json.dumps(recorded) and "storage_option" not in recorded
