@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the demo needs streamsgd alone: its own stamp, so it does not pull in the test extras
+DEMO_STAMP := $(VENV)/.installed-demo
 DEMO := .demo
 
 .PHONY: install demo test bench clean
@@ -15,7 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: install
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	mkdir -p $(DEMO)
 	$(BIN)/streamsgd generate $(DEMO)/train.parquet --rows 200000 --features 20 --task logistic --seed 1 --row-group-rows 20000
 	$(BIN)/streamsgd generate $(DEMO)/test.parquet --rows 50000 --features 20 --task logistic --seed 1 --sample-seed 2 --row-group-rows 20000

@@ -21,12 +21,28 @@ _EXPORTS = {
 }
 
 
+#: Public names that need an optional extra -> the extra, for the install hint.
+_EXTRAS = {"StreamSGDClassifier": "sklearn", "StreamSGDRegressor": "sklearn"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        try:
+            module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        except ImportError as exc:
+            if name not in _EXTRAS:
+                raise
+            raise ImportError(f"streamsgd.{name} needs {exc.name or 'an optional package'}; install it with: "
+                              f"pip install 'streamsgd[{_EXTRAS[name]}]'") from exc
+        return getattr(module, name)
     raise AttributeError(f"module 'streamsgd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names too, though they are imported only on first use."""
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

@@ -157,9 +157,10 @@ def fit(
     )
 
 
-def load(path: str | os.PathLike) -> Model:
-    """Read a model file written by ``streamsgd fit`` or :meth:`Model.save`."""
-    return _load(os.fspath(path))
+def load(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Model:
+    """Read a model file written by ``streamsgd fit`` or :meth:`Model.save`: a path, or a URL
+    (``s3://…``) read with ``storage_options``."""
+    return _load(os.fspath(path), storage_options)
 
 
 def _with_model(loss: str | None, options: dict[str, Any]) -> dict[str, Any]:

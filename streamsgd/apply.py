@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import DataError, ModelFileError
 from .kernels import row_loss
-from .model import Model
+from .model import Model, atomic_write
 from .stats import merge_moments
 from .sources import Source
 from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
@@ -95,48 +93,51 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
     return out
 
 
-def predict(model: Model, source: Source, out: str, keep: Sequence[str] = ()) -> int:
-    """Write predictions to Parquet at ``out`` (atomically); returns the row count."""
-    import pyarrow as pa
+def predict(model: Model, source: Source, out: str, keep: Sequence[str] = (),
+            storage_options: Mapping[str, Any] | None = None) -> int:
+    """Write predictions to Parquet at ``out`` (atomically; a URL in one upload); returns the row count."""
     import pyarrow.parquet as pq
 
     _check_features(model, source)
     missing = [k for k in keep if k not in source.columns]
     if missing:
         raise DataError(f"{source.url}: no column {missing[0]!r} to keep; fix --keep")
-    directory = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=directory)
-    os.close(fd)
     rows = 0
-    writer = None
-    try:
-        for c in range(len(source.chunk_rows)):
-            window = read_window(source, np.array([c]), np.float64, False)
-            z = model.decision_function(window.X)
-            cols: dict[str, Any] = {}
-            if keep:
-                kept = source.read_columns(c, keep)
-                cols.update({name: kept.column(name) for name in keep})
-            cols["prediction"] = pa.array(model.predict_from_margins(z))
-            if model.model in ("logistic", "modified_huber"):
-                cols["probability"] = pa.array(model.predict_proba(window.X))
-            elif model.model == "softmax":
-                for label, p in zip(model.classes_, model.predict_proba(window.X).T):
-                    cols[f"prob_{label}"] = pa.array(p)
-            table = pa.table(cols)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-            rows += len(z)
-        if writer is None:
-            raise DataError(f"{source.url}: the data set has no rows")
-        writer.close()
+
+    def write(f: BinaryIO) -> None:
+        nonlocal rows
         writer = None
-        os.replace(tmp, out)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        try:
+            for c in range(len(source.chunk_rows)):
+                table = _predictions(model, source, c, keep)
+                if writer is None:
+                    writer = pq.ParquetWriter(f, table.schema)
+                writer.write_table(table)
+                rows += table.num_rows
+            if writer is None:
+                raise DataError(f"{source.url}: the data set has no rows")
+        finally:
+            if writer is not None:
+                writer.close()
+
+    atomic_write(out, write, storage_options)
     return rows
+
+
+def _predictions(model: Model, source: Source, c: int, keep: Sequence[str]):
+    """The prediction table of chunk ``c``: the kept columns, ``prediction``, probabilities."""
+    import pyarrow as pa
+
+    window = read_window(source, np.array([c]), np.float64, False)
+    z = model.decision_function(window.X)
+    cols: dict[str, Any] = {}
+    if keep:
+        kept = source.read_columns(c, keep)
+        cols.update({name: kept.column(name) for name in keep})
+    cols["prediction"] = pa.array(model.predict_from_margins(z))
+    if model.model in ("logistic", "modified_huber"):
+        cols["probability"] = pa.array(model.predict_proba(window.X))
+    elif model.model == "softmax":
+        for label, p in zip(model.classes_, model.predict_proba(window.X).T):
+            cols[f"prob_{label}"] = pa.array(p)
+    return pa.table(cols)

@@ -24,10 +24,20 @@ def _needs(model_path: str) -> str:
     return f"the model {model_path} needs it; apply the model to data with its feature columns"
 
 
-def _check_output_dir(path: str, option: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"{option}: the directory {directory} does not exist; create it first")
+def _check_output_dir(path: str, option: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Create the folders a local output goes into (a job file's ``models/``, ``logs/``); for
+    an object-store URL, check that its bucket answers, before hours of training are spent."""
+    if "://" in path and not path.startswith("file://"):
+        from .sources.fs import check_bucket
+
+        check_bucket(path, option, storage_options)
+        return
+    directory = os.path.dirname(os.path.abspath(path.removeprefix("file://")))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot create the directory {directory} ({exc.strerror}); "
+                         "give a path you can write to") from None
 
 
 #: --exclude, as fit, info and tune-batch take it
@@ -56,10 +66,12 @@ def _open(data: str | tuple[str, ...], target: str | None, features, store: dict
           feature_hint: str = "fix --features", memory_limit: int | None = None, exclude=None,
           weight: str | None = None):
     """DATA (one or several paths/URLs) as a source; with ``memory_limit``, chunks are cut to fit it."""
+    from .convert import refuse_text
     from .sources import open_source
     from .train import MemoryPlan
 
     urls = [data] if isinstance(data, str) else list(data)
+    refuse_text(urls)
     return open_source(urls[0] if len(urls) == 1 else urls, target=target, features=features,
                        feature_hint=feature_hint, storage_options=_storage_options(store["storage_option"]),
                        format=store["data_format"], x_array=store["x_array"],
@@ -148,12 +160,14 @@ def cli() -> None:
 @click.pass_context
 def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     """Train a model on DATA (Parquet file, directory, glob or URL; Zarr group)."""
-    from .job import Job, run
+    from .job import Job, recordable, run
     from .logs import RunLog
 
     global _LOG
     _LOG = RunLog(given["log_format"], quiet=True)  # a bad job file is reported in the format asked for
     opts = _with_config_file(ctx, config_path, given)
+    if opts["resume"] and opts["checkpoint_dir"] and not opts["data"]:
+        opts = _from_checkpoint(ctx, config_path, opts)
     # text: stderr carries only warnings and errors (the summary line is on stdout, progress
     # is the bar on a terminal); json: every event, for log shippers and cron mail parsers
     log_format, quiet = opts.pop("log_format"), opts.pop("quiet")
@@ -165,11 +179,12 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
         raise UsageError("DATA: give the data set on the command line, or as data = … in --config")
     store = _store(opts)
     job = Job(output=output, storage_options=_storage_options(store["storage_option"]),
+              recorded=recordable(data, output, {**store, **opts}),
               **{k: opts.pop(k) for k in ("metrics", "checkpoint_dir", "checkpoint_every", "checkpoint_seconds",
                                           "keep_checkpoints", "resume", "allow_data_change", "init")})
     config = FitConfig(target=target, features=_split(opts.pop("features")), exclude=_split(opts.pop("exclude")),
                        memory_limit=parse_bytes(opts.pop("memory_limit")), **opts)
-    _check_output_dir(output, "--output")
+    _check_output_dir(output, "--output", job.storage_options)
     if job.metrics:
         _check_output_dir(job.metrics, "--metrics")
     source = _open(data, target, config.features, store, memory_limit=config.memory_limit, exclude=config.exclude,
@@ -189,6 +204,30 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
             f"loss {s['loss']:.6g}, {s['rows_per_second']:,.0f} rows/s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB "
             f"-> {output}"
         )
+
+
+def _from_checkpoint(ctx: click.Context, config_path: str | None, opts: dict[str, Any]) -> dict[str, Any]:
+    """``fit --resume --checkpoint-dir D`` without DATA: every option the command line (or
+    the job file) did not give comes from the newest checkpoint in D. Credentials are not
+    in it: --storage-option must be given again."""
+    from click.core import ParameterSource
+
+    from .job import recorded_options
+
+    recorded = recorded_options(opts["checkpoint_dir"], _storage_options(opts["storage_option"]))
+    given = {name for name in opts if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+    if config_path is not None:
+        from .jobconfig import load_config
+
+        back = {v: k for k, v in _FILE_KEYS.items()}
+        given |= {back.get(name, name) for name in load_config(config_path)}
+    out = dict(opts)
+    for name, value in recorded.items():
+        if name in out and name not in given and name != "storage_option":
+            if value is None and isinstance(out[name], tuple):
+                continue  # e.g. features=None (every column): the flag's own empty default says so
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 #: The running fit's log, so that main() reports its error in the same format.
@@ -223,16 +262,17 @@ def _with_config_file(ctx: click.Context, path: str | None, given: dict[str, Any
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
 @click.argument("data", nargs=-1, required=True)
+@click.option("--target", "--y-array", default=None, help="Target column of DATA; default: the model's target.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--weight", default=None, metavar="COL", help="Weigh each row's figures by this column (>= 0).")
 @store_options
-def evaluate(model_path: str, data: str, as_json: bool, weight: str | None, **store: Any) -> None:
+def evaluate(model_path: str, data: str, target: str | None, as_json: bool, weight: str | None, **store: Any) -> None:
     """Loss and accuracy (classifier) or R² (regressor) of MODEL on DATA."""
     from .apply import evaluate as run
     from .model import load
 
-    model = load(model_path)
-    result = run(model, _open(data, model.target, model.features, store, _needs(model_path), weight=weight))
+    model = load(model_path, _storage_options(store["storage_option"]))
+    result = run(model, _open(data, target or model.target, model.features, store, _needs(model_path), weight=weight))
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -242,7 +282,7 @@ def evaluate(model_path: str, data: str, as_json: bool, weight: str | None, **st
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
 @click.argument("data", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, help="Parquet file of predictions to write.")
+@click.option("-o", "--output", required=True, help="Parquet file of predictions to write (a path or URL).")
 @click.option("--keep", multiple=True, help="Columns of DATA to copy alongside (e.g. ids).")
 @store_options
 def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **store: Any) -> None:
@@ -250,12 +290,60 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **st
     from .apply import predict as run
     from .model import load
 
-    model = load(model_path)
+    options = _storage_options(store["storage_option"])
+    model = load(model_path, options)
     keep_names = _split(keep) or ()
-    _check_output_dir(output, "--output")
+    _check_output_dir(output, "--output", options)
     source = _open(data, None, model.features, store, _needs(model_path))
-    rows = run(model, source, output, keep_names)
+    rows = run(model, source, output, keep_names, storage_options=options)
     click.echo(f"wrote {rows} predictions -> {output}", err=True)
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the K features of largest |coef|.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for a MODEL URL, repeatable.")
+def show(model_path: str, top: int | None, as_json: bool, storage_option: tuple[str, ...]) -> None:
+    """Features (with roles), coefficients, intercept, scaling, classes and training summary of MODEL."""
+    from .model import load
+    from .show import describe_model, format_model
+
+    info = describe_model(load(model_path, _storage_options(storage_option)), top=top)
+    if as_json:
+        click.echo(json.dumps(_json_safe(info)))
+    else:
+        for line in format_model(info):
+            click.echo(line)
+
+
+@cli.command()
+@click.argument("data")
+@click.option("-o", "--output", required=True, help="Parquet file to write (a path or URL).")
+@click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True,
+              help="The limit fit will run under: row groups are sized so one decodes within it.")
+@click.option("--column-type", multiple=True, metavar="COLUMN=TYPE",
+              help="Arrow type of a column whose first rows mislead inference (e.g. zip=string, price=float64).")
+@click.option("--block-size", default="1MiB", show_default=True,
+              help="Text parsed at a time; types are inferred from the first block.")
+@click.option("--compression", type=click.Choice(["none", "snappy", "zstd", "gzip"]), default="snappy",
+              show_default=True)
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for DATA and the output, repeatable.")
+def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, ...], block_size: str,
+            compression: str, storage_option: tuple[str, ...]) -> None:
+    """Rewrite a CSV, TSV or JSON-lines file as Parquet, in fixed memory."""
+    from .convert import convert as run
+    from .convert import parse_column_types
+    from .train import MemoryPlan
+
+    _check_output_dir(output, "--output", _storage_options(storage_option))
+    stats = run(data, output, row_group_bytes=MemoryPlan.max_row_group_bytes(parse_bytes(memory_limit)),
+                column_types=parse_column_types(column_type), block_size=parse_bytes(block_size, "--block-size"),
+                compression=compression, storage_options=_storage_options(storage_option))
+    click.echo(f"wrote {stats['rows']} rows, {stats['columns']} columns in {stats['row_groups']} row groups "
+               f"-> {output}", err=True)
 
 
 @cli.command()
@@ -444,6 +532,17 @@ def main(argv: list[str] | None = None) -> None:
         _report("interrupted", str(exc), exc.exit_code)
     except StreamSGDError as exc:
         _report("error", str(exc), exc.exit_code)
+    except Exception as exc:
+        # an object store's credential failure can surface from any call into s3fs: one
+        # line saying how to pass credentials, not botocore's traceback; anything else is a bug
+        from .sources.retry import credential_problem, credentials_error
+
+        problem = credential_problem(exc)
+        if problem is None:
+            raise
+        urls = [a for a in (sys.argv[1:] if argv is None else argv) if "://" in a and "=" not in a]
+        error = credentials_error(urls[0] if urls else "the object store", problem)
+        _report("error", str(error), error.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort) as exc:  # click turns Ctrl-C into Abort
         _report("interrupted", "stopped at once; no output was written", getattr(exc, "exit_code", EXIT_INTERRUPTED))
     sys.exit(0)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import secrets
 from collections.abc import Iterator
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import UsageError
+from .model import atomic_write
 
 TASKS = ("linear", "logistic", "softmax")
 NOISE = 0.5  # standard deviation of the linear task's additive noise
@@ -122,7 +123,9 @@ def generate(
     groups = _row_groups(task, params, rows, row_group_rows, sample_seed, sorted_by_label, classes)
     directory = os.path.dirname(os.path.abspath(out))
     if format == "zarr":
-        tmp = tempfile.mkdtemp(prefix=".tmp-", suffix=".zarr", dir=directory)
+        # mode 0777 less the umask, as for any new folder (mkdtemp's 0700 hid it from the group)
+        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}.zarr")
+        os.mkdir(tmp)
         try:
             _write_zarr(tmp, groups, info, rows, features, row_group_rows, compression)
             os.replace(tmp, out)
@@ -130,15 +133,7 @@ def generate(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return info
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=directory)
-    os.close(fd)
-    try:
-        _write_parquet(tmp, groups, info, features, row_group_rows, compression)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(out, lambda f: _write_parquet(f, groups, info, features, row_group_rows, compression))
     return info
 
 

@@ -10,9 +10,10 @@ in the shuffle plan follows from the update count.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,6 @@ from .sources.columns import describe as describe_columns, summary_line
 from .sources import Source
 from .train import Checkpointing, FitResult
 from .train import fit as train
-
 
 
 class Terminated(KeyboardInterrupt):
@@ -50,6 +50,10 @@ class Job:
     allow_data_change: bool = False
     init: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: the command line's other options (DATA, output, metrics …; never storage options or
+    #: anything secret), stored in each checkpoint so that ``--resume --checkpoint-dir D``
+    #: alone can restart the run: see :func:`recorded_options`
+    recorded: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.resume and not self.checkpoint_dir:
@@ -71,7 +75,9 @@ def run(
 ) -> FitResult:
     """Train ``source`` under ``job``'s rules and write the model; returns the trainer's result."""
     with ExitStack() as stack:
-        outputs = [job.output] + ([job.checkpoint_dir] if job.checkpoint_dir and _is_local(job.checkpoint_dir) else [])
+        # an object store has no lock files: there the model's one PUT is what keeps it whole
+        outputs = [path.removeprefix("file://") for path in (job.output, job.checkpoint_dir)
+                   if path and _is_local(path)]
         for path in outputs:
             lock = stack.enter_context(RunLock(path))
             if lock.took_over:
@@ -90,7 +96,7 @@ def run(
         for warning in columns["warnings"]:
             log.warning(warning["message"], column=warning["column"])
 
-        meta = {"config": _model_options(config), "data": manifest}
+        meta = {"config": _model_options(config), "data": manifest, "job": job.recorded}
 
         def save(arrays: dict[str, Any]) -> None:
             store.save(int(arrays["counters"][0]), arrays, meta)
@@ -115,7 +121,7 @@ def run(
                 stopped = RunStopped(f"{name} received: {exc}; {where}")
                 stopped.exit_code = EXIT_TERMINATED if received == [signal.SIGTERM] else EXIT_INTERRUPTED
                 raise stopped from None
-        result.model.save(job.output)
+        result.model.save(job.output, job.storage_options)
         if store is not None:
             # the model is written: the checkpoints have served, and a later --resume (the
             # next night's run of the same job) starts afresh instead of redoing this run's tail
@@ -146,6 +152,50 @@ def _resume_state(store: CheckpointStore, config: FitConfig, manifest: dict[str,
                             "rerun with --allow-data-change to continue on the new data, or without --resume")
         log.warning(f"--allow-data-change: continuing on changed data ({change})")
     return arrays
+
+
+#: fit's options a checkpoint records besides the model options (FitConfig's), so that
+#: ``--resume --checkpoint-dir D`` alone restarts the run; never the storage options.
+RECORDED = ("metrics", "checkpoint_every", "checkpoint_seconds", "keep_checkpoints", "init", "data_format",
+            "x_array", "readers", "log_every", "noise_stats")
+_LOCAL_PATHS = ("data", "output", "metrics", "init")
+
+
+def recordable(data: Sequence[str], output: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The job options a checkpoint keeps (:data:`RECORDED`, DATA and the output): local
+    paths made absolute (the resumed run may start elsewhere), and a URL's ``user:password@``
+    part dropped (secrets never persist)."""
+    values = {"data": list(data), "output": output, **{k: options.get(k) for k in RECORDED}}
+    for key in _LOCAL_PATHS:
+        value = values[key]
+        values[key] = [_plain_path(v) for v in value] if isinstance(value, list) else _plain_path(value)
+    return values
+
+
+def _plain_path(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if "://" in path:
+        head, _, rest = path.partition("://")
+        host, slash, tail = rest.partition("/")
+        return f"{head}://{host.rpartition('@')[2]}{slash}{tail}"
+    return os.path.abspath(path)
+
+
+def recorded_options(checkpoint_dir: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The options of the run that wrote the newest valid checkpoint in ``checkpoint_dir``:
+    its model options and its recorded job options (DATA, output, metrics …), by their
+    ``fit`` parameter names. Storage options are never among them (DESIGN.md §4, "Secrets
+    never persist"): the resumed run takes them afresh from its own command line."""
+    found = CheckpointStore(checkpoint_dir, storage_options).latest()
+    if found is None:
+        raise UsageError(f"--resume: no checkpoint in {checkpoint_dir} to take the run's options from; give DATA "
+                         "and the run's options on the command line (or --config JOB.toml)")
+    meta = found[1]
+    if "job" not in meta:
+        raise UsageError(f"--resume: the checkpoint in {checkpoint_dir} was written by an older streamsgd that did "
+                         "not record the run's options; give DATA and the options on the command line")
+    return {**meta.get("config", {}), **meta["job"]}
 
 
 def _model_options(config: FitConfig) -> dict[str, Any]:

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError, ModelFileError, UsageError
+from .errors import DataError, ModelFileError, SourceError, UsageError
 
 if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
     from sklearn.linear_model import SGDClassifier, SGDRegressor
@@ -155,7 +156,9 @@ class Model:
         try:
             from sklearn import linear_model
         except ImportError as exc:
-            raise UsageError("to_sklearn needs scikit-learn; install it with pip install scikit-learn") from exc
+            raise UsageError(
+                "to_sklearn needs scikit-learn; install it with: pip install 'streamsgd[sklearn]'"
+            ) from exc
         config = self.metadata.get("config", {})
         d = len(self.features)
         coef = np.asarray(self.coef, dtype=np.float64)
@@ -194,8 +197,9 @@ class Model:
         estimator.n_iter_ = int(np.ceil(self.metadata.get("metrics", {}).get("epochs", 0)))
         return estimator
 
-    def save(self, path: str) -> None:
-        """Write atomically: a temporary file in the same directory, then rename."""
+    def save(self, path: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        """Write atomically: a temporary file in the same directory, then rename; a URL
+        (``s3://…``, with ``storage_options``) is uploaded in one put."""
         arrays = {
             "coef": self.coef,
             "intercept": np.asarray(self.intercept, dtype=np.float64),
@@ -205,7 +209,7 @@ class Model:
         }
         if self.classes is not None:
             arrays["classes"] = storable_labels(self.classes)
-        atomic_savez(path, arrays)
+        atomic_savez(path, arrays, storage_options)
 
     def _full_metadata(self) -> dict[str, Any]:
         from . import __version__
@@ -267,12 +271,29 @@ def _numpy_type(arrow_type: str | None) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+def is_remote(path: str) -> bool:
+    """Whether ``path`` is an object-store URL (``s3://…``), not a local path or ``file://``."""
+    return "://" in path and not path.startswith("file://")
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None],
+                 storage_options: Mapping[str, Any] | None = None) -> None:
     """Write a file so that a crash at any instant leaves the old one or the new one, never
     a part: ``write`` fills a temporary file beside it, which is synced and renamed over
-    ``path``, and the directory is synced so the rename itself survives a power cut."""
+    ``path``, and the directory is synced so the rename itself survives a power cut.
+
+    The temporary file is created with mode 0666 less the umask, as ``open`` would, so
+    the output's permissions are the ones the user's umask asks for (``mkstemp``'s 0600
+    made every model unreadable to the user's group). An object-store URL is written to a
+    local temporary file first, then uploaded in one ``put``: S3 and its kin make an
+    upload visible all at once or not at all, so readers never see a part either.
+    """
+    path = os.fspath(path).removeprefix("file://")  # a local path either way
+    if is_remote(path):
+        _upload(path, write, storage_options)
+        return
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    fd, tmp = _create_beside(path, directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -290,7 +311,34 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
         os.close(dir_fd)
 
 
-def atomic_savez(path: str, arrays: dict[str, NDArray]) -> None:
+def _create_beside(path: str, directory: str) -> tuple[int, str]:
+    """A new, uniquely named temporary file in ``directory``, mode 0666 filtered by the umask."""
+    suffix = os.path.splitext(path)[1]
+    for _ in range(100):
+        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{directory}: could not create a temporary file")  # pragma: no cover
+
+
+def _upload(url: str, write: Callable[[BinaryIO], None], storage_options: Mapping[str, Any] | None) -> None:
+    """``write`` into a local temporary file, then one upload of it to ``url``."""
+    from .sources.fs import filesystem, storage_failure
+
+    fs, remote = filesystem(url, storage_options)
+    with tempfile.TemporaryDirectory(prefix="streamsgd-") as scratch:
+        local = os.path.join(scratch, "upload" + os.path.splitext(url)[1])
+        with open(local, "wb") as f:
+            write(f)
+        try:
+            fs.put_file(local, remote)
+        except Exception as exc:  # botocore's credential errors are not OSErrors
+            raise storage_failure(url, exc) from exc
+
+
+def atomic_savez(path: str, arrays: dict[str, NDArray], storage_options: Mapping[str, Any] | None = None) -> None:
     """Write an ``.npz`` atomically (see :func:`atomic_write`).
 
     Unlike ``np.savez``, entries carry a fixed timestamp, so the same arrays always give
@@ -303,14 +351,45 @@ def atomic_savez(path: str, arrays: dict[str, NDArray]) -> None:
                 with zf.open(zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH), "w") as entry:
                     np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
 
-    atomic_write(path, write)
+    atomic_write(path, write, storage_options)
 
 
-def load(path: str) -> Model:
-    """Read a model file written by :meth:`Model.save`."""
+def load(path: str, storage_options: Mapping[str, Any] | None = None) -> Model:
+    """Read a model file written by :meth:`Model.save`: a local path, or a URL read with
+    ``storage_options``."""
+    path = os.fspath(path).removeprefix("file://")  # a local path either way
+    if is_remote(path):
+        return _load_remote(path, storage_options)
     try:
         # np.load(path) leaks its file handle when the zip is corrupt: open it ourselves
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+        with open(path, "rb") as f:
+            return _decode(path, f)
+    except FileNotFoundError as exc:
+        raise ModelFileError(f"{path}: no such model file") from exc
+    except IsADirectoryError as exc:
+        raise ModelFileError(f"{path}: is a directory; give the .npz written by streamsgd fit") from exc
+
+
+def _load_remote(url: str, storage_options: Mapping[str, Any] | None) -> Model:
+    """The model at ``url``, read whole (a model file is small) with one GET."""
+    import io
+
+    from .sources.fs import filesystem, storage_failure
+
+    fs, remote = filesystem(url, storage_options)
+    try:
+        data = fs.cat_file(remote)
+    except FileNotFoundError as exc:
+        raise ModelFileError(f"{url}: no such model file") from exc
+    except Exception as exc:
+        raise storage_failure(url, exc) from exc
+    return _decode(url, io.BytesIO(data))
+
+
+def _decode(path: str, f: BinaryIO) -> Model:
+    """The model in the open file ``f``; any decoding failure is a :class:`ModelFileError`."""
+    try:
+        with np.load(f, allow_pickle=False) as npz:
             meta = json.loads(str(npz["metadata"]))
             return Model(
                 model=meta["model"],
@@ -323,8 +402,6 @@ def load(path: str) -> Model:
                 metadata=meta,
                 classes=npz["classes"] if "classes" in npz.files else None,
             )
-    except FileNotFoundError as exc:
-        raise ModelFileError(f"{path}: no such model file") from exc
     except Exception as exc:  # any decoding failure means the same thing to the user
         raise ModelFileError(
             f"{path}: not a streamsgd model file ({type(exc).__name__}); give the .npz written by streamsgd fit"

@@ -4,7 +4,7 @@ The loss curve is where the mini-batch noise is visible (DESIGN.md §2.6): small
 give jagged curves. Runs of different batch sizes compare fairly against ``rows_seen``
 (the same compute, §2.8) rather than against iterations.
 
-matplotlib is an optional extra (``pip install streamsgd[plot]``), imported only here,
+matplotlib is an optional extra (``pip install 'streamsgd[plot]'``), imported only here,
 inside the functions, with the non-interactive Agg canvas (no display, no pyplot state).
 Images are written to a temporary file beside the target and renamed over it, so a
 reader never sees half a PNG.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +31,7 @@ def _figure(size: tuple[int, int], dpi: int = 100):
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise UsageError(
-            "plotting needs matplotlib, an optional extra; install it with: pip install streamsgd[plot]"
+            "plotting needs matplotlib, an optional extra; install it with: pip install 'streamsgd[plot]'"
         ) from exc
     width, height = size
     if width < 50 or height < 50:
@@ -47,14 +46,9 @@ def _save(fig, out: str) -> None:
     directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(directory):
         raise UsageError(f"{out}: the directory {directory} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=fig.dpi)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from .model import atomic_write
+
+    atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=fig.dpi))
 
 
 def read_runs(path: str) -> list[list[dict[str, Any]]]:

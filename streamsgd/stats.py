@@ -22,6 +22,7 @@ from .errors import DataError
 from .kernels import LOSS_TASK, moments
 from .sources import Source
 from .sources.cast import arrow_values
+from .sources.labels import not_binary_labels
 
 SAMPLE_ROWS = 4096
 
@@ -49,10 +50,7 @@ def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.f
         task = LOSS_TASK[model]
         if task == "classification" and ((y != 0) & (y != 1)).any():
             value = y[np.argmax((y != 0) & (y != 1))]
-            raise DataError(
-                f"{source.url}: target column {source.target!r} holds {value:g}, but a {model} model "
-                "needs labels 0 and 1; recode the target (or train with --model linear)"
-            )
+            raise not_binary_labels(source, model, float(value))
         if task == "counts" and (y < 0).any():
             raise DataError(
                 f"{source.url}: target column {source.target!r} holds {y[np.argmax(y < 0)]:g}, but a poisson "

@@ -16,6 +16,7 @@ from .errors import DataError, StreamSGDError, SourceError
 from .kernels import LOSS_TASK
 from .prefetch import Prefetcher
 from .sources import Source
+from .sources.labels import not_binary_labels
 
 
 @dataclass
@@ -165,10 +166,7 @@ def check_labels(model: str, source: Source, window: Window) -> Window:
         bad = (window.y != 0) & (window.y != 1)
         if bad.any():
             value = window.y[np.argmax(bad)]
-            raise DataError(
-                f"{source.url}: target column {source.target!r} holds {value:g}, but a {model} model "
-                "needs labels 0 and 1; recode the target (or train with --model linear)"
-            )
+            raise not_binary_labels(source, model, float(value))
     return window
 
 

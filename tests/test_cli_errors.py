@@ -163,7 +163,8 @@ FIT_CASES = {
     "unknown-option": (("fit", "{d}/good.parquet", "--bogus"), USAGE, r"--bogus"),
     "missing-argument": (("fit",), USAGE, r"DATA"),
     "unknown-model": (("fit", "{d}/good.parquet", "--model", "svm"), USAGE, r"--model"),
-    "output-directory-missing": (("fit", "{d}/good.parquet", "-o", "{o}/no/such/dir/model.npz"), USAGE, r"--output"),
+    # a missing output folder is created (a job file's models/); one that cannot be is a usage error
+    "output-directory-impossible": (("fit", "{d}/good.parquet", "-o", "{d}/good.parquet/model.npz"), USAGE, r"--output"),
     # training blows up: stop, say what to change, keep no model
     "diverges": (
         ("fit", "{d}/big.parquet", "--model", "linear", "--lr", "1e6", "--no-standardize", "--lr-schedule", "constant"),

@@ -13,9 +13,9 @@ LAYERS = {
     "errors": 0, "config": 0.5,
     "shuffle": 1, "prefetch": 1, "kernels": 1, "fill": 1, "metrics": 1,
     "sources.fs": 1.7, "sources.retry": 1.6, "sources.cast": 1.6, "sources.columns": 1.6, "sources.arrays": 1.8, "sources.parquet": 1.8, "sources.zarr": 1.8, "sources": 1.9, "sources.subset": 1.95, "sources.labels": 1.85, "optim": 2, "model": 2, "windows": 2.5, "stats": 2.7, "stream": 2.8, "loop": 2.5,
-    "noise": 1, "lock": 1, "logs": 1, "jobconfig": 0.7, "plot": 1.5, "checkpoint": 2.2,
+    "noise": 1, "lock": 1, "logs": 1, "jobconfig": 0.7, "plot": 2.1, "checkpoint": 2.2,
     "classes": 2.75, "train": 3, "apply": 3, "generate": 3, "info": 3.5, "tune": 3.5, "api": 3.6, "estimators": 3.7, "job": 3.8,
-    "guard": 2.75,
+    "guard": 2.75, "convert": 3, "show": 3.5,
     "cli": 4, "__init__": 5, "__main__": 5,
 }
 

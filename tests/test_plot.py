@@ -106,7 +106,7 @@ def test_bad_input_gives_clear_errors(metrics_files, tmp_path):
 def test_missing_matplotlib_names_the_extra(metrics_files, tmp_path, monkeypatch):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)  # import now raises ImportError
-    with pytest.raises(UsageError, match=r"pip install streamsgd\[plot\]"):
+    with pytest.raises(UsageError, match=r"pip install 'streamsgd\[plot\]'"):
         plot_metrics(metrics_files, str(tmp_path / "o.png"))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import SourceError, UsageError
 
 #: botocore settings s3fs gets unless the user sets their own ``config_kwargs``: no
 #: retries of botocore's own (the loop in ``retry.py`` does the backing off, once) and
@@ -62,3 +62,35 @@ def file_info(fs, path: str) -> dict[str, Any]:
     if mtime is not None:
         out["mtime"] = mtime.isoformat() if hasattr(mtime, "isoformat") else float(mtime)
     return out
+
+
+def storage_failure(url: str, exc: BaseException) -> SourceError:
+    """``exc``, raised while reading or writing ``url``, as one :class:`SourceError` line."""
+    from .retry import credential_problem, credentials_error, first_line
+
+    problem = credential_problem(exc)
+    if problem is not None:
+        return credentials_error(url, problem)
+    if isinstance(exc, SourceError):
+        return exc
+    return SourceError(f"{url}: {first_line(exc)}; check the URL, its permissions and --storage-option")
+
+
+#: Object stores whose first path segment is a bucket (or container) that must exist.
+BUCKET_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
+def check_bucket(url: str, option: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Check that the bucket an output URL goes to answers, with these credentials: before
+    hours of training, not at the final upload. Other stores are not checked."""
+    if protocol_of(url) not in BUCKET_STORES:
+        return  # stores without buckets (memory://, sftp:// …) fail, if they do, at the write
+    fs, path = filesystem(url, storage_options)
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.info(bucket)  # not exists(): it answers False for missing credentials too
+    except FileNotFoundError:
+        raise SourceError(f"{option} {url}: the bucket {bucket!r} does not exist or is not visible with these "
+                          "credentials; create it or fix the URL") from None
+    except Exception as exc:  # no credentials, endpoint down: the same one line as a read
+        raise storage_failure(url, exc) from exc

@@ -53,6 +53,19 @@ def not_numeric_target(source: Any, model: str) -> DataError:
     )
 
 
+def not_binary_labels(source: Any, model: str, value: float) -> DataError:
+    """The error for a label other than 0 and 1 given to a binary classifier.
+
+    A whole number >= 2 most likely means several classes, for which softmax is the model;
+    anything else (negative, fractional) means a numeric target, for a regressor.
+    """
+    several = float(value).is_integer() and value >= 2
+    fix = (f"{value:g} looks like one of several classes: train --model softmax, or recode the target as 0 and 1"
+           if several else "recode the target (or train with --model linear)")
+    return DataError(f"{source.url}: target column {source.target!r} holds {value:g}, but a {model} model "
+                     f"needs labels 0 and 1; {fix}")
+
+
 class ClassIndexSource:
     """``source`` with its text target read as each label's index in ``classes`` (float).
 

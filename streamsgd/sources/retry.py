@@ -126,6 +126,9 @@ def call(fn: Callable[[], T], what: str, retry: RetryPolicy | None = None, break
             return result
         except Exception as exc:
             if not is_transient(exc):
+                problem = credential_problem(exc)
+                if problem is not None:  # permanent, and the user can fix it: say how
+                    raise credentials_error(what, problem) from exc
                 raise
             if attempt == retry.tries - 1 or (breaker is not None and breaker.down):
                 if breaker is not None:
@@ -144,3 +147,54 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+#: Class names (anywhere in an exception's chain) and S3 error codes that mean the store
+#: refused or never got the caller's credentials: matched by name so botocore need not
+#: be imported (it is not installed without s3fs).
+_CREDENTIAL_NAMES = frozenset({"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                               "NoAuthTokenError", "UnauthorizedSSOTokenError"})
+_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                               "TokenRefreshRequired", "MissingSecurityHeader"})
+
+#: How to give each store its credentials, for the one-line message.
+CREDENTIAL_HINTS = {
+    "s3": "pass them with --storage-option key=ACCESS_KEY --storage-option secret=SECRET_KEY (or the "
+          "[storage-options] table of a job file), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+          "AWS_PROFILE) in the environment; for a public bucket add --storage-option anon=true",
+    "gs": "pass --storage-option token=PATH/TO/KEY.json, or set GOOGLE_APPLICATION_CREDENTIALS; for a public "
+          "bucket add --storage-option token=anon",
+    "az": "pass --storage-option account_name=… --storage-option account_key=…, or set "
+          "AZURE_STORAGE_CONNECTION_STRING",
+}
+
+
+def credential_problem(exc: BaseException) -> str | None:
+    """The name of the credentials failure in ``exc``'s chain (``NoCredentialsError``,
+    ``InvalidAccessKeyId`` …), or None when it is some other failure."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for klass in type(current).__mro__:
+            if klass.__name__ in _CREDENTIAL_NAMES:
+                return klass.__name__
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            if code in _CREDENTIAL_CODES:
+                return code
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def credentials_error(url: str, problem: str) -> SourceError:
+    """One line naming the missing or refused credentials of ``url``'s store and how to pass
+    them. It never quotes the store's answer or the options: they may hold the secret."""
+    head, sep, _ = url.partition("://")
+    proto = head.split("::")[-1] if sep else "file"
+    store = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "adl": "az"}.get(proto, proto)
+    hint = CREDENTIAL_HINTS.get(store, "pass them with --storage-option KEY=VALUE as the store's fsspec "
+                                       "backend documents")
+    what = "no credentials were found" if problem.startswith("No") else f"the store refused the credentials ({problem})"
+    return SourceError(f"{url}: {what}; {hint}")

@@ -1,0 +1,98 @@
+"""What a model file holds, for people and for scripts: ``streamsgd show MODEL``.
+
+Everything comes through :func:`streamsgd.model.load`, the loader ``predict`` and
+``evaluate`` use, so ``show`` reports exactly what they would apply: the features and the
+target (with their roles), the coefficients in the raw feature space, the intercept, the
+standardisation (mean and scale per feature), the classes, and the run that wrote the file
+(its options and its final metrics).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .model import Model
+
+
+def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
+    """The model as plain JSON values.
+
+    Parameters
+    ----------
+    model : Model
+        As loaded from a file.
+    top : int, optional
+        Keep only the ``top`` features of largest weight (|coef|, or its largest |coef| over
+        the classes for softmax), largest first; None keeps them all, in the file's order.
+
+    Returns
+    -------
+    dict
+        ``model``, ``target``, ``classes``, ``intercept``, ``features`` (one record per
+        feature: ``name``, ``role``, ``coef``, ``mean``, ``scale``), ``n_features``,
+        ``metrics`` and ``config`` (the training run's summary and options).
+    """
+    coef = np.asarray(model.coef, dtype=np.float64)
+    per_class = coef.ndim == 2  # softmax: one row of weights per class
+    weight = np.abs(coef).max(axis=0) if per_class else np.abs(coef)
+    order = np.argsort(-weight, kind="stable") if top is not None else np.arange(weight.size)
+    if top is not None:
+        order = order[: max(0, top)]
+    mean, scale = np.asarray(model.mean, dtype=np.float64), np.asarray(model.scale, dtype=np.float64)
+    features = [
+        {"name": model.features[j], "role": "feature",
+         "coef": coef[:, j].tolist() if per_class else float(coef[j]),
+         "mean": _at(mean, j), "scale": _at(scale, j)}
+        for j in order
+    ]
+    meta = model.metadata
+    return {
+        "model": model.model,
+        "target": {"name": model.target, "role": "target", "type": meta.get("target_type")},
+        "classes": np.asarray(model.classes_).tolist() if model.is_classifier else None,
+        "intercept": np.asarray(model.intercept, dtype=np.float64).tolist(),
+        "n_features": len(model.features),
+        "features": features,
+        "metrics": meta.get("metrics", {}),
+        "config": meta.get("config", {}),
+        "version": meta.get("version"),
+    }
+
+
+def _at(values: np.ndarray, j: int) -> float | None:
+    """``values[j]`` as a float; None where the file stores no per-feature value."""
+    return float(values[j]) if values.ndim == 1 and j < values.size else None
+
+
+def format_model(info: dict[str, Any]) -> list[str]:
+    """``describe_model``'s result as aligned text lines."""
+    lines = [f"model      {info['model']}  ({info['n_features']} features, target {info['target']['name']!r})"]
+    if info["classes"] is not None:
+        lines.append(f"classes    {', '.join(map(str, info['classes']))}")
+    lines.append(f"intercept  {_number(info['intercept'])}")
+    if info["features"]:
+        width = max(len("feature"), *(len(f["name"]) for f in info["features"]))
+        lines.append(f"{'feature':<{width}}  {'role':<8} {'coef':>12}  {'mean':>12}  {'scale':>12}")
+        for f in info["features"]:
+            lines.append(f"{f['name']:<{width}}  {f['role']:<8} {_number(f['coef']):>12}  "
+                         f"{_number(f['mean']):>12}  {_number(f['scale']):>12}")
+    metrics = info["metrics"]
+    summary = [f"{k} {_number(metrics[k])}" for k in ("iterations", "epochs", "rows_seen", "loss", "seconds")
+               if k in metrics]
+    if summary:
+        lines.append("trained    " + "  ".join(summary))
+    config = info["config"]
+    options = [f"{k}={config[k]}" for k in ("batch", "lr", "l2", "l1", "optimizer", "seed") if k in config]
+    if options:
+        lines.append("options    " + " ".join(options))
+    return lines
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_number(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "-" if value is None else str(value)
