@@ -24,6 +24,7 @@ demo: install
 	$(BIN)/streamsgd evaluate $(DEMO)/model.npz $(DEMO)/test.parquet
 
 test: install
+	$(BIN)/python -m ruff check streamsgd tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: install
