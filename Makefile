@@ -32,6 +32,7 @@ demo: $(DEMO_STAMP)
 	$(BIN)/streamsgd evaluate $(DEMO)/model.npz $(DEMO)/test.parquet
 
 test: install
+	$(BIN)/python -m ruff check streamsgd tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -212,12 +212,12 @@ def _accumulate(loss, param, c0, c1, X, y, sw, idx, w, b, gw):
         z = b
         for j in range(d):
             z += X[i, j] * w[j]
-        l, r = loss_slope(loss, z, y[i], param)
+        li, r = loss_slope(loss, z, y[i], param)
         c = c1 if y[i] > 0.5 else c0
         if weighted:
             c *= sw[i]
         r *= c
-        total += c * l
+        total += c * li
         rsum += r
         for j in range(d):
             gw[j] += r * X[i, j]
