@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError, ModelFileError, SourceError, UsageError
+from .errors import DataError, ModelFileError, UsageError
 
 if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
     from sklearn.linear_model import SGDClassifier, SGDRegressor
