@@ -64,7 +64,7 @@ def test_a_csv_from_pandas_converts_in_row_groups_for_the_limit_and_trains(tmp_p
     frame = people(60_000)
     frame.to_csv(tmp_path / "people.csv", index=False)
     out = tmp_path / "parquet" / "people.parquet"  # a folder that does not exist yet
-    # 4MB: row groups of at most max_chunk_bytes (~440 kB) plus one parsed block (64 kB)
+    # 4MB: row groups of at most max_row_group_bytes (~440 kB) plus one parsed block (64 kB)
     proc = run_cli("convert", tmp_path / "people.csv", "-o", out, "--memory-limit", "4MB", "--block-size", "64KB")
     assert "60000 rows" in proc.stderr
     table = pq.read_table(out)
@@ -74,7 +74,7 @@ def test_a_csv_from_pandas_converts_in_row_groups_for_the_limit_and_trains(tmp_p
     assert table["city"].null_count == frame["city"].isna().sum()
     np.testing.assert_allclose(table["income"].to_numpy(), frame["income"].to_numpy())
     meta = pq.ParquetFile(out).metadata
-    target = MemoryPlan.max_chunk_bytes(4_000_000)
+    target = MemoryPlan.max_row_group_bytes(4_000_000)
     assert meta.num_row_groups > 3
     for g in range(meta.num_row_groups - 1):  # each row group closes once it passes the target
         rows = meta.row_group(g).num_rows
