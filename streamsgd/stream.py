@@ -80,7 +80,9 @@ class EpochStream:
                 window = next(reader.windows)
                 reader.next = (epoch, w + 1) if w + 1 < len(windows) else (epoch + 1, 0)
                 if len(windows) == 1:  # the row id held in each place of the buffer
-                    self._resident = (window, _row_ids(self.source, window.chunks)[self._order(epoch, w)])
+                    ids = np.empty(window.X.shape[0], dtype=np.int64)
+                    ids[window.slots] = _row_ids(self.source, window.chunks)
+                    self._resident = (window, ids)
                 in_order = np.arange(window.X.shape[0], dtype=np.int64)
                 yield window, (in_order[offset:] if w == first else in_order)
                 reader.prefetcher.release(window.nbytes)
@@ -125,8 +127,6 @@ class EpochStream:
     def _rows(self, chunks: NDArray[np.int64]) -> int:
         return int(sum(self.source.chunk_rows[c] for c in chunks))
 
-    def _order(self, epoch: int, w: int) -> NDArray[np.int64]:
-        return row_order(self._rows(self._plan(epoch)[w]), self.seed, epoch, w, self.shuffle)
 
     def _resident_order(self, epoch: int, chunks: NDArray[np.int64]) -> tuple[Window, NDArray[np.int64]]:
         window, resident_ids = self._resident
