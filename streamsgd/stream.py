@@ -129,6 +129,7 @@ class EpochStream:
         return row_order(self._rows(self._plan(epoch)[w]), self.seed, epoch, w, self.shuffle)
 
     def _resident_order(self, epoch: int, chunks: NDArray[np.int64]) -> tuple[Window, NDArray[np.int64]]:
+        assert self._resident is not None  # called once the single window is resident
         window, resident_ids = self._resident
         # position in the resident buffer of each global row id, then of this epoch's layout
         position = np.empty_like(resident_ids)
