@@ -33,6 +33,7 @@ demo: $(DEMO_STAMP)
 
 test: install
 	$(BIN)/python -m ruff check streamsgd tests benchmarks
+	$(BIN)/python -m mypy streamsgd
 	$(BIN)/python -m pytest -q
 
 bench: install

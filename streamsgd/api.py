@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,7 +22,7 @@ from .config import MODELS, FitConfig
 from .errors import DataError, UsageError
 from .model import CLASSIFIERS, Model
 from .model import load as _load
-from .sources import ArraySource, open_source
+from .sources import ArraySource, Source, open_source
 from .train import fit as _train
 
 #: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).
@@ -189,7 +189,7 @@ def column_names(names: Sequence[str] | None, option: str = "features") -> tuple
     return tuple(str(n) for n in names)
 
 
-def _is_source(data: Any) -> bool:
+def _is_source(data: Any) -> TypeGuard[Source]:
     return hasattr(data, "read_into") and hasattr(data, "chunk_rows")
 
 

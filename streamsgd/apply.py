@@ -14,7 +14,7 @@ from .model import Model, atomic_write
 from .stats import merge_moments
 from .sources import Source
 from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
-from .windows import check_labels, read_window
+from .windows import check_labels, read_window, sample_weight_column
 
 
 def _check_features(model: Model, source: Source) -> None:
@@ -67,6 +67,7 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
         window = read_window(source, np.array([c]), np.float64, True)
         z = model.decision_function(window.X)
         y = check_labels(model.model, source, window).y
+        assert y is not None  # read with the target
         w = np.ones(y.size) if window.w is None else window.w
         if model.model == "softmax":  # labels -> their class index; z has one column per class
             y = y.astype(np.intp) if indexed else _class_index(model, y, source)
@@ -84,7 +85,7 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
     if rows == 0:
         raise DataError(f"{source.url}: the data set has no rows")
     if total == 0:
-        raise DataError(f"{source.url}: weight column {source.weight!r} is 0 in every row; choose another --weight")
+        raise DataError(f"{source.url}: weight column {sample_weight_column(source)!r} is 0 in every row; choose another --weight")
     out: dict[str, Any] = {"rows": rows, "loss": loss_sum / total}
     if model.is_classifier:
         out["accuracy"] = correct / total

@@ -46,11 +46,17 @@ _TRAINER_PARAMS = (
 class _StreamSGD(BaseEstimator):
     """What the classifier and the regressor share: options -> FitConfig, fit, partial_fit."""
 
+    # set by fit / partial_fit (declared only: unset until then, as check_is_fitted expects)
+    model_: Model
+    lr_: float
+    t_: int
+    n_iter_: int
+
     def __init__(
         self,
         loss: str,
         *,
-        batch: int = FitConfig.batch,
+        batch: int | str = FitConfig.batch,
         epochs: int | None = FitConfig.epochs,
         steps: int | None = FitConfig.steps,
         lr: float | None = FitConfig.lr,
@@ -310,7 +316,7 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
         self,
         loss: str = "log_loss",
         *,
-        batch: int = FitConfig.batch,
+        batch: int | str = FitConfig.batch,
         epochs: int | None = FitConfig.epochs,
         steps: int | None = FitConfig.steps,
         lr: float | None = FitConfig.lr,
@@ -435,7 +441,7 @@ class StreamSGDRegressor(RegressorMixin, _StreamSGD):
         self,
         loss: str = "squared_error",
         *,
-        batch: int = FitConfig.batch,
+        batch: int | str = FitConfig.batch,
         epochs: int | None = FitConfig.epochs,
         steps: int | None = FitConfig.steps,
         lr: float | None = FitConfig.lr,

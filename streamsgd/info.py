@@ -10,7 +10,7 @@ from .config import FitConfig
 from .shuffle import iterations_per_epoch
 from .sources import Source, n_rows
 from .sources.columns import describe as describe_columns
-from .train import MemoryPlan, cut_to_limit
+from .train import MemoryPlan, _batch_rows, cut_to_limit
 
 
 def describe(source: Source, config: FitConfig) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     full = N * (d + 1) * itemsize + N * 8
     cut_to_limit(source, config)  # as fit cuts it
     plan = MemoryPlan.for_source(source, config)
-    ipe = iterations_per_epoch(N, min(config.batch, max(N, 1))) if N else 0
+    ipe = iterations_per_epoch(N, _batch_rows(config, N)) if N else 0  # rows per update, as fit takes them
     out: dict[str, Any] = {
         "url": source.url,
         "format": getattr(source, "format", "arrays"),

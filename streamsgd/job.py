@@ -86,7 +86,10 @@ def run(
         manifest = manifest_of(source)
         store = (CheckpointStore(job.checkpoint_dir, job.storage_options, job.keep_checkpoints)
                  if job.checkpoint_dir else None)
-        resume = _resume_state(store, config, manifest, job, log) if job.resume else None
+        resume = None
+        if job.resume:
+            assert store is not None  # Job refuses --resume without --checkpoint-dir
+            resume = _resume_state(store, config, manifest, job, log)
         columns = describe_columns(source)
         log.event("start", message=summary_line(columns), data=source.url, rows=int(sum(source.chunk_rows)),
                   model=config.model, output=job.output,
@@ -99,6 +102,7 @@ def run(
         meta = {"config": _model_options(config), "data": manifest, "job": job.recorded}
 
         def save(arrays: dict[str, Any]) -> None:
+            assert store is not None  # handed to the trainer only with a checkpoint store
             store.save(int(arrays["counters"][0]), arrays, meta)
 
         def events(record: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ import dataclasses
 import difflib
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -117,10 +118,10 @@ def load_config(path: str) -> dict[str, Any]:
         The file cannot be read, is not valid TOML (the message gives the line), holds an
         unknown key (the message gives the nearest valid one) or a value of the wrong kind.
     """
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10
+        import tomli as tomllib
 
     try:
         with open(path, "rb") as f:

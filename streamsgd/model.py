@@ -276,7 +276,7 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None],
+def atomic_write(path: str, write: Callable[[BinaryIO], object],
                  storage_options: Mapping[str, Any] | None = None) -> None:
     """Write a file so that a crash at any instant leaves the old one or the new one, never
     a part: ``write`` fills a temporary file beside it, which is synced and renamed over
@@ -323,7 +323,7 @@ def _create_beside(path: str, directory: str) -> tuple[int, str]:
     raise FileExistsError(f"{directory}: could not create a temporary file")  # pragma: no cover
 
 
-def _upload(url: str, write: Callable[[BinaryIO], None], storage_options: Mapping[str, Any] | None) -> None:
+def _upload(url: str, write: Callable[[BinaryIO], object], storage_options: Mapping[str, Any] | None) -> None:
     """``write`` into a local temporary file, then one upload of it to ``url``."""
     from .sources.fs import filesystem, storage_failure
 

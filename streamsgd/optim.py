@@ -305,7 +305,7 @@ def batch_step(L: float, L_max: float, n_rows: int, batch: int) -> float:
 
 def _top_eigenvalue(A: NDArray[np.float64], iterations: int = 50) -> float:
     """Largest eigenvalue of AᵀA / n by power iteration (never forms AᵀA)."""
-    v = np.random.default_rng(0).standard_normal(A.shape[1])
+    v = np.random.default_rng(0).standard_normal(int(A.shape[1]))
     u = np.empty_like(v)
     lam = 0.0
     for _ in range(iterations):

@@ -147,8 +147,9 @@ def plot_metrics(
         ax.set_xscale("log", base=2)
         ax.set_ylabel("final loss")
     else:
-        for (label, run), held in zip(series, validation):
-            line, = ax.plot([r.get(x, math.nan) for r in run], [r["loss"] for r in run], label=label, linewidth=1)
+        for (label, records), held in zip(series, validation):
+            line, = ax.plot([r.get(x, math.nan) for r in records], [r["loss"] for r in records], label=label,
+                            linewidth=1)
             if held:  # dashed, in the run's colour, one marker per epoch
                 ax.plot([r.get(x, math.nan) for r in held], [r["val_loss"] for r in held], "--o", markersize=3,
                         color=line.get_color(), linewidth=1, label=f"{label} validation")

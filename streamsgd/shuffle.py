@@ -121,10 +121,10 @@ def grouped_order(groups: Sequence[int], seed: int, epoch: int, shuffle: bool = 
     ``groups`` gives each chunk's group (e.g. the slices of one large Parquet row group,
     which stream efficiently only front to back).
     """
-    groups = np.asarray(groups)
-    _, first = np.unique(groups, return_index=True)
-    ids = groups[np.sort(first)]  # groups in order of first appearance
-    members = {g: np.flatnonzero(groups == g) for g in ids}
+    group_of = np.asarray(groups)
+    _, first = np.unique(group_of, return_index=True)
+    ids = group_of[np.sort(first)]  # groups in order of first appearance
+    members = {g: np.flatnonzero(group_of == g) for g in ids}
     picked = ids[chunk_order(len(ids), seed, epoch, shuffle)]
     return np.concatenate([members[g] for g in picked]).astype(np.int64)
 

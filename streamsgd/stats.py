@@ -27,11 +27,18 @@ from .sources.labels import not_binary_labels
 SAMPLE_ROWS = 4096
 
 
-def merge_moments(n: int, mean, m2, k: int, mean_k, m2_k):
+def merge_moments(n: float, mean, m2, k: float, mean_k, m2_k):
     """Chan et al.'s parallel merge of (count, mean, sum of squared deviations); arrays or scalars."""
     total = n + k
     delta = mean_k - mean
     return total, mean + delta * (k / total), m2 + m2_k + delta**2 * (n * k / total)
+
+
+def _target_column(source: Source) -> str:
+    """The source's target column; data without one cannot be trained on."""
+    if source.target is None:
+        raise DataError(f"{source.url}: training needs a target column; set --target")
+    return source.target
 
 
 def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.float64]:
@@ -39,9 +46,10 @@ def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.f
 
     Also refuses labels the model cannot use and non-finite targets before any training.
     """
+    target = _target_column(source)
 
     def one(c: int) -> float:
-        y = np.asarray(arrow_values(source.read_columns(c, [source.target]).column(0)), dtype=np.float64)
+        y = np.asarray(arrow_values(source.read_columns(c, [target]).column(0)), dtype=np.float64)
         if not np.isfinite(y).all():
             raise DataError(
                 f"{source.chunk_name(c)}: target column {source.target!r} holds NaN or infinite values; "
@@ -95,8 +103,10 @@ def target_labels(source: Source, readers: int) -> tuple[NDArray, NDArray[np.int
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    target = _target_column(source)
+
     def one(c: int) -> tuple[NDArray, NDArray]:
-        column = source.read_columns(c, [source.target]).column(0)
+        column = source.read_columns(c, [target]).column(0)
         if column.null_count:
             raise DataError(f"{source.chunk_name(c)}: column {source.target!r} has {column.null_count} null values; "
                             "drop or impute them")

@@ -12,7 +12,7 @@ and no thread start per epoch, while visiting rows in exactly the order a re-rea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ class EpochStream:
     _resident: tuple[Window, NDArray[np.int64]] | None = field(default=None, init=False)
     _ahead: _Readers | None = field(default=None, init=False)
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[Window, NDArray[np.int64]]]:
+    def epoch(self, epoch: int, skip: int = 0) -> Generator[tuple[Window, NDArray[np.int64]], None, None]:
         """(window, order) pairs: train on ``window.X[order]`` in that order. A window read
         from the source comes laid out in its training order, so its ``order`` is the
         identity; only a resident window is re-indexed.
@@ -129,6 +129,7 @@ class EpochStream:
 
 
     def _resident_order(self, epoch: int, chunks: NDArray[np.int64]) -> tuple[Window, NDArray[np.int64]]:
+        assert self._resident is not None  # called once the single window is resident
         window, resident_ids = self._resident
         # position in the resident buffer of each global row id, then of this epoch's layout
         position = np.empty_like(resident_ids)

@@ -232,14 +232,20 @@ class _State:
         self.sums = np.zeros(N_SUMS)
         self.epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
         self.rows_seen = np.zeros(1, dtype=np.int64)
-        self.mean = self.scale = self.hyper = self.spec = None
-        self.sample = None  # rows for the step size: kept when the batch size may change
-        self.sample_y = None  # their labels (Poisson's curvature, the starting loss)
+        # standardisation and step-size figures: set by the first window (_start) or a checkpoint
+        self.mean: NDArray[np.float64] | None = None
+        self.scale: NDArray[np.float64] | None = None
+        self.hyper: NDArray[np.float64] | None = None
+        self.spec: NDArray[np.int64] | None = None
+        self.sample: NDArray | None = None  # rows for the step size: kept when the batch size may change
+        self.sample_y: NDArray | None = None  # their labels (Poisson's curvature, the starting loss)
         # guard.REFERENCE, ROW_MAX, SMOOTH: the starting model's loss (NaN: not measured), the
         # largest row curvature seen, and the sample's smoothness L (NaN: not measured)
         self.guard = np.array([np.nan, 0.0, np.nan])
-        self.classes = None  # softmax's label values as the kernel sees them (class indices for text labels)
-        self.curvature = None  # the loss's curvature bound, when the data sets it (poisson, class weights)
+        # softmax's label values as the kernel sees them (class indices for text labels)
+        self.classes: NDArray | None = None
+        # the loss's curvature bound, when the data sets it (poisson, class weights)
+        self.curvature: float | None = None
 
     def arrays(self) -> dict[str, NDArray]:
         return {name: getattr(self, name).copy() for name in self.ARRAYS}
@@ -298,6 +304,7 @@ def fit(
         raise DataError(f"{source.url}: the data set has no rows")
     if source.target is None:
         raise DataError(f"{source.url}: training needs a target column; set --target")
+    target = source.target
     text = is_text_type(getattr(source, "target_type", None))
     if text and config.model != "softmax":
         raise not_numeric_target(source, config.model)
@@ -311,12 +318,15 @@ def fit(
         _check_init(init, source, config)
     cut_to_limit(source, config)
     full_source = source
-    source, validation = split_validation(source, config.validation_fraction, config.seed)
-    split = "chunks" if isinstance(validation, ChunkSubset) else "rows"  # before a text target wraps it
+    source, held_out = split_validation(source, config.validation_fraction, config.seed)
+    split = "chunks" if isinstance(held_out, ChunkSubset) else "rows"  # before a text target wraps it
+    held_chunks = None if held_out is None else held_out.chunks
+    validation: Source | None = held_out
     N = n_rows(source)
     plan = MemoryPlan.for_source(source, config)
     return_freed_buffers_to_os(8 * max(source.chunk_rows, default=0))  # a decoded float64 column
-    labels = counts = None
+    labels: NDArray | None = None
+    counts: NDArray[np.int64] | None = None
     if config.model == "softmax":  # one block of parameters per class, its labels from a pass over the target
         labels, counts = softmax_classes(source, validation, plan.readers, classes, init)
         if text:  # the trainer sees each label's index
@@ -375,8 +385,12 @@ def fit(
             on_progress(record)
 
     def diverged(epoch: int, reason: str = "the loss became not finite", t: int | None = None) -> DivergenceError:
-        fix = guard.advice(config.lr if config.lr is not None else float(st.hyper[LR0]), config.lr is not None,
-                           config.optimizer, int(spec[BATCH]), config.standardize, st.sample, list(source.features))
+        lr = config.lr
+        if lr is None:
+            assert st.hyper is not None  # set by the first window (or the checkpoint), before any update
+            lr = float(st.hyper[LR0])
+        fix = guard.advice(lr, config.lr is not None, config.optimizer, int(spec[BATCH]), config.standardize,
+                           st.sample, list(source.features))
         return DivergenceError(f"training diverged at iteration {counters[T] + 1 if t is None else t} "
                                f"(epoch {epoch + 1}): {reason}; {fix}")
 
@@ -397,6 +411,7 @@ def fit(
         now = time.perf_counter()
         t = int(counters[T])
         estimate = meter.close_interval()
+        assert st.hyper is not None  # intervals close after updates, which need the step size
         emit({"event": "progress", "epoch": epoch + 1, "iteration": t,
               "rows_seen": int(st.rows_seen[0] + sums[ROWS]), "batch": int(spec[BATCH]),
               "lr": schedule_lr(int(spec[2]), st.hyper[LR0], t, config.power_t, config.warmup, total_steps or 0,
@@ -465,6 +480,7 @@ def fit(
             # are in gw and FILLED, and the stream resumes right after them
             with closing(stream.epoch(epoch, int(counters[EPOCH_ROWS]))) as windows:  # left early: stops the readers
                 for window, order in windows:
+                    assert window.y is not None  # training windows are read with the target
                     if st.hyper is None:  # the first window: standardisation and step size from it
                         _start(st, window, config, init, N, B)
                     if epoch == 0:  # every row is seen once: lower the default step before a rare row hurts
@@ -525,6 +541,8 @@ def fit(
         compiling.close()
 
     train_seconds = time.perf_counter() - train_start - compiling.seconds
+    # set by the first window or the checkpoint: the run has no rows without them
+    assert st.hyper is not None and st.mean is not None and st.scale is not None
     t = int(counters[T])
     summary = {
         "iterations": t,
@@ -551,12 +569,12 @@ def fit(
         "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
     }
     if validation is not None:
-        metadata["validation"] = {"split": split, "chunks": validation.chunks, "rows": n_rows(validation),
+        metadata["validation"] = {"split": split, "chunks": held_chunks, "rows": n_rows(validation),
                                   "stopped_early_at_epoch": stopped_early}
     if init is not None:
         metadata["init"] = {"data": init.metadata.get("data"), "lineage": init.metadata.get("lineage", []),
                             "metrics": init.metadata.get("metrics")}
-    model = Model(model=config.model, features=list(source.features), target=source.target, coef=coef,
+    model = Model(model=config.model, features=list(source.features), target=target, coef=coef,
                   intercept=intercept, mean=st.mean, scale=st.scale, metadata=metadata,
                   classes=None if labels is None else label_values(labels, getattr(source, "target_type", None)))
     return FitResult(model, summary)
@@ -603,17 +621,19 @@ def raw_parameters(theta: NDArray, blocks: int, mean: NDArray, scale: NDArray):
     return coef, intercept
 
 
-def validation_loss(validation: ChunkSubset | RowSubset, config: FitConfig, st: _State) -> float:
+def validation_loss(validation: Source, config: FitConfig, st: _State) -> float:
     """Mean loss of the current parameters (the running average once it has started) on
     the held-out chunks, read one at a time; no penalty, as scikit-learn reports it. With
     sample weights, the weighted mean Σ w ℓ / Σ w (scikit-learn's metrics' sample_weight)."""
+    assert st.spec is not None and st.mean is not None and st.scale is not None  # measured after an epoch
     theta = st.avg if st.counters[AVERAGED] else st.theta
     blocks = int(st.spec[BLOCKS])
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
     param = config.epsilon if config.model == "huber" else config.quantile
-    total, rows = 0.0, 0
+    total, rows = 0.0, 0.0
     for c in range(len(validation.chunk_rows)):
         window = read_window(validation, np.array([c]), np.float64, True)
+        assert window.y is not None  # read with the target
         y = window.y if blocks == 1 else np.searchsorted(np.asarray(st.classes), window.y)
         losses = row_loss(config.model, window.X @ coef.T + intercept, y, param)
         total += float(losses.sum() if window.w is None else losses @ window.w)
@@ -651,6 +671,7 @@ def _batch_rows(config: FitConfig, N: int) -> int:
         return N
     if config.batch == "auto":
         return min(config.batch_min, N)
+    assert isinstance(config.batch, int)  # FitConfig makes any other value an int >= 1
     return min(config.batch, N)
 
 
@@ -665,6 +686,7 @@ def _grow_batch(st: _State, estimate: dict[str, Any], config: FitConfig, N: int)
     """
     if not math.isfinite(estimate["trace_sigma"]):
         return
+    assert st.spec is not None  # set by fit before training
     b_simple = estimate["b_simple"]
     if math.isfinite(b_simple) and estimate["grad_norm2"] > 0:
         wanted = math.ceil(b_simple / config.batch_theta**2)
@@ -674,6 +696,13 @@ def _grow_batch(st: _State, estimate: dict[str, Any], config: FitConfig, N: int)
     if wanted > st.spec[BATCH]:
         st.spec[BATCH] = wanted
         if config.lr is None:
+            # set by the first window or the checkpoint (the batch grows after updates)
+            assert st.hyper is not None and st.mean is not None and st.scale is not None
+            if st.sample is None or st.sample_y is None:
+                # the step-size sample is drawn by _start, which a resumed run skips: it is not
+                # in the checkpoint, so a resumed --batch auto run cannot re-derive the step here
+                raise RuntimeError("the step-size sample is not set: a resumed run with a growing batch "
+                                   "cannot recompute the default step")
             st.hyper[LR0] = default_lr(config.model, st.sample, st.mean, st.scale, N, wanted, config.l2,
                                        st.curvature, guard.row_weights(config.model, st.sample_y),
                                        float(st.guard[guard.ROW_MAX]))
@@ -690,6 +719,7 @@ def _start(st: _State, window: Window, config: FitConfig, init: Model | None, N:
     """Standardisation, step size and starting point, from the first window (or ``init``),
     its rows taken chunk after chunk: the figures do not depend on the shuffle's layout."""
     X, y, rows = window.X, window.y, window.slots
+    assert y is not None and st.classes is not None  # a training window has the target; fit sets classes
     d = X.shape[1]
     if init is not None:  # its parameters in its standardised space, one block per class for softmax
         st.mean, st.scale = np.asarray(init.mean, dtype=np.float64), np.asarray(init.scale, dtype=np.float64)
@@ -720,6 +750,8 @@ def _start(st: _State, window: Window, config: FitConfig, init: Model | None, N:
 
 def _default_step(st: _State, config: FitConfig, N: int, B: int) -> float:
     """``default_lr`` for the run's sample, worst row seen so far and optimizer."""
+    # _start sets them before it asks for the step
+    assert st.sample is not None and st.sample_y is not None and st.mean is not None and st.scale is not None
     lr0 = default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature,
                      guard.row_weights(config.model, st.sample_y), float(st.guard[guard.ROW_MAX]))
     if config.optimizer in ("momentum", "nesterov"):  # heavy ball: the step is η / (1 − β) in effect
@@ -737,6 +769,8 @@ def _see_rows(st: _State, X: NDArray, y: NDArray, config: FitConfig, N: int) -> 
         return
     st.guard[guard.ROW_MAX] = top
     if config.lr is None and math.isfinite(st.guard[guard.SMOOTH]):
+        # fit sets spec; the first window (_start) or the checkpoint sets hyper
+        assert st.spec is not None and st.hyper is not None
         c = CURVATURE[config.model] if st.curvature is None else st.curvature
         lr0 = batch_step(float(st.guard[guard.SMOOTH]), c * top + config.l2, N, int(st.spec[BATCH]))
         if config.optimizer in ("momentum", "nesterov"):

@@ -135,7 +135,8 @@ def measure_noise(source: Source, model: Model, l2: float, batch: int, max_rows:
     that population: the mean of all batches is then (nearly) its exact gradient.
     """
     order = np.random.default_rng([seed, 11]).permutation(len(source.chunk_rows))
-    chosen, rows = [], 0
+    chosen: list[int] = []
+    rows = 0
     for c in order:
         if chosen and rows + source.chunk_rows[c] > max_rows:
             continue
@@ -245,7 +246,7 @@ def tune(
     for b in grid:
         steps = math.ceil(rows / b)
         result, records = _run(train, trial_config, b, steps, max(1, steps // 20))
-        trial = {"batch": b, "steps": steps, "val_loss": float(evaluate(result.model, validation)["loss"]),
+        trial: dict[str, Any] = {"batch": b, "steps": steps, "val_loss": float(evaluate(result.model, validation)["loss"]),
                  "train_loss": float(result.summary["loss"]), "seconds": float(result.summary["seconds"]),
                  "lr": float(result.summary["lr"])}
         trials.append(trial)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
 from .errors import DataError, StreamSGDError, SourceError
 from .kernels import LOSS_TASK
@@ -42,7 +42,7 @@ class Window:
         return self.X.nbytes + (0 if self.y is None else self.y.nbytes) + (0 if self.w is None else self.w.nbytes)
 
 
-def window_bytes(source: Source, chunks: NDArray[np.int64], dtype: np.dtype, with_target: bool) -> int:
+def window_bytes(source: Source, chunks: NDArray[np.int64], dtype: DTypeLike, with_target: bool) -> int:
     rows = int(sum(source.chunk_rows[c] for c in chunks))
     weights = WEIGHT_BYTES if with_target and sample_weight_column(source) else 0
     return rows * ((len(source.features) + int(with_target)) * np.dtype(dtype).itemsize + weights)
@@ -64,6 +64,7 @@ def read_weights(source: Source, chunk: int) -> NDArray[np.float64]:
     from .sources.cast import arrow_values
 
     name = sample_weight_column(source)
+    assert name is not None  # called for data read with a weight column only
     column = source.read_columns(chunk, [name]).column(0)
     where = source.chunk_name(chunk)
     if column.null_count:
@@ -80,7 +81,7 @@ def read_weights(source: Source, chunk: int) -> NDArray[np.float64]:
 def read_window(
     source: Source,
     chunks: NDArray[np.int64],
-    dtype: np.dtype,
+    dtype: DTypeLike,
     with_target: bool,
     pool: ThreadPoolExecutor | None = None,
     order: NDArray[np.int64] | None = None,
@@ -136,7 +137,7 @@ def read_window(
 def prefetch_windows(
     source: Source,
     windows: Iterable[tuple[int, int, NDArray[np.int64]]],
-    dtype: np.dtype,
+    dtype: DTypeLike,
     model: str,
     readers: int,
     max_bytes: int,

@@ -34,7 +34,7 @@ class ArraySource:
             raise DataError(f"sample_weight: expected shape ({X.shape[0]},), got {self.sample_weight.shape}")
         self.weight = None if sample_weight is None else "sample_weight"
         self.columns = self.features + ([] if y is None else ["y"])
-        self.target_type = None if y is None else str(self.y.dtype)
+        self.target_type = None if self.y is None else str(self.y.dtype)
         n = X.shape[0]
         self._starts = list(range(0, n, chunk_rows))
         self.chunk_rows = [min(chunk_rows, n - s) for s in self._starts]
@@ -52,14 +52,22 @@ class ArraySource:
         if bad >= 0:
             raise not_finite(self.X[s, bad], X.dtype, self.chunk_name(i), self.features[bad])
         if y is not None:
+            assert self.y is not None  # a target buffer is passed only for data that has a target
             y[slice(None) if rows is None else rows] = self.y[s]
 
     def read_columns(self, i: int, names: Sequence[str]):
         import pyarrow as pa
 
         s = slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
-        cols = {n: self.X[s, self.features.index(n)] if n in self.features
-                else self.sample_weight[s] if n == self.weight else self.y[s] for n in names}
+
+        def column(n: str) -> NDArray:
+            if n in self.features:
+                return self.X[s, self.features.index(n)]
+            values = self.sample_weight if n == self.weight else self.y
+            assert values is not None  # names other than the features: the weight or the target, when present
+            return values[s]
+
+        cols = {n: column(n) for n in names}
         return pa.table(cols)
 
     def layout(self) -> dict[str, Any]:
@@ -72,9 +80,9 @@ class ArraySource:
         return [{"path": self.url, "size": int(size), "rows": int(self.X.shape[0]), "chunks": len(self.chunk_rows)}]
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(np.ascontiguousarray(self.X).view(np.uint8))
+        h = hashlib.sha256(np.ascontiguousarray(self.X).view(np.uint8).data)
         if self.y is not None:
-            h.update(np.ascontiguousarray(self.y).view(np.uint8))
+            h.update(np.ascontiguousarray(self.y).view(np.uint8).data)
         if self.sample_weight is not None:
-            h.update(self.sample_weight.view(np.uint8))
+            h.update(self.sample_weight.view(np.uint8).data)
         return h.hexdigest()[:16]

@@ -39,7 +39,7 @@ def not_finite(values: NDArray, dtype: np.dtype, where: str, name: str) -> DataE
 
 
 #: Arrow's fixed-width numbers by type name (``DataType.to_pandas_dtype`` imports pandas too)
-_NUMPY = {name: np.dtype(name) for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")}
+_NUMPY: dict[str, np.dtype] = {name: np.dtype(name) for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")}
 _NUMPY.update({"halffloat": np.dtype("float16"), "float": np.dtype("float32"), "double": np.dtype("float64")})
 
 

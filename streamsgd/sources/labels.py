@@ -91,6 +91,7 @@ class ClassIndexSource:
         self.columns = list(source.columns)
         self.chunk_rows = list(source.chunk_rows)
         self.chunk_bytes = list(source.chunk_bytes)
+        self.metadata_bytes = source.metadata_bytes
         self.target_type = getattr(source, "target_type", None)
 
     def __getattr__(self, name: str) -> Any:
@@ -104,6 +105,12 @@ class ClassIndexSource:
 
     def fingerprint(self) -> str:
         return self._source.fingerprint()
+
+    def layout(self) -> dict[str, Any]:
+        return self._source.layout()
+
+    def manifest(self) -> list[dict[str, Any]]:
+        return self._source.manifest()
 
     def class_index(self, i: int) -> NDArray[np.int32]:
         """The class index of every row of chunk ``i``, int32 of shape (rows,)."""

@@ -7,7 +7,7 @@ import json
 import math
 import posixpath
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -331,18 +331,21 @@ class ParquetSource:
         into row ``rows[j]`` when given; refuse nulls, NaN and infinity."""
         from ..fill import fill_columns  # numba: imported when data is first read
 
-        names = self.features + ([self.target] if y is not None else [])
+        target = self.target
+        # a target buffer is passed only for data that has a target (fit and evaluate need one)
+        assert y is None or target is not None
+        names = self.features + ([target] if target is not None and y is not None else [])
         table = self.read_columns(i, names)
         columns = [_values(table.column(n), n, self, i) for n in self.features]
         bad = fill_columns(columns, X, rows)  # the decoded buffers themselves: no copy before this one
         if bad >= 0:
             raise not_finite(columns[bad], X.dtype, self.chunk_name(i), self.features[bad])
-        if y is not None:
-            if _is_text(table.schema.field(self.target).type):  # labels are read by sources.labels
-                raise DataError(f"{self.chunk_name(i)}: target column {self.target!r} holds text, not numbers; "
+        if y is not None and target is not None:
+            if _is_text(table.schema.field(target).type):  # labels are read by sources.labels
+                raise DataError(f"{self.chunk_name(i)}: target column {target!r} holds text, not numbers; "
                                 "train --model softmax, or encode the column as numbers")
             y[slice(None) if rows is None else rows] = to_dtype(
-                _values(table.column(self.target), self.target, self, i), y.dtype, self.chunk_name(i), self.target)
+                _values(table.column(target), target, self, i), y.dtype, self.chunk_name(i), target)
 
     def fingerprint(self) -> str:
         """Hash of the data's manifest: files, sizes, row-group layout."""
@@ -452,9 +455,9 @@ class _Cursor:
         self._cond = threading.Condition()
         self._waiting: list[int] = []
         self._busy = False
-        self._handle = None
-        self._batches = None
-        self._carry = None  # rows read past the last slice
+        self._handle: Any = None
+        self._batches: Iterator[Any] | None = None
+        self._carry: Any = None  # rows read past the last slice
         self.position = 0
         self.total = source._group_rows[file][group]
         self.exhausted = False
@@ -502,6 +505,7 @@ class _Cursor:
     def _take(self, rows: int):
         import pyarrow as pa
 
+        assert self._batches is not None  # read() starts the stream before taking rows
         parts, have = [], 0
         while have < rows:
             batch = self._carry if self._carry is not None else next(self._batches, None)

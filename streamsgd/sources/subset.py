@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,6 +44,14 @@ class ChunkSubset:
 
     def fingerprint(self) -> str:
         return f"{self._source.fingerprint()}:{','.join(map(str, self._chunks))}"
+
+    def layout(self) -> dict[str, Any]:
+        """The parent source's layout (store, files, chunking): the subset reads its chunks."""
+        return self._source.layout()
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """The parent source's files: the subset reads some of their chunks."""
+        return self._source.manifest()
 
 
 class RowSubset:
@@ -98,7 +107,7 @@ class RowSubset:
         mask = self._mask(i)
         to = slice(None) if rows is None else rows
         X[to] = whole_X[mask]
-        if y is not None:
+        if y is not None and whole_y is not None:  # whole_y is allocated exactly when y is given
             y[to] = whole_y[mask]
 
     def read_columns(self, i: int, names: Sequence[str]):
@@ -109,6 +118,14 @@ class RowSubset:
     def fingerprint(self) -> str:
         side = "held" if self._held else "rest"
         return f"{self._source.fingerprint()}:rows:{self._fraction!r}:{self._key[0]}:{self._key[1]}:{side}"
+
+    def layout(self) -> dict[str, Any]:
+        """The parent source's layout (store, files, chunking): the subset reads rows of every chunk."""
+        return self._source.layout()
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """The parent source's files: the subset reads rows of each of them."""
+        return self._source.manifest()
 
 
 def split_rows(source: Source, fraction: float, seed: int, tag: int) -> tuple[RowSubset, RowSubset]:

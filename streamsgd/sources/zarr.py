@@ -45,7 +45,7 @@ class ZarrSource:
 
         self.url = url
         self.format = "zarr"
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         options = with_defaults(url, storage_options)
         if "://" in url and not url.startswith(("file://", "memory://")):
             # zarr makes its own asynchronous fsspec instance; a fresh one, so that none
@@ -147,6 +147,8 @@ class ZarrSource:
             if bad >= 0:
                 raise not_finite(block[:, bad], X.dtype, where, self.features[bad])
         if y is not None:
+            # a target buffer is passed only for data that has a target (fit and evaluate need one)
+            assert self.target is not None
             y[slice(None) if rows is None else rows] = to_dtype(self._get(i, self._y), y.dtype, where, self.target)
 
     def read_columns(self, i: int, names: Sequence[str]):
@@ -155,8 +157,16 @@ class ZarrSource:
         all_names = self.columns[: self._X.shape[1]]
         # the target alone (the trainer's first pass) does not read the feature array
         block = self._get(i, self._X) if any(n not in (self.target, self.weight) for n in names) else None
-        return pa.table({n: self._get(i, self._y) if n == self.target else self._get(i, self._w)
-                         if n == self.weight else block[:, all_names.index(n)] for n in names})
+
+        def column(n: str) -> Any:
+            if n == self.target:
+                return self._get(i, self._y)
+            if n == self.weight:
+                return self._get(i, self._w)
+            assert block is not None  # read above whenever a name is neither the target nor the weight
+            return block[:, all_names.index(n)]
+
+        return pa.table({n: column(n) for n in names})
 
     def layout(self) -> dict[str, Any]:
         """Store, Zarr format and chunk shape of the feature array."""
@@ -176,7 +186,7 @@ class ZarrSource:
             if array is None:
                 continue
             doc = "zarr.json" if self._zarr_format == 3 else ".zarray"
-            record = {"path": f"{self.url.rstrip('/')}/{name}", "size": int(array.nbytes),
+            record: dict[str, Any] = {"path": f"{self.url.rstrip('/')}/{name}", "size": int(array.nbytes),
                       "rows": int(array.shape[0]), "chunks": len(self.chunk_rows)}
             try:
                 marks = retry.call(lambda: file_info(fs, f"{root.rstrip('/')}/{name}/{doc}"), record["path"])
