@@ -219,9 +219,11 @@ class _State:
     """
 
     ARRAYS = ("theta", "theta_eff", "avg", "gw", "l1_q", "l1_u", "cw", "opt_state", "counters", "sums",
-              "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec", "guard")
-    #: arrays a checkpoint written before they existed may lack (their defaults then stay)
-    OPTIONAL = ("guard",)
+              "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec", "guard", "sample", "sample_y")
+    #: arrays a checkpoint written before they existed may lack (their defaults then stay);
+    #: the step-size sample is drawn from the first window, which a resumed run does not read
+    #: again, and a growing batch (``--batch auto``) sizes its step from it
+    OPTIONAL = ("guard", "sample", "sample_y")
 
     def __init__(self, d: int, blocks: int = 1):
         self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(blocks * (d + 1)) for _ in range(4))
@@ -248,7 +250,7 @@ class _State:
         self.curvature: float | None = None
 
     def arrays(self) -> dict[str, NDArray]:
-        return {name: getattr(self, name).copy() for name in self.ARRAYS}
+        return {name: getattr(self, name).copy() for name in self.ARRAYS if getattr(self, name) is not None}
 
     def restore(self, arrays: dict[str, NDArray]) -> None:
         for name in self.ARRAYS:
@@ -371,6 +373,9 @@ def fit(
     params = (st.theta, st.theta_eff, st.avg, st.gw, st.l1_q, st.l1_u, st.cw, kernel_classes)
     # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
     meter = NoiseMeter(n_rows=N, n_params=st.theta.size)
+    assert meter.total is not None  # sized by n_params
+    if resume is not None and "noise_total" in resume:  # the interval in progress, which --batch auto grows by
+        meter.total[:], meter.sums[:] = resume["noise_total"], resume["noise_sums"]
     noise = (meter.total, meter.sums, np.zeros(st.theta.size))
     epoch_loss = float("nan")
     log = MetricsLog(metrics)
@@ -427,7 +432,7 @@ def fit(
     def save_checkpoint() -> None:
         nonlocal last_checkpoint
         if ck.save is not None:
-            ck.save(st.arrays())
+            ck.save({**st.arrays(), "noise_total": noise[0].copy(), "noise_sums": noise[1].copy()})
             emit({"event": "checkpoint", "iteration": int(counters[T]),
                   "rows_seen": int(st.rows_seen[0] + sums[ROWS])})
         last_checkpoint = time.perf_counter()
@@ -699,10 +704,9 @@ def _grow_batch(st: _State, estimate: dict[str, Any], config: FitConfig, N: int)
             # set by the first window or the checkpoint (the batch grows after updates)
             assert st.hyper is not None and st.mean is not None and st.scale is not None
             if st.sample is None or st.sample_y is None:
-                # the step-size sample is drawn by _start, which a resumed run skips: it is not
-                # in the checkpoint, so a resumed --batch auto run cannot re-derive the step here
-                raise RuntimeError("the step-size sample is not set: a resumed run with a growing batch "
-                                   "cannot recompute the default step")
+                # drawn by _start and kept in checkpoints; one written before they kept it lacks it
+                raise DataError("the checkpoint holds no step-size sample (it was written by an older "
+                                "streamsgd); resume without --batch auto, or start afresh")
             st.hyper[LR0] = default_lr(config.model, st.sample, st.mean, st.scale, N, wanted, config.l2,
                                        st.curvature, guard.row_weights(config.model, st.sample_y),
                                        float(st.guard[guard.ROW_MAX]))

@@ -359,3 +359,24 @@ def test_manifest_survives_a_checkpoint(url):
     store.save(4, arrays, {**meta, "data": m})
     _, back = store.latest()
     assert compare_manifests(back["data"], manifest_of(FilesSource(FILES))) is None
+
+
+def test_a_growing_batch_resumes_bit_for_bit():
+    """--batch auto re-derives the default step from the first window's row sample each time
+    the batch grows; a resumed run does not read that window again, so the checkpoint keeps it."""
+    from streamsgd.sources import ArraySource
+    from streamsgd.train import Checkpointing, fit as train_fit
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 5))
+    y = X @ np.arange(5.0) + rng.standard_normal(20000)
+    source = ArraySource(X, y, chunk_rows=2000)
+    saved: list = []
+    options = {"model": "linear", "batch": "auto", "epochs": 3, "log_every": 10}
+    # checkpoints fall inside logging intervals too: the batch grows by the interval's noise figures
+    whole = train_fit(source, checkpointing=Checkpointing(save=saved.append, every=7), **options)
+    assert whole.summary["iterations"] > 20 and len(saved) > 2
+    for state in saved[1:4]:
+        resumed = train_fit(source, resume=state, **options)
+        np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
+        assert resumed.model.intercept == whole.model.intercept
