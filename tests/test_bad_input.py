@@ -18,66 +18,21 @@ import gc
 import json
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from streamsgd.cli import main
+from helpers import Outcome, invoke
 
 USAGE, DATA, SOURCE, DIVERGED, MODEL_FILE = 2, 3, 4, 5, 6
 DOCUMENTED = {USAGE, DATA, SOURCE, DIVERGED, MODEL_FILE}
 
 SPECIAL = [np.nan, np.inf, -np.inf, 1e300, -1e300, 0.0, None]
-
-
-# -- running the CLI in-process ----------------------------------------------------------------
-
-@dataclass
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-    args: list[str] = field(default_factory=list)
-    leaks: list[str] = field(default_factory=list)  # ResourceWarnings: files left open
-    warnings: list[str] = field(default_factory=list)  # printed on a real run's stderr
-
-    def report(self) -> str:
-        return (f"streamsgd {' '.join(self.args)}\nexit {self.code}\nstdout: {self.stdout!r}\n"
-                f"stderr: {self.stderr!r}\nwarnings: {self.warnings}\nleaks: {self.leaks}")
-
-
-def invoke(args: list[str]) -> Outcome:
-    """``streamsgd ARGS`` in this process; any exception other than SystemExit propagates
-    (that is the traceback a user would see, and fails the test with its own).
-
-    Warnings are recorded, not raised: the installed command runs with Python's default
-    filters, where a warning is extra lines on stderr, not an exception (pytest's
-    ``filterwarnings = error`` would turn it into one, and the reader would report it as
-    a read failure, hiding what a user sees). Files the command leaves open are caught by
-    a garbage collection inside the run, each as a ResourceWarning.
-    """
-    runner = CliRunner()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.resetwarnings()
-        warnings.simplefilter("always")
-        with runner.isolation() as (out, err, _):
-            try:
-                main(list(args))
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
-        gc.collect()
-    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-    shown = [f"{w.category.__name__}: {w.message}" for w in caught if not issubclass(w.category, ResourceWarning)]
-    return Outcome(code, stdout, stderr, list(args), leaks, shown)
 
 
 def assert_clean(outcome: Outcome, out_dir: str | None = None, leaks_ok: bool = False,

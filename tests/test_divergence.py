@@ -19,9 +19,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from streamsgd.cli import main
+from helpers import invoke
 from streamsgd.kernels import row_loss
 from streamsgd.model import load
 
@@ -72,14 +71,8 @@ def _fit(data, model: str, out_dir, *options: str):
     path = out_dir / "model.npz"
     args = ["fit", str(data), "--target", "y", "--features", "x,age,income,ratio", "--model", model,
             "--epochs", "5", "--log-every", str(LOG_EVERY), "-o", str(path), *options]
-    runner = CliRunner()
-    with runner.isolation() as (stdout, stderr, _):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        return code, stderr.getvalue().decode(), path
+    outcome = invoke(args)
+    return outcome.code, outcome.stderr, path
 
 
 def _losses(model: str, data, path) -> tuple[float, float]:
@@ -153,14 +146,8 @@ def test_no_standardize_names_the_column_that_set_the_step(files, model, tmp_pat
 # -- a default step that is safe on real data (issue 13, item 3) ---------------------------------
 
 def _run(*args: str) -> tuple[int, str, str]:
-    runner = CliRunner()
-    with runner.isolation() as (stdout, stderr, _):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        return code, stdout.getvalue().decode(), stderr.getvalue().decode()
+    outcome = invoke(list(args))
+    return outcome.code, outcome.stdout, outcome.stderr
 
 
 def test_rare_one_hot_column_trains_at_the_default_step(tmp_path):
