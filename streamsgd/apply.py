@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import DataError, ModelFileError
 from .kernels import row_loss
-from .model import Model, atomic_write
+from .model import Model, write_tables
 from .stats import merge_moments
 from .sources import Source
 from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
@@ -97,32 +97,12 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
 def predict(model: Model, source: Source, out: str, keep: Sequence[str] = (),
             storage_options: Mapping[str, Any] | None = None) -> int:
     """Write predictions to Parquet at ``out`` (atomically; a URL in one upload); returns the row count."""
-    import pyarrow.parquet as pq
-
     _check_features(model, source)
     missing = [k for k in keep if k not in source.columns]
     if missing:
         raise DataError(f"{source.url}: no column {missing[0]!r} to keep; fix --keep")
-    rows = 0
-
-    def write(f: BinaryIO) -> None:
-        nonlocal rows
-        writer = None
-        try:
-            for c in range(len(source.chunk_rows)):
-                table = _predictions(model, source, c, keep)
-                if writer is None:
-                    writer = pq.ParquetWriter(f, table.schema)
-                writer.write_table(table)
-                rows += table.num_rows
-            if writer is None:
-                raise DataError(f"{source.url}: the data set has no rows")
-        finally:
-            if writer is not None:
-                writer.close()
-
-    atomic_write(out, write, storage_options)
-    return rows
+    tables = (_predictions(model, source, c, keep) for c in range(len(source.chunk_rows)))
+    return write_tables(out, tables, f"{source.url}: the data set has no rows", storage_options)
 
 
 def _predictions(model: Model, source: Source, c: int, keep: Sequence[str]):

@@ -13,7 +13,7 @@ it, so its memory does not grow with the file.
 The column types are inferred from the first block; a later value that does not fit
 (an int column that turns float or text further down) stops the conversion with one
 line naming the column and the ``--column-type`` that fixes it. The output is written
-atomically (:func:`streamsgd.model.atomic_write`): a failed conversion leaves no file.
+atomically (:func:`streamsgd.model.write_tables`): a failed conversion leaves no file.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from .errors import DataError, SourceError, UsageError
-from .model import atomic_write
+from .model import write_tables
 from .sources.fs import filesystem, storage_failure
 
 #: File name endings (before any compression suffix) -> the text format they hold.
@@ -123,26 +123,15 @@ def convert(
         raise UsageError("--memory-limit / --block-size: expected positive sizes")
     stats = {"rows": 0, "columns": 0, "row_groups": 0}
 
-    def write(f: BinaryIO) -> None:
-        import pyarrow.parquet as pq
+    def tables() -> Iterator:
+        with _open_text(data, storage_options) as raw:
+            for table in _row_groups(_batches(raw, data, fmt, column_types or {}, block_size), row_group_bytes):
+                stats["columns"] = table.num_columns
+                stats["row_groups"] += 1
+                yield table
 
-        writer = None
-        try:
-            with _open_text(data, storage_options) as raw:
-                for table in _row_groups(_batches(raw, data, fmt, column_types or {}, block_size), row_group_bytes):
-                    if writer is None:
-                        writer = pq.ParquetWriter(f, table.schema, compression=compression)
-                        stats["columns"] = table.num_columns
-                    writer.write_table(table, row_group_size=max(1, table.num_rows))
-                    stats["rows"] += table.num_rows
-                    stats["row_groups"] += 1
-            if writer is None:
-                raise DataError(f"{data}: no rows to convert")
-        finally:
-            if writer is not None:
-                writer.close()
-
-    atomic_write(out, write, storage_options)
+    stats["rows"] = write_tables(out, tables(), f"{data}: no rows to convert", storage_options,
+                                 compression=compression)
     return stats
 
 

@@ -18,7 +18,7 @@ import secrets
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
@@ -309,6 +309,34 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object],
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_tables(path: str, tables: Iterable[Any], empty: str, storage_options: Mapping[str, Any] | None = None,
+                 **writer_options: Any) -> int:
+    """Stream pyarrow ``tables`` into one Parquet file at ``path``, each table one row group,
+    written atomically (:func:`atomic_write`); returns the rows written. No table at all is
+    a :class:`DataError` with the message ``empty``, and no file."""
+    rows = 0
+
+    def write(f: BinaryIO) -> None:
+        import pyarrow.parquet as pq
+
+        nonlocal rows
+        writer = None
+        try:
+            for table in tables:
+                if writer is None:
+                    writer = pq.ParquetWriter(f, table.schema, **writer_options)
+                writer.write_table(table, row_group_size=max(1, table.num_rows))
+                rows += table.num_rows
+            if writer is None:
+                raise DataError(empty)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    atomic_write(path, write, storage_options)
+    return rows
 
 
 def _create_beside(path: str, directory: str) -> tuple[int, str]:
