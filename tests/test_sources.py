@@ -17,6 +17,7 @@ import pytest
 import zarr
 
 import streamsgd
+from streamsgd.sources.parquet import STREAM_PARTS
 from streamsgd.train import fit as train
 from streamsgd.errors import DataError, SourceError
 
@@ -366,7 +367,33 @@ def test_a_big_row_group_is_cut_into_slices_that_read_back_exactly(one_big_row_g
             source.read_into(i, Xo, yo)
             np.testing.assert_array_equal(Xo, X[starts[i] : starts[i + 1]])
             np.testing.assert_array_equal(yo, y[starts[i] : starts[i + 1]])
-    assert len(source._cursors) <= 1  # at most one open stream per row group (and columns read)
+    assert len(source._cursors) <= STREAM_PARTS  # at most one open stream per row group and part of its columns
+
+
+def test_a_streamed_row_group_decodes_its_column_parts_on_threads_of_their_own(one_big_row_group, monkeypatch):
+    """A row group read in slices decodes its columns in STREAM_PARTS parts at once, each part
+    on its own thread and its own stream, and the slice's columns come back in order."""
+    import threading
+
+    from streamsgd.sources import parquet
+
+    path, X, y = one_big_row_group
+    source = streamsgd.open_source(path, max_chunk_bytes=6_000_000)
+    threads: dict[tuple, set] = {}
+    real = parquet._Cursor.read
+
+    def watched(cursor, start, rows):
+        threads.setdefault(tuple(cursor._names), set()).add(threading.get_ident())
+        return real(cursor, start, rows)
+
+    monkeypatch.setattr(parquet._Cursor, "read", watched)
+    Xo, yo = np.empty((source.chunk_rows[0], D)), np.empty(source.chunk_rows[0])
+    source.read_into(0, Xo, yo)
+    np.testing.assert_array_equal(Xo, X[:source.chunk_rows[0]])
+    np.testing.assert_array_equal(yo, y[:source.chunk_rows[0]])
+    assert len(threads) == STREAM_PARTS  # the used columns split into parts, one stream each
+    assert sorted(n for part in threads for n in part) == sorted([*source.features, "y"])
+    assert len(set().union(*threads.values())) == STREAM_PARTS  # each part decoded on its own thread
 
 
 def test_slices_of_one_row_group_read_from_several_threads(one_big_row_group):
