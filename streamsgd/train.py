@@ -153,8 +153,7 @@ def _working_limit(source: Source, config: FitConfig) -> str:
     data, cut again for that limit, plans; and the rewrite that avoids the need."""
     rewrite = "or rewrite the data with smaller row groups"
     if isinstance(source, ParquetSource):
-        per_row = max(g.data / max(g.rows, 1) for g in source._groups)
-        rows = max(1, int(MemoryPlan.max_chunk_bytes(config.memory_limit) / (DECODE_FACTOR * per_row)))
+        rows = source.whole_rows(MemoryPlan.max_chunk_bytes(config.memory_limit))
         rewrite = (f"or rewrite the data with row groups of at most {rows} rows and no dictionary encoding "
                    f"(pyarrow.parquet.write_table(table, path, row_group_size={rows}, use_dictionary=False))")
     limit = config.memory_limit

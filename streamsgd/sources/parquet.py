@@ -243,6 +243,12 @@ class ParquetSource:
         # the row group of each chunk: the planner keeps a sliced row group's slices together
         self.chunk_groups = [c.file * (1 << 32) + c.group for c in chunks]
 
+    def whole_rows(self, max_chunk_bytes: int) -> int:
+        """The most rows a row group of this data could hold and still be read whole within
+        ``max_chunk_bytes`` (its widest rows decide): the rewrite to suggest for a refused plan."""
+        per_row = max((g.data / max(g.rows, 1) for g in self._groups), default=1.0)
+        return max(1, int(max_chunk_bytes / (DECODE_FACTOR * per_row)))
+
     def chunk_name(self, i: int) -> str:
         c = self._chunks[i]
         name = f"{self.paths[c.file]} row group {c.group}"
@@ -572,7 +578,8 @@ def _group_size(meta, f: int, g: int, used: set[str]) -> _Group:
     rows = rg.num_rows
     columns = [c for c in (rg.column(j) for j in range(rg.num_columns)) if c.path_in_schema in used]
     data = sum(c.total_uncompressed_size for c in columns)
-    fixed = sum(SLICE_BUFFER_BYTES + 2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * min(1.0, PAGE_ROWS / max(rows, 1))))
+    share = min(1.0, PAGE_ROWS / max(rows, 1))  # a page holds this share of a column chunk at most
+    fixed = sum(SLICE_BUFFER_BYTES + 2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * share))
                 + 2 * _dictionary_bytes(c) for c in columns)
     return _Group(f, g, rows, data, fixed)
 
