@@ -13,8 +13,8 @@ and no thread start per epoch, while visiting rows in exactly the order a re-rea
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,10 +27,10 @@ from .windows import Window, prefetch_windows
 
 @dataclass
 class _Readers:
-    """Readers running ahead: their context (exited to stop them), the prefetcher, its
-    stream of windows, and the (epoch, window) it yields next."""
+    """Readers running ahead: what stops them (``stop.close()``), the prefetcher, its stream
+    of windows, and the (epoch, window) it yields next."""
 
-    context: Any
+    stop: ExitStack
     prefetcher: Prefetcher
     windows: Iterator[Window]
     next: tuple[int, int]
@@ -96,7 +96,7 @@ class EpochStream:
         """Stop the readers and join their threads."""
         if self._ahead is not None:
             ahead, self._ahead = self._ahead, None
-            ahead.context.__exit__(None, None, None)
+            ahead.stop.close()
 
     def _reader(self, epoch: int, first: int, across: bool) -> _Readers:
         """The windows from window ``first`` of ``epoch`` on: the running readers when they
@@ -114,10 +114,11 @@ class EpochStream:
                     yield e, k, windows[k]
                 e, w = e + 1, 0
 
-        context = prefetch_windows(self.source, items(), self.dtype, self.model, self.readers, self.buffer_bytes,
-                                   lambda e, w, rows: row_order(rows, self.seed, e, w, self.shuffle))
-        prefetcher = context.__enter__()
-        self._ahead = _Readers(context, prefetcher, iter(prefetcher), (epoch, first))
+        stop = ExitStack()
+        prefetcher = stop.enter_context(prefetch_windows(
+            self.source, items(), self.dtype, self.model, self.readers, self.buffer_bytes,
+            lambda e, w, rows: row_order(rows, self.seed, e, w, self.shuffle)))
+        self._ahead = _Readers(stop, prefetcher, iter(prefetcher), (epoch, first))
         return self._ahead
 
     def _plan(self, epoch: int) -> list[NDArray[np.int64]]:
@@ -126,7 +127,6 @@ class EpochStream:
 
     def _rows(self, chunks: NDArray[np.int64]) -> int:
         return int(sum(self.source.chunk_rows[c] for c in chunks))
-
 
     def _resident_order(self, epoch: int, chunks: NDArray[np.int64]) -> tuple[Window, NDArray[np.int64]]:
         assert self._resident is not None  # called once the single window is resident
