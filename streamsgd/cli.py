@@ -27,7 +27,9 @@ def _needs(model_path: str) -> str:
 def _check_output_dir(path: str, option: str, storage_options: dict[str, Any] | None = None) -> None:
     """Create the folders a local output goes into (a job file's ``models/``, ``logs/``); for
     an object-store URL, check that its bucket answers, before hours of training are spent."""
-    if "://" in path and not path.startswith("file://"):
+    from .model import is_remote
+
+    if is_remote(path):
         from .sources.fs import check_bucket
 
         check_bucket(path, option, storage_options)
