@@ -755,11 +755,14 @@ def _default_step(st: _State, config: FitConfig, N: int, B: int) -> float:
     """``default_lr`` for the run's sample, worst row seen so far and optimizer."""
     # _start sets them before it asks for the step
     assert st.sample is not None and st.sample_y is not None and st.mean is not None and st.scale is not None
-    lr0 = default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature,
-                     guard.row_weights(config.model, st.sample_y), float(st.guard[guard.ROW_MAX]))
-    if config.optimizer in ("momentum", "nesterov"):  # heavy ball: the step is η / (1 − β) in effect
-        lr0 *= 1.0 - config.beta1
-    return lr0
+    return _for_optimizer(default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature,
+                                     guard.row_weights(config.model, st.sample_y), float(st.guard[guard.ROW_MAX])),
+                          config)
+
+
+def _for_optimizer(lr0: float, config: FitConfig) -> float:
+    """A default step as the optimizer takes it: the heavy ball's step is η / (1 − β) in effect."""
+    return lr0 * (1.0 - config.beta1) if config.optimizer in ("momentum", "nesterov") else lr0
 
 
 def _see_rows(st: _State, X: NDArray, y: NDArray, config: FitConfig, N: int) -> None:
@@ -775,9 +778,8 @@ def _see_rows(st: _State, X: NDArray, y: NDArray, config: FitConfig, N: int) -> 
         # fit sets spec; the first window (_start) or the checkpoint sets hyper
         assert st.spec is not None and st.hyper is not None
         c = CURVATURE[config.model] if st.curvature is None else st.curvature
-        lr0 = batch_step(float(st.guard[guard.SMOOTH]), c * top + config.l2, N, int(st.spec[BATCH]))
-        if config.optimizer in ("momentum", "nesterov"):
-            lr0 *= 1.0 - config.beta1
+        lr0 = _for_optimizer(batch_step(float(st.guard[guard.SMOOTH]), c * top + config.l2, N, int(st.spec[BATCH])),
+                             config)
         st.hyper[LR0] = min(float(st.hyper[LR0]), lr0)
 
 
