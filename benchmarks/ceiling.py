@@ -58,11 +58,11 @@ import provenance  # benchmarks/ is on sys.path when a script there runs
 import throughput
 import streamsgd
 from streamsgd.config import FitConfig
-from streamsgd.fill import fill_columns
-from streamsgd.kernels import LOSSES, accumulate_weighted
-from streamsgd.shuffle import group_windows, row_order
+from streamsgd.sources.rows import fill_columns
+from streamsgd.compute.losses import LOSSES, accumulate_weighted
+from streamsgd.plan.shuffle import group_windows, row_order
 from streamsgd.sources.cast import arrow_values
-from streamsgd.train import MemoryPlan
+from streamsgd.train.trainer import MemoryPlan
 
 BATCH = 512
 TARGETS = {10: 0.5, 100: 0.65}  # issue 4's fit/decode targets

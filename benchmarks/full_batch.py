@@ -46,9 +46,9 @@ import pyarrow.parquet as pq
 
 import provenance  # benchmarks/ is on sys.path when a script there runs
 import streamsgd
-from streamsgd import train
-from streamsgd.apply import evaluate
-from streamsgd.generate import generate
+from streamsgd.train import trainer as train
+from streamsgd.tools.inference import evaluate
+from streamsgd.tools.generate import generate
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 FIGURES = Path(__file__).resolve().parent / "figures"

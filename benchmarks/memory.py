@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 import provenance  # benchmarks/ is on sys.path when a script there runs
 from streamsgd.config import parse_bytes
-from streamsgd.metrics import peak_rss_bytes
+from streamsgd.train.metrics import peak_rss_bytes
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 FIGURES = Path(__file__).resolve().parent / "figures"

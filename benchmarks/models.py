@@ -2,7 +2,7 @@
 
 One command, one data file for every row of the table: ``--rows`` rows x ``--features``
 float32 features (default 1,000,000 x 100), uncompressed, plain encoding, row groups of
-65,536 rows, written by ``streamsgd.generate.generate(task="linear")`` and then rewritten
+65,536 rows, written by ``streamsgd.tools.generate.generate(task="linear")`` and then rewritten
 once with pyarrow to carry three target columns side by side:
 
   y      the linear task's real-valued target (true linear model + N(0, 0.5^2) noise):
@@ -50,8 +50,8 @@ import pyarrow.parquet as pq
 
 import provenance  # benchmarks/ is on sys.path when a script there runs
 import streamsgd
-from streamsgd import train
-from streamsgd.generate import generate
+from streamsgd.train import trainer as train
+from streamsgd.tools.generate import generate
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 ROW_GROUP_ROWS = 65536

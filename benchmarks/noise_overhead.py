@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from streamsgd.sources.arrays import ArraySource
-from streamsgd.train import fit
+from streamsgd.train.trainer import fit
 
 OUT = Path(__file__).resolve().parent / "out"
 

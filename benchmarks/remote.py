@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     import s3fs
 
-    from streamsgd.generate import generate
+    from streamsgd.tools.generate import generate
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

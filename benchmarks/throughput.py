@@ -75,11 +75,11 @@ import pyarrow.parquet as pq
 
 import provenance  # benchmarks/ is on sys.path when a script there runs
 import streamsgd
-from streamsgd import train
-from streamsgd.apply import evaluate
+from streamsgd.train import trainer as train
+from streamsgd.tools.inference import evaluate
 from streamsgd.config import DEFAULT_MEMORY_LIMIT
 from streamsgd.errors import UsageError
-from streamsgd.generate import generate
+from streamsgd.tools.generate import generate
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 ROW_GROUP_ROWS = 65536

@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it. Imported on first use, so that the command
 #: line starts without loading Numba, pyarrow or scikit-learn until a command needs them.
 _EXPORTS = {
-    "fit": "api", "load": "api", "FitConfig": "config", "Model": "model", "FitResult": "train",
+    "fit": "api", "load": "api", "FitConfig": "config", "Model": "persist.model", "FitResult": "train",
     "open_source": "sources", "ArraySource": "sources", "ParquetSource": "sources",
-    "StreamSGDClassifier": "estimators", "StreamSGDRegressor": "estimators",
+    "StreamSGDClassifier": "integrations.sklearn", "StreamSGDRegressor": "integrations.sklearn",
 }
 
 

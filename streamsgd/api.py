@@ -20,10 +20,10 @@ from numpy.typing import NDArray
 
 from .config import MODELS, FitConfig
 from .errors import DataError, UsageError
-from .model import CLASSIFIERS, Model
-from .model import load as _load
+from .persist.model import CLASSIFIERS, Model
+from .persist.model import load as _load
 from .sources import ArraySource, Source, open_source
-from .train import fit as _train
+from .train.trainer import fit as _train
 
 #: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).
 LOSSES = {"log_loss": "logistic", "squared_error": "linear", "hinge": "hinge", "modified_huber": "modified_huber",

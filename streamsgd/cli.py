@@ -27,7 +27,7 @@ def _needs(model_path: str) -> str:
 def _check_output_dir(path: str, option: str, storage_options: dict[str, Any] | None = None) -> None:
     """Create the folders a local output goes into (a job file's ``models/``, ``logs/``); for
     an object-store URL, check that its bucket answers, before hours of training are spent."""
-    from .model import is_remote
+    from .persist.model import is_remote
 
     if is_remote(path):
         from .sources.fs import check_bucket
@@ -68,9 +68,9 @@ def _open(data: str | tuple[str, ...], target: str | None, features, store: dict
           feature_hint: str = "fix --features", memory_limit: int | None = None, exclude=None,
           weight: str | None = None):
     """DATA (one or several paths/URLs) as a source; with ``memory_limit``, chunks are cut to fit it."""
-    from .convert import refuse_text
+    from .tools.convert import refuse_text
     from .sources import open_source
-    from .train import MemoryPlan
+    from .train.trainer import MemoryPlan
 
     urls = [data] if isinstance(data, str) else list(data)
     refuse_text(urls)
@@ -162,8 +162,8 @@ def cli() -> None:
 @click.pass_context
 def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     """Train a model on DATA (Parquet file, directory, glob or URL; Zarr group)."""
-    from .job import Job, recordable, run
-    from .logs import RunLog
+    from .run.job import Job, recordable, run
+    from .run.logs import RunLog
 
     global _LOG
     _LOG = RunLog(given["log_format"], quiet=True)  # a bad job file is reported in the format asked for
@@ -214,12 +214,12 @@ def _from_checkpoint(ctx: click.Context, config_path: str | None, opts: dict[str
     in it: --storage-option must be given again."""
     from click.core import ParameterSource
 
-    from .job import recorded_options
+    from .run.job import recorded_options
 
     recorded = recorded_options(opts["checkpoint_dir"], _storage_options(opts["storage_option"]))
     given = {name for name in opts if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
     if config_path is not None:
-        from .jobconfig import load_config
+        from .run.jobfile import load_config
 
         back = {v: k for k, v in _FILE_KEYS.items()}
         given |= {back.get(name, name) for name in load_config(config_path)}
@@ -245,7 +245,7 @@ def _with_config_file(ctx: click.Context, path: str | None, given: dict[str, Any
         return dict(given)
     from click.core import ParameterSource
 
-    from .jobconfig import load_config, merge
+    from .run.jobfile import load_config, merge
 
     explicit = {_FILE_KEYS.get(name, name) for name in given
                 if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
@@ -270,8 +270,8 @@ def _with_config_file(ctx: click.Context, path: str | None, given: dict[str, Any
 @store_options
 def evaluate(model_path: str, data: str, target: str | None, as_json: bool, weight: str | None, **store: Any) -> None:
     """Loss and accuracy (classifier) or R² (regressor) of MODEL on DATA."""
-    from .apply import evaluate as run
-    from .model import load
+    from .tools.inference import evaluate as run
+    from .persist.model import load
 
     model = load(model_path, _storage_options(store["storage_option"]))
     result = run(model, _open(data, target or model.target, model.features, store, _needs(model_path), weight=weight))
@@ -289,8 +289,8 @@ def evaluate(model_path: str, data: str, target: str | None, as_json: bool, weig
 @store_options
 def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **store: Any) -> None:
     """Write a column `prediction` (and `probability` for classifiers) for every row of DATA."""
-    from .apply import predict as run
-    from .model import load
+    from .tools.inference import predict as run
+    from .persist.model import load
 
     options = _storage_options(store["storage_option"])
     model = load(model_path, options)
@@ -309,8 +309,8 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **st
               help="fsspec option for a MODEL URL, repeatable.")
 def show(model_path: str, top: int | None, as_json: bool, storage_option: tuple[str, ...]) -> None:
     """Features (with roles), coefficients, intercept, scaling, classes and training summary of MODEL."""
-    from .model import load
-    from .show import describe_model, format_model
+    from .persist.model import load
+    from .tools.show import describe_model, format_model
 
     info = describe_model(load(model_path, _storage_options(storage_option)), top=top)
     if as_json:
@@ -336,9 +336,9 @@ def show(model_path: str, top: int | None, as_json: bool, storage_option: tuple[
 def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, ...], block_size: str,
             compression: str, storage_option: tuple[str, ...]) -> None:
     """Rewrite a CSV, TSV or JSON-lines file as Parquet, in fixed memory."""
-    from .convert import convert as run
-    from .convert import parse_column_types
-    from .train import MemoryPlan
+    from .tools.convert import convert as run
+    from .tools.convert import parse_column_types
+    from .train.trainer import MemoryPlan
 
     _check_output_dir(output, "--output", _storage_options(storage_option))
     stats = run(data, output, row_group_bytes=MemoryPlan.max_row_group_bytes(parse_bytes(memory_limit)),
@@ -361,7 +361,7 @@ def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, .
 @click.option("--json", "as_json", is_flag=True)
 def info(data: str, target: str, features: tuple[str, ...], exclude: tuple[str, ...], batch: int, steps: int | None, memory_limit: str, dtype: str, as_json: bool, **store: Any) -> None:
     """Rows, chunks, iterations per epoch, and the memory full-batch GD would need vs streaming."""
-    from .info import describe
+    from .tools.describe import describe
 
     config = FitConfig(target=target, features=_split(features), exclude=_split(exclude), batch=batch, steps=steps, memory_limit=parse_bytes(memory_limit), dtype=dtype)
     result = describe(_open(data, target, config.features, store, memory_limit=config.memory_limit,
@@ -396,7 +396,7 @@ def info(data: str, target: str, features: tuple[str, ...], exclude: tuple[str, 
 @click.option("--compression", type=click.Choice(["none", "snappy", "zstd", "gzip"]), default="snappy", show_default=True)
 def generate(out: str, fmt: str, **options: Any) -> None:
     """Write synthetic data with known true weights to OUT, in fixed memory."""
-    from .generate import generate as run
+    from .tools.generate import generate as run
 
     _check_output_dir(out, "OUT")
     info = run(out, format=fmt, **options)
@@ -465,7 +465,7 @@ def _json_safe(obj: Any) -> Any:
 def tune_batch(data, target, features, exclude, validation, holdout, batches, timing_batches, trial_rows, timing_rows,
                min_gain, plot_path, as_json, memory_limit, **options):
     """Time τ_f, τ_d and measure the gradient noise on DATA; suggest a batch size."""
-    from .tune import plot_tuning, tune
+    from .tools.tune import plot_tuning, tune
 
     store = _store(options)
     config = FitConfig(target=target, features=_split(features), exclude=_split(exclude),
@@ -498,7 +498,7 @@ def tune_batch(data, target, features, exclude, validation, holdout, batches, ti
 @click.option("--log-y", is_flag=True, help="Logarithmic loss axis.")
 def plot(metrics, output, x_axis, log_y):
     """Draw the loss curves of METRICS files (written by fit --metrics) into a PNG."""
-    from .plot import plot_metrics
+    from .tools.plot import plot_metrics
 
     _check_output_dir(output, "--output")
     plot_metrics(list(metrics), output, x=x_axis, log_y=log_y)

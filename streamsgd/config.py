@@ -14,6 +14,19 @@ SCHEDULES = ("constant", "invscaling", "step", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adam", "adamw")
 DTYPES = ("float32", "float64")
 
+#: Model name -> the kind of label it expects, for checks at the edge: "classification"
+#: labels are 0/1, "regression" any real, "counts" real and >= 0.
+LOSS_TASK = {
+    "linear": "regression", "logistic": "classification", "huber": "regression",
+    "hinge": "classification", "modified_huber": "classification", "poisson": "counts",
+    "quantile": "regression",
+    "softmax": "multiclass",
+}
+
+#: The loss parameter when none is given: huber's epsilon (scikit-learn SGDRegressor's
+#: default 0.1) and quantile's tau (the median). Other losses ignore the parameter.
+LOSS_PARAM = {"huber": 0.1, "quantile": 0.5}
+
 DEFAULT_MEMORY_LIMIT = 512 * 2**20
 
 #: Options that decide only how a run executes, never the model: the model file does not

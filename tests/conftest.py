@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def logistic_file(tmp_path_factory):
     """20,000 rows, 8 features, 20 row groups, from the generator (known true weights)."""
-    from streamsgd.generate import generate
+    from streamsgd.tools.generate import generate
 
     path = tmp_path_factory.mktemp("data") / "logistic.parquet"
     generate(str(path), rows=20000, features=8, task="logistic", seed=3, row_group_rows=1000)

@@ -13,7 +13,7 @@ from helpers import run_cli, write_parquet
 import streamsgd
 from streamsgd.errors import DataError, UsageError
 from streamsgd.sources import open_source
-from streamsgd.train import fit as train
+from streamsgd.train.trainer import fit as train
 
 WEIGHTS = np.array([1.0, -0.2, 3.0, 0.5])
 
@@ -78,7 +78,7 @@ def test_arrays_and_the_same_rows_in_a_file_train_the_same_model(tmp_path):
 
 
 def test_a_list_of_files_and_a_zarr_group_are_data_too(tmp_path):
-    from streamsgd.generate import generate
+    from streamsgd.tools.generate import generate
 
     X, y_bin, _ = make_data(1000)
     (tmp_path / "parts").mkdir()

@@ -320,7 +320,7 @@ def test_malformed_input_fails_cleanly(models, ds, cmd):
             assert outcome.code == SOURCE, report
 
         if outcome.code == 0 and command == "fit":
-            from streamsgd.model import load
+            from streamsgd.persist.model import load
 
             assert os.listdir(out_dir) == ["model.npz"], report
             fitted = load(output)
@@ -349,12 +349,12 @@ def test_each_corruption_once(tmp_path, how, command):
 
 def test_the_runner_reports_a_traceback_as_an_exception(monkeypatch, tmp_path):
     """The harness itself: an unexpected exception inside a command is not swallowed."""
-    import streamsgd.info
+    import streamsgd.tools.describe
 
     def boom(*args, **kwargs):
         raise KeyError("unexpected")
 
-    monkeypatch.setattr(streamsgd.info, "describe", boom)
+    monkeypatch.setattr(streamsgd.tools.describe, "describe", boom)
     spec = FileSpec(rows=4, group=2, features={"x0": "normal"}, target="binary", empty_group_at=None)
     path = str(tmp_path / "d.parquet")
     write_table(path, build_table(spec, 0), spec)

@@ -11,7 +11,7 @@ import pytest
 from helpers import run_cli, write_parquet
 
 from streamsgd.sources.arrays import ArraySource
-from streamsgd.train import fit
+from streamsgd.train.trainer import fit
 
 D = 6
 

@@ -11,7 +11,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from streamsgd.checkpoint import (
+from streamsgd.persist.checkpoint import (
     CheckpointStore,
     CorruptCheckpoint,
     compare_manifests,
@@ -365,7 +365,7 @@ def test_a_growing_batch_resumes_bit_for_bit():
     """--batch auto re-derives the default step from the first window's row sample each time
     the batch grows; a resumed run does not read that window again, so the checkpoint keeps it."""
     from streamsgd.sources import ArraySource
-    from streamsgd.train import Checkpointing, fit as train_fit
+    from streamsgd.train.trainer import Checkpointing, fit as train_fit
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((20000, 5))

@@ -340,7 +340,7 @@ def test_job_file_api_and_estimators_take_exclude(pandas_file, tmp_path):
     with pytest.raises(UsageError, match="exclude: applies to the columns of a data set read from a path"):
         streamsgd.fit((np.ones((4, 2)), np.ones(4)), model="linear", exclude=["x0"])
 
-    from streamsgd.estimators import StreamSGDRegressor
+    from streamsgd.integrations.sklearn import StreamSGDRegressor
 
     est = StreamSGDRegressor(steps=5, features=["carrier_*", "id"], exclude=["id"]).fit(pandas_file)
     assert list(est.feature_names_in_) == ["carrier_a", "carrier_b"]

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from helpers import STREAMSGD, run_cli
 
-from streamsgd.generate import generate
-from streamsgd.model import load
+from streamsgd.tools.generate import generate
+from streamsgd.persist.model import load
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 
 from helpers import invoke
-from streamsgd.kernels import row_loss
-from streamsgd.model import load
+from streamsgd.compute.losses import row_loss
+from streamsgd.persist.model import load
 
 DIVERGED = 5
 ROWS = 3000
@@ -207,7 +207,7 @@ def test_step_lowered_by_a_later_window_resumes_bit_for_bit():
     before it is trained on; a run resumed from a checkpoint taken before that window lowers
     it at the same place, and ends with exactly the uninterrupted run's model."""
     from streamsgd.sources import ArraySource
-    from streamsgd.train import Checkpointing, fit
+    from streamsgd.train.trainer import Checkpointing, fit
 
     rng = np.random.default_rng(3)
     n = 30_000
@@ -229,8 +229,7 @@ def test_step_lowered_by_a_later_window_resumes_bit_for_bit():
 
 
 def test_the_advice_for_tiny_batches_and_an_unmeasured_start():
-    from streamsgd import guard
-
+    from streamsgd.train import guard
     # at the default step with --batch below 32 the fix named is a larger batch; with a given
     # --lr, a tenth of it; adaptive optimizers are not offered to a run that already uses one
     assert guard.advice(0.5, False, "sgd", 2, True, None, []).startswith("use a larger --batch (it was 2)")
@@ -245,7 +244,7 @@ def test_the_advice_for_tiny_batches_and_an_unmeasured_start():
 
 def test_a_checkpoint_without_the_guard_state_still_resumes():
     from streamsgd.sources import ArraySource
-    from streamsgd.train import Checkpointing, fit
+    from streamsgd.train.trainer import Checkpointing, fit
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((2000, 3))
@@ -262,8 +261,7 @@ def test_a_checkpoint_without_the_guard_state_still_resumes():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_row_curvature_matches_its_numpy_twin(dtype):
-    from streamsgd import guard
-
+    from streamsgd.train import guard
     rng = np.random.default_rng(1)
     X = (rng.standard_normal((301, 7)) * [1, 10, 0.1, 1, 1, 5, 1]).astype(dtype)
     y = rng.poisson(3.0, 301).astype(dtype)

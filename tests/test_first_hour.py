@@ -25,9 +25,9 @@ import pytest
 from helpers import STREAMSGD, run_cli
 
 import streamsgd
-from streamsgd.generate import generate
-from streamsgd.model import load
-from streamsgd.train import MemoryPlan
+from streamsgd.tools.generate import generate
+from streamsgd.persist.model import load
+from streamsgd.train.trainer import MemoryPlan
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ROOT = README.parent
@@ -379,9 +379,9 @@ def test_outputs_honour_the_umask(tmp_path, logistic_file):
 
 def test_missing_optional_packages_give_an_install_hint():
     code = ("import sys; sys.modules['sklearn'] = None; sys.modules['matplotlib'] = None\n"
-            "import streamsgd, streamsgd.plot\n"
+            "import streamsgd, streamsgd.tools.plot\n"
             "try:\n    streamsgd.StreamSGDClassifier\nexcept ImportError as e:\n    print(e)\n"
-            "try:\n    streamsgd.plot._figure((100, 100))\nexcept Exception as e:\n    print(e)\n")
+            "try:\n    streamsgd.tools.plot._figure((100, 100))\nexcept Exception as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     assert "pip install 'streamsgd[sklearn]'" in out and "pip install 'streamsgd[plot]'" in out
@@ -460,7 +460,7 @@ def test_file_urls_work_as_outputs_and_models(tmp_path, logistic_file):
 
 
 def test_the_recorded_job_options_hold_no_secret_and_absolute_paths(tmp_path, monkeypatch):
-    from streamsgd.job import recordable
+    from streamsgd.run.job import recordable
 
     monkeypatch.chdir(tmp_path)
     recorded = recordable(["s3://AKIAXYZ:s3cr3t@bucket/events/", "day=1.parquet"], "models/m.npz",

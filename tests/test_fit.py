@@ -14,9 +14,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import streamsgd
-from streamsgd import train
-from streamsgd.apply import evaluate
-from streamsgd.generate import generate
+from streamsgd.train import trainer as train
+from streamsgd.tools.inference import evaluate
+from streamsgd.tools.generate import generate
 
 from helpers import STREAMSGD, read_xy, run_cli, write_parquet
 

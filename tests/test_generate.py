@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import streamsgd
-from streamsgd import train
+from streamsgd.train import trainer as train
 from streamsgd.errors import UsageError
-from streamsgd.generate import generate
+from streamsgd.tools.generate import generate
 
 
 def test_fit_recovers_the_true_linear_weights(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from streamsgd.config import FitConfig
 from streamsgd.errors import UsageError
-from streamsgd.jobconfig import CLI_OPTIONS, OPTIONS, canonical, load_config, merge
+from streamsgd.run.jobfile import CLI_OPTIONS, OPTIONS, canonical, load_config, merge
 
 JOB = """\
 data = "s3://bucket/events/"

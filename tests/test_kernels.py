@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamsgd.kernels import (
+from streamsgd.config import LOSS_PARAM, LOSS_TASK
+from streamsgd.compute.losses import (
     CURVATURE,
     GRADIENTS,
-    LOSS_PARAM,
-    LOSS_TASK,
     LOSSES,
     POISSON_MAX_MARGIN,
     accumulate,
@@ -265,7 +264,7 @@ def softmax_twin(classes, X, y, idx, W):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_kernel_matches_numpy_twin_and_finite_differences(dtype):
-    from streamsgd.kernels import accumulate_softmax
+    from streamsgd.compute.losses import accumulate_softmax
 
     rng = np.random.default_rng(4)
     X = rng.standard_normal((200, 5)).astype(dtype)

@@ -15,7 +15,7 @@ import streamsgd
 from streamsgd.errors import DataError
 from streamsgd.sources import open_source
 from streamsgd.sources.labels import ClassIndexSource, is_text_type
-from streamsgd.train import fit
+from streamsgd.train.trainer import fit
 
 LABELS = np.array(["cat", "dog", "eel"])
 
@@ -92,7 +92,7 @@ def test_models_that_need_numbers_refuse_text_labels(tmp_path):
         fit(open_source(data), model="logistic", epochs=1)
     binary = write(tmp_path / "b.parquet", X, (index == 1).astype(np.int64))
     logistic = fit(open_source(binary), model="logistic", epochs=1).model
-    from streamsgd.apply import evaluate
+    from streamsgd.tools.inference import evaluate
 
     with pytest.raises(DataError, match=r"d\.parquet: column 'y' has type string, not a number"):
         evaluate(logistic, open_source(data))
@@ -162,7 +162,7 @@ def test_python_arrays_key_class_weights_by_label_too():
 def test_softmax_with_text_labels_and_l1_resumes_bit_for_bit(tmp_path):
     """A checkpoint holds the per-class L1 accumulators (C·d of them): resuming from one
     mid-epoch gives exactly the uninterrupted run's model."""
-    from streamsgd.train import Checkpointing
+    from streamsgd.train.trainer import Checkpointing
 
     X, index = rows(900)
     data = write(tmp_path / "d.parquet", X, LABELS[index])

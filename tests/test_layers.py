@@ -1,5 +1,5 @@
-"""Imports point one way (DESIGN.md §5): a module imports only modules of a lower layer, click
-lives only in the CLI, and nothing below the CLI prints."""
+"""Imports point one way (DESIGN.md §5): each folder imports only the folders its rule names,
+click lives only in the CLI, and nothing below the CLI prints."""
 
 from __future__ import annotations
 
@@ -9,15 +9,34 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "streamsgd"
-LAYERS = {
-    "errors": 0, "config": 0.5,
-    "shuffle": 1, "prefetch": 1, "kernels": 1, "fill": 1, "metrics": 1,
-    "sources.fs": 1.7, "sources.retry": 1.6, "sources.cast": 1.6, "sources.columns": 1.6, "sources.arrays": 1.8, "sources.parquet": 1.8, "sources.zarr": 1.8, "sources": 1.9, "sources.subset": 1.95, "sources.labels": 1.85, "optim": 2, "model": 2, "windows": 2.5, "stats": 2.7, "stream": 2.8, "loop": 2.5,
-    "noise": 1, "lock": 1, "logs": 1, "jobconfig": 0.7, "plot": 2.1, "checkpoint": 2.2,
-    "classes": 2.75, "train": 3, "apply": 3, "generate": 3, "info": 3.5, "tune": 3.5, "api": 3.6, "estimators": 3.7, "job": 3.8,
-    "guard": 2.75, "convert": 3, "show": 3.5,
-    "cli": 4, "__init__": 5, "__main__": 5,
+
+#: Folder (or top-level module) -> the folders it may import besides itself (DESIGN.md §5).
+#: Data flows one way: sources -> plan -> pipeline -> compute -> train -> persist/run -> tools,
+#: with ``api`` and ``cli`` as the two doors. ``persist`` and ``compute`` sit low: they know
+#: files and numbers, not runs.
+BASE = {"errors", "config"}
+RULES = {
+    "errors": set(),
+    "config": {"errors"},
+    "sources": BASE,
+    "plan": BASE,
+    "compute": BASE,
+    "persist": BASE | {"sources"},  # sources.fs: the one fsspec layer, for remote model files
+    "pipeline": BASE | {"sources", "plan"},
+    "train": BASE | {"sources", "plan", "pipeline", "compute", "persist"},
 }
+RULES["run"] = RULES["train"] | {"train"}
+RULES["tools"] = RULES["train"] | {"train"}
+RULES["api"] = RULES["train"] | {"train"}
+RULES["integrations"] = RULES["api"] | {"api"}
+RULES["cli"] = RULES["integrations"] | {"run", "tools"}
+RULES["__init__"] = set()  # imports on first use only, by name (see streamsgd/__init__.py)
+RULES["__main__"] = {"cli"}
+
+
+def folder(module):
+    """The folder (``sources``, ``train``, …) or top-level module a dotted module name lives in."""
+    return module.split(".")[0] if module else "__init__"
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -53,14 +72,23 @@ def imports(path):
 @pytest.mark.parametrize("path", MODULES, ids=module_name)
 def test_imports_point_down(path):
     me = module_name(path)
-    assert me in LAYERS, f"give {me} a layer in this test"
+    mine = folder(me)
+    assert mine in RULES, f"give the folder of {me} a rule in this test"
     for name in imports(path):
         if name and name.startswith("!"):
             assert name != "!click" or me == "cli", f"{me} imports click"
             continue
         if name is None:  # "from . import __version__", or a subpackage's own __init__
             continue
-        assert LAYERS[name] < LAYERS[me], f"{me} imports {name}, a layer above or beside it"
+        theirs = folder(name)
+        assert theirs == mine or theirs in RULES[mine], f"{me} imports {name}: {mine}/ may not import {theirs}/"
+
+
+def test_every_folder_has_a_rule():
+    """A new folder must say what it may import before anything lands in it."""
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    assert folders | modules == set(RULES)
 
 
 @pytest.mark.parametrize("path", MODULES, ids=module_name)

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from streamsgd.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LockHeldError, StreamSGDError, UsageError
-from streamsgd.lock import RunLock
+from streamsgd.run.lock import RunLock
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 
@@ -25,7 +25,7 @@ ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 # cooperation. With "child" it first starts a process that inherits the locked descriptor.
 HOLDER = """
 import os, subprocess, sys
-from streamsgd.lock import RunLock
+from streamsgd.run.lock import RunLock
 lock = RunLock(sys.argv[1], argv=["streamsgd", "fit", "cron-job"])
 lock.acquire()
 child = None

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from streamsgd.errors import UsageError
-from streamsgd.logs import KINDS, RunLog
+from streamsgd.run.logs import KINDS, RunLog
 
 T0 = datetime(2024, 5, 1, 12, 30, 45, 123456, tzinfo=timezone.utc)
 

@@ -10,9 +10,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression, PoissonRegressor, QuantileRegressor
 from sklearn.svm import LinearSVC
 
-from streamsgd.kernels import row_loss
+from streamsgd.compute.losses import row_loss
 from streamsgd.sources.arrays import ArraySource
-from streamsgd.train import fit
+from streamsgd.train.trainer import fit
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +177,7 @@ def test_softmax_from_the_command_line(tmp_path):
     import pyarrow.parquet as pq
     from helpers import run_cli
 
-    from streamsgd.generate import generate
+    from streamsgd.tools.generate import generate
 
     data = tmp_path / "d.parquet"
     generate(str(data), rows=6_000, features=5, task="softmax", classes=4, seed=2, row_group_rows=1_000)

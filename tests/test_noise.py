@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from streamsgd.errors import UsageError
-from streamsgd.kernels import linear_grad
-from streamsgd.noise import NoiseMeter, noise_add, noise_reference, norm_test_batch, sampling_factor
-from streamsgd.optim import standardized_gradient
+from streamsgd.compute.losses import linear_grad
+from streamsgd.compute.noise import NoiseMeter, noise_add, noise_reference, norm_test_batch, sampling_factor
+from streamsgd.compute.optim import standardized_gradient
 
 
 def population(n: int = 1024, d: int = 6, seed: int = 0):
@@ -194,7 +194,7 @@ def test_standardized_gradient_from_raw_sums(dtype):
 def test_noise_statistics_do_not_change_the_model_and_can_be_turned_off():
     """The meter only watches: the same model with it on or off; off, the records carry none."""
     from streamsgd.sources.arrays import ArraySource
-    from streamsgd.train import fit
+    from streamsgd.train.trainer import fit
 
     rng = np.random.default_rng(3)
     X = rng.standard_normal((5_000, 4)).astype(np.float32)

@@ -9,9 +9,9 @@ import math
 import numpy as np
 from helpers import run_cli
 
-from streamsgd.noise import NoiseMeter, reported
+from streamsgd.compute.noise import NoiseMeter, reported
 from streamsgd.sources import ArraySource
-from streamsgd.train import fit
+from streamsgd.train.trainer import fit
 
 
 def test_a_negative_estimate_is_reported_as_not_measured():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Lasso
 
-from streamsgd.kernels import LOSSES, accumulate
-from streamsgd.optim import (
+from streamsgd.compute.losses import LOSSES, accumulate
+from streamsgd.compute.optim import (
     OPTIMIZERS,
     SCHEDULES,
     l1_step,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from streamsgd.errors import DataError, UsageError
-from streamsgd.plot import plot_metrics, plot_tuning, read_runs
+from streamsgd.tools.plot import plot_metrics, plot_tuning, read_runs
 from streamsgd.sources import ArraySource
-from streamsgd.train import fit
+from streamsgd.train.trainer import fit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -128,7 +128,7 @@ def test_cli_plot_draws_several_runs(tmp_path):
     """`streamsgd plot A B -o out.png` writes a PNG; a missing metrics file is exit 2 or 3, one line."""
     from helpers import run_cli
 
-    from streamsgd.generate import generate
+    from streamsgd.tools.generate import generate
 
     data = tmp_path / "d.parquet"
     generate(str(data), rows=5_000, features=3, task="logistic", seed=1, row_group_rows=1_000)

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 import streamsgd
-from streamsgd import train
+from streamsgd.train import trainer as train
 from streamsgd.errors import SourceError
-from streamsgd.prefetch import Prefetcher
+from streamsgd.pipeline.prefetch import Prefetcher
 
 
 def prefetch_threads():

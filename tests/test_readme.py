@@ -23,9 +23,9 @@ import pytest
 from helpers import STREAMSGD, run_cli
 
 from streamsgd import errors
-from streamsgd.generate import generate
-from streamsgd.jobconfig import canonical, load_config
-from streamsgd.model import load
+from streamsgd.tools.generate import generate
+from streamsgd.run.jobfile import canonical, load_config
+from streamsgd.persist.model import load
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text(encoding="utf-8")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import streamsgd
-from streamsgd.train import fit as train
+from streamsgd.train.trainer import fit as train
 from helpers import STREAMSGD, run_cli, write_parquet
 from s3server import CountingProxy, S3Server
 from streamsgd.errors import SourceError

@@ -14,8 +14,8 @@ from helpers import run_cli
 import streamsgd
 from streamsgd.sources import ArraySource, open_source
 from streamsgd.sources.subset import holds_whole_chunks, split_rows
-from streamsgd.train import Checkpointing, fit, split_validation
-from streamsgd.windows import read_window
+from streamsgd.train.trainer import Checkpointing, fit, split_validation
+from streamsgd.pipeline.windows import read_window
 
 N = 4000
 
@@ -102,7 +102,7 @@ def test_cli_tune_batch_on_one_row_group(tmp_path):
 
 
 def test_plot_draws_val_loss_when_the_metrics_hold_it(tmp_path, monkeypatch):
-    import streamsgd.plot as plot
+    import streamsgd.tools.plot as plot
 
     data = one_row_group(tmp_path / "d.parquet", seed=3)
     metrics = tmp_path / "m.jsonl"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamsgd.shuffle import batch_segments, epoch_plan, iterations_per_epoch, row_order
+from streamsgd.plan.shuffle import batch_segments, epoch_plan, iterations_per_epoch, row_order
 
 CHUNKS = [100, 37, 250, 1, 64, 100, 99]
 
@@ -82,7 +82,7 @@ def test_random_windows_of_sorted_chunks_would_not_mix():
 
 def test_sliced_groups_stay_together_and_in_order():
     """Slices of one row group are read front to back, and whole groups are shuffled."""
-    from streamsgd.shuffle import epoch_plan
+    from streamsgd.plan.shuffle import epoch_plan
 
     groups = [0, 1, 1, 1, 2, 3, 3]
     rows = [10, 5, 5, 5, 10, 7, 7]

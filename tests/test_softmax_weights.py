@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamsgd.kernels import accumulate_softmax
+from streamsgd.compute.losses import accumulate_softmax
 
 CLASSES = np.array([-1.0, 2.0, 10.0])
 

@@ -18,7 +18,7 @@ import zarr
 
 import streamsgd
 from streamsgd.sources.parquet import STREAM_PARTS
-from streamsgd.train import fit as train
+from streamsgd.train.trainer import fit as train
 from streamsgd.errors import DataError, SourceError
 
 N, D, CHUNK = 2300, 4, 500  # the last chunk is short on purpose
@@ -59,7 +59,7 @@ class SourceContract:
         return streamsgd.open_source(url, storage_options=self.storage_options)
 
     def test_chunks_come_from_metadata(self, source):
-        from streamsgd.info import describe
+        from streamsgd.tools.describe import describe
 
         assert source.chunk_rows == [CHUNK] * 4 + [N - 4 * CHUNK]
         info = describe(source, streamsgd.FitConfig())
@@ -89,7 +89,7 @@ class SourceContract:
         assert model.intercept == reference_model.intercept
 
     def test_info_reports_store_and_chunking(self, source):
-        from streamsgd.info import describe
+        from streamsgd.tools.describe import describe
 
         info = describe(source, streamsgd.FitConfig())
         assert info["store"] == self.store
@@ -425,7 +425,7 @@ def test_the_trainer_cuts_a_big_row_group_for_its_own_limit(one_big_row_group):
 PEAK_SCRIPT = """
 import json, sys
 import streamsgd
-from streamsgd.train import fit
+from streamsgd.train.trainer import fit
 path, limit = sys.argv[1], int(sys.argv[2])
 source = streamsgd.open_source(path)
 result = fit(source, model="linear", epochs=1, memory_limit=limit)
@@ -476,8 +476,8 @@ def test_cli_takes_several_data_arguments(tmp_path):
     import numpy as np
     from helpers import run_cli
 
-    from streamsgd.generate import generate
-    from streamsgd.model import load
+    from streamsgd.tools.generate import generate
+    from streamsgd.persist.model import load
 
     parts = tmp_path / "parts"
     parts.mkdir()
@@ -496,7 +496,7 @@ def test_a_many_file_data_set_keeps_only_a_few_parsed_footers(tmp_path):
     import numpy as np
 
     from streamsgd.sources import open_source
-    from streamsgd.windows import read_window
+    from streamsgd.pipeline.windows import read_window
 
     rng = np.random.default_rng(0)
     parts = tmp_path / "parts"
@@ -519,7 +519,7 @@ def test_parsed_footers_come_out_of_the_memory_limit(tmp_path):
     from streamsgd.config import FitConfig
     from streamsgd.errors import UsageError
     from streamsgd.sources.parquet import PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK
-    from streamsgd.train import METADATA_ALLOWANCE, MemoryPlan
+    from streamsgd.train.trainer import METADATA_ALLOWANCE, MemoryPlan
 
     rng = np.random.default_rng(5)
     table = pa.table({**{f"x{j}": rng.standard_normal(3000) for j in range(30)}, "y": rng.standard_normal(3000)})

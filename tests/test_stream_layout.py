@@ -11,9 +11,9 @@ import pytest
 
 import streamsgd
 from helpers import write_parquet
-from streamsgd.shuffle import epoch_plan, row_order
-from streamsgd.stream import EpochStream
-from streamsgd.windows import read_window
+from streamsgd.plan.shuffle import epoch_plan, row_order
+from streamsgd.pipeline.epochs import EpochStream
+from streamsgd.pipeline.windows import read_window
 
 ROWS, GROUP = 20_000, 1_000
 

@@ -12,11 +12,11 @@ import math
 import numpy as np
 import pytest
 
-from streamsgd.kernels import logistic_grad
-from streamsgd.noise import NoiseMeter, sampling_factor
-from streamsgd.shuffle import batch_segments, epoch_plan, iterations_per_epoch, row_order
+from streamsgd.compute.losses import logistic_grad
+from streamsgd.compute.noise import NoiseMeter, sampling_factor
+from streamsgd.plan.shuffle import batch_segments, epoch_plan, iterations_per_epoch, row_order
 from streamsgd.sources import ArraySource
-from streamsgd.train import fit
+from streamsgd.train.trainer import fit
 
 
 def logistic_data(n: int, d: int = 5, seed: int = 0):

@@ -9,7 +9,7 @@ import pytest
 
 from streamsgd.errors import UsageError
 from streamsgd.sources import ArraySource
-from streamsgd.tune import (ChunkSubset, fit_inverse_batch, fit_iteration_time, knee_batch, optimal_batch,
+from streamsgd.tools.tune import (ChunkSubset, fit_inverse_batch, fit_iteration_time, knee_batch, optimal_batch,
                             plot_tuning, tune)
 
 D, SIGMA = 4, 1.0
@@ -152,7 +152,7 @@ def test_cli_tune_batch_json_and_plot(tmp_path):
 
     from helpers import run_cli
 
-    from streamsgd.generate import generate
+    from streamsgd.tools.generate import generate
 
     data = tmp_path / "d.parquet"
     generate(str(data), rows=20_000, features=5, task="logistic", seed=3, row_group_rows=2_000)

@@ -16,8 +16,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 import streamsgd
 from streamsgd import StreamSGDClassifier, StreamSGDRegressor
 from streamsgd.sources import ArraySource, open_source
-from streamsgd.train import Checkpointing
-from streamsgd.train import fit as train
+from streamsgd.train.trainer import Checkpointing
+from streamsgd.train.trainer import fit as train
 
 N = 3000
 TRUE = np.array([1.0, -2.0, 0.5])
@@ -253,7 +253,8 @@ def test_zarr_weight_array(tmp_path):
 def test_kernel_integer_weight_counts_a_row_that_many_times(model, dtype):
     """accumulate_rows with weights k_i gives the sums of the same rows repeated k_i times
     (the loop's kernel; rows in groups of four and the remainder both see the weights)."""
-    from streamsgd.kernels import LOSS_PARAM, LOSSES, accumulate_rows
+    from streamsgd.compute.losses import LOSSES, accumulate_rows
+    from streamsgd.config import LOSS_PARAM
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(11, 3)).astype(dtype)
@@ -269,7 +270,7 @@ def test_kernel_integer_weight_counts_a_row_that_many_times(model, dtype):
 
 
 def test_softmax_kernel_integer_weight_counts_a_row_that_many_times():
-    from streamsgd.kernels import accumulate_softmax_rows
+    from streamsgd.compute.losses import accumulate_softmax_rows
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(9, 2))
@@ -296,7 +297,7 @@ def test_softmax_trains_with_sample_weights(tmp_path):
 
 
 def test_weights_of_a_row_group_read_in_slices_line_up_with_its_rows(tmp_path):
-    from streamsgd.windows import read_window
+    from streamsgd.pipeline.windows import read_window
 
     df = frame(10, 50_000)
     data = str(tmp_path / "d.parquet")

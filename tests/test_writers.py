@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import streamsgd
-from streamsgd.train import fit as train
+from streamsgd.train.trainer import fit as train
 from streamsgd.errors import DataError
 
 N = 6_000

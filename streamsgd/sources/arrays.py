@@ -45,7 +45,7 @@ class ArraySource:
         return f"array rows {self._starts[i]}..{self._starts[i] + self.chunk_rows[i] - 1}"
 
     def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
-        from ..fill import copy_rows
+        from .rows import copy_rows
 
         s = slice(self._starts[i], self._starts[i] + self.chunk_rows[i])
         bad = copy_rows(self.X[s], X, rows)

@@ -367,7 +367,7 @@ class ParquetSource:
     def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
         """Decode chunk ``i`` into ``X`` (rows x features) and ``y`` (rows,), its row ``j``
         into row ``rows[j]`` when given; refuse nulls, NaN and infinity."""
-        from ..fill import fill_columns  # numba: imported when data is first read
+        from .rows import fill_columns  # numba: imported when data is first read
 
         target = self.target
         # a target buffer is passed only for data that has a target (fit and evaluate need one)

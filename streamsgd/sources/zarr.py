@@ -129,7 +129,7 @@ class ZarrSource:
     def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
         """Decode the row block ``i`` into ``X`` and ``y``, its row ``j`` into row ``rows[j]``
         when given; refuse NaN and infinity."""
-        from ..fill import copy_rows, first_nonfinite_column  # numba: imported when data is first read
+        from .rows import copy_rows, first_nonfinite_column  # numba: imported when data is first read
 
         where = self.chunk_name(i)
         if rows is None and self._cols is None and X.dtype == self._X.dtype and X.flags.c_contiguous:

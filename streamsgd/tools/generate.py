@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import UsageError
-from .model import atomic_write
+from ..errors import UsageError
+from ..persist.model import atomic_write
 
 TASKS = ("linear", "logistic", "softmax")
 NOISE = 0.5  # standard deviation of the linear task's additive noise

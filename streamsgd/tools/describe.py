@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import FitConfig
-from .shuffle import iterations_per_epoch
-from .sources import Source, n_rows
-from .sources.columns import describe as describe_columns
-from .train import MemoryPlan, _batch_rows, cut_to_limit
+from ..config import FitConfig
+from ..plan.shuffle import iterations_per_epoch
+from ..sources import Source, n_rows
+from ..sources.columns import describe as describe_columns
+from ..train.trainer import MemoryPlan, _batch_rows, cut_to_limit
 
 
 def describe(source: Source, config: FitConfig) -> dict[str, Any]:

@@ -36,6 +36,8 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from ..config import LOSS_PARAM
+
 #: Above this margin the Poisson mean e^z is continued by its tangent line, so the loss and
 #: its slope stay finite (e^50 ~ 5e21 is far above any count a model could fit; float64's
 #: exp overflows at 709.8, and a single e^709 would turn every sum it meets into inf).
@@ -71,19 +73,6 @@ def _poisson_offset(y: float) -> float:
 LOSSES = {"linear": 0, "logistic": 1, "huber": 2, "hinge": 3, "modified_huber": 4, "poisson": 5, "quantile": 6,
           "softmax": 7}
 SOFTMAX = 7
-
-#: Loss name -> the kind of label it expects, for checks at the edge: "classification"
-#: labels are 0/1, "regression" any real, "counts" real and >= 0.
-LOSS_TASK = {
-    "linear": "regression", "logistic": "classification", "huber": "regression",
-    "hinge": "classification", "modified_huber": "classification", "poisson": "counts",
-    "quantile": "regression",
-    "softmax": "multiclass",
-}
-
-#: The loss parameter when none is given: huber's epsilon (scikit-learn SGDRegressor's
-#: default 0.1) and quantile's tau (the median). Other losses ignore the parameter.
-LOSS_PARAM = {"huber": 0.1, "quantile": 0.5}
 
 _DEFAULT_EPSILON = 0.1
 _DEFAULT_TAU = 0.5

@@ -18,16 +18,16 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoint import CheckpointStore, compare_manifests, manifest_of
-from .config import EXECUTION_ONLY, FitConfig
-from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, RunStopped, UsageError
+from ..persist.checkpoint import CheckpointStore, compare_manifests, manifest_of
+from ..config import EXECUTION_ONLY, FitConfig
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, RunStopped, UsageError
 from .lock import RunLock
 from .logs import RunLog
-from .model import load
-from .sources.columns import describe as describe_columns, summary_line
-from .sources import Source
-from .train import Checkpointing, FitResult
-from .train import fit as train
+from ..persist.model import load
+from ..sources.columns import describe as describe_columns, summary_line
+from ..sources import Source
+from ..train.trainer import Checkpointing, FitResult
+from ..train.trainer import fit as train
 
 
 class Terminated(KeyboardInterrupt):

@@ -18,24 +18,24 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .classes import class_weights, label_values, softmax_classes
-from .config import EXECUTION_ONLY, FitConfig
-from .errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
+from ..config import EXECUTION_ONLY, FitConfig
+from ..errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
 from . import guard
-from .kernels import CURVATURE, LOSSES, row_loss
-from .loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
+from ..compute.losses import CURVATURE, LOSSES, row_loss
+from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
                    ROWS, T, finish_batch, train_rows)
-from .noise import NoiseMeter, reported
+from ..compute.noise import NoiseMeter, reported
 from .metrics import MetricsLog, peak_rss_bytes
-from .model import Model
-from .optim import OPTIMIZERS, SCHEDULES, batch_step, default_lr, refresh_effective, schedule_lr, smoothness
-from .shuffle import iterations_per_epoch
-from .sources import ParquetSource, Source, n_rows
-from .sources.parquet import DECODE_FACTOR
-from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
-from .sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
-from .stats import chunk_target_means, max_sample_weight, standardization
-from .stream import EpochStream
-from .windows import WEIGHT_BYTES, Window, read_window, return_freed_buffers_to_os, sample_weight_column
+from ..persist.model import Model
+from ..compute.optim import OPTIMIZERS, SCHEDULES, batch_step, default_lr, refresh_effective, schedule_lr, smoothness
+from ..plan.shuffle import iterations_per_epoch
+from ..sources import ParquetSource, Source, n_rows
+from ..sources.parquet import DECODE_FACTOR
+from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
+from ..sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
+from .targets import chunk_target_means, max_sample_weight, standardization
+from ..pipeline.epochs import EpochStream
+from ..pipeline.windows import WEIGHT_BYTES, Window, read_window, return_freed_buffers_to_os, sample_weight_column
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from .errors import DataError, StreamSGDError, SourceError
-from .kernels import LOSS_TASK
+from ..config import LOSS_TASK
+from ..errors import DataError, StreamSGDError, SourceError
 from .prefetch import Prefetcher
-from .sources import Source
-from .sources.labels import not_binary_labels
+from ..sources import Source
+from ..sources.labels import not_binary_labels
 
 
 @dataclass
@@ -61,7 +61,7 @@ def sample_weight_column(source: Source) -> str | None:
 def read_weights(source: Source, chunk: int) -> NDArray[np.float64]:
     """Chunk ``chunk``'s sample weights as float64; refuses nulls, NaN, infinity and negatives,
     naming the chunk and the column (a weight must say how much a row counts: >= 0)."""
-    from .sources.cast import arrow_values
+    from ..sources.cast import arrow_values
 
     name = sample_weight_column(source)
     assert name is not None  # called for data read with a weight column only

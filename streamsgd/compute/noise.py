@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 #: Layout of a meter's interval sums (float64), shared with compiled training loops.

@@ -18,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError
-from .kernels import LOSS_TASK, moments
-from .sources import Source
-from .sources.cast import arrow_values
-from .sources.labels import not_binary_labels
+from ..errors import DataError
+from ..compute.losses import moments
+from ..config import LOSS_TASK
+from ..sources import Source
+from ..sources.cast import arrow_values
+from ..sources.labels import not_binary_labels
 
 SAMPLE_ROWS = 4096
 
@@ -76,7 +77,7 @@ def max_sample_weight(source: Source, readers: int) -> float:
     Refuses null, NaN, infinite and negative weights, and weights that are all zero, before
     any training: a run that would fail halfway writes nothing.
     """
-    from .windows import read_weights, sample_weight_column
+    from ..pipeline.windows import read_weights, sample_weight_column
 
     with ThreadPoolExecutor(max(1, readers)) as pool:
         tops = list(pool.map(lambda c: float(read_weights(source, c).max(initial=0.0)), range(len(source.chunk_rows))))

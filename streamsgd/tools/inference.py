@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError, ModelFileError
-from .kernels import row_loss
-from .model import Model, write_tables
-from .stats import merge_moments
-from .sources import Source
-from .sources.labels import ClassIndexSource, is_text_type, not_numeric_target
-from .windows import check_labels, read_window, sample_weight_column
+from ..errors import DataError, ModelFileError
+from ..compute.losses import row_loss
+from ..persist.model import Model, write_tables
+from ..train.targets import merge_moments
+from ..sources import Source
+from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
+from ..pipeline.windows import check_labels, read_window, sample_weight_column
 
 
 def _check_features(model: Model, source: Source) -> None:

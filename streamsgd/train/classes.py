@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError, UsageError
-from .kernels import LOSS_TASK
-from .model import Model
-from .sources import Source
-from .stats import MAX_CLASSES, target_labels
+from ..errors import DataError, UsageError
+from ..config import LOSS_TASK
+from ..persist.model import Model
+from ..sources import Source
+from .targets import MAX_CLASSES, target_labels
 
 
 def class_weights(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError, ModelFileError, UsageError
+from ..errors import DataError, ModelFileError, UsageError
 
 if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
     from sklearn.linear_model import SGDClassifier, SGDRegressor
@@ -212,7 +212,7 @@ class Model:
         atomic_savez(path, arrays, storage_options)
 
     def _full_metadata(self) -> dict[str, Any]:
-        from . import __version__
+        from .. import __version__
 
         return {
             **self.metadata,
@@ -353,7 +353,7 @@ def _create_beside(path: str, directory: str) -> tuple[int, str]:
 
 def _upload(url: str, write: Callable[[BinaryIO], object], storage_options: Mapping[str, Any] | None) -> None:
     """``write`` into a local temporary file, then one upload of it to ``url``."""
-    from .sources.fs import filesystem, storage_failure
+    from ..sources.fs import filesystem, storage_failure
 
     fs, remote = filesystem(url, storage_options)
     with tempfile.TemporaryDirectory(prefix="streamsgd-") as scratch:
@@ -402,7 +402,7 @@ def _load_remote(url: str, storage_options: Mapping[str, Any] | None) -> Model:
     """The model at ``url``, read whole (a model file is small) with one GET."""
     import io
 
-    from .sources.fs import filesystem, storage_failure
+    from ..sources.fs import filesystem, storage_failure
 
     fs, remote = filesystem(url, storage_options)
     try:

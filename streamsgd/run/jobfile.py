@@ -35,8 +35,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .config import DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes, storage_option
-from .errors import UsageError
+from ..config import DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes, storage_option
+from ..errors import UsageError
 
 # kinds of value a key takes; checked in _check
 _STR, _INT, _FLOAT, _BOOL, _NAMES, _SIZE, _TABLE, _BATCH = (

@@ -30,7 +30,7 @@ import math
 
 from numba import njit
 
-from .kernels import SOFTMAX, accumulate_rows, accumulate_softmax_rows
+from .losses import SOFTMAX, accumulate_rows, accumulate_softmax_rows
 from .noise import noise_add
 from .optim import l1_step, optimizer_step, refresh_effective, schedule_lr, standardized_gradient
 

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from .kernels import CURVATURE
+from .losses import CURVATURE
 
 
 #: Schedule name -> the integer the compiled loop branches on.

@@ -26,8 +26,9 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from .kernels import LOSS_TASK, row_loss
-from .stats import SAMPLE_ROWS
+from ..compute.losses import row_loss
+from ..config import LOSS_TASK
+from .targets import SAMPLE_ROWS
 
 #: An interval whose mean loss is this many times the starting model's has diverged. For a
 #: convex loss, a stable step makes the expected loss of the iterates fall from the start

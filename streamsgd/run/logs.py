@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 FORMATS = ("text", "json")
 KINDS = ("start", "progress", "epoch", "checkpoint", "warning", "error", "summary")

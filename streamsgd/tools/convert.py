@@ -22,9 +22,9 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
-from .errors import DataError, SourceError, UsageError
-from .model import write_tables
-from .sources.fs import filesystem, storage_failure
+from ..errors import DataError, SourceError, UsageError
+from ..persist.model import write_tables
+from ..sources.fs import filesystem, storage_failure
 
 #: File name endings (before any compression suffix) -> the text format they hold.
 TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",

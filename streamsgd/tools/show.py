@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import Model
+from ..persist.model import Model
 
 
 def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:

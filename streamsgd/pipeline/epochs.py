@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from .shuffle import epoch_plan, row_order
-from .sources import Source
+from ..plan.shuffle import epoch_plan, row_order
+from ..sources import Source
 from .prefetch import Prefetcher
 from .windows import Window, prefetch_windows
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ModelFileError, SourceError, UsageError
+from ..errors import ModelFileError, SourceError, UsageError
 from .model import atomic_write
 
 FORMAT_VERSION = 1
@@ -68,7 +68,7 @@ class CheckpointStore:
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, keep: int = 3):
         from fsspec.implementations.local import LocalFileSystem
 
-        from .sources.fs import filesystem
+        from ..sources.fs import filesystem
 
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise UsageError(f"--keep-checkpoints: expected an integer >= 1; got {keep!r}")

@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import DataError, UsageError
+from ..errors import DataError, UsageError
 
 X_AXES = ("iteration", "rows_seen", "seconds", "batch")
 _LABELS = {"iteration": "iteration (updates)", "rows_seen": "rows seen", "seconds": "seconds",
@@ -46,7 +46,7 @@ def _save(fig, out: str) -> None:
     directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(directory):
         raise UsageError(f"{out}: the directory {directory} does not exist; create it first")
-    from .model import atomic_write
+    from ..persist.model import atomic_write
 
     atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=fig.dpi))
 

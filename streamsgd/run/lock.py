@@ -28,7 +28,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from .errors import LockHeldError, UsageError
+from ..errors import LockHeldError, UsageError
 
 
 class RunLock:

@@ -27,15 +27,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .api import as_urls, column_names, encode_labels, model_for_loss
-from .config import FitConfig
-from .errors import DataError, UsageError
-from .model import CLASSIFIERS, Model, default_feature_names
-from .sources import ArraySource, open_source
-from .sources.labels import is_text_type
-from .stats import target_labels
-from .train import FitResult
-from .train import fit as _train
+from ..api import as_urls, column_names, encode_labels, model_for_loss
+from ..config import FitConfig
+from ..errors import DataError, UsageError
+from ..persist.model import CLASSIFIERS, Model, default_feature_names
+from ..sources import ArraySource, open_source
+from ..sources.labels import is_text_type
+from ..train.targets import target_labels
+from ..train.trainer import FitResult
+from ..train.trainer import fit as _train
 
 #: Parameters that are FitConfig fields of the same name.
 _TRAINER_PARAMS = (

@@ -27,18 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from .apply import evaluate
-from .config import FitConfig
-from .errors import UsageError
-from .kernels import GRADIENTS
-from .model import Model
-from .noise import NoiseMeter, reported
-from .sources.subset import ChunkSubset, holds_whole_chunks, split_rows  # ChunkSubset re-exported: tune's split
-from .optim import standardized_gradient
+from .inference import evaluate
+from ..config import FitConfig
+from ..errors import UsageError
+from ..compute.losses import GRADIENTS
+from ..persist.model import Model
+from ..compute.noise import NoiseMeter, reported
+from ..sources.subset import ChunkSubset, holds_whole_chunks, split_rows  # ChunkSubset re-exported: tune's split
+from ..compute.optim import standardized_gradient
 from .plot import plot_tuning
-from .sources import Source, n_rows
-from .train import MemoryPlan, fit
-from .windows import check_labels, read_window
+from ..sources import Source, n_rows
+from ..train.trainer import MemoryPlan, fit
+from ..pipeline.windows import check_labels, read_window
 
 __all__ = ["ChunkSubset", "fit_inverse_batch", "fit_iteration_time", "measure_noise", "optimal_batch",
            "plot_tuning", "tune"]
