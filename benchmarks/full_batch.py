@@ -97,7 +97,8 @@ def run(path: Path, batch: int, epochs: int, rows: int) -> dict[str, Any]:
         metrics = f.name
     try:
         result = train.fit(streamsgd.open_source(str(path)),
-                           FitConfig(epochs=epochs, batch=batch, model="logistic", average=False, log_every=max(1, rows // batch)),
+                           FitConfig(epochs=epochs, batch=batch, model="logistic", average=False,
+                                     log_every=max(1, rows // batch)),
                            hooks=Hooks(metrics=metrics))
         records = [json.loads(line) for line in Path(metrics).read_text().splitlines()]
     finally:

@@ -15,7 +15,7 @@ once with pyarrow to carry three target columns side by side:
 Every run names the 100 feature columns explicitly and one target column, so each reads
 the same 101 columns' worth of bytes. Each configuration trains one epoch at batch 512
 (default step, l2 1e-4, averaging on), through the public API:
-``train.fit(streamsgd.open_source(path, target=..., features=...), epochs=1, batch=512, model=...)``.
+``train.fit(streamsgd.open_source(path, target=..., features=...), FitConfig(epochs=1, batch=512, model=...))``.
 Optimizers (sgd, momentum, adam, adamw) run on logistic; adam and adamw with ``lr=0.01``
 (their default step is sized for plain SGD), sgd and momentum with the default step.
 

@@ -32,7 +32,8 @@ def test_full_batch_streamed_over_many_windows_is_exact_gradient_descent():
     lr, epochs = 0.8, 7
     # 600 KB leaves windows of ~2,000 rows: each update sums ~15 windows' gradients
     result = fit(ArraySource(X, y, chunk_rows=1_000),
-                 FitConfig(model="logistic", batch="full", epochs=epochs, lr=lr, average=False, memory_limit="600KB", l2=1e-3, dtype="float64"))
+                 FitConfig(model="logistic", batch="full", epochs=epochs, lr=lr, average=False, memory_limit="600KB",
+                           l2=1e-3, dtype="float64"))
     model = result.model
     assert result.summary["iterations"] == epochs
     # the same steps in NumPy: full gradient in the model's standardised space

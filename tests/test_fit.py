@@ -66,7 +66,8 @@ def test_linear_reaches_the_closed_form_ridge_objective(tmp_path):
     y = Z @ rng.standard_normal(d) + 0.5 * rng.standard_normal(n) + 3
     path = write_parquet(tmp_path / "lin.parquet", X, y, row_group_size=500)
     result = train.fit(streamsgd.open_source(path),
-                       FitConfig(model="linear", l2=l2, dtype="float64", epochs=100, lr_schedule="invscaling", power_t=0.5, batch=256))
+                       FitConfig(model="linear", l2=l2, dtype="float64", epochs=100, lr_schedule="invscaling",
+                                 power_t=0.5, batch=256))
     # ridge with an unpenalised intercept: centre, then solve (Z'Z/n + l2 I) w = Z'(y - ybar)/n
     w = np.linalg.solve(Z.T @ Z / n + l2 * np.eye(d), Z.T @ (y - y.mean()) / n)
 
@@ -91,7 +92,8 @@ def test_logistic_reaches_sklearn_objective(tmp_path):
     y = (rng.random(n) < 1 / (1 + np.exp(-(Z @ rng.standard_normal(d))))).astype(np.int64)
     path = write_parquet(tmp_path / "log.parquet", X, y, row_group_size=500)
     result = train.fit(streamsgd.open_source(path),
-                       FitConfig(model="logistic", l2=l2, dtype="float64", epochs=100, lr_schedule="invscaling", power_t=0.5, batch=256))
+                       FitConfig(model="logistic", l2=l2, dtype="float64", epochs=100, lr_schedule="invscaling",
+                                 power_t=0.5, batch=256))
     # DESIGN.md §4: --l2 A matches LogisticRegression(C = 1 / (N·A)) on the standardised data
     sk = LogisticRegression(C=1 / (n * l2), tol=1e-10, max_iter=10_000).fit(Z, y)
 

@@ -119,7 +119,8 @@ def test_each_optimizer_trains_the_logistic_benchmark(optimizer):
     base = fit(ArraySource(X, y, chunk_rows=500), FitConfig(model="logistic", epochs=30, dtype="float64")).model
     lr = {"momentum": 0.2, "nesterov": 0.2, "adagrad": 1.0, "adam": 0.1, "adamw": 0.1}[optimizer]
     other = fit(ArraySource(X, y, chunk_rows=500),
-                FitConfig(model="logistic", epochs=30, batch=32, dtype="float64", optimizer=optimizer, lr=lr, lr_schedule="invscaling", power_t=0.5)).model
+                FitConfig(model="logistic", epochs=30, batch=32, dtype="float64", optimizer=optimizer, lr=lr,
+                          lr_schedule="invscaling", power_t=0.5)).model
     Z = (X - base.mean) / base.scale
 
     def loss(m):
@@ -135,7 +136,8 @@ def test_validation_chunks_are_held_out_and_early_stopping_stops_at_the_plateau(
     # a learning rate too small to move: the validation loss is flat from the first epoch,
     # so the run stops after epoch 1 + patience, as documented
     result = fit(ArraySource(X, y, chunk_rows=500),
-                 FitConfig(model="logistic", epochs=50, lr=1e-300, validation_fraction=0.34, early_stopping=True, patience=3, seed=1))
+                 FitConfig(model="logistic", epochs=50, lr=1e-300, validation_fraction=0.34, early_stopping=True,
+                           patience=3, seed=1))
     held = result.model.metadata["validation"]
     assert len(held["chunks"]) == 2 and held["rows"] == 1_000
     assert held["stopped_early_at_epoch"] == 4
@@ -143,7 +145,8 @@ def test_validation_chunks_are_held_out_and_early_stopping_stops_at_the_plateau(
     assert result.summary["rows_seen"] == 4 * 2_000
     # a learning model keeps improving, and keeps training
     moving = fit(ArraySource(X, y, chunk_rows=500),
-                 FitConfig(model="logistic", epochs=6, batch=32, validation_fraction=0.34, early_stopping=True, patience=3, seed=1))
+                 FitConfig(model="logistic", epochs=6, batch=32, validation_fraction=0.34, early_stopping=True,
+                           patience=3, seed=1))
     assert moving.model.metadata["validation"]["stopped_early_at_epoch"] is None
 
 
@@ -221,7 +224,8 @@ def test_softmax_l1_gives_exact_zeros_and_reaches_saga(l1, l2):
     X, y = softmax_data(11, true)
     # no averaging: the mean of sparse iterates is not sparse; invscaling's decay settles them
     m = fit(ArraySource(X, y, chunk_rows=500),
-            FitConfig(model="softmax", l1=l1, l2=l2, epochs=100, batch=64, lr_schedule="invscaling", power_t=0.5, average=False, dtype="float64")).model
+            FitConfig(model="softmax", l1=l1, l2=l2, epochs=100, batch=64, lr_schedule="invscaling", power_t=0.5,
+                      average=False, dtype="float64")).model
     Z = (X - m.mean) / m.scale
     index = y.astype(int)
     W, b = np.array(m.metadata["coef_standardized"]), np.array(m.metadata["intercept_standardized"])

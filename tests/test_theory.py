@@ -130,7 +130,8 @@ def _path(X, y, batch, steps):
     """Coefficients after ``steps`` updates and the per-update loss path, from the real trainer."""
     losses = []
     result = fit(ArraySource(X, y, chunk_rows=256),
-                 FitConfig(model="linear", batch=batch, steps=steps, lr=0.05, lr_schedule="constant", average=False, standardize=False, dtype="float64", l2=1e-3, seed=11, log_every=1),
+                 FitConfig(model="linear", batch=batch, steps=steps, lr=0.05, lr_schedule="constant", average=False,
+                           standardize=False, dtype="float64", l2=1e-3, seed=11, log_every=1),
                  hooks=Hooks(on_progress=lambda r: losses.append(r["loss"]) if r["event"] == "progress" else None))
     return np.append(result.model.coef, result.model.intercept), np.array(losses)
 

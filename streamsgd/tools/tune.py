@@ -205,17 +205,15 @@ def tune(
 ) -> dict[str, Any]:
     """Measure τ_f, τ_d, the noise scale and the diminishing returns of B; suggest a batch.
 
-    ``config`` holds the training options of every run (model, lr, l2, dtype, memory
-    limit…; ``batch``, ``steps`` and ``epochs`` are set by the tuner), ``options`` what the
-    tuner tries. ``validation`` is a held-out source (default: ``options.holdout`` of the
-    data); ``on_trial`` is called with each trial's record as it finishes.
+    ``config``: the training options of every run (``batch``, ``steps`` and ``epochs`` are
+    set by the tuner); ``options``: what the tuner tries; ``validation``: a held-out source
+    (default: ``options.holdout`` of the data); ``on_trial``: called with each trial's record.
 
-    Returns a dict with ``tau_f``, ``tau_d`` (seconds), ``timings``, ``trials`` (each
-    ``batch``, ``steps``, ``val_loss``, ``train_loss``, ``seconds``, ``lr``,
-    ``steps_to_target``), ``loss_fit`` (``a``, ``c``), ``knee_batch``, ``b_simple``,
-    ``trace_sigma``, ``grad_norm2``, ``temperature``, ``noise_at`` (where the noise was
-    measured), ``n_iter``, ``c_var``, ``b_opt`` (the formula on those inputs) and ``batch``
-    (b_opt rounded and clipped to the training rows).
+    Returns ``tau_f``, ``tau_d`` (seconds), ``timings``, ``trials`` (each ``batch``, ``steps``,
+    ``val_loss``, ``train_loss``, ``seconds``, ``lr``, ``steps_to_target``), ``loss_fit``
+    (``a``, ``c``), ``knee_batch``, ``b_simple``, ``trace_sigma``, ``grad_norm2``,
+    ``temperature``, ``noise_at`` (where the noise was measured), ``n_iter``, ``c_var``,
+    ``b_opt`` (the formula on those inputs) and ``batch`` (b_opt rounded and clipped to N).
     """
     config = config or FitConfig()
     options = options or TuneOptions()
@@ -237,18 +235,13 @@ def tune(
 
     # (b) the noise scale where the best trial ended, and K(b) = N_iter + C_var / b
     best = min(range(len(trials)), key=lambda k: trials[k]["val_loss"])
-    # the noise pass holds its rows in one buffer: no more than a shuffle window's worth
-    noise_cap = min(options.noise_rows, plan_memory(train, config).window_rows)
-    noise = reported(measure_noise(train, models[best], config.l2, options.noise_batch, noise_cap, config.seed,
-                                   config.dtype))
+    noise = _noise(train, config, options, models[best])
     _steps_to_target(trials, curves)
     n_iter, c_var = _iterations_model(trials, noise["b_simple"])
     b_opt = optimal_batch(c_var, n_iter, tau_f, tau_d)
     return {
-        "rows": N,
-        "validation_rows": n_rows(validation),
-        "tau_f": tau_f,
-        "tau_d": tau_d,
+        "rows": N, "validation_rows": n_rows(validation),
+        "tau_f": tau_f, "tau_d": tau_d,
         "timings": timings,
         "trials": trials,
         "loss_fit": {"a": a, "c": c},
@@ -256,9 +249,7 @@ def tune(
         # the fit a + c/B only holds over the trials: never a knee below the smallest one
         "knee_batch": int(min(max(math.ceil(knee), grid[0]), N)),
         **_noise_report(noise, trials[best], models[best], options.noise_batch),
-        "n_iter": n_iter,
-        "c_var": c_var,
-        "b_opt": b_opt,
+        "n_iter": n_iter, "c_var": c_var, "b_opt": b_opt,
         "batch": int(min(max(round(b_opt), 1), N)) if math.isfinite(b_opt) else None,
     }
 
@@ -311,6 +302,13 @@ def _trials(train: Source, validation: Source, config: FitConfig, grid: Sequence
         if on_trial is not None:
             on_trial(trial)
     return trials, curves, models
+
+
+def _noise(train: Source, config: FitConfig, options: TuneOptions, model: Model) -> dict[str, Any]:
+    """The gradient noise at ``model``'s parameters, as reported (|G|² <= 0 is NaN)."""
+    # the noise pass holds its rows in one buffer: no more than a shuffle window's worth
+    noise_cap = min(options.noise_rows, plan_memory(train, config).window_rows)
+    return reported(measure_noise(train, model, config.l2, options.noise_batch, noise_cap, config.seed, config.dtype))
 
 
 def _noise_report(noise: dict[str, Any], trial: dict[str, Any], model: Model, noise_batch: int) -> dict[str, Any]:

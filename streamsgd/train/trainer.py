@@ -18,12 +18,12 @@ from ..sources import Source, n_rows
 from .classes import label_values
 from .inputs import Checkpointing, FitResult, Hooks, WarmStart
 from .metrics import peak_rss_bytes
-from .run import Run, validation_loss
-from .setup import auto_epochs, prepare, split_validation
+from .run import Run
+from .setup import prepare, split_validation
 from .stepsize import raw_parameters
 
-__all__ = ["Checkpointing", "FitResult", "Hooks", "WarmStart", "auto_epochs", "fit", "raw_parameters",
-           "split_validation", "validation_loss"]
+# the run's arguments and the validation split, for callers that import this module
+__all__ = ["Checkpointing", "FitResult", "Hooks", "WarmStart", "fit", "split_validation"]
 
 
 def fit(
