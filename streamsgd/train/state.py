@@ -32,7 +32,7 @@ class State:
         self.sums = np.zeros(N_SUMS)
         self.epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
         self.rows_seen = np.zeros(1, dtype=np.int64)
-        # standardisation and step-size figures: set by the first window (_start) or a checkpoint
+        # standardisation and step-size figures: set by the first window (stepsize.start) or a checkpoint
         self.mean: NDArray[np.float64] | None = None
         self.scale: NDArray[np.float64] | None = None
         self.hyper: NDArray[np.float64] | None = None

@@ -50,7 +50,7 @@ def grow_batch(st: State, estimate: dict[str, Any], config: FitConfig, N: int) -
     """
     if not math.isfinite(estimate["trace_sigma"]):
         return
-    assert st.spec is not None  # set by fit before training
+    assert st.spec is not None  # set by setup before training
     b_simple = estimate["b_simple"]
     if math.isfinite(b_simple) and estimate["grad_norm2"] > 0:
         wanted = math.ceil(b_simple / config.batch_theta**2)
@@ -82,7 +82,7 @@ def start(st: State, window: Window, config: FitConfig, init: Model | None, N: i
     """Standardisation, step size and starting point, from the first window (or ``init``),
     its rows taken chunk after chunk: the figures do not depend on the shuffle's layout."""
     X, y, rows = window.X, window.y, window.slots
-    assert y is not None and st.classes is not None  # a training window has the target; fit sets classes
+    assert y is not None and st.classes is not None  # a training window has the target; setup sets classes
     d = X.shape[1]
     if init is not None:  # its parameters in its standardised space, one block per class for softmax
         st.mean, st.scale = np.asarray(init.mean, dtype=np.float64), np.asarray(init.scale, dtype=np.float64)
@@ -135,7 +135,7 @@ def see_rows(st: State, X: NDArray, y: NDArray, config: FitConfig, N: int) -> No
         return
     st.guard[guard.ROW_MAX] = top
     if config.lr is None and math.isfinite(st.guard[guard.SMOOTH]):
-        # fit sets spec; the first window (start) or the checkpoint sets hyper
+        # setup sets spec; the first window (start) or the checkpoint sets hyper
         assert st.spec is not None and st.hyper is not None
         c = CURVATURE[config.model] if st.curvature is None else st.curvature
         lr0 = _for_optimizer(batch_step(float(st.guard[guard.SMOOTH]), c * top + config.l2, N, int(st.spec[BATCH])),
