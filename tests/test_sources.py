@@ -426,10 +426,11 @@ def test_the_trainer_cuts_a_big_row_group_for_its_own_limit(one_big_row_group):
 PEAK_SCRIPT = """
 import json, sys
 import streamsgd
+from streamsgd.config import FitConfig
 from streamsgd.train.trainer import fit
 path, limit = sys.argv[1], int(sys.argv[2])
 source = streamsgd.open_source(path)
-result = fit(source, model="linear", epochs=1, memory_limit=limit)
+result = fit(source, FitConfig(model="linear", epochs=1, memory_limit=limit))
 print(json.dumps({"peak": result.summary["peak_rss_bytes"], "chunks": len(source.chunk_rows),
                   "coef": result.model.coef.tolist()}))
 """
