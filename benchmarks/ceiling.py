@@ -62,7 +62,7 @@ from streamsgd.sources.rows import fill_columns
 from streamsgd.compute.losses import LOSSES, accumulate_weighted
 from streamsgd.plan.shuffle import group_windows, row_order
 from streamsgd.sources.cast import arrow_values
-from streamsgd.train.trainer import MemoryPlan
+from streamsgd.train.setup import plan_memory
 
 BATCH = 512
 TARGETS = {10: 0.5, 100: 0.65}  # issue 4's fit/decode targets
@@ -95,7 +95,7 @@ def plan_order(path: Path) -> np.ndarray:
     """Row positions in file order, each default-plan window permuted as ``fit`` permutes it
     (the windows taken in file order: which chunks share a window does not change the cost)."""
     source = streamsgd.open_source(str(path))
-    plan = MemoryPlan.for_source(source, FitConfig())
+    plan = plan_memory(source, FitConfig())
     starts = np.concatenate([[0], np.cumsum(source.chunk_rows)])
     parts = []
     for w, chunks in enumerate(group_windows(source.chunk_rows, np.arange(len(source.chunk_rows)), plan.window_rows)):

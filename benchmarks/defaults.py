@@ -69,6 +69,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train import trainer as train
 #: Gap above which the run counts as a failure (the target is "within a few percent").
@@ -395,7 +396,7 @@ def evaluate(case: Case, min_updates: int | None = None, **fit_options: Any) -> 
         B = min(options.get("batch", streamsgd.FitConfig().batch), N)
         options["epochs"] = max(1, math.ceil(min_updates / math.ceil(N / B)))
     start = time.perf_counter()
-    result = train.fit(streamsgd.ArraySource(X_fit, y_fit), model=case.model, **options)
+    result = train.fit(streamsgd.ArraySource(X_fit, y_fit), FitConfig(model=case.model, **options))
     seconds = time.perf_counter() - start
     m = result.model
     f_sgd = objective(case.model, X_obj, y_obj, weight, m.coef, m.intercept, scale, l2)

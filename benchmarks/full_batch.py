@@ -45,6 +45,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 import provenance  # benchmarks/ is on sys.path when a script there runs
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 import streamsgd
 from streamsgd.train import trainer as train
 from streamsgd.tools.inference import evaluate
@@ -94,8 +96,10 @@ def run(path: Path, batch: int, epochs: int, rows: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as f:
         metrics = f.name
     try:
-        result = train.fit(streamsgd.open_source(str(path)), metrics=metrics, epochs=epochs, batch=batch,
-                           model="logistic", average=False, log_every=max(1, rows // batch))
+        result = train.fit(streamsgd.open_source(str(path)),
+                           FitConfig(epochs=epochs, batch=batch, model="logistic", average=False,
+                                     log_every=max(1, rows // batch)),
+                           hooks=Hooks(metrics=metrics))
         records = [json.loads(line) for line in Path(metrics).read_text().splitlines()]
     finally:
         os.unlink(metrics)

@@ -15,7 +15,7 @@ once with pyarrow to carry three target columns side by side:
 Every run names the 100 feature columns explicitly and one target column, so each reads
 the same 101 columns' worth of bytes. Each configuration trains one epoch at batch 512
 (default step, l2 1e-4, averaging on), through the public API:
-``train.fit(streamsgd.open_source(path, target=..., features=...), epochs=1, batch=512, model=...)``.
+``train.fit(streamsgd.open_source(path, target=..., features=...), FitConfig(epochs=1, batch=512, model=...))``.
 Optimizers (sgd, momentum, adam, adamw) run on logistic; adam and adamw with ``lr=0.01``
 (their default step is sized for plain SGD), sgd and momentum with the default step.
 
@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import provenance  # benchmarks/ is on sys.path when a script there runs
+from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train import trainer as train
 from streamsgd.tools.generate import generate
@@ -166,13 +167,13 @@ def warm_up(configs: dict[str, dict[str, Any]], features: int) -> None:
     ys["count"] = rng.poisson(np.exp(COUNT_SCALE * ys["y"])).astype(np.float32)
     for options in configs.values():
         y = ys[LOSS_TARGET[options["model"]]]
-        train.fit(streamsgd.ArraySource(X, y, chunk_rows=1024), **fit_options(options))
+        train.fit(streamsgd.ArraySource(X, y, chunk_rows=1024), FitConfig(**fit_options(options)))
 
 
 def run_fit(path: Path, names: list[str], options: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     t0 = time.perf_counter()
     source = streamsgd.open_source(str(path), target=LOSS_TARGET[options["model"]], features=names)
-    result = train.fit(source, **fit_options(options))
+    result = train.fit(source, FitConfig(**fit_options(options)))
     return time.perf_counter() - t0, result.summary
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamsgd.config import FitConfig
 from streamsgd.sources.arrays import ArraySource
 from streamsgd.train.trainer import fit
 
@@ -39,7 +40,7 @@ def main() -> None:
         rates: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(runs):
             for on in (True, False):
-                summary = fit(source, batch=batch, epochs=1, noise_stats=on, in_memory=True).summary
+                summary = fit(source, FitConfig(batch=batch, epochs=1, noise_stats=on, in_memory=True)).summary
                 rates[on].append(summary["rows_per_second"])
         on, off = statistics.median(rates[True]), statistics.median(rates[False])
         table[batch] = {"rows_per_second_on": on, "rows_per_second_off": off, "ratio": on / off}

@@ -74,6 +74,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import provenance  # benchmarks/ is on sys.path when a script there runs
+from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train import trainer as train
 from streamsgd.tools.inference import evaluate
@@ -363,7 +364,7 @@ def zarr_read(path: Path) -> int:
 
 def streamsgd_fit(path: Path, **options: Any) -> streamsgd.FitResult:
     """(c)/(cz)/(c2) One epoch of streamsgd through its public API."""
-    return train.fit(streamsgd.open_source(str(path)), epochs=1, batch=BATCH, model="logistic", **options)
+    return train.fit(streamsgd.open_source(str(path)), FitConfig(epochs=1, batch=BATCH, model="logistic", **options))
 
 
 def sklearn_fit(path: Path, names: list[str], mean: np.ndarray, std: np.ndarray, batch: int | None):
@@ -486,7 +487,7 @@ def warm_up(features: int, use_torch: bool) -> None:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((4096, features)).astype(np.float32)
     y = (rng.random(4096) < 0.5).astype(np.float32)
-    train.fit(streamsgd.ArraySource(X, y, chunk_rows=1024), epochs=1, batch=BATCH, model="logistic")
+    train.fit(streamsgd.ArraySource(X, y, chunk_rows=1024), FitConfig(epochs=1, batch=BATCH, model="logistic"))
     if use_torch:
         import torch
 

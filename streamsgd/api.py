@@ -23,7 +23,8 @@ from .errors import DataError, UsageError
 from .persist.model import CLASSIFIERS, Model
 from .persist.model import load as _load
 from .sources import ArraySource, Source, open_source
-from .train.trainer import fit as _train
+from .train import Hooks
+from .train import fit as _train
 
 #: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).
 LOSSES = {"log_loss": "logistic", "squared_error": "linear", "hinge": "hinge", "modified_huber": "modified_huber",
@@ -116,7 +117,7 @@ def fit(
         raise UsageError("exclude: applies to the columns of a data set read from a path or URL; with arrays or a "
                          "source, pass only the columns to use")
     if _is_source(data):
-        return _train(data, FitConfig(weight=weight, **options), metrics=metrics, on_progress=on_progress).model
+        return _train(data, FitConfig(weight=weight, **options), hooks=Hooks(metrics, on_progress)).model
     urls = as_urls(data)
     if urls is not None:
         config = FitConfig(target=target, features=column_names(features),
@@ -124,7 +125,7 @@ def fit(
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
                              storage_options=storage_options, format=format, x_array=x_array,
                              exclude=config.exclude, weight=weight)
-        return _train(source, config, metrics=metrics, on_progress=on_progress).model
+        return _train(source, config, hooks=Hooks(metrics, on_progress)).model
     if weight is not None:
         raise UsageError("weight= names a column of a URL's data; for arrays use "
                          "StreamSGDClassifier/StreamSGDRegressor().fit(X, y, sample_weight=...)")
@@ -148,7 +149,7 @@ def fit(
             raise DataError(f"y: a {config.model} model needs numbers as targets, got {y.dtype}")
         if classes is not None and config.class_weight not in (None, "balanced"):
             config = replace(config, class_weight=_weights_by_code(config.class_weight, classes))
-        model = _train(ArraySource(X, y, features=names), config, metrics=metrics, on_progress=on_progress).model
+        model = _train(ArraySource(X, y, features=names), config, hooks=Hooks(metrics, on_progress)).model
         model.classes = classes
         return model
     raise UsageError(

@@ -70,7 +70,7 @@ def _open(data: str | tuple[str, ...], target: str | None, features, store: dict
     """DATA (one or several paths/URLs) as a source; with ``memory_limit``, chunks are cut to fit it."""
     from .tools.convert import refuse_text
     from .sources import open_source
-    from .train.trainer import MemoryPlan
+    from .plan.memory import MemoryPlan
 
     urls = [data] if isinstance(data, str) else list(data)
     refuse_text(urls)
@@ -338,10 +338,10 @@ def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, .
     """Rewrite a CSV, TSV or JSON-lines file as Parquet, in fixed memory."""
     from .tools.convert import convert as run
     from .tools.convert import parse_column_types
-    from .train.trainer import MemoryPlan
+    from .train.setup import max_row_group_bytes
 
     _check_output_dir(output, "--output", _storage_options(storage_option))
-    stats = run(data, output, row_group_bytes=MemoryPlan.max_row_group_bytes(parse_bytes(memory_limit)),
+    stats = run(data, output, row_group_bytes=max_row_group_bytes(parse_bytes(memory_limit)),
                 column_types=parse_column_types(column_type), block_size=parse_bytes(block_size, "--block-size"),
                 compression=compression, storage_options=_storage_options(storage_option))
     click.echo(f"wrote {stats['rows']} rows, {stats['columns']} columns in {stats['row_groups']} row groups "
@@ -465,7 +465,7 @@ def _json_safe(obj: Any) -> Any:
 def tune_batch(data, target, features, exclude, validation, holdout, batches, timing_batches, trial_rows, timing_rows,
                min_gain, plot_path, as_json, memory_limit, **options):
     """Time τ_f, τ_d and measure the gradient noise on DATA; suggest a batch size."""
-    from .tools.tune import plot_tuning, tune
+    from .tools.tune import TuneOptions, plot_tuning, tune
 
     store = _store(options)
     config = FitConfig(target=target, features=_split(features), exclude=_split(exclude),
@@ -474,9 +474,9 @@ def tune_batch(data, target, features, exclude, validation, holdout, batches, ti
         _check_output_dir(plot_path, "--plot")
     source = _open(data, target, config.features, store, memory_limit=config.memory_limit, exclude=config.exclude)
     val = _open(validation, target, list(source.features), store) if validation else None
-    result = tune(source, config, validation=val, holdout=holdout, batches=_ints(batches, "--batches"),
+    result = tune(source, config, TuneOptions(holdout=holdout, batches=_ints(batches, "--batches"),
                   timing_batches=_ints(timing_batches, "--timing-batches"), trial_rows=trial_rows,
-                  timing_rows=timing_rows, min_gain=min_gain,
+                  timing_rows=timing_rows, min_gain=min_gain), validation=val,
                   on_trial=lambda t: click.echo(f"  B={t['batch']:>6}  val loss {t['val_loss']:.6g}  "
                                                 f"{t['seconds']:.2f}s", err=True))
     if plot_path:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from helpers import run_cli, write_parquet
 
+from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.errors import DataError, UsageError
 from streamsgd.sources import open_source
@@ -92,7 +93,7 @@ def test_a_list_of_files_and_a_zarr_group_are_data_too(tmp_path):
     store = str(tmp_path / "d.zarr")
     generate(store, rows=1000, features=3, task="linear", seed=2, row_group_rows=250, format="zarr")
     model = streamsgd.fit(store, loss="squared_error", epochs=2, seed=1)
-    expected = train(open_source(store), model="linear", epochs=2, seed=1).model
+    expected = train(open_source(store), FitConfig(model="linear", epochs=2, seed=1)).model
     np.testing.assert_array_equal(model.coef, expected.coef)
 
 

@@ -11,6 +11,8 @@ import fsspec
 import numpy as np
 import pytest
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 from streamsgd.persist.checkpoint import (
     CheckpointStore,
     CorruptCheckpoint,
@@ -374,9 +376,10 @@ def test_a_growing_batch_resumes_bit_for_bit():
     saved: list = []
     options = {"model": "linear", "batch": "auto", "epochs": 3, "log_every": 10}
     # checkpoints fall inside logging intervals too: the batch grows by the interval's noise figures
-    whole = train_fit(source, checkpointing=Checkpointing(save=saved.append, every=7), **options)
+    whole = train_fit(source, FitConfig(**options),
+                      hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=7)))
     assert whole.summary["iterations"] > 20 and len(saved) > 2
     for state in saved[1:4]:
-        resumed = train_fit(source, resume=state, **options)
+        resumed = train_fit(source, FitConfig(**options), resume=state)
         np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
         assert resumed.model.intercept == whole.model.intercept

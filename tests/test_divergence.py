@@ -21,6 +21,8 @@ import pandas as pd
 import pytest
 
 from helpers import invoke
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 from streamsgd.compute.losses import row_loss
 from streamsgd.persist.model import load
 
@@ -217,12 +219,12 @@ def test_step_lowered_by_a_later_window_resumes_bit_for_bit():
     options = dict(model="linear", epochs=2, batch=64, seed=0, memory_limit=1 << 20, dtype="float32")
     states = []
     source = ArraySource(X, y, chunk_rows=1000)
-    whole = fit(source, checkpointing=Checkpointing(save=states.append, every=50), **options)
+    whole = fit(source, FitConfig(**options), hooks=Hooks(checkpointing=Checkpointing(save=states.append, every=50)))
     first = states[0]
     assert first["counters"][0] == 50
     # the far row (‖z‖² ≈ 180, 5x the first window's worst) lowered the step after update 50
     assert whole.summary["lr"] < 0.5 * first["hyper"][0]
-    resumed = fit(source, resume=first, **options)
+    resumed = fit(source, FitConfig(**options), resume=first)
     np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
     assert resumed.model.intercept == whole.model.intercept
     assert resumed.summary["lr"] == whole.summary["lr"]
@@ -251,9 +253,10 @@ def test_a_checkpoint_without_the_guard_state_still_resumes():
     y = X @ np.ones(3) + rng.standard_normal(2000)
     options = dict(model="linear", epochs=2, batch=64, seed=0)
     states = []
-    whole = fit(ArraySource(X, y), checkpointing=Checkpointing(save=states.append, every=10), **options)
+    whole = fit(ArraySource(X, y), FitConfig(**options),
+                hooks=Hooks(checkpointing=Checkpointing(save=states.append, every=10)))
     old = {k: v for k, v in states[0].items() if k != "guard"}
-    resumed = fit(ArraySource(X, y), resume=old, **options)
+    resumed = fit(ArraySource(X, y), FitConfig(**options), resume=old)
     # without the recorded worst row the step is not lowered again; here the first window is
     # all the data, so nothing changes and the model is the same
     np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)

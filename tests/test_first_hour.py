@@ -27,7 +27,7 @@ from helpers import STREAMSGD, run_cli
 import streamsgd
 from streamsgd.tools.generate import generate
 from streamsgd.persist.model import load
-from streamsgd.train.trainer import MemoryPlan
+from streamsgd.train.setup import max_row_group_bytes
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ROOT = README.parent
@@ -74,7 +74,7 @@ def test_a_csv_from_pandas_converts_in_row_groups_for_the_limit_and_trains(tmp_p
     assert table["city"].null_count == frame["city"].isna().sum()
     np.testing.assert_allclose(table["income"].to_numpy(), frame["income"].to_numpy())
     meta = pq.ParquetFile(out).metadata
-    target = MemoryPlan.max_row_group_bytes(4_000_000)
+    target = max_row_group_bytes(4_000_000)
     assert meta.num_row_groups > 3
     for g in range(meta.num_row_groups - 1):  # each row group closes once it passes the target
         rows = meta.row_group(g).num_rows

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train import trainer as train
 from streamsgd.tools.inference import evaluate
@@ -64,8 +65,9 @@ def test_linear_reaches_the_closed_form_ridge_objective(tmp_path):
     Z = standardized(X)
     y = Z @ rng.standard_normal(d) + 0.5 * rng.standard_normal(n) + 3
     path = write_parquet(tmp_path / "lin.parquet", X, y, row_group_size=500)
-    result = train.fit(streamsgd.open_source(path), model="linear", l2=l2, dtype="float64",
-                           epochs=100, lr_schedule="invscaling", power_t=0.5, batch=256)
+    result = train.fit(streamsgd.open_source(path),
+                       FitConfig(model="linear", l2=l2, dtype="float64", epochs=100, lr_schedule="invscaling",
+                                 power_t=0.5, batch=256))
     # ridge with an unpenalised intercept: centre, then solve (Z'Z/n + l2 I) w = Z'(y - ybar)/n
     w = np.linalg.solve(Z.T @ Z / n + l2 * np.eye(d), Z.T @ (y - y.mean()) / n)
 
@@ -89,8 +91,9 @@ def test_logistic_reaches_sklearn_objective(tmp_path):
     Z = standardized(X)
     y = (rng.random(n) < 1 / (1 + np.exp(-(Z @ rng.standard_normal(d))))).astype(np.int64)
     path = write_parquet(tmp_path / "log.parquet", X, y, row_group_size=500)
-    result = train.fit(streamsgd.open_source(path), model="logistic", l2=l2, dtype="float64",
-                           epochs=100, lr_schedule="invscaling", power_t=0.5, batch=256)
+    result = train.fit(streamsgd.open_source(path),
+                       FitConfig(model="logistic", l2=l2, dtype="float64", epochs=100, lr_schedule="invscaling",
+                                 power_t=0.5, batch=256))
     # DESIGN.md §4: --l2 A matches LogisticRegression(C = 1 / (N·A)) on the standardised data
     sk = LogisticRegression(C=1 / (n * l2), tol=1e-10, max_iter=10_000).fit(Z, y)
 
@@ -118,7 +121,7 @@ def test_label_sorted_data_trains_as_well_as_shuffled(tmp_path):
     losses = {}
     for name, path in (("sorted", sorted_path), ("random", random_path)):
         # the window holds about a third of the 60 row groups, as a 512MB limit would of 1.5GB
-        result = train.fit(streamsgd.open_source(str(path)), epochs=1, memory_limit="3MB")
+        result = train.fit(streamsgd.open_source(str(path)), FitConfig(epochs=1, memory_limit="3MB"))
         losses[name] = evaluate(result.model, streamsgd.open_source(str(test_path)))["loss"]
     assert losses["sorted"] <= losses["random"] * 1.02, losses
 
@@ -248,7 +251,7 @@ def test_tail_averaging_removes_most_of_the_constant_steps_noise(tmp_path):
     floor = np.mean(np.logaddexp(0, z) - y * z)  # held-out loss of the true weights
     excess = {}
     for average in (True, False):
-        model = train.fit(streamsgd.open_source(str(train_path)), epochs=1, average=average).model
+        model = train.fit(streamsgd.open_source(str(train_path)), FitConfig(epochs=1, average=average)).model
         excess[average] = evaluate(model, streamsgd.open_source(str(test)))["loss"] - floor
     # measured: 0.0002 averaged vs 0.018 for the last iterate (80x); a factor 4 leaves ample room
     assert excess[True] < excess[False] / 4

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train import trainer as train
 from streamsgd.errors import UsageError
@@ -18,8 +19,8 @@ def test_fit_recovers_the_true_linear_weights(tmp_path):
     path = tmp_path / "lin.parquet"
     info = generate(str(path), rows=50_000, features=5, task="linear", seed=11, row_group_rows=5000)
     # a decaying step removes the constant default step's noise floor from the weights
-    result = train.fit(streamsgd.open_source(str(path)), model="linear", l2=0.0, lr_schedule="invscaling",
-                           power_t=0.5)
+    result = train.fit(streamsgd.open_source(str(path)),
+                       FitConfig(model="linear", l2=0.0, lr_schedule="invscaling", power_t=0.5))
     learned = np.array(result.model.metadata["coef_standardized"])
     # OLS standard error with noise 0.5 and unit-variance features is 0.5/sqrt(50000) ≈ 0.002;
     # 0.02 leaves room for SGD's noise floor and the empirical vs true scaling

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import run_cli
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks, WarmStart
 import streamsgd
 from streamsgd.errors import DataError
 from streamsgd.sources import open_source
@@ -41,8 +43,8 @@ def test_text_labels_train_exactly_as_their_class_indices(tmp_path, encoding):
     text = pa.array(LABELS[index])
     text = {"plain": text, "dictionary": text.dictionary_encode(), "large": text.cast(pa.large_string())}[encoding]
     options = dict(model="softmax", epochs=2, batch=64, seed=3, validation_fraction=0.25)
-    words = fit(open_source(write(tmp_path / "w.parquet", X, text)), **options).model
-    codes = fit(open_source(write(tmp_path / "c.parquet", X, index)), **options).model
+    words = fit(open_source(write(tmp_path / "w.parquet", X, text)), FitConfig(**options)).model
+    codes = fit(open_source(write(tmp_path / "c.parquet", X, index)), FitConfig(**options)).model
     np.testing.assert_array_equal(words.coef, codes.coef)
     np.testing.assert_array_equal(words.intercept, codes.intercept)
     assert words.metadata["validation"]["rows"] == codes.metadata["validation"]["rows"] == 300
@@ -55,7 +57,7 @@ def test_text_labels_round_trip_through_the_model_file_and_the_cli(tmp_path):
     """The labels are stored in the file; streamsgd evaluate and predict read the text column."""
     X, index = rows()
     data = write(tmp_path / "d.parquet", X, LABELS[index])
-    fit(open_source(data), model="softmax", epochs=3).model.save(str(tmp_path / "m.npz"))
+    fit(open_source(data), FitConfig(model="softmax", epochs=3)).model.save(str(tmp_path / "m.npz"))
     model = streamsgd.load(tmp_path / "m.npz")
     np.testing.assert_array_equal(model.classes_, LABELS)
     scored = json.loads(run_cli("evaluate", tmp_path / "m.npz", data, "--json").stdout)
@@ -71,7 +73,8 @@ def test_text_labels_round_trip_through_the_model_file_and_the_cli(tmp_path):
 
 def test_a_label_the_model_never_saw_is_refused_naming_file_column_and_value(tmp_path):
     X, index = rows(600)
-    model = fit(open_source(write(tmp_path / "train.parquet", X, LABELS[index])), model="softmax", epochs=1).model
+    model = fit(open_source(write(tmp_path / "train.parquet", X, LABELS[index])),
+                FitConfig(model="softmax", epochs=1)).model
     labels = LABELS[index].astype(object)
     labels[450] = "fox"  # row group 1 of 300-row groups
     other = write(tmp_path / "new.parquet", X, labels)
@@ -82,16 +85,16 @@ def test_a_label_the_model_never_saw_is_refused_naming_file_column_and_value(tmp
     # warm start from it: the same refusal, since the model's classes are kept
     refused = r"new\.parquet: target column 'y' holds 'fox', not one of the classes of --init"
     with pytest.raises(DataError, match=refused):
-        fit(open_source(other), model="softmax", epochs=1, init=model)
+        fit(open_source(other), FitConfig(model="softmax", epochs=1), warm=WarmStart(init=model))
 
 
 def test_models_that_need_numbers_refuse_text_labels(tmp_path):
     X, index = rows(300)
     data = write(tmp_path / "d.parquet", X, LABELS[index])
     with pytest.raises(DataError, match=r"d\.parquet: column 'y' has type string, not a number; a logistic model"):
-        fit(open_source(data), model="logistic", epochs=1)
+        fit(open_source(data), FitConfig(model="logistic", epochs=1))
     binary = write(tmp_path / "b.parquet", X, (index == 1).astype(np.int64))
-    logistic = fit(open_source(binary), model="logistic", epochs=1).model
+    logistic = fit(open_source(binary), FitConfig(model="logistic", epochs=1)).model
     from streamsgd.tools.inference import evaluate
 
     with pytest.raises(DataError, match=r"d\.parquet: column 'y' has type string, not a number"):
@@ -111,7 +114,7 @@ def test_text_target_checks_across_files_and_for_nulls(tmp_path):
     labels = LABELS[index].astype(object)
     labels[5] = None
     with pytest.raises(DataError, match=r"nulls\.parquet row group 0: column 'y' has 1 null values"):
-        fit(open_source(write(tmp_path / "nulls.parquet", X, labels)), model="softmax", epochs=1)
+        fit(open_source(write(tmp_path / "nulls.parquet", X, labels)), FitConfig(model="softmax", epochs=1))
 
 
 def test_class_index_source_and_text_type_names():
@@ -134,13 +137,14 @@ def test_class_weights_are_keyed_by_the_text_labels(tmp_path):
 
     X, index = rows(900)
     options = dict(model="softmax", epochs=2, batch=64, seed=1)
-    words = fit(open_source(write(tmp_path / "w.parquet", X, LABELS[index])), class_weight='{"dog": 3}', **options)
-    codes = fit(open_source(write(tmp_path / "c.parquet", X, index)), class_weight='{"1": 3}', **options)
-    plain = fit(open_source(str(tmp_path / "c.parquet")), **options)
+    words = fit(open_source(write(tmp_path / "w.parquet", X, LABELS[index])),
+                FitConfig(class_weight='{"dog": 3}', **options))
+    codes = fit(open_source(write(tmp_path / "c.parquet", X, index)), FitConfig(class_weight='{"1": 3}', **options))
+    plain = fit(open_source(str(tmp_path / "c.parquet")), FitConfig(**options))
     np.testing.assert_array_equal(words.model.coef, codes.model.coef)
     assert not np.array_equal(codes.model.coef, plain.model.coef)  # the weight changed the fit
     with pytest.raises(UsageError, match=r"--class-weight: 'fox' is not one of the classes \('cat', 'dog', 'eel'\)"):
-        fit(open_source(str(tmp_path / "w.parquet")), class_weight='{"fox": 2}', **options)
+        fit(open_source(str(tmp_path / "w.parquet")), FitConfig(class_weight='{"fox": 2}', **options))
 
 
 def test_python_arrays_key_class_weights_by_label_too():
@@ -168,10 +172,11 @@ def test_softmax_with_text_labels_and_l1_resumes_bit_for_bit(tmp_path):
     data = write(tmp_path / "d.parquet", X, LABELS[index])
     options = dict(model="softmax", epochs=2, batch=64, l1=0.1, average=False, seed=2)
     states = []
-    whole = fit(open_source(data), checkpointing=Checkpointing(save=states.append, every=7), **options).model
+    whole = fit(open_source(data), FitConfig(**options),
+                hooks=Hooks(checkpointing=Checkpointing(save=states.append, every=7))).model
     middle = states[0]
     assert middle["counters"][0] == 7 and middle["l1_q"].shape == (3 * 3,) and (middle["l1_q"] != 0).any()
-    resumed = fit(open_source(data), resume=middle, **options).model
+    resumed = fit(open_source(data), FitConfig(**options), resume=middle).model
     np.testing.assert_array_equal(resumed.coef, whole.coef)
     np.testing.assert_array_equal(resumed.intercept, whole.intercept)
     assert (whole.coef == 0.0).any()  # the penalty made exact zeros

@@ -10,6 +10,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression, PoissonRegressor, QuantileRegressor
 from sklearn.svm import LinearSVC
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks, WarmStart
 from streamsgd.compute.losses import row_loss
 from streamsgd.sources.arrays import ArraySource
 from streamsgd.train.trainer import fit
@@ -38,7 +40,7 @@ def objective(model: str, Z, y, w, b, l2, l1=0.0, param=None) -> float:
 
 
 def ours(model: str, X, y, **options):
-    m = fit(ArraySource(X, y, chunk_rows=500), model=model, dtype="float64", **options).model
+    m = fit(ArraySource(X, y, chunk_rows=500), FitConfig(model=model, dtype="float64", **options)).model
     Z = (X - m.mean) / m.scale
     return m, Z, np.array(m.metadata["coef_standardized"]), m.metadata["intercept_standardized"]
 
@@ -105,8 +107,8 @@ def test_l1_gives_exact_zeros_on_a_sparse_truth():
     rng = np.random.default_rng(5)
     X = rng.standard_normal((N, 10))
     y = X[:, 0] * 2.0 - X[:, 3] * 1.5 + 0.1 * rng.standard_normal(N)
-    m = fit(ArraySource(X, y, chunk_rows=500), model="linear", l1=0.05, l2=0.0, epochs=30, batch=64,
-            dtype="float64", average=False).model
+    m = fit(ArraySource(X, y, chunk_rows=500),
+            FitConfig(model="linear", l1=0.05, l2=0.0, epochs=30, batch=64, dtype="float64", average=False)).model
     support = np.flatnonzero(np.array(m.metadata["coef_standardized"]) != 0.0)
     assert list(support) == [0, 3]  # exactly zero elsewhere, as Lasso selects
 
@@ -114,10 +116,11 @@ def test_l1_gives_exact_zeros_on_a_sparse_truth():
 @pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adagrad", "adam", "adamw"])
 def test_each_optimizer_trains_the_logistic_benchmark(optimizer):
     X, y = data("classification", seed=2)
-    base = fit(ArraySource(X, y, chunk_rows=500), model="logistic", epochs=30, dtype="float64").model
+    base = fit(ArraySource(X, y, chunk_rows=500), FitConfig(model="logistic", epochs=30, dtype="float64")).model
     lr = {"momentum": 0.2, "nesterov": 0.2, "adagrad": 1.0, "adam": 0.1, "adamw": 0.1}[optimizer]
-    other = fit(ArraySource(X, y, chunk_rows=500), model="logistic", epochs=30, batch=32, dtype="float64",
-                optimizer=optimizer, lr=lr, lr_schedule="invscaling", power_t=0.5).model
+    other = fit(ArraySource(X, y, chunk_rows=500),
+                FitConfig(model="logistic", epochs=30, batch=32, dtype="float64", optimizer=optimizer, lr=lr,
+                          lr_schedule="invscaling", power_t=0.5)).model
     Z = (X - base.mean) / base.scale
 
     def loss(m):
@@ -132,16 +135,18 @@ def test_validation_chunks_are_held_out_and_early_stopping_stops_at_the_plateau(
     X, y = data("classification", seed=7)  # 3,000 rows in 6 chunks of 500
     # a learning rate too small to move: the validation loss is flat from the first epoch,
     # so the run stops after epoch 1 + patience, as documented
-    result = fit(ArraySource(X, y, chunk_rows=500), model="logistic", epochs=50, lr=1e-300,
-                 validation_fraction=0.34, early_stopping=True, patience=3, seed=1)
+    result = fit(ArraySource(X, y, chunk_rows=500),
+                 FitConfig(model="logistic", epochs=50, lr=1e-300, validation_fraction=0.34, early_stopping=True,
+                           patience=3, seed=1))
     held = result.model.metadata["validation"]
     assert len(held["chunks"]) == 2 and held["rows"] == 1_000
     assert held["stopped_early_at_epoch"] == 4
     # every epoch trained on the other 2,000 rows only
     assert result.summary["rows_seen"] == 4 * 2_000
     # a learning model keeps improving, and keeps training
-    moving = fit(ArraySource(X, y, chunk_rows=500), model="logistic", epochs=6, batch=32,
-                 validation_fraction=0.34, early_stopping=True, patience=3, seed=1)
+    moving = fit(ArraySource(X, y, chunk_rows=500),
+                 FitConfig(model="logistic", epochs=6, batch=32, validation_fraction=0.34, early_stopping=True,
+                           patience=3, seed=1))
     assert moving.model.metadata["validation"]["stopped_early_at_epoch"] is None
 
 
@@ -153,7 +158,8 @@ def test_softmax_reaches_multinomial_logistic_regression():
     p /= p.sum(axis=1, keepdims=True)
     y = (rng.random(N)[:, None] > np.cumsum(p, axis=1)).sum(axis=1) * 2.0 + 3.0  # labels 3, 5, 7
     l2 = 1e-3
-    result = fit(ArraySource(X, y, chunk_rows=500), model="softmax", l2=l2, epochs=60, batch=64, dtype="float64")
+    result = fit(ArraySource(X, y, chunk_rows=500),
+                 FitConfig(model="softmax", l2=l2, epochs=60, batch=64, dtype="float64"))
     m = result.model
     assert m.coef.shape == (3, D) and list(m.classes_) == [3.0, 5.0, 7.0]
     Z = (X - m.mean) / m.scale
@@ -217,8 +223,9 @@ def test_softmax_l1_gives_exact_zeros_and_reaches_saga(l1, l2):
     true[:, 4:] = 0.0  # features 4 and 5 carry nothing
     X, y = softmax_data(11, true)
     # no averaging: the mean of sparse iterates is not sparse; invscaling's decay settles them
-    m = fit(ArraySource(X, y, chunk_rows=500), model="softmax", l1=l1, l2=l2, epochs=100, batch=64,
-            lr_schedule="invscaling", power_t=0.5, average=False, dtype="float64").model
+    m = fit(ArraySource(X, y, chunk_rows=500),
+            FitConfig(model="softmax", l1=l1, l2=l2, epochs=100, batch=64, lr_schedule="invscaling", power_t=0.5,
+                      average=False, dtype="float64")).model
     Z = (X - m.mean) / m.scale
     index = y.astype(int)
     W, b = np.array(m.metadata["coef_standardized"]), np.array(m.metadata["intercept_standardized"])
@@ -238,8 +245,8 @@ def test_softmax_class_weights_reach_weighted_logistic_regression(spec):
     true = np.random.default_rng(9).standard_normal((3, 4))
     X, y = softmax_data(9, true, shift=np.array([1.0, -1.0, 0.0]))  # classes of 50 %, 24 %, 26 %
     l2 = 1e-3
-    m = fit(ArraySource(X, y, chunk_rows=500), model="softmax", l2=l2, epochs=60, batch=64, dtype="float64",
-            class_weight=spec).model
+    m = fit(ArraySource(X, y, chunk_rows=500),
+            FitConfig(model="softmax", l2=l2, epochs=60, batch=64, dtype="float64", class_weight=spec)).model
     Z = (X - m.mean) / m.scale
     index = y.astype(int)
     counts = np.bincount(index)
@@ -265,24 +272,25 @@ def test_softmax_warm_start_starts_from_the_model_and_continues_it(tmp_path):
     X, y = softmax_data(4, np.random.default_rng(4).standard_normal((3, 4)))
     source = ArraySource(X, y, chunk_rows=500)
     options = dict(model="softmax", shuffle=False, average=False, dtype="float64", batch=64, l2=1e-3)
-    one = fit(source, epochs=1, **options).model
+    one = fit(source, FitConfig(epochs=1, **options)).model
     # one update from all rows at once: its loss is the data loss of the given parameters
-    fit(source, init=one, batch="full", steps=1, log_every=1, metrics=str(tmp_path / "m.jsonl"),
-        **{k: v for k, v in options.items() if k != "batch"})
+    fit(source, FitConfig(batch="full", steps=1, log_every=1, **{k: v for k, v in options.items() if k != "batch"}),
+        warm=WarmStart(init=one), hooks=Hooks(metrics=str(tmp_path / "m.jsonl")))
     first = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
     assert first["event"] == "progress" and first["iteration"] == 1
     at_init = row_loss("softmax", one.decision_function(X), y).mean()
     assert first["loss"] == pytest.approx(at_init, rel=1e-12)  # the same sums, in another order
     assert at_init < np.log(3) - 0.1  # not the cold start's log C
     # one epoch more from it is two epochs of one run (unshuffled, constant step: the same updates)
-    two = fit(source, epochs=1, init=one, **options).model
-    both = fit(source, epochs=2, **options).model
+    two = fit(source, FitConfig(epochs=1, **options), warm=WarmStart(init=one)).model
+    both = fit(source, FitConfig(epochs=2, **options)).model
     np.testing.assert_allclose(two.coef, both.coef, rtol=1e-10)
     np.testing.assert_allclose(two.intercept, both.intercept, rtol=1e-10, atol=1e-12)
     assert two.metadata["init"]["metrics"]["iterations"] == 47  # ceil(3000 / 64)
     # the model's classes are kept: a label outside them is refused
     with pytest.raises(DataError, match="holds 3, not one of the classes of --init"):
-        fit(ArraySource(X, np.where(y == 2, 3.0, y), chunk_rows=500), epochs=1, init=one, **options)
+        fit(ArraySource(X, np.where(y == 2, 3.0, y), chunk_rows=500), FitConfig(epochs=1, **options),
+            warm=WarmStart(init=one))
 
 
 def test_softmax_takes_its_classes_from_the_caller():
@@ -290,22 +298,25 @@ def test_softmax_takes_its_classes_from_the_caller():
     from streamsgd.errors import DataError, UsageError
 
     X, y = softmax_data(5, np.random.default_rng(5).standard_normal((3, 4)))
-    m = fit(ArraySource(X, y, chunk_rows=500), model="softmax", epochs=1, classes=[3.0, 1.0, 0.0, 2.0]).model
+    m = fit(ArraySource(X, y, chunk_rows=500), FitConfig(model="softmax", epochs=1),
+            warm=WarmStart(classes=[3.0, 1.0, 0.0, 2.0])).model
     np.testing.assert_array_equal(m.classes_, [0.0, 1.0, 2.0, 3.0])  # sorted, as the parameter blocks are
     assert m.coef.shape == (4, 4)
     assert (m.predict_proba(X)[:, 3] < 0.1).all()  # never seen: pushed down by every row
     with pytest.raises(DataError, match="holds 2, not one of the classes of classes= \\(0, 1\\)"):
-        fit(ArraySource(X, y, chunk_rows=500), model="softmax", epochs=1, classes=[0.0, 1.0])
+        fit(ArraySource(X, y, chunk_rows=500), FitConfig(model="softmax", epochs=1),
+            warm=WarmStart(classes=[0.0, 1.0]))
     with pytest.raises(UsageError, match="classes= fixes the classes of a softmax model"):
-        fit(ArraySource(X, (y > 0).astype(float), chunk_rows=500), model="logistic", epochs=1, classes=[0.0, 1.0])
+        fit(ArraySource(X, (y > 0).astype(float), chunk_rows=500), FitConfig(model="logistic", epochs=1),
+            warm=WarmStart(classes=[0.0, 1.0]))
 
 
 @pytest.mark.parametrize("optimizer", ["momentum", "nesterov"])
 def test_momentum_with_the_default_step_trains_as_well_as_sgd(optimizer):
     """The default step is scaled by (1 − β): heavy ball's effective step is η / (1 − β)."""
     X, y = data("classification", seed=3)
-    sgd = fit(ArraySource(X, y, chunk_rows=500), epochs=20, batch=32).summary
-    heavy = fit(ArraySource(X, y, chunk_rows=500), epochs=20, batch=32, optimizer=optimizer).summary
+    sgd = fit(ArraySource(X, y, chunk_rows=500), FitConfig(epochs=20, batch=32)).summary
+    heavy = fit(ArraySource(X, y, chunk_rows=500), FitConfig(epochs=20, batch=32, optimizer=optimizer)).summary
     assert heavy["lr"] == pytest.approx(sgd["lr"] * (1 - 0.9))
     # measured within 0.3 %; unscaled, momentum's loss was 60 % higher on a 1M-row benchmark
     assert heavy["loss"] <= sgd["loss"] * 1.02

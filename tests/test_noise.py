@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 from streamsgd.errors import UsageError
 from streamsgd.compute.losses import linear_grad
 from streamsgd.compute.noise import NoiseMeter, noise_add, noise_reference, norm_test_batch, sampling_factor
@@ -200,8 +202,9 @@ def test_noise_statistics_do_not_change_the_model_and_can_be_turned_off():
     X = rng.standard_normal((5_000, 4)).astype(np.float32)
     y = (X[:, 0] + rng.logistic(size=5_000) > 0).astype(np.float32)
     records = {True: [], False: []}
-    models = {on: fit(ArraySource(X, y, chunk_rows=1_000), batch=32, epochs=2, noise_stats=on, log_every=20,
-                      on_progress=records[on].append).model for on in (True, False)}
+    models = {on: fit(ArraySource(X, y, chunk_rows=1_000),
+                      FitConfig(batch=32, epochs=2, noise_stats=on, log_every=20),
+                      hooks=Hooks(on_progress=records[on].append)).model for on in (True, False)}
     np.testing.assert_array_equal(models[True].coef, models[False].coef)
     progress = {on: [r for r in records[on] if r["event"] == "progress"] for on in records}
     assert all(r["trace_sigma"] is not None and r["trace_sigma"] > 0 for r in progress[True])

@@ -9,6 +9,8 @@ import math
 import numpy as np
 from helpers import run_cli
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 from streamsgd.compute.noise import NoiseMeter, reported
 from streamsgd.sources import ArraySource
 from streamsgd.train.trainer import fit
@@ -33,7 +35,8 @@ def test_metrics_never_hold_a_negative_grad_norm2(tmp_path):
     X = rng.standard_normal((4000, 3))
     y = X @ np.array([1.0, -2.0, 0.5]) + rng.standard_normal(4000)
     metrics = str(tmp_path / "m.jsonl")
-    fit(ArraySource(X, y, chunk_rows=1000), model="linear", batch=64, epochs=20, log_every=10, metrics=metrics, seed=2)
+    fit(ArraySource(X, y, chunk_rows=1000), FitConfig(model="linear", batch=64, epochs=20, log_every=10, seed=2),
+        hooks=Hooks(metrics=metrics))
     with open(metrics) as fh:
         progress = [r for r in map(json.loads, fh) if r.get("event") == "progress"]
     values = [r["grad_norm2"] for r in progress]

@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 from streamsgd.errors import DataError, UsageError
 from streamsgd.tools.plot import plot_metrics, plot_tuning, read_runs
 from streamsgd.sources import ArraySource
@@ -37,7 +39,8 @@ def metrics_files(tmp_path_factory):
     paths = []
     for batch in (16, 256):
         path = str(tmp / f"b{batch}.jsonl")
-        fit(ArraySource(X, y, chunk_rows=1000), batch=batch, epochs=2, log_every=10, metrics=path, seed=1)
+        fit(ArraySource(X, y, chunk_rows=1000), FitConfig(batch=batch, epochs=2, log_every=10, seed=1),
+            hooks=Hooks(metrics=path))
         paths.append(path)
     return paths
 

@@ -6,6 +6,8 @@ import threading
 
 import pytest
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 import streamsgd
 from streamsgd.train import trainer as train
 from streamsgd.errors import SourceError
@@ -85,10 +87,8 @@ def test_interrupted_fit_leaves_no_thread(logistic_file):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.fit(
-            streamsgd.open_source(logistic_file), epochs=5, log_every=2, memory_limit="400KB",
-            on_progress=interrupt,
-        )
+        train.fit(streamsgd.open_source(logistic_file), FitConfig(epochs=5, log_every=2, memory_limit="400KB"),
+                  hooks=Hooks(on_progress=interrupt))
     assert len(calls) == 3
     assert set(t for t in threading.enumerate() if t.is_alive()) <= baseline
 
@@ -104,6 +104,6 @@ def test_reader_failure_mid_epoch_is_our_error(logistic_file):
 
     source.read_into = failing
     with pytest.raises(SourceError, match=r"row group 7: read failed: peer reset") as info:
-        train.fit(source, epochs=1, memory_limit="400KB", standardize=False, lr=0.1)
+        train.fit(source, FitConfig(epochs=1, memory_limit="400KB", standardize=False, lr=0.1))
     assert isinstance(info.value.__cause__, ConnectionResetError)
     assert not prefetch_threads()

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train.trainer import fit as train
 from helpers import STREAMSGD, run_cli, write_parquet
@@ -145,7 +146,7 @@ def test_remote_parquet_reads_only_footers_and_the_used_column_chunks(s3_server,
 
     # a whole fit: every row group's used chunks, at most once per pass (scan + 1 epoch)
     proxy.reset()
-    train(source, epochs=1, memory_limit="1MB", shuffle=False)
+    train(source, FitConfig(epochs=1, memory_limit="1MB", shuffle=False))
     served = proxy.reset()
     every = sum(used_bytes(g) for g in range(meta.num_row_groups))
     assert every <= served <= 2 * every + 2 * meta.num_row_groups * (1 + len(used)) * 1024

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from helpers import run_cli
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 import streamsgd
 from streamsgd.sources import ArraySource, open_source
 from streamsgd.sources.subset import holds_whole_chunks, split_rows
@@ -83,9 +85,9 @@ def test_a_row_split_run_resumes_bit_for_bit(tmp_path):
     options = dict(model="logistic", epochs=3, batch=64, seed=2, validation_fraction=0.25, target="y",
                    features=("a", "b", "c"))
     states: list = []
-    whole = fit(open_source(data, features=["a", "b", "c"]), checkpointing=Checkpointing(save=states.append, every=9),
-                **options).model
-    resumed = fit(open_source(data, features=["a", "b", "c"]), resume=states[1], **options).model
+    whole = fit(open_source(data, features=["a", "b", "c"]), FitConfig(**options),
+                hooks=Hooks(checkpointing=Checkpointing(save=states.append, every=9))).model
+    resumed = fit(open_source(data, features=["a", "b", "c"]), FitConfig(**options), resume=states[1]).model
     np.testing.assert_array_equal(resumed.coef, whole.coef)
     assert resumed.metadata["validation"] == whole.metadata["validation"]
 

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
+from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.sources.parquet import STREAM_PARTS
 from streamsgd.train.trainer import fit as train
@@ -83,7 +84,7 @@ class SourceContract:
             streamsgd.open_source(url, features=["nope"], storage_options=self.storage_options)
 
     def test_fit_gives_the_reference_model(self, source, reference_model):
-        model = train(source, epochs=3, memory_limit="200KB").model
+        model = train(source, FitConfig(epochs=3, memory_limit="200KB")).model
         for name in ("coef", "mean", "scale"):
             np.testing.assert_array_equal(getattr(model, name), getattr(reference_model, name))
         assert model.intercept == reference_model.intercept
@@ -122,7 +123,7 @@ class SourceContract:
 def reference_model(data):
     """The model from in-memory arrays in the same chunks: every backend must match it bit for bit."""
     X, y = data
-    return train(streamsgd.ArraySource(X, y, chunk_rows=CHUNK), epochs=3, memory_limit="200KB").model
+    return train(streamsgd.ArraySource(X, y, chunk_rows=CHUNK), FitConfig(epochs=3, memory_limit="200KB")).model
 
 
 class TestLocalParquet(SourceContract):
@@ -263,8 +264,8 @@ def test_a_list_of_urls_reads_like_the_directory_of_the_same_files(tmp_path, dat
     directory = streamsgd.open_source(str(tmp_path))
     assert listed.paths == directory.paths == paths and listed.chunk_rows == directory.chunk_rows
     assert listed.url.endswith("(and 2 more)") and len(listed.manifest()) == 3
-    a = train(listed, epochs=2, memory_limit="200KB").model
-    b = train(directory, epochs=2, memory_limit="200KB").model
+    a = train(listed, FitConfig(epochs=2, memory_limit="200KB")).model
+    b = train(directory, FitConfig(epochs=2, memory_limit="200KB")).model
     np.testing.assert_array_equal(a.coef, b.coef)
 
 
@@ -296,7 +297,7 @@ def test_hive_partitions_are_ignored_unless_named(tmp_path, data):
         np.testing.assert_array_equal(Xo[:, 2], 7.0 if f < 2 else 8.0)
         np.testing.assert_array_equal(Xo[:, 0], X[rows : rows + n, 0])
         rows += n
-    model = train(named, epochs=1, memory_limit="200KB").model
+    model = train(named, FitConfig(epochs=1, memory_limit="200KB")).model
     assert model.features == ["x0", "day", "region"] and np.isfinite(model.coef).all()
 
 
@@ -417,7 +418,7 @@ def test_the_trainer_cuts_a_big_row_group_for_its_own_limit(one_big_row_group):
     limit = 27_000_000  # the row group decodes to 8 MB: three times that is more than a third of the limit
     source = streamsgd.open_source(path)
     assert len(source.chunk_rows) == 1  # the default limit reads it whole
-    model = train(source, model="linear", epochs=2, memory_limit=limit).model
+    model = train(source, FitConfig(model="linear", epochs=2, memory_limit=limit)).model
     assert len(source.chunk_rows) > 1 and max(source.chunk_bytes) <= limit / 3
     np.testing.assert_allclose(model.coef, [1.0, -2.0, 0.5, 0.0], atol=0.02)
 
@@ -425,10 +426,11 @@ def test_the_trainer_cuts_a_big_row_group_for_its_own_limit(one_big_row_group):
 PEAK_SCRIPT = """
 import json, sys
 import streamsgd
+from streamsgd.config import FitConfig
 from streamsgd.train.trainer import fit
 path, limit = sys.argv[1], int(sys.argv[2])
 source = streamsgd.open_source(path)
-result = fit(source, model="linear", epochs=1, memory_limit=limit)
+result = fit(source, FitConfig(model="linear", epochs=1, memory_limit=limit))
 print(json.dumps({"peak": result.summary["peak_rss_bytes"], "chunks": len(source.chunk_rows),
                   "coef": result.model.coef.tolist()}))
 """
@@ -519,7 +521,8 @@ def test_parsed_footers_come_out_of_the_memory_limit(tmp_path):
     from streamsgd.config import FitConfig
     from streamsgd.errors import UsageError
     from streamsgd.sources.parquet import PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK
-    from streamsgd.train.trainer import METADATA_ALLOWANCE, MemoryPlan
+    from streamsgd.plan.memory import METADATA_ALLOWANCE
+    from streamsgd.train.setup import plan_memory
 
     rng = np.random.default_rng(5)
     table = pa.table({**{f"x{j}": rng.standard_normal(3000) for j in range(30)}, "y": rng.standard_normal(3000)})
@@ -537,7 +540,7 @@ def test_parsed_footers_come_out_of_the_memory_limit(tmp_path):
 
     limit = 256 << 20
     config = FitConfig(memory_limit=limit)
-    plan_few, plan_many = MemoryPlan.for_source(few, config), MemoryPlan.for_source(many, config)
+    plan_few, plan_many = plan_memory(few, config), plan_memory(many, config)
     # a small footer is not charged (the plan, and the model, are those of any other container);
     # a large one is, beyond the allowance
     assert few.metadata_bytes < METADATA_ALLOWANCE < many.metadata_bytes
@@ -547,4 +550,4 @@ def test_parsed_footers_come_out_of_the_memory_limit(tmp_path):
     assert plan_many.window_rows < plan_few.window_rows
 
     with pytest.raises(UsageError, match=r"many.parquet.*row groups"):
-        MemoryPlan.for_source(many, FitConfig(memory_limit=int(1.5 * (many.metadata_bytes - METADATA_ALLOWANCE))))
+        plan_memory(many, FitConfig(memory_limit=int(1.5 * (many.metadata_bytes - METADATA_ALLOWANCE))))

@@ -12,6 +12,8 @@ import math
 import numpy as np
 import pytest
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 from streamsgd.compute.losses import logistic_grad
 from streamsgd.compute.noise import NoiseMeter, sampling_factor
 from streamsgd.plan.shuffle import batch_segments, epoch_plan, iterations_per_epoch, row_order
@@ -127,10 +129,10 @@ def test_batch_gradient_variance_is_trace_sigma_over_b(b):
 def _path(X, y, batch, steps):
     """Coefficients after ``steps`` updates and the per-update loss path, from the real trainer."""
     losses = []
-    result = fit(ArraySource(X, y, chunk_rows=256), model="linear", batch=batch, steps=steps, lr=0.05,
-                 lr_schedule="constant", average=False, standardize=False, dtype="float64", l2=1e-3,
-                 seed=11, log_every=1,
-                 on_progress=lambda r: losses.append(r["loss"]) if r["event"] == "progress" else None)
+    result = fit(ArraySource(X, y, chunk_rows=256),
+                 FitConfig(model="linear", batch=batch, steps=steps, lr=0.05, lr_schedule="constant", average=False,
+                           standardize=False, dtype="float64", l2=1e-3, seed=11, log_every=1),
+                 hooks=Hooks(on_progress=lambda r: losses.append(r["loss"]) if r["event"] == "progress" else None))
     return np.append(result.model.coef, result.model.intercept), np.array(losses)
 
 

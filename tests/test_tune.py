@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from streamsgd.config import FitConfig
 from streamsgd.errors import UsageError
 from streamsgd.sources import ArraySource
-from streamsgd.tools.tune import (ChunkSubset, fit_inverse_batch, fit_iteration_time, knee_batch, optimal_batch,
+from streamsgd.tools.tune import (ChunkSubset, TuneOptions, fit_inverse_batch, fit_iteration_time, knee_batch, optimal_batch,
                             plot_tuning, tune)
 
 D, SIGMA = 4, 1.0
@@ -44,9 +45,9 @@ def analytic_b_simple(X, y, theta):
 def result():
     X, y = linear_rows(40_000, 1)
     Xv, yv = linear_rows(10_000, 2)
-    out = tune(ArraySource(X, y, chunk_rows=2000), validation=ArraySource(Xv, yv, chunk_rows=5000),
-               model="linear", l2=0.0, seed=3, batches=(16, 64, 256, 1024),
-               timing_batches=(16, 64, 256, 1024, 4096), timing_rows=100_000)
+    out = tune(ArraySource(X, y, chunk_rows=2000), FitConfig(model="linear", l2=0.0, seed=3),
+               TuneOptions(batches=(16, 64, 256, 1024), timing_batches=(16, 64, 256, 1024, 4096), timing_rows=100_000),
+               validation=ArraySource(Xv, yv, chunk_rows=5000))
     return X, y, out
 
 
@@ -128,8 +129,8 @@ def test_optimal_batch_minimises_total_time():
 def test_holdout_is_whole_chunks_and_disjoint():
     X, y = linear_rows(12_000, 4)
     source = ArraySource(X, y, chunk_rows=1000)
-    out = tune(source, model="linear", holdout=0.25, batches=(16, 64), timing_batches=(16, 256),
-               timing_rows=5_000, seed=5)
+    out = tune(source, FitConfig(model="linear", seed=5),
+               TuneOptions(holdout=0.25, batches=(16, 64), timing_batches=(16, 256), timing_rows=5_000))
     assert out["validation_rows"] == 3000 and out["rows"] == 9000
     held = ChunkSubset(source, [0, 2])
     assert held.chunk_rows == [1000, 1000] and held.chunk_name(1) == source.chunk_name(2)
@@ -141,9 +142,9 @@ def test_holdout_is_whole_chunks_and_disjoint():
 def test_bad_options():
     X, y = linear_rows(2000, 6)
     with pytest.raises(UsageError, match="min_gain"):
-        tune(ArraySource(X, y, chunk_rows=500), model="linear", min_gain=2.0)
+        tune(ArraySource(X, y, chunk_rows=500), FitConfig(model="linear"), TuneOptions(min_gain=2.0))
     with pytest.raises(UsageError, match="two or more trial batch sizes"):
-        tune(ArraySource(X, y, chunk_rows=500), model="linear", batches=(16, 10**6))
+        tune(ArraySource(X, y, chunk_rows=500), FitConfig(model="linear"), TuneOptions(batches=(16, 10**6)))
 
 
 def test_cli_tune_batch_json_and_plot(tmp_path):

@@ -13,6 +13,8 @@ import pytest
 from helpers import run_cli
 from sklearn.linear_model import LogisticRegression, Ridge
 
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 import streamsgd
 from streamsgd import StreamSGDClassifier, StreamSGDRegressor
 from streamsgd.sources import ArraySource, open_source
@@ -203,13 +205,13 @@ def test_a_weighted_run_resumes_bit_for_bit(tmp_path):
     options = dict(model="logistic", epochs=2, batch=64, average=False, seed=2, target="label",
                    features=("x0", "x1", "x2"), weight="w")
     states: list = []
-    whole = train(open_source(data, target="label", features=["x0", "x1", "x2"], weight="w"),
-                  checkpointing=Checkpointing(save=states.append, every=7), **options).model
-    resumed = train(open_source(data, target="label", features=["x0", "x1", "x2"], weight="w"), resume=states[0],
-                    **options).model
+    whole = train(open_source(data, target="label", features=["x0", "x1", "x2"], weight="w"), FitConfig(**options),
+                  hooks=Hooks(checkpointing=Checkpointing(save=states.append, every=7))).model
+    resumed = train(open_source(data, target="label", features=["x0", "x1", "x2"], weight="w"), FitConfig(**options),
+                    resume=states[0]).model
     np.testing.assert_array_equal(resumed.coef, whole.coef)
     unweighted = train(open_source(data, target="label", features=["x0", "x1", "x2"]),
-                       **{**options, "weight": None}).model
+                       FitConfig(**{**options, "weight": None})).model
     assert not np.array_equal(unweighted.coef, whole.coef)
 
 
@@ -218,7 +220,7 @@ def test_estimators_take_sample_weight_in_fit_and_partial_fit():
     X, y, w = df[["x0", "x1", "x2"]].to_numpy(), df["label"].to_numpy(), df["w"].to_numpy()
     options = dict(epochs=2, batch=64, seed=5, l2=1e-3)
     clf = StreamSGDClassifier(**options).fit(X, y, sample_weight=w)
-    same = train(ArraySource(X, y.astype(np.float64), sample_weight=w), model="logistic", **options).model
+    same = train(ArraySource(X, y.astype(np.float64), sample_weight=w), FitConfig(model="logistic", **options)).model
     np.testing.assert_array_equal(clf.coef_[0], same.coef)
     assert not np.array_equal(clf.coef_, StreamSGDClassifier(**options).fit(X, y).coef_)
     reg = StreamSGDRegressor(**options).partial_fit(X, df["amount"], sample_weight=w)

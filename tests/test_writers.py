@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train.trainer import fit as train
 from streamsgd.errors import DataError
@@ -42,7 +43,7 @@ def frame() -> pd.DataFrame:
 
 def fit(path: str):
     source = streamsgd.open_source(path, features=FEATURES)
-    return source, train(source, model="linear", epochs=2, shuffle=False, seed=1).model
+    return source, train(source, FitConfig(model="linear", epochs=2, shuffle=False, seed=1)).model
 
 
 @pytest.fixture(scope="module")
@@ -131,4 +132,4 @@ def test_nulls_in_a_nullable_integer_column_are_a_data_error_naming_it(writer, f
             df, path, "snappy")
     source = streamsgd.open_source(path, features=FEATURES)
     with pytest.raises(DataError, match=r"row group \d+: column 'count' has 1 null values; drop or impute them"):
-        train(source, model="linear", epochs=1)
+        train(source, FitConfig(model="linear", epochs=1))

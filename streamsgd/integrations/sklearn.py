@@ -34,8 +34,8 @@ from ..persist.model import CLASSIFIERS, Model, default_feature_names
 from ..sources import ArraySource, open_source
 from ..sources.labels import is_text_type
 from ..train.targets import target_labels
-from ..train.trainer import FitResult
-from ..train.trainer import fit as _train
+from ..train import FitResult, WarmStart
+from ..train import fit as _train
 
 #: Parameters that are FitConfig fields of the same name.
 _TRAINER_PARAMS = (
@@ -161,7 +161,7 @@ class _StreamSGD(BaseEstimator):
         if fixed is not None:
             config = replace(config, model="softmax")
         self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1]), sample_weight=sample_weight),
-                            config, classes=fixed))
+                            config, warm=WarmStart(classes=fixed)))
         return self
 
     def _fit_source(self, urls: list[str], y: Any) -> "_StreamSGD":
@@ -223,14 +223,14 @@ class _StreamSGD(BaseEstimator):
         if first:
             config = self._config(epochs=1, steps=None, average=False, **softmax)
             self._fitted(_train(ArraySource(X, y, features=self._feature_names(X.shape[1]),
-                                            sample_weight=sample_weight), config, classes=fixed))
+                                            sample_weight=sample_weight), config, warm=WarmStart(classes=fixed)))
         else:  # one more pass, from the current parameters, step size and update count
             config = self._config(epochs=1, steps=None, average=False, lr=self.lr_, **softmax)
             # softmax: the model's classes as the trainer sees them, the indices the targets hold
             init = self.model_ if fixed is None else replace(self.model_, classes=fixed)
             result = _train(ArraySource(X, y, features=self._feature_names(X.shape[1]), sample_weight=sample_weight),
                             config,
-                            init=init, step_offset=self.t_, classes=fixed)
+                            warm=WarmStart(init, self.t_, fixed))
             if self._is_classifier:
                 result.model.classes = self.classes_
             self.model_ = result.model

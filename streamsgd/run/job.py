@@ -26,8 +26,8 @@ from .logs import RunLog
 from ..persist.model import load
 from ..sources.columns import describe as describe_columns, summary_line
 from ..sources import Source
-from ..train.trainer import Checkpointing, FitResult
-from ..train.trainer import fit as train
+from ..train import Checkpointing, FitResult, Hooks, WarmStart
+from ..train import fit as train
 
 
 class Terminated(KeyboardInterrupt):
@@ -116,8 +116,8 @@ def run(
                                       seconds=job.checkpoint_seconds, stop=stop)
         with _stop_on_signals(stop) as received:
             try:
-                result = train(source, config, metrics=job.metrics, on_progress=events, init=init,
-                               resume=resume, checkpointing=checkpointing)
+                result = train(source, config, warm=WarmStart(init), resume=resume,
+                               hooks=Hooks(job.metrics, events, checkpointing))
             except RunStopped as exc:
                 name = signal.Signals(received[0]).name if received else "a stop request"
                 where = (f"a checkpoint is in {job.checkpoint_dir}; continue with --resume" if store

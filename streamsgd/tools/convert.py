@@ -4,7 +4,7 @@
 column by column, from the footer's offsets; a CSV file has neither. ``convert`` streams
 the text through pyarrow's incremental readers (``pyarrow.csv.open_csv``,
 ``pyarrow.json.open_json``), one block of ``block_size`` bytes at a time, and writes the
-decoded batches as row groups of about ``MemoryPlan.max_row_group_bytes(memory_limit)``
+decoded batches as row groups of about ``train.setup.max_row_group_bytes(memory_limit)``
 bytes: the largest row group one reader decodes whole under the same ``--memory-limit``,
 so a file converted with a limit trains at that limit without slicing its row groups.
 At any moment the converter holds one row group's batches and the writer's pages for

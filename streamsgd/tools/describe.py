@@ -10,7 +10,8 @@ from ..config import FitConfig
 from ..plan.shuffle import iterations_per_epoch
 from ..sources import Source, n_rows
 from ..sources.columns import describe as describe_columns
-from ..train.trainer import MemoryPlan, _batch_rows, cut_to_limit
+from ..train.setup import cut_to_limit, plan_memory
+from ..train.stepsize import batch_rows
 
 
 def describe(source: Source, config: FitConfig) -> dict[str, Any]:
@@ -31,8 +32,8 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     itemsize = np.dtype(config.dtype).itemsize
     full = N * (d + 1) * itemsize + N * 8
     cut_to_limit(source, config)  # as fit cuts it
-    plan = MemoryPlan.for_source(source, config)
-    ipe = iterations_per_epoch(N, _batch_rows(config, N)) if N else 0  # rows per update, as fit takes them
+    plan = plan_memory(source, config)
+    ipe = iterations_per_epoch(N, batch_rows(config, N)) if N else 0  # rows per update, as fit takes them
     out: dict[str, Any] = {
         "url": source.url,
         "format": getattr(source, "format", "arrays"),

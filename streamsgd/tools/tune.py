@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,11 +37,12 @@ from ..sources.subset import ChunkSubset, holds_whole_chunks, split_rows  # Chun
 from ..compute.optim import standardized_gradient
 from .plot import plot_tuning
 from ..sources import Source, n_rows
-from ..train.trainer import MemoryPlan, fit
+from ..train import Hooks, fit
+from ..train.setup import plan_memory
 from ..pipeline.windows import check_labels, read_window
 
 __all__ = ["ChunkSubset", "fit_inverse_batch", "fit_iteration_time", "measure_noise", "optimal_batch",
-           "plot_tuning", "tune"]
+           "plot_tuning", "TuneOptions", "tune"]
 
 DEFAULT_TRIAL_BATCHES = (16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_TIMING_BATCHES = (16, 64, 256, 1024, 4096)
@@ -93,8 +94,8 @@ def optimal_batch(c_var: float, n_iter: float, tau_f: float, tau_d: float) -> fl
 
 def _run(source: Source, config: FitConfig, batch: int, steps: int, log_every: int) -> tuple[Any, list[dict]]:
     records: list[dict[str, Any]] = []
-    result = fit(source, config, batch=batch, steps=steps, epochs=None, log_every=log_every,
-                 on_progress=lambda r: records.append(r) if r.get("event") == "progress" else None)
+    result = fit(source, replace(config, batch=batch, steps=steps, epochs=None, log_every=log_every),
+                 hooks=Hooks(on_progress=lambda r: records.append(r) if r.get("event") == "progress" else None))
     return result, records
 
 
@@ -160,92 +161,138 @@ def measure_noise(source: Source, model: Model, l2: float, batch: int, max_rows:
     return {**meter.estimate(), "noise_rows": n}
 
 
-def tune(
-    source: Source,
-    config: FitConfig | None = None,
-    *,
-    validation: Source | None = None,
-    batches: Sequence[int] = DEFAULT_TRIAL_BATCHES,
-    timing_batches: Sequence[int] = DEFAULT_TIMING_BATCHES,
-    trial_rows: int | None = None,
-    timing_rows: int = 200_000,
-    holdout: float = 0.2,
-    min_gain: float = 0.01,
-    noise_batch: int = 32,
-    noise_rows: int = 262_144,
-    average: bool = False,
-    on_trial: Callable[[dict[str, Any]], None] | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Measure τ_f, τ_d, the noise scale and the diminishing returns of B; suggest a batch.
+@dataclass(frozen=True)
+class TuneOptions:
+    """What the tuner tries, beside the training options.
 
-    Parameters
-    ----------
-    source : the training data.
-    config, options : training options for every run (model, lr, l2, dtype, memory limit…);
-        ``batch``, ``steps`` and ``epochs`` are set by the tuner.
-    validation : a held-out source; default: ``holdout`` of the chunks, chosen at random,
-        or of every chunk's rows when there are too few chunks (``holds_whole_chunks``).
     batches : the trial grid of B.
     timing_batches : batch sizes timed for T_iter(b).
     trial_rows : rows each trial sees (the same for every B, so equal compute); default
         one pass over the training chunks.
     timing_rows : rows each timing run processes (at least 64 updates).
+    holdout : without a validation source, this fraction of the chunks is held out, chosen
+        at random, or of every chunk's rows when there are too few chunks (``holds_whole_chunks``).
     min_gain : the knee is where doubling B improves the validation loss by less than
         this fraction of its large-batch limit.
     noise_batch, noise_rows : batch size and rows of the noise pass (at most one shuffle
         window under the memory limit).
     average : Polyak averaging in the trials; off by default, so the trials' final iterates
         show the noise each batch size leaves.
-    on_trial : called with each trial's record as it finishes (progress for the CLI).
-
-    Returns
-    -------
-    dict with ``tau_f``, ``tau_d`` (seconds), ``timings``, ``trials`` (each ``batch``,
-    ``steps``, ``val_loss``, ``train_loss``, ``seconds``, ``lr``, ``steps_to_target``),
-    ``loss_fit`` (``a``, ``c``), ``knee_batch``, ``b_simple``, ``trace_sigma``,
-    ``grad_norm2``, ``temperature``, ``noise_at`` (where the noise was measured),
-    ``n_iter``, ``c_var``, ``b_opt`` (the formula on those inputs) and ``batch`` (b_opt
-    rounded and clipped to the training rows).
     """
-    config = replace(config or FitConfig(), **options)
-    if not 0 < min_gain < 1:
-        raise UsageError(f"min_gain: expected a fraction in (0, 1); got {min_gain!r}")
+
+    batches: Sequence[int] = DEFAULT_TRIAL_BATCHES
+    timing_batches: Sequence[int] = DEFAULT_TIMING_BATCHES
+    trial_rows: int | None = None
+    timing_rows: int = 200_000
+    holdout: float = 0.2
+    min_gain: float = 0.01
+    noise_batch: int = 32
+    noise_rows: int = 262_144
+    average: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_gain < 1:
+            raise UsageError(f"min_gain: expected a fraction in (0, 1); got {self.min_gain!r}")
+
+
+def tune(
+    source: Source,
+    config: FitConfig | None = None,
+    options: TuneOptions | None = None,
+    *,
+    validation: Source | None = None,
+    on_trial: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Measure τ_f, τ_d, the noise scale and the diminishing returns of B; suggest a batch.
+
+    ``config``: the training options of every run (``batch``, ``steps`` and ``epochs`` are
+    set by the tuner); ``options``: what the tuner tries; ``validation``: a held-out source
+    (default: ``options.holdout`` of the data); ``on_trial``: called with each trial's record.
+
+    Returns ``tau_f``, ``tau_d`` (seconds), ``timings``, ``trials`` (each ``batch``, ``steps``,
+    ``val_loss``, ``train_loss``, ``seconds``, ``lr``, ``steps_to_target``), ``loss_fit``
+    (``a``, ``c``), ``knee_batch``, ``b_simple``, ``trace_sigma``, ``grad_norm2``,
+    ``temperature``, ``noise_at`` (where the noise was measured), ``n_iter``, ``c_var``,
+    ``b_opt`` (the formula on those inputs) and ``batch`` (b_opt rounded and clipped to N).
+    """
+    config = config or FitConfig()
+    options = options or TuneOptions()
     if source.target is None:
         raise UsageError(f"{source.url}: tuning needs a target column; set --target")
-    train = source
-    if validation is None:
-        n_chunks = len(source.chunk_rows)
-        if not 0 < holdout < 1:
-            raise UsageError(f"holdout: expected a fraction in (0, 1); got {holdout!r}")
-        if holds_whole_chunks(n_chunks, holdout):
-            order = np.random.default_rng([config.seed, HOLDOUT_TAG]).permutation(n_chunks)
-            held = round(holdout * n_chunks)
-            validation = ChunkSubset(source, sorted(order[:held]))
-            train = ChunkSubset(source, sorted(order[held:]))
-        else:  # too few chunks to hold out whole ones (one row group): rows of every chunk
-            train, validation = split_rows(source, holdout, config.seed, HOLDOUT_ROWS_TAG)
+    train, validation = _holdout(source, validation, options.holdout, config.seed)
     N = n_rows(train)
-    grid = sorted({int(b) for b in batches if 1 <= b <= N})
-    if len(grid) < 2:
-        raise UsageError(f"batches: need two or more trial batch sizes between 1 and {N} (the training rows)")
-    timing_grid = sorted({int(b) for b in timing_batches if 1 <= b <= N})
-    if len(timing_grid) < 2:
-        raise UsageError(f"timing_batches: need two or more batch sizes between 1 and {N} (the training rows)")
-    rows = N if trial_rows is None else int(trial_rows)
-    if rows < max(grid):
-        raise UsageError(f"trial_rows: {rows} rows are fewer than one batch of {max(grid)}")
+    grid, timing_grid, rows = _grids(N, options)
 
     # (a) τ_f, τ_d on this machine
-    timings = time_iterations(train, config, timing_grid, timing_rows)
+    timings = time_iterations(train, config, timing_grid, options.timing_rows)
     tau_f, tau_d = fit_iteration_time([t["batch"] for t in timings], [t["seconds_per_iteration"] for t in timings])
 
     # (c) short trials, same rows each
+    trials, curves, models = _trials(train, validation, replace(config, average=options.average), grid, rows,
+                                     on_trial)
+    a, c = fit_inverse_batch([t["batch"] for t in trials], [t["val_loss"] for t in trials])
+    knee = knee_batch(a, c, options.min_gain)
+
+    # (b) the noise scale where the best trial ended, and K(b) = N_iter + C_var / b
+    best = min(range(len(trials)), key=lambda k: trials[k]["val_loss"])
+    noise = _noise(train, config, options, models[best])
+    _steps_to_target(trials, curves)
+    n_iter, c_var = _iterations_model(trials, noise["b_simple"])
+    b_opt = optimal_batch(c_var, n_iter, tau_f, tau_d)
+    return {
+        "rows": N, "validation_rows": n_rows(validation),
+        "tau_f": tau_f, "tau_d": tau_d,
+        "timings": timings,
+        "trials": trials,
+        "loss_fit": {"a": a, "c": c},
+        "min_gain": options.min_gain,
+        # the fit a + c/B only holds over the trials: never a knee below the smallest one
+        "knee_batch": int(min(max(math.ceil(knee), grid[0]), N)),
+        **_noise_report(noise, trials[best], models[best], options.noise_batch),
+        "n_iter": n_iter, "c_var": c_var, "b_opt": b_opt,
+        "batch": int(min(max(round(b_opt), 1), N)) if math.isfinite(b_opt) else None,
+    }
+
+
+def _holdout(source: Source, validation: Source | None, holdout: float, seed: int) -> tuple[Source, Source]:
+    """(training part, validation part): all of ``source`` and ``validation`` when one is
+    given, else ``holdout`` of its chunks (or of every chunk's rows, with too few chunks)."""
+    if validation is not None:
+        return source, validation
+    n_chunks = len(source.chunk_rows)
+    if not 0 < holdout < 1:
+        raise UsageError(f"holdout: expected a fraction in (0, 1); got {holdout!r}")
+    if holds_whole_chunks(n_chunks, holdout):
+        order = np.random.default_rng([seed, HOLDOUT_TAG]).permutation(n_chunks)
+        held = round(holdout * n_chunks)
+        return ChunkSubset(source, sorted(order[held:])), ChunkSubset(source, sorted(order[:held]))
+    # too few chunks to hold out whole ones (one row group): rows of every chunk
+    train, held_rows = split_rows(source, holdout, seed, HOLDOUT_ROWS_TAG)
+    return train, held_rows
+
+
+def _grids(N: int, options: TuneOptions) -> tuple[list[int], list[int], int]:
+    """(trial grid, timing grid, rows per trial), the grids within the ``N`` training rows."""
+    grid = sorted({int(b) for b in options.batches if 1 <= b <= N})
+    if len(grid) < 2:
+        raise UsageError(f"batches: need two or more trial batch sizes between 1 and {N} (the training rows)")
+    timing_grid = sorted({int(b) for b in options.timing_batches if 1 <= b <= N})
+    if len(timing_grid) < 2:
+        raise UsageError(f"timing_batches: need two or more batch sizes between 1 and {N} (the training rows)")
+    rows = N if options.trial_rows is None else int(options.trial_rows)
+    if rows < max(grid):
+        raise UsageError(f"trial_rows: {rows} rows are fewer than one batch of {max(grid)}")
+    return grid, timing_grid, rows
+
+
+def _trials(train: Source, validation: Source, config: FitConfig, grid: Sequence[int], rows: int,
+            on_trial: Callable[[dict[str, Any]], None] | None,
+            ) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]], list[Model]]:
+    """One short run per batch size, each seeing ``rows`` rows: (records, loss curves, models)."""
     trials, curves, models = [], [], []
-    trial_config = replace(config, average=average)
     for b in grid:
         steps = math.ceil(rows / b)
-        result, records = _run(train, trial_config, b, steps, max(1, steps // 20))
+        result, records = _run(train, config, b, steps, max(1, steps // 20))
         trial: dict[str, Any] = {"batch": b, "steps": steps, "val_loss": float(evaluate(result.model, validation)["loss"]),
                  "train_loss": float(result.summary["loss"]), "seconds": float(result.summary["seconds"]),
                  "lr": float(result.summary["lr"])}
@@ -254,40 +301,26 @@ def tune(
         models.append(result.model)
         if on_trial is not None:
             on_trial(trial)
-    a, c = fit_inverse_batch([t["batch"] for t in trials], [t["val_loss"] for t in trials])
-    knee = knee_batch(a, c, min_gain)
+    return trials, curves, models
 
-    # (b) the noise scale where the best trial ended, and K(b) = N_iter + C_var / b
-    best = min(range(len(trials)), key=lambda k: trials[k]["val_loss"])
+
+def _noise(train: Source, config: FitConfig, options: TuneOptions, model: Model) -> dict[str, Any]:
+    """The gradient noise at ``model``'s parameters, as reported (|G|² <= 0 is NaN)."""
     # the noise pass holds its rows in one buffer: no more than a shuffle window's worth
-    noise_cap = min(noise_rows, MemoryPlan.for_source(train, config).window_rows)
-    noise = reported(measure_noise(train, models[best], config.l2, noise_batch, noise_cap, config.seed, config.dtype))
-    b_simple = noise["b_simple"]
-    _steps_to_target(trials, curves)
-    n_iter, c_var = _iterations_model(trials, b_simple)
-    b_opt = optimal_batch(c_var, n_iter, tau_f, tau_d)
+    noise_cap = min(options.noise_rows, plan_memory(train, config).window_rows)
+    return reported(measure_noise(train, model, config.l2, options.noise_batch, noise_cap, config.seed, config.dtype))
+
+
+def _noise_report(noise: dict[str, Any], trial: dict[str, Any], model: Model, noise_batch: int) -> dict[str, Any]:
+    """The noise figures and where they were measured: the best trial's final model."""
     return {
-        "rows": N,
-        "validation_rows": n_rows(validation),
-        "tau_f": tau_f,
-        "tau_d": tau_d,
-        "timings": timings,
-        "trials": trials,
-        "loss_fit": {"a": a, "c": c},
-        "min_gain": min_gain,
-        # the fit a + c/B only holds over the trials: never a knee below the smallest one
-        "knee_batch": int(min(max(math.ceil(knee), grid[0]), N)),
-        "b_simple": b_simple,
+        "b_simple": noise["b_simple"],
         "trace_sigma": noise["trace_sigma"],
         "grad_norm2": noise["grad_norm2"],
-        "temperature": trials[best]["lr"] / trials[best]["batch"],
-        "noise_at": {"batch": trials[best]["batch"], "rows": noise["noise_rows"], "noise_batch": noise_batch,
-                     "coef_standardized": (models[best].coef * models[best].scale).tolist(),
-                     "intercept_standardized": float(models[best].intercept + models[best].coef @ models[best].mean)},
-        "n_iter": n_iter,
-        "c_var": c_var,
-        "b_opt": b_opt,
-        "batch": int(min(max(round(b_opt), 1), N)) if math.isfinite(b_opt) else None,
+        "temperature": trial["lr"] / trial["batch"],
+        "noise_at": {"batch": trial["batch"], "rows": noise["noise_rows"], "noise_batch": noise_batch,
+                     "coef_standardized": (model.coef * model.scale).tolist(),
+                     "intercept_standardized": float(model.intercept + model.coef @ model.mean)},
     }
 
 

@@ -1,7 +1,9 @@
 """One training run: setup, the epoch loop, stopping rules, state and result.
 
-``streamsgd.train.fit`` is the trainer's entry point below the API (``streamsgd.fit``)."""
+``streamsgd.train.fit`` is the trainer's entry point below the API (``streamsgd.fit``);
+:class:`WarmStart` and :class:`Hooks` are its two arguments beside the config."""
 
-from .trainer import FitResult, fit
+from .inputs import Checkpointing, FitResult, Hooks, WarmStart
+from .trainer import fit
 
-__all__ = ["FitResult", "fit"]
+__all__ = ["Checkpointing", "FitResult", "Hooks", "WarmStart", "fit"]

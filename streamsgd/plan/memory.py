@@ -1,0 +1,128 @@
+"""How ``--memory-limit`` is spent: footers, shuffle windows and decode buffers.
+
+Pure arithmetic on a data set's layout (chunk sizes, decode costs, footer bytes) and the
+run's options; the sources themselves are known only through :class:`Layout`. The
+trainer's side (re-cutting a Parquet source, the advice when a plan is refused) is
+``streamsgd.train.setup``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..config import FitConfig
+from ..errors import UsageError
+
+#: Parsed format metadata (Parquet footers) the plan does not charge: what the idle footprint
+#: of a run (~200 MiB of libraries) absorbs. Below it the plan, hence the model, does not
+#: depend on the container: the same rows in Parquet, Zarr or arrays train identically.
+METADATA_ALLOWANCE = 16 << 20
+
+#: Share of --memory-limit for the shuffle windows; the rest is for decoding.
+WINDOW_SHARE = 2 / 3
+
+#: Window bytes per row besides the data: the int64 row permutation and the one-byte masks
+#: of the label and finite checks made on every window.
+ROW_OVERHEAD_BYTES = 8 + 4
+
+
+class Layout(Protocol):
+    """What the memory plan reads of a source: its metadata, never its rows."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def chunk_rows(self) -> Sequence[int]: ...
+    @property
+    def chunk_bytes(self) -> Sequence[int]: ...  # bytes a reader holds while decoding the chunk
+    @property
+    def metadata_bytes(self) -> int: ...  # format metadata held while reading (Parquet footers)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How --memory-limit is spent: first the parsed footers the source holds, then of the
+    rest two thirds for shuffle windows (up to three alive: one or two trained on, one
+    being filled) and one third for the reader threads' decode buffers.
+
+    The window size depends only on the limit, the row width and the largest chunk's
+    decode cost, never on the number of readers, so the shuffle plan (and the model) is
+    the same whatever ``--readers`` is; fewer reader threads run when the decode share
+    cannot pay for them. When even one reader needs more than a third (a streamed row
+    group of many columns holds a page and a dictionary per column), the windows give up
+    what it needs.
+    """
+
+    window_rows: int
+    buffer_bytes: int
+    row_bytes: int
+    readers: int
+
+    @staticmethod
+    def max_chunk_bytes(memory_limit: int) -> int:
+        """What one reader may hold decoding a chunk within the limit: larger Parquet row
+        groups are read in slices."""
+        return int(memory_limit * (1 - WINDOW_SHARE))
+
+    @classmethod
+    def solve(cls, layout: Layout, config: FitConfig, row_bytes: int) -> "MemoryPlan | None":
+        """The plan, or None when the limit cannot pay for one reader and the windows."""
+        limit = data_limit(layout, config.memory_limit)
+        buffer_bytes = int(limit * WINDOW_SHARE)
+        decode = max(layout.chunk_bytes, default=0)
+        if decode > limit - buffer_bytes:  # one reader's decode comes before the windows' share
+            buffer_bytes = max(0, limit - decode)
+        # three windows fit: the one trained on, one read ahead, and the one the prefetcher
+        # may start while the trainer waits (see prefetch.ByteBudget)
+        window_rows = max(1, buffer_bytes // 3 // row_bytes)
+        if config.in_memory:
+            window_rows = in_memory_rows(int(sum(layout.chunk_rows)), row_bytes, buffer_bytes)
+        readers = min(config.readers, (limit - buffer_bytes) // decode) if decode else config.readers
+        if readers < 1 or max(layout.chunk_rows, default=0) > window_rows:
+            return None
+        return cls(window_rows, buffer_bytes, row_bytes, int(readers))
+
+
+def row_bytes(n_features: int, dtype: str, weight_bytes: int) -> int:
+    """Window bytes per row: features + target at ``dtype`` (and ``weight_bytes`` of sample
+    weight), plus the row permutation and the check masks."""
+    return (n_features + 1) * np.dtype(dtype).itemsize + ROW_OVERHEAD_BYTES + weight_bytes
+
+
+def data_limit(layout: Layout, memory_limit: int) -> int:
+    """The limit less the format metadata held while reading (Parquet footers) beyond an
+    allowance, so peak memory stays put however many row groups a file has."""
+    metadata = max(0, layout.metadata_bytes - METADATA_ALLOWANCE)
+    limit = memory_limit - metadata
+    if limit < memory_limit / 2:
+        raise UsageError(
+            f"--memory-limit {memory_limit} bytes is too small for this data: the footers of "
+            f"{layout.url} take about {metadata + METADATA_ALLOWANCE} bytes once parsed (one entry per row "
+            f"group and column); raise --memory-limit to at least {2 * metadata} bytes or write the data "
+            "with fewer, larger row groups"
+        )
+    return limit
+
+
+def window_rows_cap(layout: Layout, memory_limit: int, row_bytes: int) -> int:
+    """The rows of one window under the limit: the most rows a chunk may hold to be shuffled."""
+    return int(data_limit(layout, memory_limit) * WINDOW_SHARE) // 3 // row_bytes
+
+
+def in_memory_rows(rows: int, row_bytes: int, buffer_bytes: int) -> int:
+    """All ``rows`` in one window, read once and kept: refused when they would not fit."""
+    import psutil
+
+    need = rows * row_bytes
+    available = psutil.virtual_memory().available
+    if need > min(buffer_bytes, available):
+        raise UsageError(
+            f"--in-memory: the data needs {need / 2**20:,.0f} MiB in memory, more than the "
+            f"{buffer_bytes / 2**20:,.0f} MiB --memory-limit gives the data ({available / 2**20:,.0f} MiB of RAM are "
+            "free); drop --in-memory to stream it, or raise --memory-limit"
+        )
+    return rows

@@ -1,0 +1,268 @@
+"""Everything a run needs before its first update: the checks, the source cut for the memory
+limit, the validation split, the classes, the schedule in updates, and the starting state.
+
+:func:`prepare` builds a :class:`Setup`; :class:`~streamsgd.train.run.Run` trains from it.
+The memory plan's arithmetic is :mod:`streamsgd.plan.memory`; here it meets the sources
+(re-cutting Parquet row groups, the rewrite a refused plan advises).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..compute.losses import LOSSES
+from ..compute.optim import OPTIMIZERS, SCHEDULES
+from ..config import FitConfig
+from ..errors import DataError, UsageError
+from ..persist.model import Model
+from ..pipeline.windows import WEIGHT_BYTES, return_freed_buffers_to_os, sample_weight_column
+from ..plan.memory import MemoryPlan, data_limit, row_bytes, window_rows_cap
+from ..plan.shuffle import iterations_per_epoch
+from ..sources import ParquetSource, Source, n_rows
+from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
+from ..sources.parquet import DECODE_FACTOR
+from ..sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
+from .classes import class_weights, softmax_classes
+from .inputs import WarmStart
+from .state import State
+from .stepsize import batch_rows, curvature_bound
+from .targets import chunk_target_means, max_sample_weight
+
+#: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
+#: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
+MIN_AUTO_UPDATES = 20_000
+MAX_AUTO_EPOCHS = 20_000
+
+#: ``spec[AVERAGE_FROM]`` of a run that does not average (yet).
+NEVER = int(np.iinfo(np.int64).max)
+
+#: The random stream of the validation split (whole chunks; rows within chunks).
+SPLIT_TAG = 0x5EED
+ROW_SPLIT_TAG = 0x5EED + 1
+
+
+def source_row_bytes(source: Source, config: FitConfig) -> int:
+    """Window bytes per row of ``source`` (a float64 sample weight when it has a weight column)."""
+    return row_bytes(len(source.features), config.dtype, WEIGHT_BYTES if sample_weight_column(source) else 0)
+
+
+def plan_memory(source: Source, config: FitConfig) -> MemoryPlan:
+    """The memory plan of ``source`` under ``config``; a limit too small for one reader and a
+    window of the largest chunk is refused, naming a limit that works."""
+    plan = MemoryPlan.solve(source, config, source_row_bytes(source, config))
+    if plan is None:
+        biggest = max(source.chunk_rows, default=0)
+        raise UsageError(
+            f"--memory-limit {config.memory_limit} bytes is too small for {source.url}: its largest chunk "
+            f"({biggest} rows) needs {max(source.chunk_bytes, default=0)} bytes to decode and "
+            f"{3 * biggest * source_row_bytes(source, config)} to shuffle; {_working_limit(source, config)}"
+        )
+    return plan
+
+
+def max_row_group_bytes(memory_limit: int) -> int:
+    """The decoded size of the largest Parquet row group one reader decodes whole within
+    the limit (``streamsgd convert`` writes row groups of this size)."""
+    return MemoryPlan.max_chunk_bytes(memory_limit) // DECODE_FACTOR
+
+
+def cut_to_limit(source: Source, config: FitConfig) -> None:
+    """Cut a Parquet source's row groups into chunks this run's limit can decode and
+    shuffle (a no-op for other sources, whose chunks are fixed by their layout)."""
+    if not isinstance(source, ParquetSource):
+        return
+    limit = data_limit(source, config.memory_limit)
+    source.cut(MemoryPlan.max_chunk_bytes(limit),
+               window_rows_cap(source, config.memory_limit, source_row_bytes(source, config)))
+
+
+def _working_limit(source: Source, config: FitConfig) -> str:
+    """The fix for a refused plan: the smallest limit (in steps of 1/8) under which the
+    data, cut again for that limit, plans; and the rewrite that avoids the need."""
+    rewrite = "or rewrite the data with smaller row groups"
+    if isinstance(source, ParquetSource):
+        rows = source.whole_rows(MemoryPlan.max_chunk_bytes(config.memory_limit))
+        rewrite = (f"or rewrite the data with row groups of at most {rows} rows and no dictionary encoding "
+                   f"(pyarrow.parquet.write_table(table, path, row_group_size={rows}, use_dictionary=False))")
+    limit = config.memory_limit
+    try:
+        for _ in range(64):
+            limit += max(limit // 8, 1 << 20)
+            trial = replace(config, memory_limit=limit)
+            try:
+                cut_to_limit(source, trial)
+                if MemoryPlan.solve(source, trial, source_row_bytes(source, trial)) is None:
+                    continue
+            except UsageError:  # the footers alone are too much for this limit
+                continue
+            return f"raise --memory-limit to {math.ceil(limit / 2**20)}MiB {rewrite}"
+    finally:
+        cut_to_limit(source, config)
+    return f"raise --memory-limit {rewrite}"
+
+
+def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source, ChunkSubset | RowSubset | None]:
+    """(training part, validation part), chosen by the seed, so validation rows are never
+    trained on and the split is the same on every resume.
+
+    Whole chunks are held out when there are enough of them to come close to ``fraction``
+    (``holds_whole_chunks``); otherwise ``fraction`` of every chunk's rows (a file with one
+    row group, or a few).
+    """
+    if fraction == 0:
+        return source, None
+    n = len(source.chunk_rows)
+    if not holds_whole_chunks(n, fraction):
+        return split_rows(source, fraction, seed, ROW_SPLIT_TAG)
+    held = round(fraction * n)
+    order = np.random.default_rng([seed, SPLIT_TAG]).permutation(n)
+    return ChunkSubset(source, sorted(order[held:])), ChunkSubset(source, sorted(order[:held]))
+
+
+def auto_epochs(iters_per_epoch: int) -> int:
+    return max(1, min(MAX_AUTO_EPOCHS, math.ceil(MIN_AUTO_UPDATES / iters_per_epoch)))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's length: rows per update (``B``), updates per epoch, epochs, total updates
+    (None: a growing batch, measured in epochs) and the update the averaging starts at."""
+
+    N: int
+    B: int
+    ipe: int
+    n_epochs: int
+    total_steps: int | None
+    average_from: int
+
+    @classmethod
+    def of(cls, config: FitConfig, N: int) -> "Schedule":
+        B = batch_rows(config, N)
+        ipe = iterations_per_epoch(N, B)
+        n_epochs = config.epochs or auto_epochs(ipe)
+        if config.steps is not None:
+            total_steps: int | None = config.steps
+        elif config.batch != "auto":
+            total_steps = n_epochs * ipe
+        else:  # the batch grows: the run is measured in epochs, the number of updates is open
+            total_steps = None
+        # Polyak-Ruppert tail averaging: the mean of the second half of the iterates cancels
+        # most of the constant step's noise (its error shrinks like 1/updates averaged).
+        # With a growing batch the second half is counted in rows (see Run.at_boundary).
+        average_from = NEVER if not config.average or total_steps is None else total_steps // 2
+        return cls(N, B, ipe, n_epochs, total_steps, average_from)
+
+    @property
+    def last_epoch(self) -> int:
+        """The last epoch the run should reach: the readers read ahead up to it (only the
+        read-ahead depends on it: a run that goes further starts its readers afresh)."""
+        return self.n_epochs - 1 if self.total_steps is None else math.ceil(self.total_steps / self.ipe) - 1
+
+
+@dataclass
+class Setup:
+    """What a run trains from: the sources, the memory plan, the classes, the schedule and
+    the state (fresh, or restored from a checkpoint)."""
+
+    config: FitConfig
+    full_source: Source  # the data as given: its URL, rows and fingerprint go into the model
+    source: Source  # the training part (class indices for text labels)
+    validation: Source | None
+    split: str  # "chunks" or "rows": how the validation part was held out
+    held_chunks: list[int] | None
+    plan: MemoryPlan
+    labels: NDArray | None  # softmax's class labels
+    strata: NDArray[np.float64]
+    schedule: Schedule
+    st: State
+    init: Model | None
+
+    @property
+    def blocks(self) -> int:
+        """Parameter blocks: one per class for softmax, else one."""
+        return 1 if self.labels is None else int(self.labels.size)
+
+
+def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str, NDArray] | None) -> Setup:
+    """Check the run, cut and split the data, find the classes and build the starting state."""
+    text = _check(source, config, warm)
+    cut_to_limit(source, config)
+    full_source = source
+    source, held_out = split_validation(source, config.validation_fraction, config.seed)
+    split = "chunks" if isinstance(held_out, ChunkSubset) else "rows"  # before a text target wraps it
+    held_chunks = None if held_out is None else held_out.chunks
+    validation: Source | None = held_out
+    plan = plan_memory(source, config)
+    return_freed_buffers_to_os(8 * max(source.chunk_rows, default=0))  # a decoded float64 column
+    labels: NDArray | None = None
+    counts: NDArray[np.int64] | None = None
+    if config.model == "softmax":  # one block of parameters per class, its labels from a pass over the target
+        labels, counts = softmax_classes(source, validation, plan.readers, warm.classes, warm.init)
+        if text:  # the trainer sees each label's index
+            source = ClassIndexSource(source, labels)
+            validation = None if validation is None else ClassIndexSource(validation, labels)
+    strata = chunk_target_means(source, config.model, plan.readers)
+    schedule = Schedule.of(config, n_rows(source))
+    st = _state(source, config, plan, schedule, labels, counts, strata, text, warm.step_offset)
+    if resume is not None:
+        st.restore(resume)
+    return Setup(config, full_source, source, validation, split, held_chunks, plan, labels, strata, schedule, st,
+                 warm.init)
+
+
+def _check(source: Source, config: FitConfig, warm: WarmStart) -> bool:
+    """Refuse a run that cannot train; whether the target holds text labels."""
+    if n_rows(source) == 0:
+        raise DataError(f"{source.url}: the data set has no rows")
+    if source.target is None:
+        raise DataError(f"{source.url}: training needs a target column; set --target")
+    text = is_text_type(getattr(source, "target_type", None))
+    if text and config.model != "softmax":
+        raise not_numeric_target(source, config.model)
+    if warm.classes is not None and config.model != "softmax":
+        raise UsageError(f"classes= fixes the classes of a softmax model; this run trains {config.model!r}: drop it")
+    if config.weight is not None and sample_weight_column(source) != config.weight:
+        raise UsageError(f"--weight {config.weight}: open the data with weight={config.weight!r} "
+                         "(streamsgd.sources.open_source) so the column is read with the target")
+    if warm.init is not None:
+        _check_init(warm.init, source, config)
+    return text
+
+
+def _state(source: Source, config: FitConfig, plan: MemoryPlan, schedule: Schedule, labels: NDArray | None,
+           counts: NDArray[np.int64] | None, strata: NDArray[np.float64], text: bool, step_offset: int) -> State:
+    """The starting state: zero parameters, the compiled loop's settings, class weights and
+    the loss's curvature bound (the step size waits for the first window)."""
+    N, B, total_steps, average_from = schedule.N, schedule.B, schedule.total_steps, schedule.average_from
+    # the kernel's classes: the label values, or class indices 0 … C-1 for text labels
+    blocks = 1 if labels is None else labels.size
+    if labels is None:
+        kernel_classes = np.zeros(1)
+    else:
+        kernel_classes = np.arange(blocks, dtype=np.float64) if text else labels.astype(np.float64)
+    st = State(len(source.features), blocks)
+    st.classes = kernel_classes
+    st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N,
+                        OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every,
+                        int(config.noise_stats), step_offset, blocks], dtype=np.int64)
+    st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model, labels, counts)
+    # the default step must be safe for the heaviest row: its loss counts w_max times
+    top_weight = max_sample_weight(source, plan.readers) if sample_weight_column(source) else 1.0
+    st.curvature = curvature_bound(config.model, strata, source.chunk_rows, st.cw) * top_weight
+    return st
+
+
+def _check_init(init: Model, source: Source, config: FitConfig) -> None:
+    if init.model != config.model:
+        raise UsageError(f"--init: the model is {init.model!r}, this run trains {config.model!r}; "
+                         f"use --model {init.model} or start without --init")
+    if list(init.features) != list(source.features) or init.target != source.target:
+        raise UsageError(f"--init: the model was trained on features {init.features[:5]}… and target "
+                         f"{init.target!r}, which differ from this data's; choose matching --features/--target")
+    if init.model == "softmax" and np.shape(init.coef) != (len(init.classes_), len(source.features)):
+        raise UsageError(f"--init: the softmax model's coef has shape {np.shape(init.coef)}, not (classes, features) = "
+                         f"({len(init.classes_)}, {len(source.features)}); give a model file written by streamsgd fit")

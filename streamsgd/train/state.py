@@ -1,0 +1,61 @@
+"""The trainer's state: everything a resumed run needs to continue bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..compute.loop import N_COUNTERS, N_SUMS
+from ..errors import DataError
+
+
+class State:
+    """Everything a resumed run needs to continue bit for bit: plain arrays only.
+
+    The place in the plan is two integers (epoch, rows of it consumed); the plan itself is
+    a function of the seed, so nothing about the data's order needs storing.
+    """
+
+    ARRAYS = ("theta", "theta_eff", "avg", "gw", "l1_q", "l1_u", "cw", "opt_state", "counters", "sums",
+              "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec", "guard", "sample", "sample_y")
+    #: arrays a checkpoint written before they existed may lack (their defaults then stay);
+    #: the step-size sample is drawn from the first window, which a resumed run does not read
+    #: again, and a growing batch (``--batch auto``) sizes its step from it
+    OPTIONAL = ("guard", "sample", "sample_y")
+
+    def __init__(self, d: int, blocks: int = 1):
+        self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(blocks * (d + 1)) for _ in range(4))
+        # the L1 penalty received by each weight of every block (the intercepts get none)
+        self.l1_q, self.l1_u, self.cw = np.zeros(blocks * d), np.zeros(1), np.ones(2)
+        self.opt_state = np.zeros((2, blocks * (d + 1)))
+        self.counters = np.zeros(N_COUNTERS, dtype=np.int64)
+        self.sums = np.zeros(N_SUMS)
+        self.epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
+        self.rows_seen = np.zeros(1, dtype=np.int64)
+        # standardisation and step-size figures: set by the first window (stepsize.start) or a checkpoint
+        self.mean: NDArray[np.float64] | None = None
+        self.scale: NDArray[np.float64] | None = None
+        self.hyper: NDArray[np.float64] | None = None
+        self.spec: NDArray[np.int64] | None = None
+        self.sample: NDArray | None = None  # rows for the step size: kept when the batch size may change
+        self.sample_y: NDArray | None = None  # their labels (Poisson's curvature, the starting loss)
+        # guard.REFERENCE, ROW_MAX, SMOOTH: the starting model's loss (NaN: not measured), the
+        # largest row curvature seen, and the sample's smoothness L (NaN: not measured)
+        self.guard = np.array([np.nan, 0.0, np.nan])
+        # softmax's label values as the kernel sees them (class indices for text labels)
+        self.classes: NDArray | None = None
+        # the loss's curvature bound, when the data sets it (poisson, class weights)
+        self.curvature: float | None = None
+
+    def arrays(self) -> dict[str, NDArray]:
+        return {name: getattr(self, name).copy() for name in self.ARRAYS if getattr(self, name) is not None}
+
+    def restore(self, arrays: dict[str, NDArray]) -> None:
+        for name in self.ARRAYS:
+            if name in self.OPTIONAL and name not in arrays:
+                continue
+            old, new = getattr(self, name), np.asarray(arrays[name])
+            if old is not None and (new.shape != old.shape or new.dtype != old.dtype):
+                raise DataError(f"the checkpoint's {name} has shape {new.shape}, this run needs {old.shape}; "
+                                "it was written for other data or options: start without --resume")
+            setattr(self, name, new.copy())
