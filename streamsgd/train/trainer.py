@@ -306,7 +306,7 @@ def fit(
     if source.target is None:
         raise DataError(f"{source.url}: training needs a target column; set --target")
     target = source.target
-    text = is_text_type(getattr(source, "target_type", None))
+    text = is_text_type(source.target_type)
     if text and config.model != "softmax":
         raise not_numeric_target(source, config.model)
     if classes is not None and config.model != "softmax":
@@ -566,7 +566,7 @@ def fit(
         # execution-only options do not change the model, so the file does not record them
         "config": {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY},
         "data": {"url": full_source.url, "rows": n_rows(full_source), "fingerprint": full_source.fingerprint()},
-        "target_type": getattr(source, "target_type", None),
+        "target_type": source.target_type,
         "coef_standardized": (standardized[:, :d] if blocks > 1 else standardized[0, :d]).tolist(),
         "intercept_standardized": standardized[:, d].tolist() if blocks > 1 else float(standardized[0, d]),
         # deterministic figures only: timings live in the summary and the metrics log
@@ -580,7 +580,7 @@ def fit(
                             "metrics": init.metadata.get("metrics")}
     model = Model(model=config.model, features=list(source.features), target=target, coef=coef,
                   intercept=intercept, mean=st.mean, scale=st.scale, metadata=metadata,
-                  classes=None if labels is None else label_values(labels, getattr(source, "target_type", None)))
+                  classes=None if labels is None else label_values(labels, source.target_type))
     return FitResult(model, summary)
 
 
