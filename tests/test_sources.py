@@ -18,6 +18,7 @@ import pytest
 import zarr
 
 import streamsgd
+from streamsgd.sources import SourceBase
 from streamsgd.sources.parquet import STREAM_PARTS
 from streamsgd.train.trainer import fit as train
 from streamsgd.errors import DataError, SourceError
@@ -716,3 +717,44 @@ def test_a_pickled_source_reads_the_same_bytes_in_another_process(one_big_row_gr
         X0, y0 = np.empty_like(X), np.empty_like(y)
         source.read_into(i, X0, y0)
         assert X.tobytes() == X0.tobytes() and y.tobytes() == y0.tobytes()
+
+
+class OwnSource(SourceBase):
+    """A source of the user's own: the required members only, the rest SourceBase's defaults."""
+
+    def __init__(self, X, y):
+        self._arrays = streamsgd.ArraySource(X, y, chunk_rows=CHUNK)
+        self.url, self.features, self.target = "own://", self._arrays.features, "y"
+        self.columns = self.features + ["y"]
+        self.chunk_rows, self.chunk_bytes = self._arrays.chunk_rows, self._arrays.chunk_bytes
+
+    def chunk_name(self, i):
+        return f"own chunk {i}"
+
+    def read_into(self, i, X, y, rows=None):
+        self._arrays.read_into(i, X, y, rows)
+
+    def read_columns(self, i, names):
+        return self._arrays.read_columns(i, names)
+
+    def fingerprint(self):
+        return self._arrays.fingerprint()
+
+    def manifest(self):
+        return []
+
+
+def test_a_source_of_ones_own_trains_on_the_defaults_and_an_incomplete_one_is_refused(data, reference_model):
+    from streamsgd.errors import UsageError
+
+    model = train(OwnSource(*data), epochs=3, memory_limit="200KB").model
+    np.testing.assert_array_equal(model.coef, reference_model.coef)
+    assert model.intercept == reference_model.intercept
+
+    class Partial:
+        url, chunk_rows = "partial://", [1]
+
+        def read_into(self, i, X, y, rows=None): ...
+
+    with pytest.raises(UsageError, match=r"^data: the source object has no columns, features, target, chunk_bytes"):
+        streamsgd.fit(Partial())

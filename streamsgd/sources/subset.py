@@ -17,8 +17,8 @@ class ChunkSubset(SourceWrapper):
     """Some chunks of a source, seen as a source of their own (train / validation split).
 
     Chunk ``i`` of the subset is chunk ``chunks[i]`` of the source. The subset has no
-    ``chunk_groups``: its chunks are planned one by one, as they always were (a sliced row
-    group's slices may then be read out of order, which costs a restart of its stream).
+    ``chunk_groups``: its chunks are planned one by one (a sliced row group's slices may
+    then be read out of order, at the cost of restarting its stream).
     """
 
     def __init__(self, source: Source, chunks: Sequence[int]) -> None:
