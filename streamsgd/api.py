@@ -25,6 +25,7 @@ from .persist.model import load as _load
 from .sources import ArraySource, Source, open_source
 from .train import Hooks
 from .train import fit as _train
+from .sources.base import missing_members
 
 #: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).
 LOSSES = {"log_loss": "logistic", "squared_error": "linear", "hinge": "hinge", "modified_huber": "modified_huber",
@@ -191,7 +192,15 @@ def column_names(names: Sequence[str] | None, option: str = "features") -> tuple
 
 
 def _is_source(data: Any) -> TypeGuard[Source]:
-    return hasattr(data, "read_into") and hasattr(data, "chunk_rows")
+    """Whether ``data`` is a source object (it reads chunks); one that lacks a member of the
+    :class:`~streamsgd.sources.Source` protocol is refused, naming what it lacks."""
+    if not (hasattr(data, "read_into") and hasattr(data, "chunk_rows")):
+        return False
+    missing = missing_members(data)
+    if missing:
+        raise UsageError(f"data: the source object has no {', '.join(missing)}; give it these members "
+                         "(subclass streamsgd.sources.SourceBase for the defaults of the optional ones)")
+    return True
 
 
 def _weights_by_code(spec: str, classes: NDArray) -> str:

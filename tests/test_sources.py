@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import uuid
 
 import fsspec
@@ -18,6 +19,7 @@ import zarr
 
 from streamsgd.config import FitConfig
 import streamsgd
+from streamsgd.sources import SourceBase
 from streamsgd.sources.parquet import STREAM_PARTS
 from streamsgd.train.trainer import fit as train
 from streamsgd.errors import DataError, SourceError
@@ -48,16 +50,59 @@ def write_zarr(store, X, y, zarr_format, storage_options=None):
     group.create_array("y", shape=y.shape, chunks=(CHUNK,), dtype="int64")[:] = y
 
 
-class SourceContract:
-    """Subclasses provide ``url`` (data written there) and ``storage_options``."""
+def read_all(source, seed=0):
+    """Every chunk of ``source`` read into scattered rows of a window twice its size (as the
+    pipeline reads into window rows): the windows, target included where there is one."""
+    rng = np.random.default_rng(seed)
+    windows = []
+    for i, n in enumerate(source.chunk_rows):
+        rows = rng.permutation(2 * n)[:n]
+        X = np.zeros((2 * n, len(source.features)), np.float64)
+        y = None if source.target is None else np.zeros(2 * n, np.float64)
+        source.read_into(i, X, y, rows)
+        windows.append((X, y))
+    return windows
 
-    storage_options: dict = {}
+
+def assert_same_bytes(got, expected):
+    assert len(got) == len(expected)
+    for (X, y), (X0, y0) in zip(got, expected):
+        assert X.tobytes() == X0.tobytes()
+        assert (y is None and y0 is None) or y.tobytes() == y0.tobytes()
+
+
+#: What a restored source must report exactly as the original did.
+PLAIN_MEMBERS = ("url", "columns", "features", "target", "weight", "target_type", "feature_type", "format",
+                 "chunk_rows", "chunk_bytes", "chunk_groups", "metadata_bytes")
+
+
+class PickleContract:
+    """Every source has every member of the protocol, and pickles: a cluster ships it to worker
+    processes, which must read the same bytes. Subclasses provide a ``source`` fixture."""
+
+    def test_every_protocol_member_is_there(self, source):
+        from streamsgd.sources.base import MEMBERS, missing_members
+
+        assert missing_members(source) == []
+        assert set(MEMBERS) >= set(PLAIN_MEMBERS)
+
+    def test_a_pickled_source_reads_the_same_bytes(self, source):
+        source.read_into(0, np.empty((source.chunk_rows[0], len(source.features))), None)  # handles now open
+        clone = pickle.loads(pickle.dumps(source))
+        assert type(clone) is type(source)
+        for name in PLAIN_MEMBERS:
+            assert getattr(clone, name) == getattr(source, name), name
+        assert clone.fingerprint() == source.fingerprint()
+        expected = read_all(source)
+        assert_same_bytes(read_all(clone), expected)
+        # a restored source that has read (its own handles open) pickles again
+        assert_same_bytes(read_all(pickle.loads(pickle.dumps(clone))), expected)
+
+
+class SourceContract(PickleContract):
+    """The data of ``data`` in chunks of CHUNK rows; subclasses provide ``source``."""
+
     format = "parquet"
-    store = "file"
-
-    @pytest.fixture
-    def source(self, url):
-        return streamsgd.open_source(url, storage_options=self.storage_options)
 
     def test_chunks_come_from_metadata(self, source):
         from streamsgd.tools.describe import describe
@@ -75,6 +120,23 @@ class SourceContract:
             np.testing.assert_array_equal(Xo, X[i * CHUNK : i * CHUNK + rows])
             np.testing.assert_array_equal(yo, y[i * CHUNK : i * CHUNK + rows])
 
+    def test_fit_gives_the_reference_model(self, source, reference_model):
+        model = train(source, FitConfig(epochs=3, memory_limit="200KB")).model
+        for name in ("coef", "mean", "scale"):
+            np.testing.assert_array_equal(getattr(model, name), getattr(reference_model, name))
+        assert model.intercept == reference_model.intercept
+
+
+class StoreContract(SourceContract):
+    """Subclasses provide ``url`` (data written there) and ``storage_options``."""
+
+    storage_options: dict = {}
+    store = "file"
+
+    @pytest.fixture
+    def source(self, url):
+        return streamsgd.open_source(url, storage_options=self.storage_options)
+
     def test_feature_subset_and_bad_names(self, url):
         source = streamsgd.open_source(url, features=["x2", "x0"], storage_options=self.storage_options)
         Xo = np.empty((CHUNK, 2), np.float32)
@@ -82,12 +144,6 @@ class SourceContract:
         assert source.features == ["x2", "x0"]
         with pytest.raises(DataError, match="'nope'"):
             streamsgd.open_source(url, features=["nope"], storage_options=self.storage_options)
-
-    def test_fit_gives_the_reference_model(self, source, reference_model):
-        model = train(source, FitConfig(epochs=3, memory_limit="200KB")).model
-        for name in ("coef", "mean", "scale"):
-            np.testing.assert_array_equal(getattr(model, name), getattr(reference_model, name))
-        assert model.intercept == reference_model.intercept
 
     def test_info_reports_store_and_chunking(self, source):
         from streamsgd.tools.describe import describe
@@ -126,7 +182,7 @@ def reference_model(data):
     return train(streamsgd.ArraySource(X, y, chunk_rows=CHUNK), FitConfig(epochs=3, memory_limit="200KB")).model
 
 
-class TestLocalParquet(SourceContract):
+class TestLocalParquet(StoreContract):
     @pytest.fixture
     def url(self, tmp_path_factory, data):
         path = str(tmp_path_factory.mktemp("pq") / "d.parquet")
@@ -134,8 +190,16 @@ class TestLocalParquet(SourceContract):
         return path
 
 
+class TestArrays(SourceContract):
+    format = "arrays"
+
+    @pytest.fixture
+    def source(self, data):
+        return streamsgd.ArraySource(*data, chunk_rows=CHUNK)
+
+
 @pytest.mark.parametrize("zarr_format", [2, 3])
-class TestLocalZarr(SourceContract):
+class TestLocalZarr(StoreContract):
     format = "zarr"
 
     @pytest.fixture
@@ -145,7 +209,7 @@ class TestLocalZarr(SourceContract):
         return path
 
 
-class TestMemoryParquet(SourceContract):
+class TestMemoryParquet(StoreContract):
     store = "memory"
 
     @pytest.fixture
@@ -155,7 +219,7 @@ class TestMemoryParquet(SourceContract):
         return url
 
 
-class TestMemoryZarr(SourceContract):
+class TestMemoryZarr(StoreContract):
     format = "zarr"
     store = "memory"
 
@@ -167,7 +231,7 @@ class TestMemoryZarr(SourceContract):
 
 
 @pytest.mark.s3
-class TestS3Parquet(SourceContract):
+class TestS3Parquet(StoreContract):
     store = "s3"
 
     @pytest.fixture(autouse=True)
@@ -183,7 +247,7 @@ class TestS3Parquet(SourceContract):
 
 @pytest.mark.s3
 @pytest.mark.parametrize("zarr_format", [2, 3])
-class TestS3Zarr(SourceContract):
+class TestS3Zarr(StoreContract):
     format = "zarr"
     store = "s3"
 
@@ -551,3 +615,149 @@ def test_parsed_footers_come_out_of_the_memory_limit(tmp_path):
 
     with pytest.raises(UsageError, match=r"many.parquet.*row groups"):
         plan_memory(many, FitConfig(memory_limit=int(1.5 * (many.metadata_bytes - METADATA_ALLOWANCE))))
+
+
+# --- every source pickles: many files, sliced row groups, the wrappers ---------------------
+
+
+class TestPickleManyFilesAndStores(PickleContract):
+    """Three files from two stores (local disk and memory://): each file's filesystem is made
+    again from the URL it was listed from."""
+
+    @pytest.fixture
+    def source(self, tmp_path, data):
+        X, y = data
+        _split_files(tmp_path, X[:1500], y[:1500], ["a.parquet", "b.parquet"])
+        url = f"memory://{uuid.uuid4().hex}/c.parquet"
+        write_parquet(fsspec.filesystem("memory"), url, X[1500:], y[1500:])
+        return streamsgd.open_source([str(tmp_path), url])
+
+
+class TestPickleSlicedRowGroup(PickleContract):
+    """One row group cut into slices (``cut``): a restored source has no open stream, and
+    makes its own."""
+
+    @pytest.fixture
+    def source(self, one_big_row_group):
+        source = streamsgd.open_source(one_big_row_group[0])
+        source.cut(6_000_000)
+        assert len(source.chunk_rows) >= 5 and len(set(source.chunk_groups)) == 1
+        return source
+
+    def test_open_streams_stay_behind(self, source):
+        source.read_into(0, np.empty((source.chunk_rows[0], D)), None)
+        assert source._cursors  # the row group's streams wait for the next slice
+        clone = pickle.loads(pickle.dumps(source))
+        assert clone._cursors == {} and clone._cursors_lock is not source._cursors_lock
+
+
+class TestPickleChunkSubset(PickleContract):
+    @pytest.fixture
+    def source(self, tmp_path, data):
+        from streamsgd.sources.subset import ChunkSubset
+
+        path = str(tmp_path / "d.parquet")
+        write_parquet(fsspec.filesystem("file"), path, *data)
+        return ChunkSubset(streamsgd.open_source(path), [3, 0, 4])
+
+
+class TestPickleRowSubset(PickleContract):
+    @pytest.fixture
+    def source(self, tmp_path, data):
+        from streamsgd.sources.subset import split_rows
+
+        path = str(tmp_path / "d.zarr")
+        write_zarr(path, *data, 3)
+        return split_rows(streamsgd.open_source(path), 0.3, seed=4, tag=9)[1]
+
+
+class TestPickleClassIndex(PickleContract):
+    """Text labels read as class indices, over a chunk subset of a Parquet file."""
+
+    @pytest.fixture
+    def source(self, tmp_path, data):
+        from streamsgd.sources.labels import ClassIndexSource
+        from streamsgd.sources.subset import ChunkSubset
+
+        X, y = data
+        path = str(tmp_path / "t.parquet")
+        labels = np.array(["no", "yes"])[y]
+        pq.write_table(pa.table({**{f"x{j}": X[:, j] for j in range(D)}, "y": labels}), path, row_group_size=CHUNK)
+        return ClassIndexSource(ChunkSubset(streamsgd.open_source(path), [1, 4]), ["no", "yes"])
+
+    def test_labels_read_as_their_index(self, source, data):
+        y = np.empty(source.chunk_rows[1])
+        source.read_into(1, np.empty((len(y), D)), y)
+        np.testing.assert_array_equal(y, data[1][4 * CHUNK:])
+
+
+CHILD_READS = """
+import pickle, sys
+import numpy as np
+source = pickle.loads(sys.stdin.buffer.read())
+out = []
+for i, n in enumerate(source.chunk_rows):
+    X, y = np.empty((n, len(source.features))), np.empty(n)
+    source.read_into(i, X, y)
+    out.append((X, y))
+sys.stdout.buffer.write(pickle.dumps(out))
+"""
+
+
+def test_a_pickled_source_reads_the_same_bytes_in_another_process(one_big_row_group):
+    """What a cluster worker does: a fresh interpreter unpickles a source that has read (its
+    streams open) and reads every chunk, byte for byte as the original."""
+    import subprocess
+    import sys
+
+    source = streamsgd.open_source(one_big_row_group[0])
+    source.cut(6_000_000)
+    source.read_into(0, np.empty((source.chunk_rows[0], D)), None)
+    proc = subprocess.run([sys.executable, "-c", CHILD_READS], input=pickle.dumps(source), capture_output=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr.decode()
+    for i, (X, y) in enumerate(pickle.loads(proc.stdout)):
+        X0, y0 = np.empty_like(X), np.empty_like(y)
+        source.read_into(i, X0, y0)
+        assert X.tobytes() == X0.tobytes() and y.tobytes() == y0.tobytes()
+
+
+class OwnSource(SourceBase):
+    """A source of the user's own: the required members only, the rest SourceBase's defaults."""
+
+    def __init__(self, X, y):
+        self._arrays = streamsgd.ArraySource(X, y, chunk_rows=CHUNK)
+        self.url, self.features, self.target = "own://", self._arrays.features, "y"
+        self.columns = self.features + ["y"]
+        self.chunk_rows, self.chunk_bytes = self._arrays.chunk_rows, self._arrays.chunk_bytes
+
+    def chunk_name(self, i):
+        return f"own chunk {i}"
+
+    def read_into(self, i, X, y, rows=None):
+        self._arrays.read_into(i, X, y, rows)
+
+    def read_columns(self, i, names):
+        return self._arrays.read_columns(i, names)
+
+    def fingerprint(self):
+        return self._arrays.fingerprint()
+
+    def manifest(self):
+        return []
+
+
+def test_a_source_of_ones_own_trains_on_the_defaults_and_an_incomplete_one_is_refused(data, reference_model):
+    from streamsgd.errors import UsageError
+
+    model = train(OwnSource(*data), FitConfig(epochs=3, memory_limit="200KB")).model
+    np.testing.assert_array_equal(model.coef, reference_model.coef)
+    assert model.intercept == reference_model.intercept
+
+    class Partial:
+        url, chunk_rows = "partial://", [1]
+
+        def read_into(self, i, X, y, rows=None): ...
+
+    with pytest.raises(UsageError, match=r"^data: the source object has no columns, features, target, chunk_bytes"):
+        streamsgd.fit(Partial())

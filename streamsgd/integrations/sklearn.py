@@ -491,7 +491,7 @@ def _sample_weights(sample_weight: Any, X: NDArray) -> NDArray[np.float64] | Non
 def _multiclass_source(source: Any, readers: int) -> bool:
     """Whether a classifier's URL data needs the softmax model: text labels, or more than
     two values in the target (a pass over the target column)."""
-    if is_text_type(getattr(source, "target_type", None)):
+    if is_text_type(source.target_type):
         return True
     labels, _ = target_labels(source, readers)
     return labels.size > 2

@@ -123,7 +123,7 @@ class EpochStream:
 
     def _plan(self, epoch: int) -> list[NDArray[np.int64]]:
         return epoch_plan(self.source.chunk_rows, self.seed, epoch, self.window_rows, self.shuffle, self.strata,
-                          getattr(self.source, "chunk_groups", None))
+                          self.source.chunk_groups)
 
     def _rows(self, chunks: NDArray[np.int64]) -> int:
         return int(sum(self.source.chunk_rows[c] for c in chunks))

@@ -54,8 +54,8 @@ WEIGHT_BYTES = 8
 
 
 def sample_weight_column(source: Source) -> str | None:
-    """The source's sample-weight column (``--weight``), or None (sources without the attribute too)."""
-    return getattr(source, "weight", None)
+    """The source's sample-weight column (``--weight``), or None."""
+    return source.weight
 
 
 def read_weights(source: Source, chunk: int) -> NDArray[np.float64]:

@@ -6,42 +6,25 @@ buffer (its row ``j`` into row ``rows[j]``, or into a slice of its own), refusin
 infinity as it copies. The chunk is the unit of I/O: one
 Parquet row group, or one Zarr chunk along the row axis. Any fsspec URL works (local paths,
 ``file://``, ``memory://``, ``s3://`` …); ``storage_options`` go to the fsspec filesystem.
+
+The whole contract, optional members and their defaults included, is :class:`Source`
+(:mod:`streamsgd.sources.base`); every source pickles, for worker processes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, Sequence
-
-from numpy.typing import NDArray
+from typing import Any, Sequence
 
 from ..errors import SourceError, UsageError
 from . import retry
 from .arrays import ArraySource
+from .base import Source, SourceBase
 from .fs import filesystem
 from .parquet import ParquetSource
 from .zarr import ZarrSource
 
 FORMATS = ("auto", "parquet", "zarr")
-
-
-class Source(Protocol):
-    """What the trainer needs from a data set."""
-
-    url: str
-    columns: list[str]  # every column the data has
-    features: list[str]
-    target: str | None
-    chunk_rows: list[int]
-    chunk_bytes: list[int]  # bytes a reader holds while decoding the chunk (decoded data and buffers)
-    metadata_bytes: int  # bytes of format metadata held while reading (Parquet footers)
-
-    def chunk_name(self, i: int) -> str: ...
-    def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None: ...
-    def read_columns(self, i: int, names: Sequence[str]): ...
-    def fingerprint(self) -> str: ...
-    def layout(self) -> dict[str, Any]: ...
-    def manifest(self) -> list[dict[str, Any]]: ...
 
 
 def n_rows(source: Source) -> int:
@@ -103,4 +86,4 @@ def _is_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
         raise SourceError(f"{url}: cannot reach the store ({exc})") from exc
 
 
-__all__ = ["Source", "ArraySource", "ParquetSource", "ZarrSource", "open_source", "filesystem", "n_rows"]
+__all__ = ["Source", "SourceBase", "ArraySource", "ParquetSource", "ZarrSource", "open_source", "filesystem", "n_rows"]

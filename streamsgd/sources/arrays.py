@@ -9,11 +9,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError
+from .base import SourceBase
 from .cast import not_finite
 
 
-class ArraySource:
-    """In-memory arrays cut into chunks; used by the Python API and the tests."""
+class ArraySource(SourceBase):
+    """In-memory arrays cut into chunks; used by the Python API and the tests (pickles with its arrays)."""
 
     def __init__(
         self, X: NDArray, y: NDArray | None, chunk_rows: int = 65536, features: Sequence[str] | None = None,
@@ -55,7 +56,7 @@ class ArraySource:
             assert self.y is not None  # a target buffer is passed only for data that has a target
             y[slice(None) if rows is None else rows] = self.y[s]
 
-    def read_columns(self, i: int, names: Sequence[str]):
+    def read_columns(self, i: int, names: Sequence[str]) -> Any:
         import pyarrow as pa
 
         s = slice(self._starts[i], self._starts[i] + self.chunk_rows[i])

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 from fnmatch import fnmatchcase
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 from ..errors import DataError, UsageError
+from .base import Source
 
 #: pandas writes a non-default index as these columns: row labels, never a feature by default.
 PANDAS_INDEX = re.compile(r"__index_level_\d+__")
@@ -271,7 +273,7 @@ def _id_like_name(name: str) -> bool:
             or re.search(r"[a-z0-9]Id$", name) is not None)
 
 
-def warnings(features: Sequence[str], types: dict[str, Any], facts: FooterFacts | None) -> list[dict[str, str]]:
+def warnings(features: Sequence[str], types: Mapping[str, Any], facts: FooterFacts | None) -> list[dict[str, str]]:
     """Warnings about chosen features: constant columns and id-like integer columns.
 
     An id-like column is an integer column named like an identifier (``id``, ``*_id``,
@@ -307,7 +309,7 @@ def warnings(features: Sequence[str], types: dict[str, Any], facts: FooterFacts 
     return out
 
 
-def describe(source: Any, nulls: bool = False) -> dict[str, Any]:
+def describe(source: Source, nulls: bool = False) -> dict[str, Any]:
     """The columns a source uses, with role and type, the ones it skips, and the warnings.
 
     Returns ``{"columns": [...], "skipped": {name: reason}, "warnings": [...]}``; each
@@ -318,16 +320,16 @@ def describe(source: Any, nulls: bool = False) -> dict[str, Any]:
     Works for any source; those without column types (arrays, Zarr) give the features'
     dtype when they know it.
     """
-    types = getattr(source, "column_types", {})
-    facts = getattr(source, "footer_facts", None)
-    counted = source.null_counts() if nulls and hasattr(source, "null_counts") else {}
+    types = source.column_types
+    facts = source.footer_facts
+    counted = source.null_counts() if nulls else {}
     columns = []
     roles = [(n, "feature") for n in source.features]
     if source.target is not None:
         roles.append((source.target, "target"))
     for name, role in roles:
         t = types.get(name)
-        known = getattr(source, "target_type", None) if role == "target" else getattr(source, "feature_type", None)
+        known = source.target_type if role == "target" else source.feature_type
         entry: dict[str, Any] = {"name": name, "role": role, "type": str(t) if t is not None else known}
         kind = numeric_kind(t) if t is not None else None
         if kind in READ_AS:
@@ -335,7 +337,7 @@ def describe(source: Any, nulls: bool = False) -> dict[str, Any]:
         if name in counted:
             entry["null_count"] = counted[name]
         columns.append(entry)
-    return {"columns": columns, "skipped": dict(getattr(source, "skipped", {})),
+    return {"columns": columns, "skipped": dict(source.skipped),
             "warnings": warnings(list(source.features), types, facts)}
 
 

@@ -22,7 +22,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError
+from .base import Source
 from .cast import arrow_values
+from .wrap import SourceWrapper
 
 #: Arrow's names of the text types a label column may have.
 _ARROW_TEXT = ("string", "large_string", "string_view", "utf8", "large_utf8")
@@ -66,7 +68,7 @@ def not_binary_labels(source: Any, model: str, value: float) -> DataError:
                      f"needs labels 0 and 1; {fix}")
 
 
-class ClassIndexSource:
+class ClassIndexSource(SourceWrapper):
     """``source`` with its text target read as each label's index in ``classes`` (float).
 
     Parameters
@@ -76,45 +78,23 @@ class ClassIndexSource:
         row's target becomes the position of its label there.
 
     Everything but the target reads through to ``source`` (features, chunks, layout,
-    fingerprint), so the trainer and the memory plan see the same data set.
+    fingerprint: :class:`~streamsgd.sources.wrap.SourceWrapper`), so the trainer and the
+    memory plan see the same data set.
     """
 
-    def __init__(self, source: Any, classes: Sequence[str] | NDArray):
+    def __init__(self, source: Source, classes: Sequence[str] | NDArray):
         import pyarrow as pa
 
-        self._source = source
+        super().__init__(source)
+        if source.target is None:
+            raise DataError(f"{source.url}: no target column to read labels from; set --target")
+        self._label: str = source.target
         self.classes = np.asarray(classes)
         self._value_set = pa.array([str(c) for c in self.classes.tolist()], pa.string())
-        self.url = source.url
-        self.features = list(source.features)
-        self.target = source.target
-        self.columns = list(source.columns)
-        self.chunk_rows = list(source.chunk_rows)
-        self.chunk_bytes = list(source.chunk_bytes)
-        self.metadata_bytes = source.metadata_bytes
-        self.target_type = getattr(source, "target_type", None)
-
-    def __getattr__(self, name: str) -> Any:
-        # what is not the target's business (chunk_groups, layout, manifest, format, paths, …)
-        if name.startswith("__") or name == "_source":
-            raise AttributeError(name)
-        return getattr(self._source, name)
-
-    def chunk_name(self, i: int) -> str:
-        return self._source.chunk_name(i)
-
-    def fingerprint(self) -> str:
-        return self._source.fingerprint()
-
-    def layout(self) -> dict[str, Any]:
-        return self._source.layout()
-
-    def manifest(self) -> list[dict[str, Any]]:
-        return self._source.manifest()
 
     def class_index(self, i: int) -> NDArray[np.int32]:
         """The class index of every row of chunk ``i``, int32 of shape (rows,)."""
-        return self._index(i, self._source.read_columns(i, [self.target]).column(0))
+        return self._index(i, self._source.read_columns(i, [self._label]).column(0))
 
     def _index(self, i: int, column: Any) -> NDArray[np.int32]:
         import pyarrow as pa
@@ -141,7 +121,7 @@ class ClassIndexSource:
         if y is not None:
             y[slice(None) if rows is None else rows] = self.class_index(i)
 
-    def read_columns(self, i: int, names: Sequence[str]):
+    def read_columns(self, i: int, names: Sequence[str]) -> Any:
         """Chunk ``i`` as a pyarrow Table; the target column, if named, as class indices (float64)."""
         import pyarrow as pa
 

@@ -8,13 +8,14 @@ import math
 import posixpath
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..config import DEFAULT_MEMORY_LIMIT
+from .base import SourceBase
 from .cast import arrow_values, not_finite, to_dtype
 from .columns import FooterFacts, numeric_kind
 from ..errors import DataError, SourceError, UsageError
@@ -104,14 +105,15 @@ class _Footers:
 
 @dataclass
 class _File:
-    fs: Any
+    fs: Any  # None in a pickled source: made again from ``listed_from`` (see ParquetSource._fresh)
     fs_path: str
     path: str  # as the user knows it, for messages
     local: bool
     partitions: dict[str, str] = field(default_factory=dict)
+    listed_from: str = ""  # the URL whose listing gave this file: its filesystem's URL
 
 
-class ParquetSource:
+class ParquetSource(SourceBase):
     """Parquet files, directories (recursive, hive ``key=value/`` folders), globs, or a list of them.
 
     Chunk = one row group. A row group whose decoding would hold more than
@@ -133,7 +135,13 @@ class ParquetSource:
     for a later one decodes and drops the rows in between; both cost at most one row
     group's decode. A plan that keeps a row group's slices consecutive and ascending
     reads every row once.
+
+    A pickled source holds the URLs, storage options and footer summaries; its footer
+    cache, open streams, locks and filesystem objects are made again after unpickling
+    (filesystems from each file's URL and the storage options, the rest when first used).
     """
+
+    _TRANSIENT = ("_metas", "_cursors", "_cursors_lock", "_breaker")
 
     def __init__(
         self,
@@ -153,12 +161,13 @@ class ParquetSource:
         self.urls = urls
         self.url = urls[0] if len(urls) == 1 else f"{urls[0]} (and {len(urls) - 1} more)"
         self.format = "parquet"
+        self._storage_options = dict(storage_options or {})
         self._files = [f for u in urls for f in _expand(u, storage_options)]
         self.paths = [f.path for f in self._files]
         # footers are parsed once here, summarised, and after that kept for a few files only:
         # a parsed footer costs ~1.3 KB per column chunk (20 MiB for 153 row groups x 101
         # columns), so holding every file's would grow with the data
-        self._metas = _Footers(self._footer)
+        self._fresh()
         self._file_rows: list[int] = []
         self._group_rows: list[list[int]] = []
         self._footer_bytes: list[int] = []
@@ -195,10 +204,29 @@ class ParquetSource:
         #: memory of the parsed footers held while reading (the largest few): one file of
         #: 10^8 rows x 100 columns in 65,536-row groups holds 150 MB of them
         self.metadata_bytes = sum(sorted(parsed)[-FOOTERS_KEPT:])
+        self.cut(max_chunk_bytes, max_chunk_rows)
+
+    def _fresh(self) -> None:
+        """The footer cache, the streams' registry and its lock, the retry breaker: empty."""
+        self._metas = _Footers(self._footer)
         self._cursors: dict[tuple, _Cursor] = {}
         self._cursors_lock = threading.Lock()
         self._breaker = retry.Breaker()
-        self.cut(max_chunk_bytes, max_chunk_rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_files"] = [replace(f, fs=None) for f in self._files]  # filesystems hold sessions and loops
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from .fs import filesystem
+
+        made: dict[str, Any] = {}
+        for f in state["_files"]:
+            if f.listed_from not in made:
+                made[f.listed_from] = filesystem(f.listed_from, state["_storage_options"])[0]
+        state["_files"] = [replace(f, fs=made[f.listed_from]) for f in state["_files"]]
+        super().__setstate__(state)
 
     # --- layout -------------------------------------------------------------------------
 
@@ -614,7 +642,7 @@ def _expand(url: str, storage_options: Mapping[str, Any] | None) -> list[_File]:
                 key, eq, value = segment.partition("=")
                 if eq and key:
                     parts[key] = value
-        return _File(fs, p, shown or (p if local else fs.unstrip_protocol(p)), local, parts)
+        return _File(fs, p, shown or (p if local else fs.unstrip_protocol(p)), local, parts, url)
 
     def listing() -> list[_File]:
         if any(ch in root for ch in "*?["):

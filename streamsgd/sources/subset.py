@@ -9,29 +9,40 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import UsageError
-from . import Source
+from .base import Source
+from .wrap import SourceWrapper
 
 
-class ChunkSubset:
-    """Some chunks of a source, seen as a source of their own (train / validation split)."""
+class ChunkSubset(SourceWrapper):
+    """Some chunks of a source, seen as a source of their own (train / validation split).
+
+    Chunk ``i`` of the subset is chunk ``chunks[i]`` of the source. The subset has no
+    ``chunk_groups``: its chunks are planned one by one (a sliced row group's slices may
+    then be read out of order, at the cost of restarting its stream).
+    """
 
     def __init__(self, source: Source, chunks: Sequence[int]) -> None:
-        self._source = source
+        super().__init__(source)
         self._chunks = [int(c) for c in chunks]
-        self.url = source.url
-        self.features = list(source.features)
-        self.target = source.target
-        self.weight = getattr(source, "weight", None)
-        self.columns = list(source.columns)
-        self.chunk_rows = [source.chunk_rows[c] for c in self._chunks]
-        self.chunk_bytes = [source.chunk_bytes[c] for c in self._chunks]
-        self.metadata_bytes = source.metadata_bytes
-        self.target_type = getattr(source, "target_type", None)
+        self._chunk_rows = [source.chunk_rows[c] for c in self._chunks]
+        self._chunk_bytes = [source.chunk_bytes[c] for c in self._chunks]
 
     @property
     def chunks(self) -> list[int]:
         """The parent source's chunk ids, in this subset's order."""
         return list(self._chunks)
+
+    @property
+    def chunk_rows(self) -> list[int]:
+        return self._chunk_rows
+
+    @property
+    def chunk_bytes(self) -> list[int]:
+        return self._chunk_bytes
+
+    @property
+    def chunk_groups(self) -> list[int] | None:
+        return None
 
     def chunk_name(self, i: int) -> str:
         return self._source.chunk_name(self._chunks[i])
@@ -39,22 +50,14 @@ class ChunkSubset:
     def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
         self._source.read_into(self._chunks[i], X, y, rows)
 
-    def read_columns(self, i: int, names: Sequence[str]):
+    def read_columns(self, i: int, names: Sequence[str]) -> Any:
         return self._source.read_columns(self._chunks[i], names)
 
     def fingerprint(self) -> str:
         return f"{self._source.fingerprint()}:{','.join(map(str, self._chunks))}"
 
-    def layout(self) -> dict[str, Any]:
-        """The parent source's layout (store, files, chunking): the subset reads its chunks."""
-        return self._source.layout()
 
-    def manifest(self) -> list[dict[str, Any]]:
-        """The parent source's files: the subset reads some of their chunks."""
-        return self._source.manifest()
-
-
-class RowSubset:
+class RowSubset(SourceWrapper):
     """The held-out rows of every chunk of a source, or the rest: a validation split of data
     with too few chunks to hold out whole ones (a file with one row group).
 
@@ -68,24 +71,22 @@ class RowSubset:
     """
 
     def __init__(self, source: Source, fraction: float, seed: int, tag: int, held: bool) -> None:
-        self._source = source
+        super().__init__(source)
         self._key = (int(seed), int(tag))
         self._fraction = float(fraction)
         self._held = held
-        self.url = source.url
-        self.features = list(source.features)
-        self.target = source.target
-        self.weight = getattr(source, "weight", None)
-        self.columns = list(source.columns)
-        self.chunk_rows = [int(self._mask(c).sum()) for c in range(len(source.chunk_rows))]
+        self._chunk_rows = [int(self._mask(c).sum()) for c in range(len(source.chunk_rows))]
         # the scratch copy of the whole chunk, at float64 (the widest --dtype), target and weight included
-        row = 8 * (len(self.features) + 2)
-        self.chunk_bytes = [b + n * row for b, n in zip(source.chunk_bytes, source.chunk_rows)]
-        self.metadata_bytes = source.metadata_bytes
-        self.target_type = getattr(source, "target_type", None)
-        groups = getattr(source, "chunk_groups", None)
-        if groups is not None:  # slices of one row group stay together in the plan, as in the source
-            self.chunk_groups = list(groups)
+        row = 8 * (len(source.features) + 2)
+        self._chunk_bytes = [b + n * row for b, n in zip(source.chunk_bytes, source.chunk_rows)]
+
+    @property
+    def chunk_rows(self) -> list[int]:
+        return self._chunk_rows
+
+    @property
+    def chunk_bytes(self) -> list[int]:
+        return self._chunk_bytes
 
     @property
     def chunks(self) -> list[int]:
@@ -95,9 +96,6 @@ class RowSubset:
     def _mask(self, c: int) -> NDArray[np.bool_]:
         draws = np.random.default_rng([*self._key, c]).random(self._source.chunk_rows[c])
         return (draws < self._fraction) if self._held else (draws >= self._fraction)
-
-    def chunk_name(self, i: int) -> str:
-        return self._source.chunk_name(i)
 
     def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
         n = self._source.chunk_rows[i]
@@ -110,7 +108,7 @@ class RowSubset:
         if y is not None and whole_y is not None:  # whole_y is allocated exactly when y is given
             y[to] = whole_y[mask]
 
-    def read_columns(self, i: int, names: Sequence[str]):
+    def read_columns(self, i: int, names: Sequence[str]) -> Any:
         import pyarrow as pa
 
         return self._source.read_columns(i, names).filter(pa.array(self._mask(i)))
@@ -118,14 +116,6 @@ class RowSubset:
     def fingerprint(self) -> str:
         side = "held" if self._held else "rest"
         return f"{self._source.fingerprint()}:rows:{self._fraction!r}:{self._key[0]}:{self._key[1]}:{side}"
-
-    def layout(self) -> dict[str, Any]:
-        """The parent source's layout (store, files, chunking): the subset reads rows of every chunk."""
-        return self._source.layout()
-
-    def manifest(self) -> list[dict[str, Any]]:
-        """The parent source's files: the subset reads rows of each of them."""
-        return self._source.manifest()
 
 
 def split_rows(source: Source, fraction: float, seed: int, tag: int) -> tuple[RowSubset, RowSubset]:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .base import SourceBase
 from .cast import not_finite, to_dtype
 from .columns import is_glob, select
 from ..errors import DataError, SourceError
@@ -27,8 +29,15 @@ from .fs import with_defaults
 DECODE_FACTOR = 3
 
 
-class ZarrSource:
-    """A Zarr group on any store zarr can open (local path or fsspec URL)."""
+class ZarrSource(SourceBase):
+    """A Zarr group on any store zarr can open (local path or fsspec URL).
+
+    A pickled source holds the URL, storage options and array names; the opened arrays
+    (with their store, fsspec filesystem and event loop) are opened again when first read.
+    """
+
+    _TRANSIENT = ("_opened", "_open_lock", "_breaker")
+    _opened: tuple[Any, Any, Any] | None  # the feature, target and weight arrays, once open
 
     def __init__(
         self,
@@ -41,8 +50,6 @@ class ZarrSource:
         exclude: Sequence[str] | None = None,
         weight: str | None = None,
     ):
-        import zarr
-
         self.url = url
         self.format = "zarr"
         kwargs: dict[str, Any] = {}
@@ -53,30 +60,25 @@ class ZarrSource:
             kwargs = {"storage_options": {**options, "skip_instance_cache": True}}
         elif options:
             kwargs = {"storage_options": options}
-        self._fs_url = url
         self._options = options
-        try:
-            group = retry.call(lambda: zarr.open_group(store=url, mode="r", **kwargs), f"{url}: Zarr metadata")
-        except SourceError:
-            raise
-        except FileNotFoundError as exc:
-            raise SourceError(f"{url}: no Zarr group here; check the path") from exc
-        except Exception as exc:
-            raise SourceError(f"{url}: not a readable Zarr group ({exc})") from exc
-        self._X = _array(group, x_array, url, "--x-array", ndim=2)
-        self._y = _array(group, target, url, "--target/--y-array", ndim=1) if target is not None else None
+        self._open_kwargs = kwargs
+        self._x_array = x_array
+        self.target = target
+        #: the sample-weight array (``--weight``): 1-D, one weight per row
+        self.weight = weight
+        self._fresh()
+        group = self._group()
+        self._opened = (_array(group, x_array, url, "--x-array", ndim=2),
+                        _array(group, target, url, "--target/--y-array", ndim=1) if target is not None else None,
+                        _array(group, weight, url, "--weight", ndim=1) if weight is not None else None)
         n, d = self._X.shape
         if self._y is not None and self._y.shape[0] != n:
             raise DataError(f"{url}: {x_array!r} has {n} rows but {target!r} has {self._y.shape[0]}")
-        #: the sample-weight array (``--weight``): 1-D, one weight per row
-        self.weight = weight
-        self._w = _array(group, weight, url, "--weight", ndim=1) if weight is not None else None
         if self._w is not None and self._w.shape[0] != n:
             raise DataError(f"{url}: {x_array!r} has {n} rows but the weight array {weight!r} has {self._w.shape[0]}")
         names = list(self._X.attrs.get("feature_names", [f"x{j}" for j in range(d)]))
         if len(names) != d:
             raise DataError(f"{url}: {x_array!r} has {d} columns but {len(names)} feature_names")
-        self.target = target
         self.target_type = str(self._y.dtype) if self._y is not None else None
         self.columns = names + ([target] if target is not None else [])
         self.skipped: dict[str, str] = {}
@@ -101,12 +103,55 @@ class ZarrSource:
         # held while decoding a chunk: the compressed bytes, the decompressed chunk and the cast
         self.chunk_bytes = [DECODE_FACTOR * rows * row_bytes for rows in self.chunk_rows]
         self.metadata_bytes = 0
-        self._x_array = x_array
         self._zarr_format = group.metadata.zarr_format
-        self._breaker = retry.Breaker()
         # Reads from several reader threads at once are safe: each goes through zarr's one
         # event loop. (They once seemed to hang on s3://; the cause was the test server's
         # unread request log filling its pipe, see tests/s3server.py.)
+
+    def _fresh(self) -> None:
+        """No arrays open yet (they open at the first read), a lock to open them once, the retry breaker."""
+        self._opened = None
+        self._open_lock = threading.Lock()
+        self._breaker = retry.Breaker()
+
+    def _group(self):
+        """The Zarr group, opened read-only (transient store failures retried)."""
+        import zarr
+
+        url = self.url
+        try:
+            return retry.call(lambda: zarr.open_group(store=url, mode="r", **self._open_kwargs),
+                              f"{url}: Zarr metadata")
+        except SourceError:
+            raise
+        except FileNotFoundError as exc:
+            raise SourceError(f"{url}: no Zarr group here; check the path") from exc
+        except Exception as exc:
+            raise SourceError(f"{url}: not a readable Zarr group ({exc})") from exc
+
+    def _arrays(self) -> tuple[Any, Any, Any]:
+        """The feature, target and weight arrays (None where not used), opened on first use."""
+        opened = self._opened
+        if opened is None:
+            with self._open_lock:
+                if self._opened is None:
+                    group = self._group()
+                    self._opened = (group[self._x_array], None if self.target is None else group[self.target],
+                                    None if self.weight is None else group[self.weight])
+                opened = self._opened
+        return opened
+
+    @property
+    def _X(self) -> Any:
+        return self._arrays()[0]
+
+    @property
+    def _y(self) -> Any:
+        return self._arrays()[1]
+
+    @property
+    def _w(self) -> Any:
+        return self._arrays()[2]
 
     def chunk_name(self, i: int) -> str:
         start = self._starts[i]

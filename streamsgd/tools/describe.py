@@ -36,7 +36,7 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     ipe = iterations_per_epoch(N, batch_rows(config, N)) if N else 0  # rows per update, as fit takes them
     out: dict[str, Any] = {
         "url": source.url,
-        "format": getattr(source, "format", "arrays"),
+        "format": source.format,
         "store": "memory (arrays)",
         "rows": N,
         "chunks": len(source.chunk_rows),
@@ -52,9 +52,7 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
         "window_rows": plan.window_rows,
         "memory_limit": config.memory_limit,
     }
-    layout = getattr(source, "layout", None)
-    if layout is not None:
-        out.update(layout())  # store, and the format's own chunking (row groups, chunk shape)
+    out.update(source.layout())  # store, and the format's own chunking (row groups, chunk shape)
     out.update(describe_columns(source, nulls=True))
     if config.steps is not None and ipe:
         out["steps"] = config.steps

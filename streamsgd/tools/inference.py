@@ -28,7 +28,7 @@ def _check_features(model: Model, source: Source) -> None:
 def _with_labels(model: Model, source: Source) -> tuple[Source, bool]:
     """``source`` with a text target read as the model's class indices (softmax), and
     whether it is; a model that needs numbers refuses text labels."""
-    if source.target is None or not is_text_type(getattr(source, "target_type", None)):
+    if source.target is None or not is_text_type(source.target_type):
         return source, False
     if model.model != "softmax":
         raise not_numeric_target(source, model.model)

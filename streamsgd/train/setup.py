@@ -220,7 +220,7 @@ def _check(source: Source, config: FitConfig, warm: WarmStart) -> bool:
         raise DataError(f"{source.url}: the data set has no rows")
     if source.target is None:
         raise DataError(f"{source.url}: training needs a target column; set --target")
-    text = is_text_type(getattr(source, "target_type", None))
+    text = is_text_type(source.target_type)
     if text and config.model != "softmax":
         raise not_numeric_target(source, config.model)
     if warm.classes is not None and config.model != "softmax":

@@ -81,7 +81,7 @@ def _result(run: Run) -> FitResult:
     theta = st.avg if st.counters[AVERAGED] else st.theta
     standardized = theta.reshape(blocks, d + 1)
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
-    full, target_type = setup.full_source, getattr(setup.source, "target_type", None)
+    full, target_type = setup.full_source, setup.source.target_type
     metadata: dict[str, Any] = {
         # execution-only options do not change the model, so the file does not record them
         "config": {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY},
