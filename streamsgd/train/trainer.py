@@ -21,13 +21,15 @@ from .classes import class_weights, label_values, softmax_classes
 from ..config import EXECUTION_ONLY, FitConfig
 from ..errors import DataError, DivergenceError, RunStopped, SourceError, UsageError
 from . import guard
-from ..compute.losses import CURVATURE, LOSSES, row_loss
+from ..compute.codes import LOSSES, OPTIMIZERS, SCHEDULES
+from ..compute.losses import CURVATURE, row_loss
 from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0, N_COUNTERS, N_SUMS,
-                   ROWS, T, finish_batch, train_rows)
+                   NOISE_SUMS, NOISE_TOTAL, ROWS, SCHEDULE, T, finish_batch, pack_hyper, pack_params, pack_spec,
+                   train_rows)
 from ..compute.noise import NoiseMeter, reported
 from .metrics import MetricsLog, peak_rss_bytes
 from ..persist.model import Model
-from ..compute.optim import OPTIMIZERS, SCHEDULES, batch_step, default_lr, refresh_effective, schedule_lr, smoothness
+from ..compute.optim import batch_step, default_lr, refresh_effective, schedule_lr, smoothness
 from ..plan.shuffle import iterations_per_epoch
 from ..sources import ParquetSource, Source, n_rows
 from ..sources.parquet import DECODE_FACTOR
@@ -357,9 +359,10 @@ def fit(
         kernel_classes = np.arange(blocks, dtype=np.float64) if text else labels.astype(np.float64)
     st = _State(d, blocks)
     st.classes = kernel_classes
-    st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N,
-                        OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every,
-                        int(config.noise_stats), step_offset, blocks], dtype=np.int64)
+    st.spec = pack_spec(loss=LOSSES[config.model], batch=B, schedule=SCHEDULES[config.lr_schedule],
+                        average_from=average_from, n_rows=N, optimizer=OPTIMIZERS[config.optimizer],
+                        warmup=config.warmup, total=total_steps or 0, step_every=config.step_every,
+                        noise=config.noise_stats, t0=step_offset, blocks=blocks)
     st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model, labels, counts)
     # the default step must be safe for the heaviest row: its loss counts w_max times
     top_weight = max_sample_weight(source, plan.readers) if sample_weight_column(source) else 1.0
@@ -369,7 +372,8 @@ def fit(
     spec = st.spec
     ck = checkpointing or Checkpointing()
     counters, sums = st.counters, st.sums
-    params = (st.theta, st.theta_eff, st.avg, st.gw, st.l1_q, st.l1_u, st.cw, kernel_classes)
+    params = pack_params(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, gw=st.gw, l1_q=st.l1_q, l1_u=st.l1_u,
+                         cw=st.cw, classes=kernel_classes)
     # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
     meter = NoiseMeter(n_rows=N, n_params=st.theta.size)
     assert meter.total is not None  # sized by n_params
@@ -418,7 +422,7 @@ def fit(
         assert st.hyper is not None  # intervals close after updates, which need the step size
         emit({"event": "progress", "epoch": epoch + 1, "iteration": t,
               "rows_seen": int(st.rows_seen[0] + sums[ROWS]), "batch": int(spec[BATCH]),
-              "lr": schedule_lr(int(spec[2]), st.hyper[LR0], t, config.power_t, config.warmup, total_steps or 0,
+              "lr": schedule_lr(int(spec[SCHEDULE]), st.hyper[LR0], t, config.power_t, config.warmup, total_steps or 0,
                                 config.step_every, config.gamma),
               "total_iterations": total_steps, "loss": sums[LOSS] / max(sums[ROWS], 1.0),
               "rows_per_second": sums[ROWS] / max(now - interval_start, 1e-9), "seconds": now - train_start,
@@ -431,7 +435,7 @@ def fit(
     def save_checkpoint() -> None:
         nonlocal last_checkpoint
         if ck.save is not None:
-            ck.save({**st.arrays(), "noise_total": noise[0].copy(), "noise_sums": noise[1].copy()})
+            ck.save({**st.arrays(), "noise_total": noise[NOISE_TOTAL].copy(), "noise_sums": noise[NOISE_SUMS].copy()})
             emit({"event": "checkpoint", "iteration": int(counters[T]),
                   "rows_seen": int(st.rows_seen[0] + sums[ROWS])})
         last_checkpoint = time.perf_counter()
@@ -741,8 +745,8 @@ def _start(st: _State, window: Window, config: FitConfig, init: Model | None, N:
     else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
         lr0 = config.lr * (B / config.lr_reference_batch if config.lr_reference_batch else 1.0)
     param = config.epsilon if config.model == "huber" else config.quantile
-    st.hyper = np.array([lr0, config.power_t, config.l2, config.l1, param, config.beta1, config.beta2,
-                         config.eps, config.gamma])
+    st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=config.l1, param=param,
+                          beta1=config.beta1, beta2=config.beta2, eps=config.eps, gamma=config.gamma)
     for c in range(st.theta.size // (d + 1)):
         refresh_effective(st.theta[c * (d + 1):(c + 1) * (d + 1)], st.theta_eff[c * (d + 1):(c + 1) * (d + 1)],
                           st.mean, st.scale)
