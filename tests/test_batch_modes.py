@@ -5,6 +5,7 @@ the data resident or refuses with the bytes it would need."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from helpers import run_cli, write_parquet
 from streamsgd.config import FitConfig
 from streamsgd.sources.arrays import ArraySource
 from streamsgd.train.trainer import fit
+from streamsgd.train import Hooks
 
 D = 6
 
@@ -89,3 +91,33 @@ def test_in_memory_is_refused_with_the_bytes_it_needs(tmp_path):
     streamed = run_cli("fit", path, "--epochs", "2", "--memory-limit", "4MB", "-o", tmp_path / "s.npz", "--json")
     loaded = run_cli("fit", path, "--epochs", "2", "--in-memory", "-o", tmp_path / "i.npz", "--json")
     assert json.loads(streamed.stdout)["iterations"] == json.loads(loaded.stdout)["iterations"]
+
+
+def test_auto_batch_grows_to_the_smallest_batch_passing_the_norm_test():
+    """At each log line --batch auto takes the smallest B with tr(Σ)/B ≤ θ²|G|² (Byrd et al.
+    2012), B = ⌈B_simple/θ²⌉ from the interval just measured, or doubles B when |G|² is lost
+    in the noise; it never shrinks and stops at N."""
+    X, y = make(40_000, 6, W)
+    theta, records = 2.0, []
+    fit(ArraySource(X, y, chunk_rows=5_000),
+        FitConfig(batch="auto", batch_min=16, batch_theta=theta, epochs=2, log_every=25, seed=2),
+        hooks=Hooks(on_progress=records.append))
+    lines = [r for r in records if r["event"] == "progress"]
+    epoch_ends = {r["iteration"] for r in records if r["event"] == "epoch"}
+    grown = {"norm test": 0, "doubled": 0}
+    for before, after in zip(lines, lines[1:]):
+        if before["trace_sigma"] is None:  # no estimate: nothing to act on
+            assert after["batch"] == before["batch"]
+            continue
+        if before["grad_norm2"] is not None:
+            wanted = math.ceil(before["b_simple"] / theta**2)
+            assert wanted - 1 < before["b_simple"] / theta**2 <= wanted  # the smallest passing batch
+        else:
+            wanted = 2 * before["batch"]
+        expected = max(before["batch"], min(len(y), wanted))
+        # the log line of an epoch's short last batch is written after the epoch's updates, not
+        # at a boundary where the batch may change
+        assert after["batch"] == expected or (before["iteration"] in epoch_ends and after["batch"] == before["batch"])
+        if after["batch"] > before["batch"]:
+            grown["norm test" if before["grad_norm2"] is not None else "doubled"] += 1
+    assert grown["norm test"] >= 1 and grown["doubled"] >= 2, grown

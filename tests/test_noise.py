@@ -9,9 +9,12 @@ import pytest
 
 from streamsgd.config import FitConfig
 from streamsgd.train import Hooks
+from reference import noise_reference
+
 from streamsgd.errors import UsageError
-from streamsgd.compute.losses import linear_grad
-from streamsgd.compute.noise import NoiseMeter, noise_add, noise_reference, norm_test_batch, sampling_factor
+from streamsgd.compute.codes import LINEAR
+from streamsgd.compute.losses import NO_SAMPLE_WEIGHTS, accumulate_rows
+from streamsgd.compute.noise import NoiseMeter, noise_add, sampling_factor
 from streamsgd.compute.optim import standardized_gradient
 
 
@@ -150,15 +153,6 @@ def test_sampling_factor():
     assert sampling_factor(150, 100) == 0.0
 
 
-def test_norm_test_batch_is_the_smallest_passing_batch():
-    trace, g2, theta = 7.3, 0.02, 0.5
-    b = norm_test_batch(trace, g2, theta)
-    assert trace / b <= theta**2 * g2 < trace / (b - 1)
-    assert math.isnan(norm_test_batch(trace, 0.0))
-    with pytest.raises(UsageError, match="theta"):
-        norm_test_batch(trace, g2, 0.0)
-
-
 def test_compiled_loop_path_equals_add():
     """A compiled loop calls noise_add on the meter's own arrays; the result is the same."""
     rng = np.random.default_rng(6)
@@ -184,7 +178,8 @@ def test_standardized_gradient_from_raw_sums(dtype):
     theta, l2 = np.array([0.3, -0.7, 1.1, 0.25]), 0.01
     w_eff = theta[:3] / scale
     gw = np.zeros(4)
-    _, gw[3] = linear_grad(X, y, np.arange(50), w_eff, theta[3] - w_eff @ mean, gw[:3])
+    _, gw[3] = accumulate_rows(LINEAR, 0.0, np.ones(2), X, y, NO_SAMPLE_WEIGHTS, np.arange(50), w_eff,
+                               theta[3] - w_eff @ mean, gw[:3])
     got = np.empty(4)
     standardized_gradient(gw, 50.0, mean, scale, l2, theta, got)
     Z = (X.astype(np.float64) - mean) / scale

@@ -8,20 +8,17 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Lasso
 
-from streamsgd.compute.losses import LOSSES, accumulate
+from reference import sgd_reference
+
+from streamsgd.compute.codes import LOSSES, OPTIMIZERS, SCHEDULES
+from streamsgd.compute.losses import accumulate
 from streamsgd.compute.optim import (
-    OPTIMIZERS,
-    SCHEDULES,
     l1_step,
-    learning_rate,
     optimizer_state,
     optimizer_step,
     refresh_effective,
-    scaled_lr,
     schedule_lr,
-    sgd_update,
     standardized_gradient,
-    step_size,
 )
 
 
@@ -85,15 +82,14 @@ def test_adamw_decay_is_decoupled_and_spares_the_intercept():
     np.testing.assert_allclose(theta, [0.95**10, -2 * 0.95**10, 3.0], rtol=1e-14)  # adam ignores wd
 
 
-def test_sgd_step_and_refresh_equal_sgd_update():
+def test_sgd_step_and_refresh_equal_the_numpy_step():
     rng = np.random.default_rng(3)
     d = 6
     theta = rng.standard_normal(d + 1)
     g = rng.standard_normal(d + 1)
     mean, scale = rng.standard_normal(d), 0.5 + rng.random(d)
-    a, a_eff = theta.copy(), np.zeros(d + 1)
+    a, a_eff = sgd_reference(theta, g, mean, scale, 0.1)
     b, b_eff = theta.copy(), np.zeros(d + 1)
-    sgd_update(a, a_eff, g, mean, scale, 0.1)
     optimizer_step(OPTIMIZERS["sgd"], b, g, optimizer_state(d), 0.1, 1, 0.0, 0.0, 0.0, 0.0)
     refresh_effective(b, b_eff, mean, scale)
     np.testing.assert_array_equal(a, b)
@@ -243,15 +239,21 @@ def test_schedule_values_by_hand():
     assert schedule_lr(cos, 1.0, 500, 0.0, 10, 110, 1, 1.0) == pytest.approx(0.0, abs=1e-16)
 
 
-def test_old_schedule_entry_points_still_work():
-    assert step_size(SCHEDULES["constant"], 0.3, 7, 0.5) == 0.3
-    assert step_size(SCHEDULES["invscaling"], 1.0, 4, 0.5) == pytest.approx(0.5)
-    assert learning_rate("invscaling", 1.0, 81, 0.25) == pytest.approx(1 / 3)
-    assert learning_rate("cosine", 1.0, 51, 0.0, total=100) == pytest.approx(0.5)
-    assert learning_rate("step", 1.0, 3, 0.0, warmup=2, step_size_=1, gamma=0.1) == 1.0
-    assert learning_rate("step", 1.0, 4, 0.0, warmup=2, step_size_=1, gamma=0.1) == pytest.approx(0.1)
+def test_linear_scaling_rule_scales_the_given_step_by_the_batch():
+    """--lr-scale-with-batch REF: a step tuned at batch REF is taken as lr · B / REF (Goyal et
+    al. 2017); the run is the run at that step."""
+    from streamsgd.sources import ArraySource
+    from streamsgd.config import FitConfig
+    from streamsgd.train.trainer import fit
 
-
-def test_scaled_lr_is_the_linear_scaling_rule():
-    assert scaled_lr(0.1, 8192, 256) == pytest.approx(3.2)
-    assert scaled_lr(0.1, 64, 256) == pytest.approx(0.025)
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((4_000, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.standard_normal(4_000)
+    runs = {}
+    for lr, reference in ((0.01, 64), (0.04, None)):  # 0.01 · 256 / 64 = 0.04
+        result = fit(ArraySource(X, y, chunk_rows=1_000),
+                     FitConfig(model="linear", batch=256, epochs=2, lr=lr, lr_reference_batch=reference, seed=3))
+        runs[reference] = result
+    assert runs[64].summary["lr"] == pytest.approx(0.04, rel=1e-15)
+    np.testing.assert_array_equal(runs[64].model.coef, runs[None].model.coef)
+    assert runs[64].model.intercept == runs[None].model.intercept

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamsgd.plan.shuffle import batch_segments, epoch_plan, iterations_per_epoch, row_order
+from streamsgd.plan.shuffle import epoch_plan, iterations_per_epoch, row_order
+from streamsgd.sources import ArraySource
+from streamsgd.train.trainer import fit
+from streamsgd.config import FitConfig
+from streamsgd.train import Hooks
 
 CHUNKS = [100, 37, 250, 1, 64, 100, 99]
 
@@ -53,11 +57,23 @@ def test_windows_respect_the_row_budget():
 
 @pytest.mark.parametrize("batch", [1, 7, 64, 512, 1000])
 def test_batches_are_exactly_b_rows_but_the_last(batch):
-    windows = [len(c) and sum(CHUNKS[i] for i in c) for c in epoch_plan(CHUNKS, 1, 0, 180)]
-    sizes = [sum(stop - start for _, start, stop in segs) for segs in batch_segments(windows, batch)]
-    assert len(sizes) == iterations_per_epoch(sum(CHUNKS), batch)
-    assert all(s == batch for s in sizes[:-1]) and 0 < sizes[-1] <= batch
-    assert sum(sizes) == sum(CHUNKS)
+    """The trainer cuts the stream of windows (here of at most 148 rows, so batches straddle
+    them) into batches of ``batch`` rows; only each epoch's last one is short."""
+    n = sum(CHUNKS)
+    rng = np.random.default_rng(batch)
+    X = rng.standard_normal((n, 2))
+    records = []
+    # 16KB leaves windows of 148 rows (4 chunks of 37) for these 651 rows
+    fit(ArraySource(X, X @ [1.0, 2.0], chunk_rows=37),
+        FitConfig(model="linear", batch=batch, epochs=2, lr=0.01, log_every=1, memory_limit="16KB", seed=1),
+        hooks=Hooks(on_progress=records.append))
+    # one progress record per update: the rows each update consumed
+    seen = [r["rows_seen"] for r in records if r["event"] == "progress"]
+    sizes = np.diff([0] + seen).reshape(2, -1)  # two epochs
+    assert sizes.shape[1] == iterations_per_epoch(n, batch)
+    for epoch in sizes:
+        assert (epoch[:-1] == min(batch, n)).all() and 0 < epoch[-1] <= batch
+        assert epoch.sum() == n
 
 
 def test_stratified_windows_cover_every_chunk_and_mix_the_strata():

@@ -14,9 +14,10 @@ import pytest
 
 from streamsgd.config import FitConfig
 from streamsgd.train import Hooks
-from streamsgd.compute.losses import logistic_grad
+from streamsgd.compute.codes import LOGISTIC
+from streamsgd.compute.losses import NO_SAMPLE_WEIGHTS, accumulate_rows
 from streamsgd.compute.noise import NoiseMeter, sampling_factor
-from streamsgd.plan.shuffle import batch_segments, epoch_plan, iterations_per_epoch, row_order
+from streamsgd.plan.shuffle import iterations_per_epoch
 from streamsgd.sources import ArraySource
 from streamsgd.train.trainer import fit
 
@@ -31,9 +32,9 @@ def logistic_data(n: int, d: int = 5, seed: int = 0):
 
 
 def batch_grad(X, y, idx, w, b) -> np.ndarray:
-    """The mean gradient (w then intercept) of rows ``idx``, through the product's kernel."""
+    """The mean gradient (w then intercept) of rows ``idx``, through the kernel the loop calls."""
     gw = np.zeros(X.shape[1])
-    _, rsum = logistic_grad(X, y, idx, w, b, gw)
+    _, rsum = accumulate_rows(LOGISTIC, 0.0, np.ones(2), X, y, NO_SAMPLE_WEIGHTS, idx, w, b, gw)
     return np.append(gw, rsum) / idx.size
 
 
@@ -62,31 +63,34 @@ def rel_se(samples: np.ndarray) -> float:
 
 @pytest.mark.parametrize("batch", [1, 64, 1000])
 def test_epoch_of_batch_gradients_averages_to_the_full_gradient(batch):
-    """Over one epoch of the real plan (chunk order, windows, in-window permutation, batches
-    straddling windows, the short last batch), the row-weighted mean of the batch
-    gradients is the full gradient: every row is used exactly once."""
-    X, y, w, b = logistic_data(3000)
-    chunk_rows = [400, 700, 300, 500, 600, 500]
-    starts = np.concatenate([[0], np.cumsum(chunk_rows)])
-    full = batch_grad(X, y, np.arange(3000), w, b)
-    for epoch in range(3):
-        windows = epoch_plan(chunk_rows, seed=7, epoch=epoch, window_rows=1200)
-        assert len(windows) > 1  # the plan really cuts the data into several windows
-        rows_of = [np.concatenate([np.arange(starts[c], starts[c + 1]) for c in chunks]) for chunks in windows]
-        sizes = [r.size for r in rows_of]
-        orders = [row_order(n, 7, epoch, k) for k, n in enumerate(sizes)]
-        total = np.zeros(X.shape[1] + 1)
-        seen = np.zeros(3000, dtype=np.int64)
-        batches = 0
-        for segments in batch_segments(sizes, batch):
-            idx = np.concatenate([rows_of[k][orders[k][start:stop]] for k, start, stop in segments])
-            total += idx.size * batch_grad(X, y, idx, w, b)
-            np.add.at(seen, idx, 1)
-            batches += 1
-        assert batches == iterations_per_epoch(3000, batch)  # §2.2: ceil(N / B) updates
-        assert (seen == 1).all()
-        # float tolerance: the same 3000 float64 terms summed in another order
-        np.testing.assert_allclose(total / 3000, full, rtol=1e-11, atol=1e-15)
+    """Over one epoch of the trainer (chunk order, windows, in-window permutation, batches
+    straddling windows, the short last batch), the row-weighted mean of the batch gradients
+    is the full gradient: every row is used exactly once.
+
+    The trainer's noise meter sums rows·ĝ_b over each logging interval; with one interval
+    per epoch its |G|² estimate is |mean|² exactly (c(N) = 0 for N rows out of N). A step of
+    1e-300 keeps θ at 0 to the last bit (every margin rounds σ to 1/2), so every batch
+    gradient is taken at the same θ.
+    """
+    X, y, _, _ = logistic_data(3000)
+    ipe = iterations_per_epoch(3000, batch)
+    records = []
+    # 160KB leaves windows of at most 592 rows: the 3000 rows come in six or more
+    result = fit(ArraySource(X, y, chunk_rows=100),
+                 FitConfig(model="logistic", batch=batch, epochs=3, lr=1e-300, lr_schedule="constant",
+                           standardize=False, l2=0.0, dtype="float64", memory_limit="160KB", seed=7, log_every=ipe),
+                 hooks=Hooks(on_progress=records.append))
+    assert result.summary["iterations"] == 3 * ipe  # §2.2: ceil(N / B) updates per epoch
+    assert result.summary["rows_seen"] == 3 * 3000
+    G = np.append((0.5 - y) @ X, (0.5 - y).sum()) / 3000  # the full gradient at θ = 0
+    epochs = [r for r in records if r["event"] == "progress"]
+    assert [r["iteration"] for r in epochs] == [ipe, 2 * ipe, 3 * ipe]
+    # float tolerance: the same 3000 float64 terms summed in another order
+    for r in epochs:
+        assert r["grad_norm2"] == pytest.approx(G @ G, rel=1e-12)
+    # the claim could fail: one row used twice instead of another moves |mean|² far more
+    twice = G + (np.append(X[0], 1.0) * (0.5 - y[0]) - np.append(X[1], 1.0) * (0.5 - y[1])) / 3000
+    assert abs(twice @ twice / (G @ G) - 1) > 1e-6
 
 
 # --- §2.5: variance shrinks as 1/b, with the finite-population factor ---------------------

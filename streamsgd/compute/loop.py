@@ -8,7 +8,8 @@ rows' gradient sums stay in ``gw`` between calls, so no row is ever copied.
 
 State lives in plain arrays (the checkpoint stores them as they are):
 
-params = (theta, theta_eff, avg, gw, l1_q, l1_u, cw, classes): float64 vectors; the first four
+params = (theta, theta_eff, avg, gw, l1_q, l1_u, cw, classes), indexed by THETA … CLASSES and
+    built by ``pack_params``: float64 vectors; the first four
     hold spec[BLOCKS] blocks of (d + 1,): one per class for softmax, else one
     standardised parameters (weights, then intercept), the same in raw feature space (what
     the kernels use), the running Polyak–Ruppert average, and the current batch's sums;
@@ -18,8 +19,11 @@ params = (theta, theta_eff, avg, gw, l1_q, l1_u, cw, classes): float64 vectors; 
 opt_state : float64 (2, d + 1), the optimizer's moments (``optim.optimizer_step``).
 counters : int64, indexed by T, FILLED, AVERAGED, DIVERGED, EPOCH, EPOCH_ROWS (the
     place in the plan: a resumed run skips EPOCH_ROWS rows of epoch EPOCH).
-noise : (total, sums, g), the gradient-noise meter's accumulators (``noise.NoiseMeter``)
-    and scratch room for the step's standardised gradient; O(d) per update.
+noise : (total, sums, g), indexed by NOISE_TOTAL, NOISE_SUMS, NOISE_G: the gradient-noise
+    meter's accumulators (``noise.NoiseMeter``) and scratch room for the step's standardised
+    gradient; O(d) per update.
+spec, hyper : the run's integers (int64, indexed by LOSS_CODE … BLOCKS) and real numbers
+    (float64, LR0 … GAMMA), built by ``pack_spec`` and ``pack_hyper``.
 sums : float64, indexed by BATCH_LOSS, LOSS, ROWS (LOSS and ROWS are the completed
     batches' totals since the caller last cleared them).
 """
@@ -28,17 +32,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
+from numpy.typing import NDArray
 
-from .losses import SOFTMAX, accumulate_rows, accumulate_softmax_rows
+from .codes import ADAMW, SOFTMAX
+from .losses import accumulate_rows, accumulate_softmax_rows
 from .noise import noise_add
 from .optim import l1_step, optimizer_step, refresh_effective, schedule_lr, standardized_gradient
 
-# Numba's cache of train_rows holds the kernels it calls compiled in, and is keyed on this file
-# alone: a change to a loss in kernels.py (poisson's half deviance) reaches the loop only once
-# this file changes too, or its __pycache__ is emptied.
+# Numba's cache of train_rows holds the kernels it calls, and the codes they compare against,
+# compiled in, and is keyed on this file alone: a change to losses.py, optim.py, noise.py or
+# codes.py reaches the loop only once this file changes too, or its __pycache__ is emptied.
 
-# counters
+# counters (int64): the place of the run
 T = 0  # updates made
 FILLED = 1  # rows of the batch in progress whose gradient is in gw
 AVERAGED = 2  # iterates in the average
@@ -46,18 +53,63 @@ DIVERGED = 3  # 1 once a batch's loss was not finite
 EPOCH = 4  # epochs completed
 EPOCH_ROWS = 5  # rows of the current epoch fed to the loss so far
 N_COUNTERS = 6
-# sums
+# sums (float64)
 BATCH_LOSS = 0  # summed loss of the batch in progress
-LOSS = 1
-ROWS = 2
+LOSS = 1  # summed loss of the completed batches
+ROWS = 2  # their rows
 N_SUMS = 3
-# spec: the integers of the run
-LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS, OPTIMIZER, WARMUP, TOTAL, STEP_EVERY, NOISE, T0, BLOCKS = range(12)
+# spec (int64): the integers of the run; an unpacking of another length fails on import
 N_SPEC = 12
-# hyper: its real numbers (PARAM: huber's epsilon or the quantile)
-LR0, POWER_T, L2, L1, PARAM, BETA1, BETA2, EPS, GAMMA = range(9)
+LOSS_CODE, BATCH, SCHEDULE, AVERAGE_FROM, N_ROWS, OPTIMIZER, WARMUP, TOTAL, STEP_EVERY, NOISE, T0, BLOCKS = range(N_SPEC)
+# hyper (float64): its real numbers (PARAM: huber's epsilon or the quantile)
 N_HYPER = 9
-ADAMW = 5  # optim.OPTIMIZERS["adamw"]: its weight decay is not part of the gradient
+LR0, POWER_T, L2, L1, PARAM, BETA1, BETA2, EPS, GAMMA = range(N_HYPER)
+# params: the parameter vectors and per-class figures (see the module docstring)
+N_PARAMS = 8
+THETA, THETA_EFF, AVG, GW, L1_Q, L1_U, CW, CLASSES = range(N_PARAMS)
+# noise: the meter's accumulators and the step's gradient
+NOISE_TOTAL, NOISE_SUMS, NOISE_G = range(3)
+
+
+def _packed(values: dict[int, float], size: int, dtype: type) -> NDArray:
+    """An array of ``size`` slots from {slot: value}; every slot must be given exactly once."""
+    if sorted(values) != list(range(size)):
+        raise AssertionError(f"slots {sorted(values)} do not fill an array of {size}")
+    out: NDArray = np.empty(size, dtype=dtype)
+    for slot, value in values.items():
+        out[slot] = value
+    return out
+
+
+def pack_spec(*, loss: int, batch: int, schedule: int, average_from: int, n_rows: int, optimizer: int,
+              warmup: int, total: int, step_every: int, noise: bool, t0: int, blocks: int) -> NDArray[np.int64]:
+    """The run's ``spec`` (int64, N_SPEC slots), by name.
+
+    loss, schedule, optimizer : codes (``codes.LOSSES`` …); average_from : the update after
+    which iterates are averaged; total : the run's updates, 0 when open; step_every : updates
+    per step of the step schedule; noise : whether the noise meter is fed; t0 : updates made
+    before this run (a continued model); blocks : parameter blocks, one per softmax class.
+    """
+    return _packed({LOSS_CODE: loss, BATCH: batch, SCHEDULE: schedule, AVERAGE_FROM: average_from, N_ROWS: n_rows,
+                    OPTIMIZER: optimizer, WARMUP: warmup, TOTAL: total, STEP_EVERY: step_every, NOISE: int(noise),
+                    T0: t0, BLOCKS: blocks}, N_SPEC, np.int64)
+
+
+def pack_hyper(*, lr0: float, power_t: float, l2: float, l1: float, param: float, beta1: float, beta2: float,
+               eps: float, gamma: float) -> NDArray[np.float64]:
+    """The run's ``hyper`` (float64, N_HYPER slots), by name; ``param`` is huber's epsilon or
+    the quantile's tau."""
+    return _packed({LR0: lr0, POWER_T: power_t, L2: l2, L1: l1, PARAM: param, BETA1: beta1, BETA2: beta2, EPS: eps,
+                    GAMMA: gamma}, N_HYPER, np.float64)
+
+
+def pack_params(*, theta: NDArray, theta_eff: NDArray, avg: NDArray, gw: NDArray, l1_q: NDArray, l1_u: NDArray,
+                cw: NDArray, classes: NDArray) -> tuple[NDArray, ...]:
+    """The loop's ``params`` tuple (N_PARAMS arrays), by name."""
+    slots = {THETA: theta, THETA_EFF: theta_eff, AVG: avg, GW: gw, L1_Q: l1_q, L1_U: l1_u, CW: cw, CLASSES: classes}
+    if sorted(slots) != list(range(N_PARAMS)):
+        raise AssertionError(f"slots {sorted(slots)} do not fill a tuple of {N_PARAMS}")
+    return tuple(slots[k] for k in range(N_PARAMS))
 
 
 @njit(nogil=True, cache=True)
@@ -70,14 +122,14 @@ def train_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, params, opt_stat
     Returns the position reached: ``end``, or earlier when the update count reaches
     ``stop_at`` or a batch diverged (``counters[DIVERGED]`` is then 1).
     """
-    theta_eff, gw, cw = params[1], params[3], params[6]
+    theta_eff, gw, cw = params[THETA_EFF], params[GW], params[CW]
     d = X.shape[1]
     w = theta_eff[:d]
     g = gw[:d]
     while pos < end:
         take = min(spec[BATCH] - counters[FILLED], end - pos)
         if spec[LOSS_CODE] == SOFTMAX:
-            loss = accumulate_softmax_rows(params[7], cw, X, y, sw, order[pos:pos + take], theta_eff, gw)
+            loss = accumulate_softmax_rows(params[CLASSES], cw, X, y, sw, order[pos:pos + take], theta_eff, gw)
         else:
             loss, rsum = accumulate_rows(spec[LOSS_CODE], hyper[PARAM], cw, X, y, sw, order[pos:pos + take], w,
                                          theta_eff[d], g)
@@ -96,7 +148,8 @@ def train_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, params, opt_stat
 @njit(nogil=True, cache=True)
 def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, noise):
     """Update from the batch in progress (also the epoch's short last one) and start the next."""
-    theta, theta_eff, avg, gw, l1_q, l1_u = params[0], params[1], params[2], params[3], params[4], params[5]
+    theta, theta_eff, avg, gw = params[THETA], params[THETA_EFF], params[AVG], params[GW]
+    l1_q, l1_u = params[L1_Q], params[L1_U]
     if not math.isfinite(sums[BATCH_LOSS]):
         counters[DIVERGED] = 1
         return
@@ -105,14 +158,14 @@ def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, no
     lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
                      spec[STEP_EVERY], hyper[GAMMA])
     adamw = spec[OPTIMIZER] == ADAMW
-    g = noise[2]
+    g = noise[NOISE_G]
     n = counters[FILLED]
     k = theta.shape[0] // spec[BLOCKS]  # d + 1
     for c in range(spec[BLOCKS]):  # one block of weights and intercept per class (softmax), else one
         block = slice(c * k, (c + 1) * k)
         standardized_gradient(gw[block], n, mean, scale, 0.0 if adamw else hyper[L2], theta[block], g[block])
     if spec[NOISE]:
-        noise_add(noise[0], noise[1], g, n, spec[N_ROWS], lr)
+        noise_add(noise[NOISE_TOTAL], noise[NOISE_SUMS], g, n, spec[N_ROWS], lr)
     d = k - 1
     for c in range(spec[BLOCKS]):
         block = slice(c * k, (c + 1) * k)

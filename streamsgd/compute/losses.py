@@ -6,16 +6,17 @@ gradient of the *summed* data loss into ``gw`` (float64, length d) and return th
 loss and the summed residual (the intercept's gradient); the caller scales by 1/B and adds
 the penalty, which is O(d) per update. No temporaries of size batch x features.
 
-Losses (z = w.x + b; for hinge and modified_huber s = 2y - 1, the {0,1} label as +-1):
-  0 linear          l = (z - y)^2 / 2                                 dl/dz = z - y
-  1 logistic        l = log(1 + e^z) - y z,  y in {0,1}               dl/dz = sigmoid(z) - y
-  2 huber           l = r^2/2 if |r| <= eps else eps |r| - eps^2/2,   dl/dz = clip(r, -eps, eps)
+Losses by model name (``codes.LOSSES`` numbers them; z = w.x + b; for hinge and
+modified_huber s = 2y - 1, the {0,1} label as +-1):
+  linear            l = (z - y)^2 / 2                                 dl/dz = z - y
+  logistic          l = log(1 + e^z) - y z,  y in {0,1}               dl/dz = sigmoid(z) - y
+  huber             l = r^2/2 if |r| <= eps else eps |r| - eps^2/2,   dl/dz = clip(r, -eps, eps)
                     r = z - y (scikit-learn SGDRegressor's ``huber``; param = eps)
-  3 hinge           l = max(0, 1 - s z)                               dl/dz = -s if s z <= 1 else 0
-  4 modified_huber  l = (1 - s z)^2 if -1 <= s z < 1, -4 s z if s z < -1, 0 if s z >= 1
-  5 poisson         l = y log(y / e^z) - y + e^z (half the Poisson    dl/dz = e^z - y
+  hinge             l = max(0, 1 - s z)                               dl/dz = -s if s z <= 1 else 0
+  modified_huber    l = (1 - s z)^2 if -1 <= s z < 1, -4 s z if s z < -1, 0 if s z >= 1
+  poisson           l = y log(y / e^z) - y + e^z (half the Poisson    dl/dz = e^z - y
                     deviance, log link, y >= 0 counts; 0 log 0 = 0)
-  6 quantile        l = max(tau r, (tau - 1) r), r = y - z (pinball; param = tau)
+  quantile          l = max(tau r, (tau - 1) r), r = y - z (pinball; param = tau)
                     dl/dz = -tau if r > 0, 1 - tau if r < 0, 0 at r = 0
 Hinge and modified_huber follow scikit-learn's ``SGDClassifier`` (including the
 subgradient -s taken at the hinge's kink). Poisson's loss is e^z - y z plus y log y - y, a
@@ -37,6 +38,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from ..config import LOSS_PARAM
+from .codes import HINGE, HUBER, LINEAR, LOGISTIC, LOSSES, MODIFIED_HUBER, POISSON, QUANTILE
 
 #: Above this margin the Poisson mean e^z is continued by its tangent line, so the loss and
 #: its slope stay finite (e^50 ~ 5e21 is far above any count a model could fit; float64's
@@ -69,44 +71,39 @@ def _poisson_offset(y: float) -> float:
     return 0.0
 
 
-#: Loss name -> the integer the compiled loop branches on.
-LOSSES = {"linear": 0, "logistic": 1, "huber": 2, "hinge": 3, "modified_huber": 4, "poisson": 5, "quantile": 6,
-          "softmax": 7}
-SOFTMAX = 7
-
 _DEFAULT_EPSILON = 0.1
 _DEFAULT_TAU = 0.5
 
 
 @njit(nogil=True, cache=True)
 def loss_slope(loss: int, z: float, y: float, param: float) -> tuple[float, float]:
-    """(l(z, y), dl/dz) of one row for the loss numbered ``loss`` (see LOSSES).
+    """(l(z, y), dl/dz) of one row for the loss coded ``loss`` (``codes.LINEAR`` … ``QUANTILE``).
 
     ``param`` is epsilon for huber and tau in (0, 1) for quantile, ignored otherwise.
     Labels of hinge and modified_huber are 0/1 (mapped to -1/+1 here).
     """
     y = float(y)
-    if loss == 0:
+    if loss == LINEAR:
         r = z - y
         return 0.5 * r * r, r
-    if loss == 1:  # softplus and sigmoid from one exponential: e^-|z| never overflows
+    if loss == LOGISTIC:  # softplus and sigmoid from one exponential: e^-|z| never overflows
         e = math.exp(-abs(z))
         p = 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
         return (z if z > 0.0 else 0.0) + math.log1p(e) - y * z, p - y
-    if loss == 2:
+    if loss == HUBER:
         r = z - y
         if r > param:
             return param * r - 0.5 * param * param, param
         if r < -param:
             return -param * r - 0.5 * param * param, -param
         return 0.5 * r * r, r
-    if loss == 3:
+    if loss == HINGE:
         s = 2.0 * y - 1.0
         m = s * z
         if m <= 1.0:
             return 1.0 - m, -s
         return 0.0, 0.0
-    if loss == 4:
+    if loss == MODIFIED_HUBER:
         s = 2.0 * y - 1.0
         m = s * z
         if m >= 1.0:
@@ -114,10 +111,10 @@ def loss_slope(loss: int, z: float, y: float, param: float) -> tuple[float, floa
         if m >= -1.0:
             return (1.0 - m) * (1.0 - m), -2.0 * s * (1.0 - m)
         return -4.0 * m, -4.0 * s
-    if loss == 5:
+    if loss == POISSON:
         e, de = _exp_capped(z)
         return e - y * z + _poisson_offset(y), de - y
-    # quantile
+    # QUANTILE
     r = y - z
     if r > 0.0:
         return param * r, -param
@@ -129,9 +126,9 @@ def loss_slope(loss: int, z: float, y: float, param: float) -> tuple[float, floa
 @njit(nogil=True, cache=True)
 def default_param(loss: int) -> float:
     """The parameter ``loss_and_slope`` and ``accumulate`` use: LOSS_PARAM's, by code."""
-    if loss == 2:
+    if loss == HUBER:
         return _DEFAULT_EPSILON
-    if loss == 6:
+    if loss == QUANTILE:
         return _DEFAULT_TAU
     return 0.0
 
@@ -219,7 +216,7 @@ def accumulate_weighted(loss, param, cw, X, y, idx, w, b, gw):
 
     Parameters
     ----------
-    loss : int, a code of LOSSES.
+    loss : int, a margin loss's code (``codes.LINEAR`` … ``QUANTILE``).
     param : float, huber's epsilon or quantile's tau (ignored by the other losses).
     cw : float64 array of shape (2,), the row weight by binary label: cw[0] for rows with
         y == 0, cw[1] for y == 1 (``class_weight``; scikit-learn multiplies each row's loss
@@ -314,55 +311,6 @@ def accumulate_softmax_rows(classes, cw, X, y, sw, idx, W, gw):
             gw[c * k + d] += slope
     return total
 
-
-@njit(nogil=True, cache=True)
-def linear_grad(X, y, idx, w, b, gw):
-    """Squared loss. Returns (sum of losses, sum of residuals); adds sum r_i x_i to gw."""
-    return accumulate(0, X, y, idx, w, b, gw)
-
-
-@njit(nogil=True, cache=True)
-def logistic_grad(X, y, idx, w, b, gw):
-    """Log loss for labels in {0, 1}. Returns (sum of losses, sum of residuals)."""
-    return accumulate(1, X, y, idx, w, b, gw)
-
-
-@njit(nogil=True, cache=True)
-def huber_grad(X, y, idx, w, b, gw):
-    """Huber loss with epsilon 0.1 (use ``accumulate_weighted`` for another)."""
-    return accumulate(2, X, y, idx, w, b, gw)
-
-
-@njit(nogil=True, cache=True)
-def hinge_grad(X, y, idx, w, b, gw):
-    """Hinge loss for labels in {0, 1}."""
-    return accumulate(3, X, y, idx, w, b, gw)
-
-
-@njit(nogil=True, cache=True)
-def modified_huber_grad(X, y, idx, w, b, gw):
-    """Modified Huber loss for labels in {0, 1}."""
-    return accumulate(4, X, y, idx, w, b, gw)
-
-
-@njit(nogil=True, cache=True)
-def poisson_grad(X, y, idx, w, b, gw):
-    """Poisson half deviance (log link, as scikit-learn's PoissonRegressor) for counts y >= 0."""
-    return accumulate(5, X, y, idx, w, b, gw)
-
-
-@njit(nogil=True, cache=True)
-def quantile_grad(X, y, idx, w, b, gw):
-    """Pinball loss with tau 0.5 (use ``accumulate_weighted`` for another)."""
-    return accumulate(6, X, y, idx, w, b, gw)
-
-
-#: Model name -> gradient kernel of one batch segment with the loss's default parameter
-#: (the loop calls ``accumulate`` / ``accumulate_weighted``).
-GRADIENTS = {
-    "linear": linear_grad, "logistic": logistic_grad, "huber": huber_grad, "hinge": hinge_grad,
-    "modified_huber": modified_huber_grad, "poisson": poisson_grad, "quantile": quantile_grad,
-}
 
 #: Upper bound of d^2 l / dz^2 per model, used to pick a stable default step size (1/L).
 #: Exact for the smooth losses: linear 1, logistic 1/4, huber 1 (its quadratic zone),

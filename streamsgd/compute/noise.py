@@ -224,38 +224,3 @@ class NoiseMeter:
         trace, grad2, c_small, batch = pooled / batches
         return _report(float(trace), float(grad2), float(c_small), float(batch),
                        temp / lr_batches if lr_batches else math.nan, int(batches), int(rows))
-
-
-def noise_reference(
-    batch_grads: NDArray[np.float64], rows: NDArray[np.int64], n_rows: int | None = None
-) -> dict[str, float]:
-    """Plain NumPy twin of one :class:`NoiseMeter` interval, for the tests.
-
-    Parameters
-    ----------
-    batch_grads : ndarray of shape (n_batches, n_params), batch-mean gradients.
-    rows : ndarray of shape (n_batches,), rows per batch.
-    n_rows : as for :class:`NoiseMeter`.
-    """
-    G = np.asarray(batch_grads, dtype=np.float64)
-    r = np.asarray(rows, dtype=np.float64)
-    big = (r[:, None] * G).sum(axis=0) / r.sum()
-    c_small = float(np.mean([sampling_factor(b, n_rows) for b in r]))
-    trace, grad2 = _solve(float(np.mean(np.einsum("ij,ij->i", G, G))), c_small, float(big @ big),
-                          sampling_factor(float(r.sum()), n_rows))
-    return {"trace_sigma": trace, "grad_norm2": grad2, "batch_grad_var": trace * c_small,
-            "b_simple": trace / grad2 if grad2 > 0 else math.nan}
-
-
-def norm_test_batch(trace_sigma: float, grad_norm2: float, theta: float = 0.5) -> float:
-    """Smallest batch passing the norm test tr(Σ)/b ≤ θ²|G|² (DESIGN.md §2.12).
-
-    Byrd et al.'s adaptive-batch rule: grow b just enough that the batch gradient's
-    expected error is at most a fraction θ of the gradient's norm. Equals
-    B_simple / θ². NaN when |G|² is not positive.
-    """
-    if not theta > 0:
-        raise UsageError(f"theta: expected a number > 0; got {theta!r}")
-    if not grad_norm2 > 0:
-        return math.nan
-    return float(math.ceil(trace_sigma / (theta * theta * grad_norm2)))

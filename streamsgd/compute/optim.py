@@ -6,10 +6,9 @@ w_eff = w / scale, b_eff = b − w_eff·mean, so standardisation costs O(d) per 
 instead of a pass over the batch.
 
 One update, in the loop's order: ``standardized_gradient`` (batch-mean gradient with the
-L2 term; l2 = 0 for adamw) → ``optimizer_step`` (the rule, by OPTIMIZERS code, state in a
+L2 term; l2 = 0 for adamw) → ``optimizer_step`` (the rule, by optimizer code, state in a
 (2, d + 1) array) → ``l1_step`` (cumulative L1 penalty, exact zeros) → ``refresh_effective``
-(the raw-space parameters the kernels read). ``sgd_update`` is the first and last of these
-fused, for plain SGD without L1. Every kernel's state is a plain float64 array, so a
+(the raw-space parameters the kernels read). Every kernel's state is a plain float64 array, so a
 checkpoint stores it as it is.
 """
 
@@ -21,11 +20,8 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from .codes import ADAGRAD, ADAMW, COSINE, INVSCALING, MOMENTUM, NESTEROV, SGD, STEP
 from .losses import CURVATURE
-
-
-#: Schedule name -> the integer the compiled loop branches on.
-SCHEDULES = {"constant": 0, "invscaling": 1, "step": 2, "cosine": 3}
 
 
 @njit(nogil=True, cache=True)
@@ -36,19 +32,19 @@ def schedule_lr(schedule, lr0, t, power_t, warmup, total, step_size_, gamma):
     the large early gradients of a cold start are taken with small steps (Goyal et al.
     2017). After it, with k = t − warmup − 1 the index (from 0) of the update after warmup:
 
-    - constant (0):   lr0
-    - invscaling (1): lr0 / (k + 1)^power_t (scikit-learn's η₀ / t^power_t when warmup = 0)
-    - step (2):       lr0 · gamma^floor(k / step_size_): the first ``step_size_`` updates
+    - CONSTANT:   lr0
+    - INVSCALING: lr0 / (k + 1)^power_t (scikit-learn's η₀ / t^power_t when warmup = 0)
+    - STEP:       lr0 · gamma^floor(k / step_size_): the first ``step_size_`` updates
       after warmup use lr0, the next ``step_size_`` lr0·gamma, ... (PyTorch StepLR, whose
       counter starts at 0)
-    - cosine (3):     lr0 · (1 + cos(π · min(k, T) / T)) / 2 with T = total − warmup: from
+    - COSINE:     lr0 · (1 + cos(π · min(k, T) / T)) / 2 with T = total − warmup: from
       lr0 at the first update after warmup towards 0 at update ``total`` (the run's whole
       length, warmup included, as in Hugging Face's cosine-with-warmup; the last update,
       k = T − 1, still moves); 0 beyond ``total``; lr0 when T <= 0.
 
     Parameters
     ----------
-    schedule : int, a code of SCHEDULES.
+    schedule : int, a schedule's code (``codes.SCHEDULES``).
     lr0 : float, the base step; t : int, the update being made (1 for the first).
     power_t : float, invscaling's exponent; warmup : int >= 0, updates of warmup.
     total : int, the run's number of updates (cosine); step_size_ : int >= 1, updates per
@@ -57,44 +53,16 @@ def schedule_lr(schedule, lr0, t, power_t, warmup, total, step_size_, gamma):
     if warmup > 0 and t <= warmup:
         return lr0 * t / warmup
     k = max(t - warmup - 1, 0)
-    if schedule == 1:
+    if schedule == INVSCALING:
         return lr0 / (k + 1.0) ** power_t
-    if schedule == 2:
+    if schedule == STEP:
         return lr0 * gamma ** (k // step_size_)
-    if schedule == 3:
+    if schedule == COSINE:
         T = total - warmup
         if T <= 0:
             return lr0
         return lr0 * 0.5 * (1.0 + math.cos(math.pi * min(k, T) / T))
     return lr0
-
-
-@njit(nogil=True, cache=True)
-def step_size(schedule, lr0, t, power_t):
-    """η at update ``t`` (counted from 1): ``schedule_lr`` without warmup, step or cosine.
-
-    Kept for the loop's constant and invscaling schedules (step decays by 1 per update and
-    cosine has no length here, so both give lr0).
-    """
-    return schedule_lr(schedule, lr0, t, power_t, 0, 0, 1, 1.0)
-
-
-def learning_rate(
-    schedule: str, lr0: float, t: int, power_t: float, warmup: int = 0, total: int = 0,
-    step_size_: int = 1, gamma: float = 1.0,
-) -> float:
-    """``schedule_lr`` by schedule name (the defaults make step and cosine constant)."""
-    return schedule_lr(SCHEDULES[schedule], lr0, t, power_t, warmup, total, step_size_, gamma)
-
-
-def scaled_lr(lr: float, batch: int, reference_batch: int) -> float:
-    """The linear scaling rule: lr · batch / reference_batch (Goyal et al. 2017).
-
-    k times the batch averages k times as many gradients, so its noise is k times smaller
-    and, as long as the gradient changes little over k small steps, one step of k·lr goes
-    where k steps of lr would have gone.
-    """
-    return lr * batch / reference_batch
 
 
 @njit(nogil=True, cache=True)
@@ -111,25 +79,6 @@ def standardized_gradient(gw, n, mean, scale, l2, theta, out):
         out[j] = (gw[j] - mean[j] * rsum) / scale[j] / n + l2 * theta[j]
     out[d] = rsum / n
 
-
-@njit(nogil=True, cache=True)
-def sgd_update(theta, theta_eff, g, mean, scale, lr):
-    """θ ← θ − η·g in standardised space; refreshes the raw-space ``theta_eff`` the kernels use.
-
-    theta, theta_eff, g : float64 (d + 1,), weights then intercept.
-    """
-    d = theta.shape[0] - 1
-    shift = 0.0
-    for j in range(d):
-        theta[j] -= lr * g[j]
-        theta_eff[j] = theta[j] / scale[j]
-        shift += theta_eff[j] * mean[j]
-    theta[d] -= lr * g[d]
-    theta_eff[d] = theta[d] - shift
-
-
-#: Optimizer name -> the integer the compiled loop branches on.
-OPTIMIZERS = {"sgd": 0, "momentum": 1, "nesterov": 2, "adagrad": 3, "adam": 4, "adamw": 5}
 
 #: Rows of the optimizer state (float64, shape (2, d + 1), zeros at the start): the first
 #: moment (momentum buffer / Adam's m), the second (Adagrad's sum of squares / Adam's v).
@@ -148,7 +97,7 @@ def optimizer_step(kind, theta, g, state, lr, t, beta1, beta2, eps, weight_decay
 
     Parameters
     ----------
-    kind : int, a code of OPTIMIZERS.
+    kind : int, an optimizer's code (``codes.OPTIMIZERS``).
     theta : float64 (d + 1,), standardised weights then intercept; updated in place.
     g : float64 (d + 1,), the batch-mean gradient (``standardized_gradient``). It includes
         the L2 term for every kind except adamw, whose decay is decoupled (call
@@ -160,41 +109,41 @@ def optimizer_step(kind, theta, g, state, lr, t, beta1, beta2, eps, weight_decay
     beta2 : float, Adam's second-moment decay. eps : float, Adagrad's and Adam's
         denominator guard. weight_decay : float, adamw's decoupled decay (others ignore it).
 
-    Rules (m = state[0], v = state[1], element-wise; PyTorch's conventions, dampening 0):
+    Rules (m = state[FIRST], v = state[SECOND], element-wise; PyTorch's conventions, dampening 0):
 
-    - sgd (0):       θ ← θ − lr·g
-    - momentum (1):  m ← β1·m + g;  θ ← θ − lr·m  (heavy ball: lr·m = lr·g + β1·(previous step))
-    - nesterov (2):  m ← β1·m + g;  θ ← θ − lr·(g + β1·m)
-    - adagrad (3):   v ← v + g²;    θ ← θ − lr·g / (√v + ε)
-    - adam (4):      m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
+    - SGD:           θ ← θ − lr·g
+    - MOMENTUM:      m ← β1·m + g;  θ ← θ − lr·m  (heavy ball: lr·m = lr·g + β1·(previous step))
+    - NESTEROV:      m ← β1·m + g;  θ ← θ − lr·(g + β1·m)
+    - ADAGRAD:       v ← v + g²;    θ ← θ − lr·g / (√v + ε)
+    - ADAM:          m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
                      m̂ = m / (1 − β1^t);  v̂ = v / (1 − β2^t);  θ ← θ − lr·m̂ / (√v̂ + ε)
-    - adamw (5):     adam's m, v, then θ_j ← θ_j − lr·(m̂_j / (√v̂_j + ε) + wd·θ_j) for the
+    - ADAMW:         adam's m, v, then θ_j ← θ_j − lr·(m̂_j / (√v̂_j + ε) + wd·θ_j) for the
                      weights and θ_d ← θ_d − lr·m̂_d / (√v̂_d + ε) for the intercept, which is
                      not penalised (Loshchilov & Hutter 2019, decay scaled by lr as PyTorch's).
     """
     n = theta.shape[0]
     d = n - 1
-    m = state[0]
-    v = state[1]
-    if kind == 0:
+    m = state[FIRST]
+    v = state[SECOND]
+    if kind == SGD:
         for j in range(n):
             theta[j] -= lr * g[j]
-    elif kind == 1:
+    elif kind == MOMENTUM:
         for j in range(n):
             m[j] = beta1 * m[j] + g[j]
             theta[j] -= lr * m[j]
-    elif kind == 2:
+    elif kind == NESTEROV:
         for j in range(n):
             m[j] = beta1 * m[j] + g[j]
             theta[j] -= lr * (g[j] + beta1 * m[j])
-    elif kind == 3:
+    elif kind == ADAGRAD:
         for j in range(n):
             v[j] += g[j] * g[j]
             theta[j] -= lr * g[j] / (math.sqrt(v[j]) + eps)
-    else:
+    else:  # ADAM, ADAMW
         bc1 = 1.0 - beta1**t
         bc2 = 1.0 - beta2**t
-        wd = weight_decay if kind == 5 else 0.0
+        wd = weight_decay if kind == ADAMW else 0.0
         for j in range(n):
             m[j] = beta1 * m[j] + (1.0 - beta1) * g[j]
             v[j] = beta2 * v[j] + (1.0 - beta2) * g[j] * g[j]
@@ -208,7 +157,7 @@ def optimizer_step(kind, theta, g, state, lr, t, beta1, beta2, eps, weight_decay
 def refresh_effective(theta, theta_eff, mean, scale):
     """Recompute the raw-space parameters the kernels use from the standardised ``theta``.
 
-    w_eff = w / scale, b_eff = b − w_eff·mean (what ``sgd_update`` does after its step);
+    w_eff = w / scale, b_eff = b − w_eff·mean;
     theta, theta_eff : float64 (d + 1,), theta_eff written in place; mean, scale : (d,).
     """
     d = theta.shape[0] - 1

@@ -8,8 +8,9 @@ data, whatever the number of reader threads. Randomness comes from
 The plan is the classic two-level shuffle for data larger than memory: the chunk order is
 permuted every epoch, consecutive chunks of that order are grouped into *windows* that fit
 the shuffle buffer, and the rows of each window are permuted. The batch stream is the
-concatenation of the windows' permuted rows, cut every ``batch`` rows, so every batch has
-exactly ``batch`` rows except the epoch's last one. When the target pass has measured each
+concatenation of the windows' permuted rows, cut every ``batch`` rows as the compiled loop
+feeds them (``compute.loop.train_rows``), so every batch has exactly ``batch`` rows except
+the epoch's last one. When the target pass has measured each
 chunk's mean target, windows are instead *stratified* (see ``stratified_windows``), so
 that data sorted by label still gives every window the whole data's label mix.
 """
@@ -17,13 +18,10 @@ that data sorted by label still gives every window the whole data's label mix.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-
-#: One piece of a batch: rows ``order[start:stop]`` of window ``window``.
-Segment = tuple[int, int, int]
 
 
 def iterations_per_epoch(n_rows: int, batch: int) -> int:
@@ -63,28 +61,6 @@ def row_order(n_rows: int, seed: int, epoch: int, window: int, shuffle: bool = T
     if not shuffle:
         return np.arange(n_rows, dtype=np.int64)
     return np.random.default_rng([seed, epoch, window]).permutation(n_rows)
-
-
-def batch_segments(window_rows: Sequence[int], batch: int) -> Iterator[list[Segment]]:
-    """Cut the concatenated windows into batches of ``batch`` rows (the last may be short).
-
-    A batch that straddles a window boundary is made of two (or more) segments; the
-    trainer accumulates their gradients before one update, so no rows are copied.
-    """
-    pending: list[Segment] = []
-    filled = 0
-    for w, rows in enumerate(window_rows):
-        pos = 0
-        while pos < rows:
-            take = min(batch - filled, rows - pos)
-            pending.append((w, pos, pos + take))
-            pos += take
-            filled += take
-            if filled == batch:
-                yield pending
-                pending, filled = [], 0
-    if pending:
-        yield pending
 
 
 def stratified_windows(

@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..compute.loop import T
 from ..persist.checkpoint import CheckpointStore, compare_manifests, manifest_of
 from ..config import EXECUTION_ONLY, FitConfig
 from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, RunStopped, UsageError
@@ -93,7 +94,7 @@ def run(
         columns = describe_columns(source)
         log.event("start", message=summary_line(columns), data=source.url, rows=int(sum(source.chunk_rows)),
                   model=config.model, output=job.output,
-                  resumed_at=None if resume is None else int(resume["counters"][0]),
+                  resumed_at=None if resume is None else int(resume["counters"][T]),
                   detail={"features": columns["columns"], "skipped": columns["skipped"],
                           "warnings": columns["warnings"]})
         for warning in columns["warnings"]:
@@ -103,7 +104,7 @@ def run(
 
         def save(arrays: dict[str, Any]) -> None:
             assert store is not None  # handed to the trainer only with a checkpoint store
-            store.save(int(arrays["counters"][0]), arrays, meta)
+            store.save(int(arrays["counters"][T]), arrays, meta)
 
         def events(record: dict[str, Any]) -> None:
             if record["event"] in ("epoch", "checkpoint"):

@@ -30,7 +30,8 @@ import numpy as np
 from .inference import evaluate
 from ..config import FitConfig
 from ..errors import UsageError
-from ..compute.losses import GRADIENTS
+from ..compute.codes import LOSSES, SOFTMAX
+from ..compute.losses import accumulate
 from ..persist.model import Model
 from ..compute.noise import NoiseMeter, reported
 from ..sources.subset import ChunkSubset, holds_whole_chunks, split_rows  # ChunkSubset re-exported: tune's split
@@ -147,7 +148,9 @@ def measure_noise(source: Source, model: Model, l2: float, batch: int, max_rows:
     n = window.X.shape[0]
     b = max(1, min(batch, n // 2))
     perm = np.random.default_rng([seed, 12]).permutation(n)
-    kernel = GRADIENTS[model.model]
+    loss = LOSSES[model.model]
+    if loss == SOFTMAX:
+        raise UsageError("tune-batch measures the gradient noise of one-output models; softmax is not supported")
     w_eff = np.ascontiguousarray(model.coef, dtype=np.float64)
     theta = np.append(w_eff * model.scale, model.intercept + w_eff @ model.mean)  # standardised
     gw = np.zeros(theta.size)
@@ -155,7 +158,7 @@ def measure_noise(source: Source, model: Model, l2: float, batch: int, max_rows:
     meter = NoiseMeter(n_rows=n)
     for k in range(n // b):
         gw[:] = 0.0
-        _, gw[-1] = kernel(window.X, window.y, perm[k * b:(k + 1) * b], w_eff, model.intercept, gw[:-1])
+        _, gw[-1] = accumulate(loss, window.X, window.y, perm[k * b:(k + 1) * b], w_eff, model.intercept, gw[:-1])
         standardized_gradient(gw, float(b), model.mean, model.scale, l2, theta, g)
         meter.add(g, b)
     return {**meter.estimate(), "noise_rows": n}

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, LOSS, LR0,
-                            ROWS, T, finish_batch, train_rows)
+                            NOISE_SUMS, NOISE_TOTAL, ROWS, SCHEDULE, T, finish_batch, pack_params, train_rows)
 from ..compute.losses import row_loss
 from ..compute.noise import NoiseMeter
 from ..compute.optim import schedule_lr
@@ -47,7 +47,8 @@ class Run:
         self.ck, self.on_progress = hooks.checkpointing, hooks.on_progress
         st = self.st
         assert st.classes is not None  # set by setup
-        self.params = (st.theta, st.theta_eff, st.avg, st.gw, st.l1_q, st.l1_u, st.cw, st.classes)
+        self.params = pack_params(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, gw=st.gw, l1_q=st.l1_q,
+                                  l1_u=st.l1_u, cw=st.cw, classes=st.classes)
         # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
         self.meter = meter = NoiseMeter(n_rows=self.schedule.N, n_params=st.theta.size)
         assert meter.total is not None  # sized by n_params
@@ -108,7 +109,7 @@ class Run:
         assert st.hyper is not None and st.spec is not None  # intervals close after updates
         self.emit({"event": "progress", "epoch": epoch + 1, "iteration": t,
                    "rows_seen": int(st.rows_seen[0] + sums[ROWS]), "batch": int(st.spec[BATCH]),
-                   "lr": schedule_lr(int(st.spec[2]), st.hyper[LR0], t, config.power_t, config.warmup,
+                   "lr": schedule_lr(int(st.spec[SCHEDULE]), st.hyper[LR0], t, config.power_t, config.warmup,
                                      total_steps or 0, config.step_every, config.gamma),
                    "total_iterations": total_steps, "loss": sums[LOSS] / max(sums[ROWS], 1.0),
                    "rows_per_second": sums[ROWS] / max(now - self.interval_start, 1e-9),
@@ -121,7 +122,8 @@ class Run:
     def save_checkpoint(self) -> None:
         st = self.st
         if self.ck.save is not None:
-            self.ck.save({**st.arrays(), "noise_total": self.noise[0].copy(), "noise_sums": self.noise[1].copy()})
+            self.ck.save({**st.arrays(), "noise_total": self.noise[NOISE_TOTAL].copy(),
+                          "noise_sums": self.noise[NOISE_SUMS].copy()})
             self.emit({"event": "checkpoint", "iteration": int(st.counters[T]),
                        "rows_seen": int(st.rows_seen[0] + st.sums[ROWS])})
         self.last_checkpoint = time.perf_counter()

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.losses import LOSSES
-from ..compute.optim import OPTIMIZERS, SCHEDULES
+from ..compute.codes import LOSSES, OPTIMIZERS, SCHEDULES
+from ..compute.loop import pack_spec
 from ..config import FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
@@ -246,9 +246,10 @@ def _state(source: Source, config: FitConfig, plan: MemoryPlan, schedule: Schedu
         kernel_classes = np.arange(blocks, dtype=np.float64) if text else labels.astype(np.float64)
     st = State(len(source.features), blocks)
     st.classes = kernel_classes
-    st.spec = np.array([LOSSES[config.model], B, SCHEDULES[config.lr_schedule], average_from, N,
-                        OPTIMIZERS[config.optimizer], config.warmup, total_steps or 0, config.step_every,
-                        int(config.noise_stats), step_offset, blocks], dtype=np.int64)
+    st.spec = pack_spec(loss=LOSSES[config.model], batch=B, schedule=SCHEDULES[config.lr_schedule],
+                        average_from=average_from, n_rows=N, optimizer=OPTIMIZERS[config.optimizer],
+                        warmup=config.warmup, total=total_steps or 0, step_every=config.step_every,
+                        noise=config.noise_stats, t0=step_offset, blocks=blocks)
     st.cw = class_weights(config.class_weight, strata, source.chunk_rows, config.model, labels, counts)
     # the default step must be safe for the heaviest row: its loss counts w_max times
     top_weight = max_sample_weight(source, plan.readers) if sample_weight_column(source) else 1.0

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import BATCH, LR0
+from ..compute.loop import BATCH, LR0, pack_hyper
 from ..compute.losses import CURVATURE
 from ..compute.noise import reported
 from ..compute.optim import batch_step, default_lr, refresh_effective, smoothness
@@ -101,8 +101,8 @@ def start(st: State, window: Window, config: FitConfig, init: Model | None, N: i
     else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
         lr0 = config.lr * (B / config.lr_reference_batch if config.lr_reference_batch else 1.0)
     param = config.epsilon if config.model == "huber" else config.quantile
-    st.hyper = np.array([lr0, config.power_t, config.l2, config.l1, param, config.beta1, config.beta2,
-                         config.eps, config.gamma])
+    st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=config.l1, param=param,
+                          beta1=config.beta1, beta2=config.beta2, eps=config.eps, gamma=config.gamma)
     for c in range(st.theta.size // (d + 1)):
         refresh_effective(st.theta[c * (d + 1):(c + 1) * (d + 1)], st.theta_eff[c * (d + 1):(c + 1) * (d + 1)],
                           st.mean, st.scale)
