@@ -23,6 +23,7 @@ from .errors import DataError, UsageError
 from .persist.model import CLASSIFIERS, Model
 from .persist.model import load as _load
 from .sources import ArraySource, Source, open_source
+from .sources.retry import RetryPolicy
 from .train.trainer import fit as _train
 
 #: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).
@@ -69,6 +70,7 @@ def fit(
     exclude: Sequence[str] | None = None,
     weight: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    retry_policy: RetryPolicy | None = None,
     format: str = "auto",
     x_array: str = "X",
     metrics: str | None = None,
@@ -94,7 +96,9 @@ def fit(
     weight : a URL's column of per-row sample weights (>= 0, not a feature): the objective
         becomes (1/N) Σ w_i ℓ_i + penalties, so an integer weight k counts a row k times.
         For arrays, use the estimators' ``fit(X, y, sample_weight=...)``.
-    storage_options, format, x_array : how to read a URL, as :func:`~streamsgd.sources.open_source`.
+    storage_options, retry_policy, format, x_array : how to read a URL, as
+        :func:`~streamsgd.sources.open_source` (``retry_policy``: a
+        :class:`~streamsgd.sources.retry.RetryPolicy`; the environment is not read).
     metrics, on_progress : a JSON-lines file for progress and epoch records, and a callback
         receiving each record.
     **options : any :class:`~streamsgd.config.FitConfig` field (``batch``, ``epochs``,
@@ -123,7 +127,7 @@ def fit(
                            exclude=column_names(exclude, "exclude"), weight=weight, **options)
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
                              storage_options=storage_options, format=format, x_array=x_array,
-                             exclude=config.exclude, weight=weight)
+                             exclude=config.exclude, weight=weight, retry_policy=retry_policy)
         return _train(source, config, metrics=metrics, on_progress=on_progress).model
     if weight is not None:
         raise UsageError("weight= names a column of a URL's data; for arrays use "

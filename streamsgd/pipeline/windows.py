@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -178,35 +176,3 @@ def _check_target(source: Source, chunk: int, y: NDArray | None) -> None:
             f"{source.chunk_name(chunk)}: target column {source.target!r} holds NaN or infinite "
             "values; drop those rows"
         )
-
-
-def return_freed_buffers_to_os(column_bytes: int) -> None:
-    """Make glibc serve buffers larger than a decoded column (``column_bytes``) with mmap, so
-    freeing a window returns it to the OS, while decoded columns come from the heap and
-    reuse its pages.
-
-    Window buffers and Arrow's column buffers are large and short-lived. After the first
-    window is freed, glibc raises its mmap threshold and serves the next ones from the heap,
-    where freed buffers linger and peak RSS creeps up with the number of windows read.
-    Pinning the threshold (``M_MMAP_THRESHOLD``) turns that off. Measured on 4.8M rows x 20
-    at a 64MB limit, peak RSS: 305 MiB unpinned, 265 pinned at 1 MiB, 247 pinned at 128 KiB
-    (glibc's initial value) with Arrow's system pool. But at 128 KiB every column a reader
-    decodes is a fresh mapping whose pages the kernel zeroes on first touch. With the
-    threshold just above a column instead: a fit of 2M x 100 float32 rows with the system
-    pool took 1.38 s, not 1.65 (median of 8 each, alternated in one process); the CLI on
-    10M x 100 at 512MiB took 8.1-8.3 s, not 10.0-10.5, and peaked at 568-587 MiB, not
-    502-504 (three runs each): the readers' decoded columns stay resident between row groups,
-    inside the share of the limit the memory plan gives them. The peak stays flat in N
-    (benchmarks/memory.py: 1.08x from 10^6 to 10^8 rows). A no-op where libc is not glibc.
-    (Arrow's own pool is chosen by the ``ARROW_DEFAULT_MEMORY_POOL`` environment variable,
-    which the CLI sets: see ``cli.main``.)
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    # glibc's floor and its largest allowed threshold (32 MiB on 64-bit), with room for
-    # Arrow's padding and the allocator's headers above the column itself
-    threshold = min(max(128 << 10, column_bytes + (64 << 10)), 32 << 20)
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass

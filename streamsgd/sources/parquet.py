@@ -146,6 +146,7 @@ class ParquetSource:
         max_chunk_rows: int | None = None,
         exclude: Sequence[str] | None = None,
         weight: str | None = None,
+        retry_policy: retry.RetryPolicy | None = None,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -153,7 +154,8 @@ class ParquetSource:
         self.urls = urls
         self.url = urls[0] if len(urls) == 1 else f"{urls[0]} (and {len(urls) - 1} more)"
         self.format = "parquet"
-        self._files = [f for u in urls for f in _expand(u, storage_options)]
+        self.retry_policy = retry_policy or retry.DEFAULT_POLICY  # how transient store failures are retried
+        self._files = [f for u in urls for f in _expand(u, storage_options, self.retry_policy)]
         self.paths = [f.path for f in self._files]
         # footers are parsed once here, summarised, and after that kept for a few files only:
         # a parsed footer costs ~1.3 KB per column chunk (20 MiB for 153 row groups x 101
@@ -276,7 +278,7 @@ class ParquetSource:
 
         out = []
         for k, f in enumerate(self._files):
-            info = retry.call(lambda: file_info(f.fs, f.fs_path), f"{f.path}: file details")
+            info = retry.call(lambda: file_info(f.fs, f.fs_path), f"{f.path}: file details", self.retry_policy)
             chunks = sum(1 for c in self._chunks if c.file == k)
             out.append({"path": f.path, **info, "rows": self._file_rows[k], "chunks": chunks,
                         "row_groups": len(self._group_rows[k])})
@@ -290,7 +292,7 @@ class ParquetSource:
 
         c = self._chunks[i]
         in_file = [n for n in names if n not in self.partition_columns]
-        table = retry.call(lambda: self._read(i, c, in_file), self.chunk_name(i), breaker=self._breaker)
+        table = retry.call(lambda: self._read(i, c, in_file), self.chunk_name(i), self.retry_policy, self._breaker)
         for name in names:
             if name in self.partition_columns:
                 value = self._partition_value(c.file, name)
@@ -417,7 +419,7 @@ class ParquetSource:
                 return pq.read_metadata(f)
 
         try:
-            return retry.call(read, f"{path}: footer")
+            return retry.call(read, f"{path}: footer", self.retry_policy)
         except SourceError:
             raise
         except FileNotFoundError as exc:
@@ -597,7 +599,7 @@ def _store(f: _File) -> str:
     return store_name(f.fs)
 
 
-def _expand(url: str, storage_options: Mapping[str, Any] | None) -> list[_File]:
+def _expand(url: str, storage_options: Mapping[str, Any] | None, policy: retry.RetryPolicy) -> list[_File]:
     """The Parquet files of ``url``: itself, the matches of a glob, or a directory's tree."""
     from fsspec.implementations.local import LocalFileSystem
 
@@ -638,7 +640,7 @@ def _expand(url: str, storage_options: Mapping[str, Any] | None) -> list[_File]:
         return [named(root, None, url)]  # one file: shown as the user wrote it
 
     try:
-        return retry.call(listing, f"{url}: listing")
+        return retry.call(listing, f"{url}: listing", policy)
     except (DataError, SourceError):
         raise
     except OSError as exc:

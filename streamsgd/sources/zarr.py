@@ -40,11 +40,13 @@ class ZarrSource:
         x_array: str = "X",
         exclude: Sequence[str] | None = None,
         weight: str | None = None,
+        retry_policy: retry.RetryPolicy | None = None,
     ):
         import zarr
 
         self.url = url
         self.format = "zarr"
+        self.retry_policy = retry_policy or retry.DEFAULT_POLICY  # how transient store failures are retried
         kwargs: dict[str, Any] = {}
         options = with_defaults(url, storage_options)
         if "://" in url and not url.startswith(("file://", "memory://")):
@@ -56,7 +58,8 @@ class ZarrSource:
         self._fs_url = url
         self._options = options
         try:
-            group = retry.call(lambda: zarr.open_group(store=url, mode="r", **kwargs), f"{url}: Zarr metadata")
+            group = retry.call(lambda: zarr.open_group(store=url, mode="r", **kwargs), f"{url}: Zarr metadata",
+                               self.retry_policy)
         except SourceError:
             raise
         except FileNotFoundError as exc:
@@ -120,7 +123,7 @@ class ZarrSource:
         transient store failures retried."""
         try:
             return retry.call(lambda: array.get_basic_selection(self._rows(i), out=out), self.chunk_name(i),
-                              breaker=self._breaker)
+                              self.retry_policy, self._breaker)
         except SourceError:
             raise
         except (OSError, ValueError, RuntimeError) as exc:
@@ -189,7 +192,8 @@ class ZarrSource:
             record: dict[str, Any] = {"path": f"{self.url.rstrip('/')}/{name}", "size": int(array.nbytes),
                       "rows": int(array.shape[0]), "chunks": len(self.chunk_rows)}
             try:
-                marks = retry.call(lambda: file_info(fs, f"{root.rstrip('/')}/{name}/{doc}"), record["path"])
+                marks = retry.call(lambda: file_info(fs, f"{root.rstrip('/')}/{name}/{doc}"), record["path"],
+                                   self.retry_policy)
                 record.update({k: v for k, v in marks.items() if k != "size"})
             except FileNotFoundError:
                 pass  # stores without per-array documents (consolidated) give no version mark

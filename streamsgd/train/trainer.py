@@ -35,7 +35,7 @@ from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from ..sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
 from .targets import chunk_target_means, max_sample_weight, standardization
 from ..pipeline.epochs import EpochStream
-from ..pipeline.windows import WEIGHT_BYTES, Window, read_window, return_freed_buffers_to_os, sample_weight_column
+from ..pipeline.windows import WEIGHT_BYTES, Window, read_window, sample_weight_column
 
 #: Without ``--epochs`` a run makes at least this many updates (SGD converges in updates,
 #: not in passes), within [1, MAX_AUTO_EPOCHS] epochs.
@@ -325,7 +325,6 @@ def fit(
     validation: Source | None = held_out
     N = n_rows(source)
     plan = MemoryPlan.for_source(source, config)
-    return_freed_buffers_to_os(8 * max(source.chunk_rows, default=0))  # a decoded float64 column
     labels: NDArray | None = None
     counts: NDArray[np.int64] | None = None
     if config.model == "softmax":  # one block of parameters per class, its labels from a pass over the target
