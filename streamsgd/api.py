@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import MODELS, FitConfig
+from .config import DEFAULT_TARGET, MODELS, FitConfig
 from .errors import DataError, UsageError
 from .persist.model import CLASSIFIERS, Model
 from .persist.model import load as _load
@@ -65,7 +65,7 @@ def fit(
     data: str | os.PathLike | tuple[NDArray, NDArray] | Any,
     *,
     loss: str | None = None,
-    target: str = "y",
+    target: str = DEFAULT_TARGET,
     features: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     weight: str | None = None,

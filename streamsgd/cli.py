@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import (DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes,
+from .config import (DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes,
                      storage_option)
 from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
 from .run.runtime import retry_policy_from_environment, tune_allocator
@@ -124,7 +124,7 @@ def cli() -> None:
 @click.argument("data", nargs=-1)
 @click.option("--config", "config_path", default=None, metavar="JOB.toml",
               help="Options from a TOML file; flags given here override it.")
-@click.option("--target", "--y-array", default="y", show_default=True, help="Target column (Zarr: the 1-D target array).")
+@click.option("--target", "--y-array", default=DEFAULT_TARGET, show_default=True, help="Target column (Zarr: the 1-D target array).")
 @click.option("--features", multiple=True, help="Feature columns: names or globs ('carrier_*'), comma-separated or repeated; "
                                                 "default: every numeric column but the target, --exclude and pandas' index.")
 @_EXCLUDE
@@ -376,7 +376,7 @@ def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, .
 
 @cli.command()
 @click.argument("data", nargs=-1, required=True)
-@click.option("--target", "--y-array", default="y", show_default=True)
+@click.option("--target", "--y-array", default=DEFAULT_TARGET, show_default=True)
 @click.option("--features", multiple=True)
 @_EXCLUDE
 @store_options
@@ -468,7 +468,7 @@ def _json_safe(obj: Any) -> Any:
 
 @cli.command("tune-batch")
 @click.argument("data", nargs=-1, required=True)
-@click.option("--target", "--y-array", default="y", show_default=True)
+@click.option("--target", "--y-array", default=DEFAULT_TARGET, show_default=True)
 @click.option("--features", multiple=True)
 @_EXCLUDE
 @store_options

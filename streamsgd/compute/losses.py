@@ -74,8 +74,9 @@ LOSSES = {"linear": 0, "logistic": 1, "huber": 2, "hinge": 3, "modified_huber": 
           "softmax": 7}
 SOFTMAX = 7
 
-_DEFAULT_EPSILON = 0.1
-_DEFAULT_TAU = 0.5
+# compile-time constants of default_param, from config's one home of the defaults
+_DEFAULT_EPSILON = LOSS_PARAM["huber"]
+_DEFAULT_TAU = LOSS_PARAM["quantile"]
 
 
 @njit(nogil=True, cache=True)

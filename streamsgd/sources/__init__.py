@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence
 
 from numpy.typing import NDArray
 
+from ..config import DEFAULT_TARGET
 from ..errors import SourceError, UsageError
 from . import retry
 from .arrays import ArraySource
@@ -50,7 +51,7 @@ def n_rows(source: Source) -> int:
 
 def open_source(
     url: str | Sequence[str],
-    target: str | None = "y",
+    target: str | None = DEFAULT_TARGET,
     features: Sequence[str] | None = None,
     feature_hint: str = "fix --features",
     storage_options: Mapping[str, Any] | None = None,

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from ..config import DEFAULT_MEMORY_LIMIT
+from ..config import DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET
 from .cast import arrow_values, not_finite, to_dtype
 from .columns import FooterFacts, numeric_kind
 from ..errors import DataError, SourceError, UsageError
@@ -138,7 +138,7 @@ class ParquetSource:
     def __init__(
         self,
         url: str | Sequence[str],
-        target: str | None = "y",
+        target: str | None = DEFAULT_TARGET,
         features: Sequence[str] | None = None,
         feature_hint: str = "fix --features",
         storage_options: Mapping[str, Any] | None = None,

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from .cast import not_finite, to_dtype
 from .columns import is_glob, select
+from ..config import DEFAULT_TARGET
 from ..errors import DataError, SourceError
 from . import retry
 from .fs import with_defaults
@@ -33,7 +34,7 @@ class ZarrSource:
     def __init__(
         self,
         url: str,
-        target: str | None = "y",
+        target: str | None = DEFAULT_TARGET,
         features: Sequence[str] | None = None,
         feature_hint: str = "fix --features",
         storage_options: Mapping[str, Any] | None = None,
