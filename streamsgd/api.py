@@ -24,6 +24,7 @@ from .persist.model import CLASSIFIERS, Model
 from .persist.model import load as _load
 from .sources import ArraySource, Source, open_source
 from .sources.retry import RetryPolicy
+from .sources.validate import not_finite_target
 from .train.trainer import fit as _train
 
 #: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).
@@ -49,7 +50,7 @@ def encode_labels(y: NDArray) -> tuple[NDArray[np.float64], NDArray]:
     """
     y = np.asarray(y)
     if y.dtype.kind in "fc" and not np.isfinite(y).all():
-        raise DataError("y holds NaN or infinite values; drop those rows")
+        raise not_finite_target("y")
     classes, y01 = np.unique(y, return_inverse=True)
     if classes.size < 2:
         raise DataError(f"y holds one class ({classes[0]!r}) but a classifier needs two; add rows of another class")

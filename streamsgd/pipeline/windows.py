@@ -10,11 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..config import LOSS_TASK
 from ..errors import DataError, StreamSGDError, SourceError
 from .prefetch import Prefetcher
 from ..sources import Source
-from ..sources.labels import not_binary_labels
+from ..sources.validate import refuse_nulls
 
 
 @dataclass
@@ -65,9 +64,7 @@ def read_weights(source: Source, chunk: int) -> NDArray[np.float64]:
     assert name is not None  # called for data read with a weight column only
     column = source.read_columns(chunk, [name]).column(0)
     where = source.chunk_name(chunk)
-    if column.null_count:
-        raise DataError(f"{where}: weight column {name!r} has {column.null_count} null values; fill them "
-                        "(0 leaves a row out) or drop those rows")
+    refuse_nulls(column, where, name, "weight column", "fill them (0 leaves a row out) or drop those rows")
     w = np.array(arrow_values(column), dtype=np.float64)
     bad = ~np.isfinite(w) | (w < 0)
     if bad.any():
@@ -118,7 +115,6 @@ def read_window(
             raise
         except Exception as exc:  # an unexpected reader failure still names the chunk
             raise SourceError(f"{source.chunk_name(c)}: read failed: {exc}") from exc
-        _check_target(source, c, None if y is None else y[s if rows is None else rows])
         if w is not None:
             w[s if rows is None else rows] = read_weights(source, c)
 
@@ -136,14 +132,13 @@ def prefetch_windows(
     source: Source,
     windows: Iterable[tuple[int, int, NDArray[np.int64]]],
     dtype: DTypeLike,
-    model: str,
     readers: int,
     max_bytes: int,
     orders: Callable[[int, int, int], NDArray[np.int64]] | None = None,
 ) -> Iterator[Prefetcher]:
-    """Read ``windows`` ((epoch, window number, chunks) items) ahead in the background, each
-    checked for the model's labels and, given ``orders`` ((epoch, window number, rows) → its
-    row order), laid out in that order.
+    """Read ``windows`` ((epoch, window number, chunks) items) ahead in the background, each,
+    given ``orders`` ((epoch, window number, rows) → its row order), laid out in that order.
+    Their targets were checked once, before training (:mod:`streamsgd.sources.validate`).
 
     Yields the prefetcher: iterate it for windows, ``release(window.nbytes)`` each when done.
     """
@@ -151,28 +146,9 @@ def prefetch_windows(
     def read(item: tuple[int, int, NDArray[np.int64]]) -> Window:
         epoch, w, chunks = item
         order = None if orders is None else orders(epoch, w, int(sum(source.chunk_rows[c] for c in chunks)))
-        return check_labels(model, source, read_window(source, chunks, dtype, True, pool, order))
+        return read_window(source, chunks, dtype, True, pool, order)
 
     with ThreadPoolExecutor(readers) as pool, Prefetcher(
         windows, read, lambda item: window_bytes(source, item[2], dtype, True), max_bytes,
     ) as stream:
         yield stream
-
-
-def check_labels(model: str, source: Source, window: Window) -> Window:
-    """Refuse labels the loss cannot use (logistic needs 0/1); returns the window."""
-    if LOSS_TASK.get(model) == "classification" and window.y is not None:
-        bad = (window.y != 0) & (window.y != 1)
-        if bad.any():
-            value = window.y[np.argmax(bad)]
-            raise not_binary_labels(source, model, float(value))
-    return window
-
-
-def _check_target(source: Source, chunk: int, y: NDArray | None) -> None:
-    """Refuse a non-finite target (the sources check the features as they copy them)."""
-    if y is not None and not np.isfinite(y).all():
-        raise DataError(
-            f"{source.chunk_name(chunk)}: target column {source.target!r} holds NaN or infinite "
-            "values; drop those rows"
-        )

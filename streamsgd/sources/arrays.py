@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError
-from .cast import not_finite
+from .validate import not_finite
 
 
 class ArraySource:

@@ -15,7 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..config import DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET
-from .cast import arrow_values, not_finite, to_dtype
+from .cast import arrow_values, to_dtype
+from .validate import not_finite, refuse_nulls
 from .columns import FooterFacts, numeric_kind
 from ..errors import DataError, SourceError, UsageError
 from . import retry
@@ -726,9 +727,5 @@ def _weight_apart(path: str, schema, weight: str, features: Sequence[str] | None
 
 def _values(column, name: str, source, i: int) -> NDArray:
     """An Arrow column as one NumPy array (a view of the decoded buffer), refusing nulls."""
-    if column.null_count:
-        raise DataError(
-            f"{source.chunk_name(i)}: column {name!r} has {column.null_count} null values; "
-            "drop or impute them"
-        )
+    refuse_nulls(column, source.chunk_name(i), name)
     return arrow_values(column)

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .cast import not_finite, to_dtype
+from .cast import to_dtype
+from .validate import not_finite
 from .columns import is_glob, select
 from ..config import DEFAULT_TARGET
 from ..errors import DataError, SourceError

@@ -333,6 +333,8 @@ def fit(
             source = ClassIndexSource(source, labels)
             validation = None if validation is None else ClassIndexSource(validation, labels)
     strata = chunk_target_means(source, config.model, plan.readers)
+    if validation is not None:  # its targets, read for val_loss, pass the same one check before training
+        chunk_target_means(validation, config.model, plan.readers)
 
     B = _batch_rows(config, N)
     ipe = iterations_per_epoch(N, B)
