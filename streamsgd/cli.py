@@ -28,7 +28,7 @@ class Session:
     an error in the format the fit was asked for."""
 
     retry_policy: RetryPolicy = field(default_factory=retry_policy_from_environment)
-    tune_allocator: bool = False  # main() tuned the allocators at start-up: retune once the data is open
+    tuned: bool = False  # main() tuned the allocators at start-up: retune them once the data is open
     log: RunLog | None = None
 
 
@@ -39,7 +39,7 @@ def _session() -> Session:
 
 def _fit_allocator(source) -> None:
     """Pin the allocator to the data's largest chunk when the command started from :func:`main`."""
-    if _session().tune_allocator:
+    if _session().tuned:
         tune_allocator(max(source.chunk_rows, default=0))
 
 
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: every expected failure is one line on stderr and a documented exit code."""
     tune_allocator()  # before pyarrow is imported: the CLI imports it lazily
     try:
-        session = Session(tune_allocator=True)
+        session = Session(tuned=True)
     except UsageError as exc:  # the retry policy's environment variables
         click.echo(f"streamsgd: error: {exc}", err=True)
         sys.exit(exc.exit_code)
