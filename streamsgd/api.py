@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import MODELS, FitConfig
+from .config import DEFAULT_TARGET, MODELS, FitConfig
 from .errors import DataError, UsageError
 from .persist.model import CLASSIFIERS, Model
 from .persist.model import load as _load
@@ -26,6 +26,8 @@ from .sources import ArraySource, Source, open_source
 from .train import Hooks
 from .train import fit as _train
 from .sources.base import missing_members
+from .sources.retry import RetryPolicy
+from .sources.validate import not_finite_target
 
 #: scikit-learn's loss names -> the trainer's model names (``FitConfig.model``).
 LOSSES = {"log_loss": "logistic", "squared_error": "linear", "hinge": "hinge", "modified_huber": "modified_huber",
@@ -50,7 +52,7 @@ def encode_labels(y: NDArray) -> tuple[NDArray[np.float64], NDArray]:
     """
     y = np.asarray(y)
     if y.dtype.kind in "fc" and not np.isfinite(y).all():
-        raise DataError("y holds NaN or infinite values; drop those rows")
+        raise not_finite_target("y")
     classes, y01 = np.unique(y, return_inverse=True)
     if classes.size < 2:
         raise DataError(f"y holds one class ({classes[0]!r}) but a classifier needs two; add rows of another class")
@@ -66,11 +68,12 @@ def fit(
     data: str | os.PathLike | tuple[NDArray, NDArray] | Any,
     *,
     loss: str | None = None,
-    target: str = "y",
+    target: str = DEFAULT_TARGET,
     features: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     weight: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    retry_policy: RetryPolicy | None = None,
     format: str = "auto",
     x_array: str = "X",
     metrics: str | None = None,
@@ -96,7 +99,9 @@ def fit(
     weight : a URL's column of per-row sample weights (>= 0, not a feature): the objective
         becomes (1/N) Σ w_i ℓ_i + penalties, so an integer weight k counts a row k times.
         For arrays, use the estimators' ``fit(X, y, sample_weight=...)``.
-    storage_options, format, x_array : how to read a URL, as :func:`~streamsgd.sources.open_source`.
+    storage_options, retry_policy, format, x_array : how to read a URL, as
+        :func:`~streamsgd.sources.open_source` (``retry_policy``: a
+        :class:`~streamsgd.sources.retry.RetryPolicy`; the environment is not read).
     metrics, on_progress : a JSON-lines file for progress and epoch records, and a callback
         receiving each record.
     **options : any :class:`~streamsgd.config.FitConfig` field (``batch``, ``epochs``,
@@ -125,7 +130,7 @@ def fit(
                            exclude=column_names(exclude, "exclude"), weight=weight, **options)
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
                              storage_options=storage_options, format=format, x_array=x_array,
-                             exclude=config.exclude, weight=weight)
+                             exclude=config.exclude, weight=weight, retry_policy=retry_policy)
         return _train(source, config, hooks=Hooks(metrics, on_progress)).model
     if weight is not None:
         raise UsageError("weight= names a column of a URL's data; for arrays use "

@@ -6,13 +6,41 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import (DEFAULT_MEMORY_LIMIT, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes,
+from .config import (DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes,
                      storage_option)
 from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
+from .run.runtime import retry_policy_from_environment, tune_allocator
+from .sources.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .run.logs import RunLog
+
+
+@dataclass
+class Session:
+    """One command's state, carried as click's context object (``ctx.obj``): what the door
+    read from the environment once, and the running fit's log, so that :func:`main` reports
+    an error in the format the fit was asked for."""
+
+    retry_policy: RetryPolicy = field(default_factory=retry_policy_from_environment)
+    tuned: bool = False  # main() tuned the allocators at start-up: retune them once the data is open
+    log: RunLog | None = None
+
+
+def _session() -> Session:
+    """The running command's :class:`Session` (a fresh one when click runs a command without :func:`main`)."""
+    return click.get_current_context().ensure_object(Session)
+
+
+def _fit_allocator(source) -> None:
+    """Pin the allocator to the data's largest chunk when the command started from :func:`main`."""
+    if _session().tuned:
+        tune_allocator(max(source.chunk_rows, default=0))
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -78,7 +106,7 @@ def _open(data: str | tuple[str, ...], target: str | None, features, store: dict
                        feature_hint=feature_hint, storage_options=_storage_options(store["storage_option"]),
                        format=store["data_format"], x_array=store["x_array"],
                        max_chunk_bytes=MemoryPlan.max_chunk_bytes(memory_limit) if memory_limit else None,
-                       exclude=exclude, weight=weight)
+                       exclude=exclude, weight=weight, retry_policy=_session().retry_policy)
 
 
 def _store(options: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +124,7 @@ def cli() -> None:
 @click.argument("data", nargs=-1)
 @click.option("--config", "config_path", default=None, metavar="JOB.toml",
               help="Options from a TOML file; flags given here override it.")
-@click.option("--target", "--y-array", default="y", show_default=True, help="Target column (Zarr: the 1-D target array).")
+@click.option("--target", "--y-array", default=DEFAULT_TARGET, show_default=True, help="Target column (Zarr: the 1-D target array).")
 @click.option("--features", multiple=True, help="Feature columns: names or globs ('carrier_*'), comma-separated or repeated; "
                                                 "default: every numeric column but the target, --exclude and pandas' index.")
 @_EXCLUDE
@@ -165,8 +193,8 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     from .run.job import Job, recordable, run
     from .run.logs import RunLog
 
-    global _LOG
-    _LOG = RunLog(given["log_format"], quiet=True)  # a bad job file is reported in the format asked for
+    session = ctx.ensure_object(Session)
+    session.log = RunLog(given["log_format"], quiet=True)  # a bad job file is reported in the format asked for
     opts = _with_config_file(ctx, config_path, given)
     if opts["resume"] and opts["checkpoint_dir"] and not opts["data"]:
         opts = _from_checkpoint(ctx, config_path, opts)
@@ -175,7 +203,7 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     log_format, quiet = opts.pop("log_format"), opts.pop("quiet")
     # a person at a terminal also sees the start line: the columns used and skipped
     shown = ("start",) if log_format == "text" and not quiet and sys.stderr.isatty() else ()
-    _LOG = RunLog(log_format, quiet=quiet or log_format == "text", also=shown)
+    session.log = RunLog(log_format, quiet=quiet or log_format == "text", also=shown)
     data, target, output, as_json = opts.pop("data"), opts.pop("target"), opts.pop("output"), opts.pop("as_json")
     if not data:
         raise UsageError("DATA: give the data set on the command line, or as data = … in --config")
@@ -191,9 +219,10 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
         _check_output_dir(job.metrics, "--metrics")
     source = _open(data, target, config.features, store, memory_limit=config.memory_limit, exclude=config.exclude,
                    weight=config.weight)
+    _fit_allocator(source)
     progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
-        result = run(source, config, job, _LOG, on_progress=progress)
+        result = run(source, config, job, session.log, on_progress=progress)
     finally:
         if progress:
             progress.close()
@@ -231,9 +260,6 @@ def _from_checkpoint(ctx: click.Context, config_path: str | None, opts: dict[str
             out[name] = tuple(value) if isinstance(value, list) else value
     return out
 
-
-#: The running fit's log, so that main() reports its error in the same format.
-_LOG = None
 
 #: click parameter name -> the job file's key (streamsgd.jobconfig.OPTIONS)
 _FILE_KEYS = {"data_format": "format", "as_json": "json", "storage_option": "storage_options"}
@@ -350,7 +376,7 @@ def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, .
 
 @cli.command()
 @click.argument("data", nargs=-1, required=True)
-@click.option("--target", "--y-array", default="y", show_default=True)
+@click.option("--target", "--y-array", default=DEFAULT_TARGET, show_default=True)
 @click.option("--features", multiple=True)
 @_EXCLUDE
 @store_options
@@ -442,7 +468,7 @@ def _json_safe(obj: Any) -> Any:
 
 @cli.command("tune-batch")
 @click.argument("data", nargs=-1, required=True)
-@click.option("--target", "--y-array", default="y", show_default=True)
+@click.option("--target", "--y-array", default=DEFAULT_TARGET, show_default=True)
 @click.option("--features", multiple=True)
 @_EXCLUDE
 @store_options
@@ -473,6 +499,7 @@ def tune_batch(data, target, features, exclude, validation, holdout, batches, ti
     if plot_path:
         _check_output_dir(plot_path, "--plot")
     source = _open(data, target, config.features, store, memory_limit=config.memory_limit, exclude=config.exclude)
+    _fit_allocator(source)
     val = _open(validation, target, list(source.features), store) if validation else None
     result = tune(source, config, TuneOptions(holdout=holdout, batches=_ints(batches, "--batches"),
                   timing_batches=_ints(timing_batches, "--timing-batches"), trial_rows=trial_rows,
@@ -505,10 +532,10 @@ def plot(metrics, output, x_axis, log_y):
     click.echo(f"wrote {output}", err=True)
 
 
-def _report(kind: str, message: str, code: int) -> None:
+def _report(session: Session, kind: str, message: str, code: int) -> None:
     """The run's last word: one line on stderr (a JSON object in --log-format json), then exit."""
-    if _LOG is not None and _LOG.format == "json":
-        _LOG.error(message, outcome=kind, exit_code=code)
+    if session.log is not None and session.log.format == "json":
+        session.log.error(message, outcome=kind, exit_code=code)
     else:
         click.echo(f"streamsgd: {kind}: {message}", err=True)
     sys.exit(code)
@@ -516,24 +543,23 @@ def _report(kind: str, message: str, code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every expected failure is one line on stderr and a documented exit code."""
-    # Arrow's C++ Parquet reader allocates from the default pool, chosen once from this
-    # variable; mimalloc (the default) keeps freed decode buffers, the system pool hands
-    # them back: 268 -> 251 MiB peak on 4.8M rows x 20 at a 64MB limit. The user's own
-    # setting wins. Must run before pyarrow is imported (the CLI imports it lazily).
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    global _LOG
-    _LOG = None
+    tune_allocator()  # before pyarrow is imported: the CLI imports it lazily
     try:
-        cli.main(args=argv, prog_name="streamsgd", standalone_mode=False)
+        session = Session(tuned=True)
+    except UsageError as exc:  # the retry policy's environment variables
+        click.echo(f"streamsgd: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    try:
+        cli.main(args=argv, prog_name="streamsgd", standalone_mode=False, obj=session)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"streamsgd: error: {exc.format_message()}", err=True)
         sys.exit(UsageError.exit_code if isinstance(exc, click.UsageError) else exc.exit_code)
     except RunStopped as exc:
-        _report("interrupted", str(exc), exc.exit_code)
+        _report(session, "interrupted", str(exc), exc.exit_code)
     except StreamSGDError as exc:
-        _report("error", str(exc), exc.exit_code)
+        _report(session, "error", str(exc), exc.exit_code)
     except Exception as exc:
         # an object store's credential failure can surface from any call into s3fs: one
         # line saying how to pass credentials, not botocore's traceback; anything else is a bug
@@ -544,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         urls = [a for a in (sys.argv[1:] if argv is None else argv) if "://" in a and "=" not in a]
         error = credentials_error(urls[0] if urls else "the object store", problem)
-        _report("error", str(error), error.exit_code)
+        _report(session, "error", str(error), error.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort) as exc:  # click turns Ctrl-C into Abort
-        _report("interrupted", "stopped at once; no output was written", getattr(exc, "exit_code", EXIT_INTERRUPTED))
+        _report(session, "interrupted", "stopped at once; no output was written", getattr(exc, "exit_code", EXIT_INTERRUPTED))
     sys.exit(0)

@@ -29,6 +29,9 @@ LOSS_PARAM = {"huber": 0.1, "quantile": 0.5}
 
 DEFAULT_MEMORY_LIMIT = 512 * 2**20
 
+#: The target column (Zarr: the 1-D target array) when none is named, as ``generate`` writes it.
+DEFAULT_TARGET = "y"
+
 #: Options that decide only how a run executes, never the model: the model file does not
 #: record them, and a checkpoint written under other values still resumes bit for bit.
 EXECUTION_ONLY = ("readers", "log_every", "noise_stats")
@@ -78,7 +81,7 @@ class FitConfig:
     """
 
     model: str = "logistic"
-    target: str = "y"
+    target: str = DEFAULT_TARGET
     features: tuple[str, ...] | None = None
     #: columns never used as features (names and globs), on top of pandas' index columns
     exclude: tuple[str, ...] | None = None
@@ -104,8 +107,8 @@ class FitConfig:
     eps: float = 1e-8
     l2: float = 1e-4
     l1: float = 0.0
-    epsilon: float = 0.1
-    quantile: float = 0.5
+    epsilon: float = LOSS_PARAM["huber"]
+    quantile: float = LOSS_PARAM["quantile"]
     #: None, "balanced", or a JSON object {"0": w0, "1": w1} (binary classifiers)
     class_weight: str | None = None
     #: share of chunks held out (chosen by the seed) to measure a validation loss each epoch

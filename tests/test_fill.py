@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from streamsgd.sources.rows import BLOCK_ROWS, copy_rows, fill_columns, first_nonfinite_column
-from streamsgd.sources.cast import not_finite
+from streamsgd.sources.validate import not_finite
 
 DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int8, np.uint16, np.bool_, np.int32, np.uint32, np.uint64]
 

@@ -90,13 +90,19 @@ def test_retry_succeeds_once_the_store_answers_and_permanent_errors_are_not_retr
     assert len(calls) == 1
 
 
-def test_environment_overrides_the_policy(monkeypatch):
+def test_the_environment_sets_the_policy_at_the_door_only(monkeypatch, tmp_path):
+    from streamsgd.run.runtime import retry_policy_from_environment
+
     monkeypatch.setenv("STREAMSGD_RETRIES", "2")
     monkeypatch.setenv("STREAMSGD_RETRY_DELAY", "0.5")
-    assert retry.policy() == retry.RetryPolicy(2, 0.5)
+    assert retry_policy_from_environment() == retry.RetryPolicy(2, 0.5)
+    path = write_parquet(tmp_path / "d.parquet", np.ones((10, 2)), np.zeros(10))
+    assert streamsgd.open_source(path).retry_policy == retry.DEFAULT_POLICY  # the library ignores it
+    given = retry.RetryPolicy(3, 0.0)
+    assert streamsgd.open_source(path, retry_policy=given).retry_policy == given
     monkeypatch.delenv("STREAMSGD_RETRIES")
     monkeypatch.delenv("STREAMSGD_RETRY_DELAY")
-    assert retry.policy() == retry.RetryPolicy(retry.TRIES, retry.DELAY)
+    assert retry_policy_from_environment() == retry.RetryPolicy(retry.TRIES, retry.DELAY)
 
 
 # --- byte ranges ------------------------------------------------------------------------

@@ -71,8 +71,9 @@ def _poisson_offset(y: float) -> float:
     return 0.0
 
 
-_DEFAULT_EPSILON = 0.1
-_DEFAULT_TAU = 0.5
+# compile-time constants of default_param, from config's one home of the defaults
+_DEFAULT_EPSILON = LOSS_PARAM["huber"]
+_DEFAULT_TAU = LOSS_PARAM["quantile"]
 
 
 @njit(nogil=True, cache=True)

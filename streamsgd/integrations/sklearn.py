@@ -28,7 +28,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..api import as_urls, column_names, encode_labels, model_for_loss
-from ..config import FitConfig
+from ..config import DEFAULT_TARGET, FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import CLASSIFIERS, Model, default_feature_names
 from ..sources import ArraySource, open_source
@@ -69,7 +69,7 @@ class _StreamSGD(BaseEstimator):
         average: bool = FitConfig.average,
         memory_limit: int | str = FitConfig.memory_limit,
         dtype: str = FitConfig.dtype,
-        target: str = "y",
+        target: str = DEFAULT_TARGET,
         features: list[str] | None = None,
         exclude: list[str] | None = None,
         storage_options: dict[str, Any] | None = None,
@@ -329,7 +329,7 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
         average: bool = FitConfig.average,
         memory_limit: int | str = FitConfig.memory_limit,
         dtype: str = FitConfig.dtype,
-        target: str = "y",
+        target: str = DEFAULT_TARGET,
         features: list[str] | None = None,
         exclude: list[str] | None = None,
         storage_options: dict[str, Any] | None = None,
@@ -454,7 +454,7 @@ class StreamSGDRegressor(RegressorMixin, _StreamSGD):
         average: bool = FitConfig.average,
         memory_limit: int | str = FitConfig.memory_limit,
         dtype: str = FitConfig.dtype,
-        target: str = "y",
+        target: str = DEFAULT_TARGET,
         features: list[str] | None = None,
         exclude: list[str] | None = None,
         storage_options: dict[str, Any] | None = None,

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ModelFileError, SourceError, UsageError
-from .model import atomic_write
+from .atomic import TEMPORARY_PREFIX, atomic_file
 
 FORMAT_VERSION = 1
 META = "__meta__"
@@ -141,7 +141,8 @@ class CheckpointStore:
         final = f"{self._root}/{self.name(step)}"
         try:
             if self._local:
-                atomic_write(final, lambda f: f.write(data))
+                with atomic_file(final) as f:
+                    f.write(data)
             else:
                 # one PUT of the final key: atomic on object stores (see the module docstring)
                 self._fs.pipe_file(final, data)
@@ -166,7 +167,7 @@ class CheckpointStore:
             # temporary files of a save that was killed between write and rename; the run
             # lock guarantees no other writer, so none of these can still be in use
             for entry in os.listdir(self._root):
-                if entry.startswith(".tmp-") and entry.endswith(".npz"):
+                if entry.startswith(TEMPORARY_PREFIX) and entry.endswith(".npz"):
                     try:
                         os.unlink(os.path.join(self._root, entry))
                     except FileNotFoundError:

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ..config import LOSS_PARAM
 from ..errors import DataError, ModelFileError, UsageError
+from .atomic import atomic_file, is_remote
 
 if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
     from sklearn.linear_model import SGDClassifier, SGDRegressor
@@ -57,7 +57,7 @@ def _other_estimator(linear_model, model: str, config: dict[str, Any], data: dic
         return linear_model.LogisticRegression(C=1.0 / max(l2 * data.get("rows", 1), 1e-300))
     if model == "poisson":
         return linear_model.PoissonRegressor(alpha=l2)
-    return linear_model.QuantileRegressor(quantile=float(config.get("quantile", 0.5)), alpha=0.0)
+    return linear_model.QuantileRegressor(quantile=float(config.get("quantile", LOSS_PARAM["quantile"])), alpha=0.0)
 
 
 @dataclass
@@ -271,50 +271,10 @@ def _numpy_type(arrow_type: str | None) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def is_remote(path: str) -> bool:
-    """Whether ``path`` is an object-store URL (``s3://…``), not a local path or ``file://``."""
-    return "://" in path and not path.startswith("file://")
-
-
-def atomic_write(path: str, write: Callable[[BinaryIO], object],
-                 storage_options: Mapping[str, Any] | None = None) -> None:
-    """Write a file so that a crash at any instant leaves the old one or the new one, never
-    a part: ``write`` fills a temporary file beside it, which is synced and renamed over
-    ``path``, and the directory is synced so the rename itself survives a power cut.
-
-    The temporary file is created with mode 0666 less the umask, as ``open`` would, so
-    the output's permissions are the ones the user's umask asks for (``mkstemp``'s 0600
-    made every model unreadable to the user's group). An object-store URL is written to a
-    local temporary file first, then uploaded in one ``put``: S3 and its kin make an
-    upload visible all at once or not at all, so readers never see a part either.
-    """
-    path = os.fspath(path).removeprefix("file://")  # a local path either way
-    if is_remote(path):
-        _upload(path, write, storage_options)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = _create_beside(path, directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_tables(path: str, tables: Iterable[Any], empty: str, storage_options: Mapping[str, Any] | None = None,
                  **writer_options: Any) -> int:
     """Stream pyarrow ``tables`` into one Parquet file at ``path``, each table one row group,
-    written atomically (:func:`atomic_write`); returns the rows written. No table at all is
+    written atomically (:func:`~streamsgd.persist.atomic.atomic_file`); returns the rows written. No table at all is
     a :class:`DataError` with the message ``empty``, and no file."""
     rows = 0
 
@@ -335,39 +295,13 @@ def write_tables(path: str, tables: Iterable[Any], empty: str, storage_options: 
             if writer is not None:
                 writer.close()
 
-    atomic_write(path, write, storage_options)
+    with atomic_file(path, storage_options) as f:
+        write(f)
     return rows
 
 
-def _create_beside(path: str, directory: str) -> tuple[int, str]:
-    """A new, uniquely named temporary file in ``directory``, mode 0666 filtered by the umask."""
-    suffix = os.path.splitext(path)[1]
-    for _ in range(100):
-        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}{suffix}")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{directory}: could not create a temporary file")  # pragma: no cover
-
-
-def _upload(url: str, write: Callable[[BinaryIO], object], storage_options: Mapping[str, Any] | None) -> None:
-    """``write`` into a local temporary file, then one upload of it to ``url``."""
-    from ..sources.fs import filesystem, storage_failure
-
-    fs, remote = filesystem(url, storage_options)
-    with tempfile.TemporaryDirectory(prefix="streamsgd-") as scratch:
-        local = os.path.join(scratch, "upload" + os.path.splitext(url)[1])
-        with open(local, "wb") as f:
-            write(f)
-        try:
-            fs.put_file(local, remote)
-        except Exception as exc:  # botocore's credential errors are not OSErrors
-            raise storage_failure(url, exc) from exc
-
-
 def atomic_savez(path: str, arrays: dict[str, NDArray], storage_options: Mapping[str, Any] | None = None) -> None:
-    """Write an ``.npz`` atomically (see :func:`atomic_write`).
+    """Write an ``.npz`` atomically (see :func:`~streamsgd.persist.atomic.atomic_file`).
 
     Unlike ``np.savez``, entries carry a fixed timestamp, so the same arrays always give
     the same bytes: a model file can be compared or hashed to check reproducibility.
@@ -379,7 +313,8 @@ def atomic_savez(path: str, arrays: dict[str, NDArray], storage_options: Mapping
                 with zf.open(zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH), "w") as entry:
                     np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
 
-    atomic_write(path, write, storage_options)
+    with atomic_file(path, storage_options) as f:
+        write(f)
 
 
 def load(path: str, storage_options: Mapping[str, Any] | None = None) -> Model:

@@ -116,7 +116,7 @@ class EpochStream:
 
         stop = ExitStack()
         prefetcher = stop.enter_context(prefetch_windows(
-            self.source, items(), self.dtype, self.model, self.readers, self.buffer_bytes,
+            self.source, items(), self.dtype, self.readers, self.buffer_bytes,
             lambda e, w, rows: row_order(rows, self.seed, e, w, self.shuffle)))
         self._ahead = _Readers(stop, prefetcher, iter(prefetcher), (epoch, first))
         return self._ahead

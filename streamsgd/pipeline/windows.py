@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -12,11 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..config import LOSS_TASK
 from ..errors import DataError, StreamSGDError, SourceError
 from .prefetch import Prefetcher
 from ..sources import Source
-from ..sources.labels import not_binary_labels
+from ..sources.validate import refuse_nulls
 
 
 @dataclass
@@ -67,9 +64,7 @@ def read_weights(source: Source, chunk: int) -> NDArray[np.float64]:
     assert name is not None  # called for data read with a weight column only
     column = source.read_columns(chunk, [name]).column(0)
     where = source.chunk_name(chunk)
-    if column.null_count:
-        raise DataError(f"{where}: weight column {name!r} has {column.null_count} null values; fill them "
-                        "(0 leaves a row out) or drop those rows")
+    refuse_nulls(column, where, name, "weight column", "fill them (0 leaves a row out) or drop those rows")
     w = np.array(arrow_values(column), dtype=np.float64)
     bad = ~np.isfinite(w) | (w < 0)
     if bad.any():
@@ -120,7 +115,6 @@ def read_window(
             raise
         except Exception as exc:  # an unexpected reader failure still names the chunk
             raise SourceError(f"{source.chunk_name(c)}: read failed: {exc}") from exc
-        _check_target(source, c, None if y is None else y[s if rows is None else rows])
         if w is not None:
             w[s if rows is None else rows] = read_weights(source, c)
 
@@ -138,14 +132,13 @@ def prefetch_windows(
     source: Source,
     windows: Iterable[tuple[int, int, NDArray[np.int64]]],
     dtype: DTypeLike,
-    model: str,
     readers: int,
     max_bytes: int,
     orders: Callable[[int, int, int], NDArray[np.int64]] | None = None,
 ) -> Iterator[Prefetcher]:
-    """Read ``windows`` ((epoch, window number, chunks) items) ahead in the background, each
-    checked for the model's labels and, given ``orders`` ((epoch, window number, rows) → its
-    row order), laid out in that order.
+    """Read ``windows`` ((epoch, window number, chunks) items) ahead in the background, each,
+    given ``orders`` ((epoch, window number, rows) → its row order), laid out in that order.
+    Their targets were checked once, before training (:mod:`streamsgd.sources.validate`).
 
     Yields the prefetcher: iterate it for windows, ``release(window.nbytes)`` each when done.
     """
@@ -153,60 +146,9 @@ def prefetch_windows(
     def read(item: tuple[int, int, NDArray[np.int64]]) -> Window:
         epoch, w, chunks = item
         order = None if orders is None else orders(epoch, w, int(sum(source.chunk_rows[c] for c in chunks)))
-        return check_labels(model, source, read_window(source, chunks, dtype, True, pool, order))
+        return read_window(source, chunks, dtype, True, pool, order)
 
     with ThreadPoolExecutor(readers) as pool, Prefetcher(
         windows, read, lambda item: window_bytes(source, item[2], dtype, True), max_bytes,
     ) as stream:
         yield stream
-
-
-def check_labels(model: str, source: Source, window: Window) -> Window:
-    """Refuse labels the loss cannot use (logistic needs 0/1); returns the window."""
-    if LOSS_TASK.get(model) == "classification" and window.y is not None:
-        bad = (window.y != 0) & (window.y != 1)
-        if bad.any():
-            value = window.y[np.argmax(bad)]
-            raise not_binary_labels(source, model, float(value))
-    return window
-
-
-def _check_target(source: Source, chunk: int, y: NDArray | None) -> None:
-    """Refuse a non-finite target (the sources check the features as they copy them)."""
-    if y is not None and not np.isfinite(y).all():
-        raise DataError(
-            f"{source.chunk_name(chunk)}: target column {source.target!r} holds NaN or infinite "
-            "values; drop those rows"
-        )
-
-
-def return_freed_buffers_to_os(column_bytes: int) -> None:
-    """Make glibc serve buffers larger than a decoded column (``column_bytes``) with mmap, so
-    freeing a window returns it to the OS, while decoded columns come from the heap and
-    reuse its pages.
-
-    Window buffers and Arrow's column buffers are large and short-lived. After the first
-    window is freed, glibc raises its mmap threshold and serves the next ones from the heap,
-    where freed buffers linger and peak RSS creeps up with the number of windows read.
-    Pinning the threshold (``M_MMAP_THRESHOLD``) turns that off. Measured on 4.8M rows x 20
-    at a 64MB limit, peak RSS: 305 MiB unpinned, 265 pinned at 1 MiB, 247 pinned at 128 KiB
-    (glibc's initial value) with Arrow's system pool. But at 128 KiB every column a reader
-    decodes is a fresh mapping whose pages the kernel zeroes on first touch. With the
-    threshold just above a column instead: a fit of 2M x 100 float32 rows with the system
-    pool took 1.38 s, not 1.65 (median of 8 each, alternated in one process); the CLI on
-    10M x 100 at 512MiB took 8.1-8.3 s, not 10.0-10.5, and peaked at 568-587 MiB, not
-    502-504 (three runs each): the readers' decoded columns stay resident between row groups,
-    inside the share of the limit the memory plan gives them. The peak stays flat in N
-    (benchmarks/memory.py: 1.08x from 10^6 to 10^8 rows). A no-op where libc is not glibc.
-    (Arrow's own pool is chosen by the ``ARROW_DEFAULT_MEMORY_POOL`` environment variable,
-    which the CLI sets: see ``cli.main``.)
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    # glibc's floor and its largest allowed threshold (32 MiB on 64-bit), with room for
-    # Arrow's padding and the allocator's headers above the column itself
-    threshold = min(max(128 << 10, column_bytes + (64 << 10)), 32 << 20)
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass

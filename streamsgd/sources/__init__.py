@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Sequence
 
+from ..config import DEFAULT_TARGET
 from ..errors import SourceError, UsageError
 from . import retry
 from .arrays import ArraySource
@@ -33,7 +34,7 @@ def n_rows(source: Source) -> int:
 
 def open_source(
     url: str | Sequence[str],
-    target: str | None = "y",
+    target: str | None = DEFAULT_TARGET,
     features: Sequence[str] | None = None,
     feature_hint: str = "fix --features",
     storage_options: Mapping[str, Any] | None = None,
@@ -43,6 +44,7 @@ def open_source(
     max_chunk_rows: int | None = None,
     exclude: Sequence[str] | None = None,
     weight: str | None = None,
+    retry_policy: retry.RetryPolicy | None = None,
 ) -> ParquetSource | ZarrSource:
     """Open a Parquet data set (file, directory, glob, or a list of them) or a Zarr group.
 
@@ -52,7 +54,8 @@ def open_source(
     Parquet row groups beyond them are read in slices (see :class:`ParquetSource`).
     ``features`` and ``exclude`` take names and globs (see :mod:`streamsgd.sources.columns`).
     ``weight`` names a column (Parquet) or 1-D array (Zarr) of per-row sample weights: read
-    with the target, never a feature.
+    with the target, never a feature. ``retry_policy`` says how transient store failures are
+    retried (default :data:`~streamsgd.sources.retry.DEFAULT_POLICY`); the source keeps it.
     """
     if format not in FORMATS:
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}; got {format!r}")
@@ -61,25 +64,27 @@ def open_source(
     if not urls:
         raise UsageError("no data given: name at least one path or URL")
     if format == "auto":
-        format = "zarr" if _is_zarr(urls[0], options) else "parquet"
+        format = "zarr" if _is_zarr(urls[0], options, retry_policy) else "parquet"
     if format == "zarr":
         if len(urls) > 1:
             raise UsageError(f"{urls[0]}: a Zarr data set is one group; give one URL, not {len(urls)}")
         return ZarrSource(urls[0], target=target, features=features, feature_hint=feature_hint,
-                          storage_options=options, x_array=x_array, exclude=exclude, weight=weight)
+                          storage_options=options, x_array=x_array, exclude=exclude, weight=weight,
+                          retry_policy=retry_policy)
     return ParquetSource(urls if len(urls) > 1 else urls[0], target=target, features=features,
                          feature_hint=feature_hint, storage_options=options, max_chunk_bytes=max_chunk_bytes,
-                         max_chunk_rows=max_chunk_rows, exclude=exclude, weight=weight)
+                         max_chunk_rows=max_chunk_rows, exclude=exclude, weight=weight,
+                         retry_policy=retry_policy)
 
 
-def _is_zarr(url: str, storage_options: Mapping[str, Any]) -> bool:
+def _is_zarr(url: str, storage_options: Mapping[str, Any], policy: retry.RetryPolicy | None) -> bool:
     if url.rstrip("/").endswith(".zarr"):
         return True
     fs, path = filesystem(url, storage_options)
     root = path.rstrip("/")
     try:
         return retry.call(lambda: fs.exists(f"{root}/zarr.json") or fs.exists(f"{root}/.zgroup"),
-                          f"{url}: format detection")
+                          f"{url}: format detection", policy)
     except SourceError:
         raise
     except OSError as exc:

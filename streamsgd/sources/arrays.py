@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from ..errors import DataError
 from .base import SourceBase
-from .cast import not_finite
+from .validate import not_finite
 
 
 class ArraySource(SourceBase):

@@ -29,15 +29,6 @@ def to_dtype(values: NDArray, dtype: np.dtype, where: str, name: str) -> NDArray
     return out
 
 
-def not_finite(values: NDArray, dtype: np.dtype, where: str, name: str) -> DataError:
-    """The error for a column that gave a non-finite value at ``dtype``: out of range, or NaN/inf."""
-    try:
-        to_dtype(values, dtype, where, name)
-    except DataError as exc:
-        return exc
-    return DataError(f"{where}: column {name!r} holds NaN or infinite values; clean or impute them")
-
-
 #: Arrow's fixed-width numbers by type name (``DataType.to_pandas_dtype`` imports pandas too)
 _NUMPY: dict[str, np.dtype] = {name: np.dtype(name) for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")}
 _NUMPY.update({"halffloat": np.dtype("float16"), "float": np.dtype("float32"), "double": np.dtype("float64")})

@@ -25,6 +25,7 @@ from ..errors import DataError
 from .base import Source
 from .cast import arrow_values
 from .wrap import SourceWrapper
+from .validate import refuse_nulls
 
 #: Arrow's names of the text types a label column may have.
 _ARROW_TEXT = ("string", "large_string", "string_view", "utf8", "large_utf8")
@@ -53,19 +54,6 @@ def not_numeric_target(source: Any, model: str) -> DataError:
         f"{source.url}: column {source.target!r} has type {source.target_type}, not a number; a {model} model "
         "needs a numeric target: fix --target, encode the column as numbers, or train --model softmax"
     )
-
-
-def not_binary_labels(source: Any, model: str, value: float) -> DataError:
-    """The error for a label other than 0 and 1 given to a binary classifier.
-
-    A whole number >= 2 most likely means several classes, for which softmax is the model;
-    anything else (negative, fractional) means a numeric target, for a regressor.
-    """
-    several = float(value).is_integer() and value >= 2
-    fix = (f"{value:g} looks like one of several classes: train --model softmax, or recode the target as 0 and 1"
-           if several else "recode the target (or train with --model linear)")
-    return DataError(f"{source.url}: target column {source.target!r} holds {value:g}, but a {model} model "
-                     f"needs labels 0 and 1; {fix}")
 
 
 class ClassIndexSource(SourceWrapper):
@@ -100,9 +88,7 @@ class ClassIndexSource(SourceWrapper):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        if column.null_count:
-            raise DataError(f"{self.chunk_name(i)}: column {self.target!r} has {column.null_count} null values; "
-                            "drop or impute them")
+        refuse_nulls(column, self.chunk_name(i), self._label)
         if column.type != pa.string():  # dictionary-encoded, large or numpy strings: plain strings
             column = column.cast(pa.string())
         index = pc.index_in(column, value_set=self._value_set)

@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from ..config import DEFAULT_MEMORY_LIMIT
+from ..config import DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET
 from .base import SourceBase
-from .cast import arrow_values, not_finite, to_dtype
+from .cast import arrow_values, to_dtype
+from .validate import not_finite, refuse_nulls
 from .columns import FooterFacts, numeric_kind
 from ..errors import DataError, SourceError, UsageError
 from . import retry
@@ -146,7 +147,7 @@ class ParquetSource(SourceBase):
     def __init__(
         self,
         url: str | Sequence[str],
-        target: str | None = "y",
+        target: str | None = DEFAULT_TARGET,
         features: Sequence[str] | None = None,
         feature_hint: str = "fix --features",
         storage_options: Mapping[str, Any] | None = None,
@@ -154,6 +155,7 @@ class ParquetSource(SourceBase):
         max_chunk_rows: int | None = None,
         exclude: Sequence[str] | None = None,
         weight: str | None = None,
+        retry_policy: retry.RetryPolicy | None = None,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -162,7 +164,8 @@ class ParquetSource(SourceBase):
         self.url = urls[0] if len(urls) == 1 else f"{urls[0]} (and {len(urls) - 1} more)"
         self.format = "parquet"
         self._storage_options = dict(storage_options or {})
-        self._files = [f for u in urls for f in _expand(u, storage_options)]
+        self.retry_policy = retry_policy or retry.DEFAULT_POLICY  # how transient store failures are retried
+        self._files = [f for u in urls for f in _expand(u, storage_options, self.retry_policy)]
         self.paths = [f.path for f in self._files]
         # footers are parsed once here, summarised, and after that kept for a few files only:
         # a parsed footer costs ~1.3 KB per column chunk (20 MiB for 153 row groups x 101
@@ -304,7 +307,7 @@ class ParquetSource(SourceBase):
 
         out = []
         for k, f in enumerate(self._files):
-            info = retry.call(lambda: file_info(f.fs, f.fs_path), f"{f.path}: file details")
+            info = retry.call(lambda: file_info(f.fs, f.fs_path), f"{f.path}: file details", self.retry_policy)
             chunks = sum(1 for c in self._chunks if c.file == k)
             out.append({"path": f.path, **info, "rows": self._file_rows[k], "chunks": chunks,
                         "row_groups": len(self._group_rows[k])})
@@ -318,7 +321,7 @@ class ParquetSource(SourceBase):
 
         c = self._chunks[i]
         in_file = [n for n in names if n not in self.partition_columns]
-        table = retry.call(lambda: self._read(i, c, in_file), self.chunk_name(i), breaker=self._breaker)
+        table = retry.call(lambda: self._read(i, c, in_file), self.chunk_name(i), self.retry_policy, self._breaker)
         for name in names:
             if name in self.partition_columns:
                 value = self._partition_value(c.file, name)
@@ -445,7 +448,7 @@ class ParquetSource(SourceBase):
                 return pq.read_metadata(f)
 
         try:
-            return retry.call(read, f"{path}: footer")
+            return retry.call(read, f"{path}: footer", self.retry_policy)
         except SourceError:
             raise
         except FileNotFoundError as exc:
@@ -625,7 +628,7 @@ def _store(f: _File) -> str:
     return store_name(f.fs)
 
 
-def _expand(url: str, storage_options: Mapping[str, Any] | None) -> list[_File]:
+def _expand(url: str, storage_options: Mapping[str, Any] | None, policy: retry.RetryPolicy) -> list[_File]:
     """The Parquet files of ``url``: itself, the matches of a glob, or a directory's tree."""
     from fsspec.implementations.local import LocalFileSystem
 
@@ -666,7 +669,7 @@ def _expand(url: str, storage_options: Mapping[str, Any] | None) -> list[_File]:
         return [named(root, None, url)]  # one file: shown as the user wrote it
 
     try:
-        return retry.call(listing, f"{url}: listing")
+        return retry.call(listing, f"{url}: listing", policy)
     except (DataError, SourceError):
         raise
     except OSError as exc:
@@ -752,9 +755,5 @@ def _weight_apart(path: str, schema, weight: str, features: Sequence[str] | None
 
 def _values(column, name: str, source, i: int) -> NDArray:
     """An Arrow column as one NumPy array (a view of the decoded buffer), refusing nulls."""
-    if column.null_count:
-        raise DataError(
-            f"{source.chunk_name(i)}: column {name!r} has {column.null_count} null values; "
-            "drop or impute them"
-        )
+    refuse_nulls(column, source.chunk_name(i), name)
     return arrow_values(column)

@@ -6,21 +6,21 @@ exponential backoff a bounded number of times, then reported as one :class:`Sour
 naming what was being read. Everything else (no such key, access denied, a corrupt
 file) is permanent and raised at once: retrying cannot fix it.
 
-The policy is module-level (``TRIES`` tries, ``DELAY`` seconds doubling between them);
-the environment variables ``STREAMSGD_RETRIES`` and ``STREAMSGD_RETRY_DELAY`` override it,
-read at each call so a test or an operator can change them without code.
+The policy is configuration: a :class:`RetryPolicy` given to ``open_source(retry_policy=...)``
+travels with the source (default: ``TRIES`` tries, ``DELAY`` seconds doubling between
+them). Nothing here reads the environment; the CLI reads ``STREAMSGD_RETRIES`` and
+``STREAMSGD_RETRY_DELAY`` once, at start-up (:mod:`streamsgd.run.runtime`).
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..errors import SourceError, StreamSGDError, UsageError
+from ..errors import SourceError, StreamSGDError
 
 T = TypeVar("T")
 
@@ -61,14 +61,8 @@ class RetryPolicy:
         return sum(self.delay * self.factor**k for k in range(self.tries - 1))
 
 
-def policy() -> RetryPolicy:
-    """The policy in force: the module defaults, overridden by the environment."""
-    try:
-        tries = int(os.environ.get("STREAMSGD_RETRIES", TRIES))
-        delay = float(os.environ.get("STREAMSGD_RETRY_DELAY", DELAY))
-    except ValueError as exc:
-        raise UsageError(f"STREAMSGD_RETRIES / STREAMSGD_RETRY_DELAY: expected numbers ({exc})") from None
-    return RetryPolicy(max(1, tries), max(0.0, delay))
+#: The policy of a source opened without one.
+DEFAULT_POLICY = RetryPolicy()
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -109,7 +103,8 @@ class Breaker:
 
 
 def call(fn: Callable[[], T], what: str, retry: RetryPolicy | None = None, breaker: Breaker | None = None) -> T:
-    """``fn()``, retried on transient failures; ``what`` names the URL and the chunk.
+    """``fn()``, retried on transient failures under ``retry`` (default :data:`DEFAULT_POLICY`);
+    ``what`` names the URL and the chunk.
 
     Raises
     ------
@@ -117,7 +112,7 @@ def call(fn: Callable[[], T], what: str, retry: RetryPolicy | None = None, break
         When every try failed transiently: one line naming ``what``, the tries, and the
         last failure. Permanent failures propagate unchanged, after the first try.
     """
-    retry = retry or policy()
+    retry = retry or DEFAULT_POLICY
     for attempt in range(retry.tries):
         try:
             result = fn()

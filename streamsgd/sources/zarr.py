@@ -19,8 +19,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .base import SourceBase
-from .cast import not_finite, to_dtype
+from .cast import to_dtype
+from .validate import not_finite
 from .columns import is_glob, select
+from ..config import DEFAULT_TARGET
 from ..errors import DataError, SourceError
 from . import retry
 from .fs import with_defaults
@@ -42,16 +44,18 @@ class ZarrSource(SourceBase):
     def __init__(
         self,
         url: str,
-        target: str | None = "y",
+        target: str | None = DEFAULT_TARGET,
         features: Sequence[str] | None = None,
         feature_hint: str = "fix --features",
         storage_options: Mapping[str, Any] | None = None,
         x_array: str = "X",
         exclude: Sequence[str] | None = None,
         weight: str | None = None,
+        retry_policy: retry.RetryPolicy | None = None,
     ):
         self.url = url
         self.format = "zarr"
+        self.retry_policy = retry_policy or retry.DEFAULT_POLICY  # how transient store failures are retried
         kwargs: dict[str, Any] = {}
         options = with_defaults(url, storage_options)
         if "://" in url and not url.startswith(("file://", "memory://")):
@@ -121,7 +125,7 @@ class ZarrSource(SourceBase):
         url = self.url
         try:
             return retry.call(lambda: zarr.open_group(store=url, mode="r", **self._open_kwargs),
-                              f"{url}: Zarr metadata")
+                              f"{url}: Zarr metadata", self.retry_policy)
         except SourceError:
             raise
         except FileNotFoundError as exc:
@@ -165,7 +169,7 @@ class ZarrSource(SourceBase):
         transient store failures retried."""
         try:
             return retry.call(lambda: array.get_basic_selection(self._rows(i), out=out), self.chunk_name(i),
-                              breaker=self._breaker)
+                              self.retry_policy, self._breaker)
         except SourceError:
             raise
         except (OSError, ValueError, RuntimeError) as exc:
@@ -234,7 +238,8 @@ class ZarrSource(SourceBase):
             record: dict[str, Any] = {"path": f"{self.url.rstrip('/')}/{name}", "size": int(array.nbytes),
                       "rows": int(array.shape[0]), "chunks": len(self.chunk_rows)}
             try:
-                marks = retry.call(lambda: file_info(fs, f"{root.rstrip('/')}/{name}/{doc}"), record["path"])
+                marks = retry.call(lambda: file_info(fs, f"{root.rstrip('/')}/{name}/{doc}"), record["path"],
+                                   self.retry_policy)
                 record.update({k: v for k, v in marks.items() if k != "size"})
             except FileNotFoundError:
                 pass  # stores without per-array documents (consolidated) give no version mark

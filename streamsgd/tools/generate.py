@@ -9,16 +9,13 @@ holding at most two row groups in memory.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import secrets
 from collections.abc import Iterator
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import UsageError
-from ..persist.model import atomic_write
+from ..persist.atomic import atomic_directory, atomic_file
 
 TASKS = ("linear", "logistic", "softmax")
 NOISE = 0.5  # standard deviation of the linear task's additive noise
@@ -121,19 +118,12 @@ def generate(
         "note": "coef/intercept act on standardised features (x - loc) / scale",
     }
     groups = _row_groups(task, params, rows, row_group_rows, sample_seed, sorted_by_label, classes)
-    directory = os.path.dirname(os.path.abspath(out))
     if format == "zarr":
-        # mode 0777 less the umask, as for any new folder (mkdtemp's 0700 hid it from the group)
-        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}.zarr")
-        os.mkdir(tmp)
-        try:
+        with atomic_directory(out) as tmp:
             _write_zarr(tmp, groups, info, rows, features, row_group_rows, compression)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return info
-    atomic_write(out, lambda f: _write_parquet(f, groups, info, features, row_group_rows, compression))
+    with atomic_file(out) as f:
+        _write_parquet(f, groups, info, features, row_group_rows, compression)
     return info
 
 

@@ -14,7 +14,8 @@ from ..persist.model import Model, write_tables
 from ..train.targets import merge_moments
 from ..sources import Source
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
-from ..pipeline.windows import check_labels, read_window, sample_weight_column
+from ..sources.validate import check_target
+from ..pipeline.windows import read_window, sample_weight_column
 
 
 def _check_features(model: Model, source: Source) -> None:
@@ -66,8 +67,9 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
     for c in range(len(source.chunk_rows)):
         window = read_window(source, np.array([c]), np.float64, True)
         z = model.decision_function(window.X)
-        y = check_labels(model.model, source, window).y
+        y = window.y
         assert y is not None  # read with the target
+        check_target(source, model.model, y, source.chunk_name(c))
         w = np.ones(y.size) if window.w is None else window.w
         if model.model == "softmax":  # labels -> their class index; z has one column per class
             y = y.astype(np.intp) if indexed else _class_index(model, y, source)

@@ -46,9 +46,10 @@ def _save(fig, out: str) -> None:
     directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(directory):
         raise UsageError(f"{out}: the directory {directory} does not exist; create it first")
-    from ..persist.model import atomic_write
+    from ..persist.atomic import atomic_file
 
-    atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=fig.dpi))
+    with atomic_file(out) as fh:
+        fig.savefig(fh, format="png", dpi=fig.dpi)
 
 
 def read_runs(path: str) -> list[list[dict[str, Any]]]:

@@ -40,7 +40,8 @@ from .plot import plot_tuning
 from ..sources import Source, n_rows
 from ..train import Hooks, fit
 from ..train.setup import plan_memory
-from ..pipeline.windows import check_labels, read_window
+from ..pipeline.windows import read_window
+from ..sources.validate import check_target
 
 __all__ = ["ChunkSubset", "fit_inverse_batch", "fit_iteration_time", "measure_noise", "optimal_batch",
            "plot_tuning", "TuneOptions", "tune"]
@@ -144,7 +145,9 @@ def measure_noise(source: Source, model: Model, l2: float, batch: int, max_rows:
             continue
         chosen.append(int(c))
         rows += source.chunk_rows[c]
-    window = check_labels(model.model, source, read_window(source, np.array(chosen), np.dtype(dtype), True))
+    window = read_window(source, np.array(chosen), np.dtype(dtype), True)
+    assert window.y is not None  # read with the target
+    check_target(source, model.model, window.y, source.url)
     n = window.X.shape[0]
     b = max(1, min(batch, n // 2))
     perm = np.random.default_rng([seed, 12]).permutation(n)

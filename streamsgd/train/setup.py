@@ -19,7 +19,7 @@ from ..compute.loop import pack_spec
 from ..config import FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
-from ..pipeline.windows import WEIGHT_BYTES, return_freed_buffers_to_os, sample_weight_column
+from ..pipeline.windows import WEIGHT_BYTES, sample_weight_column
 from ..plan.memory import MemoryPlan, data_limit, row_bytes, window_rows_cap
 from ..plan.shuffle import iterations_per_epoch
 from ..sources import ParquetSource, Source, n_rows
@@ -197,7 +197,6 @@ def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str
     held_chunks = None if held_out is None else held_out.chunks
     validation: Source | None = held_out
     plan = plan_memory(source, config)
-    return_freed_buffers_to_os(8 * max(source.chunk_rows, default=0))  # a decoded float64 column
     labels: NDArray | None = None
     counts: NDArray[np.int64] | None = None
     if config.model == "softmax":  # one block of parameters per class, its labels from a pass over the target
@@ -206,6 +205,8 @@ def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str
             source = ClassIndexSource(source, labels)
             validation = None if validation is None else ClassIndexSource(validation, labels)
     strata = chunk_target_means(source, config.model, plan.readers)
+    if validation is not None:  # its targets, read for val_loss, pass the same one check before training
+        chunk_target_means(validation, config.model, plan.readers)
     schedule = Schedule.of(config, n_rows(source))
     st = _state(source, config, plan, schedule, labels, counts, strata, text, warm.step_offset)
     if resume is not None:

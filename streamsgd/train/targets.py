@@ -20,10 +20,9 @@ from numpy.typing import NDArray
 
 from ..errors import DataError
 from ..compute.losses import moments
-from ..config import LOSS_TASK
 from ..sources import Source
 from ..sources.cast import arrow_values
-from ..sources.labels import not_binary_labels
+from ..sources.validate import check_target, not_finite_target, refuse_nulls
 
 SAMPLE_ROWS = 4096
 
@@ -45,26 +44,14 @@ def _target_column(source: Source) -> str:
 def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.float64]:
     """Mean target of every chunk (the strata of the shuffle plan), reading the target only.
 
-    Also refuses labels the model cannot use and non-finite targets before any training.
+    Also refuses targets the model cannot use (:func:`~streamsgd.sources.validate.check_target`)
+    before any training: the run's one check of its targets.
     """
     target = _target_column(source)
 
     def one(c: int) -> float:
         y = np.asarray(arrow_values(source.read_columns(c, [target]).column(0)), dtype=np.float64)
-        if not np.isfinite(y).all():
-            raise DataError(
-                f"{source.chunk_name(c)}: target column {source.target!r} holds NaN or infinite values; "
-                "drop those rows"
-            )
-        task = LOSS_TASK[model]
-        if task == "classification" and ((y != 0) & (y != 1)).any():
-            value = y[np.argmax((y != 0) & (y != 1))]
-            raise not_binary_labels(source, model, float(value))
-        if task == "counts" and (y < 0).any():
-            raise DataError(
-                f"{source.url}: target column {source.target!r} holds {y[np.argmax(y < 0)]:g}, but a poisson "
-                "model needs counts >= 0; choose another --model or fix the target"
-            )
+        check_target(source, model, y, source.chunk_name(c))
         return float(y.mean()) if y.size else 0.0
 
     with ThreadPoolExecutor(max(1, readers)) as pool:
@@ -108,9 +95,7 @@ def target_labels(source: Source, readers: int) -> tuple[NDArray, NDArray[np.int
 
     def one(c: int) -> tuple[NDArray, NDArray]:
         column = source.read_columns(c, [target]).column(0)
-        if column.null_count:
-            raise DataError(f"{source.chunk_name(c)}: column {source.target!r} has {column.null_count} null values; "
-                            "drop or impute them")
+        refuse_nulls(column, source.chunk_name(c), target)
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         counted = pc.value_counts(column)
@@ -120,8 +105,7 @@ def target_labels(source: Source, readers: int) -> tuple[NDArray, NDArray[np.int
         else:
             values = np.asarray(arrow_values(values), dtype=np.float64)
             if not np.isfinite(values).all():
-                raise DataError(f"{source.chunk_name(c)}: target column {source.target!r} holds NaN or infinite "
-                                "values; drop those rows")
+                raise not_finite_target(f"{source.chunk_name(c)}: target column {target!r}")
         return values, np.asarray(arrow_values(counted.field("counts")), dtype=np.int64)
 
     labels, counts = np.zeros(0), np.zeros(0, dtype=np.int64)
