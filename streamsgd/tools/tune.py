@@ -32,6 +32,7 @@ from ..config import FitConfig
 from ..errors import UsageError
 from ..compute.losses import GRADIENTS
 from ..persist.model import Model
+from ..plan.rng import HOLDOUT, HOLDOUT_ROWS, NOISE_CHUNKS, NOISE_ROWS, stream
 from ..compute.noise import NoiseMeter, reported
 from ..sources.subset import ChunkSubset, holds_whole_chunks, split_rows  # ChunkSubset re-exported: tune's split
 from ..compute.optim import standardized_gradient
@@ -45,9 +46,6 @@ __all__ = ["ChunkSubset", "fit_inverse_batch", "fit_iteration_time", "measure_no
 
 DEFAULT_TRIAL_BATCHES = (16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_TIMING_BATCHES = (16, 64, 256, 1024, 4096)
-#: The random streams of the holdout: whole chunks, or rows within chunks.
-HOLDOUT_TAG = 13
-HOLDOUT_ROWS_TAG = 14
 
 
 def fit_iteration_time(batches: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
@@ -134,7 +132,7 @@ def measure_noise(source: Source, model: Model, l2: float, batch: int, max_rows:
     ``batch`` rows feeds a :class:`~streamsgd.noise.NoiseMeter` with the sampling factor of
     that population: the mean of all batches is then (nearly) its exact gradient.
     """
-    order = np.random.default_rng([seed, 11]).permutation(len(source.chunk_rows))
+    order = stream(seed, NOISE_CHUNKS).permutation(len(source.chunk_rows))
     chosen: list[int] = []
     rows = 0
     for c in order:
@@ -145,7 +143,7 @@ def measure_noise(source: Source, model: Model, l2: float, batch: int, max_rows:
     window = check_labels(model.model, source, read_window(source, np.array(chosen), np.dtype(dtype), True))
     n = window.X.shape[0]
     b = max(1, min(batch, n // 2))
-    perm = np.random.default_rng([seed, 12]).permutation(n)
+    perm = stream(seed, NOISE_ROWS).permutation(n)
     kernel = GRADIENTS[model.model]
     w_eff = np.ascontiguousarray(model.coef, dtype=np.float64)
     theta = np.append(w_eff * model.scale, model.intercept + w_eff @ model.mean)  # standardised
@@ -219,12 +217,12 @@ def tune(
         if not 0 < holdout < 1:
             raise UsageError(f"holdout: expected a fraction in (0, 1); got {holdout!r}")
         if holds_whole_chunks(n_chunks, holdout):
-            order = np.random.default_rng([config.seed, HOLDOUT_TAG]).permutation(n_chunks)
+            order = stream(config.seed, HOLDOUT).permutation(n_chunks)
             held = round(holdout * n_chunks)
             validation = ChunkSubset(source, sorted(order[:held]))
             train = ChunkSubset(source, sorted(order[held:]))
         else:  # too few chunks to hold out whole ones (one row group): rows of every chunk
-            train, validation = split_rows(source, holdout, config.seed, HOLDOUT_ROWS_TAG)
+            train, validation = split_rows(source, holdout, config.seed, HOLDOUT_ROWS)
     N = n_rows(train)
     grid = sorted({int(b) for b in batches if 1 <= b <= N})
     if len(grid) < 2:

@@ -29,6 +29,7 @@ from .metrics import MetricsLog, peak_rss_bytes
 from ..persist.model import Model
 from ..compute.optim import OPTIMIZERS, SCHEDULES, batch_step, default_lr, refresh_effective, schedule_lr, smoothness
 from ..plan.shuffle import iterations_per_epoch
+from ..plan.rng import SPLIT, SPLIT_ROWS, stream
 from ..sources import ParquetSource, Source, n_rows
 from ..sources.parquet import DECODE_FACTOR
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
@@ -591,11 +592,6 @@ def _curvature(model: str, strata: NDArray[np.float64], chunk_rows: list[int], c
     return CURVATURE[model] * float(cw.max())
 
 
-#: The random stream of the validation split (whole chunks; rows within chunks).
-SPLIT_TAG = 0x5EED
-ROW_SPLIT_TAG = 0x5EED + 1
-
-
 def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source, ChunkSubset | RowSubset | None]:
     """(training part, validation part), chosen by the seed, so validation rows are never
     trained on and the split is the same on every resume.
@@ -608,9 +604,9 @@ def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source
         return source, None
     n = len(source.chunk_rows)
     if not holds_whole_chunks(n, fraction):
-        return split_rows(source, fraction, seed, ROW_SPLIT_TAG)
+        return split_rows(source, fraction, seed, SPLIT_ROWS)
     held = round(fraction * n)
-    order = np.random.default_rng([seed, SPLIT_TAG]).permutation(n)
+    order = stream(seed, SPLIT).permutation(n)
     return ChunkSubset(source, sorted(order[held:])), ChunkSubset(source, sorted(order[:held]))
 
 
