@@ -105,8 +105,7 @@ class ZarrSource:
         self._zarr_format = group.metadata.zarr_format
         self._breaker = retry.Breaker()
         # Reads from several reader threads at once are safe: each goes through zarr's one
-        # event loop. (They once seemed to hang on s3://; the cause was the test server's
-        # unread request log filling its pipe, see tests/s3server.py.)
+        # event loop.
 
     def chunk_name(self, i: int) -> str:
         start = self._starts[i]
