@@ -8,7 +8,7 @@ number of keys (checked), because ``SeedSequence`` pads short keys with zeros, w
 make ``[seed, TAG, e]`` at ``e = 0`` the stream ``[seed, TAG]`` of a tag with no key.
 
 Changing a tag or the keys of a stream changes every model trained with it: bump
-``persist.FORMAT_VERSION`` so that resuming an older run's checkpoint is refused.
+``persist.model.FORMAT_VERSION`` so that resuming an older run's checkpoint is refused.
 """
 
 from __future__ import annotations
