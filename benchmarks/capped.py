@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import provenance  # benchmarks/ is on sys.path when a script there runs
+import _common  # benchmarks/ is on sys.path when a script there runs
+import provenance
 from streamsgd.config import parse_bytes
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -74,29 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def streamsgd_command() -> str:
-    here = Path(sys.executable).parent / "streamsgd"
-    found = str(here) if here.exists() else shutil.which("streamsgd")
-    if found is None:
-        sys.exit("capped.py: cannot find the streamsgd command; run with the project's .venv/bin/python")
-    return found
-
-
 def ensure_file(command: str, path: Path, rows: int, features: int) -> None:
-    import pyarrow.parquet as pq
-
-    if path.exists():
-        try:
-            meta = pq.read_metadata(path)
-            if (meta.num_rows == rows and meta.num_columns == features + 1
-                    and meta.row_group(0).num_rows == min(rows, ROW_GROUP_ROWS)
-                    and meta.row_group(0).column(0).compression == "UNCOMPRESSED"):
-                return
-        except Exception:
-            pass
-    subprocess.run([command, "generate", str(path), "--rows", str(rows), "--features", str(features),
-                    "--task", "logistic", "--seed", "0", "--row-group-rows", str(ROW_GROUP_ROWS),
-                    "--compression", "none"], check=True, capture_output=True)
+    if not (path.exists() and _common.is_uncompressed(path, rows, features, ROW_GROUP_ROWS)):
+        _common.write_uncompressed(path, rows, features, ROW_GROUP_ROWS, child=command)
 
 
 # ---------------------------------------------------------------------------- the cap
@@ -239,22 +220,16 @@ def outcome(r: dict[str, Any]) -> str:
     return f"failed (exit {r['returncode']}{', ' + r['signal'] if r['signal'] else ''})"
 
 
-def mib(n: float | None) -> str:
-    return "" if n is None else f"{n / 2**20:,.0f} MiB"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
-    load_start = os.getloadavg()[0]
-    args.out.mkdir(parents=True, exist_ok=True)
+    started, load_start = _common.begin(args.out)
     cap = parse_bytes(args.cap)
-    command = streamsgd_command()
+    command = _common.command(script="capped.py")
     data = args.out / f"mem-{args.rows}x{args.features}.parquet"
     t0 = time.perf_counter()
     ensure_file(command, data, args.rows, args.features)
     size = data.stat().st_size
-    print(f"data: {data} ({size / 2**30:.2f} GiB, ready in {time.perf_counter() - t0:.0f} s); cap {mib(cap)} "
+    print(f"data: {data} ({size / 2**30:.2f} GiB, ready in {time.perf_counter() - t0:.0f} s); cap {_common.mib(cap)} "
           f"= {cap / size:.2f}x the file")
 
     candidates = {"cgroup": [CgroupCap], "prlimit": [PrlimitCap], "auto": [CgroupCap, PrlimitCap]}[args.method]
@@ -294,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     need = args.rows * (args.features + 1) * 4 + args.rows * 8
 
     print(f"\n{args.rows:,} rows x {args.features} features ({size / 2**30:.2f} GiB file; full batch needs "
-          f"{need / 2**30:.2f} GiB), cap {mib(cap)} by {capper.method}")
+          f"{need / 2**30:.2f} GiB), cap {_common.mib(cap)} by {capper.method}")
     print(f"{'run':<30}{'outcome':<44}{'peak RSS':>11}{'cgroup peak':>13}{'seconds':>9}")
     for name, r, rss in (("streaming fit (1 epoch)", stream, stream_rss), ("full batch: pq.read_table", full, full_rss)):
-        print(f"{name:<30}{outcome(r):<44}{mib(rss):>11}{mib(r.get('cgroup_max_usage_bytes')):>13}"
+        print(f"{name:<30}{outcome(r):<44}{_common.mib(rss):>11}{_common.mib(r.get('cgroup_max_usage_bytes')):>13}"
               f"{r['wall_seconds']:>9.1f}")
     if stream["summary"]:
         s = stream["summary"]

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import threading
 import time
@@ -54,7 +53,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import provenance  # benchmarks/ is on sys.path when a script there runs
+import _common  # benchmarks/ is on sys.path when a script there runs
+import provenance
 import throughput
 import streamsgd
 from streamsgd.config import FitConfig
@@ -184,7 +184,7 @@ def run_one(path: Path, runs: int) -> dict[str, Any]:
         throughput.streamsgd_fit(path)
         times["fit"].append(time.perf_counter() - t0)
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = _common.medians(times)
     cores = os.cpu_count() or 1
     cpu_floor = (med["decode"] + med["copy"] + med["kernel"]) / cores
     ceiling = med["limit"] / max(cpu_floor, med["kernel"], med["together"] / cores)
@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.rows, args.features, args.runs = 200_000, "20", 1
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
-    args.out.mkdir(parents=True, exist_ok=True)
+    started, load_start = _common.begin(args.out)
     tables = {}
     for d in (int(f) for f in args.features.split(",")):
         path = args.out / f"train-{args.rows}x{d}.parquet"

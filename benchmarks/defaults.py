@@ -61,10 +61,12 @@ Data sets. All are real measurements bundled with scikit-learn (nothing is downl
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -471,12 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--power-t", type=float)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch", type=int)
+    p.add_argument("--epochs", type=int, help="a fixed budget for every data set (with --batch)")
+    p.add_argument("--json", type=Path, help="also write every row, and whether it passed, to this file")
     p.add_argument("--min-updates", type=int,
                    help="emulate auto epochs = ceil(U / iterations per epoch), uncapped")
     args = p.parse_args(argv)
 
     options = {k: v for k, v in [("lr_schedule", args.lr_schedule), ("power_t", args.power_t),
-                                  ("lr", args.lr), ("batch", args.batch)] if v is not None}
+                                  ("lr", args.lr), ("batch", args.batch), ("epochs", args.epochs)]
+               if v is not None}
     names = args.only or (QUICK if args.quick else [c.name for c in CASES])
     cases = [CASES_BY_NAME[n] for n in names if not (args.no_bootstrap and CASES_BY_NAME[n].bootstrap)]
     budgets = [{}] + (BUDGETS if args.budgets else [{"epochs": 20, "batch": 32}] if args.quick else [])
@@ -498,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pass: test gap <= {MAX_TEST_GAP_DEFAULTS:.0%} with the defaults, <= {MAX_TEST_GAP_BUDGET:.0%} with a "
           "budget (rel gap where there is no held-out set)")
     failed = [f"{r['dataset']} ({_budget(r)})" for r in rows if not passed(r)]
+    if args.json:
+        args.json.write_text(json.dumps([{**r, "passed": passed(r)} for r in rows], indent=1, default=float) + "\n")
     if failed:
         print(f"\n{len(failed)} of {len(rows)} runs failed: {', '.join(failed)}")
         return 1

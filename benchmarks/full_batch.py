@@ -37,20 +37,18 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-import provenance  # benchmarks/ is on sys.path when a script there runs
+import _common  # benchmarks/ is on sys.path when a script there runs
+import provenance
 from streamsgd.config import FitConfig
 from streamsgd.train import Hooks
 import streamsgd
 from streamsgd.train import trainer as train
 from streamsgd.tools.inference import evaluate
-from streamsgd.tools.generate import generate
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 FIGURES = Path(__file__).resolve().parent / "figures"
@@ -82,13 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def ensure_file(path: Path, rows: int, features: int) -> None:
-    if path.exists():
-        meta = pq.read_metadata(path)
-        if meta.num_rows == rows and meta.num_columns == features + 1 \
-                and meta.row_group(0).column(0).compression == "UNCOMPRESSED":
-            return
-    generate(str(path), rows=rows, features=features, task="logistic", seed=0, row_group_rows=ROW_GROUP_ROWS,
-             compression="none")
+    if not (path.exists() and _common.is_uncompressed(path, rows, features)):
+        _common.write_uncompressed(path, rows, features, ROW_GROUP_ROWS)
 
 
 def run(path: Path, batch: int, epochs: int, rows: int) -> dict[str, Any]:
@@ -142,15 +135,6 @@ def memory_table(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                   "bound_bytes": bound}
 
 
-def human(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n / 2**10:,.0f} KiB"
-
-
 def plot(path: Path, curves: dict[str, dict[str, Any]], rows: int, features: int, mem_rows: list[dict]) -> None:
     from matplotlib.figure import Figure
 
@@ -197,7 +181,7 @@ def print_memory(mem_rows: list[dict[str, Any]], mem_info: dict[str, Any]) -> No
     print(f"{'rows':>19}{'full batch':>13}{'streamsgd':>12}{'ratio':>12}  source")
     for r in mem_rows:
         ratio = f"{r['full_over_peak']:,.0f}x" if r["full_over_peak"] else ""
-        print(f"{r['rows']:>19,}{human(r['full_batch_bytes']):>13}{human(r['streamsgd_peak_rss_bytes']):>12}"
+        print(f"{r['rows']:>19,}{_common.human(r['full_batch_bytes']):>13}{_common.human(r['streamsgd_peak_rss_bytes']):>12}"
               f"{ratio:>12}  {'measured' if r['measured'] else 'bound (limit + idle)'}")
 
 
@@ -218,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.replot:
         return replot(args)
-    started = time.perf_counter()
-    load_start = os.getloadavg()[0]
-    args.out.mkdir(parents=True, exist_ok=True)
+    started, load_start = _common.begin(args.out)
     data = args.out / f"fullbatch-{args.rows}x{args.features}.parquet"
     ensure_file(data, args.rows, args.features)
     batches = {"N": args.rows, "512": 512, "32": 32, "1": 1}

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -48,7 +46,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-import provenance  # benchmarks/ is on sys.path when a script there runs
+import _common  # benchmarks/ is on sys.path when a script there runs
+import provenance
 from streamsgd.config import parse_bytes
 from streamsgd.train.metrics import peak_rss_bytes
 
@@ -95,26 +94,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def streamsgd_command() -> str:
-    """The ``streamsgd`` script next to this interpreter (the venv's), else the one on PATH."""
-    here = Path(sys.executable).parent / "streamsgd"
-    found = str(here) if here.exists() else shutil.which("streamsgd")
-    if found is None:
-        sys.exit("memory.py: cannot find the streamsgd command; run with the project's .venv/bin/python")
-    return found
-
-
-def matches(path: Path, rows: int, features: int) -> bool:
-    """Whether ``path`` is an uncompressed file of this shape and row-group size."""
-    try:
-        meta = pq.read_metadata(path)
-        return (meta.num_rows == rows and meta.num_columns == features + 1
-                and meta.row_group(0).num_rows == min(rows, ROW_GROUP_ROWS)
-                and meta.row_group(0).column(0).compression == "UNCOMPRESSED")
-    except Exception:
-        return False
-
-
 def ensure_file(command: str, path: Path, rows: int, features: int, regenerate: bool) -> bool:
     """Write an uncompressed logistic file unless one with this shape is already there.
 
@@ -123,11 +102,9 @@ def ensure_file(command: str, path: Path, rows: int, features: int, regenerate: 
     peak* (the kernel carries it over the vfork+exec), so this process must stay small
     for the children's ``peak_rss_bytes`` to mean anything. See ``check_parent``.
     """
-    if path.exists() and not regenerate and matches(path, rows, features):
+    if path.exists() and not regenerate and _common.is_uncompressed(path, rows, features, ROW_GROUP_ROWS):
         return False
-    subprocess.run([command, "generate", str(path), "--rows", str(rows), "--features", str(features),
-                    "--task", "logistic", "--seed", str(SEED), "--row-group-rows", str(ROW_GROUP_ROWS),
-                    "--compression", "none"], check=True, capture_output=True)
+    _common.write_uncompressed(path, rows, features, ROW_GROUP_ROWS, seed=SEED, child=command)
     return True
 
 
@@ -135,8 +112,8 @@ def check_parent(idle: int) -> int:
     """This process's peak RSS; stop if it could have leaked into the children's figures."""
     parent = peak_rss_bytes()
     if parent >= idle:
-        sys.exit(f"memory.py: this process peaked at {mib(parent)}, not below the idle footprint "
-                 f"{mib(idle)}; children would report its peak as theirs, so the figures are void")
+        sys.exit(f"memory.py: this process peaked at {_common.mib(parent)}, not below the idle footprint "
+                 f"{_common.mib(idle)}; children would report its peak as theirs, so the figures are void")
     return parent
 
 
@@ -181,9 +158,9 @@ def writer_defaults(args: argparse.Namespace, command: str, model: Path) -> dict
     peak = int(statistics.median(peaks))
     ok = max(peaks) <= DEFAULT_MEMORY_LIMIT + idle
     print(f"pyarrow write_table defaults, {rows:,} x 100 float64, {meta.num_row_groups} row group(s) of "
-          f"{meta.row_group(0).num_rows:,} rows ({human(files[rows].stat().st_size)}), default --memory-limit "
-          f"{mib(DEFAULT_MEMORY_LIMIT)}: peak RSS {mib(peak)} (max {mib(max(peaks))}), idle {mib(idle)}, "
-          f"limit + idle {mib(DEFAULT_MEMORY_LIMIT + idle)}: {'ok' if ok else 'FAIL'}")
+          f"{meta.row_group(0).num_rows:,} rows ({_common.human(files[rows].stat().st_size)}), default --memory-limit "
+          f"{_common.mib(DEFAULT_MEMORY_LIMIT)}: peak RSS {_common.mib(peak)} (max {_common.mib(max(peaks))}), idle {_common.mib(idle)}, "
+          f"limit + idle {_common.mib(DEFAULT_MEMORY_LIMIT + idle)}: {'ok' if ok else 'FAIL'}")
     return {"rows": rows, "row_groups": meta.num_row_groups, "row_group_rows": meta.row_group(0).num_rows,
             "file_bytes": files[rows].stat().st_size, "memory_limit_bytes": DEFAULT_MEMORY_LIMIT,
             "idle_peak_rss_bytes": idle, "peak_rss_bytes": peaks, "ok": ok}
@@ -202,17 +179,6 @@ def ram_bytes() -> int:
     return 0
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
-
-
-def human(n: float) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n / 2**10:,.0f} KiB"
-
-
 def plot(path: Path, sets: dict[int, dict[str, Any]], features: int, idle: int, limit: int, ram: int,
          memory_limit: str) -> None:
     from matplotlib.figure import Figure
@@ -226,7 +192,7 @@ def plot(path: Path, sets: dict[int, dict[str, Any]], features: int, idle: int, 
             label=f"in-memory full batch: N·({features}+1)·4 + N·8")
     ax.plot(rows, [sets[n]["peak_rss_bytes_median"] / 2**20 for n in rows], "o-", color="tab:blue",
             label=f"streamsgd fit peak RSS (--memory-limit {memory_limit})")
-    ax.axhline(ram / 2**20, color="black", lw=1, label=f"this machine's RAM ({human(ram)})")
+    ax.axhline(ram / 2**20, color="black", lw=1, label=f"this machine's RAM ({_common.human(ram)})")
     ax.axhline((limit + idle) / 2**20, color="tab:blue", lw=0.8, ls=":", label="memory limit + idle footprint")
     for n in rows:
         ax.annotate(f"{sets[n]['peak_rss_bytes_median'] / 2**20:,.0f} MiB", (n, sets[n]["peak_rss_bytes_median"] / 2**20),
@@ -246,11 +212,9 @@ def plot(path: Path, sets: dict[int, dict[str, Any]], features: int, idle: int, 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
-    load_start = os.getloadavg()[0]  # other work on a shared machine skews timings; record it
-    args.out.mkdir(parents=True, exist_ok=True)
+    started, load_start = _common.begin(args.out)
     limit = parse_bytes(args.memory_limit)
-    command = streamsgd_command()
+    command = _common.command(script="memory.py")
     ram = ram_bytes()
     files = {n: args.out / f"mem-{n}x{args.features}.parquet" for n in args.sizes}
 
@@ -276,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.runs):  # round-robin over the sizes, so drift hits all alike
         for n in small:
             runs[n].append(fit_peak(command, files[n], model, args.memory_limit))
-            print(f"run {r + 1}/{args.runs}: {n:,} rows, peak RSS {mib(runs[n][-1]['peak_rss_bytes'])}, "
+            print(f"run {r + 1}/{args.runs}: {n:,} rows, peak RSS {_common.mib(runs[n][-1]['peak_rss_bytes'])}, "
                   f"{runs[n][-1]['wall_seconds']:.1f} s", flush=True)
     deleted = []
     for n in small:
@@ -287,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         generated[n] = ensure_file(command, files[n], n, args.features, args.regenerate)
         file_bytes[n] = files[n].stat().st_size
-        print(f"{files[n]}: {human(file_bytes[n])} ({'written' if generated[n] else 'reused'} in "
-              f"{time.perf_counter() - t0:.0f} s; RAM {human(ram)})", flush=True)
+        print(f"{files[n]}: {_common.human(file_bytes[n])} ({'written' if generated[n] else 'reused'} in "
+              f"{time.perf_counter() - t0:.0f} s; RAM {_common.human(ram)})", flush=True)
         runs[n].append(fit_peak(command, files[n], model, args.memory_limit))
-        print(f"{n:,} rows: peak RSS {mib(runs[n][-1]['peak_rss_bytes'])}, {runs[n][-1]['wall_seconds']:.0f} s",
+        print(f"{n:,} rows: peak RSS {_common.mib(runs[n][-1]['peak_rss_bytes'])}, {runs[n][-1]['wall_seconds']:.0f} s",
               flush=True)
         if file_bytes[n] > DELETE_OVER and not args.keep_files:
             files[n].unlink()
@@ -313,22 +277,22 @@ def main(argv: list[str] | None = None) -> int:
     limit_ok = all(s["peak_rss_bytes_max"] <= budget for s in sets.values())
     big_ok = all(sets[n]["peak_rss_bytes_max"] < BIG_RUN_MAX_RSS for n in big)
 
-    print(f"\nstreamsgd fit --model logistic --epochs 1 --memory-limit {args.memory_limit} ({mib(limit)}), "
+    print(f"\nstreamsgd fit --model logistic --epochs 1 --memory-limit {args.memory_limit} ({_common.mib(limit)}), "
           f"{args.features} float32 features, row groups of {ROW_GROUP_ROWS:,}, uncompressed; "
-          f"peak RSS median (max) of {args.runs} run(s) below 10^8 rows, 1 run from 10^8; RAM {human(ram)}")
+          f"peak RSS median (max) of {args.runs} run(s) below 10^8 rows, 1 run from 10^8; RAM {_common.human(ram)}")
     head = (f"{'rows':>13}{'file':>11}{'full batch':>12}{'peak RSS':>11}{'(max)':>10}{'peak-idle':>11}"
             f"{'/limit':>8}{'vs 1e6':>8}{'fit s':>8}")
     print(head)
-    print(f"{'idle (1,000)':>13}{'':>11}{'':>12}{mib(idle):>11}")
+    print(f"{'idle (1,000)':>13}{'':>11}{'':>12}{_common.mib(idle):>11}")
     for n, s in sets.items():
         over = s["peak_rss_bytes_median"] - idle
         ratio = f"{ratios[n]:.3f}" if n in ratios else ""
-        print(f"{n:>13,}{human(s['file_bytes']):>11}{human(s['full_batch_bytes']):>12}"
-              f"{mib(s['peak_rss_bytes_median']):>11}{mib(s['peak_rss_bytes_max']):>10}{mib(over):>11}"
+        print(f"{n:>13,}{_common.human(s['file_bytes']):>11}{_common.human(s['full_batch_bytes']):>12}"
+              f"{_common.mib(s['peak_rss_bytes_median']):>11}{_common.mib(s['peak_rss_bytes_max']):>10}{_common.mib(over):>11}"
               f"{over / limit:>8.2f}{ratio:>8}{s['wall_seconds_median']:>8.1f}")
     print(f"flat from {flat_base:,} rows within {MAX_RATIO - 1:.0%}: {'ok' if flat_ok else 'FAIL'}" if flat_base
           else "flat: no size >= 10^6 rows, not checked")
-    print(f"every peak <= limit + idle = {mib(budget)}: {'ok' if limit_ok else 'FAIL'}")
+    print(f"every peak <= limit + idle = {_common.mib(budget)}: {'ok' if limit_ok else 'FAIL'}")
     if big:
         print(f"larger-than-RAM run(s) under 1 GiB peak RSS: {'ok' if big_ok else 'FAIL'}")
     if deleted:

@@ -48,7 +48,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import provenance  # benchmarks/ is on sys.path when a script there runs
+import _common  # benchmarks/ is on sys.path when a script there runs
+import provenance
 from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train import trainer as train
@@ -171,24 +172,14 @@ def warm_up(configs: dict[str, dict[str, Any]], features: int) -> None:
 
 
 def run_fit(path: Path, names: list[str], options: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    t0 = time.perf_counter()
     source = streamsgd.open_source(str(path), target=LOSS_TARGET[options["model"]], features=names)
-    result = train.fit(source, FitConfig(**fit_options(options)))
-    return time.perf_counter() - t0, result.summary
-
-
-def machine() -> dict[str, Any]:
-    import numba
-
-    return provenance.machine(numpy=np.__version__, pyarrow=pa.__version__, numba=numba.__version__,
-                              streamsgd=streamsgd.__version__)
+    wall, result = _common.seconds(train.fit, source, FitConfig(**fit_options(options)))
+    return wall, result.summary
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
-    load_start = os.getloadavg()[0]  # other work on a shared machine skews timings; record it
-    args.out.mkdir(parents=True, exist_ok=True)
+    started, load_start = _common.begin(args.out)
     path = args.out / f"models-{args.rows}x{args.features}.parquet"
     written, write_seconds = ensure_file(path, args.rows, args.features, args.regenerate)
     print(f"{path.name} ({path.stat().st_size / 2**20:,.0f} MiB): "
@@ -257,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "file_write_seconds": write_seconds, "targets": targets, "loss_target": LOSS_TARGET,
         "configurations": configs, "table": table, "failed": failed,
         "raw": {"wall_seconds": walls, "loop_rows_per_second": loops, "final_loss": losses},
-        "machine": machine(),
+        "machine": provenance.machine(**_common.versions()),
     }
     provenance.write_report(args.out / ("models-quick.json" if args.quick else "models.json"), report, started, load_start)
     return 1 if failed else 0

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import provenance  # benchmarks/ is on sys.path when a script there runs
+import _common  # benchmarks/ is on sys.path when a script there runs
+import provenance
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 TARGET_WARM_SECONDS = 1.5
@@ -98,14 +98,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.runs < 1:
         p.error("--runs must be >= 1")
     return args
-
-
-def bin_path(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
-    if found is None:
-        sys.exit(f"startup.py: cannot find {name}; run with the project's .venv/bin/python")
-    return found
 
 
 def runtime_venv(path: Path) -> str:
@@ -172,10 +164,8 @@ def profile_fit(argv: list[str], env: dict[str, str], top: int = 25) -> dict[str
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
-    load_start = os.getloadavg()[0]
-    args.out.mkdir(parents=True, exist_ok=True)
-    streamsgd = bin_path("streamsgd")
+    started, load_start = _common.begin(args.out)
+    streamsgd = _common.command(script="startup.py", name="streamsgd")
     tiny = args.out / f"startup-{ROWS}x{FEATURES}.parquet"
     if not tiny.exists():
         subprocess.run([streamsgd, "generate", str(tiny), "--rows", str(ROWS), "--features", str(FEATURES),
@@ -216,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         for cache in caches:
             shutil.rmtree(cache, ignore_errors=True)
 
-    med = {k: statistics.median(v) for k, v in times.items() if v}
-    fit_med = {k: statistics.median(v) for k, v in fit_seconds.items() if v}
+    med, fit_med = _common.medians(times), _common.medians(fit_seconds)
     if args.quick:  # no cold run: keep the table's shape
         med["cold"] = fit_med["cold"] = med["warm_runtime"] = fit_med["warm_runtime"] = float("nan")
     ok = med["warm"] < TARGET_WARM_SECONDS

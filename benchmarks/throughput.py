@@ -73,7 +73,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import provenance  # benchmarks/ is on sys.path when a script there runs
+import _common  # benchmarks/ is on sys.path when a script there runs
+import provenance
 from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train import trainer as train
@@ -521,12 +522,10 @@ def torch_available() -> tuple[bool, str]:
 
 
 def machine(vw_version: str | None, torch_version: str | None) -> dict[str, Any]:
-    import numba
     import sklearn
     import zarr
 
-    versions = dict(numpy=np.__version__, pyarrow=pa.__version__, numba=numba.__version__, zarr=zarr.__version__,
-                    sklearn=sklearn.__version__, streamsgd=streamsgd.__version__)
+    versions = _common.versions(zarr=zarr.__version__, sklearn=sklearn.__version__)
     if vw_version:
         versions["vowpalwabbit"] = vw_version
     if torch_version:
@@ -680,7 +679,7 @@ def run_one(args: argparse.Namespace, features: int, use_vw: bool, use_torch: bo
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v),
               flush=True)
 
-    medians = {key: statistics.median(v) for key, v in times.items() if v}
+    medians = _common.medians(times)
     for key in loop_rates:
         if loop_rates[key]:
             medians[key + "_loop"] = rows / statistics.median(loop_rates[key])
@@ -761,9 +760,7 @@ def run_one(args: argparse.Namespace, features: int, use_vw: bool, use_torch: bo
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
-    load_start = os.getloadavg()[0]  # other work on a shared machine skews timings; record it
-    args.out.mkdir(parents=True, exist_ok=True)
+    started, load_start = _common.begin(args.out)
     use_vw, vw_note = vw_available()
     if args.no_vw:
         use_vw, vw_note = False, "left out (--no-vw)"

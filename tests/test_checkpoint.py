@@ -15,6 +15,7 @@ from streamsgd.config import FitConfig
 from streamsgd.train import Hooks
 from streamsgd.persist.checkpoint import (
     CheckpointStore,
+    FORMAT_VERSION,
     CorruptCheckpoint,
     compare_manifests,
     decode,
@@ -46,7 +47,7 @@ def assert_state(got, step: int) -> None:
     for name, want in want_arrays.items():
         assert arrays[name].dtype == want.dtype, name
         np.testing.assert_array_equal(arrays[name], want)  # bit-exact, not approximate
-    assert meta == {**want_meta, "step": step, "format": 1}
+    assert meta == {**want_meta, "step": step, "format": FORMAT_VERSION}
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -153,7 +154,7 @@ def test_every_single_byte_flip_is_detected_or_harmless():
     import io
 
     arrays, meta = state(9)
-    data = encode(arrays, {**meta, "step": 9, "format": 1})
+    data = encode(arrays, {**meta, "step": 9, "format": FORMAT_VERSION})
     assert_state(decode(data), 9)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         payloads = [zf.read(info) for info in zf.infolist()]
@@ -380,6 +381,87 @@ def test_a_growing_batch_resumes_bit_for_bit():
                       hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=7)))
     assert whole.summary["iterations"] > 20 and len(saved) > 2
     for state in saved[1:4]:
-        resumed = train_fit(source, FitConfig(**options), resume=state)
+        # the same checkpoint cadence, as ``--resume`` takes it from the job: with a growing
+        # batch, where averaging starts depends on it (see the xfail test below)
+        resumed = train_fit(source, FitConfig(**options), resume=state,
+                            hooks=Hooks(checkpointing=Checkpointing(save=lambda _: None, every=7)))
         np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
         assert resumed.model.intercept == whole.model.intercept
+
+
+@pytest.mark.xfail(strict=True, reason="train/trainer.py: with --batch auto, averaging starts at the first "
+                   "compiled-call boundary (a log line, a checkpoint, a stop) after half the rows, so the "
+                   "checkpoint cadence (and --checkpoint-seconds) moves it")
+def test_a_growing_batch_model_does_not_depend_on_the_checkpoint_cadence():
+    from streamsgd.sources import ArraySource
+    from streamsgd.train.trainer import Checkpointing, fit as train_fit
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 5))
+    source = ArraySource(X, X @ np.arange(5.0) + rng.standard_normal(20000), chunk_rows=2000)
+    options = {"model": "linear", "batch": "auto", "epochs": 3, "log_every": 10}
+    plain = train_fit(source, **options)
+    checkpointed = train_fit(source, checkpointing=Checkpointing(save=lambda _: None, every=7), **options)
+    np.testing.assert_array_equal(checkpointed.model.coef, plain.model.coef)
+
+
+# -- format versions ----------------------------------------------------------------------------
+
+def write_as_format(store: CheckpointStore, step: int, version: int, monkeypatch) -> None:
+    """A checkpoint as a streamsgd whose FORMAT_VERSION was ``version`` wrote it."""
+    from streamsgd.persist import checkpoint
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "FORMAT_VERSION", version)
+        store.save(step, *state(step))
+
+
+@pytest.mark.parametrize("version, who", [(FORMAT_VERSION - 1, "an older"), (FORMAT_VERSION + 1, "a newer")])
+def test_a_checkpoint_of_another_format_is_refused_not_skipped(url, monkeypatch, version, who):
+    store = CheckpointStore(url, keep=3)
+    store.save(3, *state(3))  # an intact one of this format, older: still not a fallback
+    write_as_format(store, 4, version, monkeypatch)
+    skipped: list[str] = []
+    for read in (lambda: store.latest(on_skip=skipped.append), lambda: store.load(4)):
+        with pytest.raises(ModelFileError, match=f"written by {who} streamsgd .checkpoint format {version}, "
+                                                 f"this version's is {FORMAT_VERSION}.*start the run over"):
+            read()
+    assert not skipped
+    assert_state(store.load(3), 3)
+
+
+def test_resuming_an_older_versions_checkpoint_exits_6_with_one_line(tmp_path, monkeypatch):
+    from helpers import invoke, write_parquet
+
+    data = write_parquet(tmp_path / "d.parquet", np.ones((100, 2)), np.arange(100.0))
+    ckpt = tmp_path / "ckpt"
+    write_as_format(CheckpointStore(str(ckpt)), 40, FORMAT_VERSION - 1, monkeypatch)
+    for args in (["fit", data, "--target", "y"], ["fit"]):  # the options given, or taken from the checkpoint
+        run = invoke([*args, "--resume", "--checkpoint-dir", str(ckpt), "-o", str(tmp_path / "m.npz")])
+        assert run.code == 6, run.report()
+        assert len(run.stderr.strip().splitlines()) == 1, run.report()
+        assert "written by an older streamsgd" in run.stderr and "start the run over" in run.stderr
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_a_model_file_of_the_previous_format_still_loads_and_predicts(tmp_path):
+    """Format 2 changed how a run draws its random streams, not the model file's layout."""
+    import json
+
+    import streamsgd
+    from streamsgd.persist.model import load
+
+    X = np.random.default_rng(1).standard_normal((500, 3))
+    model = streamsgd.fit(ArraySource(X, X @ [1.0, -2.0, 0.5], chunk_rows=100), model="linear", epochs=2)
+    path = tmp_path / "m.npz"
+    model.save(str(path))
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    meta = json.loads(str(arrays["metadata"]))
+    assert meta["format"] == FORMAT_VERSION
+    arrays["metadata"] = np.asarray(json.dumps({**meta, "format": FORMAT_VERSION - 1}))
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays)
+    back = load(str(old))
+    assert back.metadata["format"] == FORMAT_VERSION - 1
+    np.testing.assert_array_equal(back.predict(X), model.predict(X))

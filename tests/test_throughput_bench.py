@@ -1,12 +1,17 @@
 """benchmarks/throughput.py measures every method on the default-writer file too, and its PyTorch
 peer runs where torch is installed and is skipped with a note where it is not (torch is not in the
-test extra). Tiny sizes: this checks the script's plumbing, not any timing."""
+test extra). Tiny sizes: this checks the script's plumbing, not any timing.
+
+The script runs in a child process, as ``make bench`` runs it: the tests never import a benchmark
+script. Its fallbacks (no torch, a default-writer fit refused at the default memory limit) are
+reached by a small driver that replaces the two functions in the child before calling ``main``."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,28 +20,39 @@ import pytest
 pytest.importorskip("sklearn")
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling provenance.py
-    try:
-        spec = importlib.util.spec_from_file_location("streamsgd_bench_throughput", BENCH / "throughput.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
-
-
 ARGS = ["--rows", "20000", "--features", "5", "--runs", "1", "--no-vw"]
+
+#: Runs throughput.main(argv) with torch reported missing and the default-writer fit refused
+#: at the default --memory-limit (as the code before the memory-plan change refused big row
+#: groups); prints the limits each fit was given as its last line.
+FALLBACKS = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import throughput as bench
+bench.torch_available = lambda: (False, "torch is not installed (test)")
+fit, limits = bench.streamsgd_fit, []
+def refusing_fit(path, **options):
+    limits.append([Path(path).name, options.get("memory_limit")])
+    if "default-writer" in Path(path).name and "memory_limit" not in options:
+        raise bench.UsageError("--memory-limit 536870912 bytes is too small for this file (test)")
+    return fit(path, **options)
+bench.streamsgd_fit = refusing_fit
+code = bench.main(sys.argv[2:])
+print(json.dumps(limits))
+sys.exit(code)
+"""
+
+
+def run(argv: list[str]) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=BENCH)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
 @pytest.mark.slow
-def test_default_writer_file_and_torch_peer(bench, tmp_path, capsys):
-    assert bench.main(ARGS + ["--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+def test_default_writer_file_and_torch_peer(tmp_path):
+    out = run([sys.executable, str(BENCH / "throughput.py"), *ARGS, "--out", str(tmp_path)])
     table = json.loads((tmp_path / "throughput.json").read_text())["tables"]["5"]
     assert not table["failed"]
     default = table["files"]["default_writer"]
@@ -58,20 +74,9 @@ def test_default_writer_file_and_torch_peer(bench, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_torch_missing_is_skipped_and_a_refused_default_writer_fit_retries_at_3gib(bench, tmp_path, capsys,
-                                                                                     monkeypatch):
-    monkeypatch.setattr(bench, "torch_available", lambda: (False, "torch is not installed (test)"))
-    fit, limits = bench.streamsgd_fit, []
-
-    def refusing_fit(path, **options):  # as the code before the memory-plan change refused big row groups
-        limits.append((Path(path).name, options.get("memory_limit")))
-        if "default-writer" in Path(path).name and "memory_limit" not in options:
-            raise bench.UsageError("--memory-limit 536870912 bytes is too small for this file (test)")
-        return fit(path, **options)
-
-    monkeypatch.setattr(bench, "streamsgd_fit", refusing_fit)
-    assert bench.main(ARGS + ["--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+def test_torch_missing_is_skipped_and_a_refused_default_writer_fit_retries_at_3gib(tmp_path):
+    out = run([sys.executable, "-c", FALLBACKS, str(BENCH), *ARGS, "--out", str(tmp_path)])
+    limits = json.loads(out.strip().splitlines()[-1])
     assert "PyTorch skipped: torch is not installed (test)" in out
     assert "refused at the default --memory-limit" in out and "streamsgd at --memory-limit 3GiB" in out
     table = json.loads((tmp_path / "throughput.json").read_text())["tables"]["5"]

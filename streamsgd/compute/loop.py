@@ -1,7 +1,7 @@
 """The compiled inner loop: a window's rows, in plan order, cut into batches and updates.
 
-The trainer hands over a whole window at a time, so the per-update cost is a few hundred
-nanoseconds of compiled code rather than the ~100 µs of a Python-level step; control comes
+The trainer hands over a whole window at a time, so an update costs compiled code only,
+not a Python-level step; control comes
 back only at the window's end, at ``stop_at`` updates (the next log line, checkpoint or
 the last step) or when a batch's loss is not finite. A batch may straddle windows: its
 rows' gradient sums stay in ``gw`` between calls, so no row is ever copied.

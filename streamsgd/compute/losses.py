@@ -150,8 +150,8 @@ def _accumulate(loss, param, c0, c1, X, y, sw, idx, w, b, gw):
     """``accumulate_rows`` with the two class weights as scalars (c0 for y == 0, c1 else).
 
     Rows are taken four at a time: shuffled rows are cache misses, and four independent
-    dot products keep four of them in flight (2-2.7x faster than one row at a time at
-    d = 100, measured on permuted float32 rows). ``reassoc`` lets the dot products
+    dot products keep four of them in flight (benchmarks/README.md has the figures).
+    ``reassoc`` lets the dot products
     vectorise; NaN and infinity keep their meaning (no ``nnan``/``ninf``), so divergence
     is still seen. The losses themselves (``loss_slope``) are compiled without fastmath,
     so their overflow-avoiding arrangements are kept as written.

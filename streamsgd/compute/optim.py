@@ -271,10 +271,9 @@ def _gram_times(A, v, u):
     """u = Aᵀ(A v) / n in one pass over A's rows, on this thread alone.
 
     NumPy's two matrix-vector products read A twice and run on BLAS threads, which go on
-    spinning after each call and take the readers' cores. Alternated in one process, median
-    of 10 (6 at d = 1000): a 2M x 100 fit took 1.14 s instead of 1.31, 200k x 1000 2.20 s
-    instead of 2.74; the eigenvalue moves by ~4e-16 (the sums' order), and alone this is as
-    fast as the two BLAS threads were (0.21 s at d = 1000).
+    spinning after each call and take the readers' cores; one compiled pass on the caller's
+    thread avoids both, and the eigenvalue moves only by rounding (the sums' order). Timings:
+    benchmarks/README.md, "Figures behind the code".
     """
     n, k = A.shape
     u[:] = 0.0

@@ -37,8 +37,8 @@ from numpy.typing import NDArray
 
 from ..errors import ModelFileError, SourceError, UsageError
 from .atomic import TEMPORARY_PREFIX, atomic_file
+from .model import FORMAT_VERSION
 
-FORMAT_VERSION = 1
 META = "__meta__"
 CHECKSUM = "__checksum__"
 _RESERVED = (META, CHECKSUM)
@@ -184,21 +184,23 @@ class CheckpointStore:
                 pass
 
     def load(self, step: int) -> tuple[dict[str, NDArray], dict[str, Any]]:
-        """The checkpoint of ``step``; :class:`ModelFileError` if missing or corrupt."""
+        """The checkpoint of ``step``; :class:`ModelFileError` if missing, corrupt or of another format."""
         path = self.path(step)
         try:
-            return decode(self._fs.cat_file(f"{self._root}/{self.name(step)}"))
+            found = decode(self._fs.cat_file(f"{self._root}/{self.name(step)}"))
         except FileNotFoundError as exc:
             raise ModelFileError(f"{path}: no such checkpoint") from exc
         except (CorruptCheckpoint, OSError) as exc:
             raise ModelFileError(
                 f"{path}: corrupt or unreadable checkpoint ({exc}); delete it to resume from the one before"
             ) from exc
+        return self._current(step, found)
 
     def latest(
         self, on_skip: Callable[[str], None] | None = None
     ) -> tuple[dict[str, NDArray], dict[str, Any]] | None:
-        """The newest checkpoint that reads back intact, or None if there is none.
+        """The newest checkpoint that reads back intact, or None if there is none; a
+        :class:`ModelFileError` if it was written in another format (see :meth:`_current`).
 
         Parameters
         ----------
@@ -213,11 +215,32 @@ class CheckpointStore:
         """
         for step in reversed(self.steps()):
             try:
-                return decode(self._fs.cat_file(f"{self._root}/{self.name(step)}"))
+                found = decode(self._fs.cat_file(f"{self._root}/{self.name(step)}"))
             except (CorruptCheckpoint, OSError) as exc:  # a missing file: pruned meanwhile
                 if on_skip is not None:
                     on_skip(f"{self.path(step)}: corrupt or unreadable checkpoint ({exc}); skipped it")
+                continue
+            return self._current(step, found)
         return None
+
+    def _current(self, step: int, found: tuple[dict[str, NDArray], dict[str, Any]]
+                 ) -> tuple[dict[str, NDArray], dict[str, Any]]:
+        """``found`` if its format is this version's; a :class:`ModelFileError` otherwise.
+
+        An intact checkpoint of another format is refused rather than skipped: its run drew
+        its chunk orders and splits from other random streams, so continuing it here would
+        give a model neither version would have trained, and an older checkpoint in the
+        directory would be no better.
+        """
+        written = found[1].get("format")
+        if written == FORMAT_VERSION:
+            return found
+        who = "a newer" if isinstance(written, int) and written > FORMAT_VERSION else "an older"
+        raise ModelFileError(
+            f"{self.path(step)}: written by {who} streamsgd (checkpoint format {written}, this version's is "
+            f"{FORMAT_VERSION}), whose random streams differ; start the run over (delete the checkpoints in "
+            f"{self.url}) or resume with the streamsgd version that wrote it"
+        )
 
 
 def encode(arrays: Mapping[str, NDArray], meta: Mapping[str, Any]) -> bytes:

@@ -29,7 +29,11 @@ from .atomic import atomic_file, is_remote
 if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
     from sklearn.linear_model import SGDClassifier, SGDRegressor
 
-FORMAT_VERSION = 1
+#: The format of model files and checkpoints. 2: the random streams are tagged
+#: (``plan.rng``), so a run draws other chunk orders, windows and splits than under 1. A
+#: checkpoint of another format cannot be resumed (``persist.checkpoint``); a model file of
+#: format 1 has the same arrays and metadata, so it still loads and predicts.
+FORMAT_VERSION = 2
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
 
 #: Trainer models that predict a class label (the others predict a number).

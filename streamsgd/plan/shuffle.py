@@ -2,8 +2,8 @@
 
 Everything here is a pure function of integers (seed, epoch, chunk sizes, window size),
 computed from metadata alone, so batch ``i`` of epoch ``e`` is known without reading any
-data, whatever the number of reader threads. Randomness comes from
-``np.random.default_rng([seed, epoch, ...])`` as in MosaicML Streaming's shuffles.
+data, whatever the number of reader threads. Randomness comes from the tagged streams of
+:mod:`streamsgd.plan.rng` (``default_rng([seed, TAG, epoch, ...])``).
 
 The plan is the classic two-level shuffle for data larger than memory: the chunk order is
 permuted every epoch, consecutive chunks of that order are grouped into *windows* that fit
@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from .rng import CHUNK_ORDER, ROW_ORDER, STRATA, stream
+
 
 def iterations_per_epoch(n_rows: int, batch: int) -> int:
     """Updates in one full pass: ``ceil(N / B)``, the short last batch counting as one."""
@@ -33,7 +35,7 @@ def chunk_order(n_chunks: int, seed: int, epoch: int, shuffle: bool = True) -> N
     """The order in which chunks are read in ``epoch``: a fresh permutation per epoch."""
     if not shuffle:
         return np.arange(n_chunks, dtype=np.int64)
-    return np.random.default_rng([seed, epoch]).permutation(n_chunks)
+    return stream(seed, CHUNK_ORDER, epoch).permutation(n_chunks)
 
 
 def group_windows(
@@ -60,7 +62,7 @@ def row_order(n_rows: int, seed: int, epoch: int, window: int, shuffle: bool = T
     """The permutation of a window's rows (indices into the window's buffer)."""
     if not shuffle:
         return np.arange(n_rows, dtype=np.int64)
-    return np.random.default_rng([seed, epoch, window]).permutation(n_rows)
+    return stream(seed, ROW_ORDER, epoch, window).permutation(n_rows)
 
 
 def stratified_windows(
@@ -76,7 +78,7 @@ def stratified_windows(
     so much that dealing would overflow a window.
     """
     n = len(chunk_rows)
-    rng = np.random.default_rng([seed, epoch])
+    rng = stream(seed, STRATA, epoch)
     m = max(1, math.ceil(sum(chunk_rows) / window_rows))
     if m == 1 or m >= n:
         return group_windows(chunk_rows, chunk_order(n, seed, epoch), window_rows)

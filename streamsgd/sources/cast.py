@@ -44,7 +44,7 @@ def arrow_values(array) -> NDArray:
     """A pyarrow Array or ChunkedArray as one NumPy array, zero-copy when it can (nulls become NaN).
 
     Fixed-width numbers are viewed through the buffer protocol: pyarrow's own ``to_numpy``
-    imports pandas on first use, 0.4 s of every process start. The other numeric kinds a
+    imports pandas on first use, which every process start would pay. The other numeric kinds a
     feature may have (``sources.columns.numeric_kind``) become numbers here: a dictionary
     its decoded values, a decimal float64, a date or timestamp float64 seconds since the
     epoch (a timestamp with a time zone is stored in UTC, so the zone changes nothing),

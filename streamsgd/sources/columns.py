@@ -135,7 +135,7 @@ def select(
             skipped[name] = skip_reason(types[name])
         else:
             chosen.append(name)
-    considered = set(candidates)  # a set: a list made this O(columns^2), 20 ms at 1000 columns
+    considered = set(candidates)  # a set: a list would make this O(columns^2)
     for name in names:
         if name not in considered and name != target:
             skipped[name] = EXCLUDED if name in excluded else NOT_SELECTED
@@ -184,10 +184,9 @@ class FooterFacts:
     whether a column holds one value throughout, and whether it looks like a row sequence
     (an id). Fed one parsed footer at a time (:meth:`add`), as the files open.
 
-    Reading a column chunk's statistics costs about 15 us, so a column is followed only
-    while it may still be one or the other: most columns drop out at the first row group
-    that shows two values, and opening 20 row groups x 1000 float columns costs 15 ms more
-    instead of 320 ms (null counts, which need every chunk, are read only when asked:
+    Reading a column chunk's statistics is not free, so a column is followed only while it
+    may still be one or the other: most columns drop out at the first row group that shows
+    two values (null counts, which need every chunk, are read only when asked:
     :func:`count_nulls`).
     """
 
@@ -316,7 +315,7 @@ def describe(source: Source, nulls: bool = False) -> dict[str, Any]:
     column is ``{"name", "role", "type"}`` plus ``read_as`` (how a boolean, decimal, date or
     timestamp becomes a number) and, with ``nulls``, ``null_count`` (Parquet footers, None
     where they do not say): ``info`` asks for it; ``fit`` does not, since counting reads
-    every column chunk's statistics (about 15 us each).
+    every column chunk's statistics.
     Works for any source; those without column types (arrays, Zarr) give the features'
     dtype when they know it.
     """

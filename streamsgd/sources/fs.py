@@ -10,8 +10,8 @@ from ..errors import SourceError, UsageError
 #: botocore settings s3fs gets unless the user sets their own ``config_kwargs``: no
 #: retries of botocore's own (the loop in ``retry.py`` does the backing off, once) and
 #: timeouts short enough that a dead or stalled endpoint fails in seconds. botocore's
-#: defaults (legacy mode: 5 attempts with up to 1+2+4+8 s of backoff) took 9.4 s to report
-#: one refused connection, so our 5 tries over them took most of a minute.
+#: defaults (legacy mode: 5 attempts with backoff) would multiply with our own tries and
+#: make one refused connection take most of a minute to report.
 S3_CONFIG = {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 3, "read_timeout": 10}
 
 

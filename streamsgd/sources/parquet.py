@@ -22,9 +22,9 @@ from .columns import FooterFacts, numeric_kind
 from ..errors import DataError, SourceError, UsageError
 from . import retry
 
-#: While decoding, pyarrow's memory pool peaks at 2.5-2.8x the decoded size of the rows
-#: read (raw pages plus decoded arrays; measured with pyarrow 26, plain and dictionary
-#: encodings, whole row groups and streamed slices alike). ``chunk_bytes`` charges this.
+#: While decoding, pyarrow's memory pool peaks at under 3x the decoded size of the rows
+#: read (raw pages plus decoded arrays; benchmarks/README.md has the measurement).
+#: ``chunk_bytes`` charges this.
 DECODE_FACTOR = 3
 
 #: Row groups whose decoding would hold more than this are read in slices. The default
@@ -33,8 +33,8 @@ DECODE_FACTOR = 3
 DEFAULT_MAX_CHUNK_BYTES = DEFAULT_MEMORY_LIMIT // 3
 
 #: Read buffer per column while a row group is streamed in slices. Without one (pyarrow's
-#: ``buffer_size=0``) every column chunk is loaded whole before the first slice decodes:
-#: 1M rows x 21 float64 columns peaked at +268 MiB that way, +48 MiB with 64 KiB buffers.
+#: ``buffer_size=0``) every column chunk is loaded whole before the first slice decodes,
+#: which the slicing is there to avoid.
 SLICE_BUFFER_BYTES = 256 << 10
 
 #: What a streamed column holds besides its slice of rows: its current page, compressed
@@ -75,8 +75,8 @@ class _Group:
     fixed: int  # what a streamed read holds whatever the slice: each column's page and dictionary
 
 
-#: Memory of a parsed footer per column chunk (row groups x columns): 0.86 KB measured
-#: between 16 and 153 row groups of 101 float columns with statistics (pyarrow 26), rounded up.
+#: Memory of a parsed footer per column chunk (row groups x columns), a measurement
+#: rounded up (benchmarks/README.md).
 PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK = 1024
 
 #: Parsed footers kept at once (see ``_Footers``).
@@ -168,8 +168,8 @@ class ParquetSource(SourceBase):
         self._files = [f for u in urls for f in _expand(u, storage_options, self.retry_policy)]
         self.paths = [f.path for f in self._files]
         # footers are parsed once here, summarised, and after that kept for a few files only:
-        # a parsed footer costs ~1.3 KB per column chunk (20 MiB for 153 row groups x 101
-        # columns), so holding every file's would grow with the data
+        # a parsed footer costs about PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK per column chunk,
+        # so holding every file's would grow with the data
         self._fresh()
         self._file_rows: list[int] = []
         self._group_rows: list[list[int]] = []
@@ -339,8 +339,8 @@ class ParquetSource(SourceBase):
             with self._open(c.file) as f:
                 pf = pq.ParquetFile(f, metadata=self._metas[c.file], pre_buffer=False)
                 # the pool keeps the last read's freed buffers for the next one: handing them back
-                # to the OS after every read (release_unused) cost a page fault per 4 KiB of every
-                # decode, 25-40 % of a fit at d = 100, and did not lower peak RSS
+                # to the OS after every read (release_unused) costs a page fault per 4 KiB of every
+                # decode and does not lower peak RSS
                 return pf.read_row_group(c.group, columns=names, use_threads=False)
         except FileNotFoundError as exc:
             raise SourceError(f"{path}: file disappeared while reading; {exc}") from exc
@@ -426,7 +426,7 @@ class ParquetSource(SourceBase):
         """File ``k`` for reading: memory-mapped locally, an uncached fsspec file remotely.
 
         A mapped file decodes from the page cache without first copying the column chunks
-        into a read buffer (13 % faster decode at d = 100); only the pages of the chunks
+        into a read buffer (a faster decode); only the pages of the chunks
         read are touched, and they are unmapped when the chunk's arrays are freed. A row
         group streamed in slices is not mapped (``mapped=False``): its pages would stay
         mapped, and counted, until the whole group was read.

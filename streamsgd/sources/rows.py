@@ -6,10 +6,10 @@ to the window row ``rows[j]`` the plan gives it, so the trainer reads the window
 trains, DESIGN.md §3). Parquet decodes column by column, Zarr and in-memory arrays hand over row-major blocks. Each copy
 here is one pass that also casts to the window's dtype and finds the first non-finite
 value, so a window costs one write of its bytes after decoding: no intermediate stacked
-copy, no separate finiteness pass (together they were 55 % of a reader's time at d = 100).
+copy, no separate finiteness pass (the largest share of a reader's time after decoding).
 
 Columns reach the kernel as raw addresses of the decoded buffers, not as a list of
-arrays: Numba's typed lists compile anew in every process (2.6 s of each start) and a
+arrays: Numba's typed lists compile anew in every process (seconds of each start) and a
 tuple of arrays would compile once per column count. The caller keeps the arrays alive
 during the call. Rows reach the window through non-temporal stores: the window is far
 larger than the cache and is read next by another thread, so reading its lines in before
@@ -92,9 +92,8 @@ def _fill_columns(addresses, kinds, X, rows):
     ``kinds[j]`` at ``addresses[j]``); returns the first column given a non-finite value, or -1.
 
     Each block of rows is transposed in a buffer that stays in L2, then streamed to its
-    rows of ``X``. A fit of 2M x 100 float32 rows with Arrow's system pool (as the CLI runs) took
-    1.08 s against 1.24 s writing ``X`` in place with ordinary stores (median of 10 each,
-    alternated); with pyarrow's default pool the two were within noise.
+    rows of ``X``: faster than ordinary stores with Arrow's system pool (as the CLI runs), no
+    slower with pyarrow's default pool (benchmarks/README.md, "Figures behind the code").
     """
     n, d = rows.size, X.shape[1]
     out = X.reshape(-1)

@@ -109,8 +109,7 @@ class ZarrSource(SourceBase):
         self.metadata_bytes = 0
         self._zarr_format = group.metadata.zarr_format
         # Reads from several reader threads at once are safe: each goes through zarr's one
-        # event loop. (They once seemed to hang on s3://; the cause was the test server's
-        # unread request log filling its pipe, see tests/s3server.py.)
+        # event loop.
 
     def _fresh(self) -> None:
         """No arrays open yet (they open at the first read), a lock to open them once, the retry breaker."""

@@ -33,6 +33,7 @@ from ..errors import UsageError
 from ..compute.codes import LOSSES, SOFTMAX
 from ..compute.losses import accumulate
 from ..persist.model import Model
+from ..plan.rng import HOLDOUT, HOLDOUT_ROWS, NOISE_CHUNKS, NOISE_ROWS, stream
 from ..compute.noise import NoiseMeter, reported
 from ..sources.subset import ChunkSubset, holds_whole_chunks, split_rows  # ChunkSubset re-exported: tune's split
 from ..compute.optim import standardized_gradient
@@ -48,9 +49,6 @@ __all__ = ["ChunkSubset", "fit_inverse_batch", "fit_iteration_time", "measure_no
 
 DEFAULT_TRIAL_BATCHES = (16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_TIMING_BATCHES = (16, 64, 256, 1024, 4096)
-#: The random streams of the holdout: whole chunks, or rows within chunks.
-HOLDOUT_TAG = 13
-HOLDOUT_ROWS_TAG = 14
 
 
 def fit_iteration_time(batches: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
@@ -137,7 +135,7 @@ def measure_noise(source: Source, model: Model, l2: float, batch: int, max_rows:
     ``batch`` rows feeds a :class:`~streamsgd.noise.NoiseMeter` with the sampling factor of
     that population: the mean of all batches is then (nearly) its exact gradient.
     """
-    order = np.random.default_rng([seed, 11]).permutation(len(source.chunk_rows))
+    order = stream(seed, NOISE_CHUNKS).permutation(len(source.chunk_rows))
     chosen: list[int] = []
     rows = 0
     for c in order:
@@ -150,7 +148,7 @@ def measure_noise(source: Source, model: Model, l2: float, batch: int, max_rows:
     check_target(source, model.model, window.y, source.url)
     n = window.X.shape[0]
     b = max(1, min(batch, n // 2))
-    perm = np.random.default_rng([seed, 12]).permutation(n)
+    perm = stream(seed, NOISE_ROWS).permutation(n)
     loss = LOSSES[model.model]
     if loss == SOFTMAX:
         raise UsageError("tune-batch measures the gradient noise of one-output models; softmax is not supported")
@@ -269,11 +267,11 @@ def _holdout(source: Source, validation: Source | None, holdout: float, seed: in
     if not 0 < holdout < 1:
         raise UsageError(f"holdout: expected a fraction in (0, 1); got {holdout!r}")
     if holds_whole_chunks(n_chunks, holdout):
-        order = np.random.default_rng([seed, HOLDOUT_TAG]).permutation(n_chunks)
+        order = stream(seed, HOLDOUT).permutation(n_chunks)
         held = round(holdout * n_chunks)
         return ChunkSubset(source, sorted(order[held:])), ChunkSubset(source, sorted(order[:held]))
     # too few chunks to hold out whole ones (one row group): rows of every chunk
-    train, held_rows = split_rows(source, holdout, seed, HOLDOUT_ROWS_TAG)
+    train, held_rows = split_rows(source, holdout, seed, HOLDOUT_ROWS)
     return train, held_rows
 
 

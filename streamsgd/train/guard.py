@@ -71,8 +71,7 @@ def max_row_curvature(X, y, mean, scale, weighting):
     ``optim.default_lr``), over every row of a window: one sequential pass, done once per
     window of the first epoch, so rare rows (a one-hot column set on 25 rows in 261,585)
     are seen before the step they would break is taken. Sequential and vectorised, it costs
-    0.14-0.19x the gradient kernel's time over the same rows (1M x 100 float32, shuffled
-    order for the kernel), in the first epoch only.
+    a fraction of the gradient kernel's time over the same rows, in the first epoch only.
     """
     n, d = X.shape
     inv = 1.0 / scale  # a multiply per value, not a divide; reassoc lets the sum vectorise

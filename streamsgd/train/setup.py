@@ -21,6 +21,7 @@ from ..errors import DataError, UsageError
 from ..persist.model import Model
 from ..pipeline.windows import WEIGHT_BYTES, sample_weight_column
 from ..plan.memory import MemoryPlan, data_limit, row_bytes, window_rows_cap
+from ..plan.rng import SPLIT, SPLIT_ROWS, stream
 from ..plan.shuffle import iterations_per_epoch
 from ..sources import ParquetSource, Source, n_rows
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
@@ -39,11 +40,6 @@ MAX_AUTO_EPOCHS = 20_000
 
 #: ``spec[AVERAGE_FROM]`` of a run that does not average (yet).
 NEVER = int(np.iinfo(np.int64).max)
-
-#: The random stream of the validation split (whole chunks; rows within chunks).
-SPLIT_TAG = 0x5EED
-ROW_SPLIT_TAG = 0x5EED + 1
-
 
 def source_row_bytes(source: Source, config: FitConfig) -> int:
     """Window bytes per row of ``source`` (a float64 sample weight when it has a weight column)."""
@@ -117,9 +113,9 @@ def split_validation(source: Source, fraction: float, seed: int) -> tuple[Source
         return source, None
     n = len(source.chunk_rows)
     if not holds_whole_chunks(n, fraction):
-        return split_rows(source, fraction, seed, ROW_SPLIT_TAG)
+        return split_rows(source, fraction, seed, SPLIT_ROWS)
     held = round(fraction * n)
-    order = np.random.default_rng([seed, SPLIT_TAG]).permutation(n)
+    order = stream(seed, SPLIT).permutation(n)
     return ChunkSubset(source, sorted(order[held:])), ChunkSubset(source, sorted(order[:held]))
 
 
