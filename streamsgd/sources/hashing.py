@@ -200,7 +200,7 @@ def hash_column(array: pa.Array | pa.ChunkedArray, column_seed: int,
     Parameters
     ----------
     array : pa.Array or pa.ChunkedArray of string, large_string, string_view, dictionary
-        (of any of these, integers or booleans), integer or boolean type; nulls allowed.
+        (of any of these, integers or booleans), integer, boolean or null type; nulls allowed.
     column_seed : the column's seed, ``column_seed(name, run_seed)``.
     bits : index bits, 1 to 30: indices lie in [0, 2**bits).
 
@@ -267,6 +267,8 @@ def _hash_array(array: pa.Array, seed: np.uint64, mask: np.uint64) -> tuple[NDAr
         codes = array.indices
         _gather(_values(codes), valid, has_nulls, codes.offset, dict_idx, dict_sign, null_idx, null_sign,
                 idx, sign)
+    elif pa.types.is_null(kind):  # a column with no value at all (pandas writes all-None this way)
+        idx[:], sign[:] = null_idx, null_sign
     else:
         raise DataError(f"cannot hash a column of type {kind}: categorical columns are strings, dictionaries, "
                         "integers or booleans; cast it to one of these or leave it out with --exclude")
