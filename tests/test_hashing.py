@@ -277,3 +277,27 @@ def test_collisions_within_a_binomial_bound(many):
     trials, p = DISTINCT * (DISTINCT - 1) // 2, 2.0**-BUCKET_BITS
     mean, sd = trials * p, math.sqrt(trials * p * (1 - p))
     assert abs(pairs - mean) < 5 * sd, (pairs, mean, sd)
+
+
+def test_benchmark_runs_and_reports_its_ratios(tmp_path, capsys):
+    """benchmarks/hashing.py's plumbing on a tiny column (it also checks the plain and the
+    dictionary hash agree); no timing is asserted."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))  # the script imports its sibling provenance.py
+    try:
+        spec = importlib.util.spec_from_file_location("streamsgd_bench_hashing", bench_dir / "hashing.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.main(["--rows", "3000", "--distinct", "300", "--runs", "1", "--out", str(tmp_path)]) == 0
+    finally:
+        sys.path.remove(str(bench_dir))
+    report = json.loads((tmp_path / "hashing.json").read_text())
+    assert report["rows"] == 3000 and 0 < report["distinct"] <= 300
+    assert set(report["ratios"]["cpu"]) == {"hash/decode", "hash_dict/decode_dict", "sklearn/hash"}
+    assert all(v > 0 for v in report["rows_per_second"].values())
+    assert "sklearn/hash" in capsys.readouterr().out
