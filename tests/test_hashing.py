@@ -301,3 +301,10 @@ def test_benchmark_runs_and_reports_its_ratios(tmp_path, capsys):
     assert set(report["ratios"]["cpu"]) == {"hash/decode", "hash_dict/decode_dict", "sklearn/hash"}
     assert all(v > 0 for v in report["rows_per_second"].values())
     assert "sklearn/hash" in capsys.readouterr().out
+
+
+def test_empty_chunks_of_a_refused_type_are_refused_too():
+    with pytest.raises(DataError, match="cannot hash a column of type double"):
+        hash_column(pa.array([], pa.float64()), 0, 20)
+    with pytest.raises(DataError, match="cannot hash a column of type dictionary<values=double"):
+        hash_column(pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([1.5])), 0, 20)

@@ -244,13 +244,26 @@ def _values(array: pa.Array) -> NDArray[np.int64]:
     return values.view(np.int64) if values.dtype == np.uint64 else values.astype(np.int64, copy=False)
 
 
+def _categorical(kind: pa.DataType) -> bool:
+    """Whether ``hash_column`` reads columns of this Arrow type."""
+    if pa.types.is_dictionary(kind):  # Arrow has no nested dictionaries: one level of recursion
+        return _categorical(kind.value_type)
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+            or pa.types.is_integer(kind) or pa.types.is_boolean(kind) or pa.types.is_null(kind))
+
+
 def _hash_array(array: pa.Array, seed: np.uint64, mask: np.uint64) -> tuple[NDArray[np.int32], NDArray[np.int8]]:
     """One chunk's (idx, sign), by its Arrow type."""
     kind = array.type
+    if not _categorical(kind):
+        raise DataError(f"cannot hash a column of type {kind}: categorical columns are strings, dictionaries, "
+                        "integers or booleans; cast it to one of these or leave it out with --exclude")
     if pa.types.is_string_view(kind):  # no offsets buffer: one copy into large_string
         array, kind = array.cast(pa.large_string()), pa.large_string()
     n = len(array)
     idx, sign = np.empty(n, np.int32), np.empty(n, np.int8)
+    if n == 0:  # some producers leave an empty array's buffers out
+        return idx, sign
     null_idx, null_sign = _null_code(seed, mask)
     valid, has_nulls = _validity(array)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
@@ -262,14 +275,11 @@ def _hash_array(array: pa.Array, seed: np.uint64, mask: np.uint64) -> tuple[NDAr
     elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
         tag = BOOL_TAG if pa.types.is_boolean(kind) else INT_TAG
         _hash_ints(_values(array), tag, valid, has_nulls, array.offset, seed, mask, null_idx, null_sign, idx, sign)
-    elif pa.types.is_dictionary(kind) and not pa.types.is_dictionary(kind.value_type):
+    elif pa.types.is_dictionary(kind):
         dict_idx, dict_sign = _hash_array(array.dictionary, seed, mask)
         codes = array.indices
         _gather(_values(codes), valid, has_nulls, codes.offset, dict_idx, dict_sign, null_idx, null_sign,
                 idx, sign)
-    elif pa.types.is_null(kind):  # a column with no value at all (pandas writes all-None this way)
+    else:  # the null type: a column with no value at all (pandas writes an all-None column so)
         idx[:], sign[:] = null_idx, null_sign
-    else:
-        raise DataError(f"cannot hash a column of type {kind}: categorical columns are strings, dictionaries, "
-                        "integers or booleans; cast it to one of these or leave it out with --exclude")
     return idx, sign
