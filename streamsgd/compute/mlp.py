@@ -1,0 +1,372 @@
+"""Dense layers in Numba: an MLP's forward and backward pass over one batch of a window.
+
+The network is d -> h1 -> ... -> hK -> out: hidden layers with ReLU or tanh, then a linear
+output layer whose pre-activation z (out = 1 for the margin losses, C for softmax) feeds the
+losses of ``losses.loss_slope`` unchanged, so every loss becomes an MLP loss.
+
+Parameters are float64 and live in ONE flat vector ``theta`` (``layout``): per layer, its
+weights W (n_in, n_out) row-major, then its biases (n_out,). The existing optimizers update a
+flat vector, so they drive the network as they are; with no hidden layer and out = 1 the
+layout is the linear model's (d weights, then the intercept). The gradient buffer has the same
+layout and receives the *summed* data loss's gradient, as ``losses.accumulate`` does: the
+caller scales by 1/B and adds the penalty.
+
+A batch is a contiguous row range [lo, hi) of the window ``X`` (the readers have already
+written the rows in plan order). It is processed in blocks of at most ``BLOCK_ROWS`` rows, so
+each layer's activations (block x width) stay in L1/L2 while the block goes forward through
+every layer and back again. Activations and the block's gradient sums have the workspace's
+dtype (float32 in the product; float64 for exact checks), made once by ``workspace``: nothing
+is allocated per batch. The parameters are copied into that dtype once per call, and each
+block's gradient sums are added into the float64 buffer, so long sums stay in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit
+from numpy.typing import DTypeLike, NDArray
+
+from ..config import LOSS_PARAM
+from ..errors import UsageError
+from .losses import LOSSES, SOFTMAX, loss_slope
+
+#: Hidden activation name -> the integer the kernels branch on.
+RELU = 0
+TANH = 1
+ACTIVATIONS = {"relu": RELU, "tanh": TANH}
+
+#: Rows per block: 64 rows of a 64-wide float32 layer are 16 KiB, so a block's activations and
+#: deltas sit in L1/L2 between its forward and backward passes.
+BLOCK_ROWS = 64
+
+#: Columns of a ``layout`` row: the layer's input and output widths and where its weights
+#: and biases start in ``theta``.
+N_IN, N_OUT, W_AT, B_AT = range(4)
+N_LAYOUT = 4
+
+#: Workspace slots (``workspace``): hidden activations (K or 1, block, widest hidden), deltas
+#: (2, block, widest layer output), output margins (block, out), the parameters in the
+#: workspace dtype (P,), and the block's gradient sums (P,).
+HIDDEN, DELTA, MARGIN, PARAMS, GRAD = range(5)
+
+#: Slots of the ``network`` tuple: the layout, the activation and loss codes, the loss's
+#: parameter, the class weights and softmax's label values.
+LAYOUT, ACTIVATION, LOSS, PARAM, CLASS_WEIGHTS, CLASSES = range(6)
+
+
+def layout(d: int, hidden: Sequence[int], out: int) -> NDArray[np.int64]:
+    """Where each layer's parameters live in the flat vector ``theta``.
+
+    Parameters
+    ----------
+    d : int, input features; hidden : widths of the hidden layers (may be empty);
+    out : int, output margins (1 for the margin losses, C for softmax).
+
+    Returns
+    -------
+    int64 ndarray of shape (K + 1, N_LAYOUT): row l is layer l's (N_IN, N_OUT, W_AT, B_AT).
+    Layer l's weights are theta[W_AT : W_AT + N_IN * N_OUT] as (N_IN, N_OUT) row-major, its
+    biases theta[B_AT : B_AT + N_OUT]; the next layer starts where they end.
+    """
+    widths = [d, *hidden, out]
+    if any(int(w) != w or w < 1 for w in widths):
+        raise UsageError(f"layer widths must be positive integers (--hidden 64,32); got d={d}, "
+                         f"hidden={list(hidden)}, out={out}")
+    lay = np.zeros((len(widths) - 1, N_LAYOUT), dtype=np.int64)
+    at = 0
+    for l in range(len(widths) - 1):
+        n_in, n_out = int(widths[l]), int(widths[l + 1])
+        lay[l] = (n_in, n_out, at, at + n_in * n_out)
+        at += n_in * n_out + n_out
+    return lay
+
+
+def n_params(lay: NDArray[np.int64]) -> int:
+    """Length of ``theta`` (and of the gradient buffer) for a ``layout``."""
+    return int(lay[-1, B_AT] + lay[-1, N_OUT])
+
+
+def workspace(batch: int, lay: NDArray[np.int64], dtype: DTypeLike = np.float32) -> tuple:
+    """Scratch arrays for ``batch_gradient`` and ``margins``, indexed by the workspace slots.
+
+    Their size depends on the block (min(batch, BLOCK_ROWS) rows) and the widths, never on the
+    window: one workspace serves every batch of a run. ``dtype`` is the activations' (float32
+    in the product, float64 for exact checks).
+    """
+    rows = max(1, min(int(batch), BLOCK_ROWS))
+    widths = lay[:, N_OUT]
+    hidden = widths[:-1]
+    n_hidden = max(1, hidden.shape[0])
+    widest_hidden = int(hidden.max()) if hidden.shape[0] else 1
+    P = n_params(lay)
+    return (np.zeros((n_hidden, rows, widest_hidden), dtype), np.zeros((2, rows, int(widths.max())), dtype),
+            np.zeros((rows, int(widths[-1])), dtype), np.zeros(P, dtype), np.zeros(P, dtype))
+
+
+def init_params(lay: NDArray[np.int64], activation: int, rng: np.random.Generator) -> NDArray[np.float64]:
+    """Initial ``theta``: He-normal weights before ReLU, Glorot-uniform before tanh and for the
+    linear output layer; zero biases.
+
+    He (std sqrt(2 / n_in)) keeps the variance of ReLU activations constant from layer to layer
+    (half the units are cut off); Glorot (U(±sqrt(6 / (n_in + n_out)))) keeps both the forward
+    and the backward variance for activations with slope 1 at 0, tanh's and the identity's.
+    ``rng`` is the caller's, seeded from integers, so the network is a function of the seed.
+    """
+    theta = np.zeros(n_params(lay))
+    last = lay.shape[0] - 1
+    for l in range(lay.shape[0]):
+        n_in, n_out, w_at = int(lay[l, N_IN]), int(lay[l, N_OUT]), int(lay[l, W_AT])
+        if l < last and activation == RELU:
+            weights = rng.standard_normal(n_in * n_out) * math.sqrt(2.0 / n_in)
+        else:
+            limit = math.sqrt(6.0 / (n_in + n_out))
+            weights = rng.uniform(-limit, limit, n_in * n_out)
+        theta[w_at:w_at + n_in * n_out] = weights
+    return theta
+
+
+def network(
+    lay: NDArray[np.int64], activation: str, loss: str, param: float | None = None,
+    cw: NDArray[np.float64] | None = None, classes: NDArray[np.float64] | None = None,
+) -> tuple:
+    """The kernels' description of the model: (lay, activation code, loss code, param, cw, classes).
+
+    Parameters
+    ----------
+    activation : a key of ACTIVATIONS; loss : a key of ``losses.LOSSES``.
+    param : huber's epsilon or quantile's tau; None means LOSS_PARAM's default.
+    cw : float64, the row weight by class: (2,) by binary label (y > 0.5 takes cw[1]; ones for
+        regression), (C,) for softmax in ``classes`` order. None means ones.
+    classes : float64 (C,), softmax's sorted label values (None: 0 … C−1); empty otherwise.
+    """
+    if activation not in ACTIVATIONS:
+        raise UsageError(f"--activation: expected one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+    if loss not in LOSSES:
+        raise UsageError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    out = int(lay[-1, N_OUT])
+    softmax = LOSSES[loss] == SOFTMAX
+    if softmax and out < 2 or not softmax and out != 1:
+        raise UsageError(f"loss {loss!r} needs {'C >= 2 output margins' if softmax else 'one output margin'}; "
+                         f"the layout has {out}")
+    if classes is None:
+        classes = np.arange(out, dtype=np.float64) if softmax else np.zeros(0)
+    if cw is None:
+        cw = np.ones(out if softmax else 2)
+    p = LOSS_PARAM.get(loss, 0.0) if param is None else param
+    return (lay, ACTIVATIONS[activation], LOSSES[loss], float(p), np.asarray(cw, np.float64),
+            np.asarray(classes, np.float64))
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _dense(A, a0, rows, spec, W, out):
+    """out[r] = A[a0 + r] @ W_l + b_l for r < rows (layer ``spec``, a ``layout`` row).
+
+    Four inputs at a time: each pass over an output row does four multiply-adds per load and
+    store of it, and the weight rows are read from L1.
+    """
+    n_in, n_out, w_at, b_at = spec[N_IN], spec[N_OUT], spec[W_AT], spec[B_AT]
+    for r in range(rows):
+        for o in range(n_out):
+            out[r, o] = W[b_at + o]
+        i = 0
+        while i + 4 <= n_in:
+            x0, x1, x2, x3 = A[a0 + r, i], A[a0 + r, i + 1], A[a0 + r, i + 2], A[a0 + r, i + 3]
+            k = w_at + i * n_out
+            for o in range(n_out):
+                out[r, o] += (x0 * W[k + o] + x1 * W[k + n_out + o]) + (
+                    x2 * W[k + 2 * n_out + o] + x3 * W[k + 3 * n_out + o])
+            i += 4
+        for i in range(i, n_in):
+            x = A[a0 + r, i]
+            k = w_at + i * n_out
+            for o in range(n_out):
+                out[r, o] += x * W[k + o]
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _dense_grad(A, a0, rows, spec, D, G):
+    """G_l += A[a0 : a0 + rows]ᵀ D and G_b += Σ_r D[r]: layer ``spec``'s weight and bias sums.
+
+    Four rows at a time, so each weight row's sums are loaded and stored once per four
+    multiply-adds.
+    """
+    n_in, n_out, w_at, b_at = spec[N_IN], spec[N_OUT], spec[W_AT], spec[B_AT]
+    r = 0
+    while r + 4 <= rows:
+        for i in range(n_in):
+            x0, x1, x2, x3 = A[a0 + r, i], A[a0 + r + 1, i], A[a0 + r + 2, i], A[a0 + r + 3, i]
+            k = w_at + i * n_out
+            for o in range(n_out):
+                G[k + o] += (x0 * D[r, o] + x1 * D[r + 1, o]) + (x2 * D[r + 2, o] + x3 * D[r + 3, o])
+        for o in range(n_out):
+            G[b_at + o] += (D[r, o] + D[r + 1, o]) + (D[r + 2, o] + D[r + 3, o])
+        r += 4
+    for r in range(r, rows):
+        for i in range(n_in):
+            x = A[a0 + r, i]
+            k = w_at + i * n_out
+            for o in range(n_out):
+                G[k + o] += x * D[r, o]
+        for o in range(n_out):
+            G[b_at + o] += D[r, o]
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _dense_back(D, rows, spec, W, H, activation, D_in):
+    """D_in[r] = (D[r] @ W_lᵀ) ⊙ f'(H[r]): the delta of layer ``spec``'s input, whose
+    activations H are its hidden units after f (f' is read from f's value: ReLU's step,
+    tanh's 1 − a²)."""
+    n_in, n_out, w_at = spec[N_IN], spec[N_OUT], spec[W_AT]
+    for r in range(rows):
+        for i in range(n_in):
+            k = w_at + i * n_out
+            s = D[r, 0] * W[k]
+            for o in range(1, n_out):
+                s += D[r, o] * W[k + o]
+            a = H[r, i]
+            if activation == RELU:
+                D_in[r, i] = s if a > 0.0 else 0.0
+            else:
+                D_in[r, i] = s * (1.0 - a * a)
+
+
+@njit(nogil=True, cache=True)
+def _activate(H, rows, width, activation):
+    """f applied in place to the first ``rows`` rows and ``width`` columns of H."""
+    for r in range(rows):
+        for j in range(width):
+            if activation == RELU:
+                H[r, j] = max(H[r, j], 0.0)
+            else:
+                H[r, j] = math.tanh(H[r, j])
+
+
+@njit(nogil=True, cache=True)
+def _forward(X, r0, rows, lay, activation, W, H, Z):
+    """Rows X[r0 : r0 + rows] through every layer: hidden activations into H, margins into Z."""
+    last = lay.shape[0] - 1
+    if last == 0:
+        _dense(X, r0, rows, lay[0], W, Z)
+        return
+    _dense(X, r0, rows, lay[0], W, H[0])
+    _activate(H[0], rows, lay[0, N_OUT], activation)
+    for l in range(1, last):
+        _dense(H[l - 1], 0, rows, lay[l], W, H[l])
+        _activate(H[l], rows, lay[l, N_OUT], activation)
+    _dense(H[last - 1], 0, rows, lay[last], W, Z)
+
+
+@njit(nogil=True, cache=True)
+def _output_slopes(y, sw, r0, rows, net, Z, D):
+    """Each row's weighted dl/dz into D (rows, out); returns the block's summed weighted loss.
+
+    Row i's weight is its class weight (cw by binary label, or by class for softmax) times its
+    sample weight when ``sw`` is not empty, as in ``losses.accumulate_rows``.
+    """
+    loss, param, cw, classes = net[LOSS], net[PARAM], net[CLASS_WEIGHTS], net[CLASSES]
+    weighted = sw.shape[0] > 0
+    C = Z.shape[1]
+    total = 0.0
+    for r in range(rows):
+        i = r0 + r
+        if loss == SOFTMAX:
+            label = np.searchsorted(classes, y[i])
+            c = cw[label] * sw[i] if weighted else cw[label]
+            top = -np.inf
+            for k in range(C):
+                top = max(top, np.float64(Z[r, k]))
+            norm = 0.0
+            for k in range(C):
+                norm += math.exp(np.float64(Z[r, k]) - top)
+            total += c * (math.log(norm) + top - Z[r, label])
+            for k in range(C):
+                p = math.exp(np.float64(Z[r, k]) - top) / norm
+                D[r, k] = c * (p - (1.0 if k == label else 0.0))
+        else:
+            li, slope = loss_slope(loss, np.float64(Z[r, 0]), y[i], param)
+            c = cw[1] if y[i] > 0.5 else cw[0]  # a select: regression labels are not 0/1 (weights 1)
+            if weighted:
+                c *= sw[i]
+            total += c * li
+            D[r, 0] = c * slope
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _backward(X, r0, rows, lay, activation, W, H, D, G):
+    """Back from the output deltas in D[(K) % 2] (K hidden layers) to the first layer, adding
+    every layer's gradient sums into G; the two delta buffers take turns."""
+    cur = (lay.shape[0] - 1) % 2
+    for l in range(lay.shape[0] - 1, 0, -1):
+        _dense_grad(H[l - 1], 0, rows, lay[l], D[cur], G)
+        _dense_back(D[cur], rows, lay[l], W, H[l - 1], activation, D[1 - cur])
+        cur = 1 - cur
+    _dense_grad(X, r0, rows, lay[0], D[cur], G)
+
+
+@njit(nogil=True, cache=True)
+def batch_gradient(X, y, sw, lo, hi, net, theta, grad, ws):
+    """Add the summed loss's gradient over rows [lo, hi) to ``grad``; return the summed loss.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, d), float32 (or float64), the window's rows in plan order.
+    y : ndarray of shape (n_rows,), labels (softmax: values found in ``classes``).
+    sw : float64 (n_rows,), each row's sample weight, or an empty array for none.
+    lo, hi : int, the batch's rows.
+    net : the tuple made by ``network`` (layout, activation, loss, param, cw, classes).
+    theta : float64 (P,), the parameters in ``layout`` order.
+    grad : float64 (P,), added to in place: Σ_i c_i ∂ℓ_i/∂θ over the rows.
+    ws : the tuple made by ``workspace`` for this layout (its dtype is the activations').
+
+    Returns the summed weighted loss Σ_i c_i ℓ_i (float64).
+    """
+    lay, activation = net[LAYOUT], net[ACTIVATION]
+    H, D, Z, W, G = ws[HIDDEN], ws[DELTA], ws[MARGIN], ws[PARAMS], ws[GRAD]
+    for j in range(theta.shape[0]):
+        W[j] = theta[j]
+        G[j] = 0.0
+    out = (lay.shape[0] - 1) % 2
+    block = Z.shape[0]
+    total = 0.0
+    for r0 in range(lo, hi, block):
+        rows = min(block, hi - r0)
+        _forward(X, r0, rows, lay, activation, W, H, Z)
+        total += _output_slopes(y, sw, r0, rows, net, Z, D[out])
+        _backward(X, r0, rows, lay, activation, W, H, D, G)
+        for j in range(G.shape[0]):  # the block's sums join the float64 buffer
+            grad[j] += G[j]
+            G[j] = 0.0
+    return total
+
+
+@njit(nogil=True, cache=True)
+def margins(X, lo, hi, net, theta, ws, out):
+    """The output margins z of rows [lo, hi) into ``out`` (float64, (hi − lo, out)): predictions
+    before the loss's link, by the same forward pass as training."""
+    lay, activation = net[LAYOUT], net[ACTIVATION]
+    H, Z, W = ws[HIDDEN], ws[MARGIN], ws[PARAMS]
+    for j in range(theta.shape[0]):
+        W[j] = theta[j]
+    block = Z.shape[0]
+    for r0 in range(lo, hi, block):
+        rows = min(block, hi - r0)
+        _forward(X, r0, rows, lay, activation, W, H, Z)
+        for r in range(rows):
+            for k in range(Z.shape[1]):
+                out[r0 - lo + r, k] = Z[r, k]
+
+
+@njit(nogil=True, cache=True)
+def mean_gradient(grad, n, l2, theta, lay, out):
+    """The batch-mean gradient with the L2 term on the weights (biases are not penalised, as the
+    linear model's intercept is not): out = grad / n + l2 · θ on weights, grad / n on biases."""
+    for l in range(lay.shape[0]):
+        w_at, b_at, end = lay[l, W_AT], lay[l, B_AT], lay[l, B_AT] + lay[l, N_OUT]
+        for j in range(w_at, b_at):
+            out[j] = grad[j] / n + l2 * theta[j]
+        for j in range(b_at, end):
+            out[j] = grad[j] / n
