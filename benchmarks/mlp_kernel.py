@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     theta = mlp.init_params(lay, mlp.RELU, rng)
     net = mlp.network(lay, "relu", "logistic")
     ws, grad = mlp.workspace(args.batch, lay), np.zeros_like(theta)
-    layers = [(theta[w:w + i * o].reshape(i, o).astype(np.float32), theta[b:b + o].astype(np.float32))
+    layers = [(theta[w:w + i * o].reshape(o, i).T.astype(np.float32), theta[b:b + o].astype(np.float32))
               for i, o, w, b in lay]
     numba_pass(X[:args.batch], y, net, theta, grad, ws, args.batch)  # compile (or load the cache)
     try:

@@ -60,8 +60,8 @@ def twin_loss_slope(loss, z, y, param):
 
 
 def unpack(lay, theta):
-    """Each layer's (W (n_in, n_out), b (n_out,)) as views of theta."""
-    return [(theta[w:w + i * o].reshape(i, o), theta[b:b + o]) for i, o, w, b in lay]
+    """Each layer's (W (n_in, n_out), b (n_out,)) as views of theta (stored as (n_out, n_in))."""
+    return [(theta[w:w + i * o].reshape(o, i).T, theta[b:b + o]) for i, o, w, b in lay]
 
 
 def twin(X, y, sw, lay, activation, loss, theta, cw=None):
@@ -83,7 +83,7 @@ def twin(X, y, sw, lay, activation, loss, theta, cw=None):
     delta = delta * c[:, None]
     grads = []
     for k in range(len(layers) - 1, -1, -1):
-        grads.append(np.concatenate([(acts[k].T @ delta).ravel(), delta.sum(axis=0)]))
+        grads.append(np.concatenate([(delta.T @ acts[k]).ravel(), delta.sum(axis=0)]))
         if k:
             delta = (delta @ layers[k][0].T) * df(acts[k])
     return float((c * value).sum()), np.concatenate(grads[::-1]), z
