@@ -200,6 +200,10 @@ def test_network_checks_its_names_and_outputs():
         mlp.network(mlp.layout(D, (4,), 3), "relu", "logistic")
     with pytest.raises(UsageError, match="needs C >= 2 output margins"):
         mlp.network(mlp.layout(D, (4,), 1), "relu", "softmax")
+    with pytest.raises(UsageError, match="needs 3 class weights and 3 classes; got 3 and 2"):
+        mlp.network(mlp.layout(D, (4,), 3), "relu", "softmax", classes=np.array([0.0, 1.0]))
+    with pytest.raises(UsageError, match=r"needs 2 class weights \(one per binary label\); got 3"):
+        mlp.network(mlp.layout(D, (4,), 1), "relu", "hinge", cw=np.ones(3))
 
 
 def test_initialisation_is_he_before_relu_and_glorot_otherwise():

@@ -5,10 +5,10 @@ output layer whose pre-activation z (out = 1 for the margin losses, C for softma
 losses of ``losses.loss_slope`` unchanged, so every loss becomes an MLP loss.
 
 Parameters are float64 and live in ONE flat vector ``theta`` (``layout``): per layer, its
-weights W (n_out, n_in) row-major (one row per unit, as torch.nn.Linear's weight), then
-its biases (n_out,). The existing optimizers update a
-flat vector, so they drive the network as they are; with no hidden layer and out = 1 the
-layout is the linear model's (d weights, then the intercept). The gradient buffer has the same
+weights W (n_out, n_in) row-major (one row per unit, as torch.nn.Linear's weight), then its
+biases (n_out,). The existing optimizers update a flat vector, so they drive the network as
+they are; with no hidden layer and out = 1 the layout is the linear model's (d weights, then
+the intercept). The gradient buffer has the same
 layout and receives the *summed* data loss's gradient, as ``losses.accumulate`` does: the
 caller scales by 1/B and adds the penalty.
 
@@ -69,8 +69,8 @@ def layout(d: int, hidden: Sequence[int], out: int) -> NDArray[np.int64]:
 
     Returns
     -------
-    int64 ndarray of shape (K + 1, N_LAYOUT): row l is layer l's (N_IN, N_OUT, W_AT, B_AT).
-    Layer l's weights are theta[W_AT : W_AT + N_IN * N_OUT] as (N_OUT, N_IN) row-major, its
+    int64 ndarray of shape (K + 1, N_LAYOUT): row k is layer k's (N_IN, N_OUT, W_AT, B_AT).
+    Layer k's weights are theta[W_AT : W_AT + N_IN * N_OUT] as (N_OUT, N_IN) row-major, its
     biases theta[B_AT : B_AT + N_OUT]; the next layer starts where they end.
     """
     widths = [d, *hidden, out]
@@ -79,9 +79,9 @@ def layout(d: int, hidden: Sequence[int], out: int) -> NDArray[np.int64]:
                          f"hidden={list(hidden)}, out={out}")
     lay = np.zeros((len(widths) - 1, N_LAYOUT), dtype=np.int64)
     at = 0
-    for l in range(len(widths) - 1):
-        n_in, n_out = int(widths[l]), int(widths[l + 1])
-        lay[l] = (n_in, n_out, at, at + n_in * n_out)
+    for k in range(len(widths) - 1):
+        n_in, n_out = int(widths[k]), int(widths[k + 1])
+        lay[k] = (n_in, n_out, at, at + n_in * n_out)
         at += n_in * n_out + n_out
     return lay
 
@@ -119,9 +119,9 @@ def init_params(lay: NDArray[np.int64], activation: int, rng: np.random.Generato
     """
     theta = np.zeros(n_params(lay))
     last = lay.shape[0] - 1
-    for l in range(lay.shape[0]):
-        n_in, n_out, w_at = int(lay[l, N_IN]), int(lay[l, N_OUT]), int(lay[l, W_AT])
-        if l < last and activation == RELU:
+    for k in range(lay.shape[0]):
+        n_in, n_out, w_at = int(lay[k, N_IN]), int(lay[k, N_OUT]), int(lay[k, W_AT])
+        if k < last and activation == RELU:
             weights = rng.standard_normal(n_in * n_out) * math.sqrt(2.0 / n_in)
         else:
             limit = math.sqrt(6.0 / (n_in + n_out))
@@ -153,13 +153,15 @@ def network(
     if softmax and out < 2 or not softmax and out != 1:
         raise UsageError(f"loss {loss!r} needs {'C >= 2 output margins' if softmax else 'one output margin'}; "
                          f"the layout has {out}")
-    if classes is None:
-        classes = np.arange(out, dtype=np.float64) if softmax else np.zeros(0)
-    if cw is None:
-        cw = np.ones(out if softmax else 2)
+    classes = np.arange(out, dtype=np.float64) if classes is None and softmax else classes
+    classes = np.zeros(0) if classes is None else np.asarray(classes, np.float64)
+    cw = np.ones(out if softmax else 2) if cw is None else np.asarray(cw, np.float64)
+    if cw.shape != ((out,) if softmax else (2,)) or softmax and classes.shape != (out,):
+        want, got = (f"{out} class weights and {out} classes", f"{cw.shape[0]} and {classes.shape[0]}") if softmax \
+            else ("2 class weights (one per binary label)", f"{cw.shape[0]}")
+        raise UsageError(f"loss {loss!r} with {out} output margin(s) needs {want}; got {got}")
     p = LOSS_PARAM.get(loss, 0.0) if param is None else param
-    return (lay, ACTIVATIONS[activation], LOSSES[loss], float(p), np.asarray(cw, np.float64),
-            np.asarray(classes, np.float64))
+    return lay, ACTIVATIONS[activation], LOSSES[loss], float(p), cw, classes
 
 
 @njit(nogil=True, cache=True)
@@ -178,7 +180,7 @@ def _weights(W, spec):
 @njit(nogil=True, cache=True)
 def _apply(v, activation):
     """f(v) for a hidden layer's activation code; v itself for IDENTITY (the output layer)."""
-    if activation == RELU:
+    if activation == RELU:  # v · 0, not 0.0: keeps v's float type, and a NaN still shows
         return v if v > 0.0 else v * 0.0
     if activation == TANH:
         return math.tanh(v)
@@ -296,8 +298,8 @@ def _forward(X, r0, rows, lay, activation, W, H, Z):
         _dense(X, r0, rows, lay[0], W, Z, IDENTITY)
         return
     _dense(X, r0, rows, lay[0], W, H[0], activation)
-    for l in range(1, last):
-        _dense(H[l - 1], 0, rows, lay[l], W, H[l], activation)
+    for k in range(1, last):
+        _dense(H[k - 1], 0, rows, lay[k], W, H[k], activation)
     _dense(H[last - 1], 0, rows, lay[last], W, Z, IDENTITY)
 
 
@@ -342,9 +344,9 @@ def _backward(X, r0, rows, lay, activation, W, H, D, G):
     """Back from the output deltas in D[(K) % 2] (K hidden layers) to the first layer, adding
     every layer's gradient sums into G; the two delta buffers take turns."""
     cur = (lay.shape[0] - 1) % 2
-    for l in range(lay.shape[0] - 1, 0, -1):
-        _dense_grad(H[l - 1], 0, rows, lay[l], D[cur], G)
-        _dense_back(D[cur], rows, lay[l], W, H[l - 1], activation, D[1 - cur])
+    for k in range(lay.shape[0] - 1, 0, -1):
+        _dense_grad(H[k - 1], 0, rows, lay[k], D[cur], G)
+        _dense_back(D[cur], rows, lay[k], W, H[k - 1], activation, D[1 - cur])
         cur = 1 - cur
     _dense_grad(X, r0, rows, lay[0], D[cur], G)
 
@@ -406,8 +408,8 @@ def margins(X, lo, hi, net, theta, ws, out):
 def mean_gradient(grad, n, l2, theta, lay, out):
     """The batch-mean gradient with the L2 term on the weights (biases are not penalised, as the
     linear model's intercept is not): out = grad / n + l2 · θ on weights, grad / n on biases."""
-    for l in range(lay.shape[0]):
-        w_at, b_at, end = lay[l, W_AT], lay[l, B_AT], lay[l, B_AT] + lay[l, N_OUT]
+    for k in range(lay.shape[0]):
+        w_at, b_at, end = lay[k, W_AT], lay[k, B_AT], lay[k, B_AT] + lay[k, N_OUT]
         for j in range(w_at, b_at):
             out[j] = grad[j] / n + l2 * theta[j]
         for j in range(b_at, end):
