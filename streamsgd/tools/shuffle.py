@@ -43,7 +43,7 @@ from ..errors import DataError, SourceError, UsageError
 from ..persist.model import atomic_write, is_remote, write_tables
 from ..sources import retry
 from ..sources.fs import check_bucket, file_info, filesystem, storage_failure
-from ..sources.parquet import DECODE_FACTOR, SLICE_BUFFER_BYTES, _expand, _File
+from ..sources.parquet import DECODE_FACTOR, PAGE_BYTES, SLICE_BUFFER_BYTES, _expand, _File
 from .convert import refuse_text
 
 #: RNG stream tags (``default_rng([seed, TAG, ...])``): the scatter keys and each bucket's
@@ -62,8 +62,11 @@ SAFETY = 3
 BATCH_SHARE = 0.5
 
 #: What an open bucket writer holds between writes: a local file's buffers and the Parquet
-#: writer's state; on an object store also the multipart upload's part (5 MiB, S3's minimum).
+#: writer's state, which grows with the columns (24 writers of 8 float columns added 20 MB
+#: to the scatter's peak); on an object store also the multipart upload's part (5 MiB,
+#: S3's minimum).
 LOCAL_WRITER_BYTES = 64 << 10
+WRITER_COLUMN_BYTES = 100 << 10
 UPLOAD_PART_BYTES = 5 << 20
 
 #: Output row groups: 65,536 rows, or fewer so one stays under 64 MB and under what ``fit``
@@ -115,6 +118,7 @@ class _Input:
     rows: list[int]
     schema: Any  # pyarrow.Schema, partition columns appended as strings
     total_bytes: int
+    chunk_bytes: int  # the largest column chunk, uncompressed
     fingerprint: str
 
 
@@ -157,12 +161,7 @@ def shuffle(
     refuse_text(list(data))
     source = _inspect(list(data), storage_options)
     fs, root = _output(out, storage_options)
-    buckets = max(1, math.ceil(source.total_bytes * SAFETY / memory_limit))
-    writer_bytes = LOCAL_WRITER_BYTES + (UPLOAD_PART_BYTES if is_remote(out) else 0)
-    if buckets * writer_bytes > memory_limit * (1 - BATCH_SHARE):
-        need = math.ceil(math.sqrt(source.total_bytes * SAFETY * writer_bytes / (1 - BATCH_SHARE)))
-        raise UsageError(f"--memory-limit {memory_limit} bytes is too small to shuffle {source.total_bytes} bytes "
-                         f"in {buckets} buckets; give at least --memory-limit {need}")
+    buckets, rows_per_batch = _scatter_plan(source, memory_limit, is_remote(out))
     job = {"format": FORMAT, "input": source.fingerprint, "seed": int(seed), "buckets": buckets}
     done = _finished(fs, root, out, job)
     if done is not None:
@@ -172,7 +171,7 @@ def shuffle(
     if state is None or {k: state.get(k) for k in job} != job:
         _clear(fs, root, keep_temp=False)
         fs.makedirs(posixpath.join(root, TEMP), exist_ok=True)
-        sizes = _scatter(source, fs, root, out, buckets, seed, memory_limit, bar)
+        sizes = _scatter(source, fs, root, out, buckets, seed, rows_per_batch, bar)
         state = {**job, "bucket_rows": sizes}
         _write_json(_join(out, TEMP, STATE), state, storage_options)
     else:
@@ -206,10 +205,12 @@ def _inspect(urls: list[str], storage_options: Mapping[str, Any] | None) -> _Inp
     rows = [int(m.num_rows) for m in metas]
     if not sum(rows):
         raise DataError(f"{', '.join(urls)}: no rows to shuffle")
-    total = sum(m.row_group(g).total_byte_size for m in metas for g in range(m.num_row_groups))
+    groups = [m.row_group(g) for m in metas for g in range(m.num_row_groups)]
+    total = sum(g.total_byte_size for g in groups)
+    chunk = max((g.column(j).total_uncompressed_size for g in groups for j in range(g.num_columns)), default=1)
     marks = [[f.path, n, _file_marks(f)] for f, n in zip(files, rows)]
     fingerprint = hashlib.sha256(json.dumps(marks, sort_keys=True).encode()).hexdigest()[:16]
-    return _Input(files, rows, schema, int(total), fingerprint)
+    return _Input(files, rows, schema, int(total), int(chunk), fingerprint)
 
 
 def _file_marks(f: _File) -> dict[str, Any]:
@@ -344,18 +345,36 @@ def _write_json(url: str, value: dict[str, Any], storage_options: Mapping[str, A
 # --- pass 1: scatter ----------------------------------------------------------------------
 
 
-def _scatter(source: _Input, fs, root: str, out: str, buckets: int, seed: int, memory_limit: int,
+def _scatter_plan(source: _Input, memory_limit: int, remote: bool) -> tuple[int, int]:
+    """The number of buckets (one must fit the permute pass) and the rows of a scatter
+    batch (what the limit's batch share leaves after the open writers and the reader's
+    fixed buffers); a limit that leaves no batch is refused, naming one that works."""
+    columns = len(source.schema)
+    row_bytes = max(1.0, source.total_bytes / sum(source.rows))
+    # per column, a read buffer and a page, compressed and decompressed; pyarrow closes a
+    # page at 1 MiB only (not at 20,000 rows): a 100,000-row group of 8 float columns held
+    # 14 MB of pages while streamed in batches of 1,000 rows. No page outgrows its chunk.
+    reader = columns * (min(SLICE_BUFFER_BYTES, source.chunk_bytes) + 2 * min(PAGE_BYTES, source.chunk_bytes))
+    writer = LOCAL_WRITER_BYTES + columns * WRITER_COLUMN_BYTES + (UPLOAD_PART_BYTES if remote else 0)
+    buckets = max(1, math.ceil(source.total_bytes * SAFETY / memory_limit))
+    # the batch decodes (DECODE_FACTOR) and is copied once, sorted by bucket
+    batch_bytes = memory_limit * BATCH_SHARE - buckets * writer - reader
+    if batch_bytes < (DECODE_FACTOR + 1) * row_bytes:
+        # smallest L with L * share - T * SAFETY * writer / L - reader >= 0
+        a, b, c = BATCH_SHARE, reader + (DECODE_FACTOR + 1) * row_bytes, source.total_bytes * SAFETY * writer
+        need = math.ceil((b + math.sqrt(b * b + 4 * a * c)) / (2 * a))
+        raise UsageError(f"--memory-limit {memory_limit} bytes is too small to shuffle {source.total_bytes} bytes "
+                         f"in {buckets} buckets; give at least --memory-limit {need}")
+    return buckets, max(1, int(batch_bytes / ((DECODE_FACTOR + 1) * row_bytes)))
+
+
+def _scatter(source: _Input, fs, root: str, out: str, buckets: int, seed: int, rows_per_batch: int,
              progress: ProgressFactory) -> list[int]:
     """Send every row to one of ``buckets`` files by a uniform random key; returns the
     number of rows in each bucket."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    writer_bytes = LOCAL_WRITER_BYTES + (UPLOAD_PART_BYTES if is_remote(out) else 0)
-    batch_budget = memory_limit * BATCH_SHARE - buckets * writer_bytes
-    row_bytes = max(1.0, source.total_bytes / sum(source.rows))
-    # the batch decodes (DECODE_FACTOR) and is copied once, sorted by bucket
-    rows_per_batch = max(1, int(batch_budget / ((DECODE_FACTOR + 1) * row_bytes)))
     rng = np.random.default_rng([seed, SCATTER_STREAM])
     sizes = np.zeros(buckets, dtype=np.int64)
     paths = [posixpath.join(root, TEMP, f"bucket-{k:05d}.parquet") for k in range(buckets)]
@@ -378,6 +397,10 @@ def _scatter(source: _Input, fs, root: str, out: str, buckets: int, seed: int, m
                     writers[k].write_table(pa.Table.from_batches([piece]), row_group_size=piece.num_rows)
                 sizes += counts
                 bar.update(batch.num_rows)
+                del batch, ordered
+                # hand the batch's freed buffers back now: the allocator kept them in holes
+                # that the next batch's sizes did not fit, +35 MB at a 16 MB limit
+                pa.default_memory_pool().release_unused()
         while writers:  # closed in order: each close finishes a bucket file's footer
             writers.pop(0).close()
             raws.pop(0).close()
