@@ -161,6 +161,8 @@ def test_errors_are_one_line_with_the_fix(tmp_path, case, code, message):
     result = invoke(["shuffle", *args, "-o", str(out), "--memory-limit", limit])
     assert result.code == code, result.report()
     assert re.fullmatch(f"streamsgd: error: {message}\n", result.stderr), result.report()
+    if case != "foreign":
+        assert not out.exists()  # refused before the output folder is made
 
 
 #: A progress report of the stage with at least one unit done: the plain lines

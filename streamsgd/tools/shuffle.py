@@ -160,8 +160,8 @@ def shuffle(
         raise UsageError(f"--memory-limit: expected a positive size, got {memory_limit}")
     refuse_text(list(data))
     source = _inspect(list(data), storage_options)
+    buckets, rows_per_batch = _scatter_plan(source, memory_limit, is_remote(out))  # refused before -o is made
     fs, root = _output(out, storage_options)
-    buckets, rows_per_batch = _scatter_plan(source, memory_limit, is_remote(out))
     job = {"format": FORMAT, "input": source.fingerprint, "seed": int(seed), "buckets": buckets}
     done = _finished(fs, root, out, job)
     if done is not None:
