@@ -35,7 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow
 import pyarrow.parquet as pq
+
+import provenance  # benchmarks/ is on sys.path when a script there runs
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
 #: The measuring child: one shuffle, then its own peak RSS (VmHWM: this process image's
 #: high-water mark; ru_maxrss would carry the parent's across fork and exec).
@@ -64,13 +69,13 @@ def shuffle_run(data: Path, out: Path, limit: str) -> tuple[int, float]:
 
 def checksum(paths: list[Path]) -> tuple[int, int]:
     """Rows and the order-independent checksum of the files, streamed in batches."""
-    rows, total = 0, np.uint64(0)
+    rows, total = 0, 0
     for path in paths:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 18):
             hashes = pd.util.hash_pandas_object(batch.to_pandas(), index=False).to_numpy(np.uint64)
-            total = np.uint64(total + hashes.sum(dtype=np.uint64))  # both wrap mod 2**64
+            total = (total + int(hashes.sum(dtype=np.uint64))) % 2**64  # an array sum wraps silently
             rows += batch.num_rows
-    return rows, int(total)
+    return rows, total
 
 
 def fit_loss(data: Path, test: Path, work: Path, limit: str) -> float:
@@ -91,7 +96,9 @@ def main() -> int:
     parser.add_argument("--memory-limit", default="256MB")
     parser.add_argument("--quick", action="store_true", help="200,000 rows at 32MB")
     parser.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the JSON report")
     args = parser.parse_args()
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     if args.quick:
         args.rows, args.memory_limit = 200_000, "32MB"
     from streamsgd.tools.generate import generate
@@ -126,8 +133,10 @@ def main() -> int:
               "peak_rss_mib": round(peak / 2**20, 1), "idle_rss_mib": round(idle / 2**20, 1),
               "peak_minus_idle_over_limit": round((peak - idle) / limit, 3), "parts": len(parts),
               "permutation": same, "heldout_loss": {k: round(v, 5) for k, v in losses.items()},
-              "shuffled_vs_random": round(gap, 4)}
+              "shuffled_vs_random": round(gap, 4), "machine": provenance.machine(pyarrow=pyarrow.__version__)}
     print(json.dumps(report, indent=1))
+    args.out.mkdir(parents=True, exist_ok=True)
+    provenance.write_report(args.out / f"shuffle{'-quick' if args.quick else ''}.json", report, started, load_start)
     checks = {"permutation": same, "peak <= limit + idle": peak <= limit + idle, "loss within 1 %": abs(gap) <= 0.01}
     for name, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}", file=sys.stderr)
