@@ -165,6 +165,19 @@ def test_errors_are_one_line_with_the_fix(tmp_path, case, code, message):
         assert not out.exists()  # refused before the output folder is made
 
 
+def test_hive_partition_folders_become_string_columns(tmp_path):
+    for day, rows in (("1", 300), ("2", 200)):
+        (tmp_path / "data" / f"day={day}").mkdir(parents=True)
+        pq.write_table(pa.table({"id": np.arange(rows) + 1000 * int(day)}),
+                       str(tmp_path / "data" / f"day={day}" / "p.parquet"))
+    shuffle_cli(tmp_path / "data", tmp_path / "out", "--quiet")
+    table = read_output(tmp_path / "out")
+    assert table.schema.names == ["id", "day"] and table.schema.field("day").type == pa.string()
+    ids, days = table["id"].to_numpy(), table["day"].to_pylist()
+    assert sorted(ids) == sorted(list(range(1000, 1300)) + list(range(2000, 2200)))
+    assert all(str(i // 1000) == d for i, d in zip(ids, days))
+
+
 #: A progress report of the stage with at least one unit done: the plain lines
 #: (``permute: 3/13 buckets``) or a tqdm bar (``permute:  23%|##  | 3/13``).
 def progressed(stage: str) -> re.Pattern:

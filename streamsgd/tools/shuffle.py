@@ -188,26 +188,30 @@ def shuffle(
 
 
 def _inspect(urls: list[str], storage_options: Mapping[str, Any] | None) -> _Input:
-    """List the input files and read their footers: rows, bytes, one schema."""
+    """List the input files and read their footers, one at a time (a parsed footer costs
+    ~1 KB per column chunk, so they are summed up and dropped): rows, bytes, one schema."""
     import pyarrow as pa
 
     files = [f for u in urls for f in _expand(u, storage_options)]
-    metas = [_footer(f) for f in files]
-    schema = metas[0].schema.to_arrow_schema()
-    for f, meta in zip(files[1:], metas[1:]):
-        other = meta.schema.to_arrow_schema()
-        if not other.equals(schema):
-            raise DataError(f"{f.path}: its columns ({_describe(other)}) differ from {files[0].path}'s "
-                            f"({_describe(schema)}); shuffle files of one schema together")
-    keys = [k for f in files for k in f.partitions if k not in schema.names]
-    for key in dict.fromkeys(keys):
-        schema = schema.append(pa.field(key, pa.string()))
-    rows = [int(m.num_rows) for m in metas]
+    schema: Any = None
+    rows: list[int] = []
+    total, chunk = 0, 1
+    for f in files:
+        meta = _footer(f)
+        if schema is None:
+            schema = meta.schema.to_arrow_schema()
+        elif not meta.schema.to_arrow_schema().equals(schema):
+            raise DataError(f"{f.path}: its columns ({_describe(meta.schema.to_arrow_schema())}) differ from "
+                            f"{files[0].path}'s ({_describe(schema)}); shuffle files of one schema together")
+        rows.append(int(meta.num_rows))
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            total += group.total_byte_size
+            chunk = max([chunk] + [group.column(j).total_uncompressed_size for j in range(group.num_columns)])
     if not sum(rows):
         raise DataError(f"{', '.join(urls)}: no rows to shuffle")
-    groups = [m.row_group(g) for m in metas for g in range(m.num_row_groups)]
-    total = sum(g.total_byte_size for g in groups)
-    chunk = max((g.column(j).total_uncompressed_size for g in groups for j in range(g.num_columns)), default=1)
+    for key in dict.fromkeys(k for f in files for k in f.partitions if k not in schema.names):
+        schema = schema.append(pa.field(key, pa.string()))
     marks = [[f.path, n, _file_marks(f)] for f, n in zip(files, rows)]
     fingerprint = hashlib.sha256(json.dumps(marks, sort_keys=True).encode()).hexdigest()[:16]
     return _Input(files, rows, schema, int(total), int(chunk), fingerprint)
