@@ -374,6 +374,52 @@ def convert(data: str, output: str, memory_limit: str, column_type: tuple[str, .
                f"-> {output}", err=True)
 
 
+# --- shuffle: an external shuffle (tools/shuffle.py) -------------------------------------
+
+
+class _ProgressLines:
+    """A progress bar without tqdm: one ``description: n/total unit`` line per update."""
+
+    def __init__(self, description: str, total: int, unit: str) -> None:
+        self.description, self.total, self.unit, self.n = description, total, unit, 0
+
+    def update(self, n: int) -> None:
+        self.n += n
+        click.echo(f"{self.description}: {self.n}/{self.total} {self.unit}", err=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(description: str, total: int, unit: str) -> Any:
+    """A tqdm bar on stderr (plain lines where tqdm is not installed)."""
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        return _ProgressLines(description, total, unit)
+    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, unit_scale=unit == "rows")
+
+
+@cli.command()
+@click.argument("data", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help="Folder (path or URL) for part-NNNNN.parquet and _manifest.json.")
+@click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True,
+              help="Bytes of rows held at once; the output also depends on it (the number of buckets).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The same data, seed and limit: the same output.")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for DATA and the output, repeatable.")
+@click.option("--quiet", is_flag=True, help="No progress bars on stderr.")
+def shuffle(data: tuple[str, ...], output: str, memory_limit: str, seed: int, storage_option: tuple[str, ...],
+            quiet: bool) -> None:
+    """Rewrite Parquet rows in a uniformly random order (for data sorted by time or label), in fixed memory."""
+    from .tools.shuffle import shuffle as run
+
+    result = run(list(data), output, memory_limit=parse_bytes(memory_limit), seed=seed,
+                 storage_options=_storage_options(storage_option), progress=None if quiet else _progress_bar)
+    what = "already shuffled, nothing to do:" if result["skipped"] else "wrote"
+    click.echo(f"{what} {result['rows']} rows in {len(result['files'])} files -> {output}", err=True)
+
+
 @cli.command()
 @click.argument("data", nargs=-1, required=True)
 @click.option("--target", "--y-array", default=DEFAULT_TARGET, show_default=True)

@@ -1,0 +1,471 @@
+"""An external shuffle: a table's rows rewritten in a uniformly random order, in fixed memory.
+
+The windowed shuffle of ``fit`` mixes rows within a window of the buffer and is stratified
+by label, but it cannot make a table sorted by time or by label i.i.d.: rows far apart in
+the file never meet. ``streamsgd shuffle`` rewrites the table once, in two passes that each
+hold a bounded amount of it (DESIGN.md §9):
+
+1. **Scatter.** Stream the input in record batches sized by the memory limit and send each
+   row to one of ``M`` bucket files by a key drawn uniformly from ``0 .. M-1``.
+   ``M = ceil(total_bytes * SAFETY / memory_limit)``, ``total_bytes`` the footers'
+   uncompressed sizes, so one bucket fits in memory with room to permute it.
+2. **Permute.** For each bucket: read it whole, permute its rows uniformly, write it as
+   ``part-NNNNN.parquet`` (atomically: a temporary name renamed, or one upload), delete
+   the bucket.
+
+Uniform keys make every assignment of rows to buckets equally likely given the bucket
+sizes, and a uniform permutation within each bucket then makes every order of the rows,
+read part after part, equally likely: the output is a uniform random permutation.
+
+All randomness derives from ``seed`` with a stream tag per pass (DESIGN.md §6.3), and the
+batch size from the data and the limit, so the same input, seed and limit give the same
+bytes. The folder is a small job: buckets live in ``OUTDIR/_shuffle/`` (leading
+underscore: readers of OUTDIR as a data set skip it), a ``state.json`` there marks the end
+of the scatter, and ``_manifest.json`` is written last. Rerunning a finished job is a
+no-op; rerunning an interrupted one continues the permute pass if the scatter finished
+(giving the same output as an uninterrupted run) and otherwise starts over. A reader
+never sees a half-written part file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import posixpath
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import DataError, SourceError, UsageError
+from ..persist.model import atomic_write, is_remote, write_tables
+from ..sources import retry
+from ..sources.fs import check_bucket, file_info, filesystem, storage_failure
+from ..sources.parquet import DECODE_FACTOR, PAGE_BYTES, SLICE_BUFFER_BYTES, _expand, _File
+from .convert import refuse_text
+
+#: RNG stream tags (``default_rng([seed, TAG, ...])``): the scatter keys and each bucket's
+#: permutation draw from streams whose key spaces never meet.
+SCATTER_STREAM = 0x5C
+PERMUTE_STREAM = 0x9E
+
+#: Memory a bucket may need, per byte of its rows, in the permute pass: the bucket read
+#: whole, its chunks combined into one array per column (take() on many chunks would
+#: concatenate them anyway), and a part row group taken and encoded. Measured peaks stay
+#: under 2.2x; the rest is the room the bucket sizes' random spread needs.
+SAFETY = 3
+
+#: Share of the limit the scatter pass gives to its record batch (decoded, plus the copy
+#: sorted by bucket); the rest pays for the open bucket writers.
+BATCH_SHARE = 0.5
+
+#: What an open bucket writer holds between writes: a local file's buffers and the Parquet
+#: writer's state, which grows with the columns (24 writers of 8 float columns added 20 MB
+#: to the scatter's peak); on an object store also the multipart upload's part (5 MiB,
+#: S3's minimum).
+LOCAL_WRITER_BYTES = 64 << 10
+WRITER_COLUMN_BYTES = 100 << 10
+UPLOAD_PART_BYTES = 5 << 20
+
+#: Output row groups: 65,536 rows, or fewer so one stays under 64 MB and under what ``fit``
+#: at the same ``--memory-limit`` decodes whole. Many row groups give the trainer's windowed
+#: shuffle many chunks to mix, and none needs the slower sliced read.
+PART_ROWS = 65_536
+PART_BYTES = 64 << 20
+
+#: Snappy for parts and buckets alike: it decodes at GB/s, so it costs ``fit`` little CPU
+#: while it roughly halves typical tables on disk and over the network; it is pyarrow's
+#: default, so every Parquet reader handles it.
+COMPRESSION = "snappy"
+
+TEMP = "_shuffle"
+STATE = "state.json"
+MANIFEST = "_manifest.json"
+FORMAT = "streamsgd-shuffle/1"
+
+
+class Progress(Protocol):
+    """A progress bar: ``tqdm`` fits."""
+
+    def update(self, n: int) -> object: ...
+
+    def close(self) -> object: ...
+
+
+#: ``progress(description, total, unit)`` -> a bar the shuffle advances.
+ProgressFactory = Callable[[str, int, str], Progress]
+
+
+class _Silent:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _silent(description: str, total: int, unit: str) -> Progress:
+    return _Silent()
+
+
+@dataclass(frozen=True)
+class _Input:
+    """The input files, their footers' totals, and the shape of the table."""
+
+    files: list[_File]
+    rows: list[int]
+    schema: Any  # pyarrow.Schema, partition columns appended as strings
+    total_bytes: int
+    chunk_bytes: int  # the largest column chunk, uncompressed
+    fingerprint: str
+
+
+def shuffle(
+    data: Sequence[str],
+    out: str,
+    memory_limit: int,
+    seed: int = 0,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
+    """Rewrite the rows of ``data`` in a uniformly random order as Parquet files in ``out``.
+
+    Parameters
+    ----------
+    data : sequence of str
+        Parquet files, directories, globs or URLs, of one schema; every column is kept,
+        whatever its type (hive ``key=value`` folders become string columns).
+    out : str
+        Folder (path or fsspec URL) for ``part-NNNNN.parquet`` and ``_manifest.json``; it
+        must be empty, new, or an earlier shuffle's folder.
+    memory_limit : int
+        Bytes of table data held at once (the interpreter's own footprint comes on top).
+    seed : int
+        The same input, seed and limit give the same output.
+    storage_options : mapping, optional
+        fsspec options for the input and the output.
+    progress : callable, optional
+        ``progress(description, total, unit)`` returning a bar (``tqdm`` fits).
+
+    Returns
+    -------
+    dict
+        The manifest: ``rows``, ``files`` (name and rows of each part), ``seed``,
+        ``buckets``, ``input`` (the input's fingerprint), plus ``skipped`` (True when the
+        folder already held this shuffle).
+    """
+    if memory_limit < 1:
+        raise UsageError(f"--memory-limit: expected a positive size, got {memory_limit}")
+    refuse_text(list(data))
+    source = _inspect(list(data), storage_options)
+    buckets, rows_per_batch = _scatter_plan(source, memory_limit, is_remote(out))  # refused before -o is made
+    fs, root = _output(out, storage_options)
+    job = {"format": FORMAT, "input": source.fingerprint, "seed": int(seed), "buckets": buckets}
+    done = _finished(fs, root, out, job)
+    if done is not None:
+        return {**done, "skipped": True}
+    bar = progress or _silent
+    state = _read_json(fs, posixpath.join(root, TEMP, STATE))
+    if state is None or {k: state.get(k) for k in job} != job:
+        _clear(fs, root, keep_temp=False)
+        fs.makedirs(posixpath.join(root, TEMP), exist_ok=True)
+        sizes = _scatter(source, fs, root, out, buckets, seed, rows_per_batch, bar)
+        state = {**job, "bucket_rows": sizes}
+        _write_json(_join(out, TEMP, STATE), state, storage_options)
+    else:
+        _clear(fs, root, keep_temp=True)
+    files = _permute(source, fs, root, out, state["bucket_rows"], seed, memory_limit, storage_options, bar)
+    manifest = {**job, "rows": sum(state["bucket_rows"]), "files": files,
+                "columns": list(source.schema.names)}
+    _write_json(_join(out, MANIFEST), manifest, storage_options)
+    fs.rm(posixpath.join(root, TEMP), recursive=True)
+    return {**manifest, "skipped": False}
+
+
+# --- the input ----------------------------------------------------------------------------
+
+
+def _inspect(urls: list[str], storage_options: Mapping[str, Any] | None) -> _Input:
+    """List the input files and read their footers, one at a time (a parsed footer costs
+    ~1 KB per column chunk, so they are summed up and dropped): rows, bytes, one schema."""
+    import pyarrow as pa
+
+    files = [f for u in urls for f in _expand(u, storage_options)]
+    schema: Any = None
+    rows: list[int] = []
+    total, chunk = 0, 1
+    for f in files:
+        meta = _footer(f)
+        if schema is None:
+            schema = meta.schema.to_arrow_schema()
+        elif not meta.schema.to_arrow_schema().equals(schema):
+            raise DataError(f"{f.path}: its columns ({_describe(meta.schema.to_arrow_schema())}) differ from "
+                            f"{files[0].path}'s ({_describe(schema)}); shuffle files of one schema together")
+        rows.append(int(meta.num_rows))
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            total += group.total_byte_size
+            chunk = max([chunk] + [group.column(j).total_uncompressed_size for j in range(group.num_columns)])
+    if not sum(rows):
+        raise DataError(f"{', '.join(urls)}: no rows to shuffle")
+    for key in dict.fromkeys(k for f in files for k in f.partitions if k not in schema.names):
+        schema = schema.append(pa.field(key, pa.string()))
+    marks = [[f.path, n, _file_marks(f)] for f, n in zip(files, rows)]
+    fingerprint = hashlib.sha256(json.dumps(marks, sort_keys=True).encode()).hexdigest()[:16]
+    return _Input(files, rows, schema, int(total), int(chunk), fingerprint)
+
+
+def _file_marks(f: _File) -> dict[str, Any]:
+    """Size and ETag or mtime: a file rewritten in place changes the fingerprint."""
+    return retry.call(lambda: file_info(f.fs, f.fs_path), f"{f.path}: file details")
+
+
+def _describe(schema) -> str:
+    text = ", ".join(f"{f.name}: {f.type}" for f in list(schema)[:6])
+    return text + (", …" if len(schema) > 6 else "")
+
+
+def _footer(f: _File):
+    import pyarrow.parquet as pq
+
+    def read():
+        with f.fs.open(f.fs_path, "rb") as raw:
+            return pq.read_metadata(raw)
+
+    try:
+        return retry.call(read, f"{f.path}: footer")
+    except SourceError:
+        raise
+    except FileNotFoundError as exc:
+        raise SourceError(f"{f.path}: no such file") from exc
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for non-Parquet input
+        raise SourceError(f"{f.path}: not a readable Parquet file ({retry.first_line(exc)}); "
+                          "shuffle reads Parquet files") from exc
+
+
+def _batches(f: _File, schema, rows_per_batch: int) -> Iterator[Any]:
+    """File ``f``'s rows as record batches of at most ``rows_per_batch`` rows, streamed
+    page by page (no pre-buffering of whole column chunks)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with f.fs.open(f.fs_path, "rb", **({} if f.local else {"cache_type": "none"})) as raw:
+            pf = pq.ParquetFile(raw, pre_buffer=False, buffer_size=SLICE_BUFFER_BYTES)
+            for batch in pf.iter_batches(batch_size=rows_per_batch, use_threads=False):
+                for name in schema.names[batch.num_columns:]:  # partition columns, from the path
+                    value = f.partitions.get(name)
+                    batch = batch.append_column(name, pa.array([value] * batch.num_rows, pa.string()))
+                yield batch
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise SourceError(f"{f.path}: file disappeared while reading; rerun the shuffle") from exc
+        if not f.local:
+            raise storage_failure(f.path, exc) from exc
+        raise SourceError(f"{f.path}: cannot read ({retry.first_line(exc)}); the file may be corrupt or "
+                          "truncated, rewrite it") from exc
+
+
+# --- the output folder --------------------------------------------------------------------
+
+
+def _join(url: str, *names: str) -> str:
+    return "/".join([url.rstrip("/"), *names])
+
+
+def _part_name(bucket: int) -> str:
+    return f"part-{bucket:05d}.parquet"
+
+
+def _output(out: str, storage_options: Mapping[str, Any] | None):
+    """The output filesystem and folder, created; a folder holding other files is refused."""
+    if is_remote(out):
+        check_bucket(out, "-o", storage_options)
+    fs, root = filesystem(out, storage_options)
+    try:
+        if fs.exists(root) and not fs.isdir(root):
+            raise UsageError(f"-o {out}: is a file; give a folder for the shuffled parts")
+        fs.makedirs(root, exist_ok=True)
+        names = [posixpath.basename(p.rstrip("/")) for p in _listing(fs, root)]
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise storage_failure(out, exc) from exc
+    for name in names:
+        if not (name in (TEMP, MANIFEST) or name.startswith(".tmp-")
+                or (name.startswith("part-") and name.endswith(".parquet"))):
+            raise UsageError(f"-o {out}: the folder holds {name!r}, which no shuffle wrote; "
+                             "give an empty or new folder")
+    return fs, root
+
+
+def _listing(fs, root: str) -> list[str]:
+    """The paths in folder ``root`` (none when an object store has no such prefix yet)."""
+    try:
+        return list(fs.ls(root, detail=False, refresh=True))
+    except FileNotFoundError:
+        return []
+
+
+def _finished(fs, root: str, out: str, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of this very shuffle if ``out`` holds it (None if no manifest)."""
+    manifest = _read_json(fs, posixpath.join(root, MANIFEST))
+    if manifest is None:
+        return None
+    if {k: manifest.get(k) for k in job} != job:
+        raise UsageError(f"-o {out}: holds a finished shuffle of other data, or with another --seed or "
+                         "--memory-limit; delete it or choose another folder")
+    if fs.exists(posixpath.join(root, TEMP)):  # interrupted after the manifest, before the cleanup
+        fs.rm(posixpath.join(root, TEMP), recursive=True)
+    return manifest
+
+
+def _clear(fs, root: str, keep_temp: bool) -> None:
+    """Remove what an interrupted run left: temporary files, and unless the scatter pass
+    finished (``keep_temp``), its parts and buckets too."""
+    for path in _listing(fs, root):
+        name = posixpath.basename(path.rstrip("/"))
+        if name.startswith(".tmp-") or (not keep_temp and name != MANIFEST):
+            fs.rm(path, recursive=True)
+
+
+def _read_json(fs, path: str) -> dict[str, Any] | None:
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # not JSON: not written by us, or damaged; the job starts over
+        return None
+
+
+def _write_json(url: str, value: dict[str, Any], storage_options: Mapping[str, Any] | None) -> None:
+    data = json.dumps(value, indent=1).encode()
+    atomic_write(url, lambda f: f.write(data), storage_options)
+
+
+# --- pass 1: scatter ----------------------------------------------------------------------
+
+
+def _scatter_plan(source: _Input, memory_limit: int, remote: bool) -> tuple[int, int]:
+    """The number of buckets (one must fit the permute pass) and the rows of a scatter
+    batch (what the limit's batch share leaves after the open writers and the reader's
+    fixed buffers); a limit that leaves no batch is refused, naming one that works."""
+    columns = len(source.schema)
+    row_bytes = max(1.0, source.total_bytes / sum(source.rows))
+    # per column, a read buffer and a page, compressed and decompressed; pyarrow closes a
+    # page at 1 MiB only (not at 20,000 rows): a 100,000-row group of 8 float columns held
+    # 14 MB of pages while streamed in batches of 1,000 rows. No page outgrows its chunk.
+    reader = columns * (min(SLICE_BUFFER_BYTES, source.chunk_bytes) + 2 * min(PAGE_BYTES, source.chunk_bytes))
+    writer = LOCAL_WRITER_BYTES + columns * WRITER_COLUMN_BYTES + (UPLOAD_PART_BYTES if remote else 0)
+    buckets = max(1, math.ceil(source.total_bytes * SAFETY / memory_limit))
+    # the batch decodes (DECODE_FACTOR) and is copied once, sorted by bucket
+    batch_bytes = memory_limit * BATCH_SHARE - buckets * writer - reader
+    if batch_bytes < (DECODE_FACTOR + 1) * row_bytes:
+        # smallest L with L * share - T * SAFETY * writer / L - reader >= 0
+        a, b, c = BATCH_SHARE, reader + (DECODE_FACTOR + 1) * row_bytes, source.total_bytes * SAFETY * writer
+        need = math.ceil((b + math.sqrt(b * b + 4 * a * c)) / (2 * a))
+        raise UsageError(f"--memory-limit {memory_limit} bytes is too small to shuffle {source.total_bytes} bytes "
+                         f"in {buckets} buckets; give at least --memory-limit {need}")
+    return buckets, max(1, int(batch_bytes / ((DECODE_FACTOR + 1) * row_bytes)))
+
+
+def _scatter(source: _Input, fs, root: str, out: str, buckets: int, seed: int, rows_per_batch: int,
+             progress: ProgressFactory) -> list[int]:
+    """Send every row to one of ``buckets`` files by a uniform random key; returns the
+    number of rows in each bucket."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng([seed, SCATTER_STREAM])
+    sizes = np.zeros(buckets, dtype=np.int64)
+    paths = [posixpath.join(root, TEMP, f"bucket-{k:05d}.parquet") for k in range(buckets)]
+    options = {"block_size": UPLOAD_PART_BYTES} if is_remote(out) else {}
+    raws: list[Any] = []
+    writers: list[Any] = []
+    bar = progress("scatter", sum(source.rows), "rows")
+    try:
+        for path in paths:
+            raws.append(fs.open(path, "wb", **options))
+            writers.append(pq.ParquetWriter(raws[-1], source.schema, compression=COMPRESSION))
+        for f in source.files:
+            for batch in _batches(f, source.schema, rows_per_batch):
+                keys = rng.integers(0, buckets, size=batch.num_rows)
+                counts = np.bincount(keys, minlength=buckets)
+                ordered = batch.take(pa.array(np.argsort(keys, kind="stable")))
+                starts = np.concatenate([[0], np.cumsum(counts)])
+                for k in np.flatnonzero(counts):
+                    piece = ordered.slice(int(starts[k]), int(counts[k]))
+                    writers[k].write_table(pa.Table.from_batches([piece]), row_group_size=piece.num_rows)
+                sizes += counts
+                bar.update(batch.num_rows)
+                del batch, ordered
+                # hand the batch's freed buffers back now: the allocator kept them in holes
+                # that the next batch's sizes did not fit, +35 MB at a 16 MB limit
+                pa.default_memory_pool().release_unused()
+        while writers:  # closed in order: each close finishes a bucket file's footer
+            writers.pop(0).close()
+            raws.pop(0).close()
+    except (DataError, SourceError, UsageError):
+        raise
+    except OSError as exc:
+        raise storage_failure(out, exc) from exc
+    finally:
+        bar.close()
+        for raw in raws:  # a failed run's handles; the files are removed by the next run
+            raw.close()
+    return [int(n) for n in sizes]
+
+
+# --- pass 2: permute ----------------------------------------------------------------------
+
+
+def _permute(source: _Input, fs, root: str, out: str, bucket_rows: list[int], seed: int, memory_limit: int,
+             storage_options: Mapping[str, Any] | None, progress: ProgressFactory) -> list[dict[str, Any]]:
+    """Write each bucket, permuted, as a part; parts already written (by an interrupted
+    run after its scatter) are kept: each is a pure function of its bucket and the seed."""
+    import pyarrow as pa
+
+    from ..train.trainer import MemoryPlan
+
+    row_bytes = max(1.0, source.total_bytes / sum(source.rows))
+    group_bytes = min(PART_BYTES, MemoryPlan.max_row_group_bytes(memory_limit))
+    group_rows = max(1, min(PART_ROWS, int(group_bytes / row_bytes)))
+    files = []
+    bar = progress("permute", len(bucket_rows), "buckets")
+    try:
+        for k, rows in enumerate(bucket_rows):
+            bucket = posixpath.join(root, TEMP, f"bucket-{k:05d}.parquet")
+            if rows:
+                part = posixpath.join(root, _part_name(k))
+                if not fs.exists(part):
+                    _write_part(fs, bucket, _join(out, _part_name(k)), k, seed, group_rows, storage_options)
+                    pa.default_memory_pool().release_unused()  # the bucket's buffers, before the next
+                files.append({"name": _part_name(k), "rows": rows})
+            if fs.exists(bucket):
+                fs.rm(bucket)
+            bar.update(1)
+    finally:
+        bar.close()
+    return files
+
+
+def _write_part(fs, bucket: str, part_url: str, k: int, seed: int, group_rows: int,
+                storage_options: Mapping[str, Any] | None) -> None:
+    """Bucket ``k`` read whole, its rows permuted uniformly, written atomically as row
+    groups of ``group_rows`` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open(bucket, "rb") as raw:
+            table = pq.ParquetFile(raw, pre_buffer=False, buffer_size=SLICE_BUFFER_BYTES).read(use_threads=False)
+    except OSError as exc:
+        raise storage_failure(bucket, exc) from exc
+    table = table.combine_chunks()  # one chunk per column: take() then copies only the rows taken
+    order = np.random.default_rng([seed, PERMUTE_STREAM, k]).permutation(table.num_rows)
+
+    groups = (table.take(pa.array(order[start:start + group_rows])) for start in range(0, table.num_rows, group_rows))
+    write_tables(part_url, groups, f"{bucket}: empty bucket", storage_options, compression=COMPRESSION)
