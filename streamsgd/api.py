@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import DEFAULT_MEMORY_LIMIT, MODELS, FitConfig
+from .config import DEFAULT_MEMORY_LIMIT, MODELS, FitConfig, parse_bytes
 from .errors import DataError, UsageError
 from .persist.model import CLASSIFIERS, Model
 from .persist.model import load as _load
@@ -204,7 +204,7 @@ def batches(
         window being read: copy it to keep it past the next batch.
     """
     config = FitConfig(model=model, batch=batch, epochs=epochs, seed=seed, shuffle=shuffle,
-                       memory_limit=memory_limit, readers=readers, dtype=dtype, weight=weight)
+                       memory_limit=parse_bytes(memory_limit), readers=readers, dtype=dtype, weight=weight)
     if _is_source(data):
         source = data
     else:

@@ -149,18 +149,18 @@ class BatchStream:
                                    self.plan.buffer_bytes, self.plan.readers, self.dtype, strata, last)
         return self._stream
 
-    def rows(self, epoch: int = 0) -> int:
-        """Rows of this shard in ``epoch`` (all rows when unsharded)."""
+    def rows(self, epoch: int = 0, shard: int | None = None) -> int:
+        """Rows of this shard (or of shard ``shard`` of the same deal) in ``epoch``."""
         index, count = self.shard
         if count == 1:
             return n_rows(self.source)
         chunks = shard_chunks(self.source.chunk_rows, self.seed, epoch, count,
-                              getattr(self.source, "chunk_groups", None))[index]
+                              getattr(self.source, "chunk_groups", None))[index if shard is None else shard]
         return int(sum(self.source.chunk_rows[c] for c in chunks))
 
-    def batches_per_epoch(self, epoch: int = 0) -> int:
-        """⌈rows / batch⌉: the batches of this shard in ``epoch``, the last one short."""
-        return -(-self.rows(epoch) // self.batch)
+    def batches_per_epoch(self, epoch: int = 0, shard: int | None = None) -> int:
+        """⌈rows / batch⌉: the batches of this shard (or of shard ``shard``) in ``epoch``."""
+        return -(-self.rows(epoch, shard) // self.batch)
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
