@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python benchmarks/models.py --quick
 	$(BIN)/python benchmarks/noise_overhead.py --quick
 	$(BIN)/python benchmarks/ceiling.py --quick
+	$(BIN)/python benchmarks/loaders.py --quick
 	# exits 1 while a case misses issue 13's mark (benchmarks/README.md lists which): reported, not fatal
 	-$(BIN)/python benchmarks/defaults.py --quick
 

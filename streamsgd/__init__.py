@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it. Imported on first use, so that the command
 #: line starts without loading Numba, pyarrow or scikit-learn until a command needs them.
 _EXPORTS = {
-    "fit": "api", "load": "api", "FitConfig": "config", "Model": "persist.model", "FitResult": "train",
+    "fit": "api", "load": "api", "batches": "api", "Batch": "pipeline.batches", "FitConfig": "config",
+    "Model": "persist.model", "FitResult": "train",
     "open_source": "sources", "ArraySource": "sources", "ParquetSource": "sources",
     "StreamSGDClassifier": "integrations.sklearn", "StreamSGDRegressor": "integrations.sklearn",
 }
@@ -46,6 +47,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "FitConfig", "FitResult", "Model", "load", "fit", "open_source", "ArraySource", "ParquetSource",
+    "Batch", "FitConfig", "FitResult", "Model", "batches", "load", "fit", "open_source", "ArraySource", "ParquetSource",
     "StreamSGDClassifier", "StreamSGDRegressor",
 ]

@@ -18,13 +18,16 @@ from typing import Any, TypeGuard
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import DEFAULT_TARGET, MODELS, FitConfig
+from .config import DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET, MODELS, FitConfig, parse_bytes
 from .errors import DataError, UsageError
 from .persist.model import CLASSIFIERS, Model
 from .persist.model import load as _load
 from .sources import ArraySource, Source, open_source
+from .pipeline.batches import BatchStream, StreamPlan
 from .train import Hooks
 from .train import fit as _train
+from .train.setup import cut_to_limit, plan_memory
+from .train.targets import chunk_target_means
 from .sources.base import missing_members
 from .sources.retry import RetryPolicy
 from .sources.validate import not_finite_target
@@ -164,6 +167,69 @@ def fit(
     )
 
 
+def batches(
+    data: str | os.PathLike | Sequence[str] | Any,
+    *,
+    batch: int = 512,
+    epochs: int = 1,
+    seed: int = 0,
+    target: str | None = DEFAULT_TARGET,
+    features: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    weight: str | None = None,
+    model: str = "linear",
+    shuffle: bool = True,
+    memory_limit: int | str = DEFAULT_MEMORY_LIMIT,
+    readers: int = 2,
+    dtype: str = "float32",
+    shard: tuple[int, int] = (0, 1),
+    storage_options: Mapping[str, Any] | None = None,
+    format: str = "auto",
+    x_array: str = "X",
+) -> BatchStream:
+    """Shuffled mini-batches of data larger than memory, for any framework: the trainer's own
+    plan and readers, so ``fit`` with the same options trains on exactly these batches.
+
+    Parameters
+    ----------
+    data : a path or fsspec URL of Parquet or Zarr data (or a list of them), or a Source.
+    batch, epochs, seed, shuffle, memory_limit, readers, dtype : as for :func:`fit`; the
+        memory limit bounds the rows read ahead, as it bounds a training run's.
+    target, features, exclude, weight : the columns, as for :func:`fit` (``target=None``:
+        features only).
+    model : the model whose batches to reproduce: a classifier's plan stratifies windows by
+        label (and its labels are checked), as the trainer's does.
+    shard : ``(i, S)``: only shard ``i`` of ``S`` (whole chunks dealt by the seed, balanced
+        by rows, anew each epoch); the ``S`` shards hold every row once per epoch.
+
+    Returns
+    -------
+    BatchStream
+        Iterate it for :class:`~streamsgd.pipeline.batches.Batch` objects (``X``, ``y``,
+        ``weight``, ``epoch``, ``index``); ``state_dict()`` / ``load_state_dict()`` resume
+        exactly; ``close()`` (or ``with``) stops its readers. A batch is a view into the
+        window being read: copy it to keep it past the next batch.
+    """
+    config = FitConfig(model=model, batch=batch, epochs=epochs, seed=seed, shuffle=shuffle,
+                       memory_limit=parse_bytes(memory_limit), readers=readers, dtype=dtype, weight=weight)
+    if _is_source(data):
+        source = data
+    else:
+        urls = as_urls(data)
+        if urls is None:
+            raise UsageError(f"data: expected a path or URL of Parquet or Zarr data, or a source; "
+                             f"got {type(data).__name__}")
+        source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=column_names(features),
+                             storage_options=storage_options, format=format, x_array=x_array,
+                             exclude=column_names(exclude, "exclude"), weight=weight)
+    cut_to_limit(source, config)
+    plan = plan_memory(source, config)
+    strata = None if source.target is None else chunk_target_means(source, model, plan.readers)
+    return BatchStream(source, StreamPlan(plan.window_rows, plan.buffer_bytes, plan.readers), batch=batch,
+                       epochs=epochs, seed=seed, shuffle=shuffle, dtype=dtype, model=model, strata=strata,
+                       shard=shard)
+
+
 def load(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Model:
     """Read a model file written by ``streamsgd fit`` or :meth:`Model.save`: a path, or a URL
     (``s3://…``) read with ``storage_options``."""
@@ -222,4 +288,4 @@ def _weights_by_code(spec: str, classes: NDArray) -> str:
     return json.dumps({str(names.index(k)) if k in names else k: w for k, w in given.items()})
 
 
-__all__ = ["LOSSES", "as_urls", "column_names", "encode_labels", "fit", "load", "model_for_loss"]
+__all__ = ["LOSSES", "as_urls", "batches", "column_names", "encode_labels", "fit", "load", "model_for_loss"]

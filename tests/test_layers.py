@@ -32,6 +32,7 @@ RULES["integrations"] = RULES["api"] | {"api"}
 RULES["cli"] = RULES["integrations"] | {"run", "tools"}
 RULES["__init__"] = set()  # imports on first use only, by name (see streamsgd/__init__.py)
 RULES["__main__"] = {"cli"}
+RULES["torch"] = {"integrations"}  # the door of the [torch] extra: streamsgd.torch.StreamDataset
 
 
 def folder(module):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from streamsgd.compute import mlp
-from streamsgd.compute.optim import OPTIMIZERS, optimizer_state, optimizer_step
+from streamsgd.compute.codes import OPTIMIZERS
+from streamsgd.compute.optim import optimizer_state, optimizer_step
 from streamsgd.config import LOSS_TASK
 from streamsgd.errors import UsageError
 

@@ -32,7 +32,8 @@ from numpy.typing import DTypeLike, NDArray
 
 from ..config import LOSS_PARAM
 from ..errors import UsageError
-from .losses import LOSSES, SOFTMAX, loss_slope
+from .codes import LOSSES, SOFTMAX
+from .losses import loss_slope
 
 #: Hidden activation name -> the integer the kernels branch on.
 RELU = 0

@@ -40,7 +40,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import DataError, SourceError, UsageError
-from ..persist.model import atomic_write, is_remote, write_tables
+from ..persist.atomic import atomic_file
+from ..persist.model import is_remote, write_tables
 from ..sources import retry
 from ..sources.fs import check_bucket, file_info, filesystem, storage_failure
 from ..sources.parquet import DECODE_FACTOR, PAGE_BYTES, SLICE_BUFFER_BYTES, _expand, _File
@@ -192,7 +193,7 @@ def _inspect(urls: list[str], storage_options: Mapping[str, Any] | None) -> _Inp
     ~1 KB per column chunk, so they are summed up and dropped): rows, bytes, one schema."""
     import pyarrow as pa
 
-    files = [f for u in urls for f in _expand(u, storage_options)]
+    files = [f for u in urls for f in _expand(u, storage_options, retry.DEFAULT_POLICY)]
     schema: Any = None
     rows: list[int] = []
     total, chunk = 0, 1
@@ -343,7 +344,8 @@ def _read_json(fs, path: str) -> dict[str, Any] | None:
 
 def _write_json(url: str, value: dict[str, Any], storage_options: Mapping[str, Any] | None) -> None:
     data = json.dumps(value, indent=1).encode()
-    atomic_write(url, lambda f: f.write(data), storage_options)
+    with atomic_file(url, storage_options) as f:
+        f.write(data)
 
 
 # --- pass 1: scatter ----------------------------------------------------------------------
@@ -428,10 +430,10 @@ def _permute(source: _Input, fs, root: str, out: str, bucket_rows: list[int], se
     run after its scatter) are kept: each is a pure function of its bucket and the seed."""
     import pyarrow as pa
 
-    from ..train.trainer import MemoryPlan
+    from ..train.setup import max_row_group_bytes
 
     row_bytes = max(1.0, source.total_bytes / sum(source.rows))
-    group_bytes = min(PART_BYTES, MemoryPlan.max_row_group_bytes(memory_limit))
+    group_bytes = min(PART_BYTES, max_row_group_bytes(memory_limit))
     group_rows = max(1, min(PART_ROWS, int(group_bytes / row_bytes)))
     files = []
     bar = progress("permute", len(bucket_rows), "buckets")
