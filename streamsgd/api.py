@@ -139,32 +139,36 @@ def fit(
         raise UsageError("weight= names a column of a URL's data; for arrays use "
                          "StreamSGDClassifier/StreamSGDRegressor().fit(X, y, sample_weight=...)")
     if isinstance(data, tuple) and len(data) == 2:
-        X, y = data
-        config = FitConfig(**options)
-        names = column_names(features) or column_names(getattr(X, "columns", None))
-        X = np.asarray(X)
-        y = np.asarray(y)
-        if X.ndim != 2 or X.dtype.kind not in "biuf":
-            raise DataError(f"X: expected a 2-D numeric array (rows, features), got shape {X.shape} of {X.dtype}")
-        classes = None
-        if config.model in CLASSIFIERS and y.shape != (X.shape[0],):
-            raise DataError(f"y: expected shape ({X.shape[0]},), got {y.shape}")
-        if config.model == "softmax":  # labels of any type -> their index; the model keeps the labels
-            classes, codes = np.unique(y, return_inverse=True)
-            y = codes.astype(np.float64)
-        elif config.model in CLASSIFIERS:
-            y, classes = encode_labels(y)
-        elif y.dtype.kind not in "biuf":
-            raise DataError(f"y: a {config.model} model needs numbers as targets, got {y.dtype}")
-        if classes is not None and config.class_weight not in (None, "balanced"):
-            config = replace(config, class_weight=_weights_by_code(config.class_weight, classes))
-        model = _train(ArraySource(X, y, features=names), config, hooks=Hooks(metrics, on_progress)).model
-        model.classes = classes
-        return model
+        return _fit_arrays(data[0], data[1], FitConfig(**options), column_names(features), Hooks(metrics, on_progress))
     raise UsageError(
         f"data: expected a path or URL of Parquet or Zarr data, or a tuple (X, y) of arrays; "
         f"got {type(data).__name__}"
     )
+
+
+def _fit_arrays(X: Any, y: Any, config: FitConfig, features: tuple[str, ...] | None, hooks: Hooks) -> Model:
+    """``fit`` on in-memory arrays: labels of any type are coded for the trainer and kept in
+    the model, which ``predict`` returns; a DataFrame's column names name the features."""
+    names = features or column_names(getattr(X, "columns", None))
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or X.dtype.kind not in "biuf":
+        raise DataError(f"X: expected a 2-D numeric array (rows, features), got shape {X.shape} of {X.dtype}")
+    classes = None
+    if config.model in CLASSIFIERS and y.shape != (X.shape[0],):
+        raise DataError(f"y: expected shape ({X.shape[0]},), got {y.shape}")
+    if config.model == "softmax":  # labels of any type -> their index; the model keeps the labels
+        classes, codes = np.unique(y, return_inverse=True)
+        y = codes.astype(np.float64)
+    elif config.model in CLASSIFIERS:
+        y, classes = encode_labels(y)
+    elif y.dtype.kind not in "biuf":
+        raise DataError(f"y: a {config.model} model needs numbers as targets, got {y.dtype}")
+    if classes is not None and config.class_weight not in (None, "balanced"):
+        config = replace(config, class_weight=_weights_by_code(config.class_weight, classes))
+    model = _train(ArraySource(X, y, features=names), config, hooks=hooks).model
+    model.classes = classes
+    return model
 
 
 def batches(
