@@ -106,7 +106,8 @@ def _result(run: Run) -> FitResult:
         "config": {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY},
         "data": {"url": full.url, "rows": n_rows(full), "fingerprint": full.fingerprint()},
         "target_type": target_type,
-        **({} if config.hidden else {"coef_standardized": (standardized[:, :d] if blocks > 1 else standardized[0, :d]).tolist(),
+        **({} if config.hidden else {
+            "coef_standardized": (standardized[:, :d] if blocks > 1 else standardized[0, :d]).tolist(),
             "intercept_standardized": standardized[:, d].tolist() if blocks > 1 else float(standardized[0, d])}),
         # deterministic figures only: timings live in the summary and the metrics log
         "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
