@@ -80,6 +80,12 @@ def test_cli_fit_hidden_tanh_then_predict(tmp_path, xor_path: str) -> None:
     assert res.code == 0, res
     res = invoke(["show", out])
     assert res.code == 0, res
+    assert "network    2 -> 8 -> 8 -> 1 (tanh)" in res.stdout
+    pred = str(tmp_path / "p.parquet")
+    res = invoke(["predict", out, xor_path, "-o", pred])
+    assert res.code == 0, res
+    X, _ = _xor(12_000, 0)
+    np.testing.assert_allclose(pq.read_table(pred)["probability"].to_numpy(), model.predict_proba(X), rtol=1e-6)
 
 
 @pytest.mark.parametrize("options", [{"batch": "auto"}, {"model": "softmax"}, {"optimizer": "adamw"}, {"l1": 0.01},
