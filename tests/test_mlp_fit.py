@@ -95,6 +95,13 @@ def test_refusals(xor_path: str, options: dict) -> None:
         fit(xor_path, hidden=(4,), epochs=1, **options)
 
 
+def test_cli_refuses_checkpoints(tmp_path, xor_path: str) -> None:
+    res = invoke(["fit", xor_path, "--hidden", "4", "--epochs", "1", "--checkpoint-dir", str(tmp_path / "ck"),
+                  "-o", str(tmp_path / "m.npz")])
+    assert res.code != 0 and "checkpoints and --resume is not supported with an MLP yet" in res.stderr, res
+    assert not (tmp_path / "m.npz").exists()
+
+
 def test_bad_hidden_widths() -> None:
     from streamsgd.config import FitConfig
 

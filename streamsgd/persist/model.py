@@ -66,7 +66,7 @@ def _other_estimator(linear_model, model: str, config: dict[str, Any], data: dic
 
 @dataclass
 class Model:
-    """A linear model z = x·coef + intercept on raw features.
+    """A linear model z = x·coef + intercept on raw features, or an MLP (``layers``).
 
     coef has shape (d,) and intercept is a float, or (C, d) and (C,) for softmax, whose
     margins z = x·coefᵀ + intercept are one per class.

@@ -4,8 +4,8 @@ compiled MLP loop (``compute.mlp_loop``) on the network's flat parameters.
 The run reuses the linear trainer's setup (split, plan, schedule, class weights), its stops
 (log lines, ``--steps``, the schedule), its divergence check and its records; what differs is
 the first window (standardisation, He/Glorot initialisation from the seed's ``MLP_INIT``
-stream, a default step), the compiled calls, the epoch's penalised loss and the model, whose
-layers are returned in raw feature space's standardised inputs (the model keeps mean/scale).
+stream, a default step), the compiled calls, the epoch's penalised loss and the model: its
+layers act on standardised inputs (x − mean) / scale, and the model keeps mean and scale.
 What the MLP path does not support yet is refused by :func:`check_mlp` before any work.
 """
 
