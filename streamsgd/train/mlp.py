@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, NOISE, T, pack_hyper
-from ..compute.mlp import ACTIVATIONS, B_AT, N_IN, N_OUT, W_AT, init_params, layout, network, workspace
+from ..compute.mlp import ACTIVATION, B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, workspace
 from ..compute.mlp_loop import finish_mlp_batch, mlp_rows
 from ..config import FitConfig
 from ..errors import UsageError
@@ -54,9 +54,7 @@ def check_mlp(config: FitConfig, hooks: Hooks, resume: dict[str, NDArray] | None
     ]
     for refused, what in refusals:
         if refused:
-            raise UsageError(f"--hidden: {what} is not supported with an MLP yet; drop it or train a linear model")
-    if config.activation not in ACTIVATIONS:
-        raise UsageError(f"--activation: expected one of {', '.join(ACTIVATIONS)}; got {config.activation!r}")
+            raise UsageError(f"--hidden: {what}: not supported with an MLP yet; drop it or train a linear model")
 
 
 class MLPRun(Run):
@@ -70,8 +68,8 @@ class MLPRun(Run):
         self.lay = layout(d, config.hidden, 1)
         param = config.epsilon if config.model == "huber" else config.quantile
         self.net = network(self.lay, config.activation, config.model, param, cw=st.cw)
-        P = int(self.lay[-1, B_AT] + self.lay[-1, N_OUT])
-        st.theta = init_params(self.lay, self.net[1], stream(config.seed, MLP_INIT))
+        P = n_params(self.lay)
+        st.theta = init_params(self.lay, self.net[ACTIVATION], stream(config.seed, MLP_INIT))
         st.avg, st.gw, st.opt_state = np.zeros(P), np.zeros(P), np.zeros((2, P))
         self.mlp_params = (st.theta, st.avg, st.gw, np.zeros(P))
         rows = min(int(setup.schedule.B), SCRATCH_ROWS)
