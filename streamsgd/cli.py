@@ -174,6 +174,9 @@ def cli() -> None:
 @click.option("--log-every", type=int, default=FitConfig.log_every, show_default=True, help="Updates per metrics record.")
 @click.option("--noise-stats/--no-noise-stats", default=True, show_default=True,
               help="Gradient-noise statistics (tr Σ, B_simple, η/B) in the metrics.")
+@click.option("--hidden", default="", help="An MLP: hidden layer widths, e.g. 64,32 (default: the linear model).")
+@click.option("--activation", type=click.Choice(["relu", "tanh"]), default="relu", show_default=True,
+              help="--hidden: the hidden layers' activation.")
 @click.option("-o", "--output", default="model.npz", show_default=True, help="Model file to write.")
 @click.option("--metrics", default=None, help="Append JSON-lines metrics to this file.")
 @click.option("--checkpoint-dir", default=None, help="Directory or URL for checkpoints (enables --resume).")

@@ -127,10 +127,16 @@ class FitConfig:
     #: gradient-noise statistics in the metrics (O(d) per update; see benchmarks/noise_overhead.py)
     noise_stats: bool = True
     log_every: int = 100
+    #: hidden layer widths of an MLP (``--hidden 64,32``); empty: the linear model
+    hidden: tuple[int, ...] = ()
+    #: the hidden layers' activation, relu or tanh (``--activation``)
+    activation: str = "relu"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _choice("--model", self.model, MODELS)
+        object.__setattr__(self, "hidden", _hidden_widths(self.hidden))
+        _choice("--activation", self.activation, ("relu", "tanh"))
         _choice("--lr-schedule", self.lr_schedule, SCHEDULES)
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _at_least("--warmup", self.warmup, 0)
@@ -190,7 +196,23 @@ class FitConfig:
         out = asdict(self)
         out["features"] = list(self.features) if self.features is not None else None
         out["exclude"] = list(self.exclude) if self.exclude is not None else None
+        if self.hidden:
+            out["hidden"] = list(self.hidden)
+        else:  # a linear model's options read as they did before MLPs
+            del out["hidden"], out["activation"]
         return out
+
+
+def _hidden_widths(value: Any) -> tuple[int, ...]:
+    """--hidden as a tuple of layer widths >= 1, from "64,32", a sequence, or None/"" (none)."""
+    parts = [p for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value or ())
+    try:
+        widths = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        widths = (0,)
+    if any(w < 1 for w in widths):
+        raise UsageError(f"--hidden: expected layer widths >= 1 separated by commas, e.g. 64,32; got {value!r}")
+    return widths
 
 
 def _batch_number(value: int | str) -> int:

@@ -66,7 +66,7 @@ def _other_estimator(linear_model, model: str, config: dict[str, Any], data: dic
 
 @dataclass
 class Model:
-    """A linear model z = x·coef + intercept on raw features.
+    """A linear model z = x·coef + intercept on raw features, or an MLP (``layers``).
 
     coef has shape (d,) and intercept is a float, or (C, d) and (C,) for softmax, whose
     margins z = x·coefᵀ + intercept are one per class.
@@ -83,6 +83,9 @@ class Model:
     #: the two labels of a binary classifier, (negative, positive), or softmax's C labels,
     #: sorted (numbers or text); None means 0 and 1
     classes: NDArray | None = None
+    #: an MLP's layers, (W (n_out, n_in), b (n_out,)) each, on standardised inputs
+    #: (x − mean) / scale; its activation is metadata["mlp"]["activation"]. None: linear.
+    layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]] | None = None
 
     @property
     def is_classifier(self) -> bool:
@@ -103,6 +106,8 @@ class Model:
 
     def decision_function(self, X: NDArray) -> NDArray[np.float64]:
         """Margins, X of shape (n_rows, n_features) in ``self.features`` order."""
+        if self.layers is not None:
+            return _mlp_margins(self, np.asarray(X, dtype=np.float64))
         return np.asarray(X, dtype=np.float64) @ np.asarray(self.coef).T + self.intercept
 
     def predict_proba(self, X: NDArray) -> NDArray[np.float64]:
@@ -157,6 +162,8 @@ class Model:
         ``predict``, ``predict_proba`` and ``decision_function`` give this model's results.
         It is not refitted: calling its ``fit`` trains scikit-learn's own SGD from scratch.
         """
+        if self.layers is not None:
+            raise UsageError("an MLP model (--hidden) has no scikit-learn equivalent; use its predict methods")
         try:
             from sklearn import linear_model
         except ImportError as exc:
@@ -213,6 +220,8 @@ class Model:
         }
         if self.classes is not None:
             arrays["classes"] = storable_labels(self.classes)
+        for k, (W, b) in enumerate(self.layers or ()):
+            arrays[f"layer{k}_W"], arrays[f"layer{k}_b"] = W, b
         atomic_savez(path, arrays, storage_options)
 
     def _full_metadata(self) -> dict[str, Any]:
@@ -368,11 +377,27 @@ def _decode(path: str, f: BinaryIO) -> Model:
                 scale=npz["scale"],
                 metadata=meta,
                 classes=npz["classes"] if "classes" in npz.files else None,
+                layers=[(npz[f"layer{k}_W"], npz[f"layer{k}_b"]) for k in range(len(meta["mlp"]["hidden"]) + 1)]
+                if "mlp" in meta else None,
             )
     except Exception as exc:  # any decoding failure means the same thing to the user
         raise ModelFileError(
             f"{path}: not a streamsgd model file ({type(exc).__name__}); give the .npz written by streamsgd fit"
         ) from exc
+
+
+def _mlp_margins(model: Model, X: NDArray[np.float64]) -> NDArray[np.float64]:
+    """An MLP's output margins in float64: standardise, then each hidden layer's activation of
+    its affine map, then the linear output layer (one margin: shape (n_rows,))."""
+    assert model.layers is not None
+    relu = model.metadata["mlp"]["activation"] == "relu"
+    h = (X - model.mean) / model.scale
+    for W, b in model.layers[:-1]:
+        a = h @ W.T + b
+        h = np.maximum(a, 0.0) if relu else np.tanh(a)
+    W, b = model.layers[-1]
+    z = h @ W.T + b
+    return z[:, 0] if z.shape[1] == 1 else z
 
 
 def expit(z: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -43,7 +43,7 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
     mean, scale = np.asarray(model.mean, dtype=np.float64), np.asarray(model.scale, dtype=np.float64)
     features = [
         {"name": model.features[j], "role": "feature",
-         "coef": coef[:, j].tolist() if per_class else float(coef[j]),
+         "coef": None if model.layers is not None else coef[:, j].tolist() if per_class else float(coef[j]),
          "mean": _at(mean, j), "scale": _at(scale, j)}
         for j in order
     ]
@@ -52,7 +52,11 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
         "model": model.model,
         "target": {"name": model.target, "role": "target", "type": meta.get("target_type")},
         "classes": np.asarray(model.classes_).tolist() if model.is_classifier else None,
-        "intercept": np.asarray(model.intercept, dtype=np.float64).tolist(),
+        "intercept": None if model.layers is not None else np.asarray(model.intercept, dtype=np.float64).tolist(),
+        # an MLP (--hidden): its widths from input to output, and the hidden activation
+        "network": None if model.layers is None else {
+            "widths": [len(model.features), *(int(W.shape[0]) for W, _ in model.layers)],
+            "activation": meta["mlp"]["activation"]},
         "n_features": len(model.features),
         "features": features,
         "metrics": meta.get("metrics", {}),
@@ -71,6 +75,9 @@ def format_model(info: dict[str, Any]) -> list[str]:
     lines = [f"model      {info['model']}  ({info['n_features']} features, target {info['target']['name']!r})"]
     if info["classes"] is not None:
         lines.append(f"classes    {', '.join(map(str, info['classes']))}")
+    if info.get("network"):
+        net = info["network"]
+        lines.append(f"network    {' -> '.join(map(str, net['widths']))} ({net['activation']})")
     lines.append(f"intercept  {_number(info['intercept'])}")
     if info["features"]:
         width = max(len("feature"), *(len(f["name"]) for f in info["features"]))

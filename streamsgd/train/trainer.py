@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import AVERAGED, LR0, T
@@ -47,10 +48,26 @@ def fit(
     """
     started = time.perf_counter()
     config = config or FitConfig()
+    if config.hidden:
+        return _fit_mlp(source, config, warm or WarmStart(), hooks or Hooks(), resume, started)
     setup = prepare(source, config, warm or WarmStart(), resume)
     run = Run(setup, hooks or Hooks(), resume, started)
     run.train()
     return _result(run)
+
+
+def _fit_mlp(source: Source, config: FitConfig, warm: WarmStart, hooks: Hooks,
+             resume: dict[str, NDArray] | None, started: float) -> FitResult:
+    """An MLP run (``config.hidden``): the same setup and summary, the layers in the model."""
+    from .mlp import MLPRun, check_mlp
+
+    check_mlp(config, hooks, resume, warm.init)
+    run = MLPRun(prepare(source, config, warm, None), hooks, started)
+    run.train()
+    result = _result(run)
+    result.model.layers = run.layers()
+    result.model.metadata["mlp"] = {"hidden": list(config.hidden), "activation": config.activation}
+    return result
 
 
 def _summary(run: Run) -> dict[str, Any]:
@@ -79,6 +96,8 @@ def _result(run: Run) -> FitResult:
     assert st.mean is not None and st.scale is not None  # set by the first window or the checkpoint
     blocks, d = setup.blocks, len(setup.source.features)
     theta = st.avg if st.counters[AVERAGED] else st.theta
+    if config.hidden:  # an MLP: its layers follow (_fit_mlp); no linear part to report
+        theta = np.zeros(d + 1)
     standardized = theta.reshape(blocks, d + 1)
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
     full, target_type = setup.full_source, setup.source.target_type
@@ -87,8 +106,9 @@ def _result(run: Run) -> FitResult:
         "config": {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY},
         "data": {"url": full.url, "rows": n_rows(full), "fingerprint": full.fingerprint()},
         "target_type": target_type,
-        "coef_standardized": (standardized[:, :d] if blocks > 1 else standardized[0, :d]).tolist(),
-        "intercept_standardized": standardized[:, d].tolist() if blocks > 1 else float(standardized[0, d]),
+        **({} if config.hidden else {
+            "coef_standardized": (standardized[:, :d] if blocks > 1 else standardized[0, :d]).tolist(),
+            "intercept_standardized": standardized[:, d].tolist() if blocks > 1 else float(standardized[0, d])}),
         # deterministic figures only: timings live in the summary and the metrics log
         "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
     }

@@ -1,0 +1,98 @@
+"""The compiled inner loop of an MLP: a window's rows, in plan order, cut into batches and updates.
+
+The MLP twin of ``loop.train_rows``/``loop.finish_batch``, with the same counters, sums, spec
+and hyper slots (so the trainer's stops, logs and schedule work unchanged): batches are cut
+exactly as there and may straddle windows (the gradient sums stay in ``gw`` between calls).
+Each slice of a batch is first copied, standardised ((x − mean) / scale), into the scratch
+rows ``xs`` with its labels and weights, since ``mlp.batch_gradient`` reads a contiguous row
+range; the parameters are the flat float64 ``theta`` of ``mlp.layout``, updated by
+``optim.optimizer_step`` from ``mlp.mean_gradient`` (L2 on weights only).
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from .loop import (AVERAGE_FROM, AVERAGED, BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, GAMMA,
+                   L2, LOSS, LR0, OPTIMIZER, POWER_T, ROWS, SCHEDULE, STEP_EVERY, T, T0, TOTAL, WARMUP)
+from .mlp import LAYOUT, batch_gradient, mean_gradient
+from .optim import optimizer_step, schedule_lr
+
+# Numba's cache of mlp_rows holds the kernels it calls compiled in and is keyed on this file
+# alone: a change to mlp.py, optim.py or loop.py's slots reaches it once this file changes too.
+
+#: Slots of the ``params`` tuple: parameters, their running average, the batch's gradient sums
+#: and the step's mean gradient (all float64, the layout's length).
+THETA, AVG, GW, G = range(4)
+#: Slots of the ``scratch`` tuple: standardised rows (batch, d) in the activations' dtype,
+#: their labels and sample weights (empty when the data has none).
+XS, YS, SWS = range(3)
+
+
+@njit(nogil=True, cache=True)
+def _standardize_into(X, y, sw, order, pos, take, mean, scale, scratch):
+    """Rows order[pos : pos + take] of the window, standardised, into the scratch's first rows."""
+    xs, ys, sws = scratch[XS], scratch[YS], scratch[SWS]
+    d = X.shape[1]
+    for r in range(take):
+        i = order[pos + r]
+        for j in range(d):
+            xs[r, j] = (X[i, j] - mean[j]) / scale[j]
+        ys[r] = y[i]
+        if sw.shape[0] > 0:
+            sws[r] = sw[i]
+
+
+@njit(nogil=True, cache=True)
+def mlp_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, net, params, opt_state, mean, scale, counters, sums,
+             ws, scratch):
+    """Feed rows ``order[pos:end]`` of a window to the network, updating every ``spec[BATCH]`` rows.
+
+    Returns the position reached: ``end``, or earlier when the update count reaches ``stop_at``
+    or a batch's loss was not finite (``counters[DIVERGED]`` is then 1).
+    """
+    weighted = sw.shape[0] > 0
+    sws = scratch[SWS] if weighted else sw
+    while pos < end:
+        take = min(spec[BATCH] - counters[FILLED], end - pos, scratch[XS].shape[0])
+        _standardize_into(X, y, sw, order, pos, take, mean, scale, scratch)
+        sums[BATCH_LOSS] += batch_gradient(scratch[XS], scratch[YS], sws, 0, take, net, params[THETA], params[GW],
+                                           ws)
+        counters[FILLED] += take
+        counters[EPOCH_ROWS] += take
+        pos += take
+        if counters[FILLED] == spec[BATCH]:
+            finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums)
+            if counters[DIVERGED] == 1 or counters[T] == stop_at:
+                break
+    return pos
+
+
+@njit(nogil=True, cache=True)
+def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums):
+    """Update from the batch in progress (also the epoch's short last one) and start the next."""
+    theta, avg, gw, g = params[THETA], params[AVG], params[GW], params[G]
+    if not math.isfinite(sums[BATCH_LOSS]):
+        counters[DIVERGED] = 1
+        return
+    t = counters[T] + 1
+    lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
+                     spec[STEP_EVERY], hyper[GAMMA])
+    mean_gradient(gw, counters[FILLED], hyper[L2], theta, net[LAYOUT], g)
+    # weight_decay 0: the L2 term is in g (adamw, whose decoupled decay would reach the
+    # biases through optimizer_step's single-intercept layout, is refused for MLPs)
+    optimizer_step(spec[OPTIMIZER], theta, g, opt_state, lr, t + spec[T0], hyper[BETA1], hyper[BETA2], hyper[EPS],
+                   0.0)
+    counters[T] = t
+    if t > spec[AVERAGE_FROM]:
+        counters[AVERAGED] += 1
+        inv = 1.0 / counters[AVERAGED]
+        for j in range(theta.shape[0]):
+            avg[j] += (theta[j] - avg[j]) * inv
+    sums[LOSS] += sums[BATCH_LOSS]
+    sums[ROWS] += counters[FILLED]
+    sums[BATCH_LOSS] = 0.0
+    counters[FILLED] = 0
+    gw[:] = 0.0

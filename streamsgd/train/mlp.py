@@ -1,0 +1,162 @@
+"""Training an MLP (``--hidden 64,32``): the epoch loop of :class:`~.run.Run` driving the
+compiled MLP loop (``compute.mlp_loop``) on the network's flat parameters.
+
+The run reuses the linear trainer's setup (split, plan, schedule, class weights), its stops
+(log lines, ``--steps``, the schedule), its divergence check and its records; what differs is
+the first window (standardisation, He/Glorot initialisation from the seed's ``MLP_INIT``
+stream, a default step), the compiled calls, the epoch's penalised loss and the model: its
+layers act on standardised inputs (x − mean) / scale, and the model keeps mean and scale.
+What the MLP path does not support yet is refused by :func:`check_mlp` before any work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import closing
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..compute.loop import AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, NOISE, T, pack_hyper
+from ..compute.mlp import ACTIVATION, B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, workspace
+from ..compute.mlp_loop import finish_mlp_batch, mlp_rows
+from ..config import FitConfig
+from ..errors import UsageError
+from ..pipeline.epochs import EpochStream
+from ..pipeline.windows import Window
+from ..plan.rng import MLP_INIT, stream
+from . import guard
+from .inputs import Hooks
+from .run import Run, _UNWEIGHTED
+from .setup import Setup
+from .targets import standardization
+
+#: The default step on standardised inputs when --lr is not given, by optimizer: Adam's
+#: customary 1e-3; plain SGD's 0.05, divided by 1/(1 − β) for the heavy-ball optimizers.
+MLP_LR = {"sgd": 0.05, "momentum": 0.005, "nesterov": 0.005, "adagrad": 0.05, "adam": 1e-3}
+#: Rows of the standardised scratch block a compiled call copies a batch's slice into.
+SCRATCH_ROWS = 4096
+
+
+def check_mlp(config: FitConfig, hooks: Hooks, resume: dict[str, NDArray] | None, init: Any) -> None:
+    """Refuse, in one line each, what the MLP trainer does not support yet."""
+    refusals = [
+        (resume is not None or hooks.checkpointing.save is not None, "checkpoints and --resume"),
+        (init is not None, "--init (warm starts)"),
+        (config.batch == "auto", "--batch auto"),
+        (config.model == "softmax", "--model softmax"),
+        (config.optimizer == "adamw", "--optimizer adamw (use adam with --l2)"),
+        (config.l1 > 0, "--l1"),
+        (config.validation_fraction > 0 or config.early_stopping, "--validation-fraction and --early-stopping"),
+        (config.lr_reference_batch is not None, "--lr-scale-with-batch"),
+    ]
+    for refused, what in refusals:
+        if refused:
+            raise UsageError(f"--hidden: {what}: not supported with an MLP yet; drop it or train a linear model")
+
+
+class MLPRun(Run):
+    """A :class:`Run` whose compiled calls train the network; ``st.theta``/``st.avg`` hold its
+    flat parameters, so the divergence check and the averaging start work as they are."""
+
+    def __init__(self, setup: Setup, hooks: Hooks, started: float) -> None:
+        super().__init__(setup, hooks, None, started)
+        config, st = self.config, self.st
+        d = len(setup.source.features)
+        self.lay = layout(d, config.hidden, 1)
+        param = config.epsilon if config.model == "huber" else config.quantile
+        self.net = network(self.lay, config.activation, config.model, param, cw=st.cw)
+        P = n_params(self.lay)
+        st.theta = init_params(self.lay, self.net[ACTIVATION], stream(config.seed, MLP_INIT))
+        st.avg, st.gw, st.opt_state = np.zeros(P), np.zeros(P), np.zeros((2, P))
+        self.mlp_params = (st.theta, st.avg, st.gw, np.zeros(P))
+        rows = min(int(setup.schedule.B), SCRATCH_ROWS)
+        dtype = np.dtype(config.dtype)
+        self.ws = workspace(rows, self.lay, dtype)
+        self.scratch = (np.zeros((rows, d), dtype), np.zeros(rows), np.zeros(rows))
+        assert st.spec is not None  # set by setup
+        st.spec[NOISE] = 0  # the noise meter reads the linear loop's gradient: not fed here
+
+    def begin(self, window: Window) -> None:
+        """The first window: standardisation, the step size and the divergence reference."""
+        st, config = self.st, self.config
+        assert window.y is not None
+        st.mean, st.scale = standardization(window.X, config.standardize, window.slots)
+        st.sample, st.sample_y = guard.sample_rows(window.X, window.y, order=window.slots)
+        lr0 = MLP_LR[config.optimizer] if config.lr is None else config.lr
+        param = config.epsilon if config.model == "huber" else config.quantile
+        st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=0.0, param=param, beta1=config.beta1,
+                              beta2=config.beta2, eps=config.eps, gamma=config.gamma)
+        assert st.classes is not None
+        d = window.X.shape[1]
+        st.guard[guard.REFERENCE] = guard.reference_loss(config.model, st.sample, st.sample_y, np.zeros(d), 0.0,
+                                                         param, st.cw, st.classes)
+
+    def train_window(self, window: Window, order: NDArray, epoch: int) -> None:
+        """The window's rows in ``order``, one compiled call between stops."""
+        st = self.st
+        assert window.y is not None
+        if st.hyper is None:
+            self.begin(window)
+        assert st.spec is not None and st.hyper is not None and st.mean is not None and st.scale is not None
+        pos = 0
+        sw = _UNWEIGHTED if window.w is None else window.w
+        while pos < order.size and not self.done():
+            pos = mlp_rows(window.X, window.y, sw, order, pos, order.size, self.next_stop(), st.spec, st.hyper,
+                           self.net, self.mlp_params, st.opt_state, st.mean, st.scale, st.counters, st.sums, self.ws,
+                           self.scratch)
+            if st.counters[DIVERGED]:
+                raise self.diverged(epoch)
+            if st.counters[FILLED] == 0:
+                self.at_boundary(epoch)
+
+    def train_epoch(self, stream: EpochStream, epoch: int) -> None:
+        """The epoch's windows from where the counters stand, then its short last batch."""
+        st = self.st
+        with closing(stream.epoch(epoch, int(st.counters[EPOCH_ROWS]))) as windows:
+            for window, order in windows:
+                self.train_window(window, order, epoch)
+                if self.done():
+                    break
+        if st.counters[FILLED]:
+            assert st.spec is not None and st.hyper is not None
+            finish_mlp_batch(st.spec, st.hyper, self.net, self.mlp_params, st.opt_state, st.counters, st.sums)
+            if st.counters[DIVERGED]:
+                raise self.diverged(epoch)
+            if st.counters[T] % self.config.log_every == 0:
+                self.progress(epoch)
+        self.check_interval(epoch)
+        self.fold_interval()
+
+    def weight_norm2(self) -> float:
+        """Σ w² over the layers' weights (the biases are not penalised)."""
+        theta = self.st.theta
+        return float(sum((theta[int(a):int(b)] ** 2).sum() for a, b in zip(self.lay[:, W_AT], self.lay[:, B_AT])))
+
+    def end_epoch(self, epoch: int) -> bool:
+        """The epoch's record; True when the run stops here."""
+        st, counters = self.st, self.st.counters
+        assert st.spec is not None
+        self.epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * self.config.l2 * self.weight_norm2()
+        if not (math.isfinite(self.epoch_loss) and np.isfinite(st.theta).all()):
+            raise self.diverged(epoch, "the parameters overflowed", int(counters[T]))
+        self.emit({"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
+                   "rows_seen": int(st.rows_seen[0]), "loss": self.epoch_loss, "batch": int(st.spec[BATCH]),
+                   "seconds": time.perf_counter() - self.started})
+        if counters[EPOCH_ROWS] < self.schedule.N:  # stopped by --steps inside the epoch
+            return True
+        counters[EPOCH] += 1
+        counters[EPOCH_ROWS] = 0
+        st.epoch_sums[:] = 0.0
+        return False
+
+    def layers(self) -> list[tuple[NDArray[np.float64], NDArray[np.float64]]]:
+        """Each layer's (W (n_out, n_in), b (n_out,)), of the running average once it has started."""
+        theta = self.st.avg if self.st.counters[AVERAGED] else self.st.theta
+        out = []
+        for n_in, n_out, w_at, b_at in self.lay[:, [N_IN, N_OUT, W_AT, B_AT]]:
+            out.append((theta[w_at:b_at].reshape(n_out, n_in).copy(), theta[b_at:b_at + n_out].copy()))
+        return out
+
