@@ -17,7 +17,8 @@ from helpers import invoke
 from streamsgd.errors import DataError
 from streamsgd.persist.model import load
 from streamsgd.sources import open_source
-from streamsgd.sources.missing import ABSENT, PRESENT, impute_nulls, imputed
+from streamsgd.sources.missing import impute_nulls, imputed
+from streamsgd.sources.rows import ABSENT, PRESENT
 
 FEATURES = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
 NULL_ROWS = {"bill_length_mm": [3, 10, 50, 211], "flipper_length_mm": [7, 300]}

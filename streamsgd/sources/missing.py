@@ -15,16 +15,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
 
 from ..errors import DataError
 
 #: The suffix of an indicator feature's name: ``bill_length_mm__missing``.
 INDICATOR_SUFFIX = "__missing"
-
-#: The values an indicator takes.
-PRESENT, ABSENT = 0.0, 1.0
 
 
 def indicator_name(column: str) -> str:
@@ -42,23 +38,12 @@ def split_indicators(features: Sequence[str] | None, names: Sequence[str]) -> tu
     return [f for f in features if f not in shown], indicated
 
 
-@njit(nogil=True, cache=True)
-def _impute(values, valid, first, mean, out, flag):
-    """``out[i] = values[i]`` where bit ``first + i`` of ``valid`` is set, else ``mean``;
-    ``flag[i]`` ABSENT where the value was null, else PRESENT."""
-    for i in range(values.size):
-        j = first + i
-        if (valid[j >> 3] >> (j & 7)) & 1:
-            out[i] = values[i]
-            flag[i] = PRESENT
-        else:
-            out[i] = mean
-            flag[i] = ABSENT
-
-
 def imputed(column: Any, mean: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """A numeric Arrow column with its nulls replaced by ``mean``, and its indicator (float64 both)."""
+    """An integer or floating-point Arrow column with its nulls replaced by ``mean``, and its
+    indicator (float64 both)."""
     import pyarrow as pa
+
+    from .rows import PRESENT, impute_column  # numba: imported when data is first read
 
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(array)
@@ -67,10 +52,9 @@ def imputed(column: Any, mean: float) -> tuple[NDArray[np.float64], NDArray[np.f
         out[:] = array.to_numpy(zero_copy_only=False)
         flag[:] = PRESENT
         return out, flag
-    data = array if pa.types.is_floating(array.type) or pa.types.is_integer(array.type) else array.cast(pa.float64())
-    values = np.frombuffer(data.buffers()[1], dtype=data.type.to_pandas_dtype())[data.offset: data.offset + n]
-    valid = np.frombuffer(data.buffers()[0], dtype=np.uint8)
-    _impute(values, valid, data.offset, float(mean), out, flag)
+    values = np.frombuffer(array.buffers()[1], dtype=array.type.to_pandas_dtype())[array.offset: array.offset + n]
+    valid = np.frombuffer(array.buffers()[0], dtype=np.uint8)
+    impute_column(values, valid, array.offset, float(mean), out, flag)
     return out, flag
 
 
@@ -99,11 +83,15 @@ def no_mean(where: str, name: str, nulls: int) -> DataError:
 
 
 def impute_nulls(source: Any) -> None:
-    """Set ``source`` (a Parquet source) to impute the numeric feature columns its footers
-    show holding nulls; other sources, and data without nulls, are left as they are."""
+    """Set ``source`` (a Parquet source) to impute the integer and floating-point feature
+    columns its footers show holding nulls; other sources, and data without nulls, are left
+    as they are (nulls in timestamp, date and decimal columns stay refused)."""
     if not hasattr(source, "impute") or source.indicated:
         return
-    nulls = source.null_counts()
-    columns = [f for f in source.features if nulls.get(f)]
+    import pyarrow as pa
+
+    nulls, types = source.null_counts(), source.column_types
+    columns = [f for f in source.features if nulls.get(f) and f in types
+               and (pa.types.is_floating(types[f]) or pa.types.is_integer(types[f]))]
     if columns:
         source.impute(column_means(source, columns), columns)
