@@ -82,16 +82,19 @@ def no_mean(where: str, name: str, nulls: int) -> DataError:
                      "model has no value to impute; fill them, or retrain on data that shows them")
 
 
-def impute_nulls(source: Any) -> None:
+def impute_nulls(source: Any, like: Any = None) -> None:
     """Set ``source`` (a Parquet source) to impute the integer and floating-point feature
-    columns its footers show holding nulls; other sources, and data without nulls, are left
-    as they are (nulls in timestamp, date and decimal columns stay refused)."""
-    if not hasattr(source, "impute") or source.indicated:
-        return
+    columns its footers show holding nulls, and ``like`` (another data set, or None) to use
+    the same means and indicators; other sources, and data without nulls, are left as they
+    are (nulls in timestamp, date and decimal columns stay refused)."""
     import pyarrow as pa
 
+    if not hasattr(source, "impute") or source.indicated:
+        return
     nulls, types = source.null_counts(), source.column_types
     columns = [f for f in source.features if nulls.get(f) and f in types
                and (pa.types.is_floating(types[f]) or pa.types.is_integer(types[f]))]
     if columns:
         source.impute(column_means(source, columns), columns)
+        if like is not None and hasattr(like, "impute"):
+            like.impute(source.imputation, columns)

@@ -225,10 +225,7 @@ def tune(
     if source.target is None:
         raise UsageError(f"{source.url}: tuning needs a target column; set --target")
     if config.missing == "impute":  # the training data's means, for a --validation set too
-        impute_nulls(source)
-        means = getattr(source, "imputation", None)
-        if validation is not None and means and hasattr(validation, "impute"):
-            validation.impute(means, getattr(source, "indicated", []))
+        impute_nulls(source, validation)
     train, validation = _holdout(source, validation, options.holdout, config.seed)
     N = n_rows(train)
     grid, timing_grid, rows = _grids(N, options)
