@@ -150,3 +150,13 @@ def test_a_column_of_nulls_only_is_refused(tmp_path):
     source = open_source(str(path), target="y")
     with pytest.raises(DataError, match="'bill_depth_mm' holds only nulls"):
         impute_nulls(source)
+
+
+def test_tune_batch_imputes_as_fit_does(pandas_file):
+    path, _ = pandas_file
+    args = ["tune-batch", path, "--target", "y", "--batches", "16,32", "--timing-batches", "16,64",
+            "--timing-rows", "2000", "--json"]
+    outcome = invoke(args)
+    assert outcome.code == 0, outcome.report()
+    assert len(json.loads(outcome.stdout)["noise_at"]["coef_standardized"]) == len(FEATURES) + len(NULL_ROWS)
+    assert invoke(args + ["--missing", "error"]).code == 3
