@@ -129,6 +129,8 @@ def cli() -> None:
                                                 "default: every numeric column but the target, --exclude and pandas' index.")
 @_EXCLUDE
 @click.option("--weight", default=None, metavar="COL", help="Column of per-row sample weights (>= 0; not a feature).")
+@click.option("--missing", type=click.Choice(["impute", "error"]), default=FitConfig.missing, show_default=True,
+              help="Numeric nulls: the column's mean plus a <col>__missing indicator, or refuse them.")
 @store_options
 @click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
 @click.option("--batch", default=str(FitConfig.batch), show_default=True,
@@ -534,6 +536,8 @@ def _json_safe(obj: Any) -> Any:
 @click.option("--l2", type=float, default=FitConfig.l2, show_default=True)
 @click.option("--seed", type=int, default=FitConfig.seed, show_default=True)
 @click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True)
+@click.option("--missing", type=click.Choice(["impute", "error"]), default=FitConfig.missing, show_default=True,
+              help="Numeric nulls: the column's mean plus a <col>__missing indicator, or refuse them.")
 @click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)
 @click.option("--plot", "plot_path", default=None, help="Also write the tuning figure (PNG); needs streamsgd[plot].")
 @click.option("--json", "as_json", is_flag=True)

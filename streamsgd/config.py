@@ -87,6 +87,8 @@ class FitConfig:
     exclude: tuple[str, ...] | None = None
     #: a column of per-row sample weights (>= 0): L = (1/N) Σ w_i ℓ_i + penalties
     weight: str | None = None
+    #: numeric nulls: "impute" (the column's mean plus an indicator feature ``<col>__missing``) or "error"
+    missing: str = "impute"
     #: rows per update; "full" = N (streamed full-batch GD), "auto" = grown by the norm test
     batch: int | str = 512
     batch_min: int = 32

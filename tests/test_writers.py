@@ -132,4 +132,4 @@ def test_nulls_in_a_nullable_integer_column_are_a_data_error_naming_it(writer, f
             df, path, "snappy")
     source = streamsgd.open_source(path, features=FEATURES)
     with pytest.raises(DataError, match=r"row group \d+: column 'count' has 1 null values; drop or impute them"):
-        train(source, FitConfig(model="linear", epochs=1))
+        train(source, FitConfig(model="linear", epochs=1, missing="error"))

@@ -19,6 +19,7 @@ from .base import SourceBase
 from .cast import arrow_values, to_dtype
 from .validate import not_finite, refuse_nulls
 from .columns import FooterFacts, numeric_kind
+from .missing import imputed, indicator_name, no_mean, split_indicators
 from ..errors import DataError, SourceError, UsageError
 from . import retry
 
@@ -181,6 +182,7 @@ class ParquetSource(SourceBase):
         self.columns = list(schema.names) + self.partition_columns
         self.target = target
         self.column_types = {f.name: f.type for f in schema}
+        features, indicated = split_indicators(features, schema.names)
         self.features, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
                                                        features, feature_hint, exclude, self.column_types)
         self.target_type = str(schema.field(target).type) if target is not None else None
@@ -208,6 +210,20 @@ class ParquetSource(SourceBase):
         #: 10^8 rows x 100 columns in 65,536-row groups holds 150 MB of them
         self.metadata_bytes = sum(sorted(parsed)[-FOOTERS_KEPT:])
         self.cut(max_chunk_bytes, max_chunk_rows)
+        #: the mean each column's nulls become (None: nulls are refused), and the columns
+        #: whose indicator features end ``features`` (sources.missing)
+        self.imputation: dict[str, float] | None = None
+        self.indicated: list[str] = []
+        if indicated:
+            self.impute({}, indicated)
+
+    def impute(self, means: Mapping[str, float], indicated: Sequence[str]) -> None:
+        """Replace nulls of the columns in ``means`` by their mean and add an indicator feature
+        for each of ``indicated`` (after the other features); a null elsewhere is refused."""
+        base = self.features[: len(self.features) - len(self.indicated)]
+        self.imputation = {k: float(v) for k, v in means.items()}
+        self.indicated = list(indicated)
+        self.features = base + [indicator_name(c) for c in self.indicated]
 
     def _fresh(self) -> None:
         """The footer cache, the streams' registry and its lock, the retry breaker: empty."""
@@ -403,9 +419,10 @@ class ParquetSource(SourceBase):
         target = self.target
         # a target buffer is passed only for data that has a target (fit and evaluate need one)
         assert y is None or target is not None
-        names = self.features + ([target] if target is not None and y is not None else [])
+        base = self.features[: len(self.features) - len(self.indicated)]
+        names = base + ([target] if target is not None and y is not None else [])
         table = self.read_columns(i, names)
-        columns = [_values(table.column(n), n, self, i) for n in self.features]
+        columns = self._feature_values(table, base, i)
         bad = fill_columns(columns, X, rows)  # the decoded buffers themselves: no copy before this one
         if bad >= 0:
             raise not_finite(columns[bad], X.dtype, self.chunk_name(i), self.features[bad])
@@ -415,6 +432,21 @@ class ParquetSource(SourceBase):
                                 "train --model softmax, or encode the column as numbers")
             y[slice(None) if rows is None else rows] = to_dtype(
                 _values(table.column(target), target, self, i), y.dtype, self.chunk_name(i), target)
+
+    def _feature_values(self, table, base: list[str], i: int) -> list[NDArray]:
+        """The feature columns of chunk ``i`` as arrays, nulls imputed, then the indicators."""
+        columns, flags = [], {}
+        for n in base:
+            column = table.column(n)
+            if self.imputation is None or not column.null_count:
+                columns.append(_values(column, n, self, i))
+            elif n in self.imputation:
+                values, flags[n] = imputed(column, self.imputation[n])
+                columns.append(values)
+            else:
+                raise no_mean(self.chunk_name(i), n, column.null_count)
+        rows = table.num_rows
+        return columns + [flags[c] if c in flags else np.zeros(rows) for c in self.indicated]
 
     def fingerprint(self) -> str:
         """Hash of the data's manifest: files, sizes, row-group layout."""

@@ -197,3 +197,22 @@ def first_nonfinite_column(X) -> int:
         if scan != zero:
             bad = _first_bad_column(X, i, bad)
     return bad
+
+
+#: The values an indicator feature ``<col>__missing`` takes (sources.missing).
+PRESENT, ABSENT = 0.0, 1.0
+
+
+@njit(nogil=True, cache=True)
+def impute_column(values, valid, first, mean, out, flag):
+    """``out[i] = values[i]`` where bit ``first + i`` of the Arrow validity bitmap ``valid``
+    (least significant bit first) is set, else ``mean``; ``flag[i]`` ABSENT where the value
+    was null, else PRESENT. One pass, no Python per row (sources.missing.imputed)."""
+    for i in range(values.size):
+        j = first + i
+        if (valid[j >> 3] >> (j & 7)) & 1:
+            out[i] = values[i]
+            flag[i] = PRESENT
+        else:
+            out[i] = mean
+            flag[i] = ABSENT

@@ -19,6 +19,9 @@ from ..pipeline.windows import read_window, sample_weight_column
 
 
 def _check_features(model: Model, source: Source) -> None:
+    record = model.metadata.get("missing")
+    if record and hasattr(source, "impute"):  # nulls become the training means, as in training
+        source.impute(record["means"], record["indicators"])
     if list(source.features) != list(model.features):
         raise ModelFileError(
             f"{source.url}: the model was trained on features {model.features[:10]}, but the data "

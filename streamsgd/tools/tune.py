@@ -29,6 +29,7 @@ import numpy as np
 
 from .inference import evaluate
 from ..config import FitConfig
+from ..sources.missing import impute_nulls
 from ..errors import UsageError
 from ..compute.codes import LOSSES, SOFTMAX
 from ..compute.losses import accumulate
@@ -223,6 +224,8 @@ def tune(
     options = options or TuneOptions()
     if source.target is None:
         raise UsageError(f"{source.url}: tuning needs a target column; set --target")
+    if config.missing == "impute":  # the training data's means, for a --validation set too
+        impute_nulls(source, validation)
     train, validation = _holdout(source, validation, options.holdout, config.seed)
     N = n_rows(train)
     grid, timing_grid, rows = _grids(N, options)

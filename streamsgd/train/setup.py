@@ -24,6 +24,7 @@ from ..plan.memory import MemoryPlan, data_limit, row_bytes, window_rows_cap
 from ..plan.rng import SPLIT, SPLIT_ROWS, stream
 from ..plan.shuffle import iterations_per_epoch
 from ..sources import ParquetSource, Source, n_rows
+from ..sources.missing import impute_nulls
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from ..sources.parquet import DECODE_FACTOR
 from ..sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
@@ -186,6 +187,8 @@ class Setup:
 def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str, NDArray] | None) -> Setup:
     """Check the run, cut and split the data, find the classes and build the starting state."""
     text = _check(source, config, warm)
+    if config.missing == "impute":
+        impute_nulls(source)
     cut_to_limit(source, config)
     full_source = source
     source, held_out = split_validation(source, config.validation_fraction, config.seed)

@@ -112,6 +112,9 @@ def _result(run: Run) -> FitResult:
         # deterministic figures only: timings live in the summary and the metrics log
         "metrics": {k: summary[k] for k in ("iterations", "epochs", "rows_seen", "loss", "lr")},
     }
+    means = getattr(full, "imputation", None)  # a Parquet source's numeric nulls (sources.missing)
+    if means:
+        metadata["missing"] = {"means": means, "indicators": list(getattr(full, "indicated", []))}
     if setup.validation is not None:
         metadata["validation"] = {"split": setup.split, "chunks": setup.held_chunks,
                                   "rows": n_rows(setup.validation), "stopped_early_at_epoch": run.stopped_early}
