@@ -146,6 +146,24 @@ def train_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, params, opt_stat
 
 
 @njit(nogil=True, cache=True)
+def close_batch(t, spec, theta, avg, gw, counters, sums):
+    """After update ``t``: count it, fold it into the tail average, add the batch's loss and
+    rows to the interval's sums, and empty the gradient buffer for the next batch (shared
+    by the linear and the MLP loops)."""
+    counters[T] = t
+    if t > spec[AVERAGE_FROM]:
+        counters[AVERAGED] += 1
+        inv = 1.0 / counters[AVERAGED]
+        for j in range(theta.shape[0]):
+            avg[j] += (theta[j] - avg[j]) * inv
+    sums[LOSS] += sums[BATCH_LOSS]
+    sums[ROWS] += counters[FILLED]
+    sums[BATCH_LOSS] = 0.0
+    counters[FILLED] = 0
+    gw[:] = 0.0
+
+
+@njit(nogil=True, cache=True)
 def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, noise):
     """Update from the batch in progress (also the epoch's short last one) and start the next."""
     theta, theta_eff, avg, gw = params[THETA], params[THETA_EFF], params[AVG], params[GW]
@@ -176,14 +194,4 @@ def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, no
             # update (with the first block), and each block settles its own weights' debts q
             l1_step(theta[block], l1_q[c * d:(c + 1) * d], l1_u, lr * hyper[L1] if c == 0 else 0.0)
         refresh_effective(theta[block], theta_eff[block], mean, scale)
-    counters[T] = t
-    if t > spec[AVERAGE_FROM]:
-        counters[AVERAGED] += 1
-        inv = 1.0 / counters[AVERAGED]
-        for j in range(theta.shape[0]):
-            avg[j] += (theta[j] - avg[j]) * inv
-    sums[LOSS] += sums[BATCH_LOSS]
-    sums[ROWS] += counters[FILLED]
-    sums[BATCH_LOSS] = 0.0
-    counters[FILLED] = 0
-    gw[:] = 0.0
+    close_batch(t, spec, theta, avg, gw, counters, sums)

@@ -15,8 +15,8 @@ import math
 
 from numba import njit
 
-from .loop import (AVERAGE_FROM, AVERAGED, BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, GAMMA,
-                   L2, LOSS, LR0, OPTIMIZER, POWER_T, ROWS, SCHEDULE, STEP_EVERY, T, T0, TOTAL, WARMUP)
+from .loop import (close_batch, BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, GAMMA,
+                   L2, LR0, OPTIMIZER, POWER_T, SCHEDULE, STEP_EVERY, T, T0, TOTAL, WARMUP)
 from .mlp import LAYOUT, batch_gradient, mean_gradient
 from .optim import optimizer_step, schedule_lr
 
@@ -85,14 +85,4 @@ def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums):
     # biases through optimizer_step's single-intercept layout, is refused for MLPs)
     optimizer_step(spec[OPTIMIZER], theta, g, opt_state, lr, t + spec[T0], hyper[BETA1], hyper[BETA2], hyper[EPS],
                    0.0)
-    counters[T] = t
-    if t > spec[AVERAGE_FROM]:
-        counters[AVERAGED] += 1
-        inv = 1.0 / counters[AVERAGED]
-        for j in range(theta.shape[0]):
-            avg[j] += (theta[j] - avg[j]) * inv
-    sums[LOSS] += sums[BATCH_LOSS]
-    sums[ROWS] += counters[FILLED]
-    sums[BATCH_LOSS] = 0.0
-    counters[FILLED] = 0
-    gw[:] = 0.0
+    close_batch(t, spec, theta, avg, gw, counters, sums)
