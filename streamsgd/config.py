@@ -34,7 +34,11 @@ DEFAULT_TARGET = "y"
 
 #: Options that decide only how a run executes, never the model: the model file does not
 #: record them, and a checkpoint written under other values still resumes bit for bit.
-EXECUTION_ONLY = ("readers", "log_every", "noise_stats")
+EXECUTION_ONLY = ("readers", "log_every", "noise_stats", "workers", "scheduler", "scheduler_file")
+
+#: How a run on shards combines them (DESIGN.md §7): ``gradients`` sums the shards' gradients
+#: at every update (exactly one batch of S·B rows); ``models`` (local SGD) is not built yet.
+SYNC_MODES = ("gradients", "models")
 
 _UNITS = {
     "": 1, "b": 1,
@@ -133,6 +137,16 @@ class FitConfig:
     hidden: tuple[int, ...] = ()
     #: the hidden layers' activation, relu or tanh (``--activation``)
     activation: str = "relu"
+    #: logical data shards (DESIGN.md §7): they fix the mathematics, the workers only the speed;
+    #: None: one per worker (--workers), else 1
+    shards: int | None = None
+    #: how the shards combine (SYNC_MODES)
+    sync: str = "gradients"
+    #: an embedded Dask LocalCluster of this many worker processes (the [dask] extra)
+    workers: int | None = None
+    #: an existing Dask scheduler's address, or its scheduler file
+    scheduler: str | None = None
+    scheduler_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -192,12 +206,48 @@ class FitConfig:
             raise UsageError(f"--weight: the target column {self.target!r} cannot also be the weight; "
                              "name another column")
         object.__setattr__(self, "memory_limit", parse_bytes(self.memory_limit))
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        _choice("--sync", self.sync, SYNC_MODES)
+        if self.sync == "models":
+            raise UsageError("--sync models (local SGD): not built yet; use --sync gradients, which is exact")
+        for option, value in (("--shards", self.shards), ("--workers", self.workers)):
+            if value is not None:
+                _at_least(option, value, 1)
+        if self.scheduler is not None and self.scheduler_file is not None:
+            raise UsageError("--scheduler and --scheduler-file name the same thing: give one of them")
+        if self.workers is not None and (self.scheduler or self.scheduler_file):
+            raise UsageError("--workers starts a cluster of its own; --scheduler joins one: give one of them")
+        if self.n_shards > 1 or self.cluster:
+            where = f"--shards {self.n_shards}" if self.n_shards > 1 else "a cluster"
+            if not isinstance(self.batch, int):
+                raise UsageError(f"--batch {self.batch}: not with {where}; give the rows per shard and update, "
+                                 "e.g. --batch 512")
+            if self.hidden:
+                raise UsageError(f"--hidden: an MLP does not train on {where} yet; drop --hidden or the shards")
+            if self.in_memory:
+                raise UsageError(f"--in-memory: not with {where}; each shard streams its own windows")
+
+    @property
+    def n_shards(self) -> int:
+        """The logical shards S: --shards, else one per --workers, else 1."""
+        return self.shards or self.workers or 1
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the run uses Dask (--workers, --scheduler or --scheduler-file)."""
+        return self.workers is not None or self.scheduler is not None or self.scheduler_file is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, stored in the model's metadata."""
         out = asdict(self)
         out["features"] = list(self.features) if self.features is not None else None
         out["exclude"] = list(self.exclude) if self.exclude is not None else None
+        if self.n_shards > 1:  # the shards fix the mathematics: a sharded model records them
+            out["shards"] = self.n_shards
+        else:  # a single-shard run's options read as they did before shards
+            del out["shards"], out["sync"]
         if self.hidden:
             out["hidden"] = list(self.hidden)
         else:  # a linear model's options read as they did before MLPs

@@ -122,27 +122,36 @@ def train_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, params, opt_stat
     Returns the position reached: ``end``, or earlier when the update count reaches
     ``stop_at`` or a batch diverged (``counters[DIVERGED]`` is then 1).
     """
-    theta_eff, gw, cw = params[THETA_EFF], params[GW], params[CW]
-    d = X.shape[1]
-    w = theta_eff[:d]
-    g = gw[:d]
     while pos < end:
-        take = min(spec[BATCH] - counters[FILLED], end - pos)
-        if spec[LOSS_CODE] == SOFTMAX:
-            loss = accumulate_softmax_rows(params[CLASSES], cw, X, y, sw, order[pos:pos + take], theta_eff, gw)
-        else:
-            loss, rsum = accumulate_rows(spec[LOSS_CODE], hyper[PARAM], cw, X, y, sw, order[pos:pos + take], w,
-                                         theta_eff[d], g)
-            gw[d] += rsum
-        sums[BATCH_LOSS] += loss
-        counters[FILLED] += take
-        counters[EPOCH_ROWS] += take
-        pos += take
+        pos = fill_batch(X, y, sw, order, pos, end, spec, hyper, params, counters, sums)
         if counters[FILLED] == spec[BATCH]:
             finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, noise)
             if counters[DIVERGED] == 1 or counters[T] == stop_at:
                 break
     return pos
+
+
+@njit(nogil=True, cache=True)
+def fill_batch(X, y, sw, order, pos, end, spec, hyper, params, counters, sums):
+    """Add rows ``order[pos:end]`` to the batch in progress (its gradient sums in
+    ``params[GW]``, its loss in ``sums[BATCH_LOSS]``) until it holds ``spec[BATCH]`` rows;
+    no update. Returns the position reached. A cluster's shard calls it alone and sends the
+    sums to the driver, which applies the update (``finish_batch``) once for all shards."""
+    theta_eff, gw, cw = params[THETA_EFF], params[GW], params[CW]
+    d = X.shape[1]
+    take = min(spec[BATCH] - counters[FILLED], end - pos)
+    if take <= 0:
+        return pos
+    if spec[LOSS_CODE] == SOFTMAX:
+        loss = accumulate_softmax_rows(params[CLASSES], cw, X, y, sw, order[pos:pos + take], theta_eff, gw)
+    else:
+        loss, rsum = accumulate_rows(spec[LOSS_CODE], hyper[PARAM], cw, X, y, sw, order[pos:pos + take], theta_eff[:d],
+                                     theta_eff[d], gw[:d])
+        gw[d] += rsum
+    sums[BATCH_LOSS] += loss
+    counters[FILLED] += take
+    counters[EPOCH_ROWS] += take
+    return pos + take
 
 
 @njit(nogil=True, cache=True)

@@ -131,22 +131,11 @@ class BatchStream:
         """The stream of ``epoch``'s rows of this shard (None when the shard has none). One
         shard's stream runs its readers on into later epochs; a shard's chunks change every
         epoch, so a sharded stream is made anew each epoch."""
-        index, count = self.shard
-        if count == 1 and self._stream is not None:
+        if self.shard[1] == 1 and self._stream is not None:
             return self._stream
         self.close()
-        source, strata, seed = self.source, self.strata, self.seed
-        if count > 1:
-            chunks = shard_chunks(self.source.chunk_rows, self.seed, epoch, count,
-                                  getattr(self.source, "chunk_groups", None))[index]
-            if chunks.size == 0:
-                return None
-            source = ChunkSubset(self.source, chunks.tolist())
-            strata = None if strata is None else strata[chunks]
-            seed = int(np.random.SeedSequence([self.seed, SHARD_TAG, index, count]).generate_state(1)[0])
-        last = self.epochs - 1 if count == 1 else epoch
-        self._stream = EpochStream(source, self.model, seed, self.shuffle, self.plan.window_rows,
-                                   self.plan.buffer_bytes, self.plan.readers, self.dtype, strata, last)
+        self._stream = shard_stream(self.source, self.model, self.seed, self.shuffle, self.plan, self.dtype,
+                                    self.strata, epoch, self.shard, self.epochs - 1)
         return self._stream
 
     def rows(self, epoch: int = 0, shard: int | None = None) -> int:
@@ -199,6 +188,30 @@ class BatchStream:
 
     def __del__(self) -> None:
         self.close()
+
+
+def shard_stream(source: Source, model: str, seed: int, shuffle: bool, plan: StreamPlan, dtype: DTypeLike,
+                 strata: NDArray[np.float64] | None, epoch: int, shard: tuple[int, int],
+                 last_epoch: int | None) -> EpochStream | None:
+    """The stream of shard ``shard = (i, S)``'s rows in ``epoch`` (None when it has none).
+
+    S = 1 is the whole data under the run's own seed, its readers running on up to
+    ``last_epoch``: exactly the single-process trainer's stream. For S > 1 the shard's
+    chunks (``plan.shards.shard_chunks``, dealt anew each epoch) get a stream of their own,
+    seeded by (seed, shard, S), that ends with the epoch. The trainer's shards, the batch
+    iterator's and a cluster worker's are all made here, so they agree row for row.
+    """
+    index, count = shard
+    if count > 1:
+        chunks = shard_chunks(source.chunk_rows, seed, epoch, count, getattr(source, "chunk_groups", None))[index]
+        if chunks.size == 0:
+            return None
+        source = ChunkSubset(source, chunks.tolist())
+        strata = None if strata is None else strata[chunks]
+        seed = int(np.random.SeedSequence([seed, SHARD_TAG, index, count]).generate_state(1)[0])
+        last_epoch = epoch
+    return EpochStream(source, model, seed, shuffle, plan.window_rows, plan.buffer_bytes, plan.readers,
+                       np.dtype(dtype), strata, last_epoch)
 
 
 class _Held:

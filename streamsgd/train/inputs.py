@@ -63,3 +63,6 @@ class Hooks:
     metrics: str | None = None
     on_progress: Callable[[dict[str, Any]], None] | None = None
     checkpointing: Checkpointing = field(default_factory=Checkpointing)
+    #: where a run on shards computes its rounds (``train.shards.BackendFactory``): None runs
+    #: ``--shards`` in this process; the doors pass a cluster's for --workers/--scheduler
+    backend: Callable[[Any], Any] | None = None

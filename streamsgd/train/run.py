@@ -168,14 +168,13 @@ class Run:
     def train(self) -> None:
         """Run epochs until done; a store that fails between windows leaves a checkpoint, so
         that --resume continues from here once the store is back."""
-        setup, config, st = self.setup, self.config, self.st
-        stream = EpochStream(setup.source, config.model, config.seed, config.shuffle, setup.plan.window_rows,
-                             setup.plan.buffer_bytes, setup.plan.readers, np.dtype(config.dtype), setup.strata,
-                             self.schedule.last_epoch)
+        st = self.st
+        feed = None
         try:
+            feed = self.open_feed()
             while not self.done():
                 epoch = int(st.counters[EPOCH])
-                self.train_epoch(stream, epoch)
+                self.train_epoch(feed, epoch)
                 if self.end_epoch(epoch):
                     break
         except SourceError:
@@ -183,11 +182,19 @@ class Run:
                 self.save_checkpoint()
             raise
         finally:
-            stream.close()  # joins the readers running ahead
+            if feed is not None:
+                feed.close()  # joins the readers running ahead
             self.log.close()
             self.compiling.close()
 
-    def train_epoch(self, stream: EpochStream, epoch: int) -> None:
+    def open_feed(self) -> Any:
+        """Where the epochs' rows come from: the run's one stream (closed by :meth:`train`)."""
+        setup, config = self.setup, self.config
+        return EpochStream(setup.source, config.model, config.seed, config.shuffle, setup.plan.window_rows,
+                           setup.plan.buffer_bytes, setup.plan.readers, np.dtype(config.dtype), setup.strata,
+                           self.schedule.last_epoch)
+
+    def train_epoch(self, stream: Any, epoch: int) -> None:
         """Train on the epoch's windows from where the counters stand, then its short last batch."""
         st = self.st
         # a checkpoint may fall inside a batch that straddles two windows: its rows so far

@@ -22,6 +22,7 @@ from ..persist.model import Model
 from ..pipeline.windows import WEIGHT_BYTES, sample_weight_column
 from ..plan.memory import MemoryPlan, data_limit, row_bytes, window_rows_cap
 from ..plan.rng import SPLIT, SPLIT_ROWS, stream
+from ..plan.shards import shard_chunks
 from ..plan.shuffle import iterations_per_epoch
 from ..sources import ParquetSource, Source, n_rows
 from ..sources.missing import impute_nulls
@@ -153,6 +154,24 @@ class Schedule:
         average_from = NEVER if not config.average or total_steps is None else total_steps // 2
         return cls(N, B, ipe, n_epochs, total_steps, average_from)
 
+    @classmethod
+    def sharded(cls, config: FitConfig, source: Source) -> "Schedule":
+        """The schedule of a run on S shards: an update takes one batch from each shard
+        (S·B rows), an epoch lasts as many rounds as its largest shard has batches, and
+        the deal of chunks to shards changes each epoch."""
+        N, S, B = n_rows(source), config.n_shards, int(config.batch)
+        groups = getattr(source, "chunk_groups", None)
+
+        def rounds(epoch: int) -> int:
+            deal = shard_chunks(source.chunk_rows, config.seed, epoch, S, groups)
+            return max(-(-sum(int(source.chunk_rows[c]) for c in chunks) // B) for chunks in deal)
+
+        ipe = rounds(0)
+        n_epochs = config.epochs or auto_epochs(ipe)
+        total_steps = config.steps if config.steps is not None else sum(rounds(e) for e in range(n_epochs))
+        average_from = NEVER if not config.average else total_steps // 2
+        return cls(N, S * B, ipe, n_epochs, total_steps, average_from)
+
     @property
     def last_epoch(self) -> int:
         """The last epoch the run should reach: the readers read ahead up to it (only the
@@ -189,13 +208,15 @@ def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str
     text = _check(source, config, warm)
     if config.missing == "impute":
         impute_nulls(source)
-    cut_to_limit(source, config)
+    # each of S shards streams within its share of the limit, wherever it runs (DESIGN.md §7)
+    shard_config = replace(config, memory_limit=config.memory_limit // config.n_shards)
+    cut_to_limit(source, shard_config)
     full_source = source
     source, held_out = split_validation(source, config.validation_fraction, config.seed)
     split = "chunks" if isinstance(held_out, ChunkSubset) else "rows"  # before a text target wraps it
     held_chunks = None if held_out is None else held_out.chunks
     validation: Source | None = held_out
-    plan = plan_memory(source, config)
+    plan = plan_memory(source, shard_config)
     labels: NDArray | None = None
     counts: NDArray[np.int64] | None = None
     if config.model == "softmax":  # one block of parameters per class, its labels from a pass over the target
@@ -206,7 +227,7 @@ def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str
     strata = chunk_target_means(source, config.model, plan.readers)
     if validation is not None:  # its targets, read for val_loss, pass the same one check before training
         chunk_target_means(validation, config.model, plan.readers)
-    schedule = Schedule.of(config, n_rows(source))
+    schedule = Schedule.of(config, n_rows(source)) if config.n_shards == 1 else Schedule.sharded(config, source)
     st = _state(source, config, plan, schedule, labels, counts, strata, text, warm.step_offset)
     if resume is not None:
         st.restore(resume)

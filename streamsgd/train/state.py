@@ -17,11 +17,11 @@ class State:
     """
 
     ARRAYS = ("theta", "theta_eff", "avg", "gw", "l1_q", "l1_u", "cw", "opt_state", "counters", "sums",
-              "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec", "guard", "sample", "sample_y")
+              "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec", "guard", "sample", "sample_y", "shard_round")
     #: arrays a checkpoint written before they existed may lack (their defaults then stay);
     #: the step-size sample is drawn from the first window, which a resumed run does not read
     #: again, and a growing batch (``--batch auto``) sizes its step from it
-    OPTIONAL = ("guard", "sample", "sample_y")
+    OPTIONAL = ("guard", "sample", "sample_y", "shard_round")
 
     def __init__(self, d: int, blocks: int = 1):
         self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(blocks * (d + 1)) for _ in range(4))
@@ -32,6 +32,9 @@ class State:
         self.sums = np.zeros(N_SUMS)
         self.epoch_sums = np.zeros(2)  # loss and rows of the epoch's completed intervals
         self.rows_seen = np.zeros(1, dtype=np.int64)
+        # rounds of the epoch in progress made by a run on shards (train/shards.py): every
+        # shard's place in its epoch follows from it
+        self.shard_round = np.zeros(1, dtype=np.int64)
         # standardisation and step-size figures: set by the first window (stepsize.start) or a checkpoint
         self.mean: NDArray[np.float64] | None = None
         self.scale: NDArray[np.float64] | None = None

@@ -130,7 +130,12 @@ def see_rows(st: State, X: NDArray, y: NDArray, config: FitConfig, N: int) -> No
     row worse than any before (a rare one-hot column the first window's sample missed),
     lower the default step before training on it. Deterministic: a window's rows are a
     function of the seed, and a resumed window finds the maximum it already recorded."""
-    top = guard.max_row_curvature(X, y, st.mean, st.scale, guard.row_weighting(config.model))
+    lower_step(st, guard.max_row_curvature(X, y, st.mean, st.scale, guard.row_weighting(config.model)), config, N)
+
+
+def lower_step(st: State, top: float, config: FitConfig, N: int) -> None:
+    """``see_rows`` given a window's largest row curvature ``top`` (measured where the rows
+    are: a cluster's shards send it with their gradients)."""
     if top <= st.guard[guard.ROW_MAX]:
         return
     st.guard[guard.ROW_MAX] = top

@@ -21,6 +21,7 @@ from .inputs import Checkpointing, FitResult, Hooks, WarmStart
 from .metrics import peak_rss_bytes
 from .run import Run
 from .setup import prepare, split_validation
+from .shards import ShardedRun
 from .stepsize import raw_parameters
 
 # the run's arguments and the validation split, for callers that import this module
@@ -51,7 +52,11 @@ def fit(
     if config.hidden:
         return _fit_mlp(source, config, warm or WarmStart(), hooks or Hooks(), resume, started)
     setup = prepare(source, config, warm or WarmStart(), resume)
-    run = Run(setup, hooks or Hooks(), resume, started)
+    hooks = hooks or Hooks()
+    if config.n_shards > 1 or hooks.backend is not None:
+        run: Run = ShardedRun(setup, hooks, resume, started, hooks.backend)
+    else:
+        run = Run(setup, hooks, resume, started)
     run.train()
     return _result(run)
 

@@ -1,0 +1,104 @@
+"""Training on S logical shards in one process (train/shards.py): the exact reference the
+cluster runs must equal (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import streamsgd
+from streamsgd.config import FitConfig
+from streamsgd.errors import UsageError
+from streamsgd.plan.shards import shard_chunks
+from streamsgd.sources import open_source
+from streamsgd.train.inputs import Checkpointing, Hooks
+from streamsgd.train.shards import InProcess
+from streamsgd.train.trainer import fit
+
+from helpers import write_parquet
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """7 row groups of unequal size (shards differ in rows), a rare heavy column (the default
+    step is lowered in a later window), a sample weight column."""
+    rng = np.random.default_rng(7)
+    n = 6000
+    X = rng.normal(size=(n, 6))
+    X[rng.choice(n, 5, replace=False), 5] = 40.0  # rare large rows: see_rows lowers the step
+    y = (X[:, :5] @ np.array([1.0, -2.0, 0.5, 0.0, 1.5]) + rng.normal(size=n) > 0).astype(float)
+    path = tmp_path_factory.mktemp("shards") / "d.parquet"
+    return write_parquet(path, X, y, row_group_size=900)
+
+
+def _fit(path, hooks=None, **options):
+    config = FitConfig(**{"model": "logistic", "epochs": 3, "batch": 128, "memory_limit": "64MiB", **options})
+    return fit(open_source(path, target="y"), config, hooks=hooks)
+
+
+def _same(a, b):
+    assert np.array_equal(a.model.coef, b.model.coef) and np.array_equal(a.model.intercept, b.model.intercept)
+    assert a.summary["iterations"] == b.summary["iterations"]
+
+
+@pytest.mark.parametrize("options", [{}, {"model": "linear", "optimizer": "adam"}, {"model": "poisson", "l1": 1e-3},
+                                     {"model": "softmax", "lr_schedule": "cosine"}])
+def test_one_shard_in_rounds_equals_the_single_process_run(data, options):
+    plain = _fit(data, **options)
+    rounds = _fit(data, hooks=Hooks(backend=InProcess), **options)
+    _same(plain, rounds)
+
+
+def test_two_shards_first_update_is_one_batch_of_both_shards(data):
+    """The first update equals a NumPy gradient over the union of each shard's first batch
+    (rows from streamsgd.batches with the same shard deal): Σ g_k / Σ n_k, not a mean of means."""
+    B, lr = 100, 0.5
+    result = _fit(data, shards=2, steps=1, batch=B, lr=lr, l2=0.0, standardize=False, average=False, epochs=None)
+    rows_x, rows_y = [], []
+    for k in range(2):
+        with streamsgd.batches(data, target="y", batch=B, epochs=1, seed=0, memory_limit="32MiB",
+                               shard=(k, 2), dtype="float32") as stream:
+            first = next(iter(stream))
+            rows_x.append(np.asarray(first.X, dtype=np.float64))
+            rows_y.append(np.asarray(first.y, dtype=np.float64))
+    X, y = np.vstack(rows_x), np.concatenate(rows_y)
+    assert len(y) == 2 * B
+    residual = 0.5 - y  # σ(0) − y at the zero start
+    grad_w, grad_b = X.T @ residual / len(y), residual.mean()
+    np.testing.assert_allclose(result.model.coef, -lr * grad_w, rtol=1e-12, atol=0)
+    assert result.model.intercept == pytest.approx(-lr * grad_b, rel=1e-12)
+
+
+def test_two_shards_see_every_row_once_per_epoch(data):
+    """An epoch on shards feeds every row once: the rows the run counts equal the data's."""
+    result = _fit(data, shards=3, epochs=2)
+    assert result.summary["rows_seen"] == 2 * 6000
+    source = open_source(data, target="y")
+    deal = shard_chunks(source.chunk_rows, 0, 0, 3)
+    rounds = max(-(-sum(source.chunk_rows[c] for c in chunks) // 128) for chunks in deal)
+    assert result.summary["iterations_per_epoch"] == rounds
+
+
+def test_shards_resume_from_a_mid_epoch_checkpoint_bit_for_bit(data):
+    saved = []
+    hooks = Hooks(checkpointing=Checkpointing(save=saved.append, every=7))
+    whole = _fit(data, hooks=hooks, shards=2)
+    middle = saved[len(saved) // 2]
+    assert 0 < int(middle["shard_round"][0])  # inside an epoch
+    resumed = fit(open_source(data, target="y"),
+                  FitConfig(model="logistic", epochs=3, batch=128, memory_limit="64MiB", shards=2), resume=middle)
+    _same(whole, resumed)
+
+
+def test_shards_are_recorded_and_change_the_model(data):
+    one, two = _fit(data), _fit(data, shards=2)
+    assert two.model.metadata["config"]["shards"] == 2 and "shards" not in one.model.metadata["config"]
+    assert not np.array_equal(one.model.coef, two.model.coef)
+
+
+@pytest.mark.parametrize("options, word", [({"batch": "auto"}, "--batch"), ({"sync": "models"}, "--sync"),
+                                           ({"hidden": (4,)}, "--hidden"), ({"workers": 2, "scheduler": "x:1"},
+                                                                            "--scheduler")])
+def test_sharded_options_refused_in_one_line(options, word):
+    with pytest.raises(UsageError, match=word):
+        FitConfig(**{"shards": 2, **options})
