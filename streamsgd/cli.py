@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import (DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes,
+from .config import (DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, SYNC_MODES, FitConfig, parse_bytes,
                      storage_option)
 from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
 from .run.runtime import retry_policy_from_environment, tune_allocator
@@ -179,6 +181,15 @@ def cli() -> None:
 @click.option("--hidden", default="", help="An MLP: hidden layer widths, e.g. 64,32 (default: the linear model).")
 @click.option("--activation", type=click.Choice(["relu", "tanh"]), default="relu", show_default=True,
               help="--hidden: the hidden layers' activation.")
+@click.option("--shards", type=int, default=None, metavar="S",
+              help="Logical data shards; each update is one batch from every shard (S x --batch rows). "
+                   "Default: --workers, else 1. They fix the model; the workers only the speed.")
+@click.option("--sync", type=click.Choice(SYNC_MODES), default=FitConfig.sync, show_default=True,
+              help="How shards combine: gradients (one exact update from all shards per round).")
+@click.option("--workers", type=int, default=None, metavar="K",
+              help="Train on an embedded Dask cluster of K worker processes (pip install 'streamsgd[dask]').")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Train on the Dask cluster at this scheduler.")
+@click.option("--scheduler-file", default=None, metavar="FILE", help="Train on the Dask cluster this file names.")
 @click.option("-o", "--output", default="model.npz", show_default=True, help="Model file to write.")
 @click.option("--metrics", default=None, help="Append JSON-lines metrics to this file.")
 @click.option("--checkpoint-dir", default=None, help="Directory or URL for checkpoints (enables --resume).")
@@ -227,7 +238,10 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     _fit_allocator(source)
     progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
-        result = run(source, config, job, session.log, on_progress=progress)
+        with _cluster(config) as cluster:
+            if cluster is not None and config.shards is None:  # an existing cluster: a shard per worker
+                config = dataclasses.replace(config, shards=cluster.n_workers)
+            result = run(source, config, job, session.log, on_progress=progress, backend=cluster)
     finally:
         if progress:
             progress.close()
@@ -240,6 +254,16 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
             f"loss {s['loss']:.6g}, {s['rows_per_second']:,.0f} rows/s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB "
             f"-> {output}"
         )
+
+
+def _cluster(config: FitConfig) -> Any:
+    """The run's Dask cluster (a context manager) for --workers/--scheduler, else a null context."""
+    if not config.cluster:
+        return contextlib.nullcontext()
+    from .integrations.dask import DaskCluster
+
+    return DaskCluster(workers=config.workers, scheduler=config.scheduler, scheduler_file=config.scheduler_file,
+                       memory_limit=config.memory_limit)
 
 
 def _from_checkpoint(ctx: click.Context, config_path: str | None, opts: dict[str, Any]) -> dict[str, Any]:

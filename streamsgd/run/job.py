@@ -73,8 +73,10 @@ def run(
     job: Job,
     log: RunLog,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    backend: Callable[[Any], Any] | None = None,
 ) -> FitResult:
-    """Train ``source`` under ``job``'s rules and write the model; returns the trainer's result."""
+    """Train ``source`` under ``job``'s rules and write the model; returns the trainer's result.
+    ``backend`` runs the shards' rounds (a Dask cluster's; None: in this process)."""
     with ExitStack() as stack:
         # an object store has no lock files: there the model's one PUT is what keeps it whole
         outputs = [path.removeprefix("file://") for path in (job.output, job.checkpoint_dir)
@@ -118,7 +120,7 @@ def run(
         with _stop_on_signals(stop) as received:
             try:
                 result = train(source, config, warm=WarmStart(init), resume=resume,
-                               hooks=Hooks(job.metrics, events, checkpointing))
+                               hooks=Hooks(job.metrics, events, checkpointing, backend))
             except RunStopped as exc:
                 name = signal.Signals(received[0]).name if received else "a stop request"
                 where = (f"a checkpoint is in {job.checkpoint_dir}; continue with --resume" if store

@@ -1,0 +1,209 @@
+"""``--workers K`` / ``--scheduler ADDRESS``: the shards' rounds on a Dask cluster (DESIGN.md §7).
+
+One trainer actor per worker (:class:`~streamsgd.train.shards.ShardWorker`) hosts shards
+k, k + K, …; it reads them straight from the store (no data passes through the driver) and
+answers each round with its shards' gradient sums. The driver adds them in shard order and
+makes the update, so the model is the in-process ``--shards S`` model, bit for bit, for any K.
+
+A round that loses a worker (the actor call fails, or gets no answer within
+``round_timeout``) is discarded: the driver waits for the worker to leave the scheduler and
+for a replacement to join (a ``LocalCluster``'s nanny restarts it), places the shards on
+the workers it then has, and reruns the round. A shard's place is a function of (epoch,
+round), so the rerun reads the same rows and the model stays bit-identical.
+
+Pitfalls from the trackers, avoided here: placement is a preference, never a hard pin (a
+restarted worker has a new address, and a hard pin would hang); the actors' methods are
+plain (they run in the worker's actor thread, the kernels release the GIL); workers get
+``NUMBA_NUM_THREADS=1``; nothing is ``scatter``ed (it would die with its worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import SourceError, StreamSGDError, UsageError
+from ..train.shards import ShardJob, ShardPart, ShardWorker
+
+#: seconds a round waits for its answers before its workers count as lost; the first round
+#: of an epoch opens every shard's first window, which on an object store can take a while
+ROUND_TIMEOUT = 600.0
+#: seconds the driver waits for a lost worker's replacement before placing its shards on
+#: the workers left
+REPLACE_TIMEOUT = 60.0
+#: tries of one round before the run stops (a checkpoint lets --resume continue)
+ROUND_TRIES = 5
+#: a worker's Dask memory limit beyond its share of --memory-limit: the interpreter and the
+#: libraries (its idle footprint), so that Dask's nanny (which kills at 95 %) never sees our
+#: bounded windows as a leak
+WORKER_IDLE_BYTES = 1 << 30
+#: packages whose versions must match between the driver and every worker (the compiled
+#: kernels and the readers must compute the same bits)
+PINNED = ("streamsgd", "numpy", "numba", "pyarrow", "dask", "distributed")
+_POLL = 0.05  # seconds between looks at the scheduler while waiting for a worker
+
+
+def _need_dask() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--workers/--scheduler need Dask: pip install 'streamsgd[dask]'") from None
+    return distributed
+
+
+def _versions() -> dict[str, str]:
+    """The pinned packages' versions in this process (run on every worker too)."""
+    return {name: metadata.version(name) for name in PINNED}
+
+
+class DaskCluster:
+    """A Dask client for a run: an embedded ``LocalCluster`` of ``workers`` single-threaded
+    processes, or a connection to the scheduler at ``scheduler`` (or in ``scheduler_file``).
+    Calling it with a :class:`ShardJob` gives the run's backend; :meth:`close` stops what it
+    started. Connecting waits as long as Dask's ``distributed.comm.timeouts.connect``."""
+
+    def __init__(self, *, workers: int | None = None, scheduler: str | None = None,
+                 scheduler_file: str | None = None, memory_limit: int = 0, round_timeout: float = ROUND_TIMEOUT, replace_timeout: float = REPLACE_TIMEOUT) -> None:
+        distributed = _need_dask()
+        import dask
+
+        # Dask's own setting (DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT), for the workers too
+        connect_timeout = dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+        self.round_timeout, self.replace_timeout = round_timeout, replace_timeout
+        self.cluster: Any = None
+        where = scheduler or scheduler_file
+        try:
+            if where is None:
+                k = int(workers or 1)
+                self.cluster = distributed.LocalCluster(
+                    n_workers=k, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                    memory_limit=memory_limit // k + WORKER_IDLE_BYTES if memory_limit else 0,
+                    env={"NUMBA_NUM_THREADS": "1"}, silence_logs=logging.ERROR)
+                self.client = distributed.Client(self.cluster, timeout=connect_timeout)
+            else:
+                self.client = distributed.Client(scheduler, scheduler_file=scheduler_file, timeout=connect_timeout)
+                self.client.wait_for_workers(1, timeout=connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.close()
+            raise SourceError(f"the Dask scheduler {where or '(embedded)'} is unreachable or has no workers "
+                              f"({exc}); check the address and that its workers run") from None
+        self.n_workers = len(self.client.nthreads())
+        self._check_versions()
+
+    def _check_versions(self) -> None:
+        ours = _versions()
+        for worker, theirs in self.client.run(_versions).items():
+            for name, version in theirs.items():
+                if version != ours[name]:
+                    self.close()
+                    raise UsageError(f"the Dask worker {worker} has {name} {version}, this process {ours[name]}: "
+                                     "install the same versions on the driver and every worker")
+
+    def __call__(self, job: ShardJob) -> DaskBackend:
+        return DaskBackend(self, job)
+
+    def close(self) -> None:
+        """Close the client, and the cluster if this object started it."""
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def __enter__(self) -> DaskCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DaskBackend:
+    """The rounds of one run on a :class:`DaskCluster`'s workers (see the module)."""
+
+    def __init__(self, cluster: DaskCluster, job: ShardJob) -> None:
+        self.cluster, self.client, self.job = cluster, cluster.client, job
+        self.wanted = min(cluster.n_workers, job.shards)  # workers the shards can use
+        self.actors: list[tuple[Any, list[int], str]] = []  # (actor, its shards, its worker)
+        self._place()
+
+    def _place(self) -> None:
+        """One actor per worker (at most one per shard), hosting shards i, i + K, …"""
+        workers = sorted(self.client.nthreads())[: self.job.shards]
+        if not workers:
+            raise SourceError("the Dask cluster has no workers left; start workers, then --resume")
+        k = len(workers)
+        hosts = [(address, list(range(i, self.job.shards, k))) for i, address in enumerate(workers)]
+        futures = [self.client.submit(ShardWorker, self.job, shards, actor=True, workers=[address],
+                                      allow_other_workers=True, pure=False) for address, shards in hosts]
+        actors = [future.result(timeout=self.cluster.round_timeout) for future in futures]
+        where = self.client.who_has(futures)
+        self.actors = [(actor, shards, (where.get(future.key) or [address])[0])
+                       for actor, future, (address, shards) in zip(actors, futures, hosts)]
+        self._futures = futures  # the actors live while their futures do
+
+    def round(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> list[ShardPart]:
+        """Every shard's answer to round ``rnd`` of ``epoch``, in shard order; a lost worker
+        reruns the round on the workers there are then."""
+        theta = theta_eff.copy()  # the driver updates its own array once the answers are in
+        for attempt in range(ROUND_TRIES):
+            try:
+                return self._ask(epoch, rnd, theta)
+            except StreamSGDError:
+                raise  # the data's or the store's own error, raised on a worker: not a lost worker
+            except (OSError, TimeoutError, RuntimeError) as exc:
+                self._recover(exc)
+        raise SourceError(f"round {rnd} of epoch {epoch + 1} failed on {ROUND_TRIES} placements of the shards; "
+                          "check the cluster's workers, then --resume")
+
+    def _ask(self, epoch: int, rnd: int, theta: NDArray[np.float64]) -> list[ShardPart]:
+        calls = [actor.accumulate(epoch, rnd, theta) for actor, _, _ in self.actors]
+        parts: list[ShardPart | None] = [None] * self.job.shards
+        for call, (_, shards, _) in zip(calls, self.actors):
+            for shard, part in zip(shards, call.result(timeout=self.cluster.round_timeout)):
+                parts[shard] = part
+        assert all(part is not None for part in parts)
+        return parts  # type: ignore[return-value]  # every shard answered
+
+    def _recover(self, exc: BaseException) -> None:
+        """After a failed round: wait until the workers that stopped answering have left the
+        scheduler and replacements have joined (or ``replace_timeout`` passed), then place
+        every shard afresh (the new actors seek to the round themselves)."""
+        logging.getLogger("streamsgd").warning("a Dask worker was lost (%s); rerunning the round", exc)
+        placed = {address for _, _, address in self.actors}
+        self._drop()
+        deadline = time.monotonic() + self.cluster.replace_timeout
+        while time.monotonic() < deadline:
+            try:
+                alive = set(self.client.nthreads())
+            except OSError as lost:
+                raise SourceError(f"the Dask scheduler is unreachable ({lost}); --resume from the checkpoint") from None
+            if len(alive) >= self.wanted and not self._silent(placed & alive):
+                break
+            time.sleep(_POLL)  # waiting on the cluster (a nanny restarting a worker), not on our threads
+        self._place()
+
+    def _silent(self, workers: set[str]) -> bool:
+        """Whether any of ``workers`` (still listed by the scheduler) fails to answer."""
+        try:
+            self.client.run(os.getpid, workers=sorted(workers), on_error="raise")
+        except (OSError, TimeoutError):
+            return True
+        return False
+
+    def _drop(self) -> None:
+        self.actors, self._futures = [], []
+
+    def close(self) -> None:
+        """Stop every actor's readers (best effort: a lost worker has nothing left to stop)."""
+        for actor, _, _ in self.actors:
+            try:
+                actor.close().result(timeout=self.cluster.round_timeout)
+            except (OSError, TimeoutError, RuntimeError):
+                pass
+        self._drop()
