@@ -185,7 +185,11 @@ def cli() -> None:
               help="Logical data shards; each update is one batch from every shard (S x --batch rows). "
                    "Default: --workers, else 1. They fix the model; the workers only the speed.")
 @click.option("--sync", type=click.Choice(SYNC_MODES), default=FitConfig.sync, show_default=True,
-              help="How shards combine: gradients (one exact update from all shards per round).")
+              help="How shards combine: gradients (one exact update of S x --batch rows per round) or models "
+                   "(local SGD: each shard makes --sync-every updates, then the models are averaged).")
+@click.option("--sync-every", default=str(FitConfig.sync_every), show_default=True, metavar="H|auto",
+              help="--sync models: updates per shard between averagings; auto: chosen from the measured "
+                   "round time (recorded in the model).")
 @click.option("--workers", type=int, default=None, metavar="K",
               help="Train on an embedded Dask cluster of K worker processes (pip install 'streamsgd[dask]').")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Train on the Dask cluster at this scheduler.")

@@ -89,6 +89,12 @@ def test_two_shards_on_any_workers_equal_the_in_process_model(data, scheduler, t
     assert not np.array_equal(plain, reference)  # two shards are another (exact) batch of 128 rows
 
 
+def test_local_sgd_on_the_cluster_equals_the_in_process_model(data, scheduler, tmp_path):
+    local = ["--shards", "2", "--sync", "models", "--sync-every", "5"]
+    reference = _fit_cli(data, tmp_path / "ref.npz", *local)
+    assert np.array_equal(_fit_cli(data, tmp_path / "k2.npz", *local, "--scheduler-file", scheduler), reference)
+
+
 def test_one_shard_on_two_embedded_workers_equals_the_plain_run(data, tmp_path):
     plain = _fit_cli(data, tmp_path / "plain.npz")
     assert np.array_equal(_fit_cli(data, tmp_path / "s1.npz", "--shards", "1", "--workers", "2"), plain)

@@ -26,10 +26,9 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from ..errors import SourceError, StreamSGDError, UsageError
-from ..train.shards import ShardJob, ShardPart, ShardWorker
+from ..train.shards import ShardJob, ShardWorker
 
 #: seconds a round waits for its answers before its workers count as lost; the first round
 #: of an epoch opens every shard's first window, which on an object store can take a while
@@ -147,28 +146,28 @@ class DaskBackend:
                        for actor, future, (address, shards) in zip(actors, futures, hosts)]
         self._futures = futures  # the actors live while their futures do
 
-    def round(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> list[ShardPart]:
-        """Every shard's answer to round ``rnd`` of ``epoch``, in shard order; a lost worker
-        reruns the round on the workers there are then."""
-        theta = theta_eff.copy()  # the driver updates its own array once the answers are in
-        for attempt in range(ROUND_TRIES):
+    def ask(self, method: str, *args: Any) -> list[Any]:
+        """Every shard's answer to ``ShardWorker.method(*args)`` (a round), in shard order; a
+        lost worker reruns the round on the workers there are then."""
+        args = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args)  # the driver updates its own
+        for _ in range(ROUND_TRIES):
             try:
-                return self._ask(epoch, rnd, theta)
+                return self._ask(method, args)
             except StreamSGDError:
                 raise  # the data's or the store's own error, raised on a worker: not a lost worker
             except (OSError, TimeoutError, RuntimeError) as exc:
                 self._recover(exc)
-        raise SourceError(f"round {rnd} of epoch {epoch + 1} failed on {ROUND_TRIES} placements of the shards; "
-                          "check the cluster's workers, then --resume")
+        raise SourceError(f"a round failed on {ROUND_TRIES} placements of the shards; check the cluster's "
+                          "workers, then --resume")
 
-    def _ask(self, epoch: int, rnd: int, theta: NDArray[np.float64]) -> list[ShardPart]:
-        calls = [actor.accumulate(epoch, rnd, theta) for actor, _, _ in self.actors]
-        parts: list[ShardPart | None] = [None] * self.job.shards
+    def _ask(self, method: str, args: tuple[Any, ...]) -> list[Any]:
+        calls = [getattr(actor, method)(*args) for actor, _, _ in self.actors]
+        parts: list[Any] = [None] * self.job.shards
         for call, (_, shards, _) in zip(calls, self.actors):
             for shard, part in zip(shards, call.result(timeout=self.cluster.round_timeout)):
                 parts[shard] = part
-        assert all(part is not None for part in parts)
-        return parts  # type: ignore[return-value]  # every shard answered
+        assert all(part is not None for part in parts)  # every shard answered
+        return parts
 
     def _recover(self, exc: BaseException) -> None:
         """After a failed round: wait until the workers that stopped answering have left the
