@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -210,6 +208,7 @@ def cli() -> None:
 @click.pass_context
 def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     """Train a model on DATA (Parquet file, directory, glob or URL; Zarr group)."""
+    from .integrations.dask import cluster_for
     from .run.job import Job, recordable, run
     from .run.logs import RunLog
 
@@ -242,9 +241,7 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     _fit_allocator(source)
     progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
-        with _cluster(config) as cluster:
-            if cluster is not None and config.shards is None:  # an existing cluster: a shard per worker
-                config = dataclasses.replace(config, shards=cluster.n_workers)
+        with cluster_for(config) as (config, cluster):
             result = run(source, config, job, session.log, on_progress=progress, backend=cluster)
     finally:
         if progress:
@@ -258,16 +255,6 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
             f"loss {s['loss']:.6g}, {s['rows_per_second']:,.0f} rows/s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB "
             f"-> {output}"
         )
-
-
-def _cluster(config: FitConfig) -> Any:
-    """The run's Dask cluster (a context manager) for --workers/--scheduler, else a null context."""
-    if not config.cluster:
-        return contextlib.nullcontext()
-    from .integrations.dask import DaskCluster
-
-    return DaskCluster(workers=config.workers, scheduler=config.scheduler, scheduler_file=config.scheduler_file,
-                       memory_limit=config.memory_limit)
 
 
 def _from_checkpoint(ctx: click.Context, config_path: str | None, opts: dict[str, Any]) -> dict[str, Any]:

@@ -19,14 +19,18 @@ plain (they run in the worker's actor thread, the kernels release the GIL); work
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
 import numpy as np
 
+from ..config import FitConfig
 from ..errors import SourceError, StreamSGDError, UsageError
 from ..train.shards import ShardJob, ShardWorker
 
@@ -61,6 +65,21 @@ def _versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in PINNED}
 
 
+@contextmanager
+def cluster_for(config: FitConfig) -> Iterator[tuple[FitConfig, DaskCluster | None]]:
+    """The cluster ``config`` asks for (--workers, --scheduler, --scheduler-file), closed on
+    exit, and the config with its shards fixed (one per worker of an existing cluster when
+    --shards is not given); (config, None) when it asks for none."""
+    if not config.cluster:
+        yield config, None
+        return
+    with DaskCluster(workers=config.workers, scheduler=config.scheduler, scheduler_file=config.scheduler_file,
+                     memory_limit=config.memory_limit, shards=config.n_shards) as cluster:
+        if config.shards is None:
+            config = dataclasses.replace(config, shards=cluster.n_workers)
+        yield config, cluster
+
+
 class DaskCluster:
     """A Dask client for a run: an embedded ``LocalCluster`` of ``workers`` single-threaded
     processes, or a connection to the scheduler at ``scheduler`` (or in ``scheduler_file``).
@@ -68,7 +87,7 @@ class DaskCluster:
     started. Connecting waits as long as Dask's ``distributed.comm.timeouts.connect``."""
 
     def __init__(self, *, workers: int | None = None, scheduler: str | None = None,
-                 scheduler_file: str | None = None, memory_limit: int = 0, round_timeout: float = ROUND_TIMEOUT, replace_timeout: float = REPLACE_TIMEOUT) -> None:
+                 scheduler_file: str | None = None, memory_limit: int = 0, shards: int = 1, round_timeout: float = ROUND_TIMEOUT, replace_timeout: float = REPLACE_TIMEOUT) -> None:
         distributed = _need_dask()
         import dask
 
@@ -80,9 +99,10 @@ class DaskCluster:
         try:
             if where is None:
                 k = int(workers or 1)
+                hosted = -(-max(shards, k) // k)  # shards on the busiest worker, each given memory_limit // S
                 self.cluster = distributed.LocalCluster(
                     n_workers=k, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                    memory_limit=memory_limit // k + WORKER_IDLE_BYTES if memory_limit else 0,
+                    memory_limit=hosted * (memory_limit // max(shards, 1)) + WORKER_IDLE_BYTES if memory_limit else 0,
                     env={"NUMBA_NUM_THREADS": "1"}, silence_logs=logging.ERROR)
                 self.client = distributed.Client(self.cluster, timeout=connect_timeout)
             else:
@@ -138,6 +158,7 @@ class DaskBackend:
             raise SourceError("the Dask cluster has no workers left; start workers, then --resume")
         k = len(workers)
         hosts = [(address, list(range(i, self.job.shards, k))) for i, address in enumerate(workers)]
+        self._check_memory(hosts)
         futures = [self.client.submit(ShardWorker, self.job, shards, actor=True, workers=[address],
                                       allow_other_workers=True, pure=False) for address, shards in hosts]
         actors = [future.result(timeout=self.cluster.round_timeout) for future in futures]
@@ -145,6 +166,19 @@ class DaskBackend:
         self.actors = [(actor, shards, (where.get(future.key) or [address])[0])
                        for actor, future, (address, shards) in zip(actors, futures, hosts)]
         self._futures = futures  # the actors live while their futures do
+
+    def _check_memory(self, hosts: list[tuple[str, list[int]]]) -> None:
+        """Refuse workers whose Dask memory limit cannot hold their shards' windows and readers
+        (the plan gives each shard memory_limit // S; shrinking a window would change the model)."""
+        limits = {address: info.get("memory_limit") or 0
+                  for address, info in self.client.scheduler_info()["workers"].items()}
+        for address, shards in hosts:
+            need = len(shards) * self.job.shard_memory
+            if 0 < limits.get(address, 0) < need:
+                raise UsageError(
+                    f"the Dask worker {address} has a memory limit of {limits[address] / 2**20:.0f} MiB; its "
+                    f"{len(shards)} shard(s) need {need / 2**20:.0f} MiB (--memory-limit / --shards each): give the "
+                    "workers more memory or add workers (the model stays the same)")
 
     def ask(self, method: str, *args: Any) -> list[Any]:
         """Every shard's answer to ``ShardWorker.method(*args)`` (a round), in shard order; a

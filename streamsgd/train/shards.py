@@ -71,6 +71,7 @@ class ShardJob:
     classes: NDArray[np.float64]
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
+    shard_memory: int  # bytes each shard's windows and readers may hold (--memory-limit // S)
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ class ShardedRun(Run):
             spec[NOISE] = 0  # the noise meter reads the driver's update gradients: local updates have none
         return ShardJob(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(), config.dtype,
                         setup.strata, self.shards, self.schedule.last_epoch, spec, st.hyper.copy(), st.cw,
-                        st.classes, st.mean, st.scale)
+                        st.classes, st.mean, st.scale, config.memory_limit // self.shards)
 
     def open_feed(self) -> Backend:
         if self.st.hyper is None:
