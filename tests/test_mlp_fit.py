@@ -88,18 +88,10 @@ def test_cli_fit_hidden_tanh_then_predict(tmp_path, xor_path: str) -> None:
     np.testing.assert_allclose(pq.read_table(pred)["probability"].to_numpy(), model.predict_proba(X), rtol=1e-6)
 
 
-@pytest.mark.parametrize("options", [{"batch": "auto"}, {"model": "softmax"}, {"optimizer": "adamw"}, {"l1": 0.01},
-                                     {"validation_fraction": 0.2}])
+@pytest.mark.parametrize("options", [{"batch": "auto"}, {"model": "softmax"}, {"optimizer": "adamw"}, {"l1": 0.01}])
 def test_refusals(xor_path: str, options: dict) -> None:
     with pytest.raises(UsageError, match="--hidden: .*: not supported with an MLP yet"):
         fit(xor_path, hidden=(4,), epochs=1, **options)
-
-
-def test_cli_refuses_checkpoints(tmp_path, xor_path: str) -> None:
-    res = invoke(["fit", xor_path, "--hidden", "4", "--epochs", "1", "--checkpoint-dir", str(tmp_path / "ck"),
-                  "-o", str(tmp_path / "m.npz")])
-    assert res.code != 0 and "checkpoints and --resume: not supported with an MLP yet" in res.stderr, res
-    assert not (tmp_path / "m.npz").exists()
 
 
 def test_bad_hidden_widths() -> None:

@@ -66,8 +66,8 @@ def _fit_mlp(source: Source, config: FitConfig, warm: WarmStart, hooks: Hooks,
     """An MLP run (``config.hidden``): the same setup and summary, the layers in the model."""
     from .mlp import MLPRun, check_mlp
 
-    check_mlp(config, hooks, resume, warm.init)
-    run = MLPRun(prepare(source, config, warm, None), hooks, started)
+    check_mlp(config, warm.init)
+    run = MLPRun(prepare(source, config, warm, None), hooks, resume, started)
     run.train()
     result = _result(run)
     result.model.layers = run.layers()

@@ -1,0 +1,162 @@
+"""fit --hidden with the run's state: checkpoints and an exact resume after SIGKILL, the
+held-out loss and early stopping, warm starts from an MLP file, the linear scaling rule.
+
+Synchronisation with a killed run is by its own JSON log lines on stderr (a "checkpoint"
+event is read before the signal is sent), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import invoke, run_cli, start_fit, wait_for
+
+from streamsgd.api import fit
+from streamsgd.persist.model import load
+from streamsgd.tools.generate import generate
+
+# 3 epochs of 12,000 rows at batch 64 (564 updates) in windows of ~2,000 rows, so batches
+# straddle windows and checkpoints fall inside epochs
+OPTIONS = ["--batch", "64", "--epochs", "3", "--seed", "5", "--lr", "0.05", "--memory-limit", "1MB", "--readers", "1"]
+TRAIN = ["--hidden", "8,4", *OPTIONS]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("mlpstate") / "d.parquet"
+    generate(str(path), rows=12_000, features=6, task="logistic", seed=4, row_group_rows=1_000)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(data: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The uninterrupted run's model file (no checkpoints at all)."""
+    out = tmp_path_factory.mktemp("ref") / "ref.npz"
+    run_cli("fit", data, *TRAIN, "-o", out)
+    return str(out)
+
+
+def _same_network(a: str, b: str) -> None:
+    """Two model files hold the same network, bit for bit (layers, standardisation)."""
+    with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
+        names = [n for n in x.files if n.startswith("layer")] + ["mean", "scale"]
+        assert len(names) == 8  # three layers' W and b
+        for name in names:
+            np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+
+
+def test_sigkill_then_resume_is_bit_identical(data: str, reference: str, tmp_path) -> None:
+    ckpt, out = tmp_path / "ckpt", tmp_path / "m.npz"
+    rng = random.Random(7)
+    kills = 0
+    # checkpoints every update (the kill most likely lands inside a write), then every 13
+    # (inside an update or a window read); the 2nd to 5th checkpoint of 43, so the run (about
+    # 0.15 s after compiling at every 13) is still going when the signal comes
+    for every in ("1", "13"):
+        proc = start_fit(data, *TRAIN, "--checkpoint-dir", str(ckpt), "--checkpoint-every", every, "--resume",
+                         "-o", str(out))
+        if wait_for(proc, "checkpoint", rng.randint(2, 5)) is not None:
+            for _ in range(rng.randint(0, 2000)):  # a random instant after that checkpoint
+                os.sched_yield()
+            proc.kill()
+            kills += 1
+        proc.communicate(timeout=120)
+    assert kills == 2 and not out.exists()
+    assert os.listdir(ckpt), "the killed runs left no checkpoint"
+    done = run_cli("fit", data, *TRAIN, "--checkpoint-dir", ckpt, "--resume", "-o", out, "--log-format", "json")
+    start = next(json.loads(line) for line in done.stderr.splitlines() if json.loads(line)["event"] == "start")
+    assert start["resumed_at"] > 0
+    _same_network(str(out), reference)
+
+
+def test_resume_inside_the_second_epoch_is_exact(data: str, reference: str, tmp_path) -> None:
+    """A run killed inside its second epoch resumes from its checkpoint there (it does not
+    train the first epoch again) and ends with the uninterrupted model; checkpointing itself
+    leaves the model as it is."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "m.npz"
+    res = invoke(["fit", data, *TRAIN, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "50",
+                  "-o", str(tmp_path / "first.npz")])
+    assert res.code == 0, res
+    assert not os.listdir(ckpt)  # the finished run cleared its checkpoints
+    proc = start_fit(data, *TRAIN, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "50", "-o", str(out))
+    assert wait_for(proc, "checkpoint", 5) is not None  # update 250, inside the second epoch
+    proc.kill()
+    proc.communicate(timeout=120)
+    # another network (or a linear model) on the same checkpoints: refused in one line, before any work
+    for options in (["--hidden", "8"], ["--hidden", "8,4", "--activation", "tanh"], []):
+        args = ["fit", data, *OPTIONS, *options, "--checkpoint-dir",
+                str(ckpt), "--resume", "-o", str(tmp_path / "other.npz")]
+        res = invoke(args)
+        assert res.code != 0 and "--resume: the checkpoint in" in res.stderr, res
+        assert "was written with hidden=[8, 4]" in res.stderr or "activation='relu'" in res.stderr, res
+        # one line (the first attempt also warns that it took over the killed run's locks)
+        assert len([line for line in res.stderr.splitlines() if " warning: " not in line]) == 1, res
+    assert not (tmp_path / "other.npz").exists()
+    done = run_cli("fit", data, *TRAIN, "--checkpoint-dir", ckpt, "--resume", "-o", out, "--log-format", "json")
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [2, 3]
+    _same_network(str(tmp_path / "first.npz"), reference)
+    _same_network(str(out), reference)
+
+
+def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def test_validation_loss_is_the_held_out_loss_and_early_stopping_stops(data: str) -> None:
+    records: list[dict] = []
+    model = fit(data, hidden=(8,), epochs=4, batch=64, lr=0.05, seed=2, validation_fraction=0.25,
+                on_progress=records.append)
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert len(epochs) == 4 and all(np.isfinite(r["val_loss"]) for r in epochs)
+    held = model.metadata["validation"]
+    table = pq.ParquetFile(data)
+    rows = [table.read_row_group(int(c)) for c in held["chunks"]]
+    X = np.column_stack([np.concatenate([t[f].to_numpy() for t in rows]) for f in model.features])
+    y = np.concatenate([t[model.target].to_numpy() for t in rows]).astype(np.float64)
+    # the last record's val_loss is the final network's mean log loss on the held-out rows
+    # (NumPy's forward pass in float64 against the kernel-free one: rounding only)
+    assert epochs[-1]["val_loss"] == pytest.approx(_log_loss(model.decision_function(X), y), rel=1e-9)
+    assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]  # it learns
+    # no epoch improves on the first by more than --tol 10: stopped after --patience 1 more
+    stopped = fit(data, hidden=(8,), epochs=4, batch=64, lr=0.05, seed=2, validation_fraction=0.25,
+                  early_stopping=True, tol=10.0, patience=1)
+    assert stopped.metadata["validation"]["stopped_early_at_epoch"] == 2
+    assert stopped.metadata["metrics"]["epochs"] == pytest.approx(2.0)
+
+
+def test_init_continues_from_an_mlp_file_and_refuses_other_layers(data: str, tmp_path) -> None:
+    first = str(tmp_path / "first.npz")
+    assert invoke(["fit", data, "--hidden", "8", "--epochs", "1", "--seed", "3", "-o", first]).code == 0
+    # a vanishing step: the warm start's network comes back (its layers, its standardisation)
+    again = str(tmp_path / "again.npz")
+    res = invoke(["fit", data, "--hidden", "8", "--epochs", "1", "--lr", "1e-300", "--init", first, "-o", again])
+    assert res.code == 0, res
+    a, b = load(first), load(again)
+    assert a.layers is not None and b.layers is not None
+    np.testing.assert_array_equal(a.mean, b.mean)
+    for (W, c), (W2, c2) in zip(a.layers, b.layers):
+        np.testing.assert_array_equal(W, W2)
+        np.testing.assert_array_equal(c, c2)
+    assert b.metadata["init"]["metrics"] == a.metadata["metrics"]
+    # a real step from there continues to lower the training loss
+    more = str(tmp_path / "more.npz")
+    assert invoke(["fit", data, "--hidden", "8", "--epochs", "1", "--init", first, "-o", more]).code == 0
+    assert load(more).metadata["metrics"]["loss"] < a.metadata["metrics"]["loss"]
+    linear = str(tmp_path / "linear.npz")
+    assert invoke(["fit", data, "--epochs", "1", "-o", linear]).code == 0
+    for model, options in ((first, ["--hidden", "8,4"]), (first, ["--hidden", "8", "--activation", "tanh"]),
+                           (linear, ["--hidden", "8"])):
+        res = invoke(["fit", data, *options, "--epochs", "1", "--init", model, "-o", str(tmp_path / "no.npz")])
+        assert res.code != 0 and "give a model file of the same layers" in res.stderr, res
+    assert not (tmp_path / "no.npz").exists()
+
+
+def test_lr_scale_with_batch(data: str) -> None:
+    model = fit(data, hidden=(4,), epochs=1, batch=128, lr=0.02, lr_reference_batch=32, seed=1)
+    assert model.metadata["metrics"]["lr"] == pytest.approx(0.02 * 128 / 32)
