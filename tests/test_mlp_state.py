@@ -160,3 +160,52 @@ def test_init_continues_from_an_mlp_file_and_refuses_other_layers(data: str, tmp
 def test_lr_scale_with_batch(data: str) -> None:
     model = fit(data, hidden=(4,), epochs=1, batch=128, lr=0.02, lr_reference_batch=32, seed=1)
     assert model.metadata["metrics"]["lr"] == pytest.approx(0.02 * 128 / 32)
+
+
+# a growing batch makes few updates (62 here: 16 rows, then 260 from the first log line on)
+@pytest.mark.parametrize("options, every", [({"model": "softmax", "optimizer": "adamw", "lr": 0.01}, 23),
+                                            ({"batch": "auto", "batch_min": 16, "lr": 0.05, "log_every": 10}, 4)])
+def test_softmax_adamw_and_a_growing_batch_resume_bit_for_bit(options: dict, every: int) -> None:
+    """Resumed from any of its checkpoints, a run ends with the uninterrupted network: for
+    softmax's C outputs and Adam's moments, and for --batch auto, whose batch grows by the
+    noise meter's interval sums (which the checkpoint keeps)."""
+    from streamsgd.compute.loop import BATCH
+    from streamsgd.config import FitConfig
+    from streamsgd.sources import ArraySource
+    from streamsgd.train.trainer import Checkpointing, Hooks, fit as train_fit
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((6000, 4))
+    y = np.digitize(X[:, 0] * X[:, 1], [-0.3, 0.3]) if options.get("model") == "softmax" else X[:, 0] * X[:, 1] > 0
+    source = ArraySource(X, y.astype(np.int64), chunk_rows=700)
+    config = FitConfig(**{"hidden": (8,), "epochs": 3, "batch": 64, "seed": 1, **options})
+    saved: list = []
+    whole = train_fit(source, config, hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=every)))
+    assert len(saved) > 10
+    if config.batch == "auto":  # the batch grows before the middle checkpoint resumed from below
+        assert int(saved[len(saved) // 2]["spec"][BATCH]) > 16
+    for state in (saved[2], saved[len(saved) // 2], saved[-2]):
+        resumed = train_fit(source, config, resume=state,
+                            hooks=Hooks(checkpointing=Checkpointing(save=lambda _: None, every=every)))
+        assert whole.model.layers is not None and resumed.model.layers is not None
+        for (W, b), (W2, b2) in zip(whole.model.layers, resumed.model.layers):
+            np.testing.assert_array_equal(W, W2)
+            np.testing.assert_array_equal(b, b2)
+
+
+def test_a_linear_checkpoint_does_not_resume_a_network() -> None:
+    """(The command line refuses it earlier, by the checkpoint's recorded options; the
+    trainer itself still checks every array's shape.)"""
+    from streamsgd.config import FitConfig
+    from streamsgd.errors import DataError
+    from streamsgd.sources import ArraySource
+    from streamsgd.train.trainer import Checkpointing, Hooks, fit as train_fit
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 3))
+    source = ArraySource(X, (X[:, 0] > 0).astype(np.int64), chunk_rows=100)
+    saved: list = []
+    train_fit(source, FitConfig(epochs=1, batch=50), hooks=Hooks(checkpointing=Checkpointing(save=saved.append,
+                                                                                             every=3)))
+    with pytest.raises(DataError, match="the checkpoint's theta has shape .*start without --resume"):
+        train_fit(source, FitConfig(hidden=(8,), epochs=1, batch=50), resume=saved[0])

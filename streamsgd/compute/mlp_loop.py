@@ -6,7 +6,10 @@ exactly as there and may straddle windows (the gradient sums stay in ``gw`` betw
 Each slice of a batch is first copied, standardised ((x − mean) / scale), into the scratch
 rows ``xs`` with its labels and weights, since ``mlp.batch_gradient`` reads a contiguous row
 range; the parameters are the flat float64 ``theta`` of ``mlp.layout``, updated by
-``optim.optimizer_step`` from ``mlp.mean_gradient`` (L2 on weights only).
+``optim.optimizer_step`` from ``mlp.mean_gradient`` (L2 on weights only; adamw's decay is
+decoupled, ``mlp.decay_weights``, and also reaches the weights only). Each step's mean
+gradient feeds the gradient-noise meter (``noise.noise_add``) as the linear loop's does, so
+the noise statistics and ``--batch auto`` work for networks too.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ import math
 
 from numba import njit
 
+from .codes import ADAMW
 from .loop import (close_batch, BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, GAMMA,
-                   L2, LR0, OPTIMIZER, POWER_T, SCHEDULE, STEP_EVERY, T, T0, TOTAL, WARMUP)
-from .mlp import LAYOUT, batch_gradient, mean_gradient
+                   L2, LR0, N_ROWS, NOISE, NOISE_SUMS, NOISE_TOTAL, OPTIMIZER, POWER_T, SCHEDULE, STEP_EVERY, T, T0,
+                   TOTAL, WARMUP)
+from .mlp import LAYOUT, batch_gradient, decay_weights, mean_gradient
+from .noise import noise_add
 from .optim import optimizer_step, schedule_lr
 
 # Numba's cache of mlp_rows holds the kernels it calls compiled in and is keyed on this file
-# alone: a change to mlp.py, optim.py or loop.py's slots reaches it once this file changes too.
+# alone: a change to mlp.py, optim.py, noise.py, codes.py or loop.py's slots reaches it once this
+# file changes too.
 
 #: Slots of the ``params`` tuple: parameters, their running average, the batch's gradient sums
 #: and the step's mean gradient (all float64, the layout's length).
@@ -47,11 +54,12 @@ def _standardize_into(X, y, sw, order, pos, take, mean, scale, scratch):
 
 @njit(nogil=True, cache=True)
 def mlp_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, net, params, opt_state, mean, scale, counters, sums,
-             ws, scratch):
+             ws, scratch, noise):
     """Feed rows ``order[pos:end]`` of a window to the network, updating every ``spec[BATCH]`` rows.
 
     Returns the position reached: ``end``, or earlier when the update count reaches ``stop_at``
-    or a batch's loss was not finite (``counters[DIVERGED]`` is then 1).
+    or a batch's loss was not finite (``counters[DIVERGED]`` is then 1). ``noise`` is the
+    linear loop's (total, sums, g): the meter's accumulators (g is not used here).
     """
     weighted = sw.shape[0] > 0
     sws = scratch[SWS] if weighted else sw
@@ -64,14 +72,14 @@ def mlp_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, net, params, opt_s
         counters[EPOCH_ROWS] += take
         pos += take
         if counters[FILLED] == spec[BATCH]:
-            finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums)
+            finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise)
             if counters[DIVERGED] == 1 or counters[T] == stop_at:
                 break
     return pos
 
 
 @njit(nogil=True, cache=True)
-def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums):
+def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise):
     """Update from the batch in progress (also the epoch's short last one) and start the next."""
     theta, avg, gw, g = params[THETA], params[AVG], params[GW], params[G]
     if not math.isfinite(sums[BATCH_LOSS]):
@@ -80,9 +88,15 @@ def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums):
     t = counters[T] + 1
     lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
                      spec[STEP_EVERY], hyper[GAMMA])
-    mean_gradient(gw, counters[FILLED], hyper[L2], theta, net[LAYOUT], g)
-    # weight_decay 0: the L2 term is in g (adamw, whose decoupled decay would reach the
-    # biases through optimizer_step's single-intercept layout, is refused for MLPs)
+    adamw = spec[OPTIMIZER] == ADAMW
+    n = counters[FILLED]
+    mean_gradient(gw, n, 0.0 if adamw else hyper[L2], theta, net[LAYOUT], g)
+    if spec[NOISE]:
+        noise_add(noise[NOISE_TOTAL], noise[NOISE_SUMS], g, n, spec[N_ROWS], lr)
+    if adamw:  # decoupled: θ_w ← θ_w (1 − lr·λ) before Adam's step, on the weights only (PyTorch's AdamW)
+        decay_weights(theta, net[LAYOUT], lr * hyper[L2])
+    # weight_decay 0: the L2 term is in g, or applied above for adamw (optimizer_step's own
+    # decay assumes the linear layout, one intercept last, and would reach the biases)
     optimizer_step(spec[OPTIMIZER], theta, g, opt_state, lr, t + spec[T0], hyper[BETA1], hyper[BETA2], hyper[EPS],
                    0.0)
     close_batch(t, spec, theta, avg, gw, counters, sums)

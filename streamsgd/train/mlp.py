@@ -18,10 +18,11 @@ from contextlib import closing
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, NOISE, T, pack_hyper
+from ..compute.loop import AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, T, pack_hyper
 from ..compute.mlp import ACTIVATION, B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, workspace
-from ..compute.mlp_loop import finish_mlp_batch, mlp_rows
 from ..compute.losses import row_loss
+from ..compute.mlp_loop import G, finish_mlp_batch, mlp_rows
+from ..compute.noise import NoiseMeter
 from ..config import FitConfig
 from ..errors import UsageError
 from ..persist.model import Model
@@ -36,7 +37,7 @@ from .targets import standardization
 
 #: The default step on standardised inputs when --lr is not given, by optimizer: Adam's
 #: customary 1e-3; plain SGD's 0.05, divided by 1/(1 − β) for the heavy-ball optimizers.
-MLP_LR = {"sgd": 0.05, "momentum": 0.005, "nesterov": 0.005, "adagrad": 0.05, "adam": 1e-3}
+MLP_LR = {"sgd": 0.05, "momentum": 0.005, "nesterov": 0.005, "adagrad": 0.05, "adam": 1e-3, "adamw": 1e-3}
 #: Rows of the standardised scratch block a compiled call copies a batch's slice into.
 SCRATCH_ROWS = 4096
 
@@ -44,15 +45,9 @@ SCRATCH_ROWS = 4096
 def check_mlp(config: FitConfig, init: Model | None) -> None:
     """Refuse, in one line each, what the MLP trainer does not support yet, and an ``init``
     model that is not a network of this run's layers."""
-    refusals = [
-        (config.batch == "auto", "--batch auto"),
-        (config.model == "softmax", "--model softmax"),
-        (config.optimizer == "adamw", "--optimizer adamw (use adam with --l2)"),
-        (config.l1 > 0, "--l1"),
-    ]
-    for refused, what in refusals:
-        if refused:
-            raise UsageError(f"--hidden: {what}: not supported with an MLP yet; drop it or train a linear model")
+    if config.l1 > 0:
+        raise UsageError("--hidden: --l1: not supported with an MLP yet; drop it (--l2 penalises the weights) "
+                         "or train a linear model")
     if init is None:
         return
     want = {"hidden": list(config.hidden), "activation": config.activation}
@@ -71,22 +66,29 @@ class MLPRun(Run):
         super().__init__(setup, hooks, None, started)
         config, st = self.config, self.st
         d = len(setup.source.features)
-        self.lay = layout(d, config.hidden, 1)
+        softmax = config.model == "softmax"  # one output margin per class (setup.blocks), else one
+        self.lay = layout(d, config.hidden, setup.blocks)
         param = config.epsilon if config.model == "huber" else config.quantile
-        self.net = network(self.lay, config.activation, config.model, param, cw=st.cw)
+        self.net = network(self.lay, config.activation, config.model, param, cw=st.cw,
+                           classes=st.classes if softmax else None)
         P = n_params(self.lay)
         if setup.init is not None:  # a warm start: the given network's layers (check_mlp matched them)
             st.theta = np.concatenate([np.concatenate([W.ravel(), b]) for W, b in setup.init.layers or ()])
         else:
             st.theta = init_params(self.lay, self.net[ACTIVATION], stream(config.seed, MLP_INIT))
         st.avg, st.gw, st.opt_state = np.zeros(P), np.zeros(P), np.zeros((2, P))
-        assert st.spec is not None  # set by setup
-        st.spec[NOISE] = 0  # the noise meter reads the linear loop's gradient: not fed here
         if resume is not None:  # the checkpoint's parameters, optimizer state, sums and counters
             st.restore(resume)
             self.first_rows = int(st.rows_seen[0])  # rows/s counts this run's rows only
         self.mlp_params = (st.theta, st.avg, st.gw, np.zeros(P))
-        rows = min(int(setup.schedule.B), SCRATCH_ROWS)
+        # the noise meter over the network's parameters (Run sized it for a linear model)
+        self.meter = meter = NoiseMeter(n_rows=self.schedule.N, n_params=P)
+        assert meter.total is not None  # sized by n_params
+        if resume is not None and "noise_total" in resume:  # the interval in progress
+            meter.total[:], meter.sums[:] = resume["noise_total"], resume["noise_sums"]
+        self.noise = (meter.total, meter.sums, self.mlp_params[G])
+        # a growing batch (--batch auto) is fed through the largest scratch block
+        rows = SCRATCH_ROWS if config.batch == "auto" else min(int(setup.schedule.B), SCRATCH_ROWS)
         dtype = np.dtype(config.dtype)
         self.ws = workspace(rows, self.lay, dtype)
         self.scratch = (np.zeros((rows, d), dtype), np.zeros(rows), np.zeros(rows))
@@ -109,9 +111,11 @@ class MLPRun(Run):
         st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=0.0, param=param, beta1=config.beta1,
                               beta2=config.beta2, eps=config.eps, gamma=config.gamma)
         assert st.classes is not None
-        d = window.X.shape[1]
-        st.guard[guard.REFERENCE] = guard.reference_loss(config.model, st.sample, st.sample_y, np.zeros(d), 0.0,
-                                                         param, st.cw, st.classes)
+        blocks = self.setup.blocks  # the zero network's margins: zero for every class
+        st.guard[guard.REFERENCE] = guard.reference_loss(config.model, st.sample, st.sample_y,
+                                                         np.zeros(blocks * window.X.shape[1]),
+                                                         np.zeros(blocks) if blocks > 1 else 0.0, param, st.cw,
+                                                         st.classes)
 
     def train_window(self, window: Window, order: NDArray, epoch: int) -> None:
         """The window's rows in ``order``, one compiled call between stops."""
@@ -125,7 +129,7 @@ class MLPRun(Run):
         while pos < order.size and not self.done():
             pos = mlp_rows(window.X, window.y, sw, order, pos, order.size, self.next_stop(), st.spec, st.hyper,
                            self.net, self.mlp_params, st.opt_state, st.mean, st.scale, st.counters, st.sums, self.ws,
-                           self.scratch)
+                           self.scratch, self.noise)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[FILLED] == 0:
@@ -141,7 +145,8 @@ class MLPRun(Run):
                     break
         if st.counters[FILLED]:
             assert st.spec is not None and st.hyper is not None
-            finish_mlp_batch(st.spec, st.hyper, self.net, self.mlp_params, st.opt_state, st.counters, st.sums)
+            finish_mlp_batch(st.spec, st.hyper, self.net, self.mlp_params, st.opt_state, st.counters, st.sums,
+                             self.noise)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[T] % self.config.log_every == 0:
@@ -197,7 +202,8 @@ class MLPRun(Run):
             window = read_window(validation, np.array([c]), np.float64, True)
             assert window.y is not None  # read with the target
             z = forward(layers, config.activation, (window.X - st.mean) / st.scale)
-            losses = row_loss(config.model, z, window.y, param)
+            y = window.y if z.ndim == 1 else np.searchsorted(np.asarray(st.classes), window.y)  # softmax: indices
+            losses = row_loss(config.model, z, y, param)
             total += float(losses.sum() if window.w is None else losses @ window.w)
             rows += window.y.size if window.w is None else float(window.w.sum())
         return total / rows if rows > 0 else 0.0
@@ -213,10 +219,12 @@ class MLPRun(Run):
 
 def forward(layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]], activation: str,
             h: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The single output margin of standardised rows ``h`` in float64 (NumPy: validation reads
-    a chunk at a time, once an epoch, so the compiled forward pass would buy nothing)."""
+    """The output margins of standardised rows ``h`` in float64, (n,) or (n, C) for softmax
+    (NumPy: validation reads a chunk at a time, once an epoch, so the compiled forward pass
+    would buy nothing)."""
     for W, b in layers[:-1]:
         a = h @ W.T + b
         h = np.maximum(a, 0.0) if activation == "relu" else np.tanh(a)
     W, b = layers[-1]
-    return (h @ W.T + b)[:, 0]
+    z = h @ W.T + b
+    return z[:, 0] if z.shape[1] == 1 else z

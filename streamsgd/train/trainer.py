@@ -102,7 +102,7 @@ def _result(run: Run) -> FitResult:
     blocks, d = setup.blocks, len(setup.source.features)
     theta = st.avg if st.counters[AVERAGED] else st.theta
     if config.hidden:  # an MLP: its layers follow (_fit_mlp); no linear part to report
-        theta = np.zeros(d + 1)
+        theta = np.zeros(blocks * (d + 1))
     standardized = theta.reshape(blocks, d + 1)
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
     full, target_type = setup.full_source, setup.source.target_type
