@@ -88,11 +88,6 @@ def test_cli_fit_hidden_tanh_then_predict(tmp_path, xor_path: str) -> None:
     np.testing.assert_allclose(pq.read_table(pred)["probability"].to_numpy(), model.predict_proba(X), rtol=1e-6)
 
 
-def test_l1_is_refused_in_one_line(xor_path: str) -> None:
-    with pytest.raises(UsageError, match="--hidden: --l1: not supported with an MLP yet; drop it"):
-        fit(xor_path, hidden=(4,), epochs=1, l1=0.01)
-
-
 def _three_classes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Class by the radius of (x0, x1): three rings of equal area (x2 is noise), which no
     linear softmax separates (each class's margin would have to peak at its own radius)."""
@@ -104,7 +99,8 @@ def _three_classes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _torch_replay(model, X: np.ndarray, y: np.ndarray, options: dict, steps: int) -> list:
     """The same network trained by PyTorch in float64: full-batch steps from the seed's
-    initial parameters on the model's standardised rows; its layers as (W, b) arrays."""
+    initial parameters on the model's standardised rows; its layers as (W, b) arrays. L1 is
+    Tsuruoka et al.'s cumulative penalty on the weights after each step, written out here."""
     import torch
 
     from streamsgd.compute.mlp import ACTIVATIONS, init_params, layout
@@ -126,6 +122,7 @@ def _torch_replay(model, X: np.ndarray, y: np.ndarray, options: dict, steps: int
         opt = torch.optim.SGD(params, lr=lr)
     h0 = torch.tensor((X - model.mean) / model.scale)
     target = torch.tensor(y)
+    owed, received = 0.0, [np.zeros(W.shape) for W in weights]  # L1: the total u, each weight's q
     for _ in range(steps):
         opt.zero_grad()
         h = h0
@@ -140,18 +137,24 @@ def _torch_replay(model, X: np.ndarray, y: np.ndarray, options: dict, steps: int
             loss = loss + 0.5 * l2 * sum((W * W).sum() for W in weights)
         loss.backward()
         opt.step()
+        owed += lr * options.get("l1", 0.0)
+        for W, q in zip(weights, received):
+            z = W.detach().numpy()  # a view: written in place
+            new = np.where(z > 0, np.maximum(0.0, z - (owed + q)), np.where(z < 0, np.minimum(0.0, z + (owed - q)), z))
+            q += new - z
+            z[...] = new
     return [(W.detach().numpy(), b.detach().numpy()) for W, b in zip(weights, biases)]
 
 
-@pytest.mark.parametrize("model, optimizer, lr", [("softmax", "sgd", 0.5), ("softmax", "adamw", 0.05),
-                                                  ("logistic", "adamw", 0.05)])
-def test_full_batch_steps_equal_pytorch(model: str, optimizer: str, lr: float) -> None:
-    """C output margins with softmax's cross-entropy, and AdamW's decoupled decay on the
-    weights (not the biases), step for step as PyTorch takes them."""
+@pytest.mark.parametrize("model, optimizer, lr, l1", [("softmax", "sgd", 0.5, 0.0), ("softmax", "adamw", 0.05, 0.0),
+                                                      ("logistic", "adamw", 0.05, 0.0), ("logistic", "sgd", 0.5, 0.02)])
+def test_full_batch_steps_equal_pytorch(model: str, optimizer: str, lr: float, l1: float) -> None:
+    """C output margins with softmax's cross-entropy, AdamW's decoupled decay on the weights
+    (not the biases) and L1 on the weights, step for step as PyTorch takes them."""
     X, y = _three_classes(600, 5)
     if model == "logistic":
         y = (y == 0).astype(np.int64)
-    options = {"model": model, "hidden": (6, 5), "optimizer": optimizer, "lr": lr, "l2": 0.05, "seed": 9}
+    options = {"model": model, "hidden": (6, 5), "optimizer": optimizer, "lr": lr, "l2": 0.05, "l1": l1, "seed": 9}
     trained = fit((X, y), batch="full", epochs=6, dtype="float64", average=False, **options)
     assert trained.layers is not None
     want = _torch_replay(trained, X, y, options, steps=6)
@@ -162,6 +165,9 @@ def test_full_batch_steps_equal_pytorch(model: str, optimizer: str, lr: float) -
         np.testing.assert_allclose(b, b2, rtol=1e-8, atol=1e-12)
     moved = [np.abs(W - W0).max() for (W, _), (W0, _) in zip(trained.layers, _torch_replay(trained, X, y, options, 0))]
     assert min(moved) > 1e-3  # the steps did move every layer
+    zeros = sum(int((W == 0).sum()) for W, _ in trained.layers)
+    assert zeros == sum(int((W == 0).sum()) for W, _ in want)
+    assert (zeros > 0) == (l1 > 0)  # L1 sets weights to exactly zero (7 of 53 here)
 
 
 def test_softmax_mlp_learns_text_classes_and_the_tools_read_it(tmp_path) -> None:

@@ -163,12 +163,12 @@ def test_lr_scale_with_batch(data: str) -> None:
 
 
 # a growing batch makes few updates (62 here: 16 rows, then 260 from the first log line on)
-@pytest.mark.parametrize("options, every", [({"model": "softmax", "optimizer": "adamw", "lr": 0.01}, 23),
+@pytest.mark.parametrize("options, every", [({"model": "softmax", "optimizer": "adamw", "lr": 0.01, "l1": 1e-3}, 23),
                                             ({"batch": "auto", "batch_min": 16, "lr": 0.05, "log_every": 10}, 4)])
-def test_softmax_adamw_and_a_growing_batch_resume_bit_for_bit(options: dict, every: int) -> None:
+def test_softmax_adamw_l1_and_a_growing_batch_resume_bit_for_bit(options: dict, every: int) -> None:
     """Resumed from any of its checkpoints, a run ends with the uninterrupted network: for
-    softmax's C outputs and Adam's moments, and for --batch auto, whose batch grows by the
-    noise meter's interval sums (which the checkpoint keeps)."""
+    softmax's C outputs, Adam's moments and L1's owed penalties, and for --batch auto, whose
+    batch grows by the noise meter's interval sums (which the checkpoint keeps)."""
     from streamsgd.compute.loop import BATCH
     from streamsgd.config import FitConfig
     from streamsgd.sources import ArraySource

@@ -6,7 +6,9 @@ The run reuses the linear trainer's setup (split, plan, schedule, class weights)
 the first window (standardisation, He/Glorot initialisation from the seed's ``MLP_INIT``
 stream, a default step), the compiled calls, the epoch's penalised loss and the model: its
 layers act on standardised inputs (x − mean) / scale, and the model keeps mean and scale.
-What the MLP path does not support yet is refused by :func:`check_mlp` before any work.
+Checkpoints, --resume, --init (from an MLP file of the same layers, checked by
+:func:`check_mlp` before any work), validation and early stopping, --batch auto and every
+optimizer and penalty work as for linear models; --shards/--workers are refused by FitConfig.
 """
 
 from __future__ import annotations
@@ -43,11 +45,8 @@ SCRATCH_ROWS = 4096
 
 
 def check_mlp(config: FitConfig, init: Model | None) -> None:
-    """Refuse, in one line each, what the MLP trainer does not support yet, and an ``init``
-    model that is not a network of this run's layers."""
-    if config.l1 > 0:
-        raise UsageError("--hidden: --l1: not supported with an MLP yet; drop it (--l2 penalises the weights) "
-                         "or train a linear model")
+    """Refuse, in one line, an ``init`` model that is not a network of this run's layers
+    (a linear model, other widths or another activation)."""
     if init is None:
         return
     want = {"hidden": list(config.hidden), "activation": config.activation}
@@ -77,10 +76,11 @@ class MLPRun(Run):
         else:
             st.theta = init_params(self.lay, self.net[ACTIVATION], stream(config.seed, MLP_INIT))
         st.avg, st.gw, st.opt_state = np.zeros(P), np.zeros(P), np.zeros((2, P))
+        st.l1_q = np.zeros(int((self.lay[:, N_IN] * self.lay[:, N_OUT]).sum()))  # one per weight, biases skipped
         if resume is not None:  # the checkpoint's parameters, optimizer state, sums and counters
             st.restore(resume)
             self.first_rows = int(st.rows_seen[0])  # rows/s counts this run's rows only
-        self.mlp_params = (st.theta, st.avg, st.gw, np.zeros(P))
+        self.mlp_params = (st.theta, st.avg, st.gw, np.zeros(P), st.l1_q, st.l1_u)
         # the noise meter over the network's parameters (Run sized it for a linear model)
         self.meter = meter = NoiseMeter(n_rows=self.schedule.N, n_params=P)
         assert meter.total is not None  # sized by n_params
@@ -108,8 +108,8 @@ class MLPRun(Run):
         else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
             lr0 = config.lr * (self.schedule.B / config.lr_reference_batch if config.lr_reference_batch else 1.0)
         param = config.epsilon if config.model == "huber" else config.quantile
-        st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=0.0, param=param, beta1=config.beta1,
-                              beta2=config.beta2, eps=config.eps, gamma=config.gamma)
+        st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=config.l1, param=param,
+                              beta1=config.beta1, beta2=config.beta2, eps=config.eps, gamma=config.gamma)
         assert st.classes is not None
         blocks = self.setup.blocks  # the zero network's margins: zero for every class
         st.guard[guard.REFERENCE] = guard.reference_loss(config.model, st.sample, st.sample_y,
