@@ -12,6 +12,7 @@ import os
 import random
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import invoke, run_cli, start_fit, wait_for
@@ -128,6 +129,27 @@ def test_validation_loss_is_the_held_out_loss_and_early_stopping_stops(data: str
                   early_stopping=True, tol=10.0, patience=1)
     assert stopped.metadata["validation"]["stopped_early_at_epoch"] == 2
     assert stopped.metadata["metrics"]["epochs"] == pytest.approx(2.0)
+
+
+def test_a_softmax_networks_validation_loss_is_its_held_out_cross_entropy(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, (6000, 2))
+    names = np.array(["inner", "middle", "outer"])
+    y = names[np.searchsorted([0.5, 0.85], np.hypot(X[:, 0], X[:, 1]))]
+    path = str(tmp_path / "rings.parquet")
+    pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "y": y}), path, row_group_size=500)
+    records: list[dict] = []
+    model = fit(path, model="softmax", hidden=(8,), epochs=2, batch=64, lr=0.1, seed=2, validation_fraction=0.25,
+                on_progress=records.append)
+    held = [int(c) for c in model.metadata["validation"]["chunks"]]
+    table = pq.ParquetFile(path)
+    rows = pa.concat_tables([table.read_row_group(c) for c in held])
+    proba = model.predict_proba(np.column_stack([rows["a"].to_numpy(), rows["b"].to_numpy()]))
+    labels = np.searchsorted(model.classes_, rows["y"].to_numpy(zero_copy_only=False))
+    cross_entropy = float(-np.mean(np.log(proba[np.arange(labels.size), labels])))
+    last = [r for r in records if r["event"] == "epoch"][-1]
+    # float64 forward passes on both sides: rounding only
+    assert last["val_loss"] == pytest.approx(cross_entropy, rel=1e-9)
 
 
 def test_init_continues_from_an_mlp_file_and_refuses_other_layers(data: str, tmp_path) -> None:
