@@ -100,7 +100,8 @@ def _three_classes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _torch_replay(model, X: np.ndarray, y: np.ndarray, options: dict, steps: int) -> list:
     """The same network trained by PyTorch in float64: full-batch steps from the seed's
     initial parameters on the model's standardised rows; its layers as (W, b) arrays. L1 is
-    Tsuruoka et al.'s cumulative penalty on the weights after each step, written out here."""
+    Tsuruoka et al.'s cumulative penalty on the weights after each step, written out here;
+    invscaling's step at update t is lr / t^power_t (power_t 0.25, the default)."""
     import torch
 
     from streamsgd.compute.mlp import ACTIVATIONS, init_params, layout
@@ -118,12 +119,14 @@ def _torch_replay(model, X: np.ndarray, y: np.ndarray, options: dict, steps: int
     if options["optimizer"] == "adamw":  # decoupled decay on the weights only
         opt = torch.optim.AdamW([{"params": weights, "weight_decay": l2}, {"params": biases, "weight_decay": 0.0}],
                                 lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    else:
-        opt = torch.optim.SGD(params, lr=lr)
+    else:  # momentum: PyTorch's heavy ball with dampening 0, as optim.optimizer_step's
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9 if options["optimizer"] == "momentum" else 0.0)
     h0 = torch.tensor((X - model.mean) / model.scale)
     target = torch.tensor(y)
     owed, received = 0.0, [np.zeros(W.shape) for W in weights]  # L1: the total u, each weight's q
-    for _ in range(steps):
+    for t in range(1, steps + 1):
+        if options.get("lr_schedule") == "invscaling":
+            opt.param_groups[0]["lr"] = lr / t ** 0.25
         opt.zero_grad()
         h = h0
         for W, b in zip(weights[:-1], biases[:-1]):
@@ -137,7 +140,7 @@ def _torch_replay(model, X: np.ndarray, y: np.ndarray, options: dict, steps: int
             loss = loss + 0.5 * l2 * sum((W * W).sum() for W in weights)
         loss.backward()
         opt.step()
-        owed += lr * options.get("l1", 0.0)
+        owed += opt.param_groups[0]["lr"] * options.get("l1", 0.0)
         for W, q in zip(weights, received):
             z = W.detach().numpy()  # a view: written in place
             new = np.where(z > 0, np.maximum(0.0, z - (owed + q)), np.where(z < 0, np.minimum(0.0, z + (owed - q)), z))
@@ -146,15 +149,19 @@ def _torch_replay(model, X: np.ndarray, y: np.ndarray, options: dict, steps: int
     return [(W.detach().numpy(), b.detach().numpy()) for W, b in zip(weights, biases)]
 
 
-@pytest.mark.parametrize("model, optimizer, lr, l1", [("softmax", "sgd", 0.5, 0.0), ("softmax", "adamw", 0.05, 0.0),
-                                                      ("logistic", "adamw", 0.05, 0.0), ("logistic", "sgd", 0.5, 0.02)])
-def test_full_batch_steps_equal_pytorch(model: str, optimizer: str, lr: float, l1: float) -> None:
+@pytest.mark.parametrize("model, optimizer, lr, l1, schedule", [
+    ("softmax", "sgd", 0.5, 0.0, "constant"), ("softmax", "adamw", 0.05, 0.0, "constant"),
+    ("logistic", "adamw", 0.05, 0.0, "constant"), ("logistic", "sgd", 0.5, 0.02, "invscaling"),
+    ("softmax", "momentum", 0.1, 0.0, "invscaling")])
+def test_full_batch_steps_equal_pytorch(model: str, optimizer: str, lr: float, l1: float, schedule: str) -> None:
     """C output margins with softmax's cross-entropy, AdamW's decoupled decay on the weights
-    (not the biases) and L1 on the weights, step for step as PyTorch takes them."""
+    (not the biases), L1 on the weights, momentum and a decaying schedule, step for step as
+    PyTorch takes them."""
     X, y = _three_classes(600, 5)
     if model == "logistic":
         y = (y == 0).astype(np.int64)
-    options = {"model": model, "hidden": (6, 5), "optimizer": optimizer, "lr": lr, "l2": 0.05, "l1": l1, "seed": 9}
+    options = {"model": model, "hidden": (6, 5), "optimizer": optimizer, "lr": lr, "l2": 0.05, "l1": l1, "seed": 9,
+               "lr_schedule": schedule}
     trained = fit((X, y), batch="full", epochs=6, dtype="float64", average=False, **options)
     assert trained.layers is not None
     want = _torch_replay(trained, X, y, options, steps=6)
@@ -167,7 +174,7 @@ def test_full_batch_steps_equal_pytorch(model: str, optimizer: str, lr: float, l
     assert min(moved) > 1e-3  # the steps did move every layer
     zeros = sum(int((W == 0).sum()) for W, _ in trained.layers)
     assert zeros == sum(int((W == 0).sum()) for W, _ in want)
-    assert (zeros > 0) == (l1 > 0)  # L1 sets weights to exactly zero (7 of 53 here)
+    assert (zeros > 0) == (l1 > 0)  # L1 sets weights to exactly zero, where PyTorch's replay does
 
 
 def test_softmax_mlp_learns_text_classes_and_the_tools_read_it(tmp_path) -> None:
