@@ -66,8 +66,8 @@ def _fit_mlp(source: Source, config: FitConfig, warm: WarmStart, hooks: Hooks,
     """An MLP run (``config.hidden``): the same setup and summary, the layers in the model."""
     from .mlp import MLPRun, check_mlp
 
-    check_mlp(config, hooks, resume, warm.init)
-    run = MLPRun(prepare(source, config, warm, None), hooks, started)
+    check_mlp(config, warm.init)
+    run = MLPRun(prepare(source, config, warm, None), hooks, resume, started)
     run.train()
     result = _result(run)
     result.model.layers = run.layers()
@@ -103,7 +103,7 @@ def _result(run: Run) -> FitResult:
     blocks, d = setup.blocks, len(setup.source.features)
     theta = st.avg if st.counters[AVERAGED] else st.theta
     if config.hidden:  # an MLP: its layers follow (_fit_mlp); no linear part to report
-        theta = np.zeros(d + 1)
+        theta = np.zeros(blocks * (d + 1))
     standardized = theta.reshape(blocks, d + 1)
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
     full, target_type = setup.full_source, setup.source.target_type
