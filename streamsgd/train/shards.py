@@ -75,8 +75,9 @@ class ShardJob:
 
 
 @dataclass(frozen=True)
-class LocalStart:
-    """The driver's state a ``--sync models`` round starts every shard from."""
+class LocalState:
+    """A model's state in a ``--sync models`` round: what the driver starts every shard from,
+    and what each shard answers with after its updates."""
 
     theta: NDArray[np.float64]
     theta_eff: NDArray[np.float64]
@@ -95,16 +96,9 @@ LOCAL_ARRAYS = ("theta", "theta_eff", "avg", "opt_state", "l1_q", "l1_u")
 
 @dataclass(frozen=True)
 class LocalPart:
-    """One shard's answer to a ``--sync models`` round: its state after its updates."""
+    """One shard's answer to a ``--sync models`` round."""
 
-    theta: NDArray[np.float64]
-    theta_eff: NDArray[np.float64]
-    avg: NDArray[np.float64]
-    opt_state: NDArray[np.float64]
-    l1_q: NDArray[np.float64]
-    l1_u: NDArray[np.float64]
-    t: int
-    averaged: int
+    state: LocalState
     rows: int
     loss: float
     diverged: bool
@@ -153,7 +147,7 @@ class _Lane:
         self.place = (epoch, rnd * B + n)
         return self.gw.copy(), n, float(self.sums[BATCH_LOSS]), top
 
-    def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalStart) -> LocalPart:
+    def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalState) -> LocalPart:
         """Up to ``limit`` updates of this shard's own, from ``start``, on its rows from
         ``rnd·every·B`` of ``epoch`` (each B rows, the epoch's last one shorter)."""
         job = self.job
@@ -179,8 +173,9 @@ class _Lane:
             if counters[DIVERGED]:
                 break
         self.place = (epoch, skip + rows)
-        return LocalPart(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), rows=rows,
-                         loss=float(sums[LOSS] + sums[BATCH_LOSS]), diverged=bool(counters[DIVERGED]), top=top)
+        after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0)
+        return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
+                         diverged=bool(counters[DIVERGED]), top=top)
 
     def _fill(self, epoch: int, params: tuple[NDArray, ...]) -> float:
         """Feed this shard's next rows to the batch in progress until it holds B rows or the
@@ -246,7 +241,7 @@ class ShardWorker:
         """For each hosted shard, in the order given: its answer to round ``rnd`` of ``epoch``."""
         return [self.lanes[k].batch(epoch, rnd, theta_eff) for k in self.shards]
 
-    def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalStart) -> list[LocalPart]:
+    def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalState) -> list[LocalPart]:
         """For each hosted shard, in the order given: its state after a local-SGD round."""
         return [self.lanes[k].local(epoch, rnd, every, limit, start) for k in self.shards]
 
@@ -368,10 +363,10 @@ class ShardedRun(Run):
                      self.noise)
         return rows
 
-    def local_start(self) -> LocalStart:
+    def local_start(self) -> LocalState:
         st = self.st
         assert st.hyper is not None
-        return LocalStart(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, opt_state=st.opt_state, l1_q=st.l1_q,
+        return LocalState(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, opt_state=st.opt_state, l1_q=st.l1_q,
                           l1_u=st.l1_u, t=int(st.counters[T]), averaged=int(st.counters[AVERAGED]),
                           lr0=float(st.hyper[LR0]))
 
@@ -385,11 +380,11 @@ class ShardedRun(Run):
             return 0
         for name in LOCAL_ARRAYS:  # in place: the loop's params tuple holds these arrays
             mine = getattr(st, name)
-            mine[...] = getattr(live[0], name) * (live[0].rows / rows)  # x 1.0 exactly for one shard
+            mine[...] = getattr(live[0].state, name) * (live[0].rows / rows)  # x 1.0 exactly for one shard
             for part in live[1:]:
-                mine += getattr(part, name) * (part.rows / rows)
-        st.counters[T] = max(part.t for part in live)
-        st.counters[AVERAGED] = max(part.averaged for part in live)
+                mine += getattr(part.state, name) * (part.rows / rows)
+        st.counters[T] = max(part.state.t for part in live)
+        st.counters[AVERAGED] = max(part.state.averaged for part in live)
         st.counters[EPOCH_ROWS] += rows
         st.counters[DIVERGED] = int(any(part.diverged for part in parts))
         st.sums[LOSS] += sum(part.loss for part in live)
