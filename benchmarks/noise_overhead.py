@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +42,22 @@ def main() -> None:
     table = {}
     for batch in (1, 16, 512):
         rates: dict[bool, list[float]] = {True: [], False: []}
+        cpu_rates: dict[bool, list[float]] = {True: [], False: []}  # rows per CPU second: steadier under load
         for _ in range(runs):
             for on in (True, False):
                 config = FitConfig(batch=batch, epochs=1, noise_stats=on, in_memory=True, hidden=hidden,
                                    lr=0.01 if hidden else None)
+                cpu = time.process_time()
                 summary = fit(source, config).summary
                 rates[on].append(summary["rows_per_second"])
+                cpu_rates[on].append(rows / (time.process_time() - cpu))
         on, off = statistics.median(rates[True]), statistics.median(rates[False])
-        table[batch] = {"rows_per_second_on": on, "rows_per_second_off": off, "ratio": on / off}
-        print(f"batch {batch:>4}: {on:>12,.0f} rows/s with statistics, {off:>12,.0f} without, ratio {on / off:.3f}")
+        cpu_on, cpu_off = statistics.median(cpu_rates[True]), statistics.median(cpu_rates[False])
+        table[batch] = {"rows_per_second_on": on, "rows_per_second_off": off, "ratio": on / off,
+                        "rows_per_cpu_second_on": cpu_on, "rows_per_cpu_second_off": cpu_off,
+                        "cpu_ratio": cpu_on / cpu_off}
+        print(f"batch {batch:>4}: {on:>12,.0f} rows/s with statistics, {off:>12,.0f} without, ratio {on / off:.3f}; "
+              f"per CPU second {cpu_on:>12,.0f} vs {cpu_off:>12,.0f}, ratio {cpu_on / cpu_off:.3f}")
     OUT.mkdir(exist_ok=True)
     report = {"rows": rows, "features": d, "hidden": list(hidden), "runs": runs, "load_average": os.getloadavg()[0],
               "batches": table}

@@ -98,7 +98,8 @@ def test_resume_inside_the_second_epoch_is_exact(data: str, reference: str, tmp_
         # one line (the first attempt also warns that it took over the killed run's locks)
         assert len([line for line in res.stderr.splitlines() if " warning: " not in line]) == 1, res
     assert not (tmp_path / "other.npz").exists()
-    done = run_cli("fit", data, *TRAIN, "--checkpoint-dir", ckpt, "--resume", "-o", out, "--log-format", "json")
+    # the checkpoint's recorded options alone (DATA, --hidden, --activation, -o …) restart the run
+    done = run_cli("fit", "--resume", "--checkpoint-dir", ckpt, "--log-format", "json")
     records = [json.loads(line) for line in done.stderr.splitlines()]
     assert [r["epoch"] for r in records if r["event"] == "epoch"] == [2, 3]
     _same_network(str(tmp_path / "first.npz"), reference)
