@@ -51,15 +51,18 @@ def _same_network(a: str, b: str) -> None:
             np.testing.assert_array_equal(x[name], y[name], err_msg=name)
 
 
-def test_sigkill_then_resume_is_bit_identical(data: str, reference: str, tmp_path) -> None:
-    ckpt, out = tmp_path / "ckpt", tmp_path / "m.npz"
+def test_sigkill_then_resume_is_bit_identical(data: str, tmp_path) -> None:
+    ckpt, out, reference = tmp_path / "ckpt", tmp_path / "m.npz", tmp_path / "ref.npz"
+    # 20 epochs instead of TRAIN's 3: the killed runs have ~3,700 updates (over a second,
+    # even on a loaded machine) left after the checkpoint the signal follows
+    longer = (*TRAIN, "--epochs", "20")
+    run_cli("fit", data, *longer, "-o", reference)
     rng = random.Random(7)
     kills = 0
     # checkpoints every update (the kill most likely lands inside a write), then every 13
-    # (inside an update or a window read); the 2nd to 5th checkpoint of 43, so the run (about
-    # 0.15 s after compiling at every 13) is still going when the signal comes
+    # (inside an update or a window read), after the 2nd to 5th checkpoint
     for every in ("1", "13"):
-        proc = start_fit(data, *TRAIN, "--checkpoint-dir", str(ckpt), "--checkpoint-every", every, "--resume",
+        proc = start_fit(data, *longer, "--checkpoint-dir", str(ckpt), "--checkpoint-every", every, "--resume",
                          "-o", str(out))
         if wait_for(proc, "checkpoint", rng.randint(2, 5)) is not None:
             for _ in range(rng.randint(0, 2000)):  # a random instant after that checkpoint
@@ -69,10 +72,10 @@ def test_sigkill_then_resume_is_bit_identical(data: str, reference: str, tmp_pat
         proc.communicate(timeout=120)
     assert kills == 2 and not out.exists()
     assert os.listdir(ckpt), "the killed runs left no checkpoint"
-    done = run_cli("fit", data, *TRAIN, "--checkpoint-dir", ckpt, "--resume", "-o", out, "--log-format", "json")
+    done = run_cli("fit", data, *longer, "--checkpoint-dir", ckpt, "--resume", "-o", out, "--log-format", "json")
     start = next(json.loads(line) for line in done.stderr.splitlines() if json.loads(line)["event"] == "start")
     assert start["resumed_at"] > 0
-    _same_network(str(out), reference)
+    _same_network(str(out), str(reference))
 
 
 def test_resume_inside_the_second_epoch_is_exact(data: str, reference: str, tmp_path) -> None:
