@@ -312,8 +312,9 @@ def report(args: argparse.Namespace, started: float, load: float, rss: dict[int,
     for name, value in ratios.items():
         print(f"{name:<46}{value:9.2f}x")
     peaks = [v["peak_rss_bytes"] for v in rss.values()]
-    print(f"peak RSS at {', '.join(f'{n:,}' for n in rss)} rows: {', '.join(_common.mib(p) for p in peaks)} "
-          f"(largest / smallest {max(peaks) / min(peaks):.2f})")
+    if peaks:  # --rss-rows "" skips the check
+        print(f"peak RSS at {', '.join(f'{n:,}' for n in rss)} rows: {', '.join(_common.mib(p) for p in peaks)} "
+              f"(largest / smallest {max(peaks) / min(peaks):.2f})")
     result = {"rows": args.rows, "runs": args.runs, "load_1min": load, "torch_threads": args.torch_threads,
               "seconds": times, "rows_per_second": rate, "heldout_loss": losses, "ratios": ratios,
               "peak_rss": {str(n): v for n, v in rss.items()}, "versions": _common.versions(),

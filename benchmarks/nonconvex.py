@@ -6,7 +6,8 @@ loaded from its file, so a figure here and an assertion there measure the same t
 
   1. escape: from the starts where full-batch GD (300 updates) ends in the poor basin, the
      fraction that mini-batch GD (50 epochs, same η and schedule) ends in the better basin,
-     for each b, with its binomial standard error;
+     for each b, with its binomial standard error, and the fraction that leaves the poor basin
+     (at the smallest b some runs end on the constant plateau instead, the unit saturated);
   2. sharpness: λ_max and the held-out gap of the minimum a run reaches, against b, at the
      same η (0.25) and at the same η/b (1/160);
   3. the jagged curve: per-update losses (``--log-every 1``) for three b, and their variance
@@ -55,9 +56,11 @@ def escape(t: ModuleType, starts: int, batches: list[int]) -> dict[str, Any]:
     rows = {}
     for b in batches:
         ends = [t._basin(fit((X, y), batch=b, epochs=50, seed=s, **t.BASIN_RUN)) for s in poor]
-        p = ends.count("G") / len(poor)
-        rows[b] = {"escaped": ends.count("G"), "p": p, "se": math.sqrt(p * (1 - p) / len(poor))}
-        print(f"  escape b = {b:3d}: {ends.count('G')}/{len(poor)}, p = {p:.2f} +- {rows[b]['se']:.2f}", flush=True)
+        p, left = ends.count("G") / len(poor), 1 - ends.count("P") / len(poor)
+        rows[b] = {"escaped": ends.count("G"), "p": p, "se": math.sqrt(p * (1 - p) / len(poor)), "left_p": left,
+                   "ends": "".join(ends)}
+        print(f"  escape b = {b:3d}: {ends.count('G')}/{len(poor)} end in G, p = {p:.2f} +- {rows[b]['se']:.2f}; "
+              f"{left:.2f} left P; ends {''.join(ends)}", flush=True)
     return {"starts": starts, "poor_starts": len(poor), "by_batch": rows}
 
 
@@ -102,8 +105,11 @@ def plot(esc: dict[str, Any], sharp: dict[str, Any], jag: dict[str, Any]) -> Non
 
     fig, ax = plt.subplots(2, 2, figsize=(11, 8))
     bs = list(esc["by_batch"])
-    ax[0, 0].errorbar(bs, [esc["by_batch"][b]["p"] for b in bs], [esc["by_batch"][b]["se"] for b in bs], marker="o")
-    ax[0, 0].set(xscale="log", xlabel="batch b (η = 1, 50 epochs)", ylabel="P(escape to the better basin)",
+    ax[0, 0].errorbar(bs, [esc["by_batch"][b]["p"] for b in bs], [esc["by_batch"][b]["se"] for b in bs], marker="o",
+                      label="ends in the better basin")
+    ax[0, 0].plot(bs, [esc["by_batch"][b]["left_p"] for b in bs], "s--", label="leaves the poor basin")
+    ax[0, 0].legend()
+    ax[0, 0].set(xscale="log", xlabel="batch b (η = 1, 50 epochs)", ylabel="fraction of the starts",
                  title=f"from the {esc['poor_starts']} of {esc['starts']} starts where full-batch GD stays poor")
     for name, label in (("same_eta", "same η = 0.25"), ("same_ratio", "same η/b = 1/160")):
         rows = sharp[name]
