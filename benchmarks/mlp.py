@@ -20,6 +20,8 @@ features (the peers with a mean/std computed beforehand, outside the timing).
       (``ArraySource`` of the decoded matrix), its loop's ``rows_per_second``.
   (tm) PyTorch's compute alone: the same network and optimizer over the same rows already
       in memory as shuffled 512-row tensors (made before the clock starts).
+  (ti) (tm) with streamsgd's initialisation (He-normal hidden, Glorot-uniform output weights,
+      zero biases): whether a held-out gap comes from the trainer or from the starting point.
   (s) scikit-learn ``MLPClassifier(hidden_layer_sizes=(64,), solver="sgd",
       learning_rate_init=0.05, momentum=0, alpha=1e-4 * 512, batch_size=512).partial_fit``
       on each 512-row slice of each shuffled row group (its penalty is alpha/2 ‖W‖² / n per
@@ -30,7 +32,7 @@ under ``threadpool_limits(1)``: one thread computes, as streamsgd's single train
 while pyarrow decodes on its own threads (streamsgd's readers likewise). On a shared 2-core
 machine more compute threads only contend.
 
-Methods run round-robin (f, f2, t, m, tm, s, f, ...), median of ``--runs``; ratios are between
+Methods run round-robin (f, f2, t, m, tm, ti, s, f, ...), median of ``--runs``; ratios are between
 medians of the same invocation. Before anything large is loaded, ``streamsgd fit --hidden 64
 --json`` runs as a child process on files of ``--rss-rows`` rows at ``--memory-limit 128MiB``
 and reports its peak RSS (VmHWM), which must not grow with N.
@@ -126,12 +128,21 @@ def streamsgd_fit(source: Any, average: bool = True) -> Any:
                                  average=average))
 
 
-def torch_network() -> tuple[Any, Any, Any]:
-    """The peers' network, optimizer and loss, from a fixed seed."""
+def torch_network(streamsgd_init: bool = False) -> tuple[Any, Any, Any]:
+    """The peers' network, optimizer and loss, from a fixed seed; ``streamsgd_init``: initialised
+    as ``compute.mlp.init_params`` does (He-normal hidden weights, Glorot-uniform output
+    weights, zero biases) instead of PyTorch's default U(±1/√fan_in)."""
     import torch
 
     torch.manual_seed(SEED)
     model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 1))
+    if streamsgd_init:
+        with torch.no_grad():
+            model[0].weight.normal_(0.0, (2.0 / FEATURES) ** 0.5)
+            limit = (6.0 / (HIDDEN + 1)) ** 0.5
+            model[2].weight.uniform_(-limit, limit)
+            model[0].bias.zero_()
+            model[2].bias.zero_()
     return model, torch.optim.SGD(model.parameters(), lr=LR, weight_decay=L2), torch.nn.BCEWithLogitsLoss()
 
 
@@ -165,9 +176,9 @@ def torch_batches(Xs: np.ndarray, y: np.ndarray) -> list[tuple[Any, Any]]:
     return [(Xt[lo:lo + BATCH], yt[lo:lo + BATCH]) for lo in range(0, len(y), BATCH)]
 
 
-def torch_in_memory(batches: list[tuple[Any, Any]]) -> Any:
-    """(tm) PyTorch's compute alone: one epoch over batches already in memory."""
-    model, optimizer, loss_fn = torch_network()
+def torch_in_memory(batches: list[tuple[Any, Any]], streamsgd_init: bool = False) -> Any:
+    """(tm)/(ti) PyTorch's compute alone: one epoch over batches already in memory."""
+    model, optimizer, loss_fn = torch_network(streamsgd_init)
     for X, y in batches:
         torch_step(model, optimizer, loss_fn, X, y)
     return model
@@ -271,6 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": lambda: torch_from_pyarrow(train, names, mean, std),
         "memory": lambda: streamsgd_fit(streamsgd.ArraySource(X_mem, y_mem, chunk_rows=GROUP_ROWS)),
         "torch_memory": lambda: torch_in_memory(batches),
+        "torch_init": lambda: torch_in_memory(batches, streamsgd_init=True),
         "sklearn": lambda: sklearn_partial_fit(train, names, mean, std),
     }
     times: dict[str, list[float]] = {k: [] for k in methods}
@@ -299,6 +311,7 @@ def report(args: argparse.Namespace, started: float, load: float, rss: dict[int,
     labels = {"fit": "(f) streamsgd fit --hidden 64, end to end", "fit_last": "(f2) the same, --no-average",
               "torch": "(t) PyTorch fed from pyarrow",
               "memory": "(m) streamsgd loop, rows in memory", "torch_memory": "(tm) PyTorch, batches in memory",
+              "torch_init": "(ti) (tm) initialised as streamsgd does",
               "sklearn": "(s) scikit-learn MLPClassifier.partial_fit"}
     print(f"\n{args.rows:,} rows x {FEATURES}, median of {args.runs}; torch threads {args.torch_threads}")
     print(f"{'method':<46}{'seconds':>9}{'rows/s':>12}{'held-out':>10}")

@@ -81,9 +81,12 @@ def test_minibatch_noise_escapes_the_poor_basin() -> None:
         se = math.sqrt(escaped[b] * (1 - escaped[b]) / len(poor))
         print(f"  b = {b:3d} (eta/b = {1 / b:.3f}): escaped to G from {ends.count('G')}/{len(poor)} "
               f"of those starts, p = {escaped[b]:.2f} +- {se:.2f}; ends {''.join(ends)}")
-    # Falls as b grows: monotone over the three b, and the drop from the smallest to the largest
-    # b is at least 3 binomial standard errors of a difference of two proportions of len(poor)
-    # trials at their pooled rate (one-sided p ~ 0.001 under "b does not matter").
+    # Falls as b grows: the drop from the smallest to the largest b is at least 3 binomial
+    # standard errors of a difference of two proportions of len(poor) trials at their pooled
+    # rate (one-sided p ~ 0.001 under "b does not matter"; measured 8/12 against 0/12, 3.5 SE).
+    # The order over the three b is asserted too, although 16 against 64 (2/12 against 0/12) is
+    # within noise: the seeds are fixed, so the test is deterministic, and benchmarks/nonconvex.py
+    # shows the same order over 96 starts (p = 0.78, 0.22, 0 at b = 4, 16, 64).
     assert escaped[4] >= escaped[16] >= escaped[64]
     pooled = (escaped[4] + escaped[64]) / 2
     assert escaped[4] - escaped[64] >= 3 * math.sqrt(pooled * (1 - pooled) * 2 / len(poor))
@@ -107,13 +110,13 @@ def _parameters(model: Model) -> np.ndarray:
     return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in model.layers])
 
 
-def top_hessian_eigenvalue(model: Model, X: np.ndarray, y: np.ndarray, iterations: int = 40) -> float:
+def top_hessian_eigenvalue(model: Model, X: np.ndarray, y: np.ndarray, iterations: int = 80) -> float:
     """λ_max of the training loss's Hessian at the model's parameters, by power iteration.
 
     H·v is a central difference of the product's full-data mean gradient (float64 activations):
-    (∇L(θ + εv) − ∇L(θ − εv)) / 2ε, exact to O(ε²) (ε = 1e-4 on |v| = 1, θ of order 1). The
-    minima compared here have λ_max several times larger than the next eigenvalues' gap needs
-    for 40 iterations to settle to 3 digits (checked: 80 iterations change it by < 0.5 %).
+    (∇L(θ + εv) − ∇L(θ − εv)) / 2ε, exact to O(ε²) (ε = 1e-4 on |v| = 1, θ of order 1). For
+    the minima compared here, 80 iterations settle λ_max to 4 digits (checked: 160 change it by
+    less than 0.01 %; 40 left one of them 1.5 % low).
     """
     assert model.layers is not None and model.metadata.get("mlp")
     lay = mlp.layout(X.shape[1], model.metadata["mlp"]["hidden"], 1)
