@@ -18,7 +18,8 @@ from ..config import DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET
 from .base import SourceBase
 from .cast import arrow_values, to_dtype
 from .validate import not_finite, refuse_nulls
-from .columns import FooterFacts, numeric_kind
+from .columns import FooterFacts, categorical_kind, numeric_kind
+from .encoding import Encoding
 from .missing import imputed, indicator_name, no_mean, split_indicators
 from ..errors import DataError, SourceError, UsageError
 from . import retry
@@ -157,6 +158,7 @@ class ParquetSource(SourceBase):
         exclude: Sequence[str] | None = None,
         weight: str | None = None,
         retry_policy: retry.RetryPolicy | None = None,
+        categorical: Sequence[str] = (),
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -183,14 +185,21 @@ class ParquetSource(SourceBase):
         self.target = target
         self.column_types = {f.name: f.type for f in schema}
         features, indicated = split_indicators(features, schema.names)
-        self.features, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
-                                                       features, feature_hint, exclude, self.column_types)
+        chosen, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
+                                                features, feature_hint, exclude, self.column_types, categorical)
+        #: the hashed columns (text, and --categorical's integers), read by read_hashed, never by read_into
+        self.categorical = [n for n in chosen if n not in self.partition_columns
+                            and categorical_kind(self.column_types[n], n in categorical)]
+        self.features = [n for n in chosen if n not in self.categorical]
+        #: how the categorical columns hash (set by the trainer or from a model: :meth:`encode`)
+        self.encoding: Encoding | None = None
         self.target_type = str(schema.field(target).type) if target is not None else None
         #: the sample-weight column (``--weight``): read with the target, never a feature
         self.weight = weight
         if weight is not None:
             self.features = _weight_apart(self.paths[0], schema, weight, features, self.features)
-        used = self.features + ([target] if target is not None else []) + ([weight] if weight is not None else [])
+        used = (self.features + self.categorical + ([target] if target is not None else [])
+                + ([weight] if weight is not None else []))
         #: null counts, constant and id-like columns, from the footers as they are parsed
         self.footer_facts = FooterFacts([n for n in used if n not in self.partition_columns])
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
@@ -224,6 +233,22 @@ class ParquetSource(SourceBase):
         self.imputation = {k: float(v) for k, v in means.items()}
         self.indicated = list(indicated)
         self.features = base + [indicator_name(c) for c in self.indicated]
+
+    def encode(self, encoding: Encoding) -> None:
+        """Hash the categorical columns with ``encoding`` (the run's, or a model's)."""
+        if list(encoding.columns) != self.categorical:
+            raise DataError(f"{self.url}: the categorical columns are {self.categorical[:10]}, but the model hashes "
+                            f"{list(encoding.columns)[:10]}; use data with the model's columns")
+        self.encoding = encoding
+
+    def read_hashed(self, i: int, idx: NDArray[np.int32], sign: NDArray[np.int8], rows: NDArray | None = None) -> None:
+        """Hash chunk ``i``'s categorical columns into ``idx``/``sign`` (rows x columns), its
+        row ``j`` into row ``rows[j]`` when given; a null is the column's null category."""
+        assert self.encoding is not None  # set before any window is read (train.setup, tools.inference)
+        table = self.read_columns(i, self.categorical)
+        to = slice(None) if rows is None else rows
+        for j in range(len(self.categorical)):
+            idx[to, j], sign[to, j] = self.encoding.hash(j, table.column(j))
 
     def _fresh(self) -> None:
         """The footer cache, the streams' registry and its lock, the retry breaker: empty."""
@@ -507,6 +532,11 @@ class ParquetSource(SourceBase):
                     raise DataError(f"{path}: target column {name!r} has type {other.field(name).type}, but {first} "
                                     f"has {schema.field(name).type}; give every file a target of the same kind")
                 continue
+            if name in self.categorical:
+                if not categorical_kind(other.field(name).type, True):
+                    raise DataError(f"{path}: column {name!r} has type {other.field(name).type}, but {first} has "
+                                    f"{schema.field(name).type}; give every file the same column types")
+                continue
             if not _is_numeric(other.field(name)):
                 raise DataError(
                     f"{path}: column {name!r} has type {other.field(name).type}, but {first} has "
@@ -747,6 +777,7 @@ def _check_numeric(path: str, field, fix: str = "choose numeric columns with --f
 def _resolve_columns(
     path: str, schema, partitions: list[str], target: str | None, features: Sequence[str] | None,
     feature_hint: str, exclude: Sequence[str] | None = None, types: dict[str, Any] | None = None,
+    categorical: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
     """The feature columns and the skipped ones with their reasons (``columns.select``),
     after checking the target and every feature named outright (not by a glob)."""
@@ -768,10 +799,12 @@ def _resolve_columns(
             )
         if name == target and _is_text(schema.field(name).type):
             continue  # text labels: softmax reads them as class indices, other models refuse them (sources.labels)
+        if name != target and categorical_kind(schema.field(name).type, name in categorical):
+            continue  # a categorical feature: hashed
         _check_numeric(path, schema.field(name), hint)
     # partition columns are only used when named
     types = types if types is not None else {f.name: f.type for f in schema}
-    return select(path, types, partitions, target, features, exclude, feature_hint)
+    return select(path, types, partitions, target, features, exclude, feature_hint, categorical)
 
 
 def _weight_apart(path: str, schema, weight: str, features: Sequence[str] | None, chosen: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPO
 from ..compute.losses import row_loss
 from ..compute.noise import NoiseMeter
 from ..compute.optim import schedule_lr
+from ..compute.sparse import finish_batch_hashed, train_rows_hashed
 from ..config import FitConfig
 from ..errors import DivergenceError, RunStopped, SourceError
 from ..pipeline.epochs import EpochStream
@@ -49,6 +50,7 @@ class Run:
         assert st.classes is not None  # set by setup
         self.params = pack_params(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, gw=st.gw, l1_q=st.l1_q,
                                   l1_u=st.l1_u, cw=st.cw, classes=st.classes)
+        self.hashed = st.hashed()  # the categorical columns' weights (compute.sparse), or None
         # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
         self.meter = meter = NoiseMeter(n_rows=self.schedule.N, n_params=st.theta.size)
         assert meter.total is not None  # sized by n_params
@@ -206,8 +208,12 @@ class Run:
                     break
         if st.counters[FILLED]:  # the epoch's short last batch
             assert st.spec is not None and st.hyper is not None and st.mean is not None and st.scale is not None
-            finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
-                         self.noise)
+            if self.hashed is not None:
+                finish_batch_hashed(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters,
+                                    st.sums, self.noise, self.hashed)
+            else:
+                finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
+                             self.noise)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[T] % self.config.log_every == 0:
@@ -227,8 +233,14 @@ class Run:
         pos = 0
         while pos < order.size and not self.done():
             sw = _UNWEIGHTED if window.w is None else window.w
-            pos = train_rows(window.X, window.y, sw, order, pos, order.size, self.next_stop(), st.spec,
-                             st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums, self.noise)
+            if self.hashed is not None:
+                pos = train_rows_hashed(window.X, window.y, sw, window.idx, window.sign, order, pos, order.size,
+                                        self.next_stop(), st.spec, st.hyper, self.params, st.opt_state, st.mean,
+                                        st.scale, st.counters, st.sums, self.noise, self.hashed)
+            else:
+                pos = train_rows(window.X, window.y, sw, order, pos, order.size, self.next_stop(), st.spec,
+                                 st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
+                                 self.noise)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[FILLED] == 0:
