@@ -56,8 +56,10 @@ WSCALE, AVG_B = range(N_HF)
 N_HI = 1
 N_TOUCHED = 0
 
-#: wscale below this is folded into the weights (O(2**bits), rare: after ~ln(1e9)/(η·l2) updates).
-RENORMALIZE = 1e-9
+#: wscale below this is folded into the weights (O(2**bits), rare: every ~ln(1e3)/(η·l2) updates).
+#: Not scikit-learn's 1e-9: the average's sum S + B·u cancels terms of size 1/wscale, so
+#: a smaller wscale would cost the averaged weights that many digits.
+RENORMALIZE = 1e-3
 
 
 def pack_hashed(bits: int) -> tuple[NDArray, ...]:
