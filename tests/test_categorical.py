@@ -299,3 +299,26 @@ def test_a_model_whose_golden_values_no_longer_hash_alike_is_refused(tables, fit
                          categorical=model.hashed_columns)
     with pytest.raises(ModelFileError, match=r"categorical value \['species', ''\] no longer hashes to"):
         evaluate(streamsgd.load(tmp_path / "bad.npz"), source)
+
+
+def test_show_states_the_hashed_columns(fitted):
+    from streamsgd.tools.show import describe_model
+
+    assert describe_model(fitted[0])["categorical"] == {"columns": CATEGORICAL, "bits": 20, "nonzero_weights": 9}
+
+
+def test_batches_carry_the_hashed_columns_as_csr(tables):
+    """``streamsgd.batches`` hashes as fit does (same seed, same bits): unshuffled, the first
+    batch is the file's first rows, k entries per row."""
+    from streamsgd.sources.encoding import Encoding
+
+    (paths, train, _) = tables
+    with streamsgd.batches(paths["train"], batch=64, shuffle=False, seed=5, hash_bits=12) as stream:
+        batch = next(iter(stream))
+    k = len(CATEGORICAL)
+    assert batch.X.shape == (64, len(NUMERIC)) and batch.indptr.tolist() == list(range(0, 64 * k + 1, k))
+    encoding = Encoding.of(CATEGORICAL, 12, 5)
+    for j, name in enumerate(CATEGORICAL):
+        idx, sign = encoding.hash(j, pa.array(train[name].iloc[:64], pa.string(), from_pandas=True))
+        np.testing.assert_array_equal(batch.indices[j::k], idx)
+        np.testing.assert_array_equal(batch.values[j::k], sign.astype(np.float32))

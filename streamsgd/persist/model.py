@@ -121,6 +121,14 @@ class Model:
 
     def decision_function(self, X: NDArray) -> NDArray[np.float64]:
         """Margins, X of shape (n_rows, n_features) in ``self.features`` order."""
+        if self.hashed is not None:  # X has no room for the categorical columns
+            raise UsageError(f"this model also hashes the categorical columns {self.hashed_columns[:5]}, which an "
+                             "array X does not hold; score a data set with streamsgd predict / evaluate")
+        return self.dense_margins(X)
+
+    def dense_margins(self, X: NDArray) -> NDArray[np.float64]:
+        """The margins of the numeric features alone (a model with categorical columns adds
+        ``hashed_margins``), X of shape (n_rows, n_features) in ``self.features`` order."""
         if self.layers is not None:
             return _mlp_margins(self, np.asarray(X, dtype=np.float64))
         return np.asarray(X, dtype=np.float64) @ np.asarray(self.coef).T + self.intercept

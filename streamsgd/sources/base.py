@@ -146,6 +146,9 @@ class SourceBase:
         self.__dict__.update(state)
         self._fresh()
 
+    def skip_categorical(self, reason: str) -> None:
+        """Leave the categorical columns out: a source without any has nothing to do."""
+
     def read_hashed(self, i: int, idx: NDArray, sign: NDArray, rows: NDArray | None = None) -> None:
         """Hash chunk ``i``'s categorical columns: a source without any is never asked."""
         raise NotImplementedError(f"{type(self).__name__} has no categorical columns")

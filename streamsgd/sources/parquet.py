@@ -241,6 +241,12 @@ class ParquetSource(SourceBase):
                             f"{list(encoding.columns)[:10]}; use data with the model's columns")
         self.encoding = encoding
 
+    def skip_categorical(self, reason: str) -> None:
+        """Leave the categorical columns out, with ``reason`` (a reader that cannot carry them)."""
+        self.skipped = {**self.skipped, **{n: reason for n in self.categorical}}
+        self.categorical = []
+        self.encoding = None
+
     def read_hashed(self, i: int, idx: NDArray[np.int32], sign: NDArray[np.int8], rows: NDArray | None = None) -> None:
         """Hash chunk ``i``'s categorical columns into ``idx``/``sign`` (rows x columns), its
         row ``j`` into row ``rows[j]`` when given; a null is the column's null category."""

@@ -50,7 +50,7 @@ def _check_encoding(model: Model, source: Source) -> None:
 
 def _margins(model: Model, window: Window) -> NDArray[np.float64]:
     """The model's margins of a window's rows: its dense block and its hashed features."""
-    z = model.decision_function(window.X)
+    z = model.dense_margins(window.X)
     return z + model.hashed_margins(window.idx, window.sign) if model.hashed is not None else z
 
 

@@ -42,7 +42,7 @@ from .plot import plot_tuning
 from ..sources import Source, n_rows
 from ..train import Hooks, fit
 from ..train.setup import plan_memory
-from ..pipeline.windows import read_window
+from ..pipeline.windows import hashed_columns, read_window
 from ..sources.validate import check_target
 
 __all__ = ["ChunkSubset", "fit_inverse_batch", "fit_iteration_time", "measure_noise", "optimal_batch",
@@ -224,6 +224,10 @@ def tune(
     options = options or TuneOptions()
     if source.target is None:
         raise UsageError(f"{source.url}: tuning needs a target column; set --target")
+    for data in [d for d in (source, validation) if d is not None]:  # the noise meter reads the dense block alone
+        if hashed_columns(data):
+            data.skip_categorical("categorical: tune-batch measures dense columns only; "  # type: ignore[attr-defined]
+                                  "fit takes it")
     if config.missing == "impute":  # the training data's means, for a --validation set too
         impute_nulls(source, validation)
     train, validation = _holdout(source, validation, options.holdout, config.seed)

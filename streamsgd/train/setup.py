@@ -62,10 +62,12 @@ def table_bytes(source: Source, config: FitConfig) -> int:
     return need
 
 
-def plan_memory(source: Source, config: FitConfig) -> MemoryPlan:
+def plan_memory(source: Source, config: FitConfig, with_table: bool = True) -> MemoryPlan:
     """The memory plan of ``source`` under ``config``; a limit too small for one reader and a
-    window of the largest chunk is refused, naming a limit that works."""
-    plan = MemoryPlan.solve(source, config, source_row_bytes(source, config), table_bytes(source, config))
+    window of the largest chunk is refused, naming a limit that works. ``with_table``: the
+    hashed weights are paid for (a training run; a batch stream holds none)."""
+    table = table_bytes(source, config) if with_table else 0
+    plan = MemoryPlan.solve(source, config, source_row_bytes(source, config), table)
     if plan is None:
         biggest = max(source.chunk_rows, default=0)
         raise UsageError(
