@@ -140,6 +140,8 @@ def cli() -> None:
 @_CATEGORICAL
 @click.option("--hash-bits", type=int, default=FitConfig.hash_bits, show_default=True,
               help="Categorical columns are hashed into 2^BITS weights.")
+@click.option("--interactions", multiple=True, metavar="A:B",
+              help="Cross two categorical columns (one more hashed feature per row), comma-separated or repeated.")
 @store_options
 @click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
 @click.option("--batch", default=str(FitConfig.batch), show_default=True,
@@ -227,8 +229,8 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
               **{k: opts.pop(k) for k in ("metrics", "checkpoint_dir", "checkpoint_every", "checkpoint_seconds",
                                           "keep_checkpoints", "resume", "allow_data_change", "init")})
     config = FitConfig(target=target, features=_split(opts.pop("features")), exclude=_split(opts.pop("exclude")),
-                       categorical=_split(opts.pop("categorical")), memory_limit=parse_bytes(opts.pop("memory_limit")),
-                       **opts)
+                       categorical=_split(opts.pop("categorical")), interactions=_split(opts.pop("interactions")),
+                       memory_limit=parse_bytes(opts.pop("memory_limit")), **opts)
     _check_output_dir(output, "--output", job.storage_options)
     if job.metrics:
         _check_output_dir(job.metrics, "--metrics")

@@ -97,6 +97,8 @@ class FitConfig:
     categorical: tuple[str, ...] | None = None
     #: index bits of the hashed categorical features: 2**hash_bits weights
     hash_bits: int = 20
+    #: crossed pairs of categorical columns, "a:b" each: one more hashed feature per row and pair
+    interactions: tuple[str, ...] | None = None
     #: rows per update; "full" = N (streamed full-batch GD), "auto" = grown by the norm test
     batch: int | str = 512
     batch_min: int = 32

@@ -304,7 +304,8 @@ def test_a_model_whose_golden_values_no_longer_hash_alike_is_refused(tables, fit
 def test_show_states_the_hashed_columns(fitted):
     from streamsgd.tools.show import describe_model
 
-    assert describe_model(fitted[0])["categorical"] == {"columns": CATEGORICAL, "bits": 20, "nonzero_weights": 9}
+    assert describe_model(fitted[0])["categorical"] == {"columns": CATEGORICAL, "bits": 20, "interactions": [],
+                                                        "nonzero_weights": 9}
 
 
 def test_batches_carry_the_hashed_columns_as_csr(tables):
@@ -322,3 +323,23 @@ def test_batches_carry_the_hashed_columns_as_csr(tables):
         idx, sign = encoding.hash(j, pa.array(train[name].iloc[:64], pa.string(), from_pandas=True))
         np.testing.assert_array_equal(batch.indices[j::k], idx)
         np.testing.assert_array_equal(batch.values[j::k], sign.astype(np.float32))
+
+
+def test_interactions_cross_two_columns_and_predict_crosses_them_alike(tables, tmp_path):
+    """--interactions species:sex adds one hashed feature per row: a weight per (species,
+    sex) pair seen (null sex included); evaluate re-hashes the pairs' golden values first."""
+    from streamsgd.tools.inference import evaluate
+
+    (paths, train, _) = tables
+    model = train_fit(open_source(paths["train"]), FitConfig(epochs=20, interactions=("species:sex",))).model
+    record = model.metadata["categorical"]
+    assert record["interactions"] == ["species:sex"]
+    assert any(g[0] == "species:sex" for g in record["golden"])
+    pairs = train.groupby(["species", "sex"], dropna=False).ngroups
+    assert np.count_nonzero(model.hashed) == 9 + pairs
+    model.save(str(tmp_path / "m.npz"))
+    source = open_source(paths["test"], features=model.features + model.hashed_columns,
+                         categorical=model.hashed_columns)
+    assert evaluate(streamsgd.load(tmp_path / "m.npz"), source)["accuracy"] > 0.85
+    with pytest.raises(UsageError, match=r"^--interactions species:year: expected two different categorical"):
+        train_fit(open_source(paths["train"]), FitConfig(epochs=1, interactions=("species:year",)))

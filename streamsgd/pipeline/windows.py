@@ -50,8 +50,10 @@ HASHED_BYTES = 5
 
 
 def hashed_columns(source: Source) -> int:
-    """The number of categorical (hashed) columns of ``source``: k of a window's idx/sign."""
-    return len(getattr(source, "categorical", ()))
+    """Hashed features per row of ``source``, k of a window's idx/sign: one per categorical
+    column, and one per crossed pair of its encoding (``--interactions``)."""
+    encoding = getattr(source, "encoding", None)
+    return len(getattr(source, "categorical", ())) + (len(encoding.interactions) if encoding is not None else 0)
 
 
 def window_bytes(source: Source, chunks: NDArray[np.int64], dtype: DTypeLike, with_target: bool) -> int:

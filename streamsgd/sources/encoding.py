@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ModelFileError, UsageError
-from .hashing import MAX_HASH_BITS, MAX_SEED, column_seed, hash_column
+from .hashing import MAX_HASH_BITS, MAX_SEED, column_seed, hash_column, hash_pairs
 
 #: The hash and its conventions (sources.hashing: MurmurHash3_x86_32 of the value's bytes
 #: under the column seed, index = low bits, sign = bit 31, integers as 8 bytes + a tag, a
@@ -41,33 +41,61 @@ GOLDEN_INT = -7
 class Encoding:
     """How the categorical columns of a run become sparse features.
 
-    columns : the hashed columns, in the order of a window's ``idx``/``sign`` columns.
+    columns : the hashed columns, in the order of a window's first ``idx``/``sign`` columns.
     bits : index bits; indices lie in [0, 2**bits).
     seed : the run's hash seed (``--seed`` modulo 2**32); seeds : each column's seed.
+    interactions : crossed pairs of those columns (``--interactions a:b``), each one more
+        window column after the columns, hashed from the pair's two features under the seed
+        of the name ``a:b`` (``hashing.hash_pairs``).
     """
 
     columns: tuple[str, ...]
     bits: int
     seed: int
     seeds: tuple[int, ...]
+    interactions: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of(cls, columns: Sequence[str], bits: int, seed: int) -> "Encoding":
+    def of(cls, columns: Sequence[str], bits: int, seed: int,
+           interactions: Sequence[tuple[str, str]] = ()) -> "Encoding":
         """The encoding of ``columns`` under a run seed (any integer: its low 32 bits are used)."""
         if not 1 <= int(bits) <= MAX_HASH_BITS:
             raise UsageError(f"--hash-bits: expected 1 to {MAX_HASH_BITS} (bit 31 of the hash is the sign); "
                              f"got {bits}")
+        for pair in interactions:
+            unknown = [c for c in pair if c not in columns]
+            if unknown or len(pair) != 2 or pair[0] == pair[1]:
+                raise UsageError(f"--interactions {':'.join(pair)}: expected two different categorical columns "
+                                 f"(these: {', '.join(columns[:10])}); fix --interactions")
         run_seed = int(seed) & MAX_SEED
-        return cls(tuple(columns), int(bits), run_seed, tuple(column_seed(c, run_seed) for c in columns))
+        return cls(tuple(columns), int(bits), run_seed, tuple(column_seed(c, run_seed) for c in columns),
+                   tuple((str(a), str(b)) for a, b in interactions))
 
     @property
     def size(self) -> int:
         """The number of hashed weights, 2**bits."""
         return 1 << self.bits
 
+    @property
+    def width(self) -> int:
+        """Hashed features per row: one per column and one per crossed pair."""
+        return len(self.columns) + len(self.interactions)
+
+    def pair_seed(self, pair: tuple[str, str]) -> int:
+        """The seed of a crossed pair: the column seed of the name ``a:b``."""
+        return column_seed(":".join(pair), self.seed)
+
     def hash(self, j: int, array: Any) -> tuple[NDArray[np.int32], NDArray[np.int8]]:
         """(idx, sign) of each row of Arrow array ``array``, the values of column ``j``."""
         return hash_column(array, self.seeds[j], self.bits)
+
+    def hash_table(self, table: Any) -> list[tuple[NDArray[np.int32], NDArray[np.int8]]]:
+        """(idx, sign) of every window column: the columns of ``table`` (a pyarrow Table holding
+        ``columns``), then the crossed pairs."""
+        hashed = [self.hash(j, table.column(name)) for j, name in enumerate(self.columns)]
+        where = {name: j for j, name in enumerate(self.columns)}
+        return hashed + [hash_pairs(hashed[where[a]], hashed[where[b]], self.pair_seed((a, b)), self.bits)
+                         for a, b in self.interactions]
 
     def golden(self) -> list[list[Any]]:
         """[column, value, index, sign] for each column and each golden value (None: the null)."""
@@ -78,13 +106,21 @@ class Encoding:
             for values in (pa.array([*GOLDEN_TEXT, None], pa.string()), pa.array([GOLDEN_INT], pa.int64())):
                 idx, sign = self.hash(j, values)
                 out += [[name, v, int(i), int(s)] for v, i, s in zip(values.to_pylist(), idx, sign)]
+        text = pa.array([*GOLDEN_TEXT, None], pa.string())
+        for pair in self.interactions:  # each golden text crossed with the next one
+            a, b = self.hash(self.columns.index(pair[0]), text), self.hash(self.columns.index(pair[1]), text)
+            shifted = (np.roll(b[0], -1), np.roll(b[1], -1))
+            idx, sign = hash_pairs(a, shifted, self.pair_seed(pair), self.bits)
+            values = text.to_pylist()
+            out += [[":".join(pair), [v, values[(k + 1) % len(values)]], int(i), int(s)]
+                    for k, (v, i, s) in enumerate(zip(values, idx, sign))]
         return out
 
     def to_json(self) -> dict[str, Any]:
         """The encoding as the model file's metadata stores it."""
         return {"hash": HASH_NAME, "version": HASH_VERSION, "columns": list(self.columns), "bits": self.bits,
                 "seed": self.seed, "seeds": list(self.seeds), "sign": "bit31", "nulls": NULL_POLICY,
-                "golden": self.golden()}
+                "interactions": [":".join(p) for p in self.interactions], "golden": self.golden()}
 
     @classmethod
     def from_json(cls, record: dict[str, Any], where: str) -> "Encoding":
@@ -92,8 +128,9 @@ class Encoding:
         if record.get("hash") != HASH_NAME or record.get("version") != HASH_VERSION:
             raise ModelFileError(f"{where}: categorical encoding {record.get('hash')} version {record.get('version')} "
                                  f"is not this streamsgd's ({HASH_NAME} version {HASH_VERSION}); retrain the model")
+        pairs = tuple(tuple(p.split(":", 1)) for p in record.get("interactions", []))
         enc = cls(tuple(record["columns"]), int(record["bits"]), int(record["seed"]),
-                  tuple(int(s) for s in record["seeds"]))
+                  tuple(int(s) for s in record["seeds"]), pairs)  # type: ignore[arg-type]
         if list(enc.seeds) != [column_seed(c, enc.seed) for c in enc.columns]:
             raise ModelFileError(f"{where}: the column seeds do not follow from the hash seed; the file was altered")
         want = [list(g) for g in record.get("golden", [])]

@@ -251,10 +251,9 @@ class ParquetSource(SourceBase):
         """Hash chunk ``i``'s categorical columns into ``idx``/``sign`` (rows x columns), its
         row ``j`` into row ``rows[j]`` when given; a null is the column's null category."""
         assert self.encoding is not None  # set before any window is read (train.setup, tools.inference)
-        table = self.read_columns(i, self.categorical)
         to = slice(None) if rows is None else rows
-        for j in range(len(self.categorical)):
-            idx[to, j], sign[to, j] = self.encoding.hash(j, table.column(j))
+        for j, (ids, signs) in enumerate(self.encoding.hash_table(self.read_columns(i, self.categorical))):
+            idx[to, j], sign[to, j] = ids, signs
 
     def _fresh(self) -> None:
         """The footer cache, the streams' registry and its lock, the retry breaker: empty."""

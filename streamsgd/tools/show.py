@@ -63,6 +63,7 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
         # hashed categorical columns: their encoding and how many of the 2^bits weights are not 0
         "categorical": None if model.hashed is None else {
             "columns": model.hashed_columns, "bits": meta["categorical"]["bits"],
+            "interactions": meta["categorical"].get("interactions", []),
             "nonzero_weights": int(np.count_nonzero(model.hashed))},
         "metrics": meta.get("metrics", {}),
         "config": meta.get("config", {}),
@@ -92,7 +93,8 @@ def format_model(info: dict[str, Any]) -> list[str]:
                          f"{_number(f['mean']):>12}  {_number(f['scale']):>12}")
     if info.get("categorical"):
         cat = info["categorical"]
-        lines.append(f"categorical  {', '.join(cat['columns'])}  (hashed into 2^{cat['bits']} weights, "
+        crossed = f" x {', '.join(cat['interactions'])}" if cat["interactions"] else ""
+        lines.append(f"categorical  {', '.join(cat['columns'])}{crossed}  (hashed into 2^{cat['bits']} weights, "
                      f"{cat['nonzero_weights']} not 0)")
     metrics = info["metrics"]
     summary = [f"{k} {_number(metrics[k])}" for k in ("iterations", "epochs", "rows_seen", "loss", "seconds")

@@ -36,6 +36,8 @@ def categorical_columns(source: Source) -> list[str]:
 def check(source: Source, config: FitConfig, init: Any) -> None:
     """Refuse, in one line naming the option, what the sparse kernels do not serve yet."""
     columns = categorical_columns(source)
+    if config.interactions and not columns:
+        raise UsageError(f"--interactions: {source.url} has no categorical column to cross; drop --interactions")
     if not columns:
         return
     shown = ", ".join(columns[:5]) + (", …" if len(columns) > 5 else "")
@@ -67,7 +69,11 @@ def encode(source: Source, config: FitConfig) -> Encoding | None:
     columns = categorical_columns(source)
     if not columns:
         return None
-    encoding = Encoding.of(columns, config.hash_bits, config.seed)
+    pairs = [tuple(p.split(":")) for p in config.interactions or ()]
+    bad = [":".join(p) for p in pairs if len(p) != 2]
+    if bad:
+        raise UsageError(f"--interactions {bad[0]}: expected two categorical columns as a:b; fix --interactions")
+    encoding = Encoding.of(columns, config.hash_bits, config.seed, pairs)  # type: ignore[arg-type]
     source.encode(encoding)  # type: ignore[attr-defined]
     return encoding
 
