@@ -343,3 +343,21 @@ def test_interactions_cross_two_columns_and_predict_crosses_them_alike(tables, t
     assert evaluate(streamsgd.load(tmp_path / "m.npz"), source)["accuracy"] > 0.85
     with pytest.raises(UsageError, match=r"^--interactions species:year: expected two different categorical"):
         train_fit(open_source(paths["train"]), FitConfig(epochs=1, interactions=("species:year",)))
+
+
+def test_the_validation_loss_scores_the_hashed_columns(tables):
+    """The last epoch's val_loss is the final model's loss on the held-out chunk, as
+    evaluate computes it from the model file's weights."""
+    from streamsgd.sources.subset import ChunkSubset
+    from streamsgd.tools.inference import evaluate
+
+    (paths, _, _) = tables
+    records: list = []
+    model = train_fit(open_source(paths["train"]), FitConfig(epochs=30, batch=32, validation_fraction=0.25),
+                      hooks=Hooks(on_progress=records.append)).model
+    held = model.metadata["validation"]["chunks"]
+    assert len(held) == 1  # one of the 4 row groups of 60 rows
+    last = [r for r in records if r["event"] == "epoch"][-1]
+    subset = ChunkSubset(open_source(paths["train"], features=model.features + model.hashed_columns,
+                                     categorical=model.hashed_columns), held)
+    assert last["val_loss"] == pytest.approx(evaluate(model, subset)["loss"], rel=1e-9)

@@ -98,6 +98,9 @@ class SourceWrapper:
     def read_hashed(self, i: int, idx: NDArray, sign: NDArray, rows: NDArray | None = None) -> None:
         self._source.read_hashed(i, idx, sign, rows)  # type: ignore[attr-defined]
 
+    def encode(self, encoding: Any) -> None:
+        self._source.encode(encoding)  # type: ignore[attr-defined]
+
     def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
         self._source.read_into(i, X, y, rows)
 

@@ -55,8 +55,6 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
         (config.n_shards > 1 or config.cluster, f"--shards/--workers: categorical columns train in one process for "
                                                 f"now; drop the cluster options {fix}"),
         (init is not None, "--init: a warm start does not carry hashed weights yet; start without --init"),
-        (config.validation_fraction > 0, "--validation-fraction: the validation loss does not score categorical "
-                                         f"columns yet; drop it (and --early-stopping) {fix}"),
     ]
     for refused, message in refusals:
         if refused:

@@ -21,7 +21,7 @@ from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPO
 from ..compute.losses import row_loss
 from ..compute.noise import NoiseMeter
 from ..compute.optim import schedule_lr
-from ..compute.sparse import finish_batch_hashed, train_rows_hashed
+from ..compute.sparse import finish_batch_hashed, folded, train_rows_hashed
 from ..config import FitConfig
 from ..errors import DivergenceError, RunStopped, SourceError
 from ..pipeline.epochs import EpochStream
@@ -291,13 +291,18 @@ def validation_loss(validation: Source, config: FitConfig, st: State) -> float:
     theta = st.avg if st.counters[AVERAGED] else st.theta
     blocks = int(st.spec[BLOCKS])
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
+    hashed = st.hashed()  # the categorical columns' weights, the average's when theta is
+    weights = None if hashed is None else folded(hashed, int(st.counters[AVERAGED]))
     param = config.epsilon if config.model == "huber" else config.quantile
     total, rows = 0.0, 0.0
     for c in range(len(validation.chunk_rows)):
         window = read_window(validation, np.array([c]), np.float64, True)
         assert window.y is not None  # read with the target
         y = window.y if blocks == 1 else np.searchsorted(np.asarray(st.classes), window.y)
-        losses = row_loss(config.model, window.X @ coef.T + intercept, y, param)
+        z = window.X @ coef.T + intercept
+        if weights is not None:
+            z = z + (weights[window.idx] * window.sign).sum(axis=1)
+        losses = row_loss(config.model, z, y, param)
         total += float(losses.sum() if window.w is None else losses @ window.w)
         rows += window.y.size if window.w is None else float(window.w.sum())
     return total / rows if rows > 0 else 0.0
