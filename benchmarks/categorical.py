@@ -7,9 +7,8 @@ values each, pyarrow's default writer), a logistic target from both. ``streamsgd
 weights), and, as the reference, on the 8 numeric columns alone (``--exclude`` the strings).
 Runs go round-robin; each figure is the median of ``--runs``: rows trained per second of the
 whole run (the summary's ``seconds``: setup, reading, hashing and training, not the process
-start; its ``rows_per_second`` subtracts Numba's compile events, which reader threads emit
-while the trainer runs, so it is not comparable between runs that load different kernels)
-and peak RSS.
+start; its ``rows_per_second`` disagreed with the whole-run times between these runs, see
+benchmarks/README.md) and peak RSS.
 
 If an update cost O(2^bits), 24 bits would be ~4,000x slower than 12 bits; O(nnz) means the
 three agree up to cache misses on the larger table. Writes benchmarks/out/categorical.json.
