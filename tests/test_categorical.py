@@ -361,3 +361,19 @@ def test_the_validation_loss_scores_the_hashed_columns(tables):
     subset = ChunkSubset(open_source(paths["train"], features=model.features + model.hashed_columns,
                                      categorical=model.hashed_columns), held)
     assert last["val_loss"] == pytest.approx(evaluate(model, subset)["loss"], rel=1e-9)
+
+
+def test_the_memory_plan_charges_the_hashed_columns_and_table(tables):
+    """5 bytes per row and categorical column in a window (int32 id, int8 sign); 48 bytes per
+    hashed weight (weights, gradient sums, AdaGrad's and the average's sums, stamp, touched
+    list); a table over half the limit is refused naming --hash-bits."""
+    from streamsgd.train.setup import source_row_bytes, table_bytes
+
+    (paths, _, _) = tables
+    config = FitConfig(hash_bits=16)
+    with_text, numeric = open_source(paths["train"]), open_source(paths["train"], exclude=CATEGORICAL)
+    assert source_row_bytes(with_text, config) - source_row_bytes(numeric, config) == 5 * len(CATEGORICAL)
+    assert table_bytes(with_text, config) == 48 * 2**16 and table_bytes(numeric, config) == 0
+    with pytest.raises(UsageError, match=r"^--hash-bits 24: the hashed weights and their optimizer state take "
+                                         r"768 MiB, more than half of --memory-limit"):
+        train_fit(open_source(paths["train"]), FitConfig(hash_bits=24, memory_limit="1GiB", epochs=1))
