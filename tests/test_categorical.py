@@ -377,3 +377,40 @@ def test_the_memory_plan_charges_the_hashed_columns_and_table(tables):
     with pytest.raises(UsageError, match=r"^--hash-bits 24: the hashed weights and their optimizer state take "
                                          r"768 MiB, more than half of --memory-limit"):
         train_fit(open_source(paths["train"]), FitConfig(hash_bits=24, memory_limit="1GiB", epochs=1))
+
+
+def test_a_list_column_hashes_each_value_and_pads_with_sign_zero():
+    from streamsgd.sources.hashing import hash_column, hash_list_column
+
+    lists = pa.array([["x", "y"], None, [], ["z", None]], pa.list_(pa.string()))
+    idx, sign = hash_list_column(lists.slice(0), 7, 10, width=3)
+    scalar_idx, scalar_sign = hash_column(pa.array(["x", "y", "z", None]), 7, 10)
+    np.testing.assert_array_equal(idx[[0, 0, 3, 3], [0, 1, 0, 1]], scalar_idx)
+    np.testing.assert_array_equal(sign[[0, 0, 3, 3], [0, 1, 0, 1]], scalar_sign)
+    assert (idx[1, 0], sign[1, 0]) == (scalar_idx[3], scalar_sign[3])  # a null list: the null category
+    assert not sign[2].any() and not sign[:, 2].any() and not sign[1, 1:].any()  # empty, padding: no term
+    tail_idx, tail_sign = hash_list_column(lists.slice(2), 7, 10, width=2)  # a slice reads its own rows
+    np.testing.assert_array_equal(tail_sign, sign[2:, :2])
+    np.testing.assert_array_equal(tail_idx[1], idx[3, :2])
+
+
+def test_a_list_of_one_value_per_row_trains_as_the_scalar_column(tables, tmp_path):
+    """Polars writes species as list<string> of one value: the same features, the same
+    model bit for bit; a list column with several values per row trains and predicts."""
+    import polars as pl
+
+    (paths, train, _) = tables
+    listed = str(tmp_path / "listed.parquet")
+    frame = pl.from_pandas(train).with_columns(pl.col("species").map_elements(lambda s: [s], pl.List(pl.String)))
+    frame.write_parquet(listed, row_group_size=60)
+    assert pq.read_schema(listed).field("species").type == pa.large_list(pa.large_string())
+    models = [train_fit(open_source(p), FitConfig(epochs=3, batch=32)).model for p in (paths["train"], listed)]
+    np.testing.assert_array_equal(models[0].hashed, models[1].hashed)
+    np.testing.assert_array_equal(models[0].coef, models[1].coef)
+    tagged = str(tmp_path / "tagged.parquet")  # species and island in one list: two values a row
+    both = pl.from_pandas(train).with_columns(pl.concat_list("species", "island").alias("place")).drop(
+        "species", "island")
+    both.write_parquet(tagged, row_group_size=60)
+    model = train_fit(open_source(tagged), FitConfig(epochs=3, batch=32)).model
+    assert model.hashed_columns == ["sex", "place"]
+    assert np.count_nonzero(model.hashed) == 3 + 3 + 3  # 3 sexes + null, 3 species and 3 islands

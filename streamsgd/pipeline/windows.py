@@ -51,9 +51,9 @@ HASHED_BYTES = 5
 
 def hashed_columns(source: Source) -> int:
     """Hashed features per row of ``source``, k of a window's idx/sign: one per categorical
-    column, and one per crossed pair of its encoding (``--interactions``)."""
+    column (a list column's width once encoded), and one per crossed pair (``--interactions``)."""
     encoding = getattr(source, "encoding", None)
-    return len(getattr(source, "categorical", ())) + (len(encoding.interactions) if encoding is not None else 0)
+    return len(getattr(source, "categorical", ())) if encoding is None else int(encoding.width)
 
 
 def window_bytes(source: Source, chunks: NDArray[np.int64], dtype: DTypeLike, with_target: bool) -> int:

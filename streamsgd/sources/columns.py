@@ -75,11 +75,21 @@ def is_text(t: Any) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def categorical_kind(t: Any, named: bool) -> bool:
-    """Whether a column of Arrow type ``t`` is a categorical feature: text always, an integer
-    or boolean column (plain or dictionary-encoded) when ``named`` in ``--categorical``."""
+def is_multi(t: Any) -> bool:
+    """Whether Arrow type ``t`` is a list (``list<…>``, ``large_list<…>``): a multi-valued column."""
     import pyarrow as pa
 
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def categorical_kind(t: Any, named: bool) -> bool:
+    """Whether a column of Arrow type ``t`` is a categorical feature: text always, an integer
+    or boolean column (plain or dictionary-encoded) when ``named`` in ``--categorical``, and
+    a list of either (a multi-valued column: one hashed feature per value)."""
+    import pyarrow as pa
+
+    if is_multi(t):
+        return categorical_kind(t.value_type, named)
     if is_text(t):
         return True
     value = t.value_type if pa.types.is_dictionary(t) else t
@@ -102,7 +112,8 @@ def skip_reason(t: Any) -> str:
     if pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value):
         return "text: categorical columns are not read by this data set's reader; encode it as numbers"
     if pa.types.is_list(value) or pa.types.is_large_list(value) or pa.types.is_fixed_size_list(value):
-        return "list: multi-valued columns are not supported yet; leave it out"
+        return ("list: multi-valued columns of text (or of integers named in --categorical) are categorical; "
+                "this one holds neither, or has a fixed size")
     if pa.types.is_struct(value) or pa.types.is_map(value):
         return "nested: struct and map columns are not features; flatten it into numeric columns"
     if pa.types.is_binary(value) or pa.types.is_large_binary(value) or pa.types.is_fixed_size_binary(value):
@@ -189,15 +200,13 @@ def select(
 
 def _hashed(path: str, types: Mapping[str, Any], categorical: Sequence[str] | None) -> set[str]:
     """``--categorical``'s columns, each an integer or boolean column of the data."""
-    import pyarrow as pa
 
     out = set()
     for name in categorical or ():
         if name not in types:
             raise UsageError(f"--categorical: no column {name!r} in {path}; fix --categorical")
-        t = types[name]
-        value = t.value_type if pa.types.is_dictionary(t) else t
-        if not (pa.types.is_integer(value) or pa.types.is_boolean(value) or is_text(t)):
+        if not categorical_kind(types[name], True):
+            t = types[name]
             raise UsageError(f"--categorical: column {name!r} has type {t}; --categorical takes integer columns "
                              "(text columns are categorical already); fix --categorical")
         out.add(name)
@@ -314,6 +323,9 @@ def count_nulls(metas: Any, names: Sequence[str]) -> dict[str, int | None]:
     index: dict[str, int] = {}
     for meta in metas:
         index = column_index(meta, names, index)
+        for name in names:
+            if name not in index:  # a nested column (a list): its chunks are its leaves', named otherwise
+                out[name] = None
         for g in range(meta.num_row_groups):
             rg = meta.row_group(g)
             for name, j in index.items():

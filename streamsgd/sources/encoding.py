@@ -19,7 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ModelFileError, UsageError
-from .hashing import MAX_HASH_BITS, MAX_SEED, column_seed, hash_column, hash_pairs
+from .columns import is_multi
+from .hashing import MAX_HASH_BITS, MAX_SEED, column_seed, hash_column, hash_list_column, hash_pairs
 
 #: The hash and its conventions (sources.hashing: MurmurHash3_x86_32 of the value's bytes
 #: under the column seed, index = low bits, sign = bit 31, integers as 8 bytes + a tag, a
@@ -47,6 +48,9 @@ class Encoding:
     interactions : crossed pairs of those columns (``--interactions a:b``), each one more
         window column after the columns, hashed from the pair's two features under the seed
         of the name ``a:b`` (``hashing.hash_pairs``).
+    widths : window columns of each column: 1, or for a list (multi-valued) column the most
+        values a row of this data holds (``hashing.hash_list_column``); empty: all 1. A
+        property of the data read, not of the model: never stored.
     """
 
     columns: tuple[str, ...]
@@ -54,6 +58,7 @@ class Encoding:
     seed: int
     seeds: tuple[int, ...]
     interactions: tuple[tuple[str, str], ...] = ()
+    widths: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, columns: Sequence[str], bits: int, seed: int,
@@ -78,8 +83,8 @@ class Encoding:
 
     @property
     def width(self) -> int:
-        """Hashed features per row: one per column and one per crossed pair."""
-        return len(self.columns) + len(self.interactions)
+        """Window columns of hashed features: each column's width and one per crossed pair."""
+        return sum(self.widths or [1] * len(self.columns)) + len(self.interactions)
 
     def pair_seed(self, pair: tuple[str, str]) -> int:
         """The seed of a crossed pair: the column seed of the name ``a:b``."""
@@ -90,12 +95,23 @@ class Encoding:
         return hash_column(array, self.seeds[j], self.bits)
 
     def hash_table(self, table: Any) -> list[tuple[NDArray[np.int32], NDArray[np.int8]]]:
-        """(idx, sign) of every window column: the columns of ``table`` (a pyarrow Table holding
-        ``columns``), then the crossed pairs."""
-        hashed = [self.hash(j, table.column(name)) for j, name in enumerate(self.columns)]
+        """(idx, sign) of shape (rows, width) for each column of ``table`` (a pyarrow Table
+        holding ``columns``), then (rows, 1) for each crossed pair: the window's columns in order."""
+        hashed = []
+        for j, name in enumerate(self.columns):
+            column = table.column(name)
+            if is_multi(column.type):
+                hashed.append(hash_list_column(column, self.seeds[j], self.bits, self.widths[j]))
+            else:
+                idx, sign = self.hash(j, column)
+                hashed.append((idx[:, None], sign[:, None]))
         where = {name: j for j, name in enumerate(self.columns)}
-        return hashed + [hash_pairs(hashed[where[a]], hashed[where[b]], self.pair_seed((a, b)), self.bits)
-                         for a, b in self.interactions]
+        for a, b in self.interactions:
+            idx, sign = hash_pairs(tuple(x[:, 0] for x in hashed[where[a]]),  # type: ignore[arg-type]
+                                   tuple(x[:, 0] for x in hashed[where[b]]),  # type: ignore[arg-type]
+                                   self.pair_seed((a, b)), self.bits)
+            hashed.append((idx[:, None], sign[:, None]))
+        return hashed
 
     def golden(self) -> list[list[Any]]:
         """[column, value, index, sign] for each column and each golden value (None: the null)."""

@@ -18,7 +18,8 @@ from ..config import DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET
 from .base import SourceBase
 from .cast import arrow_values, to_dtype
 from .validate import not_finite, refuse_nulls
-from .columns import FooterFacts, categorical_kind, numeric_kind
+from .columns import FooterFacts, categorical_kind, is_multi, numeric_kind
+from .hashing import list_lengths
 from .encoding import Encoding
 from .missing import imputed, indicator_name, no_mean, split_indicators
 from ..errors import DataError, SourceError, UsageError
@@ -235,11 +236,24 @@ class ParquetSource(SourceBase):
         self.features = base + [indicator_name(c) for c in self.indicated]
 
     def encode(self, encoding: Encoding) -> None:
-        """Hash the categorical columns with ``encoding`` (the run's, or a model's)."""
+        """Hash the categorical columns with ``encoding`` (the run's, or a model's); a list
+        column's width is the most values a row of this data holds (one pass over it)."""
+        from dataclasses import replace as with_fields
+
         if list(encoding.columns) != self.categorical:
             raise DataError(f"{self.url}: the categorical columns are {self.categorical[:10]}, but the model hashes "
                             f"{list(encoding.columns)[:10]}; use data with the model's columns")
-        self.encoding = encoding
+        lists = [n for n in self.categorical if is_multi(self.column_types[n])]
+        crossed = [n for pair in encoding.interactions for n in pair if n in lists]
+        if crossed:
+            raise UsageError(f"--interactions: {crossed[0]!r} is a list (multi-valued) column; cross scalar "
+                             "categorical columns only")
+        most = dict.fromkeys(lists, 0)
+        for i in range(len(self.chunk_rows) if lists else 0):
+            table = self.read_columns(i, lists)
+            for n in lists:
+                most[n] = max(most[n], int(list_lengths(table.column(n)).max(initial=0)))
+        self.encoding = with_fields(encoding, widths=tuple(max(1, most.get(n, 1)) for n in self.categorical))
 
     def skip_categorical(self, reason: str) -> None:
         """Leave the categorical columns out, with ``reason`` (a reader that cannot carry them)."""
@@ -253,8 +267,11 @@ class ParquetSource(SourceBase):
         assert self.encoding is not None  # set before any window is read (train.setup, tools.inference)
         to = slice(None) if rows is None else rows
         text = [n for n in self.categorical if _is_text(self.column_types[n])]
-        for j, (ids, signs) in enumerate(self.encoding.hash_table(self.read_columns(i, self.categorical, text))):
-            idx[to, j], sign[to, j] = ids, signs
+        j = 0
+        for ids, signs in self.encoding.hash_table(self.read_columns(i, self.categorical, text)):
+            width = ids.shape[1]
+            idx[to, j:j + width], sign[to, j:j + width] = ids, signs
+            j += width
 
     def _fresh(self) -> None:
         """The footer cache, the streams' registry and its lock, the retry breaker: empty."""
