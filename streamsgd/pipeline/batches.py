@@ -38,8 +38,9 @@ class Batch:
     With categorical columns (k of them, hashed into 2^bits ids: ``sources.encoding``),
     their one-hot features as CSR rows of width 2^bits: ``indices`` (int32, rows·k),
     ``indptr`` (int64, rows + 1: row i holds entries k·i … k·i + k − 1) and ``values``
-    (float32 ±1, the hash's sign), e.g. ``scipy.sparse.csr_matrix((values, indices, indptr))``
-    or ``torch.sparse_csr_tensor``; None without categorical columns.
+    (float32 ±1, the hash's sign; 0 for the padding of a list column's shorter rows), e.g.
+    ``scipy.sparse.csr_matrix((values, indices, indptr))`` or ``torch.sparse_csr_tensor``;
+    None without categorical columns.
     """
 
     X: NDArray
