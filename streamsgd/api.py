@@ -29,6 +29,7 @@ from .train import fit as _train
 from .train.setup import cut_to_limit, plan_memory
 from .train.targets import chunk_target_means
 from .sources.base import missing_members
+from .sources.encoding import Encoding
 from .sources.retry import RetryPolicy
 from .sources.validate import not_finite_target
 
@@ -133,7 +134,8 @@ def fit(
                            exclude=column_names(exclude, "exclude"), weight=weight, **options)
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
                              storage_options=storage_options, format=format, x_array=x_array,
-                             exclude=config.exclude, weight=weight, retry_policy=retry_policy)
+                             exclude=config.exclude, weight=weight, retry_policy=retry_policy,
+                             categorical=config.categorical)
         return _fit_on_cluster(source, config, Hooks(metrics, on_progress)).model
     if weight is not None:
         raise UsageError("weight= names a column of a URL's data; for arrays use "
@@ -199,6 +201,8 @@ def batches(
     storage_options: Mapping[str, Any] | None = None,
     format: str = "auto",
     x_array: str = "X",
+    categorical: Sequence[str] | None = None,
+    hash_bits: int = FitConfig.hash_bits,
 ) -> BatchStream:
     """Shuffled mini-batches of data larger than memory, for any framework: the trainer's own
     plan and readers, so ``fit`` with the same options trains on exactly these batches.
@@ -214,6 +218,9 @@ def batches(
         label (and its labels are checked), as the trainer's does.
     shard : ``(i, S)``: only shard ``i`` of ``S`` (whole chunks dealt by the seed, balanced
         by rows, anew each epoch); the ``S`` shards hold every row once per epoch.
+    categorical, hash_bits : integer columns to hash as well as the text ones, and the index
+        bits, as for :func:`fit`: a batch's ``indices``/``indptr``/``values`` hold them, hashed
+        under ``seed`` exactly as ``fit`` hashes them.
 
     Returns
     -------
@@ -224,7 +231,8 @@ def batches(
         window being read: copy it to keep it past the next batch.
     """
     config = FitConfig(model=model, batch=batch, epochs=epochs, seed=seed, shuffle=shuffle,
-                       memory_limit=parse_bytes(memory_limit), readers=readers, dtype=dtype, weight=weight)
+                       memory_limit=parse_bytes(memory_limit), readers=readers, dtype=dtype, weight=weight,
+                       categorical=column_names(categorical, "categorical"), hash_bits=hash_bits)
     if _is_source(data):
         source = data
     else:
@@ -234,9 +242,12 @@ def batches(
                              f"got {type(data).__name__}")
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=column_names(features),
                              storage_options=storage_options, format=format, x_array=x_array,
-                             exclude=column_names(exclude, "exclude"), weight=weight)
+                             exclude=column_names(exclude, "exclude"), weight=weight,
+                             categorical=config.categorical)
+    if getattr(source, "categorical", ()) and getattr(source, "encoding", None) is None:  # hashed as fit does
+        source.encode(Encoding.of(source.categorical, config.hash_bits, seed))  # type: ignore[attr-defined]
     cut_to_limit(source, config)
-    plan = plan_memory(source, config)
+    plan = plan_memory(source, config, with_table=False)
     strata = None if source.target is None else chunk_target_means(source, model, plan.readers)
     return BatchStream(source, StreamPlan(plan.window_rows, plan.buffer_bytes, plan.readers), batch=batch,
                        epochs=epochs, seed=seed, shuffle=shuffle, dtype=dtype, model=model, strata=strata,

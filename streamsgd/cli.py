@@ -75,6 +75,11 @@ _EXCLUDE = click.option("--exclude", multiple=True,
                         help="Columns never used as features: names or globs ('id,*_id'), comma-separated or repeated.")
 
 
+#: --categorical, as fit and info take it
+_CATEGORICAL = click.option("--categorical", multiple=True, metavar="COLS",
+                            help="Integer columns to hash as categories (text columns always are), comma-separated.")
+
+
 def store_options(command):
     """Options saying where and how to read DATA: format, Zarr array names, fsspec options."""
     for option in reversed([
@@ -94,7 +99,7 @@ def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def _open(data: str | tuple[str, ...], target: str | None, features, store: dict[str, Any],
           feature_hint: str = "fix --features", memory_limit: int | None = None, exclude=None,
-          weight: str | None = None):
+          weight: str | None = None, categorical=None):
     """DATA (one or several paths/URLs) as a source; with ``memory_limit``, chunks are cut to fit it."""
     from .tools.convert import refuse_text
     from .sources import open_source
@@ -106,7 +111,8 @@ def _open(data: str | tuple[str, ...], target: str | None, features, store: dict
                        feature_hint=feature_hint, storage_options=_storage_options(store["storage_option"]),
                        format=store["data_format"], x_array=store["x_array"],
                        max_chunk_bytes=MemoryPlan.max_chunk_bytes(memory_limit) if memory_limit else None,
-                       exclude=exclude, weight=weight, retry_policy=_session().retry_policy)
+                       exclude=exclude, weight=weight, retry_policy=_session().retry_policy,
+                       categorical=categorical)
 
 
 def _store(options: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +137,11 @@ def cli() -> None:
 @click.option("--weight", default=None, metavar="COL", help="Column of per-row sample weights (>= 0; not a feature).")
 @click.option("--missing", type=click.Choice(["impute", "error"]), default=FitConfig.missing, show_default=True,
               help="Numeric nulls: the column's mean plus a <col>__missing indicator, or refuse them.")
+@_CATEGORICAL
+@click.option("--hash-bits", type=int, default=FitConfig.hash_bits, show_default=True,
+              help="Categorical columns are hashed into 2^BITS weights.")
+@click.option("--interactions", multiple=True, metavar="A:B",
+              help="Cross two categorical columns (one more hashed feature per row), comma-separated or repeated.")
 @store_options
 @click.option("--model", type=click.Choice(MODELS), default=FitConfig.model, show_default=True)
 @click.option("--batch", default=str(FitConfig.batch), show_default=True,
@@ -232,12 +243,13 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
               **{k: opts.pop(k) for k in ("metrics", "checkpoint_dir", "checkpoint_every", "checkpoint_seconds",
                                           "keep_checkpoints", "resume", "allow_data_change", "init")})
     config = FitConfig(target=target, features=_split(opts.pop("features")), exclude=_split(opts.pop("exclude")),
+                       categorical=_split(opts.pop("categorical")), interactions=_split(opts.pop("interactions")),
                        memory_limit=parse_bytes(opts.pop("memory_limit")), **opts)
     _check_output_dir(output, "--output", job.storage_options)
     if job.metrics:
         _check_output_dir(job.metrics, "--metrics")
     source = _open(data, target, config.features, store, memory_limit=config.memory_limit, exclude=config.exclude,
-                   weight=config.weight)
+                   weight=config.weight, categorical=config.categorical)
     _fit_allocator(source)
     progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
@@ -320,7 +332,9 @@ def evaluate(model_path: str, data: str, target: str | None, as_json: bool, weig
     from .persist.model import load
 
     model = load(model_path, _storage_options(store["storage_option"]))
-    result = run(model, _open(data, target or model.target, model.features, store, _needs(model_path), weight=weight))
+    hashed = model.hashed_columns
+    result = run(model, _open(data, target or model.target, model.features + hashed, store, _needs(model_path),
+                              weight=weight, categorical=hashed))
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -342,7 +356,8 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **st
     model = load(model_path, options)
     keep_names = _split(keep) or ()
     _check_output_dir(output, "--output", options)
-    source = _open(data, None, model.features, store, _needs(model_path))
+    source = _open(data, None, model.features + model.hashed_columns, store, _needs(model_path),
+                   categorical=model.hashed_columns)
     rows = run(model, source, output, keep_names, storage_options=options)
     click.echo(f"wrote {rows} predictions -> {output}", err=True)
 
@@ -445,19 +460,22 @@ def shuffle(data: tuple[str, ...], output: str, memory_limit: str, seed: int, st
 @click.option("--target", "--y-array", default=DEFAULT_TARGET, show_default=True)
 @click.option("--features", multiple=True)
 @_EXCLUDE
+@_CATEGORICAL
 @store_options
 @click.option("--batch", type=int, default=FitConfig.batch, show_default=True)
 @click.option("--steps", type=int, default=None, help="Also report how many full epochs this many updates make.")
 @click.option("--memory-limit", default=f"{DEFAULT_MEMORY_LIMIT // 2**20}MiB", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default=FitConfig.dtype, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def info(data: str, target: str, features: tuple[str, ...], exclude: tuple[str, ...], batch: int, steps: int | None, memory_limit: str, dtype: str, as_json: bool, **store: Any) -> None:
+def info(data: str, target: str, features: tuple[str, ...], exclude: tuple[str, ...], categorical: tuple[str, ...],
+         batch: int, steps: int | None, memory_limit: str, dtype: str, as_json: bool, **store: Any) -> None:
     """Rows, chunks, iterations per epoch, and the memory full-batch GD would need vs streaming."""
     from .tools.describe import describe
 
-    config = FitConfig(target=target, features=_split(features), exclude=_split(exclude), batch=batch, steps=steps, memory_limit=parse_bytes(memory_limit), dtype=dtype)
+    config = FitConfig(target=target, features=_split(features), exclude=_split(exclude), batch=batch, steps=steps,
+                       memory_limit=parse_bytes(memory_limit), dtype=dtype, categorical=_split(categorical))
     result = describe(_open(data, target, config.features, store, memory_limit=config.memory_limit,
-                            exclude=config.exclude), config)
+                            exclude=config.exclude, categorical=config.categorical), config)
     if as_json:
         click.echo(json.dumps(result))
     else:

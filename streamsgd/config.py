@@ -94,6 +94,12 @@ class FitConfig:
     weight: str | None = None
     #: numeric nulls: "impute" (the column's mean plus an indicator feature ``<col>__missing``) or "error"
     missing: str = "impute"
+    #: integer columns to hash as categorical (text columns always are; DESIGN.md §4)
+    categorical: tuple[str, ...] | None = None
+    #: index bits of the hashed categorical features: 2**hash_bits weights
+    hash_bits: int = 20
+    #: crossed pairs of categorical columns, "a:b" each: one more hashed feature per row and pair
+    interactions: tuple[str, ...] | None = None
     #: rows per update; "full" = N (streamed full-batch GD), "auto" = grown by the norm test
     batch: int | str = 512
     batch_min: int = 32
@@ -186,6 +192,8 @@ class FitConfig:
         _at_least("--batch-min", self.batch_min, 1)
         if not (math.isfinite(self.batch_theta) and self.batch_theta > 0):
             raise UsageError(f"--batch-theta: expected a number > 0; got {self.batch_theta!r}")
+        if not 1 <= self.hash_bits <= 30:
+            raise UsageError(f"--hash-bits: expected 1 to 30 (bit 31 of the hash is the sign); got {self.hash_bits}")
         _at_least("--readers", self.readers, 1)
         _at_least("--log-every", self.log_every, 1)
         if self.epochs is not None:

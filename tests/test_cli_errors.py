@@ -38,6 +38,7 @@ def _good_columns(rows: int = ROWS) -> dict:
         "x0": x0,
         "x1": x1,
         "s": pa.array([f"id{i}" for i in range(rows)]),
+        "raw": pa.array([b"\x00"] * rows),  # bytes: no feature of any kind
         "y": (x0 + x1 > 0).astype(np.int64),
     }
 
@@ -135,7 +136,7 @@ FIT_CASES = {
     # columns
     "missing-target": (("fit", "{d}/good.parquet", "--target", "label"), DATA, r"'label'.*--target|--target.*'label'"),
     "missing-feature": (("fit", "{d}/good.parquet", "--features", "x0,nope"), DATA, r"'nope'"),
-    "non-numeric-feature": (("fit", "{d}/good.parquet", "--features", "x0,s"), DATA, r"good\.parquet.*'s'"),
+    "non-numeric-feature": (("fit", "{d}/good.parquet", "--features", "x0,raw"), DATA, r"good\.parquet.*'raw'"),
     "non-numeric-target": (("fit", "{d}/string_target.parquet"), DATA, r"string_target\.parquet.*'y'"),
     "column-missing-in-second-file": (("fit", "{d}/mixed", "--features", "x0,x1"), DATA, r"b\.parquet.*'x1'"),
     # bad values: the message names the column and the file's row group

@@ -72,8 +72,9 @@ def start_event(stderr: str) -> dict:
 
 
 def test_default_columns_are_stated_with_roles_and_reasons(pandas_file):
-    """Without --features: every numeric column but the target; the text column and pandas'
-    index are skipped with their reasons; the constant and the id column are warned about."""
+    """Without --features: every numeric column but the target, the text column as a
+    categorical one; pandas' index is skipped with its reason; the constant and the id
+    column are warned about."""
     out = info(pandas_file, "--target", "y")
     assert out["feature_names"] == ["id", "carrier_a", "carrier_b", "express", "when", "version"]
     assert out["features"] == 6 and out["rows"] == N  # §4's fixed keys keep their meaning
@@ -82,7 +83,8 @@ def test_default_columns_are_stated_with_roles_and_reasons(pandas_file):
                                   "null_count": 0}
     assert columns["when"]["read_as"] == "seconds since the epoch" and columns["when"]["type"].startswith("timestamp")
     assert columns["y"]["role"] == "target"
-    assert out["skipped"]["city"].startswith("text: categorical columns are not supported yet")
+    assert columns["city"] == {"name": "city", "role": "categorical", "type": "large_string", "null_count": 0}
+    assert out["categorical"] == ["city"] and "city" not in out["skipped"]
     assert out["skipped"]["__index_level_0__"].startswith("pandas index")
     warned = {w["column"]: w for w in out["warnings"]}
     assert set(warned) == {"id", "version"}
@@ -136,12 +138,17 @@ def test_tune_batch_and_info_take_exclude_and_globs_too(pandas_file):
     assert "skipped carrier_b excluded by --exclude" in lines and "skipped city not in --features" in lines
 
 
-def test_a_text_column_named_in_features_is_a_data_error(pandas_file, tmp_path):
-    proc = run_cli("fit", pandas_file, "--features", "carrier_a,city", "-o", tmp_path / "m.npz", check=False)
+def test_a_binary_column_named_in_features_is_a_data_error(tmp_path):
+    """Text named in --features is categorical; bytes are not a feature of any kind."""
+    path = str(tmp_path / "bytes.parquet")
+    pq.write_table(pa.table({"carrier_a": [1.0, 2.0], "blob": pa.array([b"a", b"b"]), "y": [0.0, 1.0]}), path)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("fit", path, "--features", "carrier_a,blob", "-o", out / "m.npz", check=False)
     assert proc.returncode == 3
-    assert re.fullmatch(f"streamsgd: error: {re.escape(pandas_file)}: column 'city' has type (large_)?string, not a "
+    assert re.fullmatch(f"streamsgd: error: {re.escape(path)}: column 'blob' has type binary, not a "
                         r"number; fix --features \(or encode this column as numbers\)", proc.stderr.strip()), proc.stderr
-    assert not os.listdir(tmp_path)
+    assert not os.listdir(out)
 
 
 def test_the_index_can_still_be_named(pandas_file):
@@ -241,9 +248,9 @@ def test_polars_dates_datetimes_and_booleans_are_features(frame, tmp_path):
     df.write_parquet(path)
     out = info(path)
     assert out["feature_names"] == ["carrier_a", "day", "at", "express", "at_ns"]
-    assert out["skipped"]["band"].startswith("text:")  # Polars' Categorical is a dictionary of strings
+    assert out["categorical"] == ["band"]  # Polars' Categorical is a dictionary of strings: hashed
     ref = _reference(pq.read_table(path, columns=out["feature_names"] + ["y"]), str(tmp_path / "ref.parquet"))
-    _same_model(tmp_path, path, ref)
+    _same_model(tmp_path, path, ref, "--features", ",".join(out["feature_names"]))
 
 
 def test_timestamp_units_zones_decimals_and_dictionaries_become_numbers():
@@ -321,7 +328,7 @@ def test_the_columns_line_is_shown_at_a_terminal(pandas_file, tmp_path):
     os.close(leader)
     first = seen.decode().splitlines()[0]
     assert " start: 4 features: carrier_a, carrier_b, express (bool -> 0/1), when (timestamp" in first
-    assert "skipped: " in first and "city (text: categorical" in first and "id (excluded by --exclude)" in first
+    assert "categorical: city" in first and "skipped: " in first and "id (excluded by --exclude)" in first
     piped = run_cli("fit", pandas_file, "--model", "linear", "--steps", "5", "-o", tmp_path / "b.npz")
     assert [line.split(" warning: ")[1].split(" ")[1] for line in piped.stderr.splitlines()] == ["'id'", "'version'"]
 

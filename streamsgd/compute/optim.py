@@ -205,7 +205,7 @@ def l1_step(theta, q, u, lr_l1):
 
 def default_lr(
     model: str, sample: NDArray, mean: NDArray, scale: NDArray, n_rows: int, batch: int, l2: float,
-    curvature: float | None = None, row_weights: NDArray | None = None, row_max: float = 0.0,
+    curvature: float | None = None, row_weights: NDArray | None = None, row_max: float = 0.0, hashed: int = 0,
 ) -> float:
     """A step size the problem can take without tuning: 1 / L_B.
 
@@ -223,25 +223,31 @@ def default_lr(
     set by the curvature there, not at z = 0. ``row_max`` is the largest weighted
     ‖((x − mean) / scale, 1)‖² of every row seen so far (``guard.max_row_curvature``): a
     rare one-hot column the sample missed still sets L_max, which dominates L_B at small B.
+    ``hashed``: the categorical columns, each a ±1 feature of every row (see ``smoothness``).
     """
-    L, L_max = smoothness(model, sample, mean, scale, l2, curvature, row_weights)
+    L, L_max = smoothness(model, sample, mean, scale, l2, curvature, row_weights, hashed)
     c = CURVATURE[model] if curvature is None else float(curvature)
-    return batch_step(L, max(L_max, c * row_max + l2), n_rows, batch)
+    return batch_step(L, max(L_max, c * (row_max + hashed) + l2), n_rows, batch)
 
 
 def smoothness(
     model: str, sample: NDArray, mean: NDArray, scale: NDArray, l2: float, curvature: float | None = None,
-    row_weights: NDArray | None = None,
+    row_weights: NDArray | None = None, hashed: int = 0,
 ) -> tuple[float, float]:
     """(L, L_max) of ``default_lr`` measured on the sample: the full-data smoothness and the
-    worst sample row's, curvature bound and L2 included."""
+    worst sample row's, curvature bound and L2 included.
+
+    ``hashed`` categorical columns add a ±1 entry per column to every row: ‖x‖² grows by
+    exactly ``hashed``, and the top eigenvalue of the covariance by at most
+    (√λ + √hashed)² − λ (the hashed block's own is at most ``hashed``: a row's k entries
+    meet a unit vector with a sum of at most √k)."""
     Z = (sample.astype(np.float64) - mean) / scale
     A = np.hstack([Z, np.ones((Z.shape[0], 1))])
     if row_weights is not None:
         A = A * np.sqrt(row_weights)[:, None]
     c = CURVATURE[model] if curvature is None else float(curvature)
-    L = c * _top_eigenvalue(A) + l2
-    L_max = c * float(np.max(np.einsum("ij,ij->i", A, A))) + l2
+    L = c * (math.sqrt(_top_eigenvalue(A)) + math.sqrt(hashed)) ** 2 + l2
+    L_max = c * (float(np.max(np.einsum("ij,ij->i", A, A))) + hashed) + l2
     return L, L_max
 
 

@@ -173,7 +173,7 @@ class _StreamSGD(BaseEstimator):
         config = self._config(target=self.target, features=column_names(self.features),
                               exclude=column_names(self.exclude, "exclude"))
         source = open_source(urls[0] if len(urls) == 1 else urls, target=self.target, features=config.features,
-                             exclude=config.exclude,
+                             exclude=config.exclude, categorical=config.categorical,
                              storage_options=self.storage_options, format=self.format)
         if self._is_classifier and config.model == "logistic" and _multiclass_source(source, config.readers):
             config = replace(config, model="softmax")

@@ -86,6 +86,21 @@ class Model:
     #: an MLP's layers, (W (n_out, n_in), b (n_out,)) each, on standardised inputs
     #: (x − mean) / scale; its activation is metadata["mlp"]["activation"]. None: linear.
     layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]] | None = None
+    #: the weights of the hashed categorical features (2**bits,), every lazy scale folded in;
+    #: their encoding is metadata["categorical"] (sources.encoding). None: no categorical column.
+    hashed: NDArray[np.float64] | None = None
+
+    @property
+    def hashed_columns(self) -> list[str]:
+        """The categorical columns the model hashes (none for a model without them)."""
+        return list(self.metadata.get("categorical", {}).get("columns", []))
+
+    def hashed_margins(self, idx: NDArray, sign: NDArray) -> NDArray[np.float64]:
+        """Each row's margin from its hashed features: Σ_k sign[:, k]·hashed[idx[:, k]]
+        (idx, sign of shape (n_rows, k), as a window holds them)."""
+        if self.hashed is None or idx.shape[1] == 0:
+            return np.zeros(idx.shape[0])
+        return (self.hashed[idx] * sign).sum(axis=1)
 
     @property
     def is_classifier(self) -> bool:
@@ -106,6 +121,14 @@ class Model:
 
     def decision_function(self, X: NDArray) -> NDArray[np.float64]:
         """Margins, X of shape (n_rows, n_features) in ``self.features`` order."""
+        if self.hashed is not None:  # X has no room for the categorical columns
+            raise UsageError(f"this model also hashes the categorical columns {self.hashed_columns[:5]}, which an "
+                             "array X does not hold; score a data set with streamsgd predict / evaluate")
+        return self.dense_margins(X)
+
+    def dense_margins(self, X: NDArray) -> NDArray[np.float64]:
+        """The margins of the numeric features alone (a model with categorical columns adds
+        ``hashed_margins``), X of shape (n_rows, n_features) in ``self.features`` order."""
         if self.layers is not None:
             return _mlp_margins(self, np.asarray(X, dtype=np.float64))
         return np.asarray(X, dtype=np.float64) @ np.asarray(self.coef).T + self.intercept
@@ -164,6 +187,9 @@ class Model:
         """
         if self.layers is not None:
             raise UsageError("an MLP model (--hidden) has no scikit-learn equivalent; use its predict methods")
+        if self.hashed is not None:
+            raise UsageError("a model with categorical (hashed) columns has no scikit-learn equivalent; use "
+                             "streamsgd predict")
         try:
             from sklearn import linear_model
         except ImportError as exc:
@@ -222,6 +248,8 @@ class Model:
             arrays["classes"] = storable_labels(self.classes)
         for k, (W, b) in enumerate(self.layers or ()):
             arrays[f"layer{k}_W"], arrays[f"layer{k}_b"] = W, b
+        if self.hashed is not None:
+            arrays["hashed_coef"] = self.hashed
         atomic_savez(path, arrays, storage_options)
 
     def _full_metadata(self) -> dict[str, Any]:
@@ -379,6 +407,7 @@ def _decode(path: str, f: BinaryIO) -> Model:
                 classes=npz["classes"] if "classes" in npz.files else None,
                 layers=[(npz[f"layer{k}_W"], npz[f"layer{k}_b"]) for k in range(len(meta["mlp"]["hidden"]) + 1)]
                 if "mlp" in meta else None,
+                hashed=npz["hashed_coef"].astype(np.float64) if "hashed_coef" in npz.files else None,
             )
     except Exception as exc:  # any decoding failure means the same thing to the user
         raise ModelFileError(

@@ -33,13 +33,24 @@ STATE_VERSION = 1
 @dataclass(frozen=True)
 class Batch:
     """Rows of one mini-batch: features ``X`` (rows, features), target ``y``, optional
-    per-row ``weight``, and where the batch sits (its epoch, its index in the epoch)."""
+    per-row ``weight``, and where the batch sits (its epoch, its index in the epoch).
+
+    With categorical columns (k of them, hashed into 2^bits ids: ``sources.encoding``),
+    their one-hot features as CSR rows of width 2^bits: ``indices`` (int32, rows·k),
+    ``indptr`` (int64, rows + 1: row i holds entries k·i … k·i + k − 1) and ``values``
+    (float32 ±1, the hash's sign; 0 for the padding of a list column's shorter rows), e.g.
+    ``scipy.sparse.csr_matrix((values, indices, indptr))`` or ``torch.sparse_csr_tensor``;
+    None without categorical columns.
+    """
 
     X: NDArray
     y: NDArray | None
     weight: NDArray | None
     epoch: int
     index: int
+    indices: NDArray[np.int32] | None = None
+    indptr: NDArray[np.int64] | None = None
+    values: NDArray[np.float32] | None = None
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -116,13 +127,17 @@ class BatchStream:
                     continue
                 rows = slice(int(order[pos]), int(order[pos]) + B) if contiguous else order[pos:pos + B]
                 yield self._hand_out(window.X[rows], None if window.y is None else window.y[rows],
-                                     None if window.w is None else window.w[rows])
+                                     None if window.w is None else window.w[rows], window.idx[rows],
+                                     window.sign[rows])
                 pos += B
         if held is not None:  # the epoch's short last batch
             yield self._hand_out(*held.arrays())
 
-    def _hand_out(self, X: NDArray, y: NDArray | None, w: NDArray | None) -> Batch:
-        batch = Batch(X, y, w, self._epoch, self._taken)
+    def _hand_out(self, X: NDArray, y: NDArray | None, w: NDArray | None, idx: NDArray, sign: NDArray) -> Batch:
+        n, k = idx.shape
+        csr = (None, None, None) if k == 0 else (
+            idx.reshape(-1), np.arange(0, n * k + 1, k, dtype=np.int64), sign.reshape(-1).astype(np.float32))
+        batch = Batch(X, y, w, self._epoch, self._taken, *csr)
         self._taken += 1  # counted before the caller has it: a state saved now resumes after it
         return batch
 
@@ -222,6 +237,8 @@ class _Held:
         self.X = np.empty((rows, d), dtype=window.X.dtype)
         self.y = None if window.y is None else np.empty(rows, dtype=window.y.dtype)
         self.w = None if window.w is None else np.empty(rows, dtype=window.w.dtype)
+        self.idx = np.empty((rows, window.idx.shape[1]), np.int32)
+        self.sign = np.empty((rows, window.idx.shape[1]), np.int8)
         self.filled = 0
 
     def add(self, window: Any, order: NDArray[np.int64]) -> int:
@@ -231,9 +248,11 @@ class _Held:
             self.y[lo:lo + n] = window.y[order]
         if self.w is not None:
             self.w[lo:lo + n] = window.w[order]
+        self.idx[lo:lo + n], self.sign[lo:lo + n] = window.idx[order], window.sign[order]
         self.filled += n
         return n
 
-    def arrays(self) -> tuple[NDArray, NDArray | None, NDArray | None]:
+    def arrays(self) -> tuple[NDArray, NDArray | None, NDArray | None, NDArray, NDArray]:
         k = self.filled
-        return self.X[:k], None if self.y is None else self.y[:k], None if self.w is None else self.w[:k]
+        return (self.X[:k], None if self.y is None else self.y[:k], None if self.w is None else self.w[:k],
+                self.idx[:k], self.sign[:k])

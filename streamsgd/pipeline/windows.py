@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -26,6 +26,9 @@ class Window:
     slots : for a window laid out in training order, the place of each row of the chunks
         laid end to end (``X[slots]`` is the window chunk after chunk); else None
     w : float64 ndarray of shape (rows,), each row's sample weight (``--weight``), or None
+    idx, sign : int32 and int8 ndarrays of shape (rows, k), the hashed feature id and sign of
+        each of the source's k categorical columns (``Source.read_hashed``), in the same row
+        order as ``X``; shape (rows, 0) without categorical columns
     """
 
     X: NDArray
@@ -33,16 +36,31 @@ class Window:
     chunks: NDArray[np.int64]
     slots: NDArray[np.int64] | None = None
     w: NDArray[np.float64] | None = None
+    idx: NDArray[np.int32] = field(default_factory=lambda: np.empty((0, 0), np.int32))
+    sign: NDArray[np.int8] = field(default_factory=lambda: np.empty((0, 0), np.int8))
 
     @property
     def nbytes(self) -> int:
-        return self.X.nbytes + (0 if self.y is None else self.y.nbytes) + (0 if self.w is None else self.w.nbytes)
+        return (self.X.nbytes + (0 if self.y is None else self.y.nbytes) + (0 if self.w is None else self.w.nbytes)
+                + self.idx.nbytes + self.sign.nbytes)
+
+
+#: Bytes per row and categorical column in a window: an int32 feature id and an int8 sign.
+HASHED_BYTES = 5
+
+
+def hashed_columns(source: Source) -> int:
+    """Hashed features per row of ``source``, k of a window's idx/sign: one per categorical
+    column (a list column's width once encoded), and one per crossed pair (``--interactions``)."""
+    encoding = getattr(source, "encoding", None)
+    return len(getattr(source, "categorical", ())) if encoding is None else int(encoding.width)
 
 
 def window_bytes(source: Source, chunks: NDArray[np.int64], dtype: DTypeLike, with_target: bool) -> int:
     rows = int(sum(source.chunk_rows[c] for c in chunks))
     weights = WEIGHT_BYTES if with_target and sample_weight_column(source) else 0
-    return rows * ((len(source.features) + int(with_target)) * np.dtype(dtype).itemsize + weights)
+    return rows * ((len(source.features) + int(with_target)) * np.dtype(dtype).itemsize + weights
+                   + HASHED_BYTES * hashed_columns(source))
 
 
 #: Bytes per row of the sample-weight column in a window (float64 whatever ``--dtype``: a
@@ -97,6 +115,8 @@ def read_window(
     y = np.empty(n, dtype=dtype) if with_target else None
     # sample weights travel with the target: windows read for training or scoring
     w = np.empty(n) if with_target and sample_weight_column(source) else None
+    hashed = hashed_columns(source)
+    idx, sign = np.empty((n, hashed), np.int32), np.empty((n, hashed), np.int8)
     slots = None
     if order is not None:
         slots = np.empty(n, dtype=np.int64)
@@ -117,6 +137,11 @@ def read_window(
             raise SourceError(f"{source.chunk_name(c)}: read failed: {exc}") from exc
         if w is not None:
             w[s if rows is None else rows] = read_weights(source, c)
+        if hashed:  # the categorical columns: hashed into the same rows
+            if rows is None:
+                source.read_hashed(c, idx[s], sign[s])  # type: ignore[attr-defined]
+            else:
+                source.read_hashed(c, idx, sign, rows)  # type: ignore[attr-defined]
 
     if pool is None or len(chunks) == 1:
         for k in range(len(chunks)):
@@ -124,7 +149,7 @@ def read_window(
     else:
         for future in [pool.submit(one, k) for k in range(len(chunks))]:
             future.result()
-    return Window(X, y, chunks, slots, w)
+    return Window(X, y, chunks, slots, w, idx, sign)
 
 
 @contextmanager

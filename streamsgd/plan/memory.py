@@ -29,6 +29,16 @@ WINDOW_SHARE = 2 / 3
 #: of the label and finite checks made on every window.
 ROW_OVERHEAD_BYTES = 8 + 4
 
+#: Bytes per hashed weight of a run with categorical columns (compute.sparse): the weights,
+#: the batch's gradient sums, AdaGrad's sums of squares and the average's sums (float64),
+#: the stamp and the touched list that deduplicate a batch's indices (int64).
+HASHED_WEIGHT_BYTES = 6 * 8
+
+
+def hashed_state_bytes(bits: int, columns: int) -> int:
+    """Memory of the hashed weight table and its optimizer state: 0 without categorical columns."""
+    return HASHED_WEIGHT_BYTES << bits if columns else 0
+
 
 class Layout(Protocol):
     """What the memory plan reads of a source: its metadata, never its rows."""
@@ -69,9 +79,10 @@ class MemoryPlan:
         return int(memory_limit * (1 - WINDOW_SHARE))
 
     @classmethod
-    def solve(cls, layout: Layout, config: FitConfig, row_bytes: int) -> "MemoryPlan | None":
-        """The plan, or None when the limit cannot pay for one reader and the windows."""
-        limit = data_limit(layout, config.memory_limit)
+    def solve(cls, layout: Layout, config: FitConfig, row_bytes: int, fixed_bytes: int = 0) -> "MemoryPlan | None":
+        """The plan, or None when the limit cannot pay for one reader and the windows;
+        ``fixed_bytes`` (the hashed weight table) is paid first."""
+        limit = data_limit(layout, config.memory_limit) - fixed_bytes
         buffer_bytes = int(limit * WINDOW_SHARE)
         decode = max(layout.chunk_bytes, default=0)
         if decode > limit - buffer_bytes:  # one reader's decode comes before the windows' share

@@ -93,7 +93,7 @@ def run(
         if job.resume:
             assert store is not None  # Job refuses --resume without --checkpoint-dir
             resume = _resume_state(store, config, manifest, job, log)
-        columns = describe_columns(source)
+        columns = describe_columns(source, nulls=True)  # fit reads the null counts anyway (--missing impute)
         log.event("start", message=summary_line(columns), data=source.url, rows=int(sum(source.chunk_rows)),
                   model=config.model, output=job.output,
                   resumed_at=None if resume is None else int(resume["counters"][T]),

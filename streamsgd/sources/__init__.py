@@ -45,6 +45,7 @@ def open_source(
     exclude: Sequence[str] | None = None,
     weight: str | None = None,
     retry_policy: retry.RetryPolicy | None = None,
+    categorical: Sequence[str] | None = None,
 ) -> ParquetSource | ZarrSource:
     """Open a Parquet data set (file, directory, glob, or a list of them) or a Zarr group.
 
@@ -56,6 +57,7 @@ def open_source(
     ``weight`` names a column (Parquet) or 1-D array (Zarr) of per-row sample weights: read
     with the target, never a feature. ``retry_policy`` says how transient store failures are
     retried (default :data:`~streamsgd.sources.retry.DEFAULT_POLICY`); the source keeps it.
+    ``categorical`` names integer columns to hash (Parquet; text columns always are).
     """
     if format not in FORMATS:
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}; got {format!r}")
@@ -66,6 +68,9 @@ def open_source(
     if format == "auto":
         format = "zarr" if _is_zarr(urls[0], options, retry_policy) else "parquet"
     if format == "zarr":
+        if categorical:
+            raise UsageError(f"--categorical: {urls[0]} is a Zarr group of numeric arrays; categorical columns "
+                             "come from Parquet tables")
         if len(urls) > 1:
             raise UsageError(f"{urls[0]}: a Zarr data set is one group; give one URL, not {len(urls)}")
         return ZarrSource(urls[0], target=target, features=features, feature_hint=feature_hint,
@@ -74,7 +79,7 @@ def open_source(
     return ParquetSource(urls if len(urls) > 1 else urls[0], target=target, features=features,
                          feature_hint=feature_hint, storage_options=options, max_chunk_bytes=max_chunk_bytes,
                          max_chunk_rows=max_chunk_rows, exclude=exclude, weight=weight,
-                         retry_policy=retry_policy)
+                         retry_policy=retry_policy, categorical=tuple(categorical or ()))
 
 
 def _is_zarr(url: str, storage_options: Mapping[str, Any], policy: retry.RetryPolicy | None) -> bool:

@@ -131,6 +131,10 @@ class SourceBase:
     column_types: Mapping[str, Any] = MappingProxyType({})
     footer_facts: Any = None
     skipped: Mapping[str, str] = MappingProxyType({})
+    #: hashed (categorical) feature columns, read by ``read_hashed``: none by default
+    categorical: Sequence[str] = ()
+    #: their encoding (``sources.encoding.Encoding``), set before reading them
+    encoding: Any = None
 
     def _fresh(self) -> None:
         """Rebuild the ``_TRANSIENT`` attributes (locks, caches, handles): nothing by default."""
@@ -141,6 +145,13 @@ class SourceBase:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._fresh()
+
+    def skip_categorical(self, reason: str) -> None:
+        """Leave the categorical columns out: a source without any has nothing to do."""
+
+    def read_hashed(self, i: int, idx: NDArray, sign: NDArray, rows: NDArray | None = None) -> None:
+        """Hash chunk ``i``'s categorical columns: a source without any is never asked."""
+        raise NotImplementedError(f"{type(self).__name__} has no categorical columns")
 
     def layout(self) -> dict[str, Any]:
         """Nothing known about the storage: ``describe`` shows the generic fields only."""

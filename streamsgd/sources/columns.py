@@ -5,7 +5,10 @@ Without ``--features`` every column but the target is a candidate; ``--features`
 ``--exclude`` take names and globs (``fnmatch``, case-sensitive, expanded in the file's
 column order). A column is a numeric feature when Arrow stores it as a number, a boolean
 (0/1), a decimal (read as float64), a date or a timestamp (seconds since the epoch, UTC);
-anything else is skipped with a stated reason, and naming it explicitly is a DataError.
+it is a categorical feature (hashed, ``sources.hashing``) when it holds text (string,
+large_string, string_view, or a dictionary of them), or is an integer or boolean column
+named in ``--categorical``; anything else is skipped with a stated reason, and naming it
+explicitly is a DataError.
 """
 
 from __future__ import annotations
@@ -63,6 +66,39 @@ def numeric_kind(t: Any) -> str | None:
     return None
 
 
+def is_text(t: Any) -> bool:
+    """Whether Arrow type ``t`` holds text (plain, large, view, or a dictionary of text)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def is_multi(t: Any) -> bool:
+    """Whether Arrow type ``t`` is a list (``list<…>``, ``large_list<…>``): a multi-valued column."""
+    import pyarrow as pa
+
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def categorical_kind(t: Any, named: bool) -> bool:
+    """Whether a column of Arrow type ``t`` is a categorical feature: text always, an integer
+    or boolean column (plain or dictionary-encoded) when ``named`` in ``--categorical``, and
+    a list of either (a multi-valued column: one hashed feature per value)."""
+    import pyarrow as pa
+
+    if is_multi(t):
+        return categorical_kind(t.value_type, named)
+    if is_text(t):
+        return True
+    value = t.value_type if pa.types.is_dictionary(t) else t
+    return named and (pa.types.is_integer(value) or pa.types.is_boolean(value))
+
+
+#: The role of a hashed column in reports (``describe``, the start event, ``info``).
+CATEGORICAL = "categorical"
+
 #: what a non-numeric kind of column is read as, for the report
 READ_AS = {"boolean": "0/1", "decimal": "float64", "date": "seconds since the epoch",
            "timestamp": "seconds since the epoch"}
@@ -74,9 +110,10 @@ def skip_reason(t: Any) -> str:
 
     value = t.value_type if pa.types.is_dictionary(t) else t
     if pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value):
-        return "text: categorical columns are not supported yet; encode it as numbers or leave it out"
+        return "text: categorical columns are not read by this data set's reader; encode it as numbers"
     if pa.types.is_list(value) or pa.types.is_large_list(value) or pa.types.is_fixed_size_list(value):
-        return "list: multi-valued columns are not supported yet; leave it out"
+        return ("list: multi-valued columns of text (or of integers named in --categorical) are categorical; "
+                "this one holds neither, or has a fixed size")
     if pa.types.is_struct(value) or pa.types.is_map(value):
         return "nested: struct and map columns are not features; flatten it into numeric columns"
     if pa.types.is_binary(value) or pa.types.is_large_binary(value) or pa.types.is_fixed_size_binary(value):
@@ -89,6 +126,7 @@ def skip_reason(t: Any) -> str:
 def select(
     path: str, types: dict[str, Any], partitions: Sequence[str], target: str | None,
     features: Sequence[str] | None, exclude: Sequence[str] | None, feature_hint: str = "fix --features",
+    categorical: Sequence[str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The feature columns of a table, and the columns skipped with their reasons.
 
@@ -99,10 +137,13 @@ def select(
     partitions : partition columns (``key=value`` folders): features only when named.
     target : the target column (never a feature).
     features, exclude : ``--features`` and ``--exclude``: names and globs.
+    categorical : ``--categorical``, the integer columns to hash; None when the reader
+        cannot hash (text columns are then skipped with the reason).
 
     Returns
     -------
-    (features, skipped): the feature names in order, and ``{name: reason}``.
+    (features, skipped): the feature names in order (numeric and categorical, as
+    ``categorical_kind`` tells them apart), and ``{name: reason}``.
 
     Raises
     ------
@@ -119,22 +160,33 @@ def select(
                          "leave it out of --exclude")
     explicit = {n for n in features or () if not is_glob(n) or n in types or n in partitions}
     candidates = _candidates(path, names, target, features, explicit)
+    hashed = _hashed(path, types, categorical)
+
+    def usable(name: str) -> bool:
+        t = types[name]
+        return (categorical_kind(t, name in hashed) if categorical is not None else False) \
+            or numeric_kind(t) is not None
+
     chosen: list[str] = []
     skipped: dict[str, str] = {}
     for name in candidates:
         if name in excluded:
             skipped[name] = EXCLUDED
         elif name in explicit:
-            if name not in partitions and numeric_kind(types[name]) is None:
+            if name not in partitions and not usable(name):
                 raise DataError(f"{path}: column {name!r} has type {types[name]}, not a number "
                                 f"({skip_reason(types[name])}); {feature_hint}")
             chosen.append(name)
         elif PANDAS_INDEX.fullmatch(name):
             skipped[name] = INDEX_REASON
-        elif numeric_kind(types[name]) is None:
+        elif not usable(name):
             skipped[name] = skip_reason(types[name])
         else:
             chosen.append(name)
+    unused = [n for n in hashed if n not in chosen]
+    if unused:
+        raise UsageError(f"--categorical: column {unused[0]!r} is not a feature of {path} "
+                         f"({skipped.get(unused[0], 'the target')}); fix --categorical")
     considered = set(candidates)  # a set: a list would make this O(columns^2)
     for name in names:
         if name not in considered and name != target:
@@ -144,6 +196,21 @@ def select(
         raise DataError(f"{path}: no numeric feature column besides the target {target!r}"
                         + (f" (skipped {shown})" if shown else "") + "; add numeric columns or fix --features")
     return chosen, skipped
+
+
+def _hashed(path: str, types: Mapping[str, Any], categorical: Sequence[str] | None) -> set[str]:
+    """``--categorical``'s columns, each an integer or boolean column of the data."""
+
+    out = set()
+    for name in categorical or ():
+        if name not in types:
+            raise UsageError(f"--categorical: no column {name!r} in {path}; fix --categorical")
+        if not categorical_kind(types[name], True):
+            t = types[name]
+            raise UsageError(f"--categorical: column {name!r} has type {t}; --categorical takes integer columns "
+                             "(text columns are categorical already); fix --categorical")
+        out.add(name)
+    return out
 
 
 def _candidates(path: str, names: list[str], target: str | None, features: Sequence[str] | None,
@@ -256,6 +323,9 @@ def count_nulls(metas: Any, names: Sequence[str]) -> dict[str, int | None]:
     index: dict[str, int] = {}
     for meta in metas:
         index = column_index(meta, names, index)
+        for name in names:
+            if name not in index:  # a nested column (a list): its chunks are its leaves', named otherwise
+                out[name] = None
         for g in range(meta.num_row_groups):
             rg = meta.row_group(g)
             for name, j in index.items():
@@ -312,7 +382,7 @@ def describe(source: Source, nulls: bool = False) -> dict[str, Any]:
     """The columns a source uses, with role and type, the ones it skips, and the warnings.
 
     Returns ``{"columns": [...], "skipped": {name: reason}, "warnings": [...]}``; each
-    column is ``{"name", "role", "type"}`` plus ``read_as`` (how a boolean, decimal, date or
+    column is ``{"name", "role", "type"}`` (role: feature, categorical or target) plus ``read_as`` (how a boolean, decimal, date or
     timestamp becomes a number) and, with ``nulls``, ``null_count`` (Parquet footers, None
     where they do not say): ``info`` asks for it; ``fit`` does not, since counting reads
     every column chunk's statistics.
@@ -323,7 +393,8 @@ def describe(source: Source, nulls: bool = False) -> dict[str, Any]:
     facts = source.footer_facts
     counted = source.null_counts() if nulls else {}
     columns = []
-    roles = [(n, "feature") for n in source.features]
+    hashed = list(getattr(source, "categorical", ()))
+    roles = [(n, "feature") for n in source.features] + [(n, CATEGORICAL) for n in hashed]
     if source.target is not None:
         roles.append((source.target, "target"))
     for name, role in roles:
@@ -337,7 +408,7 @@ def describe(source: Source, nulls: bool = False) -> dict[str, Any]:
             entry["null_count"] = counted[name]
         columns.append(entry)
     return {"columns": columns, "skipped": dict(source.skipped),
-            "warnings": warnings(list(source.features), types, facts)}
+            "warnings": warnings(list(source.features) + hashed, types, facts)}
 
 
 def summary_line(report: dict[str, Any], limit: int = 12) -> str:

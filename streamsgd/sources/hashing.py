@@ -168,6 +168,70 @@ def _gather(codes, valid, has_nulls, first, dict_idx, dict_sign, null_idx, null_
         sign[i] = dict_sign[c]
 
 
+#: Type tag of a crossed pair's 8 bytes (``--interactions``), apart from integers and booleans.
+PAIR_TAG = 3
+
+
+@njit(nogil=True, cache=True)
+def _hash_pairs(idx_a, sign_a, idx_b, sign_b, seed, mask, idx, sign):
+    """Each row's crossed feature: the pair of its two hashed features (index and sign bit,
+    31 bits each, so distinct pairs stay distinct) hashed again as 8 bytes and PAIR_TAG."""
+    for i in range(idx.size):
+        a = np.int64(idx_a[i]) * 2 + (1 if sign_a[i] < 0 else 0)
+        b = np.int64(idx_b[i]) * 2 + (1 if sign_b[i] < 0 else 0)
+        h = _murmur_int((a << 31) | b, PAIR_TAG, seed)
+        idx[i] = h & mask
+        sign[i] = POSITIVE if h & _SIGN_BIT == 0 else NEGATIVE
+
+
+def hash_pairs(a: tuple[NDArray[np.int32], NDArray[np.int8]], b: tuple[NDArray[np.int32], NDArray[np.int8]],
+               pair_seed: int, bits: int) -> tuple[NDArray[np.int32], NDArray[np.int8]]:
+    """The crossed feature of two hashed columns, row by row: (idx, sign) of shape (rows,).
+
+    ``a`` and ``b`` are ``hash_column``'s results for the two columns (a null crosses as
+    its column's null category); ``pair_seed`` is ``column_seed("a:b", run seed)``.
+    """
+    n = a[0].size
+    idx, sign = np.empty(n, np.int32), np.empty(n, np.int8)
+    _hash_pairs(np.ascontiguousarray(a[0]), np.ascontiguousarray(a[1]), np.ascontiguousarray(b[0]),
+                np.ascontiguousarray(b[1]), np.uint64(_check_seed(pair_seed)),
+                np.uint64((1 << _check_bits(bits)) - 1), idx, sign)
+    return idx, sign
+
+
+def list_lengths(array: pa.Array | pa.ChunkedArray) -> NDArray[np.int64]:
+    """Values per row of a list column; a null list counts 1 (its null category)."""
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.list_value_length(array).fill_null(1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def hash_list_column(array: pa.Array | pa.ChunkedArray, column_seed: int, bits: int,
+                     width: int) -> tuple[NDArray[np.int32], NDArray[np.int8]]:
+    """A multi-valued (list) column's features: each row's values hashed as ``hash_column``
+    hashes them, left-aligned in ``width`` slots, the rest padded with sign 0 (a term 0·w:
+    nothing to the margin, nothing to the gradient). A null list is the column's null
+    category; an empty list has no feature. Returns idx, sign of shape (rows, width)."""
+    seed, mask = np.uint64(_check_seed(column_seed)), np.uint64((1 << _check_bits(bits)) - 1)
+    lengths = list_lengths(array)
+    n = lengths.size
+    idx, sign = np.zeros((n, width), np.int32), np.zeros((n, width), np.int8)
+    if n and int(lengths.max()) > width:
+        raise DataError(f"a list holds {int(lengths.max())} values, more than the {width} measured for its column; "
+                        "the data changed while it was read")
+    values = pa.concat_arrays([c.flatten() for c in (array.chunks if isinstance(array, pa.ChunkedArray) else [array])])
+    vi, vs = hash_column(values, column_seed, bits)
+    is_null = np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    counts = np.where(is_null, 0, lengths)
+    rows = np.repeat(np.arange(n), counts)
+    starts = np.cumsum(counts) - counts
+    pos = np.arange(rows.size) - np.repeat(starts, counts)
+    idx[rows, pos], sign[rows, pos] = vi, vs
+    null_idx, null_sign = _null_code(seed, mask)
+    idx[is_null, 0], sign[is_null, 0] = null_idx, null_sign
+    return idx, sign
+
+
 def murmurhash3_32(key: bytes, seed: int = 0, positive: bool = False) -> int:
     """MurmurHash3_x86_32 of ``key`` under ``seed``: signed, or in [0, 2**32) if ``positive``
     (the convention of ``sklearn.utils.murmurhash3_32``, which the tests check against)."""

@@ -18,7 +18,9 @@ from ..config import DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET
 from .base import SourceBase
 from .cast import arrow_values, to_dtype
 from .validate import not_finite, refuse_nulls
-from .columns import FooterFacts, numeric_kind
+from .columns import FooterFacts, categorical_kind, is_multi, numeric_kind
+from .hashing import list_lengths
+from .encoding import Encoding
 from .missing import imputed, indicator_name, no_mean, split_indicators
 from ..errors import DataError, SourceError, UsageError
 from . import retry
@@ -157,6 +159,7 @@ class ParquetSource(SourceBase):
         exclude: Sequence[str] | None = None,
         weight: str | None = None,
         retry_policy: retry.RetryPolicy | None = None,
+        categorical: Sequence[str] = (),
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -183,14 +186,21 @@ class ParquetSource(SourceBase):
         self.target = target
         self.column_types = {f.name: f.type for f in schema}
         features, indicated = split_indicators(features, schema.names)
-        self.features, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
-                                                       features, feature_hint, exclude, self.column_types)
+        chosen, self.skipped = _resolve_columns(self.paths[0], schema, self.partition_columns, target,
+                                                features, feature_hint, exclude, self.column_types, categorical)
+        #: the hashed columns (text, and --categorical's integers), read by read_hashed, never by read_into
+        self.categorical = [n for n in chosen if n not in self.partition_columns
+                            and categorical_kind(self.column_types[n], n in categorical)]
+        self.features = [n for n in chosen if n not in self.categorical]
+        #: how the categorical columns hash (set by the trainer or from a model: :meth:`encode`)
+        self.encoding: Encoding | None = None
         self.target_type = str(schema.field(target).type) if target is not None else None
         #: the sample-weight column (``--weight``): read with the target, never a feature
         self.weight = weight
         if weight is not None:
             self.features = _weight_apart(self.paths[0], schema, weight, features, self.features)
-        used = self.features + ([target] if target is not None else []) + ([weight] if weight is not None else [])
+        used = (self.features + self.categorical + ([target] if target is not None else [])
+                + ([weight] if weight is not None else []))
         #: null counts, constant and id-like columns, from the footers as they are parsed
         self.footer_facts = FooterFacts([n for n in used if n not in self.partition_columns])
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
@@ -224,6 +234,44 @@ class ParquetSource(SourceBase):
         self.imputation = {k: float(v) for k, v in means.items()}
         self.indicated = list(indicated)
         self.features = base + [indicator_name(c) for c in self.indicated]
+
+    def encode(self, encoding: Encoding) -> None:
+        """Hash the categorical columns with ``encoding`` (the run's, or a model's); a list
+        column's width is the most values a row of this data holds (one pass over it)."""
+        from dataclasses import replace as with_fields
+
+        if list(encoding.columns) != self.categorical:
+            raise DataError(f"{self.url}: the categorical columns are {self.categorical[:10]}, but the model hashes "
+                            f"{list(encoding.columns)[:10]}; use data with the model's columns")
+        lists = [n for n in self.categorical if is_multi(self.column_types[n])]
+        crossed = [n for pair in encoding.interactions for n in pair if n in lists]
+        if crossed:
+            raise UsageError(f"--interactions: {crossed[0]!r} is a list (multi-valued) column; cross scalar "
+                             "categorical columns only")
+        most = dict.fromkeys(lists, 0)
+        for i in range(len(self.chunk_rows) if lists else 0):
+            table = self.read_columns(i, lists)
+            for n in lists:
+                most[n] = max(most[n], int(list_lengths(table.column(n)).max(initial=0)))
+        self.encoding = with_fields(encoding, widths=tuple(max(1, most.get(n, 1)) for n in self.categorical))
+
+    def skip_categorical(self, reason: str) -> None:
+        """Leave the categorical columns out, with ``reason`` (a reader that cannot carry them)."""
+        self.skipped = {**self.skipped, **{n: reason for n in self.categorical}}
+        self.categorical = []
+        self.encoding = None
+
+    def read_hashed(self, i: int, idx: NDArray[np.int32], sign: NDArray[np.int8], rows: NDArray | None = None) -> None:
+        """Hash chunk ``i``'s categorical columns into ``idx``/``sign`` (rows x columns), its
+        row ``j`` into row ``rows[j]`` when given; a null is the column's null category."""
+        assert self.encoding is not None  # set before any window is read (train.setup, tools.inference)
+        to = slice(None) if rows is None else rows
+        text = [n for n in self.categorical if _is_text(self.column_types[n])]
+        j = 0
+        for ids, signs in self.encoding.hash_table(self.read_columns(i, self.categorical, text)):
+            width = ids.shape[1]
+            idx[to, j:j + width], sign[to, j:j + width] = ids, signs
+            j += width
 
     def _fresh(self) -> None:
         """The footer cache, the streams' registry and its lock, the retry breaker: empty."""
@@ -331,20 +379,23 @@ class ParquetSource(SourceBase):
 
     # --- reading ------------------------------------------------------------------------
 
-    def read_columns(self, i: int, names: Sequence[str]):
-        """Chunk ``i`` as a pyarrow Table of the named columns (partition columns included)."""
+    def read_columns(self, i: int, names: Sequence[str], dictionary: Sequence[str] = ()):
+        """Chunk ``i`` as a pyarrow Table of the named columns (partition columns included);
+        the text columns in ``dictionary`` decoded as dictionary arrays where the chunk is a
+        whole row group (codes and one dictionary: cheaper to decode and to hash)."""
         import pyarrow as pa
 
         c = self._chunks[i]
         in_file = [n for n in names if n not in self.partition_columns]
-        table = retry.call(lambda: self._read(i, c, in_file), self.chunk_name(i), self.retry_policy, self._breaker)
+        table = retry.call(lambda: self._read(i, c, in_file, dictionary), self.chunk_name(i), self.retry_policy,
+                           self._breaker)
         for name in names:
             if name in self.partition_columns:
                 value = self._partition_value(c.file, name)
                 table = table.append_column(name, pa.array(np.full(c.rows, value)))
         return table.select(list(names))
 
-    def _read(self, i: int, c: _Chunk, names: list[str]):
+    def _read(self, i: int, c: _Chunk, names: list[str], dictionary: Sequence[str] = ()):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -353,7 +404,8 @@ class ParquetSource(SourceBase):
             if c.slices > 1:
                 return self._read_slice(c, names)
             with self._open(c.file) as f:
-                pf = pq.ParquetFile(f, metadata=self._metas[c.file], pre_buffer=False)
+                pf = pq.ParquetFile(f, metadata=self._metas[c.file], pre_buffer=False,
+                                    read_dictionary=[n for n in names if n in dictionary] or None)
                 # the pool keeps the last read's freed buffers for the next one: handing them back
                 # to the OS after every read (release_unused) costs a page fault per 4 KiB of every
                 # decode and does not lower peak RSS
@@ -506,6 +558,11 @@ class ParquetSource(SourceBase):
                 if _is_text(schema.field(name).type) != _is_text(other.field(name).type):
                     raise DataError(f"{path}: target column {name!r} has type {other.field(name).type}, but {first} "
                                     f"has {schema.field(name).type}; give every file a target of the same kind")
+                continue
+            if name in self.categorical:
+                if not categorical_kind(other.field(name).type, True):
+                    raise DataError(f"{path}: column {name!r} has type {other.field(name).type}, but {first} has "
+                                    f"{schema.field(name).type}; give every file the same column types")
                 continue
             if not _is_numeric(other.field(name)):
                 raise DataError(
@@ -747,6 +804,7 @@ def _check_numeric(path: str, field, fix: str = "choose numeric columns with --f
 def _resolve_columns(
     path: str, schema, partitions: list[str], target: str | None, features: Sequence[str] | None,
     feature_hint: str, exclude: Sequence[str] | None = None, types: dict[str, Any] | None = None,
+    categorical: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
     """The feature columns and the skipped ones with their reasons (``columns.select``),
     after checking the target and every feature named outright (not by a glob)."""
@@ -768,10 +826,12 @@ def _resolve_columns(
             )
         if name == target and _is_text(schema.field(name).type):
             continue  # text labels: softmax reads them as class indices, other models refuse them (sources.labels)
+        if name != target and categorical_kind(schema.field(name).type, name in categorical):
+            continue  # a categorical feature: hashed
         _check_numeric(path, schema.field(name), hint)
     # partition columns are only used when named
     types = types if types is not None else {f.name: f.type for f in schema}
-    return select(path, types, partitions, target, features, exclude, feature_hint)
+    return select(path, types, partitions, target, features, exclude, feature_hint, categorical)
 
 
 def _weight_apart(path: str, schema, weight: str, features: Sequence[str] | None, chosen: list[str]) -> list[str]:

@@ -53,6 +53,9 @@ class ChunkSubset(SourceWrapper):
     def read_columns(self, i: int, names: Sequence[str]) -> Any:
         return self._source.read_columns(self._chunks[i], names)
 
+    def read_hashed(self, i: int, idx: NDArray, sign: NDArray, rows: NDArray | None = None) -> None:
+        self._source.read_hashed(self._chunks[i], idx, sign, rows)  # type: ignore[attr-defined]
+
     def fingerprint(self) -> str:
         return f"{self._source.fingerprint()}:{','.join(map(str, self._chunks))}"
 
@@ -112,6 +115,14 @@ class RowSubset(SourceWrapper):
         import pyarrow as pa
 
         return self._source.read_columns(i, names).filter(pa.array(self._mask(i)))
+
+    def read_hashed(self, i: int, idx: NDArray, sign: NDArray, rows: NDArray | None = None) -> None:
+        n, k = self._source.chunk_rows[i], idx.shape[1]
+        whole_idx, whole_sign = np.empty((n, k), np.int32), np.empty((n, k), np.int8)
+        self._source.read_hashed(i, whole_idx, whole_sign)  # type: ignore[attr-defined]
+        mask = self._mask(i)
+        to = slice(None) if rows is None else rows
+        idx[to], sign[to] = whole_idx[mask], whole_sign[mask]
 
     def fingerprint(self) -> str:
         side = "held" if self._held else "rest"

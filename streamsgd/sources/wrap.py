@@ -84,8 +84,22 @@ class SourceWrapper:
     def skipped(self) -> Mapping[str, str]:
         return self._source.skipped
 
+    @property
+    def categorical(self) -> Sequence[str]:
+        return getattr(self._source, "categorical", ())
+
+    @property
+    def encoding(self) -> Any:
+        return getattr(self._source, "encoding", None)
+
     def chunk_name(self, i: int) -> str:
         return self._source.chunk_name(i)
+
+    def read_hashed(self, i: int, idx: NDArray, sign: NDArray, rows: NDArray | None = None) -> None:
+        self._source.read_hashed(i, idx, sign, rows)  # type: ignore[attr-defined]
+
+    def encode(self, encoding: Any) -> None:
+        self._source.encode(encoding)  # type: ignore[attr-defined]
 
     def read_into(self, i: int, X: NDArray, y: NDArray | None, rows: NDArray | None = None) -> None:
         self._source.read_into(i, X, y, rows)

@@ -44,6 +44,7 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
         "chunk_rows_max": int(max(source.chunk_rows, default=0)),
         "features": d,
         "feature_names": list(source.features),
+        "categorical": list(getattr(source, "categorical", ())),
         "target": source.target,
         "batch": config.batch,
         "iterations_per_epoch": ipe,

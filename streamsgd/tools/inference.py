@@ -10,12 +10,13 @@ from numpy.typing import NDArray
 
 from ..errors import DataError, ModelFileError
 from ..compute.losses import row_loss
-from ..persist.model import Model, write_tables
+from ..persist.model import Model, expit, write_tables
 from ..train.targets import merge_moments
 from ..sources import Source
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from ..sources.validate import check_target
-from ..pipeline.windows import read_window, sample_weight_column
+from ..pipeline.windows import Window, read_window, sample_weight_column
+from ..sources.encoding import Encoding
 
 
 def _check_features(model: Model, source: Source) -> None:
@@ -27,6 +28,30 @@ def _check_features(model: Model, source: Source) -> None:
             f"{source.url}: the model was trained on features {model.features[:10]}, but the data "
             f"gives {source.features[:10]}; use data with the model's feature columns"
         )
+    _check_encoding(model, source)
+
+
+def _check_encoding(model: Model, source: Source) -> None:
+    """Hash the data's categorical columns as training did: the model's encoding, its golden
+    values hashed again first; data whose categorical columns differ is refused."""
+    record = model.metadata.get("categorical")
+    given = list(getattr(source, "categorical", ()))
+    if record is None:
+        if given:  # a model trained before categorical columns existed: they were skipped
+            raise ModelFileError(f"{source.url}: the model has no categorical columns, but the data gives "
+                                 f"{given[:10]}; leave them out with the model's --features")
+        return
+    encoding = Encoding.from_json(record, f"{source.url}: model")
+    if given != list(encoding.columns) or not hasattr(source, "encode"):
+        raise ModelFileError(f"{source.url}: the model hashes the categorical columns {list(encoding.columns)[:10]}, "
+                             f"but the data gives {given[:10]}; use data with the model's columns")
+    source.encode(encoding)
+
+
+def _margins(model: Model, window: Window) -> NDArray[np.float64]:
+    """The model's margins of a window's rows: its dense block and its hashed features."""
+    z = model.dense_margins(window.X)
+    return z + model.hashed_margins(window.idx, window.sign) if model.hashed is not None else z
 
 
 def _with_labels(model: Model, source: Source) -> tuple[Source, bool]:
@@ -69,7 +94,7 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
     y_mean = y_m2 = sse = 0.0  # the target's variance, merged chunk by chunk, for R²
     for c in range(len(source.chunk_rows)):
         window = read_window(source, np.array([c]), np.float64, True)
-        z = model.decision_function(window.X)
+        z = _margins(model, window)
         y = window.y
         assert y is not None  # read with the target
         check_target(source, model.model, y, source.chunk_name(c))
@@ -115,14 +140,16 @@ def _predictions(model: Model, source: Source, c: int, keep: Sequence[str]):
     import pyarrow as pa
 
     window = read_window(source, np.array([c]), np.float64, False)
-    z = model.decision_function(window.X)
+    z = _margins(model, window)
     cols: dict[str, Any] = {}
     if keep:
         kept = source.read_columns(c, keep)
         cols.update({name: kept.column(name) for name in keep})
     cols["prediction"] = pa.array(model.predict_from_margins(z))
-    if model.model in ("logistic", "modified_huber"):
-        cols["probability"] = pa.array(model.predict_proba(window.X))
+    if model.model == "logistic":
+        cols["probability"] = pa.array(expit(z))
+    elif model.model == "modified_huber":
+        cols["probability"] = pa.array((np.clip(z, -1.0, 1.0) + 1.0) / 2.0)
     elif model.model == "softmax":
         for label, p in zip(model.classes_, model.predict_proba(window.X).T):
             cols[f"prob_{label}"] = pa.array(p)

@@ -32,7 +32,8 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
     dict
         ``model``, ``target``, ``classes``, ``intercept``, ``features`` (one record per
         feature: ``name``, ``role``, ``coef``, ``mean``, ``scale``), ``n_features``,
-        ``metrics`` and ``config`` (the training run's summary and options).
+        ``categorical`` (hashed columns, bits, weights not 0; None without), ``metrics`` and
+        ``config`` (the training run's summary and options).
     """
     coef = np.asarray(model.coef, dtype=np.float64)
     per_class = coef.ndim == 2  # softmax: one row of weights per class
@@ -59,6 +60,11 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
             "activation": meta["mlp"]["activation"]},
         "n_features": len(model.features),
         "features": features,
+        # hashed categorical columns: their encoding and how many of the 2^bits weights are not 0
+        "categorical": None if model.hashed is None else {
+            "columns": model.hashed_columns, "bits": meta["categorical"]["bits"],
+            "interactions": meta["categorical"].get("interactions", []),
+            "nonzero_weights": int(np.count_nonzero(model.hashed))},
         "metrics": meta.get("metrics", {}),
         "config": meta.get("config", {}),
         "version": meta.get("version"),
@@ -85,6 +91,11 @@ def format_model(info: dict[str, Any]) -> list[str]:
         for f in info["features"]:
             lines.append(f"{f['name']:<{width}}  {f['role']:<8} {_number(f['coef']):>12}  "
                          f"{_number(f['mean']):>12}  {_number(f['scale']):>12}")
+    if info.get("categorical"):
+        cat = info["categorical"]
+        crossed = f" x {', '.join(cat['interactions'])}" if cat["interactions"] else ""
+        lines.append(f"categorical  {', '.join(cat['columns'])}{crossed}  (hashed into 2^{cat['bits']} weights, "
+                     f"{cat['nonzero_weights']} not 0)")
     metrics = info["metrics"]
     summary = [f"{k} {_number(metrics[k])}" for k in ("iterations", "epochs", "rows_seen", "loss", "seconds")
                if k in metrics]

@@ -42,7 +42,7 @@ from .plot import plot_tuning
 from ..sources import Source, n_rows
 from ..train import Hooks, fit
 from ..train.setup import plan_memory
-from ..pipeline.windows import read_window
+from ..pipeline.windows import hashed_columns, read_window
 from ..sources.validate import check_target
 
 __all__ = ["ChunkSubset", "fit_inverse_batch", "fit_iteration_time", "measure_noise", "optimal_batch",
@@ -200,6 +200,14 @@ class TuneOptions:
             raise UsageError(f"min_gain: expected a fraction in (0, 1); got {self.min_gain!r}")
 
 
+def _dense_only(*sources: Source | None) -> None:
+    """Leave categorical columns out, with the reason: the noise meter reads the dense block alone."""
+    for data in sources:
+        if data is not None and hashed_columns(data):
+            data.skip_categorical("categorical: tune-batch measures dense columns only; "  # type: ignore[attr-defined]
+                                  "fit takes it")
+
+
 def tune(
     source: Source,
     config: FitConfig | None = None,
@@ -220,10 +228,10 @@ def tune(
     ``temperature``, ``noise_at`` (where the noise was measured), ``n_iter``, ``c_var``,
     ``b_opt`` (the formula on those inputs) and ``batch`` (b_opt rounded and clipped to N).
     """
-    config = config or FitConfig()
-    options = options or TuneOptions()
+    config, options = config or FitConfig(), options or TuneOptions()
     if source.target is None:
         raise UsageError(f"{source.url}: tuning needs a target column; set --target")
+    _dense_only(source, validation)
     if config.missing == "impute":  # the training data's means, for a --validation set too
         impute_nulls(source, validation)
     train, validation = _holdout(source, validation, options.holdout, config.seed)

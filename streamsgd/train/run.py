@@ -21,6 +21,7 @@ from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPO
 from ..compute.losses import row_loss
 from ..compute.noise import NoiseMeter
 from ..compute.optim import schedule_lr
+from ..compute.sparse import finish_batch_hashed, folded, train_rows_hashed
 from ..config import FitConfig
 from ..errors import DivergenceError, RunStopped, SourceError
 from ..pipeline.epochs import EpochStream
@@ -49,6 +50,7 @@ class Run:
         assert st.classes is not None  # set by setup
         self.params = pack_params(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, gw=st.gw, l1_q=st.l1_q,
                                   l1_u=st.l1_u, cw=st.cw, classes=st.classes)
+        self.hashed = st.hashed()  # the categorical columns' weights (compute.sparse), or None
         # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
         self.meter = meter = NoiseMeter(n_rows=self.schedule.N, n_params=st.theta.size)
         assert meter.total is not None  # sized by n_params
@@ -212,8 +214,12 @@ class Run:
                     break
         if st.counters[FILLED]:  # the epoch's short last batch
             assert st.spec is not None and st.hyper is not None and st.mean is not None and st.scale is not None
-            finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
-                         self.noise)
+            if self.hashed is not None:
+                finish_batch_hashed(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters,
+                                    st.sums, self.noise, self.hashed)
+            else:
+                finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
+                             self.noise)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[T] % self.config.log_every == 0:
@@ -233,8 +239,14 @@ class Run:
         pos = 0
         while pos < order.size and not self.done():
             sw = _UNWEIGHTED if window.w is None else window.w
-            pos = train_rows(window.X, window.y, sw, order, pos, order.size, self.next_stop(), st.spec,
-                             st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums, self.noise)
+            if self.hashed is not None:
+                pos = train_rows_hashed(window.X, window.y, sw, window.idx, window.sign, order, pos, order.size,
+                                        self.next_stop(), st.spec, st.hyper, self.params, st.opt_state, st.mean,
+                                        st.scale, st.counters, st.sums, self.noise, self.hashed)
+            else:
+                pos = train_rows(window.X, window.y, sw, order, pos, order.size, self.next_stop(), st.spec,
+                                 st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
+                                 self.noise)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[FILLED] == 0:
@@ -285,13 +297,18 @@ def validation_loss(validation: Source, config: FitConfig, st: State) -> float:
     theta = st.avg if st.counters[AVERAGED] else st.theta
     blocks = int(st.spec[BLOCKS])
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
+    hashed = st.hashed()  # the categorical columns' weights, the average's when theta is
+    weights = None if hashed is None else folded(hashed, int(st.counters[AVERAGED]))
     param = config.epsilon if config.model == "huber" else config.quantile
     total, rows = 0.0, 0.0
     for c in range(len(validation.chunk_rows)):
         window = read_window(validation, np.array([c]), np.float64, True)
         assert window.y is not None  # read with the target
         y = window.y if blocks == 1 else np.searchsorted(np.asarray(st.classes), window.y)
-        losses = row_loss(config.model, window.X @ coef.T + intercept, y, param)
+        z = window.X @ coef.T + intercept
+        if weights is not None:
+            z = z + (weights[window.idx] * window.sign).sum(axis=1)
+        losses = row_loss(config.model, z, y, param)
         total += float(losses.sum() if window.w is None else losses @ window.w)
         rows += window.y.size if window.w is None else float(window.w.sum())
     return total / rows if rows > 0 else 0.0

@@ -19,8 +19,8 @@ from ..compute.loop import pack_spec
 from ..config import FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
-from ..pipeline.windows import WEIGHT_BYTES, sample_weight_column
-from ..plan.memory import MemoryPlan, data_limit, row_bytes, window_rows_cap
+from ..pipeline.windows import HASHED_BYTES, WEIGHT_BYTES, hashed_columns, sample_weight_column
+from ..plan.memory import MemoryPlan, data_limit, hashed_state_bytes, row_bytes, window_rows_cap
 from ..plan.rng import SPLIT, SPLIT_ROWS, stream
 from ..plan.shards import shard_chunks
 from ..plan.shuffle import iterations_per_epoch
@@ -29,6 +29,7 @@ from ..sources.missing import impute_nulls
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from ..sources.parquet import DECODE_FACTOR
 from ..sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
+from . import hashed
 from .classes import class_weights, softmax_classes
 from .inputs import WarmStart
 from .state import State
@@ -44,14 +45,29 @@ MAX_AUTO_EPOCHS = 20_000
 NEVER = int(np.iinfo(np.int64).max)
 
 def source_row_bytes(source: Source, config: FitConfig) -> int:
-    """Window bytes per row of ``source`` (a float64 sample weight when it has a weight column)."""
-    return row_bytes(len(source.features), config.dtype, WEIGHT_BYTES if sample_weight_column(source) else 0)
+    """Window bytes per row of ``source`` (a float64 sample weight when it has a weight column,
+    an int32 id and an int8 sign per categorical column)."""
+    extra = (WEIGHT_BYTES if sample_weight_column(source) else 0) + HASHED_BYTES * hashed_columns(source)
+    return row_bytes(len(source.features), config.dtype, extra)
 
 
-def plan_memory(source: Source, config: FitConfig) -> MemoryPlan:
+def table_bytes(source: Source, config: FitConfig) -> int:
+    """The hashed weight table's memory (0 without categorical columns); refused, naming
+    --hash-bits, when it would take more than half of --memory-limit."""
+    need = hashed_state_bytes(config.hash_bits, hashed_columns(source))
+    if need > config.memory_limit // 2:
+        raise UsageError(f"--hash-bits {config.hash_bits}: the hashed weights and their optimizer state take "
+                         f"{need / 2**20:,.0f} MiB, more than half of --memory-limit; lower --hash-bits or raise "
+                         "--memory-limit")
+    return need
+
+
+def plan_memory(source: Source, config: FitConfig, with_table: bool = True) -> MemoryPlan:
     """The memory plan of ``source`` under ``config``; a limit too small for one reader and a
-    window of the largest chunk is refused, naming a limit that works."""
-    plan = MemoryPlan.solve(source, config, source_row_bytes(source, config))
+    window of the largest chunk is refused, naming a limit that works. ``with_table``: the
+    hashed weights are paid for (a training run; a batch stream holds none)."""
+    table = table_bytes(source, config) if with_table else 0
+    plan = MemoryPlan.solve(source, config, source_row_bytes(source, config), table)
     if plan is None:
         biggest = max(source.chunk_rows, default=0)
         raise UsageError(
@@ -93,7 +109,7 @@ def _working_limit(source: Source, config: FitConfig) -> str:
             trial = replace(config, memory_limit=limit)
             try:
                 cut_to_limit(source, trial)
-                if MemoryPlan.solve(source, trial, source_row_bytes(source, trial)) is None:
+                if MemoryPlan.solve(source, trial, source_row_bytes(source, trial), table_bytes(source, trial)) is None:
                     continue
             except UsageError:  # the footers alone are too much for this limit
                 continue
@@ -207,6 +223,8 @@ class Setup:
 def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str, NDArray] | None) -> Setup:
     """Check the run, cut and split the data, find the classes and build the starting state."""
     text = _check(source, config, warm)
+    hashed.check(source, config, warm.init)
+    hashed.encode(source, config)
     if config.missing == "impute":
         impute_nulls(source)
     # each of S shards streams within its share of the limit, wherever it runs (DESIGN.md §7)
@@ -267,6 +285,8 @@ def _state(source: Source, config: FitConfig, plan: MemoryPlan, schedule: Schedu
     else:
         kernel_classes = np.arange(blocks, dtype=np.float64) if text else labels.astype(np.float64)
     st = State(len(source.features), blocks)
+    if hashed_columns(source):
+        st.hash_columns(hashed_columns(source), config.hash_bits)
     st.classes = kernel_classes
     st.spec = pack_spec(loss=LOSSES[config.model], batch=B, schedule=SCHEDULES[config.lr_schedule],
                         average_from=average_from, n_rows=N, optimizer=OPTIMIZERS[config.optimizer],

@@ -6,7 +6,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import N_COUNTERS, N_SUMS
+from ..compute.sparse import N_HASHED, pack_hashed
 from ..errors import DataError
+
+
+#: The hashed state's arrays by name, in ``compute.sparse``'s slot order (HW … HI).
+HASHED = ("hw", "hg", "hsq", "hsum", "hstamp", "htouched", "hf", "hi")
+assert len(HASHED) == N_HASHED
 
 
 class State:
@@ -18,11 +24,11 @@ class State:
 
     ARRAYS = ("theta", "theta_eff", "avg", "gw", "l1_q", "l1_u", "cw", "opt_state", "counters", "sums",
               "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec", "guard", "sample", "sample_y", "shard_round",
-              "sync_every")
+              "sync_every", *HASHED)
     #: arrays a checkpoint written before they existed may lack (their defaults then stay);
     #: the step-size sample is drawn from the first window, which a resumed run does not read
     #: again, and a growing batch (``--batch auto``) sizes its step from it
-    OPTIONAL = ("guard", "sample", "sample_y", "shard_round", "sync_every")
+    OPTIONAL = ("guard", "sample", "sample_y", "shard_round", "sync_every", *HASHED)
 
     def __init__(self, d: int, blocks: int = 1):
         self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(blocks * (d + 1)) for _ in range(4))
@@ -52,6 +58,21 @@ class State:
         self.classes: NDArray | None = None
         # the loss's curvature bound, when the data sets it (poisson, class weights)
         self.curvature: float | None = None
+        # the hashed categorical weights and their state (compute.sparse), None without categorical columns
+        self.hw: NDArray | None = None
+        self.hg = self.hsq = self.hsum = self.hstamp = self.htouched = self.hf = self.hi = self.hw
+        #: categorical columns per row (k): each adds a ±1 feature to a row's norm (the step size)
+        self.hashed_columns = 0
+
+    def hash_columns(self, k: int, bits: int) -> None:
+        """Room for the hashed weights of ``k`` categorical columns in 2**bits weights."""
+        self.hashed_columns = k
+        for name, array in zip(HASHED, pack_hashed(bits)):
+            setattr(self, name, array)
+
+    def hashed(self) -> tuple[NDArray, ...] | None:
+        """The hashed state as ``compute.sparse`` takes it (HW … HI), or None."""
+        return None if self.hw is None else tuple(getattr(self, name) for name in HASHED)
 
     def arrays(self) -> dict[str, NDArray]:
         return {name: getattr(self, name).copy() for name in self.ARRAYS if getattr(self, name) is not None}

@@ -95,7 +95,7 @@ def start(st: State, window: Window, config: FitConfig, init: Model | None, N: i
         st.mean, st.scale = standardization(X, config.standardize, rows)
     st.sample, st.sample_y = guard.sample_rows(X, y, order=rows)
     st.guard[guard.SMOOTH] = smoothness(config.model, st.sample, st.mean, st.scale, config.l2, st.curvature,
-                                        guard.row_weights(config.model, st.sample_y))[0]
+                                        guard.row_weights(config.model, st.sample_y), st.hashed_columns)[0]
     if config.lr is None:
         lr0 = _default_step(st, config, N, B)
     else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
@@ -116,7 +116,8 @@ def _default_step(st: State, config: FitConfig, N: int, B: int) -> float:
     # start sets them before it asks for the step
     assert st.sample is not None and st.sample_y is not None and st.mean is not None and st.scale is not None
     return _for_optimizer(default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature,
-                                     guard.row_weights(config.model, st.sample_y), float(st.guard[guard.ROW_MAX])),
+                                     guard.row_weights(config.model, st.sample_y), float(st.guard[guard.ROW_MAX]),
+                                     st.hashed_columns),
                           config)
 
 
@@ -143,8 +144,8 @@ def lower_step(st: State, top: float, config: FitConfig, N: int) -> None:
         # setup sets spec; the first window (start) or the checkpoint sets hyper
         assert st.spec is not None and st.hyper is not None
         c = CURVATURE[config.model] if st.curvature is None else st.curvature
-        lr0 = _for_optimizer(batch_step(float(st.guard[guard.SMOOTH]), c * top + config.l2, N, int(st.spec[BATCH])),
-                             config)
+        lr0 = _for_optimizer(batch_step(float(st.guard[guard.SMOOTH]), c * (top + st.hashed_columns) + config.l2, N,
+                                        int(st.spec[BATCH])), config)
         st.hyper[LR0] = min(float(st.hyper[LR0]), lr0)
 
 

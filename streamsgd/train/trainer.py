@@ -17,6 +17,7 @@ from ..config import EXECUTION_ONLY, FitConfig
 from ..persist.model import Model
 from ..sources import Source, n_rows
 from .classes import label_values
+from .hashed import model_fields
 from .inputs import Checkpointing, FitResult, Hooks, WarmStart
 from .metrics import peak_rss_bytes
 from .run import Run
@@ -130,7 +131,9 @@ def _result(run: Run) -> FitResult:
         metadata["init"] = {"data": init.metadata.get("data"), "lineage": init.metadata.get("lineage", []),
                             "metrics": init.metadata.get("metrics")}
     assert full.target is not None  # setup refuses data without a target
+    weights, encoding = model_fields(full, st)  # categorical columns' hashed weights (train.hashed)
+    metadata.update(encoding)
     model = Model(model=config.model, features=list(setup.source.features), target=full.target, coef=coef,
                   intercept=intercept, mean=st.mean, scale=st.scale, metadata=metadata,
-                  classes=None if setup.labels is None else label_values(setup.labels, target_type))
+                  classes=None if setup.labels is None else label_values(setup.labels, target_type), hashed=weights)
     return FitResult(model, summary)

@@ -1,0 +1,218 @@
+"""Hashed categorical features in the update loop: O(nnz) per update, never O(2**bits).
+
+A row's margin is the dense block's (``loop``, standardised weights in raw space) plus
+Σ_c sign[i, c]·v[idx[i, c]] over its k categorical columns, v the 2**bits hashed weights.
+Sparse columns are never centred or scaled (DESIGN.md §8): a one-hot column's mean would
+make every row touch every weight.
+
+The hashed weights are stored as v = wscale·u (scikit-learn's SGD trick), so the L2
+shrinkage of every weight, v ← (1 − η·l2)·v, is one multiplication of ``wscale``; u is
+renormalised (folded into, wscale back to 1) when wscale falls below ``RENORMALIZE``.
+A batch's gradient sums go into a 2**bits buffer; a stamp per weight (the update number)
+and a list of touched indices deduplicate them without ever clearing the buffer, and the
+update visits only the touched weights.
+
+Optimizers on the hashed weights:
+
+- SGD (+ L2 by the global scale): exact, the same iterates as the dense update.
+- AdaGrad: an untouched weight has a zero gradient without L2, so its sum of squares and
+  its value do not move: skipping it is exact (lazy). With L2 every weight's gradient is
+  l2·v at every update, which has no closed-form catch-up: refused (train.setup).
+- Polyak averaging, by the two-scalar trick (Xu 2011; scikit-learn's average_a/b): the
+  running sum of the iterates is S + B·u, B the sum of the averaged iterates' wscale;
+  when u_j moves by Δ, S_j −= B·Δ keeps the sum, and each averaged iterate adds wscale to B.
+  The mean is (S + B·u) / (iterates averaged); ``folded`` gives it, with wscale applied.
+
+State lives in plain arrays, a tuple indexed by HW … HI (``pack_hashed``), checkpointed as
+they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+from .codes import ADAGRAD, SGD
+from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, DIVERGED, EPOCH_ROWS, EPS, FILLED, GAMMA, L2, LOSS_CODE,
+                   LR0, OPTIMIZER, PARAM, POWER_T, SCHEDULE, STEP_EVERY, T, T0, THETA_EFF, CW, GW, TOTAL, WARMUP,
+                   finish_batch)
+from .losses import loss_slope
+from .optim import schedule_lr
+
+# Numba caches these kernels keyed on this file: a change to loop.py, losses.py or optim.py
+# reaches them once this file changes too, or its __pycache__ is emptied.
+
+#: The hashed state tuple's slots: weights u, the batch's gradient sums, AdaGrad's sums of
+#: squares, the average's sums S (float64, 2**bits each); the stamp of each weight (the
+#: update whose batch last touched it) and the touched list (int64, 2**bits); the scalars
+#: (float64: WSCALE, AVG_B) and the counters (int64: N_TOUCHED).
+N_HASHED = 8
+HW, HG, HSQ, HSUM, STAMP, TOUCHED, HF, HI = range(N_HASHED)
+N_HF = 2
+WSCALE, AVG_B = range(N_HF)
+N_HI = 1
+N_TOUCHED = 0
+
+#: wscale below this is folded into the weights (O(2**bits), rare: every ~ln(1e3)/(η·l2) updates).
+#: Not scikit-learn's 1e-9: the average's sum S + B·u cancels terms of size 1/wscale, so
+#: a smaller wscale would cost the averaged weights that many digits.
+RENORMALIZE = 1e-3
+
+
+def pack_hashed(bits: int) -> tuple[NDArray, ...]:
+    """Fresh hashed state for 2**bits weights: zeros, wscale 1."""
+    n = 1 << bits
+    hf = np.zeros(N_HF)
+    hf[WSCALE] = 1.0
+    return (np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64), hf,
+            np.zeros(N_HI, np.int64))
+
+
+@njit(nogil=True, cache=True)
+def _margin(X, i, w, b, idx, sign, hw, wscale):
+    """Row ``i``'s margin: dense block plus its hashed features."""
+    z = b
+    for j in range(X.shape[1]):
+        z += X[i, j] * w[j]
+    s = 0.0
+    for c in range(idx.shape[1]):
+        s += sign[i, c] * hw[idx[i, c]]
+    return z + wscale * s
+
+
+@njit(nogil=True, cache=True)
+def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp):
+    """``losses.accumulate_rows`` with hashed features: rows ``rows`` of the window add
+    Σ c_i r_i x_i to ``gw`` (dense, d) and c_i r_i sign to their hashed weights' sums (each
+    weight's sum started afresh the first time this batch, ``stamp``, touches it).
+
+    idx, sign : (n_rows, k) int32 and int8, each row's hashed ids and signs.
+    Returns (Σ c_i l_i, Σ c_i r_i).
+    """
+    hw, hg, stamps, touched, hi = hashed[HW], hashed[HG], hashed[STAMP], hashed[TOUCHED], hashed[HI]
+    wscale = hashed[HF][WSCALE]
+    d, k = X.shape[1], idx.shape[1]
+    weighted = sw.shape[0] > 0
+    n_touched = hi[N_TOUCHED]
+    total = 0.0
+    rsum = 0.0
+    for m in range(rows.shape[0]):
+        i = rows[m]
+        li, r = loss_slope(loss, _margin(X, i, w, b, idx, sign, hw, wscale), y[i], param)
+        c = cw[1] if y[i] > 0.5 else cw[0]
+        if weighted:
+            c *= sw[i]
+        r *= c
+        total += c * li
+        rsum += r
+        for j in range(d):
+            gw[j] += r * X[i, j]
+        for q in range(k):
+            h = idx[i, q]
+            if stamps[h] != stamp:
+                stamps[h] = stamp
+                hg[h] = 0.0
+                touched[n_touched] = h
+                n_touched += 1
+            hg[h] += r * sign[i, q]
+    hi[N_TOUCHED] = n_touched
+    return total, rsum
+
+
+@njit(nogil=True, cache=True)
+def _renormalize(hashed):
+    """Fold wscale into u and the average's B into S (O(2**bits)): the iterates and their
+    running sum S + B·u are unchanged, wscale becomes 1 and B 0."""
+    hw, hsum, hf = hashed[HW], hashed[HSUM], hashed[HF]
+    c, b = hf[WSCALE], hf[AVG_B]
+    for j in range(hw.shape[0]):
+        hsum[j] += b * hw[j]
+        hw[j] *= c
+    hf[WSCALE] = 1.0
+    hf[AVG_B] = 0.0
+
+
+@njit(nogil=True, cache=True)
+def hashed_step(optimizer, lr, l2, eps, n, averaged, hashed):
+    """One update of the hashed weights from the batch's sums (``n`` rows), touched ones only.
+
+    optimizer : SGD or ADAGRAD (the others are refused before training); l2 : the L2
+    strength (0 for AdaGrad); averaged : whether this iterate enters the Polyak average.
+    """
+    hw, hg, hsq, hsum, touched, hf, hi = (hashed[HW], hashed[HG], hashed[HSQ], hashed[HSUM], hashed[TOUCHED],
+                                          hashed[HF], hashed[HI])
+    if optimizer == SGD and l2 > 0.0:
+        hf[WSCALE] *= 1.0 - lr * l2
+        if abs(hf[WSCALE]) < RENORMALIZE:
+            _renormalize(hashed)
+    ws, big_b = hf[WSCALE], hf[AVG_B]
+    for m in range(hi[N_TOUCHED]):
+        h = touched[m]
+        g = hg[h] / n
+        if optimizer == ADAGRAD:
+            hsq[h] += g * g
+            delta = -lr * g / (math.sqrt(hsq[h]) + eps)
+        else:
+            delta = -lr * g / ws
+        hw[h] += delta
+        hsum[h] -= big_b * delta
+    hi[N_TOUCHED] = 0
+    if averaged:
+        hf[AVG_B] += ws
+
+
+@njit(nogil=True, cache=True)
+def fill_batch_hashed(X, y, sw, idx, sign, order, pos, end, spec, hyper, params, counters, sums, hashed):
+    """``loop.fill_batch`` with the window's hashed features (scalar-output losses)."""
+    theta_eff, gw = params[THETA_EFF], params[GW]
+    d = X.shape[1]
+    take = min(spec[BATCH] - counters[FILLED], end - pos)
+    if take <= 0:
+        return pos
+    loss, rsum = accumulate_hashed_rows(spec[LOSS_CODE], hyper[PARAM], params[CW], X, y, sw, idx, sign,
+                                        order[pos:pos + take], theta_eff[:d], theta_eff[d], gw[:d], hashed,
+                                        counters[T] + 1)
+    gw[d] += rsum
+    sums[BATCH_LOSS] += loss
+    counters[FILLED] += take
+    counters[EPOCH_ROWS] += take
+    return pos + take
+
+
+@njit(nogil=True, cache=True)
+def finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, sums, noise, hashed):
+    """``loop.finish_batch`` after the hashed weights' own update, with the same step."""
+    if not math.isfinite(sums[BATCH_LOSS]):
+        counters[DIVERGED] = 1
+        return
+    t = counters[T] + 1
+    lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
+                     spec[STEP_EVERY], hyper[GAMMA])
+    hashed_step(spec[OPTIMIZER], lr, hyper[L2], hyper[EPS], counters[FILLED], t > spec[AVERAGE_FROM], hashed)
+    finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, noise)
+
+
+@njit(nogil=True, cache=True)
+def train_rows_hashed(X, y, sw, idx, sign, order, pos, end, stop_at, spec, hyper, params, opt_state, mean, scale,
+                      counters, sums, noise, hashed):
+    """``loop.train_rows`` for a window with hashed features (``idx``, ``sign``)."""
+    while pos < end:
+        pos = fill_batch_hashed(X, y, sw, idx, sign, order, pos, end, spec, hyper, params, counters, sums, hashed)
+        if counters[FILLED] == spec[BATCH]:
+            finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, sums, noise, hashed)
+            if counters[DIVERGED] == 1 or counters[T] == stop_at:
+                break
+    return pos
+
+
+def folded(hashed: tuple[NDArray, ...], averaged: int) -> NDArray[np.float64]:
+    """The hashed weights with every lazy scale folded in: the Polyak mean (S + B·u) / k of
+    the ``averaged`` iterates when there are any, else wscale·u."""
+    u, hf = hashed[HW], hashed[HF]
+    if averaged:
+        return np.asarray((hashed[HSUM] + hf[AVG_B] * u) / averaged)
+    return np.asarray(hf[WSCALE] * u)
+

@@ -1,0 +1,416 @@
+"""Categorical columns as hashed sparse features (DESIGN.md §4, §8): the compiled sparse
+update against a dense NumPy twin, and real tables through the CLI (roles, nulls, the
+model file's encoding, predict/evaluate, scikit-learn's pipeline at the same L2, resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import streamsgd
+from streamsgd.compute.codes import ADAGRAD, LINEAR, LOGISTIC, POISSON, SGD
+from streamsgd.compute.loop import N_COUNTERS, N_SUMS, AVERAGED, pack_hyper, pack_params, pack_spec
+from streamsgd.compute.sparse import HF, RENORMALIZE, WSCALE, finish_batch_hashed, folded, pack_hashed, train_rows_hashed
+from streamsgd.config import FitConfig
+from streamsgd.errors import ModelFileError, UsageError
+from streamsgd.sources import open_source
+from streamsgd.train import Hooks
+from streamsgd.train.trainer import Checkpointing, fit as train_fit
+
+from helpers import run_cli
+
+PENGUINS = os.path.join(os.path.dirname(__file__), "data", "penguins.csv")
+NUMERIC = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "year"]
+CATEGORICAL = ["species", "island", "sex"]
+
+
+# --- the kernel against its dense twin ------------------------------------------------------------
+
+
+def _slope(loss: int, z, y):
+    if loss == LOGISTIC:
+        return 1.0 / (1.0 + np.exp(-z)) - y
+    if loss == POISSON:
+        return np.exp(z) - y
+    return z - y
+
+
+def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from):
+    """The same run on the dense design [X | one-hot of the hashed ids] in plain NumPy:
+    every weight of the table moves at every update (the L2 shrinkage of all of them)."""
+    n, d = X.shape
+    onehot = np.zeros((n, 1 << bits))
+    for c in range(idx.shape[1]):
+        np.add.at(onehot, (np.arange(n), idx[:, c]), sign[:, c])
+    A = np.hstack([X, np.ones((n, 1)), onehot])
+    theta = np.zeros(A.shape[1])
+    penalty = np.ones(A.shape[1]) * l2
+    penalty[d] = 0.0  # the intercept is not penalised
+    sq = np.zeros_like(theta)
+    avg, k = np.zeros_like(theta), 0
+    for t, start in enumerate(range(0, n, batch), start=1):
+        rows = A[start:start + batch]
+        g = rows.T @ _slope(loss, rows @ theta, y[start:start + batch]) / rows.shape[0] + penalty * theta
+        if optimizer == ADAGRAD:
+            sq += g * g
+            theta -= lr * g / (np.sqrt(sq) + eps)
+        else:
+            theta -= lr * g
+        if t > average_from:
+            k += 1
+            avg += (theta - avg) / k
+    return avg if k else theta
+
+
+def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from, pieces):
+    """The product's compiled loop on the same rows, fed in ``pieces`` so that batches
+    straddle the calls (their sums wait in the gradient buffers, as between windows)."""
+    n, d = X.shape
+    updates = -(-n // batch)
+    spec = pack_spec(loss=loss, batch=batch, schedule=0, average_from=average_from, n_rows=n, optimizer=optimizer,
+                     warmup=0, total=updates, step_every=1, noise=False, t0=0, blocks=1)
+    hyper = pack_hyper(lr0=lr, power_t=0.0, l2=l2, l1=0.0, param=0.0, beta1=0.9, beta2=0.999, eps=eps, gamma=0.1)
+    theta, theta_eff, avg, gw = (np.zeros(d + 1) for _ in range(4))
+    params = pack_params(theta=theta, theta_eff=theta_eff, avg=avg, gw=gw, l1_q=np.zeros(d), l1_u=np.zeros(1),
+                         cw=np.ones(2), classes=np.zeros(1))
+    counters, sums = np.zeros(N_COUNTERS, np.int64), np.zeros(N_SUMS)
+    noise = (np.zeros(1), np.zeros(1), np.zeros(d + 1))
+    hashed = pack_hashed(bits)
+    opt_state = np.zeros((2, d + 1))
+    order = np.arange(n, dtype=np.int64)
+    mean, scale = np.zeros(d), np.ones(d)  # the dense block as it is: the twin's raw space
+
+    for lo in range(0, n, pieces):
+        train_rows_hashed(X, y, np.zeros(0), idx, sign, order, lo, min(n, lo + pieces), -1, spec, hyper, params,
+                          opt_state, mean, scale, counters, sums, noise, hashed)
+    if counters[1]:  # the short last batch (loop.FILLED), as the trainer closes an epoch
+        finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, sums, noise, hashed)
+    dense = avg if counters[AVERAGED] else theta
+    return np.concatenate([dense, folded(hashed, int(counters[AVERAGED]))]), hashed
+
+
+def _problem(loss, seed=0, n=300, d=3, k=3, bits=5):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)) * 0.5
+    idx = rng.integers(0, 1 << bits, (n, k)).astype(np.int32)  # 32 ids for 3 columns: collisions too
+    sign = rng.choice(np.array([-1, 1], np.int8), (n, k))
+    z = X @ rng.standard_normal(d) * 0.5 + rng.standard_normal(1 << bits)[idx].sum(axis=1) * 0.3
+    y = {LOGISTIC: (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float), POISSON: rng.poisson(np.exp(0.3 * z)) * 1.0,
+         LINEAR: z + rng.standard_normal(n)}[loss]
+    return X, y, idx, sign, bits
+
+
+@pytest.mark.parametrize("loss", [LOGISTIC, LINEAR, POISSON])
+@pytest.mark.parametrize("optimizer, l2, average_from", [
+    (SGD, 1e-2, 10**9),  # the global scale alone
+    (SGD, 0.9, 10**9),  # lr·l2 = 0.45: wscale falls below RENORMALIZE every 12 updates and is folded in
+    (SGD, 1e-2, 7),  # averaging from update 8: the two-scalar trick
+    (SGD, 0.9, 7),  # averaging across a renormalisation
+    (ADAGRAD, 0.0, 10**9),
+    (ADAGRAD, 0.0, 7),
+])
+def test_sparse_kernel_equals_its_dense_twin(loss, optimizer, l2, average_from):
+    """O(nnz) updates (lazy scale, lazy AdaGrad, lazy average) give the dense update's
+    weights, untouched ones included. 1e-12 relative: the lazy forms reorder a few roundings
+    per update (wscale·Σ instead of Σ wscale·, S + B·u instead of a running mean)."""
+    X, y, idx, sign, bits = _problem(loss)
+    lr = 0.5 if loss != POISSON else 0.1
+    args = (loss, optimizer, X, y, idx, sign, bits, 8, lr, l2, 1e-8, average_from)  # 38 updates
+    want = _twin(*args)
+    got, hashed = _kernel(*args, pieces=37)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
+    if l2 == 0.9 and loss != POISSON:  # wscale was folded in on the way: 0.55^38 = 1.4e-10 without
+        assert hashed[HF][WSCALE] > RENORMALIZE > 0.55**38
+
+
+# --- real tables through the CLI ------------------------------------------------------------------
+
+
+def penguins() -> pd.DataFrame:
+    """palmerpenguins (Horst, Hill & Gorman 2020): is a penguin heavier than 4,050 g, from
+    its species, island and sex (text, sex with 9 nulls) and its measurements."""
+    df = pd.read_csv(PENGUINS)
+    df = df[df.body_mass_g.notna()].copy()
+    df["y"] = (df.body_mass_g > 4050).astype("int64")
+    return df.drop(columns=["body_mass_g"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """The table written by pandas (train / test split by a fixed draw) and by Polars
+    (species as a Categorical: a dictionary column), in row groups of 60 rows."""
+    import polars as pl
+
+    root = tmp_path_factory.mktemp("penguins")
+    df = penguins()
+    test = np.random.default_rng(0).random(len(df)) < 0.3
+    paths = {"train": str(root / "train.parquet"), "test": str(root / "test.parquet"),
+             "polars": str(root / "polars.parquet")}
+    df[~test].to_parquet(paths["train"], index=False, row_group_size=60)
+    df[test].to_parquet(paths["test"], index=False)
+    pl.from_pandas(df[~test]).with_columns(pl.col("species").cast(pl.Categorical)).write_parquet(
+        paths["polars"], row_group_size=60)
+    return paths, df[~test], df[test]
+
+
+def test_roles_and_null_counts_are_stated(tables):
+    (paths, _, _) = tables
+    out = json.loads(run_cli("info", paths["train"], "--json").stdout)
+    roles = {c["name"]: (c["role"], c.get("null_count")) for c in out["columns"]}
+    assert out["categorical"] == CATEGORICAL and out["feature_names"] == NUMERIC
+    assert roles["sex"] == ("categorical", int(penguins().loc[~_test_mask(), "sex"].isna().sum()))
+    assert roles["species"] == ("categorical", 0) and roles["y"] == ("target", 0)
+    text = run_cli("info", paths["train"], "--categorical", "year").stdout
+    assert "year  categorical  int64  nulls 0" in text
+
+
+def _test_mask() -> np.ndarray:
+    return np.random.default_rng(0).random(len(penguins())) < 0.3
+
+
+#: The L2 of the CLI run that scikit-learn is compared with.
+L2 = 1e-2
+
+
+@pytest.fixture(scope="module")
+def fitted(tables, tmp_path_factory):
+    """One CLI run with default options but --l2 and --epochs (the full batch of 240 rows:
+    2,000 gradient steps converge at this L2), then evaluate and predict on the test rows."""
+    (paths, _, _) = tables
+    root = tmp_path_factory.mktemp("fitted")
+    model_path, preds = root / "m.npz", root / "p.parquet"
+    run_cli("fit", paths["train"], "--l2", str(L2), "--epochs", "2000", "-o", model_path)
+    ev = json.loads(run_cli("evaluate", model_path, paths["test"], "--json").stdout)
+    run_cli("predict", model_path, paths["test"], "-o", preds, "--keep", "species")
+    return streamsgd.load(model_path), ev, pq.read_table(preds).to_pandas()
+
+
+def test_fit_predict_evaluate_round_trip_and_the_model_file(tables, fitted):
+    """Default options train; the model stores the encoding; predict and evaluate hash the
+    rows as training did (their figures agree)."""
+    (_, _, test) = tables
+    model, ev, preds = fitted
+    record = model.metadata["categorical"]
+    assert record["columns"] == CATEGORICAL and record["bits"] == 20 and record["nulls"] == "category"
+    assert model.hashed is not None and model.hashed.shape == (2**20,)
+    assert np.count_nonzero(model.hashed) == 3 + 3 + 3  # species, islands, sexes + null: nothing else is touched
+    assert preds.species.tolist() == test.species.tolist()
+    assert ev["accuracy"] == pytest.approx(float(np.mean(preds.prediction.to_numpy() == test.y.to_numpy())))
+    p = preds.probability.to_numpy()
+    y = test.y.to_numpy()
+    assert ev["loss"] == pytest.approx(float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))), rel=1e-9)
+    assert ev["accuracy"] > 0.85  # the categorical columns carry most of the signal (species, sex)
+
+
+def test_a_dictionary_column_hashes_like_plain_text(tables):
+    """Polars' Categorical (dictionary codes differ per row group) and pandas' strings give
+    the same features, hence the same model, bit for bit."""
+    (paths, _, _) = tables
+    assert pa.types.is_dictionary(pq.read_schema(paths["polars"]).field("species").type)
+    models = [train_fit(open_source(paths[name]), FitConfig(epochs=3, batch=32)).model for name in ("train", "polars")]
+    np.testing.assert_array_equal(models[0].hashed, models[1].hashed)
+    np.testing.assert_array_equal(models[0].coef, models[1].coef)
+
+
+def test_held_out_loss_matches_scikit_learn(tables, fitted):
+    """Within 2 % of scikit-learn's pipeline at the same L2 (both converge: in practice
+    within 1e-6). Our objective is (1/N) Σ ℓ + (l2/2)‖w‖² over the standardised numeric
+    weights and the one-hot (hashed) weights, the intercept unpenalised; LogisticRegression
+    minimises C Σ ℓ + ‖w‖²/2, so C = 1 / (N · l2). Hashing 10 values into 2^20 ids collides
+    with probability ~5e-5, and a sign flips a weight, which L2 does not see."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    (_, train, test) = tables
+    columns = ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(add_indicator=True), StandardScaler()), NUMERIC),
+        # a categorical null is a category of its own, as in streamsgd
+        ("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value="<null>"),
+                              OneHotEncoder(handle_unknown="ignore")), CATEGORICAL)])
+    reference = make_pipeline(columns, LogisticRegression(C=1.0 / (len(train) * L2), tol=1e-10, max_iter=10_000))
+    reference.fit(train, train.y)
+    want = log_loss(test.y, reference.predict_proba(test)[:, 1])
+    got = fitted[1]["loss"]
+    assert abs(got / want - 1) < 0.02, (got, want)
+
+
+def test_resume_after_a_checkpoint_is_bit_identical(tables):
+    (paths, _, _) = tables
+    options = {"model": "logistic", "batch": 50, "epochs": 4, "log_every": 5}
+    saved: list = []
+    whole = train_fit(open_source(paths["train"]), FitConfig(**options),
+                      hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=7)))
+    assert len(saved) >= 2 and "hw" in saved[0]
+    for state in saved[:2]:
+        resumed = train_fit(open_source(paths["train"]), FitConfig(**options), resume=state,
+                            hooks=Hooks(checkpointing=Checkpointing(save=lambda _: None, every=7)))
+        np.testing.assert_array_equal(resumed.model.hashed, whole.model.hashed)
+        np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"model": "softmax"}, "--model softmax: categorical columns train with models of one output"),
+    ({"optimizer": "adam"}, "--optimizer adam: categorical columns train with --optimizer sgd or adagrad"),
+    ({"optimizer": "adagrad"}, "--l2: adagrad with categorical columns has no exact lazy L2"),
+    ({"l1": 1e-3}, "--l1: not yet with categorical columns"),
+    ({"hidden": (4,)}, "--hidden: an MLP does not take categorical columns yet"),
+])
+def test_what_the_sparse_kernels_do_not_serve_is_refused_in_one_line(tables, options, message):
+    (paths, _, _) = tables
+    with pytest.raises(UsageError, match=f"^{message}"):
+        train_fit(open_source(paths["train"]), FitConfig(epochs=1, **options))
+
+
+def test_struct_and_binary_columns_are_skipped_with_a_reason(tmp_path):
+    path = str(tmp_path / "odd.parquet")
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0, 4.0], "c": ["a", "b", None, "a"],
+                             "s": pa.array([{"a": 1}, {"a": 2}, {"a": 3}, {"a": 4}]),
+                             "b": pa.array([b"x", b"y", b"z", b"w"]), "y": [0, 1, 0, 1]}), path)
+    out = json.loads(run_cli("info", path, "--json").stdout)
+    assert out["feature_names"] == ["x"] and out["categorical"] == ["c"]
+    assert out["skipped"]["s"].startswith("nested:") and out["skipped"]["b"].startswith("binary:")
+    bad = run_cli("fit", path, "--categorical", "x", "-o", tmp_path / "m.npz", check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("streamsgd: error: --categorical: column 'x' has type double; --categorical takes "
+                                  "integer columns (text columns are categorical already); fix --categorical")
+
+
+def test_a_model_whose_golden_values_no_longer_hash_alike_is_refused(tables, fitted, tmp_path):
+    from streamsgd.tools.inference import evaluate
+
+    (paths, _, _) = tables
+    model = copy.deepcopy(fitted[0])
+    model.metadata["categorical"]["golden"][0][2] ^= 1  # as if the hash had changed since
+    model.save(str(tmp_path / "bad.npz"))
+    source = open_source(paths["test"], features=model.features + model.hashed_columns,
+                         categorical=model.hashed_columns)
+    with pytest.raises(ModelFileError, match=r"categorical value \['species', ''\] no longer hashes to"):
+        evaluate(streamsgd.load(tmp_path / "bad.npz"), source)
+
+
+def test_show_states_the_hashed_columns(fitted):
+    from streamsgd.tools.show import describe_model
+
+    assert describe_model(fitted[0])["categorical"] == {"columns": CATEGORICAL, "bits": 20, "interactions": [],
+                                                        "nonzero_weights": 9}
+
+
+def test_batches_carry_the_hashed_columns_as_csr(tables):
+    """``streamsgd.batches`` hashes as fit does (same seed, same bits): unshuffled, the first
+    batch is the file's first rows, k entries per row."""
+    from streamsgd.sources.encoding import Encoding
+
+    (paths, train, _) = tables
+    with streamsgd.batches(paths["train"], batch=64, shuffle=False, seed=5, hash_bits=12) as stream:
+        batch = next(iter(stream))
+    k = len(CATEGORICAL)
+    assert batch.X.shape == (64, len(NUMERIC)) and batch.indptr.tolist() == list(range(0, 64 * k + 1, k))
+    encoding = Encoding.of(CATEGORICAL, 12, 5)
+    for j, name in enumerate(CATEGORICAL):
+        idx, sign = encoding.hash(j, pa.array(train[name].iloc[:64], pa.string(), from_pandas=True))
+        np.testing.assert_array_equal(batch.indices[j::k], idx)
+        np.testing.assert_array_equal(batch.values[j::k], sign.astype(np.float32))
+
+
+def test_interactions_cross_two_columns_and_predict_crosses_them_alike(tables, tmp_path):
+    """--interactions species:sex adds one hashed feature per row: a weight per (species,
+    sex) pair seen (null sex included); evaluate re-hashes the pairs' golden values first."""
+    from streamsgd.tools.inference import evaluate
+
+    (paths, train, _) = tables
+    model = train_fit(open_source(paths["train"]), FitConfig(epochs=20, interactions=("species:sex",))).model
+    record = model.metadata["categorical"]
+    assert record["interactions"] == ["species:sex"]
+    assert any(g[0] == "species:sex" for g in record["golden"])
+    pairs = train.groupby(["species", "sex"], dropna=False).ngroups
+    assert np.count_nonzero(model.hashed) == 9 + pairs
+    model.save(str(tmp_path / "m.npz"))
+    source = open_source(paths["test"], features=model.features + model.hashed_columns,
+                         categorical=model.hashed_columns)
+    assert evaluate(streamsgd.load(tmp_path / "m.npz"), source)["accuracy"] > 0.85
+    with pytest.raises(UsageError, match=r"^--interactions species:year: expected two different categorical"):
+        train_fit(open_source(paths["train"]), FitConfig(epochs=1, interactions=("species:year",)))
+
+
+def test_the_validation_loss_scores_the_hashed_columns(tables):
+    """The last epoch's val_loss is the final model's loss on the held-out chunk, as
+    evaluate computes it from the model file's weights."""
+    from streamsgd.sources.subset import ChunkSubset
+    from streamsgd.tools.inference import evaluate
+
+    (paths, _, _) = tables
+    records: list = []
+    model = train_fit(open_source(paths["train"]), FitConfig(epochs=30, batch=32, validation_fraction=0.25),
+                      hooks=Hooks(on_progress=records.append)).model
+    held = model.metadata["validation"]["chunks"]
+    assert len(held) == 1  # one of the 4 row groups of 60 rows
+    last = [r for r in records if r["event"] == "epoch"][-1]
+    subset = ChunkSubset(open_source(paths["train"], features=model.features + model.hashed_columns,
+                                     categorical=model.hashed_columns), held)
+    assert last["val_loss"] == pytest.approx(evaluate(model, subset)["loss"], rel=1e-9)
+
+
+def test_the_memory_plan_charges_the_hashed_columns_and_table(tables):
+    """5 bytes per row and categorical column in a window (int32 id, int8 sign); 48 bytes per
+    hashed weight (weights, gradient sums, AdaGrad's and the average's sums, stamp, touched
+    list); a table over half the limit is refused naming --hash-bits."""
+    from streamsgd.train.setup import source_row_bytes, table_bytes
+
+    (paths, _, _) = tables
+    config = FitConfig(hash_bits=16)
+    with_text, numeric = open_source(paths["train"]), open_source(paths["train"], exclude=CATEGORICAL)
+    assert source_row_bytes(with_text, config) - source_row_bytes(numeric, config) == 5 * len(CATEGORICAL)
+    assert table_bytes(with_text, config) == 48 * 2**16 and table_bytes(numeric, config) == 0
+    with pytest.raises(UsageError, match=r"^--hash-bits 24: the hashed weights and their optimizer state take "
+                                         r"768 MiB, more than half of --memory-limit"):
+        train_fit(open_source(paths["train"]), FitConfig(hash_bits=24, memory_limit="1GiB", epochs=1))
+
+
+def test_a_list_column_hashes_each_value_and_pads_with_sign_zero():
+    from streamsgd.sources.hashing import hash_column, hash_list_column
+
+    lists = pa.array([["x", "y"], None, [], ["z", None]], pa.list_(pa.string()))
+    idx, sign = hash_list_column(lists.slice(0), 7, 10, width=3)
+    scalar_idx, scalar_sign = hash_column(pa.array(["x", "y", "z", None]), 7, 10)
+    np.testing.assert_array_equal(idx[[0, 0, 3, 3], [0, 1, 0, 1]], scalar_idx)
+    np.testing.assert_array_equal(sign[[0, 0, 3, 3], [0, 1, 0, 1]], scalar_sign)
+    assert (idx[1, 0], sign[1, 0]) == (scalar_idx[3], scalar_sign[3])  # a null list: the null category
+    assert not sign[2].any() and not sign[:, 2].any() and not sign[1, 1:].any()  # empty, padding: no term
+    tail_idx, tail_sign = hash_list_column(lists.slice(2), 7, 10, width=2)  # a slice reads its own rows
+    np.testing.assert_array_equal(tail_sign, sign[2:, :2])
+    np.testing.assert_array_equal(tail_idx[1], idx[3, :2])
+
+
+def test_a_list_of_one_value_per_row_trains_as_the_scalar_column(tables, tmp_path):
+    """Polars writes species as list<string> of one value: the same features, the same
+    model bit for bit; a list column with several values per row trains and predicts."""
+    import polars as pl
+
+    (paths, train, _) = tables
+    listed = str(tmp_path / "listed.parquet")
+    frame = pl.from_pandas(train).with_columns(pl.col("species").map_elements(lambda s: [s], pl.List(pl.String)))
+    frame.write_parquet(listed, row_group_size=60)
+    assert pq.read_schema(listed).field("species").type == pa.large_list(pa.large_string())
+    models = [train_fit(open_source(p), FitConfig(epochs=3, batch=32)).model for p in (paths["train"], listed)]
+    np.testing.assert_array_equal(models[0].hashed, models[1].hashed)
+    np.testing.assert_array_equal(models[0].coef, models[1].coef)
+    tagged = str(tmp_path / "tagged.parquet")  # species and island in one list: two values a row
+    both = pl.from_pandas(train).with_columns(pl.concat_list("species", "island").alias("place")).drop(
+        "species", "island")
+    both.write_parquet(tagged, row_group_size=60)
+    model = train_fit(open_source(tagged), FitConfig(epochs=3, batch=32)).model
+    assert model.hashed_columns == ["sex", "place"]
+    assert np.count_nonzero(model.hashed) == 3 + 3 + 3  # 3 sexes + null, 3 species and 3 islands
