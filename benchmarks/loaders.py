@@ -33,7 +33,7 @@ Methods, each in a fresh process (its peak RSS, VmHWM, is its own), round-robin:
   (m2) (m0) with ``num_workers=2``.
   (x)  streamsgd's own prepared copy, the peer of (m)'s MDS copy: ``streamsgd shuffle`` rewrites
        the file once in a uniformly random order (beforehand, outside the timing, at
-       ``--memory-limit``; README "Data sorted by time or label"), then ``streamsgd.batches``
+       ``--shuffle-limit``; README "Data sorted by time or label"), then ``streamsgd.batches``
        reads that copy as (s) reads the file. The two conversions' times are printed apart.
 
 Figures per method (median of ``--runs``): rows/s, peak RSS, and three shuffle measures over
@@ -74,6 +74,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import _common  # benchmarks/ is on sys.path when a script there runs
+import provenance
+
 BATCH = 512
 GROUP_ROWS = 65_536
 SEPARATION = 2.0  # distance between the two classes' means
@@ -98,31 +101,37 @@ def draw(rng: np.random.Generator, label: np.ndarray, features: int) -> np.ndarr
     return X
 
 
-def write_file(path: Path, rows: int, features: int, group_rows: int = GROUP_ROWS) -> None:
+def write_file(path: Path, rows: int, features: int, group_rows: int = GROUP_ROWS, dictionary: bool = False) -> None:
     """The label-sorted file (see the module), drawn GROUP_ROWS rows at a time (the same rows
-    whatever ``group_rows``), in row groups of ``group_rows``."""
+    whatever the layout), in row groups of ``group_rows``, plain-encoded unless ``dictionary``
+    (pyarrow's default: dictionary pages first, plain once a column's dictionary is full)."""
     if rows >= 2**24:
         raise SystemExit(f"loaders.py: --rows {rows}: the float32 column 'row' is exact below 2**24 rows only")
     names = [f"x{j}" for j in range(features)]
     if path.exists() and pq.read_metadata(path).num_rows == rows and pq.read_schema(path).names == \
             names + ["row", "label"]:
         return
-    tmp, writer = path.with_suffix(".tmp"), None
+    tmp, writer, pending = path.with_suffix(".tmp"), None, []
     for g, lo in enumerate(range(0, rows, GROUP_ROWS)):
         n = min(GROUP_ROWS, rows - lo)
         label = (np.arange(lo, lo + n) >= rows // 2).astype(np.float64)
         X = draw(np.random.default_rng([0, g]), label, features)
-        table = pa.table({**{name: X[:, j] for j, name in enumerate(names)},
-                          "row": np.arange(lo, lo + n, dtype=np.float32), "label": label})
-        writer = writer or pq.ParquetWriter(tmp, table.schema, compression="none", use_dictionary=False)
-        writer.write_table(table, row_group_size=group_rows)
+        pending.append(pa.table({**{name: X[:, j] for j, name in enumerate(names)},
+                                 "row": np.arange(lo, lo + n, dtype=np.float32), "label": label}))
+        held = sum(t.num_rows for t in pending)
+        if held >= group_rows or lo + n == rows:  # whole groups out, the rest held for the next
+            table = pa.concat_tables(pending)
+            cut = held if lo + n == rows else held - held % group_rows
+            writer = writer or pq.ParquetWriter(tmp, table.schema, compression="none", use_dictionary=dictionary)
+            writer.write_table(table.slice(0, cut), row_group_size=group_rows)
+            pending = [table.slice(cut)] if cut < held else []
     assert writer is not None
     writer.close()
     tmp.replace(path)
 
 
-def file_name(rows: int, features: int, group_rows: int) -> str:
-    tail = "" if group_rows == GROUP_ROWS else f"_g{group_rows}"
+def file_name(rows: int, features: int, group_rows: int, dictionary: bool) -> str:
+    tail = ("" if group_rows == GROUP_ROWS else f"_g{group_rows}") + ("_dict" if dictionary else "")
     return f"sorted{rows}_d{features}{tail}.parquet"
 
 
@@ -470,11 +479,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-limit", default=None, help="the limit of s (and b, t's buffers): 256MiB; 64MiB "
                         "--quick")
     parser.add_argument("--methods", default=",".join(METHODS), help="which methods (comma-separated)")
+    parser.add_argument("--dictionary", action="store_true", help="write the file with pyarrow's default "
+                        "dictionary encoding (plain without)")
+    parser.add_argument("--shuffle-limit", default="512MiB", help="the --memory-limit of the one-off "
+                        "`streamsgd shuffle` that prepares (x)'s copy (default 512MiB)")
     parser.add_argument("--scale", type=int, default=8, help="also streamsgd's peak RSS on this many times the "
                         "rows (0: not)")
     parser.add_argument("--dir", default="benchmarks/out/loaders", help="the files (reused when they match)")
     parser.add_argument("--keep-files", action="store_true", help="keep the --scale file after its run")
-    parser.add_argument("--json", help="write the figures there too")
+    parser.add_argument("--json", help="the JSON report (default DIR/loaders.json, loaders-quick.json --quick)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--method", help=argparse.SUPPRESS)  # one method, in a child process
     parser.add_argument("--file", help=argparse.SUPPRESS)
@@ -495,15 +508,15 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.method, args.file, limit, args.order_out)))
         return
     folder = Path(args.dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / file_name(args.rows, args.features, args.group_rows)
-    write_file(path, args.rows, args.features, args.group_rows)
+    started, load_start = _common.begin(folder)
+    path = folder / file_name(args.rows, args.features, args.group_rows, args.dictionary)
+    write_file(path, args.rows, args.features, args.group_rows, args.dictionary)
     wanted = [m for m in args.methods.split(",") if m]
     if unknown := sorted(set(wanted) - set(METHODS)):
         raise SystemExit(f"loaders.py: --methods: unknown {unknown}; the methods are {','.join(METHODS)}")
     methods = [m for m in wanted if available(m)]
     prep = {"mds": write_mds(path, columns(str(path))) if "m0" in methods or "m2" in methods else None,
-            "shuffle": write_shuffled(path, limit) if "x" in methods else None}
+            "shuffle": write_shuffled(path, parse_bytes(args.shuffle_limit)) if "x" in methods else None}
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for run in range(args.runs):
         for m in methods:
@@ -521,15 +534,33 @@ def main(argv: list[str] | None = None) -> None:
     del X, y
     scale = scaled(args, folder, limit) if args.scale else None
     report(runs, refs, scale, prep, args, limit)
+    out = Path(args.json) if args.json else folder / ("loaders-quick.json" if args.quick else "loaders.json")
+    provenance.write_report(out, {"runs": runs, "references": refs, "scale": scale, "prep": prep,
+                                  "rows": args.rows, "features": args.features, "group_rows": args.group_rows,
+                                  "dictionary": args.dictionary,
+                                  "limit": limit, "machine": provenance.machine(**versions())}, started, load_start)
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of the measured libraries (without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("numpy", "pyarrow", "numba", "torch", "mosaicml-streaming", "streamsgd"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def scaled(args: argparse.Namespace, folder: Path, limit: int) -> dict:
     """streamsgd.batches' peak RSS at ``limit`` on ``--scale`` times the rows, and the idle
     footprint (the same stream on 1,000 rows), each the median of ``--runs`` fresh processes."""
-    big = folder / file_name(args.rows * args.scale, args.features, args.group_rows)
-    idle_file = folder / file_name(IDLE_ROWS, args.features, args.group_rows)
-    write_file(big, args.rows * args.scale, args.features, args.group_rows)
-    write_file(idle_file, IDLE_ROWS, args.features, args.group_rows)
+    big = folder / file_name(args.rows * args.scale, args.features, args.group_rows, args.dictionary)
+    idle_file = folder / file_name(IDLE_ROWS, args.features, args.group_rows, args.dictionary)
+    write_file(big, args.rows * args.scale, args.features, args.group_rows, args.dictionary)
+    write_file(idle_file, IDLE_ROWS, args.features, args.group_rows, args.dictionary)
     peaks, idles, speeds = [], [], []
     for _ in range(args.runs):
         for file, into in ((idle_file, idles), (big, peaks)):
@@ -550,7 +581,8 @@ def report(runs: dict[str, list[dict]], refs: dict[str, float], scale: dict | No
            args: argparse.Namespace, limit: int) -> None:
     """The table (medians), streamsgd's speed over each peer's, and the memory check."""
     med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items() if rs}
-    print(f"{args.rows:,} label-sorted rows x {args.features} features in {args.group_rows:,}-row groups, "
+    print(f"{args.rows:,} label-sorted rows x {args.features} features in {args.group_rows:,}-row groups"
+          f"{' (dictionary-encoded)' if args.dictionary else ''}, "
           f"batch {BATCH}, memory limit "
           f"{limit / 2**20:.0f} MiB, median of {args.runs}, load {os.getloadavg()[0]:.1f}")
     print(f"{'method':10} {'rows/s':>10} {'/decode':>8} {'s/this':>7} {'peak MiB':>9} {'start':>6} {'|rho|':>6} "
@@ -577,11 +609,6 @@ def report(runs: dict[str, list[dict]], refs: dict[str, float], scale: dict | No
               f"idle {statistics.median(scale['idle_rss']) / 2**20:.0f} MiB, limit + idle "
               f"{scale['bound'] / 2**20:.0f} MiB: {'within' if scale['ok'] else 'OVER'}; "
               f"{statistics.median(scale['rows_per_s']):,.0f} rows/s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "references": refs, "scale": scale,
-                                               "rows": args.rows, "features": args.features, "limit": limit, "prep": prep,
-                                               "group_rows": args.group_rows},
-                                              indent=1))
 
 
 if __name__ == "__main__":
