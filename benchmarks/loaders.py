@@ -55,7 +55,7 @@ of the stream, with negligible data).
 
 Usage:
   python benchmarks/loaders.py                  # 1M rows x 100 features, 256MiB, 3 runs, 8x rows
-  python benchmarks/loaders.py --quick          # 100k rows x 100 features, 64MiB, 1 run (make bench)
+  python benchmarks/loaders.py --quick          # 100k rows x 100 features, 256MiB, 1 run, 8x (make bench)
 """
 
 from __future__ import annotations
@@ -476,8 +476,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--group-rows", type=int, default=GROUP_ROWS, help="rows per row group of the file "
                         f"(default {GROUP_ROWS:,})")
     parser.add_argument("--runs", type=int, default=None, help="runs of every method, round-robin (3; 1 --quick)")
-    parser.add_argument("--memory-limit", default=None, help="the limit of s (and b, t's buffers): 256MiB; 64MiB "
-                        "--quick")
+    parser.add_argument("--memory-limit", default=None, help="the limit of s and x (and the buffers of b, t0, t2): "
+                        "256MiB")
     parser.add_argument("--methods", default=",".join(METHODS), help="which methods (comma-separated)")
     parser.add_argument("--dictionary", action="store_true", help="write the file with pyarrow's default "
                         "dictionary encoding (plain without)")
@@ -495,7 +495,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.rows = args.rows or (100_000 if args.quick else 1_000_000)
     args.runs = args.runs or (1 if args.quick else 3)
-    args.memory_limit = args.memory_limit or ("64MiB" if args.quick else "256MiB")
+    args.memory_limit = args.memory_limit or "256MiB"
     return args
 
 
