@@ -1,0 +1,346 @@
+"""Training on a Dask cluster (``--workers K``) against the single process on the same file.
+
+One file (2,000,000 x 20 logistic, uncompressed, row groups of 65,536 rows; 200,000 rows with
+``--quick``), one epoch at each per-shard batch B in 512, 4,096 and 32,768, these methods:
+
+  single   ``fit`` in one process, no shards (batch B): the reference for rows/s;
+  s1       ``--shards 1`` in process (the sharded run's machinery with its in-process backend:
+           one round = one batch of B rows, the same model as ``single``);
+  s1k1     ``--shards 1 --workers 1``: the same rounds on a LocalCluster of one worker;
+  s2       ``--shards 2`` in process (two shards' batches one after another, one update of 2B rows);
+  s2k2     ``--shards 2 --workers 2``: the same rounds on a LocalCluster of two workers.
+
+The clusters are the ones ``--workers K`` starts (``integrations.dask.DaskCluster``: single-threaded
+worker processes, ``NUMBA_NUM_THREADS=1``, Dask memory limit = the share of ``--memory-limit`` plus
+1 GiB), started once before the timings and given one warm-up fit on a 4,096-row file, so that
+the timed fits only place their actors: rows/s is the summary's ``rows_per_second`` (the training
+loop: from the run's start to its end, less Numba's compilation; the cluster's start is outside
+it, and is timed separately, with the first fit on fresh workers). Methods run round-robin
+(every batch, every method, then the next run); each figure is the median of ``--runs`` runs.
+
+From the medians: time per update t = rows / (rows/s) / updates. Compute per update c(B) = t of
+``s1`` (one shard's batch and the update, in process); round latency round(1) = t(s1k1) - c(B);
+round(2) = t(s2k2) - c(B) (the two workers compute their shards at once, each one shard's
+batch); the per-extra-actor increment = round(2) - round(1). The projection to K = 8 ... 256
+workers (one shard each, per-shard batch B): rows/s(K) = K B / (c(B) + round(1) + (K - 1) inc),
+efficiency = rows/s(K) / (K B / c(B)), with round(1) and inc from the B = 512 runs (the round's
+messages carry d + 1 numbers whatever B is, and at B = 512 the difference of the two times is
+least disturbed by compute). It assumes a worker per core and the driver's per-actor cost
+growing linearly, which a 2-core machine cannot check: it is a projection, not a measurement.
+
+Memory: each worker's RSS when the cluster has started (bare), its peak after the warm-up fit on
+the small file (its idle footprint: the interpreter, Dask, streamsgd and every code path of a
+fit, with negligible data), and its peak (Linux's VmHWM, read on the worker by ``client.run``)
+after every timed fit, against its share of ``--memory-limit`` (the trainer gives each shard
+``memory_limit // S``; a worker hosts one shard here) plus that idle footprint.
+
+Usage:
+  python benchmarks/cluster.py              # 2M x 20, batches 512/4096/32768, 3 runs
+  python benchmarks/cluster.py --quick      # 200k x 20, 1 run (make bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _common  # benchmarks/ is on sys.path when a script there runs
+import provenance
+from streamsgd.config import DEFAULT_MEMORY_LIMIT, FitConfig, parse_bytes
+from streamsgd.integrations.dask import DaskCluster
+from streamsgd.sources import open_source
+from streamsgd.train.inputs import Hooks
+from streamsgd.train.shards import InProcess
+from streamsgd.train.trainer import fit
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+ROW_GROUP_ROWS = 65536
+WARM_ROWS = 4096  # the warm-up file: every code path of a fit on the fresh workers, no data to speak of
+WARM_ROUNDS = 20
+BATCHES = (512, 4096, 32768)
+PROJECT_K = (8, 16, 32, 64, 128, 256)
+#: the batch whose runs give the cost model's round latency and per-actor increment
+MODEL_BATCH = 512
+LABELS = {
+    "single": "fit, one process (no shards)",
+    "s1": "--shards 1, in process",
+    "s1k1": "--shards 1 --workers 1",
+    "s2": "--shards 2, in process",
+    "s2k2": "--shards 2 --workers 2",
+}
+#: method -> (shards, workers: None = in process)
+METHODS: dict[str, tuple[int | None, int | None]] = {
+    "single": (None, None), "s1": (1, None), "s1k1": (1, 1), "s2": (2, None), "s2k2": (2, 2)}
+#: done-when marks of issue 17 item 7 (printed and recorded; this script measures, the README judges)
+MAX_K1_COST = 0.10
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=2_000_000, help="training rows (default 2,000,000)")
+    p.add_argument("--features", type=int, default=20, help="features (default 20)")
+    p.add_argument("--batches", default=",".join(map(str, BATCHES)),
+                   help="comma-separated per-shard batches (default 512,4096,32768)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per method; medians are reported (default 3)")
+    p.add_argument("--memory-limit", default=str(DEFAULT_MEMORY_LIMIT),
+                   help="--memory-limit of every fit (default: fit's default, 512 MiB)")
+    p.add_argument("--empty-rounds", type=int, default=2000,
+                   help="timed rounds of the no-op actors per run and K (default 2,000)")
+    p.add_argument("--quick", action="store_true", help="small and fast: 200,000 rows, 1 run, 300 empty rounds")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the data files and the JSON")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rows, args.runs, args.empty_rounds = 200_000, 1, 300
+    args.batches = [int(b) for b in str(args.batches).split(",")]
+    args.memory_limit = parse_bytes(args.memory_limit)
+    return args
+
+
+def ensure_file(path: Path, rows: int, features: int) -> Path:
+    if not _common.is_uncompressed(path, rows, features, ROW_GROUP_ROWS):
+        _common.write_uncompressed(path, rows, features, ROW_GROUP_ROWS)
+    return path
+
+
+def worker_memory() -> dict[str, int]:
+    """This process's RSS and peak RSS (VmHWM) in bytes: run on each worker by ``client.run``."""
+    import os
+
+    out = {"pid": os.getpid()}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024  # the kernel reports kB
+    return out
+
+
+def streamsgd_path() -> str:
+    """Where ``streamsgd`` was imported from (compared between the driver and the workers)."""
+    import streamsgd
+
+    return str(streamsgd.__file__)
+
+
+class Echo:
+    """A trainer actor without the training: answers a round's parameters with a gradient-sized
+    array, so that a round of these is the messages' round trip alone (no data, no compute)."""
+
+    def accumulate(self, epoch: int, rnd: int, theta: Any) -> list[tuple[Any, int, float, float]]:
+        return [(theta.copy(), 0, 0.0, 0.0)]
+
+
+def empty_round(cluster: DaskCluster, rounds: int, features: int) -> float:
+    """Seconds per round of one :class:`Echo` actor per worker, called as ``DaskBackend`` calls
+    its actors (every call sent, then every answer awaited in order)."""
+    import numpy as np
+
+    client = cluster.client
+    futures = [client.submit(Echo, actor=True, workers=[w], pure=False) for w in sorted(client.nthreads())]
+    actors = [future.result() for future in futures]
+    theta = np.zeros(features + 1)
+    t0 = 0.0
+    for rnd in range(-WARM_ROUNDS, rounds):  # the first rounds open the connections: not timed
+        if rnd == 0:
+            t0 = time.perf_counter()
+        for call in [actor.accumulate(0, rnd, theta) for actor in actors]:
+            call.result()
+    seconds = (time.perf_counter() - t0) / rounds
+    del actors, futures
+    return seconds
+
+
+def one_fit(path: Path, batch: int, shards: int | None, backend: Any, limit: int) -> dict[str, Any]:
+    """One epoch; the summary with the time per update (the training loop's seconds / updates)."""
+    config = FitConfig(model="logistic", batch=batch, epochs=1, shards=shards, memory_limit=limit)
+    s = fit(open_source(str(path)), config, hooks=Hooks(backend=backend)).summary
+    loop_seconds = s["rows_seen"] / s["rows_per_second"]
+    return {"rows_per_second": s["rows_per_second"], "updates": s["iterations"], "rows_seen": s["rows_seen"],
+            "seconds_per_update": loop_seconds / max(s["iterations"], 1), "loss": s["loss"]}
+
+
+def start_clusters(warm: Path, limit: int) -> tuple[dict[int, DaskCluster], dict[str, Any]]:
+    """One LocalCluster per K (as ``--workers K`` starts it), each warmed by one fit on the
+    small file; their start and warm-up times and each worker's bare and idle RSS."""
+    clusters: dict[int, DaskCluster] = {}
+    info: dict[str, Any] = {}
+    for k in (1, 2):
+        seconds, cluster = _common.seconds(DaskCluster, workers=k, memory_limit=limit)
+        clusters[k] = cluster
+        theirs = set(cluster.client.run(streamsgd_path).values())
+        if theirs != {streamsgd_path()}:
+            sys.exit(f"cluster.py: the workers import streamsgd from {sorted(theirs)}, this process from "
+                     f"{streamsgd_path()}: run from the checkout's root with PYTHONPATH=.")
+        bare = cluster.client.run(worker_memory)
+        warm_seconds, _ = _common.seconds(one_fit, warm, 512, k, cluster, limit)
+        idle = cluster.client.run(worker_memory)
+        info[str(k)] = {"start_seconds": seconds, "first_fit_seconds": warm_seconds,
+                        "workers": {w: {"pid": idle[w]["pid"], "bare_rss": bare[w]["VmRSS"],
+                                        "idle_peak_rss": idle[w]["VmHWM"]} for w in idle}}
+        print(f"K = {k}: LocalCluster started in {seconds:.2f} s; first fit on the fresh workers "
+              f"({WARM_ROWS:,} rows) {warm_seconds:.2f} s", flush=True)
+    return clusters, info
+
+
+def measure(args: argparse.Namespace, path: Path, clusters: dict[int, DaskCluster]) -> dict[str, Any]:
+    """Every method at every batch, round-robin, ``--runs`` times: the raw figures."""
+    raw: dict[str, Any] = {str(b): {m: [] for m in METHODS} for b in args.batches}
+    raw["empty_round"] = {str(k): [] for k in clusters}
+    for run in range(args.runs):
+        for k, cluster in clusters.items():
+            raw["empty_round"][str(k)].append(empty_round(cluster, args.empty_rounds, args.features))
+        print(f"run {run + 1}/{args.runs}, empty rounds: " + ", ".join(
+            f"K = {k} {v[-1] * 1e3:.2f} ms" for k, v in raw["empty_round"].items()), flush=True)
+        for batch in args.batches:
+            for method, (shards, workers) in METHODS.items():
+                backend = clusters[workers] if workers else (InProcess if method == "s1" else None)
+                raw[str(batch)][method].append(one_fit(path, batch, shards, backend, args.memory_limit))
+            print(f"run {run + 1}/{args.runs}, B = {batch}: " + ", ".join(
+                f"{m} {raw[str(batch)][m][-1]['rows_per_second']:,.0f}" for m in METHODS) + " rows/s", flush=True)
+    return raw
+
+
+def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Per batch: median rows/s and time per update of each method, the round latencies, the
+    compute per update and the two marks' ratios."""
+    table: dict[str, Any] = {}
+    for batch, methods in raw.items():
+        if batch == "empty_round":
+            continue
+        rate = {m: statistics.median(r["rows_per_second"] for r in runs) for m, runs in methods.items()}
+        t = {m: statistics.median(r["seconds_per_update"] for r in runs) for m, runs in methods.items()}
+        c = t["s1"]
+        round1, round2 = t["s1k1"] - c, t["s2k2"] - c
+        table[batch] = {
+            "rows_per_second": rate, "seconds_per_update": t,
+            "updates": {m: runs[0]["updates"] for m, runs in methods.items()},
+            "compute_per_update": c, "round_latency": {"1": round1, "2": round2},
+            "round_latency_vs_in_process_same_shards": {"1": round1, "2": t["s2k2"] - t["s2"]},
+            "per_actor_increment": round2 - round1,
+            "k1_cost_vs_single": 1 - rate["s1k1"] / rate["single"],
+            "k2_vs_k1": rate["s2k2"] / rate["s1k1"],
+            "s1_in_process_vs_single": rate["s1"] / rate["single"],
+        }
+    return table
+
+
+def projection(table: dict[str, Any], model_batch: str) -> dict[str, Any]:
+    """rows/s and efficiency at K = 8 ... 256 for each batch (see the module): a projection."""
+    base = table[model_batch]
+    round1, inc = base["round_latency"]["1"], max(base["per_actor_increment"], 0.0)
+    out: dict[str, Any] = {"round_1": round1, "per_actor_increment": inc, "from_batch": int(model_batch), "rows": {}}
+    for batch, entry in table.items():
+        c, b = entry["compute_per_update"], int(batch)
+        out["rows"][batch] = {str(k): {"rows_per_second": k * b / (c + round1 + (k - 1) * inc),
+                                       "efficiency": c / (c + round1 + (k - 1) * inc)} for k in PROJECT_K}
+    return out
+
+
+def memory_check(clusters: dict[int, DaskCluster], started: dict[str, Any], limit: int) -> dict[str, Any]:
+    """Each worker's peak RSS after every timed fit against its share of the limit + idle."""
+    out: dict[str, Any] = {}
+    for k, cluster in clusters.items():
+        now = cluster.client.run(worker_memory)
+        share = limit // k  # k shards on k workers: one shard, memory_limit // S, per worker
+        for worker, before in started[str(k)]["workers"].items():
+            if worker not in now or now[worker]["pid"] != before["pid"]:
+                out[f"K{k} {worker}"] = {"error": "the worker was restarted during the timings"}
+                continue
+            peak, idle = now[worker]["VmHWM"], before["idle_peak_rss"]
+            out[f"K{k} {worker}"] = {"bare_rss": before["bare_rss"], "idle_peak_rss": idle, "peak_rss": peak,
+                                    "share": share, "budget": share + idle, "ok": peak <= share + idle}
+    return out
+
+
+def print_tables(table: dict[str, Any], proj: dict[str, Any]) -> None:
+    print(f"\n{'batch':>6} {'method':<24}{'rows/s':>12}{'updates':>9}{'ms/update':>11}{'vs single':>11}")
+    for batch, entry in table.items():
+        for m in METHODS:
+            rate = entry["rows_per_second"][m]
+            print(f"{batch:>6} {LABELS[m]:<24}{rate:>12,.0f}{entry['updates'][m]:>9,}"
+                  f"{entry['seconds_per_update'][m] * 1e3:>11.3f}{rate / entry['rows_per_second']['single']:>11.2f}")
+    print(f"\n{'batch':>6}{'compute/update ms':>19}{'round(1) ms':>13}{'round(2) ms':>13}{'increment ms':>14}"
+          f"{'K=1 cost':>10}{'K=2 / K=1':>11}")
+    for batch, e in table.items():
+        print(f"{batch:>6}{e['compute_per_update'] * 1e3:>19.3f}{e['round_latency']['1'] * 1e3:>13.3f}"
+              f"{e['round_latency']['2'] * 1e3:>13.3f}{e['per_actor_increment'] * 1e3:>14.3f}"
+              f"{e['k1_cost_vs_single']:>10.1%}{e['k2_vs_k1']:>11.2f}")
+    print(f"\nPROJECTION (not measured): round(K) = {proj['round_1'] * 1e3:.2f} ms + (K - 1) x "
+          f"{proj['per_actor_increment'] * 1e3:.2f} ms (B = {proj['from_batch']} runs); rows/s (efficiency)")
+    print(f"{'batch':>6}" + "".join(f"{'K=' + str(k):>20}" for k in PROJECT_K))
+    for batch, rows in proj["rows"].items():
+        print(f"{batch:>6}" + "".join(f"{r['rows_per_second']:>13,.0f} ({r['efficiency']:>3.0%})"
+                                      for r in rows.values()))
+
+
+def print_memory(memory: dict[str, Any]) -> None:
+    print(f"\n{'worker':<30}{'bare RSS':>10}{'idle':>10}{'peak':>10}{'share':>10}{'share+idle':>12}")
+    for worker, m in memory.items():
+        if "error" in m:
+            print(f"{worker:<30} {m['error']}")
+            continue
+        print(f"{worker:<30}{_common.mib(m['bare_rss']):>10}{_common.mib(m['idle_peak_rss']):>10}"
+              f"{_common.mib(m['peak_rss']):>10}{_common.mib(m['share']):>10}{_common.mib(m['budget']):>12}"
+              f"  {'ok' if m['ok'] else 'OVER'}")
+
+
+def marks(table: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
+    """Item 7's marks per batch: the Dask path at K = 1 within 10 % of the single process;
+    K = 2 no slower than K = 1; every worker within its share + idle footprint."""
+    out: dict[str, Any] = {}
+    for batch, e in table.items():
+        out[f"K=1 cost <= 10% (B={batch})"] = {"value": e["k1_cost_vs_single"], "met": e["k1_cost_vs_single"] <= MAX_K1_COST}
+        out[f"K=2 / K=1 >= 1 (B={batch})"] = {"value": e["k2_vs_k1"], "met": e["k2_vs_k1"] >= 1.0}
+    out["workers within share + idle"] = {"met": all(m.get("ok", False) for m in memory.values())}
+    print("\nmarks (issue 17 item 7):")
+    for name, m in out.items():
+        value = f"{m['value']:.3f} " if "value" in m else ""
+        print(f"  {name:<32} {value}{'met' if m['met'] else 'NOT met'}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started, load_start = _common.begin(args.out)
+    path = ensure_file(args.out / f"cluster-{args.rows}x{args.features}.parquet", args.rows, args.features)
+    warm = ensure_file(args.out / f"cluster-{WARM_ROWS}x{args.features}.parquet", WARM_ROWS, args.features)
+    clusters, cluster_info = start_clusters(warm, args.memory_limit)
+    try:
+        raw = measure(args, path, clusters)
+        memory = memory_check(clusters, cluster_info, args.memory_limit)
+    finally:
+        for cluster in clusters.values():
+            cluster.close()
+    table = summarise(raw)
+    proj = projection(table, str(MODEL_BATCH) if MODEL_BATCH in args.batches else str(min(args.batches)))
+    print(f"\n{args.rows:,} rows x {args.features} features, logistic, 1 epoch, median of {args.runs} run(s), "
+          f"--memory-limit {_common.mib(args.memory_limit)}")
+    empty = {k: statistics.median(v) for k, v in raw["empty_round"].items()}
+    print_tables(table, proj)
+    print(f"\nempty rounds (no-op actors, no data, no compute): K = 1 {empty['1'] * 1e3:.2f} ms, "
+          f"K = 2 {empty['2'] * 1e3:.2f} ms (increment {(empty['2'] - empty['1']) * 1e3:.2f} ms)")
+    print_memory(memory)
+    checks = marks(table, memory)
+    import distributed
+
+    report = {
+        "benchmark": "cluster", "quick": args.quick, "rows": args.rows, "features": args.features,
+        "row_group_rows": ROW_GROUP_ROWS, "batches": args.batches, "runs": args.runs,
+        "memory_limit": args.memory_limit, "labels": LABELS, "clusters": cluster_info, "raw": raw,
+        "empty_round_seconds": empty,
+        "table": table, "projection": {"note": "projection from the measured round latency and compute, "
+                                                "not a measurement", **proj},
+        "memory": memory, "marks": checks,
+        "machine": provenance.machine(**_common.versions(distributed=distributed.__version__)),
+    }
+    provenance.write_report(args.out / ("cluster-quick.json" if args.quick else "cluster.json"), report, started,
+                            load_start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
