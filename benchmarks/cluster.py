@@ -21,7 +21,8 @@ it, and is timed separately, with the first fit on fresh workers). Methods run r
 From the medians: time per update t = rows / (rows/s) / updates. Compute per update c(B) = t of
 ``s1`` (one shard's batch and the update, in process); round latency round(1) = t(s1k1) - c(B);
 round(2) = t(s2k2) - c(B) (the two workers compute their shards at once, each one shard's
-batch); the per-extra-actor increment = round(2) - round(1). The projection to K = 8 ... 256
+batch); the per-extra-actor increment = round(2) - round(1) = t(s2k2) - t(s1k1). These, and the
+marks' ratios, are medians of each run's own difference or ratio. The projection to K = 8 ... 256
 workers (one shard each, per-shard batch B): rows/s(K) = K B / (c(B) + round(1) + (K - 1) inc),
 efficiency = rows/s(K) / (K B / c(B)), with round(1) and inc from the B = 512 runs (the round's
 messages carry d + 1 numbers whatever B is, and at B = 512 the difference of the two times is
@@ -35,7 +36,7 @@ after every timed fit, against its share of ``--memory-limit`` (the trainer give
 ``memory_limit // S``; a worker hosts one shard here) plus that idle footprint.
 
 Usage:
-  python benchmarks/cluster.py              # 2M x 20, batches 512/4096/32768, 3 runs
+  python benchmarks/cluster.py              # 2M x 20, batches 512/4096/32768, 5 runs
   python benchmarks/cluster.py --quick      # 200k x 20, 1 run (make bench)
 """
 
@@ -54,12 +55,14 @@ from streamsgd.config import DEFAULT_MEMORY_LIMIT, FitConfig, parse_bytes
 from streamsgd.integrations.dask import DaskCluster
 from streamsgd.sources import open_source
 from streamsgd.train.inputs import Hooks
-from streamsgd.train.shards import InProcess
+from streamsgd.train.shards import InProcess, ShardedRun
 from streamsgd.train.trainer import fit
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 ROW_GROUP_ROWS = 65536
-WARM_ROWS = 4096  # the warm-up file: every code path of a fit on the fresh workers, no data to speak of
+#: the warm-up file: every code path of a fit on the fresh workers, no data to speak of; four
+#: row groups, so that each of two shards reads some
+WARM_ROWS, WARM_GROUP_ROWS = 4096, 1024
 WARM_ROUNDS = 20
 BATCHES = (512, 4096, 32768)
 PROJECT_K = (8, 16, 32, 64, 128, 256)
@@ -85,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--features", type=int, default=20, help="features (default 20)")
     p.add_argument("--batches", default=",".join(map(str, BATCHES)),
                    help="comma-separated per-shard batches (default 512,4096,32768)")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per method; medians are reported (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per method; medians are reported (default 5)")
     p.add_argument("--memory-limit", default=str(DEFAULT_MEMORY_LIMIT),
                    help="--memory-limit of every fit (default: fit's default, 512 MiB)")
     p.add_argument("--empty-rounds", type=int, default=2000,
@@ -100,9 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def ensure_file(path: Path, rows: int, features: int) -> Path:
-    if not _common.is_uncompressed(path, rows, features, ROW_GROUP_ROWS):
-        _common.write_uncompressed(path, rows, features, ROW_GROUP_ROWS)
+def ensure_file(path: Path, rows: int, features: int, row_group_rows: int = ROW_GROUP_ROWS) -> Path:
+    if not _common.is_uncompressed(path, rows, features, row_group_rows):
+        _common.write_uncompressed(path, rows, features, row_group_rows)
     return path
 
 
@@ -154,13 +157,39 @@ def empty_round(cluster: DaskCluster, rounds: int, features: int) -> float:
     return seconds
 
 
+#: seconds of each ``ShardedRun.begin`` in this process (appended by :func:`time_begin`'s wrapper)
+BEGIN_SECONDS: list[float] = []
+
+
+def time_begin() -> None:
+    """Record how long each sharded run's ``begin`` takes: the driver reads shard 0's first
+    window for the standardisation and the step size, and the shard (in process or on a
+    worker) reads it again, so it is start-up inside the summary's training seconds.
+    Instrumentation of this benchmark process only (the library itself is unchanged)."""
+    original = ShardedRun.begin
+
+    def begin(self: ShardedRun) -> None:
+        t0 = time.perf_counter()
+        try:
+            original(self)
+        finally:
+            BEGIN_SECONDS.append(time.perf_counter() - t0)
+
+    ShardedRun.begin = begin  # type: ignore[method-assign]
+
+
 def one_fit(path: Path, batch: int, shards: int | None, backend: Any, limit: int) -> dict[str, Any]:
-    """One epoch; the summary with the time per update (the training loop's seconds / updates)."""
+    """One epoch: the summary's rows/s, and the time per update of the training loop with
+    and without the sharded run's ``begin`` (see :func:`time_begin`; 0 for a plain run)."""
     config = FitConfig(model="logistic", batch=batch, epochs=1, shards=shards, memory_limit=limit)
+    BEGIN_SECONDS.clear()
     s = fit(open_source(str(path)), config, hooks=Hooks(backend=backend)).summary
-    loop_seconds = s["rows_seen"] / s["rows_per_second"]
+    loop_seconds, begin = s["rows_seen"] / s["rows_per_second"], sum(BEGIN_SECONDS)
+    updates = max(s["iterations"], 1)
     return {"rows_per_second": s["rows_per_second"], "updates": s["iterations"], "rows_seen": s["rows_seen"],
-            "seconds_per_update": loop_seconds / max(s["iterations"], 1), "loss": s["loss"]}
+            "seconds_per_update": loop_seconds / updates, "begin_seconds": begin,
+            "steady_seconds_per_update": (loop_seconds - begin) / updates,
+            "steady_rows_per_second": s["rows_seen"] / (loop_seconds - begin), "loss": s["loss"]}
 
 
 def start_clusters(warm: Path, limit: int) -> tuple[dict[int, DaskCluster], dict[str, Any]]:
@@ -204,26 +233,46 @@ def measure(args: argparse.Namespace, path: Path, clusters: dict[int, DaskCluste
     return raw
 
 
+def paired(methods: dict[str, list[dict[str, Any]]], fn: Any) -> float:
+    """The median over runs of ``fn`` of one run's figures: a ratio or difference of methods
+    timed minutes apart at most, which drift on a shared machine disturbs less than the
+    ratio of medians taken over the whole invocation."""
+    runs = len(next(iter(methods.values())))
+    return statistics.median(fn({m: v[i] for m, v in methods.items()}) for i in range(runs))
+
+
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
-    """Per batch: median rows/s and time per update of each method, the round latencies, the
-    compute per update and the two marks' ratios."""
+    """Per batch: median rows/s, time per update and ``begin`` of each method; the compute per
+    update, round latencies (from the steady times, ``begin`` left out) and the marks' ratios
+    as medians of each run's own (see :func:`paired`)."""
     table: dict[str, Any] = {}
     for batch, methods in raw.items():
         if batch == "empty_round":
             continue
-        rate = {m: statistics.median(r["rows_per_second"] for r in runs) for m, runs in methods.items()}
-        t = {m: statistics.median(r["seconds_per_update"] for r in runs) for m, runs in methods.items()}
-        c = t["s1"]
-        round1, round2 = t["s1k1"] - c, t["s2k2"] - c
+
+        def t(run: dict[str, Any], m: str) -> float:
+            return float(run[m]["steady_seconds_per_update"])
+
+        def median(key: str) -> dict[str, float]:
+            return {m: statistics.median(r[key] for r in v) for m, v in methods.items()}
+
+        def cost(key: str) -> float:
+            return paired(methods, lambda r: 1 - r["s1k1"][key] / r["single"][key])
+
         table[batch] = {
-            "rows_per_second": rate, "seconds_per_update": t,
-            "updates": {m: runs[0]["updates"] for m, runs in methods.items()},
-            "compute_per_update": c, "round_latency": {"1": round1, "2": round2},
-            "round_latency_vs_in_process_same_shards": {"1": round1, "2": t["s2k2"] - t["s2"]},
-            "per_actor_increment": round2 - round1,
-            "k1_cost_vs_single": 1 - rate["s1k1"] / rate["single"],
-            "k2_vs_k1": rate["s2k2"] / rate["s1k1"],
-            "s1_in_process_vs_single": rate["s1"] / rate["single"],
+            "rows_per_second": median("rows_per_second"), "steady_rows_per_second": median("steady_rows_per_second"),
+            "seconds_per_update": median("seconds_per_update"),
+            "steady_seconds_per_update": median("steady_seconds_per_update"), "begin_seconds": median("begin_seconds"),
+            "updates": {m: v[0]["updates"] for m, v in methods.items()},
+            "compute_per_update": statistics.median(r["steady_seconds_per_update"] for r in methods["s1"]),
+            "round_latency": {"1": paired(methods, lambda r: t(r, "s1k1") - t(r, "s1")),
+                              "2": paired(methods, lambda r: t(r, "s2k2") - t(r, "s1"))},
+            "round_latency_2_vs_in_process_2_shards": paired(methods, lambda r: t(r, "s2k2") - t(r, "s2")),
+            "per_actor_increment": paired(methods, lambda r: t(r, "s2k2") - t(r, "s1k1")),
+            "k1_cost_vs_single": cost("rows_per_second"), "k1_cost_vs_single_steady": cost("steady_rows_per_second"),
+            "k2_vs_k1": paired(methods, lambda r: r["s2k2"]["rows_per_second"] / r["s1k1"]["rows_per_second"]),
+            "s1_in_process_vs_single": paired(
+                methods, lambda r: r["s1"]["rows_per_second"] / r["single"]["rows_per_second"]),
         }
     return table
 
@@ -257,18 +306,20 @@ def memory_check(clusters: dict[int, DaskCluster], started: dict[str, Any], limi
 
 
 def print_tables(table: dict[str, Any], proj: dict[str, Any]) -> None:
-    print(f"\n{'batch':>6} {'method':<24}{'rows/s':>12}{'updates':>9}{'ms/update':>11}{'vs single':>11}")
-    for batch, entry in table.items():
+    print(f"\n{'batch':>6} {'method':<24}{'rows/s':>12}{'vs single':>10}{'updates':>9}{'ms/update':>11}"
+          f"{'begin s':>9}{'steady rows/s':>15}{'steady ms/update':>18}")
+    for batch, e in table.items():
         for m in METHODS:
-            rate = entry["rows_per_second"][m]
-            print(f"{batch:>6} {LABELS[m]:<24}{rate:>12,.0f}{entry['updates'][m]:>9,}"
-                  f"{entry['seconds_per_update'][m] * 1e3:>11.3f}{rate / entry['rows_per_second']['single']:>11.2f}")
+            rate = e["rows_per_second"][m]
+            print(f"{batch:>6} {LABELS[m]:<24}{rate:>12,.0f}{rate / e['rows_per_second']['single']:>10.2f}"
+                  f"{e['updates'][m]:>9,}{e['seconds_per_update'][m] * 1e3:>11.3f}{e['begin_seconds'][m]:>9.2f}"
+                  f"{e['steady_rows_per_second'][m]:>15,.0f}{e['steady_seconds_per_update'][m] * 1e3:>18.3f}")
     print(f"\n{'batch':>6}{'compute/update ms':>19}{'round(1) ms':>13}{'round(2) ms':>13}{'increment ms':>14}"
-          f"{'K=1 cost':>10}{'K=2 / K=1':>11}")
+          f"{'K=1 cost':>10}{'(steady)':>10}{'K=2 / K=1':>11}")
     for batch, e in table.items():
         print(f"{batch:>6}{e['compute_per_update'] * 1e3:>19.3f}{e['round_latency']['1'] * 1e3:>13.3f}"
               f"{e['round_latency']['2'] * 1e3:>13.3f}{e['per_actor_increment'] * 1e3:>14.3f}"
-              f"{e['k1_cost_vs_single']:>10.1%}{e['k2_vs_k1']:>11.2f}")
+              f"{e['k1_cost_vs_single']:>10.1%}{e['k1_cost_vs_single_steady']:>10.1%}{e['k2_vs_k1']:>11.2f}")
     print(f"\nPROJECTION (not measured): round(K) = {proj['round_1'] * 1e3:.2f} ms + (K - 1) x "
           f"{proj['per_actor_increment'] * 1e3:.2f} ms (B = {proj['from_batch']} runs); rows/s (efficiency)")
     print(f"{'batch':>6}" + "".join(f"{'K=' + str(k):>20}" for k in PROJECT_K))
@@ -305,9 +356,11 @@ def marks(table: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    time_begin()
     started, load_start = _common.begin(args.out)
     path = ensure_file(args.out / f"cluster-{args.rows}x{args.features}.parquet", args.rows, args.features)
-    warm = ensure_file(args.out / f"cluster-{WARM_ROWS}x{args.features}.parquet", WARM_ROWS, args.features)
+    warm = ensure_file(args.out / f"cluster-{WARM_ROWS}x{args.features}.parquet", WARM_ROWS, args.features,
+                       WARM_GROUP_ROWS)
     clusters, cluster_info = start_clusters(warm, args.memory_limit)
     try:
         raw = measure(args, path, clusters)
