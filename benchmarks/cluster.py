@@ -43,9 +43,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +359,10 @@ def marks(table: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     time_begin()
+    # the scheduler runs in this process: keep its closing chatter and the second cluster's
+    # "port 8787 in use" (its HTTP endpoints; the dashboard itself is off) out of the tables
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Port .* is already in use")
     started, load_start = _common.begin(args.out)
     path = ensure_file(args.out / f"cluster-{args.rows}x{args.features}.parquet", args.rows, args.features)
     warm = ensure_file(args.out / f"cluster-{WARM_ROWS}x{args.features}.parquet", WARM_ROWS, args.features,
