@@ -15,14 +15,21 @@ worker processes, ``NUMBA_NUM_THREADS=1``, Dask memory limit = the share of ``--
 1 GiB), started once before the timings and given one warm-up fit on a 4,096-row file, so that
 the timed fits only place their actors: rows/s is the summary's ``rows_per_second`` (the training
 loop: from the run's start to its end, less Numba's compilation; the cluster's start is outside
-it, and is timed separately, with the first fit on fresh workers). Methods run round-robin
+it, and is timed separately, with the first fit on fresh workers). One start-up cost stays in it:
+a sharded run's ``begin`` reads shard 0's first window on the driver for the standardisation and
+the step size, and the shard then reads it again; the script times that reread (``begin`` less
+the ``start`` computation inside it, which the single process does too) and also reports the
+"steady" times without it. Methods run round-robin
 (every batch, every method, then the next run); each figure is the median of ``--runs`` runs.
 
-From the medians: time per update t = rows / (rows/s) / updates. Compute per update c(B) = t of
-``s1`` (one shard's batch and the update, in process); round latency round(1) = t(s1k1) - c(B);
-round(2) = t(s2k2) - c(B) (the two workers compute their shards at once, each one shard's
-batch); the per-extra-actor increment = round(2) - round(1) = t(s2k2) - t(s1k1). These, and the
-marks' ratios, are medians of each run's own difference or ratio. The projection to K = 8 ... 256
+Per fit, the steady time per update t = (loop seconds - reread) / updates. Compute per update
+c(B) = t of ``s1`` (one shard's batch and the update, in process); round latency round(1) =
+t(s1k1) - c(B); round(2) = t(s2k2) - c(B) (the two workers compute their shards at once, each one
+shard's batch); the per-extra-actor increment = round(2) - round(1) = t(s2k2) - t(s1k1). These,
+and the marks' ratios, are medians of each run's own difference or ratio (the five methods of a
+batch run back to back), which drift on a shared machine disturbs less. "Empty rounds": one
+no-op actor per worker, called as ``DaskBackend`` calls its actors, answering a gradient-sized
+array: the round trip of the messages alone. The projection to K = 8 ... 256
 workers (one shard each, per-shard batch B): rows/s(K) = K B / (c(B) + round(1) + (K - 1) inc),
 efficiency = rows/s(K) / (K B / c(B)), with round(1) and inc from the B = 512 runs (the round's
 messages carry d + 1 numbers whatever B is, and at B = 512 the difference of the two times is
@@ -57,6 +64,7 @@ from streamsgd.config import DEFAULT_MEMORY_LIMIT, FitConfig, parse_bytes
 from streamsgd.integrations.dask import DaskCluster
 from streamsgd.sources import open_source
 from streamsgd.train.inputs import Hooks
+from streamsgd.train import shards as shards_module
 from streamsgd.train.shards import InProcess, ShardedRun
 from streamsgd.train.trainer import fit
 
@@ -159,39 +167,52 @@ def empty_round(cluster: DaskCluster, rounds: int, features: int) -> float:
     return seconds
 
 
-#: seconds of each ``ShardedRun.begin`` in this process (appended by :func:`time_begin`'s wrapper)
+#: seconds of each ``ShardedRun.begin`` in this process, and of the ``start`` inside it
+#: (appended by :func:`time_begin`'s wrappers)
 BEGIN_SECONDS: list[float] = []
+START_SECONDS: list[float] = []
 
 
 def time_begin() -> None:
-    """Record how long each sharded run's ``begin`` takes: the driver reads shard 0's first
-    window for the standardisation and the step size, and the shard (in process or on a
-    worker) reads it again, so it is start-up inside the summary's training seconds.
-    Instrumentation of this benchmark process only (the library itself is unchanged)."""
-    original = ShardedRun.begin
+    """Record how long each sharded run's ``begin`` takes, and the ``start`` inside it. The
+    driver reads shard 0's first window for the standardisation and the step size
+    (``start``), and then the shard (in process or on a worker) reads that window again: the
+    read is start-up inside the summary's training seconds that the single process does not
+    pay, ``start`` it pays as well. Instrumentation of this benchmark process only."""
+    original_begin, original_start = ShardedRun.begin, shards_module.start
 
     def begin(self: ShardedRun) -> None:
         t0 = time.perf_counter()
         try:
-            original(self)
+            original_begin(self)
         finally:
             BEGIN_SECONDS.append(time.perf_counter() - t0)
 
+    def start(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original_start(*args, **kwargs)
+        finally:
+            START_SECONDS.append(time.perf_counter() - t0)
+
     ShardedRun.begin = begin  # type: ignore[method-assign]
+    shards_module.start = start
 
 
 def one_fit(path: Path, batch: int, shards: int | None, backend: Any, limit: int) -> dict[str, Any]:
     """One epoch: the summary's rows/s, and the time per update of the training loop with
-    and without the sharded run's ``begin`` (see :func:`time_begin`; 0 for a plain run)."""
+    and without the sharded run's extra read of the first window (``begin`` less ``start``,
+    see :func:`time_begin`; 0 for a plain run)."""
     config = FitConfig(model="logistic", batch=batch, epochs=1, shards=shards, memory_limit=limit)
     BEGIN_SECONDS.clear()
+    START_SECONDS.clear()
     s = fit(open_source(str(path)), config, hooks=Hooks(backend=backend)).summary
-    loop_seconds, begin = s["rows_seen"] / s["rows_per_second"], sum(BEGIN_SECONDS)
+    loop_seconds, reread = s["rows_seen"] / s["rows_per_second"], sum(BEGIN_SECONDS) - sum(START_SECONDS)
     updates = max(s["iterations"], 1)
     return {"rows_per_second": s["rows_per_second"], "updates": s["iterations"], "rows_seen": s["rows_seen"],
-            "seconds_per_update": loop_seconds / updates, "begin_seconds": begin,
-            "steady_seconds_per_update": (loop_seconds - begin) / updates,
-            "steady_rows_per_second": s["rows_seen"] / (loop_seconds - begin), "loss": s["loss"]}
+            "seconds_per_update": loop_seconds / updates, "reread_seconds": reread,
+            "steady_seconds_per_update": (loop_seconds - reread) / updates,
+            "steady_rows_per_second": s["rows_seen"] / (loop_seconds - reread), "loss": s["loss"]}
 
 
 def start_clusters(warm: Path, limit: int) -> tuple[dict[int, DaskCluster], dict[str, Any]]:
@@ -244,8 +265,8 @@ def paired(methods: dict[str, list[dict[str, Any]]], fn: Any) -> float:
 
 
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
-    """Per batch: median rows/s, time per update and ``begin`` of each method; the compute per
-    update, round latencies (from the steady times, ``begin`` left out) and the marks' ratios
+    """Per batch: median rows/s, time per update and first-window reread of each method; the
+    compute per update, round latencies (from the steady times, the reread left out) and the marks' ratios
     as medians of each run's own (see :func:`paired`)."""
     table: dict[str, Any] = {}
     for batch, methods in raw.items():
@@ -264,7 +285,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         table[batch] = {
             "rows_per_second": median("rows_per_second"), "steady_rows_per_second": median("steady_rows_per_second"),
             "seconds_per_update": median("seconds_per_update"),
-            "steady_seconds_per_update": median("steady_seconds_per_update"), "begin_seconds": median("begin_seconds"),
+            "steady_seconds_per_update": median("steady_seconds_per_update"), "reread_seconds": median("reread_seconds"),
             "updates": {m: v[0]["updates"] for m, v in methods.items()},
             "compute_per_update": statistics.median(r["steady_seconds_per_update"] for r in methods["s1"]),
             "round_latency": {"1": paired(methods, lambda r: t(r, "s1k1") - t(r, "s1")),
@@ -309,12 +330,12 @@ def memory_check(clusters: dict[int, DaskCluster], started: dict[str, Any], limi
 
 def print_tables(table: dict[str, Any], proj: dict[str, Any]) -> None:
     print(f"\n{'batch':>6} {'method':<24}{'rows/s':>12}{'vs single':>10}{'updates':>9}{'ms/update':>11}"
-          f"{'begin s':>9}{'steady rows/s':>15}{'steady ms/update':>18}")
+          f"{'reread s':>9}{'steady rows/s':>15}{'steady ms/update':>18}")
     for batch, e in table.items():
         for m in METHODS:
             rate = e["rows_per_second"][m]
             print(f"{batch:>6} {LABELS[m]:<24}{rate:>12,.0f}{rate / e['rows_per_second']['single']:>10.2f}"
-                  f"{e['updates'][m]:>9,}{e['seconds_per_update'][m] * 1e3:>11.3f}{e['begin_seconds'][m]:>9.2f}"
+                  f"{e['updates'][m]:>9,}{e['seconds_per_update'][m] * 1e3:>11.3f}{e['reread_seconds'][m]:>9.2f}"
                   f"{e['steady_rows_per_second'][m]:>15,.0f}{e['steady_seconds_per_update'][m] * 1e3:>18.3f}")
     print(f"\n{'batch':>6}{'compute/update ms':>19}{'round(1) ms':>13}{'round(2) ms':>13}{'increment ms':>14}"
           f"{'K=1 cost':>10}{'(steady)':>10}{'K=2 / K=1':>11}")
