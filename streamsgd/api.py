@@ -24,7 +24,7 @@ from .persist.model import CLASSIFIERS, Model
 from .persist.model import load as _load
 from .sources import ArraySource, Source, open_source
 from .pipeline.batches import BatchStream, StreamPlan
-from .train import Hooks
+from .train import FitResult, Hooks
 from .train import fit as _train
 from .train.setup import cut_to_limit, plan_memory
 from .train.targets import chunk_target_means
@@ -126,7 +126,7 @@ def fit(
         raise UsageError("exclude: applies to the columns of a data set read from a path or URL; with arrays or a "
                          "source, pass only the columns to use")
     if _is_source(data):
-        return _train(data, FitConfig(weight=weight, **options), hooks=Hooks(metrics, on_progress)).model
+        return _fit_on_cluster(data, FitConfig(weight=weight, **options), Hooks(metrics, on_progress)).model
     urls = as_urls(data)
     if urls is not None:
         config = FitConfig(target=target, features=column_names(features),
@@ -134,7 +134,7 @@ def fit(
         source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
                              storage_options=storage_options, format=format, x_array=x_array,
                              exclude=config.exclude, weight=weight, retry_policy=retry_policy)
-        return _train(source, config, hooks=Hooks(metrics, on_progress)).model
+        return _fit_on_cluster(source, config, Hooks(metrics, on_progress)).model
     if weight is not None:
         raise UsageError("weight= names a column of a URL's data; for arrays use "
                          "StreamSGDClassifier/StreamSGDRegressor().fit(X, y, sample_weight=...)")
@@ -144,6 +144,15 @@ def fit(
         f"data: expected a path or URL of Parquet or Zarr data, or a tuple (X, y) of arrays; "
         f"got {type(data).__name__}"
     )
+
+
+def _fit_on_cluster(source: Source, config: FitConfig, hooks: Hooks) -> FitResult:
+    """``train.fit``, on the Dask cluster ``workers=``/``scheduler=`` ask for (started, or
+    joined, and closed here)."""
+    from .integrations.dask import cluster_for
+
+    with cluster_for(config) as (config, cluster):
+        return _train(source, config, hooks=replace(hooks, backend=cluster))
 
 
 def _fit_arrays(X: Any, y: Any, config: FitConfig, features: tuple[str, ...] | None, hooks: Hooks) -> Model:
@@ -166,7 +175,7 @@ def _fit_arrays(X: Any, y: Any, config: FitConfig, features: tuple[str, ...] | N
         raise DataError(f"y: a {config.model} model needs numbers as targets, got {y.dtype}")
     if classes is not None and config.class_weight not in (None, "balanced"):
         config = replace(config, class_weight=_weights_by_code(config.class_weight, classes))
-    model = _train(ArraySource(X, y, features=names), config, hooks=hooks).model
+    model = _fit_on_cluster(ArraySource(X, y, features=names), config, hooks).model
     model.classes = classes
     return model
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -185,7 +183,11 @@ def cli() -> None:
               help="Logical data shards; each update is one batch from every shard (S x --batch rows). "
                    "Default: --workers, else 1. They fix the model; the workers only the speed.")
 @click.option("--sync", type=click.Choice(SYNC_MODES), default=FitConfig.sync, show_default=True,
-              help="How shards combine: gradients (one exact update from all shards per round).")
+              help="How shards combine: gradients (one exact update of S x --batch rows per round) or models "
+                   "(local SGD: each shard makes --sync-every updates, then the models are averaged).")
+@click.option("--sync-every", default=str(FitConfig.sync_every), show_default=True, metavar="H|auto",
+              help="--sync models: updates per shard between averagings; auto: chosen from the measured "
+                   "round time (recorded in the model).")
 @click.option("--workers", type=int, default=None, metavar="K",
               help="Train on an embedded Dask cluster of K worker processes (pip install 'streamsgd[dask]').")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Train on the Dask cluster at this scheduler.")
@@ -206,6 +208,7 @@ def cli() -> None:
 @click.pass_context
 def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     """Train a model on DATA (Parquet file, directory, glob or URL; Zarr group)."""
+    from .integrations.dask import cluster_for
     from .run.job import Job, recordable, run
     from .run.logs import RunLog
 
@@ -238,9 +241,7 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     _fit_allocator(source)
     progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
-        with _cluster(config) as cluster:
-            if cluster is not None and config.shards is None:  # an existing cluster: a shard per worker
-                config = dataclasses.replace(config, shards=cluster.n_workers)
+        with cluster_for(config) as (config, cluster):
             result = run(source, config, job, session.log, on_progress=progress, backend=cluster)
     finally:
         if progress:
@@ -254,16 +255,6 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
             f"loss {s['loss']:.6g}, {s['rows_per_second']:,.0f} rows/s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB "
             f"-> {output}"
         )
-
-
-def _cluster(config: FitConfig) -> Any:
-    """The run's Dask cluster (a context manager) for --workers/--scheduler, else a null context."""
-    if not config.cluster:
-        return contextlib.nullcontext()
-    from .integrations.dask import DaskCluster
-
-    return DaskCluster(workers=config.workers, scheduler=config.scheduler, scheduler_file=config.scheduler_file,
-                       memory_limit=config.memory_limit)
 
 
 def _from_checkpoint(ctx: click.Context, config_path: str | None, opts: dict[str, Any]) -> dict[str, Any]:

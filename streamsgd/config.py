@@ -37,7 +37,8 @@ DEFAULT_TARGET = "y"
 EXECUTION_ONLY = ("readers", "log_every", "noise_stats", "workers", "scheduler", "scheduler_file")
 
 #: How a run on shards combines them (DESIGN.md §7): ``gradients`` sums the shards' gradients
-#: at every update (exactly one batch of S·B rows); ``models`` (local SGD) is not built yet.
+#: at every update (exactly one batch of S·B rows); ``models`` (local SGD) lets every shard
+#: make ``sync_every`` updates of its own, then averages the shards' models by rows.
 SYNC_MODES = ("gradients", "models")
 
 _UNITS = {
@@ -142,6 +143,9 @@ class FitConfig:
     shards: int | None = None
     #: how the shards combine (SYNC_MODES)
     sync: str = "gradients"
+    #: --sync models: updates each shard makes between averagings, or "auto" (chosen from the
+    #: measured round time and compute per update, and recorded)
+    sync_every: int | str = "auto"
     #: an embedded Dask LocalCluster of this many worker processes (the [dask] extra)
     workers: int | None = None
     #: an existing Dask scheduler's address, or its scheduler file
@@ -210,8 +214,16 @@ class FitConfig:
 
     def _check_cluster(self) -> None:
         _choice("--sync", self.sync, SYNC_MODES)
-        if self.sync == "models":
-            raise UsageError("--sync models (local SGD): not built yet; use --sync gradients, which is exact")
+        if self.sync_every != "auto":
+            try:
+                every = int(self.sync_every)
+            except ValueError:
+                raise UsageError(f"--sync-every: expected an integer >= 1 or 'auto'; got {self.sync_every!r}") from None
+            _at_least("--sync-every", every, 1)
+            object.__setattr__(self, "sync_every", every)
+        if self.sync == "models" and self.l1 > 0:
+            raise UsageError("--l1: not with --sync models (the shards' penalty debts do not average); "
+                             "use --sync gradients")
         for option, value in (("--shards", self.shards), ("--workers", self.workers)):
             if value is not None:
                 _at_least(option, value, 1)
@@ -219,7 +231,7 @@ class FitConfig:
             raise UsageError("--scheduler and --scheduler-file name the same thing: give one of them")
         if self.workers is not None and (self.scheduler or self.scheduler_file):
             raise UsageError("--workers starts a cluster of its own; --scheduler joins one: give one of them")
-        if self.n_shards > 1 or self.cluster:
+        if self.sharded:
             where = f"--shards {self.n_shards}" if self.n_shards > 1 else "a cluster"
             if not isinstance(self.batch, int):
                 raise UsageError(f"--batch {self.batch}: not with {where}; give the rows per shard and update, "
@@ -235,6 +247,11 @@ class FitConfig:
         return self.shards or self.workers or 1
 
     @property
+    def sharded(self) -> bool:
+        """Whether the run trains in rounds over shards (train/shards.py)."""
+        return self.n_shards > 1 or self.cluster or self.sync == "models"
+
+    @property
     def cluster(self) -> bool:
         """Whether the run uses Dask (--workers, --scheduler or --scheduler-file)."""
         return self.workers is not None or self.scheduler is not None or self.scheduler_file is not None
@@ -244,10 +261,12 @@ class FitConfig:
         out = asdict(self)
         out["features"] = list(self.features) if self.features is not None else None
         out["exclude"] = list(self.exclude) if self.exclude is not None else None
-        if self.n_shards > 1:  # the shards fix the mathematics: a sharded model records them
+        if self.n_shards > 1 or self.sync == "models":  # the shards fix the mathematics: recorded
             out["shards"] = self.n_shards
         else:  # a single-shard run's options read as they did before shards
             del out["shards"], out["sync"]
+        if self.sync != "models":
+            del out["sync_every"]
         if self.hidden:
             out["hidden"] = list(self.hidden)
         else:  # a linear model's options read as they did before MLPs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,26 @@ def read_xy(path, target="y"):
     table = pq.read_table(str(path))
     X = np.column_stack([table[c].to_numpy() for c in table.column_names if c != target])
     return X.astype(np.float64), table[target].to_numpy().astype(np.float64)
+
+
+def start_fit(*args: str) -> subprocess.Popen:
+    """``streamsgd fit ARGS`` as a child process logging JSON lines on its stderr."""
+    return subprocess.Popen([STREAMSGD, "fit", *map(str, args), "--log-format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(proc: subprocess.Popen, event: str, count: int = 1) -> dict | None:
+    """Read a :func:`start_fit` run's log until its ``count``-th ``event``; None if the run
+    ended first (how tests synchronise with a run they signal: never by sleeping)."""
+    assert proc.stderr is not None
+    seen = 0
+    for line in proc.stderr:
+        record = json.loads(line)
+        if record["event"] == event:
+            seen += 1
+            if seen == count:
+                return record
+    return None
 
 
 def run_cli(*args, check=True, **kwargs) -> subprocess.CompletedProcess:

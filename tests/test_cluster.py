@@ -54,7 +54,7 @@ def scheduler(tmp_path_factory):
                                "--scheduler-file", file], **quiet)]
     try:
         procs += [subprocess.Popen([DASK, "worker", "--scheduler-file", file, "--host", "127.0.0.1", "--nthreads",
-                                    "1", "--no-dashboard", "--memory-limit", "0"], **quiet) for _ in range(2)]
+                                    "1", "--no-dashboard", "--memory-limit", "3GiB"], **quiet) for _ in range(2)]
         with Client(scheduler_file=file, timeout=60) as client:  # waits for the file, then connects
             client.wait_for_workers(2, timeout=120)
         yield file
@@ -87,6 +87,33 @@ def test_two_shards_on_any_workers_equal_the_in_process_model(data, scheduler, t
     assert np.array_equal(_fit_cli(data, tmp_path / "k1.npz", "--shards", "2", "--workers", "1"), reference)
     plain = _fit_cli(data, tmp_path / "plain.npz")
     assert not np.array_equal(plain, reference)  # two shards are another (exact) batch of 128 rows
+
+
+def test_local_sgd_on_the_cluster_equals_the_in_process_model(data, scheduler, tmp_path):
+    local = ["--shards", "2", "--sync", "models", "--sync-every", "5"]
+    reference = _fit_cli(data, tmp_path / "ref.npz", *local)
+    assert np.array_equal(_fit_cli(data, tmp_path / "k2.npz", *local, "--scheduler-file", scheduler), reference)
+
+
+def test_the_python_api_trains_on_the_cluster(data, scheduler):
+    """streamsgd.fit(..., scheduler_file=...): a shard per worker by default, the in-process
+    two-shard model."""
+    import streamsgd
+
+    options = {"model": "logistic", "batch": 64, "epochs": 3, "memory_limit": "4MiB", "seed": 3}
+    on_cluster = streamsgd.fit(data, target="y", scheduler_file=scheduler, **options)
+    in_process = streamsgd.fit(data, target="y", shards=2, **options)
+    assert on_cluster.metadata["config"]["shards"] == 2
+    assert np.array_equal(on_cluster.coef, in_process.coef)
+
+
+def test_workers_too_small_for_their_shards_are_refused_in_one_line(data, scheduler, tmp_path):
+    """Each worker may use 3 GiB; two shards of an 8 GiB --memory-limit need 4 GiB each."""
+    outcome = invoke(["fit", data, *OPTIONS, "--memory-limit", "8GiB", "--scheduler-file", scheduler,
+                      "-o", str(tmp_path / "m.npz")])
+    assert outcome.code == 2, outcome.report()
+    assert "memory limit of 3072 MiB" in outcome.stderr and "4096 MiB" in outcome.stderr
+    assert not (tmp_path / "m.npz").exists()
 
 
 def test_one_shard_on_two_embedded_workers_equals_the_plain_run(data, tmp_path):

@@ -15,11 +15,10 @@ import json
 import os
 import random
 import signal
-import subprocess
 
 import numpy as np
 import pytest
-from helpers import STREAMSGD, run_cli
+from helpers import run_cli, start_fit as start, wait_for
 
 from streamsgd.tools.generate import generate
 from streamsgd.persist.model import load
@@ -43,23 +42,6 @@ def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "ref.npz"
     run_cli("fit", data, *TRAIN, "-o", out)
     return load(str(out))
-
-
-def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([STREAMSGD, "fit", *args, "--log-format", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(proc: subprocess.Popen, event: str, count: int = 1) -> dict | None:
-    """Read the run's log until its ``count``-th ``event``; None if the run ended first."""
-    seen = 0
-    for line in proc.stderr:
-        record = json.loads(line)
-        if record["event"] == event:
-            seen += 1
-            if seen == count:
-                return record
-    return None
 
 
 def same_model(a, b) -> None:

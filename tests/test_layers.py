@@ -27,7 +27,7 @@ RULES = {
 }
 RULES["run"] = RULES["train"] | {"train"}
 RULES["tools"] = RULES["train"] | {"train"}
-RULES["api"] = RULES["train"] | {"train"}
+RULES["api"] = RULES["train"] | {"train", "integrations"}  # integrations.dask, imported on use: workers=, scheduler=
 RULES["integrations"] = RULES["api"] | {"api"}
 RULES["cli"] = RULES["integrations"] | {"integrations", "run", "tools"}  # integrations.dask: --workers, --scheduler
 RULES["__init__"] = set()  # imports on first use only, by name (see streamsgd/__init__.py)

@@ -415,3 +415,13 @@ def mean_gradient(grad, n, l2, theta, lay, out):
             out[j] = grad[j] / n + l2 * theta[j]
         for j in range(b_at, end):
             out[j] = grad[j] / n
+
+
+@njit(nogil=True, cache=True)
+def decay_weights(theta, lay, rate):
+    """θ ← θ (1 − rate) on every layer's weights, the biases left as they are: adamw's decoupled
+    decay (rate = lr · λ), which PyTorch's AdamW applies before the Adam step."""
+    keep = 1.0 - rate
+    for k in range(lay.shape[0]):
+        for j in range(lay[k, W_AT], lay[k, B_AT]):
+            theta[j] *= keep

@@ -6,7 +6,11 @@ exactly as there and may straddle windows (the gradient sums stay in ``gw`` betw
 Each slice of a batch is first copied, standardised ((x − mean) / scale), into the scratch
 rows ``xs`` with its labels and weights, since ``mlp.batch_gradient`` reads a contiguous row
 range; the parameters are the flat float64 ``theta`` of ``mlp.layout``, updated by
-``optim.optimizer_step`` from ``mlp.mean_gradient`` (L2 on weights only).
+``optim.optimizer_step`` from ``mlp.mean_gradient`` (L2 on weights only; adamw's decay is
+decoupled, ``mlp.decay_weights``, and also reaches the weights only; L1 is the linear
+model's cumulative penalty, ``optim.l1_step``, on every layer's weights). Each step's mean
+gradient feeds the gradient-noise meter (``noise.noise_add``) as the linear loop's does, so
+the noise statistics and ``--batch auto`` work for networks too.
 """
 
 from __future__ import annotations
@@ -15,17 +19,23 @@ import math
 
 from numba import njit
 
+from .codes import ADAMW
 from .loop import (close_batch, BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, GAMMA,
-                   L2, LR0, OPTIMIZER, POWER_T, SCHEDULE, STEP_EVERY, T, T0, TOTAL, WARMUP)
-from .mlp import LAYOUT, batch_gradient, mean_gradient
-from .optim import optimizer_step, schedule_lr
+                   L1, L2, LR0, N_ROWS, NOISE, NOISE_SUMS, NOISE_TOTAL, OPTIMIZER, POWER_T, SCHEDULE, STEP_EVERY, T, T0,
+                   TOTAL, WARMUP)
+from .mlp import B_AT, LAYOUT, W_AT, batch_gradient, decay_weights, mean_gradient
+from .noise import noise_add
+from .optim import l1_step, optimizer_step, schedule_lr
 
 # Numba's cache of mlp_rows holds the kernels it calls compiled in and is keyed on this file
-# alone: a change to mlp.py, optim.py or loop.py's slots reaches it once this file changes too.
+# alone: a change to mlp.py, optim.py, noise.py, codes.py or loop.py's slots reaches it once this
+# file changes too.
 
 #: Slots of the ``params`` tuple: parameters, their running average, the batch's gradient sums
-#: and the step's mean gradient (all float64, the layout's length).
-THETA, AVG, GW, G = range(4)
+#: and the step's mean gradient (all float64, the layout's length); then the L1 penalty each
+#: weight has received (float64, the layers' weights in layout order, biases skipped) and the
+#: total every weight is owed (1,) (``optim.l1_step``).
+THETA, AVG, GW, G, L1_Q, L1_U = range(6)
 #: Slots of the ``scratch`` tuple: standardised rows (batch, d) in the activations' dtype,
 #: their labels and sample weights (empty when the data has none).
 XS, YS, SWS = range(3)
@@ -47,11 +57,12 @@ def _standardize_into(X, y, sw, order, pos, take, mean, scale, scratch):
 
 @njit(nogil=True, cache=True)
 def mlp_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, net, params, opt_state, mean, scale, counters, sums,
-             ws, scratch):
+             ws, scratch, noise):
     """Feed rows ``order[pos:end]`` of a window to the network, updating every ``spec[BATCH]`` rows.
 
     Returns the position reached: ``end``, or earlier when the update count reaches ``stop_at``
-    or a batch's loss was not finite (``counters[DIVERGED]`` is then 1).
+    or a batch's loss was not finite (``counters[DIVERGED]`` is then 1). ``noise`` is the
+    linear loop's (total, sums, g): the meter's accumulators (g is not used here).
     """
     weighted = sw.shape[0] > 0
     sws = scratch[SWS] if weighted else sw
@@ -64,14 +75,14 @@ def mlp_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, net, params, opt_s
         counters[EPOCH_ROWS] += take
         pos += take
         if counters[FILLED] == spec[BATCH]:
-            finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums)
+            finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise)
             if counters[DIVERGED] == 1 or counters[T] == stop_at:
                 break
     return pos
 
 
 @njit(nogil=True, cache=True)
-def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums):
+def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise):
     """Update from the batch in progress (also the epoch's short last one) and start the next."""
     theta, avg, gw, g = params[THETA], params[AVG], params[GW], params[G]
     if not math.isfinite(sums[BATCH_LOSS]):
@@ -80,9 +91,30 @@ def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums):
     t = counters[T] + 1
     lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
                      spec[STEP_EVERY], hyper[GAMMA])
-    mean_gradient(gw, counters[FILLED], hyper[L2], theta, net[LAYOUT], g)
-    # weight_decay 0: the L2 term is in g (adamw, whose decoupled decay would reach the
-    # biases through optimizer_step's single-intercept layout, is refused for MLPs)
+    adamw = spec[OPTIMIZER] == ADAMW
+    n = counters[FILLED]
+    mean_gradient(gw, n, 0.0 if adamw else hyper[L2], theta, net[LAYOUT], g)
+    if spec[NOISE]:
+        noise_add(noise[NOISE_TOTAL], noise[NOISE_SUMS], g, n, spec[N_ROWS], lr)
+    if adamw:  # decoupled: θ_w ← θ_w (1 − lr·λ) before Adam's step, on the weights only (PyTorch's AdamW)
+        decay_weights(theta, net[LAYOUT], lr * hyper[L2])
+    # weight_decay 0: the L2 term is in g, or applied above for adamw (optimizer_step's own
+    # decay assumes the linear layout, one intercept last, and would reach the biases)
     optimizer_step(spec[OPTIMIZER], theta, g, opt_state, lr, t + spec[T0], hyper[BETA1], hyper[BETA2], hyper[EPS],
                    0.0)
+    if hyper[L1] > 0.0:
+        _l1_layers(theta, params[L1_Q], params[L1_U], net[LAYOUT], lr * hyper[L1])
     close_batch(t, spec, theta, avg, gw, counters, sums)
+
+
+@njit(nogil=True, cache=True)
+def _l1_layers(theta, q, u, lay, lr_l1):
+    """``optim.l1_step`` on each layer's weights (their penalties ``q`` one after another in
+    layout order); the biases are not penalised, as the linear model's intercept is not.
+    Every weight is owed the same total u: it grows once per update, with the first layer."""
+    at = 0
+    for k in range(lay.shape[0]):
+        w_at, b_at = lay[k, W_AT], lay[k, B_AT]
+        n = b_at - w_at
+        l1_step(theta[w_at:b_at], q[at:at + n], u, lr_l1 if k == 0 else 0.0)
+        at += n

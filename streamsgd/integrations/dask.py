@@ -19,17 +19,20 @@ plain (they run in the worker's actor thread, the kernels release the GIL); work
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
+from ..config import FitConfig
 from ..errors import SourceError, StreamSGDError, UsageError
-from ..train.shards import ShardJob, ShardPart, ShardWorker
+from ..train.shards import ShardJob, ShardWorker
 
 #: seconds a round waits for its answers before its workers count as lost; the first round
 #: of an epoch opens every shard's first window, which on an object store can take a while
@@ -62,6 +65,21 @@ def _versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in PINNED}
 
 
+@contextmanager
+def cluster_for(config: FitConfig) -> Iterator[tuple[FitConfig, DaskCluster | None]]:
+    """The cluster ``config`` asks for (--workers, --scheduler, --scheduler-file), closed on
+    exit, and the config with its shards fixed (one per worker of an existing cluster when
+    --shards is not given); (config, None) when it asks for none."""
+    if not config.cluster:
+        yield config, None
+        return
+    with DaskCluster(workers=config.workers, scheduler=config.scheduler, scheduler_file=config.scheduler_file,
+                     memory_limit=config.memory_limit, shards=config.n_shards) as cluster:
+        if config.shards is None:
+            config = dataclasses.replace(config, shards=cluster.n_workers)
+        yield config, cluster
+
+
 class DaskCluster:
     """A Dask client for a run: an embedded ``LocalCluster`` of ``workers`` single-threaded
     processes, or a connection to the scheduler at ``scheduler`` (or in ``scheduler_file``).
@@ -69,7 +87,7 @@ class DaskCluster:
     started. Connecting waits as long as Dask's ``distributed.comm.timeouts.connect``."""
 
     def __init__(self, *, workers: int | None = None, scheduler: str | None = None,
-                 scheduler_file: str | None = None, memory_limit: int = 0, round_timeout: float = ROUND_TIMEOUT, replace_timeout: float = REPLACE_TIMEOUT) -> None:
+                 scheduler_file: str | None = None, memory_limit: int = 0, shards: int = 1, round_timeout: float = ROUND_TIMEOUT, replace_timeout: float = REPLACE_TIMEOUT) -> None:
         distributed = _need_dask()
         import dask
 
@@ -81,9 +99,10 @@ class DaskCluster:
         try:
             if where is None:
                 k = int(workers or 1)
+                hosted = -(-max(shards, k) // k)  # shards on the busiest worker, each given memory_limit // S
                 self.cluster = distributed.LocalCluster(
                     n_workers=k, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                    memory_limit=memory_limit // k + WORKER_IDLE_BYTES if memory_limit else 0,
+                    memory_limit=hosted * (memory_limit // max(shards, 1)) + WORKER_IDLE_BYTES if memory_limit else 0,
                     env={"NUMBA_NUM_THREADS": "1"}, silence_logs=logging.ERROR)
                 self.client = distributed.Client(self.cluster, timeout=connect_timeout)
             else:
@@ -139,6 +158,7 @@ class DaskBackend:
             raise SourceError("the Dask cluster has no workers left; start workers, then --resume")
         k = len(workers)
         hosts = [(address, list(range(i, self.job.shards, k))) for i, address in enumerate(workers)]
+        self._check_memory(hosts)
         futures = [self.client.submit(ShardWorker, self.job, shards, actor=True, workers=[address],
                                       allow_other_workers=True, pure=False) for address, shards in hosts]
         actors = [future.result(timeout=self.cluster.round_timeout) for future in futures]
@@ -147,28 +167,41 @@ class DaskBackend:
                        for actor, future, (address, shards) in zip(actors, futures, hosts)]
         self._futures = futures  # the actors live while their futures do
 
-    def round(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> list[ShardPart]:
-        """Every shard's answer to round ``rnd`` of ``epoch``, in shard order; a lost worker
-        reruns the round on the workers there are then."""
-        theta = theta_eff.copy()  # the driver updates its own array once the answers are in
-        for attempt in range(ROUND_TRIES):
+    def _check_memory(self, hosts: list[tuple[str, list[int]]]) -> None:
+        """Refuse workers whose Dask memory limit cannot hold their shards' windows and readers
+        (the plan gives each shard memory_limit // S; shrinking a window would change the model)."""
+        limits = {address: info.get("memory_limit") or 0
+                  for address, info in self.client.scheduler_info()["workers"].items()}
+        for address, shards in hosts:
+            need = len(shards) * self.job.shard_memory
+            if 0 < limits.get(address, 0) < need:
+                raise UsageError(
+                    f"the Dask worker {address} has a memory limit of {limits[address] / 2**20:.0f} MiB; its "
+                    f"{len(shards)} shard(s) need {need / 2**20:.0f} MiB (--memory-limit / --shards each): give the "
+                    "workers more memory or add workers (the model stays the same)")
+
+    def ask(self, method: str, *args: Any) -> list[Any]:
+        """Every shard's answer to ``ShardWorker.method(*args)`` (a round), in shard order; a
+        lost worker reruns the round on the workers there are then."""
+        args = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args)  # the driver updates its own
+        for _ in range(ROUND_TRIES):
             try:
-                return self._ask(epoch, rnd, theta)
+                return self._ask(method, args)
             except StreamSGDError:
                 raise  # the data's or the store's own error, raised on a worker: not a lost worker
             except (OSError, TimeoutError, RuntimeError) as exc:
                 self._recover(exc)
-        raise SourceError(f"round {rnd} of epoch {epoch + 1} failed on {ROUND_TRIES} placements of the shards; "
-                          "check the cluster's workers, then --resume")
+        raise SourceError(f"a round failed on {ROUND_TRIES} placements of the shards; check the cluster's "
+                          "workers, then --resume")
 
-    def _ask(self, epoch: int, rnd: int, theta: NDArray[np.float64]) -> list[ShardPart]:
-        calls = [actor.accumulate(epoch, rnd, theta) for actor, _, _ in self.actors]
-        parts: list[ShardPart | None] = [None] * self.job.shards
+    def _ask(self, method: str, args: tuple[Any, ...]) -> list[Any]:
+        calls = [getattr(actor, method)(*args) for actor, _, _ in self.actors]
+        parts: list[Any] = [None] * self.job.shards
         for call, (_, shards, _) in zip(calls, self.actors):
             for shard, part in zip(shards, call.result(timeout=self.cluster.round_timeout)):
                 parts[shard] = part
-        assert all(part is not None for part in parts)
-        return parts  # type: ignore[return-value]  # every shard answered
+        assert all(part is not None for part in parts)  # every shard answered
+        return parts
 
     def _recover(self, exc: BaseException) -> None:
         """After a failed round: wait until the workers that stopped answering have left the

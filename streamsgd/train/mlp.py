@@ -6,7 +6,9 @@ The run reuses the linear trainer's setup (split, plan, schedule, class weights)
 the first window (standardisation, He/Glorot initialisation from the seed's ``MLP_INIT``
 stream, a default step), the compiled calls, the epoch's penalised loss and the model: its
 layers act on standardised inputs (x − mean) / scale, and the model keeps mean and scale.
-What the MLP path does not support yet is refused by :func:`check_mlp` before any work.
+Checkpoints, --resume, --init (from an MLP file of the same layers, checked by
+:func:`check_mlp` before any work), validation and early stopping, --batch auto and every
+optimizer and penalty work as for linear models; --shards/--workers are refused by FitConfig.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ from __future__ import annotations
 import math
 import time
 from contextlib import closing
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, NOISE, T, pack_hyper
+from ..compute.loop import AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, T, pack_hyper
 from ..compute.mlp import ACTIVATION, B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, workspace
-from ..compute.mlp_loop import finish_mlp_batch, mlp_rows
+from ..compute.losses import row_loss
+from ..compute.mlp_loop import G, finish_mlp_batch, mlp_rows
+from ..compute.noise import NoiseMeter
 from ..config import FitConfig
 from ..errors import UsageError
+from ..persist.model import Model
 from ..pipeline.epochs import EpochStream
-from ..pipeline.windows import Window
+from ..pipeline.windows import Window, read_window
 from ..plan.rng import MLP_INIT, stream
 from . import guard
 from .inputs import Hooks
@@ -35,64 +39,83 @@ from .targets import standardization
 
 #: The default step on standardised inputs when --lr is not given, by optimizer: Adam's
 #: customary 1e-3; plain SGD's 0.05, divided by 1/(1 − β) for the heavy-ball optimizers.
-MLP_LR = {"sgd": 0.05, "momentum": 0.005, "nesterov": 0.005, "adagrad": 0.05, "adam": 1e-3}
+MLP_LR = {"sgd": 0.05, "momentum": 0.005, "nesterov": 0.005, "adagrad": 0.05, "adam": 1e-3, "adamw": 1e-3}
 #: Rows of the standardised scratch block a compiled call copies a batch's slice into.
 SCRATCH_ROWS = 4096
 
 
-def check_mlp(config: FitConfig, hooks: Hooks, resume: dict[str, NDArray] | None, init: Any) -> None:
-    """Refuse, in one line each, what the MLP trainer does not support yet."""
-    refusals = [
-        (resume is not None or hooks.checkpointing.save is not None, "checkpoints and --resume"),
-        (init is not None, "--init (warm starts)"),
-        (config.batch == "auto", "--batch auto"),
-        (config.model == "softmax", "--model softmax"),
-        (config.optimizer == "adamw", "--optimizer adamw (use adam with --l2)"),
-        (config.l1 > 0, "--l1"),
-        (config.validation_fraction > 0 or config.early_stopping, "--validation-fraction and --early-stopping"),
-        (config.lr_reference_batch is not None, "--lr-scale-with-batch"),
-    ]
-    for refused, what in refusals:
-        if refused:
-            raise UsageError(f"--hidden: {what}: not supported with an MLP yet; drop it or train a linear model")
+def check_mlp(config: FitConfig, init: Model | None) -> None:
+    """Refuse, in one line, an ``init`` model that is not a network of this run's layers
+    (a linear model, other widths or another activation)."""
+    if init is None:
+        return
+    want = {"hidden": list(config.hidden), "activation": config.activation}
+    have = init.metadata.get("mlp") if init.layers is not None else None
+    if have != want:
+        what = "a linear model" if have is None else f"hidden {have.get('hidden')}, {have.get('activation')}"
+        raise UsageError(f"--init: the model is {what}, this run trains hidden {want['hidden']}, "
+                         f"{want['activation']}; give a model file of the same layers or start without --init")
 
 
 class MLPRun(Run):
     """A :class:`Run` whose compiled calls train the network; ``st.theta``/``st.avg`` hold its
     flat parameters, so the divergence check and the averaging start work as they are."""
 
-    def __init__(self, setup: Setup, hooks: Hooks, started: float) -> None:
+    def __init__(self, setup: Setup, hooks: Hooks, resume: dict[str, NDArray] | None, started: float) -> None:
         super().__init__(setup, hooks, None, started)
         config, st = self.config, self.st
         d = len(setup.source.features)
-        self.lay = layout(d, config.hidden, 1)
+        softmax = config.model == "softmax"  # one output margin per class (setup.blocks), else one
+        self.lay = layout(d, config.hidden, setup.blocks)
         param = config.epsilon if config.model == "huber" else config.quantile
-        self.net = network(self.lay, config.activation, config.model, param, cw=st.cw)
+        self.net = network(self.lay, config.activation, config.model, param, cw=st.cw,
+                           classes=st.classes if softmax else None)
         P = n_params(self.lay)
-        st.theta = init_params(self.lay, self.net[ACTIVATION], stream(config.seed, MLP_INIT))
+        if setup.init is not None:  # a warm start: the given network's layers (check_mlp matched them)
+            st.theta = np.concatenate([np.concatenate([W.ravel(), b]) for W, b in setup.init.layers or ()])
+        else:
+            st.theta = init_params(self.lay, self.net[ACTIVATION], stream(config.seed, MLP_INIT))
         st.avg, st.gw, st.opt_state = np.zeros(P), np.zeros(P), np.zeros((2, P))
-        self.mlp_params = (st.theta, st.avg, st.gw, np.zeros(P))
-        rows = min(int(setup.schedule.B), SCRATCH_ROWS)
+        st.l1_q = np.zeros(int((self.lay[:, N_IN] * self.lay[:, N_OUT]).sum()))  # one per weight, biases skipped
+        if resume is not None:  # the checkpoint's parameters, optimizer state, sums and counters
+            st.restore(resume)
+            self.first_rows = int(st.rows_seen[0])  # rows/s counts this run's rows only
+        self.mlp_params = (st.theta, st.avg, st.gw, np.zeros(P), st.l1_q, st.l1_u)
+        # the noise meter over the network's parameters (Run sized it for a linear model)
+        self.meter = meter = NoiseMeter(n_rows=self.schedule.N, n_params=P)
+        assert meter.total is not None  # sized by n_params
+        if resume is not None and "noise_total" in resume:  # the interval in progress
+            meter.total[:], meter.sums[:] = resume["noise_total"], resume["noise_sums"]
+        self.noise = (meter.total, meter.sums, self.mlp_params[G])
+        # a growing batch (--batch auto) is fed through the largest scratch block
+        rows = SCRATCH_ROWS if config.batch == "auto" else min(int(setup.schedule.B), SCRATCH_ROWS)
         dtype = np.dtype(config.dtype)
         self.ws = workspace(rows, self.lay, dtype)
         self.scratch = (np.zeros((rows, d), dtype), np.zeros(rows), np.zeros(rows))
-        assert st.spec is not None  # set by setup
-        st.spec[NOISE] = 0  # the noise meter reads the linear loop's gradient: not fed here
 
     def begin(self, window: Window) -> None:
         """The first window: standardisation, the step size and the divergence reference."""
         st, config = self.st, self.config
         assert window.y is not None
-        st.mean, st.scale = standardization(window.X, config.standardize, window.slots)
+        init = self.setup.init
+        if init is not None:  # the warm start's layers act on its own standardisation
+            st.mean, st.scale = np.asarray(init.mean, np.float64), np.asarray(init.scale, np.float64)
+        else:
+            st.mean, st.scale = standardization(window.X, config.standardize, window.slots)
         st.sample, st.sample_y = guard.sample_rows(window.X, window.y, order=window.slots)
-        lr0 = MLP_LR[config.optimizer] if config.lr is None else config.lr
+        if config.lr is None:
+            lr0 = MLP_LR[config.optimizer]
+        else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
+            lr0 = config.lr * (self.schedule.B / config.lr_reference_batch if config.lr_reference_batch else 1.0)
         param = config.epsilon if config.model == "huber" else config.quantile
-        st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=0.0, param=param, beta1=config.beta1,
-                              beta2=config.beta2, eps=config.eps, gamma=config.gamma)
+        st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=config.l1, param=param,
+                              beta1=config.beta1, beta2=config.beta2, eps=config.eps, gamma=config.gamma)
         assert st.classes is not None
-        d = window.X.shape[1]
-        st.guard[guard.REFERENCE] = guard.reference_loss(config.model, st.sample, st.sample_y, np.zeros(d), 0.0,
-                                                         param, st.cw, st.classes)
+        blocks = self.setup.blocks  # the zero network's margins: zero for every class
+        st.guard[guard.REFERENCE] = guard.reference_loss(config.model, st.sample, st.sample_y,
+                                                         np.zeros(blocks * window.X.shape[1]),
+                                                         np.zeros(blocks) if blocks > 1 else 0.0, param, st.cw,
+                                                         st.classes)
 
     def train_window(self, window: Window, order: NDArray, epoch: int) -> None:
         """The window's rows in ``order``, one compiled call between stops."""
@@ -106,7 +129,7 @@ class MLPRun(Run):
         while pos < order.size and not self.done():
             pos = mlp_rows(window.X, window.y, sw, order, pos, order.size, self.next_stop(), st.spec, st.hyper,
                            self.net, self.mlp_params, st.opt_state, st.mean, st.scale, st.counters, st.sums, self.ws,
-                           self.scratch)
+                           self.scratch, self.noise)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[FILLED] == 0:
@@ -122,7 +145,8 @@ class MLPRun(Run):
                     break
         if st.counters[FILLED]:
             assert st.spec is not None and st.hyper is not None
-            finish_mlp_batch(st.spec, st.hyper, self.net, self.mlp_params, st.opt_state, st.counters, st.sums)
+            finish_mlp_batch(st.spec, st.hyper, self.net, self.mlp_params, st.opt_state, st.counters, st.sums,
+                             self.noise)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[T] % self.config.log_every == 0:
@@ -136,21 +160,53 @@ class MLPRun(Run):
         return float(sum((theta[int(a):int(b)] ** 2).sum() for a, b in zip(self.lay[:, W_AT], self.lay[:, B_AT])))
 
     def end_epoch(self, epoch: int) -> bool:
-        """The epoch's record; True when the run stops here."""
-        st, counters = self.st, self.st.counters
+        """The epoch's record (and validation loss); True when the run stops here."""
+        st, counters, config = self.st, self.st.counters, self.config
         assert st.spec is not None
-        self.epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * self.config.l2 * self.weight_norm2()
+        self.epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2 * self.weight_norm2()
         if not (math.isfinite(self.epoch_loss) and np.isfinite(st.theta).all()):
             raise self.diverged(epoch, "the parameters overflowed", int(counters[T]))
-        self.emit({"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
-                   "rows_seen": int(st.rows_seen[0]), "loss": self.epoch_loss, "batch": int(st.spec[BATCH]),
-                   "seconds": time.perf_counter() - self.started})
+        record = {"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
+                  "rows_seen": int(st.rows_seen[0]), "loss": self.epoch_loss, "batch": int(st.spec[BATCH]),
+                  "seconds": time.perf_counter() - self.started}
+        if self.setup.validation is not None:
+            record["val_loss"] = val_loss = self.validation_loss()
+            if val_loss < self.best_val - config.tol:
+                self.best_val, self.stale = val_loss, 0
+            else:
+                self.stale += 1
+            record["stop"] = config.early_stopping and self.stale >= config.patience
+        self.emit(record)
+        if record.get("stop"):  # no improvement by --tol for --patience epochs
+            self.stopped_early = epoch + 1
+            return True
         if counters[EPOCH_ROWS] < self.schedule.N:  # stopped by --steps inside the epoch
             return True
         counters[EPOCH] += 1
         counters[EPOCH_ROWS] = 0
         st.epoch_sums[:] = 0.0
+        if not self.done():
+            self.save_checkpoint()
         return False
+
+    def validation_loss(self) -> float:
+        """Mean loss of the network (the running average once it has started) on the held-out
+        chunks, read one at a time; no penalty, weighted by the sample weights if any, as the
+        linear trainer's ``run.validation_loss`` reports it."""
+        config, st = self.config, self.st
+        assert self.setup.validation is not None and st.mean is not None and st.scale is not None
+        validation, layers = self.setup.validation, self.layers()
+        param = config.epsilon if config.model == "huber" else config.quantile
+        total, rows = 0.0, 0.0
+        for c in range(len(validation.chunk_rows)):
+            window = read_window(validation, np.array([c]), np.float64, True)
+            assert window.y is not None  # read with the target
+            z = forward(layers, config.activation, (window.X - st.mean) / st.scale)
+            y = window.y if z.ndim == 1 else np.searchsorted(np.asarray(st.classes), window.y)  # softmax: indices
+            losses = row_loss(config.model, z, y, param)
+            total += float(losses.sum() if window.w is None else losses @ window.w)
+            rows += window.y.size if window.w is None else float(window.w.sum())
+        return total / rows if rows > 0 else 0.0
 
     def layers(self) -> list[tuple[NDArray[np.float64], NDArray[np.float64]]]:
         """Each layer's (W (n_out, n_in), b (n_out,)), of the running average once it has started."""
@@ -160,3 +216,15 @@ class MLPRun(Run):
             out.append((theta[w_at:b_at].reshape(n_out, n_in).copy(), theta[b_at:b_at + n_out].copy()))
         return out
 
+
+def forward(layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]], activation: str,
+            h: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The output margins of standardised rows ``h`` in float64, (n,) or (n, C) for softmax
+    (NumPy: validation reads a chunk at a time, once an epoch, so the compiled forward pass
+    would buy nothing)."""
+    for W, b in layers[:-1]:
+        a = h @ W.T + b
+        h = np.maximum(a, 0.0) if activation == "relu" else np.tanh(a)
+    W, b = layers[-1]
+    z = h @ W.T + b
+    return z[:, 0] if z.shape[1] == 1 else z

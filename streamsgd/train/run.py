@@ -140,12 +140,18 @@ class Run:
             stops.append(t + 1)  # finish the batch in progress, then stop
         return min(stops)
 
-    def at_boundary(self, epoch: int) -> None:
-        """After an update that ended a compiled call: log, checkpoint, or stop."""
+    def at_boundary(self, epoch: int, before: int | None = None) -> None:
+        """After an update that ended a compiled call: log, checkpoint, or stop. ``before``:
+        the update count before the call, when it made several (a local-SGD round)."""
         config, st, ck, schedule = self.config, self.st, self.ck, self.schedule
         assert st.spec is not None  # set by setup
         t = int(st.counters[T])
-        if t % config.log_every == 0:
+        last = t - 1 if before is None else before
+
+        def crossed(every: int) -> bool:  # a multiple of ``every`` in (last, t]
+            return t // every > last // every
+
+        if crossed(config.log_every):
             estimate = self.progress(epoch)
             if config.batch == "auto":
                 grow_batch(st, estimate, config, schedule.N)
@@ -154,7 +160,7 @@ class Run:
                 st.spec[AVERAGE_FROM] = t
         stopping = ck.stop is not None and ck.stop.is_set()
         timed = ck.seconds is not None and time.perf_counter() - self.last_checkpoint >= ck.seconds
-        if stopping or timed or (ck.every and t % ck.every == 0):
+        if stopping or timed or (ck.every and crossed(ck.every)):
             self.save_checkpoint()
         if stopping:
             raise RunStopped(f"stopped at iteration {t} of {schedule.total_steps}")

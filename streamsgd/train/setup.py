@@ -157,8 +157,9 @@ class Schedule:
     @classmethod
     def sharded(cls, config: FitConfig, source: Source) -> "Schedule":
         """The schedule of a run on S shards: an update takes one batch from each shard
-        (S·B rows), an epoch lasts as many rounds as its largest shard has batches, and
-        the deal of chunks to shards changes each epoch."""
+        (S·B rows; with --sync models each shard updates on its own B), an epoch lasts as
+        many updates as its largest shard has batches, and the deal of chunks to shards
+        changes each epoch."""
         N, S, B = n_rows(source), config.n_shards, int(config.batch)
         groups = getattr(source, "chunk_groups", None)
 
@@ -170,7 +171,7 @@ class Schedule:
         n_epochs = config.epochs or auto_epochs(ipe)
         total_steps = config.steps if config.steps is not None else sum(rounds(e) for e in range(n_epochs))
         average_from = NEVER if not config.average else total_steps // 2
-        return cls(N, S * B, ipe, n_epochs, total_steps, average_from)
+        return cls(N, S * B if config.sync == "gradients" else B, ipe, n_epochs, total_steps, average_from)
 
     @property
     def last_epoch(self) -> int:

@@ -11,6 +11,14 @@ rerun anywhere (a replacement worker, a resumed run) and give the same bits.
 
 With S = 1 the one shard is the single-process stream and its rounds are the batches of
 :class:`~streamsgd.train.run.Run`: the same model, bit for bit.
+
+``--sync models`` (local SGD): in a round every shard makes H updates of its own from the
+driver's state (parameters, optimizer moments, averaging sums, update count), on its rows
+``[r·H·B, (r+1)·H·B)``; the driver averages the shards' states weighted by their rows, in
+shard order. H is ``--sync-every``, or chosen once from two timed dry rounds (``auto``)
+and kept in the checkpoint. The default step is lowered after the round whose windows
+held a worse row (with gradients, before the update), so a rare heavy row weighs on up to
+H local updates first; the divergence check still stops a run that blows up.
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import math
+import time
+
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import (BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH_ROWS, FILLED, GW, N_COUNTERS, N_SUMS, T,
-                            fill_batch, finish_batch, pack_params)
+from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, LOSS, LR0,
+                            N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params)
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
@@ -60,12 +71,51 @@ class ShardJob:
     classes: NDArray[np.float64]
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
+    shard_memory: int  # bytes each shard's windows and readers may hold (--memory-limit // S)
+
+
+@dataclass(frozen=True)
+class LocalStart:
+    """The driver's state a ``--sync models`` round starts every shard from."""
+
+    theta: NDArray[np.float64]
+    theta_eff: NDArray[np.float64]
+    avg: NDArray[np.float64]
+    opt_state: NDArray[np.float64]
+    l1_q: NDArray[np.float64]
+    l1_u: NDArray[np.float64]
+    t: int  # updates made
+    averaged: int  # iterates in the average
+    lr0: float  # the step, lowered as the first epoch's windows are seen
+
+
+#: the state arrays a local-SGD round changes and the driver averages
+LOCAL_ARRAYS = ("theta", "theta_eff", "avg", "opt_state", "l1_q", "l1_u")
+
+
+@dataclass(frozen=True)
+class LocalPart:
+    """One shard's answer to a ``--sync models`` round: its state after its updates."""
+
+    theta: NDArray[np.float64]
+    theta_eff: NDArray[np.float64]
+    avg: NDArray[np.float64]
+    opt_state: NDArray[np.float64]
+    l1_q: NDArray[np.float64]
+    l1_u: NDArray[np.float64]
+    t: int
+    averaged: int
+    rows: int
+    loss: float
+    diverged: bool
+    top: float  # the largest row curvature of the windows it opened in epoch 0, else 0
 
 
 class Backend(Protocol):
-    """Where the shards run: every round's S answers, ordered by shard."""
+    """Where the shards run: ``ask(method, *args)`` calls :class:`ShardWorker`'s ``method``
+    on every shard and gives the S answers, ordered by shard."""
 
-    def round(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> list[ShardPart]: ...
+    def ask(self, method: str, *args: Any) -> list[Any]: ...
 
     def close(self) -> None: ...
 
@@ -97,7 +147,45 @@ class _Lane:
         params = pack_params(theta=theta_eff, theta_eff=theta_eff, avg=theta_eff, gw=self.gw, l1_q=self.gw,
                              l1_u=self.gw, cw=job.cw, classes=job.classes)
         self.gw[:] = 0.0
-        self.counters[FILLED], self.sums[BATCH_LOSS], top = 0, 0.0, 0.0
+        self.counters[FILLED], self.sums[BATCH_LOSS] = 0, 0.0
+        top = self._fill(epoch, params)
+        n = int(self.counters[FILLED])
+        self.place = (epoch, rnd * B + n)
+        return self.gw.copy(), n, float(self.sums[BATCH_LOSS]), top
+
+    def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalStart) -> LocalPart:
+        """Up to ``limit`` updates of this shard's own, from ``start``, on its rows from
+        ``rnd·every·B`` of ``epoch`` (each B rows, the epoch's last one shorter)."""
+        job = self.job
+        skip = rnd * every * int(job.spec[BATCH])
+        if self.place != (epoch, skip):
+            self._seek(epoch, skip)
+        state = {name: getattr(start, name).copy() for name in LOCAL_ARRAYS}
+        params = pack_params(theta=state["theta"], theta_eff=state["theta_eff"], avg=state["avg"], gw=self.gw,
+                             l1_q=state["l1_q"], l1_u=state["l1_u"], cw=job.cw, classes=job.classes)
+        counters, sums = self.counters, self.sums
+        counters[:], sums[:], self.gw[:] = 0, 0.0, 0.0
+        counters[T], counters[AVERAGED] = start.t, start.averaged
+        hyper = job.hyper.copy()
+        hyper[LR0] = start.lr0
+        noise = (np.zeros(1), np.zeros(1), np.zeros_like(self.gw))  # spec[NOISE] is 0: the step's scratch only
+        rows, top = 0, 0.0
+        for _ in range(limit):
+            top = max(top, self._fill(epoch, params))
+            if counters[FILLED] == 0:
+                break
+            rows += int(counters[FILLED])
+            finish_batch(job.spec, hyper, params, state["opt_state"], job.mean, job.scale, counters, sums, noise)
+            if counters[DIVERGED]:
+                break
+        self.place = (epoch, skip + rows)
+        return LocalPart(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), rows=rows,
+                         loss=float(sums[LOSS] + sums[BATCH_LOSS]), diverged=bool(counters[DIVERGED]), top=top)
+
+    def _fill(self, epoch: int, params: tuple[NDArray, ...]) -> float:
+        """Feed this shard's next rows to the batch in progress until it holds B rows or the
+        epoch ends; returns the largest row curvature of the windows opened in epoch 0."""
+        job, B, top = self.job, int(self.job.spec[BATCH]), 0.0
         while self.counters[FILLED] < B:
             if self.window is None or self.pos == self.order.size:
                 if not self._next_window():
@@ -110,9 +198,7 @@ class _Lane:
             sw = _UNWEIGHTED if self.window.w is None else self.window.w
             self.pos = fill_batch(self.window.X, self.window.y, sw, self.order, self.pos, self.order.size, job.spec,
                                   job.hyper, params, self.counters, self.sums)
-        n = int(self.counters[FILLED])
-        self.place = (epoch, rnd * B + n)
-        return self.gw.copy(), n, float(self.sums[BATCH_LOSS]), top
+        return top
 
     def _seek(self, epoch: int, skip: int) -> None:
         """Open ``epoch``'s rows of this shard at row ``skip`` (a later epoch, or a round rerun)."""
@@ -160,6 +246,10 @@ class ShardWorker:
         """For each hosted shard, in the order given: its answer to round ``rnd`` of ``epoch``."""
         return [self.lanes[k].batch(epoch, rnd, theta_eff) for k in self.shards]
 
+    def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalStart) -> list[LocalPart]:
+        """For each hosted shard, in the order given: its state after a local-SGD round."""
+        return [self.lanes[k].local(epoch, rnd, every, limit, start) for k in self.shards]
+
     def close(self) -> None:
         """Stop every shard's readers (joining their threads)."""
         for lane in self.lanes.values():
@@ -172,15 +262,16 @@ class InProcess:
     def __init__(self, job: ShardJob) -> None:
         self.worker = ShardWorker(job, range(job.shards))
 
-    def round(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> list[ShardPart]:
-        return self.worker.accumulate(epoch, rnd, theta_eff)
+    def ask(self, method: str, *args: Any) -> list[Any]:
+        return list(getattr(self.worker, method)(*args))
 
     def close(self) -> None:
         self.worker.close()
 
 
 class ShardedRun(Run):
-    """A :class:`Run` whose updates come from S shards' summed gradients (see the module).
+    """A :class:`Run` whose updates come from S shards: their summed gradients, or their
+    averaged models (``--sync models``; see the module).
 
     The first window of shard 0 sets the standardisation and the step size (for S = 1,
     the single-process run's first window); the rounds' place is ``st.shard_round``, which
@@ -217,36 +308,49 @@ class ShardedRun(Run):
         assert st.classes is not None
         spec = st.spec.copy()
         spec[BATCH] = self.shard_batch
+        if config.sync == "models":
+            spec[NOISE] = 0  # the noise meter reads the driver's update gradients: local updates have none
         return ShardJob(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(), config.dtype,
                         setup.strata, self.shards, self.schedule.last_epoch, spec, st.hyper.copy(), st.cw,
-                        st.classes, st.mean, st.scale)
+                        st.classes, st.mean, st.scale, config.memory_limit // self.shards)
 
     def open_feed(self) -> Backend:
         if self.st.hyper is None:
             self.begin()
-        return self.factory(self.job())
+        feed = self.factory(self.job())
+        if self.config.sync == "models" and not self.st.sync_every[0]:
+            self.st.sync_every[0] = self.choose_every(feed)
+        return feed
 
     def train_epoch(self, feed: Any, epoch: int) -> None:
         """Rounds from where the counters stand until every shard has run out."""
-        st = self.st
+        st, total = self.st, self.schedule.total_steps
+        every = int(st.sync_every[0])
         while not self.done():
-            stop = self.next_stop()
-            parts = feed.round(epoch, int(st.shard_round[0]), st.theta_eff)
-            if sum(part[1] for part in parts) == 0:
+            stop, before, rnd = self.next_stop(), int(st.counters[T]), int(st.shard_round[0])
+            if self.config.sync == "models":
+                limit = every if total is None else min(every, total - before)
+                rows = self.merge(feed.ask("local", epoch, rnd, every, limit, self.local_start()), epoch)
+            else:
+                rows = self.update(feed.ask("accumulate", epoch, rnd, st.theta_eff), epoch)
+            if rows == 0:
                 st.shard_round[0] = 0  # the epoch is over: the next starts at round 0
                 break
-            self.update(parts, epoch)
             st.shard_round[0] += 1
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
-            if st.counters[T] == stop:
-                self.at_boundary(epoch)
+            if st.counters[T] >= stop:
+                self.at_boundary(epoch, before)
         self.check_interval(epoch)  # the updates since the last log line
         self.fold_interval()
 
-    def update(self, parts: list[ShardPart], epoch: int) -> None:
-        """One update from the shards' answers, added in shard order."""
+    def update(self, parts: list[ShardPart], epoch: int) -> int:
+        """One update from the shards' answers, added in shard order; returns its rows (0:
+        every shard has run out, and nothing changes)."""
         st = self.st
+        rows = sum(part[1] for part in parts)
+        if rows == 0:
+            return 0
         assert st.spec is not None and st.hyper is not None and st.mean is not None and st.scale is not None
         gw = self.params[GW]
         gw[:] = parts[0][0]
@@ -255,7 +359,6 @@ class ShardedRun(Run):
         loss = parts[0][2]
         for _, _, part_loss, _ in parts[1:]:
             loss += part_loss
-        rows = sum(part[1] for part in parts)
         if epoch == 0:
             lower_step(st, max(part[3] for part in parts), self.config, self.schedule.N)
         st.counters[FILLED] = rows
@@ -263,6 +366,59 @@ class ShardedRun(Run):
         st.sums[BATCH_LOSS] = loss
         finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
                      self.noise)
+        return rows
+
+    def local_start(self) -> LocalStart:
+        st = self.st
+        assert st.hyper is not None
+        return LocalStart(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, opt_state=st.opt_state, l1_q=st.l1_q,
+                          l1_u=st.l1_u, t=int(st.counters[T]), averaged=int(st.counters[AVERAGED]),
+                          lr0=float(st.hyper[LR0]))
+
+    def merge(self, parts: list[LocalPart], epoch: int) -> int:
+        """The shards' states averaged by their rows, in shard order (a shard that has run
+        out weighs nothing); returns the round's rows."""
+        st = self.st
+        rows = sum(part.rows for part in parts)
+        live = [part for part in parts if part.rows]
+        if not live:
+            return 0
+        for name in LOCAL_ARRAYS:  # in place: the loop's params tuple holds these arrays
+            mine = getattr(st, name)
+            mine[...] = getattr(live[0], name) * (live[0].rows / rows)  # x 1.0 exactly for one shard
+            for part in live[1:]:
+                mine += getattr(part, name) * (part.rows / rows)
+        st.counters[T] = max(part.t for part in live)
+        st.counters[AVERAGED] = max(part.averaged for part in live)
+        st.counters[EPOCH_ROWS] += rows
+        st.counters[DIVERGED] = int(any(part.diverged for part in parts))
+        st.sums[LOSS] += sum(part.loss for part in live)
+        st.sums[ROWS] += rows
+        if epoch == 0:
+            lower_step(st, max(part.top for part in parts), self.config, self.schedule.N)
+        return rows
+
+    def choose_every(self, feed: Backend) -> int:
+        """--sync-every, or for ``auto`` the least H whose rounds spend at most 5 % of their
+        time in synchronisation: from a timed round of one update and one of ten (dry runs
+        from the current state, discarded; a first one warms the readers), the round's
+        latency L and the compute per update c give H = ⌈19·L/c⌉, within [1, one epoch]."""
+        if self.config.sync_every != "auto":
+            return int(self.config.sync_every)
+        epoch, begin = int(self.st.counters[EPOCH]), self.local_start()
+        feed.ask("local", epoch, 0, 1, 1, begin)  # rows [0, B): opens the shards' first windows
+
+        def timed(rnd: int, every: int, limit: int) -> float:
+            t0 = time.perf_counter()
+            feed.ask("local", epoch, rnd, every, limit, begin)
+            return time.perf_counter() - t0
+
+        one, ten = timed(1, 1, 1), timed(1, 2, 10)  # rows [B, 2B), then [2B, 12B): no seek between
+        compute = max((ten - one) / 9, 1e-9)
+        latency = max(one - compute, 0.0)
+        every = min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
+        self.emit({"event": "sync", "sync_every": every, "round_seconds": latency, "update_seconds": compute})
+        return every
 
 
 #: train_rows' sample weights when the data has no --weight column

@@ -59,7 +59,7 @@ def grow_batch(st: State, estimate: dict[str, Any], config: FitConfig, N: int) -
     wanted = min(N, wanted)
     if wanted > st.spec[BATCH]:
         st.spec[BATCH] = wanted
-        if config.lr is None:
+        if config.lr is None and not config.hidden:  # an MLP's default step (train/mlp.MLP_LR) is the same at any B
             # set by the first window or the checkpoint (the batch grows after updates)
             assert st.hyper is not None and st.mean is not None and st.scale is not None
             if st.sample is None or st.sample_y is None:

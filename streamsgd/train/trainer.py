@@ -53,7 +53,7 @@ def fit(
         return _fit_mlp(source, config, warm or WarmStart(), hooks or Hooks(), resume, started)
     setup = prepare(source, config, warm or WarmStart(), resume)
     hooks = hooks or Hooks()
-    if config.n_shards > 1 or hooks.backend is not None:
+    if config.sharded or hooks.backend is not None:
         run: Run = ShardedRun(setup, hooks, resume, started, hooks.backend)
     else:
         run = Run(setup, hooks, resume, started)
@@ -66,8 +66,8 @@ def _fit_mlp(source: Source, config: FitConfig, warm: WarmStart, hooks: Hooks,
     """An MLP run (``config.hidden``): the same setup and summary, the layers in the model."""
     from .mlp import MLPRun, check_mlp
 
-    check_mlp(config, hooks, resume, warm.init)
-    run = MLPRun(prepare(source, config, warm, None), hooks, started)
+    check_mlp(config, warm.init)
+    run = MLPRun(prepare(source, config, warm, None), hooks, resume, started)
     run.train()
     result = _result(run)
     result.model.layers = run.layers()
@@ -91,6 +91,7 @@ def _summary(run: Run) -> dict[str, Any]:
         "rows_per_second": (int(st.rows_seen[0]) - run.first_rows) / max(run.train_seconds, 1e-9),
         "peak_rss_bytes": peak_rss_bytes(),
         "seconds": time.perf_counter() - run.started,
+        **({"sync_every": int(st.sync_every[0])} if config.sync == "models" else {}),
     }
 
 
@@ -102,13 +103,14 @@ def _result(run: Run) -> FitResult:
     blocks, d = setup.blocks, len(setup.source.features)
     theta = st.avg if st.counters[AVERAGED] else st.theta
     if config.hidden:  # an MLP: its layers follow (_fit_mlp); no linear part to report
-        theta = np.zeros(d + 1)
+        theta = np.zeros(blocks * (d + 1))
     standardized = theta.reshape(blocks, d + 1)
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
     full, target_type = setup.full_source, setup.source.target_type
     metadata: dict[str, Any] = {
         # execution-only options do not change the model, so the file does not record them
-        "config": {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY},
+        "config": {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY}
+        | ({"sync_every": int(st.sync_every[0])} if config.sync == "models" else {}),  # auto's choice
         "data": {"url": full.url, "rows": n_rows(full), "fingerprint": full.fingerprint()},
         "target_type": target_type,
         **({} if config.hidden else {
