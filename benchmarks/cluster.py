@@ -88,6 +88,12 @@ LABELS = {
 #: method -> (shards, workers: None = in process)
 METHODS: dict[str, tuple[int | None, int | None]] = {
     "single": (None, None), "s1": (1, None), "s1k1": (1, 1), "s2": (2, None), "s2k2": (2, 2)}
+#: --sync models: the sweep of --sync-every on the K = 2 cluster (two shards, per-shard batch 512),
+#: against --sync gradients on the same cluster and the single process
+SYNC_EVERY: tuple[int | str, ...] = (1, 10, 100, 1000, "auto")
+SWEEP_BATCH = 512
+HELDOUT_ROWS, HELDOUT_SAMPLE_SEED = 200_000, 1  # fresh rows from the training file's true weights
+FIGURES = Path(__file__).resolve().parent / "figures"
 #: done-when marks of issue 17 item 7 (printed and recorded; this script measures, the README judges)
 MAX_K1_COST = 0.10
 
@@ -215,13 +221,99 @@ def one_fit(path: Path, batch: int, shards: int | None, backend: Any, limit: int
             "steady_rows_per_second": s["rows_seen"] / (loop_seconds - reread), "loss": s["loss"]}
 
 
+def sweep_fit(path: Path, heldout: Path, every: int | str | None, cluster: DaskCluster | None,
+              limit: int) -> dict[str, Any]:
+    """One epoch at batch 512: ``every`` None = the single process, "gradients" = --sync
+    gradients on two shards, else --sync models --sync-every ``every`` on two shards; the
+    rows/s, the progress records' (rows seen, interval loss) and the held-out loss."""
+    from streamsgd.tools.inference import evaluate
+
+    curve: list[tuple[int, float]] = []
+
+    def progress(record: dict[str, Any]) -> None:
+        if record.get("event") == "progress":
+            curve.append((int(record["rows_seen"]), float(record["loss"])))
+
+    options: dict[str, Any] = {} if every is None else {"shards": 2}
+    if every not in (None, "gradients"):
+        options.update(sync="models", sync_every=every)
+    # a progress record every 10 updates (an execution-only option: the model is the same)
+    config = FitConfig(model="logistic", batch=SWEEP_BATCH, epochs=1, memory_limit=limit, log_every=10, **options)
+    result = fit(open_source(str(path)), config, hooks=Hooks(backend=cluster if every is not None else None,
+                                                             on_progress=progress))
+    s = result.summary
+    return {"rows_per_second": s["rows_per_second"], "updates": s["iterations"], "sync_every": s.get("sync_every"),
+            "curve": curve, "train_loss": s["loss"], "heldout_loss": evaluate(result.model, open_source(str(heldout)))["loss"]}
+
+
+def sweep(args: argparse.Namespace, path: Path, heldout: Path, cluster: DaskCluster) -> dict[str, Any]:
+    """The --sync-every sweep, round-robin over ``--runs``: per method, median rows/s, each
+    run's H (auto's choice is timed, so it may differ), the last run's curve and losses."""
+    methods: dict[str, int | str | None] = {"single": None, "gradients": "gradients",
+                                             **{f"H={h}": h for h in SYNC_EVERY}}
+    raw: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for run in range(args.runs):
+        for name, every in methods.items():
+            raw[name].append(sweep_fit(path, heldout, every, cluster, args.memory_limit))
+        print(f"sweep run {run + 1}/{args.runs}: " + ", ".join(
+            f"{m} {v[-1]['rows_per_second']:,.0f}" for m, v in raw.items()) + " rows/s", flush=True)
+    out = {}
+    for name, runs in raw.items():
+        last = runs[-1]
+        out[name] = {"rows_per_second": statistics.median(r["rows_per_second"] for r in runs),
+                     "sync_every": [r["sync_every"] for r in runs], "updates": last["updates"],
+                     "heldout_loss": last["heldout_loss"], "train_loss": last["train_loss"], "curve": last["curve"],
+                     "vs_gradients": paired(raw, lambda r, n=name: r[n]["rows_per_second"]
+                                            / r["gradients"]["rows_per_second"])}
+    return out
+
+
+def loss_at(curve: list[tuple[int, float]], rows: int) -> float | None:
+    """The interval loss of the first progress record at or past ``rows`` rows."""
+    return next((loss for seen, loss in curve if seen >= rows), None)
+
+
+def print_sweep(result: dict[str, Any], rows: int) -> None:
+    marks = [rows // 100, rows // 10, rows // 2, rows]
+    print(f"\n--sync models on the K = 2 cluster, 2 shards, per-shard batch {SWEEP_BATCH}, 1 epoch "
+          "(loss: the progress records' interval loss, each row's loss before a model learned from it)")
+    print(f"{'method':<11}{'H':>14}{'rows/s':>12}{'vs grad':>9}{'updates':>9}"
+          + "".join(f"{f'loss@{m:,}':>16}" for m in marks) + f"{'held-out':>10}")
+    for name, r in result.items():
+        h = ",".join(str(v) for v in dict.fromkeys(r["sync_every"])) if r["sync_every"][0] is not None else "-"
+        losses = "".join(f"{'':>16}" if (v := loss_at(r["curve"], m)) is None else f"{v:>16.4f}" for m in marks)
+        print(f"{name:<11}{h:>14}{r['rows_per_second']:>12,.0f}{r['vs_gradients']:>9.2f}{r['updates']:>9,}{losses}"
+              f"{r['heldout_loss']:>10.4f}")
+
+
+def plot_sweep(path: Path, result: dict[str, Any], rows: int, features: int) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=90)
+    ax = fig.subplots()
+    for name, r in result.items():
+        if r["curve"]:
+            seen, loss = zip(*r["curve"])
+            label = name if r["sync_every"][0] is None or name != "H=auto" else f"H=auto ({r['sync_every'][-1]})"
+            ax.plot(seen, loss, "-", lw=1, label=f"{label}: {r['rows_per_second'] / 1e3:,.0f}k rows/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("rows processed")
+    ax.set_ylabel("interval log loss (before the update)")
+    ax.set_title(f"--sync models, 2 workers: {rows:,} x {features} logistic, batch {SWEEP_BATCH} per shard", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
 def start_clusters(warm: Path, limit: int) -> tuple[dict[int, DaskCluster], dict[str, Any]]:
     """One LocalCluster per K (as ``--workers K`` starts it), each warmed by one fit on the
     small file; their start and warm-up times and each worker's bare and idle RSS."""
     clusters: dict[int, DaskCluster] = {}
     info: dict[str, Any] = {}
     for k in (1, 2):
-        seconds, cluster = _common.seconds(DaskCluster, workers=k, memory_limit=limit)
+        seconds, cluster = _common.seconds(DaskCluster, workers=k, memory_limit=limit, shards=k)
         clusters[k] = cluster
         theirs = set(cluster.client.run(streamsgd_path).values())
         if theirs != {streamsgd_path()}:
@@ -377,6 +469,33 @@ def marks(table: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def write_heldout(path: Path, features: int) -> Path:
+    """Fresh rows from the training file's true weights (its seed; another sample seed)."""
+    if not _common.is_uncompressed(path, HELDOUT_ROWS, features, ROW_GROUP_ROWS):
+        from streamsgd.tools.generate import generate
+
+        generate(str(path), rows=HELDOUT_ROWS, features=features, task="logistic", seed=0,
+                 sample_seed=HELDOUT_SAMPLE_SEED, row_group_rows=ROW_GROUP_ROWS, compression="none")
+    return path
+
+
+def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the clusters, time every method, sweep --sync-every, read the workers' peaks."""
+    path = ensure_file(args.out / f"cluster-{args.rows}x{args.features}.parquet", args.rows, args.features)
+    warm = ensure_file(args.out / f"cluster-{WARM_ROWS}x{args.features}.parquet", WARM_ROWS, args.features,
+                       WARM_GROUP_ROWS)
+    heldout = write_heldout(args.out / f"cluster-heldout-{HELDOUT_ROWS}x{args.features}.parquet", args.features)
+    clusters, cluster_info = start_clusters(warm, args.memory_limit)
+    try:
+        raw = measure(args, path, clusters)
+        swept = sweep(args, path, heldout, clusters[2])
+        memory = memory_check(clusters, cluster_info, args.memory_limit)
+    finally:
+        for cluster in clusters.values():
+            cluster.close()
+    return {"raw": raw, "sweep": swept, "memory": memory, "clusters": cluster_info}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     time_begin()
@@ -385,16 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("distributed").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Port .* is already in use")
     started, load_start = _common.begin(args.out)
-    path = ensure_file(args.out / f"cluster-{args.rows}x{args.features}.parquet", args.rows, args.features)
-    warm = ensure_file(args.out / f"cluster-{WARM_ROWS}x{args.features}.parquet", WARM_ROWS, args.features,
-                       WARM_GROUP_ROWS)
-    clusters, cluster_info = start_clusters(warm, args.memory_limit)
-    try:
-        raw = measure(args, path, clusters)
-        memory = memory_check(clusters, cluster_info, args.memory_limit)
-    finally:
-        for cluster in clusters.values():
-            cluster.close()
+    runs = run_all(args)
+    raw, memory = runs["raw"], runs["memory"]
     table = summarise(raw)
     proj = projection(table, str(MODEL_BATCH) if MODEL_BATCH in args.batches else str(min(args.batches)))
     print(f"\n{args.rows:,} rows x {args.features} features, logistic, 1 epoch, median of {args.runs} run(s), "
@@ -403,6 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     print_tables(table, proj)
     print(f"\nempty rounds (no-op actors, no data, no compute): K = 1 {empty['1'] * 1e3:.2f} ms, "
           f"K = 2 {empty['2'] * 1e3:.2f} ms (increment {(empty['2'] - empty['1']) * 1e3:.2f} ms)")
+    print_sweep(runs["sweep"], args.rows)
+    figure = (args.out if args.quick else FIGURES) / ("cluster_sync_every-quick.png" if args.quick
+                                                      else "cluster_sync_every.png")
+    plot_sweep(figure, runs["sweep"], args.rows, args.features)
     print_memory(memory)
     checks = marks(table, memory)
     import distributed
@@ -410,10 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "cluster", "quick": args.quick, "rows": args.rows, "features": args.features,
         "row_group_rows": ROW_GROUP_ROWS, "batches": args.batches, "runs": args.runs,
-        "memory_limit": args.memory_limit, "labels": LABELS, "clusters": cluster_info, "raw": raw,
+        "memory_limit": args.memory_limit, "labels": LABELS, "clusters": runs["clusters"], "raw": raw,
         "empty_round_seconds": empty,
         "table": table, "projection": {"note": "projection from the measured round latency and compute, "
                                                 "not a measurement", **proj},
+        "sync_every_sweep": {"batch": SWEEP_BATCH, "shards": 2, "workers": 2, "heldout_rows": HELDOUT_ROWS,
+                             "figure": str(figure), "methods": runs["sweep"]},
         "memory": memory, "marks": checks,
         "machine": provenance.machine(**_common.versions(distributed=distributed.__version__)),
     }
