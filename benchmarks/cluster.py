@@ -53,6 +53,9 @@ after every timed fit (the sweep's too), against its share of ``--memory-limit``
 Usage:
   python benchmarks/cluster.py              # 2M x 20, batches 512/4096/32768, 5 runs
   python benchmarks/cluster.py --quick      # 200k x 20, 1 run (make bench)
+
+From a git worktree whose venv's editable install points at another checkout, prefix
+``PYTHONPATH=.``: the workers must import the streamsgd being measured (checked at start).
 """
 
 from __future__ import annotations
