@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python benchmarks/loaders.py --quick
 	$(BIN)/python benchmarks/hashing.py --quick
 	$(BIN)/python benchmarks/shuffle.py --quick
+	$(BIN)/python benchmarks/cluster.py --quick
 	$(BIN)/python benchmarks/mlp_kernel.py
 	# exits 1 while a case misses issue 13's mark (benchmarks/README.md lists which): reported, not fatal
 	-$(BIN)/python benchmarks/defaults.py --quick
