@@ -13,14 +13,12 @@ optimizer and penalty work as for linear models; --shards/--workers are refused 
 
 from __future__ import annotations
 
-import math
-import time
 from contextlib import closing
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import AVERAGED, BATCH, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, T, pack_hyper
+from ..compute.loop import AVERAGED, DIVERGED, EPOCH_ROWS, FILLED, T, pack_hyper
 from ..compute.mlp import ACTIVATION, B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, workspace
 from ..compute.losses import row_loss
 from ..compute.mlp_loop import G, finish_mlp_batch, mlp_rows
@@ -158,36 +156,6 @@ class MLPRun(Run):
         """Σ w² over the layers' weights (the biases are not penalised)."""
         theta = self.st.theta
         return float(sum((theta[int(a):int(b)] ** 2).sum() for a, b in zip(self.lay[:, W_AT], self.lay[:, B_AT])))
-
-    def end_epoch(self, epoch: int) -> bool:
-        """The epoch's record (and validation loss); True when the run stops here."""
-        st, counters, config = self.st, self.st.counters, self.config
-        assert st.spec is not None
-        self.epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2 * self.weight_norm2()
-        if not (math.isfinite(self.epoch_loss) and np.isfinite(st.theta).all()):
-            raise self.diverged(epoch, "the parameters overflowed", int(counters[T]))
-        record = {"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
-                  "rows_seen": int(st.rows_seen[0]), "loss": self.epoch_loss, "batch": int(st.spec[BATCH]),
-                  "seconds": time.perf_counter() - self.started}
-        if self.setup.validation is not None:
-            record["val_loss"] = val_loss = self.validation_loss()
-            if val_loss < self.best_val - config.tol:
-                self.best_val, self.stale = val_loss, 0
-            else:
-                self.stale += 1
-            record["stop"] = config.early_stopping and self.stale >= config.patience
-        self.emit(record)
-        if record.get("stop"):  # no improvement by --tol for --patience epochs
-            self.stopped_early = epoch + 1
-            return True
-        if counters[EPOCH_ROWS] < self.schedule.N:  # stopped by --steps inside the epoch
-            return True
-        counters[EPOCH] += 1
-        counters[EPOCH_ROWS] = 0
-        st.epoch_sums[:] = 0.0
-        if not self.done():
-            self.save_checkpoint()
-        return False
 
     def validation_loss(self) -> float:
         """Mean loss of the network (the running average once it has started) on the held-out

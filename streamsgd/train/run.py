@@ -252,20 +252,29 @@ class Run:
             if st.counters[FILLED] == 0:
                 self.at_boundary(epoch)
 
+    def weight_norm2(self) -> float:
+        """‖w‖² of the penalised weights (not the intercepts): the epoch loss's L2 term."""
+        d = len(self.setup.source.features)
+        w = self.st.theta.reshape(self.setup.blocks, d + 1)[:, :d]
+        return float((w * w).sum())
+
+    def validation_loss(self) -> float:
+        """The model's mean loss on the held-out chunks (see :func:`validation_loss`)."""
+        assert self.setup.validation is not None
+        return validation_loss(self.setup.validation, self.config, self.st)
+
     def end_epoch(self, epoch: int) -> bool:
         """The epoch's record (and validation loss); True when the run stops here."""
         config, st, counters = self.config, self.st, self.st.counters
         assert st.spec is not None  # set by setup
-        d = len(self.setup.source.features)
-        w = st.theta.reshape(self.setup.blocks, d + 1)[:, :d]
-        self.epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2 * float((w * w).sum())
+        self.epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2 * self.weight_norm2()
         if not (math.isfinite(self.epoch_loss) and np.isfinite(st.theta).all()):
             raise self.diverged(epoch, "the parameters overflowed", int(counters[T]))
         record = {"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
                   "rows_seen": int(st.rows_seen[0]), "loss": self.epoch_loss, "batch": int(st.spec[BATCH]),
                   "seconds": time.perf_counter() - self.started}
         if self.setup.validation is not None:
-            record["val_loss"] = val_loss = validation_loss(self.setup.validation, config, st)
+            record["val_loss"] = val_loss = self.validation_loss()
             if val_loss < self.best_val - config.tol:
                 self.best_val, self.stale = val_loss, 0
             else:

@@ -395,23 +395,28 @@ class ShardedRun(Run):
 
     def choose_every(self, feed: Backend) -> int:
         """--sync-every, or for ``auto`` the least H whose rounds spend at most 5 % of their
-        time in synchronisation: from a timed round of one update and one of ten (dry runs
-        from the current state, discarded; a first one warms the readers), the round's
-        latency L and the compute per update c give H = ⌈19·L/c⌉, within [1, one epoch]."""
+        time in synchronisation: the medians of timed rounds of one update and of ten (dry
+        runs from the current state on the epoch's first rows, discarded; a first one opens
+        the readers) give the round's latency L and the compute per update c, and
+        H = ⌈19·L/c⌉, within [1, one epoch]."""
         if self.config.sync_every != "auto":
             return int(self.config.sync_every)
-        epoch, begin = int(self.st.counters[EPOCH]), self.local_start()
-        feed.ask("local", epoch, 0, 1, 1, begin)  # rows [0, B): opens the shards' first windows
+        epoch, begin, place = int(self.st.counters[EPOCH]), self.local_start(), [0]
 
-        def timed(rnd: int, every: int, limit: int) -> float:
+        def dry(updates: int) -> float:
+            """A round of ``updates`` from the rows where the last one stopped (round 1 of a
+            round length of ``place`` batches starts there: the shards read on, no seek)."""
             t0 = time.perf_counter()
-            feed.ask("local", epoch, rnd, every, limit, begin)
+            feed.ask("local", epoch, 1 if place[0] else 0, max(place[0], 1), updates, begin)
+            place[0] += updates
             return time.perf_counter() - t0
 
-        one, ten = timed(1, 1, 1), timed(1, 2, 10)  # rows [B, 2B), then [2B, 12B): no seek between
-        compute = max((ten - one) / 9, 1e-9)
+        dry(1)
+        one = float(np.median([dry(1) for _ in range(5)]))
+        ten = float(np.median([dry(10) for _ in range(5)]))
+        compute = (ten - one) / 9
         latency = max(one - compute, 0.0)
-        every = min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
+        every = self.schedule.ipe if compute <= 0 else min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
         self.emit({"event": "sync", "sync_every": every, "round_seconds": latency, "update_seconds": compute})
         return every
 
