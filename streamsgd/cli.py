@@ -253,6 +253,11 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     _fit_allocator(source)
     progress = _ProgressBar() if sys.stderr.isatty() and log_format == "text" and not quiet else None
     try:
+        if config.cluster:  # stderr carries our lines, not Dask's INFO log (nor the embedded workers')
+            import dask
+
+            dask.config.set({"logging.distributed": "error",
+                             "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error"})
         with cluster_for(config) as (config, cluster):
             result = run(source, config, job, session.log, on_progress=progress, backend=cluster)
     finally:

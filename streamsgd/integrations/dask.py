@@ -87,7 +87,8 @@ class DaskCluster:
     started. Connecting waits as long as Dask's ``distributed.comm.timeouts.connect``."""
 
     def __init__(self, *, workers: int | None = None, scheduler: str | None = None,
-                 scheduler_file: str | None = None, memory_limit: int = 0, shards: int = 1, round_timeout: float = ROUND_TIMEOUT, replace_timeout: float = REPLACE_TIMEOUT) -> None:
+                 scheduler_file: str | None = None, memory_limit: int = 0, shards: int = 1,
+                 round_timeout: float = ROUND_TIMEOUT, replace_timeout: float = REPLACE_TIMEOUT) -> None:
         distributed = _need_dask()
         import dask
 
@@ -103,7 +104,7 @@ class DaskCluster:
                 self.cluster = distributed.LocalCluster(
                     n_workers=k, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
                     memory_limit=hosted * (memory_limit // max(shards, 1)) + WORKER_IDLE_BYTES if memory_limit else 0,
-                    env={"NUMBA_NUM_THREADS": "1"}, silence_logs=logging.ERROR)
+                    env={"NUMBA_NUM_THREADS": "1"}, silence_logs=False)  # the caller's logging stays as it is
                 self.client = distributed.Client(self.cluster, timeout=connect_timeout)
             else:
                 self.client = distributed.Client(scheduler, scheduler_file=scheduler_file, timeout=connect_timeout)
