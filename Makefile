@@ -34,7 +34,7 @@ demo: $(DEMO_STAMP)
 test: install
 	$(BIN)/python -m ruff check streamsgd tests benchmarks
 	$(BIN)/python -m mypy streamsgd
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -102,7 +102,8 @@ class DaskCluster:
                 k = int(workers or 1)
                 hosted = -(-max(shards, k) // k)  # shards on the busiest worker, each given memory_limit // S
                 self.cluster = distributed.LocalCluster(
-                    n_workers=k, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                    n_workers=k, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",  # any free port: never "8787 is already in use"
                     memory_limit=hosted * (memory_limit // max(shards, 1)) + WORKER_IDLE_BYTES if memory_limit else 0,
                     env={"NUMBA_NUM_THREADS": "1"}, silence_logs=False)  # the caller's logging stays as it is
                 self.client = distributed.Client(self.cluster, timeout=connect_timeout)
