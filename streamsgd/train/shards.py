@@ -35,7 +35,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, LOSS, LR0,
-                            N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params)
+                            N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params,
+                            train_rows)
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
@@ -163,15 +164,20 @@ class _Lane:
         hyper = job.hyper.copy()
         hyper[LR0] = start.lr0
         noise = (np.zeros(1), np.zeros(1), np.zeros_like(self.gw))  # spec[NOISE] is 0: the step's scratch only
-        rows, top = 0, 0.0
-        for _ in range(limit):
-            top = max(top, self._fill(epoch, params))
-            if counters[FILLED] == 0:
-                break
-            rows += int(counters[FILLED])
-            finish_batch(job.spec, hyper, params, state["opt_state"], job.mean, job.scale, counters, sums, noise)
-            if counters[DIVERGED]:
-                break
+        stop_at, top, opt_state = start.t + limit, 0.0, state["opt_state"]
+        while counters[T] < stop_at and not counters[DIVERGED]:  # whole windows per compiled call
+            if self.window is None or self.pos == self.order.size:
+                if not self._next_window():
+                    if counters[FILLED]:  # the shard's short last batch of the epoch
+                        finish_batch(job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise)
+                    break
+                top = max(top, self._top(epoch))
+            window = self.window
+            assert window is not None and window.y is not None
+            self.pos = train_rows(window.X, window.y, _UNWEIGHTED if window.w is None else window.w, self.order,
+                                  self.pos, self.order.size, stop_at, job.spec, hyper, params, opt_state, job.mean,
+                                  job.scale, counters, sums, noise)
+        rows = int(sums[ROWS])
         self.place = (epoch, skip + rows)
         after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0)
         return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
@@ -185,15 +191,21 @@ class _Lane:
             if self.window is None or self.pos == self.order.size:
                 if not self._next_window():
                     break
-                if epoch == 0:  # the driver lowers the default step before a rare row hurts (see_rows)
-                    assert self.window is not None and self.window.y is not None
-                    top = max(top, guard.max_row_curvature(self.window.X, self.window.y, job.mean, job.scale,
-                                                           guard.row_weighting(job.model)))
+                top = max(top, self._top(epoch))
             assert self.window is not None and self.window.y is not None
             sw = _UNWEIGHTED if self.window.w is None else self.window.w
             self.pos = fill_batch(self.window.X, self.window.y, sw, self.order, self.pos, self.order.size, job.spec,
                                   job.hyper, params, self.counters, self.sums)
         return top
+
+    def _top(self, epoch: int) -> float:
+        """The open window's largest row curvature in epoch 0 (the driver lowers the default
+        step by it, see_rows), else 0."""
+        if epoch != 0:
+            return 0.0
+        job, window = self.job, self.window
+        assert window is not None and window.y is not None
+        return guard.max_row_curvature(window.X, window.y, job.mean, job.scale, guard.row_weighting(job.model))
 
     def _seek(self, epoch: int, skip: int) -> None:
         """Open ``epoch``'s rows of this shard at row ``skip`` (a later epoch, or a round rerun)."""
