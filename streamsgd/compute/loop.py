@@ -155,6 +155,14 @@ def fill_batch(X, y, sw, order, pos, end, spec, hyper, params, counters, sums):
 
 
 @njit(nogil=True, cache=True)
+def step_lr(spec, hyper, t):
+    """The step of update ``t`` by the run's schedule (shared by the linear, hashed and MLP
+    loops); T0, updates made before this run (a continued model), carries the schedule on."""
+    return schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
+                       spec[STEP_EVERY], hyper[GAMMA])
+
+
+@njit(nogil=True, cache=True)
 def close_batch(t, spec, theta, avg, gw, counters, sums):
     """After update ``t``: count it, fold it into the tail average, add the batch's loss and
     rows to the interval's sums, and empty the gradient buffer for the next batch (shared
@@ -181,9 +189,7 @@ def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, no
         counters[DIVERGED] = 1
         return
     t = counters[T] + 1
-    # T0: updates made before this run (a continued model): the schedule goes on from them
-    lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
-                     spec[STEP_EVERY], hyper[GAMMA])
+    lr = step_lr(spec, hyper, t)
     adamw = spec[OPTIMIZER] == ADAMW
     g = noise[NOISE_G]
     n = counters[FILLED]

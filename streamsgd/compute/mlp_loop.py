@@ -20,12 +20,11 @@ import math
 from numba import njit
 
 from .codes import ADAMW
-from .loop import (close_batch, BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, GAMMA,
-                   L1, L2, LR0, N_ROWS, NOISE, NOISE_SUMS, NOISE_TOTAL, OPTIMIZER, POWER_T, SCHEDULE, STEP_EVERY, T, T0,
-                   TOTAL, WARMUP)
+from .loop import (BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, L1, L2, N_ROWS, NOISE, NOISE_SUMS,
+                   NOISE_TOTAL, OPTIMIZER, T, T0, close_batch, step_lr)
 from .mlp import B_AT, LAYOUT, W_AT, batch_gradient, decay_weights, mean_gradient
 from .noise import noise_add
-from .optim import l1_step, optimizer_step, schedule_lr
+from .optim import l1_step, optimizer_step
 
 # Numba's cache of mlp_rows holds the kernels it calls compiled in and is keyed on this file
 # alone: a change to mlp.py, optim.py, noise.py, codes.py or loop.py's slots reaches it once this
@@ -89,8 +88,7 @@ def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise)
         counters[DIVERGED] = 1
         return
     t = counters[T] + 1
-    lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
-                     spec[STEP_EVERY], hyper[GAMMA])
+    lr = step_lr(spec, hyper, t)
     adamw = spec[OPTIMIZER] == ADAMW
     n = counters[FILLED]
     mean_gradient(gw, n, 0.0 if adamw else hyper[L2], theta, net[LAYOUT], g)

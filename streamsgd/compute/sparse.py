@@ -36,11 +36,9 @@ from numba import njit
 from numpy.typing import NDArray
 
 from .codes import ADAGRAD, SGD
-from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, DIVERGED, EPOCH_ROWS, EPS, FILLED, GAMMA, L2, LOSS_CODE,
-                   LR0, OPTIMIZER, PARAM, POWER_T, SCHEDULE, STEP_EVERY, T, T0, THETA_EFF, CW, GW, TOTAL, WARMUP,
-                   finish_batch)
+from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, DIVERGED, EPOCH_ROWS, EPS, FILLED, L2, LOSS_CODE,
+                   OPTIMIZER, PARAM, T, THETA_EFF, CW, GW, finish_batch, step_lr)
 from .losses import loss_slope
-from .optim import schedule_lr
 
 # Numba caches these kernels keyed on this file: a change to loop.py, losses.py or optim.py
 # reaches them once this file changes too, or its __pycache__ is emptied.
@@ -189,8 +187,7 @@ def finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, s
         counters[DIVERGED] = 1
         return
     t = counters[T] + 1
-    lr = schedule_lr(spec[SCHEDULE], hyper[LR0], t + spec[T0], hyper[POWER_T], spec[WARMUP], spec[TOTAL],
-                     spec[STEP_EVERY], hyper[GAMMA])
+    lr = step_lr(spec, hyper, t)
     hashed_step(spec[OPTIMIZER], lr, hyper[L2], hyper[EPS], counters[FILLED], t > spec[AVERAGE_FROM], hashed)
     finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, noise)
 
