@@ -389,6 +389,33 @@ def test_a_growing_batch_resumes_bit_for_bit():
         assert resumed.model.intercept == whole.model.intercept
 
 
+def test_early_stopping_resumes_with_its_patience_spent():
+    """A run resumed between the epoch whose validation loss was best and the epoch
+    early stopping ends at stops where the uninterrupted run stops, with the same model:
+    the best loss and the epochs since it are part of the checkpoint."""
+    from streamsgd.sources import ArraySource
+    from streamsgd.train.trainer import Checkpointing, fit as train_fit
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6000, 4))
+    source = ArraySource(X, X @ np.arange(4.0) + rng.standard_normal(6000), chunk_rows=500)
+    # the loss is at its noise floor after an epoch or two: a tol of 1e-3 then sees no
+    # improvement, so patience 3 ends the run well before its 30 epochs
+    options = {"model": "linear", "epochs": 30, "validation_fraction": 0.25, "early_stopping": True,
+               "patience": 3, "tol": 1e-3}
+    saved: list = []
+    every_epoch = 6000 * 3 // 4 // 512 + 1  # updates per epoch of the 4,500 training rows
+    whole = train_fit(source, FitConfig(**options),
+                      hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=every_epoch)))
+    stopped = whole.model.metadata["validation"]["stopped_early_at_epoch"]
+    assert stopped is not None and stopped < 30 and len(saved) >= 3
+    for state in saved[-3:]:  # checkpoints taken while the patience was being spent
+        resumed = train_fit(source, FitConfig(**options), resume=state,
+                            hooks=Hooks(checkpointing=Checkpointing(save=lambda _: None, every=every_epoch)))
+        assert resumed.model.metadata["validation"]["stopped_early_at_epoch"] == stopped
+        np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
+
+
 @pytest.mark.xfail(strict=True, reason="train/trainer.py: with --batch auto, averaging starts at the first "
                    "compiled-call boundary (a log line, a checkpoint, a stop) after half the rows, so the "
                    "checkpoint cadence (and --checkpoint-seconds) moves it")

@@ -58,7 +58,6 @@ class Run:
             meter.total[:], meter.sums[:] = resume["noise_total"], resume["noise_sums"]
         self.noise = (meter.total, meter.sums, np.zeros(st.theta.size))
         self.epoch_loss = float("nan")
-        self.best_val, self.stale = math.inf, 0
         self.stopped_early: int | None = None  # the epoch early stopping ended the run at
         self.log = MetricsLog(hooks.metrics)
         self.compiling = _CompileTime()
@@ -275,11 +274,9 @@ class Run:
                   "seconds": time.perf_counter() - self.started}
         if self.setup.validation is not None:
             record["val_loss"] = val_loss = self.validation_loss()
-            if val_loss < self.best_val - config.tol:
-                self.best_val, self.stale = val_loss, 0
-            else:
-                self.stale += 1
-            record["stop"] = config.early_stopping and self.stale >= config.patience
+            best, stale = st.early
+            st.early[:] = (val_loss, 0) if val_loss < best - config.tol else (best, stale + 1)
+            record["stop"] = config.early_stopping and st.early[1] >= config.patience
         self.emit(record)
         if record.get("stop"):  # no improvement by --tol for --patience epochs
             self.stopped_early = epoch + 1

@@ -24,11 +24,11 @@ class State:
 
     ARRAYS = ("theta", "theta_eff", "avg", "gw", "l1_q", "l1_u", "cw", "opt_state", "counters", "sums",
               "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec", "guard", "sample", "sample_y", "shard_round",
-              "sync_every", *HASHED)
+              "sync_every", "early", *HASHED)
     #: arrays a checkpoint written before they existed may lack (their defaults then stay);
     #: the step-size sample is drawn from the first window, which a resumed run does not read
     #: again, and a growing batch (``--batch auto``) sizes its step from it
-    OPTIONAL = ("guard", "sample", "sample_y", "shard_round", "sync_every", *HASHED)
+    OPTIONAL = ("guard", "sample", "sample_y", "shard_round", "sync_every", "early", *HASHED)
 
     def __init__(self, d: int, blocks: int = 1):
         self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(blocks * (d + 1)) for _ in range(4))
@@ -44,6 +44,9 @@ class State:
         self.shard_round = np.zeros(1, dtype=np.int64)
         # --sync models: the updates each shard makes per round (0: not chosen yet)
         self.sync_every = np.zeros(1, dtype=np.int64)
+        # early stopping's best validation loss so far and the epochs since it improved by --tol:
+        # a resumed run must count --patience from where the interrupted one was
+        self.early = np.array([np.inf, 0.0])
         # standardisation and step-size figures: set by the first window (stepsize.start) or a checkpoint
         self.mean: NDArray[np.float64] | None = None
         self.scale: NDArray[np.float64] | None = None
