@@ -220,7 +220,7 @@ def cli() -> None:
 def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     """Train a model on DATA (Parquet file, directory, glob or URL; Zarr group)."""
     from .integrations.dask import cluster_for
-    from .run.job import Job, recordable, run
+    from .run.job import Job, recordable, resumed_shards, run
     from .run.logs import RunLog
 
     session = ctx.ensure_object(Session)
@@ -245,6 +245,7 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
     config = FitConfig(target=target, features=_split(opts.pop("features")), exclude=_split(opts.pop("exclude")),
                        categorical=_split(opts.pop("categorical")), interactions=_split(opts.pop("interactions")),
                        memory_limit=parse_bytes(opts.pop("memory_limit")), **opts)
+    config = resumed_shards(job, config)
     _check_output_dir(output, "--output", job.storage_options)
     if job.metrics:
         _check_output_dir(job.metrics, "--metrics")

@@ -416,6 +416,38 @@ def test_early_stopping_resumes_with_its_patience_spent():
         np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
 
 
+def test_a_sharded_run_resumes_with_its_shards_when_workers_change(tmp_path):
+    """``fit --workers K`` takes one shard per worker unless --shards says otherwise; resumed
+    with another K (here none: in this process) and no --shards, the run keeps the
+    checkpoint's S, which fixes the mathematics, and ends on the uninterrupted model. A real
+    SIGKILL after the second checkpoint; no Dask needed (S shards train in process alike)."""
+    import signal
+
+    from streamsgd.persist.model import load
+
+    from helpers import invoke, start_fit, wait_for, write_parquet
+
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((6000, 5))
+    data = write_parquet(tmp_path / "d.parquet", X, (X @ np.arange(5.0) > 0).astype(float), row_group_size=500)
+    options = ["--model", "logistic", "--epochs", "40", "--batch", "64", "--memory-limit", "64MiB"]
+    reference = invoke(["fit", data, *options, "--shards", "2", "-o", str(tmp_path / "ref.npz")])
+    assert reference.code == 0, reference.report()
+    checkpoints = tmp_path / "ck"
+    proc = start_fit(data, *options, "--shards", "2", "--checkpoint-dir", checkpoints, "--checkpoint-every", "40",
+                     "-o", tmp_path / "killed.npz")
+    with proc:
+        assert wait_for(proc, "checkpoint", 2) is not None
+        proc.send_signal(signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL and not (tmp_path / "killed.npz").exists()
+    resumed = invoke(["fit", data, *options, "--resume", "--checkpoint-dir", str(checkpoints),
+                      "--checkpoint-every", "40", "-o", str(tmp_path / "resumed.npz")])
+    assert resumed.code == 0, resumed.report()
+    a, b = load(str(tmp_path / "ref.npz")), load(str(tmp_path / "resumed.npz"))
+    np.testing.assert_array_equal(a.coef, b.coef)
+    assert a.intercept == b.intercept and b.metadata["config"]["shards"] == 2
+
+
 @pytest.mark.xfail(strict=True, reason="train/trainer.py: with --batch auto, averaging starts at the first "
                    "compiled-call boundary (a log line, a checkpoint, a stop) after half the rows, so the "
                    "checkpoint cadence (and --checkpoint-seconds) moves it")

@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..compute.loop import T
@@ -203,6 +203,20 @@ def recorded_options(checkpoint_dir: str, storage_options: dict[str, Any]) -> di
         raise UsageError(f"--resume: the checkpoint in {checkpoint_dir} was written by an older streamsgd that did "
                          "not record the run's options; give DATA and the options on the command line")
     return {**meta.get("config", {}), **meta["job"]}
+
+
+def resumed_shards(job: Job, config: FitConfig) -> FitConfig:
+    """``config`` with the shards of the run ``--resume`` continues, when --shards was not
+    given: S fixes the mathematics and the workers only the speed (DESIGN.md §7), so a run
+    resumed on another number of workers keeps the checkpoint's S instead of taking one per
+    worker (which the options check would refuse). Unchanged without a checkpoint, or when
+    the checkpoint was written without shards."""
+    if not job.resume or config.shards is not None:
+        return config
+    assert job.checkpoint_dir is not None  # Job refuses --resume without it
+    found = CheckpointStore(job.checkpoint_dir, job.storage_options).latest()
+    shards = None if found is None else found[1].get("config", {}).get("shards")
+    return config if shards is None else replace(config, shards=int(shards))
 
 
 def _model_options(config: FitConfig) -> dict[str, Any]:
