@@ -254,10 +254,6 @@ def peak_rss(data, out, limit: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="a known defect: peak - idle measured 56-69 MiB at 64 MiB over repeated "
-                   "runs (warm or cold Numba cache, quiet or loaded): the shuffle overshoots its limit by up to 8 % "
-                   "in some runs; raising SAFETY made it worse (74-80 MiB: more open bucket writers in the scatter), "
-                   "so the scatter pass's plan needs measuring before it is fixed")
 def test_peak_rss_stays_within_the_limit_plus_the_idle_footprint(tmp_path):
     """A file nearly four times the limit: the peak above a shuffle of a tiny file (the
     idle footprint: interpreter, pyarrow, numpy) stays under the limit (measured: 56 MiB
