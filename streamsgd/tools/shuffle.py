@@ -132,6 +132,7 @@ class _Input:
     schema: Any  # pyarrow.Schema, partition columns appended as strings
     total_bytes: int  # the table in memory (Arrow), estimated: what buckets and batches hold
     chunk_bytes: int  # the largest column chunk, uncompressed
+    part_bytes: int  # the table as the parts store it, uncompressed: what ``fit`` charges to decode it
     fingerprint: str
 
 
@@ -231,20 +232,26 @@ def _inspect(urls: list[str], storage_options: Mapping[str, Any] | None) -> _Inp
         schema = schema.append(pa.field(key, pa.string()))
     marks = [[f.path, n, _file_marks(f)] for f, n in zip(files, rows)]
     fingerprint = hashlib.sha256(json.dumps(marks, sort_keys=True).encode()).hexdigest()[:16]
-    total = sum(_arrow_bytes(field, sum(rows), stored.get(field.name, 0)) for field in schema)
-    return _Input(files, rows, schema, max(1, int(total)), int(chunk), fingerprint)
+    n = sum(rows)
+    total = sum(_column_bytes(field, n, stored.get(field.name, 0), parquet=False) for field in schema)
+    part = sum(_column_bytes(field, n, stored.get(field.name, 0), parquet=True) for field in schema)
+    return _Input(files, rows, schema, max(1, int(total)), int(chunk), max(1, int(part)), fingerprint)
 
 
-def _arrow_bytes(field, rows: int, stored: int) -> float:
-    """A column's size in memory: exact for fixed-width types (values and validity bitmap);
-    for others the footer's uncompressed bytes plus the offsets (an underestimate for a
-    dictionary-encoded column of few, long strings, which Arrow holds decoded)."""
+def _column_bytes(field, rows: int, stored: int, parquet: bool) -> float:
+    """A column's size in memory (Arrow: values and validity bitmap), or uncompressed in a
+    part (``parquet``: plain values, integers narrower than 32 bits widened to INT32).
+    Exact for fixed-width types; for others the footer's uncompressed bytes plus the
+    offsets (an underestimate for a dictionary-encoded column of few, long strings, which
+    Arrow holds decoded)."""
     import pyarrow as pa
 
     try:
         width = 0 if pa.types.is_dictionary(field.type) else field.type.bit_width
     except ValueError:  # not a fixed-width type
         width = 0
+    if width and parquet:
+        return rows * (width if width == 1 else max(width, 32)) / 8
     if width:
         return rows * (width + 1) / 8
     return stored + 8 * rows  # partition columns (no footer bytes): offsets and a short string
@@ -465,7 +472,7 @@ def _permute(source: _Input, fs, root: str, out: str, bucket_rows: list[int], se
     run after its scatter) are kept: each is a pure function of its bucket and the seed."""
     import pyarrow as pa
 
-    most = part_group_rows(source.schema, source.total_bytes / sum(source.rows), memory_limit)
+    most = part_group_rows(source.schema, source.part_bytes / sum(source.rows), memory_limit)
     dictionary = [field.name for field in source.schema if _dictionary_encoded(field.type)]
     files = []
     bar = progress("permute", len(bucket_rows), "buckets")
