@@ -97,6 +97,9 @@ TEMP = "_shuffle"
 STATE = "state.json"
 MANIFEST = "_manifest.json"
 FORMAT = "streamsgd-shuffle/1"
+#: The buckets' format in ``state.json``: an interrupted run of a version that wrote
+#: buckets otherwise (Parquet) starts over instead of looking for files it never wrote.
+BUCKET_FORMAT = "arrow-ipc-stream"
 
 
 class Progress(Protocol):
@@ -182,11 +185,11 @@ def shuffle(
         return {**done, "skipped": True}
     bar = progress or _silent
     state = _read_json(fs, posixpath.join(root, TEMP, STATE))
-    if state is None or {k: state.get(k) for k in job} != job:
+    if state is None or {k: state.get(k) for k in job} != job or state.get("bucket_format") != BUCKET_FORMAT:
         _clear(fs, root, keep_temp=False)
         fs.makedirs(posixpath.join(root, TEMP), exist_ok=True)
         sizes = _scatter(source, fs, root, out, buckets, seed, rows_per_batch, bar)
-        state = {**job, "bucket_rows": sizes}
+        state = {**job, "bucket_rows": sizes, "bucket_format": BUCKET_FORMAT}
         _write_json(_join(out, TEMP, STATE), state, storage_options)
     else:
         _clear(fs, root, keep_temp=True)
