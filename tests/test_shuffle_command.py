@@ -178,6 +178,10 @@ def test_errors_are_one_line_with_the_fix(tmp_path, case, code, message):
     assert re.fullmatch(f"streamsgd: error: {message}\n", result.stderr), result.report()
     if case != "foreign":
         assert not out.exists()  # refused before the output folder is made
+    if case == "tiny":  # the limit the message names works
+        named = re.search(r"give at least --memory-limit (\d+)", result.stderr).group(1)
+        shuffle_cli(data, out, "--memory-limit", named, "--quiet")
+        assert read_output(out).num_rows == 2000
 
 
 def test_hive_partition_folders_become_string_columns(tmp_path):

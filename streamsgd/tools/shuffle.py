@@ -80,6 +80,9 @@ UPLOAD_PART_BYTES = 5 << 20
 #: columns of few distinct values on the temporary disk).
 BUCKET_COMPRESSION = "lz4"
 
+#: Batches of a bucket combined into one table at a time while it is read (_read_bucket).
+COMBINE_BATCHES = 64
+
 #: Output row groups: at most this many rows, and small enough that ``fit`` at the shuffle's
 #: ``--memory-limit`` or at ``PART_LIMIT``, whichever is smaller, decodes each whole and
 #: takes it into a window (``ParquetSource.cut``'s rule; ``PART_MARGIN`` for page headers
@@ -397,23 +400,35 @@ def _scatter_plan(source: _Input, memory_limit: int, remote: bool) -> tuple[int,
     """The number of buckets (one must fit the permute pass) and the rows of a scatter
     batch (what the limit's batch share leaves after the open writers and the reader's
     fixed buffers); a limit that leaves no batch is refused, naming one that works."""
-    columns = len(source.schema)
     row_bytes = max(1.0, source.total_bytes / sum(source.rows))
-    # per column, a read buffer and a page, compressed and decompressed; pyarrow closes a
-    # page at 1 MiB only (not at 20,000 rows): a 100,000-row group of 8 float columns held
-    # 14 MB of pages while streamed in batches of 1,000 rows. No page outgrows its chunk.
-    reader = columns * (min(SLICE_BUFFER_BYTES, source.chunk_bytes) + 2 * min(PAGE_BYTES, source.chunk_bytes))
-    writer = LOCAL_WRITER_BYTES + (UPLOAD_PART_BYTES if remote else 0)
-    buckets = max(1, math.ceil(source.total_bytes * SAFETY / memory_limit))
+    buckets, batch_bytes = _scatter_bytes(source, memory_limit, remote)
     # the batch decodes (DECODE_FACTOR) and is copied once, sorted by bucket
-    batch_bytes = memory_limit * BATCH_SHARE - buckets * writer - reader
     if batch_bytes < (DECODE_FACTOR + 1) * row_bytes:
-        # smallest L with L * share - T * SAFETY * writer / L - reader >= 0
+        # the smallest L with L * share - ceil(T * SAFETY / L) * writer - reader >= one row:
+        # the root without the ceiling, then up in steps of 1/64 until the plan works
+        writer, reader = LOCAL_WRITER_BYTES + (UPLOAD_PART_BYTES if remote else 0), _reader_bytes(source)
         a, b, c = BATCH_SHARE, reader + (DECODE_FACTOR + 1) * row_bytes, source.total_bytes * SAFETY * writer
         need = math.ceil((b + math.sqrt(b * b + 4 * a * c)) / (2 * a))
+        while _scatter_bytes(source, need, remote)[1] < (DECODE_FACTOR + 1) * row_bytes:
+            need += max(1, need // 64)
         raise UsageError(f"--memory-limit {memory_limit} bytes is too small to shuffle {source.total_bytes} bytes "
                          f"in {buckets} buckets; give at least --memory-limit {need}")
     return buckets, max(1, int(batch_bytes / ((DECODE_FACTOR + 1) * row_bytes)))
+
+
+def _reader_bytes(source: _Input) -> int:
+    """What streaming the input holds besides the batch: per column, a read buffer and a
+    page, compressed and decompressed; pyarrow closes a page at 1 MiB only (not at 20,000
+    rows): a 100,000-row group of 8 float columns held 14 MB of pages while streamed in
+    batches of 1,000 rows. No page outgrows its column chunk."""
+    return len(source.schema) * (min(SLICE_BUFFER_BYTES, source.chunk_bytes) + 2 * min(PAGE_BYTES, source.chunk_bytes))
+
+
+def _scatter_bytes(source: _Input, memory_limit: int, remote: bool) -> tuple[int, float]:
+    """The buckets at this limit and the bytes left for a scatter batch."""
+    writer = LOCAL_WRITER_BYTES + (UPLOAD_PART_BYTES if remote else 0)
+    buckets = max(1, math.ceil(source.total_bytes * SAFETY / memory_limit))
+    return buckets, memory_limit * BATCH_SHARE - buckets * writer - _reader_bytes(source)
 
 
 def _bucket_path(root: str, k: int) -> str:
@@ -521,19 +536,39 @@ def _dictionary_encoded(type_) -> bool:
                 or pa.types.is_large_binary(type_) or pa.types.is_dictionary(type_))
 
 
+def _read_bucket(fs, bucket: str):
+    """A bucket as a table of one chunk per column (take() then copies only the rows
+    taken). Its batches are combined ``COMBINE_BATCHES`` at a time as they are read: each
+    array of a batch costs ~0.5 KB outside Arrow's pool, and a bucket scattered at a small
+    limit holds thousands of batches of a few rows (18 MB of arrays at a 3.4 MiB limit)."""
+    import pyarrow as pa
+
+    pieces, pending = [], []
+    try:
+        with fs.open(bucket, "rb") as raw:
+            reader = pa.ipc.open_stream(raw, options=pa.ipc.IpcReadOptions(use_threads=False))
+            for batch in reader:
+                pending.append(batch)
+                if len(pending) == COMBINE_BATCHES:
+                    pieces.append(pa.Table.from_batches(pending).combine_chunks())
+                    pending = []
+            pieces.append(pa.Table.from_batches(pending, schema=reader.schema))
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise storage_failure(bucket, exc) from exc
+    del pending
+    table = pa.concat_tables(pieces).combine_chunks()
+    del pieces
+    pa.default_memory_pool().release_unused()  # the pieces read, before the groups are taken
+    return table
+
+
 def _write_part(fs, bucket: str, part_url: str, k: int, seed: int, group_rows: int, dictionary: list[str],
                 storage_options: Mapping[str, Any] | None) -> None:
     """Bucket ``k`` read whole, its rows permuted uniformly, written atomically as row
     groups of ``group_rows`` rows."""
     import pyarrow as pa
 
-    try:
-        with fs.open(bucket, "rb") as raw:
-            table = pa.ipc.open_stream(raw, options=pa.ipc.IpcReadOptions(use_threads=False)).read_all()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise storage_failure(bucket, exc) from exc
-    table = table.combine_chunks()  # one chunk per column: take() then copies only the rows taken
-    pa.default_memory_pool().release_unused()  # the batches read, before the groups are taken
+    table = _read_bucket(fs, bucket)
     order = np.random.default_rng([seed, PERMUTE_STREAM, k]).permutation(table.num_rows)
 
     groups = (table.take(pa.array(order[start:start + group_rows])) for start in range(0, table.num_rows, group_rows))
