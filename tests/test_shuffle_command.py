@@ -232,6 +232,33 @@ def test_a_killed_run_reruns_to_the_uninterrupted_output(tmp_path, stage):
     assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / "reference"))
 
 
+def test_an_interrupted_run_with_buckets_of_another_format_starts_over(small, tmp_path, monkeypatch):
+    """A scatter finished by a version that wrote its buckets otherwise (Parquet files, no
+    ``bucket_format`` in state.json) is not continued from files this one cannot read: the
+    rerun scatters again and ends with the uninterrupted output."""
+    from streamsgd.tools import shuffle as module
+
+    data, reference = small
+    out = tmp_path / "out"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "_permute", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            module.shuffle([data], str(out), memory_limit=12_000_000, seed=7)
+    state_path = out / "_shuffle" / "state.json"
+    state = json.loads(state_path.read_text())
+    assert state.pop("bucket_format") == "arrow-ipc-stream"
+    state_path.write_text(json.dumps(state))
+    for bucket in (out / "_shuffle").glob("bucket-*"):
+        bucket.rename(bucket.with_suffix(".parquet"))
+    shuffle_cli(data, out, "--memory-limit", LIMIT, "--seed", 7, "--quiet")
+    assert read_output(out).equals(read_output(reference))
+    assert sorted(os.listdir(out)) == sorted(os.listdir(reference))
+
+
 @pytest.mark.s3
 def test_a_remote_destination(s3_server, tmp_path):
     """Parts and manifest on the loopback S3 server, the same rows as a local shuffle
