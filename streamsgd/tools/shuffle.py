@@ -470,6 +470,7 @@ def _scatter(source: _Input, fs, root: str, out: str, buckets: int, seed: int, r
         while writers:  # closed in order: each close ends a bucket's stream
             writers.pop(0).close()
             raws.pop(0).close()
+        pa.default_memory_pool().release_unused()  # the last batches' holes, before the permute pass
     except (DataError, SourceError, UsageError):
         raise
     except OSError as exc:
