@@ -91,7 +91,7 @@ PART_ROWS = 1 << 20
 PART_LIMIT = 256 << 20
 PART_MARGIN = 0.9
 
-#: Snappy for parts and buckets alike: it decodes at GB/s, so it costs ``fit`` little CPU
+#: Snappy for the parts: it decodes at GB/s, so it costs ``fit`` little CPU
 #: while it roughly halves typical tables on disk and over the network; it is pyarrow's
 #: default, so every Parquet reader handles it.
 COMPRESSION = "snappy"
