@@ -7,11 +7,18 @@ hold a bounded amount of it (DESIGN.md §9):
 
 1. **Scatter.** Stream the input in record batches sized by the memory limit and send each
    row to one of ``M`` bucket files by a key drawn uniformly from ``0 .. M-1``.
-   ``M = ceil(total_bytes * SAFETY / memory_limit)``, ``total_bytes`` the footers'
-   uncompressed sizes, so one bucket fits in memory with room to permute it.
+   ``M = ceil(total_bytes * SAFETY / memory_limit)``, ``total_bytes`` the table's size in
+   memory (estimated from the schema and the footers), so one bucket fits in memory with
+   room to permute it. Buckets are Arrow IPC streams, not Parquet: a Parquet writer keeps
+   ~1.2 KB of metadata per column chunk written until it closes, so ``M`` open writers
+   receiving a row group per batch grew with the input (30 MB of a 64 MB limit on a
+   240 MB file); an IPC stream writer keeps nothing per batch.
 2. **Permute.** For each bucket: read it whole, permute its rows uniformly, write it as
    ``part-NNNNN.parquet`` (atomically: a temporary name renamed, or one upload), delete
-   the bucket.
+   the bucket. Parts are written for the trainer: numeric columns plain-encoded (a
+   dictionary of random floats only slows decoding and inflates the row groups), strings
+   dictionary-encoded, in row groups that ``fit`` decodes whole at this limit and at
+   ``PART_LIMIT`` (no sliced reads).
 
 Uniform keys make every assignment of rows to buckets equally likely given the bucket
 sizes, and a uniform permutation within each bucket then makes every order of the rows,
@@ -53,30 +60,38 @@ SCATTER_STREAM = 0x5C
 PERMUTE_STREAM = 0x9E
 
 #: Memory a bucket may need, per byte of its rows, in the permute pass: the bucket read
-#: whole, its chunks combined into one array per column (take() on many chunks would
-#: concatenate them anyway), and a part row group taken and encoded. Measured peaks stay
-#: under 2.2x; the rest is the room the bucket sizes' random spread needs.
+#: whole, its batches combined into one array per column (take() on many chunks would
+#: concatenate them anyway), and a part row group taken and encoded (each at most a ninth of
+#: the limit). Measured peaks stay under 2.2x; the rest is the room the bucket sizes' random
+#: spread needs.
 SAFETY = 3
 
 #: Share of the limit the scatter pass gives to its record batch (decoded, plus the copy
-#: sorted by bucket); the rest pays for the open bucket writers.
-BATCH_SHARE = 0.5
+#: sorted by bucket) and the reader's pages; the rest is room for the allocator's holes
+#: and the IPC writers' compression of a batch's pieces.
+BATCH_SHARE = 0.6
 
-#: What an open bucket writer holds between writes: a local file's buffers and the Parquet
-#: writer's state, which grows with the columns (24 writers of 8 float columns added 20 MB
-#: to the scatter's peak); on an object store also the multipart upload's part (5 MiB,
-#: S3's minimum).
+#: What an open bucket writer holds between writes: a local file's buffer, or on an object
+#: store the multipart upload's part (5 MiB, S3's minimum).
 LOCAL_WRITER_BYTES = 64 << 10
-WRITER_COLUMN_BYTES = 100 << 10
 UPLOAD_PART_BYTES = 5 << 20
 
-#: Output row groups: 65,536 rows, or fewer so one stays under 64 MB and under what ``fit``
-#: at the same ``--memory-limit`` decodes whole. Many row groups give the trainer's windowed
-#: shuffle many chunks to mix, and none needs the slower sliced read.
-PART_ROWS = 65_536
-PART_BYTES = 64 << 20
+#: Buckets are Arrow IPC streams compressed with LZ4 (GB/s both ways; halves typical
+#: columns of few distinct values on the temporary disk).
+BUCKET_COMPRESSION = "lz4"
 
-#: Snappy for parts and buckets alike: it decodes at GB/s, so it costs ``fit`` little CPU
+#: Batches of a bucket combined into one table at a time while it is read (_read_bucket).
+COMBINE_BATCHES = 64
+
+#: Output row groups: at most this many rows, and small enough that ``fit`` at the shuffle's
+#: ``--memory-limit`` or at ``PART_LIMIT``, whichever is smaller, decodes each whole and
+#: takes it into a window (``ParquetSource.cut``'s rule; ``PART_MARGIN`` for page headers
+#: and levels). A row group fit slices is read at a fraction of the decode rate.
+PART_ROWS = 1 << 20
+PART_LIMIT = 256 << 20
+PART_MARGIN = 0.9
+
+#: Snappy for the parts: it decodes at GB/s, so it costs ``fit`` little CPU
 #: while it roughly halves typical tables on disk and over the network; it is pyarrow's
 #: default, so every Parquet reader handles it.
 COMPRESSION = "snappy"
@@ -85,6 +100,9 @@ TEMP = "_shuffle"
 STATE = "state.json"
 MANIFEST = "_manifest.json"
 FORMAT = "streamsgd-shuffle/1"
+#: The buckets' format in ``state.json``: an interrupted run of a version that wrote
+#: buckets otherwise (Parquet) starts over instead of looking for files it never wrote.
+BUCKET_FORMAT = "arrow-ipc-stream"
 
 
 class Progress(Protocol):
@@ -118,8 +136,9 @@ class _Input:
     files: list[_File]
     rows: list[int]
     schema: Any  # pyarrow.Schema, partition columns appended as strings
-    total_bytes: int
+    total_bytes: int  # the table in memory (Arrow), estimated: what buckets and batches hold
     chunk_bytes: int  # the largest column chunk, uncompressed
+    part_bytes: int  # the table as the parts store it, uncompressed: what ``fit`` charges to decode it
     fingerprint: str
 
 
@@ -169,11 +188,11 @@ def shuffle(
         return {**done, "skipped": True}
     bar = progress or _silent
     state = _read_json(fs, posixpath.join(root, TEMP, STATE))
-    if state is None or {k: state.get(k) for k in job} != job:
+    if state is None or {k: state.get(k) for k in job} != job or state.get("bucket_format") != BUCKET_FORMAT:
         _clear(fs, root, keep_temp=False)
         fs.makedirs(posixpath.join(root, TEMP), exist_ok=True)
         sizes = _scatter(source, fs, root, out, buckets, seed, rows_per_batch, bar)
-        state = {**job, "bucket_rows": sizes}
+        state = {**job, "bucket_rows": sizes, "bucket_format": BUCKET_FORMAT}
         _write_json(_join(out, TEMP, STATE), state, storage_options)
     else:
         _clear(fs, root, keep_temp=True)
@@ -196,7 +215,8 @@ def _inspect(urls: list[str], storage_options: Mapping[str, Any] | None) -> _Inp
     files = [f for u in urls for f in _expand(u, storage_options, retry.DEFAULT_POLICY)]
     schema: Any = None
     rows: list[int] = []
-    total, chunk = 0, 1
+    stored: dict[str, int] = {}  # uncompressed footer bytes per top-level column
+    chunk = 1
     for f in files:
         meta = _footer(f)
         if schema is None:
@@ -207,15 +227,40 @@ def _inspect(urls: list[str], storage_options: Mapping[str, Any] | None) -> _Inp
         rows.append(int(meta.num_rows))
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
-            total += group.total_byte_size
-            chunk = max([chunk] + [group.column(j).total_uncompressed_size for j in range(group.num_columns)])
+            for j in range(group.num_columns):
+                column = group.column(j)
+                name = column.path_in_schema.split(".")[0]
+                stored[name] = stored.get(name, 0) + column.total_uncompressed_size
+                chunk = max(chunk, column.total_uncompressed_size)
     if not sum(rows):
         raise DataError(f"{', '.join(urls)}: no rows to shuffle")
     for key in dict.fromkeys(k for f in files for k in f.partitions if k not in schema.names):
         schema = schema.append(pa.field(key, pa.string()))
     marks = [[f.path, n, _file_marks(f)] for f, n in zip(files, rows)]
     fingerprint = hashlib.sha256(json.dumps(marks, sort_keys=True).encode()).hexdigest()[:16]
-    return _Input(files, rows, schema, int(total), int(chunk), fingerprint)
+    n = sum(rows)
+    total = sum(_column_bytes(field, n, stored.get(field.name, 0), parquet=False) for field in schema)
+    part = sum(_column_bytes(field, n, stored.get(field.name, 0), parquet=True) for field in schema)
+    return _Input(files, rows, schema, max(1, int(total)), int(chunk), max(1, int(part)), fingerprint)
+
+
+def _column_bytes(field, rows: int, stored: int, parquet: bool) -> float:
+    """A column's size in memory (Arrow: values and validity bitmap), or uncompressed in a
+    part (``parquet``: plain values, integers narrower than 32 bits widened to INT32).
+    Exact for fixed-width types; for others the footer's uncompressed bytes plus the
+    offsets (an underestimate for a dictionary-encoded column of few, long strings, which
+    Arrow holds decoded)."""
+    import pyarrow as pa
+
+    try:
+        width = 0 if pa.types.is_dictionary(field.type) else field.type.bit_width
+    except ValueError:  # not a fixed-width type
+        width = 0
+    if width and parquet:
+        return rows * (width if width == 1 else max(width, 32)) / 8
+    if width:
+        return rows * (width + 1) / 8
+    return stored + 8 * rows  # partition columns (no footer bytes): offsets and a short string
 
 
 def _file_marks(f: _File) -> dict[str, Any]:
@@ -355,23 +400,39 @@ def _scatter_plan(source: _Input, memory_limit: int, remote: bool) -> tuple[int,
     """The number of buckets (one must fit the permute pass) and the rows of a scatter
     batch (what the limit's batch share leaves after the open writers and the reader's
     fixed buffers); a limit that leaves no batch is refused, naming one that works."""
-    columns = len(source.schema)
     row_bytes = max(1.0, source.total_bytes / sum(source.rows))
-    # per column, a read buffer and a page, compressed and decompressed; pyarrow closes a
-    # page at 1 MiB only (not at 20,000 rows): a 100,000-row group of 8 float columns held
-    # 14 MB of pages while streamed in batches of 1,000 rows. No page outgrows its chunk.
-    reader = columns * (min(SLICE_BUFFER_BYTES, source.chunk_bytes) + 2 * min(PAGE_BYTES, source.chunk_bytes))
-    writer = LOCAL_WRITER_BYTES + columns * WRITER_COLUMN_BYTES + (UPLOAD_PART_BYTES if remote else 0)
-    buckets = max(1, math.ceil(source.total_bytes * SAFETY / memory_limit))
+    buckets, batch_bytes = _scatter_bytes(source, memory_limit, remote)
     # the batch decodes (DECODE_FACTOR) and is copied once, sorted by bucket
-    batch_bytes = memory_limit * BATCH_SHARE - buckets * writer - reader
     if batch_bytes < (DECODE_FACTOR + 1) * row_bytes:
-        # smallest L with L * share - T * SAFETY * writer / L - reader >= 0
+        # the smallest L with L * share - ceil(T * SAFETY / L) * writer - reader >= one row:
+        # the root without the ceiling, then up in steps of 1/64 until the plan works
+        writer, reader = LOCAL_WRITER_BYTES + (UPLOAD_PART_BYTES if remote else 0), _reader_bytes(source)
         a, b, c = BATCH_SHARE, reader + (DECODE_FACTOR + 1) * row_bytes, source.total_bytes * SAFETY * writer
         need = math.ceil((b + math.sqrt(b * b + 4 * a * c)) / (2 * a))
+        while _scatter_bytes(source, need, remote)[1] < (DECODE_FACTOR + 1) * row_bytes:
+            need += max(1, need // 64)
         raise UsageError(f"--memory-limit {memory_limit} bytes is too small to shuffle {source.total_bytes} bytes "
                          f"in {buckets} buckets; give at least --memory-limit {need}")
     return buckets, max(1, int(batch_bytes / ((DECODE_FACTOR + 1) * row_bytes)))
+
+
+def _reader_bytes(source: _Input) -> int:
+    """What streaming the input holds besides the batch: per column, a read buffer and a
+    page, compressed and decompressed; pyarrow closes a page at 1 MiB only (not at 20,000
+    rows): a 100,000-row group of 8 float columns held 14 MB of pages while streamed in
+    batches of 1,000 rows. No page outgrows its column chunk."""
+    return len(source.schema) * (min(SLICE_BUFFER_BYTES, source.chunk_bytes) + 2 * min(PAGE_BYTES, source.chunk_bytes))
+
+
+def _scatter_bytes(source: _Input, memory_limit: int, remote: bool) -> tuple[int, float]:
+    """The buckets at this limit and the bytes left for a scatter batch."""
+    writer = LOCAL_WRITER_BYTES + (UPLOAD_PART_BYTES if remote else 0)
+    buckets = max(1, math.ceil(source.total_bytes * SAFETY / memory_limit))
+    return buckets, memory_limit * BATCH_SHARE - buckets * writer - _reader_bytes(source)
+
+
+def _bucket_path(root: str, k: int) -> str:
+    return posixpath.join(root, TEMP, f"bucket-{k:05d}.arrows")
 
 
 def _scatter(source: _Input, fs, root: str, out: str, buckets: int, seed: int, rows_per_batch: int,
@@ -379,37 +440,37 @@ def _scatter(source: _Input, fs, root: str, out: str, buckets: int, seed: int, r
     """Send every row to one of ``buckets`` files by a uniform random key; returns the
     number of rows in each bucket."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rng = np.random.default_rng([seed, SCATTER_STREAM])
     sizes = np.zeros(buckets, dtype=np.int64)
-    paths = [posixpath.join(root, TEMP, f"bucket-{k:05d}.parquet") for k in range(buckets)]
     options = {"block_size": UPLOAD_PART_BYTES} if is_remote(out) else {}
+    ipc = pa.ipc.IpcWriteOptions(compression=BUCKET_COMPRESSION, use_threads=False)
     raws: list[Any] = []
     writers: list[Any] = []
     bar = progress("scatter", sum(source.rows), "rows")
     try:
-        for path in paths:
-            raws.append(fs.open(path, "wb", **options))
-            writers.append(pq.ParquetWriter(raws[-1], source.schema, compression=COMPRESSION))
+        for k in range(buckets):
+            raws.append(fs.open(_bucket_path(root, k), "wb", **options))
+            writers.append(pa.ipc.new_stream(raws[-1], source.schema, options=ipc))
         for f in source.files:
             for batch in _batches(f, source.schema, rows_per_batch):
                 keys = rng.integers(0, buckets, size=batch.num_rows)
                 counts = np.bincount(keys, minlength=buckets)
                 ordered = batch.take(pa.array(np.argsort(keys, kind="stable")))
+                del batch  # the decoded batch, before the pieces are compressed and written
                 starts = np.concatenate([[0], np.cumsum(counts)])
-                for k in np.flatnonzero(counts):
-                    piece = ordered.slice(int(starts[k]), int(counts[k]))
-                    writers[k].write_table(pa.Table.from_batches([piece]), row_group_size=piece.num_rows)
+                for b in np.flatnonzero(counts):
+                    writers[b].write_batch(ordered.slice(int(starts[b]), int(counts[b])))
                 sizes += counts
-                bar.update(batch.num_rows)
-                del batch, ordered
+                bar.update(int(counts.sum()))
+                del ordered
                 # hand the batch's freed buffers back now: the allocator kept them in holes
                 # that the next batch's sizes did not fit, +35 MB at a 16 MB limit
                 pa.default_memory_pool().release_unused()
-        while writers:  # closed in order: each close finishes a bucket file's footer
+        while writers:  # closed in order: each close ends a bucket's stream
             writers.pop(0).close()
             raws.pop(0).close()
+        pa.default_memory_pool().release_unused()  # the last batches' holes, before the permute pass
     except (DataError, SourceError, UsageError):
         raise
     except OSError as exc:
@@ -430,20 +491,18 @@ def _permute(source: _Input, fs, root: str, out: str, bucket_rows: list[int], se
     run after its scatter) are kept: each is a pure function of its bucket and the seed."""
     import pyarrow as pa
 
-    from ..train.setup import max_row_group_bytes
-
-    row_bytes = max(1.0, source.total_bytes / sum(source.rows))
-    group_bytes = min(PART_BYTES, max_row_group_bytes(memory_limit))
-    group_rows = max(1, min(PART_ROWS, int(group_bytes / row_bytes)))
+    most = part_group_rows(source.schema, source.part_bytes / sum(source.rows), memory_limit)
+    dictionary = [field.name for field in source.schema if _dictionary_encoded(field.type)]
     files = []
     bar = progress("permute", len(bucket_rows), "buckets")
     try:
         for k, rows in enumerate(bucket_rows):
-            bucket = posixpath.join(root, TEMP, f"bucket-{k:05d}.parquet")
+            bucket = _bucket_path(root, k)
             if rows:
                 part = posixpath.join(root, _part_name(k))
                 if not fs.exists(part):
-                    _write_part(fs, bucket, _join(out, _part_name(k)), k, seed, group_rows, storage_options)
+                    group = math.ceil(rows / math.ceil(rows / most))  # equal groups, no short last one
+                    _write_part(fs, bucket, _join(out, _part_name(k)), k, seed, group, dictionary, storage_options)
                     pa.default_memory_pool().release_unused()  # the bucket's buffers, before the next
                 files.append({"name": _part_name(k), "rows": rows})
             if fs.exists(bucket):
@@ -454,20 +513,65 @@ def _permute(source: _Input, fs, root: str, out: str, bucket_rows: list[int], se
     return files
 
 
-def _write_part(fs, bucket: str, part_url: str, k: int, seed: int, group_rows: int,
+def part_group_rows(schema, row_bytes: float, memory_limit: int) -> int:
+    """Rows of an output row group: ``fit`` at ``min(memory_limit, PART_LIMIT)`` decodes it
+    whole (``DECODE_FACTOR`` times its bytes within the decode share) and fits it in a
+    window (``window_rows_cap``'s arithmetic, for float64 rows with a sample weight, the
+    widest a run reads), so no row group is read in slices."""
+    from ..pipeline.windows import WEIGHT_BYTES
+    from ..plan.memory import WINDOW_SHARE, row_bytes as window_row_bytes
+    from ..train.setup import max_row_group_bytes
+
+    limit = min(memory_limit, PART_LIMIT)
+    decoded = max_row_group_bytes(limit) * PART_MARGIN / max(1.0, row_bytes)
+    window = limit * WINDOW_SHARE * PART_MARGIN // 3 // window_row_bytes(len(schema), "float64", WEIGHT_BYTES)
+    return int(max(1, min(PART_ROWS, decoded, window)))
+
+
+def _dictionary_encoded(type_) -> bool:
+    """Strings, binaries and categoricals keep Parquet's dictionary (few distinct values
+    compress to small indices); numbers are written plain, which decodes fastest."""
+    import pyarrow as pa
+
+    return bool(pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_binary(type_)
+                or pa.types.is_large_binary(type_) or pa.types.is_dictionary(type_))
+
+
+def _read_bucket(fs, bucket: str):
+    """A bucket as a table of one chunk per column (take() then copies only the rows
+    taken). Its batches are combined ``COMBINE_BATCHES`` at a time as they are read: each
+    array of a batch costs ~0.5 KB outside Arrow's pool, and a bucket scattered at a small
+    limit holds thousands of batches of a few rows (18 MB of arrays at a 3.4 MiB limit)."""
+    import pyarrow as pa
+
+    pieces, pending = [], []
+    try:
+        with fs.open(bucket, "rb") as raw:
+            reader = pa.ipc.open_stream(raw, options=pa.ipc.IpcReadOptions(use_threads=False))
+            for batch in reader:
+                pending.append(batch)
+                if len(pending) == COMBINE_BATCHES:
+                    pieces.append(pa.Table.from_batches(pending).combine_chunks())
+                    pending = []
+            pieces.append(pa.Table.from_batches(pending, schema=reader.schema))
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise storage_failure(bucket, exc) from exc
+    del pending
+    table = pa.concat_tables(pieces).combine_chunks()
+    del pieces
+    pa.default_memory_pool().release_unused()  # the pieces read, before the groups are taken
+    return table
+
+
+def _write_part(fs, bucket: str, part_url: str, k: int, seed: int, group_rows: int, dictionary: list[str],
                 storage_options: Mapping[str, Any] | None) -> None:
     """Bucket ``k`` read whole, its rows permuted uniformly, written atomically as row
     groups of ``group_rows`` rows."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    try:
-        with fs.open(bucket, "rb") as raw:
-            table = pq.ParquetFile(raw, pre_buffer=False, buffer_size=SLICE_BUFFER_BYTES).read(use_threads=False)
-    except OSError as exc:
-        raise storage_failure(bucket, exc) from exc
-    table = table.combine_chunks()  # one chunk per column: take() then copies only the rows taken
+    table = _read_bucket(fs, bucket)
     order = np.random.default_rng([seed, PERMUTE_STREAM, k]).permutation(table.num_rows)
 
     groups = (table.take(pa.array(order[start:start + group_rows])) for start in range(0, table.num_rows, group_rows))
-    write_tables(part_url, groups, f"{bucket}: empty bucket", storage_options, compression=COMPRESSION)
+    write_tables(part_url, groups, f"{bucket}: empty bucket", storage_options, compression=COMPRESSION,
+                 use_dictionary=dictionary)
