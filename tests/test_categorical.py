@@ -304,6 +304,7 @@ def public_references():
     return {name: _sklearn_loss(*_public_split(name), l2=FitConfig().l2) for name in PUBLIC}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer", ["pandas", "polars", "duckdb"])
 @pytest.mark.parametrize("name", sorted(PUBLIC))
 def test_public_tables_at_default_options_reach_scikit_learn(name, writer, public_references, tmp_path):
