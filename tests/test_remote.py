@@ -253,3 +253,44 @@ def test_a_dead_server_mid_epoch_fails_in_one_line_and_a_restarted_one_completes
     with np.load(tmp_path / "local.npz") as a, np.load(tmp_path / "s3.npz") as b:
         for name in ("coef", "intercept", "mean", "scale"):
             np.testing.assert_array_equal(a[name], b[name])
+
+
+# --- categorical columns ----------------------------------------------------------------
+
+
+def test_categorical_columns_from_s3_give_the_local_model_bit_for_bit(s3_server, tmp_path):
+    """Plain and dictionary text columns with nulls, and a numeric column with nulls (imputed,
+    with its indicator), in 4 row groups: ``streamsgd.fit("s3://…")`` reads and hashes them as
+    from local disk (the dictionary column's codes differ between row groups), so the dense weights,
+    the hashed table and the model's encoding are the same, bit for bit, and evaluate agrees."""
+    rng = np.random.default_rng(3)
+    n = 800
+    words = np.array([f"w{i}" for i in range(40)], dtype=object)
+    text = words[rng.integers(0, 40, n)]
+    city = np.array(["paris", "lima", "oslo", "pune", "baku"], dtype=object)[rng.integers(0, 5, n)]
+    x = rng.standard_normal(n)
+    y = ((x + (text == "w3") - (city == "oslo") + rng.logistic(size=n)) > 0).astype(np.int64)
+    local = str(tmp_path / "cat.parquet")
+    table = pa.table({"x": pa.array(x, mask=rng.random(n) < 0.1),
+                      "text": pa.array(text, pa.string(), mask=rng.random(n) < 0.15),
+                      "city": pa.array(city, pa.string(), mask=rng.random(n) < 0.05).dictionary_encode(), "y": y})
+    pq.write_table(table, local, row_group_size=200)
+    assert pa.types.is_dictionary(pq.read_schema(local).field("city").type)
+    key = f"data/{uuid.uuid4().hex}/cat.parquet"
+    s3_server.filesystem().put(local, key)
+    options = {"epochs": 3, "batch": 32, "hash_bits": 12}
+    local_model = streamsgd.fit(local, **options)
+    remote = streamsgd.fit(f"s3://{key}", storage_options=s3_server.storage_options, **options)
+    assert remote.hashed_columns == ["text", "city"] and remote.features == ["x", "x__missing"]
+    assert np.count_nonzero(remote.hashed) > 40  # the values and the null categories were trained
+    np.testing.assert_array_equal(remote.hashed, local_model.hashed)
+    np.testing.assert_array_equal(remote.coef, local_model.coef)
+    np.testing.assert_array_equal(remote.intercept, local_model.intercept)
+    assert remote.metadata["categorical"] == local_model.metadata["categorical"]
+    from streamsgd.sources import open_source
+    from streamsgd.tools.inference import evaluate
+
+    columns = {"features": remote.features + remote.hashed_columns, "categorical": remote.hashed_columns}
+    scores = [evaluate(remote, open_source(local, **columns)),
+              evaluate(remote, open_source(f"s3://{key}", storage_options=s3_server.storage_options, **columns))]
+    assert scores[0] == scores[1] and scores[0]["rows"] == n

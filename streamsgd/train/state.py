@@ -88,4 +88,7 @@ class State:
             if old is not None and (new.shape != old.shape or new.dtype != old.dtype):
                 raise DataError(f"the checkpoint's {name} has shape {new.shape}, this run needs {old.shape}; "
                                 "it was written for other data or options: start without --resume")
-            setattr(self, name, new.copy())
+            if name in HASHED and old is not None:
+                old[...] = new  # into compute.sparse's slab: the hashed columns share its cache lines
+            else:
+                setattr(self, name, new.copy())
