@@ -24,7 +24,6 @@ H local updates first; the divergence check still stops a run that blows up.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,11 +39,14 @@ from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
+from ..config import FitConfig
+from ..errors import DataError
 from ..sources import Source
 from . import guard
 from .inputs import Hooks
 from .run import Run
 from .setup import Setup
+from .state import State
 from .stepsize import lower_step, start
 
 #: One shard's answer to a round: (gradient sums, rows, loss sum, largest row curvature of
@@ -112,6 +114,8 @@ class Backend(Protocol):
 
     def ask(self, method: str, *args: Any) -> list[Any]: ...
 
+    def rejob(self, job: ShardJob) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -133,19 +137,45 @@ class _Lane:
         self.window: Window | None = None
         self.order: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.pos = 0
+        self.ended = False  # the open epoch has no rows left after ``place``
+        self.pending = 0.0  # the curvature of a window opened by :meth:`begin`, reported with the next round
+
+    def begin(self, st: State, config: FitConfig, init: Any, N: int, B: int) -> State:
+        """Standardisation and step size (``start``) from this shard's first window of epoch 0,
+        which stays open for the first round: the run reads it once."""
+        self._at(0, 0)
+        if not self._next_window():
+            raise DataError("the first shard has no rows to start from; check the data")  # S ≥ 1 deals it the first unit
+        assert self.window is not None
+        start(st, self.window, config, init, N, B)
+        assert st.mean is not None and st.scale is not None  # set by start
+        self.pending = self._top(0, st.mean, st.scale)
+        return st
+
+    def rejob(self, job: ShardJob) -> None:
+        """Take the job's figures that :meth:`begin` fixed (the stream stays where it is)."""
+        self.job = job
+
+    def _at(self, epoch: int, skip: int) -> None:
+        """Stand at row ``skip`` of ``epoch``: seek unless the lane is there already, or has
+        run out of ``epoch`` before ``skip`` (the rows from there are none either way, and a
+        seek would stop the readers already reading the next epoch)."""
+        at_epoch, consumed = self.place
+        if (epoch, skip) != self.place and not (self.ended and at_epoch == epoch and skip >= consumed):
+            self._seek(epoch, skip)
 
     def batch(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> ShardPart:
         """The gradient sums of this shard's rows [rnd·B, (rnd+1)·B) of ``epoch``."""
         job, B = self.job, int(self.job.spec[BATCH])
-        if self.place != (epoch, rnd * B):
-            self._seek(epoch, rnd * B)
+        self._at(epoch, rnd * B)
         params = pack_params(theta=theta_eff, theta_eff=theta_eff, avg=theta_eff, gw=self.gw, l1_q=self.gw,
                              l1_u=self.gw, cw=job.cw, classes=job.classes)
         self.gw[:] = 0.0
         self.counters[FILLED], self.sums[BATCH_LOSS] = 0, 0.0
-        top = self._fill(epoch, params)
+        top = max(self._fill(epoch, params), self._pending())
         n = int(self.counters[FILLED])
-        self.place = (epoch, rnd * B + n)
+        if n or not self.ended:
+            self.place = (epoch, rnd * B + n)
         return self.gw.copy(), n, float(self.sums[BATCH_LOSS]), top
 
     def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalState) -> LocalPart:
@@ -153,8 +183,7 @@ class _Lane:
         ``rnd·every·B`` of ``epoch`` (each B rows, the epoch's last one shorter)."""
         job = self.job
         skip = rnd * every * int(job.spec[BATCH])
-        if self.place != (epoch, skip):
-            self._seek(epoch, skip)
+        self._at(epoch, skip)
         state = {name: getattr(start, name).copy() for name in LOCAL_ARRAYS}
         params = pack_params(theta=state["theta"], theta_eff=state["theta_eff"], avg=state["avg"], gw=self.gw,
                              l1_q=state["l1_q"], l1_u=state["l1_u"], cw=job.cw, classes=job.classes)
@@ -164,7 +193,7 @@ class _Lane:
         hyper = job.hyper.copy()
         hyper[LR0] = start.lr0
         noise = (np.zeros(1), np.zeros(1), np.zeros_like(self.gw))  # spec[NOISE] is 0: the step's scratch only
-        stop_at, top, opt_state = start.t + limit, 0.0, state["opt_state"]
+        stop_at, top, opt_state = start.t + limit, self._pending(), state["opt_state"]
         while counters[T] < stop_at and not counters[DIVERGED]:  # whole windows per compiled call
             if self.window is None or self.pos == self.order.size:
                 if not self._next_window():
@@ -178,7 +207,8 @@ class _Lane:
                                   self.pos, self.order.size, stop_at, job.spec, hyper, params, opt_state, job.mean,
                                   job.scale, counters, sums, noise)
         rows = int(sums[ROWS])
-        self.place = (epoch, skip + rows)
+        if rows or not self.ended:
+            self.place = (epoch, skip + rows)
         after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0)
         return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
                          diverged=bool(counters[DIVERGED]), top=top)
@@ -198,14 +228,20 @@ class _Lane:
                                   job.hyper, params, self.counters, self.sums)
         return top
 
-    def _top(self, epoch: int) -> float:
+    def _pending(self) -> float:
+        top, self.pending = self.pending, 0.0
+        return top
+
+    def _top(self, epoch: int, mean: NDArray[np.float64] | None = None, scale: NDArray[np.float64] | None = None
+             ) -> float:
         """The open window's largest row curvature in epoch 0 (the driver lowers the default
-        step by it, see_rows), else 0."""
+        step by it, see_rows), else 0; standardised by the job's figures unless given."""
         if epoch != 0:
             return 0.0
         job, window = self.job, self.window
         assert window is not None and window.y is not None
-        return guard.max_row_curvature(window.X, window.y, job.mean, job.scale, guard.row_weighting(job.model))
+        return guard.max_row_curvature(window.X, window.y, job.mean if mean is None else mean,
+                                       job.scale if scale is None else scale, guard.row_weighting(job.model))
 
     def _seek(self, epoch: int, skip: int) -> None:
         """Open ``epoch``'s rows of this shard at row ``skip`` (a later epoch, or a round rerun)."""
@@ -217,7 +253,7 @@ class _Lane:
             self.stream = shard_stream(job.source, job.model, job.seed, job.shuffle, job.plan, job.dtype, job.strata,
                                        epoch, (self.shard, job.shards), job.last_epoch)
         self.windows = None if self.stream is None else self.stream.epoch(epoch, skip)
-        self.place = (epoch, skip)
+        self.place, self.ended, self.pending = (epoch, skip), self.windows is None, 0.0
 
     def _next_window(self) -> bool:
         self.window, self.pos = None, 0
@@ -226,7 +262,7 @@ class _Lane:
         try:
             self.window, self.order = next(self.windows)
         except StopIteration:
-            self.windows = None
+            self.windows, self.ended = None, True
             return False
         return True
 
@@ -248,6 +284,17 @@ class ShardWorker:
     def __init__(self, job: ShardJob, shards: Sequence[int]) -> None:
         self.shards = [int(k) for k in shards]
         self.lanes = {k: _Lane(job, k) for k in self.shards}
+
+    def begin(self, st: State, config: FitConfig, init: Any, N: int, B: int) -> list[State | None]:
+        """Shard 0 (where hosted) starts the run's state from its first window
+        (:meth:`_Lane.begin`); the other shards answer None."""
+        return [self.lanes[k].begin(st, config, init, N, B) if k == 0 else None for k in self.shards]
+
+    def rejob(self, job: ShardJob) -> list[None]:
+        """Every hosted shard takes ``job`` (the figures :meth:`begin` fixed)."""
+        for lane in self.lanes.values():
+            lane.rejob(job)
+        return [None] * len(self.shards)
 
     def accumulate(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> list[ShardPart]:
         """For each hosted shard, in the order given: its answer to round ``rnd`` of ``epoch``."""
@@ -271,6 +318,9 @@ class InProcess:
 
     def ask(self, method: str, *args: Any) -> list[Any]:
         return list(getattr(self.worker, method)(*args))
+
+    def rejob(self, job: ShardJob) -> None:
+        self.worker.rejob(job)
 
     def close(self) -> None:
         self.worker.close()
@@ -296,37 +346,43 @@ class ShardedRun(Run):
         plan = self.setup.plan
         return StreamPlan(plan.window_rows, plan.buffer_bytes, plan.readers)
 
-    def begin(self) -> None:
-        """Standardisation and step size from the first window of shard 0 (read here once)."""
-        setup, config, st = self.setup, self.config, self.st
-        stream = shard_stream(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(),
-                              config.dtype, setup.strata, 0, (0, self.shards), 0)
-        assert stream is not None  # shard 0 holds the first unit of every deal
-        try:
-            with closing(stream.epoch(0)) as windows:
-                window, _ = next(windows)
-                start(st, window, config, setup.init, self.schedule.N, self.schedule.B)
-        finally:
-            stream.close()
+    def begin(self, feed: Backend) -> None:
+        """Standardisation and step size from the first window of shard 0, read once: by the
+        shard's own lane, wherever it runs, which keeps the window for its first round."""
+        setup, st = self.setup, self.st
+        started = feed.ask("begin", st, self.config, setup.init, self.schedule.N, self.schedule.B)[0]
+        if started is not st:  # a cluster's worker started a copy
+            adopt(st, started)
+        feed.rejob(self.job())
 
     def job(self) -> ShardJob:
+        """The shards' job; before :meth:`begin` its standardisation and step are placeholders
+        (the stream's fields are final, and ``rejob`` gives the rest)."""
         setup, config, st = self.setup, self.config, self.st
-        assert st.spec is not None and st.hyper is not None and st.mean is not None and st.scale is not None
-        assert st.classes is not None
+        assert st.spec is not None and st.classes is not None  # set by setup
+        d = len(setup.source.features)
+        hyper = np.zeros(0) if st.hyper is None else st.hyper.copy()
+        mean = np.zeros(d) if st.mean is None else st.mean
+        scale = np.ones(d) if st.scale is None else st.scale
         spec = st.spec.copy()
         spec[BATCH] = self.shard_batch
         if config.sync == "models":
             spec[NOISE] = 0  # the noise meter reads the driver's update gradients: local updates have none
         return ShardJob(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(), config.dtype,
-                        setup.strata, self.shards, self.schedule.last_epoch, spec, st.hyper.copy(), st.cw,
-                        st.classes, st.mean, st.scale, config.memory_limit // self.shards)
+                        setup.strata, self.shards, self.schedule.last_epoch, spec, hyper, st.cw, st.classes, mean,
+                        scale, config.memory_limit // self.shards)
 
     def open_feed(self) -> Backend:
-        if self.st.hyper is None:
-            self.begin()
+        fresh = self.st.hyper is None
         feed = self.factory(self.job())
-        if self.config.sync == "models" and not self.st.sync_every[0]:
-            self.st.sync_every[0] = self.choose_every(feed)
+        try:
+            if fresh:
+                self.begin(feed)
+            if self.config.sync == "models" and not self.st.sync_every[0]:
+                self.st.sync_every[0] = self.choose_every(feed)
+        except BaseException:
+            feed.close()  # train() closes only a feed it was given
+            raise
         return feed
 
     def train_epoch(self, feed: Any, epoch: int) -> None:
@@ -431,6 +487,18 @@ class ShardedRun(Run):
         every = self.schedule.ipe if compute <= 0 else min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
         self.emit({"event": "sync", "sync_every": every, "round_seconds": latency, "update_seconds": compute})
         return every
+
+
+def adopt(st: State, other: State) -> None:
+    """Make ``st`` hold ``other``'s values, its arrays in place (the loop's params tuple holds
+    them)."""
+    for name, value in vars(other).items():
+        mine = getattr(st, name, None)
+        if isinstance(mine, np.ndarray) and isinstance(value, np.ndarray) and mine.shape == value.shape \
+                and mine.dtype == value.dtype:
+            mine[...] = value
+        else:
+            setattr(st, name, value)
 
 
 #: train_rows' sample weights when the data has no --weight column
