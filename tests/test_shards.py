@@ -163,3 +163,81 @@ def test_local_sgd_resumes_from_a_mid_epoch_checkpoint_bit_for_bit(data):
     assert int(middle["sync_every"][0]) == 5
     config = FitConfig(model="logistic", epochs=3, batch=128, memory_limit="64MiB", **options)
     _same(whole, fit(open_source(data, target="y"), config, resume=middle))
+
+
+# hashed categorical columns on shards: the sparse sums reduced in shard order, or the tables averaged
+
+
+@pytest.fixture(scope="module")
+def hashed_data(tmp_path_factory):
+    """3 numeric and 2 text columns (60 and 25 levels, each level's own effect), 5,000 rows in
+    row groups of 700 (shards of unequal rows)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    n = 5000
+    a, b = rng.integers(0, 60, n), rng.integers(0, 25, n)
+    X = rng.normal(size=(n, 3))
+    z = X @ np.array([1.0, -0.5, 0.25]) + rng.normal(size=60)[a] + rng.normal(size=25)[b] + rng.logistic(size=n)
+    frame = pd.DataFrame({"x0": X[:, 0], "x1": X[:, 1], "x2": X[:, 2], "a": [f"a{v}" for v in a],
+                          "b": [f"b{v}" for v in b], "y": (z > 0).astype(float)})
+    path = tmp_path_factory.mktemp("hashed") / "h.parquet"
+    frame.to_parquet(path, index=False, row_group_size=700)
+    return str(path)
+
+
+def _hashed_fit(path, hooks=None, **options):
+    return _fit(path, hooks=hooks, **{"hash_bits": 10, "epochs": 2, **options})
+
+
+def _same_hashed(a, b):
+    _same(a, b)
+    assert a.model.hashed is not None and np.array_equal(a.model.hashed, b.model.hashed)
+
+
+@pytest.mark.parametrize("options", [{"l2": 1e-3}, {"optimizer": "adagrad", "l2": 0.0, "lr": 0.1}])
+def test_hashed_one_shard_equals_the_single_process_run(hashed_data, options):
+    """One shard: its hashed sums, added to an empty batch on the driver, are the single
+    process's, bit for bit (SGD's lazy L2 scale and AdaGrad's sums alike); and local SGD
+    with one shard (× 1.0 averaging, a given --lr) as well."""
+    plain = _hashed_fit(hashed_data, **options)
+    _same_hashed(plain, _hashed_fit(hashed_data, hooks=Hooks(backend=InProcess), **options))
+    given = {"lr": 0.05, **options}
+    plain = _hashed_fit(hashed_data, **given)
+    _same_hashed(plain, _hashed_fit(hashed_data, sync="models", sync_every=7, **given))
+
+
+def test_hashed_local_sgd_with_one_update_per_round_is_the_synchronous_update(hashed_data):
+    """Three shards: --sync gradients reduces the shards' sparse sums, --sync models H = 1
+    averages their tables (folded when a shard that ran out left its scale behind); plain
+    SGD is linear in the gradient, so the two agree but for rounding (rtol 1e-9 after ~80
+    updates of a stable step, as for the dense weights)."""
+    options = {"shards": 3, "lr": 0.3, "l2": 1e-3}
+    sync = _hashed_fit(hashed_data, **options)
+    local = _hashed_fit(hashed_data, sync="models", sync_every=1, **options)
+    assert np.abs(sync.model.hashed).max() > 0.1  # the tables learned something
+    np.testing.assert_allclose(local.model.hashed, sync.model.hashed, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(local.model.coef, sync.model.coef, rtol=1e-9)
+    assert not np.array_equal(sync.model.hashed, _hashed_fit(hashed_data, lr=0.3, l2=1e-3).model.hashed)
+
+
+def test_hashed_tables_of_other_scales_are_folded_before_averaging():
+    """A shard that ran out early made fewer updates, so its lazy scale (wscale) and the
+    average's B differ: the averaged table's weights and Polyak mean are then the row-weighted
+    means of each shard's own (``folded``), whatever the scales."""
+    from streamsgd.compute.sparse import AVG_B, WSCALE, folded, pack_hashed
+    from streamsgd.train.shards import merge_hashed
+
+    rng = np.random.default_rng(3)
+    parts = []
+    for wscale, big_b, rows in ((0.5, 0.0, 300), (0.8, 1.3, 100)):
+        scalars = np.zeros(2)
+        scalars[WSCALE], scalars[AVG_B] = wscale, big_b
+        parts.append(((*rng.normal(size=(3, 16)), scalars), rows))
+    hashed = pack_hashed(4)
+    merge_hashed(hashed, parts, 400)
+    weights = sum(s[WSCALE] * u * rows / 400 for (u, _, _, s), rows in parts)
+    np.testing.assert_allclose(folded(hashed, 0), weights, rtol=1e-13)
+    sums = sum((total + s[AVG_B] * u) / 5 * rows / 400 for (u, _, total, s), rows in parts)
+    np.testing.assert_allclose(folded(hashed, 5), sums, rtol=1e-13)
+    assert not np.allclose(weights, sum(u * rows / 400 for (u, _, _, _), rows in parts))  # the scales mattered

@@ -36,6 +36,8 @@ from numpy.typing import NDArray
 from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, LOSS, LR0,
                             N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params,
                             train_rows)
+from ..compute.sparse import (AVG_B, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_hashed_sums,
+                              fill_batch_hashed, finish_batch_hashed, pack_hashed, train_rows_hashed)
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
@@ -49,9 +51,15 @@ from .setup import Setup
 from .state import State
 from .stepsize import lower_step, start
 
+#: The hashed weights' sums of a shard's batch: (their ids, distinct, in the order first
+#: touched; the sums), for ``compute.sparse.add_hashed_sums``.
+SparseSums = tuple[NDArray[np.int64], NDArray[np.float64]]
 #: One shard's answer to a round: (gradient sums, rows, loss sum, largest row curvature of
-#: the windows it opened in epoch 0, else 0).
-ShardPart = tuple[NDArray[np.float64], int, float, float]
+#: the windows it opened in epoch 0, else 0, the hashed weights' sums or None).
+ShardPart = tuple[NDArray[np.float64], int, float, float, SparseSums | None]
+#: What a round of ``--sync gradients`` tells the shards of the hashed weights: (updates
+#: made, the weights u, their scalars HF), or None without categorical columns.
+HashedView = tuple[int, NDArray[np.float64], NDArray[np.float64]] | None
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ class ShardJob:
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
     shard_memory: int  # bytes each shard's windows and readers may hold (--memory-limit // S)
+    hash_bits: int = 0  # the categorical columns' table of 2**hash_bits weights (0: none)
 
 
 @dataclass(frozen=True)
@@ -91,10 +100,14 @@ class LocalState:
     t: int  # updates made
     averaged: int  # iterates in the average
     lr0: float  # the step, lowered as the first epoch's windows are seen
+    #: the hashed weights' state a round changes: (u, AdaGrad's sums, the average's sums, HF)
+    hashed: tuple[NDArray[np.float64], ...] | None = None
 
 
 #: the state arrays a local-SGD round changes and the driver averages
 LOCAL_ARRAYS = ("theta", "theta_eff", "avg", "opt_state", "l1_q", "l1_u")
+#: the hashed state's slots a local-SGD round changes (compute.sparse), the scalars HF last
+LOCAL_HASHED = (HW, HSQ, HSUM, HF)
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,8 @@ class _Lane:
         self.pos = 0
         self.ended = False  # the open epoch has no rows left after ``place``
         self.pending = 0.0  # the curvature of a window opened by :meth:`begin`, reported with the next round
+        # this shard's scratch for the hashed weights' batch sums (compute.sparse), None without
+        self.scratch = pack_hashed(job.hash_bits) if job.hash_bits else None
 
     def begin(self, st: State, config: FitConfig, init: Any, N: int, B: int) -> State:
         """Standardisation and step size (``start``) from this shard's first window of epoch 0,
@@ -164,19 +179,25 @@ class _Lane:
         if (epoch, skip) != self.place and not (self.ended and at_epoch == epoch and skip >= consumed):
             self._seek(epoch, skip)
 
-    def batch(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> ShardPart:
-        """The gradient sums of this shard's rows [rnd·B, (rnd+1)·B) of ``epoch``."""
+    def batch(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64], view: HashedView = None) -> ShardPart:
+        """The gradient sums of this shard's rows [rnd·B, (rnd+1)·B) of ``epoch`` (and of the
+        hashed weights ``view`` gives, when there are categorical columns)."""
         job, B = self.job, int(self.job.spec[BATCH])
         self._at(epoch, rnd * B)
         params = pack_params(theta=theta_eff, theta_eff=theta_eff, avg=theta_eff, gw=self.gw, l1_q=self.gw,
                              l1_u=self.gw, cw=job.cw, classes=job.classes)
+        hashed = None
+        if self.scratch is not None:
+            assert view is not None  # the driver sends the weights with every round
+            self.counters[T] = view[0]  # the batch's stamp is update t + 1, as on the driver
+            hashed = _with_weights(self.scratch, view[1], view[2])
         self.gw[:] = 0.0
         self.counters[FILLED], self.sums[BATCH_LOSS] = 0, 0.0
-        top = max(self._fill(epoch, params), self._pending())
+        top = max(self._fill(epoch, params, hashed), self._pending())
         n = int(self.counters[FILLED])
         if n or not self.ended:
             self.place = (epoch, rnd * B + n)
-        return self.gw.copy(), n, float(self.sums[BATCH_LOSS]), top
+        return self.gw.copy(), n, float(self.sums[BATCH_LOSS]), top, None if hashed is None else _take_sums(hashed)
 
     def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalState) -> LocalPart:
         """Up to ``limit`` updates of this shard's own, from ``start``, on its rows from
@@ -187,6 +208,7 @@ class _Lane:
         state = {name: getattr(start, name).copy() for name in LOCAL_ARRAYS}
         params = pack_params(theta=state["theta"], theta_eff=state["theta_eff"], avg=state["avg"], gw=self.gw,
                              l1_q=state["l1_q"], l1_u=state["l1_u"], cw=job.cw, classes=job.classes)
+        hashed = self._local_hashed(start)
         counters, sums = self.counters, self.sums
         counters[:], sums[:], self.gw[:] = 0, 0.0, 0.0
         counters[T], counters[AVERAGED] = start.t, start.averaged
@@ -198,22 +220,35 @@ class _Lane:
             if self.window is None or self.pos == self.order.size:
                 if not self._next_window():
                     if counters[FILLED]:  # the shard's short last batch of the epoch
-                        finish_batch(job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise)
+                        _finish(job, hyper, params, opt_state, counters, sums, noise, hashed)
                     break
                 top = max(top, self._top(epoch))
-            window = self.window
-            assert window is not None and window.y is not None
-            self.pos = train_rows(window.X, window.y, _UNWEIGHTED if window.w is None else window.w, self.order,
-                                  self.pos, self.order.size, stop_at, job.spec, hyper, params, opt_state, job.mean,
-                                  job.scale, counters, sums, noise)
+            assert self.window is not None
+            self.pos = _train(self.window, self.order, self.pos, stop_at, job, hyper, params, opt_state, counters,
+                              sums, noise, hashed)
         rows = int(sums[ROWS])
         if rows or not self.ended:
             self.place = (epoch, skip + rows)
-        after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0)
+        after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0,
+                           hashed=None if hashed is None else tuple(hashed[slot] for slot in LOCAL_HASHED))
         return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
                          diverged=bool(counters[DIVERGED]), top=top)
 
-    def _fill(self, epoch: int, params: tuple[NDArray, ...]) -> float:
+    def _local_hashed(self, start: LocalState) -> tuple[NDArray, ...] | None:
+        """The hashed state a local round trains: copies of ``start``'s, this shard's scratch
+        (its stamps cleared: a dry round of ``auto`` may have run from the same update)."""
+        if self.scratch is None:
+            return None
+        assert start.hashed is not None  # the driver sends it with every round
+        scratch = self.scratch
+        scratch[STAMP][:] = 0
+        scratch[HI][N_TOUCHED] = 0
+        state = list(scratch)
+        for slot, array in zip(LOCAL_HASHED, start.hashed):
+            state[slot] = array.copy()
+        return tuple(state)
+
+    def _fill(self, epoch: int, params: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None) -> float:
         """Feed this shard's next rows to the batch in progress until it holds B rows or the
         epoch ends; returns the largest row curvature of the windows opened in epoch 0."""
         job, B, top = self.job, int(self.job.spec[BATCH]), 0.0
@@ -222,10 +257,16 @@ class _Lane:
                 if not self._next_window():
                     break
                 top = max(top, self._top(epoch))
-            assert self.window is not None and self.window.y is not None
-            sw = _UNWEIGHTED if self.window.w is None else self.window.w
-            self.pos = fill_batch(self.window.X, self.window.y, sw, self.order, self.pos, self.order.size, job.spec,
-                                  job.hyper, params, self.counters, self.sums)
+            window = self.window
+            assert window is not None and window.y is not None
+            sw = _UNWEIGHTED if window.w is None else window.w
+            if hashed is None:
+                self.pos = fill_batch(window.X, window.y, sw, self.order, self.pos, self.order.size, job.spec,
+                                      job.hyper, params, self.counters, self.sums)
+            else:
+                self.pos = fill_batch_hashed(window.X, window.y, sw, window.idx, window.sign, self.order, self.pos,
+                                             self.order.size, job.spec, job.hyper, params, self.counters, self.sums,
+                                             hashed)
         return top
 
     def _pending(self) -> float:
@@ -296,9 +337,10 @@ class ShardWorker:
             lane.rejob(job)
         return [None] * len(self.shards)
 
-    def accumulate(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> list[ShardPart]:
+    def accumulate(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64], view: HashedView = None
+                   ) -> list[ShardPart]:
         """For each hosted shard, in the order given: its answer to round ``rnd`` of ``epoch``."""
-        return [self.lanes[k].batch(epoch, rnd, theta_eff) for k in self.shards]
+        return [self.lanes[k].batch(epoch, rnd, theta_eff, view) for k in self.shards]
 
     def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalState) -> list[LocalPart]:
         """For each hosted shard, in the order given: its state after a local-SGD round."""
@@ -370,7 +412,7 @@ class ShardedRun(Run):
             spec[NOISE] = 0  # the noise meter reads the driver's update gradients: local updates have none
         return ShardJob(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(), config.dtype,
                         setup.strata, self.shards, self.schedule.last_epoch, spec, hyper, st.cw, st.classes, mean,
-                        scale, config.memory_limit // self.shards)
+                        scale, config.memory_limit // self.shards, 0 if st.hw is None else int(st.hw.size).bit_length() - 1)
 
     def open_feed(self) -> Backend:
         fresh = self.st.hyper is None
@@ -395,7 +437,7 @@ class ShardedRun(Run):
                 limit = every if total is None else min(every, total - before)
                 rows = self.merge(feed.ask("local", epoch, rnd, every, limit, self.local_start()), epoch)
             else:
-                rows = self.update(feed.ask("accumulate", epoch, rnd, st.theta_eff), epoch)
+                rows = self.update(feed.ask("accumulate", epoch, rnd, st.theta_eff, self.view()), epoch)
             if rows == 0:
                 st.shard_round[0] = 0  # the epoch is over: the next starts at round 0
                 break
@@ -417,26 +459,41 @@ class ShardedRun(Run):
         assert st.spec is not None and st.hyper is not None and st.mean is not None and st.scale is not None
         gw = self.params[GW]
         gw[:] = parts[0][0]
-        for g, _, _, _ in parts[1:]:
+        for g, *_ in parts[1:]:
             gw += g
         loss = parts[0][2]
-        for _, _, part_loss, _ in parts[1:]:
+        for _, _, part_loss, *_ in parts[1:]:
             loss += part_loss
         if epoch == 0:
             lower_step(st, max(part[3] for part in parts), self.config, self.schedule.N)
         st.counters[FILLED] = rows
         st.counters[EPOCH_ROWS] += rows
         st.sums[BATCH_LOSS] = loss
-        finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
-                     self.noise)
+        if self.hashed is None:
+            finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
+                         self.noise)
+            return rows
+        stamp = int(st.counters[T]) + 1
+        for *_, sparse in parts:  # in shard order
+            assert sparse is not None  # every shard of a hashed run answers with its sums
+            add_hashed_sums(self.hashed, sparse[0], sparse[1], stamp)
+        finish_batch_hashed(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
+                            self.noise, self.hashed)
         return rows
+
+    def view(self) -> HashedView:
+        """The hashed weights as a ``--sync gradients`` round sends them (None without)."""
+        if self.hashed is None:
+            return None
+        return int(self.st.counters[T]), self.hashed[HW], self.hashed[HF]
 
     def local_start(self) -> LocalState:
         st = self.st
         assert st.hyper is not None
+        hashed = None if self.hashed is None else tuple(self.hashed[slot] for slot in LOCAL_HASHED)
         return LocalState(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, opt_state=st.opt_state, l1_q=st.l1_q,
                           l1_u=st.l1_u, t=int(st.counters[T]), averaged=int(st.counters[AVERAGED]),
-                          lr0=float(st.hyper[LR0]))
+                          lr0=float(st.hyper[LR0]), hashed=hashed)
 
     def merge(self, parts: list[LocalPart], epoch: int) -> int:
         """The shards' states averaged by their rows, in shard order (a shard that has run
@@ -451,6 +508,8 @@ class ShardedRun(Run):
             mine[...] = getattr(live[0].state, name) * (live[0].rows / rows)  # x 1.0 exactly for one shard
             for part in live[1:]:
                 mine += getattr(part.state, name) * (part.rows / rows)
+        if self.hashed is not None:
+            merge_hashed(self.hashed, [(part.state.hashed, part.rows) for part in live], rows)
         st.counters[T] = max(part.state.t for part in live)
         st.counters[AVERAGED] = max(part.state.averaged for part in live)
         st.counters[EPOCH_ROWS] += rows
@@ -487,6 +546,66 @@ class ShardedRun(Run):
         every = self.schedule.ipe if compute <= 0 else min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
         self.emit({"event": "sync", "sync_every": every, "round_seconds": latency, "update_seconds": compute})
         return every
+
+
+def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[Any, int]], rows: int) -> None:
+    """The shards' hashed weights (u, AdaGrad's sums, the average's sums) averaged by their
+    rows into ``hashed``, in shard order. The weights are wscale·u: shards with the same
+    scalars (wscale, the average's B) average u as it is (one shard's, × 1.0, exactly);
+    otherwise each is folded first (wscale into u, B·u into the sums)."""
+    tables = [part for part, _ in parts]
+    if any(not np.array_equal(table[-1], tables[0][-1]) for table in tables[1:]):
+        tables = [_folded(*table) for table in tables]
+    for i, slot in enumerate(LOCAL_HASHED[:-1]):
+        mine = hashed[slot]
+        mine[...] = tables[0][i] * (parts[0][1] / rows)
+        for table, (_, n) in zip(tables[1:], parts[1:]):
+            mine += table[i] * (n / rows)
+    hashed[HF][...] = tables[0][-1]
+
+
+def _folded(u: NDArray, sq: NDArray, total: NDArray, scalars: NDArray) -> tuple[NDArray, ...]:
+    """One shard's hashed state with wscale and the average's B folded in (``_renormalize``)."""
+    flat = np.zeros_like(scalars)
+    flat[WSCALE] = 1.0
+    return scalars[WSCALE] * u, sq, total + scalars[AVG_B] * u, flat
+
+
+def _with_weights(scratch: tuple[NDArray, ...], u: NDArray, scalars: NDArray) -> tuple[NDArray, ...]:
+    """A shard's scratch for a batch's hashed sums, reading the driver's weights."""
+    state = list(scratch)
+    state[HW], state[HF] = u, scalars
+    return tuple(state)
+
+
+def _take_sums(hashed: tuple[NDArray, ...]) -> SparseSums:
+    """The batch's hashed sums (ids first touched first), leaving the scratch empty."""
+    n = int(hashed[HI][N_TOUCHED])
+    ids = hashed[TOUCHED][:n].copy()
+    hashed[HI][N_TOUCHED] = 0
+    return ids, hashed[HG][ids]
+
+
+def _train(window: Window, order: NDArray, pos: int, stop_at: int, job: ShardJob, hyper: NDArray,
+           params: tuple[NDArray, ...], opt_state: NDArray, counters: NDArray, sums: NDArray, noise: tuple[NDArray, ...],
+           hashed: tuple[NDArray, ...] | None) -> int:
+    """``train_rows`` (or its hashed twin) over the rest of ``window``, stopping at update ``stop_at``."""
+    assert window.y is not None
+    sw = _UNWEIGHTED if window.w is None else window.w
+    if hashed is None:
+        return int(train_rows(window.X, window.y, sw, order, pos, order.size, stop_at, job.spec, hyper, params,
+                              opt_state, job.mean, job.scale, counters, sums, noise))
+    return int(train_rows_hashed(window.X, window.y, sw, window.idx, window.sign, order, pos, order.size, stop_at,
+                                 job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise, hashed))
+
+
+def _finish(job: ShardJob, hyper: NDArray, params: tuple[NDArray, ...], opt_state: NDArray, counters: NDArray,
+            sums: NDArray, noise: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None) -> None:
+    """The update of the batch in progress (the epoch's short last one)."""
+    if hashed is None:
+        finish_batch(job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise)
+    else:
+        finish_batch_hashed(job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise, hashed)
 
 
 def adopt(st: State, other: State) -> None:
