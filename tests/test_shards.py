@@ -12,7 +12,7 @@ from streamsgd.errors import UsageError
 from streamsgd.plan.shards import shard_chunks
 from streamsgd.sources import open_source
 from streamsgd.train.inputs import Checkpointing, Hooks
-from streamsgd.train.shards import InProcess
+from streamsgd.train.shards import InProcess, ShardWorker
 from streamsgd.train.trainer import fit
 
 from helpers import write_parquet
@@ -195,11 +195,14 @@ def _same_hashed(a, b):
     assert a.model.hashed is not None and np.array_equal(a.model.hashed, b.model.hashed)
 
 
-@pytest.mark.parametrize("options", [{"l2": 1e-3}, {"optimizer": "adagrad", "l2": 0.0, "lr": 0.1}])
+@pytest.mark.parametrize("options", [{"l2": 1e-3}, {"optimizer": "adagrad", "l2": 0.0, "lr": 0.1},
+                                     {"l2": 0.05, "lr": 0.5, "batch": 32}])
 def test_hashed_one_shard_equals_the_single_process_run(hashed_data, options):
     """One shard: its hashed sums, added to an empty batch on the driver, are the single
-    process's, bit for bit (SGD's lazy L2 scale and AdaGrad's sums alike); and local SGD
-    with one shard (× 1.0 averaging, a given --lr) as well."""
+    process's, bit for bit (SGD's lazy L2 scale and AdaGrad's sums alike; the third case's
+    scale (1 - 0.025)^t falls below RENORMALIZE after 273 of its 313 updates, so u is rescaled
+    whole and the shard's copy of it must follow); and local SGD with one shard (× 1.0
+    averaging, a given --lr) as well."""
     plain = _hashed_fit(hashed_data, **options)
     _same_hashed(plain, _hashed_fit(hashed_data, hooks=Hooks(backend=InProcess), **options))
     given = {"lr": 0.05, **options}
@@ -241,3 +244,43 @@ def test_hashed_tables_of_other_scales_are_folded_before_averaging():
     sums = sum((total + s[AVG_B] * u) / 5 * rows / 400 for (u, _, total, s), rows in parts)
     np.testing.assert_allclose(folded(hashed, 5), sums, rtol=1e-13)
     assert not np.allclose(weights, sum(u * rows / 400 for (u, _, _, _), rows in parts))  # the scales mattered
+
+
+def test_hashed_shards_resume_from_a_mid_epoch_checkpoint_bit_for_bit(hashed_data):
+    """A resumed run's new shards hold no copy of the hashed weights: they answer the first
+    round's changes as stale and get the whole table; the model is the uninterrupted one."""
+    saved = []
+    options = {"shards": 2, "lr": 0.3, "l2": 1e-3}
+    whole = _hashed_fit(hashed_data, hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=10)), **options)
+    middle = next(arrays for arrays in saved if int(arrays["shard_round"][0]) > 0)
+    config = FitConfig(model="logistic", epochs=2, batch=128, memory_limit="64MiB", hash_bits=10, **options)
+    _same_hashed(whole, fit(open_source(hashed_data, target="y"), config, resume=middle))
+
+
+class _Replacing(InProcess):
+    """Every 7th round on fresh lanes, as on a cluster whose worker died and was replaced
+    (``integrations.dask``: the new actors seek to the round themselves)."""
+
+    def __init__(self, job):
+        super().__init__(job)
+        self.job, self.rounds = job, 0
+
+    def rejob(self, job):
+        self.job = job
+        super().rejob(job)
+
+    def ask(self, method, *args):
+        if method == "accumulate":
+            self.rounds += 1
+            if self.rounds % 7 == 0:
+                self.worker.close()
+                self.worker = ShardWorker(self.job, range(self.job.shards))
+        return super().ask(method, *args)
+
+
+def test_hashed_shards_on_replaced_lanes_get_the_whole_table(hashed_data):
+    """New lanes mid-run hold no copy of the hashed weights: they answer a round's changes
+    as stale, the round is asked again with the whole table, and the model is unchanged."""
+    options = {"shards": 2, "lr": 0.3, "l2": 1e-3}
+    _same_hashed(_hashed_fit(hashed_data, **options), _hashed_fit(hashed_data, hooks=Hooks(backend=_Replacing),
+                                                                  **options))

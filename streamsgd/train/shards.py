@@ -33,7 +33,7 @@ import time
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, LOSS, LR0,
+from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, L2, LOSS, LR0,
                             N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params,
                             train_rows)
 from ..compute.sparse import (AVG_B, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_hashed_sums,
@@ -57,9 +57,15 @@ SparseSums = tuple[NDArray[np.int64], NDArray[np.float64]]
 #: One shard's answer to a round: (gradient sums, rows, loss sum, largest row curvature of
 #: the windows it opened in epoch 0, else 0, the hashed weights' sums or None).
 ShardPart = tuple[NDArray[np.float64], int, float, float, SparseSums | None]
-#: What a round of ``--sync gradients`` tells the shards of the hashed weights: (updates
-#: made, the weights u, their scalars HF), or None without categorical columns.
-HashedView = tuple[int, NDArray[np.float64], NDArray[np.float64]] | None
+#: What a round of ``--sync gradients`` tells the shards of the hashed weights u: (updates made
+#: t, all of u or None, else the ids the last update moved and their values, u's scalars HF),
+#: or None without categorical columns. A shard keeps its copy of u, so a round carries the
+#: last update's O(B·k) changes, not the 2**bits table (all of it after a rescale of u, or to
+#: a shard whose copy is not current: a new one answers ``STALE`` rows and is sent all).
+HashedView = tuple[int, NDArray[np.float64] | None, NDArray[np.int64] | None, NDArray[np.float64] | None,
+                   NDArray[np.float64]] | None
+#: the rows of a shard's answer when its copy of the hashed weights is not current (see HashedView)
+STALE = -1
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class _Lane:
         self.pending = 0.0  # the curvature of a window opened by :meth:`begin`, reported with the next round
         # this shard's scratch for the hashed weights' batch sums (compute.sparse), None without
         self.scratch = pack_hashed(job.hash_bits) if job.hash_bits else None
+        self.weights, self.weights_t = np.zeros(0), -1  # --sync gradients: its copy of u, current at update t
 
     def begin(self, st: State, config: FitConfig, init: Any, N: int, B: int) -> State:
         """Standardisation and step size (``start``) from this shard's first window of epoch 0,
@@ -188,9 +195,11 @@ class _Lane:
                              l1_u=self.gw, cw=job.cw, classes=job.classes)
         hashed = None
         if self.scratch is not None:
-            assert view is not None  # the driver sends the weights with every round
+            assert view is not None  # the driver sends the weights' changes with every round
+            if not self._update_weights(view):
+                return self.gw, STALE, 0.0, 0.0, None
             self.counters[T] = view[0]  # the batch's stamp is update t + 1, as on the driver
-            hashed = _with_weights(self.scratch, view[1], view[2])
+            hashed = _with_weights(self.scratch, self.weights, view[4])
         self.gw[:] = 0.0
         self.counters[FILLED], self.sums[BATCH_LOSS] = 0, 0.0
         top = max(self._fill(epoch, params, hashed), self._pending())
@@ -233,6 +242,19 @@ class _Lane:
                            hashed=None if hashed is None else tuple(hashed[slot] for slot in LOCAL_HASHED))
         return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
                          diverged=bool(counters[DIVERGED]), top=top)
+
+    def _update_weights(self, view: HashedView) -> bool:
+        """Bring this shard's copy of the hashed weights to update t (``view``); False when
+        it cannot (a delta for a copy that is not at t - 1)."""
+        assert view is not None
+        t, full, ids, values, _ = view
+        if full is not None:
+            self.weights, self.weights_t = full.copy(), t
+        elif self.weights_t == t - 1:
+            assert ids is not None and values is not None
+            self.weights[ids] = values
+            self.weights_t = t
+        return self.weights_t == t
 
     def _local_hashed(self, start: LocalState) -> tuple[NDArray, ...] | None:
         """The hashed state a local round trains: copies of ``start``'s, this shard's scratch
@@ -383,6 +405,8 @@ class ShardedRun(Run):
         self.factory: BackendFactory = backend or InProcess
         self.shards = setup.config.n_shards
         self.shard_batch = int(setup.config.batch)  # rows per shard and round
+        #: the hashed weights the last update moved: (t after it, their ids, their values), None: unknown
+        self.moved: tuple[int, NDArray[np.int64], NDArray[np.float64]] | None = None
 
     def stream_plan(self) -> StreamPlan:
         plan = self.setup.plan
@@ -437,7 +461,7 @@ class ShardedRun(Run):
                 limit = every if total is None else min(every, total - before)
                 rows = self.merge(feed.ask("local", epoch, rnd, every, limit, self.local_start()), epoch)
             else:
-                rows = self.update(feed.ask("accumulate", epoch, rnd, st.theta_eff, self.view()), epoch)
+                rows = self.update(self.accumulate(feed, epoch, rnd), epoch)
             if rows == 0:
                 st.shard_round[0] = 0  # the epoch is over: the next starts at round 0
                 break
@@ -448,6 +472,14 @@ class ShardedRun(Run):
                 self.at_boundary(epoch, before)
         self.check_interval(epoch)  # the updates since the last log line
         self.fold_interval()
+
+    def accumulate(self, feed: Backend, epoch: int, rnd: int) -> list[ShardPart]:
+        """The shards' answers to a ``--sync gradients`` round; asked again with the whole
+        hashed table when a shard's copy was not current (a new lane: its state is untouched)."""
+        parts = feed.ask("accumulate", epoch, rnd, self.st.theta_eff, self.view())
+        if any(part[1] == STALE for part in parts):
+            parts = feed.ask("accumulate", epoch, rnd, self.st.theta_eff, self.view(full=True))
+        return parts
 
     def update(self, parts: list[ShardPart], epoch: int) -> int:
         """One update from the shards' answers, added in shard order; returns its rows (0:
@@ -473,19 +505,27 @@ class ShardedRun(Run):
             finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
                          self.noise)
             return rows
-        stamp = int(st.counters[T]) + 1
+        hashed, stamp = self.hashed, int(st.counters[T]) + 1
         for *_, sparse in parts:  # in shard order
             assert sparse is not None  # every shard of a hashed run answers with its sums
-            add_hashed_sums(self.hashed, sparse[0], sparse[1], stamp)
+            add_hashed_sums(hashed, sparse[0], sparse[1], stamp)
+        moved = hashed[TOUCHED][:hashed[HI][N_TOUCHED]].copy()
         finish_batch_hashed(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
-                            self.noise, self.hashed)
+                            self.noise, hashed)
+        # with L2, wscale < 1 after every update unless it was folded into all of u (_renormalize)
+        rescaled = st.hyper[L2] > 0 and hashed[HF][WSCALE] == 1.0
+        self.moved = None if rescaled else (int(st.counters[T]), moved, hashed[HW][moved])
         return rows
 
-    def view(self) -> HashedView:
-        """The hashed weights as a ``--sync gradients`` round sends them (None without)."""
+    def view(self, full: bool = False) -> HashedView:
+        """The hashed weights as a ``--sync gradients`` round sends them (None without): the
+        last update's changes, or all of u (``full``, or when those changes are not known)."""
         if self.hashed is None:
             return None
-        return int(self.st.counters[T]), self.hashed[HW], self.hashed[HF]
+        t, hw, hf = int(self.st.counters[T]), self.hashed[HW], self.hashed[HF]
+        if full or self.moved is None or self.moved[0] != t:
+            return t, hw, None, None, hf
+        return t, None, self.moved[1], self.moved[2], hf
 
     def local_start(self) -> LocalState:
         st = self.st
