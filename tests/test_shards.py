@@ -145,14 +145,17 @@ def test_local_sgd_reaches_the_single_process_held_out_loss(data, tmp_path):
     assert losses[1] <= losses[0] * 1.01, losses
 
 
-def test_local_sgd_auto_records_its_choice_and_reruns_to_the_same_model(data):
+@pytest.mark.parametrize("batch", [128, 8])
+def test_local_sgd_auto_records_its_choice_and_reruns_to_the_same_model(data, batch):
     """auto's H comes from timings, so it is recorded: the summary and the model say which,
-    and --sync-every with that H gives the same model, bit for bit."""
-    auto = _fit(data, shards=2, sync="models")
+    and --sync-every with that H gives the same model, bit for bit. Its dry rounds take 56
+    updates: at batch 128 they run past a shard's first window (the first round seeks back),
+    at batch 8 they stay inside it (the lanes rewind to where they stood)."""
+    auto = _fit(data, shards=2, sync="models", batch=batch)
     every = auto.summary["sync_every"]
     assert 1 <= every <= auto.summary["iterations_per_epoch"]
     assert auto.model.metadata["config"]["sync_every"] == every
-    _same(auto, _fit(data, shards=2, sync="models", sync_every=every))
+    _same(auto, _fit(data, shards=2, sync="models", sync_every=every, batch=batch))
 
 
 def test_local_sgd_resumes_from_a_mid_epoch_checkpoint_bit_for_bit(data):

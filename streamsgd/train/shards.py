@@ -161,6 +161,7 @@ class _Lane:
         # this shard's scratch for the hashed weights' batch sums (compute.sparse), None without
         self.scratch = pack_hashed(job.hash_bits) if job.hash_bits else None
         self.weights, self.weights_t = np.zeros(0), -1  # --sync gradients: its copy of u, current at update t
+        self.saved: tuple[Any, ...] | None = None  # where :meth:`mark` found the lane
 
     def begin(self, st: State, config: FitConfig, init: Any, N: int, B: int) -> State:
         """Standardisation and step size (``start``) from this shard's first window of epoch 0,
@@ -177,6 +178,18 @@ class _Lane:
     def rejob(self, job: ShardJob) -> None:
         """Take the job's figures that :meth:`begin` fixed (the stream stays where it is)."""
         self.job = job
+
+    def mark(self) -> None:
+        """Remember where the lane stands (before ``auto``'s dry rounds)."""
+        self.saved = (self.window, self.pos, self.place, self.ended, self.pending)
+
+    def rewind(self) -> None:
+        """Stand where :meth:`mark` found the lane again when the rounds since stayed in its
+        window (same window, same order: the rows from there are the same); else the next
+        round seeks, as it would have."""
+        if self.saved is not None and self.window is not None and self.window is self.saved[0]:
+            _, self.pos, self.place, self.ended, self.pending = self.saved
+        self.saved = None
 
     def _at(self, epoch: int, skip: int) -> None:
         """Stand at row ``skip`` of ``epoch``: seek unless the lane is there already, or has
@@ -357,6 +370,18 @@ class ShardWorker:
         """Every hosted shard takes ``job`` (the figures :meth:`begin` fixed)."""
         for lane in self.lanes.values():
             lane.rejob(job)
+        return [None] * len(self.shards)
+
+    def mark(self) -> list[None]:
+        """Every hosted shard remembers where it stands (:meth:`_Lane.mark`)."""
+        for lane in self.lanes.values():
+            lane.mark()
+        return [None] * len(self.shards)
+
+    def rewind(self) -> list[None]:
+        """Every hosted shard goes back there when it can (:meth:`_Lane.rewind`)."""
+        for lane in self.lanes.values():
+            lane.rewind()
         return [None] * len(self.shards)
 
     def accumulate(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64], view: HashedView = None
@@ -578,9 +603,11 @@ class ShardedRun(Run):
             place[0] += updates
             return time.perf_counter() - t0
 
+        feed.ask("mark")
         dry(1)
         one = float(np.median([dry(1) for _ in range(5)]))
         ten = float(np.median([dry(10) for _ in range(5)]))
+        feed.ask("rewind")
         compute = (ten - one) / 9
         latency = max(one - compute, 0.0)
         every = self.schedule.ipe if compute <= 0 else min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
