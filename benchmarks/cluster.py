@@ -42,6 +42,16 @@ each row's loss under a model that had not yet learned from it; figure
 ``figures/cluster_sync_every.png``) and the final model's log loss on 200,000 fresh rows from
 the same true weights.
 
+K = 1 with local SGD (``--only k1``): ``--sync models --sync-every auto`` on one shard, in process,
+on the K = 1 cluster, and on it with H = one epoch, ``--k1-epochs`` epochs of the file at per-shard
+batch 512, against the single process: the paired median cost 1 - rows/s / rows/s(single).
+
+Hashed tables (``--only hashed``): 2 shards at per-shard batch 512 on a file of numeric and
+categorical columns (``--hashed-rows``), the categorical columns excluded or hashed into 2^16 and
+2^20 weights, ``--sync gradients`` and ``--sync models --sync-every 10``, in process and on the K = 2
+cluster: the loop's seconds per round, and the cluster's cost per round (K = 2 less in process),
+whose growth with the table is the cost of shipping and reducing the hashed state.
+
 Memory: each worker's RSS when the cluster has started (bare), its peak after the warm-up fit on
 the small file (its idle footprint: the interpreter, Dask, streamsgd and every code path of a
 fit, with negligible data), and its peak (Linux's VmHWM, read on the worker by ``client.run``)
@@ -51,6 +61,7 @@ after every timed fit (the sweep's too), against its share of ``--memory-limit``
 Usage:
   python benchmarks/cluster.py              # 2M x 20, batches 512/4096/32768, 5 runs
   python benchmarks/cluster.py --quick      # 200k x 20, 1 run (make bench)
+  python benchmarks/cluster.py --only k1 --runs 5 --k1-epochs 10   # the K = 1 local-SGD part alone
 
 From a git worktree whose venv's editable install points at another checkout, prefix
 ``PYTHONPATH=.``: the workers must import the streamsgd being measured (checked at start).
@@ -107,7 +118,7 @@ FIGURES = Path(__file__).resolve().parent / "figures"
 #: local SGD at K = 1 (--sync models --sync-every auto, per-shard batch SWEEP_BATCH): epochs per fit,
 #: so that the start (reading the first window, the standardisation) weighs as in a longer run
 K1_EPOCHS = 3
-#: the hashed tables' rounds: a file of HASHED_ROWS rows, HASHED_FEATURES numeric and HASHED_COLUMNS
+#: the hashed tables' rounds: a file of HASHED_ROWS rows (--hashed-rows), HASHED_FEATURES numeric and HASHED_COLUMNS
 #: categorical columns (HASHED_LEVELS levels each), trained with 2**bits weights for bits in HASH_BITS
 HASHED_ROWS, HASHED_FEATURES, HASHED_COLUMNS, HASHED_LEVELS = 400_000, 10, 3, 50_000
 HASH_BITS = (16, 20)
@@ -130,11 +141,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small and fast: 200,000 rows, 1 run, 300 empty rounds")
     p.add_argument("--only", default="", help="comma-separated parts to run alone: k1 (local SGD at K = 1), "
                    "hashed (the hashed tables' rounds); default: everything")
+    p.add_argument("--hashed-rows", type=int, default=HASHED_ROWS,
+                   help="rows of the hashed tables' file (default 400,000; 100,000 with --quick)")
     p.add_argument("--k1-epochs", type=int, default=K1_EPOCHS, help="epochs of each K = 1 local-SGD fit (default 3)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the data files and the JSON")
     args = p.parse_args(argv)
     if args.quick:
-        args.rows, args.runs, args.empty_rounds = 200_000, 1, 300
+        args.rows, args.runs, args.empty_rounds, args.hashed_rows = 200_000, 1, 300, 100_000
     args.batches = [int(b) for b in str(args.batches).split(",")]
     args.memory_limit = parse_bytes(args.memory_limit)
     return args
@@ -343,8 +356,8 @@ def k1_local(args: argparse.Namespace, path: Path, cluster: DaskCluster) -> dict
     return out
 
 
-def write_hashed(path: Path) -> Path:
-    """HASHED_ROWS rows: numeric features, categorical columns (dictionary-encoded text, each
+def write_hashed(path: Path, rows: int) -> Path:
+    """``rows`` rows: numeric features, categorical columns (dictionary-encoded text, each
     level its own effect) and a logistic target."""
     import numpy as np
     import pyarrow as pa
@@ -353,15 +366,15 @@ def write_hashed(path: Path) -> Path:
     if path.exists():
         return path
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(HASHED_ROWS, HASHED_FEATURES))
+    X = rng.normal(size=(rows, HASHED_FEATURES))
     z = X @ rng.normal(size=HASHED_FEATURES) / 3
     names = pa.array([f"v{i}" for i in range(HASHED_LEVELS)])
     columns: dict[str, Any] = {f"x{j}": X[:, j] for j in range(HASHED_FEATURES)}
     for c in range(HASHED_COLUMNS):
-        levels = rng.integers(0, HASHED_LEVELS, HASHED_ROWS)
+        levels = rng.integers(0, HASHED_LEVELS, rows)
         z += rng.normal(size=HASHED_LEVELS)[levels]
         columns[f"c{c}"] = pa.DictionaryArray.from_arrays(pa.array(levels.astype(np.int32)), names)
-    columns["y"] = (z + rng.logistic(size=HASHED_ROWS) > 0).astype(np.float64)
+    columns["y"] = (z + rng.logistic(size=rows) > 0).astype(np.float64)
     pq.write_table(pa.table(columns), path, row_group_size=ROW_GROUP_ROWS // 4, compression="none")
     return path
 
@@ -387,7 +400,7 @@ def hashed_rounds(args: argparse.Namespace, cluster: DaskCluster) -> dict[str, A
     """Per variant (dense, each hash size) and mode: the loop's seconds per round in process and
     on the K = 2 cluster; their difference is what a round costs on the cluster, and its growth
     with the table (2**bits weights) the cost of shipping and reducing the hashed state."""
-    path = write_hashed(args.out / f"cluster-hashed-{HASHED_ROWS}.parquet")
+    path = write_hashed(args.out / f"cluster-hashed-{args.hashed_rows}.parquet", args.hashed_rows)
     variants = ["dense", *map(str, HASH_BITS)]
     raw: dict[str, list[dict[str, Any]]] = {}
     for run in range(args.runs):
@@ -412,7 +425,7 @@ def hashed_rounds(args: argparse.Namespace, cluster: DaskCluster) -> dict[str, A
                 "k2_seconds_per_round": statistics.median(r["seconds_per_round"] for r in raw[f"{mode} {variant} K=2"]),
                 "k2_rows_per_second": statistics.median(r["rows_per_second"] for r in raw[f"{mode} {variant} K=2"]),
                 "cluster_cost_per_round": paired(raw, cost)}
-    print(f"\nhashed tables, 2 shards, per-shard batch {SWEEP_BATCH}, {HASHED_ROWS:,} rows: seconds per round")
+    print(f"\nhashed tables, 2 shards, per-shard batch {SWEEP_BATCH}, {args.hashed_rows:,} rows: seconds per round")
     print(f"{'mode, table':<22}{'rounds':>8}{'in process ms':>15}{'K=2 ms':>10}{'cluster cost ms':>17}{'K=2 rows/s':>12}")
     for key, e in out.items():
         print(f"{key:<22}{e['rounds']:>8}{e['in_process_seconds_per_round'] * 1e3:>15.3f}"
