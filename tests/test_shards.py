@@ -173,15 +173,16 @@ def test_local_sgd_resumes_from_a_mid_epoch_checkpoint_bit_for_bit(data):
 
 @pytest.fixture(scope="module")
 def hashed_data(tmp_path_factory):
-    """3 numeric and 2 text columns (60 and 25 levels, each level's own effect), 5,000 rows in
-    row groups of 700 (shards of unequal rows)."""
+    """3 numeric and 2 text columns (400 and 25 levels, each level's own effect: a round of
+    local SGD touches some of the 400, not all), 5,000 rows in row groups of 700 (shards of
+    unequal rows)."""
     import pandas as pd
 
     rng = np.random.default_rng(5)
     n = 5000
-    a, b = rng.integers(0, 60, n), rng.integers(0, 25, n)
+    a, b = rng.integers(0, 400, n), rng.integers(0, 25, n)
     X = rng.normal(size=(n, 3))
-    z = X @ np.array([1.0, -0.5, 0.25]) + rng.normal(size=60)[a] + rng.normal(size=25)[b] + rng.logistic(size=n)
+    z = X @ np.array([1.0, -0.5, 0.25]) + rng.normal(size=400)[a] + rng.normal(size=25)[b] + rng.logistic(size=n)
     frame = pd.DataFrame({"x0": X[:, 0], "x1": X[:, 1], "x2": X[:, 2], "a": [f"a{v}" for v in a],
                           "b": [f"b{v}" for v in b], "y": (z > 0).astype(float)})
     path = tmp_path_factory.mktemp("hashed") / "h.parquet"
@@ -239,21 +240,46 @@ def test_hashed_tables_of_other_scales_are_folded_before_averaging():
     for wscale, big_b, rows in ((0.5, 0.0, 300), (0.8, 1.3, 100)):
         scalars = np.zeros(2)
         scalars[WSCALE], scalars[AVG_B] = wscale, big_b
-        parts.append(((*rng.normal(size=(3, 16)), scalars), rows))
+        parts.append(((np.arange(16), tuple(rng.normal(size=(3, 16))), scalars), rows))
     hashed = pack_hashed(4)
-    merge_hashed(hashed, parts, 400)
-    weights = sum(s[WSCALE] * u * rows / 400 for (u, _, _, s), rows in parts)
+    assert merge_hashed(hashed, parts, 400) is None  # every entry changed: the next round sends all
+    tables = [((u, sq, total), s, rows) for (_, (u, sq, total), s), rows in parts]
+    weights = sum(s[WSCALE] * u * rows / 400 for (u, _, _), s, rows in tables)
     np.testing.assert_allclose(folded(hashed, 0), weights, rtol=1e-13)
-    sums = sum((total + s[AVG_B] * u) / 5 * rows / 400 for (u, _, total, s), rows in parts)
+    sums = sum((total + s[AVG_B] * u) / 5 * rows / 400 for (u, _, total), s, rows in tables)
     np.testing.assert_allclose(folded(hashed, 5), sums, rtol=1e-13)
-    assert not np.allclose(weights, sum(u * rows / 400 for (u, _, _, _), rows in parts))  # the scales mattered
+    assert not np.allclose(weights, sum(u * rows / 400 for (u, _, _), _, rows in tables))  # the scales mattered
 
 
-def test_hashed_shards_resume_from_a_mid_epoch_checkpoint_bit_for_bit(hashed_data):
-    """A resumed run's new shards hold no copy of the hashed weights: they answer the first
-    round's changes as stale and get the whole table; the model is the uninterrupted one."""
+def test_hashed_tables_average_the_entries_a_shard_changed_and_keep_the_rest():
+    """Shards with the same scales: an entry one shard changed averages its value with the
+    round's start (the other shard's, unchanged); an entry no shard changed keeps its bits."""
+    from streamsgd.compute.sparse import HF, HW, pack_hashed
+    from streamsgd.train.shards import merge_hashed
+
+    rng = np.random.default_rng(4)
+    hashed = pack_hashed(3)
+    hashed[HW][:] = rng.normal(size=8)
+    start = hashed[HW].copy()
+    scalars = np.array([0.9, 0.4])
+    a, b = rng.normal(size=2), rng.normal(size=2)
+    changed = merge_hashed(hashed, [((np.array([1, 3]), (a, a, a), scalars), 300),
+                                    ((np.array([3, 5]), (b, b, b), scalars), 100)], 400)
+    assert changed.tolist() == [1, 3, 5]
+    expected = start.copy()
+    expected[1] = a[0] * 0.75 + start[1] * 0.25
+    expected[3] = a[1] * 0.75 + b[0] * 0.25
+    expected[5] = start[5] * 0.75 + b[1] * 0.25
+    np.testing.assert_array_equal(hashed[HW], expected)  # untouched entries: the same bits
+    np.testing.assert_array_equal(hashed[HF], scalars)
+
+
+@pytest.mark.parametrize("sync", [{}, {"sync": "models", "sync_every": 3}])
+def test_hashed_shards_resume_from_a_mid_epoch_checkpoint_bit_for_bit(hashed_data, sync):
+    """A resumed run's new shards hold no copy of the hashed weights: the first round sends
+    the whole table; the model is the uninterrupted one."""
     saved = []
-    options = {"shards": 2, "lr": 0.3, "l2": 1e-3}
+    options = {"shards": 2, "lr": 0.3, "l2": 1e-3, **sync}
     whole = _hashed_fit(hashed_data, hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=10)), **options)
     middle = next(arrays for arrays in saved if int(arrays["shard_round"][0]) > 0)
     config = FitConfig(model="logistic", epochs=2, batch=128, memory_limit="64MiB", hash_bits=10, **options)
@@ -273,7 +299,7 @@ class _Replacing(InProcess):
         super().rejob(job)
 
     def ask(self, method, *args):
-        if method == "accumulate":
+        if method in ("accumulate", "local"):
             self.rounds += 1
             if self.rounds % 7 == 0:
                 self.worker.close()
@@ -281,9 +307,10 @@ class _Replacing(InProcess):
         return super().ask(method, *args)
 
 
-def test_hashed_shards_on_replaced_lanes_get_the_whole_table(hashed_data):
-    """New lanes mid-run hold no copy of the hashed weights: they answer a round's changes
-    as stale, the round is asked again with the whole table, and the model is unchanged."""
-    options = {"shards": 2, "lr": 0.3, "l2": 1e-3}
+@pytest.mark.parametrize("sync", [{}, {"sync": "models", "sync_every": 3}])
+def test_hashed_shards_on_replaced_lanes_get_the_whole_table(hashed_data, sync):
+    """New lanes mid-run hold no copy of the hashed tables: they answer a round's changes
+    as stale, the round is asked again with the whole tables, and the model is unchanged."""
+    options = {"shards": 2, "lr": 0.3, "l2": 1e-3, **sync}
     _same_hashed(_hashed_fit(hashed_data, **options), _hashed_fit(hashed_data, hooks=Hooks(backend=_Replacing),
                                                                   **options))

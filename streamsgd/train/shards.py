@@ -106,14 +106,23 @@ class LocalState:
     t: int  # updates made
     averaged: int  # iterates in the average
     lr0: float  # the step, lowered as the first epoch's windows are seen
-    #: the hashed weights' state a round changes: (u, AdaGrad's sums, the average's sums, HF)
-    hashed: tuple[NDArray[np.float64], ...] | None = None
+    #: the hashed tables: from the driver a ``TablesView``, from a shard a ``TablesChange``
+    hashed: Any = None
 
 
 #: the state arrays a local-SGD round changes and the driver averages
 LOCAL_ARRAYS = ("theta", "theta_eff", "avg", "opt_state", "l1_q", "l1_u")
-#: the hashed state's slots a local-SGD round changes (compute.sparse), the scalars HF last
-LOCAL_HASHED = (HW, HSQ, HSUM, HF)
+#: the hashed tables a local-SGD round changes (compute.sparse): weights u, AdaGrad's sums, the
+#: average's sums; their scalars HF travel beside them
+TABLES = (HW, HSQ, HSUM)
+#: What a ``--sync models`` round tells the shards of the hashed tables: (base t, the tables
+#: whole or None, else the ids the last merge changed and their values in each table, HF). A
+#: shard keeps its tables: those of the round that started at update ``base`` with its own
+#: changes, all of which the merge's ids cover; the whole tables go to a shard without them.
+TablesView = tuple[int, tuple[NDArray, ...] | None, NDArray[np.int64] | None, tuple[NDArray, ...] | None, NDArray]
+#: A shard's answer about its tables after a round: (the ids it changed, their values in each
+#: table, its HF).
+TablesChange = tuple[NDArray[np.int64], tuple[NDArray, ...], NDArray]
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,10 @@ class _Lane:
         self.scratch = pack_hashed(job.hash_bits) if job.hash_bits else None
         self.weights, self.weights_t = np.zeros(0), -1  # --sync gradients: its copy of u, current at update t
         self.saved: tuple[Any, ...] | None = None  # where :meth:`mark` found the lane
+        # --sync models: its hashed tables (see TablesView), the round they started, a copy from then
+        self.tables: tuple[NDArray, ...] = ()
+        self.before: tuple[NDArray, ...] = ()
+        self.tables_t = -1
 
     def begin(self, st: State, config: FitConfig, init: Any, N: int, B: int) -> State:
         """Standardisation and step size (``start``) from this shard's first window of epoch 0,
@@ -225,12 +238,14 @@ class _Lane:
         """Up to ``limit`` updates of this shard's own, from ``start``, on its rows from
         ``rnd·every·B`` of ``epoch`` (each B rows, the epoch's last one shorter)."""
         job = self.job
+        current, hashed = self._local_hashed(start)
+        if not current:
+            return LocalPart(start, rows=STALE, loss=0.0, diverged=False, top=0.0)
         skip = rnd * every * int(job.spec[BATCH])
         self._at(epoch, skip)
         state = {name: getattr(start, name).copy() for name in LOCAL_ARRAYS}
         params = pack_params(theta=state["theta"], theta_eff=state["theta_eff"], avg=state["avg"], gw=self.gw,
                              l1_q=state["l1_q"], l1_u=state["l1_u"], cw=job.cw, classes=job.classes)
-        hashed = self._local_hashed(start)
         counters, sums = self.counters, self.sums
         counters[:], sums[:], self.gw[:] = 0, 0.0, 0.0
         counters[T], counters[AVERAGED] = start.t, start.averaged
@@ -252,7 +267,7 @@ class _Lane:
         if rows or not self.ended:
             self.place = (epoch, skip + rows)
         after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0,
-                           hashed=None if hashed is None else tuple(hashed[slot] for slot in LOCAL_HASHED))
+                           hashed=None if hashed is None else self._changes(hashed))
         return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
                          diverged=bool(counters[DIVERGED]), top=top)
 
@@ -269,19 +284,39 @@ class _Lane:
             self.weights_t = t
         return self.weights_t == t
 
-    def _local_hashed(self, start: LocalState) -> tuple[NDArray, ...] | None:
-        """The hashed state a local round trains: copies of ``start``'s, this shard's scratch
-        (its stamps cleared: a dry round of ``auto`` may have run from the same update)."""
+    def _local_hashed(self, start: LocalState) -> tuple[bool, tuple[NDArray, ...] | None]:
+        """(False, None) when this shard's tables cannot follow ``start``'s (a new lane: the
+        round is asked again with them whole), else (True, the hashed state the round trains:
+        this shard's tables, brought to the driver's, and its scratch, the stamps cleared)."""
         if self.scratch is None:
-            return None
-        assert start.hashed is not None  # the driver sends it with every round
+            return True, None
+        base, whole, ids, values, scalars = start.hashed
+        if whole is not None:
+            self.tables = tuple(table.copy() for table in whole)
+        elif self.tables and self.tables_t == base:
+            assert ids is not None and values is not None
+            for table, new in zip(self.tables, values):
+                table[ids] = new
+        else:
+            return False, None
+        self.tables_t, self.before = start.t, tuple(table.copy() for table in self.tables)
         scratch = self.scratch
         scratch[STAMP][:] = 0
         scratch[HI][N_TOUCHED] = 0
         state = list(scratch)
-        for slot, array in zip(LOCAL_HASHED, start.hashed):
-            state[slot] = array.copy()
-        return tuple(state)
+        for slot, table in zip(TABLES, self.tables):
+            state[slot] = table
+        state[HF] = scalars.copy()
+        return True, tuple(state)
+
+    def _changes(self, hashed: tuple[NDArray, ...]) -> TablesChange:
+        """The entries of the tables this round changed (bit for bit, a rescale of u included)."""
+        changed = np.zeros(self.tables[0].size, dtype=bool)
+        for table, before in zip(self.tables, self.before):
+            changed |= table.view(np.int64) != before.view(np.int64)
+        self.before = ()
+        ids = np.flatnonzero(changed)
+        return ids, tuple(table[ids] for table in self.tables), hashed[HF].copy()
 
     def _fill(self, epoch: int, params: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None) -> float:
         """Feed this shard's next rows to the batch in progress until it holds B rows or the
@@ -431,6 +466,8 @@ class ShardedRun(Run):
         self.shards = setup.config.n_shards
         self.shard_batch = int(setup.config.batch)  # rows per shard and round
         #: the hashed weights the last update moved: (t after it, their ids, their values), None: unknown
+        #: --sync models: the update the last merged round started at and the ids it changed (None: send all)
+        self.tables_base: tuple[int, NDArray[np.int64]] | None = None
         self.moved: tuple[int, NDArray[np.int64], NDArray[np.float64]] | None = None
 
     def stream_plan(self) -> StreamPlan:
@@ -484,7 +521,7 @@ class ShardedRun(Run):
             stop, before, rnd = self.next_stop(), int(st.counters[T]), int(st.shard_round[0])
             if self.config.sync == "models":
                 limit = every if total is None else min(every, total - before)
-                rows = self.merge(feed.ask("local", epoch, rnd, every, limit, self.local_start()), epoch)
+                rows = self.merge(self.local_round(feed, epoch, rnd, every, limit), epoch)
             else:
                 rows = self.update(self.accumulate(feed, epoch, rnd), epoch)
             if rows == 0:
@@ -552,10 +589,25 @@ class ShardedRun(Run):
             return t, hw, None, None, hf
         return t, None, self.moved[1], self.moved[2], hf
 
-    def local_start(self) -> LocalState:
+    def local_round(self, feed: Backend, epoch: int, rnd: int, every: int, limit: int) -> list[LocalPart]:
+        """The shards' answers to a ``--sync models`` round; asked again with the whole hashed
+        tables when a shard's were not current (a new lane: its state is untouched)."""
+        parts = feed.ask("local", epoch, rnd, every, limit, self.local_start())
+        if any(part.rows == STALE for part in parts):
+            parts = feed.ask("local", epoch, rnd, every, limit, self.local_start(full=True))
+        return parts
+
+    def local_start(self, full: bool = False) -> LocalState:
         st = self.st
         assert st.hyper is not None
-        hashed = None if self.hashed is None else tuple(self.hashed[slot] for slot in LOCAL_HASHED)
+        hashed: TablesView | None = None
+        if self.hashed is not None:
+            tables = tuple(self.hashed[slot] for slot in TABLES)
+            if full or self.tables_base is None:
+                hashed = (-1, tables, None, None, self.hashed[HF])
+            else:
+                base, ids = self.tables_base
+                hashed = (base, None, ids, tuple(table[ids] for table in tables), self.hashed[HF])
         return LocalState(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, opt_state=st.opt_state, l1_q=st.l1_q,
                           l1_u=st.l1_u, t=int(st.counters[T]), averaged=int(st.counters[AVERAGED]),
                           lr0=float(st.hyper[LR0]), hashed=hashed)
@@ -566,6 +618,8 @@ class ShardedRun(Run):
         st = self.st
         rows = sum(part.rows for part in parts)
         live = [part for part in parts if part.rows]
+        if self.hashed is not None and not live:  # no shard changed its tables
+            self.tables_base = int(st.counters[T]), np.zeros(0, dtype=np.int64)
         if not live:
             return 0
         for name in LOCAL_ARRAYS:  # in place: the loop's params tuple holds these arrays
@@ -574,7 +628,8 @@ class ShardedRun(Run):
             for part in live[1:]:
                 mine += getattr(part.state, name) * (part.rows / rows)
         if self.hashed is not None:
-            merge_hashed(self.hashed, [(part.state.hashed, part.rows) for part in live], rows)
+            changed = merge_hashed(self.hashed, [(part.state.hashed, part.rows) for part in live], rows)
+            self.tables_base = None if changed is None else (int(st.counters[T]), changed)
         st.counters[T] = max(part.state.t for part in live)
         st.counters[AVERAGED] = max(part.state.averaged for part in live)
         st.counters[EPOCH_ROWS] += rows
@@ -593,7 +648,7 @@ class ShardedRun(Run):
         H = ⌈19·L/c⌉, within [1, one epoch]."""
         if self.config.sync_every != "auto":
             return int(self.config.sync_every)
-        epoch, begin, place = int(self.st.counters[EPOCH]), self.local_start(), [0]
+        epoch, begin, place = int(self.st.counters[EPOCH]), self.local_start(full=True), [0]
 
         def dry(updates: int) -> float:
             """A round of ``updates`` from the rows where the last one stopped (round 1 of a
@@ -608,6 +663,7 @@ class ShardedRun(Run):
         one = float(np.median([dry(1) for _ in range(5)]))
         ten = float(np.median([dry(10) for _ in range(5)]))
         feed.ask("rewind")
+        self.tables_base = None  # the dry rounds changed the shards' tables: the first round sends them whole
         compute = (ten - one) / 9
         latency = max(one - compute, 0.0)
         every = self.schedule.ipe if compute <= 0 else min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
@@ -615,20 +671,40 @@ class ShardedRun(Run):
         return every
 
 
-def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[Any, int]], rows: int) -> None:
-    """The shards' hashed weights (u, AdaGrad's sums, the average's sums) averaged by their
-    rows into ``hashed``, in shard order. The weights are wscale·u: shards with the same
-    scalars (wscale, the average's B) average u as it is (one shard's, × 1.0, exactly);
-    otherwise each is folded first (wscale into u, B·u into the sums)."""
-    tables = [part for part, _ in parts]
-    if any(not np.array_equal(table[-1], tables[0][-1]) for table in tables[1:]):
-        tables = [_folded(*table) for table in tables]
-    for i, slot in enumerate(LOCAL_HASHED[:-1]):
-        mine = hashed[slot]
-        mine[...] = tables[0][i] * (parts[0][1] / rows)
-        for table, (_, n) in zip(tables[1:], parts[1:]):
-            mine += table[i] * (n / rows)
-    hashed[HF][...] = tables[0][-1]
+def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, int]], rows: int
+                 ) -> NDArray[np.int64] | None:
+    """The shards' hashed tables (u, AdaGrad's sums, the average's sums) averaged by their rows
+    into ``hashed`` (which holds the round's start), in shard order, at every entry a shard
+    changed: the others stay as they were. The weights are wscale·u: shards with the same
+    scalars (wscale, the average's B) average u as it is (one shard's × 1.0: exactly);
+    otherwise each shard's tables are folded first (wscale into u, B·u into the sums), which
+    changes every entry. Returns the ids changed, or None when all may have."""
+    tables = [hashed[slot] for slot in TABLES]
+    changes = [change for change, _ in parts]
+    weights = [n / rows for _, n in parts]
+    if any(not np.array_equal(change[2], changes[0][2]) for change in changes[1:]):
+        folded_tables = []
+        for ids, values, scalars in changes:
+            whole = [table.copy() for table in tables]
+            for table, new in zip(whole, values):
+                table[ids] = new
+            folded_tables.append(_folded(whole[0], whole[1], whole[2], scalars))
+        for i, table in enumerate(tables):
+            table[...] = folded_tables[0][i] * weights[0]
+            for shard, w in zip(folded_tables[1:], weights[1:]):
+                table += shard[i] * w
+        hashed[HF][...] = folded_tables[0][-1]
+        return None
+    union = np.unique(np.concatenate([change[0] for change in changes]))
+    for i, table in enumerate(tables):
+        merged: NDArray | None = None
+        for (ids, values, _), w in zip(changes, weights):
+            column = table[union]  # the round's start where this shard changed nothing
+            column[np.searchsorted(union, ids)] = values[i]
+            merged = column * w if merged is None else merged + column * w
+        table[union] = merged
+    hashed[HF][...] = changes[0][2]
+    return union
 
 
 def _folded(u: NDArray, sq: NDArray, total: NDArray, scalars: NDArray) -> tuple[NDArray, ...]:
