@@ -15,14 +15,12 @@ worker processes, ``NUMBA_NUM_THREADS=1``, Dask memory limit = the share of ``--
 1 GiB), started once before the timings and given one warm-up fit on a 4,096-row file, so that
 the timed fits only place their actors: rows/s is the summary's ``rows_per_second`` (the training
 loop: from the run's start to its end, less Numba's compilation; the cluster's start is outside
-it, and is timed separately, with the first fit on fresh workers). One start-up cost stays in it:
-a sharded run's ``begin`` reads shard 0's first window on the driver for the standardisation and
-the step size, and the shard then reads it again; the script times that reread (``begin`` less
-the ``start`` computation inside it, which the single process does too) and also reports the
-"steady" times without it. Methods run round-robin
-(every batch, every method, then the next run); each figure is the median of ``--runs`` runs.
+it, and is timed separately, with the first fit on fresh workers). A sharded run reads its first
+window once, on shard 0's lane (in process or on its worker), as the single process does. Methods
+run round-robin (every batch, every method, then the next run); each figure is the median of
+``--runs`` runs.
 
-Per fit, the steady time per update t = (loop seconds - reread) / updates. Compute per update
+Per fit, the time per update t = loop seconds / updates. Compute per update
 c(B) = t of ``s1`` (one shard's batch and the update, in process); round latency round(1) =
 t(s1k1) - c(B); round(2) = t(s2k2) - c(B) (the two workers compute their shards at once, each one
 shard's batch); the per-extra-actor increment = round(2) - round(1) = t(s2k2) - t(s1k1). These,
@@ -44,6 +42,16 @@ each row's loss under a model that had not yet learned from it; figure
 ``figures/cluster_sync_every.png``) and the final model's log loss on 200,000 fresh rows from
 the same true weights.
 
+K = 1 with local SGD (``--only k1``): ``--sync models --sync-every auto`` on one shard, in process,
+on the K = 1 cluster, and on it with H = one epoch, ``--k1-epochs`` epochs of the file at per-shard
+batch 512, against the single process: the paired median cost 1 - rows/s / rows/s(single).
+
+Hashed tables (``--only hashed``): 2 shards at per-shard batch 512 on a file of numeric and
+categorical columns (``--hashed-rows``), the categorical columns excluded or hashed into 2^16 and
+2^20 weights, ``--sync gradients`` and ``--sync models --sync-every 10``, in process and on the K = 2
+cluster: the loop's seconds per round, and the cluster's cost per round (K = 2 less in process),
+whose growth with the table is the cost of shipping and reducing the hashed state.
+
 Memory: each worker's RSS when the cluster has started (bare), its peak after the warm-up fit on
 the small file (its idle footprint: the interpreter, Dask, streamsgd and every code path of a
 fit, with negligible data), and its peak (Linux's VmHWM, read on the worker by ``client.run``)
@@ -53,6 +61,7 @@ after every timed fit (the sweep's too), against its share of ``--memory-limit``
 Usage:
   python benchmarks/cluster.py              # 2M x 20, batches 512/4096/32768, 5 runs
   python benchmarks/cluster.py --quick      # 200k x 20, 1 run (make bench)
+  python benchmarks/cluster.py --only k1 --runs 5 --k1-epochs 10   # the K = 1 local-SGD part alone
 
 From a git worktree whose venv's editable install points at another checkout, prefix
 ``PYTHONPATH=.``: the workers must import the streamsgd being measured (checked at start).
@@ -75,8 +84,7 @@ from streamsgd.config import DEFAULT_MEMORY_LIMIT, FitConfig, parse_bytes
 from streamsgd.integrations.dask import DaskCluster
 from streamsgd.sources import open_source
 from streamsgd.train.inputs import Hooks
-from streamsgd.train import shards as shards_module
-from streamsgd.train.shards import InProcess, ShardedRun
+from streamsgd.train.shards import InProcess
 from streamsgd.train.trainer import fit
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -107,6 +115,14 @@ SWEEP_BATCH = 512
 BUDGET_ROWS = (16_384, 131_072, 1_048_576)
 HELDOUT_ROWS, HELDOUT_SAMPLE_SEED = 200_000, 1  # fresh rows from the training file's true weights
 FIGURES = Path(__file__).resolve().parent / "figures"
+#: local SGD at K = 1 (--sync models --sync-every auto, per-shard batch SWEEP_BATCH): epochs per fit,
+#: so that the start (reading the first window, the standardisation) weighs as in a longer run
+K1_EPOCHS = 3
+#: the hashed tables' rounds: a file of HASHED_ROWS rows (--hashed-rows), HASHED_FEATURES numeric and HASHED_COLUMNS
+#: categorical columns (HASHED_LEVELS levels each), trained with 2**bits weights for bits in HASH_BITS
+HASHED_ROWS, HASHED_FEATURES, HASHED_COLUMNS, HASHED_LEVELS = 400_000, 10, 3, 50_000
+HASH_BITS = (16, 20)
+HASHED_EVERY = 10  # --sync-every of the hashed local-SGD fits (40 rounds an epoch)
 #: done-when marks of issue 17 item 7 (printed and recorded; this script measures, the README judges)
 MAX_K1_COST = 0.10
 
@@ -123,10 +139,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--empty-rounds", type=int, default=2000,
                    help="timed rounds of the no-op actors per run and K (default 2,000)")
     p.add_argument("--quick", action="store_true", help="small and fast: 200,000 rows, 1 run, 300 empty rounds")
+    p.add_argument("--only", default="", help="comma-separated parts to run alone: k1 (local SGD at K = 1), "
+                   "hashed (the hashed tables' rounds); default: everything")
+    p.add_argument("--hashed-rows", type=int, default=HASHED_ROWS,
+                   help="rows of the hashed tables' file (default 400,000; 100,000 with --quick)")
+    p.add_argument("--k1-epochs", type=int, default=K1_EPOCHS, help="epochs of each K = 1 local-SGD fit (default 3)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the data files and the JSON")
     args = p.parse_args(argv)
     if args.quick:
-        args.rows, args.runs, args.empty_rounds = 200_000, 1, 300
+        args.rows, args.runs, args.empty_rounds, args.hashed_rows = 200_000, 1, 300, 100_000
     args.batches = [int(b) for b in str(args.batches).split(",")]
     args.memory_limit = parse_bytes(args.memory_limit)
     return args
@@ -186,52 +207,13 @@ def empty_round(cluster: DaskCluster, rounds: int, features: int) -> float:
     return seconds
 
 
-#: seconds of each ``ShardedRun.begin`` in this process, and of the ``start`` inside it
-#: (appended by :func:`time_begin`'s wrappers)
-BEGIN_SECONDS: list[float] = []
-START_SECONDS: list[float] = []
-
-
-def time_begin() -> None:
-    """Record how long each sharded run's ``begin`` takes, and the ``start`` inside it. The
-    driver reads shard 0's first window for the standardisation and the step size
-    (``start``), and then the shard (in process or on a worker) reads that window again: the
-    read is start-up inside the summary's training seconds that the single process does not
-    pay, ``start`` it pays as well. Instrumentation of this benchmark process only."""
-    original_begin, original_start = ShardedRun.begin, shards_module.start
-
-    def begin(self: ShardedRun) -> None:
-        t0 = time.perf_counter()
-        try:
-            original_begin(self)
-        finally:
-            BEGIN_SECONDS.append(time.perf_counter() - t0)
-
-    def start(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return original_start(*args, **kwargs)
-        finally:
-            START_SECONDS.append(time.perf_counter() - t0)
-
-    ShardedRun.begin = begin  # type: ignore[method-assign]
-    shards_module.start = start
-
-
 def one_fit(path: Path, batch: int, shards: int | None, backend: Any, limit: int) -> dict[str, Any]:
-    """One epoch: the summary's rows/s, and the time per update of the training loop with
-    and without the sharded run's extra read of the first window (``begin`` less ``start``,
-    see :func:`time_begin`; 0 for a plain run)."""
+    """One epoch: the summary's rows/s and the training loop's time per update."""
     config = FitConfig(model="logistic", batch=batch, epochs=1, shards=shards, memory_limit=limit)
-    BEGIN_SECONDS.clear()
-    START_SECONDS.clear()
     s = fit(open_source(str(path)), config, hooks=Hooks(backend=backend)).summary
-    loop_seconds, reread = s["rows_seen"] / s["rows_per_second"], sum(BEGIN_SECONDS) - sum(START_SECONDS)
-    updates = max(s["iterations"], 1)
+    loop_seconds = s["rows_seen"] / s["rows_per_second"]
     return {"rows_per_second": s["rows_per_second"], "updates": s["iterations"], "rows_seen": s["rows_seen"],
-            "seconds_per_update": loop_seconds / updates, "reread_seconds": reread,
-            "steady_seconds_per_update": (loop_seconds - reread) / updates,
-            "steady_rows_per_second": s["rows_seen"] / (loop_seconds - reread), "loss": s["loss"]}
+            "seconds_per_update": loop_seconds / max(s["iterations"], 1), "loss": s["loss"]}
 
 
 def sweep_fit(path: Path, heldout: Path, every: int | str | None, cluster: DaskCluster | None,
@@ -335,6 +317,124 @@ def plot_sweep(path: Path, result: dict[str, Any], rows: int, features: int) -> 
     fig.savefig(path)
 
 
+def k1_fit(path: Path, method: str, cluster: DaskCluster | None, limit: int, epochs: int) -> dict[str, Any]:
+    """``single``: the plain fit; ``models``: --shards 1 --sync models --sync-every auto in process;
+    ``models-k1``: the same on the K = 1 cluster; ``epoch-k1``: on the K = 1 cluster with H = one
+    epoch's updates (no dry rounds, one round an epoch). Per-shard batch SWEEP_BATCH, ``epochs`` epochs."""
+    options: dict[str, Any] = {} if method == "single" else {"shards": 1, "sync": "models", "sync_every": "auto"}
+    if method == "epoch-k1":
+        options["sync_every"] = -(-sum(open_source(str(path)).chunk_rows) // SWEEP_BATCH)
+    backend = {"single": None, "models": InProcess, "models-k1": cluster, "epoch-k1": cluster}[method]
+    config = FitConfig(model="logistic", batch=SWEEP_BATCH, epochs=epochs, memory_limit=limit, **options)
+    s = fit(open_source(str(path)), config, hooks=Hooks(backend=backend)).summary
+    return {"rows_per_second": s["rows_per_second"], "sync_every": s.get("sync_every"), "loss": s["loss"]}
+
+
+def k1_local(args: argparse.Namespace, path: Path, cluster: DaskCluster) -> dict[str, Any]:
+    """The K = 1 mark with local SGD: single, in process and K = 1, round-robin over ``--runs``;
+    the medians, each run's H and the paired cost of the K = 1 path (see :func:`paired`)."""
+    methods = ("single", "models", "models-k1", "epoch-k1")
+    raw: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for run in range(args.runs):
+        for m in methods:
+            raw[m].append(k1_fit(path, m, cluster, args.memory_limit, args.k1_epochs))
+        print(f"K = 1 local SGD, run {run + 1}/{args.runs}: " + ", ".join(
+            f"{m} {v[-1]['rows_per_second']:,.0f} (H {v[-1]['sync_every']})" for m, v in raw.items()), flush=True)
+    out: dict[str, Any] = {m: {"rows_per_second": statistics.median(r["rows_per_second"] for r in v),
+                               "sync_every": [r["sync_every"] for r in v], "loss": v[-1]["loss"]}
+                           for m, v in raw.items()}
+    out["k1_cost_vs_single"] = paired(raw, lambda r: 1 - r["models-k1"]["rows_per_second"]
+                                      / r["single"]["rows_per_second"])
+    out["epoch_k1_cost_vs_single"] = paired(raw, lambda r: 1 - r["epoch-k1"]["rows_per_second"]
+                                            / r["single"]["rows_per_second"])
+    out["in_process_cost_vs_single"] = paired(raw, lambda r: 1 - r["models"]["rows_per_second"]
+                                              / r["single"]["rows_per_second"])
+    out["runs"] = raw
+    print(f"K = 1, --sync models --sync-every auto, {args.k1_epochs} epochs: cost vs single "
+          f"{out['k1_cost_vs_single']:.1%} (in process {out['in_process_cost_vs_single']:.1%}; with H = one epoch "
+          f"{out['epoch_k1_cost_vs_single']:.1%}; paired medians)")
+    return out
+
+
+def write_hashed(path: Path, rows: int) -> Path:
+    """``rows`` rows: numeric features, categorical columns (dictionary-encoded text, each
+    level its own effect) and a logistic target."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, HASHED_FEATURES))
+    z = X @ rng.normal(size=HASHED_FEATURES) / 3
+    names = pa.array([f"v{i}" for i in range(HASHED_LEVELS)])
+    columns: dict[str, Any] = {f"x{j}": X[:, j] for j in range(HASHED_FEATURES)}
+    for c in range(HASHED_COLUMNS):
+        levels = rng.integers(0, HASHED_LEVELS, rows)
+        z += rng.normal(size=HASHED_LEVELS)[levels]
+        columns[f"c{c}"] = pa.DictionaryArray.from_arrays(pa.array(levels.astype(np.int32)), names)
+    columns["y"] = (z + rng.logistic(size=rows) > 0).astype(np.float64)
+    pq.write_table(pa.table(columns), path, row_group_size=ROW_GROUP_ROWS // 4, compression="none")
+    return path
+
+
+def hashed_fit(path: Path, variant: str, mode: str, cluster: DaskCluster | None, limit: int) -> dict[str, Any]:
+    """Two shards, one epoch at per-shard batch SWEEP_BATCH: ``variant`` "dense" (the categorical
+    columns excluded) or a number of hash bits; ``mode`` gradients or models (H = HASHED_EVERY);
+    in process (``cluster`` None) or on the K = 2 cluster. Seconds of the loop per round."""
+    options: dict[str, Any] = {"shards": 2, "sync": mode}
+    if mode == "models":
+        options["sync_every"] = HASHED_EVERY
+    if variant != "dense":
+        options["hash_bits"] = int(variant)
+    exclude = [f"c{c}" for c in range(HASHED_COLUMNS)] if variant == "dense" else None
+    config = FitConfig(model="logistic", batch=SWEEP_BATCH, epochs=1, memory_limit=limit, **options)
+    s = fit(open_source(str(path), exclude=exclude), config, hooks=Hooks(backend=cluster or InProcess)).summary
+    rounds = -(-s["iterations"] // (HASHED_EVERY if mode == "models" else 1))
+    return {"rows_per_second": s["rows_per_second"], "rounds": rounds,
+            "seconds_per_round": s["rows_seen"] / s["rows_per_second"] / rounds}
+
+
+def hashed_rounds(args: argparse.Namespace, cluster: DaskCluster) -> dict[str, Any]:
+    """Per variant (dense, each hash size) and mode: the loop's seconds per round in process and
+    on the K = 2 cluster; their difference is what a round costs on the cluster, and its growth
+    with the table (2**bits weights) the cost of shipping and reducing the hashed state."""
+    path = write_hashed(args.out / f"cluster-hashed-{args.hashed_rows}.parquet", args.hashed_rows)
+    variants = ["dense", *map(str, HASH_BITS)]
+    raw: dict[str, list[dict[str, Any]]] = {}
+    for run in range(args.runs):
+        for mode in ("gradients", "models"):
+            for variant in variants:
+                for where in ("in process", "K=2"):
+                    key = f"{mode} {variant} {where}"
+                    raw.setdefault(key, []).append(
+                        hashed_fit(path, variant, mode, cluster if where == "K=2" else None, args.memory_limit))
+        print(f"hashed rounds, run {run + 1}/{args.runs}: " + ", ".join(
+            f"{k} {v[-1]['seconds_per_round'] * 1e3:.2f} ms" for k, v in raw.items()), flush=True)
+    out: dict[str, Any] = {}
+    for mode in ("gradients", "models"):
+        for variant in variants:
+            def cost(r: dict[str, Any], m: str = mode, v: str = variant) -> float:
+                return float(r[f"{m} {v} K=2"]["seconds_per_round"] - r[f"{m} {v} in process"]["seconds_per_round"])
+
+            out[f"{mode} {variant}"] = {
+                "rounds": raw[f"{mode} {variant} K=2"][0]["rounds"],
+                "in_process_seconds_per_round": statistics.median(
+                    r["seconds_per_round"] for r in raw[f"{mode} {variant} in process"]),
+                "k2_seconds_per_round": statistics.median(r["seconds_per_round"] for r in raw[f"{mode} {variant} K=2"]),
+                "k2_rows_per_second": statistics.median(r["rows_per_second"] for r in raw[f"{mode} {variant} K=2"]),
+                "cluster_cost_per_round": paired(raw, cost)}
+    print(f"\nhashed tables, 2 shards, per-shard batch {SWEEP_BATCH}, {args.hashed_rows:,} rows: seconds per round")
+    print(f"{'mode, table':<22}{'rounds':>8}{'in process ms':>15}{'K=2 ms':>10}{'cluster cost ms':>17}{'K=2 rows/s':>12}")
+    for key, e in out.items():
+        print(f"{key:<22}{e['rounds']:>8}{e['in_process_seconds_per_round'] * 1e3:>15.3f}"
+              f"{e['k2_seconds_per_round'] * 1e3:>10.3f}{e['cluster_cost_per_round'] * 1e3:>17.3f}"
+              f"{e['k2_rows_per_second']:>12,.0f}")
+    out["runs"] = raw
+    return out
+
+
 def start_clusters(warm: Path, limit: int) -> tuple[dict[int, DaskCluster], dict[str, Any]]:
     """One LocalCluster per K (as ``--workers K`` starts it), each warmed by one fit on the
     small file; their start and warm-up times and each worker's bare and idle RSS."""
@@ -385,8 +485,8 @@ def paired(methods: dict[str, list[dict[str, Any]]], fn: Any) -> float:
 
 
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
-    """Per batch: median rows/s, time per update and first-window reread of each method; the
-    compute per update, round latencies (from the steady times, the reread left out) and the marks' ratios
+    """Per batch: median rows/s and time per update of each method; the compute per update,
+    round latencies and the marks' ratios
     as medians of each run's own (see :func:`paired`)."""
     table: dict[str, Any] = {}
     for batch, methods in raw.items():
@@ -394,7 +494,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
             continue
 
         def t(run: dict[str, Any], m: str) -> float:
-            return float(run[m]["steady_seconds_per_update"])
+            return float(run[m]["seconds_per_update"])
 
         def median(key: str) -> dict[str, float]:
             return {m: statistics.median(r[key] for r in v) for m, v in methods.items()}
@@ -403,16 +503,14 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
             return paired(methods, lambda r: 1 - r["s1k1"][key] / r["single"][key])
 
         table[batch] = {
-            "rows_per_second": median("rows_per_second"), "steady_rows_per_second": median("steady_rows_per_second"),
-            "seconds_per_update": median("seconds_per_update"),
-            "steady_seconds_per_update": median("steady_seconds_per_update"), "reread_seconds": median("reread_seconds"),
+            "rows_per_second": median("rows_per_second"), "seconds_per_update": median("seconds_per_update"),
             "updates": {m: v[0]["updates"] for m, v in methods.items()},
-            "compute_per_update": statistics.median(r["steady_seconds_per_update"] for r in methods["s1"]),
+            "compute_per_update": statistics.median(r["seconds_per_update"] for r in methods["s1"]),
             "round_latency": {"1": paired(methods, lambda r: t(r, "s1k1") - t(r, "s1")),
                               "2": paired(methods, lambda r: t(r, "s2k2") - t(r, "s1"))},
             "round_latency_2_vs_in_process_2_shards": paired(methods, lambda r: t(r, "s2k2") - t(r, "s2")),
             "per_actor_increment": paired(methods, lambda r: t(r, "s2k2") - t(r, "s1k1")),
-            "k1_cost_vs_single": cost("rows_per_second"), "k1_cost_vs_single_steady": cost("steady_rows_per_second"),
+            "k1_cost_vs_single": cost("rows_per_second"),
             "k2_vs_k1": paired(methods, lambda r: r["s2k2"]["rows_per_second"] / r["s1k1"]["rows_per_second"]),
             "s1_in_process_vs_single": paired(
                 methods, lambda r: r["s1"]["rows_per_second"] / r["single"]["rows_per_second"]),
@@ -449,20 +547,18 @@ def memory_check(clusters: dict[int, DaskCluster], started: dict[str, Any], limi
 
 
 def print_tables(table: dict[str, Any], proj: dict[str, Any]) -> None:
-    print(f"\n{'batch':>6} {'method':<24}{'rows/s':>12}{'vs single':>10}{'updates':>9}{'ms/update':>11}"
-          f"{'reread s':>9}{'steady rows/s':>15}{'steady ms/update':>18}")
+    print(f"\n{'batch':>6} {'method':<24}{'rows/s':>12}{'vs single':>10}{'updates':>9}{'ms/update':>11}")
     for batch, e in table.items():
         for m in METHODS:
             rate = e["rows_per_second"][m]
             print(f"{batch:>6} {LABELS[m]:<24}{rate:>12,.0f}{rate / e['rows_per_second']['single']:>10.2f}"
-                  f"{e['updates'][m]:>9,}{e['seconds_per_update'][m] * 1e3:>11.3f}{e['reread_seconds'][m]:>9.2f}"
-                  f"{e['steady_rows_per_second'][m]:>15,.0f}{e['steady_seconds_per_update'][m] * 1e3:>18.3f}")
+                  f"{e['updates'][m]:>9,}{e['seconds_per_update'][m] * 1e3:>11.3f}")
     print(f"\n{'batch':>6}{'compute/update ms':>19}{'round(1) ms':>13}{'round(2) ms':>13}{'increment ms':>14}"
-          f"{'K=1 cost':>10}{'(steady)':>10}{'K=2 / K=1':>11}")
+          f"{'K=1 cost':>10}{'K=2 / K=1':>11}")
     for batch, e in table.items():
         print(f"{batch:>6}{e['compute_per_update'] * 1e3:>19.3f}{e['round_latency']['1'] * 1e3:>13.3f}"
               f"{e['round_latency']['2'] * 1e3:>13.3f}{e['per_actor_increment'] * 1e3:>14.3f}"
-              f"{e['k1_cost_vs_single']:>10.1%}{e['k1_cost_vs_single_steady']:>10.1%}{e['k2_vs_k1']:>11.2f}")
+              f"{e['k1_cost_vs_single']:>10.1%}{e['k2_vs_k1']:>11.2f}")
     print(f"\nPROJECTION (not measured): round(K) = {proj['round_1'] * 1e3:.2f} ms + (K - 1) x "
           f"{proj['per_actor_increment'] * 1e3:.2f} ms (B = {proj['from_batch']} runs); rows/s (efficiency)")
     print(f"{'batch':>6}" + "".join(f"{'K=' + str(k):>20}" for k in PROJECT_K))
@@ -512,27 +608,42 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     path = ensure_file(args.out / f"cluster-{args.rows}x{args.features}.parquet", args.rows, args.features)
     warm = ensure_file(args.out / f"cluster-{WARM_ROWS}x{args.features}.parquet", WARM_ROWS, args.features,
                        WARM_GROUP_ROWS)
-    heldout = write_heldout(args.out / f"cluster-heldout-{HELDOUT_ROWS}x{args.features}.parquet", args.features)
+    only = set(filter(None, args.only.split(",")))
     clusters, cluster_info = start_clusters(warm, args.memory_limit)
+    out: dict[str, Any] = {"clusters": cluster_info}
     try:
-        raw = measure(args, path, clusters)
-        swept = sweep(args, path, heldout, clusters[2])
-        memory = memory_check(clusters, cluster_info, args.memory_limit)
+        if not only:
+            heldout = write_heldout(args.out / f"cluster-heldout-{HELDOUT_ROWS}x{args.features}.parquet",
+                                    args.features)
+            out["raw"] = measure(args, path, clusters)
+            out["sweep"] = sweep(args, path, heldout, clusters[2])
+        if not only or "k1" in only:
+            out["k1_local_sgd"] = k1_local(args, path, clusters[1])
+        if not only or "hashed" in only:
+            out["hashed"] = hashed_rounds(args, clusters[2])
+        if not only:
+            out["memory"] = memory_check(clusters, cluster_info, args.memory_limit)
     finally:
         for cluster in clusters.values():
             cluster.close()
-    return {"raw": raw, "sweep": swept, "memory": memory, "clusters": cluster_info}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    time_begin()
     # the scheduler runs in this process: keep its closing chatter and the second cluster's
     # "port 8787 in use" (its HTTP endpoints; the dashboard itself is off) out of the tables
     logging.getLogger("distributed").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Port .* is already in use")
     started, load_start = _common.begin(args.out)
     runs = run_all(args)
+    if args.only:  # the parts asked for, printed as they ran
+        report_parts = {k: v for k, v in runs.items() if k != "clusters"}
+        provenance.write_report(args.out / f"cluster-{args.only.replace(',', '-')}.json",
+                                {"benchmark": "cluster", "only": args.only, "rows": args.rows, "runs": args.runs,
+                                 "k1_epochs": args.k1_epochs, **report_parts,
+                                 "machine": provenance.machine(**_common.versions())}, started, load_start)
+        return 0
     raw, memory = runs["raw"], runs["memory"]
     table = summarise(raw)
     proj = projection(table, str(MODEL_BATCH) if MODEL_BATCH in args.batches else str(min(args.batches)))
@@ -559,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 "not a measurement", **proj},
         "sync_every_sweep": {"batch": SWEEP_BATCH, "shards": 2, "workers": 2, "heldout_rows": HELDOUT_ROWS,
                              "figure": str(figure), "methods": runs["sweep"]},
-        "memory": memory, "marks": checks,
+        "k1_local_sgd": runs["k1_local_sgd"], "hashed": runs["hashed"], "memory": memory, "marks": checks,
         "machine": provenance.machine(**_common.versions(distributed=distributed.__version__)),
     }
     provenance.write_report(args.out / ("cluster-quick.json" if args.quick else "cluster.json"), report, started,

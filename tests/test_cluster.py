@@ -107,6 +107,28 @@ def test_the_python_api_trains_on_the_cluster(data, scheduler):
     assert np.array_equal(on_cluster.coef, in_process.coef)
 
 
+def test_hashed_categorical_columns_train_on_the_cluster(scheduler, tmp_path):
+    """Text columns hashed into 2^10 weights, two shards on the two workers: the shards'
+    sparse sums (--sync gradients) and their averaged tables (--sync models) give the
+    in-process models, bit for bit."""
+    import pandas as pd
+    import streamsgd
+
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 40, 3000)
+    x = rng.normal(size=3000)
+    y = (x + rng.normal(size=40)[a] + rng.logistic(size=3000) > 0).astype(float)
+    path = tmp_path / "h.parquet"
+    pd.DataFrame({"x": x, "a": [f"a{v}" for v in a], "y": y}).to_parquet(path, index=False, row_group_size=400)
+    options = {"model": "logistic", "batch": 64, "epochs": 2, "memory_limit": "4MiB", "hash_bits": 10, "shards": 2}
+    for sync in ({"sync": "gradients"}, {"sync": "models", "sync_every": 5}):
+        on_cluster = streamsgd.fit(str(path), target="y", scheduler_file=scheduler, **options, **sync)
+        in_process = streamsgd.fit(str(path), target="y", **options, **sync)
+        assert on_cluster.hashed is not None and np.abs(on_cluster.hashed).max() > 0
+        assert np.array_equal(on_cluster.hashed, in_process.hashed), sync
+        assert np.array_equal(on_cluster.coef, in_process.coef), sync
+
+
 def test_workers_too_small_for_their_shards_are_refused_in_one_line(data, scheduler, tmp_path):
     """Each worker may use 3 GiB; two shards of an 8 GiB --memory-limit need 4 GiB each."""
     outcome = invoke(["fit", data, *OPTIONS, "--memory-limit", "8GiB", "--scheduler-file", scheduler,

@@ -12,7 +12,7 @@ from streamsgd.errors import UsageError
 from streamsgd.plan.shards import shard_chunks
 from streamsgd.sources import open_source
 from streamsgd.train.inputs import Checkpointing, Hooks
-from streamsgd.train.shards import InProcess
+from streamsgd.train.shards import InProcess, ShardWorker
 from streamsgd.train.trainer import fit
 
 from helpers import write_parquet
@@ -145,14 +145,17 @@ def test_local_sgd_reaches_the_single_process_held_out_loss(data, tmp_path):
     assert losses[1] <= losses[0] * 1.01, losses
 
 
-def test_local_sgd_auto_records_its_choice_and_reruns_to_the_same_model(data):
+@pytest.mark.parametrize("batch", [128, 8])
+def test_local_sgd_auto_records_its_choice_and_reruns_to_the_same_model(data, batch):
     """auto's H comes from timings, so it is recorded: the summary and the model say which,
-    and --sync-every with that H gives the same model, bit for bit."""
-    auto = _fit(data, shards=2, sync="models")
+    and --sync-every with that H gives the same model, bit for bit. Its dry rounds take 56
+    updates: at batch 128 they run past a shard's first window (the first round seeks back),
+    at batch 8 they stay inside it (the lanes rewind to where they stood)."""
+    auto = _fit(data, shards=2, sync="models", batch=batch)
     every = auto.summary["sync_every"]
     assert 1 <= every <= auto.summary["iterations_per_epoch"]
     assert auto.model.metadata["config"]["sync_every"] == every
-    _same(auto, _fit(data, shards=2, sync="models", sync_every=every))
+    _same(auto, _fit(data, shards=2, sync="models", sync_every=every, batch=batch))
 
 
 def test_local_sgd_resumes_from_a_mid_epoch_checkpoint_bit_for_bit(data):
@@ -163,3 +166,151 @@ def test_local_sgd_resumes_from_a_mid_epoch_checkpoint_bit_for_bit(data):
     assert int(middle["sync_every"][0]) == 5
     config = FitConfig(model="logistic", epochs=3, batch=128, memory_limit="64MiB", **options)
     _same(whole, fit(open_source(data, target="y"), config, resume=middle))
+
+
+# hashed categorical columns on shards: the sparse sums reduced in shard order, or the tables averaged
+
+
+@pytest.fixture(scope="module")
+def hashed_data(tmp_path_factory):
+    """3 numeric and 2 text columns (400 and 25 levels, each level's own effect: a round of
+    local SGD touches some of the 400, not all), 5,000 rows in row groups of 700 (shards of
+    unequal rows)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    n = 5000
+    a, b = rng.integers(0, 400, n), rng.integers(0, 25, n)
+    X = rng.normal(size=(n, 3))
+    z = X @ np.array([1.0, -0.5, 0.25]) + rng.normal(size=400)[a] + rng.normal(size=25)[b] + rng.logistic(size=n)
+    frame = pd.DataFrame({"x0": X[:, 0], "x1": X[:, 1], "x2": X[:, 2], "a": [f"a{v}" for v in a],
+                          "b": [f"b{v}" for v in b], "y": (z > 0).astype(float)})
+    path = tmp_path_factory.mktemp("hashed") / "h.parquet"
+    frame.to_parquet(path, index=False, row_group_size=700)
+    return str(path)
+
+
+def _hashed_fit(path, hooks=None, **options):
+    return _fit(path, hooks=hooks, **{"hash_bits": 10, "epochs": 2, **options})
+
+
+def _same_hashed(a, b):
+    _same(a, b)
+    assert a.model.hashed is not None and np.array_equal(a.model.hashed, b.model.hashed)
+
+
+@pytest.mark.parametrize("options", [{"l2": 1e-3}, {"optimizer": "adagrad", "l2": 0.0, "lr": 0.1},
+                                     {"l2": 0.05, "lr": 0.5, "batch": 32}])
+def test_hashed_one_shard_equals_the_single_process_run(hashed_data, options):
+    """One shard: its hashed sums, added to an empty batch on the driver, are the single
+    process's, bit for bit (SGD's lazy L2 scale and AdaGrad's sums alike; the third case's
+    scale (1 - 0.025)^t falls below RENORMALIZE after 273 of its 313 updates, so u is rescaled
+    whole and the shard's copy of it must follow); and local SGD with one shard (× 1.0
+    averaging, a given --lr) as well."""
+    plain = _hashed_fit(hashed_data, **options)
+    _same_hashed(plain, _hashed_fit(hashed_data, hooks=Hooks(backend=InProcess), **options))
+    given = {"lr": 0.05, **options}
+    plain = _hashed_fit(hashed_data, **given)
+    _same_hashed(plain, _hashed_fit(hashed_data, sync="models", sync_every=7, **given))
+
+
+def test_hashed_local_sgd_with_one_update_per_round_is_the_synchronous_update(hashed_data):
+    """Three shards: --sync gradients reduces the shards' sparse sums, --sync models H = 1
+    averages their tables (folded when a shard that ran out left its scale behind); plain
+    SGD is linear in the gradient, so the two agree but for rounding (rtol 1e-9 after ~80
+    updates of a stable step, as for the dense weights)."""
+    options = {"shards": 3, "lr": 0.3, "l2": 1e-3}
+    sync = _hashed_fit(hashed_data, **options)
+    local = _hashed_fit(hashed_data, sync="models", sync_every=1, **options)
+    assert np.abs(sync.model.hashed).max() > 0.1  # the tables learned something
+    np.testing.assert_allclose(local.model.hashed, sync.model.hashed, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(local.model.coef, sync.model.coef, rtol=1e-9)
+    assert not np.array_equal(sync.model.hashed, _hashed_fit(hashed_data, lr=0.3, l2=1e-3).model.hashed)
+
+
+def test_hashed_tables_of_other_scales_are_folded_before_averaging():
+    """A shard that ran out early made fewer updates, so its lazy scale (wscale) and the
+    average's B differ: the averaged table's weights and Polyak mean are then the row-weighted
+    means of each shard's own (``folded``), whatever the scales."""
+    from streamsgd.compute.sparse import AVG_B, WSCALE, folded, pack_hashed
+    from streamsgd.train.shards import merge_hashed
+
+    rng = np.random.default_rng(3)
+    parts = []
+    for wscale, big_b, rows in ((0.5, 0.0, 300), (0.8, 1.3, 100)):
+        scalars = np.zeros(2)
+        scalars[WSCALE], scalars[AVG_B] = wscale, big_b
+        parts.append(((np.arange(16), tuple(rng.normal(size=(3, 16))), scalars), rows))
+    hashed = pack_hashed(4)
+    assert merge_hashed(hashed, parts, 400) is None  # every entry changed: the next round sends all
+    tables = [((u, sq, total), s, rows) for (_, (u, sq, total), s), rows in parts]
+    weights = sum(s[WSCALE] * u * rows / 400 for (u, _, _), s, rows in tables)
+    np.testing.assert_allclose(folded(hashed, 0), weights, rtol=1e-13)
+    sums = sum((total + s[AVG_B] * u) / 5 * rows / 400 for (u, _, total), s, rows in tables)
+    np.testing.assert_allclose(folded(hashed, 5), sums, rtol=1e-13)
+    assert not np.allclose(weights, sum(u * rows / 400 for (u, _, _), _, rows in tables))  # the scales mattered
+
+
+def test_hashed_tables_average_the_entries_a_shard_changed_and_keep_the_rest():
+    """Shards with the same scales: an entry one shard changed averages its value with the
+    round's start (the other shard's, unchanged); an entry no shard changed keeps its bits."""
+    from streamsgd.compute.sparse import HF, HW, pack_hashed
+    from streamsgd.train.shards import merge_hashed
+
+    rng = np.random.default_rng(4)
+    hashed = pack_hashed(3)
+    hashed[HW][:] = rng.normal(size=8)
+    start = hashed[HW].copy()
+    scalars = np.array([0.9, 0.4])
+    a, b = rng.normal(size=2), rng.normal(size=2)
+    changed = merge_hashed(hashed, [((np.array([1, 3]), (a, a, a), scalars), 300),
+                                    ((np.array([3, 5]), (b, b, b), scalars), 100)], 400)
+    assert changed.tolist() == [1, 3, 5]
+    expected = start.copy()
+    expected[1] = a[0] * 0.75 + start[1] * 0.25
+    expected[3] = a[1] * 0.75 + b[0] * 0.25
+    expected[5] = start[5] * 0.75 + b[1] * 0.25
+    np.testing.assert_array_equal(hashed[HW], expected)  # untouched entries: the same bits
+    np.testing.assert_array_equal(hashed[HF], scalars)
+
+
+@pytest.mark.parametrize("sync", [{}, {"sync": "models", "sync_every": 3}])
+def test_hashed_shards_resume_from_a_mid_epoch_checkpoint_bit_for_bit(hashed_data, sync):
+    """A resumed run's new shards hold no copy of the hashed weights: the first round sends
+    the whole table; the model is the uninterrupted one."""
+    saved = []
+    options = {"shards": 2, "lr": 0.3, "l2": 1e-3, **sync}
+    whole = _hashed_fit(hashed_data, hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=10)), **options)
+    middle = next(arrays for arrays in saved if int(arrays["shard_round"][0]) > 0)
+    config = FitConfig(model="logistic", epochs=2, batch=128, memory_limit="64MiB", hash_bits=10, **options)
+    _same_hashed(whole, fit(open_source(hashed_data, target="y"), config, resume=middle))
+
+
+class _Replacing(InProcess):
+    """Every 7th round on fresh lanes, as on a cluster whose worker died and was replaced
+    (``integrations.dask``: the new actors seek to the round themselves)."""
+
+    def __init__(self, job):
+        super().__init__(job)
+        self.job, self.rounds = job, 0
+
+    def rejob(self, job):
+        self.job = job
+        super().rejob(job)
+
+    def ask(self, method, *args):
+        if method in ("accumulate", "local"):
+            self.rounds += 1
+            if self.rounds % 7 == 0:
+                self.worker.close()
+                self.worker = ShardWorker(self.job, range(self.job.shards))
+        return super().ask(method, *args)
+
+
+@pytest.mark.parametrize("sync", [{}, {"sync": "models", "sync_every": 3}])
+def test_hashed_shards_on_replaced_lanes_get_the_whole_table(hashed_data, sync):
+    """New lanes mid-run hold no copy of the hashed tables: they answer a round's changes
+    as stale, the round is asked again with the whole tables, and the model is unchanged."""
+    options = {"shards": 2, "lr": 0.3, "l2": 1e-3, **sync}
+    _same_hashed(_hashed_fit(hashed_data, **options), _hashed_fit(hashed_data, hooks=Hooks(backend=_Replacing),
+                                                                  **options))

@@ -221,3 +221,22 @@ def folded(hashed: tuple[NDArray, ...], averaged: int) -> NDArray[np.float64]:
         return np.asarray((hashed[HSUM] + hf[AVG_B] * u) / averaged)
     return np.asarray(hf[WSCALE] * u)
 
+
+
+@njit(nogil=True, cache=True)
+def add_hashed_sums(hashed, idx, values, stamp):
+    """Add one shard's share of a batch's hashed gradient sums (its touched ids ``idx``,
+    distinct, and their sums ``values``) to the batch in progress, stamped ``stamp`` (the
+    update's number), as ``accumulate_hashed_rows`` adds a row's: called in shard order, the
+    sums are those of one batch of all the shards' rows, added shard after shard."""
+    hg, stamps, touched, hi = hashed[HG], hashed[STAMP], hashed[TOUCHED], hashed[HI]
+    n_touched = hi[N_TOUCHED]
+    for m in range(idx.shape[0]):
+        h = idx[m]
+        if stamps[h] != stamp:
+            stamps[h] = stamp
+            hg[h] = 0.0
+            touched[n_touched] = h
+            n_touched += 1
+        hg[h] += values[m]
+    hi[N_TOUCHED] = n_touched

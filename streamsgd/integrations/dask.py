@@ -196,13 +196,20 @@ class DaskBackend:
         raise SourceError(f"a round failed on {ROUND_TRIES} placements of the shards; check the cluster's "
                           "workers, then --resume")
 
+    def rejob(self, job: ShardJob) -> None:
+        """Every actor's shards take ``job``, and so do the actors placed after a loss."""
+        self.job = job
+        self.ask("rejob", job)
+
     def _ask(self, method: str, args: tuple[Any, ...]) -> list[Any]:
         calls = [getattr(actor, method)(*args) for actor, _, _ in self.actors]
         parts: list[Any] = [None] * self.job.shards
+        answered = 0
         for call, (_, shards, _) in zip(calls, self.actors):
             for shard, part in zip(shards, call.result(timeout=self.cluster.round_timeout)):
                 parts[shard] = part
-        assert all(part is not None for part in parts)  # every shard answered
+                answered += 1
+        assert answered == self.job.shards  # every shard answered
         return parts
 
     def _recover(self, exc: BaseException) -> None:

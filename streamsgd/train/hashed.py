@@ -52,8 +52,6 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
                                                           "L2 (every weight would move at every update); give --l2 0 "
                                                           "or --optimizer sgd"),
         (config.l1 > 0, f"--l1: not yet with categorical columns; give --l1 0 {fix}"),
-        (config.n_shards > 1 or config.cluster, f"--shards/--workers: categorical columns train in one process for "
-                                                f"now; drop the cluster options {fix}"),
         (init is not None, "--init: a warm start does not carry hashed weights yet; start without --init"),
     ]
     for refused, message in refusals:

@@ -24,7 +24,6 @@ H local updates first; the divergence check still stops a run that blows up.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,22 +33,39 @@ import time
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, LOSS, LR0,
+from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, L2, LOSS, LR0,
                             N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params,
                             train_rows)
+from ..compute.sparse import (AVG_B, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_hashed_sums,
+                              fill_batch_hashed, finish_batch_hashed, pack_hashed, train_rows_hashed)
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
+from ..config import FitConfig
+from ..errors import DataError
 from ..sources import Source
 from . import guard
 from .inputs import Hooks
 from .run import Run
 from .setup import Setup
+from .state import State
 from .stepsize import lower_step, start
 
+#: The hashed weights' sums of a shard's batch: (their ids, distinct, in the order first
+#: touched; the sums), for ``compute.sparse.add_hashed_sums``.
+SparseSums = tuple[NDArray[np.int64], NDArray[np.float64]]
 #: One shard's answer to a round: (gradient sums, rows, loss sum, largest row curvature of
-#: the windows it opened in epoch 0, else 0).
-ShardPart = tuple[NDArray[np.float64], int, float, float]
+#: the windows it opened in epoch 0, else 0, the hashed weights' sums or None).
+ShardPart = tuple[NDArray[np.float64], int, float, float, SparseSums | None]
+#: What a round of ``--sync gradients`` tells the shards of the hashed weights u: (updates made
+#: t, all of u or None, else the ids the last update moved and their values, u's scalars HF),
+#: or None without categorical columns. A shard keeps its copy of u, so a round carries the
+#: last update's O(B·k) changes, not the 2**bits table (all of it after a rescale of u, or to
+#: a shard whose copy is not current: a new one answers ``STALE`` rows and is sent all).
+HashedView = tuple[int, NDArray[np.float64] | None, NDArray[np.int64] | None, NDArray[np.float64] | None,
+                   NDArray[np.float64]] | None
+#: the rows of a shard's answer when its copy of the hashed weights is not current (see HashedView)
+STALE = -1
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,7 @@ class ShardJob:
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
     shard_memory: int  # bytes each shard's windows and readers may hold (--memory-limit // S)
+    hash_bits: int = 0  # the categorical columns' table of 2**hash_bits weights (0: none)
 
 
 @dataclass(frozen=True)
@@ -89,10 +106,23 @@ class LocalState:
     t: int  # updates made
     averaged: int  # iterates in the average
     lr0: float  # the step, lowered as the first epoch's windows are seen
+    #: the hashed tables: from the driver a ``TablesView``, from a shard a ``TablesChange``
+    hashed: Any = None
 
 
 #: the state arrays a local-SGD round changes and the driver averages
 LOCAL_ARRAYS = ("theta", "theta_eff", "avg", "opt_state", "l1_q", "l1_u")
+#: the hashed tables a local-SGD round changes (compute.sparse): weights u, AdaGrad's sums, the
+#: average's sums; their scalars HF travel beside them
+TABLES = (HW, HSQ, HSUM)
+#: What a ``--sync models`` round tells the shards of the hashed tables: (base t, the tables
+#: whole or None, else the ids the last merge changed and their values in each table, HF). A
+#: shard keeps its tables: those of the round that started at update ``base`` with its own
+#: changes, all of which the merge's ids cover; the whole tables go to a shard without them.
+TablesView = tuple[int, tuple[NDArray, ...] | None, NDArray[np.int64] | None, tuple[NDArray, ...] | None, NDArray]
+#: A shard's answer about its tables after a round: (the ids it changed, their values in each
+#: table, its HF).
+TablesChange = tuple[NDArray[np.int64], tuple[NDArray, ...], NDArray]
 
 
 @dataclass(frozen=True)
@@ -111,6 +141,8 @@ class Backend(Protocol):
     on every shard and gives the S answers, ordered by shard."""
 
     def ask(self, method: str, *args: Any) -> list[Any]: ...
+
+    def rejob(self, job: ShardJob) -> None: ...
 
     def close(self) -> None: ...
 
@@ -133,28 +165,84 @@ class _Lane:
         self.window: Window | None = None
         self.order: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.pos = 0
+        self.ended = False  # the open epoch has no rows left after ``place``
+        self.pending = 0.0  # the curvature of a window opened by :meth:`begin`, reported with the next round
+        # this shard's scratch for the hashed weights' batch sums (compute.sparse), None without
+        self.scratch = pack_hashed(job.hash_bits) if job.hash_bits else None
+        self.weights, self.weights_t = np.zeros(0), -1  # --sync gradients: its copy of u, current at update t
+        self.saved: tuple[Any, ...] | None = None  # where :meth:`mark` found the lane
+        # --sync models: its hashed tables (see TablesView), the round they started, a copy from then
+        self.tables: tuple[NDArray, ...] = ()
+        self.before: tuple[NDArray, ...] = ()
+        self.tables_t = -1
 
-    def batch(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> ShardPart:
-        """The gradient sums of this shard's rows [rnd·B, (rnd+1)·B) of ``epoch``."""
+    def begin(self, st: State, config: FitConfig, init: Any, N: int, B: int) -> State:
+        """Standardisation and step size (``start``) from this shard's first window of epoch 0,
+        which stays open for the first round: the run reads it once."""
+        self._at(0, 0)
+        if not self._next_window():
+            raise DataError("the first shard has no rows to start from; check the data")  # S ≥ 1 deals it the first unit
+        assert self.window is not None
+        start(st, self.window, config, init, N, B)
+        assert st.mean is not None and st.scale is not None  # set by start
+        self.pending = self._top(0, st.mean, st.scale)
+        return st
+
+    def rejob(self, job: ShardJob) -> None:
+        """Take the job's figures that :meth:`begin` fixed (the stream stays where it is)."""
+        self.job = job
+
+    def mark(self) -> None:
+        """Remember where the lane stands (before ``auto``'s dry rounds)."""
+        self.saved = (self.window, self.pos, self.place, self.ended, self.pending)
+
+    def rewind(self) -> None:
+        """Stand where :meth:`mark` found the lane again when the rounds since stayed in its
+        window (same window, same order: the rows from there are the same); else the next
+        round seeks, as it would have."""
+        if self.saved is not None and self.window is not None and self.window is self.saved[0]:
+            _, self.pos, self.place, self.ended, self.pending = self.saved
+        self.saved = None
+
+    def _at(self, epoch: int, skip: int) -> None:
+        """Stand at row ``skip`` of ``epoch``: seek unless the lane is there already, or has
+        run out of ``epoch`` before ``skip`` (the rows from there are none either way, and a
+        seek would stop the readers already reading the next epoch)."""
+        at_epoch, consumed = self.place
+        if (epoch, skip) != self.place and not (self.ended and at_epoch == epoch and skip >= consumed):
+            self._seek(epoch, skip)
+
+    def batch(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64], view: HashedView = None) -> ShardPart:
+        """The gradient sums of this shard's rows [rnd·B, (rnd+1)·B) of ``epoch`` (and of the
+        hashed weights ``view`` gives, when there are categorical columns)."""
         job, B = self.job, int(self.job.spec[BATCH])
-        if self.place != (epoch, rnd * B):
-            self._seek(epoch, rnd * B)
+        self._at(epoch, rnd * B)
         params = pack_params(theta=theta_eff, theta_eff=theta_eff, avg=theta_eff, gw=self.gw, l1_q=self.gw,
                              l1_u=self.gw, cw=job.cw, classes=job.classes)
+        hashed = None
+        if self.scratch is not None:
+            assert view is not None  # the driver sends the weights' changes with every round
+            if not self._update_weights(view):
+                return self.gw, STALE, 0.0, 0.0, None
+            self.counters[T] = view[0]  # the batch's stamp is update t + 1, as on the driver
+            hashed = _with_weights(self.scratch, self.weights, view[4])
         self.gw[:] = 0.0
         self.counters[FILLED], self.sums[BATCH_LOSS] = 0, 0.0
-        top = self._fill(epoch, params)
+        top = max(self._fill(epoch, params, hashed), self._pending())
         n = int(self.counters[FILLED])
-        self.place = (epoch, rnd * B + n)
-        return self.gw.copy(), n, float(self.sums[BATCH_LOSS]), top
+        if n or not self.ended:
+            self.place = (epoch, rnd * B + n)
+        return self.gw.copy(), n, float(self.sums[BATCH_LOSS]), top, None if hashed is None else _take_sums(hashed)
 
     def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalState) -> LocalPart:
         """Up to ``limit`` updates of this shard's own, from ``start``, on its rows from
         ``rnd·every·B`` of ``epoch`` (each B rows, the epoch's last one shorter)."""
         job = self.job
+        current, hashed = self._local_hashed(start)
+        if not current:
+            return LocalPart(start, rows=STALE, loss=0.0, diverged=False, top=0.0)
         skip = rnd * every * int(job.spec[BATCH])
-        if self.place != (epoch, skip):
-            self._seek(epoch, skip)
+        self._at(epoch, skip)
         state = {name: getattr(start, name).copy() for name in LOCAL_ARRAYS}
         params = pack_params(theta=state["theta"], theta_eff=state["theta_eff"], avg=state["avg"], gw=self.gw,
                              l1_q=state["l1_q"], l1_u=state["l1_u"], cw=job.cw, classes=job.classes)
@@ -164,26 +252,73 @@ class _Lane:
         hyper = job.hyper.copy()
         hyper[LR0] = start.lr0
         noise = (np.zeros(1), np.zeros(1), np.zeros_like(self.gw))  # spec[NOISE] is 0: the step's scratch only
-        stop_at, top, opt_state = start.t + limit, 0.0, state["opt_state"]
+        stop_at, top, opt_state = start.t + limit, self._pending(), state["opt_state"]
         while counters[T] < stop_at and not counters[DIVERGED]:  # whole windows per compiled call
             if self.window is None or self.pos == self.order.size:
                 if not self._next_window():
                     if counters[FILLED]:  # the shard's short last batch of the epoch
-                        finish_batch(job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise)
+                        _finish(job, hyper, params, opt_state, counters, sums, noise, hashed)
                     break
                 top = max(top, self._top(epoch))
-            window = self.window
-            assert window is not None and window.y is not None
-            self.pos = train_rows(window.X, window.y, _UNWEIGHTED if window.w is None else window.w, self.order,
-                                  self.pos, self.order.size, stop_at, job.spec, hyper, params, opt_state, job.mean,
-                                  job.scale, counters, sums, noise)
+            assert self.window is not None
+            self.pos = _train(self.window, self.order, self.pos, stop_at, job, hyper, params, opt_state, counters,
+                              sums, noise, hashed)
         rows = int(sums[ROWS])
-        self.place = (epoch, skip + rows)
-        after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0)
+        if rows or not self.ended:
+            self.place = (epoch, skip + rows)
+        after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0,
+                           hashed=None if hashed is None else self._changes(hashed))
         return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
                          diverged=bool(counters[DIVERGED]), top=top)
 
-    def _fill(self, epoch: int, params: tuple[NDArray, ...]) -> float:
+    def _update_weights(self, view: HashedView) -> bool:
+        """Bring this shard's copy of the hashed weights to update t (``view``); False when
+        it cannot (a delta for a copy that is not at t - 1)."""
+        assert view is not None
+        t, full, ids, values, _ = view
+        if full is not None:
+            self.weights, self.weights_t = full.copy(), t
+        elif self.weights_t == t - 1:
+            assert ids is not None and values is not None
+            self.weights[ids] = values
+            self.weights_t = t
+        return self.weights_t == t
+
+    def _local_hashed(self, start: LocalState) -> tuple[bool, tuple[NDArray, ...] | None]:
+        """(False, None) when this shard's tables cannot follow ``start``'s (a new lane: the
+        round is asked again with them whole), else (True, the hashed state the round trains:
+        this shard's tables, brought to the driver's, and its scratch, the stamps cleared)."""
+        if self.scratch is None:
+            return True, None
+        base, whole, ids, values, scalars = start.hashed
+        if whole is not None:
+            self.tables = tuple(table.copy() for table in whole)
+        elif self.tables and self.tables_t == base:
+            assert ids is not None and values is not None
+            for table, new in zip(self.tables, values):
+                table[ids] = new
+        else:
+            return False, None
+        self.tables_t, self.before = start.t, tuple(table.copy() for table in self.tables)
+        scratch = self.scratch
+        scratch[STAMP][:] = 0
+        scratch[HI][N_TOUCHED] = 0
+        state = list(scratch)
+        for slot, table in zip(TABLES, self.tables):
+            state[slot] = table
+        state[HF] = scalars.copy()
+        return True, tuple(state)
+
+    def _changes(self, hashed: tuple[NDArray, ...]) -> TablesChange:
+        """The entries of the tables this round changed (bit for bit, a rescale of u included)."""
+        changed = np.zeros(self.tables[0].size, dtype=bool)
+        for table, before in zip(self.tables, self.before):
+            changed |= table.view(np.int64) != before.view(np.int64)
+        self.before = ()
+        ids = np.flatnonzero(changed)
+        return ids, tuple(table[ids] for table in self.tables), hashed[HF].copy()
+
+    def _fill(self, epoch: int, params: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None) -> float:
         """Feed this shard's next rows to the batch in progress until it holds B rows or the
         epoch ends; returns the largest row curvature of the windows opened in epoch 0."""
         job, B, top = self.job, int(self.job.spec[BATCH]), 0.0
@@ -192,20 +327,32 @@ class _Lane:
                 if not self._next_window():
                     break
                 top = max(top, self._top(epoch))
-            assert self.window is not None and self.window.y is not None
-            sw = _UNWEIGHTED if self.window.w is None else self.window.w
-            self.pos = fill_batch(self.window.X, self.window.y, sw, self.order, self.pos, self.order.size, job.spec,
-                                  job.hyper, params, self.counters, self.sums)
+            window = self.window
+            assert window is not None and window.y is not None
+            sw = _UNWEIGHTED if window.w is None else window.w
+            if hashed is None:
+                self.pos = fill_batch(window.X, window.y, sw, self.order, self.pos, self.order.size, job.spec,
+                                      job.hyper, params, self.counters, self.sums)
+            else:
+                self.pos = fill_batch_hashed(window.X, window.y, sw, window.idx, window.sign, self.order, self.pos,
+                                             self.order.size, job.spec, job.hyper, params, self.counters, self.sums,
+                                             hashed)
         return top
 
-    def _top(self, epoch: int) -> float:
+    def _pending(self) -> float:
+        top, self.pending = self.pending, 0.0
+        return top
+
+    def _top(self, epoch: int, mean: NDArray[np.float64] | None = None, scale: NDArray[np.float64] | None = None
+             ) -> float:
         """The open window's largest row curvature in epoch 0 (the driver lowers the default
-        step by it, see_rows), else 0."""
+        step by it, see_rows), else 0; standardised by the job's figures unless given."""
         if epoch != 0:
             return 0.0
         job, window = self.job, self.window
         assert window is not None and window.y is not None
-        return guard.max_row_curvature(window.X, window.y, job.mean, job.scale, guard.row_weighting(job.model))
+        return guard.max_row_curvature(window.X, window.y, job.mean if mean is None else mean,
+                                       job.scale if scale is None else scale, guard.row_weighting(job.model))
 
     def _seek(self, epoch: int, skip: int) -> None:
         """Open ``epoch``'s rows of this shard at row ``skip`` (a later epoch, or a round rerun)."""
@@ -217,7 +364,7 @@ class _Lane:
             self.stream = shard_stream(job.source, job.model, job.seed, job.shuffle, job.plan, job.dtype, job.strata,
                                        epoch, (self.shard, job.shards), job.last_epoch)
         self.windows = None if self.stream is None else self.stream.epoch(epoch, skip)
-        self.place = (epoch, skip)
+        self.place, self.ended, self.pending = (epoch, skip), self.windows is None, 0.0
 
     def _next_window(self) -> bool:
         self.window, self.pos = None, 0
@@ -226,7 +373,7 @@ class _Lane:
         try:
             self.window, self.order = next(self.windows)
         except StopIteration:
-            self.windows = None
+            self.windows, self.ended = None, True
             return False
         return True
 
@@ -249,9 +396,33 @@ class ShardWorker:
         self.shards = [int(k) for k in shards]
         self.lanes = {k: _Lane(job, k) for k in self.shards}
 
-    def accumulate(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64]) -> list[ShardPart]:
+    def begin(self, st: State, config: FitConfig, init: Any, N: int, B: int) -> list[State | None]:
+        """Shard 0 (where hosted) starts the run's state from its first window
+        (:meth:`_Lane.begin`); the other shards answer None."""
+        return [self.lanes[k].begin(st, config, init, N, B) if k == 0 else None for k in self.shards]
+
+    def rejob(self, job: ShardJob) -> list[None]:
+        """Every hosted shard takes ``job`` (the figures :meth:`begin` fixed)."""
+        for lane in self.lanes.values():
+            lane.rejob(job)
+        return [None] * len(self.shards)
+
+    def mark(self) -> list[None]:
+        """Every hosted shard remembers where it stands (:meth:`_Lane.mark`)."""
+        for lane in self.lanes.values():
+            lane.mark()
+        return [None] * len(self.shards)
+
+    def rewind(self) -> list[None]:
+        """Every hosted shard goes back there when it can (:meth:`_Lane.rewind`)."""
+        for lane in self.lanes.values():
+            lane.rewind()
+        return [None] * len(self.shards)
+
+    def accumulate(self, epoch: int, rnd: int, theta_eff: NDArray[np.float64], view: HashedView = None
+                   ) -> list[ShardPart]:
         """For each hosted shard, in the order given: its answer to round ``rnd`` of ``epoch``."""
-        return [self.lanes[k].batch(epoch, rnd, theta_eff) for k in self.shards]
+        return [self.lanes[k].batch(epoch, rnd, theta_eff, view) for k in self.shards]
 
     def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalState) -> list[LocalPart]:
         """For each hosted shard, in the order given: its state after a local-SGD round."""
@@ -272,6 +443,9 @@ class InProcess:
     def ask(self, method: str, *args: Any) -> list[Any]:
         return list(getattr(self.worker, method)(*args))
 
+    def rejob(self, job: ShardJob) -> None:
+        self.worker.rejob(job)
+
     def close(self) -> None:
         self.worker.close()
 
@@ -291,42 +465,52 @@ class ShardedRun(Run):
         self.factory: BackendFactory = backend or InProcess
         self.shards = setup.config.n_shards
         self.shard_batch = int(setup.config.batch)  # rows per shard and round
+        #: the hashed weights the last update moved: (t after it, their ids, their values), None: unknown
+        #: --sync models: the update the last merged round started at and the ids it changed (None: send all)
+        self.tables_base: tuple[int, NDArray[np.int64]] | None = None
+        self.moved: tuple[int, NDArray[np.int64], NDArray[np.float64]] | None = None
 
     def stream_plan(self) -> StreamPlan:
         plan = self.setup.plan
         return StreamPlan(plan.window_rows, plan.buffer_bytes, plan.readers)
 
-    def begin(self) -> None:
-        """Standardisation and step size from the first window of shard 0 (read here once)."""
-        setup, config, st = self.setup, self.config, self.st
-        stream = shard_stream(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(),
-                              config.dtype, setup.strata, 0, (0, self.shards), 0)
-        assert stream is not None  # shard 0 holds the first unit of every deal
-        try:
-            with closing(stream.epoch(0)) as windows:
-                window, _ = next(windows)
-                start(st, window, config, setup.init, self.schedule.N, self.schedule.B)
-        finally:
-            stream.close()
+    def begin(self, feed: Backend) -> None:
+        """Standardisation and step size from the first window of shard 0, read once: by the
+        shard's own lane, wherever it runs, which keeps the window for its first round."""
+        setup, st = self.setup, self.st
+        started = feed.ask("begin", st, self.config, setup.init, self.schedule.N, self.schedule.B)[0]
+        if started is not st:  # a cluster's worker started a copy
+            adopt(st, started)
+        feed.rejob(self.job())
 
     def job(self) -> ShardJob:
+        """The shards' job; before :meth:`begin` its standardisation and step are placeholders
+        (the stream's fields are final, and ``rejob`` gives the rest)."""
         setup, config, st = self.setup, self.config, self.st
-        assert st.spec is not None and st.hyper is not None and st.mean is not None and st.scale is not None
-        assert st.classes is not None
+        assert st.spec is not None and st.classes is not None  # set by setup
+        d = len(setup.source.features)
+        hyper = np.zeros(0) if st.hyper is None else st.hyper.copy()
+        mean = np.zeros(d) if st.mean is None else st.mean
+        scale = np.ones(d) if st.scale is None else st.scale
         spec = st.spec.copy()
         spec[BATCH] = self.shard_batch
         if config.sync == "models":
             spec[NOISE] = 0  # the noise meter reads the driver's update gradients: local updates have none
         return ShardJob(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(), config.dtype,
-                        setup.strata, self.shards, self.schedule.last_epoch, spec, st.hyper.copy(), st.cw,
-                        st.classes, st.mean, st.scale, config.memory_limit // self.shards)
+                        setup.strata, self.shards, self.schedule.last_epoch, spec, hyper, st.cw, st.classes, mean,
+                        scale, config.memory_limit // self.shards, 0 if st.hw is None else int(st.hw.size).bit_length() - 1)
 
     def open_feed(self) -> Backend:
-        if self.st.hyper is None:
-            self.begin()
+        fresh = self.st.hyper is None
         feed = self.factory(self.job())
-        if self.config.sync == "models" and not self.st.sync_every[0]:
-            self.st.sync_every[0] = self.choose_every(feed)
+        try:
+            if fresh:
+                self.begin(feed)
+            if self.config.sync == "models" and not self.st.sync_every[0]:
+                self.st.sync_every[0] = self.choose_every(feed)
+        except BaseException:
+            feed.close()  # train() closes only a feed it was given
+            raise
         return feed
 
     def train_epoch(self, feed: Any, epoch: int) -> None:
@@ -337,9 +521,9 @@ class ShardedRun(Run):
             stop, before, rnd = self.next_stop(), int(st.counters[T]), int(st.shard_round[0])
             if self.config.sync == "models":
                 limit = every if total is None else min(every, total - before)
-                rows = self.merge(feed.ask("local", epoch, rnd, every, limit, self.local_start()), epoch)
+                rows = self.merge(self.local_round(feed, epoch, rnd, every, limit), epoch)
             else:
-                rows = self.update(feed.ask("accumulate", epoch, rnd, st.theta_eff), epoch)
+                rows = self.update(self.accumulate(feed, epoch, rnd), epoch)
             if rows == 0:
                 st.shard_round[0] = 0  # the epoch is over: the next starts at round 0
                 break
@@ -351,6 +535,14 @@ class ShardedRun(Run):
         self.check_interval(epoch)  # the updates since the last log line
         self.fold_interval()
 
+    def accumulate(self, feed: Backend, epoch: int, rnd: int) -> list[ShardPart]:
+        """The shards' answers to a ``--sync gradients`` round; asked again with the whole
+        hashed table when a shard's copy was not current (a new lane: its state is untouched)."""
+        parts = feed.ask("accumulate", epoch, rnd, self.st.theta_eff, self.view())
+        if any(part[1] == STALE for part in parts):
+            parts = feed.ask("accumulate", epoch, rnd, self.st.theta_eff, self.view(full=True))
+        return parts
+
     def update(self, parts: list[ShardPart], epoch: int) -> int:
         """One update from the shards' answers, added in shard order; returns its rows (0:
         every shard has run out, and nothing changes)."""
@@ -361,26 +553,64 @@ class ShardedRun(Run):
         assert st.spec is not None and st.hyper is not None and st.mean is not None and st.scale is not None
         gw = self.params[GW]
         gw[:] = parts[0][0]
-        for g, _, _, _ in parts[1:]:
+        for g, *_ in parts[1:]:
             gw += g
         loss = parts[0][2]
-        for _, _, part_loss, _ in parts[1:]:
+        for _, _, part_loss, *_ in parts[1:]:
             loss += part_loss
         if epoch == 0:
             lower_step(st, max(part[3] for part in parts), self.config, self.schedule.N)
         st.counters[FILLED] = rows
         st.counters[EPOCH_ROWS] += rows
         st.sums[BATCH_LOSS] = loss
-        finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
-                     self.noise)
+        if self.hashed is None:
+            finish_batch(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
+                         self.noise)
+            return rows
+        hashed, stamp = self.hashed, int(st.counters[T]) + 1
+        for *_, sparse in parts:  # in shard order
+            assert sparse is not None  # every shard of a hashed run answers with its sums
+            add_hashed_sums(hashed, sparse[0], sparse[1], stamp)
+        moved = hashed[TOUCHED][:hashed[HI][N_TOUCHED]].copy()
+        finish_batch_hashed(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
+                            self.noise, hashed)
+        # with L2, wscale < 1 after every update unless it was folded into all of u (_renormalize)
+        rescaled = st.hyper[L2] > 0 and hashed[HF][WSCALE] == 1.0
+        self.moved = None if rescaled else (int(st.counters[T]), moved, hashed[HW][moved])
         return rows
 
-    def local_start(self) -> LocalState:
+    def view(self, full: bool = False) -> HashedView:
+        """The hashed weights as a ``--sync gradients`` round sends them (None without): the
+        last update's changes, or all of u (``full``, or when those changes are not known)."""
+        if self.hashed is None:
+            return None
+        t, hw, hf = int(self.st.counters[T]), self.hashed[HW], self.hashed[HF]
+        if full or self.moved is None or self.moved[0] != t:
+            return t, hw, None, None, hf
+        return t, None, self.moved[1], self.moved[2], hf
+
+    def local_round(self, feed: Backend, epoch: int, rnd: int, every: int, limit: int) -> list[LocalPart]:
+        """The shards' answers to a ``--sync models`` round; asked again with the whole hashed
+        tables when a shard's were not current (a new lane: its state is untouched)."""
+        parts = feed.ask("local", epoch, rnd, every, limit, self.local_start())
+        if any(part.rows == STALE for part in parts):
+            parts = feed.ask("local", epoch, rnd, every, limit, self.local_start(full=True))
+        return parts
+
+    def local_start(self, full: bool = False) -> LocalState:
         st = self.st
         assert st.hyper is not None
+        hashed: TablesView | None = None
+        if self.hashed is not None:
+            tables = tuple(self.hashed[slot] for slot in TABLES)
+            if full or self.tables_base is None:
+                hashed = (-1, tables, None, None, self.hashed[HF])
+            else:
+                base, ids = self.tables_base
+                hashed = (base, None, ids, tuple(table[ids] for table in tables), self.hashed[HF])
         return LocalState(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, opt_state=st.opt_state, l1_q=st.l1_q,
                           l1_u=st.l1_u, t=int(st.counters[T]), averaged=int(st.counters[AVERAGED]),
-                          lr0=float(st.hyper[LR0]))
+                          lr0=float(st.hyper[LR0]), hashed=hashed)
 
     def merge(self, parts: list[LocalPart], epoch: int) -> int:
         """The shards' states averaged by their rows, in shard order (a shard that has run
@@ -388,6 +618,8 @@ class ShardedRun(Run):
         st = self.st
         rows = sum(part.rows for part in parts)
         live = [part for part in parts if part.rows]
+        if self.hashed is not None and not live:  # no shard changed its tables
+            self.tables_base = int(st.counters[T]), np.zeros(0, dtype=np.int64)
         if not live:
             return 0
         for name in LOCAL_ARRAYS:  # in place: the loop's params tuple holds these arrays
@@ -395,6 +627,9 @@ class ShardedRun(Run):
             mine[...] = getattr(live[0].state, name) * (live[0].rows / rows)  # x 1.0 exactly for one shard
             for part in live[1:]:
                 mine += getattr(part.state, name) * (part.rows / rows)
+        if self.hashed is not None:
+            changed = merge_hashed(self.hashed, [(part.state.hashed, part.rows) for part in live], rows)
+            self.tables_base = None if changed is None else (int(st.counters[T]), changed)
         st.counters[T] = max(part.state.t for part in live)
         st.counters[AVERAGED] = max(part.state.averaged for part in live)
         st.counters[EPOCH_ROWS] += rows
@@ -413,7 +648,7 @@ class ShardedRun(Run):
         H = ⌈19·L/c⌉, within [1, one epoch]."""
         if self.config.sync_every != "auto":
             return int(self.config.sync_every)
-        epoch, begin, place = int(self.st.counters[EPOCH]), self.local_start(), [0]
+        epoch, begin, place = int(self.st.counters[EPOCH]), self.local_start(full=True), [0]
 
         def dry(updates: int) -> float:
             """A round of ``updates`` from the rows where the last one stopped (round 1 of a
@@ -423,14 +658,109 @@ class ShardedRun(Run):
             place[0] += updates
             return time.perf_counter() - t0
 
+        feed.ask("mark")
         dry(1)
         one = float(np.median([dry(1) for _ in range(5)]))
         ten = float(np.median([dry(10) for _ in range(5)]))
+        feed.ask("rewind")
+        self.tables_base = None  # the dry rounds changed the shards' tables: the first round sends them whole
         compute = (ten - one) / 9
         latency = max(one - compute, 0.0)
         every = self.schedule.ipe if compute <= 0 else min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
         self.emit({"event": "sync", "sync_every": every, "round_seconds": latency, "update_seconds": compute})
         return every
+
+
+def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, int]], rows: int
+                 ) -> NDArray[np.int64] | None:
+    """The shards' hashed tables (u, AdaGrad's sums, the average's sums) averaged by their rows
+    into ``hashed`` (which holds the round's start), in shard order, at every entry a shard
+    changed: the others stay as they were. The weights are wscale·u: shards with the same
+    scalars (wscale, the average's B) average u as it is (one shard's × 1.0: exactly);
+    otherwise each shard's tables are folded first (wscale into u, B·u into the sums), which
+    changes every entry. Returns the ids changed, or None when all may have."""
+    tables = [hashed[slot] for slot in TABLES]
+    changes = [change for change, _ in parts]
+    weights = [n / rows for _, n in parts]
+    if any(not np.array_equal(change[2], changes[0][2]) for change in changes[1:]):
+        folded_tables = []
+        for ids, values, scalars in changes:
+            whole = [table.copy() for table in tables]
+            for table, new in zip(whole, values):
+                table[ids] = new
+            folded_tables.append(_folded(whole[0], whole[1], whole[2], scalars))
+        for i, table in enumerate(tables):
+            table[...] = folded_tables[0][i] * weights[0]
+            for shard, w in zip(folded_tables[1:], weights[1:]):
+                table += shard[i] * w
+        hashed[HF][...] = folded_tables[0][-1]
+        return None
+    union = np.unique(np.concatenate([change[0] for change in changes]))
+    for i, table in enumerate(tables):
+        merged: NDArray | None = None
+        for (ids, values, _), w in zip(changes, weights):
+            column = table[union]  # the round's start where this shard changed nothing
+            column[np.searchsorted(union, ids)] = values[i]
+            merged = column * w if merged is None else merged + column * w
+        table[union] = merged
+    hashed[HF][...] = changes[0][2]
+    return union
+
+
+def _folded(u: NDArray, sq: NDArray, total: NDArray, scalars: NDArray) -> tuple[NDArray, ...]:
+    """One shard's hashed state with wscale and the average's B folded in (``_renormalize``)."""
+    flat = np.zeros_like(scalars)
+    flat[WSCALE] = 1.0
+    return scalars[WSCALE] * u, sq, total + scalars[AVG_B] * u, flat
+
+
+def _with_weights(scratch: tuple[NDArray, ...], u: NDArray, scalars: NDArray) -> tuple[NDArray, ...]:
+    """A shard's scratch for a batch's hashed sums, reading the driver's weights."""
+    state = list(scratch)
+    state[HW], state[HF] = u, scalars
+    return tuple(state)
+
+
+def _take_sums(hashed: tuple[NDArray, ...]) -> SparseSums:
+    """The batch's hashed sums (ids first touched first), leaving the scratch empty."""
+    n = int(hashed[HI][N_TOUCHED])
+    ids = hashed[TOUCHED][:n].copy()
+    hashed[HI][N_TOUCHED] = 0
+    return ids, hashed[HG][ids]
+
+
+def _train(window: Window, order: NDArray, pos: int, stop_at: int, job: ShardJob, hyper: NDArray,
+           params: tuple[NDArray, ...], opt_state: NDArray, counters: NDArray, sums: NDArray, noise: tuple[NDArray, ...],
+           hashed: tuple[NDArray, ...] | None) -> int:
+    """``train_rows`` (or its hashed twin) over the rest of ``window``, stopping at update ``stop_at``."""
+    assert window.y is not None
+    sw = _UNWEIGHTED if window.w is None else window.w
+    if hashed is None:
+        return int(train_rows(window.X, window.y, sw, order, pos, order.size, stop_at, job.spec, hyper, params,
+                              opt_state, job.mean, job.scale, counters, sums, noise))
+    return int(train_rows_hashed(window.X, window.y, sw, window.idx, window.sign, order, pos, order.size, stop_at,
+                                 job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise, hashed))
+
+
+def _finish(job: ShardJob, hyper: NDArray, params: tuple[NDArray, ...], opt_state: NDArray, counters: NDArray,
+            sums: NDArray, noise: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None) -> None:
+    """The update of the batch in progress (the epoch's short last one)."""
+    if hashed is None:
+        finish_batch(job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise)
+    else:
+        finish_batch_hashed(job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise, hashed)
+
+
+def adopt(st: State, other: State) -> None:
+    """Make ``st`` hold ``other``'s values, its arrays in place (the loop's params tuple holds
+    them)."""
+    for name, value in vars(other).items():
+        mine = getattr(st, name, None)
+        if isinstance(mine, np.ndarray) and isinstance(value, np.ndarray) and mine.shape == value.shape \
+                and mine.dtype == value.dtype:
+            mine[...] = value
+        else:
+            setattr(st, name, value)
 
 
 #: train_rows' sample weights when the data has no --weight column
