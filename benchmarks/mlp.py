@@ -20,8 +20,9 @@ features (the peers with a mean/std computed beforehand, outside the timing).
       (``ArraySource`` of the decoded matrix), its loop's ``rows_per_second``.
   (tm) PyTorch's compute alone: the same network and optimizer over the same rows already
       in memory as shuffled 512-row tensors (made before the clock starts).
-  (ti) (tm) with streamsgd's initialisation (He-normal hidden, Glorot-uniform output weights,
-      zero biases): whether a held-out gap comes from the trainer or from the starting point.
+  (ti) (tm) started from streamsgd's own initial parameters (``compute.mlp.init_params`` for the
+      seed: PyTorch's weight distribution, zero biases): whether a held-out gap comes from the
+      trainer or from the starting point.
   (s) scikit-learn ``MLPClassifier(hidden_layer_sizes=(64,), solver="sgd",
       learning_rate_init=0.05, momentum=0, alpha=1e-4 * 512, batch_size=512).partial_fit``
       on each 512-row slice of each shuffled row group (its penalty is alpha/2 ‖W‖² / n per
@@ -129,20 +130,23 @@ def streamsgd_fit(source: Any, average: bool = True) -> Any:
 
 
 def torch_network(streamsgd_init: bool = False) -> tuple[Any, Any, Any]:
-    """The peers' network, optimizer and loss, from a fixed seed; ``streamsgd_init``: initialised
-    as ``compute.mlp.init_params`` does (He-normal hidden weights, Glorot-uniform output
-    weights, zero biases) instead of PyTorch's default U(±1/√fan_in)."""
+    """The peers' network, optimizer and loss, from a fixed seed; ``streamsgd_init``: the
+    parameters streamsgd's run starts from (``compute.mlp.init_params`` on the seed's
+    ``MLP_INIT`` stream, as ``train.mlp`` draws them) instead of PyTorch's own draw."""
     import torch
+
+    from streamsgd.compute.mlp import RELU, init_params, layout
+    from streamsgd.plan.rng import MLP_INIT, stream
 
     torch.manual_seed(SEED)
     model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 1))
     if streamsgd_init:
+        lay = layout(FEATURES, (HIDDEN,), 1)
+        theta = init_params(lay, RELU, stream(SEED, MLP_INIT))
         with torch.no_grad():
-            model[0].weight.normal_(0.0, (2.0 / FEATURES) ** 0.5)
-            limit = (6.0 / (HIDDEN + 1)) ** 0.5
-            model[2].weight.uniform_(-limit, limit)
-            model[0].bias.zero_()
-            model[2].bias.zero_()
+            for linear, (n_in, n_out, w_at, b_at) in zip((model[0], model[2]), lay):
+                linear.weight.copy_(torch.tensor(theta[w_at:b_at].reshape(n_out, n_in)))
+                linear.bias.copy_(torch.tensor(theta[b_at:b_at + n_out]))
     return model, torch.optim.SGD(model.parameters(), lr=LR, weight_decay=L2), torch.nn.BCEWithLogitsLoss()
 
 
@@ -311,7 +315,7 @@ def report(args: argparse.Namespace, started: float, load: float, rss: dict[int,
     labels = {"fit": "(f) streamsgd fit --hidden 64, end to end", "fit_last": "(f2) the same, --no-average",
               "torch": "(t) PyTorch fed from pyarrow",
               "memory": "(m) streamsgd loop, rows in memory", "torch_memory": "(tm) PyTorch, batches in memory",
-              "torch_init": "(ti) (tm) initialised as streamsgd does",
+              "torch_init": "(ti) (tm) from streamsgd's initial parameters",
               "sklearn": "(s) scikit-learn MLPClassifier.partial_fit"}
     print(f"\n{args.rows:,} rows x {FEATURES}, median of {args.runs}; torch threads {args.torch_threads}")
     print(f"{'method':<46}{'seconds':>9}{'rows/s':>12}{'held-out':>10}")
