@@ -7,7 +7,7 @@
    gap, at the same step η; at the same η/b (the same SDE temperature, §2.10) the sharpness of
    the minima reached is about the same.
 3. The loss curve is jagged, more so for small b: the per-update loss (``--log-every 1``'s
-   progress records) has variance σ²_ℓ/b · (N − b)/(N − 1).
+   progress records) near a minimum has variance σ²_ℓ/b · (N − b)/(N − 1).
 
 Every run is the product's own (``streamsgd.api.fit`` with ``hidden=``; the loss-variance runs
 start from a trained network through ``streamsgd.train.fit``'s warm start, the path of ``fit
