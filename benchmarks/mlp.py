@@ -20,8 +20,9 @@ features (the peers with a mean/std computed beforehand, outside the timing).
       (``ArraySource`` of the decoded matrix), its loop's ``rows_per_second``.
   (tm) PyTorch's compute alone: the same network and optimizer over the same rows already
       in memory as shuffled 512-row tensors (made before the clock starts).
-  (ti) (tm) with streamsgd's initialisation (He-normal hidden, Glorot-uniform output weights,
-      zero biases): whether a held-out gap comes from the trainer or from the starting point.
+  (ti) (tm) started from streamsgd's own initial parameters (``compute.mlp.init_params`` for the
+      seed: PyTorch's weight distribution, zero biases): whether a held-out gap comes from the
+      trainer or from the starting point.
   (s) scikit-learn ``MLPClassifier(hidden_layer_sizes=(64,), solver="sgd",
       learning_rate_init=0.05, momentum=0, alpha=1e-4 * 512, batch_size=512).partial_fit``
       on each 512-row slice of each shuffled row group (its penalty is alpha/2 ‖W‖² / n per
@@ -40,6 +41,7 @@ and reports its peak RSS (VmHWM), which must not grow with N.
 Usage:
   python benchmarks/mlp.py                  # 1,048,576 rows, 3 runs; RSS at 262k / 1M / 4M rows
   python benchmarks/mlp.py --quick          # 131,072 rows, 1 run, RSS at 131k / 262k
+  python benchmarks/mlp.py --seeds 5        # and the held-out losses over seeds 0-4
 """
 
 from __future__ import annotations
@@ -118,31 +120,34 @@ def column_stats(path: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.sqrt(np.maximum(total_sq / n - mean**2, 1e-12)).astype(np.float32)
 
 
-def streamsgd_fit(source: Any, average: bool = True) -> Any:
+def streamsgd_fit(source: Any, average: bool = True, seed: int = SEED) -> Any:
     """(f)/(f2)/(m) One epoch of ``fit --hidden 64`` on a source (``average``: ``--no-average``
     when False); the FitResult."""
     from streamsgd.config import FitConfig
     from streamsgd.train import fit
 
-    return fit(source, FitConfig(model="logistic", hidden=(HIDDEN,), epochs=1, batch=BATCH, seed=SEED,
+    return fit(source, FitConfig(model="logistic", hidden=(HIDDEN,), epochs=1, batch=BATCH, seed=seed,
                                  average=average))
 
 
-def torch_network(streamsgd_init: bool = False) -> tuple[Any, Any, Any]:
-    """The peers' network, optimizer and loss, from a fixed seed; ``streamsgd_init``: initialised
-    as ``compute.mlp.init_params`` does (He-normal hidden weights, Glorot-uniform output
-    weights, zero biases) instead of PyTorch's default U(±1/√fan_in)."""
+def torch_network(streamsgd_init: bool = False, seed: int = SEED) -> tuple[Any, Any, Any]:
+    """The peers' network, optimizer and loss, from a fixed seed; ``streamsgd_init``: the
+    parameters streamsgd's run starts from (``compute.mlp.init_params`` on the seed's
+    ``MLP_INIT`` stream, as ``train.mlp`` draws them) instead of PyTorch's own draw."""
     import torch
 
-    torch.manual_seed(SEED)
+    from streamsgd.compute.mlp import RELU, init_params, layout
+    from streamsgd.plan.rng import MLP_INIT, stream
+
+    torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 1))
     if streamsgd_init:
+        lay = layout(FEATURES, (HIDDEN,), 1)
+        theta = init_params(lay, RELU, stream(seed, MLP_INIT))
         with torch.no_grad():
-            model[0].weight.normal_(0.0, (2.0 / FEATURES) ** 0.5)
-            limit = (6.0 / (HIDDEN + 1)) ** 0.5
-            model[2].weight.uniform_(-limit, limit)
-            model[0].bias.zero_()
-            model[2].bias.zero_()
+            for linear, (n_in, n_out, w_at, b_at) in zip((model[0], model[2]), lay):
+                linear.weight.copy_(torch.tensor(theta[w_at:b_at].reshape(n_out, n_in)))
+                linear.bias.copy_(torch.tensor(theta[b_at:b_at + n_out]))
     return model, torch.optim.SGD(model.parameters(), lr=LR, weight_decay=L2), torch.nn.BCEWithLogitsLoss()
 
 
@@ -176,9 +181,9 @@ def torch_batches(Xs: np.ndarray, y: np.ndarray) -> list[tuple[Any, Any]]:
     return [(Xt[lo:lo + BATCH], yt[lo:lo + BATCH]) for lo in range(0, len(y), BATCH)]
 
 
-def torch_in_memory(batches: list[tuple[Any, Any]], streamsgd_init: bool = False) -> Any:
+def torch_in_memory(batches: list[tuple[Any, Any]], streamsgd_init: bool = False, seed: int = SEED) -> Any:
     """(tm)/(ti) PyTorch's compute alone: one epoch over batches already in memory."""
-    model, optimizer, loss_fn = torch_network(streamsgd_init)
+    model, optimizer, loss_fn = torch_network(streamsgd_init, seed)
     for X, y in batches:
         torch_step(model, optimizer, loss_fn, X, y)
     return model
@@ -219,6 +224,25 @@ def heldout_loss(key: str, model: Any, X: np.ndarray, Xs: np.ndarray, y: np.ndar
         return log_loss(torch.sigmoid(model(torch.from_numpy(Xs)).squeeze(1)).numpy(), y)
 
 
+def heldout_by_seed(seeds: int, train: Path, batches: list[tuple[Any, Any]],
+                    test: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, list[float]]:
+    """``--seeds``: the held-out loss of (f), (f2), (tm) and (ti) for seeds 0 … seeds − 1, not
+    timed. streamsgd's seed draws its initialisation and its shuffle; PyTorch's its
+    initialisation (streamsgd's for (ti)) over (tm)'s one shuffle."""
+    import streamsgd
+
+    out: dict[str, list[float]] = {"fit": [], "fit_last": [], "torch_memory": [], "torch_init": []}
+    for seed in range(seeds):
+        out["fit"].append(heldout_loss("fit", streamsgd_fit(streamsgd.open_source(str(train)), True, seed).model, *test))
+        out["fit_last"].append(heldout_loss("fit_last", streamsgd_fit(streamsgd.open_source(str(train)), False,
+                                                                      seed).model, *test))
+        out["torch_memory"].append(heldout_loss("torch_memory", torch_in_memory(batches, False, seed), *test))
+        out["torch_init"].append(heldout_loss("torch_init", torch_in_memory(batches, True, seed), *test))
+        print(f"  seed {seed}: held-out " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in out.items()), flush=True)
+    print("  medians: " + ", ".join(f"{k} {statistics.median(v):.4f}" for k, v in out.items()), flush=True)
+    return out
+
+
 def read_all(path: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     parts = [matrix(rb, names) for rb in pq.ParquetFile(path).iter_batches(GROUP_ROWS, columns=names + ["y"])]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -229,6 +253,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=1_048_576)
     p.add_argument("--heldout-rows", type=int, default=65_536)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=0, help="also the held-out loss over seeds 0 … N-1 (not timed)")
     p.add_argument("--rss-rows", default="262144,1048576,4194304", help="file sizes for the peak-RSS check")
     p.add_argument("--torch-threads", type=int, default=TORCH_THREADS)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -297,7 +322,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 result = result.model
             last[key] = result
             print(f"  run {run + 1} {key:<13}{seconds:8.2f} s", flush=True)
-    return report(args, started, load, rss, times, loops, last, (X_test, Xs_test, y_test))
+    result = report(args, started, load, rss, times, loops, last, (X_test, Xs_test, y_test))
+    if args.seeds:
+        result["heldout_by_seed"] = heldout_by_seed(args.seeds, train, batches, (X_test, Xs_test, y_test))
+        (args.out / "mlp.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
 
 
 def report(args: argparse.Namespace, started: float, load: float, rss: dict[int, dict[str, Any]],
@@ -311,7 +340,7 @@ def report(args: argparse.Namespace, started: float, load: float, rss: dict[int,
     labels = {"fit": "(f) streamsgd fit --hidden 64, end to end", "fit_last": "(f2) the same, --no-average",
               "torch": "(t) PyTorch fed from pyarrow",
               "memory": "(m) streamsgd loop, rows in memory", "torch_memory": "(tm) PyTorch, batches in memory",
-              "torch_init": "(ti) (tm) initialised as streamsgd does",
+              "torch_init": "(ti) (tm) from streamsgd's initial parameters",
               "sklearn": "(s) scikit-learn MLPClassifier.partial_fit"}
     print(f"\n{args.rows:,} rows x {FEATURES}, median of {args.runs}; torch threads {args.torch_threads}")
     print(f"{'method':<46}{'seconds':>9}{'rows/s':>12}{'held-out':>10}")

@@ -10,14 +10,15 @@ loaded from its file, so a figure here and an assertion there measure the same t
      (at the smallest b some runs end on the constant plateau instead, the unit saturated);
   2. sharpness: λ_max and the held-out gap of the minimum a run reaches, against b, at the
      same η (0.25) and at the same η/b (1/160);
-  3. the jagged curve: per-update losses (``--log-every 1``) for three b, and their variance
-     against b with the σ²_ℓ/b · (N − b)/(N − 1) line.
+  3. the jagged curve: per-update losses (``--log-every 1``) for three b, from the test's
+     trained starting network, and their variance against b with the σ²_ℓ/b · (N − b)/(N − 1)
+     line.
 
 Writes ``benchmarks/figures/nonconvex.png`` and ``--out``/nonconvex.json.
 
 Usage:
-  python benchmarks/nonconvex.py                # 96 starts, b = 2 … 64
-  python benchmarks/nonconvex.py --starts 48    # faster
+  python benchmarks/nonconvex.py                # 480 starts, b = 2 … 64
+  python benchmarks/nonconvex.py --starts 160   # faster (the test's starts)
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -84,16 +84,13 @@ def jagged(t: ModuleType, batches: list[int], updates: int = 600) -> dict[str, A
     X, y = t._logistic_teacher()
     n = len(y)
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for b in batches:
-            log = Path(tmp) / f"b{b}.jsonl"
-            model = fit((X, y), model="logistic", hidden=(8,), batch=b, steps=updates, lr=0.02, seed=0,
-                        average=False, log_every=1, metrics=str(log))
-            losses = [r["loss"] for r in map(json.loads, log.read_text().splitlines()) if r["event"] == "progress"]
-            tail = np.array(losses[updates // 2:])
-            predicted = float(t._row_losses(model, X, y).var()) / b * (n - b) / (n - 1)
-            out[b] = {"losses": losses, "variance": float(tail.var(ddof=1)), "predicted": predicted}
-            print(f"  jagged b = {b:3d}: variance {out[b]['variance']:.2e}, predicted {predicted:.2e}", flush=True)
+    start = t.stationary_start(X, y)
+    for b in batches:
+        losses, model = t.per_update_losses(X, y, start, b, updates)
+        tail = np.array(losses[updates // 2:])
+        predicted = float(t._row_losses(model, X, y).var()) / b * (n - b) / (n - 1)
+        out[b] = {"losses": losses, "variance": float(tail.var(ddof=1)), "predicted": predicted}
+        print(f"  jagged b = {b:3d}: variance {out[b]['variance']:.2e}, predicted {predicted:.2e}", flush=True)
     return out
 
 
@@ -139,7 +136,7 @@ def plot(esc: dict[str, Any], sharp: dict[str, Any], jag: dict[str, Any]) -> Non
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--starts", type=int, default=96)
+    p.add_argument("--starts", type=int, default=480)
     p.add_argument("--out", type=Path, default=HERE / "out")
     args = p.parse_args(argv)
     t0 = time.perf_counter()

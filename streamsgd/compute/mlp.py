@@ -110,24 +110,21 @@ def workspace(batch: int, lay: NDArray[np.int64], dtype: DTypeLike = np.float32)
 
 
 def init_params(lay: NDArray[np.int64], activation: int, rng: np.random.Generator) -> NDArray[np.float64]:
-    """Initial ``theta``: He-normal weights before ReLU, Glorot-uniform before tanh and for the
-    linear output layer; zero biases.
+    """Initial ``theta``: every layer's weights U(±1/sqrt(n_in)), zero biases.
 
-    He (std sqrt(2 / n_in)) keeps the variance of ReLU activations constant from layer to layer
-    (half the units are cut off); Glorot (U(±sqrt(6 / (n_in + n_out)))) keeps both the forward
-    and the backward variance for activations with slope 1 at 0, tanh's and the identity's.
-    ``rng`` is the caller's, seeded from integers, so the network is a function of the seed.
+    This is PyTorch's ``nn.Linear`` default (Kaiming-uniform with a = sqrt(5): std
+    1/sqrt(3 n_in)), the same draw for ReLU and tanh, so ``activation`` does not change it. It
+    is smaller than He's sqrt(2 / n_in) and Glorot's: the output layer's initial margins stay
+    near 0, so a short run starts near the constant prediction instead of from large random
+    margins that it must first unlearn (benchmarks/README.md, mlp.py, measures the held-out
+    difference). The biases are zero rather than PyTorch's U(±1/sqrt(n_in)). ``rng`` is the
+    caller's, seeded from integers, so the network is a function of the seed.
     """
     theta = np.zeros(n_params(lay))
-    last = lay.shape[0] - 1
     for k in range(lay.shape[0]):
         n_in, n_out, w_at = int(lay[k, N_IN]), int(lay[k, N_OUT]), int(lay[k, W_AT])
-        if k < last and activation == RELU:
-            weights = rng.standard_normal(n_in * n_out) * math.sqrt(2.0 / n_in)
-        else:
-            limit = math.sqrt(6.0 / (n_in + n_out))
-            weights = rng.uniform(-limit, limit, n_in * n_out)
-        theta[w_at:w_at + n_in * n_out] = weights
+        limit = 1.0 / math.sqrt(n_in)
+        theta[w_at:w_at + n_in * n_out] = rng.uniform(-limit, limit, n_in * n_out)
     return theta
 
 

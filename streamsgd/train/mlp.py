@@ -3,7 +3,7 @@ compiled MLP loop (``compute.mlp_loop``) on the network's flat parameters.
 
 The run reuses the linear trainer's setup (split, plan, schedule, class weights), its stops
 (log lines, ``--steps``, the schedule), its divergence check and its records; what differs is
-the first window (standardisation, He/Glorot initialisation from the seed's ``MLP_INIT``
+the first window (standardisation, PyTorch-default initialisation from the seed's ``MLP_INIT``
 stream, a default step), the compiled calls, the epoch's penalised loss and the model: its
 layers act on standardised inputs (x − mean) / scale, and the model keeps mean and scale.
 Checkpoints, --resume, --init (from an MLP file of the same layers, checked by
