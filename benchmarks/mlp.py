@@ -136,14 +136,14 @@ def torch_network(streamsgd_init: bool = False, seed: int = SEED) -> tuple[Any, 
     ``MLP_INIT`` stream, as ``train.mlp`` draws them) instead of PyTorch's own draw."""
     import torch
 
-    from streamsgd.compute.mlp import RELU, init_params, layout
+    from streamsgd.compute.mlp import init_params, layout
     from streamsgd.plan.rng import MLP_INIT, stream
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 1))
     if streamsgd_init:
         lay = layout(FEATURES, (HIDDEN,), 1)
-        theta = init_params(lay, RELU, stream(seed, MLP_INIT))
+        theta = init_params(lay, stream(seed, MLP_INIT))
         with torch.no_grad():
             for linear, (n_in, n_out, w_at, b_at) in zip((model[0], model[2]), lay):
                 linear.weight.copy_(torch.tensor(theta[w_at:b_at].reshape(n_out, n_in)))

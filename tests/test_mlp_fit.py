@@ -104,12 +104,12 @@ def _torch_replay(model, X: np.ndarray, y: np.ndarray, options: dict, steps: int
     invscaling's step at update t is lr / t^power_t (power_t 0.25, the default)."""
     import torch
 
-    from streamsgd.compute.mlp import ACTIVATIONS, init_params, layout
+    from streamsgd.compute.mlp import init_params, layout
     from streamsgd.plan.rng import MLP_INIT, stream
 
     C = 1 if options["model"] == "logistic" else int(y.max()) + 1
     lay = layout(X.shape[1], options["hidden"], C)
-    theta = init_params(lay, ACTIVATIONS["relu"], stream(options["seed"], MLP_INIT))
+    theta = init_params(lay, stream(options["seed"], MLP_INIT))
     params = []
     for n_in, n_out, w_at, b_at in lay:
         params += [torch.tensor(theta[w_at:b_at].reshape(n_out, n_in), requires_grad=True),

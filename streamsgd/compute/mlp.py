@@ -109,11 +109,11 @@ def workspace(batch: int, lay: NDArray[np.int64], dtype: DTypeLike = np.float32)
             np.zeros((rows, int(widths[-1])), dtype), np.zeros(P, dtype), np.zeros(P, dtype))
 
 
-def init_params(lay: NDArray[np.int64], activation: int, rng: np.random.Generator) -> NDArray[np.float64]:
+def init_params(lay: NDArray[np.int64], rng: np.random.Generator) -> NDArray[np.float64]:
     """Initial ``theta``: every layer's weights U(±1/sqrt(n_in)), zero biases.
 
     This is PyTorch's ``nn.Linear`` default (Kaiming-uniform with a = sqrt(5): std
-    1/sqrt(3 n_in)), the same draw for ReLU and tanh, so ``activation`` does not change it. It
+    1/sqrt(3 n_in)), the same draw for ReLU and tanh. It
     is smaller than He's sqrt(2 / n_in) and Glorot's: the output layer's initial margins stay
     near 0, so a short run starts near the constant prediction instead of from large random
     margins that it must first unlearn (benchmarks/README.md, mlp.py, measures the held-out

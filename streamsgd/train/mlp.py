@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import AVERAGED, DIVERGED, EPOCH_ROWS, FILLED, T, pack_hyper
-from ..compute.mlp import ACTIVATION, B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, workspace
+from ..compute.mlp import B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, workspace
 from ..compute.losses import row_loss
 from ..compute.mlp_loop import G, finish_mlp_batch, mlp_rows
 from ..compute.noise import NoiseMeter
@@ -72,7 +72,7 @@ class MLPRun(Run):
         if setup.init is not None:  # a warm start: the given network's layers (check_mlp matched them)
             st.theta = np.concatenate([np.concatenate([W.ravel(), b]) for W, b in setup.init.layers or ()])
         else:
-            st.theta = init_params(self.lay, self.net[ACTIVATION], stream(config.seed, MLP_INIT))
+            st.theta = init_params(self.lay, stream(config.seed, MLP_INIT))
         st.avg, st.gw, st.opt_state = np.zeros(P), np.zeros(P), np.zeros((2, P))
         st.l1_q = np.zeros(int((self.lay[:, N_IN] * self.lay[:, N_OUT]).sum()))  # one per weight, biases skipped
         if resume is not None:  # the checkpoint's parameters, optimizer state, sums and counters
