@@ -129,9 +129,9 @@ def test_epoch_0_ramps_up_from_an_eighth_of_the_window():
     first, later = epoch_plan(chunk_rows, 3, 0, 4000), epoch_plan(chunk_rows, 3, 1, 4000)
     assert [len(w) for w in first] == [5, 10, 20, 5] and [len(w) for w in later] == [40]
     assert np.array_equal(np.concatenate(first), chunk_order(40, 3, 0))  # the same chunk order, cut
-    # several windows: only the first is cut; a chunk above a piece's rows is a piece alone
+    # several windows: only the first is cut, into pieces of two chunks at least (two readers)
     windows = epoch_plan([300] * 12, 3, 0, 1000)
-    assert [len(w) for w in windows] == [1, 1, 1, 3, 3, 3]
+    assert [len(w) for w in windows] == [2, 1, 3, 3, 3]
     assert [len(w) for w in epoch_plan([300] * 12, 3, 1, 1000)] == [3, 3, 3, 3]
     # no shuffle: the ramp keeps the file's order
     assert np.array_equal(np.concatenate(epoch_plan(chunk_rows, 3, 0, 4000, shuffle=False)), np.arange(40))

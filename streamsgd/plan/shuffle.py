@@ -119,8 +119,9 @@ def _spread(n: int) -> NDArray[np.int64]:
 
 def ramp_up(chunk_rows: Sequence[int], windows: list[NDArray[np.int64]], window_rows: int) -> list[NDArray[np.int64]]:
     """``windows`` with the first one cut, in its chunk order, into windows of at most
-    ``window_rows // k`` rows for each k of RAMP, then the rest (a chunk larger than a
-    piece's rows is a piece of its own)."""
+    ``window_rows // k`` rows for each k of RAMP, then the rest. A piece holds at least two
+    chunks (when there are two): a window of one chunk is read by one thread, leaving the
+    other reader idle (benchmarks/README.md, throughput.py, session 8)."""
     if not windows:
         return windows
     first, start, total = windows[0], 0, 0
@@ -128,7 +129,7 @@ def ramp_up(chunk_rows: Sequence[int], windows: list[NDArray[np.int64]], window_
     for pos, chunk in enumerate(first):
         cap = window_rows // RAMP[len(pieces)] if len(pieces) < len(RAMP) else window_rows
         rows = int(chunk_rows[chunk])
-        if pos > start and total + rows > cap:
+        if pos > start + 1 and total + rows > cap:  # two chunks at least
             pieces.append(first[start:pos])
             start, total = pos, 0
         total += rows
