@@ -255,3 +255,45 @@ def test_tail_averaging_removes_most_of_the_constant_steps_noise(tmp_path):
         excess[average] = evaluate(model, streamsgd.open_source(str(test)))["loss"] - floor
     # measured: 0.0002 averaged vs 0.018 for the last iterate (80x); a factor 4 leaves ample room
     assert excess[True] < excess[False] / 4
+
+
+def test_training_starts_before_the_whole_window_is_read():
+    """Epoch 0 ramps up (plan.shuffle.ramp_up): the first update needs only the first eighth
+    of a window. The readers are held before the second half of the chunks until the first
+    progress record; a plan that read the whole window first would wait there in vain."""
+    import threading
+
+    from streamsgd.train.inputs import Hooks
+
+    first_update = threading.Event()
+    started: list[int] = []
+    read: list[int] = []
+    held_in_vain: list[bool] = []
+
+    class Gated(streamsgd.ArraySource):
+        def read_into(self, i, X, y, rows=None):
+            started.append(i)
+            if len(started) > len(self.chunk_rows) // 2 and not any(held_in_vain):
+                # a passing run waits for the first update (a cold Numba cache compiles first);
+                # a failing one waits here once, in vain
+                held_in_vain.append(not first_update.wait(timeout=60))
+            super().read_into(i, X, y, rows)
+            read.append(i)
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40_000, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.float32)
+    at_first_update: list[int] = []
+
+    def on_progress(record):
+        if record["event"] == "progress" and not at_first_update:
+            at_first_update.append(len(read))
+            first_update.set()
+
+    # 6 MB: one window of ~41,700 rows (32 bytes a row), so the 40 chunks of 1,000 rows are one
+    # window, cut in epoch 0 into windows of 5, 10 and 20 chunks and the rest
+    result = train.fit(Gated(X, y, chunk_rows=1000), FitConfig(model="logistic", epochs=1, batch=100, log_every=1,
+                                                                 memory_limit=6_000_000, readers=2),
+                       hooks=Hooks(on_progress=on_progress))
+    assert result.summary["rows_seen"] == 40_000
+    assert at_first_update and at_first_update[0] <= 20 and not any(held_in_vain)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamsgd.plan.shuffle import epoch_plan, iterations_per_epoch, row_order
+from streamsgd.plan.shuffle import chunk_order, epoch_plan, iterations_per_epoch, row_order
 from streamsgd.sources import ArraySource
 from streamsgd.train.trainer import fit
 from streamsgd.config import FitConfig
@@ -83,8 +83,15 @@ def test_stratified_windows_cover_every_chunk_and_mix_the_strata():
         windows = epoch_plan(chunk_rows, 4, epoch, 2000, strata=strata)
         assert sorted(np.concatenate(windows)) == list(range(60))
         assert all(sum(chunk_rows[c] for c in w) <= 2000 for w in windows)
-        # three windows of 20 chunks, each exactly half 0-chunks: the file's own mix
-        assert [strata[w].mean() for w in windows] == [0.5, 0.5, 0.5]
+        # three windows of 20 chunks, each exactly half 0-chunks: the file's own mix; in epoch 0
+        # the first is cut into the ramp's pieces (2, 5, 10 and 3 chunks), each as near the mix
+        # as its number of chunks allows
+        mixes = [strata[w].mean() for w in windows]
+        if epoch == 0:
+            assert [len(w) for w in windows] == [2, 5, 10, 3, 20, 20]
+            assert all(abs(m - 0.5) <= 0.5 / len(w) for m, w in zip(mixes, windows))
+            mixes = [strata[np.concatenate(windows[:4])].mean()] + mixes[4:]
+        assert mixes == [0.5, 0.5, 0.5]
     assert not np.array_equal(np.concatenate(epoch_plan(chunk_rows, 4, 0, 2000, strata=strata)),
                               np.concatenate(epoch_plan(chunk_rows, 4, 1, 2000, strata=strata)))
 
@@ -113,3 +120,18 @@ def test_sliced_groups_stay_together_and_in_order():
         assert all(sum(rows[c] for c in w) <= 12 or len(w) == 1 for w in windows)
         seen.add(tuple(order))
     assert len(seen) > 1  # the group order changes between epochs
+
+
+def test_epoch_0_ramps_up_from_an_eighth_of_the_window():
+    """The run's first update waits for the first window only: epoch 0 cuts it into windows of
+    at most W/8, W/4 and W/2 rows and the rest; later epochs keep whole windows."""
+    chunk_rows = [100] * 40  # 4,000 rows, one window of W = 4,000 rows
+    first, later = epoch_plan(chunk_rows, 3, 0, 4000), epoch_plan(chunk_rows, 3, 1, 4000)
+    assert [len(w) for w in first] == [5, 10, 20, 5] and [len(w) for w in later] == [40]
+    assert np.array_equal(np.concatenate(first), chunk_order(40, 3, 0))  # the same chunk order, cut
+    # several windows: only the first is cut, into pieces of two chunks at least (two readers)
+    windows = epoch_plan([300] * 12, 3, 0, 1000)
+    assert [len(w) for w in windows] == [2, 1, 3, 3, 3]
+    assert [len(w) for w in epoch_plan([300] * 12, 3, 1, 1000)] == [3, 3, 3, 3]
+    # no shuffle: the ramp keeps the file's order
+    assert np.array_equal(np.concatenate(epoch_plan(chunk_rows, 3, 0, 4000, shuffle=False)), np.arange(40))

@@ -13,6 +13,13 @@ feeds them (``compute.loop.train_rows``), so every batch has exactly ``batch`` r
 the epoch's last one. When the target pass has measured each
 chunk's mean target, windows are instead *stratified* (see ``stratified_windows``), so
 that data sorted by label still gives every window the whole data's label mix.
+
+The run's first window is read whole before the first update, so epoch 0 *ramps up*: its
+first window is cut into windows of at most W/8, W/4 and W/2 rows and the rest (see
+``ramp_up``), and the readers fill each while the trainer trains on the one before.
+
+Any change to the plan changes the models trained with it: bump
+``persist.model.FORMAT_VERSION`` so that resuming an older run's checkpoint is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +31,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .rng import CHUNK_ORDER, ROW_ORDER, STRATA, stream
+
+
+#: Epoch 0's first window is cut into windows of at most W / k rows for each k here, then the
+#: rest: the first update waits for W/8 rows to be read instead of W (the whole data set
+#: when it fits one window), and each later piece is read while the one before trains.
+RAMP = (8, 4, 2)
 
 
 def iterations_per_epoch(n_rows: int, batch: int) -> int:
@@ -90,7 +103,37 @@ def stratified_windows(
             members[w].append(int(chunk))
     if any(sum(chunk_rows[c] for c in chunks) > window_rows for chunks in members):
         return group_windows(chunk_rows, chunk_order(n, seed, epoch), window_rows)
-    return [np.array(chunks, dtype=np.int64) for chunks in members]
+    dealt = [np.array(chunks, dtype=np.int64) for chunks in members]
+    if epoch == 0:  # listed band by band: spread out, each piece of the ramp (ramp_up) spans the bands
+        dealt[0] = dealt[0][_spread(len(dealt[0]))]
+    return dealt
+
+
+def _spread(n: int) -> NDArray[np.int64]:
+    """The positions 0 … n-1 in bit-reversed order (0, n/2, n/4, 3n/4, …): every prefix of
+    the list they reorder is spread evenly over it."""
+    bits = max(1, (n - 1).bit_length())
+    reversed_ = [int(format(p, f"0{bits}b")[::-1], 2) for p in range(1 << bits)]
+    return np.array([p for p in reversed_ if p < n], dtype=np.int64)
+
+
+def ramp_up(chunk_rows: Sequence[int], windows: list[NDArray[np.int64]], window_rows: int) -> list[NDArray[np.int64]]:
+    """``windows`` with the first one cut, in its chunk order, into windows of at most
+    ``window_rows // k`` rows for each k of RAMP, then the rest. A piece holds at least two
+    chunks (when there are two): a window of one chunk is read by one thread, leaving the
+    other reader idle (benchmarks/README.md, throughput.py, session 8)."""
+    if not windows:
+        return windows
+    first, start, total = windows[0], 0, 0
+    pieces: list[NDArray[np.int64]] = []
+    for pos, chunk in enumerate(first):
+        cap = window_rows // RAMP[len(pieces)] if len(pieces) < len(RAMP) else window_rows
+        rows = int(chunk_rows[chunk])
+        if pos > start + 1 and total + rows > cap:  # two chunks at least
+            pieces.append(first[start:pos])
+            start, total = pos, 0
+        total += rows
+    return pieces + [first[start:]] + windows[1:]
 
 
 def grouped_order(groups: Sequence[int], seed: int, epoch: int, shuffle: bool = True) -> NDArray[np.int64]:
@@ -116,15 +159,17 @@ def epoch_plan(
     strata: NDArray[np.float64] | None = None,
     groups: Sequence[int] | None = None,
 ) -> list[NDArray[np.int64]]:
-    """The windows (lists of chunk ids, in buffer order) of one epoch.
+    """The windows (lists of chunk ids, in buffer order) of one epoch; epoch 0's first
+    window cut into a ramp (``ramp_up``).
 
     When ``groups`` ties chunks together (slices of a row group larger than the memory
     budget), whole groups are permuted and their chunks read front to back; such data is
     not stratified, since a group's slices cannot be dealt to different windows cheaply.
     """
     if groups is not None and len(set(groups)) < len(groups):
-        return group_windows(chunk_rows, grouped_order(groups, seed, epoch, shuffle), window_rows)
-    if shuffle and strata is not None:
-        return stratified_windows(chunk_rows, strata, seed, epoch, window_rows)
-    order = chunk_order(len(chunk_rows), seed, epoch, shuffle)
-    return group_windows(chunk_rows, order, window_rows)
+        windows = group_windows(chunk_rows, grouped_order(groups, seed, epoch, shuffle), window_rows)
+    elif shuffle and strata is not None:
+        windows = stratified_windows(chunk_rows, strata, seed, epoch, window_rows)
+    else:
+        windows = group_windows(chunk_rows, chunk_order(len(chunk_rows), seed, epoch, shuffle), window_rows)
+    return ramp_up(chunk_rows, windows, window_rows) if epoch == 0 else windows
