@@ -281,7 +281,7 @@ class Run:
             record["val_loss"] = val_loss = self.validation_loss()
             best, stale = st.early
             st.early[:] = (val_loss, 0) if val_loss < best - config.tol else (best, stale + 1)
-            record["stop"] = config.early_stopping and st.early[1] >= config.patience
+            record["stop"] = bool(config.early_stopping and st.early[1] >= config.patience)
         self.emit(record)
         if record.get("stop"):  # no improvement by --tol for --patience epochs
             self.stopped_early = epoch + 1
