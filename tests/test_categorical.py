@@ -494,22 +494,3 @@ def test_a_list_of_one_value_per_row_trains_as_the_scalar_column(tables, tmp_pat
     model = train_fit(open_source(tagged), FitConfig(epochs=3, batch=32)).model
     assert model.hashed_columns == ["sex", "place"]
     assert np.count_nonzero(model.hashed) == 3 + 3 + 3  # 3 sexes + null, 3 species and 3 islands
-
-
-def test_the_reported_loss_includes_the_hashed_weights_penalty(tmp_path):
-    """The summary's loss is the objective: the data loss plus l2/2 times the squared norm of
-    every penalised weight, the categorical columns' hashed ones included. One full-batch
-    update from zero: the epoch's data loss is log 2 a row (every margin 0), so the rest of
-    the reported loss is the penalty of the final weights, dense (standardised) and hashed."""
-    rng = np.random.default_rng(5)
-    n, l2 = 400, 0.5
-    city = rng.choice(np.array(["oslo", "rome", "lima", "pune"]), n)
-    x = rng.standard_normal(n)
-    y = ((city == "rome") | (x > 0.5)).astype(float)
-    path = tmp_path / "c.parquet"
-    pq.write_table(pa.table({"city": city, "x": x, "y": y}), path)
-    result = train_fit(open_source(str(path), target="y"), FitConfig(model="logistic", batch=n, epochs=1, l2=l2))
-    m = result.model
-    assert m.hashed is not None and np.abs(m.hashed).max() > 0.01  # the table moved
-    penalty = 0.5 * l2 * (float(np.sum((m.coef * m.scale) ** 2)) + float(np.sum(m.hashed ** 2)))
-    assert result.summary["loss"] == pytest.approx(np.log(2.0) + penalty, rel=1e-9)

@@ -252,15 +252,10 @@ class Run:
                 self.at_boundary(epoch)
 
     def weight_norm2(self) -> float:
-        """‖w‖² of the penalised weights, the hashed categorical ones included (not the
-        intercepts): the epoch loss's L2 term."""
+        """‖w‖² of the penalised weights (not the intercepts): the epoch loss's L2 term."""
         d = len(self.setup.source.features)
         w = self.st.theta.reshape(self.setup.blocks, d + 1)[:, :d]
-        norm2 = float((w * w).sum())
-        if self.hashed is not None:  # the current iterate's table, its lazy scale applied
-            h = folded(self.hashed, 0)
-            norm2 += float((h * h).sum())
-        return norm2
+        return float((w * w).sum())
 
     def validation_loss(self) -> float:
         """The model's mean loss on the held-out chunks (see :func:`validation_loss`)."""
