@@ -222,7 +222,6 @@ def folded(hashed: tuple[NDArray, ...], averaged: int) -> NDArray[np.float64]:
     return np.asarray(hf[WSCALE] * u)
 
 
-
 @njit(nogil=True, cache=True)
 def add_hashed_sums(hashed, idx, values, stamp):
     """Add one shard's share of a batch's hashed gradient sums (its touched ids ``idx``,
