@@ -43,3 +43,26 @@ def test_the_windows_get_two_thirds_and_footers_beyond_the_allowance_are_charged
         data_limit(Layout(metadata_bytes=METADATA_ALLOWANCE + (40 << 20)), config.memory_limit)
     # a chunk larger than a window cannot be shuffled: no plan
     assert MemoryPlan.solve(Layout(chunk_rows=[10**7]), config, width) is None
+
+
+
+def test_an_mlps_state_is_paid_before_the_windows_and_a_network_too_big_is_refused():
+    """--hidden: the parameters (ten float64 copies: θ, average, gradients, moments, noise sums,
+    L1 ledger, a checkpoint's copy) and the scratch blocks come out of --memory-limit before the
+    windows are sized; a network over half the limit is refused, naming --hidden."""
+    from streamsgd.compute.mlp import STATE_COPIES, layout, n_params
+    from streamsgd.train.setup import model_bytes
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200_000, 50))
+    source = ArraySource(X, (X[:, 0] > 0).astype(float), chunk_rows=5_000)
+    linear = FitConfig(model="logistic", memory_limit="64MiB")
+    mlp = FitConfig(model="logistic", memory_limit="64MiB", hidden=(1024,))
+    need = model_bytes(source, mlp)  # 53,249 parameters: 4.1 MiB of state, plus 512 scratch rows
+    assert need >= STATE_COPIES * 8 * n_params(layout(50, (1024,), 1)) + 512 * 50 * 4
+    assert model_bytes(source, linear) == 0
+    # the windows give up what the network holds: 64 MiB less 5 MiB is a visibly smaller window
+    assert plan_memory(source, mlp).window_rows < plan_memory(source, linear).window_rows
+    wide = FitConfig(model="logistic", memory_limit="64MiB", hidden=(1024, 1024))  # 1.1M parameters: 94 MiB
+    with pytest.raises(UsageError, match=r"--hidden 1024,1024: .* MiB, more than half of --memory-limit"):
+        plan_memory(source, wide)

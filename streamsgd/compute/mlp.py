@@ -87,9 +87,27 @@ def layout(d: int, hidden: Sequence[int], out: int) -> NDArray[np.int64]:
     return lay
 
 
+#: Rows of the standardised scratch block a compiled call copies a batch's slice into.
+SCRATCH_ROWS = 4096
+#: float64 arrays of the parameters' size a run holds: theta, its average, the gradient sums,
+#: two optimizer moments, the step's gradient, the noise meter's two sums, the L1 ledger and a
+#: checkpoint's copy of theta.
+STATE_COPIES = 10
+
+
 def n_params(lay: NDArray[np.int64]) -> int:
     """Length of ``theta`` (and of the gradient buffer) for a ``layout``."""
     return int(lay[-1, B_AT] + lay[-1, N_OUT])
+
+
+def _workspace_shapes(batch: int, lay: NDArray[np.int64]) -> tuple[tuple[int, ...], ...]:
+    rows = max(1, min(int(batch), BLOCK_ROWS))
+    widths = lay[:, N_OUT]
+    hidden = widths[:-1]
+    n_hidden = max(1, hidden.shape[0])
+    widest_hidden = int(hidden.max()) if hidden.shape[0] else 1
+    P = n_params(lay)
+    return ((n_hidden, rows, widest_hidden), (2, rows, int(widths.max())), (rows, int(widths[-1])), (P,), (P,))
 
 
 def workspace(batch: int, lay: NDArray[np.int64], dtype: DTypeLike = np.float32) -> tuple:
@@ -99,14 +117,17 @@ def workspace(batch: int, lay: NDArray[np.int64], dtype: DTypeLike = np.float32)
     window: one workspace serves every batch of a run. ``dtype`` is the activations' (float32
     in the product, float64 for exact checks).
     """
-    rows = max(1, min(int(batch), BLOCK_ROWS))
-    widths = lay[:, N_OUT]
-    hidden = widths[:-1]
-    n_hidden = max(1, hidden.shape[0])
-    widest_hidden = int(hidden.max()) if hidden.shape[0] else 1
-    P = n_params(lay)
-    return (np.zeros((n_hidden, rows, widest_hidden), dtype), np.zeros((2, rows, int(widths.max())), dtype),
-            np.zeros((rows, int(widths[-1])), dtype), np.zeros(P, dtype), np.zeros(P, dtype))
+    return tuple(np.zeros(shape, dtype) for shape in _workspace_shapes(batch, lay))
+
+
+def state_bytes(lay: NDArray[np.int64], rows: int, dtype: DTypeLike = np.float32) -> int:
+    """Bytes a run of this network holds beside its windows: STATE_COPIES float64 arrays of the
+    parameters' size, the workspace, and the standardised scratch block of ``rows`` rows (the
+    inputs in ``dtype``, the targets and weights in float64). The memory plan pays them first."""
+    itemsize = np.dtype(dtype).itemsize
+    workspace_values = sum(math.prod(shape) for shape in _workspace_shapes(rows, lay))
+    return (STATE_COPIES * 8 * n_params(lay) + workspace_values * itemsize
+            + rows * (int(lay[0, N_IN]) * itemsize + 2 * 8))
 
 
 def init_params(lay: NDArray[np.int64], rng: np.random.Generator) -> NDArray[np.float64]:

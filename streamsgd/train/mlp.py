@@ -19,7 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import AVERAGED, DIVERGED, EPOCH_ROWS, FILLED, T, pack_hyper
-from ..compute.mlp import B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, workspace
+from ..compute.mlp import (B_AT, N_IN, N_OUT, SCRATCH_ROWS, W_AT, init_params, layout, n_params, network,
+                           workspace)
 from ..compute.losses import row_loss
 from ..compute.mlp_loop import G, finish_mlp_batch, mlp_rows
 from ..compute.noise import NoiseMeter
@@ -38,8 +39,6 @@ from .targets import standardization
 #: The default step on standardised inputs when --lr is not given, by optimizer: Adam's
 #: customary 1e-3; plain SGD's 0.05, divided by 1/(1 − β) for the heavy-ball optimizers.
 MLP_LR = {"sgd": 0.05, "momentum": 0.005, "nesterov": 0.005, "adagrad": 0.05, "adam": 1e-3, "adamw": 1e-3}
-#: Rows of the standardised scratch block a compiled call copies a batch's slice into.
-SCRATCH_ROWS = 4096
 
 
 def check_mlp(config: FitConfig, init: Model | None) -> None:

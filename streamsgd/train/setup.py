@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from ..compute.codes import LOSSES, OPTIMIZERS, SCHEDULES
 from ..compute.loop import pack_spec
+from ..compute.mlp import SCRATCH_ROWS, layout, state_bytes
 from ..config import FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
@@ -62,11 +63,30 @@ def table_bytes(source: Source, config: FitConfig) -> int:
     return need
 
 
+def model_bytes(source: Source, config: FitConfig) -> int:
+    """What the model's own state holds beside the windows: the hashed weight table
+    (``table_bytes``) and an MLP's parameters, optimizer state and scratch blocks
+    (``compute.mlp.state_bytes``; softmax's output layer counted for one class, its classes
+    not being known yet). An MLP taking more than half of --memory-limit is refused, naming
+    --hidden."""
+    need = table_bytes(source, config)
+    if config.hidden:
+        # a growing or full batch ("auto", "full") may use the whole scratch block
+        rows = min(config.batch, SCRATCH_ROWS) if isinstance(config.batch, int) else SCRATCH_ROWS
+        network = state_bytes(layout(len(source.features), config.hidden, 1), rows, config.dtype)
+        if network > config.memory_limit // 2:
+            raise UsageError(f"--hidden {','.join(map(str, config.hidden))}: the network's parameters, optimizer "
+                             f"state and scratch blocks take {network / 2**20:,.0f} MiB, more than half of "
+                             "--memory-limit; use narrower layers or raise --memory-limit")
+        need += network
+    return need
+
+
 def plan_memory(source: Source, config: FitConfig, with_table: bool = True) -> MemoryPlan:
     """The memory plan of ``source`` under ``config``; a limit too small for one reader and a
     window of the largest chunk is refused, naming a limit that works. ``with_table``: the
-    hashed weights are paid for (a training run; a batch stream holds none)."""
-    table = table_bytes(source, config) if with_table else 0
+    model's own state is paid for (a training run; a batch stream holds none)."""
+    table = model_bytes(source, config) if with_table else 0
     plan = MemoryPlan.solve(source, config, source_row_bytes(source, config), table)
     if plan is None:
         biggest = max(source.chunk_rows, default=0)
@@ -109,7 +129,7 @@ def _working_limit(source: Source, config: FitConfig) -> str:
             trial = replace(config, memory_limit=limit)
             try:
                 cut_to_limit(source, trial)
-                if MemoryPlan.solve(source, trial, source_row_bytes(source, trial), table_bytes(source, trial)) is None:
+                if MemoryPlan.solve(source, trial, source_row_bytes(source, trial), model_bytes(source, trial)) is None:
                     continue
             except UsageError:  # the footers alone are too much for this limit
                 continue
