@@ -95,6 +95,13 @@ SCRATCH_ROWS = 4096
 STATE_COPIES = 10
 
 
+def scratch_rows(growing: bool, batch: int) -> int:
+    """Rows of the standardised scratch block a run of ``batch``-row updates holds: the batch's,
+    at most SCRATCH_ROWS (a compiled call feeds a larger batch in slices), and the whole block
+    when the batch grows (``--batch auto``)."""
+    return SCRATCH_ROWS if growing else min(int(batch), SCRATCH_ROWS)
+
+
 def n_params(lay: NDArray[np.int64]) -> int:
     """Length of ``theta`` (and of the gradient buffer) for a ``layout``."""
     return int(lay[-1, B_AT] + lay[-1, N_OUT])

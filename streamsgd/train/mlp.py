@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import AVERAGED, DIVERGED, EPOCH_ROWS, FILLED, T, pack_hyper
-from ..compute.mlp import (B_AT, N_IN, N_OUT, SCRATCH_ROWS, W_AT, init_params, layout, n_params, network,
+from ..compute.mlp import (B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, scratch_rows,
                            workspace)
 from ..compute.losses import row_loss
 from ..compute.mlp_loop import G, finish_mlp_batch, mlp_rows
@@ -85,7 +85,7 @@ class MLPRun(Run):
             meter.total[:], meter.sums[:] = resume["noise_total"], resume["noise_sums"]
         self.noise = (meter.total, meter.sums, self.mlp_params[G])
         # a growing batch (--batch auto) is fed through the largest scratch block
-        rows = SCRATCH_ROWS if config.batch == "auto" else min(int(setup.schedule.B), SCRATCH_ROWS)
+        rows = scratch_rows(config.batch == "auto", setup.schedule.B)
         dtype = np.dtype(config.dtype)
         self.ws = workspace(rows, self.lay, dtype)
         self.scratch = (np.zeros((rows, d), dtype), np.zeros(rows), np.zeros(rows))

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from ..compute.codes import LOSSES, OPTIMIZERS, SCHEDULES
 from ..compute.loop import pack_spec
-from ..compute.mlp import SCRATCH_ROWS, layout, state_bytes
+from ..compute.mlp import layout, scratch_rows, state_bytes
 from ..config import FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
@@ -71,8 +71,7 @@ def model_bytes(source: Source, config: FitConfig) -> int:
     --hidden."""
     need = table_bytes(source, config)
     if config.hidden:
-        # a growing or full batch ("auto", "full") may use the whole scratch block
-        rows = min(config.batch, SCRATCH_ROWS) if isinstance(config.batch, int) else SCRATCH_ROWS
+        rows = scratch_rows(config.batch == "auto", batch_rows(config, n_rows(source)))  # as MLPRun sizes it
         network = state_bytes(layout(len(source.features), config.hidden, 1), rows, config.dtype)
         if network > config.memory_limit // 2:
             raise UsageError(f"--hidden {','.join(map(str, config.hidden))}: the network's parameters, optimizer "
