@@ -29,6 +29,7 @@ from .train import fit as _train
 from .train.setup import cut_to_limit, plan_memory
 from .train.targets import chunk_target_means
 from .sources.base import missing_members
+from .sources.missing import skip_null_targets
 from .sources.encoding import Encoding
 from .sources.retry import RetryPolicy
 from .sources.validate import not_finite_target
@@ -246,6 +247,7 @@ def batches(
                              categorical=config.categorical)
     if getattr(source, "categorical", ()) and getattr(source, "encoding", None) is None:  # hashed as fit does
         source.encode(Encoding.of(source.categorical, config.hash_bits, seed))  # type: ignore[attr-defined]
+    skip_null_targets(source)  # a row without a target trains nothing (as in fit)
     cut_to_limit(source, config)
     plan = plan_memory(source, config, with_table=False)
     strata = None if source.target is None else chunk_target_means(source, model, plan.readers)

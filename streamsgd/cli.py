@@ -271,7 +271,8 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
         click.echo(
             f"trained {config.model} on {source.url}: {s['iterations']} iterations, {s['epochs']:.2f} epochs, "
             f"loss {s['loss']:.6g}, {s['rows_per_second']:,.0f} rows/s, peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB "
-            f"-> {output}"
+            + (f"({s['skipped_rows']:,} rows with a null target skipped) " if s["skipped_rows"] else "")
+            + f"-> {output}"
         )
 
 

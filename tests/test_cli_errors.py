@@ -141,7 +141,7 @@ FIT_CASES = {
     "column-missing-in-second-file": (("fit", "{d}/mixed", "--features", "x0,x1"), DATA, r"b\.parquet.*'x1'"),
     # bad values: the message names the column and the file's row group
     "null-feature": (("fit", "{d}/null_feature.parquet", "--missing", "error"), DATA, r"null_feature\.parquet row group 2.*'x1'"),
-    "null-target": (("fit", "{d}/null_target.parquet"), DATA, r"null_target\.parquet row group 2.*'y'"),
+    "null-target": (("fit", "{d}/null_target.parquet", "--missing", "error"), DATA, r"null_target\.parquet row group 2.*'y'"),
     "nan-feature": (("fit", "{d}/nan_feature.parquet"), DATA, r"nan_feature\.parquet row group 2.*'x1'"),
     "inf-feature": (("fit", "{d}/inf_feature.parquet"), DATA, r"inf_feature\.parquet row group 2.*'x0'"),
     "nan-target": (("fit", "{d}/nan_target.parquet", "--model", "linear"), DATA, r"nan_target\.parquet row group 2.*'y'"),

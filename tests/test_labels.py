@@ -113,8 +113,10 @@ def test_text_target_checks_across_files_and_for_nulls(tmp_path):
         open_source(str(tmp_path / "mixed"))
     labels = LABELS[index].astype(object)
     labels[5] = None
-    with pytest.raises(DataError, match=r"nulls\.parquet row group 0: column 'y' has 1 null values"):
-        fit(open_source(write(tmp_path / "nulls.parquet", X, labels)), FitConfig(model="softmax", epochs=1))
+    nulls = write(tmp_path / "nulls.parquet", X, labels)
+    with pytest.raises(DataError, match=r"nulls\.parquet row group 0: target column 'y' has 1 null values"):
+        fit(open_source(nulls), FitConfig(model="softmax", epochs=1, missing="error"))
+    assert fit(open_source(nulls), FitConfig(model="softmax", epochs=1)).summary["skipped_rows"] == 1
 
 
 def test_class_index_source_and_text_type_names():

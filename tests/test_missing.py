@@ -160,3 +160,78 @@ def test_tune_batch_imputes_as_fit_does(pandas_file):
     assert outcome.code == 0, outcome.report()
     assert len(json.loads(outcome.stdout)["noise_at"]["coef_standardized"]) == len(FEATURES) + len(NULL_ROWS)
     assert invoke(args + ["--missing", "error"]).code == 3
+
+
+def _with_null_targets(df: pd.DataFrame, groups: int, tmp_path) -> tuple[str, str, int]:
+    """``df`` written in ``groups`` row groups with some targets null (every target of row
+    group 1, a few elsewhere), and the same rows without those, in the same row groups."""
+    y = df["y"].astype("float64")
+    y[[0, 5, 17, 250, 251, 343]] = None
+    bounds = np.linspace(0, len(df), groups + 1).astype(int)
+    y[bounds[1]:bounds[2]] = None  # a row group of null targets only: its chunk is dropped
+    table = pa.Table.from_pandas(df.assign(y=y), preserve_index=False)
+    full, kept = tmp_path / "nulls.parquet", tmp_path / "kept.parquet"
+    with pq.ParquetWriter(full, table.schema) as a, pq.ParquetWriter(kept, table.schema) as b:
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            part = table.slice(lo, hi - lo)
+            a.write_table(part)
+            part = part.filter(part.column("y").is_valid())
+            if part.num_rows:
+                b.write_table(part)
+    return str(full), str(kept), int(y.isna().sum())
+
+
+def test_rows_with_a_null_target_are_skipped_and_counted(tmp_path):
+    """A null target's row trains nothing: the model is, bit for bit, that of the same data
+    without those rows (nulls in features imputed over the rows that train), the summary
+    and evaluate count them, and --missing error refuses them (DESIGN.md §4)."""
+    full, kept, skipped = _with_null_targets(penguins(), 4, tmp_path)
+    models = {}
+    for name, path in (("full", full), ("kept", kept)):
+        out = tmp_path / f"{name}.npz"
+        fitted = invoke(["fit", path, "--target", "y", "--steps", "300", "--json", "-o", str(out)])
+        assert fitted.code == 0, fitted.report()
+        assert json.loads(fitted.stdout)["skipped_rows"] == (skipped if name == "full" else 0)
+        models[name] = load(str(out))
+    np.testing.assert_array_equal(models["full"].coef, models["kept"].coef)
+    assert models["full"].intercept == models["kept"].intercept
+    assert models["full"].metadata["missing"] == models["kept"].metadata["missing"]
+    scores = [json.loads(invoke(["evaluate", str(tmp_path / "full.npz"), path, "--json"]).stdout)
+              for path in (full, kept)]
+    assert scores[0]["skipped_rows"] == skipped and scores[1]["skipped_rows"] == 0
+    assert scores[0]["loss"] == scores[1]["loss"] and scores[0]["rows"] == scores[1]["rows"]
+    refused = invoke(["fit", full, "--target", "y", "--missing", "error", "--steps", "5", "-o", str(tmp_path / "e.npz")])
+    assert refused.code == 3 and "target column 'y' has" in refused.stderr and "null values" in refused.stderr
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_null_targets_in_sliced_row_groups_and_hashed_columns(tmp_path):
+    """Slices of a streamed row group and categorical (hashed) columns leave out the same
+    rows as the target's reads: the run trains on exactly the rows with a target."""
+    rng = np.random.default_rng(3)
+    n = 40_000
+    df = pd.DataFrame({"x": rng.normal(size=n), "town": rng.choice(["a", "b", None], n)})
+    df["y"] = (df.x + (df.town == "a") + rng.normal(0, 0.5, n) > 0.5).astype("float64")
+    df.loc[rng.random(n) < 0.2, "y"] = None
+    path = tmp_path / "big.parquet"
+    df.to_parquet(path, index=False, row_group_size=n)
+    out = tmp_path / "m.npz"
+    fitted = invoke(["fit", str(path), "--target", "y", "--model", "logistic", "--epochs", "1", "--batch", "256",
+                     "--memory-limit", "4MiB", "--hash-bits", "10", "--json", "-o", str(out)])
+    assert fitted.code == 0, fitted.report()
+    summary = json.loads(fitted.stdout)
+    assert summary["skipped_rows"] == int(df.y.isna().sum())
+    assert summary["rows_seen"] == n - summary["skipped_rows"]
+    source = open_source(str(path), target="y", max_chunk_rows=n // 8)  # 8 slices of one row group
+    source.skip_null_targets()
+    assert len(source.chunk_rows) == 8 and sum(source.chunk_rows) == n - summary["skipped_rows"]
+    for i, rows in enumerate(source.chunk_rows):  # the target itself not asked for
+        assert source.read_columns(i, ["x", "town"]).num_rows == rows
+
+
+def test_only_null_targets_is_refused_naming_the_target(tmp_path):
+    df = penguins().assign(y=None).astype({"y": "float64"})
+    path = tmp_path / "none.parquet"
+    df.to_parquet(path, index=False)
+    outcome = invoke(["fit", str(path), "--target", "y", "--steps", "5", "-o", str(tmp_path / "m.npz")])
+    assert outcome.code == 3 and "all 344 rows have a null target 'y'" in outcome.stderr

@@ -25,7 +25,7 @@ from ..errors import DataError
 from .base import Source
 from .cast import arrow_values
 from .wrap import SourceWrapper
-from .validate import refuse_nulls
+from .validate import refuse_null_target
 
 #: Arrow's names of the text types a label column may have.
 _ARROW_TEXT = ("string", "large_string", "string_view", "utf8", "large_utf8")
@@ -88,7 +88,7 @@ class ClassIndexSource(SourceWrapper):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        refuse_nulls(column, self.chunk_name(i), self._label)
+        refuse_null_target(column, self.chunk_name(i), self._label)
         if column.type != pa.string():  # dictionary-encoded, large or numpy strings: plain strings
             column = column.cast(pa.string())
         index = pc.index_in(column, value_set=self._value_set)

@@ -82,6 +82,14 @@ def no_mean(where: str, name: str, nulls: int) -> DataError:
                      "model has no value to impute; fill them, or retrain on data that shows them")
 
 
+def skip_null_targets(*sources: Any) -> None:
+    """Leave out the rows whose target is null, in each of ``sources`` that can (Parquet;
+    other stores hold no nulls): DESIGN.md §4, "Missing values"."""
+    for source in sources:
+        if source is not None and hasattr(source, "skip_null_targets"):
+            source.skip_null_targets()
+
+
 def impute_nulls(source: Any, like: Any = None) -> None:
     """Set ``source`` (a Parquet source) to impute the integer and floating-point feature
     columns its footers show holding nulls, and ``like`` (another data set, or None) to use

@@ -18,7 +18,7 @@ from ..config import DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET
 from .base import SourceBase
 from .cast import arrow_values, to_dtype
 from .validate import not_finite, refuse_nulls
-from .columns import FooterFacts, categorical_kind, is_multi, numeric_kind
+from .columns import FooterFacts, categorical_kind, column_index, is_multi, numeric_kind
 from .hashing import list_lengths
 from .encoding import Encoding
 from .missing import imputed, indicator_name, no_mean, split_indicators
@@ -219,6 +219,10 @@ class ParquetSource(SourceBase):
         #: memory of the parsed footers held while reading (the largest few): one file of
         #: 10^8 rows x 100 columns in 65,536-row groups holds 150 MB of them
         self.metadata_bytes = sum(sorted(parsed)[-FOOTERS_KEPT:])
+        #: the row groups whose target may hold nulls, whose rows with a null target are left
+        #: out (None: null targets are refused; :meth:`skip_null_targets`), and how many rows that is
+        self._null_target_groups: set[tuple[int, int]] | None = None
+        self.skipped_rows = 0
         self.cut(max_chunk_bytes, max_chunk_rows)
         #: the mean each column's nulls become (None: nulls are refused), and the columns
         #: whose indicator features end ``features`` (sources.missing)
@@ -337,6 +341,49 @@ class ParquetSource(SourceBase):
         self.chunk_rows = [c.rows for c in chunks]
         # the row group of each chunk: the planner keeps a sliced row group's slices together
         self.chunk_groups = [c.file * (1 << 32) + c.group for c in chunks]
+        if self._null_target_groups:
+            self._drop_null_targets()
+
+    def skip_null_targets(self) -> None:
+        """Leave out the rows whose target is null (DESIGN.md §4, "Missing values"), from
+        every read and from ``chunk_rows``; ``skipped_rows`` counts them.
+
+        The row groups whose footers say the target may hold nulls are found here; the
+        rows are counted by a pass over their target column alone, again after every
+        :meth:`cut` (the plan needs each chunk's rows before any window is read), and
+        each read leaves them out by the target's validity. A chunk left with no rows is
+        dropped. Data whose target holds no nulls reads exactly as before.
+        """
+        if self.target is None or self.target in self.partition_columns or self._null_target_groups is not None:
+            return
+        groups: set[tuple[int, int]] = set()
+        for f in range(len(self._files)):
+            meta = self._metas[f]
+            j = column_index(meta, [self.target], {}).get(self.target)
+            for g in range(meta.num_row_groups):
+                stats = None if j is None else meta.row_group(g).column(j).statistics
+                if stats is None or not stats.has_null_count or stats.null_count > 0:
+                    groups.add((f, g))
+        self._null_target_groups = groups
+        self._drop_null_targets()
+
+    def _drop_null_targets(self) -> None:
+        """Count each chunk's rows with a non-null target (one pass over the target column
+        of the row groups that may hold nulls) and drop the chunks left empty."""
+        groups, target = self._null_target_groups, self.target
+        assert groups is not None and target is not None  # set by skip_null_targets
+        self._null_target_groups = set()  # the pass reads those row groups whole
+        try:
+            rows = [n if (c.file, c.group) not in groups else n - self.read_columns(i, [target]).column(0).null_count
+                    for i, (c, n) in enumerate(zip(self._chunks, self.chunk_rows))]
+        finally:
+            self._null_target_groups = groups
+        self.skipped_rows = sum(self.chunk_rows) - sum(rows)
+        kept = [i for i, n in enumerate(rows) if n > 0]
+        self._chunks = [self._chunks[i] for i in kept]
+        self.chunk_bytes = [self.chunk_bytes[i] for i in kept]
+        self.chunk_rows = [rows[i] for i in kept]
+        self.chunk_groups = [c.file * (1 << 32) + c.group for c in self._chunks]
 
     def whole_rows(self, max_chunk_bytes: int) -> int:
         """The most rows a row group of this data could hold and still be read whole within
@@ -387,12 +434,22 @@ class ParquetSource(SourceBase):
 
         c = self._chunks[i]
         in_file = [n for n in names if n not in self.partition_columns]
+        groups, target = self._null_target_groups, self.target
+        drop_nulls = groups is not None and target is not None and (c.file, c.group) in groups
+        if drop_nulls and target not in in_file:
+            in_file.append(str(target))
         table = retry.call(lambda: self._read(i, c, in_file, dictionary), self.chunk_name(i), self.retry_policy,
                            self._breaker)
+        if drop_nulls:
+            table = table.filter(table.column(target).is_valid())
+            if table.num_rows != self.chunk_rows[i]:
+                raise SourceError(f"{self.chunk_name(i)}: {table.num_rows} rows have a target, but "
+                                  f"{self.chunk_rows[i]} had when the run started; the file changed while it was "
+                                  "read: rerun")
         for name in names:
             if name in self.partition_columns:
                 value = self._partition_value(c.file, name)
-                table = table.append_column(name, pa.array(np.full(c.rows, value)))
+                table = table.append_column(name, pa.array(np.full(table.num_rows, value)))
         return table.select(list(names))
 
     def _read(self, i: int, c: _Chunk, names: list[str], dictionary: Sequence[str] = ()):

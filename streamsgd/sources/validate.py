@@ -29,6 +29,12 @@ def refuse_nulls(column: Any, where: str, name: str, role: str = "column", fix: 
         raise DataError(f"{where}: {role} {name!r} has {column.null_count} null values; {fix}")
 
 
+def refuse_null_target(column: Any, where: str, name: str) -> None:
+    """Refuse a target column holding nulls (``--missing error``; under ``impute`` those rows
+    are left out before any read: ``ParquetSource.skip_null_targets``)."""
+    refuse_nulls(column, where, name, "target column", "drop those rows, or leave --missing at impute, which skips them")
+
+
 def not_finite(values: NDArray, dtype: np.dtype, where: str, name: str) -> DataError:
     """The error for a feature column that gave a non-finite value at ``dtype``: a finite value
     beyond the dtype's range (with the option that holds it), else NaN or infinity."""

@@ -14,6 +14,7 @@ from ..persist.model import Model, expit, write_tables
 from ..train.targets import merge_moments
 from ..sources import Source
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
+from ..sources.missing import skip_null_targets
 from ..sources.validate import check_target
 from ..pipeline.windows import Window, read_window, sample_weight_column
 from ..sources.encoding import Encoding
@@ -89,6 +90,9 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
     R² from weighted squared errors about the weighted mean. ``rows`` stays the row count.
     """
     _check_features(model, source)
+    if model.metadata.get("config", {}).get("missing", "impute") == "impute":
+        skip_null_targets(source)  # as training skipped them
+    skipped = int(getattr(source, "skipped_rows", 0))
     source, indexed = _with_labels(model, source)  # text labels: y holds class indices already
     rows, total, loss_sum, correct = 0, 0.0, 0.0, 0.0  # total: Σ w (the row count without weights)
     y_mean = y_m2 = sse = 0.0  # the target's variance, merged chunk by chunk, for R²
@@ -116,7 +120,7 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
         raise DataError(f"{source.url}: the data set has no rows")
     if total == 0:
         raise DataError(f"{source.url}: weight column {sample_weight_column(source)!r} is 0 in every row; choose another --weight")
-    out: dict[str, Any] = {"rows": rows, "loss": loss_sum / total}
+    out: dict[str, Any] = {"rows": rows, "skipped_rows": skipped, "loss": loss_sum / total}
     if model.is_classifier:
         out["accuracy"] = correct / total
     else:

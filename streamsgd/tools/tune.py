@@ -29,7 +29,7 @@ import numpy as np
 
 from .inference import evaluate
 from ..config import FitConfig
-from ..sources.missing import impute_nulls
+from ..sources.missing import impute_nulls, skip_null_targets
 from ..errors import UsageError
 from ..compute.codes import LOSSES, SOFTMAX
 from ..compute.losses import accumulate
@@ -233,6 +233,7 @@ def tune(
         raise UsageError(f"{source.url}: tuning needs a target column; set --target")
     _dense_only(source, validation)
     if config.missing == "impute":  # the training data's means, for a --validation set too
+        skip_null_targets(source, validation)
         impute_nulls(source, validation)
     train, validation = _holdout(source, validation, options.holdout, config.seed)
     N = n_rows(train)

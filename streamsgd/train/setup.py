@@ -26,7 +26,7 @@ from ..plan.rng import SPLIT, SPLIT_ROWS, stream
 from ..plan.shards import shard_chunks
 from ..plan.shuffle import iterations_per_epoch
 from ..sources import ParquetSource, Source, n_rows
-from ..sources.missing import impute_nulls
+from ..sources.missing import impute_nulls, skip_null_targets
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from ..sources.parquet import DECODE_FACTOR
 from ..sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
@@ -241,6 +241,8 @@ class Setup:
 
 def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str, NDArray] | None) -> Setup:
     """Check the run, cut and split the data, find the classes and build the starting state."""
+    if config.missing == "impute":
+        skip_null_targets(source)  # before the means: they are over the rows that train
     text = _check(source, config, warm)
     hashed.check(source, config, warm.init)
     hashed.encode(source, config)
@@ -276,7 +278,9 @@ def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str
 def _check(source: Source, config: FitConfig, warm: WarmStart) -> bool:
     """Refuse a run that cannot train; whether the target holds text labels."""
     if n_rows(source) == 0:
-        raise DataError(f"{source.url}: the data set has no rows")
+        skipped = getattr(source, "skipped_rows", 0)
+        raise DataError(f"{source.url}: the data set has no rows" if not skipped else
+                        f"{source.url}: all {skipped} rows have a null target {source.target!r}; fix --target")
     if source.target is None:
         raise DataError(f"{source.url}: training needs a target column; set --target")
     text = is_text_type(source.target_type)

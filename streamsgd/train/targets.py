@@ -22,7 +22,7 @@ from ..errors import DataError
 from ..compute.losses import moments
 from ..sources import Source
 from ..sources.cast import arrow_values
-from ..sources.validate import check_target, not_finite_target, refuse_nulls
+from ..sources.validate import check_target, not_finite_target, refuse_null_target
 
 SAMPLE_ROWS = 4096
 
@@ -50,7 +50,9 @@ def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.f
     target = _target_column(source)
 
     def one(c: int) -> float:
-        y = np.asarray(arrow_values(source.read_columns(c, [target]).column(0)), dtype=np.float64)
+        column = source.read_columns(c, [target]).column(0)
+        refuse_null_target(column, source.chunk_name(c), target)
+        y = np.asarray(arrow_values(column), dtype=np.float64)
         check_target(source, model, y, source.chunk_name(c))
         return float(y.mean()) if y.size else 0.0
 
@@ -95,7 +97,7 @@ def target_labels(source: Source, readers: int) -> tuple[NDArray, NDArray[np.int
 
     def one(c: int) -> tuple[NDArray, NDArray]:
         column = source.read_columns(c, [target]).column(0)
-        refuse_nulls(column, source.chunk_name(c), target)
+        refuse_null_target(column, source.chunk_name(c), target)
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         counted = pc.value_counts(column)

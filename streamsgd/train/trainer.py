@@ -87,6 +87,7 @@ def _summary(run: Run) -> dict[str, Any]:
         "epochs": t / schedule.ipe if not auto else int(st.rows_seen[0]) / schedule.N,
         "iterations_per_epoch": schedule.ipe if not auto else None,
         "rows_seen": int(st.rows_seen[0]),
+        "skipped_rows": int(getattr(run.setup.full_source, "skipped_rows", 0)),  # null targets
         "loss": run.epoch_loss,
         "lr": float(st.hyper[LR0]),
         "rows_per_second": (int(st.rows_seen[0]) - run.first_rows) / max(run.train_seconds, 1e-9),
