@@ -141,15 +141,20 @@ def test_data_without_nulls_gets_no_indicator(tmp_path):
     assert model.features == FEATURES and "missing" not in model.metadata
 
 
-def test_a_column_of_nulls_only_is_refused(tmp_path):
+def test_a_column_of_nulls_only_is_skipped_unless_named(tmp_path):
+    """A column null in every row (in every row group, by the footers) holds nothing to learn and
+    no mean: the default columns skip it with its reason; named in --features it is refused."""
     df = penguins()
     df["bill_depth_mm"] = None
     df["bill_depth_mm"] = df["bill_depth_mm"].astype("float64")
     path = tmp_path / "empty.parquet"
-    df.to_parquet(path, index=False)
+    df.to_parquet(path, index=False, row_group_size=100)
     source = open_source(str(path), target="y")
+    assert "bill_depth_mm" not in source.features and source.skipped["bill_depth_mm"] == "every value is null"
+    assert "bill_length_mm" in source.features  # null in 4 rows only
+    named = open_source(str(path), target="y", features=FEATURES)
     with pytest.raises(DataError, match="'bill_depth_mm' holds only nulls"):
-        impute_nulls(source)
+        impute_nulls(named)
 
 
 def test_tune_batch_imputes_as_fit_does(pandas_file):

@@ -262,6 +262,7 @@ class FooterFacts:
         self._value: dict[str, Any] = {}  # the one value seen so far
         self._constant = {n: True for n in self.names}
         self._sequence = {n: True for n in self.names}
+        self._empty = {n: True for n in self.names}  # every row null so far
         self._last_max: dict[str, Any] = {}
         self._live = set(self.names)
         self.rows = 0
@@ -282,6 +283,8 @@ class FooterFacts:
                 return
 
     def _chunk(self, name: str, stats: Any, rows: int) -> None:
+        self._empty[name] = bool(self._empty[name] and stats is not None and stats.has_null_count
+                                 and stats.null_count == rows)
         if stats is None or not stats.has_min_max:
             self._constant[name] = self._sequence[name] = False
         else:
@@ -295,12 +298,16 @@ class FooterFacts:
                 self._sequence[name] = (isinstance(low, int) and not isinstance(low, bool) and ascending
                                         and not stats.null_count and high - low + 1 == rows)
                 self._last_max[name] = high
-        if not (self._constant[name] or self._sequence[name]):
+        if not (self._constant[name] or self._sequence[name] or self._empty[name]):
             self._live.discard(name)
 
     def constant(self, name: str) -> tuple[bool, Any]:
         """(whether every row holds the same value, that value); never for one row, where every column is."""
         return bool(self._constant.get(name) and self.rows > 1), self._value.get(name)
+
+    def empty(self, name: str) -> bool:
+        """Whether every row of the column is null (the footers' null counts say so)."""
+        return bool(self._empty.get(name)) and self.rows > 0
 
     def sequence(self, name: str) -> bool:
         """Whether the column's values are distinct consecutive integers in row order (a row number)."""

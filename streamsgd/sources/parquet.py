@@ -219,6 +219,7 @@ class ParquetSource(SourceBase):
         #: memory of the parsed footers held while reading (the largest few): one file of
         #: 10^8 rows x 100 columns in 65,536-row groups holds 150 MB of them
         self.metadata_bytes = sum(sorted(parsed)[-FOOTERS_KEPT:])
+        self._leave_out_empty(set(features or ()))
         #: the row groups whose target may hold nulls, whose rows with a null target are left
         #: out (None: null targets are refused; :meth:`skip_null_targets`), and how many rows that is
         self._null_target_groups: set[tuple[int, int]] | None = None
@@ -230,6 +231,14 @@ class ParquetSource(SourceBase):
         self.indicated: list[str] = []
         if indicated:
             self.impute({}, indicated)
+
+    def _leave_out_empty(self, named: set[str]) -> None:
+        """Skip the feature columns the footers show null in every row (nothing to learn, no
+        mean to impute), unless named outright in ``features``, where they stay and are refused."""
+        empty = [n for n in [*self.features, *self.categorical] if n not in named and self.footer_facts.empty(n)]
+        self.features = [n for n in self.features if n not in empty]
+        self.categorical = [n for n in self.categorical if n not in empty]
+        self.skipped = {**self.skipped, **dict.fromkeys(empty, "every value is null")}
 
     def impute(self, means: Mapping[str, float], indicated: Sequence[str]) -> None:
         """Replace nulls of the columns in ``means`` by their mean and add an indicator feature
