@@ -1,5 +1,6 @@
-"""Text labels in a Parquet target column: softmax trains on their class indices, stores the
-labels, predicts them, and evaluate/predict read such files; other models refuse them."""
+"""Text labels in a Parquet target column: softmax, and a binary classifier given two labels,
+train on their class indices, store the labels, predict them, and evaluate/predict read such
+files; regressors refuse them."""
 
 from __future__ import annotations
 
@@ -88,11 +89,33 @@ def test_a_label_the_model_never_saw_is_refused_naming_file_column_and_value(tmp
         fit(open_source(other), FitConfig(model="softmax", epochs=1), warm=WarmStart(init=model))
 
 
+@pytest.mark.parametrize("model", ["logistic", "hinge", "modified_huber"])
+def test_two_text_labels_train_a_binary_classifier_exactly_as_codes_0_and_1(tmp_path, model):
+    """As scikit-learn orders them: the first label in sorted order is class 0. The model
+    keeps the labels, predict writes them, evaluate reads them; a third label is refused."""
+    X, index = rows(900)
+    binary = (index == 1).astype(np.int64)
+    words = np.array(["female", "male"])[binary]
+    text = write(tmp_path / "t.parquet", X, pa.array(words).dictionary_encode())
+    codes = write(tmp_path / "c.parquet", X, binary)
+    config = FitConfig(model=model, epochs=2, batch=32)
+    a, b = fit(open_source(text), config).model, fit(open_source(codes), config).model
+    np.testing.assert_array_equal(a.coef, b.coef)
+    assert a.intercept == b.intercept and a.classes.tolist() == ["female", "male"]
+    np.testing.assert_array_equal(a.predict(X), np.where(b.predict(X) == 1, "male", "female"))
+    from streamsgd.tools.inference import evaluate
+
+    assert evaluate(a, open_source(text))["accuracy"] == evaluate(b, open_source(codes))["accuracy"]
+    with pytest.raises(DataError, match=r"'y' holds 3 distinct label\(s\) \('cat', 'dog', 'eel'\); a logistic model "
+                                        r"needs two: train --model softmax"):
+        fit(open_source(write(tmp_path / "d.parquet", X, LABELS[index])), FitConfig(model="logistic", epochs=1))
+
+
 def test_models_that_need_numbers_refuse_text_labels(tmp_path):
     X, index = rows(300)
     data = write(tmp_path / "d.parquet", X, LABELS[index])
-    with pytest.raises(DataError, match=r"d\.parquet: column 'y' has type string, not a number; a logistic model"):
-        fit(open_source(data), FitConfig(model="logistic", epochs=1))
+    with pytest.raises(DataError, match=r"d\.parquet: column 'y' has type string, not a number; a linear model"):
+        fit(open_source(data), FitConfig(model="linear", epochs=1))
     binary = write(tmp_path / "b.parquet", X, (index == 1).astype(np.int64))
     logistic = fit(open_source(binary), FitConfig(model="logistic", epochs=1)).model
     from streamsgd.tools.inference import evaluate

@@ -49,10 +49,11 @@ def is_text_type(type_name: str | None) -> bool:
 
 
 def not_numeric_target(source: Any, model: str) -> DataError:
-    """The error for a text target given to a model that needs numbers (all but softmax)."""
+    """The error for a text target given to a model that needs numbers (the regressors)."""
     return DataError(
         f"{source.url}: column {source.target!r} has type {source.target_type}, not a number; a {model} model "
-        "needs a numeric target: fix --target, encode the column as numbers, or train --model softmax"
+        "needs a numeric target: fix --target, encode the column as numbers, or train a classifier (--model "
+        "logistic for two labels, softmax for more)"
     )
 
 

@@ -56,11 +56,12 @@ def _margins(model: Model, window: Window) -> NDArray[np.float64]:
 
 
 def _with_labels(model: Model, source: Source) -> tuple[Source, bool]:
-    """``source`` with a text target read as the model's class indices (softmax), and
-    whether it is; a model that needs numbers refuses text labels."""
+    """``source`` with a text target read as the model's class indices (softmax, or a binary
+    classifier trained on two text labels), and whether it is; other models refuse text labels."""
     if source.target is None or not is_text_type(source.target_type):
         return source, False
-    if model.model != "softmax":
+    if model.model != "softmax" and not (model.is_classifier and model.classes is not None
+                                         and np.asarray(model.classes).dtype.kind in "US"):
         raise not_numeric_target(source, model.model)
     return ClassIndexSource(source, np.asarray(model.classes_)), True
 

@@ -165,6 +165,24 @@ def softmax_classes(
     return fixed, full
 
 
+def binary_text_classes(source: Source, validation: Source | None, readers: int, model: str,
+                        init: Model | None) -> NDArray:
+    """A binary classifier's two text labels, sorted: the first is class 0 (margin <= 0), the
+    second class 1, as scikit-learn orders them (``female``/``male``: ``male`` is 1). An
+    ``--init`` model's own labels when it has them; a label outside them is then refused
+    as the rows are read."""
+    if init is not None and init.classes is not None:
+        return np.asarray(init.classes)
+    found, _ = target_labels(source, readers)
+    if validation is not None:
+        found = np.union1d(found, target_labels(validation, readers)[0])
+    if found.size != 2:
+        raise DataError(f"{source.url}: target column {source.target!r} holds {found.size} distinct label(s) "
+                        f"({_shown_all(found)}); a {model} model needs two: train --model softmax for more, or "
+                        "choose another --target")
+    return found
+
+
 def label_values(classes: NDArray, target_type: str | None) -> NDArray:
     """Softmax's labels as stored in the model: integers when the target column is, text as text."""
     if classes.dtype.kind in "US":

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from ..compute.codes import LOSSES, OPTIMIZERS, SCHEDULES
 from ..compute.loop import pack_spec
 from ..compute.mlp import layout, scratch_rows, state_bytes
-from ..config import FitConfig
+from ..config import LOSS_TASK, FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
 from ..pipeline.windows import HASHED_BYTES, WEIGHT_BYTES, hashed_columns, sample_weight_column
@@ -31,7 +31,7 @@ from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from ..sources.parquet import DECODE_FACTOR
 from ..sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
 from . import hashed
-from .classes import class_weights, softmax_classes
+from .classes import binary_text_classes, class_weights, softmax_classes
 from .inputs import WarmStart
 from .state import State
 from .stepsize import batch_rows, curvature_bound
@@ -232,6 +232,7 @@ class Setup:
     schedule: Schedule
     st: State
     init: Model | None
+    text_classes: NDArray | None = None  # a binary classifier's two text labels (class 0, class 1)
 
     @property
     def blocks(self) -> int:
@@ -264,6 +265,11 @@ def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str
         if text:  # the trainer sees each label's index
             source = ClassIndexSource(source, labels)
             validation = None if validation is None else ClassIndexSource(validation, labels)
+    text_classes = None
+    if text and config.model != "softmax":  # a binary classifier on two text labels: 0 and 1 by their order
+        text_classes = binary_text_classes(source, validation, plan.readers, config.model, warm.init)
+        source = ClassIndexSource(source, text_classes)
+        validation = None if validation is None else ClassIndexSource(validation, text_classes)
     strata = chunk_target_means(source, config.model, plan.readers)
     if validation is not None:  # its targets, read for val_loss, pass the same one check before training
         chunk_target_means(validation, config.model, plan.readers)
@@ -272,7 +278,7 @@ def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str
     if resume is not None:
         st.restore(resume)
     return Setup(config, full_source, source, validation, split, held_chunks, plan, labels, strata, schedule, st,
-                 warm.init)
+                 warm.init, text_classes)
 
 
 def _check(source: Source, config: FitConfig, warm: WarmStart) -> bool:
@@ -284,7 +290,7 @@ def _check(source: Source, config: FitConfig, warm: WarmStart) -> bool:
     if source.target is None:
         raise DataError(f"{source.url}: training needs a target column; set --target")
     text = is_text_type(source.target_type)
-    if text and config.model != "softmax":
+    if text and LOSS_TASK.get(config.model) != "classification" and config.model != "softmax":
         raise not_numeric_target(source, config.model)
     if warm.classes is not None and config.model != "softmax":
         raise UsageError(f"classes= fixes the classes of a softmax model; this run trains {config.model!r}: drop it")

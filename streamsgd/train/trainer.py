@@ -21,7 +21,7 @@ from .hashed import model_fields
 from .inputs import Checkpointing, FitResult, Hooks, WarmStart
 from .metrics import peak_rss_bytes
 from .run import Run
-from .setup import prepare, split_validation
+from .setup import Setup, prepare, split_validation
 from .shards import ShardedRun
 from .stepsize import raw_parameters
 
@@ -97,6 +97,12 @@ def _summary(run: Run) -> dict[str, Any]:
     }
 
 
+def _stored_classes(setup: Setup, target_type: str | None) -> NDArray | None:
+    """The labels the model keeps: softmax's classes, or a binary classifier's two text labels."""
+    labels = setup.labels if setup.labels is not None else setup.text_classes
+    return None if labels is None else label_values(labels, target_type)
+
+
 def _result(run: Run) -> FitResult:
     """The model in raw feature space, its metadata (options, data, lineage) and the summary."""
     setup, st, config = run.setup, run.st, run.config
@@ -136,5 +142,5 @@ def _result(run: Run) -> FitResult:
     metadata.update(encoding)
     model = Model(model=config.model, features=list(setup.source.features), target=full.target, coef=coef,
                   intercept=intercept, mean=st.mean, scale=st.scale, metadata=metadata,
-                  classes=None if setup.labels is None else label_values(setup.labels, target_type), hashed=weights)
+                  classes=_stored_classes(setup, target_type), hashed=weights)
     return FitResult(model, summary)
