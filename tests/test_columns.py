@@ -29,6 +29,7 @@ import pytest
 import streamsgd
 from streamsgd.errors import UsageError
 from streamsgd.sources.cast import arrow_values
+from streamsgd.sources.columns import numeric_kind
 
 from helpers import STREAMSGD, run_cli
 
@@ -262,6 +263,11 @@ def test_timestamp_units_zones_decimals_and_dictionaries_become_numbers():
                 [moment.replace(tzinfo=None)], pa.timestamp(unit))
             assert arrow_values(array)[0] == (1e9 if unit == "s" else 1e9 + 0.25), (unit, tz)
     assert arrow_values(pa.array([dt.date(1970, 1, 3)], pa.date32()))[0] == 2 * 86_400.0
+    noon = dt.time(12, 30, 15, 500000)  # 45,015.5 s after midnight
+    for kind in (pa.time32("s"), pa.time32("ms"), pa.time64("us"), pa.time64("ns")):
+        want = 45_015.0 if kind.unit == "s" else 45_015.5
+        assert arrow_values(pa.array([noon.replace(microsecond=0) if kind.unit == "s" else noon], kind))[0] == want
+    assert numeric_kind(pa.time64("us")) == "time"
     assert arrow_values(pa.array([dt.date(1970, 1, 3)], pa.date64()))[0] == 2 * 86_400.0
     assert arrow_values(pa.array([Decimal("-12.345")], pa.decimal128(9, 3)))[0] == -12.345
     assert arrow_values(pa.array([Decimal("7.5")], pa.decimal256(40, 1)))[0] == 7.5

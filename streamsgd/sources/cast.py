@@ -47,7 +47,7 @@ def arrow_values(array) -> NDArray:
     imports pandas on first use, which every process start would pay. The other numeric kinds a
     feature may have (``sources.columns.numeric_kind``) become numbers here: a dictionary
     its decoded values, a decimal float64, a date or timestamp float64 seconds since the
-    epoch (a timestamp with a time zone is stored in UTC, so the zone changes nothing),
+    epoch, a time of day float64 seconds since midnight (a timestamp with a time zone is stored in UTC, so the zone changes nothing),
     a boolean bools (the fill reads them as 0/1).
     """
     import pyarrow as pa
@@ -63,6 +63,8 @@ def arrow_values(array) -> NDArray:
         # date64 counts milliseconds; float64 seconds keep microseconds exact until year 2255
         ticks = arrow_values(array.cast(pa.int64()))
         return ticks / (_TICKS[t.unit] if pa.types.is_timestamp(t) else 1e3)
+    if pa.types.is_time(t):  # a time of day: seconds since midnight
+        return arrow_values(array.cast(pa.int64() if pa.types.is_time64(t) else pa.int32())) / _TICKS[t.unit]
     if pa.types.is_date32(t):
         return arrow_values(array.cast(pa.int32())) * SECONDS_PER_DAY
     dtype = _NUMPY.get(str(t))

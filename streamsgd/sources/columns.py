@@ -4,7 +4,8 @@ what the Parquet footers say about them (null counts, constant and id-like colum
 Without ``--features`` every column but the target is a candidate; ``--features`` and
 ``--exclude`` take names and globs (``fnmatch``, case-sensitive, expanded in the file's
 column order). A column is a numeric feature when Arrow stores it as a number, a boolean
-(0/1), a decimal (read as float64), a date or a timestamp (seconds since the epoch, UTC);
+(0/1), a decimal (read as float64), a date or a timestamp (seconds since the epoch, UTC), a time of
+day (seconds since midnight);
 it is a categorical feature (hashed, ``sources.hashing``) when it holds text (string,
 large_string, string_view, or a dictionary of them), or is an integer or boolean column
 named in ``--categorical``; anything else is skipped with a stated reason, and naming it
@@ -46,8 +47,9 @@ def is_glob(name: str) -> bool:
 def numeric_kind(t: Any) -> str | None:
     """How Arrow type ``t`` becomes a number, or None when it cannot be a numeric feature.
 
-    Returns "number", "boolean" (0/1), "decimal" (float64), or "date" / "timestamp"
-    (seconds since the epoch); a dictionary-encoded column counts as its values' type.
+    Returns "number", "boolean" (0/1), "decimal" (float64), "date" / "timestamp" (seconds
+    since the epoch) or "time" (of day: seconds since midnight); a dictionary-encoded column
+    counts as its values' type.
     """
     import pyarrow as pa
 
@@ -63,6 +65,8 @@ def numeric_kind(t: Any) -> str | None:
         return "date"
     if pa.types.is_timestamp(t):
         return "timestamp"
+    if pa.types.is_time(t):
+        return "time"
     return None
 
 
@@ -101,7 +105,7 @@ CATEGORICAL = "categorical"
 
 #: what a non-numeric kind of column is read as, for the report
 READ_AS = {"boolean": "0/1", "decimal": "float64", "date": "seconds since the epoch",
-           "timestamp": "seconds since the epoch"}
+           "timestamp": "seconds since the epoch", "time": "seconds since midnight"}
 
 
 def skip_reason(t: Any) -> str:
