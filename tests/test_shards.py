@@ -314,3 +314,85 @@ def test_hashed_shards_on_replaced_lanes_get_the_whole_table(hashed_data, sync):
     options = {"shards": 2, "lr": 0.3, "l2": 1e-3, **sync}
     _same_hashed(_hashed_fit(hashed_data, **options), _hashed_fit(hashed_data, hooks=Hooks(backend=_Replacing),
                                                                   **options))
+
+
+class _Kept(InProcess):
+    """The in-process backend, kept for a look at its lanes after the run."""
+
+    made: list[InProcess] = []
+
+    def __init__(self, job):
+        super().__init__(job)
+        _Kept.made.append(self)
+
+
+def _buffers(value):
+    """The distinct memory blocks (by base address) of an array, or of a tuple of arrays."""
+    arrays = value if isinstance(value, tuple) else (value,)
+    for array in arrays:
+        if isinstance(array, np.ndarray):
+            base = array if array.base is None else array.base
+            yield base.__array_interface__["data"][0], base.nbytes
+
+
+@pytest.mark.parametrize("sync", [{}, {"sync": "models", "sync_every": 3}])
+def test_a_shard_holds_one_hashed_state_which_its_share_of_the_plan_pays(hashed_data, sync):
+    """What a shard holds of the hashed table is one ``pack_hashed`` (its copy of u, or of the
+    tables, lives in the scratch's columns): exactly ``state_bytes``, which the plan charges
+    each shard's share of --memory-limit (before, a shard held 56 or 96 bytes a weight
+    against the 48 charged)."""
+    from streamsgd.compute.sparse import pack_hashed, state_bytes
+    from streamsgd.train.setup import table_bytes
+
+    bits = 14
+    assert sum(dict(_buffers(pack_hashed(bits))).values()) == state_bytes(bits) + 8 * 4  # + the 4 scalars
+    share = FitConfig(hash_bits=bits, memory_limit=32 << 20)
+    assert table_bytes(open_source(hashed_data, target="y"), share) == state_bytes(bits)
+    _Kept.made = []
+    _hashed_fit(hashed_data, hooks=Hooks(backend=_Kept), shards=2, hash_bits=bits, lr=0.3, l2=1e-3, **sync)
+    lanes = [lane for backend in _Kept.made for lane in backend.worker.lanes.values()]
+    assert len(lanes) == 2
+    for lane in lanes:
+        held = {}
+        for name, value in vars(lane).items():
+            if name != "order":  # the window's row order: the window plan's (ROW_OVERHEAD_BYTES)
+                held.update(_buffers(value))
+        assert state_bytes(bits) <= sum(held.values()) < state_bytes(bits) + (1 << 12)
+
+
+def test_hashed_shards_too_big_for_their_share_are_refused_naming_a_limit_that_works(hashed_data):
+    """4 shards of --hash-bits 16 (3 MiB of hashed state each) under 16 MiB: 4 MiB a shard,
+    less than twice its table: one line naming --hash-bits, --shards and a --memory-limit;
+    rerun at that limit, the run trains."""
+    import re
+
+    options = {"shards": 4, "hash_bits": 16, "epochs": 1}
+    with pytest.raises(UsageError) as refused:
+        _hashed_fit(hashed_data, memory_limit="16MiB", **options)
+    message = str(refused.value)
+    assert "\n" not in message and "--hash-bits 16 on --shards 4" in message and "lower --hash-bits to 15" in message
+    limit = re.search(r"raise --memory-limit to (\d+)MiB", message)
+    assert limit is not None and int(limit.group(1)) >= 4 * 2 * 3  # each share holds twice its table
+    assert _hashed_fit(hashed_data, memory_limit=f"{limit.group(1)}MiB", **options).model.hashed is not None
+
+
+def test_local_rounds_find_the_changed_entries_from_the_stamps(hashed_data, monkeypatch):
+    """A local round reports the entries stamped after its start, or all of them when u was
+    rescaled (wscale folded in: its scale (1 - 0.1)^t passes RENORMALIZE at update 66 of an
+    epoch's 88, inside a round; at the epoch's end the shards' scales differ and the driver folds);
+    the model is the one of shards that report every entry every round (of which the driver
+    keeps those whose bits moved, as a compare of the whole tables would), bit for bit."""
+    from streamsgd.compute.sparse import FOLDS, HF, HI, HW
+    from streamsgd.train.shards import TABLES, _Lane
+
+    options = {"shards": 2, "sync": "models", "sync_every": 5, "l2": 0.2, "lr": 0.5, "batch": 32}
+    _Kept.made = []
+    stamped = _hashed_fit(hashed_data, hooks=Hooks(backend=_Kept), **options)
+    assert all(lane.scratch[HI][FOLDS] > 0 for lane in _Kept.made[0].worker.lanes.values())  # u was rescaled
+
+    def everything(self, hashed, t, folds):
+        ids = np.arange(hashed[HW].size)
+        return ids, tuple(hashed[slot][ids] for slot in TABLES), hashed[HF].copy()
+
+    monkeypatch.setattr(_Lane, "_changes", everything)
+    _same_hashed(stamped, _hashed_fit(hashed_data, **options))

@@ -46,18 +46,31 @@ from .losses import loss_slope
 #: The hashed state tuple's slots: weights u, the batch's gradient sums, AdaGrad's sums of
 #: squares, the average's sums S (float64, 2**bits each); the stamp of each weight (the
 #: update whose batch last touched it) and the touched list (int64, 2**bits); the scalars
-#: (float64: WSCALE, AVG_B) and the counters (int64: N_TOUCHED).
+#: (float64: WSCALE, AVG_B) and the counters (int64: N_TOUCHED, and FOLDS, the times wscale
+#: was folded into every weight: a local-SGD round that folded changed all of them).
 N_HASHED = 8
 HW, HG, HSQ, HSUM, STAMP, TOUCHED, HF, HI = range(N_HASHED)
 N_HF = 2
 WSCALE, AVG_B = range(N_HF)
-N_HI = 1
-N_TOUCHED = 0
+N_HI = 2
+N_TOUCHED, FOLDS = range(N_HI)
+
+#: Columns of the (2**bits, SLAB_COLUMNS) slab: value, batch sum, stamp, AdaGrad sum.
+SLAB_COLUMNS = 4
+#: Bytes per weight of the hashed state (``pack_hashed``): the slab, the average's sums
+#: (float64) and the touched list (int64).
+WEIGHT_BYTES = (SLAB_COLUMNS + 2) * 8
 
 #: wscale below this is folded into the weights (O(2**bits), rare: every ~ln(1e3)/(η·l2) updates).
 #: Not scikit-learn's 1e-9: the average's sum S + B·u cancels terms of size 1/wscale, so
 #: a smaller wscale would cost the averaged weights that many digits.
 RENORMALIZE = 1e-3
+
+
+def state_bytes(bits: int) -> int:
+    """The memory ``pack_hashed(bits)`` allocates per weight, times 2**bits (its few scalars
+    aside): what the memory plan charges for each holder of a hashed state (a run, a shard)."""
+    return WEIGHT_BYTES << bits
 
 
 def pack_hashed(bits: int) -> tuple[NDArray, ...]:
@@ -71,7 +84,7 @@ def pack_hashed(bits: int) -> tuple[NDArray, ...]:
     n = 1 << bits
     hf = np.zeros(N_HF)
     hf[WSCALE] = 1.0
-    slab = np.zeros((n, 4))
+    slab = np.zeros((n, SLAB_COLUMNS))
     return (slab[:, 0], slab[:, 1], slab[:, 3], np.zeros(n), slab.view(np.int64)[:, 2], np.zeros(n, np.int64), hf,
             np.zeros(N_HI, np.int64))
 
@@ -138,6 +151,7 @@ def _renormalize(hashed):
         hw[j] *= c
     hf[WSCALE] = 1.0
     hf[AVG_B] = 0.0
+    hashed[HI][FOLDS] += 1
 
 
 @njit(nogil=True, cache=True)
