@@ -253,3 +253,62 @@ def add_hashed_sums(hashed, idx, values, stamp):
             n_touched += 1
         hg[h] += values[m]
     hi[N_TOUCHED] = n_touched
+
+
+@njit(nogil=True, cache=True)
+def _union(ids):
+    """The distinct values of ``ids``, ascending."""
+    order = np.sort(ids)
+    union = np.empty(order.shape[0], np.int64)
+    u = 0
+    for m in range(order.shape[0]):
+        if u == 0 or order[m] != union[u - 1]:
+            union[u] = order[m]
+            u += 1
+    return union[:u]
+
+
+@njit(nogil=True, cache=True)
+def _average_table(table, bits, ids, offsets, values, value_bits, weights, union, acc, moved):
+    """One table's entries ``union`` averaged over the shards (see ``average_entries``) into
+    ``acc``; ``moved`` marks those a shard changed (bits other than the table's)."""
+    for k in range(weights.shape[0]):
+        p, end, w = offsets[k], offsets[k + 1], weights[k]
+        for q in range(union.shape[0]):
+            h = union[q]
+            if p < end and ids[p] == h:
+                c = values[p]
+                if value_bits[p] != bits[h]:
+                    moved[q] = True
+                p += 1
+            else:
+                c = table[h]  # the round's start where this shard changed nothing
+            if k == 0:
+                acc[q] = c * w
+            else:
+                acc[q] = acc[q] + c * w
+
+
+@njit(nogil=True, cache=True)
+def average_entries(hw, hw_bits, hsq, hsq_bits, hsum, hsum_bits, ids, offsets, values, value_bits, weights):
+    """Local SGD's merge of the hashed tables, O(entries reported): shard k reported the
+    entries ``ids[offsets[k]:offsets[k+1]]`` (ascending) with their values in each table
+    (``values[i]``, i = u, AdaGrad's sums, the average's sums; ``*_bits`` the same arrays
+    as int64). Every entry some shard changed becomes Σ_k w_k·c_k in shard order, c_k the
+    shard's value or, where it reported none, the table's (the round's start); entries whose
+    reports all carry the table's bits keep them. Returns the changed entries, ascending."""
+    union = _union(ids)
+    u = union.shape[0]
+    moved = np.zeros(u, np.bool_)
+    acc_w, acc_sq, acc_sum = np.empty(u), np.empty(u), np.empty(u)
+    _average_table(hw, hw_bits, ids, offsets, values[0], value_bits[0], weights, union, acc_w, moved)
+    _average_table(hsq, hsq_bits, ids, offsets, values[1], value_bits[1], weights, union, acc_sq, moved)
+    _average_table(hsum, hsum_bits, ids, offsets, values[2], value_bits[2], weights, union, acc_sum, moved)
+    m = 0
+    for q in range(u):
+        if moved[q]:
+            h = union[q]
+            hw[h], hsq[h], hsum[h] = acc_w[q], acc_sq[q], acc_sum[q]
+            union[m] = h
+            m += 1
+    return union[:m].copy()

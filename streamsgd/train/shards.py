@@ -37,7 +37,7 @@ from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH
                             N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params,
                             train_rows)
 from ..compute.sparse import (AVG_B, FOLDS, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_hashed_sums,
-                              fill_batch_hashed, finish_batch_hashed, pack_hashed, train_rows_hashed)
+                              average_entries, fill_batch_hashed, finish_batch_hashed, pack_hashed, train_rows_hashed)
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
@@ -687,11 +687,11 @@ def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, in
     changed: the others stay as they were. The weights are wscale·u: shards with the same
     scalars (wscale, the average's B) average u as it is (one shard's × 1.0: exactly);
     otherwise each shard's tables are folded first (wscale into u, B·u into the sums), which
-    changes every entry. A shard reports every entry its round touched; those whose bits did
-    not move are dropped first, so entries no shard changed keep their bits. Returns the ids
-    changed, or None when all may have."""
+    changes every entry. A shard reports every entry its round touched (ascending); where
+    every report carries the start's bits the entry keeps them (``compute.sparse.
+    average_entries``). Returns the ids changed, or None when all may have."""
     tables = [hashed[slot] for slot in TABLES]
-    changes = [_moved(tables, change) for change, _ in parts]
+    changes = [change for change, _ in parts]
     weights = [n / rows for _, n in parts]
     if any(not np.array_equal(change[2], changes[0][2]) for change in changes[1:]):
         folded_tables = []
@@ -706,27 +706,14 @@ def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, in
                 table += shard[i] * w
         hashed[HF][...] = folded_tables[0][-1]
         return None
-    union = np.unique(np.concatenate([change[0] for change in changes]))
-    for i, table in enumerate(tables):
-        merged: NDArray | None = None
-        for (ids, values, _), w in zip(changes, weights):
-            column = table[union]  # the round's start where this shard changed nothing
-            column[np.searchsorted(union, ids)] = values[i]
-            merged = column * w if merged is None else merged + column * w
-        table[union] = merged
+    ids = np.concatenate([change[0] for change in changes])
+    offsets = np.cumsum([0] + [change[0].size for change in changes])
+    stacked = np.concatenate([np.stack(change[1]) for change in changes], axis=1)
+    bits = [table.view(np.int64) for table in tables]
+    union = average_entries(tables[0], bits[0], tables[1], bits[1], tables[2], bits[2], ids, offsets, stacked,
+                            stacked.view(np.int64), np.array(weights))
     hashed[HF][...] = changes[0][2]
     return union
-
-
-def _moved(tables: list[NDArray], change: TablesChange) -> TablesChange:
-    """``change`` less the entries whose bits equal the round's start (``tables``) in every table."""
-    ids, values, scalars = change
-    keep = np.zeros(ids.size, dtype=bool)
-    for table, new in zip(tables, values):
-        keep |= table[ids].view(np.int64) != new.view(np.int64)
-    if keep.all():
-        return change
-    return ids[keep], tuple(new[keep] for new in values), scalars
 
 
 def _folded(u: NDArray, sq: NDArray, total: NDArray, scalars: NDArray) -> tuple[NDArray, ...]:
