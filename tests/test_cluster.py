@@ -130,12 +130,35 @@ def test_hashed_categorical_columns_train_on_the_cluster(scheduler, tmp_path):
 
 
 def test_workers_too_small_for_their_shards_are_refused_in_one_line(data, scheduler, tmp_path):
-    """Each worker may use 3 GiB; two shards of an 8 GiB --memory-limit need 4 GiB each."""
+    """Each worker may use 3 GiB; two shards of an 8 GiB --memory-limit need 4 GiB each: the
+    refusal names a --memory-limit whose shares fit, and the run at it trains."""
+    import re
+
     outcome = invoke(["fit", data, *OPTIONS, "--memory-limit", "8GiB", "--scheduler-file", scheduler,
                       "-o", str(tmp_path / "m.npz")])
     assert outcome.code == 2, outcome.report()
     assert "memory limit of 3072 MiB" in outcome.stderr and "4096 MiB" in outcome.stderr
     assert not (tmp_path / "m.npz").exists()
+    limit = re.search(r"lower --memory-limit to (\d+)MiB", outcome.stderr)
+    assert limit is not None and int(limit.group(1)) == 6144
+    rerun = invoke(["fit", data, *OPTIONS, "--memory-limit", f"{limit.group(1)}MiB", "--scheduler-file", scheduler,
+                    "-o", str(tmp_path / "m.npz")])
+    assert rerun.code == 0, rerun.report()
+
+
+def test_a_refused_worker_is_told_its_hashed_table_and_the_workers_that_fit():
+    """8 shards of 256 MiB (48 MiB of it each shard's copy of a 2^20 hashed table) on workers of
+    600 MiB: two shards fit a worker, so 4 workers hold the 8 (the model stays the same)."""
+    from types import SimpleNamespace
+
+    from streamsgd.integrations.dask import DaskBackend
+
+    backend = DaskBackend.__new__(DaskBackend)  # its message alone: no cluster
+    backend.job = SimpleNamespace(shard_memory=256 << 20, hash_bits=20, shards=8)
+    message = backend._too_small("tcp://w", 600 << 20, 4, 600 << 20)
+    assert "\n" not in message and "its 4 shard(s) need 1024 MiB" in message
+    assert "48 MiB its copy of the hashed table (--hash-bits 20)" in message
+    assert "--workers 4" in message and "lower --memory-limit to 1200MiB" in message
 
 
 def test_one_shard_on_two_embedded_workers_equals_the_plain_run(data, tmp_path):

@@ -314,3 +314,129 @@ def test_hashed_shards_on_replaced_lanes_get_the_whole_table(hashed_data, sync):
     options = {"shards": 2, "lr": 0.3, "l2": 1e-3, **sync}
     _same_hashed(_hashed_fit(hashed_data, **options), _hashed_fit(hashed_data, hooks=Hooks(backend=_Replacing),
                                                                   **options))
+
+
+class _Kept(InProcess):
+    """The in-process backend, kept for a look at its lanes after the run."""
+
+    made: list[InProcess] = []
+
+    def __init__(self, job):
+        super().__init__(job)
+        _Kept.made.append(self)
+
+
+def _buffers(value):
+    """The distinct memory blocks (by base address) of an array, or of a tuple of arrays."""
+    arrays = value if isinstance(value, tuple) else (value,)
+    for array in arrays:
+        if isinstance(array, np.ndarray):
+            base = array if array.base is None else array.base
+            yield base.__array_interface__["data"][0], base.nbytes
+
+
+@pytest.mark.parametrize("sync", [{}, {"sync": "models", "sync_every": 3}])
+def test_a_shard_holds_one_hashed_state_which_its_share_of_the_plan_pays(hashed_data, sync):
+    """What a shard holds of the hashed table is one ``pack_hashed`` (its copy of u, or of the
+    tables, lives in the scratch's columns): exactly ``state_bytes``, which the plan charges
+    each shard's share of --memory-limit (before, a shard held 56 or 96 bytes a weight
+    against the 48 charged)."""
+    from streamsgd.compute.sparse import pack_hashed, state_bytes
+    from streamsgd.train.setup import table_bytes
+
+    bits = 14
+    assert sum(dict(_buffers(pack_hashed(bits))).values()) == state_bytes(bits) + 8 * 4  # + the 4 scalars
+    share = FitConfig(hash_bits=bits, memory_limit=32 << 20)
+    assert table_bytes(open_source(hashed_data, target="y"), share) == state_bytes(bits)
+    _Kept.made = []
+    _hashed_fit(hashed_data, hooks=Hooks(backend=_Kept), shards=2, hash_bits=bits, lr=0.3, l2=1e-3, **sync)
+    lanes = [lane for backend in _Kept.made for lane in backend.worker.lanes.values()]
+    assert len(lanes) == 2
+    for lane in lanes:
+        held = {}
+        for name, value in vars(lane).items():
+            if name != "order":  # the window's row order: the window plan's (ROW_OVERHEAD_BYTES)
+                held.update(_buffers(value))
+        assert state_bytes(bits) <= sum(held.values()) < state_bytes(bits) + (1 << 12)
+
+
+def test_hashed_shards_too_big_for_their_share_are_refused_naming_a_limit_that_works(hashed_data):
+    """4 shards of --hash-bits 16 (3 MiB of hashed state each) under 16 MiB: 4 MiB a shard,
+    less than twice its table: one line naming --hash-bits, --shards and a --memory-limit;
+    rerun at that limit, the run trains."""
+    import re
+
+    options = {"shards": 4, "hash_bits": 16, "epochs": 1}
+    with pytest.raises(UsageError) as refused:
+        _hashed_fit(hashed_data, memory_limit="16MiB", **options)
+    message = str(refused.value)
+    assert "\n" not in message and "--hash-bits 16 on --shards 4" in message and "lower --hash-bits to 15" in message
+    limit = re.search(r"raise --memory-limit to (\d+)MiB", message)
+    assert limit is not None and int(limit.group(1)) >= 4 * 2 * 3  # each share holds twice its table
+    assert _hashed_fit(hashed_data, memory_limit=f"{limit.group(1)}MiB", **options).model.hashed is not None
+
+
+def test_local_rounds_find_the_changed_entries_from_the_stamps(hashed_data, monkeypatch):
+    """A local round reports the entries stamped after its start, or all of them when u was
+    rescaled (wscale folded in: its scale (1 - 0.1)^t passes RENORMALIZE at update 66 of an
+    epoch's 88, inside a round; at the epoch's end the shards' scales differ and the driver folds);
+    the model is the one of shards that report every entry every round (of which the driver
+    keeps those whose bits moved, as a compare of the whole tables would), bit for bit."""
+    from streamsgd.compute.sparse import FOLDS, HF, HI, HW
+    from streamsgd.train.shards import TABLES, _Lane
+
+    options = {"shards": 2, "sync": "models", "sync_every": 5, "l2": 0.2, "lr": 0.5, "batch": 32}
+    _Kept.made = []
+    stamped = _hashed_fit(hashed_data, hooks=Hooks(backend=_Kept), **options)
+    assert all(lane.scratch[HI][FOLDS] > 0 for lane in _Kept.made[0].worker.lanes.values())  # u was rescaled
+
+    def everything(self, hashed, t, folds):
+        ids = np.arange(hashed[HW].size)
+        return ids, tuple(hashed[slot][ids] for slot in TABLES), hashed[HF].copy()
+
+    monkeypatch.setattr(_Lane, "_changes", everything)
+    _same_hashed(stamped, _hashed_fit(hashed_data, **options))
+
+
+def test_the_tables_merge_is_numpys_average_of_the_changed_entries_bit_for_bit():
+    """``merge_hashed``'s compiled merge against the NumPy one it replaced (the entries some
+    shard changed, each Σ_k w_k·c_k in shard order, c_k the shard's value or the start's),
+    given reports that also hold entries whose bits did not move (kept as they were; +0.0 to
+    -0.0 is a change): 200 random draws of 1-5 shards, values from 1e-8 to 1e8."""
+    from streamsgd.compute.sparse import HF, HSQ, HSUM, HW, pack_hashed
+    from streamsgd.train.shards import merge_hashed
+
+    rng = np.random.default_rng(0)
+    slots = (HW, HSQ, HSUM)
+    for _ in range(200):
+        bits, shards = int(rng.integers(3, 11)), int(rng.integers(1, 6))
+        hashed = pack_hashed(bits)
+        for slot in slots:
+            hashed[slot][:] = rng.normal(size=1 << bits) * rng.choice([1.0, 1e-8, 1e8])
+        hashed[HW][0] = -0.0
+        rows = rng.integers(1, 700, shards)
+        parts, moved_parts = [], []
+        for n in rows:
+            ids = np.sort(rng.choice(1 << bits, int(rng.integers(0, 1 << bits)), replace=False))
+            values = tuple(hashed[slot][ids].copy() for slot in slots)
+            for v in values:
+                change = rng.random(ids.size) < 0.6
+                v[change] = rng.normal(size=int(change.sum()))
+            values[0][ids == 0] = 0.0
+            moved = np.zeros(ids.size, dtype=bool)
+            for slot, v in zip(slots, values):
+                moved |= hashed[slot][ids].view(np.int64) != v.view(np.int64)
+            parts.append(((ids, values, hashed[HF].copy()), int(n)))
+            moved_parts.append((ids[moved], tuple(v[moved] for v in values)))
+        expected = [hashed[slot].copy() for slot in slots]
+        union = np.unique(np.concatenate([ids for ids, _ in moved_parts]))
+        for i, table in enumerate(expected):
+            merged = None
+            for (ids, values), n in zip(moved_parts, rows):
+                column = table[union]
+                column[np.searchsorted(union, ids)] = values[i]
+                merged = column * (n / rows.sum()) if merged is None else merged + column * (n / rows.sum())
+            table[union] = merged
+        assert np.array_equal(merge_hashed(hashed, parts, int(rows.sum())), union)
+        for slot, table in zip(slots, expected):
+            assert np.array_equal(hashed[slot].view(np.int64), table.view(np.int64))

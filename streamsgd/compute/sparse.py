@@ -46,18 +46,31 @@ from .losses import loss_slope
 #: The hashed state tuple's slots: weights u, the batch's gradient sums, AdaGrad's sums of
 #: squares, the average's sums S (float64, 2**bits each); the stamp of each weight (the
 #: update whose batch last touched it) and the touched list (int64, 2**bits); the scalars
-#: (float64: WSCALE, AVG_B) and the counters (int64: N_TOUCHED).
+#: (float64: WSCALE, AVG_B) and the counters (int64: N_TOUCHED, and FOLDS, the times wscale
+#: was folded into every weight: a local-SGD round that folded changed all of them).
 N_HASHED = 8
 HW, HG, HSQ, HSUM, STAMP, TOUCHED, HF, HI = range(N_HASHED)
 N_HF = 2
 WSCALE, AVG_B = range(N_HF)
-N_HI = 1
-N_TOUCHED = 0
+N_HI = 2
+N_TOUCHED, FOLDS = range(N_HI)
+
+#: Columns of the (2**bits, SLAB_COLUMNS) slab: value, batch sum, stamp, AdaGrad sum.
+SLAB_COLUMNS = 4
+#: Bytes per weight of the hashed state (``pack_hashed``): the slab, the average's sums
+#: (float64) and the touched list (int64).
+WEIGHT_BYTES = (SLAB_COLUMNS + 2) * 8
 
 #: wscale below this is folded into the weights (O(2**bits), rare: every ~ln(1e3)/(η·l2) updates).
 #: Not scikit-learn's 1e-9: the average's sum S + B·u cancels terms of size 1/wscale, so
 #: a smaller wscale would cost the averaged weights that many digits.
 RENORMALIZE = 1e-3
+
+
+def state_bytes(bits: int) -> int:
+    """The memory ``pack_hashed(bits)`` allocates per weight, times 2**bits (its few scalars
+    aside): what the memory plan charges for each holder of a hashed state (a run, a shard)."""
+    return WEIGHT_BYTES << bits
 
 
 def pack_hashed(bits: int) -> tuple[NDArray, ...]:
@@ -71,7 +84,7 @@ def pack_hashed(bits: int) -> tuple[NDArray, ...]:
     n = 1 << bits
     hf = np.zeros(N_HF)
     hf[WSCALE] = 1.0
-    slab = np.zeros((n, 4))
+    slab = np.zeros((n, SLAB_COLUMNS))
     return (slab[:, 0], slab[:, 1], slab[:, 3], np.zeros(n), slab.view(np.int64)[:, 2], np.zeros(n, np.int64), hf,
             np.zeros(N_HI, np.int64))
 
@@ -138,6 +151,7 @@ def _renormalize(hashed):
         hw[j] *= c
     hf[WSCALE] = 1.0
     hf[AVG_B] = 0.0
+    hashed[HI][FOLDS] += 1
 
 
 @njit(nogil=True, cache=True)
@@ -239,3 +253,62 @@ def add_hashed_sums(hashed, idx, values, stamp):
             n_touched += 1
         hg[h] += values[m]
     hi[N_TOUCHED] = n_touched
+
+
+@njit(nogil=True, cache=True)
+def _union(ids):
+    """The distinct values of ``ids``, ascending."""
+    order = np.sort(ids)
+    union = np.empty(order.shape[0], np.int64)
+    u = 0
+    for m in range(order.shape[0]):
+        if u == 0 or order[m] != union[u - 1]:
+            union[u] = order[m]
+            u += 1
+    return union[:u]
+
+
+@njit(nogil=True, cache=True)
+def _average_table(table, bits, ids, offsets, values, value_bits, weights, union, acc, moved):
+    """One table's entries ``union`` averaged over the shards (see ``average_entries``) into
+    ``acc``; ``moved`` marks those a shard changed (bits other than the table's)."""
+    for k in range(weights.shape[0]):
+        p, end, w = offsets[k], offsets[k + 1], weights[k]
+        for q in range(union.shape[0]):
+            h = union[q]
+            if p < end and ids[p] == h:
+                c = values[p]
+                if value_bits[p] != bits[h]:
+                    moved[q] = True
+                p += 1
+            else:
+                c = table[h]  # the round's start where this shard changed nothing
+            if k == 0:
+                acc[q] = c * w
+            else:
+                acc[q] = acc[q] + c * w
+
+
+@njit(nogil=True, cache=True)
+def average_entries(hw, hw_bits, hsq, hsq_bits, hsum, hsum_bits, ids, offsets, values, value_bits, weights):
+    """Local SGD's merge of the hashed tables, O(entries reported): shard k reported the
+    entries ``ids[offsets[k]:offsets[k+1]]`` (ascending) with their values in each table
+    (``values[i]``, i = u, AdaGrad's sums, the average's sums; ``*_bits`` the same arrays
+    as int64). Every entry some shard changed becomes Σ_k w_k·c_k in shard order, c_k the
+    shard's value or, where it reported none, the table's (the round's start); entries whose
+    reports all carry the table's bits keep them. Returns the changed entries, ascending."""
+    union = _union(ids)
+    u = union.shape[0]
+    moved = np.zeros(u, np.bool_)
+    acc_w, acc_sq, acc_sum = np.empty(u), np.empty(u), np.empty(u)
+    _average_table(hw, hw_bits, ids, offsets, values[0], value_bits[0], weights, union, acc_w, moved)
+    _average_table(hsq, hsq_bits, ids, offsets, values[1], value_bits[1], weights, union, acc_sq, moved)
+    _average_table(hsum, hsum_bits, ids, offsets, values[2], value_bits[2], weights, union, acc_sum, moved)
+    m = 0
+    for q in range(u):
+        if moved[q]:
+            h = union[q]
+            hw[h], hsq[h], hsum[h] = acc_w[q], acc_sq[q], acc_sum[q]
+            union[m] = h
+            m += 1
+    return union[:m].copy()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compute.sparse import state_bytes
 from ..config import FitConfig
 from ..errors import SourceError, StreamSGDError, UsageError
 from ..train.shards import ShardJob, ShardWorker
@@ -170,17 +172,34 @@ class DaskBackend:
         self._futures = futures  # the actors live while their futures do
 
     def _check_memory(self, hosts: list[tuple[str, list[int]]]) -> None:
-        """Refuse workers whose Dask memory limit cannot hold their shards' windows and readers
-        (the plan gives each shard memory_limit // S; shrinking a window would change the model)."""
+        """Refuse workers whose Dask memory limit cannot hold their shards: each shard's windows,
+        readers and hashed state (its copy of the table, ``compute.sparse.state_bytes``) within
+        memory_limit // S, as the plan gave them (shrinking a window would change the model)."""
         limits = {address: info.get("memory_limit") or 0
                   for address, info in self.client.scheduler_info()["workers"].items()}
         for address, shards in hosts:
             need = len(shards) * self.job.shard_memory
             if 0 < limits.get(address, 0) < need:
-                raise UsageError(
-                    f"the Dask worker {address} has a memory limit of {limits[address] / 2**20:.0f} MiB; its "
-                    f"{len(shards)} shard(s) need {need / 2**20:.0f} MiB (--memory-limit / --shards each): give the "
-                    "workers more memory or add workers (the model stays the same)")
+                raise UsageError(self._too_small(address, limits[address], len(shards), min(limits.values())))
+
+    def _too_small(self, address: str, limit: int, hosted: int, smallest: int) -> str:
+        """The one-line refusal of a worker holding ``hosted`` shards under ``limit`` bytes: what
+        they need, and what works instead (``smallest``: the least limit of any worker)."""
+        job, mib = self.job, 2**20
+        share, need = job.shard_memory, hosted * job.shard_memory
+        hashed = state_bytes(job.hash_bits) if job.hash_bits else 0
+        table = f", of which {hashed / mib:.0f} MiB its copy of the hashed table (--hash-bits {job.hash_bits})" \
+            if hashed else ""
+        fixes = [f"give the workers at least {math.ceil(need / mib)} MiB"]
+        if smallest >= share:  # each worker holds smallest // share shards
+            workers = -(-job.shards // (smallest // share))
+            fixes.append(f"use {workers} workers (--workers {workers}; the model stays the same)")
+        lower = smallest // hosted * job.shards  # the --memory-limit whose shares fit as placed now
+        if lower // job.shards >= 2 * hashed:
+            fixes.append(f"lower --memory-limit to {lower // mib}MiB (the windows, so the model, change)")
+        return (f"the Dask worker {address} has a memory limit of {limit / mib:.0f} MiB; its {hosted} shard(s) need "
+                f"{need / mib:.0f} MiB (--memory-limit / --shards = {share / mib:.0f} MiB each{table}): "
+                + ", or ".join(fixes))
 
     def ask(self, method: str, *args: Any) -> list[Any]:
         """Every shard's answer to ``ShardWorker.method(*args)`` (a round), in shard order; a

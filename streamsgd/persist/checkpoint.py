@@ -238,7 +238,7 @@ class CheckpointStore:
         who = "a newer" if isinstance(written, int) and written > FORMAT_VERSION else "an older"
         raise ModelFileError(
             f"{self.path(step)}: written by {who} streamsgd (checkpoint format {written}, this version's is "
-            f"{FORMAT_VERSION}), whose shuffle plans and random streams differ; start the run over (delete the checkpoints in "
+            f"{FORMAT_VERSION}), whose shuffle plans, random streams or checkpointed state differ; start the run over (delete the checkpoints in "
             f"{self.url}) or resume with the streamsgd version that wrote it"
         )
 

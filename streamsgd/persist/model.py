@@ -32,10 +32,12 @@ if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
 #: The format of model files and checkpoints. 2: the random streams are tagged
 #: (``plan.rng``), so a run draws other chunk orders, windows and splits than under 1. 3:
 #: epoch 0's first window is cut into a ramp of smaller windows (``plan.shuffle.ramp_up``),
-#: so a run's first epoch visits its rows in another order than under 2. A checkpoint of
-#: another format cannot be resumed (``persist.checkpoint``); a model file of format 1 or 2
-#: has the same arrays and metadata, so it still loads and predicts.
-FORMAT_VERSION = 3
+#: so a run's first epoch visits its rows in another order than under 2. 4: the hashed
+#: state's counters (``compute.sparse``, checkpointed as ``hi``) also count the folds of
+#: wscale into the table. A checkpoint of another format cannot be resumed
+#: (``persist.checkpoint``); a model file of format 1 to 3 has the same arrays and metadata,
+#: so it still loads and predicts.
+FORMAT_VERSION = 4
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
 
 #: Trainer models that predict a class label (the others predict a number).

@@ -29,16 +29,6 @@ WINDOW_SHARE = 2 / 3
 #: of the label and finite checks made on every window.
 ROW_OVERHEAD_BYTES = 8 + 4
 
-#: Bytes per hashed weight of a run with categorical columns (compute.sparse): the weights,
-#: the batch's gradient sums, AdaGrad's sums of squares and the average's sums (float64),
-#: the stamp and the touched list that deduplicate a batch's indices (int64).
-HASHED_WEIGHT_BYTES = 6 * 8
-
-
-def hashed_state_bytes(bits: int, columns: int) -> int:
-    """Memory of the hashed weight table and its optimizer state: 0 without categorical columns."""
-    return HASHED_WEIGHT_BYTES << bits if columns else 0
-
 
 class Layout(Protocol):
     """What the memory plan reads of a source: its metadata, never its rows."""
@@ -81,7 +71,7 @@ class MemoryPlan:
     @classmethod
     def solve(cls, layout: Layout, config: FitConfig, row_bytes: int, fixed_bytes: int = 0) -> "MemoryPlan | None":
         """The plan, or None when the limit cannot pay for one reader and the windows;
-        ``fixed_bytes`` (the hashed weight table) is paid first."""
+        ``fixed_bytes`` (the model's state: the hashed table, ``compute.sparse.state_bytes``) is paid first."""
         limit = data_limit(layout, config.memory_limit) - fixed_bytes
         buffer_bytes = int(limit * WINDOW_SHARE)
         decode = max(layout.chunk_bytes, default=0)

@@ -16,12 +16,14 @@ from numpy.typing import NDArray
 
 from ..compute.codes import LOSSES, OPTIMIZERS, SCHEDULES
 from ..compute.loop import pack_spec
-from ..compute.mlp import layout, scratch_rows, state_bytes
+from ..compute.mlp import layout, scratch_rows
+from ..compute.mlp import state_bytes as network_bytes
+from ..compute.sparse import state_bytes
 from ..config import LOSS_TASK, FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
 from ..pipeline.windows import HASHED_BYTES, WEIGHT_BYTES, hashed_columns, sample_weight_column
-from ..plan.memory import MemoryPlan, data_limit, hashed_state_bytes, row_bytes, window_rows_cap
+from ..plan.memory import MemoryPlan, data_limit, row_bytes, window_rows_cap
 from ..plan.rng import SPLIT, SPLIT_ROWS, stream
 from ..plan.shards import shard_chunks
 from ..plan.shuffle import iterations_per_epoch
@@ -52,27 +54,41 @@ def source_row_bytes(source: Source, config: FitConfig) -> int:
     return row_bytes(len(source.features), config.dtype, extra)
 
 
-def table_bytes(source: Source, config: FitConfig) -> int:
-    """The hashed weight table's memory (0 without categorical columns); refused, naming
-    --hash-bits, when it would take more than half of --memory-limit."""
-    need = hashed_state_bytes(config.hash_bits, hashed_columns(source))
-    if need > config.memory_limit // 2:
+def table_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool = True) -> int:
+    """The hashed weight table's memory (0 without categorical columns): ``compute.sparse.
+    state_bytes``, what ``pack_hashed`` allocates, held once by a run and once by each of its
+    shards (their copy of the weights or tables lives in it). ``config`` is one holder's (a
+    shard's share of --memory-limit); more than half of it is refused in one line naming
+    --hash-bits, --shards and a --memory-limit that plans (``advise``; else no limit is named)."""
+    need = state_bytes(config.hash_bits) if hashed_columns(source) else 0
+    if need <= config.memory_limit // 2:
+        return need
+    bits = config.hash_bits
+    while bits > 0 and state_bytes(bits) > config.memory_limit // 2:
+        bits -= 1
+    limit = "raise --memory-limit"
+    if advise:
+        limit = _working_limit(source, replace(config, memory_limit=config.memory_limit * shards), shards)
+    if shards == 1:
         raise UsageError(f"--hash-bits {config.hash_bits}: the hashed weights and their optimizer state take "
-                         f"{need / 2**20:,.0f} MiB, more than half of --memory-limit; lower --hash-bits or raise "
-                         "--memory-limit")
-    return need
+                         f"{need / 2**20:,.0f} MiB, more than half of --memory-limit; lower --hash-bits to {bits} or "
+                         f"{limit}")
+    raise UsageError(f"--hash-bits {config.hash_bits} on --shards {shards}: each shard holds its own copy of the hashed "
+                     f"weights and their optimizer state, {need / 2**20:,.0f} MiB, more than half of its share of "
+                     f"--memory-limit ({config.memory_limit / 2**20:,.0f} MiB, --memory-limit / --shards); lower "
+                     f"--hash-bits to {bits}, use fewer --shards (the model changes) or {limit}")
 
 
-def model_bytes(source: Source, config: FitConfig) -> int:
+def model_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool = True) -> int:
     """What the model's own state holds beside the windows: the hashed weight table
     (``table_bytes``) and an MLP's parameters, optimizer state and scratch blocks
     (``compute.mlp.state_bytes``; softmax's output layer counted for one class, its classes
     not being known yet). An MLP taking more than half of --memory-limit is refused, naming
-    --hidden."""
-    need = table_bytes(source, config)
+    --hidden. ``config`` is one holder's (a shard's share of the limit on ``shards``)."""
+    need = table_bytes(source, config, shards, advise)
     if config.hidden:
         rows = scratch_rows(config.batch == "auto", batch_rows(config, n_rows(source)))  # as MLPRun sizes it
-        network = state_bytes(layout(len(source.features), config.hidden, 1), rows, config.dtype)
+        network = network_bytes(layout(len(source.features), config.hidden, 1), rows, config.dtype)
         if network > config.memory_limit // 2:
             raise UsageError(f"--hidden {','.join(map(str, config.hidden))}: the network's parameters, optimizer "
                              f"state and scratch blocks take {network / 2**20:,.0f} MiB, more than half of "
@@ -81,18 +97,21 @@ def model_bytes(source: Source, config: FitConfig) -> int:
     return need
 
 
-def plan_memory(source: Source, config: FitConfig, with_table: bool = True) -> MemoryPlan:
-    """The memory plan of ``source`` under ``config``; a limit too small for one reader and a
-    window of the largest chunk is refused, naming a limit that works. ``with_table``: the
-    model's own state is paid for (a training run; a batch stream holds none)."""
-    table = model_bytes(source, config) if with_table else 0
-    plan = MemoryPlan.solve(source, config, source_row_bytes(source, config), table)
+def plan_memory(source: Source, config: FitConfig, with_table: bool = True, shards: int = 1) -> MemoryPlan:
+    """The memory plan of ``source`` under ``config`` (on ``shards`` shards, each planned within
+    --memory-limit / --shards, and holding its own hashed table); a limit too small for one
+    reader and a window of the largest chunk is refused, naming a limit that works.
+    ``with_table``: the model's own state is paid for (a training run; a batch stream holds none)."""
+    share = config if shards == 1 else replace(config, memory_limit=config.memory_limit // shards)
+    table = model_bytes(source, share, shards) if with_table else 0
+    plan = MemoryPlan.solve(source, share, source_row_bytes(source, share), table)
     if plan is None:
         biggest = max(source.chunk_rows, default=0)
+        each = f" (each of --shards {shards} gets {share.memory_limit} bytes)" if shards > 1 else ""
         raise UsageError(
-            f"--memory-limit {config.memory_limit} bytes is too small for {source.url}: its largest chunk "
+            f"--memory-limit {config.memory_limit} bytes{each} is too small for {source.url}: its largest chunk "
             f"({biggest} rows) needs {max(source.chunk_bytes, default=0)} bytes to decode and "
-            f"{3 * biggest * source_row_bytes(source, config)} to shuffle; {_working_limit(source, config)}"
+            f"{3 * biggest * source_row_bytes(source, share)} to shuffle; {_working_limit(source, config, shards)}"
         )
     return plan
 
@@ -113,28 +132,30 @@ def cut_to_limit(source: Source, config: FitConfig) -> None:
                window_rows_cap(source, config.memory_limit, source_row_bytes(source, config)))
 
 
-def _working_limit(source: Source, config: FitConfig) -> str:
-    """The fix for a refused plan: the smallest limit (in steps of 1/8) under which the
-    data, cut again for that limit, plans; and the rewrite that avoids the need."""
+def _working_limit(source: Source, config: FitConfig, shards: int = 1) -> str:
+    """The fix for a refused plan: the smallest --memory-limit (in steps of 1/8) under which
+    the data, cut again for each shard's share of it, plans with the model's state; and the
+    rewrite that avoids the need."""
     rewrite = "or rewrite the data with smaller row groups"
     if isinstance(source, ParquetSource):
-        rows = source.whole_rows(MemoryPlan.max_chunk_bytes(config.memory_limit))
+        rows = source.whole_rows(MemoryPlan.max_chunk_bytes(config.memory_limit // shards))
         rewrite = (f"or rewrite the data with row groups of at most {rows} rows and no dictionary encoding "
                    f"(pyarrow.parquet.write_table(table, path, row_group_size={rows}, use_dictionary=False))")
     limit = config.memory_limit
     try:
         for _ in range(64):
             limit += max(limit // 8, 1 << 20)
-            trial = replace(config, memory_limit=limit)
+            trial = replace(config, memory_limit=limit // shards)
             try:
                 cut_to_limit(source, trial)
-                if MemoryPlan.solve(source, trial, source_row_bytes(source, trial), model_bytes(source, trial)) is None:
+                state = model_bytes(source, trial, shards, advise=False)
+                if MemoryPlan.solve(source, trial, source_row_bytes(source, trial), state) is None:
                     continue
-            except UsageError:  # the footers alone are too much for this limit
+            except UsageError:  # the footers or the model's state alone are too much for this limit
                 continue
             return f"raise --memory-limit to {math.ceil(limit / 2**20)}MiB {rewrite}"
     finally:
-        cut_to_limit(source, config)
+        cut_to_limit(source, replace(config, memory_limit=config.memory_limit // shards))
     return f"raise --memory-limit {rewrite}"
 
 
@@ -257,7 +278,7 @@ def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str
     split = "chunks" if isinstance(held_out, ChunkSubset) else "rows"  # before a text target wraps it
     held_chunks = None if held_out is None else held_out.chunks
     validation: Source | None = held_out
-    plan = plan_memory(source, shard_config)
+    plan = plan_memory(source, config, shards=config.n_shards)
     labels: NDArray | None = None
     counts: NDArray[np.int64] | None = None
     if config.model == "softmax":  # one block of parameters per class, its labels from a pass over the target

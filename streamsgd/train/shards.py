@@ -36,8 +36,8 @@ from numpy.typing import NDArray
 from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, L2, LOSS, LR0,
                             N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params,
                             train_rows)
-from ..compute.sparse import (AVG_B, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_hashed_sums,
-                              fill_batch_hashed, finish_batch_hashed, pack_hashed, train_rows_hashed)
+from ..compute.sparse import (AVG_B, FOLDS, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_hashed_sums,
+                              average_entries, fill_batch_hashed, finish_batch_hashed, pack_hashed, train_rows_hashed)
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
@@ -88,7 +88,9 @@ class ShardJob:
     classes: NDArray[np.float64]
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
-    shard_memory: int  # bytes each shard's windows and readers may hold (--memory-limit // S)
+    #: bytes each shard's windows, readers and hashed state (``compute.sparse.state_bytes``) may
+    #: hold: --memory-limit // S, planned by ``train.setup.plan_memory`` on S shards
+    shard_memory: int
     hash_bits: int = 0  # the categorical columns' table of 2**hash_bits weights (0: none)
 
 
@@ -167,14 +169,15 @@ class _Lane:
         self.pos = 0
         self.ended = False  # the open epoch has no rows left after ``place``
         self.pending = 0.0  # the curvature of a window opened by :meth:`begin`, reported with the next round
-        # this shard's scratch for the hashed weights' batch sums (compute.sparse), None without
+        # this shard's hashed state (compute.sparse), None without: the scratch for a batch's sums,
+        # and in its columns the shard's copy of the weights u (--sync gradients) or of the tables
+        # (--sync models); all a shard holds of the hashed table, ``state_bytes`` (the plan's charge)
         self.scratch = pack_hashed(job.hash_bits) if job.hash_bits else None
-        self.weights, self.weights_t = np.zeros(0), -1  # --sync gradients: its copy of u, current at update t
+        self.weights_t = -1  # --sync gradients: the update its copy of u is current at (-1: none)
         self.saved: tuple[Any, ...] | None = None  # where :meth:`mark` found the lane
-        # --sync models: its hashed tables (see TablesView), the round they started, a copy from then
-        self.tables: tuple[NDArray, ...] = ()
-        self.before: tuple[NDArray, ...] = ()
-        self.tables_t = -1
+        # --sync models: the update its tables (see TablesView) started the round at (-1: none);
+        # the highest stamp a round left in them (older stamps must not pass for this round's)
+        self.tables_t, self.stamped = -1, 0
 
     def begin(self, st: State, config: FitConfig, init: Any, N: int, B: int) -> State:
         """Standardisation and step size (``start``) from this shard's first window of epoch 0,
@@ -225,7 +228,7 @@ class _Lane:
             if not self._update_weights(view):
                 return self.gw, STALE, 0.0, 0.0, None
             self.counters[T] = view[0]  # the batch's stamp is update t + 1, as on the driver
-            hashed = _with_weights(self.scratch, self.weights, view[4])
+            hashed = _with_scalars(self.scratch, view[4])
         self.gw[:] = 0.0
         self.counters[FILLED], self.sums[BATCH_LOSS] = 0, 0.0
         top = max(self._fill(epoch, params, hashed), self._pending())
@@ -238,7 +241,7 @@ class _Lane:
         """Up to ``limit`` updates of this shard's own, from ``start``, on its rows from
         ``rnd·every·B`` of ``epoch`` (each B rows, the epoch's last one shorter)."""
         job = self.job
-        current, hashed = self._local_hashed(start)
+        current, hashed, folds = self._local_hashed(start)
         if not current:
             return LocalPart(start, rows=STALE, loss=0.0, diverged=False, top=0.0)
         skip = rnd * every * int(job.spec[BATCH])
@@ -267,56 +270,62 @@ class _Lane:
         if rows or not self.ended:
             self.place = (epoch, skip + rows)
         after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0,
-                           hashed=None if hashed is None else self._changes(hashed))
+                           hashed=None if hashed is None else self._changes(hashed, start.t, folds))
         return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
                          diverged=bool(counters[DIVERGED]), top=top)
 
     def _update_weights(self, view: HashedView) -> bool:
         """Bring this shard's copy of the hashed weights to update t (``view``); False when
         it cannot (a delta for a copy that is not at t - 1)."""
-        assert view is not None
+        assert view is not None and self.scratch is not None
         t, full, ids, values, _ = view
         if full is not None:
-            self.weights, self.weights_t = full.copy(), t
+            self.scratch[HW][:] = full
+            self.weights_t = t
         elif self.weights_t == t - 1:
             assert ids is not None and values is not None
-            self.weights[ids] = values
+            self.scratch[HW][ids] = values
             self.weights_t = t
         return self.weights_t == t
 
-    def _local_hashed(self, start: LocalState) -> tuple[bool, tuple[NDArray, ...] | None]:
-        """(False, None) when this shard's tables cannot follow ``start``'s (a new lane: the
+    def _local_hashed(self, start: LocalState) -> tuple[bool, tuple[NDArray, ...] | None, int]:
+        """(False, None, 0) when this shard's tables cannot follow ``start``'s (a new lane: the
         round is asked again with them whole), else (True, the hashed state the round trains:
-        this shard's tables, brought to the driver's, and its scratch, the stamps cleared)."""
-        if self.scratch is None:
-            return True, None
+        its scratch, whose columns hold the tables, brought to the driver's; the folds so far).
+        Stamps left by a round that reached past ``start`` (a rerun, ``auto``'s dry rounds)
+        are cleared, so that a stamp above ``start.t`` means touched in this round."""
+        scratch = self.scratch
+        if scratch is None:
+            return True, None, 0
         base, whole, ids, values, scalars = start.hashed
+        tables = [scratch[slot] for slot in TABLES]
         if whole is not None:
-            self.tables = tuple(table.copy() for table in whole)
-        elif self.tables and self.tables_t == base:
+            for table, new in zip(tables, whole):
+                table[:] = new
+        elif self.tables_t >= 0 and self.tables_t == base:
             assert ids is not None and values is not None
-            for table, new in zip(self.tables, values):
+            for table, new in zip(tables, values):
                 table[ids] = new
         else:
-            return False, None
-        self.tables_t, self.before = start.t, tuple(table.copy() for table in self.tables)
-        scratch = self.scratch
-        scratch[STAMP][:] = 0
+            return False, None, 0
+        self.tables_t = start.t
+        if self.stamped > start.t:
+            scratch[STAMP][:] = 0
+            self.stamped = 0
         scratch[HI][N_TOUCHED] = 0
-        state = list(scratch)
-        for slot, table in zip(TABLES, self.tables):
-            state[slot] = table
-        state[HF] = scalars.copy()
-        return True, tuple(state)
+        return True, _with_scalars(scratch, scalars.copy()), int(scratch[HI][FOLDS])
 
-    def _changes(self, hashed: tuple[NDArray, ...]) -> TablesChange:
-        """The entries of the tables this round changed (bit for bit, a rescale of u included)."""
-        changed = np.zeros(self.tables[0].size, dtype=bool)
-        for table, before in zip(self.tables, self.before):
-            changed |= table.view(np.int64) != before.view(np.int64)
-        self.before = ()
-        ids = np.flatnonzero(changed)
-        return ids, tuple(table[ids] for table in self.tables), hashed[HF].copy()
+    def _changes(self, hashed: tuple[NDArray, ...], t: int, folds: int) -> TablesChange:
+        """The entries of the tables this round touched: those stamped after update ``t`` (the
+        round's start), or all of them when u was rescaled (wscale folded in, ``FOLDS``). A
+        superset of the entries that changed: ``merge_hashed`` drops those whose bits did not."""
+        counters = self.counters
+        self.stamped = max(self.stamped, int(counters[T]) + (1 if counters[FILLED] else 0))
+        if int(hashed[HI][FOLDS]) != folds:
+            ids = np.arange(hashed[HW].size, dtype=np.int64)
+        else:
+            ids = np.flatnonzero(hashed[STAMP] > t)
+        return ids, tuple(hashed[slot][ids] for slot in TABLES), hashed[HF].copy()
 
     def _fill(self, epoch: int, params: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None) -> float:
         """Feed this shard's next rows to the batch in progress until it holds B rows or the
@@ -678,7 +687,9 @@ def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, in
     changed: the others stay as they were. The weights are wscale·u: shards with the same
     scalars (wscale, the average's B) average u as it is (one shard's × 1.0: exactly);
     otherwise each shard's tables are folded first (wscale into u, B·u into the sums), which
-    changes every entry. Returns the ids changed, or None when all may have."""
+    changes every entry. A shard reports every entry its round touched (ascending); where
+    every report carries the start's bits the entry keeps them (``compute.sparse.
+    average_entries``). Returns the ids changed, or None when all may have."""
     tables = [hashed[slot] for slot in TABLES]
     changes = [change for change, _ in parts]
     weights = [n / rows for _, n in parts]
@@ -695,14 +706,12 @@ def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, in
                 table += shard[i] * w
         hashed[HF][...] = folded_tables[0][-1]
         return None
-    union = np.unique(np.concatenate([change[0] for change in changes]))
-    for i, table in enumerate(tables):
-        merged: NDArray | None = None
-        for (ids, values, _), w in zip(changes, weights):
-            column = table[union]  # the round's start where this shard changed nothing
-            column[np.searchsorted(union, ids)] = values[i]
-            merged = column * w if merged is None else merged + column * w
-        table[union] = merged
+    ids = np.concatenate([change[0] for change in changes])
+    offsets = np.cumsum([0] + [change[0].size for change in changes])
+    stacked = np.concatenate([np.stack(change[1]) for change in changes], axis=1)
+    bits = [table.view(np.int64) for table in tables]
+    union = average_entries(tables[0], bits[0], tables[1], bits[1], tables[2], bits[2], ids, offsets, stacked,
+                            stacked.view(np.int64), np.array(weights))
     hashed[HF][...] = changes[0][2]
     return union
 
@@ -714,10 +723,10 @@ def _folded(u: NDArray, sq: NDArray, total: NDArray, scalars: NDArray) -> tuple[
     return scalars[WSCALE] * u, sq, total + scalars[AVG_B] * u, flat
 
 
-def _with_weights(scratch: tuple[NDArray, ...], u: NDArray, scalars: NDArray) -> tuple[NDArray, ...]:
-    """A shard's scratch for a batch's hashed sums, reading the driver's weights."""
+def _with_scalars(scratch: tuple[NDArray, ...], scalars: NDArray) -> tuple[NDArray, ...]:
+    """A shard's hashed state with the driver's scalars (wscale, the average's B)."""
     state = list(scratch)
-    state[HW], state[HF] = u, scalars
+    state[HF] = scalars
     return tuple(state)
 
 
