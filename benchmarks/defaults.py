@@ -1,5 +1,5 @@
 """Do the defaults train well without tuning? Compare streamsgd.fit with no options against the
-exact optimum of the same objective on the real data sets that ship with scikit-learn.
+exact optimum of the same objective on the real data sets that ship with scikit-learn and statsmodels.
 
     .venv/bin/python benchmarks/defaults.py                 # the defaults, as shipped
     .venv/bin/python benchmarks/defaults.py --budgets       # and --epochs 5|20|50 x --batch 32|256
@@ -52,6 +52,11 @@ Data sets. All are real measurements bundled with scikit-learn (nothing is downl
   rare_onehot        linear    20,000 rows: 8 normal columns, a one-hot column set on 6 rows and a
                                three-level category; the case whose worst row a row sample misses
   name:model         another model on the same data (huber, modified_huber, hinge, quantile)
+  sm_*               statsmodels' bundled data sets (STATSMODELS: its published regressors, the
+                     model of its published example where ours has it: star98, fair, randhie,
+                     cpunish, committee Poisson; spector, anes96 vote logistic; anes96 party id
+                     softmax; stackloss, engel quantile; the rest least squares); skipped, saying
+                     so, where statsmodels is not installed ([bench] installs it)
   *_x512             the same data resampled with replacement to 512 x 512 = 262,144 rows
                      (seed 0), so that B = 512 is much smaller than N and SGD runs in the
                      streaming regime the package is built for. The optimum is exact: the
@@ -61,6 +66,7 @@ Data sets. All are real measurements bundled with scikit-learn (nothing is downl
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -93,6 +99,7 @@ class Case:
     load: Callable[[], tuple[np.ndarray, np.ndarray]]
     bootstrap: bool = False
     fit: tuple[tuple[str, Any], ...] = ()  # options the model needs (quantile's exact solver: l2 = 0)
+    needs: str = "sklearn"  # the package that ships the data set
 
 
 def _sk():
@@ -177,6 +184,46 @@ def _bc_worst_area():
     return d.data[:, keep], d.data[:, j].copy()
 
 
+def _statsmodels(name: str, target: str, columns: tuple[str, ...] | None = None):
+    """statsmodels' bundled data set ``name``: ``target`` from its published regressors
+    (``exog``), or from ``columns`` of its data."""
+    def load():
+        from statsmodels import datasets
+
+        data = getattr(datasets, name).load_pandas()
+        X = data.data[list(columns)] if columns else data.exog
+        return X.to_numpy(np.float64), data.data[target].to_numpy(np.float64)
+
+    return load
+
+
+#: statsmodels' bundled data sets, each with the model of its published example where ours has
+#: it (Poisson for counts, logistic for a binary outcome, multinomial logit for anes96's party id,
+#: quantile for stackloss and engel), else least squares
+STATSMODELS = [
+    Case("sm_star98", "poisson", _statsmodels("star98", "NABOVE"), needs="statsmodels"),
+    Case("sm_fair", "linear", _statsmodels("fair", "affairs"), needs="statsmodels"),
+    Case("sm_fair:poisson", "poisson", _statsmodels("fair", "affairs"), needs="statsmodels"),
+    Case("sm_randhie", "poisson", _statsmodels("randhie", "mdvis"), needs="statsmodels"),
+    Case("sm_spector", "logistic", _statsmodels("spector", "GRADE"), needs="statsmodels"),
+    Case("sm_anes96_vote", "logistic", _statsmodels("anes96", "vote"), needs="statsmodels"),
+    Case("sm_anes96_pid", "softmax", _statsmodels("anes96", "PID"), needs="statsmodels"),
+    Case("sm_longley", "linear", _statsmodels("longley", "TOTEMP"), needs="statsmodels"),
+    Case("sm_scotland", "linear", _statsmodels("scotland", "YES"), needs="statsmodels"),
+    Case("sm_cpunish", "poisson", _statsmodels("cpunish", "EXECUTIONS"), needs="statsmodels"),
+    Case("sm_committee", "poisson", _statsmodels("committee", "BILLS104"), needs="statsmodels"),
+    Case("sm_copper", "linear", _statsmodels("copper", "WORLDCONSUMPTION"), needs="statsmodels"),
+    Case("sm_stackloss", "linear", _statsmodels("stackloss", "STACKLOSS"), needs="statsmodels"),
+    Case("sm_stackloss:quantile", "quantile", _statsmodels("stackloss", "STACKLOSS"), fit=(("l2", 0.0),),
+         needs="statsmodels"),
+    Case("sm_engel", "linear", _statsmodels("engel", "foodexp", ("income",)), needs="statsmodels"),
+    Case("sm_engel:quantile", "quantile", _statsmodels("engel", "foodexp", ("income",)), fit=(("l2", 0.0),),
+         needs="statsmodels"),
+    Case("sm_statecrime", "linear", _statsmodels("statecrime", "murder"), needs="statsmodels"),
+    Case("sm_grunfeld", "linear", _statsmodels("grunfeld", "invest", ("value", "capital", "year")),
+         needs="statsmodels"),
+]
+
 CASES = [
     Case("breast_cancer", "logistic", _breast_cancer),
     Case("wine_class0", "logistic", _wine_class0),
@@ -209,6 +256,7 @@ CASES = [
     Case("diabetes:quantile", "quantile", _diabetes, fit=(("l2", 0.0),)),
     Case("wine_alcohol:quantile", "quantile", _wine_alcohol, fit=(("l2", 0.0),)),
     Case("linnerud_weight:quantile", "quantile", _linnerud_weight, fit=(("l2", 0.0),)),
+    *STATSMODELS,
 ]
 #: --quick: one data set per model (and the rare one-hot table), small enough for the test suite
 QUICK = ["diabetes", "breast_cancer", "iris", "linnerud_situps", "large_counts", "rare_onehot",
@@ -520,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
                if v is not None}
     names = args.only or (QUICK if args.quick else [c.name for c in CASES])
     cases = [CASES_BY_NAME[n] for n in names if not (args.no_bootstrap and CASES_BY_NAME[n].bootstrap)]
+    missing = sorted({c.needs for c in cases if importlib.util.find_spec(c.needs) is None})
+    if missing:  # make bench installs them ([bench]); a bare venv runs what it has
+        print(f"skipped: the data sets of {', '.join(missing)} (not installed: pip install -e '.[bench]')")
+        cases = [c for c in cases if c.needs not in missing]
     budgets = [{}] + (BUDGETS if args.budgets else [{"epochs": 20, "batch": 32}] if args.quick else [])
     cfg = streamsgd.FitConfig(**options)
     print(f"streamsgd {streamsgd.__version__}: batch={cfg.batch} lr={cfg.lr or '1/L_B (auto)'} "
