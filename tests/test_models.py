@@ -103,6 +103,21 @@ def test_huber_reaches_the_exact_minimum():
     assert (mine - best) / abs(best) < 1e-3, (mine, best)
 
 
+@pytest.mark.parametrize("model", ["huber", "quantile"])
+def test_bounded_slope_losses_start_at_the_targets_location(model):
+    """Huber (ε 0.1) and the pinball loss move the intercept by at most the step times ε (or
+    τ) per update: from 0, a target around 150 is out of reach of one epoch. They start at
+    the first window's median (τ-quantile) instead, so one epoch at batch 32 lands near the
+    optimum: objective within 5 % (from 0 it is ~100x the optimum: intercept ~2 of 150)."""
+    X, y = data("regression")
+    y = y + 150.0
+    m, Z, w, b = ours(model, X, y, epochs=1, batch=32, l2=0.0)
+    ref = QuantileRegressor(quantile=0.5, alpha=0.0, solver="highs").fit(Z, y)
+    mine = objective(model, Z, y, w, b, 0.0, param=FitConfig().epsilon if model == "huber" else 0.5)
+    best = objective(model, Z, y, ref.coef_, ref.intercept_, 0.0, param=FitConfig().epsilon if model == "huber" else 0.5)
+    assert (mine - best) / abs(best) < 0.05, (mine, best)
+
+
 def test_l1_gives_exact_zeros_on_a_sparse_truth():
     rng = np.random.default_rng(5)
     X = rng.standard_normal((N, 10))

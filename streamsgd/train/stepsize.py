@@ -93,6 +93,7 @@ def start(st: State, window: Window, config: FitConfig, init: Model | None, N: i
             st.theta[c * (d + 1) + d] = intercept[c] + float(coef[c] @ st.mean)
     else:
         st.mean, st.scale = standardization(X, config.standardize, rows)
+        st.theta[d] = start_intercept(config, y)
     st.sample, st.sample_y = guard.sample_rows(X, y, order=rows)
     st.guard[guard.SMOOTH] = smoothness(config.model, st.sample, st.mean, st.scale, config.l2, st.curvature,
                                         guard.row_weights(config.model, st.sample_y), st.hashed_columns)[0]
@@ -109,6 +110,23 @@ def start(st: State, window: Window, config: FitConfig, init: Model | None, N: i
     coef, intercept = raw_parameters(st.theta, st.theta.size // (d + 1), st.mean, st.scale)
     st.guard[guard.REFERENCE] = guard.reference_loss(config.model, st.sample, st.sample_y, coef, intercept, param,
                                                      st.cw, st.classes)
+
+
+#: Losses whose slope is bounded (by ε, or by max(τ, 1 − τ)): from zero their intercept moves
+#: at most that far times the step per update, so a target far from 0 would take thousands of
+#: updates to reach (diabetes: ~150). They start at the intercept-only optimum instead.
+BOUNDED_SLOPE = ("huber", "quantile")
+
+
+def start_intercept(config: FitConfig, y: NDArray) -> float:
+    """The intercept a fresh run starts from: 0, or for a bounded-slope loss the first window's
+    τ-quantile of the target (the pinball loss's intercept-only minimiser; τ = ½, the median,
+    for Huber, whose minimiser it is as ε → 0). The other losses' gradients grow with the
+    distance, so they start from 0 (the full-batch runs pinned to gradient descent do too)."""
+    if config.model not in BOUNDED_SLOPE or y.size == 0:
+        return 0.0
+    tau = config.quantile if config.model == "quantile" else 0.5
+    return float(np.quantile(y, tau, method="inverted_cdf"))
 
 
 def _default_step(st: State, config: FitConfig, N: int, B: int) -> float:
