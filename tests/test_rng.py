@@ -90,3 +90,13 @@ def test_the_compiled_row_order_is_numpys_permutation_and_leaves_the_same_state(
         assert got.dtype == np.int64
         assert ours.integers(2**62) == numpys.integers(2**62)  # the generator's state after: NumPy's
         np.testing.assert_array_equal(row_order(n, seed, epoch, window), got)
+
+
+def test_the_compiled_inverse_is_numpys_scatter_of_the_row_order():
+    from streamsgd.plan.permute import inverse
+
+    order = row_order(100_003, 4, 1, 2)
+    slots = np.empty_like(order)
+    slots[order] = np.arange(order.size)
+    np.testing.assert_array_equal(inverse(order), slots)
+    assert inverse(np.zeros(0, np.int64)).size == 0

@@ -17,9 +17,10 @@ import ctypes
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 from numpy.typing import NDArray
+
+from ..compute.hints import prefetch
 
 #: Places drawn (and prefetched) before their swaps are made.
 AHEAD = 32
@@ -39,24 +40,6 @@ def _next_uint32(typingctx, function, state):
         call_type = ir.FunctionType(ir.IntType(32), [byte_pointer])
         target = builder.inttoptr(args[0], call_type.as_pointer())
         return builder.call(target, [builder.inttoptr(args[1], byte_pointer)])
-
-    return sig, codegen
-
-
-@intrinsic
-def _prefetch(typingctx, array, i):
-    """Ask for the cache line of ``array[i]`` (1-D contiguous), to be written soon."""
-    sig = types.void(array, i)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0])
-        byte_pointer = ir.IntType(8).as_pointer()
-        address = builder.bitcast(builder.gep(data.data, [args[1]]), byte_pointer)
-        i32 = ir.IntType(32)
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0i8")
-        builder.call(prefetch, [address, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -81,7 +64,7 @@ def _shuffle(out, function, state):
             while value > top:
                 value = _next_uint32(function, state) & mask
             drawn[k] = value
-            _prefetch(out, value)
+            prefetch(out, value)
         for k in range(m):
             j, place = drawn[k], i - k
             held = out[j]
@@ -100,3 +83,14 @@ def permutation(rng: np.random.Generator, n: int) -> NDArray[np.int64]:
     with rng.bit_generator.lock:
         _shuffle(out, function, interface.state_address)
     return out
+
+
+@njit(nogil=True, cache=True)
+def inverse(order):
+    """The permutation ``slots`` with ``slots[order[k]] = k``: where each of a window's rows
+    (chunk after chunk) goes in its training order. One pass of random writes, which the
+    store buffer absorbs; NumPy's ``slots[order] = arange(n)`` makes an index array first."""
+    slots = np.empty(order.size, np.int64)
+    for k in range(order.size):
+        slots[order[k]] = k
+    return slots
