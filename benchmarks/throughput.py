@@ -659,23 +659,25 @@ def run_one(args: argparse.Namespace, features: int, use_vw: bool, use_torch: bo
     if use_torch:
         methods["torch_default"] = lambda: run_torch("torch_default", default_path)
     times: dict[str, list[float]] = {key: [] for key in methods}
+    cpu: dict[str, list[float]] = {key: [] for key in methods}  # process CPU, all threads (VW: its own process, not counted)
     failed: dict[str, str] = {}
     for run in range(args.runs):
         for key, method in methods.items():
             if key in failed:
                 continue
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 try:
                     method()
                 except Retry:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     method()
             except Exception as e:  # one refused method must not lose the rest of the table
                 failed[key] = f"{type(e).__name__}: {e}"
                 print(f"{key} failed: {failed[key]}", flush=True)
                 continue
             times[key].append(time.perf_counter() - t0)
+            cpu[key].append(time.process_time() - c0)
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v),
               flush=True)
 
@@ -723,6 +725,9 @@ def run_one(args: argparse.Namespace, features: int, use_vw: bool, use_torch: bo
                                                   if v["peer_loss"] is not None and v["fit_loss"] is not None else "")
                   for name, v in entry.items() if name != "fit_vs_decode"]
         print(f"fit vs peers, {file.replace('_', '-')} file: " + "; ".join(parts))
+    cpu_ns = {k: statistics.median(v) / rows * 1e9 for k, v in cpu.items() if v and k != "vw"}
+    print("process CPU ns per row (median): " + ", ".join(f"{k} {cpu_ns[k]:.0f}" for k in
+          ("decode", "streamsgd", "decode_default", "streamsgd_default") if k in cpu_ns))
     print(f"held-out log loss ({heldout_rows:,} rows) of the true weights (floor): {floor:.4f}; "
           f"sklearn's and PyTorch's mean/std pass (untimed above) took {stats_seconds:.2f} s"
           + (f"; PyTorch intra-op threads: {torch_threads}" if use_torch else ""), flush=True)
@@ -742,7 +747,7 @@ def run_one(args: argparse.Namespace, features: int, use_vw: bool, use_torch: bo
         "train_file": str(train_path), "train_file_bytes": train_path.stat().st_size,
         "zarr_bytes": sum(f.stat().st_size for f in zarr_path.rglob("*") if f.is_file()),
         "files": files,
-        "seconds": times, "median_seconds": medians,
+        "seconds": times, "median_seconds": medians, "cpu_seconds": cpu, "cpu_ns_per_row": cpu_ns,
         "rows_per_second": {k: rows / v for k, v in medians.items()},
         # each method against its own file's decode-only / scikit-learn batch 512 (VW: the uncompressed file's)
         "ratio_vs_decode": vs("decode"),

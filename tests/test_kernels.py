@@ -248,6 +248,31 @@ def test_moments():
     np.testing.assert_allclose(m2, ((X - X.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-10)
 
 
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_moments_sum_in_the_given_row_order_bit_for_bit(layout):
+    # the first window's standardisation sums its rows in chunk order through the plan's slots
+    # (prefetched ahead): the bits of every model depend on that order, so they are pinned
+    # to a plain sequential sum in float64, row by row in the order given
+    rng = np.random.default_rng(5)
+    X = (rng.standard_normal((3000, 14)) * 1e3 + 7).astype(np.float32)
+    X = {"C": X, "F": np.asfortranarray(X), "strided": X[:, ::2]}[layout]
+    rows = rng.permutation(X.shape[0])
+    mean, m2 = moments(X, rows)
+    ref_mean = [0.0] * X.shape[1]
+    for r in rows:
+        for j in range(X.shape[1]):
+            ref_mean[j] += float(X[r, j])
+    ref_mean = [m / rows.size for m in ref_mean]
+    ref_m2 = [0.0] * X.shape[1]
+    for r in rows:
+        for j in range(X.shape[1]):
+            t = float(X[r, j]) - ref_mean[j]
+            ref_m2[j] += t * t
+    assert mean.tolist() == ref_mean and m2.tolist() == ref_m2
+    shuffled = moments(X, rows[::-1])  # another order, other bits: the order is what is pinned
+    assert shuffled[0].tolist() != ref_mean or shuffled[1].tolist() != ref_m2
+
+
 def softmax_twin(classes, X, y, idx, W):
     """Multinomial log loss and its gradient over rows idx, written plainly."""
     C, k = classes.size, X.shape[1] + 1

@@ -74,3 +74,29 @@ def test_the_validation_splits_draw_from_their_tags():
         assert held_rows.chunk_rows[c] == mask.sum()
     _, tune_rows = split_rows(one, 0.25, 5, rng.HOLDOUT_ROWS)
     assert tune_rows.chunk_rows != held_rows.chunk_rows  # the tuner's rows are drawn apart
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 31, 32, 33, 65, 1000, 65_537, 300_001])
+def test_the_compiled_row_order_is_numpys_permutation_and_leaves_the_same_state(n):
+    # plan.permute draws the window's row order in compiled code: the plan (and every model
+    # trained on it) is pinned to NumPy's Generator.permutation of the tagged stream
+    from streamsgd.plan.permute import AHEAD, permutation
+
+    assert AHEAD == 32  # n above spans blocks of draws: short, exact, one over, many
+    for seed, epoch, window in ((0, 0, 0), (7, 3, 2), (2**31 - 1, 1, 9)):
+        ours, numpys = rng.stream(seed, rng.ROW_ORDER, epoch, window), rng.stream(seed, rng.ROW_ORDER, epoch, window)
+        got = permutation(ours, n)
+        np.testing.assert_array_equal(got, numpys.permutation(n))
+        assert got.dtype == np.int64
+        assert ours.integers(2**62) == numpys.integers(2**62)  # the generator's state after: NumPy's
+        np.testing.assert_array_equal(row_order(n, seed, epoch, window), got)
+
+
+def test_the_compiled_inverse_is_numpys_scatter_of_the_row_order():
+    from streamsgd.plan.permute import inverse
+
+    order = row_order(100_003, 4, 1, 2)
+    slots = np.empty_like(order)
+    slots[order] = np.arange(order.size)
+    np.testing.assert_array_equal(inverse(order), slots)
+    assert inverse(np.zeros(0, np.int64)).size == 0

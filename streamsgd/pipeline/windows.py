@@ -119,8 +119,9 @@ def read_window(
     idx, sign = np.empty((n, hashed), np.int32), np.empty((n, hashed), np.int8)
     slots = None
     if order is not None:
-        slots = np.empty(n, dtype=np.int64)
-        slots[order] = np.arange(n, dtype=np.int64)
+        from ..plan.permute import inverse  # numba: imported when a window is first ordered
+
+        slots = inverse(np.asarray(order, dtype=np.int64))
 
     def one(k: int) -> None:
         s = slice(int(offsets[k]), int(offsets[k + 1]))

@@ -72,10 +72,13 @@ def group_windows(
 
 
 def row_order(n_rows: int, seed: int, epoch: int, window: int, shuffle: bool = True) -> NDArray[np.int64]:
-    """The permutation of a window's rows (indices into the window's buffer)."""
+    """The permutation of a window's rows (indices into the window's buffer): the stream's
+    ``permutation(n_rows)``, drawn by a compiled shuffle (``plan.permute``, the same integers)."""
     if not shuffle:
         return np.arange(n_rows, dtype=np.int64)
-    return stream(seed, ROW_ORDER, epoch, window).permutation(n_rows)
+    from .permute import permutation  # numba: imported when a window is first ordered
+
+    return permutation(stream(seed, ROW_ORDER, epoch, window), n_rows)
 
 
 def stratified_windows(
