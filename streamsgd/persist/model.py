@@ -34,8 +34,10 @@ if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
 #: epoch 0's first window is cut into a ramp of smaller windows (``plan.shuffle.ramp_up``),
 #: so a run's first epoch visits its rows in another order than under 2. A checkpoint of
 #: another format cannot be resumed (``persist.checkpoint``); a model file of format 1 or 2
-#: has the same arrays and metadata, so it still loads and predicts.
-FORMAT_VERSION = 3
+#: has the same arrays and metadata, so it still loads and predicts. 4: row groups read in
+#: slices stream several at once (``plan.shuffle.laned_order``), so such data is visited in
+#: another order than under 3.
+FORMAT_VERSION = 4
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
 
 #: Trainer models that predict a class label (the others predict a number).

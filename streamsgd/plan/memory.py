@@ -25,6 +25,12 @@ METADATA_ALLOWANCE = 16 << 20
 #: Share of --memory-limit for the shuffle windows; the rest is for decoding.
 WINDOW_SHARE = 2 / 3
 
+#: The most row groups streamed side by side (``plan.shuffle.laned_order``), and the share
+#: of the limit their open streams may hold beyond the first (at least two lanes are
+#: streamed whenever the second fits in half the limit: one lane cannot mix sorted data).
+MAX_LANES = 8
+LANE_SHARE = 1 / 3
+
 #: Window bytes per row besides the data: the int64 row permutation and the one-byte masks
 #: of the label and finite checks made on every window.
 ROW_OVERHEAD_BYTES = 8 + 4
@@ -83,7 +89,11 @@ class MemoryPlan:
         """The plan, or None when the limit cannot pay for one reader and the windows;
         ``fixed_bytes`` (the hashed weight table) is paid first."""
         limit = data_limit(layout, config.memory_limit) - fixed_bytes
-        buffer_bytes = int(limit * WINDOW_SHARE)
+        # the streams the plan's lanes hold open besides the readers' own (sources.parquet.cut)
+        # come out of the windows: the decode share is what the chunks were cut for
+        streams = getattr(layout, "stream_bytes", 0)
+        buffer_bytes = max(0, int(limit * WINDOW_SHARE) - streams)
+        limit -= streams
         decode = max(layout.chunk_bytes, default=0)
         if decode > limit - buffer_bytes:  # one reader's decode comes before the windows' share
             buffer_bytes = max(0, limit - decode)
@@ -137,3 +147,16 @@ def in_memory_rows(rows: int, row_bytes: int, buffer_bytes: int) -> int:
             "free); drop --in-memory to stream it, or raise --memory-limit"
         )
     return rows
+
+
+def lanes(stream_fixed: int, limit: int, groups: int) -> int:
+    """How many sliced row groups to stream side by side under ``limit`` (the data's share
+    of --memory-limit), each open stream holding ``stream_fixed`` bytes: as many as
+    LANE_SHARE of the limit pays for beyond the first, at least two when the second fits
+    in half the limit, at most MAX_LANES and the row groups there are."""
+    if stream_fixed <= 0:
+        return 1
+    k = 1 + int(limit * LANE_SHARE) // stream_fixed
+    if k < 2 and stream_fixed <= limit // 2:
+        k = 2
+    return max(1, min(MAX_LANES, groups, k))

@@ -297,7 +297,8 @@ class ParquetSource(SourceBase):
 
     # --- layout -------------------------------------------------------------------------
 
-    def cut(self, max_chunk_bytes: int | None = None, max_chunk_rows: int | None = None) -> None:
+    def cut(self, max_chunk_bytes: int | None = None, max_chunk_rows: int | None = None, lanes: int = 1,
+            lane_rows: int | None = None) -> None:
         """Cut the row groups into chunks: a row group whose decoding would hold more than
         ``max_chunk_bytes``, or that has more than ``max_chunk_rows`` rows, is read in
         slices of consecutive rows, each its own chunk. Pure in the footers' figures, so
@@ -308,11 +309,17 @@ class ParquetSource(SourceBase):
         float columns written with pyarrow's defaults hold ~236 MB), so slices then get a
         quarter of the budget and ``chunk_bytes`` states the true cost, for the planner
         to pay out of the windows' share.
+
+        ``lanes`` sliced row groups are to be streamed side by side (``plan.shuffle.laned_order``),
+        their slices then of at most ``lane_rows`` rows: ``chunk_lanes`` says how many (1 when
+        no row group is sliced) and ``stream_bytes`` charges the streams open beyond one per
+        reader. Row groups read whole are cut the same whatever the lanes.
         """
         budget = int(max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES)
         cap = int(max_chunk_rows) if max_chunk_rows else None
         chunks: list[_Chunk] = []
         sizes: list[int] = []
+        fixed: list[int] = []  # of the sliced row groups
         for grp in self._groups:
             whole = DECODE_FACTOR * grp.data
             too_long = cap is not None and grp.rows > cap
@@ -321,8 +328,10 @@ class ParquetSource(SourceBase):
                 chunks.append(_Chunk(grp.file, grp.group, 0, grp.rows, 1))
                 sizes.append(whole)
                 continue
+            fixed.append(grp.fixed)
             room = max(budget - grp.fixed, budget // 4)
-            slices = min(grp.rows, max(math.ceil(whole / room), math.ceil(grp.rows / cap) if cap else 1, 2))
+            longest = min(cap or grp.rows, lane_rows or grp.rows)
+            slices = min(grp.rows, max(math.ceil(whole / room), math.ceil(grp.rows / longest), 2))
             step = math.ceil(grp.rows / slices)
             slices = math.ceil(grp.rows / step)
             for start in range(0, grp.rows, step):
@@ -335,6 +344,10 @@ class ParquetSource(SourceBase):
             self._cursors.clear()
         self._chunks, self.chunk_bytes = chunks, sizes
         self.chunk_rows = [c.rows for c in chunks]
+        #: the most a sliced row group's open stream holds (0: none is sliced)
+        self.stream_fixed = max(fixed, default=0)
+        self.chunk_lanes = max(1, min(int(lanes), len(self._groups))) if fixed else 1
+        self.stream_bytes = (self.chunk_lanes - 1) * self.stream_fixed
         # the row group of each chunk: the planner keeps a sliced row group's slices together
         self.chunk_groups = [c.file * (1 << 32) + c.group for c in chunks]
 

@@ -8,6 +8,7 @@ The memory plan's arithmetic is :mod:`streamsgd.plan.memory`; here it meets the 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 
@@ -21,7 +22,7 @@ from ..config import FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
 from ..pipeline.windows import HASHED_BYTES, WEIGHT_BYTES, hashed_columns, sample_weight_column
-from ..plan.memory import MemoryPlan, data_limit, hashed_state_bytes, row_bytes, window_rows_cap
+from ..plan.memory import MemoryPlan, data_limit, hashed_state_bytes, lanes, row_bytes, window_rows_cap
 from ..plan.rng import SPLIT, SPLIT_ROWS, stream
 from ..plan.shards import shard_chunks
 from ..plan.shuffle import iterations_per_epoch
@@ -103,14 +104,38 @@ def max_row_group_bytes(memory_limit: int) -> int:
     return MemoryPlan.max_chunk_bytes(memory_limit) // DECODE_FACTOR
 
 
-def cut_to_limit(source: Source, config: FitConfig) -> None:
+def cut_to_limit(source: Source, config: FitConfig, warn: bool = True) -> None:
     """Cut a Parquet source's row groups into chunks this run's limit can decode and
-    shuffle (a no-op for other sources, whose chunks are fixed by their layout)."""
+    shuffle (a no-op for other sources, whose chunks are fixed by their layout); row groups
+    too big to decode at once are cut to stream several at a time (``_cut_in_lanes``), or,
+    when the limit cannot pay for that, one at a time, with a warning unless not ``warn``."""
     if not isinstance(source, ParquetSource):
         return
     limit = data_limit(source, config.memory_limit)
-    source.cut(MemoryPlan.max_chunk_bytes(limit),
-               window_rows_cap(source, config.memory_limit, source_row_bytes(source, config)))
+    budget = MemoryPlan.max_chunk_bytes(limit)
+    cap = window_rows_cap(source, config.memory_limit, source_row_bytes(source, config))
+    source.cut(budget, cap)
+    if source.stream_fixed and config.shuffle and config.n_shards == 1:
+        groups = len(set(source.chunk_groups))
+        _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, groups), warn and groups > 1)
+
+
+def _cut_in_lanes(source: ParquetSource, config: FitConfig, budget: int, cap: int, k: int, warn: bool) -> None:
+    """Cut ``source``'s sliced row groups to be streamed ``k`` at once (``plan.shuffle.laned_order``),
+    in slices of at most 1/(2k) of the window the plan then has, so that every window holds
+    slices of k row groups; one lane (warned) when the limit cannot pay for two."""
+    if k >= 2:
+        source.cut(budget, cap, k)  # the extra streams charged: the windows this leaves
+        plan = MemoryPlan.solve(source, config, source_row_bytes(source, config), model_bytes(source, config))
+        if plan is not None:
+            source.cut(budget, cap, k, max(1, plan.window_rows // (2 * k)))
+            return
+        source.cut(budget, cap)
+    if warn:
+        logging.getLogger("streamsgd").warning(
+            "%s: its row groups are too big to decode at once and --memory-limit %d pays for one open row group "
+            "only, so each shuffle window holds one or two row groups: sorted data will train poorly; rewrite it "
+            "shuffled with `streamsgd shuffle`, or raise --memory-limit", source.url, config.memory_limit)
 
 
 def _working_limit(source: Source, config: FitConfig) -> str:
@@ -127,14 +152,14 @@ def _working_limit(source: Source, config: FitConfig) -> str:
             limit += max(limit // 8, 1 << 20)
             trial = replace(config, memory_limit=limit)
             try:
-                cut_to_limit(source, trial)
+                cut_to_limit(source, trial, warn=False)
                 if MemoryPlan.solve(source, trial, source_row_bytes(source, trial), model_bytes(source, trial)) is None:
                     continue
             except UsageError:  # the footers alone are too much for this limit
                 continue
             return f"raise --memory-limit to {math.ceil(limit / 2**20)}MiB {rewrite}"
     finally:
-        cut_to_limit(source, config)
+        cut_to_limit(source, config, warn=False)
     return f"raise --memory-limit {rewrite}"
 
 
