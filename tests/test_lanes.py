@@ -145,3 +145,21 @@ def test_data_read_whole_is_planned_as_before(tmp_path):
     cut_to_limit(source, FitConfig(model="logistic", memory_limit=LIMIT))
     assert len(set(source.chunk_groups)) == len(source.chunk_rows)
     assert source.chunk_lanes == 1 and source.stream_bytes == 0 and source.stream_fixed == 0
+
+
+def test_a_stream_in_lanes_resumes_exactly_mid_epoch(sorted_file):
+    """The lanes' order is a pure function of the seed and the layout: a stream restored from
+    a state saved mid-epoch hands out the very batches the first one went on to."""
+    options = dict(batch=512, seed=5, memory_limit=LIMIT, target="label", model="logistic", epochs=2)
+    with streamsgd.batches(sorted_file, **options) as stream:
+        it = iter(stream)
+        for _ in range(700):  # into epoch 1 (586 batches an epoch)
+            next(it)
+        state = stream.state_dict()
+        want = [np.array(next(it).X) for _ in range(20)]
+    with streamsgd.batches(sorted_file, **options) as again:
+        again.load_state_dict(state)
+        got = [np.array(b.X) for _, b in zip(range(20), again)]
+    assert state["epoch"] == 1
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)

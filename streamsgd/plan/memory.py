@@ -70,7 +70,8 @@ class MemoryPlan:
     the same whatever ``--readers`` is; fewer reader threads run when the decode share
     cannot pay for them. When even one reader needs more than a third (a streamed row
     group of many columns holds a page and a dictionary per column), the windows give up
-    what it needs.
+    what it needs. Row groups streamed side by side (the layout's ``stream_bytes``: the
+    lanes' open streams beyond one per reader) are paid out of the windows' share too.
     """
 
     window_rows: int

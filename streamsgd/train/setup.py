@@ -116,7 +116,7 @@ def cut_to_limit(source: Source, config: FitConfig, warn: bool = True) -> None:
     cap = window_rows_cap(source, config.memory_limit, source_row_bytes(source, config))
     source.cut(budget, cap)
     if source.stream_fixed and config.shuffle and config.n_shards == 1:
-        groups = len(set(source.chunk_groups))
+        groups = len(set(source.chunk_groups or ()))
         _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, groups), warn and groups > 1)
 
 
