@@ -39,6 +39,12 @@ DEFAULT_MAX_CHUNK_BYTES = DEFAULT_MEMORY_LIMIT // 3
 #: ``buffer_size=0``) every column chunk is loaded whole before the first slice decodes,
 #: which the slicing is there to avoid.
 SLICE_BUFFER_BYTES = 256 << 10
+#: The same for a local file: a refill is a read from the page cache, not a request to a
+#: store, so a smaller buffer costs little, and it is what every open stream holds per
+#: column (row groups stream several at once: plan.shuffle.laned_order). On a 100-column
+#: file, 64 KiB instead of 256 KiB took a second open stream's cost to the peak from
+#: ~57 MB to ~14 MB (benchmarks/README.md, loaders.py).
+LOCAL_SLICE_BUFFER_BYTES = 64 << 10
 
 #: What a streamed column holds besides its slice of rows: its current page, compressed
 #: and decompressed, and its dictionary page, raw and decoded (sized from the footer).
@@ -215,7 +221,8 @@ class ParquetSource(SourceBase):
             self._group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
             self._footer_bytes.append(int(meta.serialized_size))
             parsed.append(PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK * meta.num_row_groups * meta.num_columns)
-            self._groups += [_group_size(meta, f, g, used_set) for g in range(meta.num_row_groups)]
+            buffer = _slice_buffer(self._files[f])
+            self._groups += [_group_size(meta, f, g, used_set, buffer) for g in range(meta.num_row_groups)]
         #: memory of the parsed footers held while reading (the largest few): one file of
         #: 10^8 rows x 100 columns in 65,536-row groups holds 150 MB of them
         self.metadata_bytes = sum(sorted(parsed)[-FOOTERS_KEPT:])
@@ -662,7 +669,7 @@ class _Cursor:
         self._reset()
         self._handle = self._source._open(self._file, mapped=False)
         pf = pq.ParquetFile(self._handle, metadata=self._source._metas[self._file], pre_buffer=False,
-                            buffer_size=SLICE_BUFFER_BYTES)
+                            buffer_size=_slice_buffer(self._source._files[self._file]))
         self._batches = pf.iter_batches(batch_size=self._step, row_groups=[self._group], columns=self._names,
                                         use_threads=False)
 
@@ -703,16 +710,21 @@ class _Cursor:
             self._reset()
 
 
-def _group_size(meta, f: int, g: int, used: set[str]) -> _Group:
+def _slice_buffer(f: _File) -> int:
+    """The read buffer per column of a row group streamed in slices from file ``f``."""
+    return LOCAL_SLICE_BUFFER_BYTES if f.local else SLICE_BUFFER_BYTES
+
+
+def _group_size(meta, f: int, g: int, used: set[str], buffer: int = SLICE_BUFFER_BYTES) -> _Group:
     """Row group ``g`` of file ``f``: rows, decoded bytes of the used columns, and the fixed
-    cost of streaming them (per column: the read buffer, a page, compressed and
-    decompressed, and the dictionary page, raw and decoded)."""
+    cost of streaming them (per column: the read buffer of ``buffer`` bytes, a page,
+    compressed and decompressed, and the dictionary page, raw and decoded)."""
     rg = meta.row_group(g)
     rows = rg.num_rows
     columns = [c for c in (rg.column(j) for j in range(rg.num_columns)) if c.path_in_schema in used]
     data = sum(c.total_uncompressed_size for c in columns)
     share = min(1.0, PAGE_ROWS / max(rows, 1))  # a page holds this share of a column chunk at most
-    fixed = sum(SLICE_BUFFER_BYTES + 2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * share))
+    fixed = sum(buffer + 2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * share))
                 + 2 * _dictionary_bytes(c) for c in columns)
     return _Group(f, g, rows, data, fixed)
 
