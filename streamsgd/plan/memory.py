@@ -26,8 +26,9 @@ METADATA_ALLOWANCE = 16 << 20
 WINDOW_SHARE = 2 / 3
 
 #: The most row groups streamed side by side (``plan.shuffle.laned_order``), and the share
-#: of the limit their open streams may hold beyond the first (at least two lanes are
-#: streamed whenever the second fits in half the limit: one lane cannot mix sorted data).
+#: of the limit their open streams may hold beyond the first. A larger share was tried: two
+#: lanes of pyarrow's default 1,048,576-row groups (d = 100, 235 MB a stream) at the
+#: default 512 MiB ran over the limit + idle and slower (benchmarks/README.md, loaders.py).
 MAX_LANES = 8
 LANE_SHARE = 1 / 3
 
@@ -153,11 +154,8 @@ def in_memory_rows(rows: int, row_bytes: int, buffer_bytes: int) -> int:
 def lanes(stream_fixed: int, limit: int, groups: int) -> int:
     """How many sliced row groups to stream side by side under ``limit`` (the data's share
     of --memory-limit), each open stream holding ``stream_fixed`` bytes: as many as
-    LANE_SHARE of the limit pays for beyond the first, at least two when the second fits
-    in half the limit, at most MAX_LANES and the row groups there are."""
+    LANE_SHARE of the limit pays for beyond the first, at most MAX_LANES and the row
+    groups there are."""
     if stream_fixed <= 0:
         return 1
-    k = 1 + int(limit * LANE_SHARE) // stream_fixed
-    if k < 2 and stream_fixed <= limit // 2:
-        k = 2
-    return max(1, min(MAX_LANES, groups, k))
+    return max(1, min(MAX_LANES, groups, 1 + int(limit * LANE_SHARE) // stream_fixed))

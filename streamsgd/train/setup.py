@@ -124,13 +124,14 @@ def _cut_in_lanes(source: ParquetSource, config: FitConfig, budget: int, cap: in
     """Cut ``source``'s sliced row groups to be streamed ``k`` at once (``plan.shuffle.laned_order``),
     in slices of at most 1/(2k) of the window the plan then has, so that every window holds
     slices of k row groups; one lane (warned) when the limit cannot pay for two."""
-    if k >= 2:
-        source.cut(budget, cap, k)  # the extra streams charged: the windows this leaves
+    lane_rows = cap // (2 * k)
+    while k >= 2 and lane_rows >= 1:  # thinner slices decode in less, leaving the windows more
+        source.cut(budget, cap, k, lane_rows)  # the extra streams charged: the windows this leaves
         plan = MemoryPlan.solve(source, config, source_row_bytes(source, config), model_bytes(source, config))
-        if plan is not None:
-            source.cut(budget, cap, k, max(1, plan.window_rows // (2 * k)))
+        if plan is not None and plan.window_rows >= 2 * k * lane_rows:
             return
-        source.cut(budget, cap)
+        lane_rows //= 2
+    source.cut(budget, cap)
     if warn:
         logging.getLogger("streamsgd").warning(
             "%s: its row groups are too big to decode at once and --memory-limit %d pays for one open row group "
