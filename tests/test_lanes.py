@@ -163,3 +163,21 @@ def test_a_stream_in_lanes_resumes_exactly_mid_epoch(sorted_file):
     assert state["epoch"] == 1
     for a, b in zip(want, got):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_model_on_row_groups_read_whole_is_the_one_before_lanes(tmp_path):
+    """Label-sorted rows in 12 row groups read whole: the coefficients that main at 4e90611
+    (before lanes) trained, to 1e-9 (the same plan and kernels give the same floats; the
+    tolerance only absorbs a printout rounded to 10 decimals)."""
+    from streamsgd.train import trainer
+
+    rng = np.random.default_rng(0)
+    y = (np.arange(60_000) >= 30_000).astype(np.float64)
+    X = (rng.standard_normal((60_000, 3)) + ((y - 0.5) * 2)[:, None] / np.sqrt(3)).astype(np.float32)
+    path = str(tmp_path / "whole.parquet")
+    pq.write_table(pa.table({**{f"x{j}": X[:, j] for j in range(3)}, "label": y}), path, row_group_size=5000)
+    source = streamsgd.open_source(path, target="label")
+    model = trainer.fit(source, FitConfig(epochs=2, batch=256, model="logistic", memory_limit=LIMIT, seed=4)).model
+    assert len(source.chunk_rows) == 12 and source.chunk_lanes == 1
+    np.testing.assert_allclose(np.ravel(model.coef), [1.1536380593, 1.1684906766, 1.1560048776], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.ravel(model.intercept), [0.0004180835], rtol=0, atol=1e-9)
