@@ -181,3 +181,26 @@ def test_a_model_on_row_groups_read_whole_is_the_one_before_lanes(tmp_path):
     assert len(source.chunk_rows) == 12 and source.chunk_lanes == 1
     np.testing.assert_allclose(np.ravel(model.coef), [1.1536380593, 1.1684906766, 1.1560048776], rtol=0, atol=1e-9)
     np.testing.assert_allclose(np.ravel(model.intercept), [0.0004180835], rtol=0, atol=1e-9)
+
+
+def test_lanes_read_every_row_once_without_restarting_a_stream(sorted_file, monkeypatch):
+    """K streams open at once, read by the reader threads in any interleaving: each stream is
+    started once per row group and part (a restart would decode the rows before it again)."""
+    from streamsgd.sources import parquet
+
+    starts: list[tuple[int, int, tuple[str, ...]]] = []
+    restart = parquet._Cursor._restart
+
+    def counted(self):
+        starts.append((self._file, self._group, tuple(self._names)))
+        restart(self)
+
+    monkeypatch.setattr(parquet._Cursor, "_restart", counted)
+    n = 0
+    with streamsgd.batches(sorted_file, batch=512, seed=3, memory_limit=LIMIT, target="label", model="logistic",
+                           readers=2) as stream:
+        for batch in stream:
+            n += len(batch.y)
+    assert n == ROWS
+    # the target pass before training streams the label alone; the epoch, its two parts
+    assert len(starts) == len(set(starts)) == (ROWS // GROUP) * (1 + parquet.STREAM_PARTS)
