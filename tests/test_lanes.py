@@ -46,6 +46,7 @@ def test_sliced_row_groups_stream_in_lanes_under_a_small_limit(sorted_file):
     plan = plan_memory(source, FitConfig(model="logistic", memory_limit=LIMIT), with_table=False)
     assert 2 * source.chunk_lanes * max(source.chunk_rows) <= plan.window_rows  # a window holds both lanes
     assert source.stream_bytes == source.stream_fixed > 0
+    assert source.layout()["lanes"] == 2  # what `streamsgd info` shows
 
 
 def test_every_batch_of_sorted_sliced_data_mixes_the_labels(sorted_file, caplog):

@@ -378,6 +378,7 @@ class ParquetSource(SourceBase):
             "row_groups": sum(per_file),
             "row_groups_per_file": [min(per_file), max(per_file)],
             "sliced_row_groups": len({(c.file, c.group) for c in self._chunks if c.slices > 1}),
+            "lanes": self.chunk_lanes,  # sliced row groups streamed side by side (plan.shuffle.laned_order)
             "partition_columns": list(self.partition_columns),
         }
 
