@@ -115,7 +115,9 @@ def cut_to_limit(source: Source, config: FitConfig, warn: bool = True) -> None:
     budget = MemoryPlan.max_chunk_bytes(limit)
     cap = window_rows_cap(source, config.memory_limit, source_row_bytes(source, config))
     source.cut(budget, cap)
-    if source.stream_fixed and config.shuffle and config.n_shards == 1:
+    # shards and a validation split plan the chunks of a subset one by one (sources.subset.ChunkSubset):
+    # no lanes there, and thinner slices would only restart more streams
+    if source.stream_fixed and config.shuffle and config.n_shards == 1 and config.validation_fraction == 0:
         groups = len(set(source.chunk_groups or ()))
         _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, groups), warn and groups > 1)
 
