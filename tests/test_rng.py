@@ -30,7 +30,7 @@ def test_streams_with_one_seed_and_different_tags_differ(seed):
 
 
 def test_tags_are_distinct_and_a_stream_is_its_documented_key():
-    assert len(set(rng.KEYS)) == len(rng.KEYS) == 10
+    assert len(set(rng.KEYS)) == len(rng.KEYS) == 11
     np.testing.assert_array_equal(rng.stream(7, rng.ROW_ORDER, 3, 2).random(5),
                                   np.random.default_rng([7, rng.ROW_ORDER, 3, 2]).random(5))
 

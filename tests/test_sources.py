@@ -532,7 +532,7 @@ def test_a_row_group_bigger_than_the_limit_trains_in_fixed_memory(tmp_path):
         return json.loads(proc.stdout)
 
     idle, run = peak(small), peak(big)
-    assert run["chunks"] > 20
+    assert run["chunks"] >= 20  # sliced (20 slices with 64 KiB local read buffers)
     assert run["peak"] <= limit + idle["peak"], (run["peak"] / 2**20, idle["peak"] / 2**20)
     np.testing.assert_allclose(run["coef"], w, atol=0.01)
 

@@ -34,9 +34,10 @@ if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
 #: epoch 0's first window is cut into a ramp of smaller windows (``plan.shuffle.ramp_up``),
 #: so a run's first epoch visits its rows in another order than under 2. 4: the hashed
 #: state's counters (``compute.sparse``, checkpointed as ``hi``) also count the folds of
-#: wscale into the table. A checkpoint of another format cannot be resumed
-#: (``persist.checkpoint``); a model file of format 1 to 3 has the same arrays and metadata,
-#: so it still loads and predicts.
+#: wscale into the table, and row groups read in slices stream several at once
+#: (``plan.shuffle.laned_order``), so such data is visited in another order than under 3.
+#: A checkpoint of another format cannot be resumed (``persist.checkpoint``); a model file
+#: of format 1 to 3 has the same arrays and metadata, so it still loads and predicts.
 FORMAT_VERSION = 4
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
 

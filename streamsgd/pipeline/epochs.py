@@ -123,7 +123,7 @@ class EpochStream:
 
     def _plan(self, epoch: int) -> list[NDArray[np.int64]]:
         return epoch_plan(self.source.chunk_rows, self.seed, epoch, self.window_rows, self.shuffle, self.strata,
-                          self.source.chunk_groups)
+                          self.source.chunk_groups, getattr(self.source, "chunk_lanes", 1))
 
     def _rows(self, chunks: NDArray[np.int64]) -> int:
         return int(sum(self.source.chunk_rows[c] for c in chunks))

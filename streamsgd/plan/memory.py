@@ -25,6 +25,13 @@ METADATA_ALLOWANCE = 16 << 20
 #: Share of --memory-limit for the shuffle windows; the rest is for decoding.
 WINDOW_SHARE = 2 / 3
 
+#: The most row groups streamed side by side (``plan.shuffle.laned_order``), and the share
+#: of the limit their open streams may hold beyond the first. A larger share was tried: two
+#: lanes of pyarrow's default 1,048,576-row groups (d = 100, 235 MB a stream) at the
+#: default 512 MiB ran over the limit + idle and slower (benchmarks/README.md, loaders.py).
+MAX_LANES = 8
+LANE_SHARE = 1 / 3
+
 #: Window bytes per row besides the data: the int64 row permutation and the one-byte masks
 #: of the label and finite checks made on every window.
 ROW_OVERHEAD_BYTES = 8 + 4
@@ -54,7 +61,8 @@ class MemoryPlan:
     the same whatever ``--readers`` is; fewer reader threads run when the decode share
     cannot pay for them. When even one reader needs more than a third (a streamed row
     group of many columns holds a page and a dictionary per column), the windows give up
-    what it needs.
+    what it needs. Row groups streamed side by side (the layout's ``stream_bytes``: the
+    lanes' open streams beyond one per reader) are paid out of the windows' share too.
     """
 
     window_rows: int
@@ -73,7 +81,11 @@ class MemoryPlan:
         """The plan, or None when the limit cannot pay for one reader and the windows;
         ``fixed_bytes`` (the model's state: the hashed table, ``compute.sparse.state_bytes``) is paid first."""
         limit = data_limit(layout, config.memory_limit) - fixed_bytes
-        buffer_bytes = int(limit * WINDOW_SHARE)
+        # the streams the plan's lanes hold open besides the readers' own (sources.parquet.cut)
+        # come out of the windows: the decode share is what the chunks were cut for
+        streams = getattr(layout, "stream_bytes", 0)
+        buffer_bytes = max(0, int(limit * WINDOW_SHARE) - streams)
+        limit -= streams
         decode = max(layout.chunk_bytes, default=0)
         if decode > limit - buffer_bytes:  # one reader's decode comes before the windows' share
             buffer_bytes = max(0, limit - decode)
@@ -127,3 +139,13 @@ def in_memory_rows(rows: int, row_bytes: int, buffer_bytes: int) -> int:
             "free); drop --in-memory to stream it, or raise --memory-limit"
         )
     return rows
+
+
+def lanes(stream_fixed: int, limit: int, groups: int) -> int:
+    """How many sliced row groups to stream side by side under ``limit`` (the data's share
+    of --memory-limit), each open stream holding ``stream_fixed`` bytes: as many as
+    LANE_SHARE of the limit pays for beyond the first, at most MAX_LANES and the row
+    groups there are."""
+    if stream_fixed <= 0:
+        return 1
+    return max(1, min(MAX_LANES, groups, 1 + int(limit * LANE_SHARE) // stream_fixed))

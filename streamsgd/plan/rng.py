@@ -37,9 +37,12 @@ NOISE_ROWS = 9
 #: The initial weights of an MLP (``--hidden``); no keys.
 MLP_INIT = 10
 
+#: The deal of row groups to the lanes that stream them side by side; keys: epoch.
+LANES = 11
+
 #: Tag -> how many integer keys follow it.
 KEYS = {CHUNK_ORDER: 1, ROW_ORDER: 2, STRATA: 1, SPLIT: 0, SPLIT_ROWS: 1,
-        HOLDOUT: 0, HOLDOUT_ROWS: 1, NOISE_CHUNKS: 0, NOISE_ROWS: 0, MLP_INIT: 0}
+        HOLDOUT: 0, HOLDOUT_ROWS: 1, NOISE_CHUNKS: 0, NOISE_ROWS: 0, MLP_INIT: 0, LANES: 1}
 
 
 def stream(seed: int, tag: int, *keys: int) -> np.random.Generator:
@@ -54,4 +57,4 @@ def stream(seed: int, tag: int, *keys: int) -> np.random.Generator:
 
 
 __all__ = ["CHUNK_ORDER", "ROW_ORDER", "STRATA", "SPLIT", "SPLIT_ROWS", "HOLDOUT", "HOLDOUT_ROWS",
-           "NOISE_CHUNKS", "NOISE_ROWS", "MLP_INIT", "KEYS", "stream"]
+           "NOISE_CHUNKS", "NOISE_ROWS", "MLP_INIT", "LANES", "KEYS", "stream"]

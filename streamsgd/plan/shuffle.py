@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .rng import CHUNK_ORDER, ROW_ORDER, STRATA, stream
+from .rng import CHUNK_ORDER, LANES, ROW_ORDER, STRATA, stream
 
 
 #: Epoch 0's first window is cut into windows of at most W / k rows for each k here, then the
@@ -153,6 +153,62 @@ def grouped_order(groups: Sequence[int], seed: int, epoch: int, shuffle: bool = 
     return np.concatenate([members[g] for g in picked]).astype(np.int64)
 
 
+def laned_order(
+    chunk_rows: Sequence[int], groups: Sequence[int], seed: int, epoch: int, lanes: int,
+    strata: NDArray[np.float64] | None = None,
+) -> NDArray[np.int64]:
+    """A chunk order that streams ``lanes`` groups side by side, each group's chunks ascending.
+
+    The groups are dealt to the lanes in runs of about equal rows: of a random order, or,
+    given ``strata`` (one number per chunk), of the groups ranked by their rows' mean
+    stratum, then shuffled within each lane, so the K groups streamed at any time span the
+    data's strata (on label-sorted data, both labels at once). The order then takes the
+    next chunk of the lane least far through its rows, so the lanes advance together and
+    any run of K consecutive chunks holds one chunk of each lane.
+    """
+    rows = np.asarray(chunk_rows, dtype=np.int64)
+    members: dict[int, list[int]] = {}
+    for chunk, g in enumerate(groups):
+        members.setdefault(int(g), []).append(chunk)
+    units = list(members.values())  # in order of first appearance
+    sizes = np.array([rows[m].sum() for m in units], dtype=np.float64)
+    rng = stream(seed, LANES, epoch)
+    if strata is None:
+        ranked = rng.permutation(len(units))
+    else:
+        level = np.array([np.dot(np.asarray(strata)[m], rows[m]) / max(s, 1.0) for m, s in zip(units, sizes)])
+        ranked = np.lexsort((rng.random(len(units)), level))
+    k = max(1, min(int(lanes), len(units)))
+    ends = np.cumsum(sizes[ranked])
+    lane_of = np.minimum((k * (ends - sizes[ranked] / 2) // max(ends[-1], 1.0)).astype(np.int64), k - 1)
+    queues = []
+    for lane in range(k):
+        picked = ranked[lane_of == lane]
+        if strata is not None:
+            picked = picked[rng.permutation(len(picked))]
+        if len(picked):
+            queues.append([c for u in picked for c in units[u]])
+    return _interleave(queues, rows)
+
+
+def _interleave(queues: list[list[int]], rows: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The chunks of every queue, each queue's in its order, the next one always taken from
+    the queue least far through its rows (measured at the chunk's middle; ties: lowest)."""
+    totals = [max(int(rows[q].sum()), 1) for q in queues]
+    done, pos = [0] * len(queues), [0] * len(queues)
+    out: list[int] = []
+    live = [i for i, q in enumerate(queues) if q]
+    while live:
+        i = min(live, key=lambda j: ((done[j] + rows[queues[j][pos[j]]] / 2) / totals[j], j))
+        chunk = queues[i][pos[i]]
+        out.append(chunk)
+        done[i] += int(rows[chunk])
+        pos[i] += 1
+        if pos[i] == len(queues[i]):
+            live.remove(i)
+    return np.array(out, dtype=np.int64)
+
+
 def epoch_plan(
     chunk_rows: Sequence[int],
     seed: int,
@@ -161,16 +217,23 @@ def epoch_plan(
     shuffle: bool = True,
     strata: NDArray[np.float64] | None = None,
     groups: Sequence[int] | None = None,
+    lanes: int = 1,
 ) -> list[NDArray[np.int64]]:
     """The windows (lists of chunk ids, in buffer order) of one epoch; epoch 0's first
     window cut into a ramp (``ramp_up``).
 
     When ``groups`` ties chunks together (slices of a row group larger than the memory
-    budget), whole groups are permuted and their chunks read front to back; such data is
-    not stratified, since a group's slices cannot be dealt to different windows cheaply.
+    budget), each group's chunks are read front to back: ``lanes`` groups at once
+    (``laned_order``, stratified across the lanes when ``strata`` is given), or, with one
+    lane, whole groups one after the other in a random order (not stratified: a window is
+    then slices of one or two groups).
     """
     if groups is not None and len(set(groups)) < len(groups):
-        windows = group_windows(chunk_rows, grouped_order(groups, seed, epoch, shuffle), window_rows)
+        if shuffle and lanes > 1:
+            order = laned_order(chunk_rows, groups, seed, epoch, lanes, strata)
+        else:
+            order = grouped_order(groups, seed, epoch, shuffle)
+        windows = group_windows(chunk_rows, order, window_rows)
     elif shuffle and strata is not None:
         windows = stratified_windows(chunk_rows, strata, seed, epoch, window_rows)
     else:

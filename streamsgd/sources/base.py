@@ -127,6 +127,10 @@ class SourceBase:
     feature_type: str | None = None
     format: str = "arrays"
     chunk_groups: list[int] | None = None
+    #: groups of ``chunk_groups`` the plan streams side by side (``plan.shuffle.laned_order``)
+    chunk_lanes: int = 1
+    #: bytes the lanes' open streams hold beyond what ``chunk_bytes`` charges each reader
+    stream_bytes: int = 0
     metadata_bytes: int = 0
     column_types: Mapping[str, Any] = MappingProxyType({})
     footer_facts: Any = None

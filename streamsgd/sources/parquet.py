@@ -39,6 +39,12 @@ DEFAULT_MAX_CHUNK_BYTES = DEFAULT_MEMORY_LIMIT // 3
 #: ``buffer_size=0``) every column chunk is loaded whole before the first slice decodes,
 #: which the slicing is there to avoid.
 SLICE_BUFFER_BYTES = 256 << 10
+#: The same for a local file: a refill is a read from the page cache, not a request to a
+#: store, so a smaller buffer costs little, and it is what every open stream holds per
+#: column (row groups stream several at once: plan.shuffle.laned_order). On a 100-column
+#: file, 64 KiB instead of 256 KiB took a second open stream's cost to the peak from
+#: ~57 MB to ~14 MB (benchmarks/README.md, loaders.py).
+LOCAL_SLICE_BUFFER_BYTES = 64 << 10
 
 #: What a streamed column holds besides its slice of rows: its current page, compressed
 #: and decompressed, and its dictionary page, raw and decoded (sized from the footer).
@@ -215,7 +221,8 @@ class ParquetSource(SourceBase):
             self._group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
             self._footer_bytes.append(int(meta.serialized_size))
             parsed.append(PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK * meta.num_row_groups * meta.num_columns)
-            self._groups += [_group_size(meta, f, g, used_set) for g in range(meta.num_row_groups)]
+            buffer = _slice_buffer(self._files[f])
+            self._groups += [_group_size(meta, f, g, used_set, buffer) for g in range(meta.num_row_groups)]
         #: memory of the parsed footers held while reading (the largest few): one file of
         #: 10^8 rows x 100 columns in 65,536-row groups holds 150 MB of them
         self.metadata_bytes = sum(sorted(parsed)[-FOOTERS_KEPT:])
@@ -310,7 +317,8 @@ class ParquetSource(SourceBase):
 
     # --- layout -------------------------------------------------------------------------
 
-    def cut(self, max_chunk_bytes: int | None = None, max_chunk_rows: int | None = None) -> None:
+    def cut(self, max_chunk_bytes: int | None = None, max_chunk_rows: int | None = None, lanes: int = 1,
+            lane_rows: int | None = None) -> None:
         """Cut the row groups into chunks: a row group whose decoding would hold more than
         ``max_chunk_bytes``, or that has more than ``max_chunk_rows`` rows, is read in
         slices of consecutive rows, each its own chunk. Pure in the footers' figures, so
@@ -321,11 +329,17 @@ class ParquetSource(SourceBase):
         float columns written with pyarrow's defaults hold ~236 MB), so slices then get a
         quarter of the budget and ``chunk_bytes`` states the true cost, for the planner
         to pay out of the windows' share.
+
+        ``lanes`` sliced row groups are to be streamed side by side (``plan.shuffle.laned_order``),
+        their slices then of at most ``lane_rows`` rows: ``chunk_lanes`` says how many (1 when
+        no row group is sliced) and ``stream_bytes`` charges the streams open beyond one per
+        reader. Row groups read whole are cut the same whatever the lanes.
         """
         budget = int(max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES)
         cap = int(max_chunk_rows) if max_chunk_rows else None
         chunks: list[_Chunk] = []
         sizes: list[int] = []
+        fixed: list[int] = []  # of the sliced row groups
         for grp in self._groups:
             whole = DECODE_FACTOR * grp.data
             too_long = cap is not None and grp.rows > cap
@@ -334,8 +348,10 @@ class ParquetSource(SourceBase):
                 chunks.append(_Chunk(grp.file, grp.group, 0, grp.rows, 1))
                 sizes.append(whole)
                 continue
+            fixed.append(grp.fixed)
             room = max(budget - grp.fixed, budget // 4)
-            slices = min(grp.rows, max(math.ceil(whole / room), math.ceil(grp.rows / cap) if cap else 1, 2))
+            longest = min(cap or grp.rows, lane_rows or grp.rows)
+            slices = min(grp.rows, max(math.ceil(whole / room), math.ceil(grp.rows / longest), 2))
             step = math.ceil(grp.rows / slices)
             slices = math.ceil(grp.rows / step)
             for start in range(0, grp.rows, step):
@@ -348,6 +364,10 @@ class ParquetSource(SourceBase):
             self._cursors.clear()
         self._chunks, self.chunk_bytes = chunks, sizes
         self.chunk_rows = [c.rows for c in chunks]
+        #: the most a sliced row group's open stream holds (0: none is sliced)
+        self.stream_fixed = max(fixed, default=0)
+        self.chunk_lanes = max(1, min(int(lanes), len(self._groups))) if fixed else 1
+        self.stream_bytes = (self.chunk_lanes - 1) * self.stream_fixed
         # the row group of each chunk: the planner keeps a sliced row group's slices together
         self.chunk_groups = [c.file * (1 << 32) + c.group for c in chunks]
         if self._null_target_groups:
@@ -414,6 +434,7 @@ class ParquetSource(SourceBase):
             "row_groups": sum(per_file),
             "row_groups_per_file": [min(per_file), max(per_file)],
             "sliced_row_groups": len({(c.file, c.group) for c in self._chunks if c.slices > 1}),
+            "lanes": self.chunk_lanes,  # sliced row groups streamed side by side (plan.shuffle.laned_order)
             "partition_columns": list(self.partition_columns),
         }
 
@@ -715,7 +736,7 @@ class _Cursor:
         self._reset()
         self._handle = self._source._open(self._file, mapped=False)
         pf = pq.ParquetFile(self._handle, metadata=self._source._metas[self._file], pre_buffer=False,
-                            buffer_size=SLICE_BUFFER_BYTES)
+                            buffer_size=_slice_buffer(self._source._files[self._file]))
         self._batches = pf.iter_batches(batch_size=self._step, row_groups=[self._group], columns=self._names,
                                         use_threads=False)
 
@@ -756,16 +777,21 @@ class _Cursor:
             self._reset()
 
 
-def _group_size(meta, f: int, g: int, used: set[str]) -> _Group:
+def _slice_buffer(f: _File) -> int:
+    """The read buffer per column of a row group streamed in slices from file ``f``."""
+    return LOCAL_SLICE_BUFFER_BYTES if f.local else SLICE_BUFFER_BYTES
+
+
+def _group_size(meta, f: int, g: int, used: set[str], buffer: int = SLICE_BUFFER_BYTES) -> _Group:
     """Row group ``g`` of file ``f``: rows, decoded bytes of the used columns, and the fixed
-    cost of streaming them (per column: the read buffer, a page, compressed and
-    decompressed, and the dictionary page, raw and decoded)."""
+    cost of streaming them (per column: the read buffer of ``buffer`` bytes, a page,
+    compressed and decompressed, and the dictionary page, raw and decoded)."""
     rg = meta.row_group(g)
     rows = rg.num_rows
     columns = [c for c in (rg.column(j) for j in range(rg.num_columns)) if c.path_in_schema in used]
     data = sum(c.total_uncompressed_size for c in columns)
     share = min(1.0, PAGE_ROWS / max(rows, 1))  # a page holds this share of a column chunk at most
-    fixed = sum(SLICE_BUFFER_BYTES + 2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * share))
+    fixed = sum(buffer + 2 * min(PAGE_BYTES, math.ceil(c.total_uncompressed_size * share))
                 + 2 * _dictionary_bytes(c) for c in columns)
     return _Group(f, g, rows, data, fixed)
 

@@ -44,6 +44,14 @@ class ChunkSubset(SourceWrapper):
     def chunk_groups(self) -> list[int] | None:
         return None
 
+    @property
+    def chunk_lanes(self) -> int:
+        return 1  # no groups: nothing streams in lanes
+
+    @property
+    def stream_bytes(self) -> int:
+        return 0
+
     def chunk_name(self, i: int) -> str:
         return self._source.chunk_name(self._chunks[i])
 

@@ -69,6 +69,14 @@ class SourceWrapper:
         return self._source.chunk_groups
 
     @property
+    def chunk_lanes(self) -> int:
+        return getattr(self._source, "chunk_lanes", 1)
+
+    @property
+    def stream_bytes(self) -> int:
+        return getattr(self._source, "stream_bytes", 0)
+
+    @property
     def metadata_bytes(self) -> int:
         return self._source.metadata_bytes
 

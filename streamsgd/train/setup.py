@@ -8,6 +8,7 @@ The memory plan's arithmetic is :mod:`streamsgd.plan.memory`; here it meets the 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 
@@ -23,7 +24,7 @@ from ..config import LOSS_TASK, FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
 from ..pipeline.windows import HASHED_BYTES, WEIGHT_BYTES, hashed_columns, sample_weight_column
-from ..plan.memory import MemoryPlan, data_limit, row_bytes, window_rows_cap
+from ..plan.memory import MemoryPlan, data_limit, lanes, row_bytes, window_rows_cap
 from ..plan.rng import SPLIT, SPLIT_ROWS, stream
 from ..plan.shards import shard_chunks
 from ..plan.shuffle import iterations_per_epoch
@@ -122,14 +123,41 @@ def max_row_group_bytes(memory_limit: int) -> int:
     return MemoryPlan.max_chunk_bytes(memory_limit) // DECODE_FACTOR
 
 
-def cut_to_limit(source: Source, config: FitConfig) -> None:
+def cut_to_limit(source: Source, config: FitConfig, warn: bool = True) -> None:
     """Cut a Parquet source's row groups into chunks this run's limit can decode and
-    shuffle (a no-op for other sources, whose chunks are fixed by their layout)."""
+    shuffle (a no-op for other sources, whose chunks are fixed by their layout); row groups
+    too big to decode at once are cut to stream several at a time (``_cut_in_lanes``), or,
+    when the limit cannot pay for that, one at a time, with a warning unless not ``warn``."""
     if not isinstance(source, ParquetSource):
         return
     limit = data_limit(source, config.memory_limit)
-    source.cut(MemoryPlan.max_chunk_bytes(limit),
-               window_rows_cap(source, config.memory_limit, source_row_bytes(source, config)))
+    budget = MemoryPlan.max_chunk_bytes(limit)
+    cap = window_rows_cap(source, config.memory_limit, source_row_bytes(source, config))
+    source.cut(budget, cap)
+    # shards and a validation split plan the chunks of a subset one by one (sources.subset.ChunkSubset):
+    # no lanes there, and thinner slices would only restart more streams
+    if source.stream_fixed and config.shuffle and config.n_shards == 1 and config.validation_fraction == 0:
+        groups = len(set(source.chunk_groups or ()))
+        _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, groups), warn and groups > 1)
+
+
+def _cut_in_lanes(source: ParquetSource, config: FitConfig, budget: int, cap: int, k: int, warn: bool) -> None:
+    """Cut ``source``'s sliced row groups to be streamed ``k`` at once (``plan.shuffle.laned_order``),
+    in slices of at most 1/(2k) of the window the plan then has, so that every window holds
+    slices of k row groups; one lane (warned) when the limit cannot pay for two."""
+    lane_rows = cap // (2 * k)
+    while k >= 2 and lane_rows >= 1:  # thinner slices decode in less, leaving the windows more
+        source.cut(budget, cap, k, lane_rows)  # the extra streams charged: the windows this leaves
+        plan = MemoryPlan.solve(source, config, source_row_bytes(source, config), model_bytes(source, config))
+        if plan is not None and plan.window_rows >= 2 * k * lane_rows:
+            return
+        lane_rows //= 2
+    source.cut(budget, cap)
+    if warn:
+        logging.getLogger("streamsgd").warning(
+            "%s: its row groups are too big to decode at once and --memory-limit %d pays for one open row group "
+            "only, so each shuffle window holds one or two row groups: sorted data will train poorly; rewrite it "
+            "shuffled with `streamsgd shuffle`, or raise --memory-limit", source.url, config.memory_limit)
 
 
 def _working_limit(source: Source, config: FitConfig, shards: int = 1) -> str:
@@ -147,7 +175,7 @@ def _working_limit(source: Source, config: FitConfig, shards: int = 1) -> str:
             limit += max(limit // 8, 1 << 20)
             trial = replace(config, memory_limit=limit // shards)
             try:
-                cut_to_limit(source, trial)
+                cut_to_limit(source, trial, warn=False)
                 state = model_bytes(source, trial, shards, advise=False)
                 if MemoryPlan.solve(source, trial, source_row_bytes(source, trial), state) is None:
                     continue
@@ -155,7 +183,7 @@ def _working_limit(source: Source, config: FitConfig, shards: int = 1) -> str:
                 continue
             return f"raise --memory-limit to {math.ceil(limit / 2**20)}MiB {rewrite}"
     finally:
-        cut_to_limit(source, replace(config, memory_limit=config.memory_limit // shards))
+        cut_to_limit(source, replace(config, memory_limit=config.memory_limit // shards), warn=False)
     return f"raise --memory-limit {rewrite}"
 
 
