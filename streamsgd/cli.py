@@ -259,7 +259,7 @@ def fit(ctx: click.Context, config_path: str | None, **given: Any) -> None:
 
             dask.config.set({"logging.distributed": "error",
                              "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error"})
-        with cluster_for(config) as (config, cluster):
+        with cluster_for(config) as (config, cluster), session.log.forwarding():
             result = run(source, config, job, session.log, on_progress=progress, backend=cluster)
     finally:
         if progress:

@@ -147,3 +147,21 @@ def test_lines_from_many_threads_never_interleave():
     assert len(records) == 800
     for k in range(4):
         assert [r["i"] for r in records if r["worker"] == k] == list(range(200))
+
+
+def test_the_librarys_logging_warnings_become_warning_events_while_forwarding():
+    """The library warns through ``logging.getLogger("streamsgd")`` (it configures no handler);
+    the CLI forwards those into the run's log, so a JSON log stays JSON lines."""
+    import logging
+
+    out = io.StringIO()
+    log = RunLog("json", quiet=True, stream=out)
+    logger = logging.getLogger("streamsgd")
+    before = list(logger.handlers)
+    with log.forwarding():
+        logger.warning("%s: one lane", "data.parquet")
+        logger.info("not a warning")
+    assert logger.handlers == before
+    [line] = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["event"] == "warning" and record["message"] == "data.parquet: one lane"

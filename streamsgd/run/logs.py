@@ -13,10 +13,12 @@ nothing for it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -101,6 +103,30 @@ class RunLog:
     def error(self, message: str, **fields: Any) -> None:
         """Shorthand for ``event("error", message=message, ...)``."""
         self.event("error", message=message, **fields)
+
+    @contextmanager
+    def forwarding(self, name: str = "streamsgd") -> Iterator[None]:
+        """While inside, the library's own warnings (``logging.getLogger(name)``: a sliced file
+        that gets one lane, a lost Dask worker) are this log's warning events, in its format,
+        instead of Python's bare last-resort line on stderr."""
+        handler = _Forward(self)
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+
+
+class _Forward(logging.Handler):
+    """A logging handler that writes WARNING and above as a :class:`RunLog`'s warning events."""
+
+    def __init__(self, log: RunLog):
+        super().__init__(logging.WARNING)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._log.warning(record.getMessage())
 
 
 def _iso(t: datetime) -> str:
