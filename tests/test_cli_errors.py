@@ -137,7 +137,7 @@ FIT_CASES = {
     "missing-target": (("fit", "{d}/good.parquet", "--target", "label"), DATA, r"'label'.*--target|--target.*'label'"),
     "missing-feature": (("fit", "{d}/good.parquet", "--features", "x0,nope"), DATA, r"'nope'"),
     "non-numeric-feature": (("fit", "{d}/good.parquet", "--features", "x0,raw"), DATA, r"good\.parquet.*'raw'"),
-    "non-numeric-target": (("fit", "{d}/string_target.parquet"), DATA, r"string_target\.parquet.*'y'"),
+    "non-numeric-target": (("fit", "{d}/string_target.parquet", "--model", "linear"), DATA, r"string_target\.parquet.*'y'"),
     "column-missing-in-second-file": (("fit", "{d}/mixed", "--features", "x0,x1"), DATA, r"b\.parquet.*'x1'"),
     # bad values: the message names the column and the file's row group
     "null-feature": (("fit", "{d}/null_feature.parquet", "--missing", "error"), DATA, r"null_feature\.parquet row group 2.*'x1'"),

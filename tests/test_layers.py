@@ -14,10 +14,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "streamsgd"
 #: Data flows one way: sources -> plan -> pipeline -> compute -> train -> persist/run -> tools,
 #: with ``api`` and ``cli`` as the two doors. ``persist`` and ``compute`` sit low: they know
 #: files and numbers, not runs.
-BASE = {"errors", "config"}
+BASE = {"errors", "config", "hints"}  # hints: a compiled prefetch, a leaf that imports nothing of ours
 RULES = {
     "errors": set(),
     "config": {"errors"},
+    "hints": set(),
     "sources": BASE,
     "plan": BASE,
     "compute": BASE,

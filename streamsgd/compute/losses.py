@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from ..config import LOSS_PARAM
 from .codes import HINGE, HUBER, LINEAR, LOGISTIC, LOSSES, MODIFIED_HUBER, POISSON, QUANTILE
-from .hints import prefetch
+from ..hints import prefetch
 
 #: Above this margin the Poisson mean e^z is continued by its tangent line, so the loss and
 #: its slope stay finite (e^50 ~ 5e21 is far above any count a model could fit; float64's

@@ -20,7 +20,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 from numpy.typing import NDArray
 
-from ..compute.hints import prefetch
+from ..hints import prefetch
 
 #: Places drawn (and prefetched) before their swaps are made.
 AHEAD = 32

@@ -181,10 +181,6 @@ class ParquetSource(SourceBase):
         # a parsed footer costs about PARSED_FOOTER_BYTES_PER_COLUMN_CHUNK per column chunk,
         # so holding every file's would grow with the data
         self._fresh()
-        self._file_rows: list[int] = []
-        self._group_rows: list[list[int]] = []
-        self._footer_bytes: list[int] = []
-        parsed: list[int] = []
         schema = self._metas[0].schema.to_arrow_schema()
         keys = _partition_keys(self._files)
         self.partition_columns = [k for k in keys if k not in schema.names]
@@ -210,9 +206,30 @@ class ParquetSource(SourceBase):
         #: null counts, constant and id-like columns, from the footers as they are parsed
         self.footer_facts = FooterFacts([n for n in used if n not in self.partition_columns])
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
+        self._summarise_footers(schema, used)
+        self._leave_out_empty(set(features or ()))
+        #: the row groups whose target may hold nulls, whose rows with a null target are left
+        #: out (None: null targets are refused; :meth:`skip_null_targets`), and how many rows that is
+        self._null_target_groups: set[tuple[int, int]] | None = None
+        self.skipped_rows = 0
+        self.cut(max_chunk_bytes, max_chunk_rows)
+        #: the mean each column's nulls become (None: nulls are refused), and the columns
+        #: whose indicator features end ``features`` (sources.missing)
+        self.imputation: dict[str, float] | None = None
+        self.indicated: list[str] = []
+        if indicated:
+            self.impute({}, indicated)
+
+    def _summarise_footers(self, schema: Any, used: list[str]) -> None:
+        """Parse each file's footer once: check its schema, feed ``footer_facts``, and keep
+        its rows, row groups (sizes for :meth:`cut`) and footer size."""
+        self._file_rows: list[int] = []
+        self._group_rows: list[list[int]] = []
+        self._footer_bytes: list[int] = []
         self._groups: list[_Group] = []
+        parsed: list[int] = []
         used_set = set(used)  # a list made the column lookup O(columns^2) on a 1000-column file
-        for f in range(len(self._files)):  # each footer parsed once here, then summarised
+        for f in range(len(self._files)):
             if f > 0:
                 self._check_schema(f, schema, used)
             meta = self._metas[f]
@@ -226,18 +243,6 @@ class ParquetSource(SourceBase):
         #: memory of the parsed footers held while reading (the largest few): one file of
         #: 10^8 rows x 100 columns in 65,536-row groups holds 150 MB of them
         self.metadata_bytes = sum(sorted(parsed)[-FOOTERS_KEPT:])
-        self._leave_out_empty(set(features or ()))
-        #: the row groups whose target may hold nulls, whose rows with a null target are left
-        #: out (None: null targets are refused; :meth:`skip_null_targets`), and how many rows that is
-        self._null_target_groups: set[tuple[int, int]] | None = None
-        self.skipped_rows = 0
-        self.cut(max_chunk_bytes, max_chunk_rows)
-        #: the mean each column's nulls become (None: nulls are refused), and the columns
-        #: whose indicator features end ``features`` (sources.missing)
-        self.imputation: dict[str, float] | None = None
-        self.indicated: list[str] = []
-        if indicated:
-            self.impute({}, indicated)
 
     def _leave_out_empty(self, named: set[str]) -> None:
         """Skip the feature columns the footers show null in every row (nothing to learn, no

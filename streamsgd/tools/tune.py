@@ -208,6 +208,17 @@ def _dense_only(*sources: Source | None) -> None:
                                   "fit takes it")
 
 
+def _prepare(source: Source, validation: Source | None, config: FitConfig) -> None:
+    """Refuse data tuning cannot use; leave out rows without a target and impute numeric
+    nulls as fit does (the training data's means, for a --validation set too)."""
+    if source.target is None:
+        raise UsageError(f"{source.url}: tuning needs a target column; set --target")
+    _dense_only(source, validation)
+    if config.missing == "impute":
+        skip_null_targets(source, validation)
+        impute_nulls(source, validation)
+
+
 def tune(
     source: Source,
     config: FitConfig | None = None,
@@ -229,12 +240,7 @@ def tune(
     ``b_opt`` (the formula on those inputs) and ``batch`` (b_opt rounded and clipped to N).
     """
     config, options = config or FitConfig(), options or TuneOptions()
-    if source.target is None:
-        raise UsageError(f"{source.url}: tuning needs a target column; set --target")
-    _dense_only(source, validation)
-    if config.missing == "impute":  # the training data's means, for a --validation set too
-        skip_null_targets(source, validation)
-        impute_nulls(source, validation)
+    _prepare(source, validation, config)
     train, validation = _holdout(source, validation, options.holdout, config.seed)
     N = n_rows(train)
     grid, timing_grid, rows = _grids(N, options)
