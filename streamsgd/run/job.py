@@ -29,6 +29,7 @@ from ..sources.columns import describe as describe_columns, summary_line
 from ..sources import Source
 from ..train import Checkpointing, FitResult, Hooks, WarmStart
 from ..train import fit as train
+from ..train.hashed import resolve_defaults
 
 
 class Terminated(KeyboardInterrupt):
@@ -90,19 +91,21 @@ def run(
         store = (CheckpointStore(job.checkpoint_dir, job.storage_options, job.keep_checkpoints)
                  if job.checkpoint_dir else None)
         resume = None
+        # --optimizer auto as the trainer resolves it: the checkpoint records the optimizer that ran
+        chosen, why = resolve_defaults(source, config, backend is not None)
         if job.resume:
             assert store is not None  # Job refuses --resume without --checkpoint-dir
-            resume = _resume_state(store, config, manifest, job, log)
+            resume = _resume_state(store, chosen, manifest, job, log)
         columns = describe_columns(source, nulls=True)  # fit reads the null counts anyway (--missing impute)
         log.event("start", message=summary_line(columns), data=source.url, rows=int(sum(source.chunk_rows)),
-                  model=config.model, output=job.output,
+                  model=config.model, optimizer=chosen.optimizer, optimizer_why=why, output=job.output,
                   resumed_at=None if resume is None else int(resume["counters"][T]),
                   detail={"features": columns["columns"], "skipped": columns["skipped"],
                           "warnings": columns["warnings"]})
         for warning in columns["warnings"]:
             log.warning(warning["message"], column=warning["column"])
 
-        meta = {"config": _model_options(config), "data": manifest, "job": job.recorded}
+        meta = {"config": _model_options(chosen), "data": manifest, "job": job.recorded}
 
         def save(arrays: dict[str, Any]) -> None:
             assert store is not None  # handed to the trainer only with a checkpoint store
