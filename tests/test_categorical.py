@@ -532,3 +532,48 @@ def test_a_list_of_one_value_per_row_trains_as_the_scalar_column(tables, tmp_pat
     model = train_fit(open_source(tagged), FitConfig(epochs=3, batch=32)).model
     assert model.hashed_columns == ["sex", "place"]
     assert np.count_nonzero(model.hashed) == 3 + 3 + 3  # 3 sexes + null, 3 species and 3 islands
+
+
+# --- the defaults that follow the data (train.hashed.resolve_defaults) ----------------------------
+
+
+def _table(rows: int, categorical: bool):
+    """A stand-in for a source: its rows and categorical columns are all the choice reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(chunk_rows=[rows], categorical=["c"] if categorical else [])
+
+
+@pytest.mark.parametrize("rows, options, optimizer, l2", [
+    (50_000, {}, "sgd", 1e-4),  # dense: today's defaults
+    (50_000, {"categorical": True}, "adagrad", 1 / 50_000),  # min(1e-4, 1/rows)
+    (5_000, {"categorical": True}, "adagrad", 1e-4),  # the cap: small tables keep 1e-4
+    (50_000, {"categorical": True, "model": "linear"}, "sgd", 1 / 50_000),  # a regression keeps sgd
+    (50_000, {"categorical": True, "shards": 2}, "sgd", 1 / 50_000),  # the lazy L2 runs in one process
+    (50_000, {"categorical": True, "lr_schedule": "cosine"}, "sgd", 1 / 50_000),  # ... with one step
+    (50_000, {"categorical": True, "shards": 2, "l2": 0.0}, "adagrad", 0.0),  # no L2: no catch-up
+    (50_000, {"categorical": True, "optimizer": "sgd", "l2": 1e-3}, "sgd", 1e-3),  # given: kept
+])
+def test_auto_optimizer_and_l2_follow_the_data(rows, options, optimizer, l2):
+    from streamsgd.train.hashed import resolve_defaults
+
+    categorical = options.pop("categorical", False)
+    config, why = resolve_defaults(_table(rows, categorical), FitConfig(**options))
+    assert (config.optimizer, config.l2) == (optimizer, pytest.approx(l2, rel=1e-15))
+    assert why.startswith("given" if "optimizer" in options else "auto: ")
+    assert ("1/rows" in why) == (categorical and "l2" not in options)
+
+
+def test_the_summary_and_info_say_which_optimizer_and_why(tables, tmp_path):
+    """Defaults on the penguins (3 text columns, a classifier): adagrad, stated in fit's
+    summary, recorded in the model's options, and foretold by info; without them, sgd."""
+    (paths, _, _) = tables
+    info = json.loads(run_cli("info", paths["train"], "--json").stdout)
+    assert info["optimizer"] == "adagrad" and info["optimizer_why"].startswith("auto: 3 categorical columns")
+    summary = json.loads(run_cli("fit", paths["train"], "--epochs", "1", "--json", "-o", tmp_path / "m.npz")
+                         .stdout.strip().splitlines()[-1])
+    assert summary["optimizer"] == "adagrad" and summary["optimizer_why"] == info["optimizer_why"]
+    config = streamsgd.load(str(tmp_path / "m.npz")).metadata["config"]
+    assert (config["optimizer"], config["l2"]) == ("adagrad", 1e-4)
+    dense = json.loads(run_cli("info", paths["train"], "--exclude", ",".join(CATEGORICAL), "--json").stdout)
+    assert dense["optimizer"] == "sgd" and dense["optimizer_why"].startswith("auto: dense features")
