@@ -110,7 +110,10 @@ def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_
         finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, sums, noise, hashed)
     dense = avg if counters[AVERAGED] else theta
     lazy = (int(counters[0]), lazy_l2(spec, hyper), eps, average_from)  # loop.T: the updates made
-    return np.concatenate([dense, folded(hashed, int(counters[AVERAGED]), lazy)]), hashed
+    weights = folded(hashed, int(counters[AVERAGED]), lazy)
+    # the catch-up works on copies: the run's state (its stamps, weights, sums) is left as it was
+    np.testing.assert_array_equal(folded(hashed, int(counters[AVERAGED]), lazy), weights)
+    return np.concatenate([dense, weights]), hashed
 
 
 def _problem(loss, seed=0, n=300, d=3, k=3, bits=5):

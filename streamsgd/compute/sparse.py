@@ -142,6 +142,14 @@ def catch_up_all(hashed, upto, lr_l2, eps, average_from):
 
 
 @njit(nogil=True, cache=True)
+def _caught_up(hw, hsq, hsum, stamps, upto, lr_l2, eps, average_from):
+    """``catch_up_all`` into copies of the weights and the average's sums (``hw``, ``hsum``),
+    the run's state (its stamps, AdaGrad's sums) only read: the model's weights mid-run."""
+    for h in range(hw.shape[0]):
+        _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
+
+
+@njit(nogil=True, cache=True)
 def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
                            average_from):
     """``losses.accumulate_rows`` with hashed features: rows ``rows`` of the window add
@@ -291,9 +299,10 @@ def folded(hashed: tuple[NDArray, ...], averaged: int, lazy: tuple[int, float, f
     the ``averaged`` iterates when there are any, else wscale·u. ``lazy`` = (updates made,
     η·l2, ε, AVERAGE_FROM) with AdaGrad's lazy L2 (``lazy_l2`` > 0): every weight is first
     brought up to the last update, on a copy (the run's state is left as it is)."""
-    if lazy is not None and lazy[1] > 0.0:
-        hashed = tuple(a.copy() for a in hashed)
-        catch_up_all(hashed, lazy[0], lazy[1], lazy[2], lazy[3])
+    if lazy is not None and lazy[1] > 0.0:  # S holds the iterates themselves (AVG_B stays 0)
+        hw, total = np.array(hashed[HW], order="C"), hashed[HSUM].copy()  # copies: the state stays
+        _caught_up(hw, hashed[HSQ], total, hashed[STAMP], lazy[0], lazy[1], lazy[2], lazy[3])
+        return np.asarray(total / averaged) if averaged else hw
     u, hf = hashed[HW], hashed[HF]
     if averaged:
         return np.asarray((hashed[HSUM] + hf[AVG_B] * u) / averaged)
