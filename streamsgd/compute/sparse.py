@@ -136,7 +136,9 @@ def catch_up_all(hashed, upto, lr_l2, eps, average_from):
     weights the batch in progress touched (stamp ``upto`` + 1) are current already."""
     hw, hsq, hsum, stamps = hashed[HW], hashed[HSQ], hashed[HSUM], hashed[STAMP]
     for h in range(hw.shape[0]):
-        if stamps[h] < upto:
+        # a zero weight stays zero at any step (and adds zeros to its sum): its stamp may lag,
+        # and the table's never-touched pages are never written
+        if stamps[h] < upto and hw[h] != 0.0:
             _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
             stamps[h] = upto
 
