@@ -21,7 +21,7 @@ from typing import Any
 from ..compute.loop import T
 from ..persist.checkpoint import CheckpointStore, compare_manifests, manifest_of
 from ..config import EXECUTION_ONLY, FitConfig
-from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, RunStopped, UsageError
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, ModelFileError, RunStopped, UsageError
 from .lock import RunLock
 from .logs import RunLog
 from ..persist.model import load
@@ -105,7 +105,7 @@ def run(
         for warning in columns["warnings"]:
             log.warning(warning["message"], column=warning["column"])
 
-        meta = {"config": _model_options(chosen), "data": manifest, "job": job.recorded}
+        meta = {"config": _model_options(chosen), "data": manifest, "job": job.recorded, "adagrad_l2": ADAGRAD_L2}
 
         def save(arrays: dict[str, Any]) -> None:
             assert store is not None  # handed to the trainer only with a checkpoint store
@@ -140,6 +140,11 @@ def run(
         return result
 
 
+#: AdaGrad's L2 rule, recorded in every checkpoint (compute.optim): a checkpoint of an adagrad run
+#: with --l2 > 0 written before this rule (its sums held the L2 term too) is refused on --resume
+ADAGRAD_L2 = "proximal"
+
+
 def _resume_state(store: CheckpointStore, config: FitConfig, manifest: dict[str, Any], job: Job,
                   log: RunLog) -> dict[str, Any] | None:
     """The newest valid checkpoint's arrays, after checking it belongs to this run."""
@@ -155,6 +160,11 @@ def _resume_state(store: CheckpointStore, config: FitConfig, manifest: dict[str,
                 f"--resume: the checkpoint in {job.checkpoint_dir} was written with {key}={value!r}, this run "
                 f"has {ours.get(key)!r}; rerun with the same options, or use another --checkpoint-dir"
             )
+    if config.optimizer == "adagrad" and config.l2_strength > 0 and meta.get("adagrad_l2") != ADAGRAD_L2:
+        raise ModelFileError(
+            f"--resume: the checkpoint in {job.checkpoint_dir} was written by an older streamsgd, whose adagrad "
+            "summed the L2 term's squares too (its --l2 is now a proximal step); start the run over (delete the "
+            "checkpoints) or resume with the streamsgd version that wrote it")
     change = compare_manifests(meta.get("data", {}), manifest)
     if change is not None:
         if not job.allow_data_change:
