@@ -1,4 +1,5 @@
-"""A run with categorical columns: what it refuses, the encoding it fixes, what its model holds.
+"""A run with categorical columns: the defaults they change (``resolve_defaults``: --optimizer
+auto, --l2), what it refuses, the encoding it fixes, what its model holds.
 
 The hashed weights train in the compiled loop beside the dense block (``compute.sparse``);
 this module is the trainer's side of them: one line per option the sparse kernels do not
@@ -70,13 +71,14 @@ def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tupl
     intercept's, with its lazy L2 (compute.sparse). AdaGrad's first step moves a weight by
     ±lr whatever its gradient, so its lr is in the weights' units: a classifier's margins
     (hence weights) are O(1), as 1/L_B assumes, where a regression's weights scale with the
-    target (cars' mpg: a held-out loss 3x scikit-learn's at the default budget), so
-    regressions keep sgd. sgd also where the lazy L2 is not served (shards, a cluster, a
-    schedule that changes the step)."""
+    target (measured: benchmarks/README.md, ctr.py), so regressions keep sgd. sgd also where
+    the lazy L2 is not served (shards, a cluster, a schedule that changes the step)."""
     if config.optimizer != "auto":
         return config, "given"
     columns = categorical_columns(source)
-    if not columns or config.hidden:
+    if config.hidden:
+        return replace(config, optimizer="sgd"), "auto: an MLP, sgd"
+    if not columns:
         return replace(config, optimizer="sgd"), "auto: dense features, sgd with the step 1/L_B from the data"
     k = f"{len(columns)} categorical column{'s' if len(columns) > 1 else ''}"
     if config.model not in CLASSIFIERS:
