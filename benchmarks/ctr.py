@@ -27,7 +27,8 @@ left out of all three):
   (numeric as values, text as ``name=value``, nulls left out) and
   ``SGDClassifier(loss="log_loss").partial_fit`` at batch 512, on the first ``--sklearn-rows``
   rows of the smallest file (its per-row speed is what is compared), read with pyarrow.
-* Not a default, for the loss: ``streamsgd fit ... --optimizer adagrad --l2 0`` on the smallest file.
+* The defaults before issue 16's ``--optimizer auto``, for the loss: ``streamsgd fit ... --optimizer sgd
+  --l2 1e-4`` on the smallest file (the defaults now train adagrad with l2 = min(1e-4, 1/rows) here).
 
 Writes benchmarks/out/ctr.json (ctr-quick.json for ``--quick``).
 """
@@ -63,8 +64,8 @@ DICTIONARY = {"C1", "C2", "C4", "C5", "C6", "C9", "C14", "C16", "C17", "C20", "C
 ROW_GROUP = 131_072
 HELDOUT = 200_000
 BATCH = 512
-#: The non-default streamsgd run also measured: AdaGrad's per-coordinate steps (VW's are adaptive too).
-ADAGRAD = ("--optimizer", "adagrad", "--l2", "0")
+#: The non-default streamsgd run also measured: the defaults before --optimizer auto (one SGD step for all).
+PREVIOUS = ("--optimizer", "sgd", "--l2", "1e-4")
 HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 
@@ -312,8 +313,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="rows scikit-learn trains on (of the smallest file); 0 leaves it out")
     parser.add_argument("--heldout", type=int, default=HELDOUT)
     parser.add_argument("--no-vw", action="store_true", help="leave Vowpal Wabbit out")
-    parser.add_argument("--no-adagrad", action="store_true",
-                        help=f"leave out the extra streamsgd run with {' '.join(ADAGRAD)} (smallest file)")
+    parser.add_argument("--no-previous", action="store_true",
+                        help=f"leave out the extra streamsgd run with {' '.join(PREVIOUS)} (smallest file)")
     parser.add_argument("--quick", action="store_true", help="50,000 and 100,000 rows, one run (a smoke test)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -355,8 +356,8 @@ def methods(args: argparse.Namespace, files: dict[Any, Path], use_vw: bool) -> d
         if use_vw:
             calls[f"vw {rows}"] = lambda rows=rows: run_vw(files[rows].with_suffix(".vwcache"), rows, held, work)
     smallest = min(args.sizes)
-    if not args.no_adagrad:  # per-coordinate steps, as VW's adaptive updates (AdaGrad has no lazy L2: --l2 0)
-        calls[f"streamsgd adagrad {smallest}"] = lambda: run_streamsgd(files[smallest], held, work, ADAGRAD)
+    if not args.no_previous:  # the defaults before --optimizer auto: one SGD step for every weight
+        calls[f"streamsgd sgd {smallest}"] = lambda: run_streamsgd(files[smallest], held, work, PREVIOUS)
     if args.sklearn_rows:
         calls["sklearn"] = lambda: run_sklearn(files[smallest], min(args.sklearn_rows, smallest), held, work)
     return calls

@@ -80,6 +80,7 @@ import numpy as np
 from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train import trainer as train
+from streamsgd.train.hashed import DEFAULT_L2
 #: Gap above which the run counts as a failure (the target is "within a few percent").
 MAX_GAP = 0.05
 #: issue 13: held-out loss within 2 % of the exact solver's with the defaults, 5 % with a budget
@@ -423,7 +424,7 @@ def evaluate(case: Case, min_updates: int | None = None, **fit_options: Any) -> 
     optimum. ``min_updates`` emulates a different auto-epochs rule: epochs = ceil(U / ipe),
     with no upper cap."""
     fit_options = {**dict(case.fit), **fit_options}
-    l2 = fit_options.get("l2", streamsgd.FitConfig().l2)
+    l2 = fit_options.get("l2", DEFAULT_L2)  # --l2's default on dense data (FitConfig's None)
     X, y = case.load()
     if case.bootstrap:
         rows = np.random.default_rng(SEED).integers(0, X.shape[0], BOOTSTRAP_ROWS)
@@ -575,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [{}] + (BUDGETS if args.budgets else [{"epochs": 20, "batch": 32}] if args.quick else [])
     cfg = streamsgd.FitConfig(**options)
     print(f"streamsgd {streamsgd.__version__}: batch={cfg.batch} lr={cfg.lr or '1/L_B (auto)'} "
-          f"schedule={cfg.lr_schedule} power_t={cfg.power_t} l2={cfg.l2} "
+          f"schedule={cfg.lr_schedule} power_t={cfg.power_t} l2={cfg.l2 or DEFAULT_L2} "
           f"epochs={'ceil(%d / ipe)' % args.min_updates if args.min_updates else 'auto'}")
     print(HEADER)
     print("-" * len(HEADER))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import (DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET, DTYPES, MODELS, OPTIMIZERS, SCHEDULES, SYNC_MODES, FitConfig, parse_bytes,
+from .config import (DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET, DTYPES, MODELS, OPTIMIZER_CHOICES, SCHEDULES, SYNC_MODES, FitConfig, parse_bytes,
                      storage_option)
 from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
 from .run.runtime import retry_policy_from_environment, tune_allocator
@@ -161,7 +161,8 @@ def cli() -> None:
 @click.option("--gamma", type=float, default=FitConfig.gamma, show_default=True, help="step schedule: decay factor.")
 @click.option("--lr-scale-with-batch", "lr_reference_batch", type=int, default=None, metavar="REF",
               help="Linear scaling rule: use --lr x batch / REF (Goyal et al. 2017).")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=FitConfig.optimizer, show_default=True)
+@click.option("--optimizer", type=click.Choice(OPTIMIZER_CHOICES), default=FitConfig.optimizer, show_default=True,
+              help="auto: sgd for dense data, adagrad when the data has categorical columns.")
 @click.option("--beta1", type=float, default=FitConfig.beta1, show_default=True, help="Momentum / Adam's first moment.")
 @click.option("--beta2", type=float, default=FitConfig.beta2, show_default=True, help="Adam's second moment.")
 @click.option("--eps", type=float, default=FitConfig.eps, show_default=True, help="Adagrad/Adam denominator guard.")

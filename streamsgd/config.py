@@ -12,6 +12,9 @@ from .errors import UsageError
 MODELS = ("linear", "logistic", "huber", "hinge", "modified_huber", "poisson", "quantile", "softmax")
 SCHEDULES = ("constant", "invscaling", "step", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adam", "adamw")
+#: --optimizer's choices: an optimizer, or ``auto`` (the default: train.hashed.choose_optimizer
+#: picks sgd for dense data, adagrad when the data has categorical columns)
+OPTIMIZER_CHOICES = ("auto", *OPTIMIZERS)
 DTYPES = ("float32", "float64")
 
 #: Model name -> the kind of label it expects, for checks at the edge: "classification"
@@ -114,11 +117,13 @@ class FitConfig:
     gamma: float = 0.1
     #: the linear scaling rule: lr x batch / lr_reference_batch (Goyal et al. 2017)
     lr_reference_batch: int | None = None
-    optimizer: str = "sgd"
+    #: "auto": sgd for dense data, adagrad with categorical columns (train.hashed.choose_optimizer)
+    optimizer: str = "auto"
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-    l2: float = 1e-4
+    #: None: 1e-4, or min(1e-4, 1/rows) with categorical columns (train.hashed.resolve_defaults)
+    l2: float | None = None
     l1: float = 0.0
     epsilon: float = LOSS_PARAM["huber"]
     quantile: float = LOSS_PARAM["quantile"]
@@ -164,7 +169,7 @@ class FitConfig:
         object.__setattr__(self, "hidden", _hidden_widths(self.hidden))
         _choice("--activation", self.activation, ("relu", "tanh"))
         _choice("--lr-schedule", self.lr_schedule, SCHEDULES)
-        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--optimizer", self.optimizer, OPTIMIZER_CHOICES)
         _at_least("--warmup", self.warmup, 0)
         _at_least("--step-every", self.step_every, 1)
         if self.lr_reference_batch is not None:
@@ -202,7 +207,7 @@ class FitConfig:
             _at_least("--steps", self.steps, 1)
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr: the learning rate must be a positive number, got {self.lr}")
-        if not (math.isfinite(self.l2) and self.l2 >= 0):
+        if self.l2 is not None and not (math.isfinite(self.l2) and self.l2 >= 0):
             raise UsageError(f"--l2: the penalty must be a number >= 0, got {self.l2}")
         if not (math.isfinite(self.power_t) and self.power_t >= 0):
             raise UsageError(f"--power-t: must be a number >= 0, got {self.power_t}")
@@ -248,6 +253,14 @@ class FitConfig:
                 raise UsageError(f"--hidden: an MLP does not train on {where} yet; drop --hidden or the shards")
             if self.in_memory:
                 raise UsageError(f"--in-memory: not with {where}; each shard streams its own windows")
+
+    @property
+    def l2_strength(self) -> float:
+        """--l2 as the run trains with it: the trainer's config has it fixed
+        (``train.hashed.resolve_defaults``; None is the data-dependent default)."""
+        if self.l2 is None:
+            raise AssertionError("--l2 is fixed by train.hashed.resolve_defaults before training")
+        return self.l2
 
     @property
     def n_shards(self) -> int:

@@ -17,12 +17,15 @@ import pytest
 
 import streamsgd
 from streamsgd.compute.codes import ADAGRAD, LINEAR, LOGISTIC, POISSON, SGD
-from streamsgd.compute.loop import N_COUNTERS, N_SUMS, AVERAGED, pack_hyper, pack_params, pack_spec
-from streamsgd.compute.sparse import HF, RENORMALIZE, WSCALE, finish_batch_hashed, folded, pack_hashed, train_rows_hashed
+from streamsgd.compute.loop import LR0, N_COUNTERS, N_SUMS, AVERAGED, pack_hyper, pack_params, pack_spec
+from streamsgd.compute.sparse import (HF, RENORMALIZE, WSCALE, catch_up_all, finish_batch_hashed, folded, lazy_l2,
+                                     pack_hashed,
+                                     train_rows_hashed)
 from streamsgd.config import FitConfig
 from streamsgd.errors import ModelFileError, UsageError
 from streamsgd.sources import open_source
 from streamsgd.train import Hooks
+from streamsgd.train.hashed import DEFAULT_L2
 from streamsgd.train.trainer import Checkpointing, fit as train_fit
 
 from helpers import run_cli
@@ -43,9 +46,10 @@ def _slope(loss: int, z, y):
     return z - y
 
 
-def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from):
+def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from, lr_after=None):
     """The same run on the dense design [X | one-hot of the hashed ids] in plain NumPy:
-    every weight of the table moves at every update (the L2 shrinkage of all of them)."""
+    every weight of the table moves at every update (the L2 shrinkage of all of them).
+    ``lr_after`` = (m, lr2): the step is lr2 after update m (a lowered default step)."""
     n, d = X.shape
     onehot = np.zeros((n, 1 << bits))
     for c in range(idx.shape[1]):
@@ -57,22 +61,27 @@ def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_fr
     sq = np.zeros_like(theta)
     avg, k = np.zeros_like(theta), 0
     for t, start in enumerate(range(0, n, batch), start=1):
+        if lr_after is not None and t == lr_after[0] + 1:
+            lr = lr_after[1]
         rows = A[start:start + batch]
-        g = rows.T @ _slope(loss, rows @ theta, y[start:start + batch]) / rows.shape[0] + penalty * theta
-        if optimizer == ADAGRAD:
+        g = rows.T @ _slope(loss, rows @ theta, y[start:start + batch]) / rows.shape[0]
+        if optimizer == ADAGRAD:  # the sums hold the loss gradient; the L2 is the proximal step in √G + ε
             sq += g * g
-            theta -= lr * g / (np.sqrt(sq) + eps)
+            h = np.sqrt(sq) + eps
+            theta = (theta - lr * g / h) / (1.0 + lr * penalty / h)
         else:
-            theta -= lr * g
+            theta -= lr * (g + penalty * theta)
         if t > average_from:
             k += 1
             avg += (theta - avg) / k
     return avg if k else theta
 
 
-def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from, pieces):
+def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from, pieces, lr_after=None):
     """The product's compiled loop on the same rows, fed in ``pieces`` so that batches
-    straddle the calls (their sums wait in the gradient buffers, as between windows)."""
+    straddle the calls (their sums wait in the gradient buffers, as between windows).
+    ``lr_after`` = (m, lr2): after update m the step changes, as ``State.catch_up`` then
+    ``stepsize.lower_step`` change it (every hashed weight brought up to m first)."""
     n, d = X.shape
     updates = -(-n // batch)
     spec = pack_spec(loss=loss, batch=batch, schedule=0, average_from=average_from, n_rows=n, optimizer=optimizer,
@@ -88,13 +97,23 @@ def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_
     order = np.arange(n, dtype=np.int64)
     mean, scale = np.zeros(d), np.ones(d)  # the dense block as it is: the twin's raw space
 
+    stop_at = -1 if lr_after is None else lr_after[0]
     for lo in range(0, n, pieces):
-        train_rows_hashed(X, y, np.zeros(0), idx, sign, order, lo, min(n, lo + pieces), -1, spec, hyper, params,
-                          opt_state, mean, scale, counters, sums, noise, hashed)
+        pos = lo
+        while pos < min(n, lo + pieces):
+            pos = train_rows_hashed(X, y, np.zeros(0), idx, sign, order, pos, min(n, lo + pieces), stop_at, spec,
+                                    hyper, params, opt_state, mean, scale, counters, sums, noise, hashed)
+            if counters[0] == stop_at:  # loop.T
+                catch_up_all(hashed, stop_at, lazy_l2(spec, hyper), eps, average_from)
+                hyper[LR0], stop_at = lr_after[1], -1
     if counters[1]:  # the short last batch (loop.FILLED), as the trainer closes an epoch
         finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, sums, noise, hashed)
     dense = avg if counters[AVERAGED] else theta
-    return np.concatenate([dense, folded(hashed, int(counters[AVERAGED]))]), hashed
+    lazy = (int(counters[0]), lazy_l2(spec, hyper), eps, average_from)  # loop.T: the updates made
+    weights = folded(hashed, int(counters[AVERAGED]), lazy)
+    # the catch-up works on copies: the run's state (its stamps, weights, sums) is left as it was
+    np.testing.assert_array_equal(folded(hashed, int(counters[AVERAGED]), lazy), weights)
+    return np.concatenate([dense, weights]), hashed
 
 
 def _problem(loss, seed=0, n=300, d=3, k=3, bits=5):
@@ -116,6 +135,9 @@ def _problem(loss, seed=0, n=300, d=3, k=3, bits=5):
     (SGD, 0.9, 7),  # averaging across a renormalisation
     (ADAGRAD, 0.0, 10**9),
     (ADAGRAD, 0.0, 7),
+    (ADAGRAD, 1e-2, 10**9),  # the lazy L2: (1 + η·l2 / h)^(-k) on a weight's touch
+    (ADAGRAD, 0.5, 7),  # η·l2 / h far above 1 for a weight seen once; averaging by the geometric series
+    (ADAGRAD, 1e-2, 2**63 - 1),  # train.setup's NEVER: no averaging, no overflow in the catch-up
 ])
 def test_sparse_kernel_equals_its_dense_twin(loss, optimizer, l2, average_from):
     """O(nnz) updates (lazy scale, lazy AdaGrad, lazy average) give the dense update's
@@ -130,6 +152,22 @@ def test_sparse_kernel_equals_its_dense_twin(loss, optimizer, l2, average_from):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
     if l2 == 0.9 and loss != POISSON:  # wscale was folded in on the way: 0.55^38 = 1.4e-10 without
         assert hashed[HF][WSCALE] > RENORMALIZE > 0.55**38
+
+
+@pytest.mark.parametrize("average_from", [10**9, 7, 25])
+def test_lazy_adagrad_l2_across_a_lowered_step_equals_its_dense_twin(average_from):
+    """The step lowered after update 19 (the default step meeting a worse row): every hashed
+    weight is brought up to update 19 at the old step first (``catch_up_all``), so the lazy
+    L2's catch-ups after it hold one step each; the averaging sums straddle it (7) or start
+    after it (25). Without the catch-up a weight skipped across update 19 would shrink at the
+    new step for all its skipped updates (the last assertion)."""
+    X, y, idx, sign, bits = _problem(LOGISTIC, seed=2)
+    args = (LOGISTIC, ADAGRAD, X, y, idx, sign, bits, 8, 0.5, 0.3, 1e-8, average_from)
+    want = _twin(*args, lr_after=(19, 0.05))
+    got, _ = _kernel(*args, pieces=37, lr_after=(19, 0.05))
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
+    assert not np.allclose(_twin(*args), want, rtol=1e-3)  # the change of step mattered
 
 
 # --- real tables through the CLI ------------------------------------------------------------------
@@ -301,7 +339,8 @@ def _sklearn_loss(train: pd.DataFrame, test: pd.DataFrame, target: str, model: s
 
 @pytest.fixture(scope="module")
 def public_references():
-    return {name: _sklearn_loss(*_public_split(name), l2=FitConfig().l2) for name in PUBLIC}
+    # fit's default --l2 on these tables: min(1e-4, 1/rows) is 1e-4 below 10^4 rows (train.hashed)
+    return {name: _sklearn_loss(*_public_split(name), l2=DEFAULT_L2) for name in PUBLIC}
 
 
 @pytest.mark.slow
@@ -344,7 +383,9 @@ def test_resume_after_a_checkpoint_is_bit_identical(tables):
 @pytest.mark.parametrize("options, message", [
     ({"model": "softmax"}, "--model softmax: categorical columns train with models of one output"),
     ({"optimizer": "adam"}, "--optimizer adam: categorical columns train with --optimizer sgd or adagrad"),
-    ({"optimizer": "adagrad"}, "--l2: adagrad with categorical columns has no exact lazy L2"),
+    ({"optimizer": "adagrad", "lr_schedule": "invscaling"},
+     "--lr-schedule invscaling: adagrad's lazy L2 on categorical columns needs one step for every update"),
+    ({"optimizer": "adagrad", "shards": 2}, "--l2: adagrad's lazy L2 on categorical columns trains in one process"),
     ({"l1": 1e-3}, "--l1: not yet with categorical columns"),
     ({"hidden": (4,)}, "--hidden: an MLP does not take categorical columns yet"),
 ])
@@ -494,3 +535,48 @@ def test_a_list_of_one_value_per_row_trains_as_the_scalar_column(tables, tmp_pat
     model = train_fit(open_source(tagged), FitConfig(epochs=3, batch=32)).model
     assert model.hashed_columns == ["sex", "place"]
     assert np.count_nonzero(model.hashed) == 3 + 3 + 3  # 3 sexes + null, 3 species and 3 islands
+
+
+# --- the defaults that follow the data (train.hashed.resolve_defaults) ----------------------------
+
+
+def _table(rows: int, categorical: bool):
+    """A stand-in for a source: its rows and categorical columns are all the choice reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(chunk_rows=[rows], categorical=["c"] if categorical else [])
+
+
+@pytest.mark.parametrize("rows, options, optimizer, l2", [
+    (50_000, {}, "sgd", 1e-4),  # dense: today's defaults
+    (50_000, {"categorical": True}, "adagrad", 1 / 50_000),  # min(1e-4, 1/rows)
+    (5_000, {"categorical": True}, "adagrad", 1e-4),  # the cap: small tables keep 1e-4
+    (50_000, {"categorical": True, "model": "linear"}, "sgd", 1 / 50_000),  # a regression keeps sgd
+    (50_000, {"categorical": True, "shards": 2}, "sgd", 1 / 50_000),  # the lazy L2 runs in one process
+    (50_000, {"categorical": True, "lr_schedule": "cosine"}, "sgd", 1 / 50_000),  # ... with one step
+    (50_000, {"categorical": True, "shards": 2, "l2": 0.0}, "adagrad", 0.0),  # no L2: no catch-up
+    (50_000, {"categorical": True, "optimizer": "sgd", "l2": 1e-3}, "sgd", 1e-3),  # given: kept
+])
+def test_auto_optimizer_and_l2_follow_the_data(rows, options, optimizer, l2):
+    from streamsgd.train.hashed import resolve_defaults
+
+    categorical = options.pop("categorical", False)
+    config, why = resolve_defaults(_table(rows, categorical), FitConfig(**options))
+    assert (config.optimizer, config.l2) == (optimizer, pytest.approx(l2, rel=1e-15))
+    assert why.startswith("given" if "optimizer" in options else "auto: ")
+    assert ("1/rows" in why) == (categorical and "l2" not in options)
+
+
+def test_the_summary_and_info_say_which_optimizer_and_why(tables, tmp_path):
+    """Defaults on the penguins (3 text columns, a classifier): adagrad, stated in fit's
+    summary, recorded in the model's options, and foretold by info; without them, sgd."""
+    (paths, _, _) = tables
+    info = json.loads(run_cli("info", paths["train"], "--json").stdout)
+    assert info["optimizer"] == "adagrad" and info["optimizer_why"].startswith("auto: 3 categorical columns")
+    summary = json.loads(run_cli("fit", paths["train"], "--epochs", "1", "--json", "-o", tmp_path / "m.npz")
+                         .stdout.strip().splitlines()[-1])
+    assert summary["optimizer"] == "adagrad" and summary["optimizer_why"] == info["optimizer_why"]
+    config = streamsgd.load(str(tmp_path / "m.npz")).metadata["config"]
+    assert (config["optimizer"], config["l2"]) == ("adagrad", 1e-4)
+    dense = json.loads(run_cli("info", paths["train"], "--exclude", ",".join(CATEGORICAL), "--json").stdout)
+    assert dense["optimizer"] == "sgd" and dense["optimizer_why"].startswith("auto: dense features")

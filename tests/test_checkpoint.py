@@ -503,6 +503,25 @@ def test_resuming_an_older_versions_checkpoint_exits_6_with_one_line(tmp_path, m
     assert not (tmp_path / "m.npz").exists()
 
 
+def test_an_adagrad_l2_checkpoint_of_the_previous_rule_is_refused(tmp_path):
+    """AdaGrad's sums held the L2 term's squares before its --l2 became a proximal step
+    (compute.optim): its state would continue under another rule, so --resume of such a run
+    (a checkpoint without the rule's mark) exits 6 in one line; sgd's checkpoints resume."""
+    from helpers import invoke, write_parquet
+
+    data = write_parquet(tmp_path / "d.parquet", np.ones((100, 2)), np.arange(100.0) % 2)
+    ckpt = tmp_path / "ckpt"
+    CheckpointStore(str(ckpt)).save(40, {"counters": np.zeros(6, np.int64)}, {"config": {}})  # no rule mark
+    options = ["fit", data, "--target", "y", "--model", "logistic", "--resume", "--checkpoint-dir", str(ckpt),
+               "-o", str(tmp_path / "m.npz")]
+    run = invoke([*options, "--optimizer", "adagrad", "--l2", "1e-3"])
+    assert run.code == 6 and len(run.stderr.strip().splitlines()) == 1, run.report()
+    assert "written by an older streamsgd, whose adagrad summed the L2 term" in run.stderr
+    assert not (tmp_path / "m.npz").exists()
+    other = invoke([*options, "--optimizer", "adagrad", "--l2", "0"])  # no L2: the rule is the same
+    assert "whose adagrad" not in other.stderr, other.report()
+
+
 def test_a_model_file_of_the_previous_format_still_loads_and_predicts(tmp_path):
     """Format 2 changed how a run draws its random streams, not the model file's layout."""
     import json

@@ -36,7 +36,7 @@ def test_ctr_benchmark_runs_every_method_on_a_criteo_shaped_file(tmp_path):
     nulls = pq.read_table(tmp_path / "ctr-8000.parquet").to_pandas().isna().sum()
     assert nulls[[f"I{j}" for j in range(1, 14)]].gt(0).sum() >= 5 and nulls[[f"C{j}" for j in range(1, 27)]].gt(0).any()
     results, floor = report["results"], report["heldout_floor"]
-    methods = {"streamsgd 8000", "streamsgd 16000", "streamsgd adagrad 8000", "sklearn"}
+    methods = {"streamsgd 8000", "streamsgd 16000", "streamsgd sgd 8000", "sklearn"}
     if importlib.util.find_spec("vowpalwabbit") is not None:
         methods |= {"vw 8000", "vw 16000"}
         assert report["marks"]["vs_vw_16000"] > 0 and "vw_rss_16000_over_8000" in report["marks"]

@@ -34,9 +34,11 @@ def reference_step(kind, theta, g, m, v, lr, t, beta1, beta2, eps, wd):
         m *= beta1
         m += g
         theta -= lr * (g + beta1 * m if kind == "nesterov" else m)
-    elif kind == "adagrad":
+    elif kind == "adagrad":  # wd: the L2 strength, a proximal step in the metric √v + ε (not the intercept)
         v += g * g
-        theta -= lr * g / (np.sqrt(v) + eps)
+        h = np.sqrt(v) + eps
+        theta[:-1] = (theta[:-1] - lr * g[:-1] / h[:-1]) / (1.0 + lr * wd / h[:-1])
+        theta[-1] -= lr * g[-1] / h[-1]
     else:
         if kind == "adamw":
             theta[:-1] *= 1.0 - lr * wd  # decoupled, before the Adam step; not the intercept
@@ -144,6 +146,23 @@ def test_optimizer_minimises_a_strongly_convex_quadratic(kind):
     err = theta - opt
     assert np.abs(err).max() < 1e-6
     assert 0.5 * err @ A @ err < 1e-6
+
+
+@pytest.mark.parametrize("l2", [0.5, 50.0])
+def test_adagrad_with_l2_reaches_the_penalised_minimum(l2):
+    """AdaGrad's L2 (sums of the loss gradient's squares, the penalty in the same metric) has
+    the L2 objective's stationary point, f(θ) + (l2/2)‖w‖² with the intercept free: the
+    minimiser solves (A + l2·P)θ = A·θ* (P: ones but the intercept). l2 = 50 makes lr·l2 / h
+    far above 1 (h ≈ 1 after the first step), where the proximal step still shrinks the
+    weights monotonically."""
+    A, opt, theta = quadratic()
+    P = np.diag(np.r_[np.ones(theta.size - 1), 0.0])
+    want = np.linalg.solve(A + l2 * P, A @ opt)
+    state = optimizer_state(theta.size - 1)
+    for t in range(1, 3001):
+        optimizer_step(OPTIMIZERS["adagrad"], theta, A @ (theta - opt), state, 0.1, t, 0.0, 0.0, 1e-8, l2)
+    np.testing.assert_allclose(theta, want, rtol=1e-8, atol=1e-10)
+    assert np.abs(want - opt).max() > 0.05  # the penalty moved the minimum: the test can tell
 
 
 def lasso_problem(seed=0, n=400, d=20):

@@ -191,7 +191,21 @@ def hashed_data(tmp_path_factory):
 
 
 def _hashed_fit(path, hooks=None, **options):
-    return _fit(path, hooks=hooks, **{"hash_bits": 10, "epochs": 2, **options})
+    # sgd unless given: --optimizer auto picks adagrad in one process and sgd on shards
+    # (train.hashed), and these tests compare the two
+    return _fit(path, hooks=hooks, **{"hash_bits": 10, "epochs": 2, "optimizer": "sgd", **options})
+
+
+@pytest.mark.parametrize("shards", [{"hooks": Hooks(backend=InProcess)}, {"sync": "models", "sync_every": 3},
+                                    {"shards": 3}])
+def test_hashed_adagrad_l2_on_shards_is_refused_and_auto_trains_sgd_there(hashed_data, shards):
+    """A shard's copy of the hashed weights does not know how far each lags behind the lazy
+    L2 (compute.sparse): refused in one line, in both sync modes and with a backend given in
+    code; --optimizer auto trains sgd there and says why."""
+    with pytest.raises(UsageError, match="^--l2: adagrad's lazy L2 on categorical columns trains in one process"):
+        _hashed_fit(hashed_data, optimizer="adagrad", l2=1e-3, **shards)
+    auto = _hashed_fit(hashed_data, optimizer="auto", **shards)
+    assert auto.summary["optimizer"] == "sgd" and "one process" in auto.summary["optimizer_why"]
 
 
 def _same_hashed(a, b):

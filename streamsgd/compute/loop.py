@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from .codes import ADAMW, SOFTMAX
+from .codes import ADAGRAD, ADAMW, SOFTMAX
 from .losses import accumulate_rows, accumulate_softmax_rows
 from .noise import noise_add
 from .optim import l1_step, optimizer_step, refresh_effective, schedule_lr, standardized_gradient
@@ -190,20 +190,20 @@ def finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, no
         return
     t = counters[T] + 1
     lr = step_lr(spec, hyper, t)
-    adamw = spec[OPTIMIZER] == ADAMW
+    apart = spec[OPTIMIZER] == ADAMW or spec[OPTIMIZER] == ADAGRAD  # L2 in the step, not in g (optim)
     g = noise[NOISE_G]
     n = counters[FILLED]
     k = theta.shape[0] // spec[BLOCKS]  # d + 1
     for c in range(spec[BLOCKS]):  # one block of weights and intercept per class (softmax), else one
         block = slice(c * k, (c + 1) * k)
-        standardized_gradient(gw[block], n, mean, scale, 0.0 if adamw else hyper[L2], theta[block], g[block])
+        standardized_gradient(gw[block], n, mean, scale, 0.0 if apart else hyper[L2], theta[block], g[block])
     if spec[NOISE]:
         noise_add(noise[NOISE_TOTAL], noise[NOISE_SUMS], g, n, spec[N_ROWS], lr)
     d = k - 1
     for c in range(spec[BLOCKS]):
         block = slice(c * k, (c + 1) * k)
         optimizer_step(spec[OPTIMIZER], theta[block], g[block], opt_state[:, block], lr, t + spec[T0],
-                       hyper[BETA1], hyper[BETA2], hyper[EPS], hyper[L2] if adamw else 0.0)
+                       hyper[BETA1], hyper[BETA2], hyper[EPS], hyper[L2] if apart else 0.0)
         if hyper[L1] > 0.0:
             # every weight of every class is owed the same total penalty u: it grows once per
             # update (with the first block), and each block settles its own weights' debts q

@@ -6,8 +6,8 @@ w_eff = w / scale, b_eff = b − w_eff·mean, so standardisation costs O(d) per 
 instead of a pass over the batch.
 
 One update, in the loop's order: ``standardized_gradient`` (batch-mean gradient with the
-L2 term; l2 = 0 for adamw) → ``optimizer_step`` (the rule, by optimizer code, state in a
-(2, d + 1) array) → ``l1_step`` (cumulative L1 penalty, exact zeros) → ``refresh_effective``
+L2 term; l2 = 0 for adamw and adagrad, which take it in the step) → ``optimizer_step``
+(the rule, by optimizer code, state in a (2, d + 1) array) → ``l1_step`` (cumulative L1 penalty, exact zeros) → ``refresh_effective``
 (the raw-space parameters the kernels read). Every kernel's state is a plain float64 array, so a
 checkpoint stores it as it is.
 """
@@ -100,21 +100,31 @@ def optimizer_step(kind, theta, g, state, lr, t, beta1, beta2, eps, weight_decay
     kind : int, an optimizer's code (``codes.OPTIMIZERS``).
     theta : float64 (d + 1,), standardised weights then intercept; updated in place.
     g : float64 (d + 1,), the batch-mean gradient (``standardized_gradient``). It includes
-        the L2 term for every kind except adamw, whose decay is decoupled (call
-        ``standardized_gradient`` with l2 = 0 and pass the decay as ``weight_decay``).
+        the L2 term for every kind except adamw and adagrad, which take it apart (call
+        ``standardized_gradient`` with l2 = 0 and pass the L2 strength as ``weight_decay``).
     state : float64 (2, d + 1), zeros before the first update; updated in place.
     lr : float, this update's step (the schedule's value).
     t : int, this update's number, counted from 1 (Adam's bias correction).
     beta1 : float, momentum coefficient (momentum, nesterov) or Adam's first-moment decay.
     beta2 : float, Adam's second-moment decay. eps : float, Adagrad's and Adam's
-        denominator guard. weight_decay : float, adamw's decoupled decay (others ignore it).
+        denominator guard. weight_decay : float, adamw's decoupled decay or adagrad's L2
+        strength (the others ignore it).
 
     Rules (m = state[FIRST], v = state[SECOND], element-wise; PyTorch's conventions, dampening 0):
 
     - SGD:           θ ← θ − lr·g
     - MOMENTUM:      m ← β1·m + g;  θ ← θ − lr·m  (heavy ball: lr·m = lr·g + β1·(previous step))
     - NESTEROV:      m ← β1·m + g;  θ ← θ − lr·(g + β1·m)
-    - ADAGRAD:       v ← v + g²;    θ ← θ − lr·g / (√v + ε)
+    - ADAGRAD:       v ← v + g²;  h = √v + ε;  θ_j ← (θ_j − lr·g_j / h_j) / (1 + lr·λ / h_j) for the
+                     weights (λ = weight_decay, the L2 strength), θ_d ← θ_d − lr·g_d / h_d for the
+                     intercept. v sums the *loss* gradient's squares only, and the L2 term is
+                     AdaGrad's proximal step for (λ/2)‖w‖² in the metric h (Duchi, Hazan & Singer
+                     2011, composite mirror descent): the same preconditioner as the loss, so the
+                     fixed point is g + λ·w = 0, the L2 objective's (scikit-learn's at alpha = λ);
+                     it never overshoots zero whatever lr·λ / h; and between two nonzero gradients
+                     of a weight h is frozen, so k updates without one are exactly
+                     θ_j ← θ_j·(1 + lr·λ / h_j)^(−k), which the hashed weights apply lazily
+                     (``sparse``). λ = 0 is the plain rule, bit for bit.
     - ADAM:          m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
                      m̂ = m / (1 − β1^t);  v̂ = v / (1 − β2^t);  θ ← θ − lr·m̂ / (√v̂ + ε)
     - ADAMW:         adam's m, v, then θ_j ← θ_j − lr·(m̂_j / (√v̂_j + ε) + wd·θ_j) for the
@@ -139,7 +149,11 @@ def optimizer_step(kind, theta, g, state, lr, t, beta1, beta2, eps, weight_decay
     elif kind == ADAGRAD:
         for j in range(n):
             v[j] += g[j] * g[j]
-            theta[j] -= lr * g[j] / (math.sqrt(v[j]) + eps)
+            h = math.sqrt(v[j]) + eps
+            if j < d and weight_decay > 0.0:
+                theta[j] = (theta[j] - lr * g[j] / h) / (1.0 + lr * weight_decay / h)
+            else:
+                theta[j] -= lr * g[j] / h
     else:  # ADAM, ADAMW
         bc1 = 1.0 - beta1**t
         bc2 = 1.0 - beta2**t

@@ -15,9 +15,17 @@ update visits only the touched weights.
 Optimizers on the hashed weights:
 
 - SGD (+ L2 by the global scale): exact, the same iterates as the dense update.
-- AdaGrad: an untouched weight has a zero gradient without L2, so its sum of squares and
-  its value do not move: skipping it is exact (lazy). With L2 every weight's gradient is
-  l2·v at every update, which has no closed-form catch-up: refused (train.setup).
+- AdaGrad: an untouched weight has a zero loss gradient, so its sum of squares does not
+  move; without L2 neither does its value: skipping it is exact (lazy). With L2 (``optim``:
+  the sum holds the loss gradient's squares only, the penalty is the proximal step in its
+  metric h = √G + ε) an untouched weight shrinks by 1 / (1 + η·l2 / h) at every update, h
+  frozen, so k skipped updates are exactly v·(1 + η·l2 / h)^(−k) (``_catch_up``): applied
+  when a batch first touches the weight, before its margin is read. The stamp (the last
+  update whose batch touched it) says how many it missed. The closed form needs one η for
+  all of them: the run refuses a schedule that changes it (train.hashed), and a default step
+  that is lowered brings every weight up to date first (``catch_up_all``). The Polyak sums
+  catch up with it (a geometric series: the skipped iterates are v·ρ^j, ρ = 1/(1 + η·l2/h)),
+  so the sum S holds each weight's iterates up to its stamp, without the two-scalar trick.
 - Polyak averaging, by the two-scalar trick (Xu 2011; scikit-learn's average_a/b): the
   running sum of the iterates is S + B·u, B the sum of the averaged iterates' wscale;
   when u_j moves by Δ, S_j −= B·Δ keeps the sum, and each averaged iterate adds wscale to B.
@@ -37,7 +45,7 @@ from numpy.typing import NDArray
 
 from .codes import ADAGRAD, SGD
 from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, DIVERGED, EPOCH_ROWS, EPS, FILLED, L2, LOSS_CODE,
-                   OPTIMIZER, PARAM, T, THETA_EFF, CW, GW, finish_batch, step_lr)
+                   LR0, OPTIMIZER, PARAM, T, THETA_EFF, CW, GW, finish_batch, step_lr)
 from .losses import loss_slope
 
 # Numba caches these kernels keyed on this file: a change to loop.py, losses.py or optim.py
@@ -101,24 +109,93 @@ def _margin(X, i, w, b, idx, sign, hw, wscale):
     return z + wscale * s
 
 
+def lazy_l2(spec: NDArray[np.int64], hyper: NDArray[np.float64]) -> float:
+    """η·l2 of AdaGrad's lazy L2 on the hashed weights (``_catch_up``), 0.0 when the run has
+    none (SGD's L2 is the global scale; AdaGrad without L2 skips untouched weights as they are)."""
+    if spec[OPTIMIZER] != ADAGRAD:
+        return 0.0
+    return float(hyper[LR0] * hyper[L2])
+
+
 @njit(nogil=True, cache=True)
-def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp):
+def _lazy_l2(spec, hyper):
+    """``lazy_l2`` in compiled code."""
+    return hyper[LR0] * hyper[L2] if spec[OPTIMIZER] == ADAGRAD else 0.0
+
+
+@njit(nogil=True, cache=True)
+def _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from):
+    """Bring weight ``h`` (current up to update ``stamps[h]``) up to update ``upto`` under
+    AdaGrad's lazy L2: each skipped update multiplies it by ρ = 1 / (1 + a), a = η·l2 / h its
+    frozen metric h = √G + ε, and adds it to the Polyak sum when that update is averaged
+    (update > ``average_from``): Σ_{j=j0..k} v·ρ^j, the geometric series in expm1 form (no
+    cancellation for small a). Does not move the stamp (the caller does)."""
+    k = upto - stamps[h]
+    v = hw[h]
+    if k <= 0 or v == 0.0:
+        return
+    lq = math.log1p(lr_l2 / (math.sqrt(hsq[h]) + eps))  # -log ρ
+    before = average_from - stamps[h]  # skipped updates j <= before are not averaged (no overflow: NEVER)
+    if before < k:
+        j0 = max(1, before + 1)
+        hsum[h] += v * math.exp(-j0 * lq) * math.expm1(-(k - j0 + 1) * lq) / math.expm1(-lq)
+    hw[h] = v * math.exp(-k * lq)
+
+
+@njit(nogil=True, cache=True)
+def catch_up_all(hashed, upto, lr_l2, eps, average_from):
+    """Bring every hashed weight up to update ``upto`` (O(2**bits)): before the step η
+    changes (the catch-up's closed form holds for one η), and for the model's weights. The
+    weights the batch in progress touched (stamp ``upto`` + 1) are current already."""
+    hw, hsq, hsum, stamps = hashed[HW], hashed[HSQ], hashed[HSUM], hashed[STAMP]
+    for h in range(hw.shape[0]):
+        # a zero weight stays zero at any step (and adds zeros to its sum): its stamp may lag,
+        # and the table's never-touched pages are never written
+        if stamps[h] < upto and hw[h] != 0.0:
+            _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
+            stamps[h] = upto
+
+
+@njit(nogil=True, cache=True)
+def _caught_up(hw, hsq, hsum, stamps, upto, lr_l2, eps, average_from):
+    """``catch_up_all`` into copies of the weights and the average's sums (``hw``, ``hsum``),
+    the run's state (its stamps, AdaGrad's sums) only read: the model's weights mid-run."""
+    for h in range(hw.shape[0]):
+        _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
+
+
+@njit(nogil=True, cache=True)
+def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
+                           average_from):
     """``losses.accumulate_rows`` with hashed features: rows ``rows`` of the window add
     Σ c_i r_i x_i to ``gw`` (dense, d) and c_i r_i sign to their hashed weights' sums (each
-    weight's sum started afresh the first time this batch, ``stamp``, touches it).
+    weight's sum started afresh the first time this batch, ``stamp``, touches it; with
+    AdaGrad's lazy L2, ``lr_l2`` = η·l2 > 0, the weight is first brought up to the previous
+    update, ``_catch_up``, before a margin reads it).
 
     idx, sign : (n_rows, k) int32 and int8, each row's hashed ids and signs.
     Returns (Σ c_i l_i, Σ c_i r_i).
     """
-    hw, hg, stamps, touched, hi = hashed[HW], hashed[HG], hashed[STAMP], hashed[TOUCHED], hashed[HI]
+    hw, hg, hsq, hsum = hashed[HW], hashed[HG], hashed[HSQ], hashed[HSUM]
+    stamps, touched, hi = hashed[STAMP], hashed[TOUCHED], hashed[HI]
     wscale = hashed[HF][WSCALE]
     d, k = X.shape[1], idx.shape[1]
     weighted = sw.shape[0] > 0
+    lazy = lr_l2 > 0.0
     n_touched = hi[N_TOUCHED]
     total = 0.0
     rsum = 0.0
     for m in range(rows.shape[0]):
         i = rows[m]
+        for q in range(k):
+            h = idx[i, q]
+            if stamps[h] != stamp:
+                if lazy:
+                    _catch_up(h, stamp - 1, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
+                stamps[h] = stamp
+                hg[h] = 0.0
+                touched[n_touched] = h
+                n_touched += 1
         li, r = loss_slope(loss, _margin(X, i, w, b, idx, sign, hw, wscale), y[i], param)
         c = cw[1] if y[i] > 0.5 else cw[0]
         if weighted:
@@ -129,13 +206,7 @@ def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw,
         for j in range(d):
             gw[j] += r * X[i, j]
         for q in range(k):
-            h = idx[i, q]
-            if stamps[h] != stamp:
-                stamps[h] = stamp
-                hg[h] = 0.0
-                touched[n_touched] = h
-                n_touched += 1
-            hg[h] += r * sign[i, q]
+            hg[idx[i, q]] += r * sign[i, q]
     hi[N_TOUCHED] = n_touched
     return total, rsum
 
@@ -159,10 +230,21 @@ def hashed_step(optimizer, lr, l2, eps, n, averaged, hashed):
     """One update of the hashed weights from the batch's sums (``n`` rows), touched ones only.
 
     optimizer : SGD or ADAGRAD (the others are refused before training); l2 : the L2
-    strength (0 for AdaGrad); averaged : whether this iterate enters the Polyak average.
+    strength; averaged : whether this iterate enters the Polyak average.
     """
     hw, hg, hsq, hsum, touched, hf, hi = (hashed[HW], hashed[HG], hashed[HSQ], hashed[HSUM], hashed[TOUCHED],
                                           hashed[HF], hashed[HI])
+    if optimizer == ADAGRAD and l2 > 0.0:  # the proximal L2 step (optim); S sums the iterates themselves
+        for m in range(hi[N_TOUCHED]):
+            h = touched[m]
+            g = hg[h] / n
+            hsq[h] += g * g
+            root = math.sqrt(hsq[h]) + eps
+            hw[h] = (hw[h] - lr * g / root) / (1.0 + lr * l2 / root)
+            if averaged:
+                hsum[h] += hw[h]
+        hi[N_TOUCHED] = 0
+        return
     if optimizer == SGD and l2 > 0.0:
         hf[WSCALE] *= 1.0 - lr * l2
         if abs(hf[WSCALE]) < RENORMALIZE:
@@ -194,7 +276,7 @@ def fill_batch_hashed(X, y, sw, idx, sign, order, pos, end, spec, hyper, params,
         return pos
     loss, rsum = accumulate_hashed_rows(spec[LOSS_CODE], hyper[PARAM], params[CW], X, y, sw, idx, sign,
                                         order[pos:pos + take], theta_eff[:d], theta_eff[d], gw[:d], hashed,
-                                        counters[T] + 1)
+                                        counters[T] + 1, _lazy_l2(spec, hyper), hyper[EPS], spec[AVERAGE_FROM])
     gw[d] += rsum
     sums[BATCH_LOSS] += loss
     counters[FILLED] += take
@@ -227,9 +309,16 @@ def train_rows_hashed(X, y, sw, idx, sign, order, pos, end, stop_at, spec, hyper
     return pos
 
 
-def folded(hashed: tuple[NDArray, ...], averaged: int) -> NDArray[np.float64]:
+def folded(hashed: tuple[NDArray, ...], averaged: int, lazy: tuple[int, float, float, int] | None = None
+           ) -> NDArray[np.float64]:
     """The hashed weights with every lazy scale folded in: the Polyak mean (S + B·u) / k of
-    the ``averaged`` iterates when there are any, else wscale·u."""
+    the ``averaged`` iterates when there are any, else wscale·u. ``lazy`` = (updates made,
+    η·l2, ε, AVERAGE_FROM) with AdaGrad's lazy L2 (``lazy_l2`` > 0): every weight is first
+    brought up to the last update, on a copy (the run's state is left as it is)."""
+    if lazy is not None and lazy[1] > 0.0:  # S holds the iterates themselves (AVG_B stays 0)
+        hw, total = np.array(hashed[HW], order="C"), hashed[HSUM].copy()  # copies: the state stays
+        _caught_up(hw, hashed[HSQ], total, hashed[STAMP], lazy[0], lazy[1], lazy[2], lazy[3])
+        return np.asarray(total / averaged) if averaged else hw
     u, hf = hashed[HW], hashed[HF]
     if averaged:
         return np.asarray((hashed[HSUM] + hf[AVG_B] * u) / averaged)

@@ -62,7 +62,7 @@ class _StreamSGD(BaseEstimator):
         lr: float | None = FitConfig.lr,
         lr_schedule: str = FitConfig.lr_schedule,
         power_t: float = FitConfig.power_t,
-        l2: float = FitConfig.l2,
+        l2: float | None = FitConfig.l2,
         seed: int = FitConfig.seed,
         shuffle: bool = FitConfig.shuffle,
         standardize: bool = FitConfig.standardize,
@@ -292,7 +292,8 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
     memory_limit, dtype : the trainer's options, as ``streamsgd fit`` has them
         (:class:`~streamsgd.config.FitConfig`). ``epochs=None`` and ``steps=None`` train
         for at least 20,000 updates; ``lr=None`` measures a step size on the data.
-        ``l2`` is scikit-learn's ``alpha`` in the standardised feature space.
+        ``l2`` is scikit-learn's ``alpha`` in the standardised feature space (None: fit's default, 1e-4,
+        or min(1e-4, 1/rows) with categorical columns).
     target, features, exclude, storage_options, format : the target and feature columns
         (names or globs; ``exclude``: columns never used), and how
         to read the store, when ``fit`` is given a path or URL.
@@ -322,7 +323,7 @@ class StreamSGDClassifier(ClassifierMixin, _StreamSGD):
         lr: float | None = FitConfig.lr,
         lr_schedule: str = FitConfig.lr_schedule,
         power_t: float = FitConfig.power_t,
-        l2: float = FitConfig.l2,
+        l2: float | None = FitConfig.l2,
         seed: int = FitConfig.seed,
         shuffle: bool = FitConfig.shuffle,
         standardize: bool = FitConfig.standardize,
@@ -447,7 +448,7 @@ class StreamSGDRegressor(RegressorMixin, _StreamSGD):
         lr: float | None = FitConfig.lr,
         lr_schedule: str = FitConfig.lr_schedule,
         power_t: float = FitConfig.power_t,
-        l2: float = FitConfig.l2,
+        l2: float | None = FitConfig.l2,
         seed: int = FitConfig.seed,
         shuffle: bool = FitConfig.shuffle,
         standardize: bool = FitConfig.standardize,

@@ -21,7 +21,7 @@ from typing import Any
 from ..compute.loop import T
 from ..persist.checkpoint import CheckpointStore, compare_manifests, manifest_of
 from ..config import EXECUTION_ONLY, FitConfig
-from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, RunStopped, UsageError
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, ModelFileError, RunStopped, UsageError
 from .lock import RunLock
 from .logs import RunLog
 from ..persist.model import load
@@ -29,6 +29,7 @@ from ..sources.columns import describe as describe_columns, summary_line
 from ..sources import Source
 from ..train import Checkpointing, FitResult, Hooks, WarmStart
 from ..train import fit as train
+from ..train.hashed import resolve_defaults
 
 
 class Terminated(KeyboardInterrupt):
@@ -90,19 +91,21 @@ def run(
         store = (CheckpointStore(job.checkpoint_dir, job.storage_options, job.keep_checkpoints)
                  if job.checkpoint_dir else None)
         resume = None
+        # --optimizer auto as the trainer resolves it: the checkpoint records the optimizer that ran
+        chosen, why = resolve_defaults(source, config, backend is not None)
         if job.resume:
             assert store is not None  # Job refuses --resume without --checkpoint-dir
-            resume = _resume_state(store, config, manifest, job, log)
+            resume = _resume_state(store, chosen, manifest, job, log)
         columns = describe_columns(source, nulls=True)  # fit reads the null counts anyway (--missing impute)
         log.event("start", message=summary_line(columns), data=source.url, rows=int(sum(source.chunk_rows)),
-                  model=config.model, output=job.output,
+                  model=config.model, optimizer=chosen.optimizer, optimizer_why=why, output=job.output,
                   resumed_at=None if resume is None else int(resume["counters"][T]),
                   detail={"features": columns["columns"], "skipped": columns["skipped"],
                           "warnings": columns["warnings"]})
         for warning in columns["warnings"]:
             log.warning(warning["message"], column=warning["column"])
 
-        meta = {"config": _model_options(config), "data": manifest, "job": job.recorded}
+        meta = {"config": _model_options(chosen), "data": manifest, "job": job.recorded, "adagrad_l2": ADAGRAD_L2}
 
         def save(arrays: dict[str, Any]) -> None:
             assert store is not None  # handed to the trainer only with a checkpoint store
@@ -137,6 +140,11 @@ def run(
         return result
 
 
+#: AdaGrad's L2 rule, recorded in every checkpoint (compute.optim): a checkpoint of an adagrad run
+#: with --l2 > 0 written before this rule (its sums held the L2 term too) is refused on --resume
+ADAGRAD_L2 = "proximal"
+
+
 def _resume_state(store: CheckpointStore, config: FitConfig, manifest: dict[str, Any], job: Job,
                   log: RunLog) -> dict[str, Any] | None:
     """The newest valid checkpoint's arrays, after checking it belongs to this run."""
@@ -152,6 +160,11 @@ def _resume_state(store: CheckpointStore, config: FitConfig, manifest: dict[str,
                 f"--resume: the checkpoint in {job.checkpoint_dir} was written with {key}={value!r}, this run "
                 f"has {ours.get(key)!r}; rerun with the same options, or use another --checkpoint-dir"
             )
+    if config.optimizer == "adagrad" and config.l2_strength > 0 and meta.get("adagrad_l2") != ADAGRAD_L2:
+        raise ModelFileError(
+            f"--resume: the checkpoint in {job.checkpoint_dir} was written by an older streamsgd, whose adagrad "
+            "summed the L2 term's squares too (its --l2 is now a proximal step); start the run over (delete the "
+            "checkpoints) or resume with the streamsgd version that wrote it")
     change = compare_manifests(meta.get("data", {}), manifest)
     if change is not None:
         if not job.allow_data_change:

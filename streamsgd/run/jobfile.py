@@ -35,7 +35,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import DTYPES, MODELS, OPTIMIZERS, SCHEDULES, FitConfig, parse_bytes, storage_option
+from ..config import DTYPES, MODELS, OPTIMIZER_CHOICES, SCHEDULES, FitConfig, parse_bytes, storage_option
 from ..errors import UsageError
 
 # kinds of value a key takes; checked in _check
@@ -69,7 +69,7 @@ ALIASES: dict[str, str] = {"y_array": "target", "storage_option": "storage_optio
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model": MODELS,
     "lr_schedule": SCHEDULES,
-    "optimizer": OPTIMIZERS,
+    "optimizer": OPTIMIZER_CHOICES,
     "dtype": DTYPES,
     "format": ("auto", "parquet", "zarr"),
     "log_format": ("text", "json"),

@@ -10,6 +10,7 @@ from ..config import FitConfig
 from ..plan.shuffle import iterations_per_epoch
 from ..sources import Source, n_rows
 from ..sources.columns import describe as describe_columns
+from ..train.hashed import resolve_defaults
 from ..train.setup import cut_to_limit, plan_memory
 from ..train.stepsize import batch_rows
 
@@ -34,6 +35,7 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     cut_to_limit(source, config)  # as fit cuts it
     plan = plan_memory(source, config)
     ipe = iterations_per_epoch(N, batch_rows(config, N)) if N else 0  # rows per update, as fit takes them
+    chosen, why = resolve_defaults(source, config)
     out: dict[str, Any] = {
         "url": source.url,
         "format": source.format,
@@ -52,6 +54,9 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
         "stream_bytes": min(plan.buffer_bytes, N * plan.row_bytes),
         "window_rows": plan.window_rows,
         "memory_limit": config.memory_limit,
+        # what fit's --optimizer (default auto) trains this data with, and why (train.hashed)
+        "optimizer": chosen.optimizer,
+        "optimizer_why": why,
     }
     out.update(source.layout())  # store, and the format's own chunking (row groups, chunk shape)
     out.update(describe_columns(source, nulls=True))
@@ -59,3 +64,4 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
         out["steps"] = config.steps
         out["full_epochs"] = config.steps // ipe
     return out
+

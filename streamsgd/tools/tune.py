@@ -42,6 +42,7 @@ from .plot import plot_tuning
 from ..sources import Source, n_rows
 from ..train import Hooks, fit
 from ..train.setup import plan_memory
+from ..train.hashed import resolve_defaults
 from ..pipeline.windows import hashed_columns, read_window
 from ..sources.validate import check_target
 
@@ -330,7 +331,8 @@ def _noise(train: Source, config: FitConfig, options: TuneOptions, model: Model)
     """The gradient noise at ``model``'s parameters, as reported (|G|² <= 0 is NaN)."""
     # the noise pass holds its rows in one buffer: no more than a shuffle window's worth
     noise_cap = min(options.noise_rows, plan_memory(train, config).window_rows)
-    return reported(measure_noise(train, model, config.l2, options.noise_batch, noise_cap, config.seed, config.dtype))
+    l2 = resolve_defaults(train, config)[0].l2_strength  # the penalty the trials trained with
+    return reported(measure_noise(train, model, l2, options.noise_batch, noise_cap, config.seed, config.dtype))
 
 
 def _noise_report(noise: dict[str, Any], trial: dict[str, Any], model: Model, noise_batch: int) -> dict[str, Any]:

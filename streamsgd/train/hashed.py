@@ -1,4 +1,5 @@
-"""A run with categorical columns: what it refuses, the encoding it fixes, what its model holds.
+"""A run with categorical columns: the defaults they change (``resolve_defaults``: --optimizer
+auto, --l2), what it refuses, the encoding it fixes, what its model holds.
 
 The hashed weights train in the compiled loop beside the dense block (``compute.sparse``);
 this module is the trainer's side of them: one line per option the sparse kernels do not
@@ -9,16 +10,15 @@ and the model's hashed weights with every lazy scale folded in.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import AVERAGED
-from ..compute.sparse import folded
 from ..config import FitConfig
 from ..errors import UsageError
-from ..sources import Source
+from ..sources import Source, n_rows
 from ..sources.encoding import Encoding
 from .state import State
 
@@ -33,6 +33,66 @@ def categorical_columns(source: Source) -> list[str]:
     return list(getattr(source, "categorical", ()))
 
 
+#: Models --optimizer auto trains with adagrad on categorical columns: binary classifiers,
+#: whose margins are O(1) whatever the data (``_resolve_optimizer``)
+CLASSIFIERS = ("logistic", "hinge", "modified_huber")
+#: --l2's default without categorical columns (and its cap with them)
+DEFAULT_L2 = 1e-4
+
+
+def resolve_defaults(source: Source, config: FitConfig, sharded: bool = False) -> tuple[FitConfig, str]:
+    """``config`` with the data-dependent defaults fixed, ``--l2`` then ``--optimizer auto``,
+    and why, in one line (``given`` when the user named both). ``sharded``: the run trains on
+    shards (``config.sharded``, or a backend given in code)."""
+    config, l2_why = _resolve_l2(source, config)
+    config, why = _resolve_optimizer(source, config, sharded)
+    return config, why if not l2_why else f"{why}; {l2_why}"
+
+
+def _resolve_l2(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
+    """--l2 not given: 1e-4 on dense data (unchanged: the defaults suite); with categorical
+    columns min(1e-4, 1/N), N the rows: (1/N)·Σℓ + (1/2N)‖w‖² is the MAP estimate under a
+    unit Gaussian prior on the weights, whose pull on a hashed value's weight fades as its
+    rows grow, where a fixed 1e-4 holds a value seen 100 times in 10^6 rows at a fraction of
+    its fit (held-out log loss: benchmarks/README.md, ctr.py)."""
+    if config.l2 is not None:
+        return config, ""
+    if not categorical_columns(source):
+        return replace(config, l2=DEFAULT_L2), ""
+    n = max(n_rows(source), 1)
+    l2 = min(DEFAULT_L2, 1.0 / n)
+    return replace(config, l2=l2), f"l2 {l2:.3g} = min(1e-4, 1/rows) with categorical columns"
+
+
+def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tuple[FitConfig, str]:
+    """--optimizer auto. Dense data: sgd, whose step 1/L_B the data fixes (unchanged: the
+    defaults suite). Categorical columns and a classifier: adagrad, whose per-weight steps let
+    a rare value's weight move as its own gradients allow, where SGD's one step is the
+    intercept's, with its lazy L2 (compute.sparse). AdaGrad's first step moves a weight by
+    ±lr whatever its gradient, so its lr is in the weights' units: a classifier's margins
+    (hence weights) are O(1), as 1/L_B assumes, where a regression's weights scale with the
+    target (measured: benchmarks/README.md, ctr.py), so regressions keep sgd. sgd also where
+    the lazy L2 is not served (shards, a cluster, a schedule that changes the step)."""
+    if config.optimizer != "auto":
+        return config, "given"
+    columns = categorical_columns(source)
+    if config.hidden:
+        return replace(config, optimizer="sgd"), "auto: an MLP, sgd"
+    if not columns:
+        return replace(config, optimizer="sgd"), "auto: dense features, sgd with the step 1/L_B from the data"
+    k = f"{len(columns)} categorical column{'s' if len(columns) > 1 else ''}"
+    if config.model not in CLASSIFIERS:
+        return replace(config, optimizer="sgd"), (f"auto: {k}, but --model {config.model} is a regression (adagrad's "
+                                                  "step is in the weights' units): sgd")
+    if config.l2_strength > 0 and (sharded or config.sharded):
+        return replace(config, optimizer="sgd"), (f"auto: {k}, but adagrad's lazy L2 trains in one process: sgd "
+                                                  "(give --optimizer adagrad --l2 0 for per-weight steps)")
+    if config.l2_strength > 0 and (config.lr_schedule != "constant" or config.warmup > 0):
+        return replace(config, optimizer="sgd"), (f"auto: {k}, but adagrad's lazy L2 needs a constant step: sgd "
+                                                  f"(--lr-schedule {config.lr_schedule}, --warmup {config.warmup})")
+    return replace(config, optimizer="adagrad"), f"auto: {k}, adagrad (a step per hashed weight)"
+
+
 def check(source: Source, config: FitConfig, init: Any) -> None:
     """Refuse, in one line naming the option, what the sparse kernels do not serve yet."""
     columns = categorical_columns(source)
@@ -42,15 +102,19 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
         return
     shown = ", ".join(columns[:5]) + (", …" if len(columns) > 5 else "")
     fix = f"or leave the categorical columns ({shown}) out with --exclude"
+    lazy = config.optimizer == "adagrad" and config.l2_strength > 0  # compute.sparse: the catch-up needs one step
     refusals = [
         (config.model not in SCALAR_MODELS, f"--model {config.model}: categorical columns train with models of one "
                                             f"output ({', '.join(SCALAR_MODELS)}) for now; {fix}"),
         (bool(config.hidden), f"--hidden: an MLP does not take categorical columns yet; drop --hidden {fix}"),
         (config.optimizer not in SPARSE_OPTIMIZERS, f"--optimizer {config.optimizer}: categorical columns train with "
                                                     f"--optimizer sgd or adagrad; {fix}"),
-        (config.optimizer == "adagrad" and config.l2 > 0, "--l2: adagrad with categorical columns has no exact lazy "
-                                                          "L2 (every weight would move at every update); give --l2 0 "
-                                                          "or --optimizer sgd"),
+        (lazy and (config.lr_schedule != "constant" or config.warmup > 0),
+         f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
+         + ": adagrad's lazy L2 on categorical columns needs one step for every update; give --lr-schedule "
+           "constant --warmup 0, or --l2 0"),
+        (lazy and config.sharded, "--l2: adagrad's lazy L2 on categorical columns trains in one process for now; "
+                                  "give --l2 0 or --optimizer sgd with --shards, --workers or --sync models"),
         (config.l1 > 0, f"--l1: not yet with categorical columns; give --l1 0 {fix}"),
         (init is not None, "--init: a warm start does not carry hashed weights yet; start without --init"),
     ]
@@ -76,7 +140,7 @@ def encode(source: Source, config: FitConfig) -> Encoding | None:
 
 def model_fields(source: Source, st: State) -> tuple[NDArray[np.float64] | None, dict[str, Any]]:
     """The model's hashed weights (the Polyak mean when averaging ran) and its metadata entry."""
-    hashed, encoding = st.hashed(), getattr(source, "encoding", None)
-    if hashed is None or encoding is None:
+    weights, encoding = st.hashed_weights(), getattr(source, "encoding", None)
+    if weights is None or encoding is None:
         return None, {}
-    return folded(hashed, int(st.counters[AVERAGED])), {"categorical": encoding.to_json()}
+    return weights, {"categorical": encoding.to_json()}

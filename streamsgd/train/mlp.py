@@ -105,7 +105,7 @@ class MLPRun(Run):
         else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
             lr0 = config.lr * (self.schedule.B / config.lr_reference_batch if config.lr_reference_batch else 1.0)
         param = config.epsilon if config.model == "huber" else config.quantile
-        st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=config.l1, param=param,
+        st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2_strength, l1=config.l1, param=param,
                               beta1=config.beta1, beta2=config.beta2, eps=config.eps, gamma=config.gamma)
         assert st.classes is not None
         blocks = self.setup.blocks  # the zero network's margins: zero for every class

@@ -21,7 +21,7 @@ from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPO
 from ..compute.losses import row_loss
 from ..compute.noise import NoiseMeter
 from ..compute.optim import schedule_lr
-from ..compute.sparse import finish_batch_hashed, folded, train_rows_hashed
+from ..compute.sparse import finish_batch_hashed, train_rows_hashed
 from ..config import FitConfig
 from ..errors import DivergenceError, RunStopped, SourceError
 from ..pipeline.epochs import EpochStream
@@ -266,7 +266,7 @@ class Run:
         """The epoch's record (and validation loss); True when the run stops here."""
         config, st, counters = self.config, self.st, self.st.counters
         assert st.spec is not None  # set by setup
-        self.epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2 * self.weight_norm2()
+        self.epoch_loss = st.epoch_sums[0] / max(st.epoch_sums[1], 1.0) + 0.5 * config.l2_strength * self.weight_norm2()
         if not (math.isfinite(self.epoch_loss) and np.isfinite(st.theta).all()):
             raise self.diverged(epoch, "the parameters overflowed", int(counters[T]))
         record = {"event": "epoch", "epoch": epoch + 1, "iteration": int(counters[T]),
@@ -303,8 +303,7 @@ def validation_loss(validation: Source, config: FitConfig, st: State) -> float:
     theta = st.avg if st.counters[AVERAGED] else st.theta
     blocks = int(st.spec[BLOCKS])
     coef, intercept = raw_parameters(theta, blocks, st.mean, st.scale)
-    hashed = st.hashed()  # the categorical columns' weights, the average's when theta is
-    weights = None if hashed is None else folded(hashed, int(st.counters[AVERAGED]))
+    weights = st.hashed_weights()  # the categorical columns' weights, the average's when theta is
     param = config.epsilon if config.model == "huber" else config.quantile
     total, rows = 0.0, 0.0
     for c in range(len(validation.chunk_rows)):

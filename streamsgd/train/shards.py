@@ -42,12 +42,13 @@ from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
 from ..config import FitConfig
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..sources import Source
 from . import guard
 from .inputs import Hooks
 from .run import Run
 from .setup import Setup
+from .hashed import categorical_columns
 from .state import State
 from .stepsize import lower_step, start
 
@@ -470,6 +471,11 @@ class ShardedRun(Run):
 
     def __init__(self, setup: Setup, hooks: Hooks, resume: dict[str, NDArray] | None, started: float,
                  backend: BackendFactory | None) -> None:
+        config = setup.config
+        if categorical_columns(setup.source) and config.optimizer == "adagrad" and config.l2_strength > 0:
+            # a shard's copy of the hashed weights does not know how far each lags (compute.sparse)
+            raise UsageError("--l2: adagrad's lazy L2 on categorical columns trains in one process for now; "
+                             "give --l2 0 or --optimizer sgd with shards or a cluster")
         super().__init__(setup, hooks, resume, started)
         self.factory: BackendFactory = backend or InProcess
         self.shards = setup.config.n_shards

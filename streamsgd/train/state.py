@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import N_COUNTERS, N_SUMS
-from ..compute.sparse import N_HASHED, pack_hashed
+from ..compute.loop import AVERAGE_FROM, AVERAGED, EPS, N_COUNTERS, N_SUMS, T
+from ..compute.sparse import N_HASHED, catch_up_all, folded, lazy_l2, pack_hashed
 from ..errors import DataError
 
 
@@ -76,6 +76,27 @@ class State:
     def hashed(self) -> tuple[NDArray, ...] | None:
         """The hashed state as ``compute.sparse`` takes it (HW … HI), or None."""
         return None if self.hw is None else tuple(getattr(self, name) for name in HASHED)
+
+    def hashed_weights(self) -> NDArray[np.float64] | None:
+        """The hashed weights as the model holds them (``compute.sparse.folded``: every lazy
+        scale folded in, the Polyak mean once averaging started), or None."""
+        hashed = self.hashed()
+        if hashed is None:
+            return None
+        assert self.spec is not None and self.hyper is not None  # set before any update
+        lazy = (int(self.counters[T]), lazy_l2(self.spec, self.hyper), float(self.hyper[EPS]),
+                int(self.spec[AVERAGE_FROM]))
+        return folded(hashed, int(self.counters[AVERAGED]), lazy)
+
+    def catch_up(self) -> None:
+        """Bring every hashed weight up to the last update under AdaGrad's lazy L2 (nothing
+        otherwise): before the step η changes, as the lazy form holds for one η."""
+        hashed = self.hashed()
+        if hashed is None or self.spec is None or self.hyper is None:
+            return
+        lr_l2 = lazy_l2(self.spec, self.hyper)
+        if lr_l2 > 0.0:
+            catch_up_all(hashed, int(self.counters[T]), lr_l2, float(self.hyper[EPS]), int(self.spec[AVERAGE_FROM]))
 
     def arrays(self) -> dict[str, NDArray]:
         return {name: getattr(self, name).copy() for name in self.ARRAYS if getattr(self, name) is not None}

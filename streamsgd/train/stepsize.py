@@ -66,7 +66,8 @@ def grow_batch(st: State, estimate: dict[str, Any], config: FitConfig, N: int) -
                 # drawn by start and kept in checkpoints; one written before they kept it lacks it
                 raise DataError("the checkpoint holds no step-size sample (it was written by an older "
                                 "streamsgd); resume without --batch auto, or start afresh")
-            st.hyper[LR0] = default_lr(config.model, st.sample, st.mean, st.scale, N, wanted, config.l2,
+            st.catch_up()  # AdaGrad's lazy L2 holds for one step: the hashed weights settle first
+            st.hyper[LR0] = default_lr(config.model, st.sample, st.mean, st.scale, N, wanted, config.l2_strength,
                                        st.curvature, guard.row_weights(config.model, st.sample_y),
                                        float(st.guard[guard.ROW_MAX]))
 
@@ -95,14 +96,14 @@ def start(st: State, window: Window, config: FitConfig, init: Model | None, N: i
         st.mean, st.scale = standardization(X, config.standardize, rows)
         st.theta[d] = start_intercept(config, y)
     st.sample, st.sample_y = guard.sample_rows(X, y, order=rows)
-    st.guard[guard.SMOOTH] = smoothness(config.model, st.sample, st.mean, st.scale, config.l2, st.curvature,
+    st.guard[guard.SMOOTH] = smoothness(config.model, st.sample, st.mean, st.scale, config.l2_strength, st.curvature,
                                         guard.row_weights(config.model, st.sample_y), st.hashed_columns)[0]
     if config.lr is None:
         lr0 = _default_step(st, config, N, B)
     else:  # the linear scaling rule, when asked: the given lr was tuned at the reference batch
         lr0 = config.lr * (B / config.lr_reference_batch if config.lr_reference_batch else 1.0)
     param = config.epsilon if config.model == "huber" else config.quantile
-    st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2, l1=config.l1, param=param,
+    st.hyper = pack_hyper(lr0=lr0, power_t=config.power_t, l2=config.l2_strength, l1=config.l1, param=param,
                           beta1=config.beta1, beta2=config.beta2, eps=config.eps, gamma=config.gamma)
     for c in range(st.theta.size // (d + 1)):
         refresh_effective(st.theta[c * (d + 1):(c + 1) * (d + 1)], st.theta_eff[c * (d + 1):(c + 1) * (d + 1)],
@@ -133,7 +134,7 @@ def _default_step(st: State, config: FitConfig, N: int, B: int) -> float:
     """``default_lr`` for the run's sample, worst row seen so far and optimizer."""
     # start sets them before it asks for the step
     assert st.sample is not None and st.sample_y is not None and st.mean is not None and st.scale is not None
-    return _for_optimizer(default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2, st.curvature,
+    return _for_optimizer(default_lr(config.model, st.sample, st.mean, st.scale, N, B, config.l2_strength, st.curvature,
                                      guard.row_weights(config.model, st.sample_y), float(st.guard[guard.ROW_MAX]),
                                      st.hashed_columns),
                           config)
@@ -162,9 +163,11 @@ def lower_step(st: State, top: float, config: FitConfig, N: int) -> None:
         # setup sets spec; the first window (start) or the checkpoint sets hyper
         assert st.spec is not None and st.hyper is not None
         c = CURVATURE[config.model] if st.curvature is None else st.curvature
-        lr0 = _for_optimizer(batch_step(float(st.guard[guard.SMOOTH]), c * (top + st.hashed_columns) + config.l2, N,
+        lr0 = _for_optimizer(batch_step(float(st.guard[guard.SMOOTH]), c * (top + st.hashed_columns) + config.l2_strength, N,
                                         int(st.spec[BATCH])), config)
-        st.hyper[LR0] = min(float(st.hyper[LR0]), lr0)
+        if lr0 < st.hyper[LR0]:
+            st.catch_up()  # AdaGrad's lazy L2 holds for one step: the hashed weights settle first
+            st.hyper[LR0] = lr0
 
 
 def raw_parameters(theta: NDArray, blocks: int, mean: NDArray, scale: NDArray) -> tuple[Any, Any]:

@@ -17,7 +17,7 @@ from ..config import EXECUTION_ONLY, FitConfig
 from ..persist.model import Model
 from ..sources import Source, n_rows
 from .classes import label_values
-from .hashed import model_fields
+from .hashed import resolve_defaults, model_fields
 from .inputs import Checkpointing, FitResult, Hooks, WarmStart
 from .metrics import peak_rss_bytes
 from .run import Run
@@ -49,28 +49,28 @@ def fit(
         its update count exactly as if it had never stopped.
     """
     started = time.perf_counter()
-    config = config or FitConfig()
-    if config.hidden:
-        return _fit_mlp(source, config, warm or WarmStart(), hooks or Hooks(), resume, started)
-    setup = prepare(source, config, warm or WarmStart(), resume)
     hooks = hooks or Hooks()
+    config, why = resolve_defaults(source, config or FitConfig(), hooks.backend is not None)
+    if config.hidden:
+        return _fit_mlp(source, config, warm or WarmStart(), hooks, resume, started, why)
+    setup = prepare(source, config, warm or WarmStart(), resume)
     if config.sharded or hooks.backend is not None:
         run: Run = ShardedRun(setup, hooks, resume, started, hooks.backend)
     else:
         run = Run(setup, hooks, resume, started)
     run.train()
-    return _result(run)
+    return _result(run, why)
 
 
 def _fit_mlp(source: Source, config: FitConfig, warm: WarmStart, hooks: Hooks,
-             resume: dict[str, NDArray] | None, started: float) -> FitResult:
+             resume: dict[str, NDArray] | None, started: float, why: str) -> FitResult:
     """An MLP run (``config.hidden``): the same setup and summary, the layers in the model."""
     from .mlp import MLPRun, check_mlp
 
     check_mlp(config, warm.init)
     run = MLPRun(prepare(source, config, warm, None), hooks, resume, started)
     run.train()
-    result = _result(run)
+    result = _result(run, why)
     result.model.layers = run.layers()
     result.model.metadata["mlp"] = {"hidden": list(config.hidden), "activation": config.activation}
     return result
@@ -103,10 +103,11 @@ def _stored_classes(setup: Setup, target_type: str | None) -> NDArray | None:
     return None if labels is None else label_values(labels, target_type)
 
 
-def _result(run: Run) -> FitResult:
-    """The model in raw feature space, its metadata (options, data, lineage) and the summary."""
+def _result(run: Run, why: str) -> FitResult:
+    """The model in raw feature space, its metadata (options, data, lineage) and the summary
+    (with the optimizer that ran and ``why``: ``resolve_defaults``'s line)."""
     setup, st, config = run.setup, run.st, run.config
-    summary = _summary(run)
+    summary = {**_summary(run), "optimizer": config.optimizer, "optimizer_why": why}
     assert st.mean is not None and st.scale is not None  # set by the first window or the checkpoint
     blocks, d = setup.blocks, len(setup.source.features)
     theta = st.avg if st.counters[AVERAGED] else st.theta
