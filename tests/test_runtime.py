@@ -74,10 +74,12 @@ def test_a_library_fit_changes_no_allocator_setting_and_no_environment(data, lib
 
 def test_the_cli_tunes_the_allocator_at_start_and_for_the_data(data, tmp_path, libc, monkeypatch):
     monkeypatch.setenv(runtime.ARROW_POOL_VARIABLE, "system")  # as a previous CLI run in this process left it
+    monkeypatch.delenv(runtime.ARENA_VARIABLE, raising=False)
     outcome = invoke(["fit", data, "--model", "logistic", "--epochs", "1", "-o", str(tmp_path / "m.npz")])
     assert outcome.code == 0, outcome.report()
     column = runtime.DECODED_BYTES_PER_ROW * 700  # the largest row group, decoded as float64
-    assert libc == [(runtime.M_MMAP_THRESHOLD, max(runtime.MMAP_THRESHOLD_MIN, column + runtime.COLUMN_HEADROOM))]
+    assert libc == [(runtime.M_ARENA_MAX, runtime.ARENAS),
+                    (runtime.M_MMAP_THRESHOLD, max(runtime.MMAP_THRESHOLD_MIN, column + runtime.COLUMN_HEADROOM))]
 
 
 def test_the_threshold_sits_above_a_column_within_glibcs_range(libc):
@@ -89,10 +91,20 @@ def test_the_threshold_sits_above_a_column_within_glibcs_range(libc):
                     (M, runtime.MMAP_THRESHOLD_MIN)]
 
 
-def test_the_users_arrow_pool_wins(monkeypatch, libc):
+def test_the_users_arrow_pool_and_arena_cap_win(monkeypatch, libc):
     monkeypatch.setenv(runtime.ARROW_POOL_VARIABLE, "jemalloc")
+    monkeypatch.setenv(runtime.ARENA_VARIABLE, "8")
     runtime.tune_allocator()
     assert os.environ[runtime.ARROW_POOL_VARIABLE] == "jemalloc" and libc == []  # no rows given: no threshold
+
+
+def test_at_start_glibc_keeps_two_arenas(monkeypatch, libc):
+    """Reader threads' arenas keep the columns they free (peak RSS then follows how far the
+    readers run ahead); the command caps them before any thread starts, the variable unset."""
+    monkeypatch.delenv(runtime.ARENA_VARIABLE, raising=False)
+    monkeypatch.setenv(runtime.ARROW_POOL_VARIABLE, "system")
+    runtime.tune_allocator()
+    assert libc == [(runtime.M_ARENA_MAX, runtime.ARENAS)]
 
 
 def test_the_retry_environment_is_read_once_and_checked():

@@ -33,12 +33,17 @@ MMAP_THRESHOLD_MIN = 128 << 10
 MMAP_THRESHOLD_MAX = 32 << 20
 #: Room above a column for Arrow's padding and the allocator's headers.
 COLUMN_HEADROOM = 64 << 10
+#: glibc's ``mallopt`` parameter number of the cap on malloc arenas (``M_ARENA_MAX``), the
+#: variable that sets it instead, and the cap the command uses.
+M_ARENA_MAX = -8
+ARENA_VARIABLE = "MALLOC_ARENA_MAX"
+ARENAS = 2
 
 
 def tune_allocator(largest_chunk_rows: int | None = None) -> None:
     """Set the process's allocators for streaming windows: Arrow's pool and glibc's mmap threshold.
 
-    It does two things, both process-wide and never undone:
+    It does three things, all process-wide and never undone:
 
     1. **Arrow allocates through malloc** (``ARROW_DEFAULT_MEMORY_POOL=system``, unless the
        variable is already set: the user's choice wins). Arrow's default pool (mimalloc) keeps
@@ -49,6 +54,8 @@ def tune_allocator(largest_chunk_rows: int | None = None) -> None:
     2. Given ``largest_chunk_rows``, **window buffers are mapped and decoded columns stay on
        the heap**: glibc's mmap threshold is pinned just above one decoded column of that many
        rows (see :func:`map_windows_keep_columns_on_heap`).
+    3. At start-up (no ``largest_chunk_rows``), before any reader thread exists, **glibc keeps
+       two malloc arenas** (:func:`cap_arenas`).
 
     Calling it again is harmless; the ``streamsgd`` command calls it at start-up and again
     with the largest chunk of the data it opened. A no-op for (2) where libc is not glibc.
@@ -59,8 +66,26 @@ def tune_allocator(largest_chunk_rows: int | None = None) -> None:
             import pyarrow
 
             pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-    if largest_chunk_rows is not None:
+    if largest_chunk_rows is None:
+        cap_arenas()
+    else:
         map_windows_keep_columns_on_heap(DECODED_BYTES_PER_ROW * largest_chunk_rows)
+
+
+def cap_arenas(arenas: int = ARENAS) -> None:
+    """Let glibc keep at most ``arenas`` malloc arenas (unless ``MALLOC_ARENA_MAX`` says).
+
+    Each reader thread otherwise gets an arena of its own (up to 8 per core), and the decoded
+    columns it frees stay in it: how much lingers depends on how far the readers run ahead of
+    the trainer, so a slower kernel raised peak RSS with the rows read (benchmarks/README.md,
+    ctr.py: 10^6 to 3·10^6 rows). Two arenas serve two cores' readers.
+    """
+    if not sys.platform.startswith("linux") or ARENA_VARIABLE in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def map_windows_keep_columns_on_heap(column_bytes: int) -> None:
