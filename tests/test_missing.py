@@ -232,6 +232,13 @@ def test_null_targets_in_sliced_row_groups_and_hashed_columns(tmp_path):
     assert len(source.chunk_rows) == 8 and sum(source.chunk_rows) == n - summary["skipped_rows"]
     for i, rows in enumerate(source.chunk_rows):  # the target itself not asked for
         assert source.read_columns(i, ["x", "town"]).num_rows == rows
+    # a cut counts from the target's validity bits (1 bit a row, charged), reading nothing
+    reads = []
+    source._read = lambda *args: reads.append(args)
+    before = source.metadata_bytes
+    source.cut(max_chunk_rows=n // 5)
+    assert reads == [] and len(source.chunk_rows) == 5 and sum(source.chunk_rows) == n - summary["skipped_rows"]
+    assert source.metadata_bytes == before and n // 8 <= before
 
 
 def test_only_null_targets_is_refused_naming_the_target(tmp_path):

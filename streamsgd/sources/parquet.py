@@ -208,9 +208,10 @@ class ParquetSource(SourceBase):
         self._partition_values = self._parse_partitions([n for n in used if n in self.partition_columns])
         self._summarise_footers(schema, used)
         self._leave_out_empty(set(features or ()))
-        #: the row groups whose target may hold nulls, whose rows with a null target are left
-        #: out (None: null targets are refused; :meth:`skip_null_targets`), and how many rows that is
-        self._null_target_groups: set[tuple[int, int]] | None = None
+        #: the row groups whose target holds nulls, each with its target's validity as bits:
+        #: their rows with a null target are left out (None: null targets are refused;
+        #: :meth:`skip_null_targets`), and how many rows that is
+        self._target_valid: dict[tuple[int, int], NDArray[np.uint8]] | None = None
         self.skipped_rows = 0
         self.cut(max_chunk_bytes, max_chunk_rows)
         #: the mean each column's nulls become (None: nulls are refused), and the columns
@@ -375,43 +376,56 @@ class ParquetSource(SourceBase):
         self.stream_bytes = (self.chunk_lanes - 1) * self.stream_fixed
         # the row group of each chunk: the planner keeps a sliced row group's slices together
         self.chunk_groups = [c.file * (1 << 32) + c.group for c in chunks]
-        if self._null_target_groups:
+        if self._target_valid:
             self._drop_null_targets()
 
     def skip_null_targets(self) -> None:
         """Leave out the rows whose target is null (DESIGN.md §4, "Missing values"), from
         every read and from ``chunk_rows``; ``skipped_rows`` counts them.
 
-        The row groups whose footers say the target may hold nulls are found here; the
-        rows are counted by a pass over their target column alone, again after every
-        :meth:`cut` (the plan needs each chunk's rows before any window is read), and
-        each read leaves them out by the target's validity. A chunk left with no rows is
-        dropped. Data whose target holds no nulls reads exactly as before.
+        One pass over the target column of the row groups whose footers say it may hold
+        nulls keeps, for those that do, the target's validity as bits (1 bit a row, in
+        ``metadata_bytes``): every :meth:`cut` then counts each chunk's rows from them (the
+        plan needs them before any window is read), and each read leaves the rows out by
+        the target's validity. A chunk left with no rows is dropped. Data whose target holds
+        no nulls reads exactly as before.
         """
-        if self.target is None or self.target in self.partition_columns or self._null_target_groups is not None:
+        target = self.target
+        if target is None or target in self.partition_columns or self._target_valid is not None:
             return
-        groups: set[tuple[int, int]] = set()
+        maybe: set[tuple[int, int]] = set()
         for f in range(len(self._files)):
             meta = self._metas[f]
-            j = column_index(meta, [self.target], {}).get(self.target)
+            j = column_index(meta, [target], {}).get(target)
             for g in range(meta.num_row_groups):
                 stats = None if j is None else meta.row_group(g).column(j).statistics
                 if stats is None or not stats.has_null_count or stats.null_count > 0:
-                    groups.add((f, g))
-        self._null_target_groups = groups
+                    maybe.add((f, g))
+        parts: dict[tuple[int, int], list[NDArray[np.bool_]]] = {}
+        self._target_valid = {}  # the pass reads every row
+        try:
+            for i, c in enumerate(self._chunks):  # a row group's chunks come in order, front to back
+                if (c.file, c.group) in maybe:
+                    valid = self.read_columns(i, [target]).column(0).is_valid().to_numpy(zero_copy_only=False)
+                    parts.setdefault((c.file, c.group), []).append(valid)
+        except BaseException:
+            self._target_valid = None
+            raise
+        self._target_valid = {k: np.packbits(np.concatenate(v)) for k, v in parts.items() if not all(a.all() for a in v)}
+        self.metadata_bytes += sum(bits.nbytes for bits in self._target_valid.values())
         self._drop_null_targets()
 
     def _drop_null_targets(self) -> None:
-        """Count each chunk's rows with a non-null target (one pass over the target column
-        of the row groups that may hold nulls) and drop the chunks left empty."""
-        groups, target = self._null_target_groups, self.target
-        assert groups is not None and target is not None  # set by skip_null_targets
-        self._null_target_groups = set()  # the pass reads those row groups whole
-        try:
-            rows = [n if (c.file, c.group) not in groups else n - self.read_columns(i, [target]).column(0).null_count
-                    for i, (c, n) in enumerate(zip(self._chunks, self.chunk_rows))]
-        finally:
-            self._null_target_groups = groups
+        """Count each chunk's rows with a target (from the validity bits) and drop the chunks
+        left empty."""
+        assert self._target_valid is not None  # set by skip_null_targets
+        rows = []
+        for c, n in zip(self._chunks, self.chunk_rows):
+            bits = self._target_valid.get((c.file, c.group))
+            if bits is not None:
+                first = c.start // 8
+                n = int(np.unpackbits(bits[first:(c.start + c.rows + 7) // 8])[c.start - 8 * first:][:c.rows].sum())
+            rows.append(n)
         self.skipped_rows = sum(self.chunk_rows) - sum(rows)
         kept = [i for i, n in enumerate(rows) if n > 0]
         self._chunks = [self._chunks[i] for i in kept]
@@ -469,8 +483,8 @@ class ParquetSource(SourceBase):
 
         c = self._chunks[i]
         in_file = [n for n in names if n not in self.partition_columns]
-        groups, target = self._null_target_groups, self.target
-        drop_nulls = groups is not None and target is not None and (c.file, c.group) in groups
+        valid, target = self._target_valid, self.target
+        drop_nulls = valid is not None and target is not None and (c.file, c.group) in valid
         if drop_nulls and target not in in_file:
             in_file.append(str(target))
         table = retry.call(lambda: self._read(i, c, in_file, dictionary), self.chunk_name(i), self.retry_policy,
