@@ -148,7 +148,7 @@ def test_local_sgd_reaches_the_single_process_held_out_loss(data, tmp_path):
 @pytest.mark.parametrize("batch", [128, 8])
 def test_local_sgd_auto_records_its_choice_and_reruns_to_the_same_model(data, batch):
     """auto's H comes from timings, so it is recorded: the summary and the model say which,
-    and --sync-every with that H gives the same model, bit for bit. Its dry rounds take 56
+    and --sync-every with that H gives the same model, bit for bit. Its dry rounds take 51
     updates: at batch 128 they run past a shard's first window (the first round seeks back),
     at batch 8 they stay inside it (the lanes rewind to where they stood)."""
     auto = _fit(data, shards=2, sync="models", batch=batch)
@@ -454,3 +454,32 @@ def test_the_tables_merge_is_numpys_average_of_the_changed_entries_bit_for_bit()
         assert np.array_equal(merge_hashed(hashed, parts, int(rows.sum())), union)
         for slot, table in zip(slots, expected):
             assert np.array_equal(hashed[slot].view(np.int64), table.view(np.int64))
+
+
+def test_auto_measures_the_shards_compute_and_the_rounds_latency_apart(monkeypatch):
+    """auto's H = ⌈19·L/c⌉ from the slowest shard's own time per update (c) and the rest of a
+    round's wall time (L), each a median of five rounds of ten updates: a noisy round leaves
+    both near their true values (the difference of a one-update and a ten-update round's
+    times, the old rule, gave c = (wall₁₀ − wall₁)/9 and an H off by 10x under such noise)."""
+    from types import SimpleNamespace
+
+    import streamsgd.train.shards as shards
+
+    clock = [0.0]
+    own, latency = 1e-3, 20e-3  # 0.1 ms an update, a 20 ms round trip: H = 19 * 20 / 0.1 = 3,800
+    noise = iter([0.0, 0.0, 30e-3, -5e-3, 0.0, 45e-3])  # two rounds slowed by the machine, one quick
+
+    class Feed:
+        def ask(self, method, *args):
+            if method != "local":
+                return []
+            clock[0] += latency + own + next(noise)
+            return [SimpleNamespace(seconds=own * 0.5), SimpleNamespace(seconds=own)]
+
+    monkeypatch.setattr(shards.time, "perf_counter", lambda: clock[0])
+    events = []
+    run = SimpleNamespace(config=SimpleNamespace(sync_every="auto"), st=SimpleNamespace(counters=np.zeros(16, np.int64)),
+                          local_start=lambda full: None, schedule=SimpleNamespace(ipe=10_000), emit=events.append,
+                          tables_base=())
+    assert abs(shards.ShardedRun.choose_every(run, Feed()) - 3800) <= 1  # a ceiling of float timings
+    assert events[0]["update_seconds"] == pytest.approx(1e-4) and events[0]["round_seconds"] == pytest.approx(0.02)

@@ -137,6 +137,7 @@ class LocalPart:
     loss: float
     diverged: bool
     top: float  # the largest row curvature of the windows it opened in epoch 0, else 0
+    seconds: float = 0.0  # the shard's own time in the round (reading and training), without messages
 
 
 class Backend(Protocol):
@@ -241,7 +242,7 @@ class _Lane:
     def local(self, epoch: int, rnd: int, every: int, limit: int, start: LocalState) -> LocalPart:
         """Up to ``limit`` updates of this shard's own, from ``start``, on its rows from
         ``rnd·every·B`` of ``epoch`` (each B rows, the epoch's last one shorter)."""
-        job = self.job
+        job, began = self.job, time.perf_counter()
         current, hashed, folds = self._local_hashed(start)
         if not current:
             return LocalPart(start, rows=STALE, loss=0.0, diverged=False, top=0.0)
@@ -273,7 +274,7 @@ class _Lane:
         after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0,
                            hashed=None if hashed is None else self._changes(hashed, start.t, folds))
         return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
-                         diverged=bool(counters[DIVERGED]), top=top)
+                         diverged=bool(counters[DIVERGED]), top=top, seconds=time.perf_counter() - began)
 
     def _update_weights(self, view: HashedView) -> bool:
         """Bring this shard's copy of the hashed weights to update t (``view``); False when
@@ -657,30 +658,33 @@ class ShardedRun(Run):
 
     def choose_every(self, feed: Backend) -> int:
         """--sync-every, or for ``auto`` the least H whose rounds spend at most 5 % of their
-        time in synchronisation: the medians of timed rounds of one update and of ten (dry
-        runs from the current state on the epoch's first rows, discarded; a first one opens
-        the readers) give the round's latency L and the compute per update c, and
-        H = ⌈19·L/c⌉, within [1, one epoch]."""
+        time in synchronisation: five timed rounds of ten updates (dry runs from the current
+        state on the epoch's first rows, discarded; a first one of one update opens the
+        readers) give the compute per update c (the slowest shard's own time, a median) and
+        the round's latency L (the rest of the round's wall time, a median), and
+        H = ⌈19·L/c⌉, within [1, one epoch]. Each is measured, not a difference of two noisy
+        round times: under load that difference came out negative or 10x c, and H a tenth
+        of what the latency called for."""
         if self.config.sync_every != "auto":
             return int(self.config.sync_every)
         epoch, begin, place = int(self.st.counters[EPOCH]), self.local_start(full=True), [0]
 
-        def dry(updates: int) -> float:
+        def dry(updates: int) -> tuple[float, float]:
             """A round of ``updates`` from the rows where the last one stopped (round 1 of a
-            round length of ``place`` batches starts there: the shards read on, no seek)."""
+            round length of ``place`` batches starts there: the shards read on, no seek):
+            its wall time and its slowest shard's own time."""
             t0 = time.perf_counter()
-            feed.ask("local", epoch, 1 if place[0] else 0, max(place[0], 1), updates, begin)
+            parts = feed.ask("local", epoch, 1 if place[0] else 0, max(place[0], 1), updates, begin)
             place[0] += updates
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, max(part.seconds for part in parts)
 
         feed.ask("mark")
         dry(1)
-        one = float(np.median([dry(1) for _ in range(5)]))
-        ten = float(np.median([dry(10) for _ in range(5)]))
+        rounds = [dry(10) for _ in range(5)]
         feed.ask("rewind")
         self.tables_base = None  # the dry rounds changed the shards' tables: the first round sends them whole
-        compute = (ten - one) / 9
-        latency = max(one - compute, 0.0)
+        compute = float(np.median([own for _, own in rounds])) / 10
+        latency = max(float(np.median([wall - own for wall, own in rounds])), 0.0)
         every = self.schedule.ipe if compute <= 0 else min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
         self.emit({"event": "sync", "sync_every": every, "round_seconds": latency, "update_seconds": compute})
         return every
