@@ -55,6 +55,8 @@ class EpochStream:
     #: the last epoch the readers may read ahead into (None: no bound)
     last_epoch: int | None = None
     _resident: tuple[Window, NDArray[np.int64]] | None = field(default=None, init=False)
+    #: the resident window's places of an epoch's chunk layout (the same every epoch of one chunk)
+    _layout: tuple[bytes, NDArray[np.int64]] | None = field(default=None, init=False)
     _ahead: _Readers | None = field(default=None, init=False)
 
     def epoch(self, epoch: int, skip: int = 0) -> Generator[tuple[Window, NDArray[np.int64]], None, None]:
@@ -82,7 +84,7 @@ class EpochStream:
                 if len(windows) == 1:  # the row id held in each place of the buffer
                     ids = np.empty(window.X.shape[0], dtype=np.int64)
                     ids[window.slots] = _row_ids(self.source, window.chunks)
-                    self._resident = (window, ids)
+                    self._resident, self._layout = (window, ids), None
                 in_order = np.arange(window.X.shape[0], dtype=np.int64)
                 yield window, (in_order[offset:] if w == first else in_order)
                 reader.prefetcher.release(window.nbytes)
@@ -131,11 +133,13 @@ class EpochStream:
     def _resident_order(self, epoch: int, chunks: NDArray[np.int64]) -> tuple[Window, NDArray[np.int64]]:
         assert self._resident is not None  # called once the single window is resident
         window, resident_ids = self._resident
-        # position in the resident buffer of each global row id, then of this epoch's layout
-        position = np.empty_like(resident_ids)
-        position[resident_ids] = np.arange(resident_ids.size)
-        rows = int(sum(self.source.chunk_rows[c] for c in chunks))
-        return window, position[_row_ids(self.source, chunks)][row_order(rows, self.seed, epoch, 0, self.shuffle)]
+        if self._layout is None or self._layout[0] != chunks.tobytes():
+            # position in the resident buffer of each global row id, then of this epoch's layout
+            position = np.empty_like(resident_ids)
+            position[resident_ids] = np.arange(resident_ids.size)
+            self._layout = (chunks.tobytes(), position[_row_ids(self.source, chunks)])
+        places = self._layout[1]
+        return window, places[row_order(places.size, self.seed, epoch, 0, self.shuffle)]
 
 
 def _row_ids(source: Source, chunks: NDArray[np.int64]) -> NDArray[np.int64]:

@@ -46,7 +46,7 @@ def iterations_per_epoch(n_rows: int, batch: int) -> int:
 
 def chunk_order(n_chunks: int, seed: int, epoch: int, shuffle: bool = True) -> NDArray[np.int64]:
     """The order in which chunks are read in ``epoch``: a fresh permutation per epoch."""
-    if not shuffle:
+    if not shuffle or n_chunks <= 1:  # one chunk has one order: no stream to seed (tiny data: every epoch)
         return np.arange(n_chunks, dtype=np.int64)
     return stream(seed, CHUNK_ORDER, epoch).permutation(n_chunks)
 
@@ -94,10 +94,10 @@ def stratified_windows(
     so much that dealing would overflow a window.
     """
     n = len(chunk_rows)
-    rng = stream(seed, STRATA, epoch)
     m = max(1, math.ceil(sum(chunk_rows) / window_rows))
     if m == 1 or m >= n:
         return group_windows(chunk_rows, chunk_order(n, seed, epoch), window_rows)
+    rng = stream(seed, STRATA, epoch)
     ranked = np.lexsort((rng.random(n), strata))  # random tie-break among equal strata
     members: list[list[int]] = [[] for _ in range(m)]
     for start in range(0, n, m):
