@@ -162,11 +162,13 @@ def cli() -> None:
 @click.option("--lr-scale-with-batch", "lr_reference_batch", type=int, default=None, metavar="REF",
               help="Linear scaling rule: use --lr x batch / REF (Goyal et al. 2017).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZER_CHOICES), default=FitConfig.optimizer, show_default=True,
-              help="auto: sgd for dense data, adagrad when the data has categorical columns.")
+              help="auto: adagrad for a classifier on categorical columns in one process, else sgd "
+                   "(the run's summary says which and why).")
 @click.option("--beta1", type=float, default=FitConfig.beta1, show_default=True, help="Momentum / Adam's first moment.")
 @click.option("--beta2", type=float, default=FitConfig.beta2, show_default=True, help="Adam's second moment.")
 @click.option("--eps", type=float, default=FitConfig.eps, show_default=True, help="Adagrad/Adam denominator guard.")
-@click.option("--l2", type=float, default=FitConfig.l2, show_default=True, help="L2 penalty (l2/2)·||w||².")
+@click.option("--l2", type=float, default=FitConfig.l2, show_default=True,
+              help="L2 penalty (l2/2)·||w||²; default 1e-4, or min(1e-4, 1/rows) with categorical columns.")
 @click.option("--l1", type=float, default=FitConfig.l1, show_default=True, help="L1 penalty l1·||w||₁ (exact zeros).")
 @click.option("--epsilon", type=float, default=FitConfig.epsilon, show_default=True, help="huber: width of the quadratic zone.")
 @click.option("--quantile", type=float, default=FitConfig.quantile, show_default=True, help="quantile: the quantile τ.")
