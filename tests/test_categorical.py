@@ -580,3 +580,19 @@ def test_the_summary_and_info_say_which_optimizer_and_why(tables, tmp_path):
     assert (config["optimizer"], config["l2"]) == ("adagrad", 1e-4)
     dense = json.loads(run_cli("info", paths["train"], "--exclude", ",".join(CATEGORICAL), "--json").stdout)
     assert dense["optimizer"] == "sgd" and dense["optimizer_why"].startswith("auto: dense features")
+
+
+def test_a_text_column_that_names_rows_is_warned_about_in_the_runs_log(tmp_path):
+    """An unparsed date written as text (pandas from a CSV) is a category per row: fit says so,
+    naming the column and --exclude, in the run's own log; a column of kinds says nothing."""
+    rng = np.random.default_rng(2)
+    n = 600
+    df = pd.DataFrame({"date": pd.date_range("1967-07-01", periods=n, freq="MS").strftime("%Y-%m-%d"),
+                       "region": rng.choice(["north", "south", "east"], n), "x": rng.normal(size=n)})
+    df["y"] = 3.0 * df.x + rng.normal(size=n)
+    path = tmp_path / "economics.parquet"
+    df.to_parquet(path, index=False)
+    proc = run_cli("fit", path, "--model", "linear", "--epochs", "2", "--log-format", "json", "-o", tmp_path / "m.npz")
+    warnings = [e["message"] for e in map(json.loads, proc.stderr.splitlines()) if e["event"] == "warning"]
+    assert len(warnings) == 1, warnings
+    assert "'date'" in warnings[0] and "--exclude date" in warnings[0] and "'region'" not in warnings[0]

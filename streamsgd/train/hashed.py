@@ -10,6 +10,7 @@ and the model's hashed weights with every lazy scale folded in.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +27,32 @@ from .state import State
 SCALAR_MODELS = ("linear", "logistic", "poisson", "huber", "hinge", "modified_huber", "quantile")
 #: Optimizers with an exact O(nnz) update of the hashed weights (compute.sparse).
 SPARSE_OPTIMIZERS = ("sgd", "adagrad")
+
+
+#: A categorical column whose values differ in at least this share of the first window's rows
+#: (of at least ``ROW_NAMES_MIN_ROWS``) names rows rather than kinds of rows.
+ROW_NAMES_SHARE = 0.9
+ROW_NAMES_MIN_ROWS = 50
+
+
+def warn_row_names(source: Source, idx: NDArray[np.int32]) -> None:
+    """Warn (the ``streamsgd`` logger) about each scalar categorical column whose hashed values
+    differ in nearly every row of the first window (``idx``): a date or an id written as text
+    (pandas writes an unparsed CSV date so). As a category it gives every row a weight of its
+    own, which the model fits to the row's target: a training loss near 0 that nothing else
+    learns from."""
+    encoding, rows = getattr(source, "encoding", None), idx.shape[0]
+    if encoding is None or rows < ROW_NAMES_MIN_ROWS:
+        return
+    j = 0
+    for name, width in zip(encoding.columns, encoding.widths or (1,) * len(encoding.columns)):
+        distinct = np.unique(idx[:, j]).size if width == 1 else 0
+        if distinct >= ROW_NAMES_SHARE * rows:
+            logging.getLogger("streamsgd").warning(
+                "%s: categorical column %r holds a different value in %d of the first %d rows: as a category it "
+                "names rows, and the model will learn each row's target by heart; leave it out with --exclude %s, "
+                "or write it as a number or a date", source.url, name, distinct, rows, name)
+        j += width
 
 
 def categorical_columns(source: Source) -> list[str]:

@@ -28,6 +28,7 @@ from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window, read_window
 from ..sources import Source
 from . import guard
+from .hashed import warn_row_names
 from .inputs import Hooks
 from .metrics import MetricsLog
 from .setup import NEVER, Setup
@@ -232,6 +233,7 @@ class Run:
         assert window.y is not None  # training windows are read with the target
         if st.hyper is None:  # the first window: standardisation and step size from it
             start(st, window, config, self.setup.init, schedule.N, schedule.B)
+            warn_row_names(self.setup.full_source, window.idx)
         if epoch == 0:  # every row is seen once: lower the default step before a rare row hurts
             see_rows(st, window.X, window.y, config, schedule.N)
         assert st.spec is not None and st.hyper is not None and st.mean is not None and st.scale is not None
