@@ -374,8 +374,7 @@ class ParquetSource(SourceBase):
         self.stream_fixed = max(fixed, default=0)
         self.chunk_lanes = max(1, min(int(lanes), len(self._groups))) if fixed else 1
         self.stream_bytes = (self.chunk_lanes - 1) * self.stream_fixed
-        # the row group of each chunk: the planner keeps a sliced row group's slices together
-        self.chunk_groups = [c.file * (1 << 32) + c.group for c in chunks]
+        self.chunk_groups = _group_ids(chunks)
         if self._target_valid:
             self._drop_null_targets()
 
@@ -431,7 +430,7 @@ class ParquetSource(SourceBase):
         self._chunks = [self._chunks[i] for i in kept]
         self.chunk_bytes = [self.chunk_bytes[i] for i in kept]
         self.chunk_rows = [rows[i] for i in kept]
-        self.chunk_groups = [c.file * (1 << 32) + c.group for c in self._chunks]
+        self.chunk_groups = _group_ids(self._chunks)
 
     def whole_rows(self, max_chunk_bytes: int) -> int:
         """The most rows a row group of this data could hold and still be read whole within
@@ -799,6 +798,12 @@ class _Cursor:
 def _slice_buffer(f: _File) -> int:
     """The read buffer per column of a row group streamed in slices from file ``f``."""
     return LOCAL_SLICE_BUFFER_BYTES if f.local else SLICE_BUFFER_BYTES
+
+
+def _group_ids(chunks: Sequence[_Chunk]) -> list[int]:
+    """The row group of each chunk, one integer each: the planner keeps a sliced row group's
+    slices together, or streams them in lanes."""
+    return [c.file * (1 << 32) + c.group for c in chunks]
 
 
 def _group_size(meta, f: int, g: int, used: set[str], buffer: int = SLICE_BUFFER_BYTES) -> _Group:

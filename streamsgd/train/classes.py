@@ -104,6 +104,20 @@ def _shown_all(labels: NDArray, at_most: int = 20) -> str:
     return shown + (", …" if labels.size > at_most else "")
 
 
+def found_labels(source: Source, validation: Source | None, readers: int) -> tuple[NDArray, NDArray[np.int64]]:
+    """The labels of the training and the held-out rows, sorted (a label seen only in
+    validation is one too), and the training rows of each (a pass over the target only)."""
+    found, counts = target_labels(source, readers)
+    if validation is not None:
+        held, _ = target_labels(validation, readers)
+        if held.size:
+            every = np.union1d(found, held) if found.size else held
+            full = np.zeros(every.size, dtype=np.int64)
+            full[np.searchsorted(every, found)] = counts
+            found, counts = every, full
+    return found, counts
+
+
 def softmax_classes(
     source: Source, validation: Source | None, readers: int, given: Sequence[Any] | NDArray | None,
     init: Model | None,
@@ -119,14 +133,7 @@ def softmax_classes(
     Returns (labels, counts) of shape (C,): float64 labels for a numeric target, str for
     text; the rows of each class in ``source``.
     """
-    found, counts = target_labels(source, readers)
-    if validation is not None:
-        held, _ = target_labels(validation, readers)
-        if held.size:
-            every = np.union1d(found, held) if found.size else held
-            full = np.zeros(every.size, dtype=np.int64)
-            full[np.searchsorted(every, found)] = counts
-            found, counts = every, full
+    found, counts = found_labels(source, validation, readers)
     fixed, why = given, "classes="
     if init is not None:
         if given is not None and not np.array_equal(np.unique(np.asarray(given)), np.asarray(init.classes_)):
@@ -173,9 +180,7 @@ def binary_text_classes(source: Source, validation: Source | None, readers: int,
     as the rows are read."""
     if init is not None and init.classes is not None:
         return np.asarray(init.classes)
-    found, _ = target_labels(source, readers)
-    if validation is not None:
-        found = np.union1d(found, target_labels(validation, readers)[0])
+    found, _ = found_labels(source, validation, readers)
     if found.size != 2:
         raise DataError(f"{source.url}: target column {source.target!r} holds {found.size} distinct label(s) "
                         f"({_shown_all(found)}); a {model} model needs two: train --model softmax for more, or "
