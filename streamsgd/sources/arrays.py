@@ -33,7 +33,7 @@ class ArraySource(SourceBase):
     and trains in O(nnz) (DESIGN.md §8)."""
 
     def __init__(
-        self, X: NDArray, y: NDArray | None, chunk_rows: int = 65536, features: Sequence[str] | None = None,
+        self, X: Any, y: NDArray | None, chunk_rows: int = 65536, features: Sequence[str] | None = None,
         sample_weight: NDArray | None = None,
     ):
         sparse = _is_sparse(X)
@@ -42,7 +42,8 @@ class ArraySource(SourceBase):
             raise DataError(f"X: expected a 2-D array (rows, features), got shape {X.shape}")
         if sparse:
             chunk_rows = max(1, min(chunk_rows, SPARSE_CHUNK_BYTES // (8 * max(X.shape[1], 1))))
-        self.X, self.y = X, None if y is None else np.asarray(y)
+        self.X: Any = X  # an ndarray, or a CSR matrix
+        self.y = None if y is None else np.asarray(y)
         if self.y is not None and self.y.shape != (X.shape[0],):
             raise DataError(f"y: expected shape ({X.shape[0]},), got {self.y.shape}")
         self.url = "<arrays>"
