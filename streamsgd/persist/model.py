@@ -125,10 +125,20 @@ class Model:
         return np.array([0, 1], dtype=_numpy_type(self.metadata.get("target_type")))
 
     def decision_function(self, X: NDArray) -> NDArray[np.float64]:
-        """Margins, X of shape (n_rows, n_features) in ``self.features`` order."""
+        """Margins, X of shape (n_rows, n_features) in ``self.features`` order; or a pandas
+        DataFrame or Arrow table holding the columns the model was trained on by name, text,
+        categories and nulls included (read as training read them: ``persist.apply``)."""
+        from ..sources.frames import as_table
+
+        table = as_table(X)
+        if table is not None and (self.hashed is not None or self.metadata.get("missing")):
+            from .apply import frame_margins
+
+            return frame_margins(self, table)
         if self.hashed is not None:  # X has no room for the categorical columns
             raise UsageError(f"this model also hashes the categorical columns {self.hashed_columns[:5]}, which an "
-                             "array X does not hold; score a data set with streamsgd predict / evaluate")
+                             "array X does not hold; pass a DataFrame with the model's columns, or score a data set "
+                             "with streamsgd predict / evaluate")
         return self.dense_margins(X)
 
     def dense_margins(self, X: NDArray) -> NDArray[np.float64]:
