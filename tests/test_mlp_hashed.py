@@ -1,0 +1,199 @@
+"""An MLP with categorical (hashed) columns: the first layer's embedding bag (compute/embedding.py)
+is the dense first layer applied to the hashed indicator vector, in its forward pass, its
+gradient, its lazy updates and its average; then through the CLI (fit, predict, evaluate,
+held-out loss against the linear model) and an exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import streamsgd
+from streamsgd.compute import embedding, mlp
+from streamsgd.compute.codes import LOSSES, OPTIMIZERS, SCHEDULES
+from streamsgd.compute.loop import AVERAGED, FILLED, N_COUNTERS, N_SUMS, T, pack_hyper, pack_spec
+from streamsgd.compute.mlp_loop import AVG, THETA, finish_mlp_batch, mlp_rows
+from streamsgd.config import FitConfig
+from streamsgd.errors import UsageError
+from streamsgd.sources import open_source
+from streamsgd.train import Hooks
+from streamsgd.train.trainer import Checkpointing, fit as train_fit
+
+from helpers import run_cli
+
+NO_WEIGHTS = np.zeros(0)
+D, K, BITS, H = 3, 2, 4, (5, 3)  # 3 numeric inputs, 2 categorical columns into 16 buckets, 5 then 3 units
+
+
+def _problem(seed: int = 0, n: int = 150):
+    """Rows with D numeric features and K hashed ones (collisions included: 2 columns share 16
+    buckets), a label that needs both, and the dense twin's inputs: the numeric columns, then
+    the hashed indicator vector (the row's Σ_c sign·onehot(idx), 2**BITS columns)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, D))
+    idx = rng.integers(0, 1 << BITS, (n, K)).astype(np.int32)
+    sign = rng.choice(np.array([-1, 1], np.int8), (n, K))
+    onehot = np.zeros((n, 1 << BITS))
+    for c in range(K):
+        np.add.at(onehot, (np.arange(n), idx[:, c]), sign[:, c])
+    y = ((X[:, 0] * sign[:, 0] + (idx[:, 1] % 3 == 0)) > 0.5).astype(np.float64)
+    return X, idx, sign, y, np.hstack([X, onehot])
+
+
+def _networks(seed: int = 1):
+    """The embedded network (θ, E) and its dense twin (θ with E's rows as the first layer's
+    weights for the indicator columns), from the same random draw."""
+    lay, twin_lay = mlp.layout(D, H, 1), mlp.layout(D + (1 << BITS), H, 1)
+    rng = np.random.default_rng(seed)
+    twin = mlp.init_params(twin_lay, rng)
+    twin[twin_lay[0, mlp.B_AT]:twin_lay[0, mlp.B_AT] + H[0]] = rng.uniform(-0.5, 0.5, H[0])  # biases not 0
+    W1 = twin[:H[0] * (D + (1 << BITS))].reshape(H[0], D + (1 << BITS))
+    b1 = twin[twin_lay[0, mlp.B_AT]:twin_lay[0, mlp.B_AT] + H[0]]
+    theta = np.concatenate([W1[:, :D].ravel(), b1, twin[twin_lay[1, mlp.W_AT]:]])
+    E = W1[:, D:].T.copy()  # (2**BITS, H1): row h is bucket h's weights into the H1 units
+    return lay, twin_lay, theta, E, twin
+
+
+def _state(E: np.ndarray, batch: int, optimizer: str = "sgd", average: bool = False) -> tuple:
+    emb = embedding.pack_embedding(BITS, E.shape[1], embedding.batch_buckets(BITS, K, batch, False),
+                                   optimizer == "adagrad", average)
+    emb[embedding.EU][:] = E
+    return emb
+
+
+def _split(twin_grad: np.ndarray, twin_lay, lay) -> tuple[np.ndarray, np.ndarray]:
+    """A twin's flat vector as (the embedded network's θ layout, the indicator columns' (2**BITS, H1))."""
+    W1 = twin_grad[:H[0] * (D + (1 << BITS))].reshape(H[0], D + (1 << BITS))
+    b1 = twin_grad[twin_lay[0, mlp.B_AT]:twin_lay[0, mlp.B_AT] + H[0]]
+    return np.concatenate([W1[:, :D].ravel(), b1, twin_grad[twin_lay[1, mlp.W_AT]:]]), W1[:, D:].T
+
+
+def _gathered(emb: tuple, stamp: int) -> np.ndarray:
+    """The batch's gradient sums of every bucket as a (2**BITS, H1) table (0 where untouched)."""
+    out = np.zeros_like(emb[embedding.EU])
+    touched = np.flatnonzero(emb[embedding.ESTAMP] == stamp)
+    out[touched] = emb[embedding.EG][emb[embedding.ESLOT][touched]]
+    return out
+
+
+# rtol 1e-12: the two sums hold the same terms in another order (the bag's, float64, is added
+# to the dense part's sum), a few ulps apart at float64
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("loss", ["logistic", "linear"])
+def test_the_bag_forward_and_gradient_equal_the_dense_first_layer_on_the_indicator_vector(activation, loss):
+    X, idx, sign, y, X_twin = _problem()
+    lay, twin_lay, theta, E, twin = _networks()
+    net, twin_net = mlp.network(lay, activation, loss), mlp.network(twin_lay, activation, loss)
+    lo, hi = 5, 140  # blocks of 64 rows, the last one short
+    emb = _state(E, hi - lo)
+    grad, twin_grad = np.zeros_like(theta), np.zeros_like(twin)
+    got = mlp.embedded_gradient(X, idx, sign, y, NO_WEIGHTS, lo, hi, net, theta, grad,
+                                mlp.workspace(hi - lo, lay, np.float64), emb, 7)
+    want = mlp.batch_gradient(X_twin, y, NO_WEIGHTS, lo, hi, twin_net, twin, twin_grad,
+                              mlp.workspace(hi - lo, twin_lay, np.float64))
+    assert got == pytest.approx(want, rel=1e-12)
+    dense, table = _split(twin_grad, twin_lay, lay)
+    np.testing.assert_allclose(grad, dense, rtol=1e-12, atol=1e-12 * np.abs(dense).max())
+    np.testing.assert_allclose(_gathered(emb, 7), table, rtol=1e-12, atol=1e-12 * np.abs(table).max())
+    # the buckets the batch touched, each once in the touched list
+    touched = emb[embedding.ETOUCHED][:emb[embedding.EI][embedding.E_TOUCHED]]
+    assert sorted(touched) == sorted(set(idx[lo:hi].ravel()))
+    assert np.abs(table).max() > 0
+
+
+def _train(X, y, idx, sign, theta, optimizer, l2, average_from, emb, batch=32):
+    """The product's compiled loop (mlp_loop.mlp_rows) over two epochs in a fixed order, stopping
+    every 3 updates as log lines make it, the step decaying (invscaling), standardisation off
+    (mean 0, scale 1); returns (θ, its running average, the iterates averaged)."""
+    lay = mlp.layout(X.shape[1], H, 1)
+    n, k, P = X.shape[0], idx.shape[1], mlp.n_params(lay)
+    net = mlp.network(lay, "tanh", "logistic")
+    spec = pack_spec(loss=LOSSES["logistic"], batch=batch, schedule=SCHEDULES["invscaling"], average_from=average_from,
+                     n_rows=n, optimizer=OPTIMIZERS[optimizer], warmup=0, total=0, step_every=1, noise=False, t0=0,
+                     blocks=1)
+    hyper = pack_hyper(lr0=0.3, power_t=0.5, l2=l2, l1=0.0, param=0.0, beta1=0.9, beta2=0.999, eps=1e-8, gamma=0.5)
+    params = (theta.copy(), np.zeros(P), np.zeros(P), np.zeros(P), np.zeros(int((lay[:, 0] * lay[:, 1]).sum())),
+              np.zeros(1))
+    counters, sums, opt_state = np.zeros(N_COUNTERS, np.int64), np.zeros(N_SUMS), np.zeros((2, P))
+    noise = (np.zeros(2), np.zeros(4), np.zeros(P))
+    scratch = (np.zeros((batch, X.shape[1])), np.zeros(batch), np.zeros(batch), np.zeros((batch, k), np.int32),
+               np.zeros((batch, k), np.int8))
+    ws = mlp.workspace(batch, lay, np.float64)
+    order = np.random.default_rng(3).permutation(n)
+    mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+    for _ in range(2):
+        pos = 0
+        while pos < n:
+            pos = mlp_rows(X, y, NO_WEIGHTS, idx, sign, order, pos, n, counters[T] + 3, spec, hyper, net, params,
+                           opt_state, mean, scale, counters, sums, ws, scratch, noise, emb)
+        if counters[FILLED]:  # the epoch's short last batch
+            finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise, emb)
+    assert counters[T] == 10
+    return params[THETA], params[AVG], int(counters[AVERAGED])
+
+
+# rtol 1e-10: the same updates from sums of the same terms in another order, ten updates of
+# a tanh network (each rounding difference of ~1e-16 grows by at most the steps' Lipschitz
+# factors); the global scale and its fold (l2 3.0) add one rounding per weight and update
+@pytest.mark.parametrize("optimizer, l2, average_from", [("sgd", 0.05, 4), ("sgd", 3.0, 4), ("sgd", 0.0, 1 << 40),
+                                                         ("adagrad", 0.0, 6)])
+def test_the_trained_network_equals_its_dense_twin(optimizer, l2, average_from):
+    """Ten updates of the product's loop (150 rows in batches of 32, two epochs): the network,
+    its embedding and their running averages equal the dense twin's, trained on the indicator
+    columns. sgd + l2 shrinks E by the global scale (l2 3.0 drives it past RENORMALIZE, so the
+    fold runs too), adagrad without L2 skips the untouched rows."""
+    X, idx, sign, y, X_twin = _problem()
+    lay, twin_lay, theta, E, twin = _networks()
+    average = average_from < 1 << 40
+    emb = _state(E, 32, optimizer, average)
+    got, got_avg, averaged = _train(X, y, idx, sign, theta, optimizer, l2, average_from, emb)
+    none = embedding.pack_embedding(-1, H[0], 0, False, False)
+    want, want_avg, _ = _train(X_twin, y, np.zeros((150, 0), np.int32), np.zeros((150, 0), np.int8), twin, optimizer,
+                               l2, average_from, none)
+    dense, table = _split(want, twin_lay, lay)
+    np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-10 * np.abs(dense).max())
+    current = embedding.table(emb, 0)
+    np.testing.assert_allclose(current, table, rtol=1e-10, atol=1e-10 * np.abs(table).max())
+    assert np.abs(current - E).max() > 1e-3  # E moved
+    if l2 == 3.0:
+        assert emb[embedding.EI][embedding.E_FOLDS] > 0
+    if average:
+        assert averaged > 0
+        dense_avg, table_avg = _split(want_avg, twin_lay, lay)
+        np.testing.assert_allclose(got_avg, dense_avg, rtol=1e-10, atol=1e-10 * np.abs(dense_avg).max())
+        mean = embedding.table(emb, averaged)
+        np.testing.assert_allclose(mean, table_avg, rtol=1e-10, atol=1e-10 * np.abs(table_avg).max())
+
+
+def test_finite_differences_of_the_whole_gradient_with_the_embedding():
+    """The summed loss's gradient, every layer's and E's rows, against central differences (a
+    float64 network; tanh, whose derivative has no kink)."""
+    X, idx, sign, y, _ = _problem(seed=4, n=40)
+    lay, _, theta, E, _ = _networks(seed=5)
+    net = mlp.network(lay, "tanh", "logistic")
+    ws = mlp.workspace(40, lay, np.float64)
+
+    def loss(th: np.ndarray, table: np.ndarray) -> float:
+        return mlp.embedded_gradient(X, idx, sign, y, NO_WEIGHTS, 0, 40, net, th, np.zeros_like(th), ws,
+                                     _state(table, 40), 1)
+
+    emb = _state(E, 40)
+    grad = np.zeros_like(theta)
+    mlp.embedded_gradient(X, idx, sign, y, NO_WEIGHTS, 0, 40, net, theta, grad, ws, emb, 1)
+    table = _gathered(emb, 1)
+    h = 1e-6  # central differences: truncation O(h²) ≈ 1e-12 against rounding O(ε·loss/h) ≈ 1e-9
+    for j in range(theta.size):
+        e = np.zeros_like(theta)
+        e[j] = h
+        assert grad[j] == pytest.approx((loss(theta + e, E) - loss(theta - e, E)) / (2 * h), rel=1e-6, abs=1e-7)
+    assert np.count_nonzero(table) > 0
+    for b in range(1 << BITS):
+        for o in range(H[0]):
+            e = np.zeros_like(E)
+            e[b, o] = h
+            fd = (loss(theta, E + e) - loss(theta, E - e)) / (2 * h)
+            assert table[b, o] == pytest.approx(fd, rel=1e-6, abs=1e-7)
