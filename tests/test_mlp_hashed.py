@@ -253,6 +253,26 @@ def test_fit_predict_evaluate_with_hidden_and_text_columns_beat_the_linear_model
     assert ev["loss"] < numeric["loss"], (ev, numeric)
     with pytest.raises(UsageError, match="hashes the categorical columns"):
         model.decision_function(np.zeros((1, len(model.features))))
+    shown = run_cli("show", mlp_path).stdout
+    assert "species, island, sex  (hashed into 2^12 rows of the first layer's 16-wide embedding" in shown
+
+
+def test_the_validation_loss_scores_the_embedding(penguins):
+    """The last epoch's val_loss is the final network's loss on the held-out chunk, as
+    evaluate computes it from the model's layers and embedding."""
+    from streamsgd.sources.subset import ChunkSubset
+
+    paths, _ = penguins
+    records: list = []
+    model = train_fit(open_source(paths["train"]), FitConfig(hidden=(8,), hash_bits=10, epochs=30, batch=32,
+                                                             validation_fraction=0.25),
+                      hooks=Hooks(on_progress=records.append)).model
+    held = model.metadata["validation"]["chunks"]
+    last = [r for r in records if r["event"] == "epoch"][-1]
+    subset = ChunkSubset(open_source(paths["train"], features=model.features + model.hashed_columns,
+                                     categorical=model.hashed_columns), held)
+    assert model.embedding is not None and model.metadata["validation"]["rows"] > 0
+    assert last["val_loss"] == pytest.approx(evaluate(model, subset)["loss"], rel=1e-9)
 
 
 def _fit(paths: dict[str, str], saved: list, **options):

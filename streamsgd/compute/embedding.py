@@ -39,6 +39,10 @@ from numpy.typing import NDArray
 
 from .codes import ADAGRAD, SGD
 
+# Numba caches the kernels that call these (mlp.embedded_gradient, mlp_loop's) keyed on their own
+# files: a change here reaches them once mlp.py and mlp_loop.py change too, or their __pycache__
+# is emptied.
+
 #: Slots of the embedding state tuple: the table u (n, H1), AdaGrad's sums (n or 0, H1), the
 #: average's sums S (n or 0, H1), the batch's sums by slot (cap, H1) (float64 all); each
 #: bucket's stamp and row in EG (n,), the touched list (cap,) (int64); the scalars (ESCALE,
@@ -175,15 +179,6 @@ def norm2(emb: tuple[NDArray, ...]) -> float:
     """‖E‖² of the current iterate (the epoch loss's L2 term)."""
     u = emb[EU]
     return float(emb[EF][ESCALE] ** 2 * np.einsum("ij,ij->", u, u)) if u.size else 0.0
-
-
-def bag(E: NDArray[np.float64], idx: NDArray, sign: NDArray) -> NDArray[np.float64]:
-    """Σ_c sign[:, c]·E[idx[:, c]] in float64, one column at a time ((n_rows, H1); NumPy,
-    for validation and inference)."""
-    out = np.zeros((idx.shape[0], E.shape[1]))
-    for c in range(idx.shape[1]):
-        out += sign[:, c, None] * E[idx[:, c]]
-    return out
 
 
 def batch_buckets(bits: int, k: int, batch: int, growing: bool) -> int:

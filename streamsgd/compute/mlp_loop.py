@@ -32,8 +32,8 @@ from .noise import noise_add
 from .optim import l1_step, optimizer_step
 
 # Numba's cache of mlp_rows holds the kernels it calls compiled in and is keyed on this file
-# alone: a change to mlp.py, optim.py, noise.py, codes.py or loop.py's slots reaches it once this
-# file changes too.
+# alone: a change to mlp.py, embedding.py, optim.py, noise.py, codes.py or loop.py's slots reaches it once
+# this file changes too.
 
 #: Slots of the ``params`` tuple: parameters, their running average, the batch's gradient sums
 #: and the step's mean gradient (all float64, the layout's length); then the L1 penalty each

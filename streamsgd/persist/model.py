@@ -147,11 +147,7 @@ class Model:
         window holds them: a linear model's dense and hashed parts, or an MLP whose first
         layer also takes its embedding of the hashed features."""
         if self.layers is not None:
-            bag = None
-            if self.embedding is not None:
-                from ..compute.embedding import bag as embedding_bag
-
-                bag = embedding_bag(self.embedding, idx, sign)
+            bag = None if self.embedding is None else embedding_bag(self.embedding, idx, sign)
             return _mlp_margins(self, np.asarray(X, dtype=np.float64), bag)
         z = self.dense_margins(X)
         return z + self.hashed_margins(idx, sign) if self.hashed is not None else z
@@ -439,6 +435,16 @@ def _decode(path: str, f: BinaryIO) -> Model:
         raise ModelFileError(
             f"{path}: not a streamsgd model file ({type(exc).__name__}); give the .npz written by streamsgd fit"
         ) from exc
+
+
+def embedding_bag(E: NDArray[np.float64], idx: NDArray, sign: NDArray) -> NDArray[np.float64]:
+    """Each row's bag of its hashed features in an MLP's embedding E (2**bits, H1):
+    Σ_c sign[:, c]·E[idx[:, c]] in float64 ((n_rows, H1)), one column at a time so that no
+    (n_rows, k, H1) temporary is made."""
+    out = np.zeros((idx.shape[0], E.shape[1]))
+    for c in range(idx.shape[1]):
+        out += sign[:, c, None] * E[idx[:, c]]
+    return out
 
 
 def _mlp_margins(model: Model, X: NDArray[np.float64], bag: NDArray[np.float64] | None = None

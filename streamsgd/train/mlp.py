@@ -33,7 +33,7 @@ from ..compute.mlp_loop import G, finish_mlp_batch, mlp_rows
 from ..compute.noise import NoiseMeter
 from ..config import FitConfig
 from ..errors import UsageError
-from ..persist.model import Model
+from ..persist.model import Model, embedding_bag
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window, hashed_columns, read_window
 from ..plan.rng import MLP_INIT, stream
@@ -195,7 +195,7 @@ class MLPRun(Run):
         for c in range(len(validation.chunk_rows)):
             window = read_window(validation, np.array([c]), np.float64, True)
             assert window.y is not None  # read with the target
-            bag = None if table is None else embedding.bag(table, window.idx, window.sign)
+            bag = None if table is None else embedding_bag(table, window.idx, window.sign)
             z = forward(layers, config.activation, (window.X - st.mean) / st.scale, bag)
             y = window.y if z.ndim == 1 else np.searchsorted(np.asarray(st.classes), window.y)  # softmax: indices
             losses = row_loss(config.model, z, y, param)
@@ -224,7 +224,7 @@ def forward(layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]], activ
     """The output margins of standardised rows ``h`` in float64, (n,) or (n, C) for softmax
     (NumPy: validation reads a chunk at a time, once an epoch, so the compiled forward pass
     would buy nothing). ``bag``: the rows' embedding bags (n, H1), added to the first layer's
-    pre-activations (``compute.embedding.bag``)."""
+    pre-activations (``persist.model.embedding_bag``)."""
     for k, (W, b) in enumerate(layers[:-1]):
         a = h @ W.T + b
         if k == 0 and bag is not None:
