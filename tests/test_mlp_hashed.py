@@ -348,3 +348,26 @@ def test_sigkill_then_resume_with_hidden_and_text_columns_is_bit_identical(pengu
         assert len(names) == 7
         for name in names:
             np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+
+
+def test_the_network_learns_an_interaction_of_a_text_column_with_a_number(tmp_path):
+    """y = (x > 0) XOR (color is red or green): no linear model on x and the color's hashed
+    weights can tell it (each color shifts all its rows alike, x's weight is shared: measured
+    0.692, chance is ln 2 = 0.693); the network, whose first layer adds each color's embedding
+    row to x's pre-activations, can (measured 0.151, 99 % of 600 held-out rows right)."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    x = rng.standard_normal(n)
+    color = rng.choice(["red", "green", "blue", "amber"], n)
+    df = pd.DataFrame({"x": x, "z": rng.standard_normal(n), "color": color,
+                       "y": ((x > 0) ^ np.isin(color, ["red", "green"])).astype("int64")})
+    train, test = str(tmp_path / "train.parquet"), str(tmp_path / "test.parquet")
+    df[:2400].to_parquet(train, row_group_size=400, index=False)
+    df[2400:].to_parquet(test, index=False)
+    figures = {}
+    for name, hidden in (("linear", []), ("mlp", ["--hidden", "16"])):
+        out = tmp_path / f"{name}.npz"
+        run_cli("fit", train, *hidden, "--hash-bits", "10", "--batch", "32", "--epochs", "20", "-o", out)
+        figures[name] = json.loads(run_cli("evaluate", out, test, "--json").stdout)
+    assert figures["linear"]["loss"] > 0.65 and figures["linear"]["accuracy"] < 0.6, figures
+    assert figures["mlp"]["loss"] < 0.3 and figures["mlp"]["accuracy"] > 0.95, figures
