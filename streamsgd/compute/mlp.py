@@ -328,17 +328,19 @@ def first_fan_in(d: int, k: int) -> int:
 
 @njit(nogil=True, cache=True)
 def _bag_forward(idx, sign, r0, rows, emb, H0, n_out, activation):
-    """H0[r, o] ← f(H0[r, o] + escale·Σ_c sign·u[idx, o]) (``compute.embedding``): H0 holds
-    the first layer's dense pre-activations of the rows r0 + r; the bag's sum is float64."""
+    """H0[r] ← f(H0[r] + escale·Σ_c sign·u[idx]) (``compute.embedding``): H0 holds the first
+    layer's dense pre-activations of the rows r0 + r, and the bag is added into them in their
+    dtype, as the dense layer's own sums are made, a contiguous row of u at a time (the inner
+    loop vectorises; gathering one unit across the rows of u did not)."""
     u, escale = emb[EU], emb[EF][ESCALE]
-    k = idx.shape[1]
     for r in range(rows):
         h = H0[r]
+        for c in range(idx.shape[1]):
+            row, s = u[idx[r0 + r, c]], escale * sign[r0 + r, c]
+            for o in range(n_out):
+                h[o] += s * row[o]
         for o in range(n_out):
-            s = 0.0
-            for c in range(k):
-                s += sign[r0 + r, c] * u[idx[r0 + r, c], o]
-            h[o] = _apply(h[o] + escale * s, activation)
+            h[o] = _apply(h[o], activation)
 
 
 @njit(nogil=True, cache=True)
