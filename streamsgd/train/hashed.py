@@ -73,7 +73,30 @@ def resolve_defaults(source: Source, config: FitConfig, sharded: bool = False) -
     shards (``config.sharded``, or a backend given in code)."""
     config, l2_why = _resolve_l2(source, config)
     config, why = _resolve_optimizer(source, config, sharded)
-    return config, why if not l2_why else f"{why}; {l2_why}"
+    config, bits_why = _resolve_bits(source, config)
+    return config, "; ".join(w for w in (why, l2_why, bits_why) if w)
+
+
+def _embedded(source: Source, config: FitConfig) -> bool:
+    """An MLP classifier on categorical columns, whose embedding adagrad trains (``_resolve_l2``)."""
+    return bool(config.hidden and categorical_columns(source) and config.model in CLASSIFIERS
+                and config.optimizer in ("auto", "adagrad"))
+
+
+def _resolve_bits(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
+    """--hash-bits at its default (20) with --hidden: as many bits as the (2**bits, H1)
+    embedding fits beside the network in half of --memory-limit (2^20 x 16 with AdaGrad takes
+    ~670 MiB, more than the default 512 MiB), said in the run's line; a value the user gives
+    that does not fit is refused, naming the bits that would."""
+    if not config.hidden or not categorical_columns(source) or config.hash_bits != FitConfig.hash_bits:
+        return config, ""
+    from .setup import embedding_bits  # setup imports this module
+
+    bits = embedding_bits(source, config)
+    if bits == config.hash_bits:
+        return config, ""
+    return replace(config, hash_bits=bits), (f"hash bits {bits}: an embedding of 2^{config.hash_bits} rows does not "
+                                             "fit half of --memory-limit beside the network")
 
 
 def _resolve_l2(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
@@ -84,6 +107,8 @@ def _resolve_l2(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
     its fit (held-out log loss: benchmarks/README.md, ctr.py)."""
     if config.l2 is not None:
         return config, ""
+    if _embedded(source, config):  # compute.embedding: adagrad has no exact lazy L2 on the embedding
+        return replace(config, l2=0.0), "l2 0: adagrad trains an MLP's embedding without a lazy L2"
     if not categorical_columns(source):
         return replace(config, l2=DEFAULT_L2), ""
     n = max(n_rows(source), 1)
@@ -103,6 +128,9 @@ def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tupl
     if config.optimizer != "auto":
         return config, "given"
     columns = categorical_columns(source)
+    if config.hidden and _embedded(source, config) and config.l2_strength == 0:
+        return replace(config, optimizer="adagrad"), (f"auto: an MLP classifier on {len(columns)} categorical "
+                                                      "columns, adagrad (a step per embedding row)")
     if config.hidden:
         return replace(config, optimizer="sgd"), "auto: an MLP, sgd"
     if not columns:

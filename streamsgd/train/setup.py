@@ -101,6 +101,19 @@ def model_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool
     return network + embedding_bytes(source, config, config.memory_limit // 2 - network)
 
 
+def embedding_bits(source: Source, config: FitConfig) -> int:
+    """The most hash bits, up to ``config.hash_bits``, whose embedding fits beside the network
+    (``model_bytes``' rule) for an MLP on categorical columns; ``config.hash_bits`` when none
+    does (the run is then refused by ``model_bytes`` itself, naming the fix)."""
+    for bits in range(config.hash_bits, 0, -1):
+        try:
+            model_bytes(source, replace(config, hash_bits=bits))
+            return bits
+        except UsageError:
+            continue
+    return config.hash_bits
+
+
 def embedding_bytes(source: Source, config: FitConfig, room: int) -> int:
     """An MLP's embedding of the categorical columns (0 without them): the (2**bits, H1) table,
     its optimizer state and average, the batch's sums (``compute.embedding.state_bytes``). More
