@@ -95,9 +95,26 @@ class MemoryPlan:
         if config.in_memory:
             window_rows = in_memory_rows(int(sum(layout.chunk_rows)), row_bytes, buffer_bytes)
         readers = min(config.readers, (limit - buffer_bytes) // decode) if decode else config.readers
+        if streams and readers >= 1:
+            readers = max(readers, lane_readers(layout, config.readers, limit - buffer_bytes - decode))
         if readers < 1 or max(layout.chunk_rows, default=0) > window_rows:
             return None
         return cls(window_rows, buffer_bytes, row_bytes, int(readers))
+
+
+def lane_readers(layout: Layout, readers: int, spare: int) -> int:
+    """Reader threads for a layout streamed in lanes, ``spare`` bytes of the decode share left
+    after the first reader's chunk: the lanes' open streams are paid for already (one in that
+    chunk, the others in ``stream_bytes``), so a reader beyond the first holds a slice only,
+    up to one reader per lane: the lanes' streams, each of a different row group or segment,
+    then decode at once. When a lane streams several row groups one after the other, one
+    more stream is held while a reader opens a lane's next group as another ends its last."""
+    lanes = int(getattr(layout, "chunk_lanes", 1))
+    fixed = int(getattr(layout, "stream_fixed", 0))
+    decode = max(layout.chunk_bytes, default=0)
+    units = len(set(getattr(layout, "chunk_groups", None) or ()))
+    handover = fixed if units > lanes else 0
+    return min(readers, lanes, 1 + max(0, spare - handover) // max(1, decode - fixed))
 
 
 def row_bytes(n_features: int, dtype: str, weight_bytes: int) -> int:
