@@ -148,7 +148,11 @@ def read_window(
         for k in range(len(chunks)):
             one(k)
     else:
-        for future in [pool.submit(lambda ks: [one(k) for k in ks], ks) for ks in stream_runs(source, chunks)]:
+        def run(ks: list[int]) -> None:
+            for k in ks:
+                one(k)
+
+        for future in [pool.submit(run, ks) for ks in stream_runs(source, chunks)]:
             future.result()
     return Window(X, y, chunks, slots, w, idx, sign)
 
