@@ -164,17 +164,20 @@ def test_data_read_whole_is_planned_as_before(tmp_path):
     assert source.chunk_lanes == 1 and source.stream_bytes == 0 and source.stream_fixed == 0
 
 
-def test_a_stream_in_lanes_resumes_exactly_mid_epoch(sorted_file):
+@pytest.mark.parametrize("layout", ["six row groups", "one row group"])
+def test_a_stream_in_lanes_resumes_exactly_mid_epoch(sorted_file, one_group_file, layout):
     """The lanes' order is a pure function of the seed and the layout: a stream restored from
-    a state saved mid-epoch hands out the very batches the first one went on to."""
+    a state saved mid-epoch hands out the very batches the first one went on to (a segment's
+    stream starting afresh mid-row-group)."""
+    path = sorted_file if layout == "six row groups" else one_group_file
     options = dict(batch=512, seed=5, memory_limit=LIMIT, target="label", model="logistic", epochs=2)
-    with streamsgd.batches(sorted_file, **options) as stream:
+    with streamsgd.batches(path, **options) as stream:
         it = iter(stream)
         for _ in range(700):  # into epoch 1 (586 batches an epoch)
             next(it)
         state = stream.state_dict()
         want = [np.array(next(it).X) for _ in range(20)]
-    with streamsgd.batches(sorted_file, **options) as again:
+    with streamsgd.batches(path, **options) as again:
         again.load_state_dict(state)
         got = [np.array(b.X) for _, b in zip(range(20), again)]
     assert state["epoch"] == 1
