@@ -386,6 +386,8 @@ class ParquetSource(SourceBase):
         self.chunk_rows = [c.rows for c in chunks]
         #: the most a sliced row group's open stream holds (0: none is sliced)
         self.stream_fixed = max((g.fixed for g, streamed in zip(self._groups, sliced) if streamed), default=0)
+        #: how many row groups are read in slices
+        self.sliced_groups = sum(sliced)
         self.chunk_groups = _group_ids(chunks)
         units = len(set(self.chunk_groups))
         self.chunk_lanes = max(1, min(int(lanes), units)) if self.stream_fixed else 1

@@ -139,7 +139,7 @@ def cut_to_limit(source: Source, config: FitConfig, warn: bool = True) -> None:
     if source.stream_fixed and config.shuffle and config.n_shards == 1 and config.validation_fraction == 0:
         groups = len(set(source.chunk_groups or ()))
         # a lone sliced row group streams as SEGMENTS segments: lanes of its own (ParquetSource.cut)
-        units = groups - 1 + SEGMENTS if source.layout()["sliced_row_groups"] == 1 else groups
+        units = groups - 1 + SEGMENTS if source.sliced_groups == 1 else groups
         _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, units), warn and groups > 1)
 
 
