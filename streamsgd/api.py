@@ -93,7 +93,11 @@ def fit(
         A path or fsspec URL of Parquet data (a file, directory or glob, or a list of
         them) or of a Zarr group, read in chunks so it never has to fit in memory; or a
         tuple ``(X, y)`` of arrays, X of shape (n_rows, n_features) (a pandas DataFrame's
-        column names become the feature names) and y of shape (n_rows,). A binary classifier trained on arrays may
+        column names become the feature names) and y of shape (n_rows,); or a pandas
+        DataFrame (or Arrow table) holding the ``target`` column. A frame with text,
+        category, boolean, date or null values is read as a Parquet file of it would be
+        (text hashed, nulls imputed: ``streamsgd.sources.frames``); ``Model.predict`` takes
+        such a frame too. A binary classifier trained on arrays may
         have labels of any type; they are stored in the model and ``predict`` returns them.
     loss : ``"log_loss"`` or ``"squared_error"`` (scikit-learn's names), or a trainer model
         name; the same as ``model=`` (give one or the other). Default: ``FitConfig.model``.
@@ -124,6 +128,13 @@ def fit(
     which returns a :class:`~streamsgd.train.FitResult`.
     """
     options = _with_model(loss, options)
+    table = _frame(data, target)
+    if table is not None:  # read as a Parquet file is: roles, hashing, nulls (sources.frames)
+        from .sources.frames import frame_url
+
+        with frame_url(table) as url:
+            return fit(url, target=target, features=features, exclude=exclude, weight=weight, metrics=metrics,
+                       on_progress=on_progress, **options)
     if exclude is not None and as_urls(data) is None:
         raise UsageError("exclude: applies to the columns of a data set read from a path or URL; with arrays or a "
                          "source, pass only the columns to use")
@@ -147,6 +158,21 @@ def fit(
         f"data: expected a path or URL of Parquet or Zarr data, or a tuple (X, y) of arrays; "
         f"got {type(data).__name__}"
     )
+
+
+def _frame(data: Any, target: str) -> Any:
+    """``data`` as an Arrow table for the file readers, or None: a DataFrame or Arrow table
+    holding its target column; or a tuple (X, y) whose X is a frame with a column that is not
+    plain numbers (text, categories, nulls), y then appended as ``target``."""
+    from .sources.frames import as_table, needs_reader, with_target
+
+    if isinstance(data, tuple) and len(data) == 2:
+        X = as_table(data[0])
+        return with_target(X, data[1], target) if X is not None and needs_reader(X) else None
+    table = as_table(data)
+    if table is not None and target not in table.column_names:
+        raise UsageError(f"data: the frame has no target column {target!r}; name it with target=, or pass (X, y)")
+    return table
 
 
 def _fit_on_cluster(source: Source, config: FitConfig, hooks: Hooks) -> FitResult:
