@@ -49,6 +49,9 @@ def test_a_pyarrow_defaults_file_trains_at_the_default_limit_within_it(defaults_
     assert meta.num_row_groups == 1 and meta.row_group(0).column(0).compression == "SNAPPY"
     info = json.loads(run_cli("info", big, "--json").stdout)
     assert info["sliced_row_groups"] == 1 and info["chunks"] > 1
+    # a second open stream (~235 MB) fits in half the default limit: the row group streams as two
+    # segments, two lanes (one lane, before: windows of one half of the file's rows at a time)
+    assert info["lanes"] == 2
     _fit(idle_file, tmp_path)  # compiles the kernels, so that neither measured run pays for it
     idle = json.loads(_fit(idle_file, tmp_path).stdout)["peak_rss_bytes"]
     summary = json.loads(_fit(big, tmp_path).stdout)

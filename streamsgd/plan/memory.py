@@ -26,11 +26,15 @@ METADATA_ALLOWANCE = 16 << 20
 WINDOW_SHARE = 2 / 3
 
 #: The most row groups streamed side by side (``plan.shuffle.laned_order``), and the share
-#: of the limit their open streams may hold beyond the first. A larger share was tried: two
-#: lanes of pyarrow's default 1,048,576-row groups (d = 100, 235 MB a stream) at the
-#: default 512 MiB ran over the limit + idle and slower (benchmarks/README.md, loaders.py).
+#: of the limit their open streams may hold beyond the first.
 MAX_LANES = 8
 LANE_SHARE = 1 / 3
+#: Where LANE_SHARE pays for no second lane, a second one may still hold up to this share:
+#: one lane makes windows of slices of one row group, which on sorted data is no shuffle at
+#: all. Two lanes of pyarrow's default 1,048,576-row groups (d = 100, 235 MB a stream) at the
+#: default 512 MiB peak 803-812 MB against limit + idle = 827 MB (benchmarks/README.md,
+#: stream_cost.py; over it only while the decoder's allocations went to mimalloc).
+SECOND_LANE_SHARE = 1 / 2
 
 #: Window bytes per row besides the data: the int64 row permutation and the one-byte masks
 #: of the label and finite checks made on every window.
@@ -161,8 +165,11 @@ def in_memory_rows(rows: int, row_bytes: int, buffer_bytes: int) -> int:
 def lanes(stream_fixed: int, limit: int, groups: int) -> int:
     """How many sliced row groups to stream side by side under ``limit`` (the data's share
     of --memory-limit), each open stream holding ``stream_fixed`` bytes: as many as
-    LANE_SHARE of the limit pays for beyond the first, at most MAX_LANES and the row
-    groups there are."""
+    LANE_SHARE of the limit pays for beyond the first (two when SECOND_LANE_SHARE pays for
+    the second), at most MAX_LANES and the row groups there are."""
     if stream_fixed <= 0:
         return 1
-    return max(1, min(MAX_LANES, groups, 1 + int(limit * LANE_SHARE) // stream_fixed))
+    k = 1 + int(limit * LANE_SHARE) // stream_fixed
+    if k == 1 and stream_fixed <= limit * SECOND_LANE_SHARE:
+        k = 2
+    return max(1, min(MAX_LANES, groups, k))
