@@ -292,3 +292,16 @@ def test_a_model_on_a_row_group_read_in_lanes_is_the_one_before_segments(sorted_
     model = trainer.fit(source, FitConfig(epochs=2, batch=256, model="logistic", memory_limit=LIMIT, seed=4)).model
     assert source.chunk_lanes == 2 and len(set(source.chunk_groups)) == ROWS // GROUP
     np.testing.assert_allclose(np.ravel(model.coef), COEF_SIX_GROUPS, rtol=0, atol=1e-9)
+
+
+def test_a_second_lane_is_paid_from_half_the_limit_where_a_third_pays_for_none():
+    """pyarrow's default 1,048,576-row groups of 100 float columns hold ~235 MB a stream:
+    more than a third of the default 512 MiB, less than half, so two lanes (one before)."""
+    from streamsgd.plan.memory import lanes
+
+    limit, stream = 536_870_912, 235_081_798
+    assert lanes(stream, limit, groups=2) == 2
+    assert lanes(limit // 2 + 1, limit, groups=2) == 1  # more than half: one lane
+    assert lanes(limit // 10, limit, groups=8) == 1 + 3  # a third pays for three more
+    assert lanes(stream, limit, groups=1) == 1  # nothing to stream beside it (a lone row group:
+    # cut_to_limit counts its SEGMENTS)
