@@ -271,13 +271,14 @@ def test_a_pipeline_with_a_sparse_one_hot_encoder_trains_as_on_its_dense_output(
 
 
 def test_a_wide_sparse_matrix_is_read_in_chunks_that_fit_the_memory_plan():
-    """A CSR X of 20,000 columns: each chunk is cut to SPARSE_CHUNK_BYTES dense, so the run
-    plans within its limit instead of densifying the whole matrix (1.6 GB here)."""
+    """A CSR X of 6,000 columns: each chunk is cut to SPARSE_CHUNK_BYTES dense (349 rows), so
+    the run plans within its limit instead of densifying the whole matrix at once."""
     import scipy.sparse as sp
     from streamsgd.sources.arrays import SPARSE_CHUNK_BYTES, ArraySource
 
-    X = sp.random(10_000, 20_000, density=1e-4, format="csr", random_state=0)
-    source = ArraySource(X, np.zeros(10_000))
-    assert max(source.chunk_bytes) <= SPARSE_CHUNK_BYTES and sum(source.chunk_rows) == 10_000
-    model = StreamSGDRegressor(epochs=1, memory_limit="256MiB").fit(X, np.asarray(X.sum(axis=1)).ravel())
-    assert model.coef_.shape == (20_000,) and np.isfinite(model.coef_).all()
+    X = sp.random(3_000, 6_000, density=1e-3, format="csr", random_state=0)
+    source = ArraySource(X, np.zeros(3_000))
+    assert max(source.chunk_bytes) <= SPARSE_CHUNK_BYTES < 8 * X.shape[0] * X.shape[1]
+    assert len(source.chunk_rows) > 1 and sum(source.chunk_rows) == 3_000
+    model = StreamSGDRegressor(epochs=1, memory_limit="64MiB").fit(X, np.asarray(X.sum(axis=1)).ravel())
+    assert model.coef_.shape == (6_000,) and np.isfinite(model.coef_).all()
