@@ -101,10 +101,12 @@ def draw(rng: np.random.Generator, label: np.ndarray, features: int) -> np.ndarr
     return X
 
 
-def write_file(path: Path, rows: int, features: int, group_rows: int = GROUP_ROWS, dictionary: bool = False) -> None:
+def write_file(path: Path, rows: int, features: int, group_rows: int = GROUP_ROWS, dictionary: bool = False,
+               compression: str = "none") -> None:
     """The label-sorted file (see the module), drawn GROUP_ROWS rows at a time (the same rows
     whatever the layout), in row groups of ``group_rows``, plain-encoded unless ``dictionary``
-    (pyarrow's default: dictionary pages first, plain once a column's dictionary is full)."""
+    (pyarrow's default: dictionary pages first, plain once a column's dictionary is full), pages
+    compressed with ``compression`` (pyarrow's default is snappy)."""
     if rows >= 2**24:
         raise SystemExit(f"loaders.py: --rows {rows}: the float32 column 'row' is exact below 2**24 rows only")
     names = [f"x{j}" for j in range(features)]
@@ -122,7 +124,7 @@ def write_file(path: Path, rows: int, features: int, group_rows: int = GROUP_ROW
         if held >= group_rows or lo + n == rows:  # whole groups out, the rest held for the next
             table = pa.concat_tables(pending)
             cut = held if lo + n == rows else held - held % group_rows
-            writer = writer or pq.ParquetWriter(tmp, table.schema, compression="none", use_dictionary=dictionary)
+            writer = writer or pq.ParquetWriter(tmp, table.schema, compression=compression, use_dictionary=dictionary)
             writer.write_table(table.slice(0, cut), row_group_size=group_rows)
             pending = [table.slice(cut)] if cut < held else []
     assert writer is not None
@@ -130,8 +132,9 @@ def write_file(path: Path, rows: int, features: int, group_rows: int = GROUP_ROW
     tmp.replace(path)
 
 
-def file_name(rows: int, features: int, group_rows: int, dictionary: bool) -> str:
+def file_name(rows: int, features: int, group_rows: int, dictionary: bool, compression: str = "none") -> str:
     tail = ("" if group_rows == GROUP_ROWS else f"_g{group_rows}") + ("_dict" if dictionary else "")
+    tail += "" if compression == "none" else f"_{compression}"
     return f"sorted{rows}_d{features}{tail}.parquet"
 
 
@@ -481,6 +484,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS), help="which methods (comma-separated)")
     parser.add_argument("--dictionary", action="store_true", help="write the file with pyarrow's default "
                         "dictionary encoding (plain without)")
+    parser.add_argument("--snappy", action="store_true", help="compress the pages with snappy (pyarrow's default; "
+                        "uncompressed without): --dictionary --group-rows 1048576 --snappy is the file "
+                        "pyarrow.parquet.write_table writes by default")
     parser.add_argument("--shuffle-limit", default="512MiB", help="the --memory-limit of the one-off "
                         "`streamsgd shuffle` that prepares (x)'s copy (default 512MiB)")
     parser.add_argument("--scale", type=int, default=8, help="also streamsgd's peak RSS on this many times the "
@@ -496,6 +502,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rows = args.rows or (100_000 if args.quick else 1_000_000)
     args.runs = args.runs or (1 if args.quick else 3)
     args.memory_limit = args.memory_limit or "256MiB"
+    args.compression = "snappy" if args.snappy else "none"
     return args
 
 
@@ -509,8 +516,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     folder = Path(args.dir)
     started, load_start = _common.begin(folder)
-    path = folder / file_name(args.rows, args.features, args.group_rows, args.dictionary)
-    write_file(path, args.rows, args.features, args.group_rows, args.dictionary)
+    path = folder / file_name(args.rows, args.features, args.group_rows, args.dictionary, args.compression)
+    write_file(path, args.rows, args.features, args.group_rows, args.dictionary, args.compression)
     wanted = [m for m in args.methods.split(",") if m]
     if unknown := sorted(set(wanted) - set(METHODS)):
         raise SystemExit(f"loaders.py: --methods: unknown {unknown}; the methods are {','.join(METHODS)}")
@@ -537,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.json) if args.json else folder / ("loaders-quick.json" if args.quick else "loaders.json")
     provenance.write_report(out, {"runs": runs, "references": refs, "scale": scale, "prep": prep,
                                   "rows": args.rows, "features": args.features, "group_rows": args.group_rows,
-                                  "dictionary": args.dictionary,
+                                  "dictionary": args.dictionary, "compression": args.compression,
                                   "limit": limit, "machine": provenance.machine(**versions())}, started, load_start)
 
 
@@ -557,10 +564,10 @@ def versions() -> dict[str, str]:
 def scaled(args: argparse.Namespace, folder: Path, limit: int) -> dict:
     """streamsgd.batches' peak RSS at ``limit`` on ``--scale`` times the rows, and the idle
     footprint (the same stream on 1,000 rows), each the median of ``--runs`` fresh processes."""
-    big = folder / file_name(args.rows * args.scale, args.features, args.group_rows, args.dictionary)
-    idle_file = folder / file_name(IDLE_ROWS, args.features, args.group_rows, args.dictionary)
-    write_file(big, args.rows * args.scale, args.features, args.group_rows, args.dictionary)
-    write_file(idle_file, IDLE_ROWS, args.features, args.group_rows, args.dictionary)
+    big = folder / file_name(args.rows * args.scale, args.features, args.group_rows, args.dictionary, args.compression)
+    idle_file = folder / file_name(IDLE_ROWS, args.features, args.group_rows, args.dictionary, args.compression)
+    write_file(big, args.rows * args.scale, args.features, args.group_rows, args.dictionary, args.compression)
+    write_file(idle_file, IDLE_ROWS, args.features, args.group_rows, args.dictionary, args.compression)
     peaks, idles, speeds = [], [], []
     for _ in range(args.runs):
         for file, into in ((idle_file, idles), (big, peaks)):
@@ -582,7 +589,7 @@ def report(runs: dict[str, list[dict]], refs: dict[str, float], scale: dict | No
     """The table (medians), streamsgd's speed over each peer's, and the memory check."""
     med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items() if rs}
     print(f"{args.rows:,} label-sorted rows x {args.features} features in {args.group_rows:,}-row groups"
-          f"{' (dictionary-encoded)' if args.dictionary else ''}, "
+          f"{' (dictionary-encoded)' if args.dictionary else ''}{' (snappy)' if args.snappy else ''}, "
           f"batch {BATCH}, memory limit "
           f"{limit / 2**20:.0f} MiB, median of {args.runs}, load {os.getloadavg()[0]:.1f}")
     print(f"{'method':10} {'rows/s':>10} {'/decode':>8} {'s/this':>7} {'peak MiB':>9} {'start':>6} {'|rho|':>6} "

@@ -1,5 +1,6 @@
 """Row groups too big to decode at once stream several at a time (lanes), so the windows of
-label-sorted data in such row groups mix the labels (plan.shuffle.laned_order)."""
+label-sorted data in such row groups mix the labels (plan.shuffle.laned_order); a file of one
+such row group streams it as two segments, two lanes (sources.parquet.SEGMENTS)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from streamsgd.train.setup import cut_to_limit, plan_memory
 ROWS, GROUP, D = 300_000, 50_000, 3
 #: at this limit a 50,000-row group exceeds a window (sliced), and two open streams fit
 LIMIT = 6 << 20
+#: what main at a412c94 (before segments) trained on the six-group file (see the test)
+COEF_SIX_GROUPS = [1.1503095492, 1.1647374202, 1.1558969108]
 
 
 def _sorted_rows(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,13 +32,22 @@ def _sorted_rows(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float32), y
 
 
+def _write_sorted(path, group_rows: int) -> str:
+    X, y = _sorted_rows(ROWS, 0)
+    pq.write_table(pa.table({**{f"x{j}": X[:, j] for j in range(D)}, "label": y}), str(path),
+                   row_group_size=group_rows, use_dictionary=False, compression="none")
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def sorted_file(tmp_path_factory) -> str:
-    X, y = _sorted_rows(ROWS, 0)
-    path = tmp_path_factory.mktemp("lanes") / "sorted.parquet"
-    pq.write_table(pa.table({**{f"x{j}": X[:, j] for j in range(D)}, "label": y}), str(path),
-                   row_group_size=GROUP, use_dictionary=False, compression="none")
-    return str(path)
+    return _write_sorted(tmp_path_factory.mktemp("lanes") / "sorted.parquet", GROUP)
+
+
+@pytest.fixture(scope="module")
+def one_group_file(tmp_path_factory) -> str:
+    """The label-sorted rows in one row group: the first half label 0, the second label 1."""
+    return _write_sorted(tmp_path_factory.mktemp("lanes") / "one-group.parquet", ROWS)
 
 
 def test_sliced_row_groups_stream_in_lanes_under_a_small_limit(sorted_file):
@@ -76,9 +88,13 @@ def _sgd_loss(X: np.ndarray, y: np.ndarray, batch: int, X_test: np.ndarray, y_te
     return float(np.mean(np.logaddexp(0, z) - y_test * z))
 
 
-def test_one_epoch_on_sorted_sliced_data_ends_near_random_order(sorted_file):
+@pytest.mark.parametrize("layout", ["six row groups", "one row group"])
+def test_one_epoch_on_sorted_sliced_data_ends_near_random_order(sorted_file, one_group_file, layout):
+    """On one lane (the code before lanes; for one row group, before segments) a window is
+    slices of one row group, one label."""
+    path = sorted_file if layout == "six row groups" else one_group_file
     Xs, ys = [], []
-    with streamsgd.batches(sorted_file, batch=512, seed=3, memory_limit=LIMIT, target="label",
+    with streamsgd.batches(path, batch=512, seed=3, memory_limit=LIMIT, target="label",
                            model="logistic") as stream:
         for batch in stream:
             Xs.append(np.array(batch.X)), ys.append(np.array(batch.y))
@@ -148,17 +164,20 @@ def test_data_read_whole_is_planned_as_before(tmp_path):
     assert source.chunk_lanes == 1 and source.stream_bytes == 0 and source.stream_fixed == 0
 
 
-def test_a_stream_in_lanes_resumes_exactly_mid_epoch(sorted_file):
+@pytest.mark.parametrize("layout", ["six row groups", "one row group"])
+def test_a_stream_in_lanes_resumes_exactly_mid_epoch(sorted_file, one_group_file, layout):
     """The lanes' order is a pure function of the seed and the layout: a stream restored from
-    a state saved mid-epoch hands out the very batches the first one went on to."""
+    a state saved mid-epoch hands out the very batches the first one went on to (a segment's
+    stream starting afresh mid-row-group)."""
+    path = sorted_file if layout == "six row groups" else one_group_file
     options = dict(batch=512, seed=5, memory_limit=LIMIT, target="label", model="logistic", epochs=2)
-    with streamsgd.batches(sorted_file, **options) as stream:
+    with streamsgd.batches(path, **options) as stream:
         it = iter(stream)
         for _ in range(700):  # into epoch 1 (586 batches an epoch)
             next(it)
         state = stream.state_dict()
         want = [np.array(next(it).X) for _ in range(20)]
-    with streamsgd.batches(sorted_file, **options) as again:
+    with streamsgd.batches(path, **options) as again:
         again.load_state_dict(state)
         got = [np.array(b.X) for _, b in zip(range(20), again)]
     assert state["epoch"] == 1
@@ -205,3 +224,84 @@ def test_lanes_read_every_row_once_without_restarting_a_stream(sorted_file, monk
     assert n == ROWS
     # the target pass before training streams the label alone; the epoch, its two parts
     assert len(starts) == len(set(starts)) == (ROWS // GROUP) * (1 + parquet.STREAM_PARTS)
+
+
+def test_one_sliced_row_group_streams_as_two_segments_each_a_lane(one_group_file):
+    """One row group too big to decode at once: its slices form two segments of consecutive
+    rows, each its own stream (a lane), and the plan gives each lane a reader, so the two
+    halves decode at once."""
+    from streamsgd.sources.parquet import SEGMENTS
+
+    config = FitConfig(model="logistic", memory_limit=LIMIT)
+    source = ParquetSource(one_group_file, target="label")
+    cut_to_limit(source, config)
+    assert source.layout()["row_groups"] == source.layout()["sliced_row_groups"] == 1
+    assert source.chunk_lanes == SEGMENTS == len(set(source.chunk_groups)) == 2
+    halves = [[i for i, g in enumerate(source.chunk_groups) if g == unit] for unit in dict.fromkeys(source.chunk_groups)]
+    assert [sum(source.chunk_rows[i] for i in half) for half in halves] == [ROWS // 2, ROWS // 2]
+    assert halves[0] + halves[1] == list(range(len(source.chunk_rows)))  # each half consecutive rows
+    assert source.stream_bytes == source.stream_fixed > 0  # the second stream is paid for
+    plan = plan_memory(source, config, with_table=False)
+    assert plan.readers == 2
+    assert 2 * source.chunk_lanes * max(source.chunk_rows) <= plan.window_rows
+
+
+def test_every_batch_of_one_sorted_row_group_mixes_the_labels(one_group_file):
+    means = []
+    with streamsgd.batches(one_group_file, batch=512, seed=3, memory_limit=LIMIT, target="label",
+                           model="logistic") as stream:
+        for batch in stream:
+            means.append(float(np.mean(batch.y)))
+    means = np.array(means[:-1])  # the short last batch aside
+    # a uniform batch of 512 has a label mean of 0.5 +- 0.022: 0.2 is 9 sigma (one lane: 0 or 1)
+    assert np.abs(means - 0.5).max() < 0.2
+
+
+def test_segments_read_every_row_once_without_restarting_a_stream(one_group_file, monkeypatch):
+    """Two readers on the two segments' streams: each stream starts once per part (the
+    second segment's decodes and drops the first half once), never again."""
+    from streamsgd.sources import parquet
+
+    starts: list[tuple[int, int, int, tuple[str, ...]]] = []
+    restart = parquet._Cursor._restart
+
+    def counted(self):
+        starts.append((self._file, self._group, self.end, tuple(self._names)))
+        restart(self)
+
+    monkeypatch.setattr(parquet._Cursor, "_restart", counted)
+    n = 0
+    with streamsgd.batches(one_group_file, batch=512, seed=3, memory_limit=LIMIT, target="label",
+                           model="logistic", readers=2, epochs=2) as stream:
+        for batch in stream:
+            n += len(batch.y)
+    assert n == 2 * ROWS
+    # the target pass streams the label alone; each epoch, each segment's parts
+    per_epoch = parquet.SEGMENTS * parquet.STREAM_PARTS
+    assert len(starts) == parquet.SEGMENTS + 2 * per_epoch
+    assert len(set(starts)) == parquet.SEGMENTS + per_epoch
+
+
+def test_a_model_on_a_row_group_read_in_lanes_is_the_one_before_segments(sorted_file):
+    """Six sliced row groups already stream in two lanes: segments leave their plan alone,
+    and a second reader per lane reads the same rows into the same slots: the coefficients
+    of main at a412c94 (before segments), to 1e-9 (a printout rounded to 10 decimals)."""
+    from streamsgd.train import trainer
+
+    source = streamsgd.open_source(sorted_file, target="label")
+    model = trainer.fit(source, FitConfig(epochs=2, batch=256, model="logistic", memory_limit=LIMIT, seed=4)).model
+    assert source.chunk_lanes == 2 and len(set(source.chunk_groups)) == ROWS // GROUP
+    np.testing.assert_allclose(np.ravel(model.coef), COEF_SIX_GROUPS, rtol=0, atol=1e-9)
+
+
+def test_a_second_lane_is_paid_from_half_the_limit_where_a_third_pays_for_none():
+    """pyarrow's default 1,048,576-row groups of 100 float columns hold ~235 MB a stream:
+    more than a third of the default 512 MiB, less than half, so two lanes (one before)."""
+    from streamsgd.plan.memory import lanes
+
+    limit, stream = 536_870_912, 235_081_798
+    assert lanes(stream, limit, groups=2) == 2
+    assert lanes(limit // 2 + 1, limit, groups=2) == 1  # more than half: one lane
+    assert lanes(limit // 10, limit, groups=8) == 1 + 3  # a third pays for three more
+    assert lanes(stream, limit, groups=1) == 1  # nothing to stream beside it (a lone row group:
+    # cut_to_limit counts its SEGMENTS)

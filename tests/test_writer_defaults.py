@@ -49,6 +49,9 @@ def test_a_pyarrow_defaults_file_trains_at_the_default_limit_within_it(defaults_
     assert meta.num_row_groups == 1 and meta.row_group(0).column(0).compression == "SNAPPY"
     info = json.loads(run_cli("info", big, "--json").stdout)
     assert info["sliced_row_groups"] == 1 and info["chunks"] > 1
+    # a second open stream (~235 MB) fits in half the default limit: the row group streams as two
+    # segments, two lanes (one lane, before: windows of one half of the file's rows at a time)
+    assert info["lanes"] == 2
     _fit(idle_file, tmp_path)  # compiles the kernels, so that neither measured run pays for it
     idle = json.loads(_fit(idle_file, tmp_path).stdout)["peak_rss_bytes"]
     summary = json.loads(_fit(big, tmp_path).stdout)
@@ -67,3 +70,29 @@ def test_a_refused_limit_names_one_that_works(defaults_files, tmp_path):
     named = re.search(r"raise --memory-limit to (\d+MiB)", proc.stderr)
     assert named, proc.stderr
     assert json.loads(_fit(big, tmp_path, "--memory-limit", named.group(1)).stdout)["rows_seen"] == 200_000
+
+
+@pytest.mark.slow
+def test_one_row_group_in_two_segments_stays_within_the_limit(tmp_path_factory, tmp_path):
+    """A pyarrow-defaults file of one row group where the limit pays for a second open stream:
+    it streams as two segments (two lanes, sources.parquet.SEGMENTS), and the second stream
+    (~75 MB of dictionaries and pages at 30 columns) is paid out of the windows, so the peak
+    stays within the limit plus the idle footprint (measured 519-522 MB against 560 MB; one
+    lane, before segments, 433-438 MB)."""
+    folder = tmp_path_factory.mktemp("segments")
+    rng = np.random.default_rng(5)
+    d = 30
+    X = rng.standard_normal((400_000, d))
+    y = (X @ rng.standard_normal(d) / 10 + rng.logistic(size=len(X)) > 0).astype(np.int64)
+    big, idle_file = str(folder / "one-group.parquet"), str(folder / "idle.parquet")
+    table = pa.table({**{f"x{j}": X[:, j] for j in range(d)}, "y": y})
+    pq.write_table(table, big)  # every default: one row group of 400,000 rows
+    pq.write_table(table.slice(0, 1000), idle_file)
+    limit = 256 << 20
+    info = json.loads(run_cli("info", big, "--json", "--memory-limit", str(limit)).stdout)
+    assert info["row_groups"] == info["sliced_row_groups"] == 1 and info["lanes"] == 2
+    _fit(idle_file, tmp_path, "--memory-limit", str(limit))  # compiles nothing in the measured runs
+    idle = json.loads(_fit(idle_file, tmp_path, "--memory-limit", str(limit)).stdout)["peak_rss_bytes"]
+    summary = json.loads(_fit(big, tmp_path, "--memory-limit", str(limit)).stdout)
+    assert summary["rows_seen"] == 400_000
+    assert summary["peak_rss_bytes"] <= limit + idle

@@ -36,9 +36,11 @@ if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
 #: state's counters (``compute.sparse``, checkpointed as ``hi``) also count the folds of
 #: wscale into the table, and row groups read in slices stream several at once
 #: (``plan.shuffle.laned_order``), so such data is visited in another order than under 3.
-#: A checkpoint of another format cannot be resumed (``persist.checkpoint``); a model file
-#: of format 1 to 3 has the same arrays and metadata, so it still loads and predicts.
-FORMAT_VERSION = 4
+#: 5: a file whose only sliced row group streamed in one lane streams it as two segments,
+#: two lanes (``sources.parquet.SEGMENTS``), and a second lane is paid from half the limit
+#: (``plan.memory.SECOND_LANE_SHARE``), so such data is visited in another order than under 4. A checkpoint of another format cannot be resumed (``persist.checkpoint``); a
+#: model file of format 1 to 4 has the same arrays and metadata, so it still loads and predicts.
+FORMAT_VERSION = 5
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
 
 #: Trainer models that predict a class label (the others predict a number).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -148,9 +148,28 @@ def read_window(
         for k in range(len(chunks)):
             one(k)
     else:
-        for future in [pool.submit(one, k) for k in range(len(chunks))]:
+        def run(ks: list[int]) -> None:
+            for k in ks:
+                one(k)
+
+        for future in [pool.submit(run, ks) for ks in stream_runs(source, chunks)]:
             future.result()
     return Window(X, y, chunks, slots, w, idx, sign)
+
+
+def stream_runs(source: Source, chunks: Sequence[int] | NDArray[np.int64]) -> list[list[int]]:
+    """The positions of ``chunks``, one list per stream (``chunk_groups``: the slices of one
+    row group, or of one segment of it), each in window order: a reader reads one stream's
+    slices one after the other, front to back, while the other readers read other streams.
+    Two readers taking turns on one stream could ask for its slices out of order, which
+    restarts it. Chunks of no group (or read whole) are a stream each."""
+    groups = getattr(source, "chunk_groups", None)
+    if groups is None:
+        return [[k] for k in range(len(chunks))]
+    streams: dict[int, list[int]] = {}
+    for k, c in enumerate(chunks):
+        streams.setdefault(int(groups[c]), []).append(k)
+    return list(streams.values())
 
 
 @contextmanager

@@ -26,11 +26,15 @@ METADATA_ALLOWANCE = 16 << 20
 WINDOW_SHARE = 2 / 3
 
 #: The most row groups streamed side by side (``plan.shuffle.laned_order``), and the share
-#: of the limit their open streams may hold beyond the first. A larger share was tried: two
-#: lanes of pyarrow's default 1,048,576-row groups (d = 100, 235 MB a stream) at the
-#: default 512 MiB ran over the limit + idle and slower (benchmarks/README.md, loaders.py).
+#: of the limit their open streams may hold beyond the first.
 MAX_LANES = 8
 LANE_SHARE = 1 / 3
+#: Where LANE_SHARE pays for no second lane, a second one may still hold up to this share:
+#: one lane makes windows of slices of one row group, which on sorted data is no shuffle at
+#: all. Two lanes of pyarrow's default 1,048,576-row groups (d = 100, 235 MB a stream) at the
+#: default 512 MiB peak 803-812 MB against limit + idle = 827 MB (benchmarks/README.md,
+#: stream_cost.py; over it only while the decoder's allocations went to mimalloc).
+SECOND_LANE_SHARE = 1 / 2
 
 #: Window bytes per row besides the data: the int64 row permutation and the one-byte masks
 #: of the label and finite checks made on every window.
@@ -95,9 +99,26 @@ class MemoryPlan:
         if config.in_memory:
             window_rows = in_memory_rows(int(sum(layout.chunk_rows)), row_bytes, buffer_bytes)
         readers = min(config.readers, (limit - buffer_bytes) // decode) if decode else config.readers
+        if streams and readers >= 1:
+            readers = max(readers, lane_readers(layout, config.readers, limit - buffer_bytes - decode))
         if readers < 1 or max(layout.chunk_rows, default=0) > window_rows:
             return None
         return cls(window_rows, buffer_bytes, row_bytes, int(readers))
+
+
+def lane_readers(layout: Layout, readers: int, spare: int) -> int:
+    """Reader threads for a layout streamed in lanes, ``spare`` bytes of the decode share left
+    after the first reader's chunk: the lanes' open streams are paid for already (one in that
+    chunk, the others in ``stream_bytes``), so a reader beyond the first holds a slice only,
+    up to one reader per lane: the lanes' streams, each of a different row group or segment,
+    then decode at once. When a lane streams several row groups one after the other, one
+    more stream is held while a reader opens a lane's next group as another ends its last."""
+    lanes = int(getattr(layout, "chunk_lanes", 1))
+    fixed = int(getattr(layout, "stream_fixed", 0))
+    decode = max(layout.chunk_bytes, default=0)
+    units = len(set(getattr(layout, "chunk_groups", None) or ()))
+    handover = fixed if units > lanes else 0
+    return min(readers, lanes, 1 + max(0, spare - handover) // max(1, decode - fixed))
 
 
 def row_bytes(n_features: int, dtype: str, weight_bytes: int) -> int:
@@ -144,8 +165,11 @@ def in_memory_rows(rows: int, row_bytes: int, buffer_bytes: int) -> int:
 def lanes(stream_fixed: int, limit: int, groups: int) -> int:
     """How many sliced row groups to stream side by side under ``limit`` (the data's share
     of --memory-limit), each open stream holding ``stream_fixed`` bytes: as many as
-    LANE_SHARE of the limit pays for beyond the first, at most MAX_LANES and the row
-    groups there are."""
+    LANE_SHARE of the limit pays for beyond the first (two when SECOND_LANE_SHARE pays for
+    the second), at most MAX_LANES and the row groups there are."""
     if stream_fixed <= 0:
         return 1
-    return max(1, min(MAX_LANES, groups, 1 + int(limit * LANE_SHARE) // stream_fixed))
+    k = 1 + int(limit * LANE_SHARE) // stream_fixed
+    if k == 1 and stream_fixed <= limit * SECOND_LANE_SHARE:
+        k = 2
+    return max(1, min(MAX_LANES, groups, k))

@@ -54,6 +54,13 @@ LOCAL_SLICE_BUFFER_BYTES = 64 << 10
 PAGE_BYTES = 1 << 20
 PAGE_ROWS = 20_000
 
+#: A file whose one sliced row group could otherwise stream in one lane only streams it as
+#: this many segments of consecutive slices, each through its own stream (a lane of its
+#: own): so windows mix rows from both halves of, say, a label-sorted row group. Parquet
+#: cannot seek inside a row group, so a segment's stream decodes and drops the rows before
+#: it: two segments decode the row group 1.5 times an epoch, each more would add half again.
+SEGMENTS = 2
+
 #: A streamed row group's columns are decoded in this many parts at once, each by its own
 #: thread: pyarrow decodes one stream on one thread, and a big row group (pyarrow writes
 #: 1,048,576 rows by default) holds so many pages and dictionaries that the memory plan
@@ -64,13 +71,16 @@ STREAM_PARTS = 2
 
 @dataclass(frozen=True)
 class _Chunk:
-    """Rows ``start .. start + rows - 1`` of row group ``group`` of file ``file``."""
+    """Rows ``start .. start + rows - 1`` of row group ``group`` of file ``file``; a slice
+    of segment ``segment`` of that row group, which ends at row ``end`` (0: the group's end)."""
 
     file: int
     group: int
     start: int
     rows: int
     slices: int  # 1: the whole row group, read in one call
+    segment: int = 0  # which stream of the row group reads it (SEGMENTS)
+    end: int = 0
 
 
 @dataclass(frozen=True)
@@ -339,31 +349,35 @@ class ParquetSource(SourceBase):
         ``lanes`` sliced row groups are to be streamed side by side (``plan.shuffle.laned_order``),
         their slices then of at most ``lane_rows`` rows: ``chunk_lanes`` says how many (1 when
         no row group is sliced) and ``stream_bytes`` charges the streams open beyond one per
-        reader. Row groups read whole are cut the same whatever the lanes.
+        reader. Where only one row group is sliced, it streams as SEGMENTS segments, each a
+        lane. Row groups read whole are cut the same whatever the lanes.
         """
         budget = int(max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES)
         cap = int(max_chunk_rows) if max_chunk_rows else None
+        sliced = [self._sliced(grp, budget, cap) for grp in self._groups]
+        segments = SEGMENTS if lanes > 1 and sum(sliced) == 1 else 1
         chunks: list[_Chunk] = []
         sizes: list[int] = []
-        fixed: list[int] = []  # of the sliced row groups
-        for grp in self._groups:
+        for grp, streamed in zip(self._groups, sliced):
             whole = DECODE_FACTOR * grp.data
-            too_long = cap is not None and grp.rows > cap
-            # a small row group, or one whose streaming costs more than reading it whole
-            if grp.rows <= 1 or (not too_long and (whole <= budget or grp.fixed >= whole)):
+            if not streamed:
                 chunks.append(_Chunk(grp.file, grp.group, 0, grp.rows, 1))
                 sizes.append(whole)
                 continue
-            fixed.append(grp.fixed)
             room = max(budget - grp.fixed, budget // 4)
             longest = min(cap or grp.rows, lane_rows or grp.rows)
             slices = min(grp.rows, max(math.ceil(whole / room), math.ceil(grp.rows / longest), 2))
+            slices = min(grp.rows, -(-slices // segments) * segments)  # segments of equal slice counts
             step = math.ceil(grp.rows / slices)
-            slices = math.ceil(grp.rows / step)
-            for start in range(0, grp.rows, step):
-                n = min(step, grp.rows - start)
-                chunks.append(_Chunk(grp.file, grp.group, start, n, slices))
-                sizes.append(math.ceil(whole * n / grp.rows) + grp.fixed)
+            starts = range(0, grp.rows, step)
+            # segment k: the k-th run of consecutive slices, read by its own stream up to its last row
+            parts = [starts[k * len(starts) // segments:(k + 1) * len(starts) // segments] for k in range(segments)]
+            for k, part in enumerate(parts):
+                end = min(grp.rows, part[-1] + step)
+                for start in part:
+                    n = min(step, grp.rows - start)
+                    chunks.append(_Chunk(grp.file, grp.group, start, n, len(starts), k, end))
+                    sizes.append(math.ceil(whole * n / grp.rows) + grp.fixed)
         with self._cursors_lock:  # streams opened for the old cut read slices of another size
             for cursor in self._cursors.values():
                 cursor.close()
@@ -371,12 +385,23 @@ class ParquetSource(SourceBase):
         self._chunks, self.chunk_bytes = chunks, sizes
         self.chunk_rows = [c.rows for c in chunks]
         #: the most a sliced row group's open stream holds (0: none is sliced)
-        self.stream_fixed = max(fixed, default=0)
-        self.chunk_lanes = max(1, min(int(lanes), len(self._groups))) if fixed else 1
-        self.stream_bytes = (self.chunk_lanes - 1) * self.stream_fixed
+        self.stream_fixed = max((g.fixed for g, streamed in zip(self._groups, sliced) if streamed), default=0)
+        #: how many row groups are read in slices
+        self.sliced_groups = sum(sliced)
         self.chunk_groups = _group_ids(chunks)
+        units = len(set(self.chunk_groups))
+        self.chunk_lanes = max(1, min(int(lanes), units)) if self.stream_fixed else 1
+        self.stream_bytes = (self.chunk_lanes - 1) * self.stream_fixed
         if self._target_valid:
             self._drop_null_targets()
+
+    @staticmethod
+    def _sliced(grp: _Group, budget: int, cap: int | None) -> bool:
+        """Whether row group ``grp`` is read in slices under these limits: it holds more than
+        ``cap`` rows, or decoding it whole would hold more than ``budget`` and streaming it less."""
+        whole = DECODE_FACTOR * grp.data
+        too_long = cap is not None and grp.rows > cap
+        return grp.rows > 1 and (too_long or (whole > budget and grp.fixed < whole))
 
     def skip_null_targets(self) -> None:
         """Leave out the rows whose target is null (DESIGN.md §4, "Missing values"), from
@@ -554,12 +579,12 @@ class ParquetSource(SourceBase):
         return pa.table({n: columns[n] for n in names})
 
     def _read_part(self, c: _Chunk, names: list[str]):
-        key = (c.file, c.group, tuple(names))
+        key = (c.file, c.group, c.segment, tuple(names))
         with self._cursors_lock:
             cursor = self._cursors.get(key)
             if cursor is None:
                 step = math.ceil(self._group_rows[c.file][c.group] / c.slices)
-                cursor = self._cursors[key] = _Cursor(self, c.file, c.group, names, step)
+                cursor = self._cursors[key] = _Cursor(self, c.file, c.group, names, step, c.end)
         table = cursor.read(c.start, c.rows)
         if cursor.exhausted:
             with self._cursors_lock:
@@ -705,14 +730,15 @@ class ParquetSource(SourceBase):
 
 
 class _Cursor:
-    """An open streaming read of one row group, positioned after the last slice read.
+    """An open streaming read of one row group (up to row ``end``: a segment's last), positioned
+    after the last slice read.
 
     Readers of the same row group take turns; a reader whose slice comes after one that
     another reader is about to read waits for it, so two reader threads reading slices
     ``k`` and ``k + 1`` do not make the iterator restart.
     """
 
-    def __init__(self, source: ParquetSource, file: int, group: int, names: list[str], step: int):
+    def __init__(self, source: ParquetSource, file: int, group: int, names: list[str], step: int, end: int = 0):
         self._source, self._file, self._group, self._names = source, file, group, names
         self._step = step
         self._cond = threading.Condition()
@@ -723,6 +749,7 @@ class _Cursor:
         self._carry: Any = None  # rows read past the last slice
         self.position = 0
         self.total = source._group_rows[file][group]
+        self.end = end or self.total  # the stream is done (and closed) once read up to here
         self.exhausted = False
 
     def read(self, start: int, rows: int):
@@ -738,7 +765,7 @@ class _Cursor:
             if start > self.position:
                 self._skip(start - self.position)
             table = self._take(rows)
-            self.exhausted = self.position >= self.total
+            self.exhausted = self.position >= self.end
             return table
         except BaseException:
             self._reset()  # a failed stream is not resumable; the next read restarts it
@@ -801,9 +828,10 @@ def _slice_buffer(f: _File) -> int:
 
 
 def _group_ids(chunks: Sequence[_Chunk]) -> list[int]:
-    """The row group of each chunk, one integer each: the planner keeps a sliced row group's
-    slices together, or streams them in lanes."""
-    return [c.file * (1 << 32) + c.group for c in chunks]
+    """The stream of each chunk, one integer each (its row group's, or for a segment after
+    the first the segment's): the planner keeps a sliced row group's slices together, or
+    streams them in lanes."""
+    return [(c.segment << 56) + c.file * (1 << 32) + c.group for c in chunks]
 
 
 def _group_size(meta, f: int, g: int, used: set[str], buffer: int = SLICE_BUFFER_BYTES) -> _Group:

@@ -33,7 +33,7 @@ from ..plan.shuffle import iterations_per_epoch
 from ..sources import ParquetSource, Source, n_rows
 from ..sources.missing import impute_nulls, skip_null_targets
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
-from ..sources.parquet import DECODE_FACTOR
+from ..sources.parquet import DECODE_FACTOR, SEGMENTS
 from ..sources.subset import ChunkSubset, RowSubset, holds_whole_chunks, split_rows
 from . import hashed
 from .classes import binary_text_classes, class_weights, softmax_classes
@@ -179,7 +179,9 @@ def cut_to_limit(source: Source, config: FitConfig, warn: bool = True) -> None:
     # no lanes there, and thinner slices would only restart more streams
     if source.stream_fixed and config.shuffle and config.n_shards == 1 and config.validation_fraction == 0:
         groups = len(set(source.chunk_groups or ()))
-        _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, groups), warn and groups > 1)
+        # a lone sliced row group streams as SEGMENTS segments: lanes of its own (ParquetSource.cut)
+        units = groups - 1 + SEGMENTS if source.sliced_groups == 1 else groups
+        _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, units), warn and groups > 1)
 
 
 def _cut_in_lanes(source: ParquetSource, config: FitConfig, budget: int, cap: int, k: int, warn: bool) -> None:

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from ..errors import DataError
 from ..compute.losses import moments
+from ..pipeline.windows import stream_runs
 from ..sources import Source
 from ..sources.cast import arrow_values
 from ..sources.validate import check_target, not_finite_target, refuse_null_target
@@ -56,8 +57,12 @@ def chunk_target_means(source: Source, model: str, readers: int) -> NDArray[np.f
         check_target(source, model, y, source.chunk_name(c))
         return float(y.mean()) if y.size else 0.0
 
+    means = np.zeros(len(source.chunk_rows), dtype=np.float64)
+    runs = stream_runs(source, range(len(source.chunk_rows)))  # a stream's slices in order, on one reader
     with ThreadPoolExecutor(max(1, readers)) as pool:
-        return np.array(list(pool.map(one, range(len(source.chunk_rows)))), dtype=np.float64)
+        for run, values in zip(runs, pool.map(lambda run: [one(c) for c in run], runs)):
+            means[run] = values
+    return means
 
 
 def max_sample_weight(source: Source, readers: int) -> float:
