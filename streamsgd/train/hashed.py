@@ -23,10 +23,14 @@ from ..sources import Source, n_rows
 from ..sources.encoding import Encoding
 from .state import State
 
-#: Models whose output is one margin: the sparse kernels serve them (softmax's C margins not yet).
+#: Models whose output is one margin: the scalar table serves them (compute.sparse).
 SCALAR_MODELS = ("linear", "logistic", "poisson", "huber", "hinge", "modified_huber", "quantile")
+#: Models with C margins: the (2**bits, C) table serves them (compute.sparse_multi).
+TABLE_MODELS = ("softmax",)
 #: Optimizers with an exact O(nnz) update of the hashed weights (compute.sparse).
 SPARSE_OPTIMIZERS = ("sgd", "adagrad")
+#: Optimizers the (2**bits, C) table trains with (compute.sparse_multi: SGD's scale, AdaGrad's lazy L2).
+TABLE_OPTIMIZERS = ("sgd", "adagrad")
 
 
 #: A categorical column whose values differ in at least this share of the first window's rows
@@ -131,8 +135,9 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
     fix = f"or leave the categorical columns ({shown}) out with --exclude"
     lazy = config.optimizer == "adagrad" and config.l2_strength > 0  # compute.sparse: the catch-up needs one step
     refusals = [
-        (config.model not in SCALAR_MODELS, f"--model {config.model}: categorical columns train with models of one "
-                                            f"output ({', '.join(SCALAR_MODELS)}) for now; {fix}"),
+        (config.model not in SCALAR_MODELS + TABLE_MODELS,
+         f"--model {config.model}: categorical columns train with --model "
+         f"{', '.join(SCALAR_MODELS + TABLE_MODELS)} for now; {fix}"),
         (bool(config.hidden), f"--hidden: an MLP does not take categorical columns yet; drop --hidden {fix}"),
         (config.optimizer not in SPARSE_OPTIMIZERS, f"--optimizer {config.optimizer}: categorical columns train with "
                                                     f"--optimizer sgd or adagrad; {fix}"),
@@ -143,6 +148,11 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
         (lazy and config.sharded, "--l2: adagrad's lazy L2 on categorical columns trains in one process for now; "
                                   "give --l2 0 or --optimizer sgd with --shards, --workers or --sync models"),
         (config.l1 > 0, f"--l1: not yet with categorical columns; give --l1 0 {fix}"),
+        (config.model in TABLE_MODELS and config.optimizer not in TABLE_OPTIMIZERS,
+         f"--optimizer {config.optimizer}: --model {config.model} on categorical columns trains with --optimizer "
+         f"{' or '.join(TABLE_OPTIMIZERS)}; {fix}"),
+        (config.model in TABLE_MODELS and config.l1 > 0,
+         f"--l1: not yet with --model {config.model} on categorical columns; give --l1 0 {fix}"),
         (init is not None, "--init: a warm start does not carry hashed weights yet; start without --init"),
     ]
     for refused, message in refusals:
