@@ -381,7 +381,6 @@ def test_resume_after_a_checkpoint_is_bit_identical(tables):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"model": "softmax"}, "--model softmax: categorical columns train with models of one output"),
     ({"optimizer": "adam"}, "--optimizer adam: categorical columns train with --optimizer sgd or adagrad"),
     ({"optimizer": "adagrad", "lr_schedule": "invscaling"},
      "--lr-schedule invscaling: adagrad's lazy L2 on categorical columns needs one step for every update"),

@@ -64,9 +64,13 @@ def categorical_columns(source: Source) -> list[str]:
     return list(getattr(source, "categorical", ()))
 
 
-#: Models --optimizer auto trains with adagrad on categorical columns: binary classifiers,
-#: whose margins are O(1) whatever the data (``_resolve_optimizer``)
-CLASSIFIERS = ("logistic", "hinge", "modified_huber")
+#: Models --optimizer auto trains with adagrad on categorical columns: the classifiers, whose
+#: margins are O(1) whatever the data (``_resolve_optimizer``). Softmax too: its C margins are
+#: log-odds alike, and adagrad's held-out loss was lower than sgd's on every table measured
+#: (penguins' species from island and sex: 0.0916 against 0.0937; a synthetic 4-class table
+#: of 30,000 rows, a 2,000-level Zipf column: 1.049 against 1.059 at the default epochs, 1.056
+#: against 1.200 after one epoch; held-out rows, fit's other defaults)
+CLASSIFIERS = ("logistic", "hinge", "modified_huber", "softmax")
 #: --l2's default without categorical columns (and its cap with them)
 DEFAULT_L2 = 1e-4
 
@@ -97,7 +101,7 @@ def _resolve_l2(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
 
 def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tuple[FitConfig, str]:
     """--optimizer auto. Dense data: sgd, whose step 1/L_B the data fixes (unchanged: the
-    defaults suite). Categorical columns and a classifier: adagrad, whose per-weight steps let
+    defaults suite). Categorical columns and a classifier (softmax too): adagrad, whose per-weight steps let
     a rare value's weight move as its own gradients allow, where SGD's one step is the
     intercept's, with its lazy L2 (compute.sparse). AdaGrad's first step moves a weight by
     ±lr whatever its gradient, so its lr is in the weights' units: a classifier's margins

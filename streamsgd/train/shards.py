@@ -515,7 +515,8 @@ class ShardedRun(Run):
             spec[NOISE] = 0  # the noise meter reads the driver's update gradients: local updates have none
         return ShardJob(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(), config.dtype,
                         setup.strata, self.shards, self.schedule.last_epoch, spec, hyper, st.cw, st.classes, mean,
-                        scale, config.memory_limit // self.shards, 0 if st.hw is None else int(st.hw.size).bit_length() - 1)
+                        scale, config.memory_limit // self.shards,
+                        0 if st.hw is None else int(st.hw.size // spec[BLOCKS]).bit_length() - 1)  # C per bucket
 
     def open_feed(self) -> Backend:
         fresh = self.st.hyper is None
