@@ -93,7 +93,8 @@ class ShardJob:
     #: bytes each shard's windows, readers and hashed state (``compute.sparse.state_bytes``) may
     #: hold: --memory-limit // S, planned by ``train.setup.plan_memory`` on S shards
     shard_memory: int
-    hash_bits: int = 0  # the categorical columns' table of 2**hash_bits weights (0: none)
+    hash_bits: int = 0  # the categorical columns' table of 2**hash_bits buckets (0: none)
+    hash_outputs: int = 1  # weights per bucket: one, or softmax's C (compute.sparse_multi)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class _Lane:
         # this shard's hashed state (compute.sparse), None without: the scratch for a batch's sums,
         # and in its columns the shard's copy of the weights u (--sync gradients) or of the tables
         # (--sync models); all a shard holds of the hashed table, ``state_bytes`` (the plan's charge)
-        self.scratch = pack_hashed(job.hash_bits, int(job.spec[BLOCKS])) if job.hash_bits else None
+        self.scratch = pack_hashed(job.hash_bits, job.hash_outputs) if job.hash_bits else None
         self.weights_t = -1  # --sync gradients: the update its copy of u is current at (-1: none)
         self.saved: tuple[Any, ...] | None = None  # where :meth:`mark` found the lane
         # --sync models: the update its tables (see TablesView) started the round at (-1: none);
@@ -516,7 +517,7 @@ class ShardedRun(Run):
         return ShardJob(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(), config.dtype,
                         setup.strata, self.shards, self.schedule.last_epoch, spec, hyper, st.cw, st.classes, mean,
                         scale, config.memory_limit // self.shards,
-                        0 if st.hw is None else int(st.hw.size // spec[BLOCKS]).bit_length() - 1)  # C per bucket
+                        0 if st.hw is None else int(st.hw.size // spec[BLOCKS]).bit_length() - 1, int(spec[BLOCKS]))
 
     def open_feed(self) -> Backend:
         fresh = self.st.hyper is None
