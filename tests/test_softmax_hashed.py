@@ -326,3 +326,22 @@ def test_what_the_table_does_not_serve_is_refused_in_one_line(tables, options, m
     (paths, _, _) = tables
     with pytest.raises(UsageError, match=f"^{message}"):
         train_fit(open_source(paths["train"], target="species"), FitConfig(model="softmax", epochs=1, **options))
+
+
+def test_the_validation_loss_scores_the_table(tables):
+    """The last epoch's val_loss is the final model's loss on the held-out chunk, as evaluate
+    computes it from the model file's (2**bits, C) table (both sum the same margins)."""
+    from streamsgd.sources.subset import ChunkSubset
+    from streamsgd.tools.inference import evaluate
+
+    (paths, _, _) = tables
+    records: list = []
+    model = train_fit(open_source(paths["train"], target="species"),
+                      FitConfig(model="softmax", epochs=30, batch=32, validation_fraction=0.25, hash_bits=12),
+                      hooks=Hooks(on_progress=records.append)).model
+    held = model.metadata["validation"]["chunks"]
+    last = [r for r in records if r["event"] == "epoch"][-1]
+    subset = ChunkSubset(open_source(paths["train"], target="species", features=model.features + model.hashed_columns,
+                                     categorical=model.hashed_columns), held)
+    assert last["val_loss"] == pytest.approx(evaluate(model, subset)["loss"], rel=1e-9)
+    assert 0 < last["val_loss"] < 0.5  # better than chance (log 3 = 1.10)
