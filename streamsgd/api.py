@@ -93,7 +93,9 @@ def fit(
         A path or fsspec URL of Parquet data (a file, directory or glob, or a list of
         them) or of a Zarr group, read in chunks so it never has to fit in memory; or a
         tuple ``(X, y)`` of arrays, X of shape (n_rows, n_features) (a pandas DataFrame's
-        column names become the feature names) and y of shape (n_rows,). A binary classifier trained on arrays may
+        column names become the feature names) and y of shape (n_rows,); or a DataFrame
+        holding ``target``. A frame with text, categories or nulls is read as its Parquet
+        file would be (``sources.frames``), and ``Model.predict`` takes it. A binary classifier trained on arrays may
         have labels of any type; they are stored in the model and ``predict`` returns them.
     loss : ``"log_loss"`` or ``"squared_error"`` (scikit-learn's names), or a trainer model
         name; the same as ``model=`` (give one or the other). Default: ``FitConfig.model``.
@@ -123,30 +125,55 @@ def fit(
     summary (iterations, rows/s, peak memory) as well, call ``streamsgd.train.fit``,
     which returns a :class:`~streamsgd.train.FitResult`.
     """
-    options = _with_model(loss, options)
+    options, hooks = _with_model(loss, options), Hooks(metrics, on_progress)
+    reading: dict[str, Any] = dict(target=target, features=features, exclude=exclude, weight=weight,
+                                   storage_options=storage_options, format=format, x_array=x_array,
+                                   retry_policy=retry_policy)
+    table = _frame(data, target)
+    if table is not None:  # read as its Parquet file would be: roles, hashing, nulls (sources.frames)
+        from .sources.frames import frame_url
+
+        with frame_url(table) as url:
+            return _fit_url([url], options, hooks, **reading)
     if exclude is not None and as_urls(data) is None:
         raise UsageError("exclude: applies to the columns of a data set read from a path or URL; with arrays or a "
                          "source, pass only the columns to use")
     if _is_source(data):
-        return _fit_on_cluster(data, FitConfig(weight=weight, **options), Hooks(metrics, on_progress)).model
-    urls = as_urls(data)
-    if urls is not None:
-        config = FitConfig(target=target, features=column_names(features),
-                           exclude=column_names(exclude, "exclude"), weight=weight, **options)
-        source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
-                             storage_options=storage_options, format=format, x_array=x_array,
-                             exclude=config.exclude, weight=weight, retry_policy=retry_policy,
-                             categorical=config.categorical)
-        return _fit_on_cluster(source, config, Hooks(metrics, on_progress)).model
+        return _fit_on_cluster(data, FitConfig(weight=weight, **options), hooks).model
+    if as_urls(data) is not None:
+        return _fit_url(as_urls(data) or [], options, hooks, **reading)
     if weight is not None:
         raise UsageError("weight= names a column of a URL's data; for arrays use "
                          "StreamSGDClassifier/StreamSGDRegressor().fit(X, y, sample_weight=...)")
     if isinstance(data, tuple) and len(data) == 2:
-        return _fit_arrays(data[0], data[1], FitConfig(**options), column_names(features), Hooks(metrics, on_progress))
-    raise UsageError(
-        f"data: expected a path or URL of Parquet or Zarr data, or a tuple (X, y) of arrays; "
-        f"got {type(data).__name__}"
-    )
+        return _fit_arrays(data[0], data[1], FitConfig(**options), column_names(features), hooks)
+    raise UsageError(f"data: expected a path or URL of Parquet or Zarr data, a DataFrame, or a tuple (X, y) of "
+                     f"arrays; got {type(data).__name__}")
+
+
+def _fit_url(urls: list[str], options: dict[str, Any], hooks: Hooks, *, target: str, features: Any, exclude: Any,
+             weight: str | None, **reading: Any) -> Model:
+    """``fit`` on the data at ``urls`` (``reading``: how open_source reads them)."""
+    config = FitConfig(target=target, features=column_names(features), exclude=column_names(exclude, "exclude"),
+                       weight=weight, **options)
+    source = open_source(urls[0] if len(urls) == 1 else urls, target=target, features=config.features,
+                         exclude=config.exclude, weight=weight, categorical=config.categorical, **reading)
+    return _fit_on_cluster(source, config, hooks).model
+
+
+def _frame(data: Any, target: str) -> Any:
+    """``data`` as an Arrow table for the file readers, or None: a DataFrame or Arrow table
+    holding its target column; or a tuple (X, y) whose X is a frame with a column that is not
+    plain numbers (text, categories, nulls), y then appended as ``target``."""
+    from .sources.frames import as_table, needs_reader, with_target
+
+    if isinstance(data, tuple) and len(data) == 2:
+        X = as_table(data[0])
+        return with_target(X, data[1], target) if X is not None and needs_reader(X) else None
+    table = as_table(data)
+    if table is not None and target not in table.column_names:
+        raise UsageError(f"data: the frame has no target column {target!r}; name it with target=, or pass (X, y)")
+    return table
 
 
 def _fit_on_cluster(source: Source, config: FitConfig, hooks: Hooks) -> FitResult:

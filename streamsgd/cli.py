@@ -15,10 +15,10 @@ from .config import (DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET, DTYPES, MODELS, OPTIM
                      storage_option)
 from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
 from .run.runtime import retry_policy_from_environment, tune_allocator
-from .sources.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from .run.logs import RunLog
+    from .sources.retry import RetryPolicy
 
 
 @dataclass

@@ -375,3 +375,23 @@ def test_zarr_features_take_globs_and_exclude(tmp_path):
 
 if sys.platform == "win32":  # pty
     pytest.skip("needs a POSIX terminal", allow_module_level=True)
+
+
+def test_info_reports_the_plans_one_lane_warning_as_its_own(tmp_path, monkeypatch):
+    """A warning the memory plan logs (one lane on sliced row groups) is one of info's warnings,
+    in its text and JSON, not Python's bare last-resort line on stderr."""
+    import streamsgd.train.setup as setup
+    from helpers import invoke
+
+    path = str(tmp_path / "big.parquet")
+    rng = np.random.default_rng(0)
+    pq.write_table(pa.table({"x": rng.standard_normal(200_000), "label": rng.integers(0, 2, 200_000) * 1.0}),
+                   path, row_group_size=100_000)
+    monkeypatch.setattr(setup, "lanes", lambda *_: 1)  # a limit that pays for one open row group
+    text = invoke(["info", path, "--target", "label", "--memory-limit", "8MiB"])
+    assert text.code == 0, text.stderr
+    [line] = [x for x in text.stdout.splitlines() if "streamsgd shuffle" in x]
+    assert line.split()[0] == "warning" and path in line
+    assert "streamsgd shuffle" not in text.stderr
+    got = json.loads(invoke(["info", path, "--target", "label", "--memory-limit", "8MiB", "--json"]).stdout)
+    assert [w["kind"] for w in got["warnings"]] == ["plan"]

@@ -32,6 +32,8 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
     # differ (scikit-learn's own SGDClassifier/SGDRegressor fail it for the same reason). The
     # optimum is the same: test_integer_sample_weights_equal_repeated_rows.
     "check_sample_weight_equivalence_on_dense_data": "SGD iterates, not an exact solver's optimum",
+    # the same check on a CSR X (accepted since the estimators take sparse input), for the same reason
+    "check_sample_weight_equivalence_on_sparse_data": "SGD iterates, not an exact solver's optimum",
 }
 
 
@@ -237,3 +239,46 @@ def test_fit_on_a_url_with_text_labels_trains_softmax(tmp_path):
     np.testing.assert_array_equal(est.classes_, ["ant", "bee", "cow"])
     assert est.coef_.shape == (3, 4) and est.predict_proba(X).shape == (900, 3)
     assert est.score(X, y) > 0.6  # the true model's accuracy is ~0.75, chance 1/3
+
+
+def test_a_pipeline_with_a_sparse_one_hot_encoder_trains_as_on_its_dense_output():
+    """scikit-learn's ColumnTransformer + OneHotEncoder hands the estimator a CSR matrix: it
+    trains (each chunk densified as it is read), and the model equals the one trained on the
+    same matrix made dense, bit for bit; predict and predict_proba take CSR too."""
+    import pandas as pd
+    import scipy.sparse as sp
+    from sklearn.compose import make_column_transformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    frame = pd.DataFrame({"x": rng.standard_normal(n), "town": rng.choice(list("abcdefgh"), n),
+                          "kind": rng.choice(["p", "q", "r"], n)})
+    effect = frame["town"].map(dict(zip("abcdefgh", np.linspace(-2, 2, 8)))).to_numpy()
+    y = (frame["x"].to_numpy() + effect + rng.logistic(size=n) > 0).astype(int)
+    encode = make_column_transformer((StandardScaler(), ["x"]), (OneHotEncoder(), ["town", "kind"]),
+                                     sparse_threshold=1.0)
+    X = encode.fit_transform(frame)
+    assert sp.issparse(X) and X.shape == (n, 12)
+    sparse = StreamSGDClassifier(epochs=3, seed=0).fit(X, y)
+    dense = StreamSGDClassifier(epochs=3, seed=0).fit(X.toarray(), y)
+    np.testing.assert_array_equal(sparse.coef_, dense.coef_)
+    np.testing.assert_array_equal(sparse.intercept_, dense.intercept_)
+    np.testing.assert_allclose(sparse.predict_proba(X), dense.predict_proba(X.toarray()), rtol=1e-12)
+    pipe = make_pipeline(encode, StreamSGDClassifier(epochs=3, seed=0)).fit(frame, y)
+    assert pipe.score(frame, y) == sparse.score(X, y) > 0.7  # the town effect is learnt: chance is ~0.5
+
+
+def test_a_wide_sparse_matrix_is_read_in_chunks_that_fit_the_memory_plan():
+    """A CSR X of 6,000 columns: each chunk is cut to SPARSE_CHUNK_BYTES dense (349 rows), so
+    the run plans within its limit instead of densifying the whole matrix at once."""
+    import scipy.sparse as sp
+    from streamsgd.sources.arrays import SPARSE_CHUNK_BYTES, ArraySource
+
+    X = sp.random(3_000, 6_000, density=1e-3, format="csr", random_state=0)
+    source = ArraySource(X, np.zeros(3_000))
+    assert max(source.chunk_bytes) <= SPARSE_CHUNK_BYTES < 8 * X.shape[0] * X.shape[1]
+    assert len(source.chunk_rows) > 1 and sum(source.chunk_rows) == 3_000
+    model = StreamSGDRegressor(epochs=1, memory_limit="64MiB").fit(X, np.asarray(X.sum(axis=1)).ravel())
+    assert model.coef_.shape == (6_000,) and np.isfinite(model.coef_).all()

@@ -120,3 +120,23 @@ def test_a_bad_retry_environment_is_one_usage_line(data, tmp_path, monkeypatch):
     outcome = invoke(["fit", data, "-o", str(tmp_path / "m.npz")])
     assert outcome.code == UsageError.exit_code and "STREAMSGD_RETRIES" in outcome.stderr
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_the_command_reads_parquet_through_the_system_pool_only(data, tmp_path):
+    """The command's Arrow pool is chosen before pyarrow is imported, so the Parquet reader's
+    C++ allocations go through malloc too: set after the import, ``ARROW_DEFAULT_MEMORY_POOL``
+    moved pyarrow's Python-level default only, and the decoder kept mimalloc, whose retained
+    pages took peak RSS past the memory limit plus the idle footprint (benchmarks/README.md, ctr.py)."""
+    import subprocess
+    import sys
+
+    pyarrow = pytest.importorskip("pyarrow")
+    if "mimalloc" not in pyarrow.supported_memory_backends():
+        pytest.skip("this pyarrow has no mimalloc pool to avoid")
+    script = ("import sys\nfrom streamsgd.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+              "    assert not e.code, e.code\nimport pyarrow as pa\n"
+              "print(pa.default_memory_pool().backend_name, pa.mimalloc_memory_pool().max_memory())\n")
+    env = {k: v for k, v in os.environ.items() if k != runtime.ARROW_POOL_VARIABLE}
+    proc = subprocess.run([sys.executable, "-c", script, "fit", data, "--quiet", "-o", str(tmp_path / "m.npz")],
+                          env=env, capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines()[-1].split() == ["system", "0"], proc.stdout + proc.stderr

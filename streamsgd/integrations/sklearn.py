@@ -135,10 +135,11 @@ class _StreamSGD(BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_rows, n_features), or a path or fsspec URL (str or
-            os.PathLike, or a list of them) of Parquet or Zarr data, streamed in fixed
-            memory; its target and feature columns are the ``target`` and ``features``
-            parameters.
+        X : array-like or SciPy sparse matrix (CSR) of shape (n_rows, n_features), or a
+            path or fsspec URL (str or os.PathLike, or a list of them) of Parquet or Zarr
+            data, streamed in fixed memory; its target and feature columns are the
+            ``target`` and ``features`` parameters. A sparse X (a ``OneHotEncoder``'s
+            output in a pipeline) is densified a chunk at a time as it is read.
         y : array-like of shape (n_rows,) with arrays; None with a URL.
         sample_weight : array-like of shape (n_rows,) of weights >= 0, or None: row i's loss
             counts sample_weight[i] times (the objective (1/N) Σ w_i ℓ_i + penalties).
@@ -252,10 +253,15 @@ class _StreamSGD(BaseEstimator):
 
     def _validate(self, X: Any, y: Any, reset: bool) -> tuple[NDArray, NDArray]:
         try:
-            return validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32],
+            return validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32], accept_sparse="csr",
                                  y_numeric=not self._is_classifier)
         except ValueError as exc:
             raise DataError(_one_line(exc)) from exc
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # CSR X: each chunk densified as it is read (sources.arrays)
+        return tags
 
     def _feature_names(self, d: int) -> list[str]:
         names = getattr(self, "feature_names_in_", None)
@@ -266,7 +272,7 @@ class _StreamSGD(BaseEstimator):
     def _check_X(self, X: Any) -> NDArray:
         check_is_fitted(self, "model_")
         try:
-            return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+            return validate_data(self, X, reset=False, dtype=[np.float64, np.float32], accept_sparse="csr")
         except ValueError as exc:
             raise DataError(_one_line(exc)) from exc
 

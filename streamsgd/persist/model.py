@@ -124,15 +124,27 @@ class Model:
         return np.array([0, 1], dtype=_numpy_type(self.metadata.get("target_type")))
 
     def decision_function(self, X: NDArray) -> NDArray[np.float64]:
-        """Margins, X of shape (n_rows, n_features) in ``self.features`` order."""
+        """Margins, X of shape (n_rows, n_features) in ``self.features`` order; or a pandas
+        DataFrame or Arrow table holding the columns the model was trained on by name, text,
+        categories and nulls included (read as training read them: ``persist.apply``)."""
+        from ..sources.frames import as_table
+
+        table = as_table(X)
+        if table is not None and (self.hashed is not None or self.metadata.get("missing")):
+            from .apply import frame_margins
+
+            return frame_margins(self, table)
         if self.hashed is not None:  # X has no room for the categorical columns
             raise UsageError(f"this model also hashes the categorical columns {self.hashed_columns[:5]}, which an "
-                             "array X does not hold; score a data set with streamsgd predict / evaluate")
+                             "array X does not hold; pass a DataFrame with the model's columns, or score a data set "
+                             "with streamsgd predict / evaluate")
         return self.dense_margins(X)
 
     def dense_margins(self, X: NDArray) -> NDArray[np.float64]:
         """The margins of the numeric features alone (a model with categorical columns adds
         ``hashed_margins``), X of shape (n_rows, n_features) in ``self.features`` order."""
+        if hasattr(X, "tocsr"):  # a SciPy sparse X: dense rows a block at a time
+            return _sparse_margins(self, X.tocsr())
         if self.layers is not None:
             return _mlp_margins(self, np.asarray(X, dtype=np.float64))
         return np.asarray(X, dtype=np.float64) @ np.asarray(self.coef).T + self.intercept
@@ -448,6 +460,19 @@ def _mlp_margins(model: Model, X: NDArray[np.float64]) -> NDArray[np.float64]:
     W, b = model.layers[-1]
     z = h @ W.T + b
     return z[:, 0] if z.shape[1] == 1 else z
+
+
+#: Rows of a sparse X densified at once by ``dense_margins`` (an MLP standardises dense rows).
+SPARSE_BLOCK_ROWS = 4096
+
+
+def _sparse_margins(model: Model, X: Any) -> NDArray[np.float64]:
+    """The margins of a CSR X: a linear model's by a sparse product, an MLP's block by block."""
+    if model.layers is None:
+        return np.asarray(X @ np.asarray(model.coef, dtype=np.float64).T) + model.intercept
+    blocks = [_mlp_margins(model, X[i:i + SPARSE_BLOCK_ROWS].toarray().astype(np.float64))
+              for i in range(0, X.shape[0], SPARSE_BLOCK_ROWS)]
+    return np.concatenate(blocks) if blocks else _mlp_margins(model, np.zeros((0, X.shape[1])))
 
 
 def expit(z: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -14,9 +14,12 @@ import ctypes
 import os
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..sources.retry import DELAY, TRIES, RetryPolicy
+
+if TYPE_CHECKING:  # not at run time: ``streamsgd.sources`` imports pyarrow, which must wait for tune_allocator
+    from ..sources.retry import RetryPolicy
 
 #: Arrow reads this variable once, when pyarrow is first imported, to choose its default pool.
 ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
@@ -112,6 +115,8 @@ def retry_policy_from_environment(environ: Mapping[str, str] | None = None) -> R
     """The retry policy the environment asks for (``STREAMSGD_RETRIES`` tries,
     ``STREAMSGD_RETRY_DELAY`` seconds before the second), else the defaults. Read once, at the
     door; pass the result to :func:`~streamsgd.sources.open_source` (``retry_policy=``)."""
+    from ..sources.retry import DELAY, TRIES, RetryPolicy
+
     environ = os.environ if environ is None else environ
     try:
         tries = int(environ.get(RETRIES_VARIABLE, TRIES))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -32,8 +35,9 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     d = len(source.features)
     itemsize = np.dtype(config.dtype).itemsize
     full = N * (d + 1) * itemsize + N * 8
-    cut_to_limit(source, config)  # as fit cuts it
-    plan = plan_memory(source, config)
+    with _collected() as planned:  # the plan's own warnings (one lane), as info's rather than a bare stderr line
+        cut_to_limit(source, config)  # as fit cuts it
+        plan = plan_memory(source, config)
     ipe = iterations_per_epoch(N, batch_rows(config, N)) if N else 0  # rows per update, as fit takes them
     chosen, why = resolve_defaults(source, config)
     out: dict[str, Any] = {
@@ -60,8 +64,24 @@ def describe(source: Source, config: FitConfig) -> dict[str, Any]:
     }
     out.update(source.layout())  # store, and the format's own chunking (row groups, chunk shape)
     out.update(describe_columns(source, nulls=True))
+    out["warnings"] += [{"kind": "plan", "message": message} for message in planned]
     if config.steps is not None and ipe:
         out["steps"] = config.steps
         out["full_epochs"] = config.steps // ipe
     return out
 
+
+
+@contextmanager
+def _collected(name: str = "streamsgd") -> Iterator[list[str]]:
+    """The messages of the warnings logged on ``name`` while inside (then not printed by
+    Python's last-resort handler): ``info`` reports them with its own."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

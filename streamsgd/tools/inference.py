@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import DataError, ModelFileError
+from ..errors import DataError
 from ..compute.losses import row_loss
+from ..persist.apply import prepare
 from ..persist.model import Model, expit, softmax_probabilities, write_tables
 from ..train.targets import merge_moments
 from ..sources import Source
@@ -17,36 +18,6 @@ from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
 from ..sources.missing import skip_null_targets
 from ..sources.validate import check_target
 from ..pipeline.windows import Window, read_window, sample_weight_column
-from ..sources.encoding import Encoding
-
-
-def _check_features(model: Model, source: Source) -> None:
-    record = model.metadata.get("missing")
-    if record and hasattr(source, "impute"):  # nulls become the training means, as in training
-        source.impute(record["means"], record["indicators"])
-    if list(source.features) != list(model.features):
-        raise ModelFileError(
-            f"{source.url}: the model was trained on features {model.features[:10]}, but the data "
-            f"gives {source.features[:10]}; use data with the model's feature columns"
-        )
-    _check_encoding(model, source)
-
-
-def _check_encoding(model: Model, source: Source) -> None:
-    """Hash the data's categorical columns as training did: the model's encoding, its golden
-    values hashed again first; data whose categorical columns differ is refused."""
-    record = model.metadata.get("categorical")
-    given = list(getattr(source, "categorical", ()))
-    if record is None:
-        if given:  # a model trained before categorical columns existed: they were skipped
-            raise ModelFileError(f"{source.url}: the model has no categorical columns, but the data gives "
-                                 f"{given[:10]}; leave them out with the model's --features")
-        return
-    encoding = Encoding.from_json(record, f"{source.url}: model")
-    if given != list(encoding.columns) or not hasattr(source, "encode"):
-        raise ModelFileError(f"{source.url}: the model hashes the categorical columns {list(encoding.columns)[:10]}, "
-                             f"but the data gives {given[:10]}; use data with the model's columns")
-    source.encode(encoding)
 
 
 def _margins(model: Model, window: Window) -> NDArray[np.float64]:
@@ -90,7 +61,7 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
     metrics weigh them with ``sample_weight``: loss Σ w ℓ / Σ w, accuracy Σ w [right] / Σ w,
     R² from weighted squared errors about the weighted mean. ``rows`` stays the row count.
     """
-    _check_features(model, source)
+    prepare(model, source)
     if model.metadata.get("config", {}).get("missing", "impute") == "impute":
         skip_null_targets(source)  # as training skipped them
     skipped = int(getattr(source, "skipped_rows", 0))
@@ -132,7 +103,7 @@ def evaluate(model: Model, source: Source) -> dict[str, Any]:
 def predict(model: Model, source: Source, out: str, keep: Sequence[str] = (),
             storage_options: Mapping[str, Any] | None = None) -> int:
     """Write predictions to Parquet at ``out`` (atomically; a URL in one upload); returns the row count."""
-    _check_features(model, source)
+    prepare(model, source)
     missing = [k for k in keep if k not in source.columns]
     if missing:
         raise DataError(f"{source.url}: no column {missing[0]!r} to keep; fix --keep")
