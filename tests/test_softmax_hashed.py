@@ -211,6 +211,8 @@ def test_default_options_train_predict_text_labels_and_evaluate(tables, tmp_path
     assert ev["accuracy"] == pytest.approx(float(np.mean(preds.prediction.to_numpy() == test.species.to_numpy())))
     assert ev["loss"] == pytest.approx(float(-np.mean(np.log(probs[np.arange(y.size), y]))), rel=1e-9)
     assert ev["accuracy"] > 0.95  # the bills and flippers tell the species apart (scikit-learn: 0.99)
+    # a DataFrame with the text columns is scored as predict scores the file (persist.apply)
+    np.testing.assert_array_equal(model.predict_proba(test.drop(columns=["species"])), probs)
     show = run_cli("show", tmp_path / "m.npz", "--top", "3").stdout
     assert "classes    Adelie, Chinstrap, Gentoo" in show and "categorical  island, sex" in show
 
