@@ -429,7 +429,7 @@ def test_show_states_the_hashed_columns(fitted):
     from streamsgd.tools.show import describe_model
 
     assert describe_model(fitted[0])["categorical"] == {"columns": CATEGORICAL, "bits": 20, "interactions": [],
-                                                        "nonzero_weights": 9}
+                                                        "nonzero_weights": 9, "weights_per_bucket": 1}
 
 
 def test_batches_carry_the_hashed_columns_as_csr(tables):

@@ -214,7 +214,8 @@ def test_default_options_train_predict_text_labels_and_evaluate(tables, tmp_path
     # a DataFrame with the text columns is scored as predict scores the file (persist.apply)
     np.testing.assert_array_equal(model.predict_proba(test.drop(columns=["species"])), probs)
     show = run_cli("show", tmp_path / "m.npz", "--top", "3").stdout
-    assert "classes    Adelie, Chinstrap, Gentoo" in show and "categorical  island, sex" in show
+    assert "classes    Adelie, Chinstrap, Gentoo" in show
+    assert "categorical  island, sex  (hashed into 2^20 buckets of 3 weights, one per class, 18 not 0)" in show
 
 
 #: The L2 of the CLI run that scikit-learn is compared with: strong enough that 2,000 full

@@ -64,7 +64,9 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
         "categorical": None if model.hashed is None else {
             "columns": model.hashed_columns, "bits": meta["categorical"]["bits"],
             "interactions": meta["categorical"].get("interactions", []),
-            "nonzero_weights": int(np.count_nonzero(model.hashed))},
+            "nonzero_weights": int(np.count_nonzero(model.hashed)),
+            # softmax's table holds a weight per class in each bucket (compute.sparse_multi)
+            "weights_per_bucket": 1 if model.hashed.ndim == 1 else int(model.hashed.shape[1])},
         "metrics": meta.get("metrics", {}),
         "config": meta.get("config", {}),
         "version": meta.get("version"),
@@ -94,7 +96,9 @@ def format_model(info: dict[str, Any]) -> list[str]:
     if info.get("categorical"):
         cat = info["categorical"]
         crossed = f" x {', '.join(cat['interactions'])}" if cat["interactions"] else ""
-        lines.append(f"categorical  {', '.join(cat['columns'])}{crossed}  (hashed into 2^{cat['bits']} weights, "
+        per = cat.get("weights_per_bucket", 1)
+        into = f"2^{cat['bits']} weights" if per == 1 else f"2^{cat['bits']} buckets of {per} weights, one per class"
+        lines.append(f"categorical  {', '.join(cat['columns'])}{crossed}  (hashed into {into}, "
                      f"{cat['nonzero_weights']} not 0)")
     metrics = info["metrics"]
     summary = [f"{k} {_number(metrics[k])}" for k in ("iterations", "epochs", "rows_seen", "loss", "seconds")
