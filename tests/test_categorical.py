@@ -390,7 +390,8 @@ def test_resume_after_a_checkpoint_is_bit_identical(tables):
      "--lr-schedule invscaling: adagrad's lazy L2 on categorical columns needs one step for every update"),
     ({"optimizer": "adagrad", "shards": 2}, "--l2: adagrad's lazy L2 on categorical columns trains in one process"),
     ({"l1": 1e-3}, "--l1: not yet with categorical columns"),
-    ({"hidden": (4,)}, "--hidden: an MLP does not take categorical columns yet"),
+    ({"hidden": (4,), "optimizer": "adagrad", "l2": 1e-3},
+     "--l2: an MLP's embedding of categorical columns trains with adagrad only without L2"),
 ])
 def test_what_the_sparse_kernels_do_not_serve_is_refused_in_one_line(tables, options, message):
     (paths, _, _) = tables

@@ -33,6 +33,7 @@ from numpy.typing import DTypeLike, NDArray
 from ..config import LOSS_PARAM
 from ..errors import UsageError
 from .codes import LOSSES, SOFTMAX
+from .embedding import EF, ESCALE, EU, bag_backward, touch
 from .losses import loss_slope
 
 #: Hidden activation name -> the integer the kernels branch on.
@@ -137,7 +138,7 @@ def state_bytes(lay: NDArray[np.int64], rows: int, dtype: DTypeLike = np.float32
             + rows * (int(lay[0, N_IN]) * itemsize + 2 * 8))
 
 
-def init_params(lay: NDArray[np.int64], rng: np.random.Generator) -> NDArray[np.float64]:
+def init_params(lay: NDArray[np.int64], rng: np.random.Generator, fan_in0: int | None = None) -> NDArray[np.float64]:
     """Initial ``theta``: every layer's weights U(±1/sqrt(n_in)), zero biases.
 
     This is PyTorch's ``nn.Linear`` default (Kaiming-uniform with a = sqrt(5): std
@@ -146,12 +147,14 @@ def init_params(lay: NDArray[np.int64], rng: np.random.Generator) -> NDArray[np.
     near 0, so a short run starts near the constant prediction instead of from large random
     margins that it must first unlearn (benchmarks/README.md, mlp.py, measures the held-out
     difference). The biases are zero rather than PyTorch's U(±1/sqrt(n_in)). ``rng`` is the
-    caller's, seeded from integers, so the network is a function of the seed.
+    caller's, seeded from integers, so the network is a function of the seed. ``fan_in0``: the
+    first layer's fan-in when it is not its dense inputs alone (categorical columns add one
+    input per column to every row: ``first_fan_in``).
     """
     theta = np.zeros(n_params(lay))
     for k in range(lay.shape[0]):
         n_in, n_out, w_at = int(lay[k, N_IN]), int(lay[k, N_OUT]), int(lay[k, W_AT])
-        limit = 1.0 / math.sqrt(n_in)
+        limit = 1.0 / math.sqrt(n_in if k or fan_in0 is None else fan_in0)
         theta[w_at:w_at + n_in * n_out] = rng.uniform(-limit, limit, n_in * n_out)
     return theta
 
@@ -316,14 +319,43 @@ def _dense_back(D, rows, spec, W, H, activation, D_in):
                 back[i] *= 1.0 - a * a
 
 
+def first_fan_in(d: int, k: int) -> int:
+    """The first layer's fan-in for the initialisation: d dense inputs and, with categorical
+    columns, the k hashed features every row holds (each a ±1 input picking one row of E), so
+    the first pre-activation's variance at the start is the dense network's of d + k inputs."""
+    return d + k
+
+
 @njit(nogil=True, cache=True)
-def _forward(X, r0, rows, lay, activation, W, H, Z):
-    """Rows X[r0 : r0 + rows] through every layer: hidden activations into H, margins into Z."""
+def _bag_forward(idx, sign, r0, rows, emb, H0, n_out, activation):
+    """H0[r] ← f(H0[r] + escale·Σ_c sign·u[idx]) (``compute.embedding``): H0 holds the first
+    layer's dense pre-activations of the rows r0 + r, and the bag is added into them in their
+    dtype, as the dense layer's own sums are made, a contiguous row of u at a time (the inner
+    loop vectorises; gathering one unit across the rows of u did not)."""
+    u, escale = emb[EU], emb[EF][ESCALE]
+    for r in range(rows):
+        h = H0[r]
+        for c in range(idx.shape[1]):
+            row, s = u[idx[r0 + r, c]], escale * sign[r0 + r, c]
+            for o in range(n_out):
+                h[o] += s * row[o]
+        for o in range(n_out):
+            h[o] = _apply(h[o], activation)
+
+
+@njit(nogil=True, cache=True)
+def _forward(X, r0, rows, lay, activation, W, H, Z, idx, sign, emb):
+    """Rows X[r0 : r0 + rows] through every layer: hidden activations into H, margins into Z;
+    their hashed features (idx, sign; k = 0 for none) join the first layer through the bag."""
     last = lay.shape[0] - 1
     if last == 0:
         _dense(X, r0, rows, lay[0], W, Z, IDENTITY)
         return
-    _dense(X, r0, rows, lay[0], W, H[0], activation)
+    if idx.shape[1] == 0:
+        _dense(X, r0, rows, lay[0], W, H[0], activation)
+    else:
+        _dense(X, r0, rows, lay[0], W, H[0], IDENTITY)
+        _bag_forward(idx, sign, r0, rows, emb, H[0], lay[0, N_OUT], activation)
     for k in range(1, last):
         _dense(H[k - 1], 0, rows, lay[k], W, H[k], activation)
     _dense(H[last - 1], 0, rows, lay[last], W, Z, IDENTITY)
@@ -368,7 +400,8 @@ def _output_slopes(y, sw, r0, rows, net, Z, D):
 @njit(nogil=True, cache=True)
 def _backward(X, r0, rows, lay, activation, W, H, D, G):
     """Back from the output deltas in D[(K) % 2] (K hidden layers) to the first layer, adding
-    every layer's gradient sums into G; the two delta buffers take turns."""
+    every layer's gradient sums into G; the two delta buffers take turns, so the first
+    layer's pre-activation deltas end in D[0]."""
     cur = (lay.shape[0] - 1) % 2
     for k in range(lay.shape[0] - 1, 0, -1):
         _dense_grad(H[k - 1], 0, rows, lay[k], D[cur], G)
@@ -394,6 +427,24 @@ def batch_gradient(X, y, sw, lo, hi, net, theta, grad, ws):
 
     Returns the summed weighted loss Σ_i c_i ℓ_i (float64).
     """
+    idx, sign, emb = _no_bag()
+    return embedded_gradient(X, idx, sign, y, sw, lo, hi, net, theta, grad, ws, emb, 0)
+
+
+@njit(nogil=True, cache=True)
+def _no_bag():
+    """Empty hashed features and embedding state: a network without categorical columns."""
+    e2, e1 = np.zeros((0, 0)), np.zeros(0, np.int64)
+    return (np.zeros((0, 0), np.int32), np.zeros((0, 0), np.int8),
+            (e2, e2, e2, e2, e1, e1, e1, np.ones(2), np.zeros(2, np.int64)))
+
+
+@njit(nogil=True, cache=True)
+def embedded_gradient(X, idx, sign, y, sw, lo, hi, net, theta, grad, ws, emb, stamp):
+    """``batch_gradient`` with the rows' hashed features (idx int32, sign int8, (n_rows, k);
+    k = 0 for none) through the first layer's embedding bag (``compute.embedding``): its
+    gradient sums go to the state ``emb``'s rows for the buckets the batch touched, each
+    started afresh the first time batch ``stamp`` touches it."""
     lay, activation = net[LAYOUT], net[ACTIVATION]
     H, D, Z, W, G = ws[HIDDEN], ws[DELTA], ws[MARGIN], ws[PARAMS], ws[GRAD]
     for j in range(theta.shape[0]):
@@ -401,12 +452,16 @@ def batch_gradient(X, y, sw, lo, hi, net, theta, grad, ws):
         G[j] = 0.0
     out = (lay.shape[0] - 1) % 2
     block = Z.shape[0]
+    bagged = idx.shape[1] > 0
     total = 0.0
     for r0 in range(lo, hi, block):
         rows = min(block, hi - r0)
-        _forward(X, r0, rows, lay, activation, W, H, Z)
+        _forward(X, r0, rows, lay, activation, W, H, Z, idx, sign, emb)
         total += _output_slopes(y, sw, r0, rows, net, Z, D[out])
         _backward(X, r0, rows, lay, activation, W, H, D, G)
+        if bagged:
+            touch(idx, r0, rows, emb, stamp)
+            bag_backward(idx, sign, r0, rows, D[0], emb, lay[0, N_OUT])
         for j in range(G.shape[0]):  # the block's sums join the float64 buffer
             grad[j] += G[j]
             G[j] = 0.0
@@ -422,9 +477,10 @@ def margins(X, lo, hi, net, theta, ws, out):
     for j in range(theta.shape[0]):
         W[j] = theta[j]
     block = Z.shape[0]
+    idx, sign, emb = _no_bag()
     for r0 in range(lo, hi, block):
         rows = min(block, hi - r0)
-        _forward(X, r0, rows, lay, activation, W, H, Z)
+        _forward(X, r0, rows, lay, activation, W, H, Z, idx, sign, emb)
         for r in range(rows):
             for k in range(Z.shape[1]):
                 out[r0 - lo + r, k] = Z[r, k]

@@ -10,7 +10,11 @@ range; the parameters are the flat float64 ``theta`` of ``mlp.layout``, updated 
 decoupled, ``mlp.decay_weights``, and also reaches the weights only; L1 is the linear
 model's cumulative penalty, ``optim.l1_step``, on every layer's weights). Each step's mean
 gradient feeds the gradient-noise meter (``noise.noise_add``) as the linear loop's does, so
-the noise statistics and ``--batch auto`` work for networks too.
+the noise statistics and ``--batch auto`` work for networks too (over the dense parameters:
+the embedding's rows, ``compute.embedding``, are not in ``g``). With categorical columns the
+rows' hashed features are copied beside them, go into the first layer through the embedding
+bag, and the touched rows of the table are updated after the dense step with the same η
+(``embedding.embed_step``).
 """
 
 from __future__ import annotations
@@ -20,15 +24,16 @@ import math
 from numba import njit
 
 from .codes import ADAMW
-from .loop import (BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, L1, L2, N_ROWS, NOISE, NOISE_SUMS,
-                   NOISE_TOTAL, OPTIMIZER, T, T0, close_batch, step_lr)
-from .mlp import B_AT, LAYOUT, W_AT, batch_gradient, decay_weights, mean_gradient
+from .embedding import EU, embed_step
+from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, L1, L2, N_ROWS,
+                   NOISE, NOISE_SUMS, NOISE_TOTAL, OPTIMIZER, T, T0, close_batch, step_lr)
+from .mlp import B_AT, LAYOUT, W_AT, decay_weights, embedded_gradient, mean_gradient
 from .noise import noise_add
 from .optim import l1_step, optimizer_step
 
 # Numba's cache of mlp_rows holds the kernels it calls compiled in and is keyed on this file
-# alone: a change to mlp.py, optim.py, noise.py, codes.py or loop.py's slots reaches it once this
-# file changes too.
+# alone: a change to mlp.py, embedding.py, optim.py, noise.py, codes.py or loop.py's slots reaches it once
+# this file changes too.
 
 #: Slots of the ``params`` tuple: parameters, their running average, the batch's gradient sums
 #: and the step's mean gradient (all float64, the layout's length); then the L1 penalty each
@@ -36,53 +41,60 @@ from .optim import l1_step, optimizer_step
 #: total every weight is owed (1,) (``optim.l1_step``).
 THETA, AVG, GW, G, L1_Q, L1_U = range(6)
 #: Slots of the ``scratch`` tuple: standardised rows (batch, d) in the activations' dtype,
-#: their labels and sample weights (empty when the data has none).
-XS, YS, SWS = range(3)
+#: their labels and sample weights (empty when the data has none), their hashed ids and
+#: signs (batch, k) (k = 0 without categorical columns).
+XS, YS, SWS, IDS, SGS = range(5)
 
 
 @njit(nogil=True, cache=True)
-def _standardize_into(X, y, sw, order, pos, take, mean, scale, scratch):
+def _standardize_into(X, y, sw, idx, sign, order, pos, take, mean, scale, scratch):
     """Rows order[pos : pos + take] of the window, standardised, into the scratch's first rows."""
-    xs, ys, sws = scratch[XS], scratch[YS], scratch[SWS]
-    d = X.shape[1]
+    xs, ys, sws, ids, sgs = scratch[XS], scratch[YS], scratch[SWS], scratch[IDS], scratch[SGS]
+    d, k = X.shape[1], ids.shape[1]
     for r in range(take):
         i = order[pos + r]
         for j in range(d):
             xs[r, j] = (X[i, j] - mean[j]) / scale[j]
+        for c in range(k):
+            ids[r, c] = idx[i, c]
+            sgs[r, c] = sign[i, c]
         ys[r] = y[i]
         if sw.shape[0] > 0:
             sws[r] = sw[i]
 
 
 @njit(nogil=True, cache=True)
-def mlp_rows(X, y, sw, order, pos, end, stop_at, spec, hyper, net, params, opt_state, mean, scale, counters, sums,
-             ws, scratch, noise):
+def mlp_rows(X, y, sw, idx, sign, order, pos, end, stop_at, spec, hyper, net, params, opt_state, mean, scale,
+             counters, sums, ws, scratch, noise, emb):
     """Feed rows ``order[pos:end]`` of a window to the network, updating every ``spec[BATCH]`` rows.
 
     Returns the position reached: ``end``, or earlier when the update count reaches ``stop_at``
     or a batch's loss was not finite (``counters[DIVERGED]`` is then 1). ``noise`` is the
-    linear loop's (total, sums, g): the meter's accumulators (g is not used here).
+    linear loop's (total, sums, g): the meter's accumulators (g is not used here). ``idx``,
+    ``sign``: the window's hashed features ((n_rows, k), k = 0 for none), ``emb`` the
+    embedding's state (``embedding.pack_embedding``; empty without categorical columns).
     """
     weighted = sw.shape[0] > 0
     sws = scratch[SWS] if weighted else sw
     while pos < end:
         take = min(spec[BATCH] - counters[FILLED], end - pos, scratch[XS].shape[0])
-        _standardize_into(X, y, sw, order, pos, take, mean, scale, scratch)
-        sums[BATCH_LOSS] += batch_gradient(scratch[XS], scratch[YS], sws, 0, take, net, params[THETA], params[GW],
-                                           ws)
+        _standardize_into(X, y, sw, idx, sign, order, pos, take, mean, scale, scratch)
+        sums[BATCH_LOSS] += embedded_gradient(scratch[XS], scratch[IDS], scratch[SGS], scratch[YS], sws, 0, take, net,
+                                              params[THETA], params[GW], ws, emb, counters[T] + 1)
         counters[FILLED] += take
         counters[EPOCH_ROWS] += take
         pos += take
         if counters[FILLED] == spec[BATCH]:
-            finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise)
+            finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise, emb)
             if counters[DIVERGED] == 1 or counters[T] == stop_at:
                 break
     return pos
 
 
 @njit(nogil=True, cache=True)
-def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise):
-    """Update from the batch in progress (also the epoch's short last one) and start the next."""
+def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise, emb):
+    """Update from the batch in progress (also the epoch's short last one) and start the next;
+    the embedding's touched rows (``emb``, when the network has one) with the same step."""
     theta, avg, gw, g = params[THETA], params[AVG], params[GW], params[G]
     if not math.isfinite(sums[BATCH_LOSS]):
         counters[DIVERGED] = 1
@@ -102,6 +114,8 @@ def finish_mlp_batch(spec, hyper, net, params, opt_state, counters, sums, noise)
                    0.0)
     if hyper[L1] > 0.0:
         _l1_layers(theta, params[L1_Q], params[L1_U], net[LAYOUT], lr * hyper[L1])
+    if emb[EU].shape[0] > 0:
+        embed_step(spec[OPTIMIZER], lr, hyper[L2], hyper[EPS], n, t > spec[AVERAGE_FROM], emb)
     close_batch(t, spec, theta, avg, gw, counters, sums)
 
 

@@ -67,11 +67,9 @@ def frame_margins(model: Model, table: Any) -> NDArray[np.float64]:
         for c, rows in enumerate(source.chunk_rows):
             X = np.empty((rows, len(source.features)))
             source.read_into(c, X, None)
-            z = model.dense_margins(X)
+            k = int(source.encoding.width) if hashed else 0  # type: ignore[attr-defined,union-attr]  # list widths, pairs
+            idx, sign = np.empty((rows, k), np.int32), np.empty((rows, k), np.int8)
             if hashed:
-                k = int(source.encoding.width)  # type: ignore[attr-defined,union-attr]  # a list column's width, and crossed pairs
-                idx, sign = np.empty((rows, k), np.int32), np.empty((rows, k), np.int8)
                 source.read_hashed(c, idx, sign)  # type: ignore[attr-defined]
-                z = z + model.hashed_margins(idx, sign)
-            parts.append(z)
+            parts.append(model.margins(X, idx, sign))
     return np.concatenate(parts) if parts else model.dense_margins(np.zeros((0, len(model.features))))

@@ -95,6 +95,10 @@ class Model:
     #: (row h: bucket h's weight of each class), every lazy scale folded in; their encoding is
     #: metadata["categorical"] (sources.encoding). None: no categorical column.
     hashed: NDArray[np.float64] | None = None
+    #: an MLP's embedding of the hashed categorical features (2**bits, H1): its first layer's
+    #: weights for them, every lazy scale folded in (compute.embedding); their encoding is
+    #: metadata["categorical"]. None: no categorical column (or a linear model).
+    embedding: NDArray[np.float64] | None = None
 
     @property
     def hashed_columns(self) -> list[str]:
@@ -129,12 +133,13 @@ class Model:
         categories and nulls included (read as training read them: ``persist.apply``)."""
         from ..sources.frames import as_table
 
+        hashed = self.hashed is not None or self.embedding is not None
         table = as_table(X)
-        if table is not None and (self.hashed is not None or self.metadata.get("missing")):
+        if table is not None and (hashed or self.metadata.get("missing")):
             from .apply import frame_margins
 
             return frame_margins(self, table)
-        if self.hashed is not None:  # X has no room for the categorical columns
+        if hashed:  # X has no room for the categorical columns
             raise UsageError(f"this model also hashes the categorical columns {self.hashed_columns[:5]}, which an "
                              "array X does not hold; pass a DataFrame with the model's columns, or score a data set "
                              "with streamsgd predict / evaluate")
@@ -148,6 +153,16 @@ class Model:
         if self.layers is not None:
             return _mlp_margins(self, np.asarray(X, dtype=np.float64))
         return np.asarray(X, dtype=np.float64) @ np.asarray(self.coef).T + self.intercept
+
+    def margins(self, X: NDArray, idx: NDArray, sign: NDArray) -> NDArray[np.float64]:
+        """The margins of rows with numeric features X and hashed features (idx, sign), as a
+        window holds them: a linear model's dense and hashed parts, or an MLP whose first
+        layer also takes its embedding of the hashed features."""
+        if self.layers is not None:
+            bag = None if self.embedding is None else embedding_bag(self.embedding, idx, sign)
+            return _mlp_margins(self, np.asarray(X, dtype=np.float64), bag)
+        z = self.dense_margins(X)
+        return z + self.hashed_margins(idx, sign) if self.hashed is not None else z
 
     def predict_proba(self, X: NDArray) -> NDArray[np.float64]:
         """P(y = 1): the logistic function of the margin, or modified Huber's (clip(z, ±1) + 1) / 2
@@ -265,6 +280,8 @@ class Model:
             arrays[f"layer{k}_W"], arrays[f"layer{k}_b"] = W, b
         if self.hashed is not None:
             arrays["hashed_coef"] = self.hashed
+        if self.embedding is not None:
+            arrays["embedding"] = self.embedding
         atomic_savez(path, arrays, storage_options)
 
     def _full_metadata(self) -> dict[str, Any]:
@@ -441,6 +458,7 @@ def _decode(path: str, f: BinaryIO) -> Model:
                 layers=[(npz[f"layer{k}_W"], npz[f"layer{k}_b"]) for k in range(len(meta["mlp"]["hidden"]) + 1)]
                 if "mlp" in meta else None,
                 hashed=npz["hashed_coef"].astype(np.float64) if "hashed_coef" in npz.files else None,
+                embedding=npz["embedding"].astype(np.float64) if "embedding" in npz.files else None,
             )
     except Exception as exc:  # any decoding failure means the same thing to the user
         raise ModelFileError(
@@ -448,14 +466,28 @@ def _decode(path: str, f: BinaryIO) -> Model:
         ) from exc
 
 
-def _mlp_margins(model: Model, X: NDArray[np.float64]) -> NDArray[np.float64]:
+def embedding_bag(E: NDArray[np.float64], idx: NDArray, sign: NDArray) -> NDArray[np.float64]:
+    """Each row's bag of its hashed features in an MLP's embedding E (2**bits, H1):
+    Σ_c sign[:, c]·E[idx[:, c]] in float64 ((n_rows, H1)), one column at a time so that no
+    (n_rows, k, H1) temporary is made."""
+    out = np.zeros((idx.shape[0], E.shape[1]))
+    for c in range(idx.shape[1]):
+        out += sign[:, c, None] * E[idx[:, c]]
+    return out
+
+
+def _mlp_margins(model: Model, X: NDArray[np.float64], bag: NDArray[np.float64] | None = None
+                 ) -> NDArray[np.float64]:
     """An MLP's output margins in float64: standardise, then each hidden layer's activation of
-    its affine map, then the linear output layer (one margin: shape (n_rows,))."""
+    its affine map (the first one's plus the rows' embedding ``bag``, when the model has
+    categorical columns), then the linear output layer (one margin: shape (n_rows,))."""
     assert model.layers is not None
     relu = model.metadata["mlp"]["activation"] == "relu"
     h = (X - model.mean) / model.scale
-    for W, b in model.layers[:-1]:
+    for k, (W, b) in enumerate(model.layers[:-1]):
         a = h @ W.T + b
+        if k == 0 and bag is not None:
+            a += bag
         h = np.maximum(a, 0.0) if relu else np.tanh(a)
     W, b = model.layers[-1]
     z = h @ W.T + b

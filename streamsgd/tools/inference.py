@@ -22,8 +22,7 @@ from ..pipeline.windows import Window, read_window, sample_weight_column
 
 def _margins(model: Model, window: Window) -> NDArray[np.float64]:
     """The model's margins of a window's rows: its dense block and its hashed features."""
-    z = model.dense_margins(window.X)
-    return z + model.hashed_margins(window.idx, window.sign) if model.hashed is not None else z
+    return model.margins(window.X, window.idx, window.sign)
 
 
 def _with_labels(model: Model, source: Source) -> tuple[Source, bool]:

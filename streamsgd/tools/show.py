@@ -49,6 +49,7 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
         for j in order
     ]
     meta = model.metadata
+    table = model.hashed if model.embedding is None else model.embedding  # the hashed columns' weights
     return {
         "model": model.model,
         "target": {"name": model.target, "role": "target", "type": meta.get("target_type")},
@@ -61,12 +62,14 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
         "n_features": len(model.features),
         "features": features,
         # hashed categorical columns: their encoding and how many of the 2^bits weights are not 0
-        "categorical": None if model.hashed is None else {
+        # (an MLP's: the entries of its first layer's embedding, 2^bits rows of H1)
+        "categorical": None if table is None else {
             "columns": model.hashed_columns, "bits": meta["categorical"]["bits"],
             "interactions": meta["categorical"].get("interactions", []),
-            "nonzero_weights": int(np.count_nonzero(model.hashed)),
+            "nonzero_weights": int(np.count_nonzero(table)),
             # softmax's table holds a weight per class in each bucket (compute.sparse_multi)
-            "weights_per_bucket": 1 if model.hashed.ndim == 1 else int(model.hashed.shape[1])},
+            "weights_per_bucket": 1 if table.ndim == 1 or model.embedding is not None else int(table.shape[1]),
+            **({} if model.embedding is None else {"embedding_width": int(model.embedding.shape[1])})},
         "metrics": meta.get("metrics", {}),
         "config": meta.get("config", {}),
         "version": meta.get("version"),
@@ -98,6 +101,8 @@ def format_model(info: dict[str, Any]) -> list[str]:
         crossed = f" x {', '.join(cat['interactions'])}" if cat["interactions"] else ""
         per = cat.get("weights_per_bucket", 1)
         into = f"2^{cat['bits']} weights" if per == 1 else f"2^{cat['bits']} buckets of {per} weights, one per class"
+        if "embedding_width" in cat:
+            into = f"2^{cat['bits']} rows of the first layer's {cat['embedding_width']}-wide embedding"
         lines.append(f"categorical  {', '.join(cat['columns'])}{crossed}  (hashed into {into}, "
                      f"{cat['nonzero_weights']} not 0)")
     metrics = info["metrics"]

@@ -142,7 +142,11 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
         (config.model not in SCALAR_MODELS + TABLE_MODELS,
          f"--model {config.model}: categorical columns train with --model "
          f"{', '.join(SCALAR_MODELS + TABLE_MODELS)} for now; {fix}"),
-        (bool(config.hidden), f"--hidden: an MLP does not take categorical columns yet; drop --hidden {fix}"),
+        (bool(config.hidden) and config.model in TABLE_MODELS,
+         f"--hidden with --model {config.model}: an MLP's embedding of categorical columns trains models of one "
+         f"output for now; drop --hidden {fix}"),
+        (bool(config.hidden) and config.optimizer == "adagrad" and config.l2_strength > 0, "--l2: an MLP's embedding of "
+         "categorical columns trains with adagrad only without L2 (no exact lazy rule); give --l2 0 or --optimizer sgd"),
         (config.optimizer not in SPARSE_OPTIMIZERS, f"--optimizer {config.optimizer}: categorical columns train with "
                                                     f"--optimizer sgd or adagrad; {fix}"),
         (lazy and (config.lr_schedule != "constant" or config.warmup > 0),

@@ -9,6 +9,12 @@ layers act on standardised inputs (x − mean) / scale, and the model keeps mean
 Checkpoints, --resume, --init (from an MLP file of the same layers, checked by
 :func:`check_mlp` before any work), validation and early stopping, --batch auto and every
 optimizer and penalty work as for linear models; --shards/--workers are refused by FitConfig.
+
+Categorical columns enter the first layer as an embedding bag (``compute.embedding``): a
+(2**bits, H1) table E, drawn from the same seed's stream after the layers, whose touched rows
+train with sgd (+ L2, exact by a global scale) or adagrad without L2 (exact lazily), Polyak
+averaging included; train.hashed refuses the rest. The model keeps E with every scale folded
+in (``Model.embedding``), and the rows' hashed features enter validation and inference as here.
 """
 
 from __future__ import annotations
@@ -18,19 +24,21 @@ from contextlib import closing
 import numpy as np
 from numpy.typing import NDArray
 
+from ..compute import embedding
 from ..compute.loop import AVERAGED, DIVERGED, EPOCH_ROWS, FILLED, T, pack_hyper
-from ..compute.mlp import (B_AT, N_IN, N_OUT, W_AT, init_params, layout, n_params, network, scratch_rows,
-                           workspace)
+from ..compute.mlp import (B_AT, N_IN, N_OUT, W_AT, first_fan_in, init_params, layout, n_params, network,
+                           scratch_rows, workspace)
 from ..compute.losses import row_loss
 from ..compute.mlp_loop import G, finish_mlp_batch, mlp_rows
 from ..compute.noise import NoiseMeter
 from ..config import FitConfig
 from ..errors import UsageError
-from ..persist.model import Model
+from ..persist.model import Model, embedding_bag
 from ..pipeline.epochs import EpochStream
-from ..pipeline.windows import Window, read_window
+from ..pipeline.windows import Window, hashed_columns, read_window
 from ..plan.rng import MLP_INIT, stream
 from . import guard
+from .hashed import warn_row_names
 from .inputs import Hooks
 from .run import Run, _UNWEIGHTED
 from .setup import Setup
@@ -68,10 +76,15 @@ class MLPRun(Run):
         self.net = network(self.lay, config.activation, config.model, param, cw=st.cw,
                            classes=st.classes if softmax else None)
         P = n_params(self.lay)
+        k = hashed_columns(setup.source)
+        self.emb = self.embedding_state(k)
         if setup.init is not None:  # a warm start: the given network's layers (check_mlp matched them)
             st.theta = np.concatenate([np.concatenate([W.ravel(), b]) for W, b in setup.init.layers or ()])
         else:
-            st.theta = init_params(self.lay, stream(config.seed, MLP_INIT))
+            rng = stream(config.seed, MLP_INIT)
+            st.theta = init_params(self.lay, rng, first_fan_in(d, k))
+            # E: the first layer's weights for the hashed inputs, the same draw after the layers'
+            embedding.init_table(self.emb, rng, 1.0 / np.sqrt(first_fan_in(d, k)))
         st.avg, st.gw, st.opt_state = np.zeros(P), np.zeros(P), np.zeros((2, P))
         st.l1_q = np.zeros(int((self.lay[:, N_IN] * self.lay[:, N_OUT]).sum()))  # one per weight, biases skipped
         if resume is not None:  # the checkpoint's parameters, optimizer state, sums and counters
@@ -88,7 +101,19 @@ class MLPRun(Run):
         rows = scratch_rows(config.batch == "auto", setup.schedule.B)
         dtype = np.dtype(config.dtype)
         self.ws = workspace(rows, self.lay, dtype)
-        self.scratch = (np.zeros((rows, d), dtype), np.zeros(rows), np.zeros(rows))
+        self.scratch = (np.zeros((rows, d), dtype), np.zeros(rows), np.zeros(rows), np.zeros((rows, k), np.int32),
+                        np.zeros((rows, k), np.int8))
+
+    def embedding_state(self, k: int) -> tuple[NDArray, ...]:
+        """The embedding's state for ``k`` categorical features per row, held by the run's
+        state (so checkpoints carry it); the empty state of a network without them."""
+        config, width = self.config, int(self.config.hidden[0])
+        if not k:
+            return embedding.pack_embedding(-1, width, 0, False, False)
+        cap = embedding.batch_buckets(config.hash_bits, k, self.schedule.B, config.batch == "auto")
+        emb = embedding.pack_embedding(config.hash_bits, width, cap, config.optimizer == "adagrad", config.average)
+        self.st.embed(emb)
+        return emb
 
     def begin(self, window: Window) -> None:
         """The first window: standardisation, the step size and the divergence reference."""
@@ -99,6 +124,7 @@ class MLPRun(Run):
             st.mean, st.scale = np.asarray(init.mean, np.float64), np.asarray(init.scale, np.float64)
         else:
             st.mean, st.scale = standardization(window.X, config.standardize, window.slots)
+        warn_row_names(self.setup.full_source, window.idx)
         st.sample, st.sample_y = guard.sample_rows(window.X, window.y, order=window.slots)
         if config.lr is None:
             lr0 = MLP_LR[config.optimizer]
@@ -124,9 +150,9 @@ class MLPRun(Run):
         pos = 0
         sw = _UNWEIGHTED if window.w is None else window.w
         while pos < order.size and not self.done():
-            pos = mlp_rows(window.X, window.y, sw, order, pos, order.size, self.next_stop(), st.spec, st.hyper,
-                           self.net, self.mlp_params, st.opt_state, st.mean, st.scale, st.counters, st.sums, self.ws,
-                           self.scratch, self.noise)
+            pos = mlp_rows(window.X, window.y, sw, window.idx, window.sign, order, pos, order.size, self.next_stop(),
+                           st.spec, st.hyper, self.net, self.mlp_params, st.opt_state, st.mean, st.scale, st.counters,
+                           st.sums, self.ws, self.scratch, self.noise, self.emb)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[FILLED] == 0:
@@ -143,7 +169,7 @@ class MLPRun(Run):
         if st.counters[FILLED]:
             assert st.spec is not None and st.hyper is not None
             finish_mlp_batch(st.spec, st.hyper, self.net, self.mlp_params, st.opt_state, st.counters, st.sums,
-                             self.noise)
+                             self.noise, self.emb)
             if st.counters[DIVERGED]:
                 raise self.diverged(epoch)
             if st.counters[T] % self.config.log_every == 0:
@@ -152,9 +178,10 @@ class MLPRun(Run):
         self.fold_interval()
 
     def weight_norm2(self) -> float:
-        """Σ w² over the layers' weights (the biases are not penalised)."""
+        """Σ w² over the layers' weights and the embedding (the biases are not penalised)."""
         theta = self.st.theta
-        return float(sum((theta[int(a):int(b)] ** 2).sum() for a, b in zip(self.lay[:, W_AT], self.lay[:, B_AT])))
+        return float(sum((theta[int(a):int(b)] ** 2).sum() for a, b in zip(self.lay[:, W_AT], self.lay[:, B_AT]))
+                     + embedding.norm2(self.emb))
 
     def validation_loss(self) -> float:
         """Mean loss of the network (the running average once it has started) on the held-out
@@ -162,13 +189,14 @@ class MLPRun(Run):
         linear trainer's ``run.validation_loss`` reports it."""
         config, st = self.config, self.st
         assert self.setup.validation is not None and st.mean is not None and st.scale is not None
-        validation, layers = self.setup.validation, self.layers()
+        validation, layers, table = self.setup.validation, self.layers(), self.embedding_table()
         param = config.epsilon if config.model == "huber" else config.quantile
         total, rows = 0.0, 0.0
         for c in range(len(validation.chunk_rows)):
             window = read_window(validation, np.array([c]), np.float64, True)
             assert window.y is not None  # read with the target
-            z = forward(layers, config.activation, (window.X - st.mean) / st.scale)
+            bag = None if table is None else embedding_bag(table, window.idx, window.sign)
+            z = forward(layers, config.activation, (window.X - st.mean) / st.scale, bag)
             y = window.y if z.ndim == 1 else np.searchsorted(np.asarray(st.classes), window.y)  # softmax: indices
             losses = row_loss(config.model, z, y, param)
             total += float(losses.sum() if window.w is None else losses @ window.w)
@@ -183,14 +211,24 @@ class MLPRun(Run):
             out.append((theta[w_at:b_at].reshape(n_out, n_in).copy(), theta[b_at:b_at + n_out].copy()))
         return out
 
+    def embedding_table(self) -> NDArray[np.float64] | None:
+        """The embedding E (2**bits, H1) as the model holds it, every scale folded in (the
+        running average's once it has started); None without categorical columns."""
+        if not self.emb[embedding.EU].shape[0]:
+            return None
+        return embedding.table(self.emb, int(self.st.counters[AVERAGED]))
+
 
 def forward(layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]], activation: str,
-            h: NDArray[np.float64]) -> NDArray[np.float64]:
+            h: NDArray[np.float64], bag: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
     """The output margins of standardised rows ``h`` in float64, (n,) or (n, C) for softmax
     (NumPy: validation reads a chunk at a time, once an epoch, so the compiled forward pass
-    would buy nothing)."""
-    for W, b in layers[:-1]:
+    would buy nothing). ``bag``: the rows' embedding bags (n, H1), added to the first layer's
+    pre-activations (``persist.model.embedding_bag``)."""
+    for k, (W, b) in enumerate(layers[:-1]):
         a = h @ W.T + b
+        if k == 0 and bag is not None:
+            a += bag
         h = np.maximum(a, 0.0) if activation == "relu" else np.tanh(a)
     W, b = layers[-1]
     z = h @ W.T + b

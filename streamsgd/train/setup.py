@@ -16,6 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.codes import LOSSES, OPTIMIZERS, SCHEDULES
+from ..compute.embedding import batch_buckets
+from ..compute.embedding import state_bytes as embedding_state_bytes
 from ..compute.loop import pack_spec
 from ..compute.mlp import layout, scratch_rows
 from ..compute.mlp import state_bytes as network_bytes
@@ -83,21 +85,47 @@ def table_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool
 
 def model_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool = True, outputs: int = 1) -> int:
     """What the model's own state holds beside the windows: the hashed weight table
-    (``table_bytes``) and an MLP's parameters, optimizer state and scratch blocks
+    (``table_bytes``), or an MLP's parameters, optimizer state and scratch blocks
     (``compute.mlp.state_bytes``; softmax's output layer counted for one class, its classes
-    not being known yet). An MLP taking more than half of --memory-limit is refused, naming
-    --hidden. ``config`` is one holder's (a shard's share of the limit on ``shards``);
-    ``outputs``: the hashed table's weights per bucket (softmax's classes, once known)."""
-    need = table_bytes(source, config, shards, advise, outputs)
-    if config.hidden:
-        rows = scratch_rows(config.batch == "auto", batch_rows(config, n_rows(source)))  # as MLPRun sizes it
-        network = network_bytes(layout(len(source.features), config.hidden, 1), rows, config.dtype)
-        if network > config.memory_limit // 2:
-            raise UsageError(f"--hidden {','.join(map(str, config.hidden))}: the network's parameters, optimizer "
-                             f"state and scratch blocks take {network / 2**20:,.0f} MiB, more than half of "
-                             "--memory-limit; use narrower layers or raise --memory-limit")
-        need += network
-    return need
+    not being known yet) and its embedding of the categorical columns (``embedding_bytes``).
+    An MLP taking more than half of --memory-limit is refused, naming --hidden. ``config`` is
+    one holder's (a shard's share of the limit on ``shards``); ``outputs``: the hashed table's
+    weights per bucket (softmax's classes, once known)."""
+    if not config.hidden:
+        return table_bytes(source, config, shards, advise, outputs)
+    rows = scratch_rows(config.batch == "auto", batch_rows(config, n_rows(source)))  # as MLPRun sizes it
+    network = (network_bytes(layout(len(source.features), config.hidden, 1), rows, config.dtype)
+               + rows * HASHED_BYTES * hashed_columns(source))
+    if network > config.memory_limit // 2:
+        raise UsageError(f"--hidden {','.join(map(str, config.hidden))}: the network's parameters, optimizer "
+                         f"state and scratch blocks take {network / 2**20:,.0f} MiB, more than half of "
+                         "--memory-limit; use narrower layers or raise --memory-limit")
+    return network + embedding_bytes(source, config, config.memory_limit // 2 - network)
+
+
+def embedding_bytes(source: Source, config: FitConfig, room: int) -> int:
+    """An MLP's embedding of the categorical columns (0 without them): the (2**bits, H1) table,
+    its optimizer state and average, the batch's sums (``compute.embedding.state_bytes``). More
+    than ``room`` (what half of --memory-limit leaves beside the network) is refused in one
+    line naming --hash-bits and --hidden."""
+    k = hashed_columns(source)
+    if not k:
+        return 0
+
+    def need(bits: int) -> int:
+        cap = batch_buckets(bits, k, batch_rows(config, n_rows(source)), config.batch == "auto")
+        return embedding_state_bytes(bits, config.hidden[0], cap, config.optimizer == "adagrad", config.average)
+
+    if need(config.hash_bits) <= room:
+        return need(config.hash_bits)
+    bits = config.hash_bits
+    while bits > 0 and need(bits) > room:
+        bits -= 1
+    raise UsageError(f"--hash-bits {config.hash_bits} with --hidden {','.join(map(str, config.hidden))}: the "
+                     f"embedding of the categorical columns (2^{config.hash_bits} x {config.hidden[0]} weights, with "
+                     f"their optimizer state) takes {need(config.hash_bits) / 2**20:,.0f} MiB, more than half of "
+                     f"--memory-limit with the network; lower --hash-bits to {bits}, narrow the first hidden layer or "
+                     "raise --memory-limit")
 
 
 def plan_memory(source: Source, config: FitConfig, with_table: bool = True, shards: int = 1,
@@ -370,7 +398,7 @@ def _state(source: Source, config: FitConfig, plan: MemoryPlan, schedule: Schedu
     else:
         kernel_classes = np.arange(blocks, dtype=np.float64) if text else labels.astype(np.float64)
     st = State(len(source.features), blocks)
-    if hashed_columns(source):
+    if hashed_columns(source) and not config.hidden:  # an MLP embeds them instead (train.mlp)
         st.hash_columns(hashed_columns(source), config.hash_bits, blocks)
     st.classes = kernel_classes
     st.spec = pack_spec(loss=LOSSES[config.model], batch=B, schedule=SCHEDULES[config.lr_schedule],

@@ -6,6 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import AVERAGE_FROM, AVERAGED, BLOCKS, EPS, N_COUNTERS, N_SUMS, T
+from ..compute.embedding import N_EMBEDDING
 from ..compute.sparse import N_HASHED, catch_up_all, folded, lazy_l2, pack_hashed
 from ..compute.sparse_multi import table_shape
 from ..errors import DataError
@@ -14,6 +15,9 @@ from ..errors import DataError
 #: The hashed state's arrays by name, in ``compute.sparse``'s slot order (HW … HI).
 HASHED = ("hw", "hg", "hsq", "hsum", "hstamp", "htouched", "hf", "hi")
 assert len(HASHED) == N_HASHED
+#: An MLP's embedding state by name, in ``compute.embedding``'s slot order (EU … EI).
+EMBEDDING = ("emb_u", "emb_sq", "emb_sum", "emb_g", "emb_stamp", "emb_slot", "emb_touched", "emb_f", "emb_i")
+assert len(EMBEDDING) == N_EMBEDDING
 
 
 class State:
@@ -25,11 +29,11 @@ class State:
 
     ARRAYS = ("theta", "theta_eff", "avg", "gw", "l1_q", "l1_u", "cw", "opt_state", "counters", "sums",
               "epoch_sums", "rows_seen", "mean", "scale", "hyper", "spec", "guard", "sample", "sample_y", "shard_round",
-              "sync_every", "early", *HASHED)
+              "sync_every", "early", *HASHED, *EMBEDDING)
     #: arrays a checkpoint written before they existed may lack (their defaults then stay);
     #: the step-size sample is drawn from the first window, which a resumed run does not read
     #: again, and a growing batch (``--batch auto``) sizes its step from it
-    OPTIONAL = ("guard", "sample", "sample_y", "shard_round", "sync_every", "early", *HASHED)
+    OPTIONAL = ("guard", "sample", "sample_y", "shard_round", "sync_every", "early", *HASHED, *EMBEDDING)
 
     def __init__(self, d: int, blocks: int = 1):
         self.theta, self.theta_eff, self.avg, self.gw = (np.zeros(blocks * (d + 1)) for _ in range(4))
@@ -67,6 +71,20 @@ class State:
         self.hg = self.hsq = self.hsum = self.hstamp = self.htouched = self.hf = self.hi = self.hw
         #: categorical columns per row (k): each adds a ±1 feature to a row's norm (the step size)
         self.hashed_columns = 0
+        # an MLP's embedding of the categorical columns (compute.embedding), None without
+        self.emb_u: NDArray | None = None
+        self.emb_sq = self.emb_sum = self.emb_g = self.emb_stamp = self.emb_slot = self.emb_touched = self.emb_u
+        self.emb_f = self.emb_i = self.emb_u
+
+    def embed(self, emb: tuple[NDArray, ...]) -> None:
+        """Hold an MLP's embedding state (``compute.embedding.pack_embedding``), so checkpoints
+        carry it and a resumed run restores it in place."""
+        for name, array in zip(EMBEDDING, emb):
+            setattr(self, name, array)
+
+    def embedding(self) -> tuple[NDArray, ...] | None:
+        """The embedding state as ``compute.embedding`` takes it (EU … EI), or None."""
+        return None if self.emb_u is None else tuple(getattr(self, name) for name in EMBEDDING)
 
     def hash_columns(self, k: int, bits: int, outputs: int = 1) -> None:
         """Room for the hashed weights of ``k`` categorical columns in 2**bits buckets of
@@ -112,7 +130,8 @@ class State:
             if old is not None and (new.shape != old.shape or new.dtype != old.dtype):
                 raise DataError(f"the checkpoint's {name} has shape {new.shape}, this run needs {old.shape}; "
                                 "it was written for other data or options: start without --resume")
-            if name in HASHED and old is not None:
-                old[...] = new  # into compute.sparse's slab: the hashed columns share its cache lines
+            if (name in HASHED or name in EMBEDDING) and old is not None:
+                old[...] = new  # in place: compute.sparse's slab (the hashed columns share its cache lines), or
+                # the embedding's arrays, which the MLP run's compiled calls hold
             else:
                 setattr(self, name, new.copy())

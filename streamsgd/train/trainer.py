@@ -73,6 +73,10 @@ def _fit_mlp(source: Source, config: FitConfig, warm: WarmStart, hooks: Hooks,
     result = _result(run, why)
     result.model.layers = run.layers()
     result.model.metadata["mlp"] = {"hidden": list(config.hidden), "activation": config.activation}
+    result.model.embedding = run.embedding_table()
+    encoding = getattr(run.setup.full_source, "encoding", None)
+    if result.model.embedding is not None and encoding is not None:  # the hashing predict must repeat
+        result.model.metadata["categorical"] = encoding.to_json()
     return result
 
 
