@@ -385,7 +385,6 @@ def test_resume_after_a_checkpoint_is_bit_identical(tables):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"model": "softmax"}, "--model softmax: categorical columns train with models of one output"),
     ({"optimizer": "adam"}, "--optimizer adam: categorical columns train with --optimizer sgd or adagrad"),
     ({"optimizer": "adagrad", "lr_schedule": "invscaling"},
      "--lr-schedule invscaling: adagrad's lazy L2 on categorical columns needs one step for every update"),
@@ -431,7 +430,7 @@ def test_show_states_the_hashed_columns(fitted):
     from streamsgd.tools.show import describe_model
 
     assert describe_model(fitted[0])["categorical"] == {"columns": CATEGORICAL, "bits": 20, "interactions": [],
-                                                        "nonzero_weights": 9}
+                                                        "nonzero_weights": 9, "weights_per_bucket": 1}
 
 
 def test_batches_carry_the_hashed_columns_as_csr(tables):

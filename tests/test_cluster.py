@@ -154,7 +154,7 @@ def test_a_refused_worker_is_told_its_hashed_table_and_the_workers_that_fit():
     from streamsgd.integrations.dask import DaskBackend
 
     backend = DaskBackend.__new__(DaskBackend)  # its message alone: no cluster
-    backend.job = SimpleNamespace(shard_memory=256 << 20, hash_bits=20, shards=8)
+    backend.job = SimpleNamespace(shard_memory=256 << 20, hash_bits=20, hash_outputs=1, shards=8)
     message = backend._too_small("tcp://w", 600 << 20, 4, 600 << 20)
     assert "\n" not in message and "its 4 shard(s) need 1024 MiB" in message
     assert "48 MiB its copy of the hashed table (--hash-bits 20)" in message

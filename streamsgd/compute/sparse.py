@@ -75,21 +75,23 @@ WEIGHT_BYTES = (SLAB_COLUMNS + 2) * 8
 RENORMALIZE = 1e-3
 
 
-def state_bytes(bits: int) -> int:
-    """The memory ``pack_hashed(bits)`` allocates per weight, times 2**bits (its few scalars
-    aside): what the memory plan charges for each holder of a hashed state (a run, a shard)."""
-    return WEIGHT_BYTES << bits
+def state_bytes(bits: int, outputs: int = 1) -> int:
+    """The memory ``pack_hashed(bits, outputs)`` allocates per weight, times its weights (its
+    few scalars aside): what the memory plan charges for each holder of a hashed state (a run,
+    a shard)."""
+    return (WEIGHT_BYTES << bits) * outputs
 
 
-def pack_hashed(bits: int) -> tuple[NDArray, ...]:
-    """Fresh hashed state for 2**bits weights: zeros, wscale 1.
+def pack_hashed(bits: int, outputs: int = 1) -> tuple[NDArray, ...]:
+    """Fresh hashed state for 2**bits weights, ``outputs`` per bucket (softmax's classes, a
+    bucket's C weights next to each other: ``compute.sparse_multi``): zeros, wscale 1.
 
     A weight's value, batch sum, stamp and AdaGrad sum are the columns of one (2**bits, 4)
     slab (the stamp an int64 view of its float64 column): the update reads and writes the
     three it needs per touch in one cache line, where four separate arrays cost a cache miss
     each once the table outgrows the caches (2**20 weights: 32 MiB). The average's sums and
     the touched list stay apart (read only per touched weight, or in order)."""
-    n = 1 << bits
+    n = (1 << bits) * outputs
     hf = np.zeros(N_HF)
     hf[WSCALE] = 1.0
     slab = np.zeros((n, SLAB_COLUMNS))

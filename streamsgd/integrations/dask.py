@@ -187,7 +187,7 @@ class DaskBackend:
         they need, and what works instead (``smallest``: the least limit of any worker)."""
         job, mib = self.job, 2**20
         share, need = job.shard_memory, hosted * job.shard_memory
-        hashed = state_bytes(job.hash_bits) if job.hash_bits else 0
+        hashed = state_bytes(job.hash_bits, job.hash_outputs) if job.hash_bits else 0
         table = f", of which {hashed / mib:.0f} MiB its copy of the hashed table (--hash-bits {job.hash_bits})" \
             if hashed else ""
         fixes = [f"give the workers at least {math.ceil(need / mib)} MiB"]

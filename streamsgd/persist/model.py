@@ -93,8 +93,9 @@ class Model:
     #: an MLP's layers, (W (n_out, n_in), b (n_out,)) each, on standardised inputs
     #: (x − mean) / scale; its activation is metadata["mlp"]["activation"]. None: linear.
     layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]] | None = None
-    #: the weights of the hashed categorical features (2**bits,), every lazy scale folded in;
-    #: their encoding is metadata["categorical"] (sources.encoding). None: no categorical column.
+    #: the weights of the hashed categorical features (2**bits,), or (2**bits, C) for softmax
+    #: (row h: bucket h's weight of each class), every lazy scale folded in; their encoding is
+    #: metadata["categorical"] (sources.encoding). None: no categorical column.
     hashed: NDArray[np.float64] | None = None
     #: an MLP's embedding of the hashed categorical features (2**bits, H1): its first layer's
     #: weights for them, every lazy scale folded in (compute.embedding); their encoding is
@@ -108,10 +109,8 @@ class Model:
 
     def hashed_margins(self, idx: NDArray, sign: NDArray) -> NDArray[np.float64]:
         """Each row's margin from its hashed features: Σ_k sign[:, k]·hashed[idx[:, k]]
-        (idx, sign of shape (n_rows, k), as a window holds them)."""
-        if self.hashed is None or idx.shape[1] == 0:
-            return np.zeros(idx.shape[0])
-        return (self.hashed[idx] * sign).sum(axis=1)
+        (idx, sign of shape (n_rows, k), as a window holds them); (n_rows, C) for softmax."""
+        return hashed_margins(self.hashed, idx, sign)
 
     @property
     def is_classifier(self) -> bool:
@@ -174,8 +173,7 @@ class Model:
         if self.model == "logistic":
             return expit(z)
         if self.model == "softmax":  # one column per class, in classes_ order
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            return e / e.sum(axis=1, keepdims=True)
+            return softmax_probabilities(z)
         if self.model == "modified_huber":
             return (np.clip(z, -1.0, 1.0) + 1.0) / 2.0
         raise UsageError(f"a {self.model} model gives no probabilities; use predict or decision_function")
@@ -300,6 +298,24 @@ class Model:
             "target": self.target,
             **({"classes": storable_labels(self.classes).tolist()} if self.classes is not None else {}),
         }
+
+
+def softmax_probabilities(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Each row's class probabilities from its C margins (n_rows, C), shifted by the row's
+    largest margin so that none overflows."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def hashed_margins(table: NDArray[np.float64] | None, idx: NDArray, sign: NDArray) -> NDArray[np.float64]:
+    """Each row's margin from its hashed features, Σ_k sign[:, k]·table[idx[:, k]]: (n_rows,)
+    for a table of one weight per bucket, (n_rows, C) for softmax's (2**bits, C) (zeros
+    without a table or columns)."""
+    if table is None or idx.shape[1] == 0:
+        return np.zeros(idx.shape[0] if table is None or table.ndim == 1 else (idx.shape[0], table.shape[1]))
+    if table.ndim == 1:
+        return (table[idx] * sign).sum(axis=1)
+    return (table[idx] * sign[:, :, None]).sum(axis=1)
 
 
 def default_feature_names(d: int) -> list[str]:

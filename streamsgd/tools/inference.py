@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from ..errors import DataError
 from ..compute.losses import row_loss
 from ..persist.apply import prepare
-from ..persist.model import Model, expit, write_tables
+from ..persist.model import Model, expit, softmax_probabilities, write_tables
 from ..train.targets import merge_moments
 from ..sources import Source
 from ..sources.labels import ClassIndexSource, is_text_type, not_numeric_target
@@ -126,6 +126,6 @@ def _predictions(model: Model, source: Source, c: int, keep: Sequence[str]):
     elif model.model == "modified_huber":
         cols["probability"] = pa.array((np.clip(z, -1.0, 1.0) + 1.0) / 2.0)
     elif model.model == "softmax":
-        for label, p in zip(model.classes_, model.predict_proba(window.X).T):
+        for label, p in zip(model.classes_, softmax_probabilities(z).T):  # hashed columns' margins included
             cols[f"prob_{label}"] = pa.array(p)
     return pa.table(cols)

@@ -67,6 +67,8 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
             "columns": model.hashed_columns, "bits": meta["categorical"]["bits"],
             "interactions": meta["categorical"].get("interactions", []),
             "nonzero_weights": int(np.count_nonzero(table)),
+            # softmax's table holds a weight per class in each bucket (compute.sparse_multi)
+            "weights_per_bucket": 1 if table.ndim == 1 or model.embedding is not None else int(table.shape[1]),
             **({} if model.embedding is None else {"embedding_width": int(model.embedding.shape[1])})},
         "metrics": meta.get("metrics", {}),
         "config": meta.get("config", {}),
@@ -97,8 +99,10 @@ def format_model(info: dict[str, Any]) -> list[str]:
     if info.get("categorical"):
         cat = info["categorical"]
         crossed = f" x {', '.join(cat['interactions'])}" if cat["interactions"] else ""
-        into = f"2^{cat['bits']} weights" if "embedding_width" not in cat else \
-            f"2^{cat['bits']} rows of the first layer's {cat['embedding_width']}-wide embedding"
+        per = cat.get("weights_per_bucket", 1)
+        into = f"2^{cat['bits']} weights" if per == 1 else f"2^{cat['bits']} buckets of {per} weights, one per class"
+        if "embedding_width" in cat:
+            into = f"2^{cat['bits']} rows of the first layer's {cat['embedding_width']}-wide embedding"
         lines.append(f"categorical  {', '.join(cat['columns'])}{crossed}  (hashed into {into}, "
                      f"{cat['nonzero_weights']} not 0)")
     metrics = info["metrics"]

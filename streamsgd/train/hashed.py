@@ -23,10 +23,14 @@ from ..sources import Source, n_rows
 from ..sources.encoding import Encoding
 from .state import State
 
-#: Models whose output is one margin: the sparse kernels serve them (softmax's C margins not yet).
+#: Models whose output is one margin: the scalar table serves them (compute.sparse).
 SCALAR_MODELS = ("linear", "logistic", "poisson", "huber", "hinge", "modified_huber", "quantile")
+#: Models with C margins: the (2**bits, C) table serves them (compute.sparse_multi).
+TABLE_MODELS = ("softmax",)
 #: Optimizers with an exact O(nnz) update of the hashed weights (compute.sparse).
 SPARSE_OPTIMIZERS = ("sgd", "adagrad")
+#: Optimizers the (2**bits, C) table trains with (compute.sparse_multi: SGD's scale, AdaGrad's lazy L2).
+TABLE_OPTIMIZERS = ("sgd", "adagrad")
 
 
 #: A categorical column whose values differ in at least this share of the first window's rows
@@ -60,9 +64,13 @@ def categorical_columns(source: Source) -> list[str]:
     return list(getattr(source, "categorical", ()))
 
 
-#: Models --optimizer auto trains with adagrad on categorical columns: binary classifiers,
-#: whose margins are O(1) whatever the data (``_resolve_optimizer``)
-CLASSIFIERS = ("logistic", "hinge", "modified_huber")
+#: Models --optimizer auto trains with adagrad on categorical columns: the classifiers, whose
+#: margins are O(1) whatever the data (``_resolve_optimizer``). Softmax too: its C margins are
+#: log-odds alike, and adagrad's held-out loss was lower than sgd's on every table measured
+#: (penguins' species from island and sex: 0.0916 against 0.0937; a synthetic 4-class table
+#: of 30,000 rows, a 2,000-level Zipf column: 1.049 against 1.059 at the default epochs, 1.056
+#: against 1.200 after one epoch; held-out rows, fit's other defaults)
+CLASSIFIERS = ("logistic", "hinge", "modified_huber", "softmax")
 #: --l2's default without categorical columns (and its cap with them)
 DEFAULT_L2 = 1e-4
 
@@ -118,7 +126,7 @@ def _resolve_l2(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
 
 def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tuple[FitConfig, str]:
     """--optimizer auto. Dense data: sgd, whose step 1/L_B the data fixes (unchanged: the
-    defaults suite). Categorical columns and a classifier: adagrad, whose per-weight steps let
+    defaults suite). Categorical columns and a classifier (softmax too): adagrad, whose per-weight steps let
     a rare value's weight move as its own gradients allow, where SGD's one step is the
     intercept's, with its lazy L2 (compute.sparse). AdaGrad's first step moves a weight by
     ±lr whatever its gradient, so its lr is in the weights' units: a classifier's margins
@@ -159,8 +167,12 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
     fix = f"or leave the categorical columns ({shown}) out with --exclude"
     lazy = config.optimizer == "adagrad" and config.l2_strength > 0  # compute.sparse: the catch-up needs one step
     refusals = [
-        (config.model not in SCALAR_MODELS, f"--model {config.model}: categorical columns train with models of one "
-                                            f"output ({', '.join(SCALAR_MODELS)}) for now; {fix}"),
+        (config.model not in SCALAR_MODELS + TABLE_MODELS,
+         f"--model {config.model}: categorical columns train with --model "
+         f"{', '.join(SCALAR_MODELS + TABLE_MODELS)} for now; {fix}"),
+        (bool(config.hidden) and config.model in TABLE_MODELS,
+         f"--hidden with --model {config.model}: an MLP's embedding of categorical columns trains models of one "
+         f"output for now; drop --hidden {fix}"),
         (bool(config.hidden) and config.optimizer == "adagrad" and config.l2_strength > 0, "--l2: an MLP's embedding of "
          "categorical columns trains with adagrad only without L2 (no exact lazy rule); give --l2 0 or --optimizer sgd"),
         (config.optimizer not in SPARSE_OPTIMIZERS, f"--optimizer {config.optimizer}: categorical columns train with "
@@ -172,6 +184,11 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
         (lazy and config.sharded, "--l2: adagrad's lazy L2 on categorical columns trains in one process for now; "
                                   "give --l2 0 or --optimizer sgd with --shards, --workers or --sync models"),
         (config.l1 > 0, f"--l1: not yet with categorical columns; give --l1 0 {fix}"),
+        (config.model in TABLE_MODELS and config.optimizer not in TABLE_OPTIMIZERS,
+         f"--optimizer {config.optimizer}: --model {config.model} on categorical columns trains with --optimizer "
+         f"{' or '.join(TABLE_OPTIMIZERS)}; {fix}"),
+        (config.model in TABLE_MODELS and config.l1 > 0,
+         f"--l1: not yet with --model {config.model} on categorical columns; give --l1 0 {fix}"),
         (init is not None, "--init: a warm start does not carry hashed weights yet; start without --init"),
     ]
     for refused, message in refusals:

@@ -21,9 +21,11 @@ from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BLOCKS, DIVERGED, EPO
 from ..compute.losses import row_loss
 from ..compute.noise import NoiseMeter
 from ..compute.optim import schedule_lr
-from ..compute.sparse import finish_batch_hashed, train_rows_hashed
+from ..compute.sparse import finish_batch_hashed
+from ..compute.sparse_multi import hashed_kernels
 from ..config import FitConfig
 from ..errors import DivergenceError, RunStopped, SourceError
+from ..persist.model import hashed_margins
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window, read_window
 from ..sources import Source
@@ -52,6 +54,8 @@ class Run:
         self.params = pack_params(theta=st.theta, theta_eff=st.theta_eff, avg=st.avg, gw=st.gw, l1_q=st.l1_q,
                                   l1_u=st.l1_u, cw=st.cw, classes=st.classes)
         self.hashed = st.hashed()  # the categorical columns' weights (compute.sparse), or None
+        assert st.spec is not None  # set by setup
+        self.train_hashed = hashed_kernels(st.spec)[1]  # the scalar table's loop, or softmax's (2**bits, C)
         # gradient-noise statistics of every logging interval (DESIGN.md §2: B_simple, η/B)
         self.meter = meter = NoiseMeter(n_rows=self.schedule.N, n_params=st.theta.size)
         assert meter.total is not None  # sized by n_params
@@ -241,7 +245,7 @@ class Run:
         while pos < order.size and not self.done():
             sw = _UNWEIGHTED if window.w is None else window.w
             if self.hashed is not None:
-                pos = train_rows_hashed(window.X, window.y, sw, window.idx, window.sign, order, pos, order.size,
+                pos = self.train_hashed(window.X, window.y, sw, window.idx, window.sign, order, pos, order.size,
                                         self.next_stop(), st.spec, st.hyper, self.params, st.opt_state, st.mean,
                                         st.scale, st.counters, st.sums, self.noise, self.hashed)
             else:
@@ -314,7 +318,7 @@ def validation_loss(validation: Source, config: FitConfig, st: State) -> float:
         y = window.y if blocks == 1 else np.searchsorted(np.asarray(st.classes), window.y)
         z = window.X @ coef.T + intercept
         if weights is not None:
-            z = z + (weights[window.idx] * window.sign).sum(axis=1)
+            z = z + hashed_margins(weights, window.idx, window.sign)
         losses = row_loss(config.model, z, y, param)
         total += float(losses.sum() if window.w is None else losses @ window.w)
         rows += window.y.size if window.w is None else float(window.w.sum())

@@ -57,21 +57,22 @@ def source_row_bytes(source: Source, config: FitConfig) -> int:
     return row_bytes(len(source.features), config.dtype, extra)
 
 
-def table_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool = True) -> int:
+def table_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool = True, outputs: int = 1) -> int:
     """The hashed weight table's memory (0 without categorical columns): ``compute.sparse.
-    state_bytes``, what ``pack_hashed`` allocates, held once by a run and once by each of its
-    shards (their copy of the weights or tables lives in it). ``config`` is one holder's (a
-    shard's share of --memory-limit); more than half of it is refused in one line naming
-    --hash-bits, --shards and a --memory-limit that plans (``advise``; else no limit is named)."""
-    need = state_bytes(config.hash_bits) if hashed_columns(source) else 0
+    state_bytes``, what ``pack_hashed`` allocates for ``outputs`` weights per bucket (softmax's
+    C classes), held once by a run and once by each of its shards (their copy of the weights
+    or tables lives in it). ``config`` is one holder's (a shard's share of --memory-limit);
+    more than half of it is refused in one line naming --hash-bits, --shards and a
+    --memory-limit that plans (``advise``; else no limit is named)."""
+    need = state_bytes(config.hash_bits, outputs) if hashed_columns(source) else 0
     if need <= config.memory_limit // 2:
         return need
     bits = config.hash_bits
-    while bits > 0 and state_bytes(bits) > config.memory_limit // 2:
+    while bits > 0 and state_bytes(bits, outputs) > config.memory_limit // 2:
         bits -= 1
     limit = "raise --memory-limit"
     if advise:
-        limit = _working_limit(source, replace(config, memory_limit=config.memory_limit * shards), shards)
+        limit = _working_limit(source, replace(config, memory_limit=config.memory_limit * shards), shards, outputs)
     if shards == 1:
         raise UsageError(f"--hash-bits {config.hash_bits}: the hashed weights and their optimizer state take "
                          f"{need / 2**20:,.0f} MiB, more than half of --memory-limit; lower --hash-bits to {bits} or "
@@ -82,15 +83,16 @@ def table_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool
                      f"--hash-bits to {bits}, use fewer --shards (the model changes) or {limit}")
 
 
-def model_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool = True) -> int:
+def model_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool = True, outputs: int = 1) -> int:
     """What the model's own state holds beside the windows: the hashed weight table
     (``table_bytes``), or an MLP's parameters, optimizer state and scratch blocks
     (``compute.mlp.state_bytes``; softmax's output layer counted for one class, its classes
     not being known yet) and its embedding of the categorical columns (``embedding_bytes``).
     An MLP taking more than half of --memory-limit is refused, naming --hidden. ``config`` is
-    one holder's (a shard's share of the limit on ``shards``)."""
+    one holder's (a shard's share of the limit on ``shards``); ``outputs``: the hashed table's
+    weights per bucket (softmax's classes, once known)."""
     if not config.hidden:
-        return table_bytes(source, config, shards, advise)
+        return table_bytes(source, config, shards, advise, outputs)
     rows = scratch_rows(config.batch == "auto", batch_rows(config, n_rows(source)))  # as MLPRun sizes it
     network = (network_bytes(layout(len(source.features), config.hidden, 1), rows, config.dtype)
                + rows * HASHED_BYTES * hashed_columns(source))
@@ -139,13 +141,15 @@ def embedding_bytes(source: Source, config: FitConfig, room: int) -> int:
                      "raise --memory-limit")
 
 
-def plan_memory(source: Source, config: FitConfig, with_table: bool = True, shards: int = 1) -> MemoryPlan:
+def plan_memory(source: Source, config: FitConfig, with_table: bool = True, shards: int = 1,
+                outputs: int = 1) -> MemoryPlan:
     """The memory plan of ``source`` under ``config`` (on ``shards`` shards, each planned within
-    --memory-limit / --shards, and holding its own hashed table); a limit too small for one
-    reader and a window of the largest chunk is refused, naming a limit that works.
-    ``with_table``: the model's own state is paid for (a training run; a batch stream holds none)."""
+    --memory-limit / --shards, and holding its own hashed table of ``outputs`` weights per
+    bucket); a limit too small for one reader and a window of the largest chunk is refused,
+    naming a limit that works. ``with_table``: the model's own state is paid for (a training
+    run; a batch stream holds none)."""
     share = config if shards == 1 else replace(config, memory_limit=config.memory_limit // shards)
-    table = model_bytes(source, share, shards) if with_table else 0
+    table = model_bytes(source, share, shards, outputs=outputs) if with_table else 0
     plan = MemoryPlan.solve(source, share, source_row_bytes(source, share), table)
     if plan is None:
         biggest = max(source.chunk_rows, default=0)
@@ -153,7 +157,8 @@ def plan_memory(source: Source, config: FitConfig, with_table: bool = True, shar
         raise UsageError(
             f"--memory-limit {config.memory_limit} bytes{each} is too small for {source.url}: its largest chunk "
             f"({biggest} rows) needs {max(source.chunk_bytes, default=0)} bytes to decode and "
-            f"{3 * biggest * source_row_bytes(source, share)} to shuffle; {_working_limit(source, config, shards)}"
+            f"{3 * biggest * source_row_bytes(source, share)} to shuffle; "
+            f"{_working_limit(source, config, shards, outputs)}"
         )
     return plan
 
@@ -203,7 +208,7 @@ def _cut_in_lanes(source: ParquetSource, config: FitConfig, budget: int, cap: in
             "shuffled with `streamsgd shuffle`, or raise --memory-limit", source.url, config.memory_limit)
 
 
-def _working_limit(source: Source, config: FitConfig, shards: int = 1) -> str:
+def _working_limit(source: Source, config: FitConfig, shards: int = 1, outputs: int = 1) -> str:
     """The fix for a refused plan: the smallest --memory-limit (in steps of 1/8) under which
     the data, cut again for each shard's share of it, plans with the model's state; and the
     rewrite that avoids the need."""
@@ -219,7 +224,7 @@ def _working_limit(source: Source, config: FitConfig, shards: int = 1) -> str:
             trial = replace(config, memory_limit=limit // shards)
             try:
                 cut_to_limit(source, trial, warn=False)
-                state = model_bytes(source, trial, shards, advise=False)
+                state = model_bytes(source, trial, shards, advise=False, outputs=outputs)
                 if MemoryPlan.solve(source, trial, source_row_bytes(source, trial), state) is None:
                     continue
             except UsageError:  # the footers or the model's state alone are too much for this limit
@@ -354,6 +359,8 @@ def prepare(source: Source, config: FitConfig, warm: WarmStart, resume: dict[str
     counts: NDArray[np.int64] | None = None
     if config.model == "softmax":  # one block of parameters per class, its labels from a pass over the target
         labels, counts = softmax_classes(source, validation, plan.readers, warm.classes, warm.init)
+        if hashed_columns(source):  # the hashed table holds a weight per class: planned again with C of them
+            plan = plan_memory(source, config, shards=config.n_shards, outputs=labels.size)
         if text:  # the trainer sees each label's index
             source = ClassIndexSource(source, labels)
             validation = None if validation is None else ClassIndexSource(validation, labels)
@@ -407,7 +414,7 @@ def _state(source: Source, config: FitConfig, plan: MemoryPlan, schedule: Schedu
         kernel_classes = np.arange(blocks, dtype=np.float64) if text else labels.astype(np.float64)
     st = State(len(source.features), blocks)
     if hashed_columns(source) and not config.hidden:  # an MLP embeds them instead (train.mlp)
-        st.hash_columns(hashed_columns(source), config.hash_bits)
+        st.hash_columns(hashed_columns(source), config.hash_bits, blocks)
     st.classes = kernel_classes
     st.spec = pack_spec(loss=LOSSES[config.model], batch=B, schedule=SCHEDULES[config.lr_schedule],
                         average_from=average_from, n_rows=N, optimizer=OPTIMIZERS[config.optimizer],

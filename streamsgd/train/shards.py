@@ -37,7 +37,8 @@ from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH
                             N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params,
                             train_rows)
 from ..compute.sparse import (AVG_B, FOLDS, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_hashed_sums,
-                              average_entries, fill_batch_hashed, finish_batch_hashed, pack_hashed, train_rows_hashed)
+                              average_entries, finish_batch_hashed, pack_hashed)
+from ..compute.sparse_multi import hashed_kernels
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
@@ -92,7 +93,8 @@ class ShardJob:
     #: bytes each shard's windows, readers and hashed state (``compute.sparse.state_bytes``) may
     #: hold: --memory-limit // S, planned by ``train.setup.plan_memory`` on S shards
     shard_memory: int
-    hash_bits: int = 0  # the categorical columns' table of 2**hash_bits weights (0: none)
+    hash_bits: int = 0  # the categorical columns' table of 2**hash_bits buckets (0: none)
+    hash_outputs: int = 1  # weights per bucket: one, or softmax's C (compute.sparse_multi)
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ class _Lane:
         # this shard's hashed state (compute.sparse), None without: the scratch for a batch's sums,
         # and in its columns the shard's copy of the weights u (--sync gradients) or of the tables
         # (--sync models); all a shard holds of the hashed table, ``state_bytes`` (the plan's charge)
-        self.scratch = pack_hashed(job.hash_bits) if job.hash_bits else None
+        self.scratch = pack_hashed(job.hash_bits, job.hash_outputs) if job.hash_bits else None
         self.weights_t = -1  # --sync gradients: the update its copy of u is current at (-1: none)
         self.saved: tuple[Any, ...] | None = None  # where :meth:`mark` found the lane
         # --sync models: the update its tables (see TablesView) started the round at (-1: none);
@@ -345,9 +347,9 @@ class _Lane:
                 self.pos = fill_batch(window.X, window.y, sw, self.order, self.pos, self.order.size, job.spec,
                                       job.hyper, params, self.counters, self.sums)
             else:
-                self.pos = fill_batch_hashed(window.X, window.y, sw, window.idx, window.sign, self.order, self.pos,
-                                             self.order.size, job.spec, job.hyper, params, self.counters, self.sums,
-                                             hashed)
+                fill = hashed_kernels(job.spec)[0]  # the scalar table's, or softmax's (2**bits, C)
+                self.pos = fill(window.X, window.y, sw, window.idx, window.sign, self.order, self.pos, self.order.size,
+                                job.spec, job.hyper, params, self.counters, self.sums, hashed)
         return top
 
     def _pending(self) -> float:
@@ -514,7 +516,8 @@ class ShardedRun(Run):
             spec[NOISE] = 0  # the noise meter reads the driver's update gradients: local updates have none
         return ShardJob(setup.source, config.model, config.seed, config.shuffle, self.stream_plan(), config.dtype,
                         setup.strata, self.shards, self.schedule.last_epoch, spec, hyper, st.cw, st.classes, mean,
-                        scale, config.memory_limit // self.shards, 0 if st.hw is None else int(st.hw.size).bit_length() - 1)
+                        scale, config.memory_limit // self.shards,
+                        0 if st.hw is None else int(st.hw.size // spec[BLOCKS]).bit_length() - 1, int(spec[BLOCKS]))
 
     def open_feed(self) -> Backend:
         fresh = self.st.hyper is None
@@ -757,8 +760,9 @@ def _train(window: Window, order: NDArray, pos: int, stop_at: int, job: ShardJob
     if hashed is None:
         return int(train_rows(window.X, window.y, sw, order, pos, order.size, stop_at, job.spec, hyper, params,
                               opt_state, job.mean, job.scale, counters, sums, noise))
-    return int(train_rows_hashed(window.X, window.y, sw, window.idx, window.sign, order, pos, order.size, stop_at,
-                                 job.spec, hyper, params, opt_state, job.mean, job.scale, counters, sums, noise, hashed))
+    train_hashed = hashed_kernels(job.spec)[1]  # the scalar table's, or softmax's (2**bits, C)
+    return int(train_hashed(window.X, window.y, sw, window.idx, window.sign, order, pos, order.size, stop_at, job.spec,
+                            hyper, params, opt_state, job.mean, job.scale, counters, sums, noise, hashed))
 
 
 def _finish(job: ShardJob, hyper: NDArray, params: tuple[NDArray, ...], opt_state: NDArray, counters: NDArray,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import AVERAGE_FROM, AVERAGED, EPS, N_COUNTERS, N_SUMS, T
+from ..compute.loop import AVERAGE_FROM, AVERAGED, BLOCKS, EPS, N_COUNTERS, N_SUMS, T
 from ..compute.embedding import N_EMBEDDING
 from ..compute.sparse import N_HASHED, catch_up_all, folded, lazy_l2, pack_hashed
+from ..compute.sparse_multi import table_shape
 from ..errors import DataError
 
 
@@ -85,10 +86,11 @@ class State:
         """The embedding state as ``compute.embedding`` takes it (EU … EI), or None."""
         return None if self.emb_u is None else tuple(getattr(self, name) for name in EMBEDDING)
 
-    def hash_columns(self, k: int, bits: int) -> None:
-        """Room for the hashed weights of ``k`` categorical columns in 2**bits weights."""
+    def hash_columns(self, k: int, bits: int, outputs: int = 1) -> None:
+        """Room for the hashed weights of ``k`` categorical columns in 2**bits buckets of
+        ``outputs`` weights each (softmax: one per class, ``compute.sparse_multi``)."""
         self.hashed_columns = k
-        for name, array in zip(HASHED, pack_hashed(bits)):
+        for name, array in zip(HASHED, pack_hashed(bits, outputs)):
             setattr(self, name, array)
 
     def hashed(self) -> tuple[NDArray, ...] | None:
@@ -97,14 +99,15 @@ class State:
 
     def hashed_weights(self) -> NDArray[np.float64] | None:
         """The hashed weights as the model holds them (``compute.sparse.folded``: every lazy
-        scale folded in, the Polyak mean once averaging started), or None."""
+        scale folded in, the Polyak mean once averaging started), or None: (2**bits,), or
+        (2**bits, C) for softmax (``compute.sparse_multi.table_shape``)."""
         hashed = self.hashed()
         if hashed is None:
             return None
         assert self.spec is not None and self.hyper is not None  # set before any update
         lazy = (int(self.counters[T]), lazy_l2(self.spec, self.hyper), float(self.hyper[EPS]),
                 int(self.spec[AVERAGE_FROM]))
-        return folded(hashed, int(self.counters[AVERAGED]), lazy)
+        return table_shape(folded(hashed, int(self.counters[AVERAGED]), lazy), int(self.spec[BLOCKS]))
 
     def catch_up(self) -> None:
         """Bring every hashed weight up to the last update under AdaGrad's lazy L2 (nothing
