@@ -26,6 +26,15 @@ Optimizers on the hashed weights:
   that is lowered brings every weight up to date first (``catch_up_all``). The Polyak sums
   catch up with it (a geometric series: the skipped iterates are v·ρ^j, ρ = 1/(1 + η·l2/h)),
   so the sum S holds each weight's iterates up to its stamp, without the two-scalar trick.
+- L1 (``optim.l1_step``'s cumulative penalty, Tsuruoka et al. 2009), with SGD or AdaGrad
+  and any L2: HQ holds the penalty each weight received, ``loop``'s L1_U the total every
+  weight is owed. A touched weight takes the dense update, then the pull by what it owes
+  (``hashed_step_l1``), so after it a nonzero weight owes nothing; each update that skips it
+  then shrinks it by its ρ (SGD: 1 − η·l2; AdaGrad: 1 / (1 + η·l2 / h)) and pulls it by η·l1
+  until it reaches zero, where it stays: a closed form in the number of skipped updates
+  (``_catch_up_l1``, with the clip index and the Polyak sums of the skipped iterates), for
+  one η as AdaGrad's lazy L2. The L2 is then per weight, never the global scale (wscale
+  stays 1), and S sums the iterates themselves.
 - Polyak averaging, by the two-scalar trick (Xu 2011; scikit-learn's average_a/b): the
   running sum of the iterates is S + B·u, B the sum of the averaged iterates' wscale;
   when u_j moves by Δ, S_j −= B·Δ keeps the sum, and each averaged iterate adds wscale to B.
@@ -44,7 +53,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from .codes import ADAGRAD, SGD
-from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, DIVERGED, EPOCH_ROWS, EPS, FILLED, L2, LOSS_CODE,
+from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, DIVERGED, EPOCH_ROWS, EPS, FILLED, L1, L1_U, L2, LOSS_CODE,
                    LR0, OPTIMIZER, PARAM, T, THETA_EFF, CW, GW, finish_batch, step_lr)
 from .losses import loss_slope
 
@@ -55,9 +64,10 @@ from .losses import loss_slope
 #: squares, the average's sums S (float64, 2**bits each); the stamp of each weight (the
 #: update whose batch last touched it) and the touched list (int64, 2**bits); the scalars
 #: (float64: WSCALE, AVG_B) and the counters (int64: N_TOUCHED, and FOLDS, the times wscale
-#: was folded into every weight: a local-SGD round that folded changed all of them).
-N_HASHED = 8
-HW, HG, HSQ, HSUM, STAMP, TOUCHED, HF, HI = range(N_HASHED)
+#: was folded into every weight: a local-SGD round that folded changed all of them); last, the
+#: L1 penalty each weight received (float64, 2**bits with --l1, else empty: ``pack_hashed``).
+N_HASHED = 9
+HW, HG, HSQ, HSUM, STAMP, TOUCHED, HF, HI, HQ = range(N_HASHED)
 N_HF = 2
 WSCALE, AVG_B = range(N_HF)
 N_HI = 2
@@ -75,26 +85,27 @@ WEIGHT_BYTES = (SLAB_COLUMNS + 2) * 8
 RENORMALIZE = 1e-3
 
 
-def state_bytes(bits: int) -> int:
-    """The memory ``pack_hashed(bits)`` allocates per weight, times 2**bits (its few scalars
+def state_bytes(bits: int, l1: bool = False) -> int:
+    """The memory ``pack_hashed(bits, l1)`` allocates per weight, times 2**bits (its few scalars
     aside): what the memory plan charges for each holder of a hashed state (a run, a shard)."""
-    return WEIGHT_BYTES << bits
+    return (WEIGHT_BYTES + (8 if l1 else 0)) << bits
 
 
-def pack_hashed(bits: int) -> tuple[NDArray, ...]:
+def pack_hashed(bits: int, l1: bool = False) -> tuple[NDArray, ...]:
     """Fresh hashed state for 2**bits weights: zeros, wscale 1.
 
     A weight's value, batch sum, stamp and AdaGrad sum are the columns of one (2**bits, 4)
     slab (the stamp an int64 view of its float64 column): the update reads and writes the
     three it needs per touch in one cache line, where four separate arrays cost a cache miss
     each once the table outgrows the caches (2**20 weights: 32 MiB). The average's sums and
-    the touched list stay apart (read only per touched weight, or in order)."""
+    the touched list stay apart (read only per touched weight, or in order). ``l1``: room for
+    each weight's received L1 penalty (HQ), empty without --l1."""
     n = 1 << bits
     hf = np.zeros(N_HF)
     hf[WSCALE] = 1.0
     slab = np.zeros((n, SLAB_COLUMNS))
     return (slab[:, 0], slab[:, 1], slab[:, 3], np.zeros(n), slab.view(np.int64)[:, 2], np.zeros(n, np.int64), hf,
-            np.zeros(N_HI, np.int64))
+            np.zeros(N_HI, np.int64), np.zeros(n if l1 else 0))
 
 
 @njit(nogil=True, cache=True)
@@ -164,14 +175,147 @@ def _caught_up(hw, hsq, hsum, stamps, upto, lr_l2, eps, average_from):
         _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
 
 
+#: |y| below which ``_g`` sums its series (above, expm1(y) − y loses at most ~3 bits).
+_SERIES = 0.5
+
+
+@njit(nogil=True, cache=True)
+def _g(y):
+    """expm1(y) − y = y²/2! + y³/3! + …, without the cancellation of the difference near 0."""
+    if abs(y) >= _SERIES:
+        return math.expm1(y) - y
+    term, total = y * y / 2.0, 0.0
+    m = 2
+    while total + term != total:
+        total += term
+        m += 1
+        term *= y / m
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _decayed(x, j):
+    """f(j) = Σ_{i<j} ρ^i = (1 − ρ^j) / (1 − ρ), ρ = e^(−x) (j when x = 0): the L1 pulls of j
+    skipped updates as they stand after the L2 shrinkage of the later ones."""
+    return float(j) if x == 0.0 else math.expm1(-j * x) / math.expm1(-x)
+
+
+@njit(nogil=True, cache=True)
+def _pulled(a, lr_l1, x, j):
+    """|θ| after j skipped updates from |θ| = a, while it stays above zero: ρ^j·a − η·l1·f(j)."""
+    return math.exp(-j * x) * a - lr_l1 * _decayed(x, j)
+
+
+@njit(nogil=True, cache=True)
+def _clip_index(a, lr_l1, x, most):
+    """The first skipped update (from 1) at which a weight of size ``a`` reaches zero under
+    the L2 shrinkage e^(−x) and the L1 pull η·l1 of each, or ``most`` + 1 if not by ``most``:
+    ρ^j·(a + c) <= c with c = η·l1 / (1 − ρ), solved in logarithms, then checked on the
+    iterates themselves (a rounding at the boundary moves it by one)."""
+    if lr_l1 <= 0.0:
+        return most + 1
+    bound = a / lr_l1 if x == 0.0 else math.log1p(-a * math.expm1(-x) / lr_l1) / x
+    if not bound < most:
+        return most + 1
+    j = max(1, int(math.ceil(bound)))
+    if j > 1 and _pulled(a, lr_l1, x, j - 1) <= 0.0:
+        j -= 1
+    elif _pulled(a, lr_l1, x, j) > 0.0:
+        j += 1
+    return j
+
+
+@njit(nogil=True, cache=True)
+def _pulled_sum(a, lr_l1, x, j0, j1):
+    """Σ_{j=j0..j1} of ``_pulled(a, lr_l1, x, j)`` (the Polyak sum of skipped iterates above
+    zero): a·ρ^j0·f(n) − η·l1·(n·f(j0) + ρ^j0·G(n)), n = j1 − j0 + 1, G(n) = Σ_{i<n} f(i) =
+    (g(−nx) − n·g(−x)) / expm1(−x)², g = ``_g``: sums of positive terms, no cancellation."""
+    n = j1 - j0 + 1
+    r0 = math.exp(-j0 * x)
+    if x == 0.0:
+        big_g = 0.5 * n * (n - 1.0)
+    else:
+        e1 = math.expm1(-x)
+        big_g = (_g(-n * x) - n * _g(-x)) / (e1 * e1)
+    return a * r0 * _decayed(x, n) - lr_l1 * (n * _decayed(x, j0) + r0 * big_g)
+
+
+@njit(nogil=True, cache=True)
+def _shrink_rate(optimizer, lr, l2, h_sq, eps):
+    """x = −ln ρ, ρ the factor by which one update's L2 shrinks an untouched weight: SGD's
+    1 − η·l2 (the L2 in the gradient), AdaGrad's 1 / (1 + η·l2 / h) (its proximal step)."""
+    if l2 <= 0.0:
+        return 0.0
+    if optimizer == ADAGRAD:
+        return math.log1p(lr * l2 / (math.sqrt(h_sq) + eps))
+    return -math.log1p(-lr * l2)
+
+
+@njit(nogil=True, cache=True)
+def _catch_up_l1(h, upto, hashed, optimizer, lr, l2, lr_l1, l1_total, eps, average_from):
+    """Bring weight ``h`` (current up to update ``stamps[h]``) up to update ``upto`` under
+    the dense rule's L2 and cumulative L1 (``optim.l1_step``), η = ``lr`` for every skipped
+    update. After an update that touched it a nonzero weight owes no penalty (l1_step pulled
+    it by all it owed), so each skipped update shrinks it by ρ and pulls it by η·l1, until
+    it reaches zero (``_clip_index``) and stays there: a zero weight neither shrinks nor
+    is pulled, and its debt grows with every weight's (``l1_total``). The Polyak sum adds
+    the averaged skipped iterates (``_pulled_sum``). Without L2 the value is the dense
+    formula itself, |θ| − (owed total), which holds whatever the steps were."""
+    hw, hsq, hsum, stamps, q = hashed[HW], hashed[HSQ], hashed[HSUM], hashed[STAMP], hashed[HQ]
+    k = upto - stamps[h]
+    v = hw[h]
+    if k <= 0 or v == 0.0:
+        return
+    s = 1.0 if v > 0.0 else -1.0
+    a = abs(v)
+    x = _shrink_rate(optimizer, lr, l2, hsq[h], eps)
+    clip = _clip_index(a, lr_l1, x, k)
+    before = average_from - stamps[h]  # skipped updates j <= before are not averaged (no overflow: NEVER)
+    if before < k:
+        j0, j1 = max(1, before + 1), min(k, clip - 1)
+        if j0 <= j1:
+            hsum[h] += s * _pulled_sum(a, lr_l1, x, j0, j1)
+    if x == 0.0:
+        new = s * max(0.0, a - (l1_total + s * q[h]))
+        q[h] += new - v
+    elif clip <= k:  # zero at update `clip`: that update pulled it by what was left of it
+        new = 0.0
+        q[h] -= s * ((clip - 1) * lr_l1 + math.exp(-x) * _pulled(a, lr_l1, x, clip - 1))
+    else:
+        new = s * _pulled(a, lr_l1, x, k)
+        q[h] -= s * k * lr_l1
+    hw[h] = new
+
+
+@njit(nogil=True, cache=True)
+def catch_up_all_l1(hashed, upto, optimizer, lr, l2, lr_l1, l1_total, eps, average_from):
+    """``catch_up_all`` with an L1 penalty (``_catch_up_l1``; ``l1_total`` the penalty every
+    weight was owed after update ``upto``)."""
+    hw, stamps = hashed[HW], hashed[STAMP]
+    for h in range(hw.shape[0]):
+        if stamps[h] < upto and hw[h] != 0.0:
+            _catch_up_l1(h, upto, hashed, optimizer, lr, l2, lr_l1, l1_total, eps, average_from)
+            stamps[h] = upto
+
+
 @njit(nogil=True, cache=True)
 def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
                            average_from):
+    """``accumulate_l1_rows`` without an L1 penalty (see there)."""
+    return accumulate_l1_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
+                              average_from, SGD, 0.0, 0.0, 0.0, 0.0)
+
+
+@njit(nogil=True, cache=True)
+def accumulate_l1_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
+                       average_from, optimizer, lr, l2, lr_l1, l1_total):
     """``losses.accumulate_rows`` with hashed features: rows ``rows`` of the window add
     Σ c_i r_i x_i to ``gw`` (dense, d) and c_i r_i sign to their hashed weights' sums (each
     weight's sum started afresh the first time this batch, ``stamp``, touches it; with
     AdaGrad's lazy L2, ``lr_l2`` = η·l2 > 0, the weight is first brought up to the previous
-    update, ``_catch_up``, before a margin reads it).
+    update, ``_catch_up``, before a margin reads it). With an L1 penalty, ``lr_l1`` = η·l1 > 0,
+    the weight is brought up to date by ``_catch_up_l1`` instead (``optimizer``, η = ``lr``,
+    ``l2``; ``l1_total`` the penalty every weight was owed after the previous update).
 
     idx, sign : (n_rows, k) int32 and int8, each row's hashed ids and signs.
     Returns (Σ c_i l_i, Σ c_i r_i).
@@ -190,7 +334,9 @@ def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw,
         for q in range(k):
             h = idx[i, q]
             if stamps[h] != stamp:
-                if lazy:
+                if lr_l1 > 0.0:
+                    _catch_up_l1(h, stamp - 1, hashed, optimizer, lr, l2, lr_l1, l1_total, eps, average_from)
+                elif lazy:
                     _catch_up(h, stamp - 1, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
                 stamps[h] = stamp
                 hg[h] = 0.0
@@ -267,6 +413,39 @@ def hashed_step(optimizer, lr, l2, eps, n, averaged, hashed):
 
 
 @njit(nogil=True, cache=True)
+def hashed_step_l1(optimizer, lr, l2, lr_l1, l1_total, eps, n, averaged, hashed):
+    """``hashed_step`` with an L1 penalty: the dense update of each touched weight, as
+    ``loop.finish_batch`` makes it, then ``optim.l1_step``'s pull by what it is owed
+    (``l1_total``, the penalty every weight is owed after this update, less what it received,
+    HQ; clipped at zero). The L2 is SGD's term in the gradient or AdaGrad's proximal step,
+    never the global scale (wscale stays 1): the untouched weights' L2 and L1 are caught up
+    together when next touched (``_catch_up_l1``). S sums the iterates themselves."""
+    hw, hg, hsq, hsum, touched, hi, q = (hashed[HW], hashed[HG], hashed[HSQ], hashed[HSUM], hashed[TOUCHED],
+                                         hashed[HI], hashed[HQ])
+    for m in range(hi[N_TOUCHED]):
+        h = touched[m]
+        g = hg[h] / n
+        if optimizer == ADAGRAD:
+            hsq[h] += g * g
+            root = math.sqrt(hsq[h]) + eps
+            if l2 > 0.0:
+                hw[h] = (hw[h] - lr * g / root) / (1.0 + lr * l2 / root)
+            else:
+                hw[h] -= lr * g / root
+        else:
+            hw[h] -= lr * (g + l2 * hw[h])
+        z = hw[h]
+        if z > 0.0:
+            hw[h] = max(0.0, z - (l1_total + q[h]))
+        elif z < 0.0:
+            hw[h] = min(0.0, z + (l1_total - q[h]))
+        q[h] += hw[h] - z
+        if averaged:
+            hsum[h] += hw[h]
+    hi[N_TOUCHED] = 0
+
+
+@njit(nogil=True, cache=True)
 def fill_batch_hashed(X, y, sw, idx, sign, order, pos, end, spec, hyper, params, counters, sums, hashed):
     """``loop.fill_batch`` with the window's hashed features (scalar-output losses)."""
     theta_eff, gw = params[THETA_EFF], params[GW]
@@ -274,9 +453,10 @@ def fill_batch_hashed(X, y, sw, idx, sign, order, pos, end, spec, hyper, params,
     take = min(spec[BATCH] - counters[FILLED], end - pos)
     if take <= 0:
         return pos
-    loss, rsum = accumulate_hashed_rows(spec[LOSS_CODE], hyper[PARAM], params[CW], X, y, sw, idx, sign,
-                                        order[pos:pos + take], theta_eff[:d], theta_eff[d], gw[:d], hashed,
-                                        counters[T] + 1, _lazy_l2(spec, hyper), hyper[EPS], spec[AVERAGE_FROM])
+    loss, rsum = accumulate_l1_rows(spec[LOSS_CODE], hyper[PARAM], params[CW], X, y, sw, idx, sign,
+                                    order[pos:pos + take], theta_eff[:d], theta_eff[d], gw[:d], hashed, counters[T] + 1,
+                                    _lazy_l2(spec, hyper), hyper[EPS], spec[AVERAGE_FROM], spec[OPTIMIZER],
+                                    hyper[LR0], hyper[L2], hyper[LR0] * hyper[L1], params[L1_U][0])
     gw[d] += rsum
     sums[BATCH_LOSS] += loss
     counters[FILLED] += take
@@ -292,7 +472,11 @@ def finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, s
         return
     t = counters[T] + 1
     lr = step_lr(spec, hyper, t)
-    hashed_step(spec[OPTIMIZER], lr, hyper[L2], hyper[EPS], counters[FILLED], t > spec[AVERAGE_FROM], hashed)
+    if hyper[L1] > 0.0:  # the penalty every weight is owed after this update, as l1_step adds it
+        hashed_step_l1(spec[OPTIMIZER], lr, hyper[L2], lr * hyper[L1], params[L1_U][0] + lr * hyper[L1], hyper[EPS],
+                       counters[FILLED], t > spec[AVERAGE_FROM], hashed)
+    else:
+        hashed_step(spec[OPTIMIZER], lr, hyper[L2], hyper[EPS], counters[FILLED], t > spec[AVERAGE_FROM], hashed)
     finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, noise)
 
 
@@ -309,12 +493,28 @@ def train_rows_hashed(X, y, sw, idx, sign, order, pos, end, stop_at, spec, hyper
     return pos
 
 
-def folded(hashed: tuple[NDArray, ...], averaged: int, lazy: tuple[int, float, float, int] | None = None
-           ) -> NDArray[np.float64]:
+def lazy_l1(spec: NDArray[np.int64], hyper: NDArray[np.float64], l1_u: NDArray[np.float64]
+            ) -> tuple[int, float, float, float, float] | None:
+    """The L1 catch-up's figures (``_catch_up_l1``): (optimizer, η, l2, η·l1, the penalty
+    every weight is owed so far, ``l1_u``), or None when the run has no L1 penalty."""
+    if hyper[L1] <= 0.0:
+        return None
+    return int(spec[OPTIMIZER]), float(hyper[LR0]), float(hyper[L2]), float(hyper[LR0] * hyper[L1]), float(l1_u[0])
+
+
+def folded(hashed: tuple[NDArray, ...], averaged: int, lazy: tuple[int, float, float, int] | None = None,
+           l1: tuple[int, float, float, float, float] | None = None) -> NDArray[np.float64]:
     """The hashed weights with every lazy scale folded in: the Polyak mean (S + B·u) / k of
     the ``averaged`` iterates when there are any, else wscale·u. ``lazy`` = (updates made,
-    η·l2, ε, AVERAGE_FROM) with AdaGrad's lazy L2 (``lazy_l2`` > 0): every weight is first
-    brought up to the last update, on a copy (the run's state is left as it is)."""
+    η·l2, ε, AVERAGE_FROM) with AdaGrad's lazy L2 (``lazy_l2`` > 0), or ``l1`` (``lazy_l1``)
+    with an L1 penalty: every weight is first brought up to the last update, on a copy (the
+    run's state is left as it is)."""
+    if lazy is not None and l1 is not None:  # S holds the iterates themselves (AVG_B stays 0)
+        state = list(hashed)
+        for slot in (HW, HSUM, STAMP, HQ):  # copies: the state stays
+            state[slot] = np.array(hashed[slot], order="C")
+        catch_up_all_l1(tuple(state), lazy[0], *l1, lazy[2], lazy[3])
+        return np.asarray(state[HSUM] / averaged) if averaged else state[HW]
     if lazy is not None and lazy[1] > 0.0:  # S holds the iterates themselves (AVG_B stays 0)
         hw, total = np.array(hashed[HW], order="C"), hashed[HSUM].copy()  # copies: the state stays
         _caught_up(hw, hashed[HSQ], total, hashed[STAMP], lazy[0], lazy[1], lazy[2], lazy[3])

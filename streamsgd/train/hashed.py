@@ -142,7 +142,12 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
            "constant --warmup 0, or --l2 0"),
         (lazy and config.sharded, "--l2: adagrad's lazy L2 on categorical columns trains in one process for now; "
                                   "give --l2 0 or --optimizer sgd with --shards, --workers or --sync models"),
-        (config.l1 > 0, f"--l1: not yet with categorical columns; give --l1 0 {fix}"),
+        (config.l1 > 0 and (config.lr_schedule != "constant" or config.warmup > 0),
+         f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
+         + ": the L1 penalty on categorical columns, applied when a row touches a weight, needs one step for every "
+           "update; give --lr-schedule constant --warmup 0, or --l1 0"),
+        (config.l1 > 0 and config.sharded, "--l1: the L1 penalty on categorical columns trains in one process for now; "
+                                           "give --l1 0 with --shards or --workers"),
         (init is not None, "--init: a warm start does not carry hashed weights yet; start without --init"),
     ]
     for refused, message in refusals:

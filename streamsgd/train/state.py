@@ -6,12 +6,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import AVERAGE_FROM, AVERAGED, EPS, N_COUNTERS, N_SUMS, T
-from ..compute.sparse import N_HASHED, catch_up_all, folded, lazy_l2, pack_hashed
+from ..compute.sparse import N_HASHED, catch_up_all, catch_up_all_l1, folded, lazy_l1, lazy_l2, pack_hashed
 from ..errors import DataError
 
 
 #: The hashed state's arrays by name, in ``compute.sparse``'s slot order (HW … HI).
-HASHED = ("hw", "hg", "hsq", "hsum", "hstamp", "htouched", "hf", "hi")
+HASHED = ("hw", "hg", "hsq", "hsum", "hstamp", "htouched", "hf", "hi", "hq")
 assert len(HASHED) == N_HASHED
 
 
@@ -63,14 +63,15 @@ class State:
         self.curvature: float | None = None
         # the hashed categorical weights and their state (compute.sparse), None without categorical columns
         self.hw: NDArray | None = None
-        self.hg = self.hsq = self.hsum = self.hstamp = self.htouched = self.hf = self.hi = self.hw
+        self.hg = self.hsq = self.hsum = self.hstamp = self.htouched = self.hf = self.hi = self.hq = self.hw
         #: categorical columns per row (k): each adds a ±1 feature to a row's norm (the step size)
         self.hashed_columns = 0
 
-    def hash_columns(self, k: int, bits: int) -> None:
-        """Room for the hashed weights of ``k`` categorical columns in 2**bits weights."""
+    def hash_columns(self, k: int, bits: int, l1: bool = False) -> None:
+        """Room for the hashed weights of ``k`` categorical columns in 2**bits weights (and
+        their L1 penalties received, ``l1``)."""
         self.hashed_columns = k
-        for name, array in zip(HASHED, pack_hashed(bits)):
+        for name, array in zip(HASHED, pack_hashed(bits, l1)):
             setattr(self, name, array)
 
     def hashed(self) -> tuple[NDArray, ...] | None:
@@ -86,16 +87,18 @@ class State:
         assert self.spec is not None and self.hyper is not None  # set before any update
         lazy = (int(self.counters[T]), lazy_l2(self.spec, self.hyper), float(self.hyper[EPS]),
                 int(self.spec[AVERAGE_FROM]))
-        return folded(hashed, int(self.counters[AVERAGED]), lazy)
+        return folded(hashed, int(self.counters[AVERAGED]), lazy, lazy_l1(self.spec, self.hyper, self.l1_u))
 
     def catch_up(self) -> None:
-        """Bring every hashed weight up to the last update under AdaGrad's lazy L2 (nothing
-        otherwise): before the step η changes, as the lazy form holds for one η."""
+        """Bring every hashed weight up to the last update under AdaGrad's lazy L2 or the L1
+        penalty (nothing otherwise): before the step η changes, as the lazy forms hold for one η."""
         hashed = self.hashed()
         if hashed is None or self.spec is None or self.hyper is None:
             return
-        lr_l2 = lazy_l2(self.spec, self.hyper)
-        if lr_l2 > 0.0:
+        lr_l2, l1 = lazy_l2(self.spec, self.hyper), lazy_l1(self.spec, self.hyper, self.l1_u)
+        if l1 is not None:
+            catch_up_all_l1(hashed, int(self.counters[T]), *l1, float(self.hyper[EPS]), int(self.spec[AVERAGE_FROM]))
+        elif lr_l2 > 0.0:
             catch_up_all(hashed, int(self.counters[T]), lr_l2, float(self.hyper[EPS]), int(self.spec[AVERAGE_FROM]))
 
     def arrays(self) -> dict[str, NDArray]:
