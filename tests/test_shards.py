@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import streamsgd
+from streamsgd.compute.sparse import FOLDS
 from streamsgd.config import FitConfig
 from streamsgd.errors import UsageError
 from streamsgd.plan.shards import shard_chunks
@@ -196,16 +197,63 @@ def _hashed_fit(path, hooks=None, **options):
     return _fit(path, hooks=hooks, **{"hash_bits": 10, "epochs": 2, "optimizer": "sgd", **options})
 
 
-@pytest.mark.parametrize("shards", [{"hooks": Hooks(backend=InProcess)}, {"sync": "models", "sync_every": 3},
-                                    {"shards": 3}])
-def test_hashed_adagrad_l2_on_shards_is_refused_and_auto_trains_sgd_there(hashed_data, shards):
-    """A shard's copy of the hashed weights does not know how far each lags behind the lazy
-    L2 (compute.sparse): refused in one line, in both sync modes and with a backend given in
-    code; --optimizer auto trains sgd there and says why."""
-    with pytest.raises(UsageError, match="^--l2: adagrad's lazy L2 on categorical columns trains in one process"):
+@pytest.mark.parametrize("shards", [{"sync": "models", "sync_every": 3},
+                                    {"sync": "models", "sync_every": 3, "hooks": Hooks(backend=InProcess)}])
+def test_hashed_adagrad_l2_with_local_sgd_is_refused_and_auto_trains_sgd_there(hashed_data, shards):
+    """Local SGD's merge averages tables whose weights lag the lazy L2 by different updates
+    (compute.sparse): refused in one line, also with a backend given in code; --optimizer
+    auto trains sgd there and says why."""
+    with pytest.raises(UsageError, match="^--sync models: adagrad's lazy L2 on categorical columns does not average"):
         _hashed_fit(hashed_data, optimizer="adagrad", l2=1e-3, **shards)
     auto = _hashed_fit(hashed_data, optimizer="auto", **shards)
-    assert auto.summary["optimizer"] == "sgd" and "one process" in auto.summary["optimizer_why"]
+    assert auto.summary["optimizer"] == "sgd" and "--sync models" in auto.summary["optimizer_why"]
+
+
+@pytest.fixture(scope="module")
+def heavy_hashed_data(hashed_data, tmp_path_factory):
+    """``hashed_data`` with one row of x0 = 40 in its last row group: read in windows of a
+    2 MiB plan, the first epoch meets it late and lowers the default step (``lower_step``)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(hashed_data)
+    frame.loc[4500, "x0"] = 40.0
+    path = tmp_path_factory.mktemp("heavy") / "h.parquet"
+    frame.to_parquet(path, index=False, row_group_size=700)
+    return str(path)
+
+
+@pytest.mark.parametrize("options", [{}, {"lr": 0.2, "epochs": 3}, {"heavy": True, "memory_limit": "2MiB"}])
+def test_hashed_adagrad_lazy_l2_on_one_shard_equals_the_single_process_run(hashed_data, heavy_hashed_data, options):
+    """AdaGrad's lazy L2 on shards that sum their gradients: a shard brings each weight its
+    rows touch up to date from the stamps and AdaGrad sums the driver sends with the weights,
+    before its margin reads it, and the driver before the update, as the single process does
+    on a weight's first touch: one shard gives its model bit for bit (the default step, a
+    given one, and a default step lowered mid-epoch, which catches every weight up on the
+    driver: the shard is then sent the whole tables; averaging on)."""
+    path = heavy_hashed_data if options.pop("heavy", False) else hashed_data
+    options = {"optimizer": "adagrad", "l2": 1e-3, **options}
+    saved: list = []
+    sharded = _hashed_fit(path, hooks=Hooks(backend=InProcess, checkpointing=Checkpointing(save=saved.append, every=10)),
+                          **options)
+    _same_hashed(_hashed_fit(path, **options), sharded)
+    if path == heavy_hashed_data:
+        assert saved[-1]["hi"][FOLDS] > 0  # the lowered step caught every weight up
+
+
+def test_hashed_adagrad_lazy_l2_on_three_shards_resumes_and_survives_replaced_lanes(hashed_data):
+    """Three shards: a resumed run's new lanes and lanes replaced mid-run get the whole tables
+    (weights, stamps, AdaGrad sums) and give the uninterrupted model bit for bit; --optimizer
+    auto trains adagrad there; the L2 mattered."""
+    saved = []
+    options = {"shards": 3, "lr": 0.2, "l2": 1e-3, "optimizer": "adagrad"}
+    whole = _hashed_fit(hashed_data, hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=10)), **options)
+    middle = next(arrays for arrays in saved if int(arrays["shard_round"][0]) > 0)
+    config = FitConfig(model="logistic", epochs=2, batch=128, memory_limit="64MiB", hash_bits=10, **options)
+    _same_hashed(whole, fit(open_source(hashed_data, target="y"), config, resume=middle))
+    _same_hashed(whole, _hashed_fit(hashed_data, hooks=Hooks(backend=_Replacing), **options))
+    assert _hashed_fit(hashed_data, **{**options, "optimizer": "auto"}).summary["optimizer"] == "adagrad"
+    assert not np.allclose(whole.model.hashed, _hashed_fit(hashed_data, **{**options, "l2": 0.0}).model.hashed,
+                           rtol=1e-3)
 
 
 def _same_hashed(a, b):

@@ -64,7 +64,8 @@ from .losses import loss_slope
 #: squares, the average's sums S (float64, 2**bits each); the stamp of each weight (the
 #: update whose batch last touched it) and the touched list (int64, 2**bits); the scalars
 #: (float64: WSCALE, AVG_B) and the counters (int64: N_TOUCHED, and FOLDS, the times wscale
-#: was folded into every weight: a local-SGD round that folded changed all of them); last, the
+#: was folded into every weight or every weight caught up, ``catch_up_all``: any of them may
+#: have changed, so a local-SGD round that folded reports all, a shard's copy is stale); last, the
 #: L1 penalty each weight received (float64, 2**bits with --l1, else empty: ``pack_hashed``).
 N_HASHED = 9
 HW, HG, HSQ, HSUM, STAMP, TOUCHED, HF, HI, HQ = range(N_HASHED)
@@ -165,6 +166,7 @@ def catch_up_all(hashed, upto, lr_l2, eps, average_from):
         if stamps[h] < upto and hw[h] != 0.0:
             _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
             stamps[h] = upto
+    hashed[HI][FOLDS] += 1  # any weight may have changed (a shard's copy of them is stale)
 
 
 @njit(nogil=True, cache=True)
@@ -296,6 +298,7 @@ def catch_up_all_l1(hashed, upto, optimizer, lr, l2, lr_l1, l1_total, eps, avera
         if stamps[h] < upto and hw[h] != 0.0:
             _catch_up_l1(h, upto, hashed, optimizer, lr, l2, lr_l1, l1_total, eps, average_from)
             stamps[h] = upto
+    hashed[HI][FOLDS] += 1
 
 
 @njit(nogil=True, cache=True)
@@ -531,11 +534,22 @@ def add_hashed_sums(hashed, idx, values, stamp):
     distinct, and their sums ``values``) to the batch in progress, stamped ``stamp`` (the
     update's number), as ``accumulate_hashed_rows`` adds a row's: called in shard order, the
     sums are those of one batch of all the shards' rows, added shard after shard."""
-    hg, stamps, touched, hi = hashed[HG], hashed[STAMP], hashed[TOUCHED], hashed[HI]
+    add_lazy_sums(hashed, idx, values, stamp, 0.0, 0.0, 0)
+
+
+@njit(nogil=True, cache=True)
+def add_lazy_sums(hashed, idx, values, stamp, lr_l2, eps, average_from):
+    """``add_hashed_sums`` under AdaGrad's lazy L2 (``lr_l2`` = η·l2 > 0): a weight is first
+    brought up to the previous update (``_catch_up``), as ``accumulate_hashed_rows`` brings it
+    on its first touch, before the update reads it."""
+    hw, hg, hsq, hsum = hashed[HW], hashed[HG], hashed[HSQ], hashed[HSUM]
+    stamps, touched, hi = hashed[STAMP], hashed[TOUCHED], hashed[HI]
     n_touched = hi[N_TOUCHED]
     for m in range(idx.shape[0]):
         h = idx[m]
         if stamps[h] != stamp:
+            if lr_l2 > 0.0:
+                _catch_up(h, stamp - 1, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
             stamps[h] = stamp
             hg[h] = 0.0
             touched[n_touched] = h

@@ -63,6 +63,9 @@ def categorical_columns(source: Source) -> list[str]:
 #: Models --optimizer auto trains with adagrad on categorical columns: binary classifiers,
 #: whose margins are O(1) whatever the data (``_resolve_optimizer``)
 CLASSIFIERS = ("logistic", "hinge", "modified_huber")
+#: local SGD's refusal of AdaGrad's lazy L2 (``check``, and train.shards for a backend given in code)
+LAZY_MODELS = ("--sync models: adagrad's lazy L2 on categorical columns does not average across shards yet; "
+               "give --sync gradients, --l2 0 or --optimizer sgd")
 #: --l2's default without categorical columns (and its cap with them)
 DEFAULT_L2 = 1e-4
 
@@ -99,7 +102,8 @@ def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tupl
     ±lr whatever its gradient, so its lr is in the weights' units: a classifier's margins
     (hence weights) are O(1), as 1/L_B assumes, where a regression's weights scale with the
     target (measured: benchmarks/README.md, ctr.py), so regressions keep sgd. sgd also where
-    the lazy L2 is not served (shards, a cluster, a schedule that changes the step)."""
+    the lazy L2 is not served (local SGD, --sync models; a schedule that changes the step):
+    on shards and clusters that sum their gradients (--sync gradients) it is exact."""
     if config.optimizer != "auto":
         return config, "given"
     columns = categorical_columns(source)
@@ -111,9 +115,10 @@ def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tupl
     if config.model not in CLASSIFIERS:
         return replace(config, optimizer="sgd"), (f"auto: {k}, but --model {config.model} is a regression (adagrad's "
                                                   "step is in the weights' units): sgd")
-    if config.l2_strength > 0 and (sharded or config.sharded):
-        return replace(config, optimizer="sgd"), (f"auto: {k}, but adagrad's lazy L2 trains in one process: sgd "
-                                                  "(give --optimizer adagrad --l2 0 for per-weight steps)")
+    if config.l2_strength > 0 and (sharded or config.sharded) and config.sync == "models":
+        return replace(config, optimizer="sgd"), (f"auto: {k}, but adagrad's lazy L2 does not average across "
+                                                  "shards (--sync models): sgd (give --optimizer adagrad --l2 0 for "
+                                                  "per-weight steps)")
     if config.l2_strength > 0 and (config.lr_schedule != "constant" or config.warmup > 0):
         return replace(config, optimizer="sgd"), (f"auto: {k}, but adagrad's lazy L2 needs a constant step: sgd "
                                                   f"(--lr-schedule {config.lr_schedule}, --warmup {config.warmup})")
@@ -140,8 +145,7 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
          f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
          + ": adagrad's lazy L2 on categorical columns needs one step for every update; give --lr-schedule "
            "constant --warmup 0, or --l2 0"),
-        (lazy and config.sharded, "--l2: adagrad's lazy L2 on categorical columns trains in one process for now; "
-                                  "give --l2 0 or --optimizer sgd with --shards, --workers or --sync models"),
+        (lazy and config.sharded and config.sync == "models", LAZY_MODELS),
         (config.l1 > 0 and (config.lr_schedule != "constant" or config.warmup > 0),
          f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
          + ": the L1 penalty on categorical columns, applied when a row touches a weight, needs one step for every "

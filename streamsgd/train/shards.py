@@ -33,11 +33,13 @@ import time
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, L2, LOSS, LR0,
-                            N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params,
-                            train_rows)
-from ..compute.sparse import (AVG_B, FOLDS, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_hashed_sums,
-                              average_entries, fill_batch_hashed, finish_batch_hashed, pack_hashed, train_rows_hashed)
+from ..compute.codes import SGD
+from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, EPS, FILLED,
+                            GW, L2, LOSS, LR0, N_COUNTERS, N_SUMS, NOISE, OPTIMIZER, ROWS, T, fill_batch, finish_batch,
+                            pack_params, train_rows)
+from ..compute.sparse import (AVG_B, FOLDS, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_lazy_sums,
+                              average_entries, fill_batch_hashed, finish_batch_hashed, lazy_l2, pack_hashed,
+                              train_rows_hashed)
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
@@ -48,7 +50,7 @@ from . import guard
 from .inputs import Hooks
 from .run import Run
 from .setup import Setup
-from .hashed import categorical_columns
+from .hashed import LAZY_MODELS, categorical_columns
 from .state import State
 from .stepsize import lower_step, start
 
@@ -59,12 +61,18 @@ SparseSums = tuple[NDArray[np.int64], NDArray[np.float64]]
 #: the windows it opened in epoch 0, else 0, the hashed weights' sums or None).
 ShardPart = tuple[NDArray[np.float64], int, float, float, SparseSums | None]
 #: What a round of ``--sync gradients`` tells the shards of the hashed weights u: (updates made
-#: t, all of u or None, else the ids the last update moved and their values, u's scalars HF),
-#: or None without categorical columns. A shard keeps its copy of u, so a round carries the
-#: last update's O(B·k) changes, not the 2**bits table (all of it after a rescale of u, or to
-#: a shard whose copy is not current: a new one answers ``STALE`` rows and is sent all).
-HashedView = tuple[int, NDArray[np.float64] | None, NDArray[np.int64] | None, NDArray[np.float64] | None,
-                   NDArray[np.float64]] | None
+#: t, all of the ``VIEWED`` tables or None, else the ids the last update moved and their values
+#: in each, u's scalars HF, the step η), or None without categorical columns. A shard keeps its
+#: copy of u, so a round carries the last update's O(B·k) changes, not the 2**bits table (all
+#: of it after a rescale of u or a catch-up of every weight, or to a shard whose copy is not
+#: current: a new one answers ``STALE`` rows and is sent all). Under AdaGrad's lazy L2 the
+#: copy holds each weight's stamp and AdaGrad sum too: a shard brings a weight up to date
+#: before its margin reads it, as the driver does before the update (``compute.sparse``).
+HashedView = tuple[int, tuple[NDArray, ...] | None, NDArray[np.int64] | None, tuple[NDArray, ...] | None,
+                   NDArray[np.float64], float] | None
+#: the hashed tables a ``--sync gradients`` view carries: u, and under the lazy L2 the stamps
+#: and AdaGrad's sums its catch-up reads
+VIEWED, VIEWED_LAZY = (HW,), (HW, STAMP, HSQ)
 #: the rows of a shard's answer when its copy of the hashed weights is not current (see HashedView)
 STALE = -1
 
@@ -224,16 +232,18 @@ class _Lane:
         self._at(epoch, rnd * B)
         params = pack_params(theta=theta_eff, theta_eff=theta_eff, avg=theta_eff, gw=self.gw, l1_q=self.gw,
                              l1_u=self.gw, cw=job.cw, classes=job.classes)
-        hashed = None
+        hashed, hyper = None, job.hyper
         if self.scratch is not None:
             assert view is not None  # the driver sends the weights' changes with every round
             if not self._update_weights(view):
                 return self.gw, STALE, 0.0, 0.0, None
             self.counters[T] = view[0]  # the batch's stamp is update t + 1, as on the driver
             hashed = _with_scalars(self.scratch, view[4])
+            hyper = job.hyper.copy()
+            hyper[LR0] = view[5]  # the lazy L2's catch-up takes the driver's step, lowered or not
         self.gw[:] = 0.0
         self.counters[FILLED], self.sums[BATCH_LOSS] = 0, 0.0
-        top = max(self._fill(epoch, params, hashed), self._pending())
+        top = max(self._fill(epoch, params, hashed, hyper), self._pending())
         n = int(self.counters[FILLED])
         if n or not self.ended:
             self.place = (epoch, rnd * B + n)
@@ -280,13 +290,17 @@ class _Lane:
         """Bring this shard's copy of the hashed weights to update t (``view``); False when
         it cannot (a delta for a copy that is not at t - 1)."""
         assert view is not None and self.scratch is not None
-        t, full, ids, values, _ = view
+        t, full, ids, values, *_ = view
+        tables = full if full is not None else values
+        slots = VIEWED_LAZY if tables is not None and len(tables) == len(VIEWED_LAZY) else VIEWED
         if full is not None:
-            self.scratch[HW][:] = full
+            for slot, table in zip(slots, full):
+                self.scratch[slot][:] = table
             self.weights_t = t
         elif self.weights_t == t - 1:
             assert ids is not None and values is not None
-            self.scratch[HW][ids] = values
+            for slot, table in zip(slots, values):
+                self.scratch[slot][ids] = table
             self.weights_t = t
         return self.weights_t == t
 
@@ -329,7 +343,8 @@ class _Lane:
             ids = np.flatnonzero(hashed[STAMP] > t)
         return ids, tuple(hashed[slot][ids] for slot in TABLES), hashed[HF].copy()
 
-    def _fill(self, epoch: int, params: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None) -> float:
+    def _fill(self, epoch: int, params: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None, hyper: NDArray
+              ) -> float:
         """Feed this shard's next rows to the batch in progress until it holds B rows or the
         epoch ends; returns the largest row curvature of the windows opened in epoch 0."""
         job, B, top = self.job, int(self.job.spec[BATCH]), 0.0
@@ -343,10 +358,10 @@ class _Lane:
             sw = _UNWEIGHTED if window.w is None else window.w
             if hashed is None:
                 self.pos = fill_batch(window.X, window.y, sw, self.order, self.pos, self.order.size, job.spec,
-                                      job.hyper, params, self.counters, self.sums)
+                                      hyper, params, self.counters, self.sums)
             else:
                 self.pos = fill_batch_hashed(window.X, window.y, sw, window.idx, window.sign, self.order, self.pos,
-                                             self.order.size, job.spec, job.hyper, params, self.counters, self.sums,
+                                             self.order.size, job.spec, hyper, params, self.counters, self.sums,
                                              hashed)
         return top
 
@@ -473,18 +488,18 @@ class ShardedRun(Run):
     def __init__(self, setup: Setup, hooks: Hooks, resume: dict[str, NDArray] | None, started: float,
                  backend: BackendFactory | None) -> None:
         config = setup.config
-        if categorical_columns(setup.source) and config.optimizer == "adagrad" and config.l2_strength > 0:
-            # a shard's copy of the hashed weights does not know how far each lags (compute.sparse)
-            raise UsageError("--l2: adagrad's lazy L2 on categorical columns trains in one process for now; "
-                             "give --l2 0 or --optimizer sgd with shards or a cluster")
+        if categorical_columns(setup.source) and config.optimizer == "adagrad" and config.l2_strength > 0 \
+                and config.sync == "models":
+            raise UsageError(LAZY_MODELS)
         super().__init__(setup, hooks, resume, started)
         self.factory: BackendFactory = backend or InProcess
         self.shards = setup.config.n_shards
         self.shard_batch = int(setup.config.batch)  # rows per shard and round
-        #: the hashed weights the last update moved: (t after it, their ids, their values), None: unknown
+        #: the hashed weights the last update moved: (t after it, their ids, their values in the
+        #: viewed tables), None: unknown
         #: --sync models: the update the last merged round started at and the ids it changed (None: send all)
         self.tables_base: tuple[int, NDArray[np.int64]] | None = None
-        self.moved: tuple[int, NDArray[np.int64], NDArray[np.float64]] | None = None
+        self.moved: tuple[int, NDArray[np.int64], tuple[NDArray, ...]] | None = None
 
     def stream_plan(self) -> StreamPlan:
         plan = self.setup.plan
@@ -574,6 +589,7 @@ class ShardedRun(Run):
         loss = parts[0][2]
         for _, _, part_loss, *_ in parts[1:]:
             loss += part_loss
+        folds = -1 if self.hashed is None else int(self.hashed[HI][FOLDS])
         if epoch == 0:
             lower_step(st, max(part[3] for part in parts), self.config, self.schedule.N)
         st.counters[FILLED] = rows
@@ -584,15 +600,19 @@ class ShardedRun(Run):
                          self.noise)
             return rows
         hashed, stamp = self.hashed, int(st.counters[T]) + 1
+        lr_l2 = lazy_l2(st.spec, st.hyper)
         for *_, sparse in parts:  # in shard order
             assert sparse is not None  # every shard of a hashed run answers with its sums
-            add_hashed_sums(hashed, sparse[0], sparse[1], stamp)
+            add_lazy_sums(hashed, sparse[0], sparse[1], stamp, lr_l2, st.hyper[EPS], st.spec[AVERAGE_FROM])
         moved = hashed[TOUCHED][:hashed[HI][N_TOUCHED]].copy()
         finish_batch_hashed(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
                             self.noise, hashed)
-        # with L2, wscale < 1 after every update unless it was folded into all of u (_renormalize)
-        rescaled = st.hyper[L2] > 0 and hashed[HF][WSCALE] == 1.0
-        self.moved = None if rescaled else (int(st.counters[T]), moved, hashed[HW][moved])
+        # SGD with L2: wscale < 1 after every update unless it was folded into all of u (_renormalize);
+        # a lowered step caught every weight up (FOLDS, lower_step above)
+        rescaled = (st.spec[OPTIMIZER] == SGD and st.hyper[L2] > 0 and hashed[HF][WSCALE] == 1.0) or \
+            int(hashed[HI][FOLDS]) != folds
+        slots = VIEWED_LAZY if lr_l2 > 0 else VIEWED
+        self.moved = None if rescaled else (int(st.counters[T]), moved, tuple(hashed[slot][moved] for slot in slots))
         return rows
 
     def view(self, full: bool = False) -> HashedView:
@@ -600,10 +620,13 @@ class ShardedRun(Run):
         last update's changes, or all of u (``full``, or when those changes are not known)."""
         if self.hashed is None:
             return None
-        t, hw, hf = int(self.st.counters[T]), self.hashed[HW], self.hashed[HF]
+        st = self.st
+        assert st.spec is not None and st.hyper is not None
+        t, hf, lr0 = int(st.counters[T]), self.hashed[HF], float(st.hyper[LR0])
         if full or self.moved is None or self.moved[0] != t:
-            return t, hw, None, None, hf
-        return t, None, self.moved[1], self.moved[2], hf
+            slots = VIEWED_LAZY if lazy_l2(st.spec, st.hyper) > 0 else VIEWED
+            return t, tuple(self.hashed[slot] for slot in slots), None, None, hf, lr0
+        return t, None, self.moved[1], self.moved[2], hf, lr0
 
     def local_round(self, feed: Backend, epoch: int, rnd: int, every: int, limit: int) -> list[LocalPart]:
         """The shards' answers to a ``--sync models`` round; asked again with the whole hashed
