@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import streamsgd
-from streamsgd.compute.codes import ADAGRAD, LINEAR, LOGISTIC, POISSON, SGD
+from streamsgd.compute.codes import ADAGRAD, LINEAR, LOGISTIC, MOMENTUM, NESTEROV, POISSON, SGD
 from streamsgd.compute.loop import LR0, N_COUNTERS, N_SUMS, AVERAGED, pack_hyper, pack_params, pack_spec
-from streamsgd.compute.sparse import (HF, RENORMALIZE, WSCALE, catch_up_all, catch_up_all_l1, finish_batch_hashed,
-                                     folded, lazy_l1, lazy_l2, pack_hashed, train_rows_hashed)
+from streamsgd.compute.sparse import (HF, RENORMALIZE, WSCALE, catch_up_all, catch_up_all_l1, catch_up_all_momentum,
+                                     finish_batch_hashed, folded, lazy_l1, lazy_l2, lazy_momentum, pack_hashed,
+                                     train_rows_hashed)
 from streamsgd.config import FitConfig
 from streamsgd.errors import ModelFileError, UsageError
 from streamsgd.sources import open_source
@@ -64,6 +65,7 @@ def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_fr
     sq = np.zeros_like(theta)
     avg, k = np.zeros_like(theta), 0
     q, u = np.zeros_like(theta), 0.0
+    mom = np.zeros_like(theta)
     for t, start in enumerate(range(0, n, batch), start=1):
         if lr_after is not None and t == lr_after[0] + 1:
             lr = lr_after[1]
@@ -73,6 +75,10 @@ def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_fr
             sq += g * g
             h = np.sqrt(sq) + eps
             theta = (theta - lr * g / h) / (1.0 + lr * penalty / h)
+        elif optimizer in (MOMENTUM, NESTEROV):  # PyTorch's rules, L2 in the gradient, β = 0.9 (_kernel's)
+            g = g + penalty * theta
+            mom = 0.9 * mom + g
+            theta = theta - lr * (g + 0.9 * mom if optimizer == NESTEROV else mom)
         else:
             theta -= lr * (g + penalty * theta)
         if l1 > 0.0:
@@ -123,6 +129,8 @@ def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_
             if counters[0] == stop_at:  # loop.T
                 if l1 > 0:
                     catch_up_all_l1(hashed, stop_at, *lazy_l1(spec, hyper, l1_u), eps, average_from)
+                elif optimizer in (MOMENTUM, NESTEROV):
+                    catch_up_all_momentum(hashed, stop_at, *lazy_momentum(spec, hyper), average_from)
                 else:
                     catch_up_all(hashed, stop_at, lazy_l2(spec, hyper), eps, average_from)
                 hyper[LR0], stop_at = lr_after[1], -1
@@ -130,9 +138,10 @@ def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_
         finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, sums, noise, hashed)
     dense = avg if counters[AVERAGED] else theta
     lazy = (int(counters[0]), lazy_l2(spec, hyper), eps, average_from)  # loop.T: the updates made
-    weights = folded(hashed, int(counters[AVERAGED]), lazy, lazy_l1(spec, hyper, l1_u))
+    rules = (lazy_l1(spec, hyper, l1_u), lazy_momentum(spec, hyper))
+    weights = folded(hashed, int(counters[AVERAGED]), lazy, *rules)
     # the catch-up works on copies: the run's state (its stamps, weights, sums) is left as it was
-    np.testing.assert_array_equal(folded(hashed, int(counters[AVERAGED]), lazy, lazy_l1(spec, hyper, l1_u)), weights)
+    np.testing.assert_array_equal(folded(hashed, int(counters[AVERAGED]), lazy, *rules), weights)
     return np.concatenate([dense, weights]), hashed
 
 
@@ -221,6 +230,28 @@ def test_lazy_l1_equals_its_dense_twin(loss, optimizer, l2, l1, average_from, lr
         assert clips
     assert hashed[HF][WSCALE] == 1.0  # the L2 is caught up per weight, never the global scale
     assert not np.allclose(_twin(*args, lr_after=lr_after), want, rtol=1e-3)  # the penalty mattered
+
+
+@pytest.mark.parametrize("loss", [LOGISTIC, LINEAR, POISSON])
+@pytest.mark.parametrize("optimizer", [MOMENTUM, NESTEROV])
+@pytest.mark.parametrize("l2, average_from", [(0.0, 10**9), (0.0, 7), (1e-2, 10**9), (0.3, 7), (1e-6, 2**63 - 1)])
+@pytest.mark.parametrize("lr_after", [None, (19, 0.05)])
+def test_lazy_momentum_equals_its_dense_twin(loss, optimizer, l2, average_from, lr_after):
+    """Momentum and Nesterov on the hashed weights: an untouched weight goes on moving by its
+    momentum (and with L2 the pair (θ, m) follows a fixed linear map per update), so the
+    catch-up applies the skipped updates' map A^k and the averaged iterates' sum in O(log k)
+    products: the dense update's weights, untouched ones included, across a lowered step
+    (every weight brought up to it first). 1e-12 relative, as the other lazy rules."""
+    X, y, idx, sign, bits = _problem(loss)
+    lr = 0.05 if loss != POISSON else 0.01  # β = 0.9: an effective step of 10·lr
+    args = (loss, optimizer, X, y, idx, sign, bits, 8, lr, l2, 1e-8, average_from)
+    want = _twin(*args, lr_after=lr_after)
+    got, hashed = _kernel(*args, pieces=37, lr_after=lr_after)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
+    assert hashed[HF][WSCALE] == 1.0  # the L2 is caught up per weight, never the global scale
+    plain = _twin(*args[:1], SGD, *args[2:], lr_after=lr_after)
+    assert not np.allclose(plain, want, rtol=1e-3)  # the momentum mattered
 
 
 # --- real tables through the CLI ------------------------------------------------------------------
@@ -419,10 +450,12 @@ def test_public_tables_at_default_options_reach_scikit_learn(name, writer, publi
     assert got < want * 1.02, (got, want)
 
 
-@pytest.mark.parametrize("extra", [{}, {"l1": 3e-3}, {"l1": 0.02, "optimizer": "sgd", "l2": 1e-3, "average": False}])
+@pytest.mark.parametrize("extra", [{}, {"l1": 3e-3}, {"l1": 0.02, "optimizer": "sgd", "l2": 1e-3, "average": False},
+                                   {"optimizer": "nesterov", "lr": 0.02}])
 def test_resume_after_a_checkpoint_is_bit_identical(tables, extra):
     """Also with the L1 penalty (its per-weight debts are checkpointed: ``hq``), under AdaGrad
-    (--optimizer auto) and SGD's elastic net."""
+    (--optimizer auto) and SGD's elastic net, and with Nesterov's momentum (in AdaGrad's
+    column of the table)."""
     (paths, _, _) = tables
     options = {"model": "logistic", "batch": 50, "epochs": 4, "log_every": 5, **extra}
     saved: list = []
@@ -434,7 +467,7 @@ def test_resume_after_a_checkpoint_is_bit_identical(tables, extra):
                             hooks=Hooks(checkpointing=Checkpointing(save=lambda _: None, every=7)))
         np.testing.assert_array_equal(resumed.model.hashed, whole.model.hashed)
         np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
-    if extra:  # the penalty's debts were saved; the last iterate has exact zeros among the touched weights
+    if "l1" in extra:  # the penalty's debts were saved; the last iterate has exact zeros among the touched weights
         assert np.any(saved[0]["hq"] != 0.0)
     if not extra.get("average", True):
         assert 0 < np.count_nonzero(whole.model.hashed) < np.count_nonzero(saved[0]["hstamp"])
@@ -442,7 +475,12 @@ def test_resume_after_a_checkpoint_is_bit_identical(tables, extra):
 
 @pytest.mark.parametrize("options, message", [
     ({"model": "softmax"}, "--model softmax: categorical columns train with models of one output"),
-    ({"optimizer": "adam"}, "--optimizer adam: categorical columns train with --optimizer sgd or adagrad"),
+    ({"optimizer": "adam"}, "--optimizer adam: categorical columns train with --optimizer sgd, adagrad, momentum, "
+                            "nesterov"),
+    ({"optimizer": "momentum", "l1": 1e-3}, "--l1: not with --optimizer momentum on categorical columns"),
+    ({"optimizer": "nesterov", "lr_schedule": "invscaling"},
+     "--lr-schedule invscaling: --optimizer nesterov on categorical columns moves the untouched weights"),
+    ({"optimizer": "momentum", "shards": 2}, "--optimizer momentum: categorical columns train with momentum in one"),
     ({"optimizer": "adagrad", "lr_schedule": "invscaling"},
      "--lr-schedule invscaling: adagrad's lazy L2 on categorical columns needs one step for every update"),
     ({"optimizer": "adagrad", "shards": 2, "sync": "models"},

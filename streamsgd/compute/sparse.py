@@ -35,6 +35,13 @@ Optimizers on the hashed weights:
   (``_catch_up_l1``, with the clip index and the Polyak sums of the skipped iterates), for
   one η as AdaGrad's lazy L2. The L2 is then per weight, never the global scale (wscale
   stays 1), and S sums the iterates themselves.
+- Momentum and Nesterov (``optim.optimizer_step``'s rules, SGD's L2 in the gradient): the
+  momentum lives in HSQ's column (AdaGrad's sums, unused by them). An untouched weight still
+  moves by its momentum, and with L2 the pair (θ, m) follows one linear map A per update, so
+  k skipped updates are A^k and the averaged ones' sum A^j0·Σ_{i<n} A^i, by binary powering
+  (``_catch_up_momentum``): exact for one η, as the other catch-ups. wscale stays 1 and S
+  sums the iterates. Their L1 is refused (a weight its momentum carries across zero between
+  touches has no closed form), as is Adam (its lazy variant is not the dense rule).
 - Polyak averaging, by the two-scalar trick (Xu 2011; scikit-learn's average_a/b): the
   running sum of the iterates is S + B·u, B the sum of the averaged iterates' wscale;
   when u_j moves by Δ, S_j −= B·Δ keeps the sum, and each averaged iterate adds wscale to B.
@@ -52,9 +59,9 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from .codes import ADAGRAD, SGD
-from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, DIVERGED, EPOCH_ROWS, EPS, FILLED, L1, L1_U, L2, LOSS_CODE,
-                   LR0, OPTIMIZER, PARAM, T, THETA_EFF, CW, GW, finish_batch, step_lr)
+from .codes import ADAGRAD, MOMENTUM, NESTEROV, SGD
+from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, BETA1, DIVERGED, EPOCH_ROWS, EPS, FILLED, L1, L1_U, L2,
+                   LOSS_CODE, LR0, OPTIMIZER, PARAM, T, THETA_EFF, CW, GW, finish_batch, step_lr)
 from .losses import loss_slope
 
 # Numba caches these kernels keyed on this file: a change to loop.py, losses.py or optim.py
@@ -302,23 +309,116 @@ def catch_up_all_l1(hashed, upto, optimizer, lr, l2, lr_l1, l1_total, eps, avera
 
 
 @njit(nogil=True, cache=True)
-def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
-                           average_from):
-    """``accumulate_l1_rows`` without an L1 penalty (see there)."""
-    return accumulate_l1_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
-                              average_from, SGD, 0.0, 0.0, 0.0, 0.0)
+def _power_and_sum(a, n):
+    """(A^n, Σ_{i<n} A^i) of the 2×2 matrix ``a`` (row-major, 4 values) by binary powering:
+    O(log n) products, each rounding once, where n products would round n times."""
+    p = np.array([1.0, 0.0, 0.0, 1.0])
+    s = np.zeros(4)
+    for bit in range(62, -1, -1):
+        if n >> bit == 0:
+            continue
+        # doubling: S(2m) = S(m) + A^m·S(m), A^2m = A^m·A^m
+        s = s + _times(p, s)
+        p = _times(p, p)
+        if (n >> bit) & 1:  # one more: S(m + 1) = S(m) + A^m, A^(m+1) = A^m·A
+            s = s + p
+            p = _times(p, a)
+    return p, s
 
 
 @njit(nogil=True, cache=True)
-def accumulate_l1_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
-                       average_from, optimizer, lr, l2, lr_l1, l1_total):
+def _times(x, y):
+    """The 2×2 product x·y (row-major)."""
+    return np.array([x[0] * y[0] + x[1] * y[2], x[0] * y[1] + x[1] * y[3],
+                     x[2] * y[0] + x[3] * y[2], x[2] * y[1] + x[3] * y[3]])
+
+
+@njit(nogil=True, cache=True)
+def _momentum_matrix(optimizer, lr, l2, beta):
+    """A, one update of an untouched weight's (θ, m) under momentum or Nesterov with SGD's
+    L2 in the gradient (g = l2·θ; ``optim.optimizer_step``): m' = β·m + l2·θ and
+    θ' = θ − η·m' (momentum) or θ − η·(l2·θ + β·m') (Nesterov)."""
+    if optimizer == NESTEROV:
+        return np.array([1.0 - lr * l2 * (1.0 + beta), -lr * beta * beta, l2, beta])
+    return np.array([1.0 - lr * l2, -lr * beta, l2, beta])
+
+
+@njit(nogil=True, cache=True)
+def _catch_up_momentum(h, upto, hashed, optimizer, lr, l2, beta, average_from):
+    """Bring weight ``h`` and its momentum (HSQ's column, which momentum does not use for
+    AdaGrad's sums) up to update ``upto``: an untouched weight still moves, by its momentum,
+    and with L2 the pair (θ, m) follows the linear map A (``_momentum_matrix``) at every
+    skipped update, so k of them are A^k, and the averaged skipped iterates' sum
+    A^j0·Σ_{i<n} A^i (``_power_and_sum``): exact for one η."""
+    hw, mom, hsum, stamps = hashed[HW], hashed[HSQ], hashed[HSUM], hashed[STAMP]
+    k = upto - stamps[h]
+    v, m = hw[h], mom[h]
+    if k <= 0 or (v == 0.0 and m == 0.0):
+        return
+    a = _momentum_matrix(optimizer, lr, l2, beta)
+    before = average_from - stamps[h]  # skipped updates j <= before are not averaged (no overflow: NEVER)
+    if before < k:
+        j0 = max(1, before + 1)
+        head, _ = _power_and_sum(a, j0)
+        _, total = _power_and_sum(a, k - j0 + 1)
+        row = _times(head, total)
+        hsum[h] += row[0] * v + row[1] * m
+    p, _ = _power_and_sum(a, k)
+    hw[h] = p[0] * v + p[1] * m
+    mom[h] = p[2] * v + p[3] * m
+
+
+@njit(nogil=True, cache=True)
+def catch_up_all_momentum(hashed, upto, optimizer, lr, l2, beta, average_from):
+    """``catch_up_all`` under momentum or Nesterov (``_catch_up_momentum``)."""
+    hw, mom, stamps = hashed[HW], hashed[HSQ], hashed[STAMP]
+    for h in range(hw.shape[0]):
+        if stamps[h] < upto and (hw[h] != 0.0 or mom[h] != 0.0):
+            _catch_up_momentum(h, upto, hashed, optimizer, lr, l2, beta, average_from)
+            stamps[h] = upto
+    hashed[HI][FOLDS] += 1
+
+
+@njit(nogil=True, cache=True)
+def hashed_step_momentum(optimizer, lr, l2, beta, n, averaged, hashed):
+    """``hashed_step`` under momentum or Nesterov: each touched weight's dense update
+    (``optim.optimizer_step``, SGD's L2 in the gradient), its momentum in HSQ's column; the
+    untouched ones are caught up when next touched (``_catch_up_momentum``), wscale stays 1
+    and S sums the iterates themselves."""
+    hw, hg, mom, hsum, touched, hi = (hashed[HW], hashed[HG], hashed[HSQ], hashed[HSUM], hashed[TOUCHED],
+                                      hashed[HI])
+    for q in range(hi[N_TOUCHED]):
+        h = touched[q]
+        g = hg[h] / n + l2 * hw[h]
+        mom[h] = beta * mom[h] + g
+        if optimizer == NESTEROV:
+            hw[h] -= lr * (g + beta * mom[h])
+        else:
+            hw[h] -= lr * mom[h]
+        if averaged:
+            hsum[h] += hw[h]
+    hi[N_TOUCHED] = 0
+
+
+@njit(nogil=True, cache=True)
+def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
+                           average_from):
+    """``accumulate_lazy_rows`` without an L1 penalty or momentum (see there)."""
+    return accumulate_lazy_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
+                                average_from, SGD, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@njit(nogil=True, cache=True)
+def accumulate_lazy_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
+                         average_from, optimizer, lr, l2, lr_l1, l1_total, beta):
     """``losses.accumulate_rows`` with hashed features: rows ``rows`` of the window add
     Σ c_i r_i x_i to ``gw`` (dense, d) and c_i r_i sign to their hashed weights' sums (each
     weight's sum started afresh the first time this batch, ``stamp``, touches it; with
     AdaGrad's lazy L2, ``lr_l2`` = η·l2 > 0, the weight is first brought up to the previous
     update, ``_catch_up``, before a margin reads it). With an L1 penalty, ``lr_l1`` = η·l1 > 0,
     the weight is brought up to date by ``_catch_up_l1`` instead (``optimizer``, η = ``lr``,
-    ``l2``; ``l1_total`` the penalty every weight was owed after the previous update).
+    ``l2``; ``l1_total`` the penalty every weight was owed after the previous update); under
+    momentum or Nesterov (``optimizer``, β = ``beta``) by ``_catch_up_momentum``.
 
     idx, sign : (n_rows, k) int32 and int8, each row's hashed ids and signs.
     Returns (Σ c_i l_i, Σ c_i r_i).
@@ -339,6 +439,8 @@ def accumulate_l1_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, has
             if stamps[h] != stamp:
                 if lr_l1 > 0.0:
                     _catch_up_l1(h, stamp - 1, hashed, optimizer, lr, l2, lr_l1, l1_total, eps, average_from)
+                elif optimizer == MOMENTUM or optimizer == NESTEROV:
+                    _catch_up_momentum(h, stamp - 1, hashed, optimizer, lr, l2, beta, average_from)
                 elif lazy:
                     _catch_up(h, stamp - 1, hw, hsq, hsum, stamps, lr_l2, eps, average_from)
                 stamps[h] = stamp
@@ -456,10 +558,11 @@ def fill_batch_hashed(X, y, sw, idx, sign, order, pos, end, spec, hyper, params,
     take = min(spec[BATCH] - counters[FILLED], end - pos)
     if take <= 0:
         return pos
-    loss, rsum = accumulate_l1_rows(spec[LOSS_CODE], hyper[PARAM], params[CW], X, y, sw, idx, sign,
-                                    order[pos:pos + take], theta_eff[:d], theta_eff[d], gw[:d], hashed, counters[T] + 1,
-                                    _lazy_l2(spec, hyper), hyper[EPS], spec[AVERAGE_FROM], spec[OPTIMIZER],
-                                    hyper[LR0], hyper[L2], hyper[LR0] * hyper[L1], params[L1_U][0])
+    loss, rsum = accumulate_lazy_rows(spec[LOSS_CODE], hyper[PARAM], params[CW], X, y, sw, idx, sign,
+                                      order[pos:pos + take], theta_eff[:d], theta_eff[d], gw[:d], hashed,
+                                      counters[T] + 1, _lazy_l2(spec, hyper), hyper[EPS], spec[AVERAGE_FROM],
+                                      spec[OPTIMIZER], hyper[LR0], hyper[L2], hyper[LR0] * hyper[L1], params[L1_U][0],
+                                      hyper[BETA1])
     gw[d] += rsum
     sums[BATCH_LOSS] += loss
     counters[FILLED] += take
@@ -478,6 +581,9 @@ def finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, s
     if hyper[L1] > 0.0:  # the penalty every weight is owed after this update, as l1_step adds it
         hashed_step_l1(spec[OPTIMIZER], lr, hyper[L2], lr * hyper[L1], params[L1_U][0] + lr * hyper[L1], hyper[EPS],
                        counters[FILLED], t > spec[AVERAGE_FROM], hashed)
+    elif spec[OPTIMIZER] == MOMENTUM or spec[OPTIMIZER] == NESTEROV:
+        hashed_step_momentum(spec[OPTIMIZER], lr, hyper[L2], hyper[BETA1], counters[FILLED], t > spec[AVERAGE_FROM],
+                             hashed)
     else:
         hashed_step(spec[OPTIMIZER], lr, hyper[L2], hyper[EPS], counters[FILLED], t > spec[AVERAGE_FROM], hashed)
     finish_batch(spec, hyper, params, opt_state, mean, scale, counters, sums, noise)
@@ -505,18 +611,31 @@ def lazy_l1(spec: NDArray[np.int64], hyper: NDArray[np.float64], l1_u: NDArray[n
     return int(spec[OPTIMIZER]), float(hyper[LR0]), float(hyper[L2]), float(hyper[LR0] * hyper[L1]), float(l1_u[0])
 
 
+def lazy_momentum(spec: NDArray[np.int64], hyper: NDArray[np.float64]) -> tuple[int, float, float, float] | None:
+    """The momentum catch-up's figures (``_catch_up_momentum``): (optimizer, η, l2, β), or
+    None when the run's optimizer has no momentum."""
+    if spec[OPTIMIZER] != MOMENTUM and spec[OPTIMIZER] != NESTEROV:
+        return None
+    return int(spec[OPTIMIZER]), float(hyper[LR0]), float(hyper[L2]), float(hyper[BETA1])
+
+
 def folded(hashed: tuple[NDArray, ...], averaged: int, lazy: tuple[int, float, float, int] | None = None,
-           l1: tuple[int, float, float, float, float] | None = None) -> NDArray[np.float64]:
+           l1: tuple[int, float, float, float, float] | None = None,
+           momentum: tuple[int, float, float, float] | None = None) -> NDArray[np.float64]:
     """The hashed weights with every lazy scale folded in: the Polyak mean (S + B·u) / k of
     the ``averaged`` iterates when there are any, else wscale·u. ``lazy`` = (updates made,
-    η·l2, ε, AVERAGE_FROM) with AdaGrad's lazy L2 (``lazy_l2`` > 0), or ``l1`` (``lazy_l1``)
-    with an L1 penalty: every weight is first brought up to the last update, on a copy (the
-    run's state is left as it is)."""
-    if lazy is not None and l1 is not None:  # S holds the iterates themselves (AVG_B stays 0)
+    η·l2, ε, AVERAGE_FROM) with AdaGrad's lazy L2 (``lazy_l2`` > 0), ``l1`` (``lazy_l1``)
+    with an L1 penalty or ``momentum`` (``lazy_momentum``): every weight is first brought up
+    to the last update, on a copy (the run's state is left as it is)."""
+    if lazy is not None and (l1 is not None or momentum is not None):  # S holds the iterates (AVG_B stays 0)
         state = list(hashed)
-        for slot in (HW, HSUM, STAMP, HQ):  # copies: the state stays
+        for slot in (HW, HSQ, HSUM, STAMP, HQ):  # copies: the state stays
             state[slot] = np.array(hashed[slot], order="C")
-        catch_up_all_l1(tuple(state), lazy[0], *l1, lazy[2], lazy[3])
+        if l1 is not None:
+            catch_up_all_l1(tuple(state), lazy[0], *l1, lazy[2], lazy[3])
+        else:
+            assert momentum is not None
+            catch_up_all_momentum(tuple(state), lazy[0], *momentum, lazy[3])
         return np.asarray(state[HSUM] / averaged) if averaged else state[HW]
     if lazy is not None and lazy[1] > 0.0:  # S holds the iterates themselves (AVG_B stays 0)
         hw, total = np.array(hashed[HW], order="C"), hashed[HSUM].copy()  # copies: the state stays

@@ -26,7 +26,9 @@ from .state import State
 #: Models whose output is one margin: the sparse kernels serve them (softmax's C margins not yet).
 SCALAR_MODELS = ("linear", "logistic", "poisson", "huber", "hinge", "modified_huber", "quantile")
 #: Optimizers with an exact O(nnz) update of the hashed weights (compute.sparse).
-SPARSE_OPTIMIZERS = ("sgd", "adagrad")
+SPARSE_OPTIMIZERS = ("sgd", "adagrad", "momentum", "nesterov")
+#: Those whose untouched hashed weights still move: their catch-up holds for one step.
+MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
 
 
 #: A categorical column whose values differ in at least this share of the first window's rows
@@ -135,21 +137,30 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
     shown = ", ".join(columns[:5]) + (", …" if len(columns) > 5 else "")
     fix = f"or leave the categorical columns ({shown}) out with --exclude"
     lazy = config.optimizer == "adagrad" and config.l2_strength > 0  # compute.sparse: the catch-up needs one step
+    moving = config.optimizer in MOMENTUM_OPTIMIZERS
+    varying = config.lr_schedule != "constant" or config.warmup > 0
+    schedule = f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
     refusals = [
         (config.model not in SCALAR_MODELS, f"--model {config.model}: categorical columns train with models of one "
                                             f"output ({', '.join(SCALAR_MODELS)}) for now; {fix}"),
         (bool(config.hidden), f"--hidden: an MLP does not take categorical columns yet; drop --hidden {fix}"),
         (config.optimizer not in SPARSE_OPTIMIZERS, f"--optimizer {config.optimizer}: categorical columns train with "
-                                                    f"--optimizer sgd or adagrad; {fix}"),
+                                                    f"--optimizer {', '.join(SPARSE_OPTIMIZERS)}; {fix}"),
         (lazy and (config.lr_schedule != "constant" or config.warmup > 0),
          f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
          + ": adagrad's lazy L2 on categorical columns needs one step for every update; give --lr-schedule "
            "constant --warmup 0, or --l2 0"),
         (lazy and config.sharded and config.sync == "models", LAZY_MODELS),
-        (config.l1 > 0 and (config.lr_schedule != "constant" or config.warmup > 0),
-         f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
-         + ": the L1 penalty on categorical columns, applied when a row touches a weight, needs one step for every "
-           "update; give --lr-schedule constant --warmup 0, or --l1 0"),
+        (config.l1 > 0 and varying, f"{schedule}: the L1 penalty on categorical columns, applied when a row touches a "
+                                    "weight, needs one step for every update; give --lr-schedule constant --warmup 0, "
+                                    "or --l1 0"),
+        (moving and config.l1 > 0, f"--l1: not with --optimizer {config.optimizer} on categorical columns (a weight "
+                                   "its momentum carries across zero between touches has no closed form); give --l1 0 "
+                                   "or --optimizer sgd or adagrad"),
+        (moving and varying, f"{schedule}: --optimizer {config.optimizer} on categorical columns moves the untouched "
+                             "weights by a closed form in one step; give --lr-schedule constant --warmup 0"),
+        (moving and config.sharded, f"--optimizer {config.optimizer}: categorical columns train with momentum in one "
+                                    "process for now; give --optimizer sgd or adagrad with --shards or --workers"),
         (config.l1 > 0 and config.sharded, "--l1: the L1 penalty on categorical columns trains in one process for now; "
                                            "give --l1 0 with --shards or --workers"),
         (init is not None, "--init: a warm start does not carry hashed weights yet; start without --init"),

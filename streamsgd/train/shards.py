@@ -50,7 +50,7 @@ from . import guard
 from .inputs import Hooks
 from .run import Run
 from .setup import Setup
-from .hashed import LAZY_MODELS, categorical_columns
+from .hashed import LAZY_MODELS, MOMENTUM_OPTIMIZERS, categorical_columns
 from .state import State
 from .stepsize import lower_step, start
 
@@ -488,9 +488,13 @@ class ShardedRun(Run):
     def __init__(self, setup: Setup, hooks: Hooks, resume: dict[str, NDArray] | None, started: float,
                  backend: BackendFactory | None) -> None:
         config = setup.config
-        if categorical_columns(setup.source) and config.optimizer == "adagrad" and config.l2_strength > 0 \
-                and config.sync == "models":
-            raise UsageError(LAZY_MODELS)
+        if categorical_columns(setup.source):  # train.hashed.check's refusals, for a backend given in code
+            if config.optimizer == "adagrad" and config.l2_strength > 0 and config.sync == "models":
+                raise UsageError(LAZY_MODELS)
+            if config.l1 > 0 or config.optimizer in MOMENTUM_OPTIMIZERS:
+                option = "--l1" if config.l1 > 0 else f"--optimizer {config.optimizer}"
+                raise UsageError(f"{option}: on categorical columns trains in one process for now; train without "
+                                 "the shards' backend, or with --optimizer sgd or adagrad and no --l1")
         super().__init__(setup, hooks, resume, started)
         self.factory: BackendFactory = backend or InProcess
         self.shards = setup.config.n_shards

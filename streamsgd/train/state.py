@@ -6,7 +6,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..compute.loop import AVERAGE_FROM, AVERAGED, EPS, N_COUNTERS, N_SUMS, T
-from ..compute.sparse import N_HASHED, catch_up_all, catch_up_all_l1, folded, lazy_l1, lazy_l2, pack_hashed
+from ..compute.sparse import (N_HASHED, catch_up_all, catch_up_all_l1, catch_up_all_momentum, folded, lazy_l1, lazy_l2,
+                              lazy_momentum, pack_hashed)
 from ..errors import DataError
 
 
@@ -87,17 +88,22 @@ class State:
         assert self.spec is not None and self.hyper is not None  # set before any update
         lazy = (int(self.counters[T]), lazy_l2(self.spec, self.hyper), float(self.hyper[EPS]),
                 int(self.spec[AVERAGE_FROM]))
-        return folded(hashed, int(self.counters[AVERAGED]), lazy, lazy_l1(self.spec, self.hyper, self.l1_u))
+        return folded(hashed, int(self.counters[AVERAGED]), lazy, lazy_l1(self.spec, self.hyper, self.l1_u),
+                      lazy_momentum(self.spec, self.hyper))
 
     def catch_up(self) -> None:
-        """Bring every hashed weight up to the last update under AdaGrad's lazy L2 or the L1
-        penalty (nothing otherwise): before the step η changes, as the lazy forms hold for one η."""
+        """Bring every hashed weight up to the last update under AdaGrad's lazy L2, the L1
+        penalty or momentum (nothing otherwise): before the step η changes, as the lazy forms
+        hold for one η."""
         hashed = self.hashed()
         if hashed is None or self.spec is None or self.hyper is None:
             return
         lr_l2, l1 = lazy_l2(self.spec, self.hyper), lazy_l1(self.spec, self.hyper, self.l1_u)
+        momentum = lazy_momentum(self.spec, self.hyper)
         if l1 is not None:
             catch_up_all_l1(hashed, int(self.counters[T]), *l1, float(self.hyper[EPS]), int(self.spec[AVERAGE_FROM]))
+        elif momentum is not None:
+            catch_up_all_momentum(hashed, int(self.counters[T]), *momentum, int(self.spec[AVERAGE_FROM]))
         elif lr_l2 > 0.0:
             catch_up_all(hashed, int(self.counters[T]), lr_l2, float(self.hyper[EPS]), int(self.spec[AVERAGE_FROM]))
 
