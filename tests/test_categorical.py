@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import streamsgd
-from streamsgd.compute.codes import ADAGRAD, LINEAR, LOGISTIC, MOMENTUM, NESTEROV, POISSON, SGD
+from streamsgd.compute.codes import ADAGRAD, ADAM, ADAMW, LINEAR, LOGISTIC, MOMENTUM, NESTEROV, POISSON, SGD
 from streamsgd.compute.loop import LR0, N_COUNTERS, N_SUMS, AVERAGED, pack_hyper, pack_params, pack_spec
 from streamsgd.compute.sparse import (HF, RENORMALIZE, WSCALE, catch_up_all, catch_up_all_l1, catch_up_all_momentum,
-                                     finish_batch_hashed, folded, lazy_l1, lazy_l2, lazy_momentum, pack_hashed,
-                                     train_rows_hashed)
+                                     finish_batch_hashed, folded, lazy_l1, lazy_l2, lazy_momentum, needs_extra,
+                                     pack_hashed, train_rows_hashed)
 from streamsgd.config import FitConfig
 from streamsgd.errors import ModelFileError, UsageError
 from streamsgd.sources import open_source
@@ -66,6 +66,7 @@ def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_fr
     avg, k = np.zeros_like(theta), 0
     q, u = np.zeros_like(theta), 0.0
     mom = np.zeros_like(theta)
+    live = np.ones(theta.size, bool)  # the weights an update moves: all but lazy Adam's untouched ones
     for t, start in enumerate(range(0, n, batch), start=1):
         if lr_after is not None and t == lr_after[0] + 1:
             lr = lr_after[1]
@@ -75,6 +76,15 @@ def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_fr
             sq += g * g
             h = np.sqrt(sq) + eps
             theta = (theta - lr * g / h) / (1.0 + lr * penalty / h)
+        elif optimizer in (ADAM, ADAMW):  # lazy Adam: the hashed weights no row of the batch holds stay as they are
+            live[d + 1:] = False
+            live[d + 1 + np.unique(idx[start:start + batch])] = True
+            g = g + penalty * theta if optimizer == ADAM else g
+            mom[live] = 0.9 * mom[live] + 0.1 * g[live]
+            sq[live] = 0.999 * sq[live] + 0.001 * g[live] ** 2
+            step = (mom / (1 - 0.9**t)) / (np.sqrt(sq / (1 - 0.999**t)) + eps)
+            step += penalty * theta if optimizer == ADAMW else 0.0
+            theta[live] -= lr * step[live]
         elif optimizer in (MOMENTUM, NESTEROV):  # PyTorch's rules, L2 in the gradient, β = 0.9 (_kernel's)
             g = g + penalty * theta
             mom = 0.9 * mom + g
@@ -115,7 +125,7 @@ def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_
                          cw=np.ones(2), classes=np.zeros(1))
     counters, sums = np.zeros(N_COUNTERS, np.int64), np.zeros(N_SUMS)
     noise = (np.zeros(1), np.zeros(1), np.zeros(d + 1))
-    hashed = pack_hashed(bits, l1 > 0)
+    hashed = pack_hashed(bits, needs_extra(l1, optimizer))
     opt_state = np.zeros((2, d + 1))
     order = np.arange(n, dtype=np.int64)
     mean, scale = np.zeros(d), np.ones(d)  # the dense block as it is: the twin's raw space
@@ -252,6 +262,49 @@ def test_lazy_momentum_equals_its_dense_twin(loss, optimizer, l2, average_from, 
     assert hashed[HF][WSCALE] == 1.0  # the L2 is caught up per weight, never the global scale
     plain = _twin(*args[:1], SGD, *args[2:], lr_after=lr_after)
     assert not np.allclose(plain, want, rtol=1e-3)  # the momentum mattered
+
+
+@pytest.mark.parametrize("loss", [LOGISTIC, LINEAR, POISSON])
+@pytest.mark.parametrize("optimizer", [ADAM, ADAMW])
+@pytest.mark.parametrize("l2, average_from", [(0.0, 10**9), (0.0, 7), (1e-2, 10**9), (0.3, 7)])
+def test_lazy_adam_equals_its_numpy_twin(loss, optimizer, l2, average_from):
+    """Adam and AdamW on the hashed weights follow "lazy Adam" (PyTorch's SparseAdam), not the
+    dense rule: a weight no row of the batch holds keeps its value and moments (no decay of
+    them, no L2 or decoupled decay until touched), while the dense block takes the dense rule.
+    The NumPy twin applies exactly that rule on the one-hot design; the averaged weights come
+    by the two-scalar trick. 1e-12 relative, as the exact lazy rules; and it is not the dense
+    rule (the last assertion)."""
+    X, y, idx, sign, bits = _problem(loss)
+    args = (loss, optimizer, X, y, idx, sign, bits, 8, 0.05, l2, 1e-8, average_from)
+    want = _twin(*args)
+    got, _ = _kernel(*args, pieces=37)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
+    assert not np.allclose(got, _dense_adam(*args), rtol=1e-3)
+
+
+def _dense_adam(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from):
+    """The dense Adam on the same design: every weight's moments decay at every update."""
+    n, d = X.shape
+    onehot = np.zeros((n, 1 << bits))
+    for c in range(idx.shape[1]):
+        np.add.at(onehot, (np.arange(n), idx[:, c]), sign[:, c])
+    A = np.hstack([X, np.ones((n, 1)), onehot])
+    theta, m, v = (np.zeros(A.shape[1]) for _ in range(3))
+    penalty = np.ones(A.shape[1]) * l2
+    penalty[d] = 0.0
+    avg, k = np.zeros_like(theta), 0
+    for t, start in enumerate(range(0, n, batch), start=1):
+        rows = A[start:start + batch]
+        g = rows.T @ _slope(loss, rows @ theta, y[start:start + batch]) / rows.shape[0]
+        g = g + penalty * theta if optimizer == ADAM else g
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        theta = theta - lr * ((m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + eps)
+                              + (penalty * theta if optimizer == ADAMW else 0.0))
+        if t > average_from:
+            k += 1
+            avg += (theta - avg) / k
+    return avg if k else theta
 
 
 # --- real tables through the CLI ------------------------------------------------------------------
@@ -451,11 +504,11 @@ def test_public_tables_at_default_options_reach_scikit_learn(name, writer, publi
 
 
 @pytest.mark.parametrize("extra", [{}, {"l1": 3e-3}, {"l1": 0.02, "optimizer": "sgd", "l2": 1e-3, "average": False},
-                                   {"optimizer": "nesterov", "lr": 0.02}])
+                                   {"optimizer": "nesterov", "lr": 0.02}, {"optimizer": "adamw", "lr": 0.02}])
 def test_resume_after_a_checkpoint_is_bit_identical(tables, extra):
     """Also with the L1 penalty (its per-weight debts are checkpointed: ``hq``), under AdaGrad
-    (--optimizer auto) and SGD's elastic net, and with Nesterov's momentum (in AdaGrad's
-    column of the table)."""
+    (--optimizer auto) and SGD's elastic net, with Nesterov's momentum (in AdaGrad's column of
+    the table) and with lazy AdamW (its first moments in ``hq``)."""
     (paths, _, _) = tables
     options = {"model": "logistic", "batch": 50, "epochs": 4, "log_every": 5, **extra}
     saved: list = []
@@ -475,8 +528,9 @@ def test_resume_after_a_checkpoint_is_bit_identical(tables, extra):
 
 @pytest.mark.parametrize("options, message", [
     ({"model": "softmax"}, "--model softmax: categorical columns train with models of one output"),
-    ({"optimizer": "adam"}, "--optimizer adam: categorical columns train with --optimizer sgd, adagrad, momentum, "
-                            "nesterov"),
+    ({"optimizer": "adam", "l1": 1e-3}, "--l1: not with --optimizer adam on categorical columns"),
+    ({"optimizer": "adamw", "shards": 2, "sync": "models"},
+     "--sync models: --optimizer adamw on categorical columns does not average its moments"),
     ({"optimizer": "momentum", "l1": 1e-3}, "--l1: not with --optimizer momentum on categorical columns"),
     ({"optimizer": "nesterov", "lr_schedule": "invscaling"},
      "--lr-schedule invscaling: --optimizer nesterov on categorical columns moves the untouched weights"),

@@ -240,6 +240,15 @@ def test_hashed_adagrad_lazy_l2_on_one_shard_equals_the_single_process_run(hashe
         assert saved[-1]["hi"][FOLDS] > 0  # the lowered step caught every weight up
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_hashed_lazy_adam_on_one_shard_equals_the_single_process_run(hashed_data, optimizer):
+    """Lazy Adam moves only the weights a batch touches, so the last update's changes keep a
+    shard's copy current: one shard gives the single process's model bit for bit."""
+    options = {"optimizer": optimizer, "l2": 1e-3, "lr": 0.01}
+    _same_hashed(_hashed_fit(hashed_data, **options), _hashed_fit(hashed_data, hooks=Hooks(backend=InProcess),
+                                                                  **options))
+
+
 def test_hashed_adagrad_lazy_l2_on_three_shards_resumes_and_survives_replaced_lanes(hashed_data):
     """Three shards: a resumed run's new lanes and lanes replaced mid-run get the whole tables
     (weights, stamps, AdaGrad sums) and give the uninterrupted model bit for bit; --optimizer

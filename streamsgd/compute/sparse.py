@@ -41,7 +41,11 @@ Optimizers on the hashed weights:
   k skipped updates are A^k and the averaged ones' sum A^j0·Σ_{i<n} A^i, by binary powering
   (``_catch_up_momentum``): exact for one η, as the other catch-ups. wscale stays 1 and S
   sums the iterates. Their L1 is refused (a weight its momentum carries across zero between
-  touches has no closed form), as is Adam (its lazy variant is not the dense rule).
+  touches has no closed form).
+- Adam and AdamW: "lazy Adam" (PyTorch's SparseAdam), not the dense rule: a touched weight
+  takes the dense step from its own moments (the first in HQ, the second in HSQ's column)
+  with the update's bias corrections; an untouched one, its moments, its L2 and AdamW's
+  decay wait for its next touch (``hashed_step_adam``). Its L1 is refused.
 - Polyak averaging, by the two-scalar trick (Xu 2011; scikit-learn's average_a/b): the
   running sum of the iterates is S + B·u, B the sum of the averaged iterates' wscale;
   when u_j moves by Δ, S_j −= B·Δ keeps the sum, and each averaged iterate adds wscale to B.
@@ -59,9 +63,9 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from .codes import ADAGRAD, MOMENTUM, NESTEROV, SGD
-from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, BETA1, DIVERGED, EPOCH_ROWS, EPS, FILLED, L1, L1_U, L2,
-                   LOSS_CODE, LR0, OPTIMIZER, PARAM, T, THETA_EFF, CW, GW, finish_batch, step_lr)
+from .codes import ADAGRAD, ADAM, ADAMW, MOMENTUM, NESTEROV, SGD
+from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, L1, L1_U, L2,
+                   LOSS_CODE, LR0, OPTIMIZER, PARAM, T, T0, THETA_EFF, CW, GW, finish_batch, step_lr)
 from .losses import loss_slope
 
 # Numba caches these kernels keyed on this file: a change to loop.py, losses.py or optim.py
@@ -93,27 +97,33 @@ WEIGHT_BYTES = (SLAB_COLUMNS + 2) * 8
 RENORMALIZE = 1e-3
 
 
-def state_bytes(bits: int, l1: bool = False) -> int:
-    """The memory ``pack_hashed(bits, l1)`` allocates per weight, times 2**bits (its few scalars
-    aside): what the memory plan charges for each holder of a hashed state (a run, a shard)."""
-    return (WEIGHT_BYTES + (8 if l1 else 0)) << bits
+def state_bytes(bits: int, extra: bool = False) -> int:
+    """The memory ``pack_hashed(bits, extra)`` allocates per weight, times 2**bits (its few
+    scalars aside): what the memory plan charges for each holder of a hashed state (a run, a shard)."""
+    return (WEIGHT_BYTES + (8 if extra else 0)) << bits
 
 
-def pack_hashed(bits: int, l1: bool = False) -> tuple[NDArray, ...]:
+def pack_hashed(bits: int, extra: bool = False) -> tuple[NDArray, ...]:
     """Fresh hashed state for 2**bits weights: zeros, wscale 1.
 
     A weight's value, batch sum, stamp and AdaGrad sum are the columns of one (2**bits, 4)
     slab (the stamp an int64 view of its float64 column): the update reads and writes the
     three it needs per touch in one cache line, where four separate arrays cost a cache miss
     each once the table outgrows the caches (2**20 weights: 32 MiB). The average's sums and
-    the touched list stay apart (read only per touched weight, or in order). ``l1``: room for
-    each weight's received L1 penalty (HQ), empty without --l1."""
+    the touched list stay apart (read only per touched weight, or in order). ``extra``: room
+    for one more figure per weight (HQ: the L1 penalty it received, or Adam's first moment),
+    empty without --l1 or Adam (``needs_extra``)."""
     n = 1 << bits
     hf = np.zeros(N_HF)
     hf[WSCALE] = 1.0
     slab = np.zeros((n, SLAB_COLUMNS))
     return (slab[:, 0], slab[:, 1], slab[:, 3], np.zeros(n), slab.view(np.int64)[:, 2], np.zeros(n, np.int64), hf,
-            np.zeros(N_HI, np.int64), np.zeros(n if l1 else 0))
+            np.zeros(N_HI, np.int64), np.zeros(n if extra else 0))
+
+
+def needs_extra(l1: float, optimizer: int) -> bool:
+    """Whether the run's hashed state holds HQ (``pack_hashed``): with an L1 penalty, or Adam."""
+    return l1 > 0 or optimizer == ADAM or optimizer == ADAMW
 
 
 @njit(nogil=True, cache=True)
@@ -551,6 +561,39 @@ def hashed_step_l1(optimizer, lr, l2, lr_l1, l1_total, eps, n, averaged, hashed)
 
 
 @njit(nogil=True, cache=True)
+def hashed_step_adam(optimizer, lr, l2, beta1, beta2, eps, t, n, averaged, hashed):
+    """``hashed_step`` under lazy Adam (PyTorch's SparseAdam): only the touched weights move,
+    each by ``optim.optimizer_step``'s Adam or AdamW rule with the update's bias corrections
+    (``t``, the global update number); their first moment is in HQ, the second in HSQ's
+    column. An untouched weight and its moments stay as they are: unlike the dense rule no
+    decay of the moments, and no L2 (Adam's, in the gradient) or decoupled decay (AdamW's)
+    until a batch touches it. The value is then constant between touches, so the Polyak sum
+    is the two-scalar trick's (wscale 1)."""
+    hw, hg, v, hsum, touched, hf, hi, m = (hashed[HW], hashed[HG], hashed[HSQ], hashed[HSUM], hashed[TOUCHED],
+                                           hashed[HF], hashed[HI], hashed[HQ])
+    bc1 = 1.0 - beta1**t
+    bc2 = 1.0 - beta2**t
+    big_b = hf[AVG_B]
+    for q in range(hi[N_TOUCHED]):
+        h = touched[q]
+        g = hg[h] / n
+        if optimizer == ADAM:
+            g += l2 * hw[h]
+        m[h] = beta1 * m[h] + (1.0 - beta1) * g
+        v[h] = beta2 * v[h] + (1.0 - beta2) * g * g
+        step = (m[h] / bc1) / (math.sqrt(v[h] / bc2) + eps)
+        if optimizer == ADAMW:
+            step += l2 * hw[h]
+        delta = -lr * step
+        hw[h] += delta
+        if big_b != 0.0:
+            hsum[h] -= big_b * delta
+    hi[N_TOUCHED] = 0
+    if averaged:
+        hf[AVG_B] += 1.0
+
+
+@njit(nogil=True, cache=True)
 def fill_batch_hashed(X, y, sw, idx, sign, order, pos, end, spec, hyper, params, counters, sums, hashed):
     """``loop.fill_batch`` with the window's hashed features (scalar-output losses)."""
     theta_eff, gw = params[THETA_EFF], params[GW]
@@ -581,6 +624,9 @@ def finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, s
     if hyper[L1] > 0.0:  # the penalty every weight is owed after this update, as l1_step adds it
         hashed_step_l1(spec[OPTIMIZER], lr, hyper[L2], lr * hyper[L1], params[L1_U][0] + lr * hyper[L1], hyper[EPS],
                        counters[FILLED], t > spec[AVERAGE_FROM], hashed)
+    elif spec[OPTIMIZER] == ADAM or spec[OPTIMIZER] == ADAMW:
+        hashed_step_adam(spec[OPTIMIZER], lr, hyper[L2], hyper[BETA1], hyper[BETA2], hyper[EPS], t + spec[T0],
+                         counters[FILLED], t > spec[AVERAGE_FROM], hashed)
     elif spec[OPTIMIZER] == MOMENTUM or spec[OPTIMIZER] == NESTEROV:
         hashed_step_momentum(spec[OPTIMIZER], lr, hyper[L2], hyper[BETA1], counters[FILLED], t > spec[AVERAGE_FROM],
                              hashed)

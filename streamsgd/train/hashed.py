@@ -26,9 +26,11 @@ from .state import State
 #: Models whose output is one margin: the sparse kernels serve them (softmax's C margins not yet).
 SCALAR_MODELS = ("linear", "logistic", "poisson", "huber", "hinge", "modified_huber", "quantile")
 #: Optimizers with an exact O(nnz) update of the hashed weights (compute.sparse).
-SPARSE_OPTIMIZERS = ("sgd", "adagrad", "momentum", "nesterov")
+SPARSE_OPTIMIZERS = ("sgd", "adagrad", "momentum", "nesterov", "adam", "adamw")
 #: Those whose untouched hashed weights still move: their catch-up holds for one step.
 MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
+#: Those that train the hashed weights by lazy Adam (compute.sparse.hashed_step_adam).
+ADAM_OPTIMIZERS = ("adam", "adamw")
 
 
 #: A categorical column whose values differ in at least this share of the first window's rows
@@ -161,6 +163,12 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
                              "weights by a closed form in one step; give --lr-schedule constant --warmup 0"),
         (moving and config.sharded, f"--optimizer {config.optimizer}: categorical columns train with momentum in one "
                                     "process for now; give --optimizer sgd or adagrad with --shards or --workers"),
+        (config.optimizer in ADAM_OPTIMIZERS and config.l1 > 0,
+         f"--l1: not with --optimizer {config.optimizer} on categorical columns (lazy Adam); give --l1 0 or "
+         "--optimizer sgd or adagrad"),
+        (config.optimizer in ADAM_OPTIMIZERS and config.sharded and config.sync == "models",
+         f"--sync models: --optimizer {config.optimizer} on categorical columns does not average its moments across "
+         "shards yet; give --sync gradients"),
         (config.l1 > 0 and config.sharded, "--l1: the L1 penalty on categorical columns trains in one process for now; "
                                            "give --l1 0 with --shards or --workers"),
         (init is not None, "--init: a warm start does not carry hashed weights yet; start without --init"),

@@ -491,6 +491,9 @@ class ShardedRun(Run):
         if categorical_columns(setup.source):  # train.hashed.check's refusals, for a backend given in code
             if config.optimizer == "adagrad" and config.l2_strength > 0 and config.sync == "models":
                 raise UsageError(LAZY_MODELS)
+            if config.optimizer in ("adam", "adamw") and config.sync == "models":
+                raise UsageError(f"--sync models: --optimizer {config.optimizer} on categorical columns does not "
+                                 "average its moments across shards yet; give --sync gradients")
             if config.l1 > 0 or config.optimizer in MOMENTUM_OPTIMIZERS:
                 option = "--l1" if config.l1 > 0 else f"--optimizer {config.optimizer}"
                 raise UsageError(f"{option}: on categorical columns trains in one process for now; train without "

@@ -68,11 +68,11 @@ class State:
         #: categorical columns per row (k): each adds a ±1 feature to a row's norm (the step size)
         self.hashed_columns = 0
 
-    def hash_columns(self, k: int, bits: int, l1: bool = False) -> None:
-        """Room for the hashed weights of ``k`` categorical columns in 2**bits weights (and
-        their L1 penalties received, ``l1``)."""
+    def hash_columns(self, k: int, bits: int, extra: bool = False) -> None:
+        """Room for the hashed weights of ``k`` categorical columns in 2**bits weights (and one
+        more figure per weight, ``compute.sparse.needs_extra``)."""
         self.hashed_columns = k
-        for name, array in zip(HASHED, pack_hashed(bits, l1)):
+        for name, array in zip(HASHED, pack_hashed(bits, extra)):
             setattr(self, name, array)
 
     def hashed(self) -> tuple[NDArray, ...] | None:
