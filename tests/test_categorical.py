@@ -537,8 +537,6 @@ def test_resume_after_a_checkpoint_is_bit_identical(tables, extra):
     ({"optimizer": "momentum", "shards": 2}, "--optimizer momentum: categorical columns train with momentum in one"),
     ({"optimizer": "adagrad", "lr_schedule": "invscaling"},
      "--lr-schedule invscaling: adagrad's lazy L2 on categorical columns needs one step for every update"),
-    ({"optimizer": "adagrad", "shards": 2, "sync": "models"},
-     "--sync models: adagrad's lazy L2 on categorical columns does not average across shards yet"),
     ({"l1": 1e-3, "lr_schedule": "invscaling"}, "--lr-schedule invscaling: the L1 penalty on categorical columns, "
                                                 "applied when a row touches a weight, needs one step for every update"),
     ({"l1": 1e-3, "shards": 2}, "--l1: the L1 penalty on categorical columns trains in one process for now"),
@@ -708,7 +706,7 @@ def _table(rows: int, categorical: bool):
     (5_000, {"categorical": True}, "adagrad", 1e-4),  # the cap: small tables keep 1e-4
     (50_000, {"categorical": True, "model": "linear"}, "sgd", 1 / 50_000),  # a regression keeps sgd
     (50_000, {"categorical": True, "shards": 2}, "adagrad", 1 / 50_000),  # shards summing their gradients
-    (50_000, {"categorical": True, "shards": 2, "sync": "models"}, "sgd", 1 / 50_000),  # local SGD: no lazy L2
+    (50_000, {"categorical": True, "shards": 2, "sync": "models"}, "adagrad", 1 / 50_000),  # local SGD too
     (50_000, {"categorical": True, "lr_schedule": "cosine"}, "sgd", 1 / 50_000),  # ... with one step
     (50_000, {"categorical": True, "shards": 2, "l2": 0.0}, "adagrad", 0.0),  # no L2: no catch-up
     (50_000, {"categorical": True, "optimizer": "sgd", "l2": 1e-3}, "sgd", 1e-3),  # given: kept

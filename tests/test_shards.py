@@ -197,16 +197,24 @@ def _hashed_fit(path, hooks=None, **options):
     return _fit(path, hooks=hooks, **{"hash_bits": 10, "epochs": 2, "optimizer": "sgd", **options})
 
 
-@pytest.mark.parametrize("shards", [{"sync": "models", "sync_every": 3},
-                                    {"sync": "models", "sync_every": 3, "hooks": Hooks(backend=InProcess)}])
-def test_hashed_adagrad_l2_with_local_sgd_is_refused_and_auto_trains_sgd_there(hashed_data, shards):
-    """Local SGD's merge averages tables whose weights lag the lazy L2 by different updates
-    (compute.sparse): refused in one line, also with a backend given in code; --optimizer
-    auto trains sgd there and says why."""
-    with pytest.raises(UsageError, match="^--sync models: adagrad's lazy L2 on categorical columns does not average"):
-        _hashed_fit(hashed_data, optimizer="adagrad", l2=1e-3, **shards)
-    auto = _hashed_fit(hashed_data, optimizer="auto", **shards)
-    assert auto.summary["optimizer"] == "sgd" and "--sync models" in auto.summary["optimizer_why"]
+@pytest.mark.parametrize("options", [{"lr": 0.2}, {"heavy": True, "memory_limit": "2MiB"}])
+def test_hashed_adagrad_lazy_l2_with_local_sgd_on_one_shard_equals_the_single_process_run(hashed_data,
+                                                                                        heavy_hashed_data, options):
+    """Local SGD under AdaGrad's lazy L2: the tables travel with their stamps and one shard's
+    (× 1.0) are taken as they are, so one shard gives the single process's model bit for bit
+    at a given step. A default step lowered mid-epoch (after the round, not before the
+    update as in one process) catches every weight up on the driver, which then sends the
+    tables whole: lanes replaced every 7th round (sent them whole) give the same model;
+    --optimizer auto trains adagrad there."""
+    heavy = options.pop("heavy", False)
+    path = heavy_hashed_data if heavy else hashed_data
+    options = {"optimizer": "adagrad", "l2": 1e-3, **options}
+    local = _hashed_fit(path, sync="models", sync_every=7, **options)
+    reference = _hashed_fit(path, hooks=Hooks(backend=_Replacing), sync="models", sync_every=7, **options) if heavy \
+        else _hashed_fit(path, **options)
+    _same_hashed(reference, local)
+    auto = _hashed_fit(path, sync="models", sync_every=7, **{**options, "optimizer": "auto"})
+    assert auto.summary["optimizer"] == "adagrad"
 
 
 @pytest.fixture(scope="module")
@@ -511,6 +519,48 @@ def test_the_tables_merge_is_numpys_average_of_the_changed_entries_bit_for_bit()
         assert np.array_equal(merge_hashed(hashed, parts, int(rows.sum())), union)
         for slot, table in zip(slots, expected):
             assert np.array_equal(hashed[slot].view(np.int64), table.view(np.int64))
+
+
+def test_the_lazy_tables_merge_averages_each_shards_caught_up_figures():
+    """``merge_lazy`` (AdaGrad's lazy L2) against NumPy: each shard's figures at an entry (its
+    report, else the round's start) are first brought to the shard's last update by the
+    skipped updates' shrinkage 1 / (1 + η·l2 / (√G + ε)) one update at a time (adding the
+    averaged iterates to the sum), then averaged by rows; shards that ended at different
+    updates bring every entry, changed or not. 1e-12 relative: the closed form's roundings."""
+    from streamsgd.compute.sparse import HF, HSQ, HSUM, HW, STAMP, pack_hashed
+    from streamsgd.train.shards import merge_lazy
+
+    rng = np.random.default_rng(1)
+    lr_l2, eps, average_from = 0.05, 1e-8, 12
+    for ends in ([20, 20, 20], [20, 17]):
+        bits = 6
+        hashed = pack_hashed(bits)
+        hashed[HW][:], hashed[HSQ][:] = rng.normal(size=64), rng.random(64) + 0.1
+        hashed[HSUM][:], hashed[STAMP][:] = rng.normal(size=64), rng.integers(0, 10, 64)
+        start = [hashed[slot].copy() for slot in (HW, HSQ, HSUM, STAMP)]
+        rows = rng.integers(1, 500, len(ends))
+        parts = []
+        for end in ends:
+            ids = np.sort(rng.choice(64, 20, replace=False))
+            values = (rng.normal(size=20), rng.random(20) + 0.1, rng.normal(size=20), rng.integers(10, end + 1, 20))
+            parts.append(((ids, values, hashed[HF].copy()), int(rows[len(parts)])))
+        changed = merge_lazy(hashed, parts, int(rows.sum()), np.array(ends), (lr_l2, eps, average_from))
+        union = np.unique(np.concatenate([p[0][0] for p in parts]))
+        entries = union if ends[0] == ends[-1] else np.arange(64)
+        for h in entries:
+            w = v2 = sum2 = 0.0
+            for ((ids, values, _), n), end in zip(parts, ends):
+                at = np.flatnonzero(ids == h)
+                v, g, total, stamp = (values[i][at[0]] for i in range(4)) if at.size else (t[h] for t in start)
+                for update in range(int(stamp) + 1, end + 1):
+                    v /= 1 + lr_l2 / (np.sqrt(g) + eps)
+                    total += v if update > average_from else 0.0
+                w, v2, sum2 = w + g * n / rows.sum(), v2 + v * n / rows.sum(), sum2 + total * n / rows.sum()
+            np.testing.assert_allclose([hashed[HW][h], hashed[HSQ][h], hashed[HSUM][h]], [v2, w, sum2], rtol=1e-12)
+            assert hashed[STAMP][h] == max(ends)
+        untouched = np.setdiff1d(np.arange(64), entries)
+        assert np.array_equal(hashed[HW][untouched], start[0][untouched])
+        assert (changed is None) == (ends[0] != ends[-1])
 
 
 def test_auto_measures_the_shards_compute_and_the_rounds_latency_apart(monkeypatch):

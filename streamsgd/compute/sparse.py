@@ -780,3 +780,49 @@ def average_entries(hw, hw_bits, hsq, hsq_bits, hsum, hsum_bits, ids, offsets, v
             union[m] = h
             m += 1
     return union[:m].copy()
+
+
+@njit(nogil=True, cache=True)
+def _lagged(v, g_sq, sum_, stamp, upto, lr_l2, eps, average_from):
+    """``_catch_up`` of one weight's figures given as values: (its value, its Polyak sum)
+    brought from update ``stamp`` to ``upto`` under AdaGrad's lazy L2."""
+    k = upto - stamp
+    if k <= 0 or v == 0.0:
+        return v, sum_
+    lq = math.log1p(lr_l2 / (math.sqrt(g_sq) + eps))
+    before = average_from - stamp
+    if before < k:
+        j0 = max(1, before + 1)
+        sum_ += v * math.exp(-j0 * lq) * math.expm1(-(k - j0 + 1) * lq) / math.expm1(-lq)
+    return v * math.exp(-k * lq), sum_
+
+
+@njit(nogil=True, cache=True)
+def average_lazy_entries(hw, hsq, hsum, stamps, ids, offsets, values, report_stamps, weights, ends, union, lr_l2,
+                         eps, average_from):
+    """Local SGD's merge of the hashed tables under AdaGrad's lazy L2, at the entries
+    ``union`` (ascending): shard k's value (its report, ``ids[offsets[k]:offsets[k+1]]``
+    ascending with ``values[i]`` for u, AdaGrad's sums, the average's sums and its stamps
+    ``report_stamps``, or where it reported none the table's, the round's start) is first
+    brought up to the shard's last update ``ends[k]`` (``_lagged``): the shards' weights
+    lag by different updates, and an average of lagging values is not the average of the
+    weights. Each entry becomes Σ_k w_k·(caught-up figures) in shard order, stamped with the
+    last of the ends."""
+    top = ends.max()
+    for q in range(union.shape[0]):
+        h = union[q]
+        acc_w = acc_sq = acc_sum = 0.0
+        for k in range(weights.shape[0]):
+            lo, hi = offsets[k], offsets[k + 1]
+            p = np.searchsorted(ids[lo:hi], h) + lo
+            if p < hi and ids[p] == h:
+                v, g_sq, s, st = values[0, p], values[1, p], values[2, p], report_stamps[p]
+            else:
+                v, g_sq, s, st = hw[h], hsq[h], hsum[h], stamps[h]
+            v, s = _lagged(v, g_sq, s, st, ends[k], lr_l2, eps, average_from)
+            w = weights[k]
+            if k == 0:
+                acc_w, acc_sq, acc_sum = v * w, g_sq * w, s * w
+            else:
+                acc_w, acc_sq, acc_sum = acc_w + v * w, acc_sq + g_sq * w, acc_sum + s * w
+        hw[h], hsq[h], hsum[h], stamps[h] = acc_w, acc_sq, acc_sum, top

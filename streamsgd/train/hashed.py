@@ -67,9 +67,6 @@ def categorical_columns(source: Source) -> list[str]:
 #: Models --optimizer auto trains with adagrad on categorical columns: binary classifiers,
 #: whose margins are O(1) whatever the data (``_resolve_optimizer``)
 CLASSIFIERS = ("logistic", "hinge", "modified_huber")
-#: local SGD's refusal of AdaGrad's lazy L2 (``check``, and train.shards for a backend given in code)
-LAZY_MODELS = ("--sync models: adagrad's lazy L2 on categorical columns does not average across shards yet; "
-               "give --sync gradients, --l2 0 or --optimizer sgd")
 #: --l2's default without categorical columns (and its cap with them)
 DEFAULT_L2 = 1e-4
 
@@ -106,8 +103,9 @@ def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tupl
     ±lr whatever its gradient, so its lr is in the weights' units: a classifier's margins
     (hence weights) are O(1), as 1/L_B assumes, where a regression's weights scale with the
     target (measured: benchmarks/README.md, ctr.py), so regressions keep sgd. sgd also where
-    the lazy L2 is not served (local SGD, --sync models; a schedule that changes the step):
-    on shards and clusters that sum their gradients (--sync gradients) it is exact."""
+    the lazy L2 is not served (a schedule that changes the step); on shards and clusters it
+    is (compute.sparse: each weight caught up before its margin is read, and before local
+    SGD's merge averages it)."""
     if config.optimizer != "auto":
         return config, "given"
     columns = categorical_columns(source)
@@ -119,10 +117,6 @@ def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tupl
     if config.model not in CLASSIFIERS:
         return replace(config, optimizer="sgd"), (f"auto: {k}, but --model {config.model} is a regression (adagrad's "
                                                   "step is in the weights' units): sgd")
-    if config.l2_strength > 0 and (sharded or config.sharded) and config.sync == "models":
-        return replace(config, optimizer="sgd"), (f"auto: {k}, but adagrad's lazy L2 does not average across "
-                                                  "shards (--sync models): sgd (give --optimizer adagrad --l2 0 for "
-                                                  "per-weight steps)")
     if config.l2_strength > 0 and (config.lr_schedule != "constant" or config.warmup > 0):
         return replace(config, optimizer="sgd"), (f"auto: {k}, but adagrad's lazy L2 needs a constant step: sgd "
                                                   f"(--lr-schedule {config.lr_schedule}, --warmup {config.warmup})")
@@ -152,7 +146,6 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
          f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
          + ": adagrad's lazy L2 on categorical columns needs one step for every update; give --lr-schedule "
            "constant --warmup 0, or --l2 0"),
-        (lazy and config.sharded and config.sync == "models", LAZY_MODELS),
         (config.l1 > 0 and varying, f"{schedule}: the L1 penalty on categorical columns, applied when a row touches a "
                                     "weight, needs one step for every update; give --lr-schedule constant --warmup 0, "
                                     "or --l1 0"),

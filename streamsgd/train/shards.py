@@ -38,8 +38,8 @@ from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BATCH_LOSS, BLOCKS, D
                             GW, L2, LOSS, LR0, N_COUNTERS, N_SUMS, NOISE, OPTIMIZER, ROWS, T, fill_batch, finish_batch,
                             pack_params, train_rows)
 from ..compute.sparse import (AVG_B, FOLDS, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_lazy_sums,
-                              average_entries, fill_batch_hashed, finish_batch_hashed, lazy_l2, pack_hashed,
-                              train_rows_hashed)
+                              average_entries, average_lazy_entries, fill_batch_hashed, finish_batch_hashed, lazy_l2,
+                              pack_hashed, train_rows_hashed)
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
 from ..pipeline.windows import Window
@@ -50,7 +50,7 @@ from . import guard
 from .inputs import Hooks
 from .run import Run
 from .setup import Setup
-from .hashed import LAZY_MODELS, MOMENTUM_OPTIMIZERS, categorical_columns
+from .hashed import MOMENTUM_OPTIMIZERS, categorical_columns
 from .state import State
 from .stepsize import lower_step, start
 
@@ -126,6 +126,13 @@ LOCAL_ARRAYS = ("theta", "theta_eff", "avg", "opt_state", "l1_q", "l1_u")
 #: the hashed tables a local-SGD round changes (compute.sparse): weights u, AdaGrad's sums, the
 #: average's sums; their scalars HF travel beside them
 TABLES = (HW, HSQ, HSUM)
+#: ... and under AdaGrad's lazy L2 the stamps, which say how far each weight lags
+TABLES_LAZY = (*TABLES, STAMP)
+
+
+def _tables(spec: NDArray[np.int64], hyper: NDArray[np.float64]) -> tuple[int, ...]:
+    """The hashed tables a local-SGD round carries: with the stamps under AdaGrad's lazy L2."""
+    return TABLES_LAZY if hyper.size and lazy_l2(spec, hyper) > 0 else TABLES
 #: What a ``--sync models`` round tells the shards of the hashed tables: (base t, the tables
 #: whole or None, else the ids the last merge changed and their values in each table, HF). A
 #: shard keeps its tables: those of the round that started at update ``base`` with its own
@@ -309,12 +316,14 @@ class _Lane:
         round is asked again with them whole), else (True, the hashed state the round trains:
         its scratch, whose columns hold the tables, brought to the driver's; the folds so far).
         Stamps left by a round that reached past ``start`` (a rerun, ``auto``'s dry rounds)
-        are cleared, so that a stamp above ``start.t`` means touched in this round."""
+        are cleared, so that a stamp above ``start.t`` means touched in this round (under the
+        lazy L2 the driver's stamps come with the tables, and cover every entry a round changed)."""
         scratch = self.scratch
         if scratch is None:
             return True, None, 0
         base, whole, ids, values, scalars = start.hashed
-        tables = [scratch[slot] for slot in TABLES]
+        slots = _tables(self.job.spec, self.job.hyper)
+        tables = [scratch[slot] for slot in slots]
         if whole is not None:
             for table, new in zip(tables, whole):
                 table[:] = new
@@ -325,7 +334,7 @@ class _Lane:
         else:
             return False, None, 0
         self.tables_t = start.t
-        if self.stamped > start.t:
+        if self.stamped > start.t and slots == TABLES:
             scratch[STAMP][:] = 0
             self.stamped = 0
         scratch[HI][N_TOUCHED] = 0
@@ -341,7 +350,7 @@ class _Lane:
             ids = np.arange(hashed[HW].size, dtype=np.int64)
         else:
             ids = np.flatnonzero(hashed[STAMP] > t)
-        return ids, tuple(hashed[slot][ids] for slot in TABLES), hashed[HF].copy()
+        return ids, tuple(hashed[slot][ids] for slot in _tables(self.job.spec, self.job.hyper)), hashed[HF].copy()
 
     def _fill(self, epoch: int, params: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None, hyper: NDArray
               ) -> float:
@@ -489,8 +498,6 @@ class ShardedRun(Run):
                  backend: BackendFactory | None) -> None:
         config = setup.config
         if categorical_columns(setup.source):  # train.hashed.check's refusals, for a backend given in code
-            if config.optimizer == "adagrad" and config.l2_strength > 0 and config.sync == "models":
-                raise UsageError(LAZY_MODELS)
             if config.optimizer in ("adam", "adamw") and config.sync == "models":
                 raise UsageError(f"--sync models: --optimizer {config.optimizer} on categorical columns does not "
                                  "average its moments across shards yet; give --sync gradients")
@@ -648,7 +655,8 @@ class ShardedRun(Run):
         assert st.hyper is not None
         hashed: TablesView | None = None
         if self.hashed is not None:
-            tables = tuple(self.hashed[slot] for slot in TABLES)
+            assert st.spec is not None
+            tables = tuple(self.hashed[slot] for slot in _tables(st.spec, st.hyper))
             if full or self.tables_base is None:
                 hashed = (-1, tables, None, None, self.hashed[HF])
             else:
@@ -674,7 +682,13 @@ class ShardedRun(Run):
             for part in live[1:]:
                 mine += getattr(part.state, name) * (part.rows / rows)
         if self.hashed is not None:
-            changed = merge_hashed(self.hashed, [(part.state.hashed, part.rows) for part in live], rows)
+            assert st.spec is not None and st.hyper is not None
+            reports = [(part.state.hashed, part.rows) for part in live]
+            if _tables(st.spec, st.hyper) == TABLES_LAZY:
+                changed = merge_lazy(self.hashed, reports, rows, np.array([part.state.t for part in live]),
+                                     (lazy_l2(st.spec, st.hyper), float(st.hyper[EPS]), int(st.spec[AVERAGE_FROM])))
+            else:
+                changed = merge_hashed(self.hashed, reports, rows)
             self.tables_base = None if changed is None else (int(st.counters[T]), changed)
         st.counters[T] = max(part.state.t for part in live)
         st.counters[AVERAGED] = max(part.state.averaged for part in live)
@@ -683,7 +697,10 @@ class ShardedRun(Run):
         st.sums[LOSS] += sum(part.loss for part in live)
         st.sums[ROWS] += rows
         if epoch == 0:
+            folds = -1 if self.hashed is None else int(self.hashed[HI][FOLDS])
             lower_step(st, max(part.top for part in parts), self.config, self.schedule.N)
+            if self.hashed is not None and int(self.hashed[HI][FOLDS]) != folds:
+                self.tables_base = None  # every weight was caught up: the next round sends the tables whole
         return rows
 
     def choose_every(self, feed: Backend) -> int:
@@ -754,6 +771,34 @@ def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, in
                             stacked.view(np.int64), np.array(weights))
     hashed[HF][...] = changes[0][2]
     return union
+
+
+def merge_lazy(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, int]], rows: int, ends: NDArray[np.int64],
+               lazy: tuple[float, float, int]) -> NDArray[np.int64] | None:
+    """``merge_hashed`` under AdaGrad's lazy L2 (``lazy`` = (η·l2, ε, AVERAGE_FROM)): one
+    shard's tables (× 1.0) are taken as they are, stamps included; otherwise every entry a
+    shard changed is averaged after each shard's figures are brought up to its last update
+    (``compute.sparse.average_lazy_entries``), all entries when the shards ended at
+    different updates (an entry none changed lags each by a different count). Returns the
+    ids changed, or None when all may have."""
+    tables = [hashed[slot] for slot in TABLES_LAZY]
+    changes = [change for change, _ in parts]
+    if len(parts) == 1:
+        ids, values, _ = changes[0]
+        for table, new in zip(tables, values):
+            table[ids] = new
+        return ids
+    ids = np.concatenate([change[0] for change in changes])
+    offsets = np.cumsum([0] + [change[0].size for change in changes])
+    stacked = np.concatenate([np.stack(change[1][:3]) for change in changes], axis=1)
+    stamps = np.concatenate([change[1][3] for change in changes])
+    whole = bool(np.any(ends != ends[0]))
+    union = np.arange(tables[0].size, dtype=np.int64) if whole else np.unique(ids)
+    weights = np.array([n / rows for _, n in parts])
+    average_lazy_entries(tables[0], tables[1], tables[2], tables[3], ids, offsets, stacked, stamps, weights, ends,
+                         union, lazy[0], lazy[1], lazy[2])
+    hashed[HF][...] = changes[0][2]
+    return None if whole else union
 
 
 def _folded(u: NDArray, sq: NDArray, total: NDArray, scalars: NDArray) -> tuple[NDArray, ...]:
