@@ -51,7 +51,13 @@ Optimizers on the hashed weights:
   when u_j moves by Δ, S_j −= B·Δ keeps the sum, and each averaged iterate adds wscale to B.
   The mean is (S + B·u) / (iterates averaged); ``folded`` gives it, with wscale applied.
 
-State lives in plain arrays, a tuple indexed by HW … HI (``pack_hashed``), checkpointed as
+On shards (train.shards) the lazy L2 holds as in one process: summing gradients, the driver
+catches a weight up as it adds the shards' sums (``add_lazy_sums``) and each shard before its
+margin reads it, from the stamps and AdaGrad sums sent with the weights; local SGD brings each
+shard's figures up to its last update before it averages them (``average_lazy_entries``).
+L1 and momentum train in one process.
+
+State lives in plain arrays, a tuple indexed by HW … HQ (``pack_hashed``), checkpointed as
 they are.
 """
 

@@ -74,9 +74,10 @@ DEFAULT_L2 = 1e-4
 def resolve_defaults(source: Source, config: FitConfig, sharded: bool = False) -> tuple[FitConfig, str]:
     """``config`` with the data-dependent defaults fixed, ``--l2`` then ``--optimizer auto``,
     and why, in one line (``given`` when the user named both). ``sharded``: the run trains on
-    shards (``config.sharded``, or a backend given in code)."""
+    shards (``config.sharded``, or a backend given in code); the choice no longer depends on
+    it (AdaGrad's lazy L2 holds on shards as in one process), the parameter stays for callers."""
     config, l2_why = _resolve_l2(source, config)
-    config, why = _resolve_optimizer(source, config, sharded)
+    config, why = _resolve_optimizer(source, config)
     return config, why if not l2_why else f"{why}; {l2_why}"
 
 
@@ -95,7 +96,7 @@ def _resolve_l2(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
     return replace(config, l2=l2), f"l2 {l2:.3g} = min(1e-4, 1/rows) with categorical columns"
 
 
-def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tuple[FitConfig, str]:
+def _resolve_optimizer(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
     """--optimizer auto. Dense data: sgd, whose step 1/L_B the data fixes (unchanged: the
     defaults suite). Categorical columns and a classifier: adagrad, whose per-weight steps let
     a rare value's weight move as its own gradients allow, where SGD's one step is the
