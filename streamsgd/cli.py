@@ -162,7 +162,7 @@ def cli() -> None:
 @click.option("--lr-scale-with-batch", "lr_reference_batch", type=int, default=None, metavar="REF",
               help="Linear scaling rule: use --lr x batch / REF (Goyal et al. 2017).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZER_CHOICES), default=FitConfig.optimizer, show_default=True,
-              help="auto: adagrad for a classifier on categorical columns in one process, else sgd "
+              help="auto: adagrad for a classifier on categorical columns, else sgd "
                    "(the run's summary says which and why).")
 @click.option("--beta1", type=float, default=FitConfig.beta1, show_default=True, help="Momentum / Adam's first moment.")
 @click.option("--beta2", type=float, default=FitConfig.beta2, show_default=True, help="Adam's second moment.")

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import streamsgd
-from streamsgd.compute.codes import ADAGRAD, LINEAR, LOGISTIC, POISSON, SGD
+from streamsgd.compute.codes import ADAGRAD, ADAM, ADAMW, LINEAR, LOGISTIC, MOMENTUM, NESTEROV, POISSON, SGD
 from streamsgd.compute.loop import LR0, N_COUNTERS, N_SUMS, AVERAGED, pack_hyper, pack_params, pack_spec
-from streamsgd.compute.sparse import (HF, RENORMALIZE, WSCALE, catch_up_all, finish_batch_hashed, folded, lazy_l2,
-                                     pack_hashed,
-                                     train_rows_hashed)
+from streamsgd.compute.sparse import (HF, RENORMALIZE, WSCALE, catch_up_all, catch_up_all_l1, catch_up_all_momentum,
+                                     finish_batch_hashed, folded, lazy_l1, lazy_l2, lazy_momentum, needs_extra,
+                                     pack_hashed, train_rows_hashed)
 from streamsgd.config import FitConfig
 from streamsgd.errors import ModelFileError, UsageError
 from streamsgd.sources import open_source
@@ -46,10 +46,14 @@ def _slope(loss: int, z, y):
     return z - y
 
 
-def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from, lr_after=None):
+def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from, lr_after=None, l1=0.0,
+          clips=None):
     """The same run on the dense design [X | one-hot of the hashed ids] in plain NumPy:
     every weight of the table moves at every update (the L2 shrinkage of all of them).
-    ``lr_after`` = (m, lr2): the step is lr2 after update m (a lowered default step)."""
+    ``lr_after`` = (m, lr2): the step is lr2 after update m (a lowered default step).
+    ``l1``: the cumulative L1 penalty (optim.l1_step) on every weight but the intercept;
+    ``clips`` (a list) collects the updates at which a weight no row of the batch touched
+    reached zero (the lazy L1's catch-up must find them)."""
     n, d = X.shape
     onehot = np.zeros((n, 1 << bits))
     for c in range(idx.shape[1]):
@@ -60,6 +64,9 @@ def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_fr
     penalty[d] = 0.0  # the intercept is not penalised
     sq = np.zeros_like(theta)
     avg, k = np.zeros_like(theta), 0
+    q, u = np.zeros_like(theta), 0.0
+    mom = np.zeros_like(theta)
+    live = np.ones(theta.size, bool)  # the weights an update moves: all but lazy Adam's untouched ones
     for t, start in enumerate(range(0, n, batch), start=1):
         if lr_after is not None and t == lr_after[0] + 1:
             lr = lr_after[1]
@@ -69,15 +76,40 @@ def _twin(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_fr
             sq += g * g
             h = np.sqrt(sq) + eps
             theta = (theta - lr * g / h) / (1.0 + lr * penalty / h)
+        elif optimizer in (ADAM, ADAMW):  # lazy Adam: the hashed weights no row of the batch holds stay as they are
+            live[d + 1:] = False
+            live[d + 1 + np.unique(idx[start:start + batch])] = True
+            g = g + penalty * theta if optimizer == ADAM else g
+            mom[live] = 0.9 * mom[live] + 0.1 * g[live]
+            sq[live] = 0.999 * sq[live] + 0.001 * g[live] ** 2
+            step = (mom / (1 - 0.9**t)) / (np.sqrt(sq / (1 - 0.999**t)) + eps)
+            step += penalty * theta if optimizer == ADAMW else 0.0
+            theta[live] -= lr * step[live]
+        elif optimizer in (MOMENTUM, NESTEROV):  # PyTorch's rules, L2 in the gradient, β = 0.9 (_kernel's)
+            g = g + penalty * theta
+            mom = 0.9 * mom + g
+            theta = theta - lr * (g + 0.9 * mom if optimizer == NESTEROV else mom)
         else:
             theta -= lr * (g + penalty * theta)
+        if l1 > 0.0:
+            u += lr * l1
+            z = theta.copy()
+            weight = np.arange(z.size) != d  # the intercept is not penalised
+            up, down = weight & (z > 0), weight & (z < 0)
+            theta[up] = np.maximum(0.0, z[up] - (u + q[up]))
+            theta[down] = np.minimum(0.0, z[down] + (u - q[down]))
+            q += theta - z
+            if clips is not None:
+                untouched = np.all(rows == 0.0, axis=0)
+                clips.extend(np.flatnonzero(untouched & (z != 0.0) & (theta == 0.0)))
         if t > average_from:
             k += 1
             avg += (theta - avg) / k
     return avg if k else theta
 
 
-def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from, pieces, lr_after=None):
+def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from, pieces, lr_after=None,
+            l1=0.0):
     """The product's compiled loop on the same rows, fed in ``pieces`` so that batches
     straddle the calls (their sums wait in the gradient buffers, as between windows).
     ``lr_after`` = (m, lr2): after update m the step changes, as ``State.catch_up`` then
@@ -86,13 +118,14 @@ def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_
     updates = -(-n // batch)
     spec = pack_spec(loss=loss, batch=batch, schedule=0, average_from=average_from, n_rows=n, optimizer=optimizer,
                      warmup=0, total=updates, step_every=1, noise=False, t0=0, blocks=1)
-    hyper = pack_hyper(lr0=lr, power_t=0.0, l2=l2, l1=0.0, param=0.0, beta1=0.9, beta2=0.999, eps=eps, gamma=0.1)
+    hyper = pack_hyper(lr0=lr, power_t=0.0, l2=l2, l1=l1, param=0.0, beta1=0.9, beta2=0.999, eps=eps, gamma=0.1)
     theta, theta_eff, avg, gw = (np.zeros(d + 1) for _ in range(4))
-    params = pack_params(theta=theta, theta_eff=theta_eff, avg=avg, gw=gw, l1_q=np.zeros(d), l1_u=np.zeros(1),
+    l1_u = np.zeros(1)
+    params = pack_params(theta=theta, theta_eff=theta_eff, avg=avg, gw=gw, l1_q=np.zeros(d), l1_u=l1_u,
                          cw=np.ones(2), classes=np.zeros(1))
     counters, sums = np.zeros(N_COUNTERS, np.int64), np.zeros(N_SUMS)
     noise = (np.zeros(1), np.zeros(1), np.zeros(d + 1))
-    hashed = pack_hashed(bits)
+    hashed = pack_hashed(bits, needs_extra(l1, optimizer))
     opt_state = np.zeros((2, d + 1))
     order = np.arange(n, dtype=np.int64)
     mean, scale = np.zeros(d), np.ones(d)  # the dense block as it is: the twin's raw space
@@ -104,15 +137,21 @@ def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_
             pos = train_rows_hashed(X, y, np.zeros(0), idx, sign, order, pos, min(n, lo + pieces), stop_at, spec,
                                     hyper, params, opt_state, mean, scale, counters, sums, noise, hashed)
             if counters[0] == stop_at:  # loop.T
-                catch_up_all(hashed, stop_at, lazy_l2(spec, hyper), eps, average_from)
+                if l1 > 0:
+                    catch_up_all_l1(hashed, stop_at, *lazy_l1(spec, hyper, l1_u), eps, average_from)
+                elif optimizer in (MOMENTUM, NESTEROV):
+                    catch_up_all_momentum(hashed, stop_at, *lazy_momentum(spec, hyper), average_from)
+                else:
+                    catch_up_all(hashed, stop_at, lazy_l2(spec, hyper), eps, average_from)
                 hyper[LR0], stop_at = lr_after[1], -1
     if counters[1]:  # the short last batch (loop.FILLED), as the trainer closes an epoch
         finish_batch_hashed(spec, hyper, params, opt_state, mean, scale, counters, sums, noise, hashed)
     dense = avg if counters[AVERAGED] else theta
     lazy = (int(counters[0]), lazy_l2(spec, hyper), eps, average_from)  # loop.T: the updates made
-    weights = folded(hashed, int(counters[AVERAGED]), lazy)
+    rules = (lazy_l1(spec, hyper, l1_u), lazy_momentum(spec, hyper))
+    weights = folded(hashed, int(counters[AVERAGED]), lazy, *rules)
     # the catch-up works on copies: the run's state (its stamps, weights, sums) is left as it was
-    np.testing.assert_array_equal(folded(hashed, int(counters[AVERAGED]), lazy), weights)
+    np.testing.assert_array_equal(folded(hashed, int(counters[AVERAGED]), lazy, *rules), weights)
     return np.concatenate([dense, weights]), hashed
 
 
@@ -168,6 +207,104 @@ def test_lazy_adagrad_l2_across_a_lowered_step_equals_its_dense_twin(average_fro
     scale = np.abs(want).max()
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
     assert not np.allclose(_twin(*args), want, rtol=1e-3)  # the change of step mattered
+
+
+@pytest.mark.parametrize("loss", [LOGISTIC, LINEAR, POISSON])
+@pytest.mark.parametrize("optimizer, l2, l1, average_from", [
+    (SGD, 0.0, 0.01, 10**9),  # the pull by what is owed, at the touch
+    (SGD, 0.0, 0.01, 7),  # the averaged skipped iterates: an arithmetic series until zero
+    (SGD, 1e-6, 0.01, 7),  # the default L2 of a large table: ρ = 1 − 5e-7, the series in _g
+    (SGD, 0.3, 0.005, 7),  # elastic net: shrink and pull per skipped update, a geometric series
+    (ADAGRAD, 0.0, 0.005, 7),
+    (ADAGRAD, 0.1, 0.005, 7),  # each weight's own ρ = 1 / (1 + η·l2 / h)
+    (ADAGRAD, 0.1, 0.01, 2**63 - 1),
+])
+@pytest.mark.parametrize("lr_after", [None, (19, 0.05)])
+def test_lazy_l1_equals_its_dense_twin(loss, optimizer, l2, l1, average_from, lr_after):
+    """The cumulative L1 penalty (optim.l1_step) on the hashed weights, applied when a batch
+    touches a weight, gives the dense rule's iterates, untouched weights included: the same
+    exact zeros, the Polyak mean of the skipped iterates, across a lowered step. The dense
+    twin has weights reach zero in updates whose batch did not touch them (``clips``), so the
+    catch-up's clip index is exercised. 1e-12 relative, as the other lazy rules."""
+    X, y, idx, sign, bits = _problem(loss)
+    lr = 0.5 if loss != POISSON else 0.1
+    args = (loss, optimizer, X, y, idx, sign, bits, 8, lr, l2, 1e-8, average_from)
+    clips: list = []
+    want = _twin(*args, lr_after=lr_after, l1=l1, clips=clips)
+    got, hashed = _kernel(*args, pieces=37, lr_after=lr_after, l1=l1)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
+    if average_from > 38:  # the last iterate: its zeros are exact, where the dense rule's are
+        np.testing.assert_array_equal(got == 0.0, want == 0.0)
+    if optimizer == SGD or l1 >= 0.01:  # (AdaGrad's weights at l1 0.005 stay clear of zero between touches)
+        assert clips
+    assert hashed[HF][WSCALE] == 1.0  # the L2 is caught up per weight, never the global scale
+    assert not np.allclose(_twin(*args, lr_after=lr_after), want, rtol=1e-3)  # the penalty mattered
+
+
+@pytest.mark.parametrize("loss", [LOGISTIC, LINEAR, POISSON])
+@pytest.mark.parametrize("optimizer", [MOMENTUM, NESTEROV])
+@pytest.mark.parametrize("l2, average_from", [(0.0, 10**9), (0.0, 7), (1e-2, 10**9), (0.3, 7), (1e-6, 2**63 - 1)])
+@pytest.mark.parametrize("lr_after", [None, (19, 0.05)])
+def test_lazy_momentum_equals_its_dense_twin(loss, optimizer, l2, average_from, lr_after):
+    """Momentum and Nesterov on the hashed weights: an untouched weight goes on moving by its
+    momentum (and with L2 the pair (θ, m) follows a fixed linear map per update), so the
+    catch-up applies the skipped updates' map A^k and the averaged iterates' sum in O(log k)
+    products: the dense update's weights, untouched ones included, across a lowered step
+    (every weight brought up to it first). 1e-12 relative, as the other lazy rules."""
+    X, y, idx, sign, bits = _problem(loss)
+    lr = 0.05 if loss != POISSON else 0.01  # β = 0.9: an effective step of 10·lr
+    args = (loss, optimizer, X, y, idx, sign, bits, 8, lr, l2, 1e-8, average_from)
+    want = _twin(*args, lr_after=lr_after)
+    got, hashed = _kernel(*args, pieces=37, lr_after=lr_after)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
+    assert hashed[HF][WSCALE] == 1.0  # the L2 is caught up per weight, never the global scale
+    plain = _twin(*args[:1], SGD, *args[2:], lr_after=lr_after)
+    assert not np.allclose(plain, want, rtol=1e-3)  # the momentum mattered
+
+
+@pytest.mark.parametrize("loss", [LOGISTIC, LINEAR, POISSON])
+@pytest.mark.parametrize("optimizer", [ADAM, ADAMW])
+@pytest.mark.parametrize("l2, average_from", [(0.0, 10**9), (0.0, 7), (1e-2, 10**9), (0.3, 7)])
+def test_lazy_adam_equals_its_numpy_twin(loss, optimizer, l2, average_from):
+    """Adam and AdamW on the hashed weights follow "lazy Adam" (PyTorch's SparseAdam), not the
+    dense rule: a weight no row of the batch holds keeps its value and moments (no decay of
+    them, no L2 or decoupled decay until touched), while the dense block takes the dense rule.
+    The NumPy twin applies exactly that rule on the one-hot design; the averaged weights come
+    by the two-scalar trick. 1e-12 relative, as the exact lazy rules; and it is not the dense
+    rule (the last assertion)."""
+    X, y, idx, sign, bits = _problem(loss)
+    args = (loss, optimizer, X, y, idx, sign, bits, 8, 0.05, l2, 1e-8, average_from)
+    want = _twin(*args)
+    got, _ = _kernel(*args, pieces=37)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
+    assert not np.allclose(got, _dense_adam(*args), rtol=1e-3)
+
+
+def _dense_adam(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_from):
+    """The dense Adam on the same design: every weight's moments decay at every update."""
+    n, d = X.shape
+    onehot = np.zeros((n, 1 << bits))
+    for c in range(idx.shape[1]):
+        np.add.at(onehot, (np.arange(n), idx[:, c]), sign[:, c])
+    A = np.hstack([X, np.ones((n, 1)), onehot])
+    theta, m, v = (np.zeros(A.shape[1]) for _ in range(3))
+    penalty = np.ones(A.shape[1]) * l2
+    penalty[d] = 0.0
+    avg, k = np.zeros_like(theta), 0
+    for t, start in enumerate(range(0, n, batch), start=1):
+        rows = A[start:start + batch]
+        g = rows.T @ _slope(loss, rows @ theta, y[start:start + batch]) / rows.shape[0]
+        g = g + penalty * theta if optimizer == ADAM else g
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        theta = theta - lr * ((m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + eps)
+                              + (penalty * theta if optimizer == ADAMW else 0.0))
+        if t > average_from:
+            k += 1
+            avg += (theta - avg) / k
+    return avg if k else theta
 
 
 # --- real tables through the CLI ------------------------------------------------------------------
@@ -370,9 +507,14 @@ def test_public_tables_at_default_options_reach_scikit_learn(name, writer, publi
     assert got < want * 1.02, (got, want)
 
 
-def test_resume_after_a_checkpoint_is_bit_identical(tables):
+@pytest.mark.parametrize("extra", [{}, {"l1": 3e-3}, {"l1": 0.02, "optimizer": "sgd", "l2": 1e-3, "average": False},
+                                   {"optimizer": "nesterov", "lr": 0.02}, {"optimizer": "adamw", "lr": 0.02}])
+def test_resume_after_a_checkpoint_is_bit_identical(tables, extra):
+    """Also with the L1 penalty (its per-weight debts are checkpointed: ``hq``), under AdaGrad
+    (--optimizer auto) and SGD's elastic net, with Nesterov's momentum (in AdaGrad's column of
+    the table) and with lazy AdamW (its first moments in ``hq``)."""
     (paths, _, _) = tables
-    options = {"model": "logistic", "batch": 50, "epochs": 4, "log_every": 5}
+    options = {"model": "logistic", "batch": 50, "epochs": 4, "log_every": 5, **extra}
     saved: list = []
     whole = train_fit(open_source(paths["train"]), FitConfig(**options),
                       hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=7)))
@@ -382,14 +524,28 @@ def test_resume_after_a_checkpoint_is_bit_identical(tables):
                             hooks=Hooks(checkpointing=Checkpointing(save=lambda _: None, every=7)))
         np.testing.assert_array_equal(resumed.model.hashed, whole.model.hashed)
         np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
+    if "l1" in extra:  # the penalty's debts were saved; the last iterate has exact zeros among the touched weights
+        assert np.any(saved[0]["hq"] != 0.0)
+    if not extra.get("average", True):
+        assert 0 < np.count_nonzero(whole.model.hashed) < np.count_nonzero(saved[0]["hstamp"])
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"optimizer": "adam"}, "--optimizer adam: categorical columns train with --optimizer sgd or adagrad"),
+    ({"optimizer": "adam", "l1": 1e-3}, "--l1: not with --optimizer adam on categorical columns"),
+    ({"optimizer": "adamw", "shards": 2, "sync": "models"},
+     "--sync models: --optimizer adamw on categorical columns does not average its moments"),
+    ({"optimizer": "momentum", "l1": 1e-3}, "--l1: not with --optimizer momentum on categorical columns"),
+    ({"optimizer": "nesterov", "lr_schedule": "invscaling"},
+     "--lr-schedule invscaling: --optimizer nesterov on categorical columns moves the untouched weights"),
+    ({"optimizer": "momentum", "shards": 2}, "--optimizer momentum: categorical columns train with momentum in one"),
     ({"optimizer": "adagrad", "lr_schedule": "invscaling"},
      "--lr-schedule invscaling: adagrad's lazy L2 on categorical columns needs one step for every update"),
-    ({"optimizer": "adagrad", "shards": 2}, "--l2: adagrad's lazy L2 on categorical columns trains in one process"),
-    ({"l1": 1e-3}, "--l1: not yet with categorical columns"),
+    ({"l1": 1e-3, "lr_schedule": "invscaling"}, "--lr-schedule invscaling: the L1 penalty on categorical columns, "
+                                                "applied when a row touches a weight, needs one step for every update"),
+    ({"l1": 1e-3, "shards": 2}, "--l1: the L1 penalty on categorical columns trains in one process for now"),
+    ({"model": "softmax", "optimizer": "adam"},
+     "--optimizer adam: --model softmax on categorical columns trains with --optimizer sgd or adagrad"),
+    ({"model": "softmax", "l1": 1e-3}, "--l1: not yet with --model softmax on categorical columns"),
     ({"hidden": (4,), "optimizer": "adagrad", "l2": 1e-3},
      "--l2: an MLP's embedding of categorical columns trains with adagrad only without L2"),
 ])
@@ -556,7 +712,8 @@ def _table(rows: int, categorical: bool):
     (50_000, {"categorical": True}, "adagrad", 1 / 50_000),  # min(1e-4, 1/rows)
     (5_000, {"categorical": True}, "adagrad", 1e-4),  # the cap: small tables keep 1e-4
     (50_000, {"categorical": True, "model": "linear"}, "sgd", 1 / 50_000),  # a regression keeps sgd
-    (50_000, {"categorical": True, "shards": 2}, "sgd", 1 / 50_000),  # the lazy L2 runs in one process
+    (50_000, {"categorical": True, "shards": 2}, "adagrad", 1 / 50_000),  # shards summing their gradients
+    (50_000, {"categorical": True, "shards": 2, "sync": "models"}, "adagrad", 1 / 50_000),  # local SGD too
     (50_000, {"categorical": True, "lr_schedule": "cosine"}, "sgd", 1 / 50_000),  # ... with one step
     (50_000, {"categorical": True, "shards": 2, "l2": 0.0}, "adagrad", 0.0),  # no L2: no catch-up
     (50_000, {"categorical": True, "optimizer": "sgd", "l2": 1e-3}, "sgd", 1e-3),  # given: kept

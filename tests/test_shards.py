@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import streamsgd
+from streamsgd.compute.sparse import FOLDS
 from streamsgd.config import FitConfig
 from streamsgd.errors import UsageError
 from streamsgd.plan.shards import shard_chunks
@@ -196,16 +197,80 @@ def _hashed_fit(path, hooks=None, **options):
     return _fit(path, hooks=hooks, **{"hash_bits": 10, "epochs": 2, "optimizer": "sgd", **options})
 
 
-@pytest.mark.parametrize("shards", [{"hooks": Hooks(backend=InProcess)}, {"sync": "models", "sync_every": 3},
-                                    {"shards": 3}])
-def test_hashed_adagrad_l2_on_shards_is_refused_and_auto_trains_sgd_there(hashed_data, shards):
-    """A shard's copy of the hashed weights does not know how far each lags behind the lazy
-    L2 (compute.sparse): refused in one line, in both sync modes and with a backend given in
-    code; --optimizer auto trains sgd there and says why."""
-    with pytest.raises(UsageError, match="^--l2: adagrad's lazy L2 on categorical columns trains in one process"):
-        _hashed_fit(hashed_data, optimizer="adagrad", l2=1e-3, **shards)
-    auto = _hashed_fit(hashed_data, optimizer="auto", **shards)
-    assert auto.summary["optimizer"] == "sgd" and "one process" in auto.summary["optimizer_why"]
+@pytest.mark.parametrize("options", [{"lr": 0.2}, {"heavy": True, "memory_limit": "2MiB"}])
+def test_hashed_adagrad_lazy_l2_with_local_sgd_on_one_shard_equals_the_single_process_run(hashed_data,
+                                                                                        heavy_hashed_data, options):
+    """Local SGD under AdaGrad's lazy L2: the tables travel with their stamps and one shard's
+    (× 1.0) are taken as they are, so one shard gives the single process's model bit for bit
+    at a given step. A default step lowered mid-epoch (after the round, not before the
+    update as in one process) catches every weight up on the driver, which then sends the
+    tables whole: lanes replaced every 7th round (sent them whole) give the same model;
+    --optimizer auto trains adagrad there."""
+    heavy = options.pop("heavy", False)
+    path = heavy_hashed_data if heavy else hashed_data
+    options = {"optimizer": "adagrad", "l2": 1e-3, **options}
+    local = _hashed_fit(path, sync="models", sync_every=7, **options)
+    reference = _hashed_fit(path, hooks=Hooks(backend=_Replacing), sync="models", sync_every=7, **options) if heavy \
+        else _hashed_fit(path, **options)
+    _same_hashed(reference, local)
+    auto = _hashed_fit(path, sync="models", sync_every=7, **{**options, "optimizer": "auto"})
+    assert auto.summary["optimizer"] == "adagrad"
+
+
+@pytest.fixture(scope="module")
+def heavy_hashed_data(hashed_data, tmp_path_factory):
+    """``hashed_data`` with one row of x0 = 40 in its last row group: read in windows of a
+    2 MiB plan, the first epoch meets it late and lowers the default step (``lower_step``)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(hashed_data)
+    frame.loc[4500, "x0"] = 40.0
+    path = tmp_path_factory.mktemp("heavy") / "h.parquet"
+    frame.to_parquet(path, index=False, row_group_size=700)
+    return str(path)
+
+
+@pytest.mark.parametrize("options", [{}, {"lr": 0.2, "epochs": 3}, {"heavy": True, "memory_limit": "2MiB"}])
+def test_hashed_adagrad_lazy_l2_on_one_shard_equals_the_single_process_run(hashed_data, heavy_hashed_data, options):
+    """AdaGrad's lazy L2 on shards that sum their gradients: a shard brings each weight its
+    rows touch up to date from the stamps and AdaGrad sums the driver sends with the weights,
+    before its margin reads it, and the driver before the update, as the single process does
+    on a weight's first touch: one shard gives its model bit for bit (the default step, a
+    given one, and a default step lowered mid-epoch, which catches every weight up on the
+    driver: the shard is then sent the whole tables; averaging on)."""
+    path = heavy_hashed_data if options.pop("heavy", False) else hashed_data
+    options = {"optimizer": "adagrad", "l2": 1e-3, **options}
+    saved: list = []
+    sharded = _hashed_fit(path, hooks=Hooks(backend=InProcess, checkpointing=Checkpointing(save=saved.append, every=10)),
+                          **options)
+    _same_hashed(_hashed_fit(path, **options), sharded)
+    if path == heavy_hashed_data:
+        assert saved[-1]["hi"][FOLDS] > 0  # the lowered step caught every weight up
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_hashed_lazy_adam_on_one_shard_equals_the_single_process_run(hashed_data, optimizer):
+    """Lazy Adam moves only the weights a batch touches, so the last update's changes keep a
+    shard's copy current: one shard gives the single process's model bit for bit."""
+    options = {"optimizer": optimizer, "l2": 1e-3, "lr": 0.01}
+    _same_hashed(_hashed_fit(hashed_data, **options), _hashed_fit(hashed_data, hooks=Hooks(backend=InProcess),
+                                                                  **options))
+
+
+def test_hashed_adagrad_lazy_l2_on_three_shards_resumes_and_survives_replaced_lanes(hashed_data):
+    """Three shards: a resumed run's new lanes and lanes replaced mid-run get the whole tables
+    (weights, stamps, AdaGrad sums) and give the uninterrupted model bit for bit; --optimizer
+    auto trains adagrad there; the L2 mattered."""
+    saved = []
+    options = {"shards": 3, "lr": 0.2, "l2": 1e-3, "optimizer": "adagrad"}
+    whole = _hashed_fit(hashed_data, hooks=Hooks(checkpointing=Checkpointing(save=saved.append, every=10)), **options)
+    middle = next(arrays for arrays in saved if int(arrays["shard_round"][0]) > 0)
+    config = FitConfig(model="logistic", epochs=2, batch=128, memory_limit="64MiB", hash_bits=10, **options)
+    _same_hashed(whole, fit(open_source(hashed_data, target="y"), config, resume=middle))
+    _same_hashed(whole, _hashed_fit(hashed_data, hooks=Hooks(backend=_Replacing), **options))
+    assert _hashed_fit(hashed_data, **{**options, "optimizer": "auto"}).summary["optimizer"] == "adagrad"
+    assert not np.allclose(whole.model.hashed, _hashed_fit(hashed_data, **{**options, "l2": 0.0}).model.hashed,
+                           rtol=1e-3)
 
 
 def _same_hashed(a, b):
@@ -454,6 +519,48 @@ def test_the_tables_merge_is_numpys_average_of_the_changed_entries_bit_for_bit()
         assert np.array_equal(merge_hashed(hashed, parts, int(rows.sum())), union)
         for slot, table in zip(slots, expected):
             assert np.array_equal(hashed[slot].view(np.int64), table.view(np.int64))
+
+
+def test_the_lazy_tables_merge_averages_each_shards_caught_up_figures():
+    """``merge_lazy`` (AdaGrad's lazy L2) against NumPy: each shard's figures at an entry (its
+    report, else the round's start) are first brought to the shard's last update by the
+    skipped updates' shrinkage 1 / (1 + η·l2 / (√G + ε)) one update at a time (adding the
+    averaged iterates to the sum), then averaged by rows; shards that ended at different
+    updates bring every entry, changed or not. 1e-12 relative: the closed form's roundings."""
+    from streamsgd.compute.sparse import HF, HSQ, HSUM, HW, STAMP, pack_hashed
+    from streamsgd.train.shards import merge_lazy
+
+    rng = np.random.default_rng(1)
+    lr_l2, eps, average_from = 0.05, 1e-8, 12
+    for ends in ([20, 20, 20], [20, 17]):
+        bits = 6
+        hashed = pack_hashed(bits)
+        hashed[HW][:], hashed[HSQ][:] = rng.normal(size=64), rng.random(64) + 0.1
+        hashed[HSUM][:], hashed[STAMP][:] = rng.normal(size=64), rng.integers(0, 10, 64)
+        start = [hashed[slot].copy() for slot in (HW, HSQ, HSUM, STAMP)]
+        rows = rng.integers(1, 500, len(ends))
+        parts = []
+        for end in ends:
+            ids = np.sort(rng.choice(64, 20, replace=False))
+            values = (rng.normal(size=20), rng.random(20) + 0.1, rng.normal(size=20), rng.integers(10, end + 1, 20))
+            parts.append(((ids, values, hashed[HF].copy()), int(rows[len(parts)])))
+        changed = merge_lazy(hashed, parts, int(rows.sum()), np.array(ends), (lr_l2, eps, average_from))
+        union = np.unique(np.concatenate([p[0][0] for p in parts]))
+        entries = union if ends[0] == ends[-1] else np.arange(64)
+        for h in entries:
+            w = v2 = sum2 = 0.0
+            for ((ids, values, _), n), end in zip(parts, ends):
+                at = np.flatnonzero(ids == h)
+                v, g, total, stamp = (values[i][at[0]] for i in range(4)) if at.size else (t[h] for t in start)
+                for update in range(int(stamp) + 1, end + 1):
+                    v /= 1 + lr_l2 / (np.sqrt(g) + eps)
+                    total += v if update > average_from else 0.0
+                w, v2, sum2 = w + g * n / rows.sum(), v2 + v * n / rows.sum(), sum2 + total * n / rows.sum()
+            np.testing.assert_allclose([hashed[HW][h], hashed[HSQ][h], hashed[HSUM][h]], [v2, w, sum2], rtol=1e-12)
+            assert hashed[STAMP][h] == max(ends)
+        untouched = np.setdiff1d(np.arange(64), entries)
+        assert np.array_equal(hashed[HW][untouched], start[0][untouched])
+        assert (changed is None) == (ends[0] != ends[-1])
 
 
 def test_auto_measures_the_shards_compute_and_the_rounds_latency_apart(monkeypatch):

@@ -28,7 +28,11 @@ SCALAR_MODELS = ("linear", "logistic", "poisson", "huber", "hinge", "modified_hu
 #: Models with C margins: the (2**bits, C) table serves them (compute.sparse_multi).
 TABLE_MODELS = ("softmax",)
 #: Optimizers with an exact O(nnz) update of the hashed weights (compute.sparse).
-SPARSE_OPTIMIZERS = ("sgd", "adagrad")
+SPARSE_OPTIMIZERS = ("sgd", "adagrad", "momentum", "nesterov", "adam", "adamw")
+#: Those whose untouched hashed weights still move: their catch-up holds for one step.
+MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
+#: Those that train the hashed weights by lazy Adam (compute.sparse.hashed_step_adam).
+ADAM_OPTIMIZERS = ("adam", "adamw")
 #: Optimizers the (2**bits, C) table trains with (compute.sparse_multi: SGD's scale, AdaGrad's lazy L2).
 TABLE_OPTIMIZERS = ("sgd", "adagrad")
 
@@ -78,9 +82,10 @@ DEFAULT_L2 = 1e-4
 def resolve_defaults(source: Source, config: FitConfig, sharded: bool = False) -> tuple[FitConfig, str]:
     """``config`` with the data-dependent defaults fixed, ``--l2`` then ``--optimizer auto``,
     and why, in one line (``given`` when the user named both). ``sharded``: the run trains on
-    shards (``config.sharded``, or a backend given in code)."""
+    shards (``config.sharded``, or a backend given in code); the choice no longer depends on
+    it (AdaGrad's lazy L2 holds on shards as in one process), the parameter stays for callers."""
     config, l2_why = _resolve_l2(source, config)
-    config, why = _resolve_optimizer(source, config, sharded)
+    config, why = _resolve_optimizer(source, config)
     config, bits_why = _resolve_bits(source, config)
     return config, "; ".join(w for w in (why, l2_why, bits_why) if w)
 
@@ -124,7 +129,7 @@ def _resolve_l2(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
     return replace(config, l2=l2), f"l2 {l2:.3g} = min(1e-4, 1/rows) with categorical columns"
 
 
-def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tuple[FitConfig, str]:
+def _resolve_optimizer(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
     """--optimizer auto. Dense data: sgd, whose step 1/L_B the data fixes (unchanged: the
     defaults suite). Categorical columns and a classifier (softmax too): adagrad, whose per-weight steps let
     a rare value's weight move as its own gradients allow, where SGD's one step is the
@@ -132,7 +137,9 @@ def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tupl
     ±lr whatever its gradient, so its lr is in the weights' units: a classifier's margins
     (hence weights) are O(1), as 1/L_B assumes, where a regression's weights scale with the
     target (measured: benchmarks/README.md, ctr.py), so regressions keep sgd. sgd also where
-    the lazy L2 is not served (shards, a cluster, a schedule that changes the step)."""
+    the lazy L2 is not served (a schedule that changes the step); on shards and clusters it
+    is (compute.sparse: each weight caught up before its margin is read, and before local
+    SGD's merge averages it)."""
     if config.optimizer != "auto":
         return config, "given"
     columns = categorical_columns(source)
@@ -147,9 +154,6 @@ def _resolve_optimizer(source: Source, config: FitConfig, sharded: bool) -> tupl
     if config.model not in CLASSIFIERS:
         return replace(config, optimizer="sgd"), (f"auto: {k}, but --model {config.model} is a regression (adagrad's "
                                                   "step is in the weights' units): sgd")
-    if config.l2_strength > 0 and (sharded or config.sharded):
-        return replace(config, optimizer="sgd"), (f"auto: {k}, but adagrad's lazy L2 trains in one process: sgd "
-                                                  "(give --optimizer adagrad --l2 0 for per-weight steps)")
     if config.l2_strength > 0 and (config.lr_schedule != "constant" or config.warmup > 0):
         return replace(config, optimizer="sgd"), (f"auto: {k}, but adagrad's lazy L2 needs a constant step: sgd "
                                                   f"(--lr-schedule {config.lr_schedule}, --warmup {config.warmup})")
@@ -166,6 +170,9 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
     shown = ", ".join(columns[:5]) + (", …" if len(columns) > 5 else "")
     fix = f"or leave the categorical columns ({shown}) out with --exclude"
     lazy = config.optimizer == "adagrad" and config.l2_strength > 0  # compute.sparse: the catch-up needs one step
+    moving = config.optimizer in MOMENTUM_OPTIMIZERS
+    varying = config.lr_schedule != "constant" or config.warmup > 0
+    schedule = f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
     refusals = [
         (config.model not in SCALAR_MODELS + TABLE_MODELS,
          f"--model {config.model}: categorical columns train with --model "
@@ -176,14 +183,29 @@ def check(source: Source, config: FitConfig, init: Any) -> None:
         (bool(config.hidden) and config.optimizer == "adagrad" and config.l2_strength > 0, "--l2: an MLP's embedding of "
          "categorical columns trains with adagrad only without L2 (no exact lazy rule); give --l2 0 or --optimizer sgd"),
         (config.optimizer not in SPARSE_OPTIMIZERS, f"--optimizer {config.optimizer}: categorical columns train with "
-                                                    f"--optimizer sgd or adagrad; {fix}"),
+                                                    f"--optimizer {', '.join(SPARSE_OPTIMIZERS)}; {fix}"),
         (lazy and (config.lr_schedule != "constant" or config.warmup > 0),
          f"--lr-schedule {config.lr_schedule}" + (f" --warmup {config.warmup}" if config.warmup else "")
          + ": adagrad's lazy L2 on categorical columns needs one step for every update; give --lr-schedule "
            "constant --warmup 0, or --l2 0"),
-        (lazy and config.sharded, "--l2: adagrad's lazy L2 on categorical columns trains in one process for now; "
-                                  "give --l2 0 or --optimizer sgd with --shards, --workers or --sync models"),
-        (config.l1 > 0, f"--l1: not yet with categorical columns; give --l1 0 {fix}"),
+        (config.l1 > 0 and varying, f"{schedule}: the L1 penalty on categorical columns, applied when a row touches a "
+                                    "weight, needs one step for every update; give --lr-schedule constant --warmup 0, "
+                                    "or --l1 0"),
+        (moving and config.l1 > 0, f"--l1: not with --optimizer {config.optimizer} on categorical columns (a weight "
+                                   "its momentum carries across zero between touches has no closed form); give --l1 0 "
+                                   "or --optimizer sgd or adagrad"),
+        (moving and varying, f"{schedule}: --optimizer {config.optimizer} on categorical columns moves the untouched "
+                             "weights by a closed form in one step; give --lr-schedule constant --warmup 0"),
+        (moving and config.sharded, f"--optimizer {config.optimizer}: categorical columns train with momentum in one "
+                                    "process for now; give --optimizer sgd or adagrad with --shards or --workers"),
+        (config.optimizer in ADAM_OPTIMIZERS and config.l1 > 0,
+         f"--l1: not with --optimizer {config.optimizer} on categorical columns (lazy Adam); give --l1 0 or "
+         "--optimizer sgd or adagrad"),
+        (config.optimizer in ADAM_OPTIMIZERS and config.sharded and config.sync == "models",
+         f"--sync models: --optimizer {config.optimizer} on categorical columns does not average its moments across "
+         "shards yet; give --sync gradients"),
+        (config.l1 > 0 and config.sharded, "--l1: the L1 penalty on categorical columns trains in one process for now; "
+                                           "give --l1 0 with --shards or --workers"),
         (config.model in TABLE_MODELS and config.optimizer not in TABLE_OPTIMIZERS,
          f"--optimizer {config.optimizer}: --model {config.model} on categorical columns trains with --optimizer "
          f"{' or '.join(TABLE_OPTIMIZERS)}; {fix}"),

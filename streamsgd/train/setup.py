@@ -21,7 +21,7 @@ from ..compute.embedding import state_bytes as embedding_state_bytes
 from ..compute.loop import pack_spec
 from ..compute.mlp import layout, scratch_rows
 from ..compute.mlp import state_bytes as network_bytes
-from ..compute.sparse import state_bytes
+from ..compute.sparse import needs_extra, state_bytes
 from ..config import LOSS_TASK, FitConfig
 from ..errors import DataError, UsageError
 from ..persist.model import Model
@@ -57,6 +57,11 @@ def source_row_bytes(source: Source, config: FitConfig) -> int:
     return row_bytes(len(source.features), config.dtype, extra)
 
 
+def _extra(config: FitConfig) -> bool:
+    """Whether the hashed state holds one more figure per weight (``compute.sparse.needs_extra``)."""
+    return needs_extra(config.l1, OPTIMIZERS.get(config.optimizer, -1))
+
+
 def table_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool = True, outputs: int = 1) -> int:
     """The hashed weight table's memory (0 without categorical columns): ``compute.sparse.
     state_bytes``, what ``pack_hashed`` allocates for ``outputs`` weights per bucket (softmax's
@@ -64,11 +69,11 @@ def table_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool
     or tables lives in it). ``config`` is one holder's (a shard's share of --memory-limit);
     more than half of it is refused in one line naming --hash-bits, --shards and a
     --memory-limit that plans (``advise``; else no limit is named)."""
-    need = state_bytes(config.hash_bits, outputs) if hashed_columns(source) else 0
+    need = state_bytes(config.hash_bits, outputs, _extra(config)) if hashed_columns(source) else 0
     if need <= config.memory_limit // 2:
         return need
     bits = config.hash_bits
-    while bits > 0 and state_bytes(bits, outputs) > config.memory_limit // 2:
+    while bits > 0 and state_bytes(bits, outputs, _extra(config)) > config.memory_limit // 2:
         bits -= 1
     limit = "raise --memory-limit"
     if advise:
@@ -414,7 +419,7 @@ def _state(source: Source, config: FitConfig, plan: MemoryPlan, schedule: Schedu
         kernel_classes = np.arange(blocks, dtype=np.float64) if text else labels.astype(np.float64)
     st = State(len(source.features), blocks)
     if hashed_columns(source) and not config.hidden:  # an MLP embeds them instead (train.mlp)
-        st.hash_columns(hashed_columns(source), config.hash_bits, blocks)
+        st.hash_columns(hashed_columns(source), config.hash_bits, blocks, _extra(config))
     st.classes = kernel_classes
     st.spec = pack_spec(loss=LOSSES[config.model], batch=B, schedule=SCHEDULES[config.lr_schedule],
                         average_from=average_from, n_rows=N, optimizer=OPTIMIZERS[config.optimizer],

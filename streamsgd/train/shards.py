@@ -33,11 +33,13 @@ import time
 import numpy as np
 from numpy.typing import NDArray
 
-from ..compute.loop import (AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, FILLED, GW, L2, LOSS, LR0,
-                            N_COUNTERS, N_SUMS, NOISE, ROWS, T, fill_batch, finish_batch, pack_params,
-                            train_rows)
-from ..compute.sparse import (AVG_B, FOLDS, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_hashed_sums,
-                              average_entries, finish_batch_hashed, pack_hashed)
+from ..compute.codes import SGD
+from ..compute.loop import (AVERAGE_FROM, AVERAGED, BATCH, BATCH_LOSS, BLOCKS, DIVERGED, EPOCH, EPOCH_ROWS, EPS, FILLED,
+                            GW, L2, LOSS, LR0, N_COUNTERS, N_SUMS, NOISE, OPTIMIZER, ROWS, T, fill_batch, finish_batch,
+                            pack_params, train_rows)
+from ..compute.sparse import (AVG_B, FOLDS, HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, add_lazy_sums,
+                              average_entries, average_lazy_entries, finish_batch_hashed, lazy_l2,
+                              pack_hashed)
 from ..compute.sparse_multi import hashed_kernels
 from ..pipeline.batches import StreamPlan, shard_stream
 from ..pipeline.epochs import EpochStream
@@ -49,7 +51,7 @@ from . import guard
 from .inputs import Hooks
 from .run import Run
 from .setup import Setup
-from .hashed import categorical_columns
+from .hashed import MOMENTUM_OPTIMIZERS, categorical_columns
 from .state import State
 from .stepsize import lower_step, start
 
@@ -60,12 +62,18 @@ SparseSums = tuple[NDArray[np.int64], NDArray[np.float64]]
 #: the windows it opened in epoch 0, else 0, the hashed weights' sums or None).
 ShardPart = tuple[NDArray[np.float64], int, float, float, SparseSums | None]
 #: What a round of ``--sync gradients`` tells the shards of the hashed weights u: (updates made
-#: t, all of u or None, else the ids the last update moved and their values, u's scalars HF),
-#: or None without categorical columns. A shard keeps its copy of u, so a round carries the
-#: last update's O(B·k) changes, not the 2**bits table (all of it after a rescale of u, or to
-#: a shard whose copy is not current: a new one answers ``STALE`` rows and is sent all).
-HashedView = tuple[int, NDArray[np.float64] | None, NDArray[np.int64] | None, NDArray[np.float64] | None,
-                   NDArray[np.float64]] | None
+#: t, all of the ``VIEWED`` tables or None, else the ids the last update moved and their values
+#: in each, u's scalars HF, the step η), or None without categorical columns. A shard keeps its
+#: copy of u, so a round carries the last update's O(B·k) changes, not the 2**bits table (all
+#: of it after a rescale of u or a catch-up of every weight, or to a shard whose copy is not
+#: current: a new one answers ``STALE`` rows and is sent all). Under AdaGrad's lazy L2 the
+#: copy holds each weight's stamp and AdaGrad sum too: a shard brings a weight up to date
+#: before its margin reads it, as the driver does before the update (``compute.sparse``).
+HashedView = tuple[int, tuple[NDArray, ...] | None, NDArray[np.int64] | None, tuple[NDArray, ...] | None,
+                   NDArray[np.float64], float] | None
+#: the hashed tables a ``--sync gradients`` view carries: u, and under the lazy L2 the stamps
+#: and AdaGrad's sums its catch-up reads
+VIEWED, VIEWED_LAZY = (HW,), (HW, STAMP, HSQ)
 #: the rows of a shard's answer when its copy of the hashed weights is not current (see HashedView)
 STALE = -1
 
@@ -120,6 +128,13 @@ LOCAL_ARRAYS = ("theta", "theta_eff", "avg", "opt_state", "l1_q", "l1_u")
 #: the hashed tables a local-SGD round changes (compute.sparse): weights u, AdaGrad's sums, the
 #: average's sums; their scalars HF travel beside them
 TABLES = (HW, HSQ, HSUM)
+#: ... and under AdaGrad's lazy L2 the stamps, which say how far each weight lags
+TABLES_LAZY = (*TABLES, STAMP)
+
+
+def _tables(spec: NDArray[np.int64], hyper: NDArray[np.float64]) -> tuple[int, ...]:
+    """The hashed tables a local-SGD round carries: with the stamps under AdaGrad's lazy L2."""
+    return TABLES_LAZY if hyper.size and lazy_l2(spec, hyper) > 0 else TABLES
 #: What a ``--sync models`` round tells the shards of the hashed tables: (base t, the tables
 #: whole or None, else the ids the last merge changed and their values in each table, HF). A
 #: shard keeps its tables: those of the round that started at update ``base`` with its own
@@ -226,16 +241,18 @@ class _Lane:
         self._at(epoch, rnd * B)
         params = pack_params(theta=theta_eff, theta_eff=theta_eff, avg=theta_eff, gw=self.gw, l1_q=self.gw,
                              l1_u=self.gw, cw=job.cw, classes=job.classes)
-        hashed = None
+        hashed, hyper = None, job.hyper
         if self.scratch is not None:
             assert view is not None  # the driver sends the weights' changes with every round
             if not self._update_weights(view):
                 return self.gw, STALE, 0.0, 0.0, None
             self.counters[T] = view[0]  # the batch's stamp is update t + 1, as on the driver
             hashed = _with_scalars(self.scratch, view[4])
+            hyper = job.hyper.copy()
+            hyper[LR0] = view[5]  # the lazy L2's catch-up takes the driver's step, lowered or not
         self.gw[:] = 0.0
         self.counters[FILLED], self.sums[BATCH_LOSS] = 0, 0.0
-        top = max(self._fill(epoch, params, hashed), self._pending())
+        top = max(self._fill(epoch, params, hashed, hyper), self._pending())
         n = int(self.counters[FILLED])
         if n or not self.ended:
             self.place = (epoch, rnd * B + n)
@@ -282,13 +299,17 @@ class _Lane:
         """Bring this shard's copy of the hashed weights to update t (``view``); False when
         it cannot (a delta for a copy that is not at t - 1)."""
         assert view is not None and self.scratch is not None
-        t, full, ids, values, _ = view
+        t, full, ids, values, *_ = view
+        tables = full if full is not None else values
+        slots = VIEWED_LAZY if tables is not None and len(tables) == len(VIEWED_LAZY) else VIEWED
         if full is not None:
-            self.scratch[HW][:] = full
+            for slot, table in zip(slots, full):
+                self.scratch[slot][:] = table
             self.weights_t = t
         elif self.weights_t == t - 1:
             assert ids is not None and values is not None
-            self.scratch[HW][ids] = values
+            for slot, table in zip(slots, values):
+                self.scratch[slot][ids] = table
             self.weights_t = t
         return self.weights_t == t
 
@@ -297,12 +318,14 @@ class _Lane:
         round is asked again with them whole), else (True, the hashed state the round trains:
         its scratch, whose columns hold the tables, brought to the driver's; the folds so far).
         Stamps left by a round that reached past ``start`` (a rerun, ``auto``'s dry rounds)
-        are cleared, so that a stamp above ``start.t`` means touched in this round."""
+        are cleared, so that a stamp above ``start.t`` means touched in this round (under the
+        lazy L2 the driver's stamps come with the tables, and cover every entry a round changed)."""
         scratch = self.scratch
         if scratch is None:
             return True, None, 0
         base, whole, ids, values, scalars = start.hashed
-        tables = [scratch[slot] for slot in TABLES]
+        slots = _tables(self.job.spec, self.job.hyper)
+        tables = [scratch[slot] for slot in slots]
         if whole is not None:
             for table, new in zip(tables, whole):
                 table[:] = new
@@ -313,7 +336,7 @@ class _Lane:
         else:
             return False, None, 0
         self.tables_t = start.t
-        if self.stamped > start.t:
+        if self.stamped > start.t and slots == TABLES:
             scratch[STAMP][:] = 0
             self.stamped = 0
         scratch[HI][N_TOUCHED] = 0
@@ -329,9 +352,10 @@ class _Lane:
             ids = np.arange(hashed[HW].size, dtype=np.int64)
         else:
             ids = np.flatnonzero(hashed[STAMP] > t)
-        return ids, tuple(hashed[slot][ids] for slot in TABLES), hashed[HF].copy()
+        return ids, tuple(hashed[slot][ids] for slot in _tables(self.job.spec, self.job.hyper)), hashed[HF].copy()
 
-    def _fill(self, epoch: int, params: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None) -> float:
+    def _fill(self, epoch: int, params: tuple[NDArray, ...], hashed: tuple[NDArray, ...] | None, hyper: NDArray
+              ) -> float:
         """Feed this shard's next rows to the batch in progress until it holds B rows or the
         epoch ends; returns the largest row curvature of the windows opened in epoch 0."""
         job, B, top = self.job, int(self.job.spec[BATCH]), 0.0
@@ -345,11 +369,11 @@ class _Lane:
             sw = _UNWEIGHTED if window.w is None else window.w
             if hashed is None:
                 self.pos = fill_batch(window.X, window.y, sw, self.order, self.pos, self.order.size, job.spec,
-                                      job.hyper, params, self.counters, self.sums)
+                                      hyper, params, self.counters, self.sums)
             else:
                 fill = hashed_kernels(job.spec)[0]  # the scalar table's, or softmax's (2**bits, C)
                 self.pos = fill(window.X, window.y, sw, window.idx, window.sign, self.order, self.pos, self.order.size,
-                                job.spec, job.hyper, params, self.counters, self.sums, hashed)
+                                job.spec, hyper, params, self.counters, self.sums, hashed)
         return top
 
     def _pending(self) -> float:
@@ -475,18 +499,23 @@ class ShardedRun(Run):
     def __init__(self, setup: Setup, hooks: Hooks, resume: dict[str, NDArray] | None, started: float,
                  backend: BackendFactory | None) -> None:
         config = setup.config
-        if categorical_columns(setup.source) and config.optimizer == "adagrad" and config.l2_strength > 0:
-            # a shard's copy of the hashed weights does not know how far each lags (compute.sparse)
-            raise UsageError("--l2: adagrad's lazy L2 on categorical columns trains in one process for now; "
-                             "give --l2 0 or --optimizer sgd with shards or a cluster")
+        if categorical_columns(setup.source):  # train.hashed.check's refusals, for a backend given in code
+            if config.optimizer in ("adam", "adamw") and config.sync == "models":
+                raise UsageError(f"--sync models: --optimizer {config.optimizer} on categorical columns does not "
+                                 "average its moments across shards yet; give --sync gradients")
+            if config.l1 > 0 or config.optimizer in MOMENTUM_OPTIMIZERS:
+                option = "--l1" if config.l1 > 0 else f"--optimizer {config.optimizer}"
+                raise UsageError(f"{option}: on categorical columns trains in one process for now; train without "
+                                 "the shards' backend, or with --optimizer sgd or adagrad and no --l1")
         super().__init__(setup, hooks, resume, started)
         self.factory: BackendFactory = backend or InProcess
         self.shards = setup.config.n_shards
         self.shard_batch = int(setup.config.batch)  # rows per shard and round
-        #: the hashed weights the last update moved: (t after it, their ids, their values), None: unknown
+        #: the hashed weights the last update moved: (t after it, their ids, their values in the
+        #: viewed tables), None: unknown
         #: --sync models: the update the last merged round started at and the ids it changed (None: send all)
         self.tables_base: tuple[int, NDArray[np.int64]] | None = None
-        self.moved: tuple[int, NDArray[np.int64], NDArray[np.float64]] | None = None
+        self.moved: tuple[int, NDArray[np.int64], tuple[NDArray, ...]] | None = None
 
     def stream_plan(self) -> StreamPlan:
         plan = self.setup.plan
@@ -577,6 +606,7 @@ class ShardedRun(Run):
         loss = parts[0][2]
         for _, _, part_loss, *_ in parts[1:]:
             loss += part_loss
+        folds = -1 if self.hashed is None else int(self.hashed[HI][FOLDS])
         if epoch == 0:
             lower_step(st, max(part[3] for part in parts), self.config, self.schedule.N)
         st.counters[FILLED] = rows
@@ -587,15 +617,19 @@ class ShardedRun(Run):
                          self.noise)
             return rows
         hashed, stamp = self.hashed, int(st.counters[T]) + 1
+        lr_l2 = lazy_l2(st.spec, st.hyper)
         for *_, sparse in parts:  # in shard order
             assert sparse is not None  # every shard of a hashed run answers with its sums
-            add_hashed_sums(hashed, sparse[0], sparse[1], stamp)
+            add_lazy_sums(hashed, sparse[0], sparse[1], stamp, lr_l2, st.hyper[EPS], st.spec[AVERAGE_FROM])
         moved = hashed[TOUCHED][:hashed[HI][N_TOUCHED]].copy()
         finish_batch_hashed(st.spec, st.hyper, self.params, st.opt_state, st.mean, st.scale, st.counters, st.sums,
                             self.noise, hashed)
-        # with L2, wscale < 1 after every update unless it was folded into all of u (_renormalize)
-        rescaled = st.hyper[L2] > 0 and hashed[HF][WSCALE] == 1.0
-        self.moved = None if rescaled else (int(st.counters[T]), moved, hashed[HW][moved])
+        # SGD with L2: wscale < 1 after every update unless it was folded into all of u (_renormalize);
+        # a lowered step caught every weight up (FOLDS, lower_step above)
+        rescaled = (st.spec[OPTIMIZER] == SGD and st.hyper[L2] > 0 and hashed[HF][WSCALE] == 1.0) or \
+            int(hashed[HI][FOLDS]) != folds
+        slots = VIEWED_LAZY if lr_l2 > 0 else VIEWED
+        self.moved = None if rescaled else (int(st.counters[T]), moved, tuple(hashed[slot][moved] for slot in slots))
         return rows
 
     def view(self, full: bool = False) -> HashedView:
@@ -603,10 +637,13 @@ class ShardedRun(Run):
         last update's changes, or all of u (``full``, or when those changes are not known)."""
         if self.hashed is None:
             return None
-        t, hw, hf = int(self.st.counters[T]), self.hashed[HW], self.hashed[HF]
+        st = self.st
+        assert st.spec is not None and st.hyper is not None
+        t, hf, lr0 = int(st.counters[T]), self.hashed[HF], float(st.hyper[LR0])
         if full or self.moved is None or self.moved[0] != t:
-            return t, hw, None, None, hf
-        return t, None, self.moved[1], self.moved[2], hf
+            slots = VIEWED_LAZY if lazy_l2(st.spec, st.hyper) > 0 else VIEWED
+            return t, tuple(self.hashed[slot] for slot in slots), None, None, hf, lr0
+        return t, None, self.moved[1], self.moved[2], hf, lr0
 
     def local_round(self, feed: Backend, epoch: int, rnd: int, every: int, limit: int) -> list[LocalPart]:
         """The shards' answers to a ``--sync models`` round; asked again with the whole hashed
@@ -621,7 +658,8 @@ class ShardedRun(Run):
         assert st.hyper is not None
         hashed: TablesView | None = None
         if self.hashed is not None:
-            tables = tuple(self.hashed[slot] for slot in TABLES)
+            assert st.spec is not None
+            tables = tuple(self.hashed[slot] for slot in _tables(st.spec, st.hyper))
             if full or self.tables_base is None:
                 hashed = (-1, tables, None, None, self.hashed[HF])
             else:
@@ -647,7 +685,13 @@ class ShardedRun(Run):
             for part in live[1:]:
                 mine += getattr(part.state, name) * (part.rows / rows)
         if self.hashed is not None:
-            changed = merge_hashed(self.hashed, [(part.state.hashed, part.rows) for part in live], rows)
+            assert st.spec is not None and st.hyper is not None
+            reports = [(part.state.hashed, part.rows) for part in live]
+            if _tables(st.spec, st.hyper) == TABLES_LAZY:
+                changed = merge_lazy(self.hashed, reports, rows, np.array([part.state.t for part in live]),
+                                     (lazy_l2(st.spec, st.hyper), float(st.hyper[EPS]), int(st.spec[AVERAGE_FROM])))
+            else:
+                changed = merge_hashed(self.hashed, reports, rows)
             self.tables_base = None if changed is None else (int(st.counters[T]), changed)
         st.counters[T] = max(part.state.t for part in live)
         st.counters[AVERAGED] = max(part.state.averaged for part in live)
@@ -656,7 +700,10 @@ class ShardedRun(Run):
         st.sums[LOSS] += sum(part.loss for part in live)
         st.sums[ROWS] += rows
         if epoch == 0:
+            folds = -1 if self.hashed is None else int(self.hashed[HI][FOLDS])
             lower_step(st, max(part.top for part in parts), self.config, self.schedule.N)
+            if self.hashed is not None and int(self.hashed[HI][FOLDS]) != folds:
+                self.tables_base = None  # every weight was caught up: the next round sends the tables whole
         return rows
 
     def choose_every(self, feed: Backend) -> int:
@@ -727,6 +774,34 @@ def merge_hashed(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, in
                             stacked.view(np.int64), np.array(weights))
     hashed[HF][...] = changes[0][2]
     return union
+
+
+def merge_lazy(hashed: tuple[NDArray, ...], parts: list[tuple[TablesChange, int]], rows: int, ends: NDArray[np.int64],
+               lazy: tuple[float, float, int]) -> NDArray[np.int64] | None:
+    """``merge_hashed`` under AdaGrad's lazy L2 (``lazy`` = (η·l2, ε, AVERAGE_FROM)): one
+    shard's tables (× 1.0) are taken as they are, stamps included; otherwise every entry a
+    shard changed is averaged after each shard's figures are brought up to its last update
+    (``compute.sparse.average_lazy_entries``), all entries when the shards ended at
+    different updates (an entry none changed lags each by a different count). Returns the
+    ids changed, or None when all may have."""
+    tables = [hashed[slot] for slot in TABLES_LAZY]
+    changes = [change for change, _ in parts]
+    if len(parts) == 1:
+        ids, values, _ = changes[0]
+        for table, new in zip(tables, values):
+            table[ids] = new
+        return ids
+    ids = np.concatenate([change[0] for change in changes])
+    offsets = np.cumsum([0] + [change[0].size for change in changes])
+    stacked = np.concatenate([np.stack(change[1][:3]) for change in changes], axis=1)
+    stamps = np.concatenate([change[1][3] for change in changes])
+    whole = bool(np.any(ends != ends[0]))
+    union = np.arange(tables[0].size, dtype=np.int64) if whole else np.unique(ids)
+    weights = np.array([n / rows for _, n in parts])
+    average_lazy_entries(tables[0], tables[1], tables[2], tables[3], ids, offsets, stacked, stamps, weights, ends,
+                         union, lazy[0], lazy[1], lazy[2])
+    hashed[HF][...] = changes[0][2]
+    return None if whole else union
 
 
 def _folded(u: NDArray, sq: NDArray, total: NDArray, scalars: NDArray) -> tuple[NDArray, ...]:

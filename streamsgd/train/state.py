@@ -7,13 +7,14 @@ from numpy.typing import NDArray
 
 from ..compute.loop import AVERAGE_FROM, AVERAGED, BLOCKS, EPS, N_COUNTERS, N_SUMS, T
 from ..compute.embedding import N_EMBEDDING
-from ..compute.sparse import N_HASHED, catch_up_all, folded, lazy_l2, pack_hashed
+from ..compute.sparse import (N_HASHED, catch_up_all, catch_up_all_l1, catch_up_all_momentum, folded, lazy_l1, lazy_l2,
+                              lazy_momentum, pack_hashed)
 from ..compute.sparse_multi import table_shape
 from ..errors import DataError
 
 
 #: The hashed state's arrays by name, in ``compute.sparse``'s slot order (HW … HI).
-HASHED = ("hw", "hg", "hsq", "hsum", "hstamp", "htouched", "hf", "hi")
+HASHED = ("hw", "hg", "hsq", "hsum", "hstamp", "htouched", "hf", "hi", "hq")
 assert len(HASHED) == N_HASHED
 #: An MLP's embedding state by name, in ``compute.embedding``'s slot order (EU … EI).
 EMBEDDING = ("emb_u", "emb_sq", "emb_sum", "emb_g", "emb_stamp", "emb_slot", "emb_touched", "emb_f", "emb_i")
@@ -68,7 +69,7 @@ class State:
         self.curvature: float | None = None
         # the hashed categorical weights and their state (compute.sparse), None without categorical columns
         self.hw: NDArray | None = None
-        self.hg = self.hsq = self.hsum = self.hstamp = self.htouched = self.hf = self.hi = self.hw
+        self.hg = self.hsq = self.hsum = self.hstamp = self.htouched = self.hf = self.hi = self.hq = self.hw
         #: categorical columns per row (k): each adds a ±1 feature to a row's norm (the step size)
         self.hashed_columns = 0
         # an MLP's embedding of the categorical columns (compute.embedding), None without
@@ -86,11 +87,12 @@ class State:
         """The embedding state as ``compute.embedding`` takes it (EU … EI), or None."""
         return None if self.emb_u is None else tuple(getattr(self, name) for name in EMBEDDING)
 
-    def hash_columns(self, k: int, bits: int, outputs: int = 1) -> None:
+    def hash_columns(self, k: int, bits: int, outputs: int = 1, extra: bool = False) -> None:
         """Room for the hashed weights of ``k`` categorical columns in 2**bits buckets of
-        ``outputs`` weights each (softmax: one per class, ``compute.sparse_multi``)."""
+        ``outputs`` weights each (softmax: one per class, ``compute.sparse_multi``), and one
+        more figure per weight (``compute.sparse.needs_extra``)."""
         self.hashed_columns = k
-        for name, array in zip(HASHED, pack_hashed(bits, outputs)):
+        for name, array in zip(HASHED, pack_hashed(bits, outputs, extra)):
             setattr(self, name, array)
 
     def hashed(self) -> tuple[NDArray, ...] | None:
@@ -107,16 +109,23 @@ class State:
         assert self.spec is not None and self.hyper is not None  # set before any update
         lazy = (int(self.counters[T]), lazy_l2(self.spec, self.hyper), float(self.hyper[EPS]),
                 int(self.spec[AVERAGE_FROM]))
-        return table_shape(folded(hashed, int(self.counters[AVERAGED]), lazy), int(self.spec[BLOCKS]))
+        return table_shape(folded(hashed, int(self.counters[AVERAGED]), lazy, lazy_l1(self.spec, self.hyper, self.l1_u),
+                                  lazy_momentum(self.spec, self.hyper)), int(self.spec[BLOCKS]))
 
     def catch_up(self) -> None:
-        """Bring every hashed weight up to the last update under AdaGrad's lazy L2 (nothing
-        otherwise): before the step η changes, as the lazy form holds for one η."""
+        """Bring every hashed weight up to the last update under AdaGrad's lazy L2, the L1
+        penalty or momentum (nothing otherwise): before the step η changes, as the lazy forms
+        hold for one η."""
         hashed = self.hashed()
         if hashed is None or self.spec is None or self.hyper is None:
             return
-        lr_l2 = lazy_l2(self.spec, self.hyper)
-        if lr_l2 > 0.0:
+        lr_l2, l1 = lazy_l2(self.spec, self.hyper), lazy_l1(self.spec, self.hyper, self.l1_u)
+        momentum = lazy_momentum(self.spec, self.hyper)
+        if l1 is not None:
+            catch_up_all_l1(hashed, int(self.counters[T]), *l1, float(self.hyper[EPS]), int(self.spec[AVERAGE_FROM]))
+        elif momentum is not None:
+            catch_up_all_momentum(hashed, int(self.counters[T]), *momentum, int(self.spec[AVERAGE_FROM]))
+        elif lr_l2 > 0.0:
             catch_up_all(hashed, int(self.counters[T]), lr_l2, float(self.hyper[EPS]), int(self.spec[AVERAGE_FROM]))
 
     def arrays(self) -> dict[str, NDArray]:
