@@ -125,7 +125,7 @@ def _kernel(loss, optimizer, X, y, idx, sign, bits, batch, lr, l2, eps, average_
                          cw=np.ones(2), classes=np.zeros(1))
     counters, sums = np.zeros(N_COUNTERS, np.int64), np.zeros(N_SUMS)
     noise = (np.zeros(1), np.zeros(1), np.zeros(d + 1))
-    hashed = pack_hashed(bits, needs_extra(l1, optimizer))
+    hashed = pack_hashed(bits, extra=needs_extra(l1, optimizer))
     opt_state = np.zeros((2, d + 1))
     order = np.arange(n, dtype=np.int64)
     mean, scale = np.zeros(d), np.ones(d)  # the dense block as it is: the twin's raw space

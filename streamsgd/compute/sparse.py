@@ -103,14 +103,14 @@ WEIGHT_BYTES = (SLAB_COLUMNS + 2) * 8
 RENORMALIZE = 1e-3
 
 
-def state_bytes(bits: int, outputs: int = 1, extra: bool = False) -> int:
+def state_bytes(bits: int, outputs: int = 1, *, extra: bool = False) -> int:
     """The memory ``pack_hashed(bits, outputs, extra)`` allocates per weight, times its weights
     (its few scalars aside): what the memory plan charges for each holder of a hashed state (a
     run, a shard)."""
     return ((WEIGHT_BYTES + (8 if extra else 0)) << bits) * outputs
 
 
-def pack_hashed(bits: int, outputs: int = 1, extra: bool = False) -> tuple[NDArray, ...]:
+def pack_hashed(bits: int, outputs: int = 1, *, extra: bool = False) -> tuple[NDArray, ...]:
     """Fresh hashed state for 2**bits weights, ``outputs`` per bucket (softmax's classes, a
     bucket's C weights next to each other: ``compute.sparse_multi``): zeros, wscale 1.
 

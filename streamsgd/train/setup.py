@@ -69,11 +69,11 @@ def table_bytes(source: Source, config: FitConfig, shards: int = 1, advise: bool
     or tables lives in it). ``config`` is one holder's (a shard's share of --memory-limit);
     more than half of it is refused in one line naming --hash-bits, --shards and a
     --memory-limit that plans (``advise``; else no limit is named)."""
-    need = state_bytes(config.hash_bits, outputs, _extra(config)) if hashed_columns(source) else 0
+    need = state_bytes(config.hash_bits, outputs, extra=_extra(config)) if hashed_columns(source) else 0
     if need <= config.memory_limit // 2:
         return need
     bits = config.hash_bits
-    while bits > 0 and state_bytes(bits, outputs, _extra(config)) > config.memory_limit // 2:
+    while bits > 0 and state_bytes(bits, outputs, extra=_extra(config)) > config.memory_limit // 2:
         bits -= 1
     limit = "raise --memory-limit"
     if advise:
@@ -419,7 +419,7 @@ def _state(source: Source, config: FitConfig, plan: MemoryPlan, schedule: Schedu
         kernel_classes = np.arange(blocks, dtype=np.float64) if text else labels.astype(np.float64)
     st = State(len(source.features), blocks)
     if hashed_columns(source) and not config.hidden:  # an MLP embeds them instead (train.mlp)
-        st.hash_columns(hashed_columns(source), config.hash_bits, blocks, _extra(config))
+        st.hash_columns(hashed_columns(source), config.hash_bits, blocks, extra=_extra(config))
     st.classes = kernel_classes
     st.spec = pack_spec(loss=LOSSES[config.model], batch=B, schedule=SCHEDULES[config.lr_schedule],
                         average_from=average_from, n_rows=N, optimizer=OPTIMIZERS[config.optimizer],

@@ -87,12 +87,12 @@ class State:
         """The embedding state as ``compute.embedding`` takes it (EU … EI), or None."""
         return None if self.emb_u is None else tuple(getattr(self, name) for name in EMBEDDING)
 
-    def hash_columns(self, k: int, bits: int, outputs: int = 1, extra: bool = False) -> None:
+    def hash_columns(self, k: int, bits: int, outputs: int = 1, *, extra: bool = False) -> None:
         """Room for the hashed weights of ``k`` categorical columns in 2**bits buckets of
         ``outputs`` weights each (softmax: one per class, ``compute.sparse_multi``), and one
         more figure per weight (``compute.sparse.needs_extra``)."""
         self.hashed_columns = k
-        for name, array in zip(HASHED, pack_hashed(bits, outputs, extra)):
+        for name, array in zip(HASHED, pack_hashed(bits, outputs, extra=extra)):
             setattr(self, name, array)
 
     def hashed(self) -> tuple[NDArray, ...] | None:
