@@ -95,3 +95,23 @@ def test_the_naming_pass_reads_at_most_the_row_cap(planted, monkeypatch):
     monkeypatch.setattr(type(source), "read_columns", counted)
     again = naming.name_buckets(source, source.encoding, model.hashed)
     assert reads == [(0, 1000), (1, 1000)] and again == names
+
+
+def test_softmax_and_list_columns_are_named(tmp_path):
+    """A 3-class target that shop "s7" sets to "c" (others spread over "a" and "b"), and a
+    list column: the top bucket is shop=s7 with one weight per class, largest for "c"; the
+    list's elements are named as values of their column."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    shop = np.array([f"s{k}" for k in rng.integers(0, 30, n)], dtype=object)
+    kind = np.where(shop == "s7", "c", np.where(rng.random(n) < 0.5, "a", "b"))
+    tags = pa.array([[f"t{k}" for k in rng.integers(0, 20, rng.integers(1, 4))] for _ in range(n)])
+    path = tmp_path / "kinds.parquet"
+    pq.write_table(pa.table({"shop": pa.array(shop, pa.string()), "tags": tags, "kind": kind}), path)
+    run_cli("fit", path, "--target", "kind", "--model", "softmax", "--hash-bits", "12", "--epochs", "5",
+            "--seed", "3", "--output", tmp_path / "m.npz")
+    info = json.loads(run_cli("show", tmp_path / "m.npz", "--top", "60", "--json").stdout)
+    first = info["hashed"][0]
+    assert (first["column"], first["value"]) == ("shop", "s7") and len(first["weight"]) == 3
+    assert int(np.argmax(first["weight"])) == info["classes"].index("c")
+    assert any(b["column"] == "tags" and b["value"].startswith("t") for b in info["hashed"])
