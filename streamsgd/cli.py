@@ -374,7 +374,7 @@ def predict(model_path: str, data: str, output: str, keep: tuple[str, ...], **st
 
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
-@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the K features of largest |coef|.")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the K features of largest |coef|, and the K largest hashed weights by (column, value).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
               help="fsspec option for a MODEL URL, repeatable.")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..persist.model import Model
+from ..train.naming import top_buckets
 
 
 def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
@@ -32,8 +33,10 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
     dict
         ``model``, ``target``, ``classes``, ``intercept``, ``features`` (one record per
         feature: ``name``, ``role``, ``coef``, ``mean``, ``scale``), ``n_features``,
-        ``categorical`` (hashed columns, bits, weights not 0; None without), ``metrics`` and
-        ``config`` (the training run's summary and options).
+        ``categorical`` (hashed columns, bits, weights not 0; None without), ``hashed``
+        (with ``top`` and hashed weights: the ``top`` buckets of largest weight, named by
+        :func:`hashed_top`; else None), ``metrics`` and ``config`` (the training run's
+        summary and options).
     """
     coef = np.asarray(model.coef, dtype=np.float64)
     per_class = coef.ndim == 2  # softmax: one row of weights per class
@@ -70,10 +73,32 @@ def describe_model(model: Model, top: int | None = None) -> dict[str, Any]:
             # softmax's table holds a weight per class in each bucket (compute.sparse_multi)
             "weights_per_bucket": 1 if table.ndim == 1 or model.embedding is not None else int(table.shape[1]),
             **({} if model.embedding is None else {"embedding_width": int(model.embedding.shape[1])})},
+        "hashed": None if top is None or model.hashed is None else hashed_top(model, top),
         "metrics": meta.get("metrics", {}),
         "config": meta.get("config", {}),
         "version": meta.get("version"),
     }
+
+
+def hashed_top(model: Model, top: int) -> list[dict[str, Any]]:
+    """The ``top`` hashed buckets of largest |weight| (softmax: largest over the classes),
+    largest first: ``bucket``, ``column`` and ``value`` (the first value of the training
+    sample that hashed there, ``train.naming``; None when the sample held none, or the file
+    was written without names), ``weight`` (the value's: sign·bucket weight; the bucket's
+    own without a name) and ``values_in_sample`` (distinct values of the sample in the
+    bucket: more than 1 is a collision)."""
+    assert model.hashed is not None
+    table = np.asarray(model.hashed, dtype=np.float64)
+    names = {r["bucket"]: r for r in model.metadata.get("hashed_names", {}).get("buckets", [])}
+    out = []
+    for b in top_buckets(table, top).tolist():
+        named = names.get(b)
+        weight = table[b] * (named["sign"] if named else 1)
+        out.append({"bucket": b, "column": named["column"] if named else None,
+                    "value": named["value"] if named else None,
+                    "weight": weight.tolist() if table.ndim == 2 else float(weight),
+                    "values_in_sample": named["values_in_sample"] if named else None})
+    return out
 
 
 def _at(values: np.ndarray, j: int) -> float | None:
@@ -105,6 +130,7 @@ def format_model(info: dict[str, Any]) -> list[str]:
             into = f"2^{cat['bits']} rows of the first layer's {cat['embedding_width']}-wide embedding"
         lines.append(f"categorical  {', '.join(cat['columns'])}{crossed}  (hashed into {into}, "
                      f"{cat['nonzero_weights']} not 0)")
+    lines += _hashed_lines(info.get("hashed") or [])
     metrics = info["metrics"]
     summary = [f"{k} {_number(metrics[k])}" for k in ("iterations", "epochs", "rows_seen", "loss", "seconds")
                if k in metrics]
@@ -115,6 +141,28 @@ def format_model(info: dict[str, Any]) -> list[str]:
     if options:
         lines.append("options    " + " ".join(options))
     return lines
+
+
+def _hashed_lines(buckets: list[dict[str, Any]]) -> list[str]:
+    """One line per top hashed bucket: ``column=value  weight`` (pairs ``a=x & b=y``), or
+    ``bucket 123 (not in the sample)``; ``(+N colliding)`` where the sample put more values there."""
+    labels = [_bucket_label(b) for b in buckets]
+    width = max([len("hashed"), *map(len, labels)])
+    lines = [f"{'hashed':<{width}}  {'weight':>12}"] if buckets else []
+    for label, b in zip(labels, buckets):
+        more = (b["values_in_sample"] or 1) - 1
+        lines.append(f"{label:<{width}}  {_number(b['weight']):>12}" + (f"  (+{more} colliding)" if more else ""))
+    return lines
+
+
+def _bucket_label(bucket: dict[str, Any]) -> str:
+    """``column=value``, ``a=x & b=y`` for a crossed pair, or the bucket's number without a name."""
+    if bucket["column"] is None:
+        return f"bucket {bucket['bucket']} (not in the sample)"
+    show = [("(null)" if v is None else str(v)) for v in
+            (bucket["value"] if isinstance(bucket["value"], list) else [bucket["value"]])]
+    return " & ".join(f"{c}={v}" for c, v in zip(bucket["column"].split(":"), show)) if len(show) > 1 \
+        else f"{bucket['column']}={show[0]}"
 
 
 def _number(value: Any) -> str:

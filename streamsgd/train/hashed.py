@@ -21,6 +21,7 @@ from ..config import FitConfig
 from ..errors import UsageError
 from ..sources import Source, n_rows
 from ..sources.encoding import Encoding
+from .naming import name_buckets
 from .state import State
 
 #: Models whose output is one margin: the scalar table serves them (compute.sparse).
@@ -234,8 +235,9 @@ def encode(source: Source, config: FitConfig) -> Encoding | None:
 
 
 def model_fields(source: Source, st: State) -> tuple[NDArray[np.float64] | None, dict[str, Any]]:
-    """The model's hashed weights (the Polyak mean when averaging ran) and its metadata entry."""
+    """The model's hashed weights (the Polyak mean when averaging ran) and its metadata
+    entries: the encoding, and the names of its largest weights (``naming.name_buckets``)."""
     weights, encoding = st.hashed_weights(), getattr(source, "encoding", None)
     if weights is None or encoding is None:
         return None, {}
-    return weights, {"categorical": encoding.to_json()}
+    return weights, {"categorical": encoding.to_json(), "hashed_names": name_buckets(source, encoding, weights)}
