@@ -65,16 +65,20 @@ def test_b_simple_matches_the_generators_noise_scale(result):
 
 def test_b_opt_is_the_formula_on_the_measured_inputs(result):
     _, _, out = result
-    # every update has a fixed cost, every row a cost: both slopes are positive
-    assert out["tau_f"] > 0 and out["tau_d"] > 0
+    # τ_f and τ_d are the fit of the timings it reports
+    tau = fit_iteration_time([t["batch"] for t in out["timings"]], [t["seconds_per_iteration"] for t in out["timings"]])
+    assert tau == pytest.approx((out["tau_f"], out["tau_d"]), rel=1e-12)
+    assert out["tau_d"] > 0  # a row costs time: 4096 rows take ms where the fixed cost is µs
+    if out["tau_f"] <= 0:
+        # the fixed cost per update (a few µs) is the fit's intercept, which timing noise on a
+        # loaded machine can push below 0 (CI saw -6.6e-8 s): then no optimum, no batch
+        assert math.isnan(out["b_opt"]) and out["batch"] is None
+        return
     want = math.sqrt(out["c_var"] * out["tau_f"] / (out["n_iter"] * out["tau_d"]))
     assert out["b_opt"] == pytest.approx(want, rel=1e-12)
     # C_var / N_iter is the noise scale, so b_opt = sqrt(B_simple·τ_f/τ_d)
     assert out["b_opt"] == pytest.approx(math.sqrt(out["b_simple"] * out["tau_f"] / out["tau_d"]), rel=1e-9)
     assert out["batch"] == min(max(round(out["b_opt"]), 1), out["rows"])
-    # τ_f, τ_d are the fit of the timings it reports
-    tau = fit_iteration_time([t["batch"] for t in out["timings"]], [t["seconds_per_iteration"] for t in out["timings"]])
-    assert tau == pytest.approx((out["tau_f"], out["tau_d"]), rel=1e-12)
 
 
 def test_trials_see_the_same_rows_and_the_knee_follows_the_fit(result):
