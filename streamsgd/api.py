@@ -126,22 +126,22 @@ def fit(
     which returns a :class:`~streamsgd.train.FitResult`.
     """
     options, hooks = _with_model(loss, options), Hooks(metrics, on_progress)
-    reading: dict[str, Any] = dict(target=target, features=features, exclude=exclude, weight=weight,
-                                   storage_options=storage_options, format=format, x_array=x_array,
-                                   retry_policy=retry_policy)
+    reading: dict[str, Any] = dict(target=target, features=features, exclude=exclude, weight=weight, format=format,
+                                   storage_options=storage_options, x_array=x_array, retry_policy=retry_policy)
     table = _frame(data, target)
     if table is not None:  # read as its Parquet file would be: roles, hashing, nulls (sources.frames)
         from .sources.frames import frame_url
 
         with frame_url(table) as url:
             return _fit_url([url], options, hooks, **reading)
-    if exclude is not None and as_urls(data) is None:
+    urls = as_urls(data)
+    if exclude is not None and urls is None:
         raise UsageError("exclude: applies to the columns of a data set read from a path or URL; with arrays or a "
                          "source, pass only the columns to use")
     if _is_source(data):
         return _fit_on_cluster(data, FitConfig(weight=weight, **options), hooks).model
-    if as_urls(data) is not None:
-        return _fit_url(as_urls(data) or [], options, hooks, **reading)
+    if urls is not None:
+        return _fit_url(urls, options, hooks, **reading)
     if weight is not None:
         raise UsageError("weight= names a column of a URL's data; for arrays use "
                          "StreamSGDClassifier/StreamSGDRegressor().fit(X, y, sample_weight=...)")
