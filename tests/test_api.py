@@ -220,6 +220,27 @@ def test_load_reports_a_missing_file(tmp_path):
         streamsgd.load(tmp_path / "nope.npz")
 
 
+def test_a_model_file_of_a_newer_format_is_refused_naming_the_upgrade(tmp_path):
+    """A newer format may hold arrays this build would ignore (an embedding, a wider table):
+    refused in one line, not scored without them."""
+    import json
+
+    from streamsgd.errors import ModelFileError
+    from streamsgd.persist.model import FORMAT_VERSION
+
+    X = np.random.default_rng(0).standard_normal((200, 2))
+    path = tmp_path / "m.npz"
+    streamsgd.fit((X, X[:, 0] > 0), model="logistic", epochs=1).save(path)
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(arrays["metadata"]))
+    arrays["metadata"] = np.array(json.dumps({**meta, "format": FORMAT_VERSION + 1}))
+    np.savez(path, **arrays)
+    with pytest.raises(ModelFileError, match=f"written by a newer streamsgd \\(model format {FORMAT_VERSION + 1}; "
+                                             "this one reads up to .*upgrade streamsgd"):
+        streamsgd.load(path)
+
+
 def test_softmax_on_string_labels_round_trips_through_the_file(tmp_path):
     """Multiclass labels of any type: the model predicts them and keeps them in its file."""
     rng = np.random.default_rng(0)

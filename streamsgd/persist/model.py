@@ -38,8 +38,10 @@ if TYPE_CHECKING:  # scikit-learn is optional: needed only by to_sklearn
 #: (``plan.shuffle.laned_order``), so such data is visited in another order than under 3.
 #: 5: a file whose only sliced row group streamed in one lane streams it as two segments,
 #: two lanes (``sources.parquet.SEGMENTS``), and a second lane is paid from half the limit
-#: (``plan.memory.SECOND_LANE_SHARE``), so such data is visited in another order than under 4. A checkpoint of another format cannot be resumed (``persist.checkpoint``); a
-#: model file of format 1 to 4 has the same arrays and metadata, so it still loads and predicts.
+#: (``plan.memory.SECOND_LANE_SHARE``), so such data is visited in another order than under
+#: 4; model files may hold softmax's (2**bits, C) table and an MLP's ``embedding``.
+#: A checkpoint of another format cannot be resumed (``persist.checkpoint``); a model file
+#: of format 1 to 4 has the same arrays and metadata, so it still loads and predicts.
 FORMAT_VERSION = 5
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a fixed, reproducible timestamp
 
@@ -442,11 +444,19 @@ def _load_remote(url: str, storage_options: Mapping[str, Any] | None) -> Model:
     return _decode(url, io.BytesIO(data))
 
 
+class _NewerFormat(Exception):
+    """A model file of a format newer than this build's (``_decode``)."""
+
+
 def _decode(path: str, f: BinaryIO) -> Model:
     """The model in the open file ``f``; any decoding failure is a :class:`ModelFileError`."""
     try:
         with np.load(f, allow_pickle=False) as npz:
             meta = json.loads(str(npz["metadata"]))
+            written = meta.get("format")
+            if isinstance(written, int) and written > FORMAT_VERSION:  # it may hold arrays this build would ignore
+                raise _NewerFormat(f"{path}: written by a newer streamsgd (model format {written}; this one reads "
+                                   f"up to {FORMAT_VERSION}); upgrade streamsgd to use it")
             return Model(
                 model=meta["model"],
                 features=list(meta["features"]),
@@ -462,6 +472,8 @@ def _decode(path: str, f: BinaryIO) -> Model:
                 hashed=npz["hashed_coef"].astype(np.float64) if "hashed_coef" in npz.files else None,
                 embedding=npz["embedding"].astype(np.float64) if "embedding" in npz.files else None,
             )
+    except _NewerFormat as exc:
+        raise ModelFileError(str(exc)) from None
     except Exception as exc:  # any decoding failure means the same thing to the user
         raise ModelFileError(
             f"{path}: not a streamsgd model file ({type(exc).__name__}); give the .npz written by streamsgd fit"
