@@ -169,6 +169,29 @@ def test_local_sgd_resumes_from_a_mid_epoch_checkpoint_bit_for_bit(data):
     _same(whole, fit(open_source(data, target="y"), config, resume=middle))
 
 
+
+class _Counting(InProcess):
+    """The in-process backend, counting the rounds asked of it."""
+
+    asked: list[str] = []
+
+    def ask(self, method, *args):
+        _Counting.asked.append(method)
+        return super().ask(method, *args)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_local_sgd_asks_no_empty_round_once_every_shard_has_run_out(data, shards):
+    """A round in which every shard runs out of the epoch ends it: with H past an epoch's
+    updates, one round an epoch, not a second, empty one to learn that the rows are gone (on
+    a cluster each round is a message round trip, ~10 ms: 5 % of an epoch of cluster.py's
+    2M-row file at K = 1). The model is unchanged (one shard: the single-process bits)."""
+    _Counting.asked.clear()
+    rounds = _fit(data, hooks=Hooks(backend=_Counting), lr=0.05, shards=shards, sync="models", sync_every=10**6)
+    assert _Counting.asked.count("local") == 3  # epochs
+    if shards == 1:
+        _same(_fit(data, lr=0.05), rounds)
+
 # hashed categorical columns on shards: the sparse sums reduced in shard order, or the tables averaged
 
 

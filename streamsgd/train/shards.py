@@ -155,6 +155,7 @@ class LocalPart:
     diverged: bool
     top: float  # the largest row curvature of the windows it opened in epoch 0, else 0
     seconds: float = 0.0  # the shard's own time in the round (reading and training), without messages
+    ended: bool = False  # the shard has no rows of the epoch left after this round
 
 
 class Backend(Protocol):
@@ -293,7 +294,8 @@ class _Lane:
         after = LocalState(**state, t=int(counters[T]), averaged=int(counters[AVERAGED]), lr0=start.lr0,
                            hashed=None if hashed is None else self._changes(hashed, start.t, folds))
         return LocalPart(after, rows=rows, loss=float(sums[LOSS] + sums[BATCH_LOSS]),
-                         diverged=bool(counters[DIVERGED]), top=top, seconds=time.perf_counter() - began)
+                         diverged=bool(counters[DIVERGED]), top=top, seconds=time.perf_counter() - began,
+                         ended=self.ended)
 
     def _update_weights(self, view: HashedView) -> bool:
         """Bring this shard's copy of the hashed weights to update t (``view``); False when
@@ -567,9 +569,11 @@ class ShardedRun(Run):
         every = int(st.sync_every[0])
         while not self.done():
             stop, before, rnd = self.next_stop(), int(st.counters[T]), int(st.shard_round[0])
+            ended = False  # every shard said it has run out: no empty round to ask for
             if self.config.sync == "models":
                 limit = every if total is None else min(every, total - before)
-                rows = self.merge(self.local_round(feed, epoch, rnd, every, limit), epoch)
+                parts = self.local_round(feed, epoch, rnd, every, limit)
+                rows, ended = self.merge(parts, epoch), all(part.ended for part in parts)
             else:
                 rows = self.update(self.accumulate(feed, epoch, rnd), epoch)
             if rows == 0:
@@ -580,6 +584,9 @@ class ShardedRun(Run):
                 raise self.diverged(epoch)
             if st.counters[T] >= stop:
                 self.at_boundary(epoch, before)
+            if ended:
+                st.shard_round[0] = 0
+                break
         self.check_interval(epoch)  # the updates since the last log line
         self.fold_interval()
 
