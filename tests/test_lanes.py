@@ -141,16 +141,21 @@ def test_one_lane_is_the_plan_before_lanes():
         assert [w.tolist() for w in got] == [w.tolist() for w in want]
 
 
-def test_one_lane_on_sliced_data_warns_naming_the_file_and_the_fix(sorted_file, monkeypatch, caplog):
+@pytest.mark.parametrize("fixture, held", [("sorted_file", "one or two row groups"),
+                                           ("one_group_file", "consecutive rows of its one row group")])
+def test_one_lane_on_sliced_data_warns_naming_the_file_and_the_fix(fixture, held, request, monkeypatch, caplog):
+    """A limit that pays for one open row group: one lane, said in one line naming the file
+    and the fix, also for a file of one row group (its two segments need two streams)."""
     import streamsgd.train.setup as setup
 
+    path = request.getfixturevalue(fixture)
     monkeypatch.setattr(setup, "lanes", lambda *_: 1)  # a limit that pays for one open row group
-    source = ParquetSource(sorted_file, target="label")
+    source = ParquetSource(path, target="label")
     with caplog.at_level(logging.WARNING, logger="streamsgd"):
         cut_to_limit(source, FitConfig(model="logistic", memory_limit=LIMIT))
     assert source.chunk_lanes == 1 and source.stream_bytes == 0
     [record] = [r for r in caplog.records if "streamsgd shuffle" in r.getMessage()]
-    assert sorted_file in record.getMessage()
+    assert path in record.getMessage() and held in record.getMessage()
 
 
 def test_data_read_whole_is_planned_as_before(tmp_path):

@@ -92,7 +92,7 @@ def run(
                  if job.checkpoint_dir else None)
         resume = None
         # --optimizer auto as the trainer resolves it: the checkpoint records the optimizer that ran
-        chosen, why = resolve_defaults(source, config, backend is not None)
+        chosen, why = resolve_defaults(source, config)
         if job.resume:
             assert store is not None  # Job refuses --resume without --checkpoint-dir
             resume = _resume_state(store, chosen, manifest, job, log)

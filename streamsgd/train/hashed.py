@@ -80,11 +80,10 @@ CLASSIFIERS = ("logistic", "hinge", "modified_huber", "softmax")
 DEFAULT_L2 = 1e-4
 
 
-def resolve_defaults(source: Source, config: FitConfig, sharded: bool = False) -> tuple[FitConfig, str]:
+def resolve_defaults(source: Source, config: FitConfig) -> tuple[FitConfig, str]:
     """``config`` with the data-dependent defaults fixed, ``--l2`` then ``--optimizer auto``,
-    and why, in one line (``given`` when the user named both). ``sharded``: the run trains on
-    shards (``config.sharded``, or a backend given in code); the choice no longer depends on
-    it (AdaGrad's lazy L2 holds on shards as in one process), the parameter stays for callers."""
+    and why, in one line (``given`` when the user named both). The same on shards as in one
+    process (AdaGrad's lazy L2 holds on both)."""
     config, l2_why = _resolve_l2(source, config)
     config, why = _resolve_optimizer(source, config)
     config, bits_why = _resolve_bits(source, config)

@@ -191,26 +191,27 @@ def cut_to_limit(source: Source, config: FitConfig, warn: bool = True) -> None:
         groups = len(set(source.chunk_groups or ()))
         # a lone sliced row group streams as SEGMENTS segments: lanes of its own (ParquetSource.cut)
         units = groups - 1 + SEGMENTS if source.sliced_groups == 1 else groups
-        _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, units), warn and groups > 1)
+        if not _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, units)) and warn:
+            held = "one or two row groups" if groups > 1 else "consecutive rows of its one row group"
+            logging.getLogger("streamsgd").warning(
+                "%s: its row groups are too big to decode at once and --memory-limit %d pays for one open row "
+                "group only, so each shuffle window holds %s: sorted data will train poorly; rewrite it shuffled "
+                "with `streamsgd shuffle`, or raise --memory-limit", source.url, config.memory_limit, held)
 
 
-def _cut_in_lanes(source: ParquetSource, config: FitConfig, budget: int, cap: int, k: int, warn: bool) -> None:
+def _cut_in_lanes(source: ParquetSource, config: FitConfig, budget: int, cap: int, k: int) -> bool:
     """Cut ``source``'s sliced row groups to be streamed ``k`` at once (``plan.shuffle.laned_order``),
     in slices of at most 1/(2k) of the window the plan then has, so that every window holds
-    slices of k row groups; one lane (warned) when the limit cannot pay for two."""
+    slices of k row groups; False (one lane) when the limit cannot pay for two."""
     lane_rows = cap // (2 * k)
     while k >= 2 and lane_rows >= 1:  # thinner slices decode in less, leaving the windows more
         source.cut(budget, cap, k, lane_rows)  # the extra streams charged: the windows this leaves
         plan = MemoryPlan.solve(source, config, source_row_bytes(source, config), model_bytes(source, config))
         if plan is not None and plan.window_rows >= 2 * k * lane_rows:
-            return
+            return True
         lane_rows //= 2
     source.cut(budget, cap)
-    if warn:
-        logging.getLogger("streamsgd").warning(
-            "%s: its row groups are too big to decode at once and --memory-limit %d pays for one open row group "
-            "only, so each shuffle window holds one or two row groups: sorted data will train poorly; rewrite it "
-            "shuffled with `streamsgd shuffle`, or raise --memory-limit", source.url, config.memory_limit)
+    return False
 
 
 def _working_limit(source: Source, config: FitConfig, shards: int = 1, outputs: int = 1) -> str:

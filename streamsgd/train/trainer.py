@@ -50,7 +50,7 @@ def fit(
     """
     started = time.perf_counter()
     hooks = hooks or Hooks()
-    config, why = resolve_defaults(source, config or FitConfig(), hooks.backend is not None)
+    config, why = resolve_defaults(source, config or FitConfig())
     if config.hidden:
         return _fit_mlp(source, config, warm or WarmStart(), hooks, resume, started, why)
     setup = prepare(source, config, warm or WarmStart(), resume)
