@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from streamsgd.sources.rows import BLOCK_ROWS, copy_rows, fill_columns, first_nonfinite_column
+from streamsgd.sources.rows import BLOCK_ROWS, copy_hashed, copy_rows, fill_columns, first_nonfinite_column
 from streamsgd.sources.validate import not_finite
 
 DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int8, np.uint16, np.bool_, np.int32, np.uint32, np.uint64]
@@ -87,3 +87,23 @@ def test_scan_of_data_decoded_in_place():
     X[-1, 2] = -np.inf
     X[0, 5] = np.nan
     assert first_nonfinite_column(X) == 2
+
+
+@pytest.mark.parametrize("n", [0, 1, BLOCK_ROWS * 2 + 5])
+def test_copy_hashed_places_every_columns_ids_and_signs_in_their_rows(n):
+    """Scalar columns (width 1, a strided view as the hashing returns them) and a list column
+    (width 3) side by side, row i into row rows[i] of a bigger window: NumPy's assignment."""
+    rng = np.random.default_rng(2)
+    widths = [1, 3, 1]
+    parts = [(rng.integers(0, 2**20, size=(n, w)).astype(np.int32), rng.choice([-1, 0, 1], size=(n, w)).astype(np.int8))
+             for w in widths]
+    parts[0] = (parts[0][0][:, 0][:, None], parts[0][1])  # a (n, 1) view of a 1-D array
+    rows = rng.permutation(n + 4)[:n]
+    idx, sign = np.full((n + 4, 5), -1, np.int32), np.full((n + 4, 5), 9, np.int8)
+    copy_hashed(parts, idx, sign, rows)
+    want_idx, want_sign = np.full_like(idx, -1), np.full_like(sign, 9)
+    want_idx[rows], want_sign[rows] = np.hstack([p[0] for p in parts]), np.hstack([p[1] for p in parts])
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(sign, want_sign)
+    with pytest.raises(ValueError, match="5 hashed columns for a window of 4"):
+        copy_hashed(parts, idx[:, :4], sign[:, :4], rows)

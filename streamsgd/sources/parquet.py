@@ -300,14 +300,11 @@ class ParquetSource(SourceBase):
     def read_hashed(self, i: int, idx: NDArray[np.int32], sign: NDArray[np.int8], rows: NDArray | None = None) -> None:
         """Hash chunk ``i``'s categorical columns into ``idx``/``sign`` (rows x columns), its
         row ``j`` into row ``rows[j]`` when given; a null is the column's null category."""
+        from .rows import copy_hashed  # numba: imported when data is first read
+
         assert self.encoding is not None  # set before any window is read (train.setup, tools.inference)
-        to = slice(None) if rows is None else rows
         text = [n for n in self.categorical if _is_text(self.column_types[n])]
-        j = 0
-        for ids, signs in self.encoding.hash_table(self.read_columns(i, self.categorical, text)):
-            width = ids.shape[1]
-            idx[to, j:j + width], sign[to, j:j + width] = ids, signs
-            j += width
+        copy_hashed(self.encoding.hash_table(self.read_columns(i, self.categorical, text)), idx, sign, rows)
 
     def _fresh(self) -> None:
         """The footer cache, the streams' registry and its lock, the retry breaker: empty."""

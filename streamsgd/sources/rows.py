@@ -145,6 +145,48 @@ def fill_columns(columns: list[NDArray], X: NDArray, rows: NDArray[np.int64] | N
     return _fill_columns(addresses, kinds, X, _rows(rows, X))
 
 
+
+def copy_hashed(parts: list[tuple[NDArray[np.int32], NDArray[np.int8]]], idx: NDArray[np.int32],
+                sign: NDArray[np.int8], rows: NDArray[np.int64] | None = None) -> None:
+    """A chunk's hashed columns into the window: ``parts`` holds each categorical column's
+    (ids, signs), (n, width) each, side by side in ``idx``/``sign``'s k columns, row ``i`` into
+    row ``rows[i]``. Each block of rows is gathered in an L2-sized buffer and every row's k
+    values are written together: assigned column by column (NumPy's fancy indexing) the
+    window's rows were visited once per column, a cache miss each time, and a stacked copy of
+    the chunk would be fresh pages to fault in for every chunk."""
+    prepared = [(np.ascontiguousarray(ids, np.int32), np.ascontiguousarray(signs, np.int8)) for ids, signs in parts]
+    widths = np.array([ids.shape[1] for ids, _ in prepared], dtype=np.int64)
+    if int(widths.sum()) != idx.shape[1]:
+        raise ValueError(f"{int(widths.sum())} hashed columns for a window of {idx.shape[1]}")
+    _copy_hashed(np.array([ids.ctypes.data for ids, _ in prepared], dtype=np.int64),
+                 np.array([signs.ctypes.data for _, signs in prepared], dtype=np.int64), widths, idx, sign,
+                 _rows(rows, idx))
+
+
+@njit(nogil=True, cache=True)
+def _copy_hashed(id_addresses, sign_addresses, widths, idx, sign, rows):
+    n, k = rows.size, idx.shape[1]
+    block_ids, block_signs = np.empty((BLOCK_ROWS, k), np.int32), np.empty((BLOCK_ROWS, k), np.int8)
+    id_witness, sign_witness = np.empty(0, np.int32), np.empty(0, np.int8)
+    for i0 in range(0, n, BLOCK_ROWS):
+        i1 = min(n, i0 + BLOCK_ROWS)
+        j = 0
+        for c in range(widths.size):
+            w = widths[c]
+            ids = carray(_pointer_like(id_addresses[c], id_witness), n * w)
+            signs = carray(_pointer_like(sign_addresses[c], sign_witness), n * w)
+            for i in range(i0, i1):
+                for q in range(w):
+                    block_ids[i - i0, j + q] = ids[i * w + q]
+                    block_signs[i - i0, j + q] = signs[i * w + q]
+            j += w
+        for r in range(i1 - i0):
+            to = rows[i0 + r]
+            for q in range(k):
+                idx[to, q] = block_ids[r, q]
+                sign[to, q] = block_signs[r, q]
+
+
 def _rows(rows: NDArray[np.int64] | None, X: NDArray) -> NDArray[np.int64]:
     """The destination rows of a copy: ``rows``, or all of ``X``'s in order."""
     return np.arange(X.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)

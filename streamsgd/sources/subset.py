@@ -128,9 +128,10 @@ class RowSubset(SourceWrapper):
         n, k = self._source.chunk_rows[i], idx.shape[1]
         whole_idx, whole_sign = np.empty((n, k), np.int32), np.empty((n, k), np.int8)
         self._source.read_hashed(i, whole_idx, whole_sign)  # type: ignore[attr-defined]
+        from .rows import copy_hashed  # numba: imported when data is first read
+
         mask = self._mask(i)
-        to = slice(None) if rows is None else rows
-        idx[to], sign[to] = whole_idx[mask], whole_sign[mask]
+        copy_hashed([(whole_idx[mask], whole_sign[mask])], idx, sign, rows)
 
     def fingerprint(self) -> str:
         side = "held" if self._held else "rest"

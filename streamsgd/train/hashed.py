@@ -53,9 +53,11 @@ def warn_row_names(source: Source, idx: NDArray[np.int32]) -> None:
     encoding, rows = getattr(source, "encoding", None), idx.shape[0]
     if encoding is None or rows < ROW_NAMES_MIN_ROWS:
         return
-    j = 0
+    j, seen = 0, np.zeros(encoding.size, dtype=bool)  # distinct buckets in O(rows), where np.unique sorts
     for name, width in zip(encoding.columns, encoding.widths or (1,) * len(encoding.columns)):
-        distinct = np.unique(idx[:, j]).size if width == 1 else 0
+        seen[:] = False
+        seen[idx[:, j]] = True
+        distinct = int(np.count_nonzero(seen)) if width == 1 else 0
         if distinct >= ROW_NAMES_SHARE * rows:
             logging.getLogger("streamsgd").warning(
                 "%s: categorical column %r holds a different value in %d of the first %d rows: as a category it "
