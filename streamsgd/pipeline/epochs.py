@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from ..plan.shuffle import epoch_plan, row_order
 from ..sources import Source
 from .prefetch import Prefetcher
-from .windows import Window, prefetch_windows
+from .windows import Spare, Window, prefetch_windows
 
 
 @dataclass
@@ -34,6 +34,7 @@ class _Readers:
     prefetcher: Prefetcher
     windows: Iterator[Window]
     next: tuple[int, int]
+    spare: Spare | None  # where windows done with go for reuse (``EpochStream.recycle``)
 
 
 @dataclass
@@ -54,6 +55,9 @@ class EpochStream:
     strata: NDArray[np.float64] | None = None
     #: the last epoch the readers may read ahead into (None: no bound)
     last_epoch: int | None = None
+    #: a window's buffers are reused for a later window once the consumer asks for the next
+    #: (``windows.Spare``): only for a consumer that keeps no view of a window past that
+    recycle: bool = False
     _resident: tuple[Window, NDArray[np.int64]] | None = field(default=None, init=False)
     #: the resident window's places of an epoch's chunk layout (the same every epoch of one chunk)
     _layout: tuple[bytes, NDArray[np.int64]] | None = field(default=None, init=False)
@@ -87,6 +91,8 @@ class EpochStream:
                     self._resident, self._layout = (window, ids), None
                 in_order = np.arange(window.X.shape[0], dtype=np.int64)
                 yield window, (in_order[offset:] if w == first else in_order)
+                if reader.spare is not None and len(windows) > 1:  # not a resident window
+                    reader.spare.put(window)
                 reader.prefetcher.release(window.nbytes)
                 del window  # not kept alive while the next one is read
             finished = True
@@ -116,11 +122,11 @@ class EpochStream:
                     yield e, k, windows[k]
                 e, w = e + 1, 0
 
-        stop = ExitStack()
+        stop, spare = ExitStack(), Spare() if self.recycle else None
         prefetcher = stop.enter_context(prefetch_windows(
             self.source, items(), self.dtype, self.readers, self.buffer_bytes,
-            lambda e, w, rows: row_order(rows, self.seed, e, w, self.shuffle)))
-        self._ahead = _Readers(stop, prefetcher, iter(prefetcher), (epoch, first))
+            lambda e, w, rows: row_order(rows, self.seed, e, w, self.shuffle), spare))
+        self._ahead = _Readers(stop, prefetcher, iter(prefetcher), (epoch, first), spare)
         return self._ahead
 
     def _plan(self, epoch: int) -> list[NDArray[np.int64]]:

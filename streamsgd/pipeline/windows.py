@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -44,6 +45,39 @@ class Window:
         return (self.X.nbytes + (0 if self.y is None else self.y.nbytes) + (0 if self.w is None else self.w.nbytes)
                 + self.idx.nbytes + self.sign.nbytes)
 
+
+
+class Spare:
+    """The buffers of one window its consumer is done with, for the next window of the same
+    shape: a window's pages are written once and read once, and fresh ones must each be
+    faulted in and zeroed by the kernel first (12 % of the CPU of ctr.py's 10^7-row fit).
+
+    The consumer puts a window here just before it hands the window's bytes back to the
+    prefetcher's budget, so the buffers are either reused by the next read, in place of
+    the allocation the budget has just admitted, or dropped by it: what is alive stays
+    within what the budget admitted. Only a consumer that keeps no view of a window past
+    its release may put it here (the trainer; not ``streamsgd.batches``, whose batches are
+    the caller's)."""
+
+    def __init__(self) -> None:
+        self._window: Window | None = None
+        self._lock = threading.Lock()
+
+    def put(self, window: Window) -> None:
+        with self._lock:
+            self._window = window
+
+    def take(self, rows: int, d: int, dtype: np.dtype, with_target: bool, weighted: bool, hashed: int
+             ) -> Window | None:
+        """The spare window if it has exactly this shape (its buffers then belong to the
+        caller), else None; either way the spare is gone."""
+        with self._lock:
+            window, self._window = self._window, None
+        if window is None or window.X.shape != (rows, d) or window.X.dtype != dtype \
+                or (window.y is not None) != with_target or (window.w is not None) != weighted \
+                or window.idx.shape != (rows, hashed):
+            return None
+        return window
 
 #: Bytes per row and categorical column in a window: an int32 feature id and an int8 sign.
 HASHED_BYTES = 5
@@ -98,8 +132,10 @@ def read_window(
     with_target: bool,
     pool: ThreadPoolExecutor | None = None,
     order: NDArray[np.int64] | None = None,
+    spare: Spare | None = None,
 ) -> Window:
-    """Decode ``chunks`` into a fresh buffer, in parallel when a pool is given.
+    """Decode ``chunks`` into a fresh buffer (or ``spare``'s, when it has the shape), in
+    parallel when a pool is given.
 
     Row ``k`` of the chunks laid end to end lands in the buffer at the fixed place ``k``,
     or, given the window's row ``order`` (train on ``rows[order]``), at the place ``p`` with
@@ -111,12 +147,17 @@ def read_window(
     sizes = [source.chunk_rows[c] for c in chunks]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     n = int(offsets[-1])
-    X = np.empty((n, len(source.features)), dtype=dtype)
-    y = np.empty(n, dtype=dtype) if with_target else None
     # sample weights travel with the target: windows read for training or scoring
-    w = np.empty(n) if with_target and sample_weight_column(source) else None
-    hashed = hashed_columns(source)
-    idx, sign = np.empty((n, hashed), np.int32), np.empty((n, hashed), np.int8)
+    weighted, hashed = bool(with_target and sample_weight_column(source)), hashed_columns(source)
+    reuse = None if spare is None else spare.take(n, len(source.features), np.dtype(dtype), with_target, weighted,
+                                                  hashed)
+    if reuse is not None:  # every row of each buffer is written below
+        X, y, w, idx, sign = reuse.X, reuse.y, reuse.w, reuse.idx, reuse.sign
+    else:
+        X = np.empty((n, len(source.features)), dtype=dtype)
+        y = np.empty(n, dtype=dtype) if with_target else None
+        w = np.empty(n) if weighted else None
+        idx, sign = np.empty((n, hashed), np.int32), np.empty((n, hashed), np.int8)
     slots = None
     if order is not None:
         from ..plan.permute import inverse  # numba: imported when a window is first ordered
@@ -180,18 +221,20 @@ def prefetch_windows(
     readers: int,
     max_bytes: int,
     orders: Callable[[int, int, int], NDArray[np.int64]] | None = None,
+    spare: Spare | None = None,
 ) -> Iterator[Prefetcher]:
     """Read ``windows`` ((epoch, window number, chunks) items) ahead in the background, each,
     given ``orders`` ((epoch, window number, rows) → its row order), laid out in that order.
     Their targets were checked once, before training (:mod:`streamsgd.sources.validate`).
 
-    Yields the prefetcher: iterate it for windows, ``release(window.nbytes)`` each when done.
+    Yields the prefetcher: iterate it for windows, ``release(window.nbytes)`` each when done
+    (having put it in ``spare``, when given, for a later read to reuse).
     """
 
     def read(item: tuple[int, int, NDArray[np.int64]]) -> Window:
         epoch, w, chunks = item
         order = None if orders is None else orders(epoch, w, int(sum(source.chunk_rows[c] for c in chunks)))
-        return read_window(source, chunks, dtype, True, pool, order)
+        return read_window(source, chunks, dtype, True, pool, order, spare)
 
     with ThreadPoolExecutor(readers) as pool, Prefetcher(
         windows, read, lambda item: window_bytes(source, item[2], dtype, True), max_bytes,

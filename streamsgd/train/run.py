@@ -204,7 +204,7 @@ class Run:
         setup, config = self.setup, self.config
         return EpochStream(setup.source, config.model, config.seed, config.shuffle, setup.plan.window_rows,
                            setup.plan.buffer_bytes, setup.plan.readers, np.dtype(config.dtype), setup.strata,
-                           self.schedule.last_epoch)
+                           self.schedule.last_epoch, recycle=True)  # train_epoch keeps no window past its turn
 
     def train_epoch(self, stream: Any, epoch: int) -> None:
         """Train on the epoch's windows from where the counters stand, then its short last batch."""
