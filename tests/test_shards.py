@@ -587,10 +587,12 @@ def test_the_lazy_tables_merge_averages_each_shards_caught_up_figures():
 
 
 def test_auto_measures_the_shards_compute_and_the_rounds_latency_apart(monkeypatch):
-    """auto's H = ⌈19·L/c⌉ from the slowest shard's own time per update (c) and the rest of a
+    """auto's H ≥ ⌈19·L/c⌉ from the slowest shard's own time per update (c) and the rest of a
     round's wall time (L), each a median of five rounds of ten updates: a noisy round leaves
     both near their true values (the difference of a one-update and a ten-update round's
-    times, the old rule, gave c = (wall₁₀ − wall₁)/9 and an H off by 10x under such noise)."""
+    times, the old rule, gave c = (wall₁₀ − wall₁)/9 and an H off by 10x under such noise).
+    H is then the least that cuts the epoch into equal rounds: 3,800 would leave a short
+    third round of 2,400 updates in an epoch of 10,000, so two rounds of 5,000."""
     from types import SimpleNamespace
 
     import streamsgd.train.shards as shards
@@ -611,5 +613,8 @@ def test_auto_measures_the_shards_compute_and_the_rounds_latency_apart(monkeypat
     run = SimpleNamespace(config=SimpleNamespace(sync_every="auto"), st=SimpleNamespace(counters=np.zeros(16, np.int64)),
                           local_start=lambda full: None, schedule=SimpleNamespace(ipe=10_000), emit=events.append,
                           tables_base=())
-    assert abs(shards.ShardedRun.choose_every(run, Feed()) - 3800) <= 1  # a ceiling of float timings
+    assert shards.ShardedRun.choose_every(run, Feed()) == 5000  # ⌈19·L/c⌉ = 3,800 (±1: float timings)
+    noise = iter([0.0, 0.0, 30e-3, -5e-3, 0.0, 45e-3])
+    run.schedule.ipe = 7_700  # two rounds of 3,850 (3,800 would leave a third of 100)
+    assert shards.ShardedRun.choose_every(run, Feed()) == 3850
     assert events[0]["update_seconds"] == pytest.approx(1e-4) and events[0]["round_seconds"] == pytest.approx(0.02)

@@ -718,10 +718,11 @@ class ShardedRun(Run):
         time in synchronisation: five timed rounds of ten updates (dry runs from the current
         state on the epoch's first rows, discarded; a first one of one update opens the
         readers) give the compute per update c (the slowest shard's own time, a median) and
-        the round's latency L (the rest of the round's wall time, a median), and
-        H = ⌈19·L/c⌉, within [1, one epoch]. Each is measured, not a difference of two noisy
-        round times: under load that difference came out negative or 10x c, and H a tenth
-        of what the latency called for."""
+        the round's latency L (the rest of the round's wall time, a median), and H the least
+        number of updates of at least ⌈19·L/c⌉ that cuts an epoch into equal rounds, within
+        [1, one epoch] (a short last round would cost a whole latency for a few updates).
+        Each is measured, not a difference of two noisy round times: under load that
+        difference came out negative or 10x c, and H a tenth of what the latency called for."""
         if self.config.sync_every != "auto":
             return int(self.config.sync_every)
         epoch, begin, place = int(self.st.counters[EPOCH]), self.local_start(full=True), [0]
@@ -742,7 +743,9 @@ class ShardedRun(Run):
         self.tables_base = None  # the dry rounds changed the shards' tables: the first round sends them whole
         compute = float(np.median([own for _, own in rounds])) / 10
         latency = max(float(np.median([wall - own for wall, own in rounds])), 0.0)
-        every = self.schedule.ipe if compute <= 0 else min(max(math.ceil(19 * latency / compute), 1), self.schedule.ipe)
+        ipe = self.schedule.ipe
+        least = ipe if compute <= 0 else min(max(math.ceil(19 * latency / compute), 1), ipe)
+        every = math.ceil(ipe / (ipe // least))  # the epoch in equal rounds of at least that: no short last one
         self.emit({"event": "sync", "sync_every": every, "round_seconds": latency, "update_seconds": compute})
         return every
 
