@@ -191,7 +191,10 @@ def cut_to_limit(source: Source, config: FitConfig, warn: bool = True) -> None:
         groups = len(set(source.chunk_groups or ()))
         # a lone sliced row group streams as SEGMENTS segments: lanes of its own (ParquetSource.cut)
         units = groups - 1 + SEGMENTS if source.sliced_groups == 1 else groups
-        if not _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, units)) and warn:
+        one_lane = not _cut_in_lanes(source, config, budget, cap, lanes(source.stream_fixed, limit, units))
+        # a limit the plan refuses is said in its own one line: no warning before it
+        if one_lane and warn and MemoryPlan.solve(source, config, source_row_bytes(source, config),
+                                                  model_bytes(source, config)) is not None:
             held = "one or two row groups" if groups > 1 else "consecutive rows of its one row group"
             logging.getLogger("streamsgd").warning(
                 "%s: its row groups are too big to decode at once and --memory-limit %d pays for one open row "
