@@ -14,7 +14,7 @@ import click
 from .config import (DEFAULT_MEMORY_LIMIT, DEFAULT_TARGET, DTYPES, MODELS, OPTIMIZER_CHOICES, SCHEDULES, SYNC_MODES, FitConfig, parse_bytes,
                      storage_option)
 from .errors import EXIT_INTERRUPTED, RunStopped, StreamSGDError, UsageError
-from .run.runtime import retry_policy_from_environment, tune_allocator
+from .run.runtime import freeze_imports, retry_policy_from_environment, tune_allocator
 
 if TYPE_CHECKING:
     from .run.logs import RunLog
@@ -38,9 +38,11 @@ def _session() -> Session:
 
 
 def _fit_allocator(source) -> None:
-    """Pin the allocator to the data's largest chunk when the command started from :func:`main`."""
+    """Pin the allocator to the data's largest chunk, and take the imports' objects out of the
+    garbage collector's walks, when the command started from :func:`main`."""
     if _session().tuned:
         tune_allocator(max(source.chunk_rows, default=0))
+        freeze_imports()
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:

@@ -126,7 +126,9 @@ def test_the_command_reads_parquet_through_the_system_pool_only(data, tmp_path):
     """The command's Arrow pool is chosen before pyarrow is imported, so the Parquet reader's
     C++ allocations go through malloc too: set after the import, ``ARROW_DEFAULT_MEMORY_POOL``
     moved pyarrow's Python-level default only, and the decoder kept mimalloc, whose retained
-    pages took peak RSS past the memory limit plus the idle footprint (benchmarks/README.md, ctr.py)."""
+    pages took peak RSS past the memory limit plus the idle footprint (benchmarks/README.md, ctr.py).
+    And once the data is open the command takes the imports' objects out of the garbage
+    collector's walks (``freeze_imports``: tens of thousands of them)."""
     import subprocess
     import sys
 
@@ -135,8 +137,10 @@ def test_the_command_reads_parquet_through_the_system_pool_only(data, tmp_path):
         pytest.skip("this pyarrow has no mimalloc pool to avoid")
     script = ("import sys\nfrom streamsgd.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
               "    assert not e.code, e.code\nimport pyarrow as pa\n"
+              "import gc\nprint(gc.get_freeze_count())\n"
               "print(pa.default_memory_pool().backend_name, pa.mimalloc_memory_pool().max_memory())\n")
     env = {k: v for k, v in os.environ.items() if k != runtime.ARROW_POOL_VARIABLE}
     proc = subprocess.run([sys.executable, "-c", script, "fit", data, "--quiet", "-o", str(tmp_path / "m.npz")],
                           env=env, capture_output=True, text=True, check=True)
     assert proc.stdout.splitlines()[-1].split() == ["system", "0"], proc.stdout + proc.stderr
+    assert int(proc.stdout.splitlines()[-2]) > 10_000, proc.stdout  # the library call alone freezes none
