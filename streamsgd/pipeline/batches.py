@@ -207,7 +207,7 @@ class BatchStream:
 
 def shard_stream(source: Source, model: str, seed: int, shuffle: bool, plan: StreamPlan, dtype: DTypeLike,
                  strata: NDArray[np.float64] | None, epoch: int, shard: tuple[int, int],
-                 last_epoch: int | None) -> EpochStream | None:
+                 last_epoch: int | None, recycle: bool = False) -> EpochStream | None:
     """The stream of shard ``shard = (i, S)``'s rows in ``epoch`` (None when it has none).
 
     S = 1 is the whole data under the run's own seed, its readers running on up to
@@ -215,6 +215,7 @@ def shard_stream(source: Source, model: str, seed: int, shuffle: bool, plan: Str
     chunks (``plan.shards.shard_chunks``, dealt anew each epoch) get a stream of their own,
     seeded by (seed, shard, S), that ends with the epoch. The trainer's shards, the batch
     iterator's and a cluster worker's are all made here, so they agree row for row.
+    ``recycle``: windows reuse the buffers of those done with (``EpochStream.recycle``).
     """
     index, count = shard
     if count > 1:
@@ -226,7 +227,7 @@ def shard_stream(source: Source, model: str, seed: int, shuffle: bool, plan: Str
         seed = int(np.random.SeedSequence([seed, SHARD_TAG, index, count]).generate_state(1)[0])
         last_epoch = epoch
     return EpochStream(source, model, seed, shuffle, plan.window_rows, plan.buffer_bytes, plan.readers,
-                       np.dtype(dtype), strata, last_epoch)
+                       np.dtype(dtype), strata, last_epoch, recycle)
 
 
 class _Held:

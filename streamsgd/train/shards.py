@@ -400,8 +400,9 @@ class _Lane:
         if job.shards > 1 or self.stream is None:
             if self.stream is not None:
                 self.stream.close()
+            # a lane keeps a window only until it asks for the next (mark/rewind compare windows, not buffers)
             self.stream = shard_stream(job.source, job.model, job.seed, job.shuffle, job.plan, job.dtype, job.strata,
-                                       epoch, (self.shard, job.shards), job.last_epoch)
+                                       epoch, (self.shard, job.shards), job.last_epoch, recycle=True)
         self.windows = None if self.stream is None else self.stream.epoch(epoch, skip)
         self.place, self.ended, self.pending = (epoch, skip), self.windows is None, 0.0
 
