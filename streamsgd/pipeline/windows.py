@@ -46,11 +46,10 @@ class Window:
                 + self.idx.nbytes + self.sign.nbytes)
 
 
-
 class Spare:
     """The buffers of one window its consumer is done with, for the next window of the same
     shape: a window's pages are written once and read once, and fresh ones must each be
-    faulted in and zeroed by the kernel first (12 % of the CPU of ctr.py's 10^7-row fit).
+    faulted in and zeroed by the kernel first (benchmarks/README.md, ctr.py).
 
     The consumer puts a window here just before it hands the window's bytes back to the
     prefetcher's budget, so the buffers are either reused by the next read, in place of
@@ -78,6 +77,7 @@ class Spare:
                 or window.idx.shape != (rows, hashed):
             return None
         return window
+
 
 #: Bytes per row and categorical column in a window: an int32 feature id and an int8 sign.
 HASHED_BYTES = 5

@@ -76,13 +76,13 @@ def tune_allocator(largest_chunk_rows: int | None = None) -> None:
 
 
 def freeze_imports() -> None:
-    """Move every object alive now (the interpreter's, the imported libraries': ~160k in a
-    fit with categorical columns) out of the cyclic garbage collector's sight, for good.
+    """Move every object alive now (the interpreter's, the imported libraries') out of the
+    cyclic garbage collector's sight, for good.
 
     Each full collection walks every tracked object; a run's windows and chunks make enough
     short-lived containers to trigger several, and the imports' objects, which live as long as
-    the process, were most of what they walked (0.17 s of a 4 s fit of 10^6 click-log rows,
-    benchmarks/README.md). Call it once the data is open, as the ``streamsgd`` command does."""
+    the process, were most of what they walked (benchmarks/README.md, ctr.py). Call it once
+    the data is open, as the ``streamsgd`` command does."""
     import gc
 
     gc.freeze()

@@ -145,7 +145,6 @@ def fill_columns(columns: list[NDArray], X: NDArray, rows: NDArray[np.int64] | N
     return _fill_columns(addresses, kinds, X, _rows(rows, X))
 
 
-
 def copy_hashed(parts: list[tuple[NDArray[np.int32], NDArray[np.int8]]], idx: NDArray[np.int32],
                 sign: NDArray[np.int8], rows: NDArray[np.int64] | None = None) -> None:
     """A chunk's hashed columns into the window: ``parts`` holds each categorical column's
