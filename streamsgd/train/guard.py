@@ -94,7 +94,7 @@ def sample_rows(
     as copies."""
     step = max(1, X.shape[0] // rows)
     picked = slice(None, step * rows, step) if order is None else order[::step][:rows]
-    return X[picked][:rows].copy(), np.asarray(y[picked][:rows], dtype=np.float64)
+    return X[picked][:rows].copy(), np.array(y[picked][:rows], dtype=np.float64)  # copies: windows are reused
 
 
 def row_weights(model: str, y: NDArray) -> NDArray | None:
