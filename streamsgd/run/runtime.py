@@ -4,8 +4,9 @@ The library never changes process-global state (DESIGN.md §3): a ``train.fit``,
 estimator's ``partial_fit`` or a worker process leaves the allocators and the environment as
 it found them. A program that owns its process, as the ``streamsgd`` command does, opts in
 here: :func:`tune_allocator` once at start-up (before pyarrow is imported) and again once the
-data's largest chunk is known, then :func:`freeze_imports`; :func:`retry_policy_from_environment` reads the retry policy's
-environment variables once, at the door, and the policy then travels with the storage options.
+data's largest chunk is known, then :func:`freeze_imports`; :func:`retry_policy_from_environment`
+reads the retry policy's environment variables once, at the door, and the policy then travels
+with the storage options.
 """
 
 from __future__ import annotations
