@@ -15,8 +15,11 @@ On the uncompressed Parquet file (and on the Zarr group where it says so):
   (c)  ``streamsgd.fit`` on the Parquet file, one epoch at batch 512 (logistic), wall clock end
        to end (opening, planning, standardisation from the first window, the epoch).
   (c') the same run's training loop alone (the summary's ``rows_per_second``).
+  (c") the same run's steady rate: rows a second between its progress records at 10 % and at
+       90 % of the epoch's rows, so that neither the wait for the first window nor the last
+       window's drain is in it (issue 14: steady-state beside end-to-end).
   (z)  zarr chunk read: ``X[i:j]`` and ``y[i:j]`` for every chunk of the Zarr group: Zarr's limit.
-  (cz) ``streamsgd.fit`` on the Zarr group, end to end; (cz') its loop alone.
+  (cz) ``streamsgd.fit`` on the Zarr group, end to end; (cz') its loop alone; (cz") its steady rate.
   (d)  scikit-learn ``SGDClassifier(loss="log_loss").partial_fit`` on batches of 512 rows, fed
        from row-major matrices read per row group and standardised with a mean/std computed
        beforehand (outside the timing).
@@ -34,7 +37,7 @@ On the uncompressed Parquet file (and on the Zarr group where it says so):
        Parquet file, so its one measurement is compared with both.
 
 On the default-writer file, the same methods: (a2) decode only, (b2) decode + row-major f32,
-(c2)/(c2') ``streamsgd.fit`` at the default ``--memory-limit`` (or, where that limit refuses
+(c2)/(c2')/(c2") ``streamsgd.fit`` at the default ``--memory-limit`` (or, where that limit refuses
 the file's row groups, at 3GiB: the run says which), (d2)/(e2) ``partial_fit``, (t2) PyTorch;
 (v) as above. Ratios "fit / decode-only" and "fit vs peers" are printed for both files.
 
@@ -78,6 +81,7 @@ import provenance
 from streamsgd.config import FitConfig
 import streamsgd
 from streamsgd.train import trainer as train
+from streamsgd.train.inputs import Hooks
 from streamsgd.tools.inference import evaluate
 from streamsgd.config import DEFAULT_MEMORY_LIMIT
 from streamsgd.errors import UsageError
@@ -115,9 +119,11 @@ LABELS = {
     "convert": "(b) pyarrow decode + row-major f32",
     "streamsgd": "(c) streamsgd fit Parquet, end to end",
     "streamsgd_loop": "(c') streamsgd Parquet, loop only",
+    "streamsgd_steady": "(c\") streamsgd Parquet, steady",
     "zarr_read": "(z) zarr chunk read (Zarr's limit)",
     "streamsgd_zarr": "(cz) streamsgd fit Zarr, end to end",
     "streamsgd_zarr_loop": "(cz') streamsgd Zarr, loop only",
+    "streamsgd_zarr_steady": "(cz\") streamsgd Zarr, steady",
     "sklearn_batch": f"(d) sklearn partial_fit, batch {BATCH}",
     "sklearn_group": "(e) sklearn partial_fit, row group",
     "torch": f"(t) PyTorch Linear+SGD, batch {BATCH}",
@@ -126,6 +132,7 @@ LABELS = {
     "convert_default": "(b2) pyarrow decode + row-major f32",
     "streamsgd_default": "(c2) streamsgd fit, end to end",
     "streamsgd_default_loop": "(c2') streamsgd, loop only",
+    "streamsgd_default_steady": "(c2\") streamsgd, steady",
     "sklearn_batch_default": f"(d2) sklearn partial_fit, batch {BATCH}",
     "sklearn_group_default": "(e2) sklearn partial_fit, row group",
     "torch_default": f"(t2) PyTorch Linear+SGD, batch {BATCH}",
@@ -135,11 +142,11 @@ LABELS = {
 #: VW reads its own cache, so its one measurement shows in both
 FILES = {
     "uncompressed": ("decode", "sklearn_batch", "streamsgd",
-                     ["decode", "convert", "streamsgd", "streamsgd_loop", "zarr_read", "streamsgd_zarr",
-                      "streamsgd_zarr_loop", "sklearn_batch", "sklearn_group", "torch", "vw"]),
+                     ["decode", "convert", "streamsgd", "streamsgd_loop", "streamsgd_steady", "zarr_read",
+                      "streamsgd_zarr", "streamsgd_zarr_loop", "streamsgd_zarr_steady", "sklearn_batch", "sklearn_group", "torch", "vw"]),
     "default_writer": ("decode_default", "sklearn_batch_default", "streamsgd_default",
                        ["decode_default", "convert_default", "streamsgd_default", "streamsgd_default_loop",
-                        "sklearn_batch_default", "sklearn_group_default", "torch_default", "vw"]),
+                        "streamsgd_default_steady", "sklearn_batch_default", "sklearn_group_default", "torch_default", "vw"]),
 }
 #: the peers "fit vs peers" compares with, per file
 PEERS = {
@@ -172,6 +179,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cap rows x features per data set (default 2e8: 200,000 rows at d=1000)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per method; medians are reported (default 3)")
     p.add_argument("--quick", action="store_true", help="small and fast: 200,000 rows x 20 features, 1 run")
+    p.add_argument("--log-every", type=int, default=FitConfig.log_every,
+                   help="updates between streamsgd's progress records, the steady rate's (c\") resolution "
+                        "(default: fit's own, %(default)s)")
     p.add_argument("--no-vw", action="store_true", help="leave Vowpal Wabbit out even if installed")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     p.add_argument("--torch-threads", type=int, default=TORCH_THREADS,
@@ -363,9 +373,26 @@ def zarr_read(path: Path) -> int:
     return rows
 
 
-def streamsgd_fit(path: Path, **options: Any) -> streamsgd.FitResult:
+def streamsgd_fit(path: Path, hooks: Hooks | None = None, **options: Any) -> streamsgd.FitResult:
     """(c)/(cz)/(c2) One epoch of streamsgd through its public API."""
-    return train.fit(streamsgd.open_source(str(path)), FitConfig(epochs=1, batch=BATCH, model="logistic", **options))
+    return train.fit(streamsgd.open_source(str(path)), FitConfig(epochs=1, batch=BATCH, model="logistic", **options),
+                     hooks=hooks)
+
+
+#: The share of an epoch's rows left out at each end of the steady rate (c"): the first
+#: window's wait and the last window's drain. 10 %: at d = 10 epoch 0's first window (the
+#: ramp's W/8) is 13 % of throughput.py's file and its log lines fall inside it.
+STEADY_SKIP = 0.1
+
+
+def steady_rate(records: list[dict[str, Any]], rows: int) -> float | None:
+    """(c") Rows a second between the first progress record past ``STEADY_SKIP`` of the epoch's
+    ``rows`` and the last one before ``1 - STEADY_SKIP``; None with fewer than two records there."""
+    marks = [(r["rows_seen"], r["seconds"]) for r in records if r.get("event") == "progress"
+             and STEADY_SKIP * rows <= r["rows_seen"] <= (1 - STEADY_SKIP) * rows]
+    if len(marks) < 2 or marks[-1][1] <= marks[0][1]:
+        return None
+    return (marks[-1][0] - marks[0][0]) / (marks[-1][1] - marks[0][1])
 
 
 def sklearn_fit(path: Path, names: list[str], mean: np.ndarray, std: np.ndarray, batch: int | None):
@@ -554,12 +581,16 @@ def print_table(rows: int, medians: dict[str, float], losses: dict[str, float], 
 
 
 def fit_vs_peers(medians: dict[str, float], losses: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Per file: fit / decode-only, and fit's speed over each peer's (with both held-out losses)."""
+    """Per file: fit / decode-only (end to end and steady), and fit's speed over each peer's (with both
+    held-out losses)."""
     out: dict[str, dict[str, Any]] = {}
     for file, (decode_key, _, fit_key, _) in FILES.items():
         if fit_key not in medians:
             continue
-        entry: dict[str, Any] = {"fit_vs_decode": medians[decode_key] / medians[fit_key] if decode_key in medians else None}
+        decode = medians.get(decode_key)
+        steady = medians.get(fit_key + "_steady")
+        entry: dict[str, Any] = {"fit_vs_decode": decode / medians[fit_key] if decode else None,
+                                 "steady_vs_decode": decode / steady if decode and steady else None}
         for name, key in PEERS[file].items():
             if key in medians:
                 entry[name] = {"speedup": medians[key] / medians[fit_key], "peer_loss": losses.get(key),
@@ -608,14 +639,19 @@ def run_one(args: argparse.Namespace, features: int, use_vw: bool, use_torch: bo
     stats_seconds = time.perf_counter() - t0
 
     loop_rates: dict[str, list[float]] = {"streamsgd": [], "streamsgd_zarr": [], "streamsgd_default": []}
+    steady_rates: dict[str, list[float]] = {key: [] for key in loop_rates}
     last: dict[str, Any] = {}  # the latest trained model of each learner, for the held-out loss
     vw_model = args.out / f"train-{shape}.vwmodel"
     # None: the default --memory-limit; FALLBACK_MEMORY_LIMIT once the default refused the file
     default_limit: dict[str, str | None] = {"limit": None, "refused": None}
 
     def run_streamsgd(key: str, path: Path, **options: Any) -> None:
-        result = streamsgd_fit(path, **options)
+        records: list[dict[str, Any]] = []
+        result = streamsgd_fit(path, hooks=Hooks(on_progress=records.append), log_every=args.log_every, **options)
         loop_rates[key].append(result.summary["rows_per_second"])
+        steady = steady_rate(records, rows)
+        if steady is not None:
+            steady_rates[key].append(steady)
         last[key] = result.model
 
     def run_streamsgd_default() -> None:
@@ -685,6 +721,8 @@ def run_one(args: argparse.Namespace, features: int, use_vw: bool, use_torch: bo
     for key in loop_rates:
         if loop_rates[key]:
             medians[key + "_loop"] = rows / statistics.median(loop_rates[key])
+        if steady_rates[key]:
+            medians[key + "_steady"] = rows / statistics.median(steady_rates[key])
 
     X_test, y_test = heldout_matrix(heldout, names)
     Z_test = (X_test - mean) / std  # float64: the peers' standardisation of the held-out rows
@@ -721,9 +759,10 @@ def run_one(args: argparse.Namespace, features: int, use_vw: bool, use_torch: bo
     peers = fit_vs_peers(medians, losses)
     for file, entry in peers.items():
         parts = [f"fit / decode-only {entry['fit_vs_decode']:.2f}x"] if entry["fit_vs_decode"] else []
+        parts += [f"steady fit / decode-only {entry['steady_vs_decode']:.2f}x"] if entry["steady_vs_decode"] else []
         parts += [f"{name} {v['speedup']:.2f}x" + (f" (loss {v['fit_loss']:.4f} vs {v['peer_loss']:.4f})"
                                                   if v["peer_loss"] is not None and v["fit_loss"] is not None else "")
-                  for name, v in entry.items() if name != "fit_vs_decode"]
+                  for name, v in entry.items() if name not in ("fit_vs_decode", "steady_vs_decode")]
         print(f"fit vs peers, {file.replace('_', '-')} file: " + "; ".join(parts))
     cpu_ns = {k: statistics.median(v) / rows * 1e9 for k, v in cpu.items() if v and k != "vw"}
     print("process CPU ns per row (median): " + ", ".join(f"{k} {cpu_ns[k]:.0f}" for k in
@@ -755,6 +794,7 @@ def run_one(args: argparse.Namespace, features: int, use_vw: bool, use_torch: bo
         "ratio_vs_sklearn_batch": vs("sklearn_batch"),
         "fit_vs_peers": peers,
         "streamsgd_loop_rows_per_second": loop_rates,
+        "streamsgd_steady_rows_per_second": steady_rates, "steady_skip": STEADY_SKIP,
         "streamsgd_default_writer_memory_limit": limit_used,
         "streamsgd_default_writer_refused_at_default": default_limit["refused"],
         "torch_threads": torch_threads, "torch_lr": TORCH_LR if use_torch else None,

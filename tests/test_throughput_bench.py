@@ -20,7 +20,8 @@ import pytest
 pytest.importorskip("sklearn")
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-ARGS = ["--rows", "20000", "--features", "5", "--runs", "1", "--no-vw"]
+#: 39 updates a fit: a progress record every 5 gives the steady rate (c") seven records inside
+ARGS = ["--rows", "20000", "--features", "5", "--runs", "1", "--no-vw", "--log-every", "5"]
 
 #: Runs throughput.main(argv) with torch reported missing and the default-writer fit refused
 #: at the default --memory-limit (as the code before the memory-plan change refused big row
@@ -62,6 +63,13 @@ def test_default_writer_file_and_torch_peer(tmp_path):
         assert table["median_seconds"][key] > 0
     assert table["streamsgd_default_writer_memory_limit"].startswith("default")
     assert set(table["fit_vs_peers"]) == {"uncompressed", "default_writer"}
+    for key in ("streamsgd", "streamsgd_zarr", "streamsgd_default"):
+        # the middle of the epoch, without opening, planning and the first window: faster than end to end
+        steady = table["streamsgd_steady_rows_per_second"][key]
+        assert len(steady) == 1 and steady[0] > table["rows_per_second"][key]
+        assert table["median_seconds"][key + "_steady"] == pytest.approx(20000 / steady[0])
+    assert table["fit_vs_peers"]["default_writer"]["steady_vs_decode"] > table["fit_vs_peers"]["default_writer"]["fit_vs_decode"]
+    assert "steady fit / decode-only" in out
     assert "fit vs peers, default-writer file: fit / decode-only" in out
     losses = table["heldout_log_loss"]
     if importlib.util.find_spec("torch") is None:
