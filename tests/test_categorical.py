@@ -18,7 +18,7 @@ import pytest
 import streamsgd
 from streamsgd.compute.codes import ADAGRAD, ADAM, ADAMW, LINEAR, LOGISTIC, MOMENTUM, NESTEROV, POISSON, SGD
 from streamsgd.compute.loop import LR0, N_COUNTERS, N_SUMS, AVERAGED, pack_hyper, pack_params, pack_spec
-from streamsgd.compute.sparse import (HF, RENORMALIZE, WSCALE, catch_up_all, catch_up_all_l1, catch_up_all_momentum,
+from streamsgd.compute.sparse import (HF, RENORMALIZE, SHORT_GAP, WSCALE, catch_up_all, catch_up_all_l1, catch_up_all_momentum,
                                      finish_batch_hashed, folded, lazy_l1, lazy_l2, lazy_momentum, needs_extra,
                                      pack_hashed, train_rows_hashed)
 from streamsgd.config import FitConfig
@@ -207,6 +207,25 @@ def test_lazy_adagrad_l2_across_a_lowered_step_equals_its_dense_twin(average_fro
     scale = np.abs(want).max()
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
     assert not np.allclose(_twin(*args), want, rtol=1e-3)  # the change of step mattered
+
+
+@pytest.mark.parametrize("average_from", [10**9, 7, 20])
+def test_lazy_adagrad_l2_short_and_long_gaps_equal_its_dense_twin(average_from):
+    """AdaGrad's lazy L2 multiplies ρ out for a gap of at most SHORT_GAP skipped updates and
+    takes the closed form beyond: 256 ids for 3 columns, 8 rows a batch, so gaps of both kinds
+    occur (asserted), and averaging from update 7 or 20 cuts into gaps of both kinds."""
+    X, y, idx, sign, bits = _problem(LOGISTIC, seed=3, bits=8)
+    last, gaps = np.full(1 << bits, -1), []
+    for t in range(-(-len(y) // 8)):  # the updates skipped between the batches that touch an id
+        ids = np.unique(idx[8 * t:8 * t + 8])
+        gaps += list(t - last[ids][last[ids] >= 0] - 1)
+        last[ids] = t
+    gaps = np.array(gaps)
+    assert np.any((gaps >= 1) & (gaps <= SHORT_GAP)) and np.any(gaps > SHORT_GAP)
+    args = (LOGISTIC, ADAGRAD, X, y, idx, sign, bits, 8, 0.5, 0.05, 1e-8, average_from)
+    want = _twin(*args)
+    got, _ = _kernel(*args, pieces=37)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("loss", [LOGISTIC, LINEAR, POISSON])
