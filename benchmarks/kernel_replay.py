@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: The argument of the captured call that says where in the window it starts, and the one that
-#: says at which update it stops (``sparse.train_rows_hashed``'s ``pos`` and ``stop_at``).
-POS, STOP_AT = 6, 8
+#: Arguments of ``sparse.train_rows_hashed`` the replay reads or sets: the window's row order,
+#: where in it the call starts, the update at which it stops, and the spec (scalar or softmax).
+ORDER, POS, STOP_AT, SPEC = 5, 6, 8, 9
 #: ``stop_at`` that never stops: the replay trains the whole window.
 NEVER = -1
 
@@ -71,7 +71,7 @@ def capture(data: str, target: str, every: int, windows: int, out: Path) -> int:
         sys.exit(f"kernel_replay: {data}: no call of the hashed kernel (does it have categorical columns?)")
     with open(out, "wb") as f:
         pickle.dump(captured, f, protocol=5)
-    return sum(int(a[5].size) for a in captured)  # the windows' row orders
+    return sum(int(a[ORDER].size) for a in captured)
 
 
 def replay(path: Path, reps: int) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def replay(path: Path, reps: int) -> dict[str, Any]:
         for args in captured:
             a = list(copy.deepcopy(args))
             a[STOP_AT] = NEVER
-            kernel = hashed_kernels(a[9])[1]  # a[9]: the spec, which picks scalar or softmax
+            kernel = hashed_kernels(a[SPEC])[1]
             t0 = time.perf_counter()
             pos = kernel(*a)
             seconds += time.perf_counter() - t0
