@@ -27,6 +27,16 @@ def command(name: str = "streamsgd", script: str = "benchmark") -> str:
     return found
 
 
+def in_tree(tree: Path, argv: list[str], script: str, cwd: Path | None = None) -> str:
+    """Run this interpreter with ``argv`` in a child whose ``streamsgd`` is ``tree``'s (``PYTHONPATH``):
+    its stdout; a failure ends ``script`` naming the tree and the child's last line of stderr."""
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(tree)})
+    if proc.returncode != 0:
+        sys.exit(f"{script}: {tree}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout
+
+
 def begin(out: Path) -> tuple[float, float]:
     """Start a run: create ``out``; return the start time and the 1-minute load average (other
     work on a shared machine skews timings, so every report records it)."""

@@ -16,21 +16,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from _common import in_tree
+
 
 def run(tree: Path, args: list[str], scratch: Path) -> dict[str, Any]:
     """One run of ``streamsgd ARGS`` from ``tree``: its summary."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    proc = subprocess.run([sys.executable, "-m", "streamsgd", *args, "--json", "--quiet", "-o", str(scratch)],
-                          env=env, capture_output=True, text=True, cwd=scratch.parent)
-    if proc.returncode != 0:
-        sys.exit(f"alternate: {tree}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout.splitlines()[0])
+    out = in_tree(tree, ["-m", "streamsgd", *args, "--json", "--quiet", "-o", str(scratch)], "alternate",
+                  cwd=scratch.parent)
+    return json.loads(out.splitlines()[0])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

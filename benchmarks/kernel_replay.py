@@ -25,12 +25,13 @@ import json
 import os
 import pickle
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import in_tree
 
 #: Arguments of ``sparse.train_rows_hashed`` the replay reads or sets: the window's row order,
 #: where in it the call starts, the update at which it stops, and the spec (scalar or softmax).
@@ -100,11 +101,7 @@ def replay(path: Path, reps: int) -> dict[str, Any]:
 def child(tree: Path, argv: list[str]) -> Any:
     """This script run with ``argv`` in a child process whose ``streamsgd`` is ``tree``'s: the
     JSON of its last line."""
-    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(tree)})
-    if proc.returncode != 0:
-        sys.exit(f"kernel_replay: {tree}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout.splitlines()[-1])
+    return json.loads(in_tree(tree, [__file__, *argv], "kernel_replay").splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
