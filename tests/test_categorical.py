@@ -6,6 +6,7 @@ model file's encoding, predict/evaluate, scikit-learn's pipeline at the same L2,
 from __future__ import annotations
 
 import copy
+import decimal
 import json
 import os
 
@@ -18,7 +19,7 @@ import pytest
 import streamsgd
 from streamsgd.compute.codes import ADAGRAD, ADAM, ADAMW, LINEAR, LOGISTIC, MOMENTUM, NESTEROV, POISSON, SGD
 from streamsgd.compute.loop import LR0, N_COUNTERS, N_SUMS, AVERAGED, pack_hyper, pack_params, pack_spec
-from streamsgd.compute.sparse import (HF, RENORMALIZE, SHORT_GAP, WSCALE, catch_up_all, catch_up_all_l1, catch_up_all_momentum,
+from streamsgd.compute.sparse import (HF, RENORMALIZE, SERIES_X, SHORT_GAP, WSCALE, _catch_up, catch_up_all, catch_up_all_l1, catch_up_all_momentum,
                                      finish_batch_hashed, folded, lazy_l1, lazy_l2, lazy_momentum, needs_extra,
                                      pack_hashed, train_rows_hashed)
 from streamsgd.config import FitConfig
@@ -209,11 +210,13 @@ def test_lazy_adagrad_l2_across_a_lowered_step_equals_its_dense_twin(average_fro
     assert not np.allclose(_twin(*args), want, rtol=1e-3)  # the change of step mattered
 
 
+@pytest.mark.parametrize("l2", [0.05, 1e-6])
 @pytest.mark.parametrize("average_from", [10**9, 7, 20])
-def test_lazy_adagrad_l2_short_and_long_gaps_equal_its_dense_twin(average_from):
+def test_lazy_adagrad_l2_short_and_long_gaps_equal_its_dense_twin(average_from, l2):
     """AdaGrad's lazy L2 multiplies ρ out for a gap of at most SHORT_GAP skipped updates and
-    takes the closed form beyond: 256 ids for 3 columns, 8 rows a batch, so gaps of both kinds
-    occur (asserted), and averaging from update 7 or 20 cuts into gaps of both kinds."""
+    takes the closed form beyond (its Taylor series at l2 1e-6, where k·η·l2 / h stays small):
+    256 ids for 3 columns, 8 rows a batch, so gaps of both kinds occur (asserted), and
+    averaging from update 7 or 20 cuts into gaps of both kinds."""
     X, y, idx, sign, bits = _problem(LOGISTIC, seed=3, bits=8)
     last, gaps = np.full(1 << bits, -1), []
     for t in range(-(-len(y) // 8)):  # the updates skipped between the batches that touch an id
@@ -222,10 +225,35 @@ def test_lazy_adagrad_l2_short_and_long_gaps_equal_its_dense_twin(average_from):
         last[ids] = t
     gaps = np.array(gaps)
     assert np.any((gaps >= 1) & (gaps <= SHORT_GAP)) and np.any(gaps > SHORT_GAP)
-    args = (LOGISTIC, ADAGRAD, X, y, idx, sign, bits, 8, 0.5, 0.05, 1e-8, average_from)
+    args = (LOGISTIC, ADAGRAD, X, y, idx, sign, bits, 8, 0.5, l2, 1e-8, average_from)
     want = _twin(*args)
     got, _ = _kernel(*args, pieces=37)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    # the L2 moved the weights by more than the tolerance, so a wrong catch-up would show
+    assert not np.allclose(_twin(*args[:9], 0.0, *args[10:]), want, rtol=1e-9)
+
+
+@pytest.mark.parametrize("k, x", [(3, 0.3), (8, 1e-9), (9, 1e-9), (40, 1e-5), (40, SERIES_X), (900, SERIES_X),
+                                  (40, 2 * SERIES_X), (900, 0.5), (5000, 3.0)])
+@pytest.mark.parametrize("before", [-5, 0, 1, 7, 10**6])
+def test_lazy_adagrad_catch_up_equals_the_updates_multiplied_out(k, x, before):
+    """``_catch_up`` of a gap of k skipped updates with k·a = x, against k divisions by
+    1 + a carried out in 40 decimal digits: short gaps multiplied out, longer ones in closed
+    form, as Taylor series (x <= SERIES_X) or log1p, exp and expm1. ``before``: the skipped
+    updates not averaged, none to all. 1e-14 relative: the closed form's rounding is a few
+    ulps plus x ulps from the exponent k·log(1 + a) (x <= 3 here), the series' truncation
+    2⁻⁶⁹ (sparse.py), and the short gaps' at most 8 ulps."""
+    hsq, eps, a = np.array([0.04]), 1e-8, x / k  # h = 0.2 + ε
+    hw, hsum, stamps = np.array([0.7]), np.array([0.25]), np.array([100])
+    with decimal.localcontext(decimal.Context(prec=40)):
+        rho = 1 / (1 + decimal.Decimal(a))
+        v, total = decimal.Decimal(0.7), decimal.Decimal(0.25)
+        for j in range(1, k + 1):
+            v *= rho
+            total += v if j > before else 0
+    _catch_up(0, 100 + k, hw, hsq, hsum, stamps, a * (np.sqrt(hsq[0]) + eps), eps, 100 + before)
+    assert hw[0] == pytest.approx(float(v), rel=1e-14, abs=0.0)
+    assert hsum[0] == pytest.approx(float(total), rel=1e-14, abs=0.0)
 
 
 @pytest.mark.parametrize("loss", [LOGISTIC, LINEAR, POISSON])

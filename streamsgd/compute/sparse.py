@@ -165,6 +165,29 @@ def _lazy_l2(spec, hyper):
 #: half the catch-ups are such short gaps, and 8 multiplications cost less than the closed form's
 #: calls; their rounding (≤ 8 ulps) is of the dense update's own order.
 SHORT_GAP = 8
+#: k·a (the gap times η·l2 / h) up to which a longer gap's closed form is summed as Taylor
+#: series (``_exp_neg``, ``_log1p``, ``_mean_decay``) instead of calling log1p, exp and expm1:
+#: the default L2 of a large table (1/rows) puts most gaps there. The first term left out is
+#: below x⁶/720 < 2⁻⁶⁹ relative, under the last bit.
+SERIES_X = 2.0**-10
+
+
+@njit(nogil=True, cache=True)
+def _log1p(a):
+    """log(1 + a) for 0 <= a <= ``SERIES_X``: a − a²/2 + … − a⁶/6."""
+    return a * (1.0 - a * (1.0 / 2 - a * (1.0 / 3 - a * (1.0 / 4 - a * (1.0 / 5 - a / 6)))))
+
+
+@njit(nogil=True, cache=True)
+def _exp_neg(x):
+    """e^(−x) for 0 <= x <= ``SERIES_X``: 1 − x + x²/2! − … − x⁵/5!."""
+    return 1.0 - x * (1.0 - x / 2 * (1.0 - x / 3 * (1.0 - x / 4 * (1.0 - x / 5))))
+
+
+@njit(nogil=True, cache=True)
+def _mean_decay(y):
+    """(1 − e^(−y)) / y for 0 <= y <= ``SERIES_X``: 1 − y/2! + y²/3! − … − y⁵/6!."""
+    return 1.0 - y / 2 * (1.0 - y / 3 * (1.0 - y / 4 * (1.0 - y / 5 * (1.0 - y / 6))))
 
 
 @njit(nogil=True, cache=True)
@@ -172,8 +195,9 @@ def _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from):
     """Bring weight ``h`` (current up to update ``stamps[h]``) up to update ``upto`` under
     AdaGrad's lazy L2: each skipped update multiplies it by ρ = 1 / (1 + a), a = η·l2 / h its
     frozen metric h = √G + ε, and adds it to the Polyak sum when that update is averaged
-    (update > ``average_from``): Σ_{j=j0..k} v·ρ^j, the geometric series in expm1 form (no
-    cancellation for small a), or multiplied out for a gap of at most ``SHORT_GAP`` updates.
+    (update > ``average_from``): Σ_{j=j0..k} v·ρ^j, the geometric series ρ^j0·(1 − ρ^n) / (1 − ρ)
+    in expm1 form (no cancellation for small a). A gap of at most ``SHORT_GAP`` updates is
+    multiplied out; a longer one with k·a <= ``SERIES_X`` sums the closed form's Taylor series.
     Does not move the stamp (the caller does)."""
     k = upto - stamps[h]
     v = hw[h]
@@ -191,6 +215,14 @@ def _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from):
         if before < k:
             hsum[h] += total
         hw[h] = v
+        return
+    if k * a <= SERIES_X:  # ρ^j = e^(−j·L), L = log(1 + a) <= a: every exponent within the series' range
+        lq = _log1p(a)
+        if before < k:
+            j0 = max(1, before + 1)
+            n = k - j0 + 1
+            hsum[h] += v * _exp_neg(j0 * lq) * (n * _mean_decay(n * lq) / _mean_decay(lq))
+        hw[h] = v * _exp_neg(k * lq)
         return
     lq = math.log1p(a)  # -log ρ
     if before < k:
