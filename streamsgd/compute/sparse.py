@@ -191,44 +191,49 @@ def _mean_decay(y):
 
 
 @njit(nogil=True, cache=True)
-def _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from):
-    """Bring weight ``h`` (current up to update ``stamps[h]``) up to update ``upto`` under
-    AdaGrad's lazy L2: each skipped update multiplies it by ρ = 1 / (1 + a), a = η·l2 / h its
-    frozen metric h = √G + ε, and adds it to the Polyak sum when that update is averaged
-    (update > ``average_from``): Σ_{j=j0..k} v·ρ^j, the geometric series ρ^j0·(1 − ρ^n) / (1 − ρ)
-    in expm1 form (no cancellation for small a). A gap of at most ``SHORT_GAP`` updates is
-    multiplied out; a longer one with k·a <= ``SERIES_X`` sums the closed form's Taylor series.
-    Does not move the stamp (the caller does)."""
-    k = upto - stamps[h]
-    v = hw[h]
-    if k <= 0 or v == 0.0:
-        return
-    a = lr_l2 / (math.sqrt(hsq[h]) + eps)
-    before = average_from - stamps[h]  # skipped updates j <= before are not averaged (no overflow: NEVER)
+def _decay(v, k, a, before):
+    """A weight ``v`` after k skipped updates under AdaGrad's lazy L2, each multiplying it by
+    ρ = 1 / (1 + a), and the sum of its values after those of the updates past the first
+    ``before`` (the averaged ones): Σ_{j=j0..k} v·ρ^j, the geometric series ρ^j0·(1 − ρ^n) / (1 − ρ)
+    in expm1 form (no cancellation for small a), 0.0 when ``before`` >= k. A gap of at most
+    ``SHORT_GAP`` updates is multiplied out; a longer one with k·a <= ``SERIES_X`` sums the
+    closed form's Taylor series."""
+    total = 0.0
     if k <= SHORT_GAP:  # multiplied out, as the dense update multiplies: no log1p, exp, expm1
         rho = 1.0 / (1.0 + a)
-        total = 0.0
         for j in range(1, k + 1):
             v *= rho
             if j > before:
                 total += v
-        if before < k:
-            hsum[h] += total
-        hw[h] = v
-        return
+        return v, total
+    j0 = max(1, before + 1) if before < k else k + 1  # the first averaged one (no overflow: NEVER > k)
+    n = k - j0 + 1
     if k * a <= SERIES_X:  # ρ^j = e^(−j·L), L = log(1 + a) <= a: every exponent within the series' range
         lq = _log1p(a)
-        if before < k:
-            j0 = max(1, before + 1)
-            n = k - j0 + 1
-            hsum[h] += v * _exp_neg(j0 * lq) * (n * _mean_decay(n * lq) / _mean_decay(lq))
-        hw[h] = v * _exp_neg(k * lq)
-        return
+        if n > 0:
+            total = v * _exp_neg(j0 * lq) * (n * _mean_decay(n * lq) / _mean_decay(lq))
+        return v * _exp_neg(k * lq), total
     lq = math.log1p(a)  # -log ρ
-    if before < k:
-        j0 = max(1, before + 1)
-        hsum[h] += v * math.exp(-j0 * lq) * math.expm1(-(k - j0 + 1) * lq) / math.expm1(-lq)
-    hw[h] = v * math.exp(-k * lq)
+    if n > 0:
+        total = v * math.exp(-j0 * lq) * math.expm1(-n * lq) / math.expm1(-lq)
+    return v * math.exp(-k * lq), total
+
+
+@njit(nogil=True, cache=True)
+def _catch_up(h, upto, hw, hsq, hsum, stamps, lr_l2, eps, average_from):
+    """Bring weight ``h`` (current up to update ``stamps[h]``) up to update ``upto`` under
+    AdaGrad's lazy L2 (``_decay``, a = η·l2 / h its frozen metric h = √G + ε), adding the
+    skipped iterates to its Polyak sum where averaged (update > ``average_from``). Does not
+    move the stamp (the caller does)."""
+    k = upto - stamps[h]
+    v = hw[h]
+    if k <= 0 or v == 0.0:
+        return
+    before = average_from - stamps[h]  # skipped updates j <= before are not averaged (no overflow: NEVER)
+    v, total = _decay(v, k, lr_l2 / (math.sqrt(hsq[h]) + eps), before)
+    if before < k:  # the average's sums are read only when it gains terms
+        hsum[h] += total
+    hw[h] = v
 
 
 @njit(nogil=True, cache=True)
@@ -849,12 +854,9 @@ def _lagged(v, g_sq, sum_, stamp, upto, lr_l2, eps, average_from):
     k = upto - stamp
     if k <= 0 or v == 0.0:
         return v, sum_
-    lq = math.log1p(lr_l2 / (math.sqrt(g_sq) + eps))
     before = average_from - stamp
-    if before < k:
-        j0 = max(1, before + 1)
-        sum_ += v * math.exp(-j0 * lq) * math.expm1(-(k - j0 + 1) * lq) / math.expm1(-lq)
-    return v * math.exp(-k * lq), sum_
+    v, total = _decay(v, k, lr_l2 / (math.sqrt(g_sq) + eps), before)
+    return v, (sum_ + total if before < k else sum_)
 
 
 @njit(nogil=True, cache=True)
