@@ -6,7 +6,8 @@ and captures the trainer's compiled calls that start a window (``train_rows_hash
 the window in training order, the state as it stood), every ``--every``-th of them, up to
 ``--windows``. Each tree then replays every captured call on a fresh copy of its state over the
 whole window, in a child process with ``PYTHONPATH`` at that tree, the trees taking turns for
-``--rounds`` rounds, ``--reps`` replays a round. The report gives each tree's nanoseconds a row
+``--rounds`` rounds, ``--reps`` replays a round, the hashed state in the product's layout
+(``as_trained``). The report gives each tree's nanoseconds a row
 (minimum and median over all replays) and the median of the rounds' new/base ratios of their
 minimums.
 
@@ -34,8 +35,9 @@ from typing import Any
 from _common import in_tree
 
 #: Arguments of ``sparse.train_rows_hashed`` the replay reads or sets: the window's row order,
-#: where in it the call starts, the update at which it stops, and the spec (scalar or softmax).
-ORDER, POS, STOP_AT, SPEC = 5, 6, 8, 9
+#: where in it the call starts, the update at which it stops, the spec (scalar or softmax) and
+#: the hashed state.
+ORDER, POS, STOP_AT, SPEC, HASHED = 5, 6, 8, 9, 18
 #: ``stop_at`` that never stops: the replay trains the whole window.
 NEVER = -1
 
@@ -75,6 +77,18 @@ def capture(data: str, target: str, every: int, windows: int, out: Path) -> int:
     return sum(int(a[ORDER].size) for a in captured)
 
 
+def as_trained(hashed: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A copy of a captured hashed state in the layout the product trains on: ``pack_hashed``'s
+    slab, whose columns share cache lines. A deep copy (or a pickle) gives each column an array
+    of its own, four misses a touch where the product takes one, and times another kernel."""
+    from streamsgd.compute.sparse import HQ, HW, pack_hashed
+
+    fresh = pack_hashed(0, hashed[HW].shape[0], extra=hashed[HQ].size > 0)
+    for to, captured in zip(fresh, hashed):
+        to[...] = captured
+    return fresh
+
+
 def replay(path: Path, reps: int) -> dict[str, Any]:
     """Nanoseconds a row of each replay of every captured call (this process's tree's kernel),
     after one untimed replay that loads (or compiles) it, and the rows a replay trained."""
@@ -86,7 +100,7 @@ def replay(path: Path, reps: int) -> dict[str, Any]:
     for rep in range(reps + 1):
         seconds, rows = 0.0, 0
         for args in captured:
-            a = list(copy.deepcopy(args))
+            a = [as_trained(x) if i == HASHED else copy.deepcopy(x) for i, x in enumerate(args)]
             a[STOP_AT] = NEVER
             kernel = hashed_kernels(a[SPEC])[1]
             t0 = time.perf_counter()

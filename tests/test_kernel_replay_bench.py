@@ -5,6 +5,7 @@ captured calls replay whole windows in both trees, the report pairs them), not a
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from kernel_replay import as_trained  # noqa: E402
+
+from streamsgd.compute.sparse import HG, HQ, HSQ, HW, STAMP, pack_hashed  # noqa: E402
 
 
 def test_kernel_replay_captures_windows_and_replays_them_in_both_trees(tmp_path):
@@ -39,3 +45,22 @@ def test_kernel_replay_captures_windows_and_replays_them_in_both_trees(tmp_path)
     assert report["new_over_base"] > 0 and report["base"]["min_ns_per_row"] > 0
     runs = json.loads((tmp_path / "kernel_replay.json").read_text())["runs"]
     assert len(runs["base"]) == len(runs["new"]) == 4  # 2 rounds x 2 replays
+
+
+def test_the_replayed_state_keeps_the_slab_the_product_trains_on():
+    """A pickled state comes back with each slab column an array of its own; the replay puts
+    the values back into one slab (the product's layout), where a row's touch is one cache line."""
+    hashed = pack_hashed(6, extra=True)
+    rng = np.random.default_rng(1)
+    for slot in (HW, HG, HSQ, HQ):
+        hashed[slot][:] = rng.standard_normal(hashed[slot].size)
+    hashed[STAMP][:] = rng.integers(0, 99, hashed[STAMP].size)
+    unpickled = pickle.loads(pickle.dumps(hashed))
+    assert unpickled[HW].strides == (8,)  # what a replay of the pickle would have timed
+    replayed = as_trained(unpickled)
+    for slot in (HW, HG, HSQ, STAMP):
+        assert replayed[slot].base is not None and replayed[slot].base is replayed[HW].base
+        assert replayed[slot].strides == hashed[slot].strides
+    for got, want in zip(replayed, hashed):
+        np.testing.assert_array_equal(got, want)
+        assert not np.shares_memory(got, want)
