@@ -72,6 +72,7 @@ from numpy.typing import NDArray
 from .codes import ADAGRAD, ADAM, ADAMW, MOMENTUM, NESTEROV, SGD
 from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, BETA1, BETA2, DIVERGED, EPOCH_ROWS, EPS, FILLED, L1, L1_U, L2,
                    LOSS_CODE, LR0, OPTIMIZER, PARAM, T, T0, THETA_EFF, CW, GW, finish_batch, step_lr)
+from ..hints import prefetch
 from .losses import loss_slope
 
 # Numba caches these kernels keyed on this file: a change to loop.py, losses.py or optim.py
@@ -475,6 +476,30 @@ def hashed_step_momentum(optimizer, lr, l2, beta, n, averaged, hashed):
     hi[N_TOUCHED] = 0
 
 
+#: Rows ahead of the one it trains whose hashed weights the kernel asks the CPU for (a hint,
+#: ``hints.prefetch``: the results are the same). A row's weights are 26 cache misses in a
+#: 2**20 table on benchmarks/ctr.py's data, and the row's own work (the lazy L2's catch-ups,
+#: the loss) would otherwise wait for them one row at a time: 2 and 4 rows ahead both took
+#: a fifth off the kernel there (benchmarks/README.md, ctr.py, session 13).
+AHEAD_ROWS = 4
+
+
+@njit(nogil=True, cache=True)
+def prefetch_row_weights(hw, hsum, idx, rows, m, n_out, averaged):
+    """Ask for the cache lines of the hashed entries of row ``rows[m + AHEAD_ROWS]`` (``n_out``
+    entries a bucket, next to each other: every second one starts a 64-byte line's worth), and
+    of their averages' sums when this update is ``averaged`` (read and written per touched weight)."""
+    if m + AHEAD_ROWS >= rows.shape[0]:
+        return
+    i = rows[m + AHEAD_ROWS]
+    for q in range(idx.shape[1]):
+        base = np.int64(idx[i, q]) * n_out
+        for c in range(0, n_out, 2):
+            prefetch(hw, base + c)
+            if averaged:
+                prefetch(hsum, base + c)
+
+
 @njit(nogil=True, cache=True)
 def accumulate_hashed_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, hashed, stamp, lr_l2, eps,
                            average_from):
@@ -507,7 +532,9 @@ def accumulate_lazy_rows(loss, param, cw, X, y, sw, idx, sign, rows, w, b, gw, h
     n_touched = hi[N_TOUCHED]
     total = 0.0
     rsum = 0.0
+    averaged = stamp > average_from
     for m in range(rows.shape[0]):
+        prefetch_row_weights(hw, hsum, idx, rows, m, 1, averaged)
         i = rows[m]
         for q in range(k):
             h = idx[i, q]

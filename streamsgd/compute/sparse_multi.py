@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from .codes import SOFTMAX
 from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, CLASSES, CW, DIVERGED, EPOCH_ROWS, EPS, FILLED, GW, LOSS_CODE, T,
                    THETA_EFF)
-from .sparse import (HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, _catch_up, _lazy_l2,
+from .sparse import (HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, _catch_up, _lazy_l2, prefetch_row_weights,
                      fill_batch_hashed, finish_batch_hashed, train_rows_hashed)
 
 # Numba caches these kernels keyed on this file: a change to sparse.py, loop.py, losses.py or
@@ -77,7 +77,9 @@ def accumulate_softmax_hashed_rows(classes, cw, X, y, sw, idx, sign, rows, W, gw
     weighted = sw.shape[0] > 0
     n_touched = hi[N_TOUCHED]
     total = 0.0
+    averaged = stamp > average_from
     for m in range(rows.shape[0]):
+        prefetch_row_weights(hw, hashed[HSUM], idx, rows, m, n_out, averaged)
         i = rows[m]
         n_touched = _touch(i, idx, n_out, hashed, stamp, n_touched, lr_l2, eps, average_from)
         label = np.searchsorted(classes, y[i])
