@@ -29,7 +29,7 @@ from .train import fit as _train
 from .train.setup import cut_to_limit, plan_memory
 from .train.targets import chunk_target_means
 from .sources.base import missing_members
-from .sources.missing import skip_null_targets
+from .sources.missing import impute_nulls, skip_null_targets
 from .sources.encoding import Encoding
 from .sources.retry import RetryPolicy
 from .sources.validate import not_finite_target
@@ -231,6 +231,7 @@ def batches(
     x_array: str = "X",
     categorical: Sequence[str] | None = None,
     hash_bits: int = FitConfig.hash_bits,
+    missing: str = FitConfig.missing,
 ) -> BatchStream:
     """Shuffled mini-batches of data larger than memory, for any framework: the trainer's own
     plan and readers, so ``fit`` with the same options trains on exactly these batches.
@@ -249,6 +250,10 @@ def batches(
     categorical, hash_bits : integer columns to hash as well as the text ones, and the index
         bits, as for :func:`fit`: a batch's ``indices``/``indptr``/``values`` hold them, hashed
         under ``seed`` exactly as ``fit`` hashes them.
+    missing : numeric nulls, as for :func:`fit`: ``"impute"`` (the default) gives a column
+        whose footers show nulls its mean over the data and a ``<col>__missing`` indicator
+        feature after the others (``stream.source.features`` names the columns of ``X``), and
+        leaves out the rows whose target is null; ``"error"`` refuses a null.
 
     Returns
     -------
@@ -260,7 +265,7 @@ def batches(
     """
     config = FitConfig(model=model, batch=batch, epochs=epochs, seed=seed, shuffle=shuffle,
                        memory_limit=parse_bytes(memory_limit), readers=readers, dtype=dtype, weight=weight,
-                       categorical=column_names(categorical, "categorical"), hash_bits=hash_bits)
+                       categorical=column_names(categorical, "categorical"), hash_bits=hash_bits, missing=missing)
     if _is_source(data):
         source = data
     else:
@@ -272,9 +277,12 @@ def batches(
                              storage_options=storage_options, format=format, x_array=x_array,
                              exclude=column_names(exclude, "exclude"), weight=weight,
                              categorical=config.categorical)
+    if config.missing == "impute":  # as fit prepares its source (train.setup.prepare)
+        skip_null_targets(source)  # a row without a target trains nothing; before the means
     if getattr(source, "categorical", ()) and getattr(source, "encoding", None) is None:  # hashed as fit does
         source.encode(Encoding.of(source.categorical, config.hash_bits, seed))  # type: ignore[attr-defined]
-    skip_null_targets(source)  # a row without a target trains nothing (as in fit)
+    if config.missing == "impute":
+        impute_nulls(source)
     cut_to_limit(source, config)
     plan = plan_memory(source, config, with_table=False)
     strata = None if source.target is None else chunk_target_means(source, model, plan.readers)

@@ -16,6 +16,8 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adam", "adamw")
 #: picks sgd for dense data, adagrad when the data has categorical columns)
 OPTIMIZER_CHOICES = ("auto", *OPTIMIZERS)
 DTYPES = ("float32", "float64")
+#: ``--missing``: numeric nulls imputed (mean plus indicator) or refused
+MISSING = ("impute", "error")
 
 #: Model name -> the kind of label it expects, for checks at the edge: "classification"
 #: labels are 0/1, "regression" any real, "counts" real and >= 0.
@@ -191,6 +193,7 @@ class FitConfig:
         if not (math.isfinite(self.l1) and self.l1 >= 0):
             raise UsageError(f"--l1: the penalty must be a number >= 0, got {self.l1}")
         _choice("--dtype", self.dtype, DTYPES)
+        _choice("--missing", self.missing, MISSING)
         if self.batch not in ("full", "auto"):
             batch = _batch_number(self.batch)
             object.__setattr__(self, "batch", batch)

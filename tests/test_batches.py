@@ -160,3 +160,60 @@ def test_batches_of_arrays_and_features_only(tmp_path):
     got = list(streamsgd.batches(streamsgd.ArraySource(X, np.zeros(10)), batch=4, shuffle=False))
     assert [len(b) for b in got] == [4, 4, 2]
     assert np.array_equal(np.concatenate([b.X for b in got]), X)
+
+
+@pytest.fixture(scope="module")
+def nulls_file(tmp_path_factory):
+    """A regression table as pandas writes it by default: x1 with NaN (stored as nulls), and
+    some null targets."""
+    import pandas as pd
+
+    rng = np.random.default_rng(6)
+    n = 30_000
+    X = rng.normal(size=(n, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.3 + rng.normal(scale=0.5, size=n)
+    x1 = np.where(rng.random(n) < 0.2, np.nan, X[:, 1])
+    target = np.where(rng.random(n) < 0.01, np.nan, y)
+    path = tmp_path_factory.mktemp("batches") / "nulls.parquet"
+    pd.DataFrame({"x0": X[:, 0], "x1": x1, "x2": X[:, 2], "y": target}).to_parquet(path, row_group_size=5_000)
+    return str(path), x1, target
+
+
+def test_batches_impute_numeric_nulls_as_fit_does(nulls_file):
+    """By default a column with nulls is imputed with its mean over the rows that train and
+    gains a ``__missing`` indicator, rows with a null target are left out (as ``fit`` does),
+    and the trainer trains on exactly these batches (plain SGD replayed in NumPy lands on its
+    model at 1e-9: another mean, another row or another order would move it far more)."""
+    path, x1, target = nulls_file
+    kept = ~np.isnan(target)
+    mean = np.nanmean(x1[kept])
+    lr, epochs, seed = 0.02, 2, 3
+    stream = streamsgd.batches(path, batch=B, epochs=epochs, seed=seed, memory_limit=LIMIT)
+    assert stream.source.features == ["x0", "x1", "x2", "x1__missing"]
+    w, b, rows, missing = np.zeros(4), 0.0, 0, 0
+    for batch in stream:
+        X = batch.X.astype(np.float64)
+        assert not np.isnan(X).any()
+        flagged = X[:, 3] == 1.0
+        np.testing.assert_allclose(X[flagged, 1], mean, rtol=1e-6)  # float32 windows
+        rows, missing = rows + len(batch), missing + int(flagged.sum())
+        r = X @ w + b - batch.y
+        w, b = w - lr * (X.T @ r) / len(batch), b - lr * r.sum() / len(batch)
+    assert rows == epochs * kept.sum() and missing == epochs * np.isnan(x1[kept]).sum()
+    result = train_fit(streamsgd.open_source(path),
+                       FitConfig(model="linear", optimizer="sgd", lr=lr, lr_schedule="constant", l2=0.0,
+                                 standardize=False, average=False, batch=B, epochs=epochs, seed=seed,
+                                 memory_limit=LIMIT))
+    np.testing.assert_allclose(result.model.coef, w, rtol=1e-9)
+    np.testing.assert_allclose(result.model.intercept, b, rtol=1e-9)
+
+
+def test_batches_refuse_nulls_with_missing_error(nulls_file):
+    from streamsgd.errors import DataError
+
+    path, _, target = nulls_file
+    first = int(np.isnan(target[:5_000]).sum())  # row group 0's null targets, the first nulls read
+    with pytest.raises(DataError, match=rf"nulls\.parquet row group 0: target column 'y' has {first} null values"):
+        next(iter(streamsgd.batches(path, batch=B, memory_limit=LIMIT, shuffle=False, missing="error")))
+    with pytest.raises(UsageError, match=r"^--missing: expected one of impute, error; got 'drop'"):
+        streamsgd.batches(path, missing="drop")
