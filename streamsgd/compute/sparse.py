@@ -487,14 +487,14 @@ AHEAD_ROWS = 4
 @njit(nogil=True, cache=True)
 def prefetch_row_weights(hw, hsum, idx, rows, m, n_out, averaged):
     """Ask for the cache lines of the hashed entries of row ``rows[m + AHEAD_ROWS]`` (``n_out``
-    entries a bucket, next to each other: every second one starts a 64-byte line's worth), and
-    of their averages' sums when this update is ``averaged`` (read and written per touched weight)."""
+    entries a bucket, next to each other), and of their averages' sums when this update is
+    ``averaged`` (read and written per touched weight)."""
     if m + AHEAD_ROWS >= rows.shape[0]:
         return
     i = rows[m + AHEAD_ROWS]
     for q in range(idx.shape[1]):
         base = np.int64(idx[i, q]) * n_out
-        for c in range(0, n_out, 2):
+        for c in range(n_out):
             prefetch(hw, base + c)
             if averaged:
                 prefetch(hsum, base + c)

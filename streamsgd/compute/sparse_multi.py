@@ -29,8 +29,8 @@ from numpy.typing import NDArray
 from .codes import SOFTMAX
 from .loop import (AVERAGE_FROM, BATCH, BATCH_LOSS, CLASSES, CW, DIVERGED, EPOCH_ROWS, EPS, FILLED, GW, LOSS_CODE, T,
                    THETA_EFF)
-from .sparse import (HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, _catch_up, _lazy_l2, prefetch_row_weights,
-                     fill_batch_hashed, finish_batch_hashed, train_rows_hashed)
+from .sparse import (HF, HG, HI, HSQ, HSUM, HW, N_TOUCHED, STAMP, TOUCHED, WSCALE, _catch_up, _lazy_l2,
+                     fill_batch_hashed, finish_batch_hashed, prefetch_row_weights, train_rows_hashed)
 
 # Numba caches these kernels keyed on this file: a change to sparse.py, loop.py, losses.py or
 # optim.py reaches them once this file changes too, or its __pycache__ is emptied.
