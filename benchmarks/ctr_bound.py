@@ -6,12 +6,15 @@ process, ``--runs`` times:
 * **reading**: ``streamsgd.batches`` over DATA (the fit's own plan and readers, nulls imputed and
   text hashed as ``fit`` does, batch 512, no training): rows/s, and CPU µs a row over all threads;
 * **fit**: one epoch of ``fit`` (logistic, batch 512, the other options at their defaults), with
-  the trainer's compiled calls (``train_rows_hashed``) timed where they run: the fit's seconds and
-  the kernel's µs a row, slowed as it is by the readers beside it.
+  the trainer's compiled calls (``train_rows_hashed``) timed where they run: the fit's seconds,
+  its CPU µs a row over all threads, and the kernel's µs a row, slowed as it is by the readers
+  beside it.
 
-The report gives the medians and the bound they set with ``os.cpu_count()`` cores: every row
-costs the reading's CPU and the kernel's time, so the cores give at most cores / (read + kernel)
-rows a second, and the one trainer thread at most 1 / kernel, however many cores there are.
+The report gives the medians and the bounds they set with ``os.cpu_count()`` cores: the fit
+cannot train more than cores / (its CPU a row) rows a second, nor its one trainer thread more
+than 1 / kernel, however many cores there are. Reading alone allocates every window afresh
+(``batches`` hands its windows to the caller, so it reuses none), so its CPU a row is at most
+what the fit's readers spend.
 
 Why: benchmarks/ctr.py compares the fit with Vowpal Wabbit reading its own pre-hashed cache;
 this says how far the fit itself could go here (issue 16; benchmarks/README.md, ctr.py).
@@ -63,13 +66,14 @@ def fit(data: str, target: str) -> dict[str, float]:
 
     run_module.Run.__init__ = timing_init  # type: ignore[method-assign]
     try:
-        wall = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         result = trainer.fit(streamsgd.open_source(data, target=target),
                              FitConfig(epochs=1, batch=512, model="logistic"))
-        seconds = time.perf_counter() - wall
+        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         run_module.Run.__init__ = init  # type: ignore[method-assign]
-    return {"rows": result.summary["rows_seen"], "seconds": seconds, "kernel_seconds": kernel[0]}
+    return {"rows": result.summary["rows_seen"], "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "kernel_seconds": kernel[0]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -87,17 +91,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         read, trained = runs["reading"][-1], runs["fit"][-1]
         print(f"run {r + 1}: reading {read['rows'] / read['seconds']:,.0f} rows/s, "
               f"{read['cpu_seconds'] / read['rows'] * 1e6:.2f} µs CPU a row; fit {trained['seconds']:.2f} s, "
+              f"{trained['cpu_seconds'] / trained['rows'] * 1e6:.2f} µs CPU a row, "
               f"kernel {trained['kernel_seconds'] / trained['rows'] * 1e6:.2f} µs a row", flush=True)
     cores = os.cpu_count() or 1
     read_us = statistics.median(r["cpu_seconds"] / r["rows"] * 1e6 for r in runs["reading"])
     kernel_us = statistics.median(f["kernel_seconds"] / f["rows"] * 1e6 for f in runs["fit"])
+    fit_us = statistics.median(f["cpu_seconds"] / f["rows"] * 1e6 for f in runs["fit"])
     report: dict[str, Any] = {
         "cores": cores,
         "reading_rows_per_second": statistics.median(r["rows"] / r["seconds"] for r in runs["reading"]),
         "reading_cpu_us_per_row": read_us,
         "fit_rows_per_second": statistics.median(f["rows"] / f["seconds"] for f in runs["fit"]),
+        "fit_cpu_us_per_row": fit_us,
         "kernel_us_per_row": kernel_us,
-        "cpu_bound_rows_per_second": cores / (read_us + kernel_us) * 1e6,
+        "cpu_bound_rows_per_second": cores / fit_us * 1e6,
         "kernel_bound_rows_per_second": 1e6 / kernel_us,
         "load": os.getloadavg()[0],
     }
