@@ -13,7 +13,7 @@ process, ``--runs`` times:
 The report gives the medians and the bounds they set with ``os.cpu_count()`` cores: the fit
 cannot train more than cores / (its CPU a row) rows a second, nor its one trainer thread more
 than 1 / kernel, however many cores there are. Reading alone allocates every window afresh
-(``batches`` hands its windows to the caller, so it reuses none), so its CPU a row is at most
+(``batches`` hands its windows to the caller, so it reuses none): its CPU a row may exceed
 what the fit's readers spend.
 
 Why: benchmarks/ctr.py compares the fit with Vowpal Wabbit reading its own pre-hashed cache;
