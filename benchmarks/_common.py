@@ -13,7 +13,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,25 @@ def in_tree(tree: Path, argv: list[str], script: str, cwd: Path | None = None) -
     if proc.returncode != 0:
         sys.exit(f"{script}: {tree}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
     return proc.stdout
+
+
+@contextmanager
+def hashed_kernel_through(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """Within it, each training run's compiled hashed-kernel calls (``Run.train_hashed``) go
+    through ``wrap(kernel)``: how kernel_replay.py captures them and ctr_bound.py times them."""
+    from streamsgd.train import run as run_module
+
+    init = run_module.Run.__init__
+
+    def wrapping_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.train_hashed = wrap(self.train_hashed)
+
+    run_module.Run.__init__ = wrapping_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        run_module.Run.__init__ = init  # type: ignore[method-assign]
 
 
 def begin(out: Path) -> tuple[float, float]:

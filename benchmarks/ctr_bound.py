@@ -27,8 +27,11 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _common import hashed_kernel_through
 
 
 def reading(data: str, target: str) -> dict[str, float]:
@@ -46,15 +49,11 @@ def fit(data: str, target: str) -> dict[str, float]:
     """One epoch of ``fit`` with the trainer's compiled calls timed in place."""
     import streamsgd
     from streamsgd.config import FitConfig
-    from streamsgd.train import run as run_module, trainer
+    from streamsgd.train import trainer
 
     kernel = [0.0]
-    init = run_module.Run.__init__
 
-    def timing_init(self: Any, *args: Any, **kwargs: Any) -> None:  # wraps the run's compiled loop
-        init(self, *args, **kwargs)
-        compiled = self.train_hashed
-
+    def timing(compiled: Callable[..., Any]) -> Callable[..., Any]:
         def call(*a: Any) -> Any:
             t0 = time.perf_counter()
             try:
@@ -62,16 +61,13 @@ def fit(data: str, target: str) -> dict[str, float]:
             finally:
                 kernel[0] += time.perf_counter() - t0
 
-        self.train_hashed = call
+        return call
 
-    run_module.Run.__init__ = timing_init  # type: ignore[method-assign]
-    try:
+    with hashed_kernel_through(timing):
         wall, cpu = time.perf_counter(), time.process_time()
         result = trainer.fit(streamsgd.open_source(data, target=target),
                              FitConfig(epochs=1, batch=512, model="logistic"))
         seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
-    finally:
-        run_module.Run.__init__ = init  # type: ignore[method-assign]
     return {"rows": result.summary["rows_seen"], "seconds": seconds, "cpu_seconds": cpu_seconds,
             "kernel_seconds": kernel[0]}
 

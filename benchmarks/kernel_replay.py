@@ -29,10 +29,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import in_tree
+from _common import hashed_kernel_through, in_tree
 
 #: Arguments of ``sparse.train_rows_hashed`` the replay reads or sets: the window's row order,
 #: where in it the call starts, the update at which it stops, the spec (scalar or softmax) and
@@ -46,16 +47,12 @@ def capture(data: str, target: str, every: int, windows: int, out: Path) -> int:
     """Fit one epoch of ``data`` and pickle the captured calls to ``out``; returns their rows."""
     import streamsgd
     from streamsgd.config import FitConfig
-    from streamsgd.train import run as run_module, trainer
+    from streamsgd.train import trainer
 
     captured: list[tuple[Any, ...]] = []
     starts = [0]
-    init = run_module.Run.__init__
 
-    def capturing_init(self: Any, *args: Any, **kwargs: Any) -> None:  # wraps the run's compiled loop
-        init(self, *args, **kwargs)
-        kernel = self.train_hashed
-
+    def capturing(kernel: Callable[..., Any]) -> Callable[..., Any]:
         def call(*a: Any) -> Any:
             if a[POS] == 0:  # a window's first call
                 starts[0] += 1
@@ -63,13 +60,10 @@ def capture(data: str, target: str, every: int, windows: int, out: Path) -> int:
                     captured.append(copy.deepcopy(a))
             return kernel(*a)
 
-        self.train_hashed = call
+        return call
 
-    run_module.Run.__init__ = capturing_init  # type: ignore[method-assign]
-    try:
+    with hashed_kernel_through(capturing):
         trainer.fit(streamsgd.open_source(data, target=target), FitConfig(epochs=1, batch=512, model="logistic"))
-    finally:
-        run_module.Run.__init__ = init  # type: ignore[method-assign]
     if not captured:
         sys.exit(f"kernel_replay: {data}: no call of the hashed kernel (does it have categorical columns?)")
     with open(out, "wb") as f:
